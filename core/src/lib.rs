@@ -1,1 +1,21 @@
-//! placeholder
+//! `orch-core`: the Kubernetes-free heart of orch.
+//!
+//! - [`spec`] and [`load`]: the job spec (an `OrchJob` resource) and how a file becomes one;
+//! - [`model`]: jobs, tasks, batches, task groups, attempts and the task state machine;
+//! - [`partition`]: cutting JSONL input into byte-range batches without copying it;
+//! - [`engine`]: the I/O-free state machine (observe → decide → actions) both drivers run;
+//! - [`backend`]: the traits every side effect goes through;
+//! - [`layout`]: the storage keys of DESIGN §3.
+
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod layout;
+pub mod load;
+pub mod model;
+pub mod partition;
+pub mod quantity;
+pub mod spec;
+pub mod uri;
+
+pub use error::{Error, ErrorCategory, FieldError, Result};

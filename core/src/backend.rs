@@ -1,0 +1,174 @@
+//! The ports of the engine: every side effect of orch goes through one of these traits, each
+//! with an embedded implementation (filesystem, SQLite, local processes) and a cluster one
+//! (S3, DynamoDB, SQS, Slurm). The core never names a concrete backend.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::ErrorCategory;
+use crate::model::{JobRecord, TaskGroup, TaskRecord};
+
+/// The error every backend returns: a category for retry decisions, and a message that never
+/// contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A conditional write lost: someone else changed the record first.
+    #[error("conflict: {0} was changed concurrently")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Other {
+        category: ErrorCategory,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl BackendError {
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            BackendError::Conflict(_) => ErrorCategory::Transient,
+            BackendError::NotFound(_) => ErrorCategory::Permanent,
+            BackendError::Other { category, .. } => *category,
+        }
+    }
+
+    pub fn other(
+        category: ErrorCategory,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BackendError::Other {
+            category,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn message(category: ErrorCategory, message: impl Into<String>) -> Self {
+        BackendError::Other {
+            category,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, BackendError::Conflict(_))
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// An object listed under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Manifests, batches, results and checkpoints (S3 or a directory). Keys are `/`-separated and
+/// relative to the store's root; writes are atomic (a reader sees the old or the new object).
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()>;
+    /// Uploads a local file.
+    async fn put_file(&self, key: &str, path: &Path) -> BackendResult<()>;
+    /// Creates the object only if it does not exist; `false` when it already did.
+    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> BackendResult<bool>;
+    async fn get(&self, key: &str) -> BackendResult<Option<Vec<u8>>>;
+    async fn get_range(&self, key: &str, range: Range<u64>) -> BackendResult<Vec<u8>>;
+    /// Downloads to a local file; `false` when the object does not exist.
+    async fn get_to_file(&self, key: &str, path: &Path) -> BackendResult<bool>;
+    async fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectMeta>>;
+    async fn delete_prefix(&self, prefix: &str) -> BackendResult<()>;
+    /// A local path for the key when the store is a filesystem, so callers can skip a copy.
+    fn local_path(&self, key: &str) -> Option<PathBuf>;
+}
+
+/// Job and task rows with optimistic locking (DynamoDB or SQLite).
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Creates the job row and all its task rows at once; conflict if the job exists.
+    async fn create_job(&self, job: &JobRecord, tasks: &[TaskRecord]) -> BackendResult<()>;
+    async fn get_job(&self, job: &str) -> BackendResult<Option<JobRecord>>;
+    async fn list_jobs(&self) -> BackendResult<Vec<JobRecord>>;
+    /// Writes `job` if the stored version equals `job.version`; returns the row as stored
+    /// (version bumped).
+    async fn update_job(&self, job: &JobRecord) -> BackendResult<JobRecord>;
+    async fn list_tasks(&self, job: &str) -> BackendResult<Vec<TaskRecord>>;
+    async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>>;
+    /// Writes `task` if the stored version equals `task.version`; returns the row as stored.
+    async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord>;
+    /// Removes the job row and its task rows.
+    async fn delete_job(&self, job: &str) -> BackendResult<()>;
+}
+
+/// A received message; `receipt` names this delivery for delete and visibility changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: String,
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+/// A queue with delayed delivery and visibility timeouts (SQS or SQLite): the retry queue.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Enqueues `body`, visible after `delay`.
+    async fn send(&self, body: &str, delay: Duration) -> BackendResult<String>;
+    /// Up to `max` visible messages, hidden from other receivers for `visibility`.
+    async fn receive(&self, max: usize, visibility: Duration) -> BackendResult<Vec<Message>>;
+    async fn delete(&self, receipt: &str) -> BackendResult<()>;
+    /// Keeps a message hidden while it is being handled.
+    async fn extend(&self, receipt: &str, visibility: Duration) -> BackendResult<()>;
+}
+
+/// What the executor knows of one task it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecState {
+    /// Waiting for a slot (array task pending).
+    Queued,
+    Running,
+    /// The worker process ended.
+    Exited { code: Option<i32>, signal: Option<i32> },
+    /// The executor ended it for a reason of its own.
+    Failed { reason: ExecFailure, message: String },
+    /// This executor has no record of the id (e.g. it was started by a previous coordinator).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecFailure {
+    OutOfMemory,
+    TimeLimit,
+    NodeFailure,
+    Cancelled,
+    Preempted,
+    Other,
+}
+
+/// The state of one task's current attempt as reported by the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecStatus {
+    pub task: u32,
+    pub attempt: u32,
+    pub state: ExecState,
+}
+
+/// Runs workers: local processes, Slurm arrays or Kubernetes Indexed Jobs.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// Starts the group's tasks (an array); returns the executor id of each task.
+    async fn submit(&self, group: &TaskGroup) -> BackendResult<Vec<(u32, String)>>;
+    /// The state of every task this executor was given, for the given attempts.
+    async fn poll(&self, tasks: &[(u32, u32, Option<String>)]) -> BackendResult<Vec<ExecStatus>>;
+    /// Stops the given tasks (best effort).
+    async fn cancel(&self, executor_ids: &[String]) -> BackendResult<()>;
+}

@@ -1,0 +1,61 @@
+//! Storage keys of DESIGN §3, built in one place so that every component agrees on them and no
+//! key can escape the job's prefix: job ids are checked before they become keys.
+
+/// Checks that a job id is safe as a key segment (`[a-z0-9-]`, no dots or slashes).
+pub fn valid_job_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+pub fn job_prefix(job: &str) -> String {
+    format!("jobs/{job}/")
+}
+pub fn job_manifest(job: &str) -> String {
+    format!("jobs/{job}/job.json")
+}
+pub fn batches(job: &str) -> String {
+    format!("jobs/{job}/batches.jsonl")
+}
+pub fn task_name(task: u32) -> String {
+    format!("{task:06}")
+}
+pub fn attempt_prefix(job: &str, task: u32, attempt: u32) -> String {
+    format!("jobs/{job}/results/{}/{attempt}/", task_name(task))
+}
+pub fn part(job: &str, task: u32, attempt: u32) -> String {
+    format!("{}part.parquet", attempt_prefix(job, task, attempt))
+}
+pub fn errors(job: &str, task: u32, attempt: u32) -> String {
+    format!("{}errors.parquet", attempt_prefix(job, task, attempt))
+}
+pub fn done(job: &str, task: u32, attempt: u32) -> String {
+    format!("{}_DONE", attempt_prefix(job, task, attempt))
+}
+pub fn checkpoint(job: &str, task: u32) -> String {
+    format!("jobs/{job}/checkpoints/{}.sqlite", task_name(task))
+}
+pub fn task_log(job: &str, task: u32, attempt: u32) -> String {
+    format!("jobs/{job}/logs/{}.{attempt}.log", task_name(task))
+}
+pub fn state_db() -> &'static str {
+    "state.sqlite"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        assert_eq!(part("j-1", 7, 2), "jobs/j-1/results/000007/2/part.parquet");
+        assert_eq!(done("j-1", 7, 2), "jobs/j-1/results/000007/2/_DONE");
+        assert_eq!(checkpoint("j-1", 7), "jobs/j-1/checkpoints/000007.sqlite");
+        assert!(valid_job_id("enrich-reviews-1a2b3c4d"));
+        assert!(!valid_job_id("../etc"));
+        assert!(!valid_job_id("a/b"));
+        assert!(!valid_job_id(""));
+    }
+}

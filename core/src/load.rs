@@ -1,0 +1,515 @@
+//! Loading a job file: YAML → `extends` resolution (deep merge) → schema check → typed spec →
+//! semantic rules → optional preflight against the filesystem.
+//!
+//! Every stage reports all of its problems at once, each with the field path, so a user fixes a
+//! job file in one round trip. Nothing here panics on bad input.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Error, FieldError, Result};
+use crate::spec::{self, InputFormat, OrchJobFile};
+use crate::uri::Location;
+
+/// Longest job name: leaves room for the `-<uid>` suffix within Kubernetes' 63 characters.
+pub const MAX_NAME_LEN: usize = 50;
+
+/// A job file that passed the schema and the semantic rules, with its paths made absolute.
+#[derive(Debug, Clone)]
+pub struct LoadedJob {
+    pub file: OrchJobFile,
+    /// The job file itself.
+    pub path: PathBuf,
+}
+
+/// Reads, merges, checks and resolves a job file. Does not touch the input or the handler;
+/// see [`preflight`] for that.
+pub fn load(path: &Path) -> Result<LoadedJob> {
+    let value = read_with_extends(path, &mut Vec::new())?;
+    let file = check(path, &value)?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base = std::path::absolute(&base).map_err(|e| Error::io(&base, e))?;
+    let file = resolve(file, &base).map_err(|errors| invalid(path, errors))?;
+    Ok(LoadedJob {
+        file,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Checks a merged document against the schema and the semantic rules.
+pub fn check(path: &Path, value: &Value) -> Result<OrchJobFile> {
+    let mut errors = schema_errors(value);
+    if !errors.is_empty() {
+        return Err(invalid(path, errors));
+    }
+    let file: OrchJobFile =
+        serde_path_to_error::deserialize(value).map_err(|e: serde_path_to_error::Error<_>| {
+            invalid(
+                path,
+                vec![FieldError {
+                    path: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }],
+            )
+        })?;
+    errors.extend(rules(&file));
+    if errors.is_empty() {
+        Ok(file)
+    } else {
+        Err(invalid(path, errors))
+    }
+}
+
+fn invalid(path: &Path, errors: Vec<FieldError>) -> Error {
+    Error::Invalid {
+        file: path.to_path_buf(),
+        count: errors.len(),
+        errors,
+    }
+}
+
+fn read_with_extends(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
+    let canonical = std::fs::canonicalize(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if chain.contains(&canonical) {
+        return Err(invalid(
+            path,
+            vec![FieldError {
+                path: "extends".into(),
+                message: format!("`{}` extends itself (cycle)", path.display()),
+            }],
+        ));
+    }
+    chain.push(canonical);
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut value: Value = serde_yaml::from_str(&text).map_err(|e| Error::Yaml {
+        file: path.to_path_buf(),
+        location: e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default(),
+        message: e.to_string(),
+    })?;
+    if !value.is_object() {
+        return Err(invalid(
+            path,
+            vec![FieldError {
+                path: "(document)".into(),
+                message: "a job file is a YAML mapping with apiVersion, kind, metadata and spec"
+                    .into(),
+            }],
+        ));
+    }
+    let extends = value
+        .as_object_mut()
+        .and_then(|o| o.remove("extends"))
+        .unwrap_or(Value::Null);
+    let bases: Vec<String> = match extends {
+        Value::Null => Vec::new(),
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                other => Err(other),
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|other| {
+                invalid(
+                    path,
+                    vec![FieldError {
+                        path: "extends".into(),
+                        message: format!("must be a file name or a list of them, got {other}"),
+                    }],
+                )
+            })?,
+        other => {
+            return Err(invalid(
+                path,
+                vec![FieldError {
+                    path: "extends".into(),
+                    message: format!("must be a file name or a list of them, got {other}"),
+                }],
+            ));
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut merged = Value::Object(serde_json::Map::new());
+    for base in bases {
+        let base_value = read_with_extends(&dir.join(&base), chain)?;
+        deep_merge(&mut merged, base_value);
+    }
+    deep_merge(&mut merged, value);
+    chain.pop();
+    Ok(merged)
+}
+
+/// Merges `overlay` into `base`: mappings merge key by key, anything else is replaced, and an
+/// explicit `null` removes the key (so a job can drop a field its base sets).
+pub fn deep_merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                if value.is_null() {
+                    base.remove(&key);
+                } else if let Some(slot) = base.get_mut(&key) {
+                    deep_merge(slot, value);
+                } else {
+                    base.insert(key, value);
+                }
+            }
+        }
+        (slot, value) => *slot = value,
+    }
+}
+
+fn schema_errors(value: &Value) -> Vec<FieldError> {
+    let schema = spec::job_file_schema();
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![FieldError {
+                path: "(schema)".into(),
+                message: format!("internal error: the job schema does not compile: {e}"),
+            }];
+        }
+    };
+    let mut errors: Vec<FieldError> = validator
+        .iter_errors(value)
+        .map(|e| FieldError {
+            path: pointer_to_path(e.instance_path().as_str()),
+            message: describe(&e),
+        })
+        .collect();
+    errors.sort_by(|a, b| a.path.cmp(&b.path));
+    errors.dedup();
+    errors
+}
+
+fn pointer_to_path(pointer: &str) -> String {
+    if pointer.is_empty() {
+        return "(document)".into();
+    }
+    pointer
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn describe(e: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as K;
+    let got = e.instance();
+    match e.kind() {
+        K::AdditionalProperties { unexpected } => {
+            let fields = unexpected
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("unknown field {fields}")
+        }
+        K::Required { property } => format!("missing required field {property}"),
+        K::Minimum { limit } => format!("must be ≥ {limit}, got {got}"),
+        K::Maximum { limit } => format!("must be ≤ {limit}, got {got}"),
+        K::MinLength { .. } => "must not be empty".into(),
+        K::MinItems { .. } => "must not be empty".into(),
+        K::Enum { options } => format!("must be one of {options}, got {got}"),
+        K::Type { kind } => format!("wrong type: expected {kind:?}, got {got}")
+            .replace("Single(", "")
+            .replace(')', ""),
+        K::AnyOf { .. } => format!("expected a duration/size string such as 30s or 64Mi, got {got}"),
+        _ => e.to_string(),
+    }
+}
+
+/// Rules the schema cannot express. Pure: no filesystem access.
+fn rules(file: &OrchJobFile) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: String| {
+        errors.push(FieldError {
+            path: path.into(),
+            message,
+        })
+    };
+    if file.api_version != spec::API_VERSION {
+        err(
+            "apiVersion",
+            format!("must be `{}`, got `{}`", spec::API_VERSION, file.api_version),
+        );
+    }
+    if file.kind != spec::KIND {
+        err("kind", format!("must be `{}`, got `{}`", spec::KIND, file.kind));
+    }
+    let name = &file.metadata.name;
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !name_ok {
+        err(
+            "metadata.name",
+            format!(
+                "must be 1–{MAX_NAME_LEN} lowercase letters, digits or `-`, starting and ending with a letter or digit; got `{name}`"
+            ),
+        );
+    }
+    let s = &file.spec;
+    if s.input.uri.trim().is_empty() {
+        err("spec.input.uri", "must not be empty".into());
+    } else if let Err(e) = Location::parse(&s.input.uri, Path::new("/")) {
+        err("spec.input.uri", e);
+    } else if s.input.format.is_none() && infer_format(&s.input.uri).is_none() {
+        err(
+            "spec.input.format",
+            format!(
+                "cannot infer the format from `{}`; set it to jsonl, csv or parquet",
+                s.input.uri
+            ),
+        );
+    }
+    if let Some(format) = s.input.format.or_else(|| infer_format(&s.input.uri))
+        && format != InputFormat::Jsonl
+    {
+        err(
+            "spec.input.format",
+            format!("{format:?} input is not supported by this build yet; use jsonl").to_lowercase(),
+        );
+    }
+    match s.batch.max_bytes.as_bytes() {
+        Ok(0) => err("spec.batch.maxBytes", "must be ≥ 1 byte".into()),
+        Ok(_) => {}
+        Err(e) => err("spec.batch.maxBytes", e),
+    }
+    match (&s.handler.exec, &s.handler.builtin) {
+        (None, None) => err(
+            "spec.handler",
+            "set exactly one of `exec` (your program) or `builtin` (identity, sleep)".into(),
+        ),
+        (Some(_), Some(_)) => err(
+            "spec.handler",
+            "set only one of `exec` and `builtin`, not both".into(),
+        ),
+        (Some(exec), None) => {
+            if exec.command.first().is_none_or(|c| c.trim().is_empty()) {
+                err("spec.handler.exec.command", "must name a program".into());
+            }
+        }
+        (None, Some(builtin)) => {
+            if let Some(d) = &builtin.duration
+                && let Err(e) = d.as_duration()
+            {
+                err("spec.handler.builtin.duration", e);
+            }
+        }
+    }
+    duration_rule(&mut err, "spec.handler.timeout", &s.handler.timeout, true);
+    duration_rule(&mut err, "spec.resources.time", &s.resources.time, true);
+    if let Err(e) = s.resources.memory.as_bytes() {
+        err("spec.resources.memory", e);
+    }
+    duration_rule(&mut err, "spec.retry.backoff.initial", &s.retry.backoff.initial, false);
+    duration_rule(&mut err, "spec.retry.backoff.max", &s.retry.backoff.max, false);
+    if s.rate_limit.is_some() {
+        err(
+            "spec.rateLimit",
+            "rate limiting needs the RateLimit resource, which this build does not have yet; remove the field".into(),
+        );
+    }
+    if let Some(uri) = &s.output.uri
+        && let Err(e) = Location::parse(uri, Path::new("/"))
+    {
+        err("spec.output.uri", e);
+    }
+    if s.output.formats.is_empty() {
+        err("spec.output.formats", "must name at least one format".into());
+    }
+    for (i, f) in s.output.formats.iter().enumerate() {
+        if *f != spec::OutputFormat::Parquet {
+            err(
+                &format!("spec.output.formats[{i}]"),
+                format!("{f:?} output is not supported by this build yet; use parquet")
+                    .to_lowercase(),
+            );
+        }
+    }
+    let e = &s.executor;
+    let chosen = [e.local.is_some(), e.slurm.is_some(), e.kubernetes.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if chosen != 1 {
+        err(
+            "spec.executor",
+            "set exactly one of `local`, `slurm` or `kubernetes`".into(),
+        );
+    } else if e.slurm.is_some() || e.kubernetes.is_some() {
+        err(
+            "spec.executor",
+            "only the `local` executor is available in this build".into(),
+        );
+    }
+    if let Some(uri) = &s.storage.uri
+        && let Err(e) = Location::parse(uri, Path::new("/"))
+    {
+        err("spec.storage.uri", e);
+    }
+    errors
+}
+
+fn duration_rule(
+    err: &mut impl FnMut(&str, String),
+    path: &str,
+    value: &spec::Quantity,
+    nonzero: bool,
+) {
+    match value.as_duration() {
+        Ok(d) if nonzero && d.is_zero() => err(path, "must be longer than 0s".into()),
+        Ok(_) => {}
+        Err(e) => err(path, e),
+    }
+}
+
+/// The input format named by the extension of `uri`.
+pub fn infer_format(uri: &str) -> Option<InputFormat> {
+    let lower = uri.to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix(".gz")
+        .or_else(|| lower.strip_suffix(".zst"))
+        .unwrap_or(&lower);
+    if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+        Some(InputFormat::Jsonl)
+    } else if lower.ends_with(".csv") {
+        Some(InputFormat::Csv)
+    } else if lower.ends_with(".parquet") {
+        Some(InputFormat::Parquet)
+    } else {
+        None
+    }
+}
+
+/// Makes every path of the spec absolute (relative paths are relative to the job file's
+/// directory, except `storage.uri`, which is relative to the working directory as in DESIGN §3),
+/// and fills in the output default.
+fn resolve(mut file: OrchJobFile, base: &Path) -> std::result::Result<OrchJobFile, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let s = &mut file.spec;
+    match Location::parse(&s.input.uri, base) {
+        Ok(l) => s.input.uri = l.to_uri(),
+        Err(e) => errors.push(field("spec.input.uri", e)),
+    }
+    if s.input.format.is_none() {
+        s.input.format = infer_format(&s.input.uri);
+    }
+    let out = s
+        .output
+        .uri
+        .clone()
+        .unwrap_or_else(|| format!("out/{}", file.metadata.name));
+    match Location::parse(&out, base) {
+        Ok(l) => s.output.uri = Some(l.to_uri()),
+        Err(e) => errors.push(field("spec.output.uri", e)),
+    }
+    if let Some(exec) = &mut s.handler.exec {
+        let dir = base.join(exec.workdir.as_deref().unwrap_or("."));
+        exec.workdir = Some(dir.display().to_string());
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let storage = s.storage.uri.clone().unwrap_or_else(|| ".orch".into());
+    match Location::parse(&storage, &cwd) {
+        Ok(l) => s.storage.uri = Some(l.to_uri()),
+        Err(e) => errors.push(field("spec.storage.uri", e)),
+    }
+    if errors.is_empty() {
+        Ok(file)
+    } else {
+        Err(errors)
+    }
+}
+
+fn field(path: &str, message: String) -> FieldError {
+    FieldError {
+        path: path.into(),
+        message,
+    }
+}
+
+/// Checks that need the filesystem: the input is readable and the handler program exists.
+/// Run by `orch validate` and before `orch run` starts anything.
+pub fn preflight(job: &LoadedJob) -> Result<()> {
+    let mut errors = Vec::new();
+    let s = &job.file.spec;
+    if let Ok(Location::Local(p)) = Location::parse(&s.input.uri, Path::new("/")) {
+        match std::fs::File::open(&p) {
+            Ok(f) => match f.metadata() {
+                Ok(m) if m.is_dir() => errors.push(field(
+                    "spec.input.uri",
+                    format!("`{}` is a directory; name a file", p.display()),
+                )),
+                Ok(_) => {}
+                Err(e) => errors.push(field(
+                    "spec.input.uri",
+                    format!("cannot read `{}`: {e}", p.display()),
+                )),
+            },
+            Err(e) => errors.push(field(
+                "spec.input.uri",
+                format!("cannot read `{}`: {e}", p.display()),
+            )),
+        }
+    }
+    if let Some(exec) = &s.handler.exec
+        && let Some(program) = exec.command.first()
+    {
+        let workdir = PathBuf::from(exec.workdir.as_deref().unwrap_or("."));
+        if !workdir.is_dir() {
+            errors.push(field(
+                "spec.handler.exec.workdir",
+                format!("`{}` is not a directory", workdir.display()),
+            ));
+        } else if find_program(program, &workdir).is_none() {
+            errors.push(field(
+                "spec.handler.exec.command[0]",
+                format!("program `{program}` not found in PATH or in `{}`", workdir.display()),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(&job.path, errors))
+    }
+}
+
+/// Resolves a program the way the worker will start it: a name with a `/` is relative to
+/// `workdir`, a bare name is looked up in `PATH`.
+pub fn find_program(program: &str, workdir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = workdir.join(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| executable(p))
+    })
+}

@@ -1,0 +1,371 @@
+//! The domain model: jobs, batches, tasks, task groups and attempts, and the task state machine.
+//!
+//! These records are what the StateStore persists and what the engine reasons about. They are
+//! plain data with a schema version so that a newer orch can read what an older one wrote.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::spec::OrchJobFile;
+
+/// Version of the persisted records and manifests; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch. The engine takes time as an input, never reads a clock.
+pub type Millis = u64;
+
+/// The current wall-clock time in milliseconds (for drivers; the engine never calls it).
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// State of one task (one batch). See [`TaskState::can_become`] for the allowed transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Created, never dispatched.
+    Pending,
+    /// Handed to the executor for attempt `attempt`; no worker has claimed it yet.
+    Dispatched,
+    /// A worker claimed the attempt and holds its lease.
+    Running,
+    /// Committed: the output of `attempt` is the task's output. Terminal.
+    Succeeded,
+    /// Attempts exhausted. Terminal.
+    Failed,
+    /// Waiting for its backoff before the next attempt.
+    Retrying,
+    /// The job was cancelled. Terminal.
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Pending,
+        TaskState::Dispatched,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Retrying,
+        TaskState::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// The transitions of the task state machine:
+    /// pending → dispatched → running → succeeded | failed | retrying | cancelled, where a
+    /// dispatched task may also be lost before it runs, and retrying leads to the next dispatch.
+    pub fn can_become(self, next: TaskState) -> bool {
+        use TaskState::*;
+        match (self, next) {
+            (Pending, Dispatched | Cancelled) => true,
+            (Dispatched, Running | Retrying | Failed | Cancelled) => true,
+            (Running, Succeeded | Failed | Retrying | Cancelled) => true,
+            (Retrying, Dispatched | Failed | Cancelled) => true,
+            _ => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Dispatched => "dispatched",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Retrying => "retrying",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        TaskState::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown task state `{s}`"))
+    }
+}
+
+/// Phase of a whole job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobPhase {
+    /// Tasks exist; the engine dispatches and tracks them.
+    Running,
+    /// Every task is terminal; results are being merged.
+    Aggregating,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Running => "running",
+            JobPhase::Aggregating => "aggregating",
+            JobPhase::Succeeded => "succeeded",
+            JobPhase::Failed => "failed",
+            JobPhase::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for JobPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Class of an error, for items and tasks (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// Retry with backoff.
+    Transient,
+    /// Record and move on.
+    Permanent,
+    /// Worker, node or service trouble: retry the task elsewhere.
+    Infrastructure,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Infrastructure => "infrastructure",
+        }
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The job row of the StateStore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub schema_version: u32,
+    /// `name-uid`.
+    pub id: String,
+    pub phase: JobPhase,
+    /// The spec snapshot the job runs with (paths absolute).
+    pub spec: OrchJobFile,
+    pub input_fingerprint: String,
+    pub total_tasks: u32,
+    pub total_items: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Millis>,
+    /// Why the job ended as it did, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Set by `orch cancel`; the engine cancels what runs.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// Next task-group id to hand out.
+    #[serde(default)]
+    pub next_group: u32,
+    /// Optimistic-locking version, bumped by every write.
+    pub version: u64,
+}
+
+/// One task row of the StateStore: one batch and its current attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub job: String,
+    /// Equals the batch id.
+    pub id: u32,
+    pub state: TaskState,
+    /// The current attempt, 1-based; 0 before the first dispatch.
+    pub attempt: u32,
+    /// Items in the batch.
+    pub items: u64,
+    /// Items finished so far in the current attempt (progress), then the final count.
+    #[serde(default)]
+    pub items_ok: u64,
+    #[serde(default)]
+    pub items_failed: u64,
+    /// The task group (array submission) of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// Executor's id of the current attempt (process id, Slurm `jobid_index`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expiry: Option<Millis>,
+    /// When the next attempt may start (state `retrying`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<TaskError>,
+    pub updated_at: Millis,
+    pub version: u64,
+}
+
+impl TaskRecord {
+    pub fn new(job: &str, id: u32, items: u64, now: Millis) -> Self {
+        TaskRecord {
+            job: job.to_string(),
+            id,
+            state: TaskState::Pending,
+            attempt: 0,
+            items,
+            items_ok: 0,
+            items_failed: 0,
+            group: None,
+            executor_id: None,
+            lease_owner: None,
+            lease_expiry: None,
+            retry_at: None,
+            last_error: None,
+            updated_at: now,
+            version: 0,
+        }
+    }
+
+    /// Moves to `next`, refusing transitions the state machine does not allow.
+    pub fn transition(&mut self, next: TaskState, now: Millis) -> Result<()> {
+        if !self.state.can_become(next) {
+            return Err(Error::Transition {
+                task: self.id,
+                from: self.state,
+                to: next,
+            });
+        }
+        self.state = next;
+        self.updated_at = now;
+        Ok(())
+    }
+}
+
+/// One batch of the manifest: a byte range of one source object (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Batch {
+    pub id: u32,
+    /// URI of the source object.
+    pub source: String,
+    /// Byte range `[start, end)` of the source.
+    pub start: u64,
+    pub end: u64,
+    pub items: u64,
+    /// Ordinal of the batch's first item in the whole input.
+    pub first_item: u64,
+}
+
+impl Batch {
+    pub fn bytes(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// One array submission: the tasks dispatched together, as the executor knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskGroup {
+    pub job: String,
+    pub id: u32,
+    /// Task ids (array indices) with the attempt each runs.
+    pub tasks: Vec<(u32, u32)>,
+}
+
+/// One attempt of a task, as a worker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub task: u32,
+    pub number: u32,
+}
+
+/// `jobs/J/job.json`: what a worker needs to run any task of the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobManifest {
+    pub schema_version: u32,
+    pub id: String,
+    pub spec: OrchJobFile,
+    pub input_fingerprint: String,
+    pub total_items: u64,
+    pub total_tasks: u32,
+}
+
+/// `_DONE` of a task attempt, written after its files: what they hold and their checksums.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DoneMarker {
+    pub schema_version: u32,
+    pub job: String,
+    pub task: u32,
+    pub attempt: u32,
+    pub worker: String,
+    pub items: u64,
+    pub items_ok: u64,
+    pub items_failed: u64,
+    /// File name → checksum and rows.
+    pub files: std::collections::BTreeMap<String, FileSum>,
+}
+
+/// Rows, bytes and sha256 of a file named in a marker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Decodes a versioned JSON record, refusing versions newer than this build understands.
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        schema_version: u32,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+        what: what.to_string(),
+        source,
+    })?;
+    if probe.schema_version > SCHEMA_VERSION {
+        return Err(Error::SchemaVersion {
+            what: what.to_string(),
+            found: probe.schema_version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+        what: what.to_string(),
+        source,
+    })
+}

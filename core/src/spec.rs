@@ -1,0 +1,443 @@
+//! The job spec: the `OrchJob` resource a user writes in YAML (DESIGN §2).
+//!
+//! The same types feed `orch validate`, `orch run` and (later) the CRD schema, so the schema is
+//! derived from them with `schemars` and every rule lives in one place. Loading a file goes
+//! through [`crate::load`], which resolves `extends`, checks the schema (all errors at once, with
+//! field paths) and then the rules a schema cannot express.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `apiVersion` of every orch resource.
+pub const API_VERSION: &str = "orch.dev/v1alpha1";
+/// `kind` of a job file.
+pub const KIND: &str = "OrchJob";
+
+/// A job file: an `OrchJob` custom resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchJobFile {
+    /// Always `orch.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `OrchJob`.
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: JobSpec,
+}
+
+/// The subset of Kubernetes object metadata a job file may carry.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    /// Job name: lowercase letters, digits and `-`, at most 50 characters.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What to run, over what, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobSpec {
+    pub input: InputSpec,
+    #[serde(default)]
+    pub batch: BatchSpec,
+    pub handler: HandlerSpec,
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    #[serde(default)]
+    pub tolerance: ToleranceSpec,
+    /// Throttle the handler through a `RateLimit` resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitRef>,
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub executor: ExecutorSpec,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Pause: no new tasks are dispatched while true.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// The input dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InputSpec {
+    /// `file:///abs/path`, a path relative to the job file, or `s3://bucket/key`.
+    #[schemars(length(min = 1))]
+    pub uri: String,
+    /// Inferred from the file extension when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<InputFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Jsonl,
+    Csv,
+    Parquet,
+}
+
+/// How the input is cut into batches (one batch = one task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Items per batch.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1))]
+    pub size: u64,
+    /// Upper bound of a batch's bytes, so that skewed records do not make huge batches.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: Quantity,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            size: default_batch_size(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_batch_size() -> u64 {
+    1000
+}
+fn default_max_bytes() -> Quantity {
+    Quantity::from("64Mi")
+}
+
+/// The function run on every item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HandlerSpec {
+    /// A long-lived process speaking JSON lines on stdin/stdout (DESIGN §4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecSpec>,
+    /// A handler built into the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<BuiltinSpec>,
+    /// Items in flight per worker.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub concurrency: u32,
+    /// Time limit for one item.
+    #[serde(default = "default_timeout")]
+    pub timeout: Quantity,
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_timeout() -> Quantity {
+    Quantity::from("60s")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecSpec {
+    /// Program and arguments; the program is looked up in `PATH` or relative to `workdir`.
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    /// Extra environment variables. Values are plain text: put secrets in the environment of
+    /// the worker, never in the job file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the job file; default: the job file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BuiltinSpec {
+    pub name: BuiltinName,
+    /// `sleep`: how long each item takes (default 1ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BuiltinName {
+    /// Returns every item unchanged.
+    Identity,
+    /// Waits `duration`, then returns the item (benchmarks).
+    Sleep,
+}
+
+/// Resources of one worker (mapped to Slurm or Kubernetes requests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourcesSpec {
+    #[serde(default = "default_cpus")]
+    #[schemars(range(min = 1))]
+    pub cpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory: Quantity,
+    /// Wall-time limit of one task.
+    #[serde(default = "default_time")]
+    pub time: Quantity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        Self {
+            cpus: default_cpus(),
+            memory: default_memory(),
+            time: default_time(),
+            partition: None,
+            account: None,
+            qos: None,
+        }
+    }
+}
+
+fn default_cpus() -> u32 {
+    1
+}
+fn default_memory() -> Quantity {
+    Quantity::from("2Gi")
+}
+fn default_time() -> Quantity {
+    Quantity::from("30m")
+}
+
+/// Retries of tasks (by the engine) and of items (inside the worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts per task, and per item for transient item errors.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: BackoffSpec,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            backoff: BackoffSpec::default(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackoffSpec {
+    #[serde(default = "default_initial")]
+    pub initial: Quantity,
+    #[serde(default = "default_factor")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub factor: f64,
+    #[serde(default = "default_backoff_max")]
+    pub max: Quantity,
+    /// Spread retries randomly over 50–100 % of the delay.
+    #[serde(default = "default_true")]
+    pub jitter: bool,
+}
+
+impl Default for BackoffSpec {
+    fn default() -> Self {
+        Self {
+            initial: default_initial(),
+            factor: default_factor(),
+            max: default_backoff_max(),
+            jitter: true,
+        }
+    }
+}
+
+fn default_initial() -> Quantity {
+    Quantity::from("10s")
+}
+fn default_factor() -> f64 {
+    2.0
+}
+fn default_backoff_max() -> Quantity {
+    Quantity::from("10m")
+}
+fn default_true() -> bool {
+    true
+}
+
+/// When a job with failed items still counts as a success.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ToleranceSpec {
+    /// The job fails when more than this percentage of input items failed.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub max_failed_items_percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(default = "default_tokens_per_item")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_item: u32,
+}
+
+fn default_tokens_per_item() -> u32 {
+    1
+}
+
+/// Where the final files go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutputSpec {
+    /// A directory (relative to the job file) or `s3://bucket/prefix/`; default `out/<name>`
+    /// next to the job file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default = "default_formats")]
+    pub formats: Vec<OutputFormat>,
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        Self {
+            uri: None,
+            formats: default_formats(),
+        }
+    }
+}
+
+fn default_formats() -> Vec<OutputFormat> {
+    vec![OutputFormat::Parquet]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Parquet,
+    Sqlite,
+    Jsonl,
+    Csv,
+}
+
+/// Where workers run. Exactly one of the fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecutorSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalExecutorSpec>,
+    /// Slurm job arrays (see the Slurm bridge documentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Kubernetes Indexed Jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Default for ExecutorSpec {
+    fn default() -> Self {
+        Self {
+            local: Some(LocalExecutorSpec::default()),
+            slurm: None,
+            kubernetes: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalExecutorSpec {
+    /// Worker processes at once; default: the number of CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub parallelism: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSpec {
+    /// Manifests, batches, results and checkpoints; default `./.orch/` (standalone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+/// A duration (`30s`) or size (`64Mi`) written as a string, or a plain integer (seconds or
+/// bytes), like Kubernetes' int-or-string quantities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Quantity {
+    Int(u64),
+    Text(String),
+}
+
+impl From<&str> for Quantity {
+    fn from(s: &str) -> Self {
+        Quantity::Text(s.to_string())
+    }
+}
+
+impl std::fmt::Display for Quantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quantity::Int(n) => write!(f, "{n}"),
+            Quantity::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Quantity {
+    pub fn as_duration(&self) -> Result<std::time::Duration, String> {
+        match self {
+            Quantity::Int(n) => Ok(std::time::Duration::from_secs(*n)),
+            Quantity::Text(s) => crate::quantity::parse_duration(s),
+        }
+    }
+
+    pub fn as_bytes(&self) -> Result<u64, String> {
+        match self {
+            Quantity::Int(n) => Ok(*n),
+            Quantity::Text(s) => crate::quantity::parse_bytes(s),
+        }
+    }
+}
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration such as 30s or 10m, or a size such as 64Mi; a plain integer means seconds or bytes.",
+            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            "x-kubernetes-int-or-string": true
+        })
+    }
+}
+
+/// The JSON schema of a job file, as used by `orch validate` and the CRD.
+pub fn job_file_schema() -> serde_json::Value {
+    serde_json::Value::from(schemars::schema_for!(OrchJobFile))
+}
