@@ -1,1 +1,31 @@
-//! placeholder
+//! Result data of orch: handler output to Parquet, checksums, and aggregation.
+//!
+//! Workers turn each task's handler results (JSON values) into typed Parquet files plus an
+//! error file; the aggregation step merges thousands of those into a few large output files
+//! (DESIGN §3). This crate is that data plane, kept free of orchestration concerns so the
+//! worker, the standalone driver and the operator share one implementation. It only touches
+//! local paths; getting files to and from object storage is the caller's job.
+//!
+//! Modules, and why each exists:
+//! - [`error`]: one error type with a [`ErrorCategory`] per failure, so callers can apply the
+//!   retry policy without inspecting messages.
+//! - [`checksum`]: sizes and SHA-256 for the `_DONE` / `_SUCCESS` markers, and re-checking them.
+//! - [`atomic`]: temp-file + fsync + rename, so no reader ever sees a partial file.
+//! - [`results`]: schema inference from JSON rows and the per-task result file.
+//! - [`item_errors`]: the fixed-schema file of failed items.
+//! - [`schema`]: unifying the schemas that tasks inferred independently.
+//! - [`merge`]: bounded-memory streaming merge into rolling `part-NNNNN.parquet` files.
+//!
+//! Every file written here starts with the `_item` column (`UInt64`): the input ordinal that
+//! lets any consumer check that nothing was lost or duplicated.
+
+pub mod atomic;
+pub mod checksum;
+pub mod error;
+
+pub use atomic::{write_bytes_atomic, write_json_atomic};
+pub use checksum::{FileInfo, sha256_file, verify_file};
+pub use error::{DataError, ErrorCategory};
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, DataError>;
