@@ -22,10 +22,16 @@
 pub mod atomic;
 pub mod checksum;
 pub mod error;
+pub mod item_errors;
+mod parquet_io;
+pub mod results;
 
 pub use atomic::{write_bytes_atomic, write_json_atomic};
 pub use checksum::{FileInfo, sha256_file, verify_file};
 pub use error::{DataError, ErrorCategory};
+pub use item_errors::{ItemError, errors_schema, read_errors_parquet, write_errors_parquet};
+pub use parquet_io::DEFAULT_ROW_GROUP_ROWS;
+pub use results::{ITEM_COLUMN, ResultRow, VALUE_COLUMN, write_results_parquet};
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, DataError>;

@@ -1,0 +1,104 @@
+//! The one place that decides how orch's Parquet files are written and opened.
+//!
+//! Task results, error files and merged parts must share compression, row-group policy and
+//! the atomic-rename discipline; keeping the writer set-up here means a change (say, zstd)
+//! is made once and applies to every file orch produces.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::Result;
+use crate::atomic::{AtomicFile, FileSink};
+use crate::checksum::FileInfo;
+use crate::error::DataError;
+
+/// Default maximum rows per row group: large row groups make scans fast, and readers of
+/// result files (DuckDB, Spark, pandas) handle 1M-row groups comfortably.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = 1_000_000;
+
+/// A Parquet file being written under a temporary name; [`ParquetSink::finish`] publishes it.
+pub(crate) struct ParquetSink {
+    // Declared before `guard` so that on an early drop the file handle closes before the guard
+    // deletes the temporary.
+    writer: ArrowWriter<FileSink>,
+    guard: AtomicFile,
+    path: PathBuf,
+    rows: u64,
+}
+
+impl ParquetSink {
+    pub(crate) fn create(path: &Path, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
+        let (guard, sink) = AtomicFile::create(path)?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+            .build();
+        let writer = ArrowWriter::try_new(sink, schema, Some(props))
+            .map_err(|e| DataError::parquet(path, e))?;
+        Ok(ParquetSink {
+            writer,
+            guard,
+            path: path.to_path_buf(),
+            rows: 0,
+        })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| DataError::parquet(&self.path, e))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Bytes already on disk plus the encoder's estimate for the open row group.
+    ///
+    /// `bytes_written` alone stays near zero until a row group is flushed, which with
+    /// 1M-row groups would let a file grow far past any size target.
+    pub(crate) fn estimated_bytes(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Writes the footer, fsyncs and renames the file into place.
+    pub(crate) fn finish(self) -> Result<FileInfo> {
+        let ParquetSink {
+            writer,
+            guard,
+            path,
+            rows,
+        } = self;
+        // `into_inner` flushes the last row group and writes the footer exactly once
+        // (calling `finish` first would write a second footer).
+        let sink = writer
+            .into_inner()
+            .map_err(|e| DataError::parquet(&path, e))?;
+        let (bytes, sha256) = guard.commit(sink)?;
+        Ok(FileInfo {
+            rows,
+            bytes,
+            sha256,
+        })
+    }
+}
+
+/// Opens a Parquet file for reading in batches of about `batch_rows` rows.
+pub(crate) fn open_reader(path: &Path, batch_rows: usize) -> Result<ParquetRecordBatchReader> {
+    let builder = open_builder(path)?;
+    builder
+        .with_batch_size(batch_rows.max(1))
+        .build()
+        .map_err(|e| DataError::parquet(path, e))
+}
+
+/// Opens a Parquet file and reads its footer.
+pub(crate) fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| DataError::io("open", path, e))?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| DataError::parquet(path, e))
+}
