@@ -137,9 +137,15 @@ pub enum ExecState {
     Queued,
     Running,
     /// The worker process ended.
-    Exited { code: Option<i32>, signal: Option<i32> },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// The executor ended it for a reason of its own.
-    Failed { reason: ExecFailure, message: String },
+    Failed {
+        reason: ExecFailure,
+        message: String,
+    },
     /// This executor has no record of the id (e.g. it was started by a previous coordinator).
     Unknown,
 }

@@ -64,6 +64,15 @@ pub enum Error {
     },
     #[error("input {uri}: {message}")]
     Input { uri: String, message: String },
+    #[error(
+        "input item {ordinal} (at byte {offset}) is {bytes} bytes, over the limit of {limit} bytes"
+    )]
+    RecordTooLarge {
+        ordinal: u64,
+        offset: u64,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -96,8 +105,10 @@ impl Error {
     /// The category used for retries, metrics and events.
     pub fn category(&self) -> ErrorCategory {
         match self {
-            Error::Read { .. } | Error::Yaml { .. } | Error::Invalid { .. } => ErrorCategory::Invalid,
-            Error::Input { .. } => ErrorCategory::Invalid,
+            Error::Read { .. } | Error::Yaml { .. } | Error::Invalid { .. } => {
+                ErrorCategory::Invalid
+            }
+            Error::Input { .. } | Error::RecordTooLarge { .. } => ErrorCategory::Invalid,
             Error::Transition { .. } | Error::Decode { .. } | Error::SchemaVersion { .. } => {
                 ErrorCategory::Permanent
             }

@@ -228,7 +228,9 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
         K::Type { kind } => format!("wrong type: expected {kind:?}, got {got}")
             .replace("Single(", "")
             .replace(')', ""),
-        K::AnyOf { .. } => format!("expected a duration/size string such as 30s or 64Mi, got {got}"),
+        K::AnyOf { .. } => {
+            format!("expected a duration/size string such as 30s or 64Mi, got {got}")
+        }
         _ => e.to_string(),
     }
 }
@@ -245,11 +247,18 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     if file.api_version != spec::API_VERSION {
         err(
             "apiVersion",
-            format!("must be `{}`, got `{}`", spec::API_VERSION, file.api_version),
+            format!(
+                "must be `{}`, got `{}`",
+                spec::API_VERSION,
+                file.api_version
+            ),
         );
     }
     if file.kind != spec::KIND {
-        err("kind", format!("must be `{}`, got `{}`", spec::KIND, file.kind));
+        err(
+            "kind",
+            format!("must be `{}`, got `{}`", spec::KIND, file.kind),
+        );
     }
     let name = &file.metadata.name;
     let name_ok = !name.is_empty()
@@ -286,7 +295,8 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     {
         err(
             "spec.input.format",
-            format!("{format:?} input is not supported by this build yet; use jsonl").to_lowercase(),
+            format!("{format:?} input is not supported by this build yet; use jsonl")
+                .to_lowercase(),
         );
     }
     match s.batch.max_bytes.as_bytes() {
@@ -321,8 +331,18 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     if let Err(e) = s.resources.memory.as_bytes() {
         err("spec.resources.memory", e);
     }
-    duration_rule(&mut err, "spec.retry.backoff.initial", &s.retry.backoff.initial, false);
-    duration_rule(&mut err, "spec.retry.backoff.max", &s.retry.backoff.max, false);
+    duration_rule(
+        &mut err,
+        "spec.retry.backoff.initial",
+        &s.retry.backoff.initial,
+        false,
+    );
+    duration_rule(
+        &mut err,
+        "spec.retry.backoff.max",
+        &s.retry.backoff.max,
+        false,
+    );
     if s.rate_limit.is_some() {
         err(
             "spec.rateLimit",
@@ -335,7 +355,10 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         err("spec.output.uri", e);
     }
     if s.output.formats.is_empty() {
-        err("spec.output.formats", "must name at least one format".into());
+        err(
+            "spec.output.formats",
+            "must name at least one format".into(),
+        );
     }
     for (i, f) in s.output.formats.iter().enumerate() {
         if *f != spec::OutputFormat::Parquet {
@@ -404,7 +427,10 @@ pub fn infer_format(uri: &str) -> Option<InputFormat> {
 /// Makes every path of the spec absolute (relative paths are relative to the job file's
 /// directory, except `storage.uri`, which is relative to the working directory as in DESIGN §3),
 /// and fills in the output default.
-fn resolve(mut file: OrchJobFile, base: &Path) -> std::result::Result<OrchJobFile, Vec<FieldError>> {
+fn resolve(
+    mut file: OrchJobFile,
+    base: &Path,
+) -> std::result::Result<OrchJobFile, Vec<FieldError>> {
     let mut errors = Vec::new();
     let s = &mut file.spec;
     match Location::parse(&s.input.uri, base) {
@@ -483,7 +509,10 @@ pub fn preflight(job: &LoadedJob) -> Result<()> {
         } else if find_program(program, &workdir).is_none() {
             errors.push(field(
                 "spec.handler.exec.command[0]",
-                format!("program `{program}` not found in PATH or in `{}`", workdir.display()),
+                format!(
+                    "program `{program}` not found in PATH or in `{}`",
+                    workdir.display()
+                ),
             ));
         }
     }

@@ -65,13 +65,13 @@ impl TaskState {
     /// dispatched task may also be lost before it runs, and retrying leads to the next dispatch.
     pub fn can_become(self, next: TaskState) -> bool {
         use TaskState::*;
-        match (self, next) {
-            (Pending, Dispatched | Cancelled) => true,
-            (Dispatched, Running | Retrying | Failed | Cancelled) => true,
-            (Running, Succeeded | Failed | Retrying | Cancelled) => true,
-            (Retrying, Dispatched | Failed | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Dispatched | Cancelled)
+                | (Dispatched, Running | Retrying | Failed | Cancelled)
+                | (Running, Succeeded | Failed | Retrying | Cancelled)
+                | (Retrying, Dispatched | Failed | Cancelled)
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -168,6 +168,8 @@ impl ErrorKind {
 pub struct TaskError {
     pub kind: ErrorKind,
     pub message: String,
+    /// The attempt that failed.
+    pub attempt: u32,
 }
 
 /// The job row of the StateStore.

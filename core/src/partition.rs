@@ -1,0 +1,305 @@
+//! Cutting JSONL input into batches without copying it (DESIGN §3).
+//!
+//! A batch is a byte range of the source: the partitioner only finds line boundaries (with
+//! `memchr`) and writes a manifest, and each worker later reads just its range. Item ordinals
+//! are the 0-based index of non-blank lines across the whole input, and [`jsonl_items`] is the
+//! one definition of "an item" that the partitioner and the worker share.
+
+use std::io::Read;
+
+use crate::error::{Error, Result};
+use crate::model::Batch;
+
+/// Records over this size are refused unless configured otherwise: a single line this large
+/// is almost always a broken export rather than a record.
+pub const DEFAULT_HARD_LIMIT: u64 = 100 << 20;
+
+/// How to cut the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOptions {
+    /// Items per batch (≥ 1).
+    pub batch_size: u64,
+    /// Bytes per batch; a batch holds at least one item even when that item is larger.
+    pub max_bytes: u64,
+    /// Largest record accepted.
+    pub hard_limit: u64,
+}
+
+/// The result of partitioning one input.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PartitionPlan {
+    pub batches: Vec<Batch>,
+    pub items: u64,
+    pub bytes: u64,
+}
+
+impl PartitionPlan {
+    /// The batch with the most bytes, for `--dry-run` summaries.
+    pub fn largest_batch(&self) -> Option<&Batch> {
+        self.batches.iter().max_by_key(|b| b.bytes())
+    }
+}
+
+fn is_blank(segment: &[u8]) -> bool {
+    segment.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
+}
+
+/// The items of a JSONL byte range: non-blank lines, without their line ending.
+pub fn jsonl_items(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        loop {
+            if rest.is_empty() {
+                return None;
+            }
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = next;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !is_blank(line) {
+                return Some(line);
+            }
+        }
+    })
+}
+
+/// Streams `reader` once and returns the batches of `source` (its URI, copied into each batch).
+pub fn partition_jsonl<R: Read>(
+    mut reader: R,
+    source: &str,
+    opts: PartitionOptions,
+) -> Result<PartitionPlan> {
+    let mut cut = Cutter::new(source, opts);
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(source, e)),
+        };
+        cut.feed(&buf[..n])?;
+    }
+    cut.finish()
+}
+
+/// Incremental state of the partitioner: where the current line and batch started.
+struct Cutter<'a> {
+    source: &'a str,
+    opts: PartitionOptions,
+    plan: PartitionPlan,
+    /// Absolute offset of the next byte to be fed.
+    offset: u64,
+    line_start: u64,
+    line_has_content: bool,
+    batch_start: u64,
+    batch_items: u64,
+}
+
+impl<'a> Cutter<'a> {
+    fn new(source: &'a str, opts: PartitionOptions) -> Self {
+        Cutter {
+            source,
+            opts,
+            plan: PartitionPlan::default(),
+            offset: 0,
+            line_start: 0,
+            line_has_content: false,
+            batch_start: 0,
+            batch_items: 0,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<()> {
+        let mut pos = 0usize;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            if !self.line_has_content && !is_blank(&chunk[pos..nl]) {
+                self.line_has_content = true;
+            }
+            let line_end = self.offset + nl as u64 + 1;
+            self.end_line(line_end)?;
+            pos = nl + 1;
+        }
+        if !self.line_has_content && !is_blank(&chunk[pos..]) {
+            self.line_has_content = true;
+        }
+        self.offset += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Called at each line end (exclusive offset, after the newline).
+    fn end_line(&mut self, line_end: u64) -> Result<()> {
+        if self.line_has_content {
+            let len = line_end - self.line_start;
+            if len > self.opts.hard_limit {
+                return Err(Error::RecordTooLarge {
+                    ordinal: self.plan.items,
+                    offset: self.line_start,
+                    bytes: len,
+                    limit: self.opts.hard_limit,
+                });
+            }
+            let full = self.batch_items >= self.opts.batch_size
+                || (self.batch_items > 0 && line_end - self.batch_start > self.opts.max_bytes);
+            if full {
+                self.close_batch(self.line_start);
+            }
+            self.batch_items += 1;
+            self.plan.items += 1;
+        }
+        self.line_start = line_end;
+        self.line_has_content = false;
+        Ok(())
+    }
+
+    fn close_batch(&mut self, end: u64) {
+        let id = self.plan.batches.len() as u32;
+        self.plan.batches.push(Batch {
+            id,
+            source: self.source.to_string(),
+            start: self.batch_start,
+            end,
+            items: self.batch_items,
+            first_item: self.plan.items - self.batch_items,
+        });
+        self.batch_start = end;
+        self.batch_items = 0;
+    }
+
+    fn finish(mut self) -> Result<PartitionPlan> {
+        if self.offset > self.line_start {
+            self.end_line(self.offset)?;
+        }
+        if self.batch_items > 0 {
+            self.close_batch(self.offset);
+        } else if let Some(last) = self.plan.batches.last_mut() {
+            // Trailing blank lines belong to the last batch, so the ranges cover the file.
+            last.end = self.offset;
+        }
+        self.plan.bytes = self.offset;
+        Ok(self.plan)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn opts(size: u64, max_bytes: u64) -> PartitionOptions {
+        PartitionOptions {
+            batch_size: size,
+            max_bytes,
+            hard_limit: DEFAULT_HARD_LIMIT,
+        }
+    }
+
+    fn plan(data: &[u8], o: PartitionOptions) -> PartitionPlan {
+        partition_jsonl(data, "mem", o).unwrap()
+    }
+
+    #[test]
+    fn cuts_by_count() {
+        let data = b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n";
+        let p = plan(data, opts(2, 1 << 20));
+        assert_eq!(p.items, 3);
+        assert_eq!(p.batches.len(), 2);
+        assert_eq!((p.batches[0].start, p.batches[0].end), (0, 16));
+        assert_eq!(p.batches[1].first_item, 2);
+        assert_eq!(p.batches[1].end, data.len() as u64);
+    }
+
+    #[test]
+    fn blank_lines_crlf_and_no_trailing_newline() {
+        let data = b"\n{\"a\":1}\r\n\r\n  \n{\"a\":2}";
+        let p = plan(data, opts(1, 1 << 20));
+        assert_eq!(p.items, 2);
+        let items: Vec<&[u8]> = p
+            .batches
+            .iter()
+            .flat_map(|b| jsonl_items(&data[b.start as usize..b.end as usize]))
+            .collect();
+        assert_eq!(items, vec![&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]]);
+    }
+
+    #[test]
+    fn max_bytes_splits_and_a_huge_record_gets_its_own_batch() {
+        let big = format!("{{\"x\":\"{}\"}}\n", "y".repeat(100));
+        let data = format!("{{}}\n{big}{{}}\n");
+        let p = plan(data.as_bytes(), opts(100, 20));
+        assert_eq!(p.batches.len(), 3);
+        assert_eq!(p.batches[1].items, 1);
+        assert!(p.batches[1].bytes() > 20);
+    }
+
+    #[test]
+    fn record_over_the_hard_limit_names_its_ordinal() {
+        let data = b"{}\n{\"long\":\"xxxxxxxxxxxxxxxx\"}\n";
+        let o = PartitionOptions {
+            hard_limit: 10,
+            ..opts(10, 100)
+        };
+        match partition_jsonl(&data[..], "mem", o) {
+            Err(Error::RecordTooLarge { ordinal, .. }) => assert_eq!(ordinal, 1),
+            other => panic!("expected RecordTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_input_has_no_batches() {
+        assert_eq!(plan(b"", opts(5, 100)).batches.len(), 0);
+        assert_eq!(plan(b"\n\n", opts(5, 100)).items, 0);
+    }
+
+    /// A reader that hands out tiny chunks, to exercise lines split across reads.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(self.0.len()).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn batches_cover_the_input_and_every_item_once(
+            lines in proptest::collection::vec("[ a-z{}\":0-9]{0,30}", 0..60),
+            crlf in any::<bool>(),
+            trailing in any::<bool>(),
+            size in 1u64..7,
+            max_bytes in 1u64..80,
+            chunk in 1usize..17,
+        ) {
+            let sep = if crlf { "\r\n" } else { "\n" };
+            let mut text = lines.join(sep);
+            if trailing { text.push_str(sep); }
+            let data = text.as_bytes();
+            let p = partition_jsonl(Trickle(data, chunk), "mem", opts(size, max_bytes)).unwrap();
+            let expected: Vec<&[u8]> = jsonl_items(data).collect();
+            prop_assert_eq!(p.items as usize, expected.len());
+            let mut next_start = 0;
+            let mut got = Vec::new();
+            for b in &p.batches {
+                prop_assert_eq!(b.start, next_start);
+                prop_assert!(b.items >= 1 && b.items <= size);
+                prop_assert_eq!(b.first_item as usize, got.len());
+                let items: Vec<&[u8]> = jsonl_items(&data[b.start as usize..b.end as usize]).collect();
+                prop_assert_eq!(items.len() as u64, b.items);
+                if b.items > 1 {
+                    // Only a single-item batch may exceed max_bytes (a skewed record).
+                    let content_end = b.start + items.iter().map(|i| i.len() as u64).sum::<u64>();
+                    prop_assert!(content_end - b.start <= max_bytes + (b.end - b.start));
+                }
+                got.extend(items);
+                next_start = b.end;
+            }
+            if !p.batches.is_empty() { prop_assert_eq!(next_start, data.len() as u64); }
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

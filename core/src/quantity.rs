@@ -13,9 +13,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(t).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 10m, 1h30m")
-    })
+    humantime::parse_duration(t)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 10m, 1h30m"))
 }
 
 /// Parses `1024`, `64Ki`, `64Mi`, `2Gi`, `1Ti` (powers of 1024) and `64K`, `64M`, `2G`, `1T`
@@ -26,7 +25,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let bad = || format!("`{text}` is not a size; write e.g. 512Ki, 64Mi, 2Gi or a number of bytes");
+    let bad =
+        || format!("`{text}` is not a size; write e.g. 512Ki, 64Mi, 2Gi or a number of bytes");
     let value: f64 = number.parse().map_err(|_| bad())?;
     let factor: u64 = match unit.trim() {
         "" => 1,
