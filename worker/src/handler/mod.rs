@@ -1,0 +1,133 @@
+//! Handlers: the function the worker runs on every item.
+//!
+//! Why one trait: the worker's retry, checkpoint and result logic must not care whether an item
+//! is answered by a builtin, by an external process speaking JSON lines (DESIGN §4) or by a native
+//! Rust handler that a team links into its own worker binary. All three implement [`Handler`] and
+//! report per-item failures as an [`Outcome`] carrying an [`ErrorKind`], so that the worker
+//! decides retries from the kind alone.
+//!
+//! Items and results stay as raw JSON text ([`RawValue`]) end to end: the worker never needs to
+//! look inside an item, and not building a `serde_json::Value` tree per item keeps the per-item
+//! overhead small (DESIGN §8).
+
+mod builtin;
+mod exec;
+
+use std::path::PathBuf;
+
+use orch_core::ErrorCategory;
+use orch_core::model::ErrorKind;
+use serde_json::value::RawValue;
+
+pub use builtin::{Identity, Sleep};
+pub use exec::{ExecConfig, ExecHandler};
+
+/// Why one item failed. The worker retries, records or escalates it according to `kind`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ItemFailure {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ItemFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, message)
+    }
+
+    pub fn infrastructure(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Infrastructure, message)
+    }
+}
+
+impl std::fmt::Display for ItemFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// The answer of a handler for one item.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The result JSON: an object becomes one output row, a list becomes several rows.
+    Ok(Box<RawValue>),
+    Err(ItemFailure),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok(_))
+    }
+}
+
+/// The function run on every item.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync {
+    /// Runs one item. `item` is valid JSON. Must never panic; failures are [`Outcome::Err`].
+    async fn call(&self, item: &RawValue) -> Outcome;
+
+    /// Stops whatever the handler started (kills the process); idempotent.
+    async fn shutdown(&self) {}
+
+    /// `Some(result)` when the handler can answer synchronously without awaiting (identity): lets
+    /// the worker run a tight loop with no async overhead. Default `None`.
+    fn call_sync(&self, _item: &RawValue) -> Option<Outcome> {
+        None
+    }
+}
+
+/// Why a handler could not be started. Per-item trouble is never a `HandlerError`: it is an
+/// [`Outcome::Err`].
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("handler command is empty")]
+    EmptyCommand,
+    #[error("handler concurrency must be at least 1")]
+    ZeroConcurrency,
+    #[error("handler working directory {} is not a directory", path.display())]
+    Workdir { path: PathBuf },
+    #[error("cannot open handler stderr log {}: {source}", path.display())]
+    StderrLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start handler program `{program}`: {}", spawn_reason(source))]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+fn spawn_reason(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("not found in PATH or the working directory ({err})")
+        }
+        std::io::ErrorKind::PermissionDenied => format!("not executable ({err})"),
+        _ => err.to_string(),
+    }
+}
+
+impl HandlerError {
+    /// The category used for retries, metrics and events.
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            HandlerError::EmptyCommand | HandlerError::ZeroConcurrency => ErrorCategory::Invalid,
+            // A program or directory missing on this node may be present on another one (a
+            // missing module, an unmounted file system): let the task be retried elsewhere.
+            HandlerError::Workdir { .. }
+            | HandlerError::StderrLog { .. }
+            | HandlerError::Spawn { .. } => ErrorCategory::Infrastructure,
+        }
+    }
+}
