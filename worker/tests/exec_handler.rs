@@ -1,0 +1,387 @@
+//! The `exec` handler against real Python processes (fixtures in `tests/fixtures/`).
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orch_core::ErrorCategory;
+use orch_core::model::ErrorKind;
+use orch_worker::handler::{ExecConfig, ExecHandler, Handler, HandlerError, ItemFailure, Outcome};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn config(script: &str) -> ExecConfig {
+    let mut cfg = ExecConfig::new(vec!["python3".into(), script.into()], fixtures());
+    cfg.timeout = Duration::from_secs(30);
+    cfg
+}
+
+fn raw(value: Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&value).unwrap()
+}
+
+fn ok(outcome: Outcome) -> Value {
+    match outcome {
+        Outcome::Ok(result) => serde_json::from_str(result.get()).unwrap(),
+        Outcome::Err(failure) => panic!("expected a result, got {failure:?}"),
+    }
+}
+
+fn err(outcome: Outcome) -> ItemFailure {
+    match outcome {
+        Outcome::Err(failure) => failure,
+        Outcome::Ok(result) => panic!("expected a failure, got {}", result.get()),
+    }
+}
+
+/// Runs all items at once, each on its own task; results in item order.
+async fn call_all(handler: &Arc<ExecHandler>, items: Vec<Value>) -> Vec<Outcome> {
+    let mut set = JoinSet::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let handler = handler.clone();
+        set.spawn(async move { (index, handler.call(&raw(item)).await) });
+    }
+    let mut outcomes: Vec<Option<Outcome>> = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (index, outcome) = joined.unwrap();
+        if outcomes.len() <= index {
+            outcomes.resize_with(index + 1, || None);
+        }
+        outcomes[index] = Some(outcome);
+    }
+    outcomes.into_iter().map(Option::unwrap).collect()
+}
+
+/// True while the process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+async fn wait_until_dead(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_items_each_get_their_own_result() {
+    let mut cfg = config("echo.py");
+    cfg.concurrency = 8;
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    let pid = handler.pid().unwrap();
+    let items: Vec<Value> = (0..200)
+        .map(|n| json!({"n": n, "text": "x".repeat(n % 13), "nested": {"k": [n, -(n as i64)]}}))
+        .collect();
+    let outcomes = call_all(&handler, items.clone()).await;
+    for (item, outcome) in items.iter().zip(outcomes) {
+        assert_eq!(&ok(outcome), item);
+    }
+    assert_eq!(handler.pid(), Some(pid), "no restart happened");
+    handler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_out_of_order_are_matched_by_id() {
+    let mut cfg = config("out_of_order.py");
+    cfg.concurrency = 4;
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    // Longer delays first, so that the process answers later items earlier.
+    let items: Vec<Value> = (0..12)
+        .map(|n| json!({"n": n, "delay_ms": 40 * (12 - n)}))
+        .collect();
+    let outcomes = call_all(&handler, items.clone()).await;
+    let results: Vec<Value> = outcomes.into_iter().map(ok).collect();
+    for (item, result) in items.iter().zip(&results) {
+        assert_eq!(&result["item"], item);
+    }
+    let answered: Vec<u64> = results
+        .iter()
+        .map(|r| r["answered_as"].as_u64().unwrap())
+        .collect();
+    assert!(
+        answered.windows(2).any(|w| w[0] > w[1]),
+        "the process answered in order, the test proves nothing: {answered:?}"
+    );
+    let max_in_flight = results
+        .iter()
+        .map(|r| r["max_in_flight"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(max_in_flight <= 4, "concurrency exceeded: {max_in_flight}");
+    assert!(max_in_flight >= 2, "requests were not concurrent");
+    handler.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_responses_map_to_error_kinds() {
+    let handler = ExecHandler::start(config("errors.py")).unwrap();
+    let failure = err(handler
+        .call(&raw(
+            json!({"fail": "transient", "message": "rate limited"}),
+        ))
+        .await);
+    assert_eq!(failure, ItemFailure::transient("rate limited"));
+    let failure = err(handler
+        .call(&raw(json!({"fail": "permanent", "message": "bad input"})))
+        .await);
+    assert_eq!(failure, ItemFailure::permanent("bad input"));
+    let failure = err(handler
+        .call(&raw(json!({"fail": "mysterious", "message": "what"})))
+        .await);
+    assert_eq!(failure, ItemFailure::permanent("what"));
+    let failure = err(handler.call(&raw(json!({"bare_error": "oops"}))).await);
+    assert_eq!(failure, ItemFailure::permanent("oops"));
+    // A list result (several rows) comes back as the handler wrote it; the stray lines the
+    // fixture printed at start were ignored.
+    let result = ok(handler.call(&raw(json!({"a": 1}))).await);
+    assert_eq!(result, json!([{"a": 1}, {"a": 1}]));
+    handler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_item_times_out_and_others_still_succeed() {
+    let mut cfg = config("hang.py");
+    cfg.timeout = Duration::from_millis(300);
+    cfg.concurrency = 4;
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    let started = Instant::now();
+    let outcomes = call_all(
+        &handler,
+        vec![json!({"hang": true}), json!({"n": 1}), json!({"n": 2})],
+    )
+    .await;
+    let mut outcomes = outcomes.into_iter();
+    let failure = err(outcomes.next().unwrap());
+    assert_eq!(failure, ItemFailure::transient("timed out after 300ms"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(ok(outcomes.next().unwrap()), json!({"n": 1}));
+    assert_eq!(ok(outcomes.next().unwrap()), json!({"n": 2}));
+    // The timed-out slot was given back: a full set of concurrent calls still goes through.
+    let items: Vec<Value> = (0..8).map(|n| json!({"n": n})).collect();
+    for (item, outcome) in items.iter().zip(call_all(&handler, items.clone()).await) {
+        assert_eq!(&ok(outcome), item);
+    }
+    handler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_late_answer_is_not_taken_for_a_later_item() {
+    let mut cfg = config("hang.py");
+    cfg.timeout = Duration::from_millis(300);
+    let handler = ExecHandler::start(cfg).unwrap();
+    let failure = err(handler.call(&raw(json!({"n": "held", "hang": true}))).await);
+    assert_eq!(failure.kind, ErrorKind::Transient);
+    // The fixture answers the held item first, while this call is waiting: that late answer
+    // must be dropped, not handed to this call.
+    let item = json!({"n": "next", "release": true});
+    assert_eq!(ok(handler.call(&raw(item.clone())).await), item);
+    assert_eq!(
+        ok(handler.call(&raw(json!({"n": 3}))).await),
+        json!({"n": 3})
+    );
+    handler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_fails_the_items_in_flight_and_the_process_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("crash.py");
+    cfg.concurrency = 4;
+    cfg.stderr_log = Some(dir.path().join("handler.log"));
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    let first = ok(handler.call(&raw(json!({"n": 0}))).await);
+    let first_pid = first["pid"].as_u64().unwrap();
+
+    let slow = {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            handler
+                .call(&raw(json!({"n": 1, "delay_ms": 20_000})))
+                .await
+        })
+    };
+    // Let the slow item reach the process before it crashes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crashed = err(handler.call(&raw(json!({"crash": true}))).await);
+    assert_eq!(crashed.kind, ErrorKind::Infrastructure);
+    assert_eq!(crashed.message, "handler process exited (exit status: 3)");
+    let in_flight = err(slow.await.unwrap());
+    assert_eq!(in_flight, crashed);
+
+    let after = ok(handler.call(&raw(json!({"n": 2}))).await);
+    assert_eq!(after["item"], json!({"n": 2}));
+    let second_pid = after["pid"].as_u64().unwrap();
+    assert_ne!(first_pid, second_pid, "a new process answered");
+    assert!(!alive(u32::try_from(first_pid).unwrap()));
+    handler.shutdown().await;
+}
+
+#[tokio::test]
+async fn crashes_between_answers_do_not_add_up() {
+    let mut cfg = config("crash.py");
+    cfg.max_restarts = 1;
+    let handler = ExecHandler::start(cfg).unwrap();
+    for round in 0..4 {
+        let crashed = err(handler.call(&raw(json!({"crash": true}))).await);
+        assert_eq!(crashed.kind, ErrorKind::Infrastructure, "round {round}");
+        let answer = ok(handler.call(&raw(json!({"round": round}))).await);
+        assert_eq!(answer["item"]["round"], round);
+    }
+    handler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_process_that_keeps_crashing_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("handler.log");
+    let mut cfg = config("exit_at_start.py");
+    cfg.max_restarts = 2;
+    cfg.stderr_log = Some(log.clone());
+    let handler = ExecHandler::start(cfg).unwrap();
+    let mut given_up = None;
+    for _ in 0..20 {
+        let failure = err(handler.call(&raw(json!({"n": 1}))).await);
+        assert_eq!(failure.kind, ErrorKind::Infrastructure);
+        if failure.message.contains("keeps crashing") {
+            given_up = Some(failure);
+            break;
+        }
+        assert_eq!(failure.message, "handler process exited (exit status: 7)");
+    }
+    let given_up = given_up.expect("the handler never gave up");
+    assert_eq!(given_up.message, "handler keeps crashing: exit status: 7");
+
+    // From now on calls fail at once, without starting processes.
+    let started = Instant::now();
+    let again = err(handler.call(&raw(json!({"n": 2}))).await);
+    assert_eq!(again, given_up);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(handler.pid(), None);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("exit_at_start starting").count(),
+        3,
+        "the first start and max_restarts restarts: {log}"
+    );
+    handler.shutdown().await;
+}
+
+#[tokio::test]
+async fn start_fails_for_a_missing_program() {
+    let cfg = ExecConfig::new(vec!["orch-no-such-program-42".into()], fixtures());
+    let error = ExecHandler::start(cfg).unwrap_err();
+    assert!(matches!(error, HandlerError::Spawn { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("`orch-no-such-program-42`"),
+        "{error}"
+    );
+    assert_eq!(error.category(), ErrorCategory::Infrastructure);
+
+    let cfg = ExecConfig::new(vec!["./echo.py.missing".into()], fixtures());
+    let error = ExecHandler::start(cfg).unwrap_err();
+    assert!(error.to_string().contains("./echo.py.missing"), "{error}");
+
+    let cfg = ExecConfig::new(vec!["python3".into()], fixtures().join("no-such-dir"));
+    let error = ExecHandler::start(cfg).unwrap_err();
+    assert!(matches!(error, HandlerError::Workdir { .. }), "{error:?}");
+
+    let error = ExecHandler::start(ExecConfig::new(vec![], fixtures())).unwrap_err();
+    assert!(matches!(error, HandlerError::EmptyCommand));
+    assert_eq!(error.category(), ErrorCategory::Invalid);
+}
+
+#[tokio::test]
+async fn stderr_is_appended_to_the_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("task.log");
+    std::fs::write(&log, "worker: earlier line\n").unwrap();
+    let mut cfg = config("echo.py");
+    cfg.stderr_log = Some(log.clone());
+    let handler = ExecHandler::start(cfg).unwrap();
+    let item = json!({"log": "hello from the handler"});
+    assert_eq!(ok(handler.call(&raw(item.clone())).await), item);
+    handler.shutdown().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text,
+        "worker: earlier line\necho handler ready\nhello from the handler\n"
+    );
+}
+
+#[tokio::test]
+async fn env_and_workdir_reach_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("echo.py"), dir.path().join("echo.py")).unwrap();
+    let mut cfg = ExecConfig::new(vec!["python3".into(), "echo.py".into()], dir.path());
+    cfg.env.insert("ORCH_TEST_VALUE".into(), "forty-two".into());
+    let handler = ExecHandler::start(cfg).unwrap();
+    let result = ok(handler.call(&raw(json!({"env": "ORCH_TEST_VALUE"}))).await);
+    assert_eq!(result["env"], "forty-two");
+    assert_eq!(
+        PathBuf::from(result["cwd"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        dir.path().canonicalize().unwrap()
+    );
+    handler.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_process_and_later_calls_fail() {
+    let handler = ExecHandler::start(config("echo.py")).unwrap();
+    let pid = handler.pid().unwrap();
+    assert!(alive(pid));
+    handler.shutdown().await;
+    assert!(!alive(pid), "shutdown returned before the process was gone");
+    handler.shutdown().await;
+    let failure = err(handler.call(&raw(json!({"n": 1}))).await);
+    assert_eq!(
+        failure,
+        ItemFailure::infrastructure("handler was shut down")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_kills_a_process_that_ignores_end_of_input() {
+    let mut cfg = config("hang.py");
+    cfg.command.push("--ignore-eof".into());
+    let handler = ExecHandler::start(cfg).unwrap();
+    assert_eq!(
+        ok(handler.call(&raw(json!({"n": 1}))).await),
+        json!({"n": 1})
+    );
+    let pid = handler.pid().unwrap();
+    handler.shutdown().await;
+    assert!(!alive(pid), "the stubborn process survived shutdown");
+}
+
+#[tokio::test]
+async fn dropping_the_handler_kills_the_process() {
+    let handler = ExecHandler::start(config("echo.py")).unwrap();
+    assert_eq!(
+        ok(handler.call(&raw(json!({"n": 1}))).await),
+        json!({"n": 1})
+    );
+    let pid = handler.pid().unwrap();
+    drop(handler);
+    assert!(
+        wait_until_dead(pid).await,
+        "process {pid} outlived its handler"
+    );
+}
