@@ -147,7 +147,6 @@ fn downcast_errors<'a>(batch: &'a RecordBatch, path: &Path) -> Result<ErrorColum
 
 /// Concatenates error files, in the given order, into one `errors.parquet` (atomic). Streams
 /// batch by batch, so memory does not grow with the number or size of inputs.
-#[allow(dead_code)]
 pub fn merge_errors(inputs: &[PathBuf], out_path: &Path) -> Result<FileInfo> {
     let mut sink = ParquetSink::create(out_path, errors_schema(), DEFAULT_ROW_GROUP_ROWS)?;
     for input in inputs {

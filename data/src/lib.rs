@@ -23,15 +23,21 @@ pub mod atomic;
 pub mod checksum;
 pub mod error;
 pub mod item_errors;
+pub mod merge;
 mod parquet_io;
 pub mod results;
+pub mod schema;
 
 pub use atomic::{write_bytes_atomic, write_json_atomic};
 pub use checksum::{FileInfo, sha256_file, verify_file};
 pub use error::{DataError, ErrorCategory};
-pub use item_errors::{ItemError, errors_schema, read_errors_parquet, write_errors_parquet};
+pub use item_errors::{
+    ItemError, errors_schema, merge_errors, read_errors_parquet, write_errors_parquet,
+};
+pub use merge::{MergeOptions, MergeOutput, merge_results, part_file_name};
 pub use parquet_io::DEFAULT_ROW_GROUP_ROWS;
 pub use results::{ITEM_COLUMN, ResultRow, VALUE_COLUMN, write_results_parquet};
+pub use schema::ColumnSchema;
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, DataError>;

@@ -16,7 +16,8 @@
 //!   with its `preserve_order` feature, in document order.)
 //! - Each column's type is the join of its values' types over all rows:
 //!   - `null` and missing keys do not constrain the type; a column with only nulls is `Utf8`
-//!     ("string") full of nulls;
+//!     ("string") full of nulls, its field marked [`crate::schema::NULL_ONLY_METADATA_KEY`]
+//!     so that the merge can still give it another task's type;
 //!   - booleans give `Boolean`; JSON integers that fit `i64` give `Int64`; other numbers
 //!     (fractions, or integers above `i64::MAX`) give `Float64`;
 //!   - `Int64` joined with `Float64` gives `Float64` (integers are converted, possibly rounding
@@ -50,6 +51,7 @@ use crate::Result;
 use crate::checksum::FileInfo;
 use crate::error::DataError;
 use crate::parquet_io::{DEFAULT_ROW_GROUP_ROWS, ParquetSink};
+use crate::schema::null_only_field;
 
 /// Name of the ordinal column every orch output file starts with.
 pub const ITEM_COLUMN: &str = "_item";
@@ -347,7 +349,10 @@ pub fn write_results_parquet(path: &Path, rows: &[ResultRow]) -> Result<FileInfo
         cols.names
             .iter()
             .zip(&infos)
-            .map(|(name, info)| Field::new(*name, info.kind.data_type(), true)),
+            .map(|(name, info)| match info.kind {
+                Kind::Null => null_only_field(name),
+                kind => Field::new(*name, kind.data_type(), true),
+            }),
     );
     let schema: SchemaRef = Arc::new(Schema::new(fields));
 

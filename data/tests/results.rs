@@ -6,6 +6,7 @@ mod common;
 use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow_schema::DataType;
 use common::{col, dir_names, items, read_parquet, row_group_rows};
+use orch_data::schema::NULL_ONLY_METADATA_KEY;
 use orch_data::{
     DataError, ErrorCategory, ItemError, ResultRow, read_errors_parquet, sha256_file, verify_file,
     write_errors_parquet, write_results_parquet,
@@ -94,8 +95,17 @@ fn mixed_types_round_trip() {
             None
         ]
     );
-    // null-only column: string nulls.
+    // null-only column: string nulls, marked as untyped for the merge.
     assert_eq!(col::<StringArray>(&batch, "e").null_count(), 6);
+    assert_eq!(
+        schema
+            .field_with_name("e")
+            .unwrap()
+            .metadata()
+            .get(NULL_ONLY_METADATA_KEY),
+        Some(&"true".to_string())
+    );
+    assert!(schema.field_with_name("c").unwrap().metadata().is_empty());
     let f = col::<BooleanArray>(&batch, "f");
     assert_eq!(
         f.iter().collect::<Vec<_>>(),

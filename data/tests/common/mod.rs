@@ -64,3 +64,13 @@ pub fn dir_names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Writes batches with the plain Arrow writer: files orch did not produce itself.
+pub fn write_raw(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) {
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(File::create(path).unwrap(), schema, None).unwrap();
+    for b in batches {
+        w.write(b).unwrap();
+    }
+    w.close().unwrap();
+}
