@@ -1,0 +1,621 @@
+//! The behaviour every backend must show, as reusable test functions.
+//!
+//! The engine is written against the traits of `orch_core::backend`, not against SQLite or S3,
+//! so each implementation must agree on the details the engine relies on (what a missing object
+//! returns, that a stale version conflicts, that a delayed message stays hidden). These functions
+//! state those details once; the embedded backends run them in `tests/contract_embedded.rs`, and
+//! the cluster backends (S3, DynamoDB, SQS against a local emulator) run the same functions.
+//!
+//! Each call uses fresh random names (object prefix, job id, queue name), so the functions can
+//! run repeatedly and concurrently against one shared backend. They panic with a message naming
+//! the broken rule: this is test-support code.
+//!
+//! Contract details worth knowing when writing a new backend:
+//! - `get_range` clamps the end to the object's size; a range starting at or past the end yields
+//!   no bytes; a missing object is `NotFound`.
+//! - `list` is by plain string prefix (not by directory) and sorted by key.
+//! - `delete_job` of a missing job is a successful no-op.
+//! - `Queue::delete` with a stale receipt is a successful no-op; `Queue::extend` with one is a
+//!   `Conflict`. The dead-letter queue of queue `q` is named `q-dlq`.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use orch_core::backend::{BackendError, Message, ObjectMeta, ObjectStore, Queue, StateStore};
+use orch_core::model::{JobPhase, JobRecord, SCHEMA_VERSION, TaskRecord, TaskState};
+
+/// A short random tag that keeps names of concurrent contract runs apart.
+fn tag() -> String {
+    format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+fn expect_ok<T>(what: &str, r: Result<T, BackendError>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: unexpected error: {e}"))
+}
+
+/// A scratch directory for local files, removed on drop (the contract lives outside dev-deps,
+/// so no `tempfile`).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("orch-contract-{}", tag()));
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Object store contract: round trips, overwrite, absence, ranges, listing, create-once, files
+/// and prefix deletion.
+pub async fn object_store_contract(store: &dyn ObjectStore) {
+    let p = format!("contract/{}/", tag());
+    let key = |k: &str| format!("{p}{k}");
+
+    // Round trip, absence, overwrite.
+    assert_eq!(
+        expect_ok("get missing", store.get(&key("missing")).await),
+        None,
+        "a missing object must read as None"
+    );
+    expect_ok(
+        "put",
+        store.put(&key("a/one"), b"hello world".to_vec()).await,
+    );
+    assert_eq!(
+        expect_ok("get", store.get(&key("a/one")).await).as_deref(),
+        Some(&b"hello world"[..]),
+        "put then get must round-trip"
+    );
+    expect_ok(
+        "overwrite",
+        store.put(&key("a/one"), b"HELLO".to_vec()).await,
+    );
+    assert_eq!(
+        expect_ok("get", store.get(&key("a/one")).await).as_deref(),
+        Some(&b"HELLO"[..]),
+        "a put must replace the object"
+    );
+    expect_ok("put empty", store.put(&key("empty"), Vec::new()).await);
+    assert_eq!(
+        expect_ok("get empty", store.get(&key("empty")).await),
+        Some(Vec::new()),
+        "an empty object exists and is empty"
+    );
+
+    // Ranges.
+    let digits = b"0123456789".to_vec();
+    expect_ok("put digits", store.put(&key("digits"), digits).await);
+    assert_eq!(
+        expect_ok("range", store.get_range(&key("digits"), 2..5).await),
+        b"234",
+        "get_range must return exactly [start, end)"
+    );
+    assert_eq!(
+        expect_ok("range", store.get_range(&key("digits"), 0..10).await),
+        b"0123456789"
+    );
+    assert_eq!(
+        expect_ok(
+            "range past end",
+            store.get_range(&key("digits"), 7..100).await
+        ),
+        b"789",
+        "get_range must clamp the end to the object's size"
+    );
+    assert!(
+        expect_ok(
+            "range at end",
+            store.get_range(&key("digits"), 10..20).await
+        )
+        .is_empty(),
+        "a range starting at the end yields no bytes"
+    );
+    match store.get_range(&key("missing"), 0..1).await {
+        Err(BackendError::NotFound(_)) => {}
+        other => panic!("get_range of a missing object must be NotFound, got {other:?}"),
+    }
+
+    // Listing: by string prefix, sorted, with sizes.
+    expect_ok("put", store.put(&key("a/two"), b"22".to_vec()).await);
+    expect_ok("put", store.put(&key("a/sub/three"), b"333".to_vec()).await);
+    expect_ok("put", store.put(&key("ab"), b"4444".to_vec()).await);
+    expect_ok("put", store.put(&key("b/five"), b"55555".to_vec()).await);
+    let listed = expect_ok("list", store.list(&key("a/")).await);
+    assert_eq!(
+        listed,
+        vec![
+            ObjectMeta {
+                key: key("a/one"),
+                size: 5
+            },
+            ObjectMeta {
+                key: key("a/sub/three"),
+                size: 3
+            },
+            ObjectMeta {
+                key: key("a/two"),
+                size: 2
+            },
+        ],
+        "list must return the objects under the prefix, recursively, sorted by key"
+    );
+    let keys: Vec<String> = expect_ok("list", store.list(&key("a")).await)
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![key("a/one"), key("a/sub/three"), key("a/two"), key("ab")],
+        "list matches a plain string prefix, not only directories"
+    );
+    let all = expect_ok("list", store.list(&p).await);
+    assert_eq!(all.len(), 7, "everything under the run's prefix: {all:?}");
+    assert!(
+        all.windows(2).all(|w| w[0].key < w[1].key),
+        "list must be sorted by key"
+    );
+    assert!(
+        expect_ok("list", store.list(&key("nothing/")).await).is_empty(),
+        "listing an unused prefix is empty, not an error"
+    );
+
+    // Create once.
+    assert!(
+        expect_ok(
+            "put_if_absent",
+            store.put_if_absent(&key("once"), b"first".to_vec()).await
+        ),
+        "the first put_if_absent must create"
+    );
+    assert!(
+        !expect_ok(
+            "put_if_absent",
+            store.put_if_absent(&key("once"), b"second".to_vec()).await
+        ),
+        "a second put_if_absent must report that the object exists"
+    );
+    assert_eq!(
+        expect_ok("get", store.get(&key("once")).await).as_deref(),
+        Some(&b"first"[..]),
+        "a losing put_if_absent must not change the object"
+    );
+    let race = key("race");
+    let (r1, r2, r3, r4) = tokio::join!(
+        store.put_if_absent(&race, b"1".to_vec()),
+        store.put_if_absent(&race, b"2".to_vec()),
+        store.put_if_absent(&race, b"3".to_vec()),
+        store.put_if_absent(&race, b"4".to_vec()),
+    );
+    let wins: Vec<bool> = [r1, r2, r3, r4]
+        .into_iter()
+        .map(|r| expect_ok("racing put_if_absent", r))
+        .collect();
+    assert_eq!(
+        wins.iter().filter(|w| **w).count(),
+        1,
+        "exactly one of racing put_if_absent calls must win: {wins:?}"
+    );
+
+    // Local files both ways.
+    let scratch = Scratch::new();
+    let upload = scratch.0.join("upload.bin");
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &payload).expect("write a scratch file");
+    expect_ok("put_file", store.put_file(&key("file"), &upload).await);
+    assert_eq!(
+        expect_ok("get", store.get(&key("file")).await).as_deref(),
+        Some(&payload[..]),
+        "put_file must upload the file's bytes"
+    );
+    let download = scratch.0.join("nested/download.bin");
+    assert!(
+        expect_ok(
+            "get_to_file",
+            store.get_to_file(&key("file"), &download).await
+        ),
+        "get_to_file of an existing object returns true"
+    );
+    assert_eq!(
+        std::fs::read(&download).expect("read the download"),
+        payload,
+        "get_to_file must write the object's bytes"
+    );
+    let absent = scratch.0.join("absent.bin");
+    assert!(
+        !expect_ok(
+            "get_to_file missing",
+            store.get_to_file(&key("missing"), &absent).await
+        ),
+        "get_to_file of a missing object returns false"
+    );
+    assert!(
+        !absent.exists(),
+        "get_to_file of a missing object must not create the file"
+    );
+
+    // Prefix deletion.
+    expect_ok("delete_prefix", store.delete_prefix(&key("a/")).await);
+    assert!(
+        expect_ok("list", store.list(&key("a/")).await).is_empty(),
+        "delete_prefix must remove everything under the prefix"
+    );
+    assert!(
+        expect_ok("get", store.get(&key("ab")).await).is_some(),
+        "delete_prefix(\"a/\") must not touch `ab`"
+    );
+    expect_ok(
+        "delete_prefix missing",
+        store.delete_prefix(&key("never/")).await,
+    );
+    expect_ok("delete_prefix all", store.delete_prefix(&p).await);
+    assert!(
+        expect_ok("list", store.list(&p).await).is_empty(),
+        "delete_prefix of the run's prefix leaves nothing"
+    );
+}
+
+/// A job record with a minimal valid spec, for contract runs.
+pub fn sample_job(id: &str, total_tasks: u32) -> JobRecord {
+    let spec = serde_json::from_value(serde_json::json!({
+        "apiVersion": "orch.dev/v1alpha1",
+        "kind": "OrchJob",
+        "metadata": {"name": "contract"},
+        "spec": {
+            "input": {"uri": "/data/in.jsonl"},
+            "handler": {"builtin": {"name": "identity"}}
+        }
+    }))
+    .expect("the sample spec is valid");
+    JobRecord {
+        schema_version: SCHEMA_VERSION,
+        id: id.to_string(),
+        phase: JobPhase::Running,
+        spec,
+        input_fingerprint: "sha256:contract".into(),
+        total_tasks,
+        total_items: u64::from(total_tasks) * 10,
+        created_at: 1_000,
+        updated_at: 1_000,
+        finished_at: None,
+        message: None,
+        cancel_requested: false,
+        next_group: 0,
+        version: 0,
+    }
+}
+
+/// State store contract: creation, reads, optimistic locking and deletion.
+pub async fn state_store_contract(store: &dyn StateStore) {
+    let id = format!("contract-{}", tag());
+    // More tasks than DynamoDB writes in one batch (25) or one transaction (100).
+    let n = 120u32;
+    let job = sample_job(&id, n);
+    let tasks: Vec<TaskRecord> = (0..n).map(|t| TaskRecord::new(&id, t, 10, 1_000)).collect();
+
+    assert!(
+        expect_ok("get_job missing", store.get_job(&id).await).is_none(),
+        "a missing job reads as None"
+    );
+    expect_ok("create_job", store.create_job(&job, &tasks).await);
+    assert_eq!(
+        expect_ok("get_job", store.get_job(&id).await).as_ref(),
+        Some(&job),
+        "get_job must return the job as created"
+    );
+    assert!(
+        expect_ok("list_jobs", store.list_jobs().await)
+            .iter()
+            .any(|j| j.id == id),
+        "list_jobs must include the new job"
+    );
+    let listed = expect_ok("list_tasks", store.list_tasks(&id).await);
+    assert_eq!(
+        listed, tasks,
+        "list_tasks must return all tasks, sorted by id"
+    );
+    assert!(
+        expect_ok("get_task missing", store.get_task(&id, n + 5).await).is_none(),
+        "a missing task reads as None"
+    );
+
+    // Creating again conflicts and leaves the job as it was.
+    let mut again = job.clone();
+    again.message = Some("second".into());
+    match store.create_job(&again, &tasks[..1]).await {
+        Err(e) if e.is_conflict() => {}
+        other => panic!("creating an existing job must conflict, got {other:?}"),
+    }
+    assert_eq!(
+        expect_ok("get_job", store.get_job(&id).await).as_ref(),
+        Some(&job),
+        "a conflicting create must not change the job"
+    );
+
+    // Conditional task updates.
+    let mut task = expect_ok("get_task", store.get_task(&id, 7).await).expect("task 7 exists");
+    assert_eq!(task.version, 0);
+    let stale = task.clone();
+    task.transition(TaskState::Dispatched, 2_000)
+        .expect("pending → dispatched is allowed");
+    task.attempt = 1;
+    task.executor_id = Some("exec-7".into());
+    let stored = expect_ok("update_task", store.update_task(&task).await);
+    assert_eq!(stored.version, 1, "a successful update bumps the version");
+    assert_eq!(stored.state, TaskState::Dispatched);
+    let read = expect_ok("get_task", store.get_task(&id, 7).await).expect("task 7 exists");
+    assert_eq!(read, stored, "get_task must return the row as stored");
+    match store.update_task(&stale).await {
+        Err(e) if e.is_conflict() => {}
+        other => panic!("an update with a stale version must conflict, got {other:?}"),
+    }
+    assert_eq!(
+        expect_ok("get_task", store.get_task(&id, 7).await).as_ref(),
+        Some(&stored),
+        "a conflicting update must not change the row"
+    );
+    let mut next = stored.clone();
+    next.transition(TaskState::Running, 3_000)
+        .expect("dispatched → running is allowed");
+    next.lease_owner = Some("worker-a".into());
+    let stored2 = expect_ok("update_task", store.update_task(&next).await);
+    assert_eq!(stored2.version, 2);
+    let mut ghost = TaskRecord::new(&id, n + 5, 1, 1_000);
+    ghost.version = 0;
+    match store.update_task(&ghost).await {
+        Err(BackendError::NotFound(_)) => {}
+        other => panic!("updating a missing task must be NotFound, got {other:?}"),
+    }
+    let others = expect_ok("list_tasks", store.list_tasks(&id).await);
+    assert!(
+        others.iter().filter(|t| t.id != 7).all(|t| t.version == 0),
+        "an update must touch only its own row"
+    );
+
+    // Conditional job updates.
+    let mut j = expect_ok("get_job", store.get_job(&id).await).expect("job exists");
+    let stale_job = j.clone();
+    j.next_group = 3;
+    j.phase = JobPhase::Aggregating;
+    let stored_job = expect_ok("update_job", store.update_job(&j).await);
+    assert_eq!(
+        stored_job.version, 1,
+        "a successful update bumps the version"
+    );
+    assert_eq!(
+        expect_ok("get_job", store.get_job(&id).await).as_ref(),
+        Some(&stored_job)
+    );
+    match store.update_job(&stale_job).await {
+        Err(e) if e.is_conflict() => {}
+        other => panic!("a job update with a stale version must conflict, got {other:?}"),
+    }
+    let missing = sample_job(&format!("contract-missing-{}", tag()), 0);
+    match store.update_job(&missing).await {
+        Err(BackendError::NotFound(_)) => {}
+        other => panic!("updating a missing job must be NotFound, got {other:?}"),
+    }
+
+    // Deletion removes the job and its tasks; the id can then be reused.
+    expect_ok("delete_job", store.delete_job(&id).await);
+    assert!(expect_ok("get_job", store.get_job(&id).await).is_none());
+    assert!(
+        expect_ok("list_tasks", store.list_tasks(&id).await).is_empty(),
+        "delete_job must remove the task rows"
+    );
+    assert!(
+        !expect_ok("list_jobs", store.list_jobs().await)
+            .iter()
+            .any(|j| j.id == id)
+    );
+    expect_ok("delete_job missing", store.delete_job(&id).await);
+    expect_ok(
+        "create after delete",
+        store.create_job(&job, &tasks[..2]).await,
+    );
+    assert_eq!(
+        expect_ok("list_tasks", store.list_tasks(&id).await).len(),
+        2,
+        "a re-created job has only its new tasks"
+    );
+    expect_ok("delete_job", store.delete_job(&id).await);
+}
+
+/// What the queue contract asks a factory for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// The queue's name; unique per contract run.
+    pub name: String,
+    /// Dead-letter after this many receives, into the queue named `{name}-dlq`.
+    pub max_receives: Option<u32>,
+}
+
+/// Queue contract: delays, visibility timeouts and redelivery, delete, extend, dead-letter.
+///
+/// `make` opens (creating if needed) the queue described by its argument; it is called for the
+/// dead-letter queue too (`{name}-dlq`, no `max_receives`). `tick` is the shortest delay and
+/// visibility the backend honours exactly: 300 ms suits the embedded queue, whole seconds suit
+/// SQS. Waits are polls bounded by a few ticks, so slow backends do not make the suite flaky.
+pub async fn queue_contract<F, Fut>(make: F, tick: Duration)
+where
+    F: Fn(QueueSpec) -> Fut,
+    Fut: Future<Output = Box<dyn Queue>>,
+{
+    let name = format!("contract-{}", tag());
+    let spec = |suffix: &str, max_receives| QueueSpec {
+        name: format!("{name}-{suffix}"),
+        max_receives,
+    };
+    let patience = tick * 8 + Duration::from_secs(2);
+    let long = tick * 20 + Duration::from_secs(30);
+
+    // Delay: not visible before it, visible after it.
+    let q = make(spec("delay", None)).await;
+    let before_send = Instant::now();
+    let id = expect_ok("send", q.send("delayed", tick).await);
+    let early = expect_ok("receive", q.receive(10, long).await);
+    // Only meaningful when the receive surely ran before the delay was over.
+    if before_send.elapsed() < tick {
+        assert!(
+            early.is_empty(),
+            "a delayed message must not be visible before its delay: {early:?}"
+        );
+    }
+    let got = receive_within(&*q, 10, long, patience).await;
+    // Slack for clocks of millisecond resolution.
+    assert!(
+        before_send.elapsed() + Duration::from_millis(10) >= tick,
+        "the delayed message arrived after {:?}, before its delay {tick:?}",
+        before_send.elapsed()
+    );
+    assert_eq!(got.len(), 1, "one message was sent: {got:?}");
+    assert_eq!(got[0].id, id, "the message id is the one send returned");
+    assert_eq!(got[0].body, "delayed");
+    assert_eq!(got[0].receive_count, 1, "first delivery counts 1");
+    expect_ok("delete", q.delete(&got[0].receipt).await);
+
+    // Batches: at most `max`, each message once.
+    let q = make(spec("batch", None)).await;
+    for i in 0..3 {
+        expect_ok("send", q.send(&format!("m{i}"), Duration::ZERO).await);
+    }
+    let first = receive_within(&*q, 2, long, patience).await;
+    assert!(
+        !first.is_empty() && first.len() <= 2,
+        "receive(2) returns 1..=2 messages: {first:?}"
+    );
+    let mut bodies: Vec<String> = first.iter().map(|m| m.body.clone()).collect();
+    let deadline = Instant::now() + patience;
+    while bodies.len() < 3 && Instant::now() < deadline {
+        let more = expect_ok("receive", q.receive(2, long).await);
+        bodies.extend(more.iter().map(|m| m.body.clone()));
+        for m in &more {
+            expect_ok("delete", q.delete(&m.receipt).await);
+        }
+    }
+    for m in &first {
+        expect_ok("delete", q.delete(&m.receipt).await);
+    }
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        ["m0", "m1", "m2"],
+        "every message is received exactly once while hidden"
+    );
+
+    // Visibility timeout: hidden, then redelivered with a new receipt and count 2; a stale
+    // receipt neither deletes nor extends; the current one deletes.
+    let q = make(spec("visibility", None)).await;
+    expect_ok("send", q.send("work", Duration::ZERO).await);
+    let before_first = Instant::now();
+    let first = receive_within(&*q, 1, tick, patience).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].receive_count, 1);
+    let hidden = expect_ok("receive", q.receive(1, long).await);
+    // Only meaningful when the second receive surely ran inside the timeout; on a machine so
+    // slow that it did not, what it received is the redelivery.
+    if before_first.elapsed() < tick {
+        assert!(
+            hidden.is_empty(),
+            "a received message must stay hidden during its visibility timeout: {hidden:?}"
+        );
+    }
+    let second = if hidden.is_empty() {
+        receive_within(&*q, 1, long, patience).await
+    } else {
+        hidden
+    };
+    assert_eq!(
+        second.len(),
+        1,
+        "the message must come back after the timeout"
+    );
+    assert_eq!(second[0].id, first[0].id);
+    assert_eq!(second[0].receive_count, 2, "a redelivery counts 2");
+    assert_ne!(
+        second[0].receipt, first[0].receipt,
+        "a redelivery has a new receipt"
+    );
+    expect_ok(
+        "delete with a stale receipt",
+        q.delete(&first[0].receipt).await,
+    );
+    match q.extend(&first[0].receipt, tick).await {
+        Err(e) if e.is_conflict() => {}
+        other => panic!("extend with a stale receipt must conflict, got {other:?}"),
+    }
+    expect_ok("delete", q.delete(&second[0].receipt).await);
+    expect_ok("delete twice", q.delete(&second[0].receipt).await);
+    tokio::time::sleep(tick * 2).await;
+    let after_delete = expect_ok("receive", q.receive(10, long).await);
+    assert!(
+        after_delete.is_empty(),
+        "a deleted message must never come back: {after_delete:?}"
+    );
+
+    // Extend keeps a message hidden past its original timeout.
+    let q = make(spec("extend", None)).await;
+    expect_ok("send", q.send("slow", Duration::ZERO).await);
+    let got = receive_within(&*q, 1, tick, patience).await;
+    assert_eq!(got.len(), 1);
+    expect_ok("extend", q.extend(&got[0].receipt, long).await);
+    tokio::time::sleep(tick * 2).await;
+    let during = expect_ok("receive", q.receive(1, long).await);
+    assert!(
+        during.is_empty(),
+        "an extended message must stay hidden: {during:?}"
+    );
+    expect_ok("delete", q.delete(&got[0].receipt).await);
+
+    // Dead-letter after max receives.
+    let q = make(spec("poison", Some(2))).await;
+    let dlq = make(QueueSpec {
+        name: format!("{name}-poison-dlq"),
+        max_receives: None,
+    })
+    .await;
+    let id = expect_ok("send", q.send("poison", Duration::ZERO).await);
+    for n in 1..=2 {
+        let got = receive_within(&*q, 1, Duration::ZERO, patience).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].receive_count, n, "delivery {n}");
+    }
+    let third = expect_ok("receive", q.receive(1, Duration::ZERO).await);
+    assert!(
+        third.is_empty(),
+        "a message received max_receives times must not be delivered again: {third:?}"
+    );
+    let dead = receive_within(&*dlq, 1, long, patience).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "the message must reach the dead-letter queue"
+    );
+    assert_eq!(dead[0].id, id, "the dead letter keeps its id");
+    assert_eq!(dead[0].body, "poison");
+    expect_ok("delete dead letter", dlq.delete(&dead[0].receipt).await);
+}
+
+/// Polls until at least one message arrives or `patience` runs out (then returns empty).
+async fn receive_within(
+    q: &dyn Queue,
+    max: usize,
+    visibility: Duration,
+    patience: Duration,
+) -> Vec<Message> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let got = expect_ok("receive", q.receive(max, visibility).await);
+        if !got.is_empty() || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

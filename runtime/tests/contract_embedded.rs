@@ -1,0 +1,46 @@
+//! The backend contract (`orch_runtime::contract`) against the embedded backends, each in a
+//! fresh temporary directory.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use orch_core::backend::Queue;
+use orch_runtime::contract::{self, QueueSpec};
+use orch_runtime::fs_store::FsStore;
+use orch_runtime::sqlite_queue::SqliteQueue;
+use orch_runtime::sqlite_state::SqliteStateStore;
+
+#[tokio::test]
+async fn fs_store_meets_the_object_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path().join("objects")).unwrap();
+    contract::object_store_contract(&store).await;
+    // Twice on the same root: the contract must not depend on a fresh backend.
+    contract::object_store_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_state_store_meets_the_state_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStateStore::open(dir.path().join("state.sqlite")).unwrap();
+    contract::state_store_contract(&store).await;
+    contract::state_store_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queue_meets_the_queue_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite");
+    let make = |spec: QueueSpec| {
+        let path = path.clone();
+        async move {
+            let mut queue = SqliteQueue::open(&path, &spec.name).unwrap();
+            if let Some(n) = spec.max_receives {
+                queue = queue.with_max_receives(n);
+            }
+            Box::new(queue) as Box<dyn Queue>
+        }
+    };
+    contract::queue_contract(make, Duration::from_millis(300)).await;
+}
