@@ -66,14 +66,14 @@ impl std::fmt::Debug for SqliteQueue {
 
 impl SqliteQueue {
     /// Opens the queue `name` in the database at `path` (created when missing).
-    pub fn open(path: impl AsRef<Path>, name: &str) -> BackendResult<Self> {
+    pub fn open(path: &Path, name: &str) -> BackendResult<Self> {
         if name.is_empty() {
             return Err(BackendError::message(
                 ErrorCategory::Invalid,
                 "a queue name must not be empty",
             ));
         }
-        let db = Db::open(path.as_ref(), "queue", QUEUE_SCHEMA_VERSION, QUEUE_SCHEMA)?;
+        let db = Db::open(path, "queue", QUEUE_SCHEMA_VERSION, QUEUE_SCHEMA)?;
         Ok(SqliteQueue {
             db,
             name: name.to_string(),
@@ -329,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn zero_visibility_delivers_each_message_once_per_receive() {
         let dir = tempfile::tempdir().unwrap();
-        let q = SqliteQueue::open(dir.path().join("q.sqlite"), "z").unwrap();
+        let q = SqliteQueue::open(&dir.path().join("q.sqlite"), "z").unwrap();
         q.send("one", Duration::ZERO).await.unwrap();
         q.send("two", Duration::ZERO).await.unwrap();
         let got = q.receive(10, Duration::ZERO).await.unwrap();
@@ -362,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_send_order() {
         let dir = tempfile::tempdir().unwrap();
-        let q = SqliteQueue::open(dir.path().join("q.sqlite"), "fifo").unwrap();
+        let q = SqliteQueue::open(&dir.path().join("q.sqlite"), "fifo").unwrap();
         for i in 0..5 {
             q.send(&i.to_string(), Duration::ZERO).await.unwrap();
         }

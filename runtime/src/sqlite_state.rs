@@ -257,8 +257,8 @@ impl std::fmt::Debug for SqliteStateStore {
 impl SqliteStateStore {
     /// Opens (creating when missing) the state database at `path`. Any number of processes may
     /// open the same file at once.
-    pub fn open(path: impl AsRef<Path>) -> BackendResult<Self> {
-        let db = Db::open(path.as_ref(), "state", STATE_SCHEMA_VERSION, STATE_SCHEMA)?;
+    pub fn open(path: &Path) -> BackendResult<Self> {
+        let db = Db::open(path, "state", STATE_SCHEMA_VERSION, STATE_SCHEMA)?;
         Ok(SqliteStateStore { db })
     }
 
@@ -610,7 +610,7 @@ mod tests {
     #[tokio::test]
     async fn creates_a_hundred_thousand_tasks_in_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStateStore::open(dir.path().join("s.sqlite")).unwrap();
+        let store = SqliteStateStore::open(&dir.path().join("s.sqlite")).unwrap();
         let n = 100_000;
         let tasks: Vec<TaskRecord> = (0..n).map(|i| TaskRecord::new("big", i, 50, 1)).collect();
         let started = std::time::Instant::now();
@@ -675,7 +675,7 @@ mod tests {
     #[tokio::test]
     async fn refuses_tasks_of_another_job_and_duplicate_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStateStore::open(dir.path().join("s.sqlite")).unwrap();
+        let store = SqliteStateStore::open(&dir.path().join("s.sqlite")).unwrap();
         let err = store
             .create_job(&job("x", 1), &[TaskRecord::new("y", 0, 1, 1)])
             .await

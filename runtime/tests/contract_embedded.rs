@@ -23,7 +23,7 @@ async fn fs_store_meets_the_object_store_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_state_store_meets_the_state_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStateStore::open(dir.path().join("state.sqlite")).unwrap();
+    let store = SqliteStateStore::open(&dir.path().join("state.sqlite")).unwrap();
     contract::state_store_contract(&store).await;
     contract::state_store_contract(&store).await;
 }
