@@ -28,10 +28,10 @@ pub struct LoadedJob {
 pub fn load(path: &Path) -> Result<LoadedJob> {
     let value = read_with_extends(path, &mut Vec::new())?;
     let file = check(path, &value)?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let base = std::path::absolute(&base).map_err(|e| Error::io(&base, e))?;
     let file = resolve(file, &base).map_err(|errors| invalid(path, errors))?;
     Ok(LoadedJob {

@@ -1,1 +1,18 @@
-//! placeholder
+//! `orch-runtime`: the adapters around `orch-core` that run a job on one machine.
+//!
+//! - [`fs_store`], [`sqlite_state`], [`sqlite_queue`]: the embedded backends behind the core's
+//!   traits (a directory, SQLite files);
+//! - [`local_executor`]: worker processes as an array with bounded parallelism;
+//! - [`driver`]: the standalone driver, which runs the engine's observe → decide → act loop
+//!   against those backends (`orch run`);
+//! - [`contract`]: the behaviour every backend implementation must show, as reusable tests.
+
+pub mod contract;
+pub mod driver;
+pub mod error;
+pub mod fs_store;
+pub mod local_executor;
+pub mod sqlite_queue;
+pub mod sqlite_state;
+
+pub use error::{Error, Result};

@@ -1,0 +1,183 @@
+//! `orch run` and `orch validate`: load and check a job file, then drive it to its end with a
+//! progress bar and a summary a person can act on.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use orch_core::load::{self, LoadedJob};
+use orch_core::model::JobPhase;
+use orch_runtime::driver::{self, Progress, RunOptions};
+
+use crate::Failure;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The job file (an OrchJob in YAML).
+    pub file: PathBuf,
+    /// Validate and partition only: print the plan (batches, items, bytes), run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not draw a progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// The worker program; default: `orch-worker` next to this `orch`, then in PATH.
+    #[arg(long, env = "ORCH_WORKER")]
+    pub worker: Option<PathBuf>,
+}
+
+fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
+    let job = load::load(file)?;
+    load::preflight(&job)?;
+    Ok(job)
+}
+
+pub fn validate(file: &Path) -> Result<u8, Failure> {
+    let job = load_checked(file)?;
+    let s = &job.file.spec;
+    let handler = match (&s.handler.exec, &s.handler.builtin) {
+        (Some(e), _) => format!("exec {}", e.command.join(" ")),
+        (_, Some(b)) => format!("builtin {:?}", b.name).to_lowercase(),
+        _ => "none".into(),
+    };
+    println!("{} is valid", file.display());
+    println!("  job      {}", job.file.metadata.name);
+    println!("  input    {}", s.input.uri);
+    println!(
+        "  batches  of {} items, at most {}",
+        s.batch.size, s.batch.max_bytes
+    );
+    println!(
+        "  handler  {handler} ({} in flight, {} per item)",
+        s.handler.concurrency, s.handler.timeout
+    );
+    println!("  retry    {} attempts", s.retry.max_attempts);
+    println!("  output   {}", s.output.uri.as_deref().unwrap_or("-"));
+    Ok(0)
+}
+
+fn worker_command(explicit: Option<PathBuf>) -> Result<Vec<String>, Failure> {
+    if let Some(p) = explicit {
+        return Ok(vec![p.display().to_string()]);
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("orch-worker")))
+        .filter(|p| p.is_file());
+    let found = sibling.or_else(|| load::find_program("orch-worker", Path::new(".")));
+    match found {
+        Some(p) => Ok(vec![p.display().to_string()]),
+        None => Err(Failure::usage(
+            "cannot find the `orch-worker` program next to `orch` or in PATH; build it with \
+             `cargo build --release` or set ORCH_WORKER",
+        )),
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<u8, Failure> {
+    let job = load_checked(&args.file)?;
+    let worker = if args.dry_run {
+        Vec::new()
+    } else {
+        worker_command(args.worker)?
+    };
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if args.no_progress {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:12} [{bar:30}] {pos}/{len} items  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let shown = bar.clone();
+    let last = Arc::new(Mutex::new(Progress::default()));
+    let last_seen = last.clone();
+    let on_progress = move |p: &Progress| {
+        shown.set_length(p.total_items);
+        shown.set_position(p.done_items);
+        shown.set_message(if p.aggregating {
+            "aggregating".to_string()
+        } else {
+            format!("{}/{} tasks", p.tasks_done, p.tasks_total)
+        });
+        if let Ok(mut l) = last_seen.lock() {
+            *l = *p;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })?;
+    let started = Instant::now();
+    let outcome = runtime.block_on(driver::run(
+        &job,
+        RunOptions {
+            worker_command: worker,
+            tick: Duration::from_millis(100),
+            on_progress: Box::new(on_progress),
+            dry_run: args.dry_run,
+        },
+    ));
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    if let Some(plan) = &outcome.plan {
+        println!("plan for {} (dry run, nothing was started)", outcome.job.id);
+        println!("  items          {}", plan.items);
+        println!("  bytes          {}", plan.bytes);
+        println!("  batches        {}", plan.batches);
+        println!(
+            "  largest batch  {} items, {} bytes",
+            plan.largest_batch_items, plan.largest_batch_bytes
+        );
+        return Ok(0);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let c = outcome.counts;
+    let rate = if secs > 0.0 {
+        c.total as f64 / secs
+    } else {
+        0.0
+    };
+    let job = &outcome.job;
+    let output = job.spec.spec.output.uri.as_deref().unwrap_or("-");
+    let verb = if outcome.resumed { "resumed and " } else { "" };
+    match job.phase {
+        JobPhase::Succeeded => {
+            println!(
+                "job {} {verb}succeeded: {} items ok, {} failed, in {secs:.1}s ({rate:.0} items/s)",
+                job.id, c.ok, c.failed
+            );
+            println!("output: {output}");
+            if c.failed > 0 {
+                println!(
+                    "failed items: {output}/errors.parquet (see `orch status {}`)",
+                    args.file.display()
+                );
+            }
+            Ok(0)
+        }
+        phase => {
+            println!(
+                "job {} {phase}: {}",
+                job.id,
+                job.message.as_deref().unwrap_or("no reason recorded")
+            );
+            println!("details: orch status {}", args.file.display());
+            Ok(1)
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `orch status`: what a job is doing or did — tasks by state, items ok and failed, errors by
+//! kind, where the output is — as a table for people or JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use orch_core::layout;
+use orch_core::model::{JobRecord, TaskRecord, TaskState};
+use orch_core::uri::Location;
+use orch_runtime::driver::{self, Embedded};
+use serde::Serialize;
+
+use crate::Failure;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// A job file, or a job id; without it, every job in the storage is listed.
+    pub job: Option<String>,
+    /// Storage directory (default: the job file's `storage.uri`, else ./.orch).
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    job: String,
+    phase: String,
+    message: Option<String>,
+    tasks: BTreeMap<String, u32>,
+    items: orch_core::engine::ItemCounts,
+    items_total: u64,
+    errors_by_kind: BTreeMap<String, u64>,
+    failed_tasks: Vec<FailedTask>,
+    output: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FailedTask {
+    task: u32,
+    attempt: u32,
+    state: String,
+    error: String,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })
+}
+
+pub fn status(args: StatusArgs) -> Result<u8, Failure> {
+    let (id, storage) = resolve(&args)?;
+    let storage = storage.unwrap_or_else(|| ".orch".into());
+    let root = match Location::parse(&storage, &std::env::current_dir().unwrap_or_default()) {
+        Ok(l @ Location::Local(_)) => l,
+        Ok(_) => {
+            return Err(Failure::usage(
+                "only local storage is supported by this build",
+            ));
+        }
+        Err(e) => return Err(Failure::usage(e)),
+    };
+    if let Location::Local(p) = &root
+        && !p.join(layout::state_db()).exists()
+    {
+        return Err(Failure::usage(format!(
+            "no orch state in {} (run a job first, or pass --storage)",
+            p.display()
+        )));
+    }
+    let backends = Embedded::open(&root.to_uri())?;
+    let rt = runtime()?;
+    let Some(id) = id else {
+        let jobs = rt
+            .block_on(async {
+                orch_core::backend::StateStore::list_jobs(backends.state.as_ref()).await
+            })
+            .map_err(orch_runtime::Error::from)?;
+        if jobs.is_empty() {
+            println!("no jobs");
+        }
+        for j in jobs {
+            println!(
+                "{:40} {:12} {} tasks, {} items",
+                j.id,
+                j.phase.as_str(),
+                j.total_tasks,
+                j.total_items
+            );
+        }
+        return Ok(0);
+    };
+    let Some((job, tasks)) = rt.block_on(driver::load_status(&backends, &id))? else {
+        return Err(Failure::usage(format!(
+            "no job `{id}` in {}",
+            root.to_uri()
+        )));
+    };
+    let report = report(&backends, &job, &tasks);
+    match args.output {
+        Format::Json => {
+            let text = serde_json::to_string_pretty(&report).map_err(|e| Failure {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            println!("{text}");
+        }
+        Format::Table => print_table(&report),
+    }
+    Ok(0)
+}
+
+/// A job file resolves to its job id (same rule as `orch run`); anything else is an id.
+fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failure> {
+    let Some(arg) = &args.job else {
+        return Ok((None, args.storage.clone()));
+    };
+    let path = PathBuf::from(arg);
+    if path.is_file() {
+        let job = orch_core::load::load(&path)?;
+        let input = match Location::parse(&job.file.spec.input.uri, Path::new("/")) {
+            Ok(Location::Local(p)) => p,
+            _ => {
+                return Err(Failure::usage(
+                    "only local input is supported by this build",
+                ));
+            }
+        };
+        let fingerprint = driver::input_fingerprint(&input)?;
+        let id = driver::job_id(&job, &fingerprint)?;
+        let storage = args.storage.clone().or(job.file.spec.storage.uri.clone());
+        return Ok((Some(id), storage));
+    }
+    if !layout::valid_job_id(arg) {
+        return Err(Failure::usage(format!(
+            "`{arg}` is neither a job file nor a job id"
+        )));
+    }
+    Ok((Some(arg.clone()), args.storage.clone()))
+}
+
+fn report(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -> Report {
+    let mut by_state: BTreeMap<String, u32> = TaskState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    for t in tasks {
+        *by_state.entry(t.state.as_str().into()).or_default() += 1;
+    }
+    let mut errors_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
+        let path = backends.root.join(layout::errors(&job.id, t.id, t.attempt));
+        if let Ok(errors) = orch_data::read_errors_parquet(&path) {
+            for e in errors {
+                *errors_by_kind.entry(e.kind).or_default() += 1;
+            }
+        }
+    }
+    let failed_tasks = tasks
+        .iter()
+        .filter(|t| t.last_error.is_some() && t.state != TaskState::Succeeded)
+        .map(|t| FailedTask {
+            task: t.id,
+            attempt: t.attempt,
+            state: t.state.as_str().into(),
+            error: t
+                .last_error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.kind.as_str(), e.message))
+                .unwrap_or_default(),
+        })
+        .collect();
+    Report {
+        job: job.id.clone(),
+        phase: job.phase.as_str().into(),
+        message: job.message.clone(),
+        tasks: by_state,
+        items: orch_core::engine::item_counts(tasks),
+        items_total: job.total_items,
+        errors_by_kind,
+        failed_tasks,
+        output: job.spec.spec.output.uri.clone(),
+    }
+}
+
+fn print_table(r: &Report) {
+    println!("job       {}", r.job);
+    println!("phase     {}", r.phase);
+    if let Some(m) = &r.message {
+        println!("message   {m}");
+    }
+    let tasks: Vec<String> = r
+        .tasks
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    println!("tasks     {}", tasks.join(", "));
+    println!(
+        "items     {} total, {} ok, {} failed",
+        r.items_total, r.items.ok, r.items.failed
+    );
+    if !r.errors_by_kind.is_empty() {
+        let kinds: Vec<String> = r
+            .errors_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!("errors    {}", kinds.join(", "));
+    }
+    for t in r.failed_tasks.iter().take(10) {
+        println!(
+            "  task {} ({}, attempt {}): {}",
+            t.task, t.state, t.attempt, t.error
+        );
+    }
+    if let Some(o) = &r.output {
+        println!("output    {o}");
+    }
+}

@@ -1,0 +1,684 @@
+//! The standalone driver behind `orch run`: partitions the input, creates the job in the
+//! StateStore, then runs the engine's observe → decide → act loop against the embedded
+//! backends and the local executor until the job ends, and finally aggregates the results.
+//!
+//! All progress lives in the stores, so running the same job file again after a crash (of the
+//! driver, a worker or the machine) resumes the job instead of starting over.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_core::backend::{ExecState, Executor, ObjectStore, Queue, StateStore};
+use orch_core::engine::{self, DueRetry, EngineConfig, ItemCounts, Observation, RetryRequest};
+use orch_core::load::LoadedJob;
+use orch_core::model::{
+    Batch, DoneMarker, JobManifest, JobPhase, JobRecord, SCHEMA_VERSION, TaskGroup, TaskRecord,
+    TaskState, now_ms,
+};
+use orch_core::partition::{self, PartitionOptions, PartitionPlan};
+use orch_core::uri::Location;
+use orch_core::{ErrorCategory, layout};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tracing::{info, info_span, warn};
+
+use crate::error::{Error, Result};
+use crate::fs_store::FsStore;
+use crate::local_executor::{LocalExecutor, WorkerLaunch};
+use crate::sqlite_queue::SqliteQueue;
+use crate::sqlite_state::SqliteStateStore;
+
+/// How long a retry message stays hidden after the driver received it.
+const RETRY_VISIBILITY: Duration = Duration::from_secs(60);
+
+/// The embedded backends of one storage root.
+pub struct Embedded {
+    pub root: PathBuf,
+    pub objects: Arc<FsStore>,
+    pub state: Arc<SqliteStateStore>,
+}
+
+impl Embedded {
+    /// Opens (creating if needed) the backends under a `file://` storage URI.
+    pub fn open(storage_uri: &str) -> Result<Self> {
+        let root = match Location::parse(storage_uri, Path::new("/")) {
+            Ok(Location::Local(p)) => p,
+            Ok(Location::S3 { .. }) => {
+                return Err(Error::Invalid(
+                    "s3:// storage needs the AWS data plane, which this build does not have yet"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(Error::Invalid(e)),
+        };
+        let objects = Arc::new(FsStore::new(&root)?);
+        let state = Arc::new(SqliteStateStore::open(&root.join(layout::state_db()))?);
+        Ok(Embedded {
+            root,
+            objects,
+            state,
+        })
+    }
+
+    pub fn queue(&self, job: &str) -> Result<SqliteQueue> {
+        Ok(SqliteQueue::open(
+            &self.root.join("queue.sqlite"),
+            &format!("retries-{job}"),
+        )?)
+    }
+}
+
+/// A snapshot of progress for the progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub total_items: u64,
+    pub done_items: u64,
+    pub failed_items: u64,
+    pub tasks_total: u32,
+    pub tasks_done: u32,
+    pub tasks_running: u32,
+    pub aggregating: bool,
+}
+
+/// What the caller of [`run`] may tune.
+pub struct RunOptions {
+    /// Program (and leading args) of the worker.
+    pub worker_command: Vec<String>,
+    /// Pause between engine ticks.
+    pub tick: Duration,
+    /// Called after every tick.
+    pub on_progress: Box<dyn Fn(&Progress) + Send + Sync>,
+    /// Partition and report the plan only.
+    pub dry_run: bool,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub job: JobRecord,
+    pub counts: ItemCounts,
+    pub plan: Option<PlanSummary>,
+    pub resumed: bool,
+}
+
+/// The partition plan, summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    pub batches: usize,
+    pub items: u64,
+    pub bytes: u64,
+    pub largest_batch_bytes: u64,
+    pub largest_batch_items: u64,
+}
+
+impl From<&PartitionPlan> for PlanSummary {
+    fn from(p: &PartitionPlan) -> Self {
+        let largest = p.largest_batch();
+        PlanSummary {
+            batches: p.batches.len(),
+            items: p.items,
+            bytes: p.bytes,
+            largest_batch_bytes: largest.map(Batch::bytes).unwrap_or(0),
+            largest_batch_items: p.batches.iter().map(|b| b.items).max().unwrap_or(0),
+        }
+    }
+}
+
+/// `_SUCCESS` of the final output (DESIGN §3), written last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessMarker {
+    pub schema_version: u32,
+    pub job: String,
+    pub rows: u64,
+    pub items: ItemCounts,
+    pub error_rows: u64,
+    pub schema: Vec<orch_data::ColumnSchema>,
+    pub files: std::collections::BTreeMap<String, orch_data::FileInfo>,
+}
+
+/// The job id of a spec: its name plus a short hash of the spec and the input fingerprint, so
+/// the same job file over the same input resumes the same job.
+pub fn job_id(job: &LoadedJob, fingerprint: &str) -> Result<String> {
+    let mut spec = job.file.clone();
+    spec.spec.suspend = false;
+    let json = serde_json::to_vec(&spec).map_err(|source| orch_core::Error::Decode {
+        what: "job spec".into(),
+        source,
+    })?;
+    let mut h = sha2::Sha256::new();
+    h.update(&json);
+    h.update(fingerprint.as_bytes());
+    let hash = hex::encode(&h.finalize()[..4]);
+    Ok(format!("{}-{hash}", job.file.metadata.name))
+}
+
+/// A cheap fingerprint of a local input: path, size and modification time.
+pub fn input_fingerprint(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|source| orch_core::Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(format!("{}:{}:{mtime}", path.display(), meta.len()))
+}
+
+fn input_path(job: &LoadedJob) -> Result<PathBuf> {
+    match Location::parse(&job.file.spec.input.uri, Path::new("/")) {
+        Ok(Location::Local(p)) => Ok(p),
+        Ok(Location::S3 { .. }) => Err(Error::Invalid(
+            "s3:// input needs the AWS data plane, which this build does not have yet".into(),
+        )),
+        Err(e) => Err(Error::Invalid(e)),
+    }
+}
+
+/// Partitions the job's input (DESIGN §3: byte ranges, no copy).
+pub fn plan(job: &LoadedJob) -> Result<PartitionPlan> {
+    let path = input_path(job)?;
+    let file = std::fs::File::open(&path).map_err(|source| orch_core::Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let spec = &job.file.spec;
+    let opts = PartitionOptions {
+        batch_size: spec.batch.size,
+        max_bytes: spec.batch.max_bytes.as_bytes().map_err(Error::Invalid)?,
+        hard_limit: partition::DEFAULT_HARD_LIMIT,
+    };
+    Ok(partition::partition_jsonl(
+        file,
+        &Location::Local(path).to_uri(),
+        opts,
+    )?)
+}
+
+/// Runs (or resumes) a job to its end.
+pub async fn run(job: &LoadedJob, opts: RunOptions) -> Result<RunOutcome> {
+    let storage = job
+        .file
+        .spec
+        .storage
+        .uri
+        .clone()
+        .unwrap_or_else(|| ".orch".into());
+    let input = input_path(job)?;
+    let fingerprint = input_fingerprint(&input)?;
+    let id = job_id(job, &fingerprint)?;
+    let _span = info_span!("job", job = %id).entered();
+
+    if opts.dry_run {
+        let p = plan(job)?;
+        let now = now_ms();
+        return Ok(RunOutcome {
+            job: new_job_record(job, &id, &fingerprint, &p, now),
+            counts: ItemCounts {
+                total: p.items,
+                ..ItemCounts::default()
+            },
+            plan: Some(PlanSummary::from(&p)),
+            resumed: false,
+        });
+    }
+
+    let backends = Embedded::open(&storage)?;
+    let existing = backends.state.get_job(&id).await?;
+    let (record, resumed) = match existing {
+        Some(j) if !j.phase.is_terminal() => {
+            info!(phase = %j.phase, "resuming the job");
+            (j, true)
+        }
+        other => {
+            if other.is_some() {
+                info!("the job ran before; starting it again");
+                backends.state.delete_job(&id).await?;
+                backends
+                    .objects
+                    .delete_prefix(&layout::job_prefix(&id))
+                    .await?;
+            }
+            (create(job, &backends, &id, &fingerprint).await?, false)
+        }
+    };
+    let queue = backends.queue(&id)?;
+    let parallelism = job
+        .file
+        .spec
+        .executor
+        .local
+        .as_ref()
+        .and_then(|l| l.parallelism)
+        .map(|p| p as usize)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+    let executor = LocalExecutor::new(
+        WorkerLaunch {
+            command: opts.worker_command.clone(),
+            storage: Location::Local(backends.root.clone()).to_uri(),
+            log_dir: backends.root.join(format!("jobs/{id}/logs")),
+        },
+        parallelism,
+    );
+    let cfg = EngineConfig::from_spec(&record.spec.spec);
+    let mut loop_state = Loop {
+        cfg,
+        id: id.clone(),
+        backends: &backends,
+        queue: &queue,
+        executor: &executor,
+    };
+    let result = tokio::select! {
+        r = loop_state.drive(&opts) => r,
+        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+    };
+    if matches!(result, Err(Error::Interrupted)) {
+        // Workers got the same SIGINT and checkpoint; give them a moment to do so.
+        tokio::time::timeout(Duration::from_secs(10), executor.wait_idle())
+            .await
+            .ok();
+    }
+    let final_job = result?;
+    let tasks = backends.state.list_tasks(&id).await?;
+    Ok(RunOutcome {
+        counts: engine::item_counts(&tasks),
+        job: final_job,
+        plan: None,
+        resumed,
+    })
+}
+
+fn new_job_record(
+    job: &LoadedJob,
+    id: &str,
+    fingerprint: &str,
+    plan: &PartitionPlan,
+    now: u64,
+) -> JobRecord {
+    JobRecord {
+        schema_version: SCHEMA_VERSION,
+        id: id.to_string(),
+        phase: JobPhase::Running,
+        spec: job.file.clone(),
+        input_fingerprint: fingerprint.to_string(),
+        total_tasks: plan.batches.len() as u32,
+        total_items: plan.items,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        message: None,
+        cancel_requested: false,
+        next_group: 0,
+        version: 0,
+    }
+}
+
+async fn create(
+    job: &LoadedJob,
+    backends: &Embedded,
+    id: &str,
+    fingerprint: &str,
+) -> Result<JobRecord> {
+    let started = std::time::Instant::now();
+    let p = plan(job)?;
+    info!(
+        batches = p.batches.len(),
+        items = p.items,
+        bytes = p.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "partitioned the input"
+    );
+    let now = now_ms();
+    let record = new_job_record(job, id, fingerprint, &p, now);
+    let mut manifest = Vec::with_capacity(p.batches.len() * 96);
+    for b in &p.batches {
+        serde_json::to_writer(&mut manifest, b).map_err(|source| orch_core::Error::Decode {
+            what: "batch manifest".into(),
+            source,
+        })?;
+        manifest.push(b'\n');
+    }
+    backends.objects.put(&layout::batches(id), manifest).await?;
+    let snapshot = JobManifest {
+        schema_version: SCHEMA_VERSION,
+        id: id.to_string(),
+        spec: job.file.clone(),
+        input_fingerprint: fingerprint.to_string(),
+        total_items: p.items,
+        total_tasks: p.batches.len() as u32,
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&snapshot).map_err(|source| orch_core::Error::Decode {
+            what: "job manifest".into(),
+            source,
+        })?;
+    backends
+        .objects
+        .put(&layout::job_manifest(id), bytes)
+        .await?;
+    let tasks: Vec<TaskRecord> = p
+        .batches
+        .iter()
+        .map(|b| TaskRecord::new(id, b.id, b.items, now))
+        .collect();
+    backends.state.create_job(&record, &tasks).await?;
+    Ok(backends.state.get_job(id).await?.unwrap_or(record))
+}
+
+struct Loop<'a> {
+    cfg: EngineConfig,
+    id: String,
+    backends: &'a Embedded,
+    queue: &'a SqliteQueue,
+    executor: &'a LocalExecutor,
+}
+
+impl Loop<'_> {
+    async fn drive(&mut self, opts: &RunOptions) -> Result<JobRecord> {
+        loop {
+            let state = &self.backends.state;
+            // Executor first, rows second: a worker commits before it exits (engine docs).
+            let before = state.list_tasks(&self.id).await?;
+            let active: Vec<(u32, u32, Option<String>)> = before
+                .iter()
+                .filter(|t| matches!(t.state, TaskState::Dispatched | TaskState::Running))
+                .map(|t| (t.id, t.attempt, t.executor_id.clone()))
+                .collect();
+            let exec: HashMap<u32, ExecState> = self
+                .executor
+                .poll(&active)
+                .await?
+                .into_iter()
+                .map(|s| (s.task, s.state))
+                .collect();
+            let job = state.get_job(&self.id).await?.ok_or_else(|| {
+                Error::Invalid(format!("job {} disappeared from the state store", self.id))
+            })?;
+            if job.phase.is_terminal() {
+                return Ok(job);
+            }
+            let tasks = state.list_tasks(&self.id).await?;
+            let due = self.due_retries().await?;
+            let now = now_ms();
+            let decision = engine::decide(
+                &self.cfg,
+                Observation {
+                    now,
+                    job: &job,
+                    tasks: &tasks,
+                    exec: &exec,
+                    due_retries: &due,
+                },
+            );
+            (opts.on_progress)(&progress(&job, &tasks, decision.aggregate));
+            if decision.aggregate {
+                let job = match decision.job.clone() {
+                    Some(j) => state.update_job(&j).await?,
+                    None => job,
+                };
+                let tasks = state.list_tasks(&self.id).await?;
+                let mut done = engine::verdict(&self.cfg, &job, &tasks, now_ms());
+                match aggregate(self.backends, &job, &tasks).await {
+                    Ok(()) => {}
+                    Err(e) if e.category() == ErrorCategory::Infrastructure => return Err(e),
+                    Err(e) => {
+                        done.phase = JobPhase::Failed;
+                        done.message = Some(format!("aggregation failed: {e}"));
+                    }
+                }
+                let done = state.update_job(&done).await?;
+                info!(phase = %done.phase, message = done.message.as_deref().unwrap_or(""), "job finished");
+                return Ok(done);
+            }
+            self.apply(decision).await?;
+            tokio::time::sleep(opts.tick).await;
+        }
+    }
+
+    async fn due_retries(&self) -> Result<Vec<DueRetry>> {
+        let mut due = Vec::new();
+        for m in self.queue.receive(100, RETRY_VISIBILITY).await? {
+            match serde_json::from_str::<RetryRequest>(&m.body) {
+                Ok(request) => due.push(DueRetry {
+                    request,
+                    receipt: m.receipt,
+                }),
+                Err(e) => {
+                    warn!(error = %e, "dropping an unreadable retry message");
+                    self.queue.delete(&m.receipt).await?;
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    async fn apply(&mut self, d: engine::Decision) -> Result<()> {
+        let state = &self.backends.state;
+        if let Some(job) = &d.job {
+            match state.update_job(job).await {
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for dispatch in d.dispatches {
+            let mut group = TaskGroup {
+                job: self.id.clone(),
+                id: dispatch.group,
+                tasks: Vec::new(),
+            };
+            let mut written = Vec::new();
+            for t in dispatch.tasks {
+                match state.update_task(&t).await {
+                    Ok(stored) => {
+                        group.tasks.push((stored.id, stored.attempt));
+                        written.push(stored);
+                    }
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if group.tasks.is_empty() {
+                continue;
+            }
+            let ids = self.executor.submit(&group).await?;
+            let ids: HashMap<u32, String> = ids.into_iter().collect();
+            for mut t in written {
+                if let Some(eid) = ids.get(&t.id) {
+                    t.executor_id = Some(eid.clone());
+                    // The worker may already have claimed the row; then it keeps its state.
+                    if let Err(e) = state.update_task(&t).await
+                        && !e.is_conflict()
+                    {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        for f in d.failures {
+            match state.update_task(&f.task).await {
+                Ok(stored) => {
+                    if let Some(err) = &stored.last_error {
+                        warn!(task = stored.id, attempt = err.attempt, kind = err.kind.as_str(), error = %err.message, next = %stored.state, "task attempt failed");
+                    }
+                    if let Some((req, delay)) = f.retry {
+                        let body = serde_json::to_string(&req).map_err(|source| {
+                            orch_core::Error::Decode {
+                                what: "retry request".into(),
+                                source,
+                            }
+                        })?;
+                        self.queue.send(&body, Duration::from_millis(delay)).await?;
+                    }
+                }
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for u in d.updates {
+            if let Err(e) = state.update_task(&u).await
+                && !e.is_conflict()
+            {
+                return Err(e.into());
+            }
+        }
+        if !d.cancel.is_empty() {
+            self.executor.cancel(&d.cancel).await?;
+        }
+        for receipt in d.acks {
+            self.queue.delete(&receipt).await?;
+        }
+        Ok(())
+    }
+}
+
+fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progress {
+    let mut p = Progress {
+        total_items: job.total_items,
+        tasks_total: tasks.len() as u32,
+        aggregating: aggregating || job.phase == JobPhase::Aggregating,
+        ..Progress::default()
+    };
+    for t in tasks {
+        match t.state {
+            TaskState::Succeeded => {
+                p.done_items += t.items_ok + t.items_failed;
+                p.failed_items += t.items_failed;
+                p.tasks_done += 1;
+            }
+            TaskState::Failed | TaskState::Cancelled => {
+                p.done_items += t.items;
+                p.failed_items += t.items;
+                p.tasks_done += 1;
+            }
+            TaskState::Running => {
+                p.done_items += t.items_ok + t.items_failed;
+                p.failed_items += t.items_failed;
+                p.tasks_running += 1;
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Merges the committed results into the output location: parts, `errors.parquet`, and
+/// `_SUCCESS` last, after verifying every committed file against its `_DONE` checksums.
+async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -> Result<()> {
+    let out = match Location::parse(
+        job.spec.spec.output.uri.as_deref().unwrap_or("out"),
+        Path::new("/"),
+    ) {
+        Ok(Location::Local(p)) => p,
+        Ok(Location::S3 { .. }) => {
+            return Err(Error::Invalid(
+                "s3:// output needs the AWS data plane, which this build does not have yet".into(),
+            ));
+        }
+        Err(e) => return Err(Error::Invalid(e)),
+    };
+    let mut parts = Vec::new();
+    let mut errors = Vec::new();
+    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
+        let done_key = layout::done(&job.id, t.id, t.attempt);
+        let marker: DoneMarker = match backends.objects.get(&done_key).await? {
+            Some(bytes) => orch_core::model::decode_versioned("_DONE marker", &bytes)?,
+            None => {
+                return Err(Error::Integrity {
+                    task: t.id,
+                    attempt: t.attempt,
+                    message: "committed but its _DONE marker is missing".into(),
+                });
+            }
+        };
+        for (name, sum) in &marker.files {
+            let key = format!("{}{name}", layout::attempt_prefix(&job.id, t.id, t.attempt));
+            let path = backends.root.join(&key);
+            let (bytes, sha) = orch_data::sha256_file(&path)?;
+            if bytes != sum.bytes || sha != sum.sha256 {
+                return Err(Error::Integrity {
+                    task: t.id,
+                    attempt: t.attempt,
+                    message: format!("{name} does not match the checksum in _DONE"),
+                });
+            }
+            match name.as_str() {
+                "part.parquet" => parts.push(path),
+                "errors.parquet" => errors.push(path),
+                _ => {}
+            }
+        }
+    }
+    std::fs::create_dir_all(&out).map_err(|e| orch_core::Error::Io {
+        path: out.clone(),
+        source: e,
+    })?;
+    // A consumer must never see a _SUCCESS next to parts of another run.
+    remove_previous_output(&out)?;
+    let out2 = out.clone();
+    let (merged, errs) = tokio::task::spawn_blocking(move || {
+        let merged = orch_data::merge_results(&parts, &out2, &orch_data::MergeOptions::default())?;
+        let errs = orch_data::merge_errors(&errors, &out2.join("errors.parquet"))?;
+        Ok::<_, orch_data::DataError>((merged, errs))
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("aggregation task failed: {e}")))??;
+    let mut files: std::collections::BTreeMap<String, orch_data::FileInfo> =
+        merged.files.iter().cloned().collect();
+    files.insert("errors.parquet".into(), errs.clone());
+    let marker = SuccessMarker {
+        schema_version: SCHEMA_VERSION,
+        job: job.id.clone(),
+        rows: merged.rows,
+        items: engine::item_counts(tasks),
+        error_rows: errs.rows,
+        schema: merged.schema.clone(),
+        files,
+    };
+    let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| orch_core::Error::Decode {
+        what: "_SUCCESS".into(),
+        source,
+    })?;
+    let out_store = FsStore::new(&out)?;
+    out_store.put("_SUCCESS", bytes).await?;
+    info!(rows = merged.rows, files = merged.files.len(), output = %out.display(), "aggregated");
+    Ok(())
+}
+
+fn remove_previous_output(out: &Path) -> Result<()> {
+    let io = |e| orch_core::Error::Io {
+        path: out.to_path_buf(),
+        source: e,
+    };
+    let _ = std::fs::remove_file(out.join("_SUCCESS"));
+    for entry in std::fs::read_dir(out).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with("part-") && name.ends_with(".parquet")) || name == "errors.parquet" {
+            std::fs::remove_file(entry.path()).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a job's state for `orch status`.
+pub async fn load_status(
+    backends: &Embedded,
+    id: &str,
+) -> Result<Option<(JobRecord, Vec<TaskRecord>)>> {
+    let Some(job) = backends.state.get_job(id).await? else {
+        return Ok(None);
+    };
+    let tasks = backends.state.list_tasks(id).await?;
+    Ok(Some((job, tasks)))
+}

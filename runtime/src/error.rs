@@ -1,0 +1,47 @@
+//! The error type of `orch-runtime`: what can stop the standalone driver, with the category
+//! that decides the exit code and whether a retry can help.
+
+use orch_core::ErrorCategory;
+use orch_core::backend::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] orch_core::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("aggregation: {0}")]
+    Data(#[from] orch_data::DataError),
+    #[error("cannot start the worker `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A result file does not match the checksum its `_DONE` marker recorded.
+    #[error("task {task} attempt {attempt}: {message}")]
+    Integrity {
+        task: u32,
+        attempt: u32,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("interrupted; run the same command again to resume")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::Core(e) => e.category(),
+            Error::Backend(e) => e.category(),
+            Error::Data(_) | Error::Integrity { .. } => ErrorCategory::Permanent,
+            Error::Spawn { .. } => ErrorCategory::Infrastructure,
+            Error::Invalid(_) => ErrorCategory::Invalid,
+            Error::Interrupted => ErrorCategory::Transient,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,60 @@
+//! The error type of the worker, with the category the engine uses to decide about retries.
+
+use orch_core::ErrorCategory;
+use orch_core::backend::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] orch_core::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Runtime(#[from] orch_runtime::Error),
+    #[error("result files: {0}")]
+    Data(#[from] orch_data::DataError),
+    #[error("handler: {0}")]
+    Handler(#[from] crate::handler::HandlerError),
+    #[error("checkpoint {path}: {source}")]
+    Checkpoint {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+    /// Another attempt owns the task now; this worker's output must not be promoted.
+    #[error("task {task} is no longer ours ({why}); stopping without committing")]
+    LostLease { task: u32, why: String },
+    #[error("stopped by a signal; progress is checkpointed")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::Core(e) => e.category(),
+            Error::Backend(e) => e.category(),
+            Error::Runtime(e) => e.category(),
+            Error::Data(e) => match e.category() {
+                orch_data::ErrorCategory::Transient => ErrorCategory::Transient,
+                orch_data::ErrorCategory::Permanent => ErrorCategory::Permanent,
+                orch_data::ErrorCategory::Infrastructure => ErrorCategory::Infrastructure,
+            },
+            Error::Handler(_) | Error::Checkpoint { .. } => ErrorCategory::Infrastructure,
+            Error::Setup(_) => ErrorCategory::Permanent,
+            Error::LostLease { .. } | Error::Interrupted => ErrorCategory::Transient,
+        }
+    }
+
+    /// The worker's exit code: 1 failed, 3 lost its lease, 130 interrupted.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::LostLease { .. } => 3,
+            Error::Interrupted => 130,
+            _ => 1,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,676 @@
+//! One worker run: claim the task's attempt, read the batch's byte range, run every item not
+//! yet in the checkpoint through the handler (with item retries and `concurrency` in flight),
+//! then write `part.parquet`, `errors.parquet` and `_DONE`, and commit the attempt.
+//!
+//! The commit is a conditional write naming the attempt and task group, so output of an attempt
+//! that lost its lease is never promoted. SIGTERM/SIGINT stop new items, let in-flight ones
+//! finish briefly, flush the checkpoint and exit, so the next attempt resumes.
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use orch_core::backend::{ObjectStore, StateStore};
+use orch_core::engine::EngineConfig;
+use orch_core::layout;
+use orch_core::model::{
+    Batch, DoneMarker, ErrorKind, FileSum, JobManifest, SCHEMA_VERSION, TaskError, TaskRecord,
+    TaskState, now_ms,
+};
+use orch_core::partition::jsonl_items;
+use orch_core::spec::{BuiltinName, JobSpec};
+use orch_core::uri::Location;
+use orch_runtime::driver::Embedded;
+use serde_json::value::RawValue;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::{Checkpoint, Finished};
+use crate::error::{Error, Result};
+use crate::handler::{ExecConfig, ExecHandler, Handler, Identity, ItemFailure, Outcome, Sleep};
+
+/// How long a claim is valid without renewal.
+const LEASE: Duration = Duration::from_secs(30);
+/// Heartbeat: progress into the task row, lease renewal, checkpoint flush.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long in-flight items may finish after a stop signal.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Flush the checkpoint at least this often (items).
+const FLUSH_EVERY: usize = 2000;
+
+/// Which task this process runs.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    pub storage: String,
+    pub job: String,
+    pub task: u32,
+    pub group: u32,
+}
+
+/// Set by the signal handler; checked between items.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs the task; returns the committed row.
+pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
+    if !layout::valid_job_id(&args.job) {
+        return Err(Error::Setup(format!("invalid job id `{}`", args.job)));
+    }
+    let backends = Embedded::open(&args.storage)?;
+    let manifest: JobManifest = match backends
+        .objects
+        .get(&layout::job_manifest(&args.job))
+        .await?
+    {
+        Some(bytes) => orch_core::model::decode_versioned("job.json", &bytes)?,
+        None => return Err(Error::Setup(format!("job {} has no job.json", args.job))),
+    };
+    let batch = find_batch(backends.objects.as_ref(), &args.job, args.task).await?;
+    let worker_id = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+        std::process::id()
+    );
+    let mut row = claim(backends.state.as_ref(), args, &worker_id).await?;
+    let attempt = row.attempt;
+    let span = tracing::info_span!("task", job = %args.job, task = args.task, attempt);
+    let _enter = span.enter();
+    info!(items = batch.items, bytes = batch.bytes(), "claimed");
+
+    let result = work(
+        &backends,
+        &manifest.spec.spec,
+        &batch,
+        &mut row,
+        &worker_id,
+        &stop,
+    )
+    .await;
+    match result {
+        Ok(row) => Ok(row),
+        Err(e) => {
+            if !matches!(e, Error::LostLease { .. } | Error::Interrupted) {
+                record_failure(backends.state.as_ref(), args, &e).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn find_batch(objects: &dyn ObjectStore, job: &str, task: u32) -> Result<Batch> {
+    let Some(bytes) = objects.get(&layout::batches(job)).await? else {
+        return Err(Error::Setup(format!("job {job} has no batch manifest")));
+    };
+    let line = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .nth(task as usize)
+        .ok_or_else(|| Error::Setup(format!("task {task} is not in the batch manifest")))?;
+    let batch: Batch = serde_json::from_slice(line).map_err(|source| orch_core::Error::Decode {
+        what: format!("batch {task}"),
+        source,
+    })?;
+    if batch.id != task {
+        return Err(Error::Setup(format!(
+            "batch manifest line {task} holds batch {}",
+            batch.id
+        )));
+    }
+    Ok(batch)
+}
+
+/// Dispatched → running, only for the attempt of our task group.
+async fn claim(state: &dyn StateStore, args: &WorkerArgs, worker: &str) -> Result<TaskRecord> {
+    loop {
+        let Some(mut row) = state.get_task(&args.job, args.task).await? else {
+            return Err(Error::Setup(format!("task {} does not exist", args.task)));
+        };
+        if row.group != Some(args.group) || row.state != TaskState::Dispatched {
+            return Err(Error::LostLease {
+                task: args.task,
+                why: format!("it is {} in group {:?}", row.state, row.group),
+            });
+        }
+        row.transition(TaskState::Running, now_ms())?;
+        row.lease_owner = Some(worker.to_string());
+        row.lease_expiry = Some(now_ms() + LEASE.as_millis() as u64);
+        match state.update_task(&row).await {
+            Ok(stored) => return Ok(stored),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Renews the lease and publishes progress; fails if the attempt is no longer ours.
+async fn heartbeat(
+    state: &dyn StateStore,
+    row: &mut TaskRecord,
+    ok: u64,
+    failed: u64,
+) -> Result<()> {
+    loop {
+        let mut next = row.clone();
+        next.items_ok = ok;
+        next.items_failed = failed;
+        next.lease_expiry = Some(now_ms() + LEASE.as_millis() as u64);
+        next.updated_at = now_ms();
+        match state.update_task(&next).await {
+            Ok(stored) => {
+                *row = stored;
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() => {
+                let current = state.get_task(&row.job, row.id).await?;
+                match current {
+                    Some(c)
+                        if c.state == TaskState::Running
+                            && c.attempt == row.attempt
+                            && c.group == row.group =>
+                    {
+                        *row = c;
+                    }
+                    other => {
+                        return Err(Error::LostLease {
+                            task: row.id,
+                            why: other
+                                .map(|c| format!("it is {} at attempt {}", c.state, c.attempt))
+                                .unwrap_or_else(|| "it was deleted".into()),
+                        });
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
+    // Best effort: the engine falls back to the exit code when this write loses a race.
+    if let Ok(Some(mut row)) = state.get_task(&args.job, args.task).await
+        && row.group == Some(args.group)
+        && row.state == TaskState::Running
+    {
+        row.last_error = Some(TaskError {
+            kind: match e.category() {
+                orch_core::ErrorCategory::Permanent | orch_core::ErrorCategory::Invalid => {
+                    ErrorKind::Permanent
+                }
+                orch_core::ErrorCategory::Transient => ErrorKind::Transient,
+                orch_core::ErrorCategory::Infrastructure => ErrorKind::Infrastructure,
+            },
+            message: e.to_string(),
+            attempt: row.attempt,
+        });
+        if let Err(err) = state.update_task(&row).await {
+            debug!(error = %err, "could not record the failure in the task row");
+        }
+    }
+}
+
+fn make_handler(spec: &JobSpec, log: &Path) -> Result<Arc<dyn Handler>> {
+    let h = &spec.handler;
+    if let Some(exec) = &h.exec {
+        let cfg = ExecConfig {
+            command: exec.command.clone(),
+            env: exec.env.clone(),
+            workdir: PathBuf::from(exec.workdir.as_deref().unwrap_or(".")),
+            concurrency: h.concurrency as usize,
+            timeout: h.timeout.as_duration().map_err(Error::Setup)?,
+            stderr_log: Some(log.to_path_buf()),
+            max_restarts: 5,
+        };
+        return Ok(Arc::new(ExecHandler::start(cfg)?));
+    }
+    match h.builtin.as_ref().map(|b| (b.name, b.duration.clone())) {
+        Some((BuiltinName::Identity, _)) => Ok(Arc::new(Identity)),
+        Some((BuiltinName::Sleep, d)) => Ok(Arc::new(Sleep {
+            duration: d
+                .map(|d| d.as_duration())
+                .transpose()
+                .map_err(Error::Setup)?
+                .unwrap_or(Duration::from_millis(1)),
+        })),
+        None => Err(Error::Setup("the job has no handler".into())),
+    }
+}
+
+/// Reads the batch's byte range of the input.
+fn read_range(batch: &Batch) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = match Location::parse(&batch.source, Path::new("/")) {
+        Ok(Location::Local(p)) => p,
+        Ok(Location::S3 { .. }) => {
+            return Err(Error::Setup(
+                "s3:// input needs the AWS data plane, which this build does not have yet".into(),
+            ));
+        }
+        Err(e) => return Err(Error::Setup(e)),
+    };
+    let io = |e: std::io::Error| Error::Setup(format!("cannot read {}: {e}", path.display()));
+    let mut f = std::fs::File::open(&path).map_err(io)?;
+    f.seek(SeekFrom::Start(batch.start)).map_err(io)?;
+    let mut buf = vec![0u8; batch.bytes() as usize];
+    f.read_exact(&mut buf).map_err(io)?;
+    Ok(buf)
+}
+
+/// An item waiting for its next try.
+struct Delayed {
+    at: Instant,
+    ordinal: u64,
+    attempts: u32,
+    item: Box<RawValue>,
+}
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at && self.ordinal == o.ordinal
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    // Reversed: BinaryHeap is a max-heap and the earliest item must come first.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.at.cmp(&self.at).then(o.ordinal.cmp(&self.ordinal))
+    }
+}
+
+struct Tally {
+    ok: u64,
+    failed: u64,
+}
+
+async fn work(
+    backends: &Embedded,
+    spec: &JobSpec,
+    batch: &Batch,
+    row: &mut TaskRecord,
+    worker_id: &str,
+    stop: &StopFlag,
+) -> Result<TaskRecord> {
+    let job = row.job.clone();
+    let (task, attempt) = (row.id, row.attempt);
+    let ckpt_key = layout::checkpoint(&job, task);
+    let ckpt_path = backends
+        .objects
+        .local_path(&ckpt_key)
+        .ok_or_else(|| Error::Setup("checkpoints need a local path".into()))?;
+    let mut ckpt = Checkpoint::open(&ckpt_path)?;
+    let done = ckpt.done()?;
+    if !done.is_empty() {
+        info!(resumed = done.len(), "resuming from the checkpoint");
+    }
+    let data = read_range(batch)?;
+    let log = backends.root.join(layout::task_log(&job, task, attempt));
+    let handler = make_handler(spec, &log)?;
+    let cfg = EngineConfig::from_spec(spec);
+    let mut tally = Tally { ok: 0, failed: 0 };
+    for (_, f) in ckpt.all()? {
+        match f {
+            Finished::Ok(_) => tally.ok += 1,
+            Finished::Failed { .. } => tally.failed += 1,
+        }
+    }
+    let items = jsonl_items(&data)
+        .enumerate()
+        .map(|(i, line)| (batch.first_item + i as u64, line))
+        .filter(|(o, _)| !done.contains(o));
+
+    // Identity answers synchronously: skip the per-item task machinery.
+    let sync = matches!(
+        spec.handler.builtin.as_ref().map(|b| b.name),
+        Some(BuiltinName::Identity)
+    );
+    let outcome = if sync {
+        run_sync(&*handler, items, &mut ckpt, &mut tally, backends, row, stop).await
+    } else {
+        run_async(
+            handler.clone(),
+            items,
+            &cfg,
+            spec.handler.concurrency as usize,
+            &mut ckpt,
+            &mut tally,
+            backends,
+            row,
+            stop,
+        )
+        .await
+    };
+    handler.shutdown().await;
+    ckpt.flush()?;
+    outcome?;
+    if stop.is_stopped() {
+        return Err(Error::Interrupted);
+    }
+    finish(backends, batch, row, worker_id, &ckpt).await
+}
+
+fn parse_item(line: &[u8]) -> std::result::Result<Box<RawValue>, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
+    serde_json::from_str::<Box<RawValue>>(text).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+fn permanent(message: String) -> Finished {
+    Finished::Failed {
+        kind: ErrorKind::Permanent.as_str().into(),
+        message,
+        attempts: 1,
+    }
+}
+
+/// A tight loop for handlers that answer synchronously (identity): no task per item.
+async fn run_sync<'a>(
+    handler: &dyn Handler,
+    items: impl Iterator<Item = (u64, &'a [u8])>,
+    ckpt: &mut Checkpoint,
+    tally: &mut Tally,
+    backends: &Embedded,
+    row: &mut TaskRecord,
+    stop: &StopFlag,
+) -> Result<()> {
+    let mut last_beat = Instant::now();
+    for (ordinal, line) in items {
+        let finished = match parse_item(line) {
+            Err(message) => permanent(message),
+            Ok(item) => match handler.call_sync(&item) {
+                Some(Outcome::Ok(result)) => Finished::Ok(result.get().to_string()),
+                Some(Outcome::Err(f)) => Finished::Failed {
+                    kind: f.kind.as_str().into(),
+                    message: f.message,
+                    attempts: 1,
+                },
+                None => permanent("handler gave no answer".into()),
+            },
+        };
+        count(tally, &finished);
+        ckpt.record(ordinal, finished);
+        if ckpt.pending() >= FLUSH_EVERY {
+            ckpt.flush()?;
+            if last_beat.elapsed() >= HEARTBEAT {
+                heartbeat(backends.state.as_ref(), row, tally.ok, tally.failed).await?;
+                last_beat = Instant::now();
+            }
+            if stop.is_stopped() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count(tally: &mut Tally, f: &Finished) {
+    match f {
+        Finished::Ok(_) => tally.ok += 1,
+        Finished::Failed { .. } => tally.failed += 1,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_async<'a>(
+    handler: Arc<dyn Handler>,
+    mut items: impl Iterator<Item = (u64, &'a [u8])>,
+    cfg: &EngineConfig,
+    concurrency: usize,
+    ckpt: &mut Checkpoint,
+    tally: &mut Tally,
+    backends: &Embedded,
+    row: &mut TaskRecord,
+    stop: &StopFlag,
+) -> Result<()> {
+    let concurrency = concurrency.max(1);
+    let mut inflight: JoinSet<(u64, u32, Box<RawValue>, Outcome)> = JoinSet::new();
+    let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
+    let mut exhausted = false;
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
+    let spawn = |set: &mut JoinSet<_>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
+        let h = handler.clone();
+        set.spawn(async move {
+            let out = h.call(&item).await;
+            (ordinal, attempts, item, out)
+        });
+    };
+    loop {
+        if stop.is_stopped() && stop_deadline.is_none() {
+            info!(
+                in_flight = inflight.len(),
+                "stopping: letting in-flight items finish"
+            );
+            stop_deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
+        }
+        while stop_deadline.is_none() && inflight.len() < concurrency {
+            if delayed.peek().is_some_and(|d| d.at <= Instant::now()) {
+                if let Some(d) = delayed.pop() {
+                    spawn(&mut inflight, d.ordinal, d.attempts + 1, d.item);
+                }
+                continue;
+            }
+            if exhausted {
+                break;
+            }
+            match items.next() {
+                None => exhausted = true,
+                Some((ordinal, line)) => match parse_item(line) {
+                    Ok(item) => spawn(&mut inflight, ordinal, 1, item),
+                    Err(message) => {
+                        let f = permanent(message);
+                        count(tally, &f);
+                        ckpt.record(ordinal, f);
+                    }
+                },
+            }
+        }
+        if inflight.is_empty() && (stop_deadline.is_some() || (exhausted && delayed.is_empty())) {
+            return Ok(());
+        }
+        let next_delayed = delayed
+            .peek()
+            .map(|d| tokio::time::Instant::from_std(d.at))
+            .filter(|_| stop_deadline.is_none() && inflight.len() < concurrency);
+        tokio::select! {
+            joined = inflight.join_next(), if !inflight.is_empty() => {
+                let Some(joined) = joined else { continue };
+                let (ordinal, attempts, item, outcome) = joined
+                    .map_err(|e| Error::Setup(format!("item task failed: {e}")))?;
+                match outcome {
+                    Outcome::Ok(result) => {
+                        let f = Finished::Ok(result.get().to_string());
+                        count(tally, &f);
+                        ckpt.record(ordinal, f);
+                    }
+                    Outcome::Err(ItemFailure { kind, message }) => {
+                        if message.starts_with("handler keeps crashing") {
+                            return Err(Error::Setup(message));
+                        }
+                        let retryable = kind != ErrorKind::Permanent;
+                        if retryable && attempts < cfg.max_attempts && stop_deadline.is_none() {
+                            let delay = cfg.backoff_ms(&row.job, ordinal as u32, attempts);
+                            debug!(ordinal, attempts, delay_ms = delay, kind = kind.as_str(), "item will be retried");
+                            delayed.push(Delayed {
+                                at: Instant::now() + Duration::from_millis(delay),
+                                ordinal,
+                                attempts,
+                                item,
+                            });
+                        } else if retryable && stop_deadline.is_some() {
+                            // Not finished: the next attempt does it again.
+                        } else {
+                            let f = Finished::Failed { kind: kind.as_str().into(), message, attempts };
+                            count(tally, &f);
+                            ckpt.record(ordinal, f);
+                        }
+                    }
+                }
+                if ckpt.pending() >= FLUSH_EVERY {
+                    ckpt.flush()?;
+                }
+            }
+            _ = sleep_until_opt(next_delayed) => {}
+            _ = beat.tick() => {
+                ckpt.flush()?;
+                heartbeat(backends.state.as_ref(), row, tally.ok, tally.failed).await?;
+            }
+            _ = sleep_until_opt(stop_deadline) => {
+                warn!(abandoned = inflight.len(), "in-flight items did not finish in time; the next attempt redoes them");
+                inflight.abort_all();
+                return Ok(());
+            }
+            _ = wait_for_stop(stop), if stop_deadline.is_none() => {}
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_for_stop(stop: &StopFlag) {
+    while !stop.is_stopped() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes the result files and `_DONE`, then commits the attempt.
+async fn finish(
+    backends: &Embedded,
+    batch: &Batch,
+    row: &mut TaskRecord,
+    worker_id: &str,
+    ckpt: &Checkpoint,
+) -> Result<TaskRecord> {
+    let (job, task, attempt) = (row.job.clone(), row.id, row.attempt);
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for (ordinal, f) in ckpt.all()? {
+        match f {
+            Finished::Ok(json) => {
+                ok += 1;
+                match serde_json::from_str::<serde_json::Value>(&json) {
+                    Ok(serde_json::Value::Array(values)) => {
+                        rows.extend(values.into_iter().map(|value| orch_data::ResultRow {
+                            item: ordinal,
+                            value,
+                        }))
+                    }
+                    Ok(value) => rows.push(orch_data::ResultRow {
+                        item: ordinal,
+                        value,
+                    }),
+                    Err(e) => {
+                        return Err(Error::Setup(format!(
+                            "checkpointed result of item {ordinal} is not JSON: {e}"
+                        )));
+                    }
+                }
+            }
+            Finished::Failed {
+                kind,
+                message,
+                attempts,
+            } => {
+                failed += 1;
+                errors.push(orch_data::ItemError {
+                    item: ordinal,
+                    kind,
+                    message,
+                    attempts,
+                });
+            }
+        }
+    }
+    if ok + failed != batch.items {
+        return Err(Error::Setup(format!(
+            "the batch has {} items but {} finished",
+            batch.items,
+            ok + failed
+        )));
+    }
+    let part_key = layout::part(&job, task, attempt);
+    let errors_key = layout::errors(&job, task, attempt);
+    let local = |key: &str| {
+        backends
+            .objects
+            .local_path(key)
+            .ok_or_else(|| Error::Setup("results need a local path".into()))
+    };
+    let part_path = local(&part_key)?;
+    let errors_path = local(&errors_key)?;
+    if let Some(dir) = part_path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let (part, errs) = tokio::task::spawn_blocking(move || {
+        let part = orch_data::write_results_parquet(&part_path, &rows)?;
+        let errs = orch_data::write_errors_parquet(&errors_path, &errors)?;
+        Ok::<_, orch_data::DataError>((part, errs))
+    })
+    .await
+    .map_err(|e| Error::Setup(format!("writing results failed: {e}")))??;
+    let sum = |f: &orch_data::FileInfo| FileSum {
+        rows: f.rows,
+        bytes: f.bytes,
+        sha256: f.sha256.clone(),
+    };
+    let marker = DoneMarker {
+        schema_version: SCHEMA_VERSION,
+        job: job.clone(),
+        task,
+        attempt,
+        worker: worker_id.to_string(),
+        items: batch.items,
+        items_ok: ok,
+        items_failed: failed,
+        files: BTreeMap::from([
+            ("part.parquet".to_string(), sum(&part)),
+            ("errors.parquet".to_string(), sum(&errs)),
+        ]),
+    };
+    let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| orch_core::Error::Decode {
+        what: "_DONE".into(),
+        source,
+    })?;
+    backends
+        .objects
+        .put(&layout::done(&job, task, attempt), bytes)
+        .await?;
+    // Commit: the conditional write that names this attempt.
+    loop {
+        let mut next = row.clone();
+        next.transition(TaskState::Succeeded, now_ms())?;
+        next.items_ok = ok;
+        next.items_failed = failed;
+        next.lease_expiry = None;
+        match backends.state.update_task(&next).await {
+            Ok(stored) => {
+                info!(ok, failed, "committed");
+                return Ok(stored);
+            }
+            Err(e) if e.is_conflict() => {
+                heartbeat(backends.state.as_ref(), row, ok, failed).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
