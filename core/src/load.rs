@@ -225,9 +225,13 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
         K::MinLength { .. } => "must not be empty".into(),
         K::MinItems { .. } => "must not be empty".into(),
         K::Enum { options } => format!("must be one of {options}, got {got}"),
-        K::Type { kind } => format!("wrong type: expected {kind:?}, got {got}")
-            .replace("Single(", "")
-            .replace(')', ""),
+        K::Type { kind } => {
+            let expected = format!("{kind:?}")
+                .replace("Single(", "")
+                .replace(')', "")
+                .to_lowercase();
+            format!("wrong type: expected {expected}, got {got}")
+        }
         K::AnyOf { .. } => {
             format!("expected a duration/size string such as 30s or 64Mi, got {got}")
         }

@@ -1,0 +1,126 @@
+//! Shared helpers of the CLI end-to-end tests: a scratch directory with a job file, the real
+//! `orch` and `orch-worker` binaries, and an independent reader (pyarrow) of the output.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn orch() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_orch"))
+}
+
+/// `orch-worker` is built by `cargo test --workspace` into the same directory as `orch`.
+pub fn worker() -> PathBuf {
+    let w = orch().with_file_name("orch-worker");
+    assert!(
+        w.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        w.display()
+    );
+    w
+}
+
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `n` JSONL records `{"id": i, "text": "item i"}`.
+    pub fn jsonl(&self, name: &str, n: u64) -> PathBuf {
+        let mut s = String::with_capacity(n as usize * 32);
+        for i in 0..n {
+            s.push_str(&format!("{{\"id\": {i}, \"text\": \"item {i}\"}}\n"));
+        }
+        self.write(name, &s)
+    }
+
+    /// Runs `orch` with the scratch dir as working directory (so `.orch/` lands there).
+    pub fn orch(&self, args: &[&str]) -> Output {
+        self.orch_cmd(args).output().unwrap()
+    }
+
+    pub fn orch_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(orch());
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("ORCH_WORKER", worker())
+            .env_remove("ORCH_LOG");
+        c
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// What an independent reader sees in an output directory.
+#[derive(Debug, serde::Deserialize)]
+pub struct Seen {
+    pub rows: u64,
+    pub distinct_items: u64,
+    pub duplicates: u64,
+    pub min_item: Option<u64>,
+    pub max_item: Option<u64>,
+    pub items: Vec<u64>,
+    pub error_rows: u64,
+    pub error_items: Vec<u64>,
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
+    pub columns: Vec<String>,
+}
+
+/// Reads `part-*.parquet` and `errors.parquet` with pyarrow, not with orch's own code.
+pub fn read_output(dir: &Path) -> Seen {
+    let script = r#"
+import glob, json, sys, collections
+import pyarrow.parquet as pq
+d = sys.argv[1]
+items, columns = [], []
+for f in sorted(glob.glob(d + "/part-*.parquet")):
+    t = pq.read_table(f)
+    columns = t.column_names
+    items += t.column("_item").to_pylist()
+e = pq.read_table(d + "/errors.parquet")
+kinds = collections.Counter(e.column("kind").to_pylist())
+print(json.dumps({
+  "rows": len(items), "distinct_items": len(set(items)),
+  "duplicates": len(items) - len(set(items)),
+  "min_item": min(items) if items else None, "max_item": max(items) if items else None,
+  "items": sorted(set(items)), "error_rows": e.num_rows,
+  "error_items": sorted(e.column("_item").to_pylist()), "error_kinds": kinds,
+  "columns": columns}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .expect("python3 with pyarrow is needed to read the output independently");
+    assert!(
+        out.status.success(),
+        "pyarrow reader failed: {}",
+        text(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -1,0 +1,262 @@
+//! `orch run` end to end with the real binaries, a real Python handler and an independent
+//! reader of the output (pyarrow): exactly-once output, item failures and tolerance, worker
+//! crashes (`kill -9`), and a killed driver resuming.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::{Scratch, read_output, text};
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn job_yaml(name: &str, handler: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: {name}}}
+spec:
+  input: {{uri: in.jsonl}}
+  batch: {{size: 250}}
+  handler: {handler}
+  retry: {{maxAttempts: 3, backoff: {{initial: 50ms, factor: 2, max: 1s}}}}
+  output: {{uri: out}}
+  executor: {{local: {{parallelism: 2}}}}
+{extra}"#
+    )
+}
+
+#[test]
+fn identity_output_has_every_item_exactly_once() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5_000);
+    let job = s.write(
+        "job.yaml",
+        &job_yaml("ident", "{builtin: {name: identity}}", ""),
+    );
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.rows, 5_000);
+    assert_eq!(seen.duplicates, 0);
+    assert_eq!(seen.items, (0..5_000).collect::<Vec<_>>());
+    assert_eq!(seen.error_rows, 0);
+    assert_eq!(seen.columns, vec!["_item", "id", "text"]);
+    let success: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("out/_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(success["rows"], 5_000);
+
+    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["phase"], "succeeded");
+    assert_eq!(report["tasks"]["succeeded"], 20);
+    assert_eq!(report["items"]["ok"], 5_000);
+}
+
+fn python_job(s: &Scratch, tolerance: f64) -> std::path::PathBuf {
+    let handler = format!(
+        "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 4}}",
+        fixture("flaky.py")
+    );
+    s.write(
+        "job.yaml",
+        &job_yaml(
+            "flaky",
+            &handler,
+            &format!("  tolerance: {{maxFailedItemsPercent: {tolerance}}}\n"),
+        ),
+    )
+}
+
+#[test]
+fn permanent_failures_are_recorded_and_transient_ones_retried_within_tolerance() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 2_000);
+    let job = python_job(&s, 1.0);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    let permanent: Vec<u64> = (0..2_000).filter(|i| i % 100 == 0).collect();
+    let ok: Vec<u64> = (0..2_000).filter(|i| i % 100 != 0).collect();
+    assert_eq!(seen.items, ok, "transient items must succeed on retry");
+    assert_eq!(seen.duplicates, 0);
+    assert_eq!(seen.error_items, permanent);
+    assert_eq!(seen.error_kinds.get("permanent"), Some(&20));
+    assert_eq!(seen.error_kinds.len(), 1);
+
+    let status = s.orch(&["status", job.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(table.contains("permanent 20"), "{table}");
+}
+
+#[test]
+fn failures_above_tolerance_fail_the_job_with_exit_1() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 1_000);
+    let job = python_job(&s, 0.5);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("above the tolerance"), "{all}");
+    // The output is still complete and exact for what succeeded.
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.rows, 990);
+    assert_eq!(seen.error_rows, 10);
+}
+
+/// Pids of `orch-worker` processes working on storage under `dir`.
+fn workers_of(dir: &std::path::Path) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("orch-worker run --storage file://{}", dir.display()),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn kill(pid: u32, signal: &str) {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+fn slow_job(s: &Scratch) -> std::path::PathBuf {
+    s.jsonl("in.jsonl", 1_500);
+    s.write(
+        "job.yaml",
+        &job_yaml(
+            "slow",
+            "{builtin: {name: sleep, duration: 4ms}, concurrency: 2}",
+            "",
+        ),
+    )
+}
+
+/// Waits until some worker has checkpointed items, so a kill lands mid-batch.
+fn wait_for_workers(s: &Scratch, child: &mut std::process::Child) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "orch ended too early");
+        let pids = workers_of(&s.path(".orch"));
+        let checkpointed = std::fs::read_dir(s.path(".orch/jobs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_dir(e.ok()?.path().join("checkpoints")).ok())
+            .is_some_and(|mut d| d.next().is_some());
+        if !pids.is_empty() && checkpointed {
+            std::thread::sleep(Duration::from_millis(1200));
+            return workers_of(&s.path(".orch"));
+        }
+        assert!(Instant::now() < deadline, "no worker started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_worker_killed_with_sigkill_is_retried_and_output_stays_exact() {
+    let s = Scratch::new();
+    let job = slow_job(&s);
+    let mut child = s
+        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pids = wait_for_workers(&s, &mut child);
+    assert!(!pids.is_empty());
+    kill(pids[0], "-KILL");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..1_500).collect::<Vec<_>>());
+    assert_eq!(seen.duplicates, 0);
+    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["items"]["ok"], 1_500, "{report}");
+    assert!(
+        task_logs(&s).iter().any(|name| name.ends_with(".2.log")),
+        "the killed task must have run a second attempt: {:?}",
+        task_logs(&s)
+    );
+}
+
+fn task_logs(s: &Scratch) -> Vec<String> {
+    std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .flat_map(|j| std::fs::read_dir(j.unwrap().path().join("logs")).unwrap())
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_worker_stopped_with_sigterm_checkpoints_and_the_retry_resumes() {
+    let s = Scratch::new();
+    let job = slow_job(&s);
+    let mut child = s
+        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pids = wait_for_workers(&s, &mut child);
+    kill(pids[0], "-TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..1_500).collect::<Vec<_>>());
+    // The task log of the stopped attempt says it checkpointed.
+    let logs = std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .flat_map(|j| std::fs::read_dir(j.unwrap().path().join("logs")).unwrap())
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(logs.contains("stop signal received"), "{logs}");
+    assert!(logs.contains("resuming from the checkpoint"), "{logs}");
+}
+
+#[test]
+fn a_killed_driver_resumes_the_job_on_the_next_run() {
+    let s = Scratch::new();
+    let job = slow_job(&s);
+    let mut child = s
+        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_workers(&s, &mut child);
+    kill(child.id(), "-KILL");
+    child.wait().unwrap();
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("resumed"), "{all}");
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..1_500).collect::<Vec<_>>());
+    assert_eq!(seen.duplicates, 0);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_runs_nothing() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 1_000);
+    let job = s.write(
+        "job.yaml",
+        &job_yaml("plan", "{builtin: {name: identity}}", ""),
+    );
+    let out = s.orch(&["run", "--dry-run", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("batches        4"), "{all}");
+    assert!(all.contains("items          1000"), "{all}");
+    assert!(!s.path(".orch").exists(), "a dry run must not create state");
+}

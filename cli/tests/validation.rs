@@ -1,0 +1,154 @@
+//! Bad job files: each gives a clear one-screen message naming the field or path, exit code 2,
+//! and never a panic or a backtrace.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::{Scratch, text};
+
+const GOOD: &str = r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {name: demo}
+spec:
+  input: {uri: in.jsonl}
+  batch: {size: 10}
+  handler: {builtin: {name: identity}}
+"#;
+
+/// Runs `orch validate` on `yaml` and returns the output, asserting exit 2 and no panic.
+fn rejected(yaml: &str) -> String {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    let job = s.write("job.yaml", yaml);
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(!all.contains("RUST_BACKTRACE"), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).lines().count() < 25,
+        "{all}"
+    );
+    all
+}
+
+#[test]
+fn the_good_file_validates() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    let job = s.write("job.yaml", GOOD);
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let all = rejected(&GOOD.replace("batch: {size: 10}", "batch: {size: 10, sise: 3}"));
+    assert!(
+        all.contains("spec.batch") && all.contains("`sise`"),
+        "{all}"
+    );
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let all = rejected(&GOOD.replace("size: 10", "size: ten"));
+    assert!(
+        all.contains("spec.batch.size") && all.contains("wrong type"),
+        "{all}"
+    );
+}
+
+#[test]
+fn batch_size_zero_states_the_rule() {
+    let all = rejected(&GOOD.replace("size: 10", "size: 0"));
+    assert!(all.contains("spec.batch.size: must be ≥ 1, got 0"), "{all}");
+}
+
+#[test]
+fn missing_input_is_named() {
+    let all = rejected(&GOOD.replace("  input: {uri: in.jsonl}\n", ""));
+    assert!(all.contains("spec") && all.contains("\"input\""), "{all}");
+}
+
+#[test]
+fn unreadable_input_names_the_path() {
+    let all = rejected(&GOOD.replace("in.jsonl", "nowhere.jsonl"));
+    assert!(
+        all.contains("spec.input.uri") && all.contains("nowhere.jsonl"),
+        "{all}"
+    );
+}
+
+#[test]
+fn handler_program_not_found_is_named() {
+    let all = rejected(&GOOD.replace(
+        "{builtin: {name: identity}}",
+        "{exec: {command: [\"no-such-program-xyz\", \"x.py\"]}}",
+    ));
+    assert!(
+        all.contains("spec.handler.exec.command[0]") && all.contains("no-such-program-xyz"),
+        "{all}"
+    );
+}
+
+#[test]
+fn malformed_yaml_gives_the_line() {
+    let all = rejected("apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nspec: {input: [\n");
+    assert!(
+        all.contains("malformed YAML") && all.contains("line"),
+        "{all}"
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let yaml = GOOD
+        .replace("size: 10", "size: 0")
+        .replace("name: demo", "name: Demo_Job")
+        .replace(
+            "{builtin: {name: identity}}",
+            "{builtin: {name: identity}, timeout: 0s}",
+        );
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    // Schema errors come first; the name and timeout rules are checked once the schema holds.
+    assert!(all.contains("spec.batch.size"), "{all}");
+    let fixed = yaml.replace("size: 0", "size: 5");
+    let job = s.write("job.yaml", &fixed);
+    let all = text(&s.orch(&["validate", job.to_str().unwrap()]));
+    assert!(
+        all.contains("metadata.name") && all.contains("spec.handler.timeout"),
+        "{all}"
+    );
+}
+
+#[test]
+fn run_refuses_bad_files_with_exit_2_too() {
+    let s = Scratch::new();
+    let job = s.write("job.yaml", &GOOD.replace("size: 10", "size: 0"));
+    let out = s.orch(&["run", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn extends_deep_merges_a_base_file() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    s.write(
+        "base.yaml",
+        "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nspec:\n  batch: {size: 7, maxBytes: 1Mi}\n  handler: {builtin: {name: identity}}\n",
+    );
+    let job = s.write(
+        "job.yaml",
+        "extends: base.yaml\nmetadata: {name: child}\nspec:\n  input: {uri: in.jsonl}\n  batch: {size: 3}\n",
+    );
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("batches  of 3 items, at most 1Mi"), "{all}");
+}

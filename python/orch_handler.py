@@ -1,0 +1,527 @@
+"""Write an orch ``exec`` handler as one decorated Python function.
+
+Stdlib only, Python >= 3.9. Copy this file next to your handler, or put its directory on
+``sys.path``.
+
+    from orch_handler import handler, Transient, Permanent
+
+    @handler                        # sequential, on the main thread
+    def enrich(item):
+        if not item.get("text"):
+            raise Permanent("empty text")      # recorded in errors.parquet, not retried
+        return {"id": item["id"], "n": len(item["text"])}
+
+    # @handler(concurrency=8)        # calls run on a thread pool of 8, answers as they finish
+    # async def enrich(item): ...    # async def: up to `concurrency` calls on one asyncio loop
+
+Run it with ``python3 handler.py``; orch does that for you (``spec.handler.exec.command``).
+
+Serving starts *at the decorator* when the function is defined in the script being run (its
+module's ``__name__`` is ``"__main__"``); no ``if __name__ == "__main__":`` block is needed. The
+decorator then answers requests until stdin closes and exits the process, so the code below the
+decorated function runs only after that: define everything the handler uses (imports, helpers,
+constants, models) *above* it. Imported from another module (a test), or defined in a REPL, a
+notebook or ``python -c``, the decorator does nothing but return the function unchanged, so it
+can be called directly. ``serve(fn)`` starts serving explicitly.
+
+The protocol (orch DESIGN section 4), which this module implements:
+
+* one long-lived process per worker; JSON lines both ways;
+* request on stdin:   ``{"id": 17, "item": {...}}``;
+* response on stdout: ``{"id": 17, "result": {...}}`` -- a dict is one output row, a list of
+  dicts is several rows (an empty list: none) -- or
+  ``{"id": 17, "error": {"kind": "transient" | "permanent", "message": "..."}}``;
+* responses may come out of order, up to ``spec.handler.concurrency`` requests in flight;
+* stderr goes to the task log.
+
+What this module does for you:
+
+* return value ``None`` -> ``{}`` (one row that has only orch's ``_item`` column);
+* ``raise Transient(msg)`` -> retried by orch with backoff; ``raise Permanent(msg)`` -> recorded
+  and skipped; any other exception -> permanent, message ``"TypeName: message"``, with the
+  traceback written to stderr;
+* a result that is not a dict, a list of dicts or None, or that JSON cannot encode (sets,
+  datetimes, NaN/Infinity, unpaired surrogates), becomes a permanent error naming the problem;
+* while serving, stdout is reserved for responses: ``print()``, and any child process that
+  inherits file descriptor 1, write to stderr instead; stdin reads as empty (so neither
+  ``input()`` nor a child process can swallow requests);
+* a malformed request line is logged to stderr (its length, not its content) and skipped;
+* on end of stdin, the requests in flight are finished and answered before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import json
+import os
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional, Tuple
+
+__all__ = ["handler", "serve", "Transient", "Permanent", "HandlerError"]
+
+if sys.version_info < (3, 9):
+    raise ImportError("orch_handler needs Python 3.9 or newer")
+
+_PREFIX = "orch_handler: "
+
+
+class HandlerError(Exception):
+    """An item failure of a given kind; raise `Transient` or `Permanent`."""
+
+    kind = "permanent"
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(message)
+        self.message = str(message) if str(message) else type(self).__name__
+
+
+class Transient(HandlerError):
+    """The item may succeed later (rate limit, timeout, service down): orch retries it."""
+
+    kind = "transient"
+
+
+class Permanent(HandlerError):
+    """The item cannot succeed (bad record): orch records it in errors.parquet and moves on."""
+
+    kind = "permanent"
+
+
+def handler(fn: Optional[Callable] = None, *, concurrency: int = 1):
+    """Marks `fn` as the orch handler; serves at once if `fn` is defined in ``__main__``.
+
+    ``@handler``: one call at a time on the main thread (async def: one at a time on asyncio).
+    ``@handler(concurrency=N)``: up to N calls at once -- on a thread pool for a plain function,
+    as asyncio tasks for an async def -- answered as they complete. Keep N equal to
+    ``spec.handler.concurrency``: orch never has more than that many requests in flight.
+    """
+    _check_concurrency(concurrency)
+
+    def decorate(f: Callable) -> Callable:
+        f.orch_concurrency = concurrency  # type: ignore[attr-defined]
+        if _is_main_script(f) and not _serving.is_set():
+            try:
+                serve(f, concurrency)
+            except KeyboardInterrupt:
+                sys.exit(130)
+            sys.exit(0)
+        return f
+
+    if fn is not None:
+        if not callable(fn):
+            raise TypeError(
+                "use @handler or @handler(concurrency=N); got a positional "
+                f"{type(fn).__name__} argument"
+            )
+        return decorate(fn)
+    return decorate
+
+
+def serve(
+    fn: Callable,
+    concurrency: Optional[int] = None,
+    *,
+    stdin: Optional[io.BufferedIOBase] = None,
+    stdout: Optional[io.BufferedIOBase] = None,
+) -> None:
+    """Answers requests with `fn` until stdin closes, then returns.
+
+    `concurrency` defaults to the value given to ``@handler`` (1 when undecorated). `stdin`
+    and `stdout` are binary streams to use instead of the process's file descriptors 0 and 1
+    (for tests); when they are given, ``sys.stdout`` is still pointed at stderr but no file
+    descriptor is touched.
+    """
+    if concurrency is None:
+        concurrency = getattr(fn, "orch_concurrency", 1)
+    _check_concurrency(concurrency)
+    if _serving.is_set():
+        raise RuntimeError("orch_handler: already serving")
+    _serving.set()
+    try:
+        with _Channel(stdin, stdout) as channel:
+            name = getattr(fn, "__qualname__", repr(fn))
+            if _is_async(fn):
+                mode = "asyncio"
+                run = _serve_async
+            elif concurrency > 1:
+                mode = "threads"
+                run = _serve_threads
+            else:
+                mode = "sequential"
+                run = _serve_sequential
+            _log(f"serving {name} (concurrency {concurrency}, {mode})")
+            run(fn, concurrency, channel)
+            _log(
+                f"stdin closed; answered {channel.answered} requests "
+                f"({channel.failed} errors), skipped {channel.skipped} malformed lines"
+            )
+    finally:
+        _serving.clear()
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+_serving = threading.Event()
+
+
+def _check_concurrency(concurrency: object) -> None:
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+
+
+def _is_main_script(fn: Callable) -> bool:
+    """Whether `fn` is defined in the script being run (not in a REPL or a notebook)."""
+    if getattr(fn, "__module__", None) != "__main__":
+        return False
+    main = sys.modules.get("__main__")
+    # A REPL, a notebook or `python -c` has no __file__: serving there would block on stdin.
+    return main is not None and getattr(main, "__file__", None) is not None
+
+
+def _is_async(fn: Callable) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)
+    )
+
+
+def _log(message: str) -> None:
+    try:
+        sys.stderr.write(_PREFIX + message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _Closed(Exception):
+    """stdout is gone: nobody can receive answers anymore."""
+
+
+class _Channel:
+    """The request and response streams, with stdout reserved for responses while serving."""
+
+    def __init__(
+        self,
+        stdin: Optional[io.BufferedIOBase],
+        stdout: Optional[io.BufferedIOBase],
+    ) -> None:
+        self._given = stdin is not None or stdout is not None
+        self.inp = stdin
+        self.out = stdout
+        self._lock = threading.Lock()
+        self._saved_fds: Optional[Tuple[int, int]] = None
+        self._saved_std: Optional[Tuple[Any, Any]] = None
+        self.closed = False
+        self.answered = 0
+        self.failed = 0
+        self.skipped = 0
+
+    def __enter__(self) -> "_Channel":
+        self._saved_std = (sys.stdin, sys.stdout)
+        if self._given:
+            if self.inp is None:
+                self.inp = io.BytesIO()
+            if self.out is None:
+                self.out = sys.stdout.buffer
+        else:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+            try:
+                # Keep private copies of the real fds 0 and 1, then point fd 1 at stderr and fd 0
+                # at /dev/null: this also covers C extensions and child processes.
+                saved_in, saved_out = os.dup(0), os.dup(1)
+                self._saved_fds = (os.dup(0), os.dup(1))
+                os.dup2(2, 1)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+                self.inp = os.fdopen(saved_in, "rb")
+                self.out = os.fdopen(saved_out, "wb")
+            except OSError as e:
+                # No usable fds (embedded interpreter?): fall back to the Python-level streams.
+                _log(f"cannot redirect file descriptors ({e}); only print() is redirected")
+                self._saved_fds = None
+                self.inp = sys.stdin.buffer
+                self.out = sys.stdout.buffer
+        sys.stdout = sys.stderr
+        sys.stdin = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved_std is not None:
+            sys.stdin, sys.stdout = self._saved_std
+        if self._saved_fds is not None:
+            for f in (self.out, self.inp):
+                try:
+                    f.close()  # type: ignore[union-attr]
+                except (OSError, ValueError):
+                    pass
+            saved_in, saved_out = self._saved_fds
+            os.dup2(saved_in, 0)
+            os.dup2(saved_out, 1)
+            os.close(saved_in)
+            os.close(saved_out)
+            self._saved_fds = None
+
+    def lines(self):
+        assert self.inp is not None
+        while not self.closed:
+            raw = self.inp.readline()
+            if not raw:
+                return
+            yield raw
+
+    def write(self, line: bytes, ok: bool) -> None:
+        """Writes one response line and flushes; raises `_Closed` when stdout is gone."""
+        assert self.out is not None
+        with self._lock:
+            if self.closed:
+                raise _Closed()
+            try:
+                self.out.write(line)
+                self.out.flush()
+            except (OSError, ValueError) as e:
+                self.closed = True
+                _log(f"cannot write to stdout ({e}); orch went away? stopping")
+                raise _Closed() from e
+            self.answered += 1
+            if not ok:
+                self.failed += 1
+
+    def skip(self, why: str) -> None:
+        with self._lock:
+            self.skipped += 1
+        _log(why)
+
+
+_NO_ITEM = object()
+
+
+def _parse(raw: bytes, channel: _Channel) -> Optional[Tuple[Any, Any]]:
+    """(id, item) of a request line; None for a blank or malformed line (logged and skipped).
+
+    A request with a valid id but no item is answered at once with a permanent error, so that
+    orch does not wait for it until the timeout.
+    """
+    line = raw.strip()
+    if not line:
+        return None
+    # Only lengths are logged: a request line holds item content, which may be sensitive.
+    try:
+        request = json.loads(line)
+    except ValueError as e:
+        channel.skip(f"skipping a request line that is not JSON ({len(line)} bytes): {e}")
+        return None
+    if not isinstance(request, dict):
+        channel.skip(
+            f"skipping a request line that is not a JSON object ({len(line)} bytes)"
+        )
+        return None
+    rid = request.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+        channel.skip(f"skipping a request without an integer id ({len(line)} bytes)")
+        return None
+    item = request.get("item", _NO_ITEM)
+    if item is _NO_ITEM:
+        _log(f"request {rid} has no item; answering with a permanent error")
+        channel.write(_error_line(rid, "permanent", "request has no `item`"), ok=False)
+        return None
+    return rid, item
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(
+        value, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def _error_line(rid: Any, kind: str, message: str) -> bytes:
+    body = {"id": rid, "error": {"kind": kind, "message": message}}
+    try:
+        return _json(body) + b"\n"
+    except (ValueError, TypeError, UnicodeError):
+        # A message with an unpaired surrogate, say: keep it readable, drop what cannot encode.
+        body["error"]["message"] = message.encode("utf-8", "replace").decode("utf-8")
+        return _json(body) + b"\n"
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _failure(rid: Any, e: BaseException) -> bytes:
+    """The response line for an exception raised by the handler."""
+    if isinstance(e, HandlerError):
+        return _error_line(rid, e.kind, e.message)
+    _log(f"request {rid}: the handler raised {type(e).__name__}:")
+    try:
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return _error_line(rid, "permanent", _describe(e))
+
+
+def _result_line(rid: Any, value: Any) -> Tuple[bytes, bool]:
+    """The response line for a returned value, and whether it is a result (not an error)."""
+    if value is None:
+        value = {}
+    elif isinstance(value, tuple):
+        value = list(value)
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # no "never awaited" warning
+        return (
+            _error_line(
+                rid,
+                "permanent",
+                "the handler returned an awaitable; declare it with `async def` so that "
+                "orch_handler awaits it",
+            ),
+            False,
+        )
+    if isinstance(value, list):
+        bad = next((v for v in value if not isinstance(v, dict)), _NO_ITEM)
+        if bad is not _NO_ITEM:
+            return (
+                _error_line(
+                    rid,
+                    "permanent",
+                    "the handler returned a list holding a value of type "
+                    f"{type(bad).__name__}; a list result must hold dicts (one per row)",
+                ),
+                False,
+            )
+    elif not isinstance(value, dict):
+        return (
+            _error_line(
+                rid,
+                "permanent",
+                f"the handler returned a value of type {type(value).__name__}; return a dict "
+                "(one row), "
+                "a list of dicts (several rows) or None (an empty row)",
+            ),
+            False,
+        )
+    try:
+        return _json({"id": rid, "result": value}) + b"\n", True
+    except (TypeError, ValueError, UnicodeError, RecursionError) as e:
+        return (
+            _error_line(
+                rid, "permanent", f"the result is not JSON-serialisable: {_describe(e)}"
+            ),
+            False,
+        )
+
+
+def _answer(fn: Callable, rid: Any, item: Any) -> Tuple[bytes, bool]:
+    try:
+        value = fn(item)
+    except Exception as e:
+        return _failure(rid, e), False
+    return _result_line(rid, value)
+
+
+def _serve_sequential(fn: Callable, _concurrency: int, channel: _Channel) -> None:
+    try:
+        for raw in channel.lines():
+            request = _parse(raw, channel)
+            if request is None:
+                continue
+            rid, item = request
+            line, ok = _answer(fn, rid, item)
+            channel.write(line, ok)
+    except _Closed:
+        return
+
+
+def _serve_threads(fn: Callable, concurrency: int, channel: _Channel) -> None:
+    def work(rid: Any, item: Any) -> None:
+        try:
+            try:
+                line, ok = _answer(fn, rid, item)
+            except BaseException as e:  # SystemExit and the like, raised in a pool thread
+                line, ok = _failure(rid, e), False
+            channel.write(line, ok)
+        except _Closed:
+            pass
+        except BaseException:  # a bug here must not vanish silently inside a future
+            _log(f"request {rid}: internal error:\n{traceback.format_exc()}")
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="orch-handler")
+    try:
+        for raw in channel.lines():
+            try:
+                request = _parse(raw, channel)
+            except _Closed:
+                break
+            if request is not None:
+                pool.submit(work, *request)
+    finally:
+        # On end of input: finish and answer what is in flight. When stdout is gone: drop it.
+        pool.shutdown(wait=True, cancel_futures=channel.closed)
+
+
+def _serve_async(fn: Callable, concurrency: int, channel: _Channel) -> None:
+    async def one(rid: Any, item: Any, slots: asyncio.Semaphore) -> None:
+        try:
+            try:
+                value = await fn(item)
+            except Exception as e:
+                line, ok = _failure(rid, e), False
+            else:
+                line, ok = _result_line(rid, value)
+            channel.write(line, ok)
+        except _Closed:
+            pass
+        finally:
+            slots.release()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        # Blocking reads happen on a thread: this works for pipes, files and terminals alike.
+        def read() -> None:
+            try:
+                for raw in channel.lines():
+                    loop.call_soon_threadsafe(queue.put_nowait, raw)
+            except BaseException as e:  # noqa: BLE001 - reported, then treated as end of input
+                loop.call_soon_threadsafe(_log, f"cannot read stdin: {_describe(e)}")
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=read, name="orch-handler-stdin", daemon=True).start()
+        slots = asyncio.Semaphore(concurrency)
+        tasks: set = set()
+        while True:
+            raw = await queue.get()
+            if raw is None:
+                break
+            try:
+                request = _parse(raw, channel)
+            except _Closed:
+                break
+            if request is None:
+                continue
+            await slots.acquire()
+            if channel.closed:
+                slots.release()
+                break
+            task = asyncio.ensure_future(one(*request, slots))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if channel.closed:
+            for task in tasks:
+                task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())

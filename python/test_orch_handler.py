@@ -1,0 +1,467 @@
+"""Tests for orch_handler: each test runs a small handler script as a subprocess, the way orch
+does, and checks what comes out of its stdout (and stderr).
+
+Run from the repository root: ``python3 -m unittest discover -s python -v``.
+"""
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import orch_handler  # noqa: E402
+
+PRELUDE = f"""\
+import sys
+sys.path.insert(0, {str(HERE)!r})
+"""
+
+# A handler whose behaviour is chosen by the item, used by most tests.
+BEHAVIOURS = """\
+import os, subprocess, sys
+from orch_handler import handler, Transient, Permanent
+
+class Oops(Exception):
+    pass
+
+@handler
+def work(item):
+    op = item.get("op")
+    if op == "echo":
+        return {"echo": item["value"]}
+    if op == "none":
+        return None
+    if op == "list":
+        return [{"n": i} for i in range(item["n"])]
+    if op == "tuple":
+        return ({"a": 1}, {"a": 2})
+    if op == "transient":
+        raise Transient("rate limited")
+    if op == "permanent":
+        raise Permanent("bad record")
+    if op == "valueerror":
+        raise ValueError("not a number: 'x'")
+    if op == "oops":
+        raise Oops()
+    if op == "keyerror":
+        return {"v": item["missing"]}
+    if op == "nan":
+        return {"v": float("nan")}
+    if op == "set":
+        return {"v": {1, 2}}
+    if op == "scalar":
+        return 42
+    if op == "list-of-ints":
+        return [1, 2]
+    if op == "noisy":
+        print("print() from the handler")
+        print("a line that looks like a response:", '{"id": 999, "result": {}}')
+        sys.stdout.write("sys.stdout.write, no newline")
+        sys.stdout.flush()
+        os.system("echo from a shell child")
+        subprocess.run([sys.executable, "-c", "print('from a python child')"], check=True)
+        try:
+            got = input()
+        except EOFError:
+            got = None
+        return {"quiet": True, "input": got}
+    raise Permanent(f"unknown op {op!r}")
+
+print("this line runs only after stdin closed")
+"""
+
+
+def run_handler(body, requests, timeout=60):
+    """Runs a handler script with the given request lines on stdin (then EOF).
+
+    Returns (responses as dicts in output order, stdout lines, stderr text, return code). Every
+    stdout line must be a JSON response: anything else is a protocol violation.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "handler.py"
+        script.write_text(PRELUDE + textwrap.dedent(body))
+        lines = []
+        for r in requests:
+            lines.append(r if isinstance(r, str) else json.dumps(r))
+        stdin = "".join(line + "\n" for line in lines).encode("utf-8")
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            cwd=tmp,
+        )
+    out_lines = proc.stdout.decode("utf-8").splitlines()
+    responses = [json.loads(line) for line in out_lines]
+    return responses, out_lines, proc.stderr.decode("utf-8", "replace"), proc.returncode
+
+
+def req(rid, **item):
+    return {"id": rid, "item": item}
+
+
+class Basics(unittest.TestCase):
+    def test_results(self):
+        responses, _, stderr, rc = run_handler(
+            BEHAVIOURS,
+            [
+                req(1, op="echo", value="héllo ✓"),
+                req(2, op="none"),
+                {"id": 3, "item": {"op": "echo", "value": {"nested": [1, None, True]}}},
+            ],
+        )
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(
+            responses,
+            [
+                {"id": 1, "result": {"echo": "héllo ✓"}},
+                {"id": 2, "result": {}},
+                {"id": 3, "result": {"echo": {"nested": [1, None, True]}}},
+            ],
+        )
+
+    def test_list_results(self):
+        responses, _, stderr, rc = run_handler(
+            BEHAVIOURS,
+            [req(1, op="list", n=3), req(2, op="list", n=0), req(3, op="tuple")],
+        )
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(
+            responses,
+            [
+                {"id": 1, "result": [{"n": 0}, {"n": 1}, {"n": 2}]},
+                {"id": 2, "result": []},
+                {"id": 3, "result": [{"a": 1}, {"a": 2}]},
+            ],
+        )
+
+    def test_transient_and_permanent(self):
+        responses, _, stderr, rc = run_handler(
+            BEHAVIOURS, [req(1, op="transient"), req(2, op="permanent")]
+        )
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(
+            responses,
+            [
+                {"id": 1, "error": {"kind": "transient", "message": "rate limited"}},
+                {"id": 2, "error": {"kind": "permanent", "message": "bad record"}},
+            ],
+        )
+        # Expected failures are not tracebacks.
+        self.assertNotIn("Traceback", stderr)
+
+    def test_exception_mapping(self):
+        responses, _, stderr, rc = run_handler(
+            BEHAVIOURS, [req(1, op="valueerror"), req(2, op="oops"), req(3, op="keyerror")]
+        )
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(
+            responses,
+            [
+                {"id": 1, "error": {"kind": "permanent", "message": "ValueError: not a number: 'x'"}},
+                {"id": 2, "error": {"kind": "permanent", "message": "Oops"}},
+                {"id": 3, "error": {"kind": "permanent", "message": "KeyError: 'missing'"}},
+            ],
+        )
+        # Unexpected exceptions leave their traceback in the task log.
+        self.assertIn("Traceback", stderr)
+        self.assertIn("ValueError: not a number", stderr)
+
+    def test_results_that_are_not_rows_or_not_json(self):
+        responses, _, stderr, rc = run_handler(
+            BEHAVIOURS,
+            [
+                req(1, op="nan"),
+                req(2, op="set"),
+                req(3, op="scalar"),
+                req(4, op="list-of-ints"),
+                req(5, op="echo", value="\ud800"),  # an unpaired surrogate cannot be UTF-8
+            ],
+        )
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual([r["id"] for r in responses], [1, 2, 3, 4, 5])
+        for r in responses:
+            self.assertEqual(r["error"]["kind"], "permanent", r)
+        self.assertIn("not JSON-serialisable", responses[0]["error"]["message"])
+        self.assertIn("set", responses[1]["error"]["message"])
+        self.assertIn("int", responses[2]["error"]["message"])
+        self.assertIn("list", responses[3]["error"]["message"])
+        self.assertIn("not JSON-serialisable", responses[4]["error"]["message"])
+
+    def test_print_does_not_corrupt_stdout(self):
+        responses, out_lines, stderr, rc = run_handler(
+            BEHAVIOURS, [req(1, op="noisy"), req(2, op="echo", value=2)]
+        )
+        self.assertEqual(rc, 0, stderr)
+        # run_handler already parsed every stdout line as JSON; check there is nothing else.
+        self.assertEqual(len(out_lines), 2, out_lines)
+        self.assertEqual(
+            responses,
+            [
+                {"id": 1, "result": {"quiet": True, "input": None}},
+                {"id": 2, "result": {"echo": 2}},
+            ],
+        )
+        for text in (
+            "print() from the handler",
+            '{"id": 999, "result": {}}',
+            "sys.stdout.write, no newline",
+            "from a shell child",
+            "from a python child",
+        ):
+            self.assertIn(text, stderr)
+
+    def test_code_below_the_decorator_runs_after_serving(self):
+        _, out_lines, stderr, rc = run_handler(BEHAVIOURS, [req(1, op="none")])
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(len(out_lines), 1)
+        # The decorator exits the process when stdin closes.
+        self.assertNotIn("this line runs only after stdin closed", stderr)
+
+    def test_malformed_lines_are_skipped(self):
+        responses, _, stderr, rc = run_handler(
+            BEHAVIOURS,
+            [
+                "this is not json",
+                '{"id": 1, "item": ',  # truncated
+                "[1, 2, 3]",
+                '{"item": {"op": "none"}}',  # no id
+                '{"id": true, "item": {"op": "none"}}',
+                "",
+                "   ",
+                req(2, op="echo", value="after the garbage"),
+                '{"id": 3}',  # valid id, no item: answered, so orch need not wait
+            ],
+        )
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(
+            responses,
+            [
+                {"id": 2, "result": {"echo": "after the garbage"}},
+                {"id": 3, "error": {"kind": "permanent", "message": "request has no `item`"}},
+            ],
+        )
+        self.assertEqual(stderr.count("orch_handler: skipping"), 5, stderr)
+        # Only the length of a bad line is logged, never its content.
+        self.assertNotIn("this is not json", stderr)
+
+    def test_sequential_is_in_order_one_at_a_time(self):
+        body = """\
+        import threading, time
+        from orch_handler import handler
+        state = {"now": 0, "max": 0}
+        lock = threading.Lock()
+
+        @handler
+        def work(item):
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            time.sleep(item["sleep"])
+            with lock:
+                state["now"] -= 1
+            return {"max_in_flight": state["max"], "thread": threading.current_thread().name}
+        """
+        requests = [req(i, sleep=0.05 * (5 - i)) for i in range(5)]
+        responses, _, stderr, rc = run_handler(body, requests)
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual([r["id"] for r in responses], [0, 1, 2, 3, 4])
+        for r in responses:
+            self.assertEqual(r["result"], {"max_in_flight": 1, "thread": "MainThread"})
+
+
+class Concurrency(unittest.TestCase):
+    THREADS = """\
+    import threading, time
+    from orch_handler import handler
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    @handler(concurrency=3)
+    def work(item):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(item["sleep"])
+        with lock:
+            state["now"] -= 1
+        if item.get("fail"):
+            raise RuntimeError(f"failed {item['n']}")
+        return {"n": item["n"], "max_in_flight": state["max"]}
+    """
+
+    ASYNC = """\
+    import asyncio
+    from orch_handler import handler
+    state = {"now": 0, "max": 0}
+
+    @handler(concurrency=3)
+    async def work(item):
+        state["now"] += 1
+        state["max"] = max(state["max"], state["now"])
+        await asyncio.sleep(item["sleep"])
+        state["now"] -= 1
+        if item.get("fail"):
+            raise RuntimeError(f"failed {item['n']}")
+        return {"n": item["n"], "max_in_flight": state["max"]}
+    """
+
+    def check_out_of_order(self, body):
+        # Item n sleeps longer the smaller n is, so answers come back roughly reversed.
+        n_items = 9
+        requests = [
+            {"id": 100 + n, "item": {"n": n, "sleep": 0.04 * (n_items - n), "fail": n == 4}}
+            for n in range(n_items)
+        ]
+        responses, out_lines, stderr, rc = run_handler(body, requests)
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(len(out_lines), n_items)
+        ids = [r["id"] for r in responses]
+        self.assertEqual(sorted(ids), [100 + n for n in range(n_items)])
+        self.assertNotEqual(ids, sorted(ids), "expected answers out of request order")
+        max_seen = 0
+        for r in responses:
+            n = r["id"] - 100
+            if n == 4:
+                self.assertEqual(
+                    r["error"], {"kind": "permanent", "message": f"RuntimeError: failed {n}"}
+                )
+                continue
+            # The answer belongs to the request with the same id.
+            self.assertEqual(r["result"]["n"], n)
+            max_seen = max(max_seen, r["result"]["max_in_flight"])
+        self.assertLessEqual(max_seen, 3)
+        self.assertGreaterEqual(max_seen, 2, "expected calls to overlap")
+
+    def test_threads_out_of_order(self):
+        self.check_out_of_order(self.THREADS)
+
+    def test_async_out_of_order(self):
+        self.check_out_of_order(self.ASYNC)
+
+    def test_in_flight_requests_are_answered_after_eof(self):
+        # stdin closes right after the last request; all of them must still be answered.
+        for body in (self.THREADS, self.ASYNC):
+            requests = [req(n, n=n, sleep=0.2) for n in range(6)]
+            responses, _, stderr, rc = run_handler(body, requests)
+            self.assertEqual(rc, 0, stderr)
+            self.assertEqual(sorted(r["id"] for r in responses), list(range(6)))
+
+    def test_async_errors_and_print(self):
+        body = """\
+        import asyncio
+        from orch_handler import handler, Transient
+
+        @handler(concurrency=2)
+        async def work(item):
+            await asyncio.sleep(0)
+            print("hello from async")
+            if item.get("t"):
+                raise Transient("try later")
+            if item.get("bad"):
+                raise ValueError("bad")
+            return None
+        """
+        responses, _, stderr, rc = run_handler(
+            body, [req(1, t=True), "garbage", req(2, bad=True), req(3)]
+        )
+        self.assertEqual(rc, 0, stderr)
+        by_id = {r["id"]: r for r in responses}
+        self.assertEqual(len(responses), 3)
+        self.assertEqual(by_id[1]["error"], {"kind": "transient", "message": "try later"})
+        self.assertEqual(by_id[2]["error"], {"kind": "permanent", "message": "ValueError: bad"})
+        self.assertEqual(by_id[3]["result"], {})
+        self.assertIn("hello from async", stderr)
+
+
+class ExplicitUse(unittest.TestCase):
+    def test_explicit_serve(self):
+        body = """\
+        from orch_handler import serve
+
+        def double(item):
+            return {"x": item["x"] * 2}
+
+        if __name__ == "__main__":
+            serve(double, concurrency=2)
+            # After serve() returns, print() writes to the real stdout again.
+            print('{"id": "after", "result": {}}')
+        """
+        responses, _, stderr, rc = run_handler(body, [req(1, x=2), req(2, x=5)])
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(
+            sorted(responses[:2], key=lambda r: r["id"]),
+            [{"id": 1, "result": {"x": 4}}, {"id": 2, "result": {"x": 10}}],
+        )
+        self.assertEqual(responses[2:], [{"id": "after", "result": {}}])
+
+    def test_importing_does_not_serve(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            module = Path(tmp) / "my_handler.py"
+            module.write_text(
+                textwrap.dedent(
+                    """\
+                    from orch_handler import handler, Permanent
+
+                    @handler(concurrency=4)
+                    def enrich(item):
+                        if not item:
+                            raise Permanent("empty")
+                        return {"k": sorted(item)}
+                    """
+                )
+            )
+            spec = importlib.util.spec_from_file_location("my_handler", module)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        # The function is returned unchanged and can be unit-tested directly.
+        self.assertEqual(mod.enrich({"b": 1, "a": 2}), {"k": ["a", "b"]})
+        self.assertEqual(mod.enrich.orch_concurrency, 4)
+        with self.assertRaises(orch_handler.Permanent):
+            mod.enrich({})
+
+    def test_serve_on_given_streams(self):
+        requests = b'{"id": 1, "item": {"x": 1}}\nnope\n{"id": 2, "item": {"x": 2}}\n'
+        out = io.BytesIO()
+        stdout_before = sys.stdout
+
+        def inc(item):
+            print("printed while serving")  # goes to stderr, not to `out`
+            return {"x": item["x"] + 1}
+
+        log = io.StringIO()
+        with contextlib.redirect_stderr(log):
+            orch_handler.serve(inc, stdin=io.BytesIO(requests), stdout=out)
+        self.assertIs(sys.stdout, stdout_before)
+        self.assertIn("printed while serving", log.getvalue())
+        self.assertIn("skipping a request line that is not JSON", log.getvalue())
+        self.assertEqual(
+            [json.loads(line) for line in out.getvalue().splitlines()],
+            [{"id": 1, "result": {"x": 2}}, {"id": 2, "result": {"x": 3}}],
+        )
+
+    def test_bad_concurrency(self):
+        with self.assertRaises(ValueError):
+            orch_handler.handler(concurrency=0)
+        with self.assertRaises(TypeError):
+            orch_handler.handler(3)
+
+    def test_error_classes(self):
+        self.assertEqual(orch_handler.Transient("x").kind, "transient")
+        self.assertEqual(orch_handler.Permanent("x").kind, "permanent")
+        self.assertEqual(orch_handler.Transient().message, "Transient")
+        self.assertTrue(issubclass(orch_handler.Transient, orch_handler.HandlerError))
+
+
+if __name__ == "__main__":
+    unittest.main()
