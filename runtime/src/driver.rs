@@ -22,7 +22,7 @@ use orch_core::uri::Location;
 use orch_core::{ErrorCategory, layout};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::{Error, Result};
 use crate::fs_store::FsStore;
@@ -202,6 +202,19 @@ pub fn plan(job: &LoadedJob) -> Result<PartitionPlan> {
 
 /// Runs (or resumes) a job to its end.
 pub async fn run(job: &LoadedJob, opts: RunOptions) -> Result<RunOutcome> {
+    let input = input_path(job)?;
+    let fingerprint = input_fingerprint(&input)?;
+    let id = job_id(job, &fingerprint)?;
+    let span = info_span!("job", job = %id);
+    run_job(job, opts, id, fingerprint).instrument(span).await
+}
+
+async fn run_job(
+    job: &LoadedJob,
+    opts: RunOptions,
+    id: String,
+    fingerprint: String,
+) -> Result<RunOutcome> {
     let storage = job
         .file
         .spec
@@ -209,10 +222,6 @@ pub async fn run(job: &LoadedJob, opts: RunOptions) -> Result<RunOutcome> {
         .uri
         .clone()
         .unwrap_or_else(|| ".orch".into());
-    let input = input_path(job)?;
-    let fingerprint = input_fingerprint(&input)?;
-    let id = job_id(job, &fingerprint)?;
-    let _span = info_span!("job", job = %id).entered();
 
     if opts.dry_run {
         let p = plan(job)?;

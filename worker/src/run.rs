@@ -25,7 +25,7 @@ use orch_core::uri::Location;
 use orch_runtime::driver::Embedded;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, Finished};
 use crate::error::{Error, Result};
@@ -85,17 +85,19 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
     let mut row = claim(backends.state.as_ref(), args, &worker_id).await?;
     let attempt = row.attempt;
     let span = tracing::info_span!("task", job = %args.job, task = args.task, attempt);
-    let _enter = span.enter();
-    info!(items = batch.items, bytes = batch.bytes(), "claimed");
-
-    let result = work(
-        &backends,
-        &manifest.spec.spec,
-        &batch,
-        &mut row,
-        &worker_id,
-        &stop,
-    )
+    let result = async {
+        info!(items = batch.items, bytes = batch.bytes(), "claimed");
+        work(
+            &backends,
+            &manifest.spec.spec,
+            &batch,
+            &mut row,
+            &worker_id,
+            &stop,
+        )
+        .await
+    }
+    .instrument(span)
     .await;
     match result {
         Ok(row) => Ok(row),
