@@ -44,7 +44,8 @@ What this module does for you:
   datetimes, NaN/Infinity, unpaired surrogates), becomes a permanent error naming the problem;
 * while serving, stdout is reserved for responses: ``print()``, and any child process that
   inherits file descriptor 1, write to stderr instead; stdin reads as empty (so neither
-  ``input()`` nor a child process can swallow requests);
+  ``input()`` nor a child process can swallow requests). Output printed *before* serving starts
+  (at import time) still reaches stdout, where orch ignores it with a warning: log to stderr;
 * a malformed request line is logged to stderr (its length, not its content) and skipped;
 * on end of stdin, the requests in flight are finished and answered before the process exits.
 """
@@ -103,7 +104,10 @@ def handler(fn: Optional[Callable] = None, *, concurrency: int = 1):
     _check_concurrency(concurrency)
 
     def decorate(f: Callable) -> Callable:
-        f.orch_concurrency = concurrency  # type: ignore[attr-defined]
+        try:
+            f.orch_concurrency = concurrency  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):  # a bound method, say: serve() just uses 1
+            pass
         if _is_main_script(f) and not _serving.is_set():
             try:
                 serve(f, concurrency)
