@@ -39,6 +39,9 @@ enum Command {
     Validate {
         /// The job file.
         file: PathBuf,
+        /// Print the job as it will run: `extends` merged, defaults filled in, paths absolute.
+        #[arg(long)]
+        show: bool,
     },
     /// Show a job's state: tasks by state, items ok/failed, errors by kind, output.
     Status(status::StatusArgs),
@@ -99,6 +102,7 @@ fn init_logging(verbose: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     if std::env::var("ORCH_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
@@ -112,7 +116,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Validate { file } => run::validate(&file),
+        Command::Validate { file, show } => run::validate(&file, show),
         Command::Status(args) => status::status(args),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());

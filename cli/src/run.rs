@@ -34,8 +34,16 @@ fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
     Ok(job)
 }
 
-pub fn validate(file: &Path) -> Result<u8, Failure> {
+pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
     let job = load_checked(file)?;
+    if show {
+        let yaml = serde_yaml::to_string(&job.file).map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot print the job: {e}"),
+        })?;
+        print!("{yaml}");
+        return Ok(0);
+    }
     let s = &job.file.spec;
     let handler = match (&s.handler.exec, &s.handler.builtin) {
         (Some(e), _) => format!("exec {}", e.command.join(" ")),
@@ -153,7 +161,14 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         0.0
     };
     let job = &outcome.job;
-    let output = job.spec.spec.output.uri.as_deref().unwrap_or("-");
+    let output = job
+        .spec
+        .spec
+        .output
+        .uri
+        .as_deref()
+        .unwrap_or("-")
+        .trim_end_matches('/');
     let verb = if outcome.resumed { "resumed and " } else { "" };
     match job.phase {
         JobPhase::Succeeded => {
