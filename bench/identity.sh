@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Benchmark: `orch run` over N small JSONL records with the builtin identity handler, i.e. the
+# cost of orch itself (partition, worker start, checkpoint, Parquet results, merge, _SUCCESS),
+# next to the peer a researcher would otherwise write: one pyarrow process reading the JSONL
+# and writing one Parquet file (C++ JSON reader, no retries, no checkpoints).
+#
+#   bench/identity.sh [N] [BATCH_SIZE]     default 1000000 records, batches of 50000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000000}
+BATCH=${2:-50000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+cargo build --release -q -p orch-cli -p orch-worker
+python3 -c "import pyarrow" 2>/dev/null || python3 -m pip install --quiet pyarrow
+
+python3 examples/identity-bench/make_data.py "$N" 2>/dev/null
+cp examples/identity-bench/data.jsonl "$work/data.jsonl"
+bytes=$(stat -c %s "$work/data.jsonl")
+cat > "$work/job.yaml" <<YAML
+apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {name: identity-bench}
+spec:
+  input: {uri: data.jsonl}
+  batch: {size: $BATCH}
+  handler: {builtin: {name: identity}}
+  output: {uri: out}
+  executor: {local: {parallelism: 2}}
+YAML
+
+now() { date +%s.%N; }
+
+orch="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/orch"
+t0=$(now)
+(cd "$work" && /usr/bin/time -f "%M" -o orch.rss "$orch" run --no-progress job.yaml >/dev/null)
+t1=$(now)
+rows=$(python3 -c "import pyarrow.dataset as ds, sys; print(ds.dataset(sys.argv[1], format='parquet').count_rows())" "$work/out")
+
+cat > "$work/peer.py" <<'PY'
+import sys, pyarrow.json as pj, pyarrow.parquet as pq
+t = pj.read_json(sys.argv[1])
+pq.write_table(t, sys.argv[2])
+PY
+t2=$(now)
+/usr/bin/time -f "%M" -o "$work/peer.rss" python3 "$work/peer.py" "$work/data.jsonl" "$work/peer.parquet"
+t3=$(now)
+
+python3 - "$N" "$bytes" "$BATCH" "$t0" "$t1" "$t2" "$t3" "$rows" "$(cat "$work/orch.rss")" "$(cat "$work/peer.rss")" <<'PY'
+import sys
+n, size, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+t0, t1, t2, t3 = map(float, sys.argv[4:8])
+rows, orch_rss, peer_rss = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
+orch, peer = t1 - t0, t3 - t2
+assert rows == n, f"orch output has {rows} rows, expected {n}"
+print(f"records {n:,} ({size/1e6:.0f} MB), batch.size {batch:,} -> {(n + batch - 1)//batch} tasks, 2 workers")
+print(f"{'':28}{'wall s':>8}{'items/s':>12}{'µs/item':>9}{'peak RSS MiB':>14}")
+print(f"{'orch run (identity)':28}{orch:8.2f}{n/orch:12,.0f}{orch/n*1e6:9.2f}{orch_rss/1024:14.0f}")
+print(f"{'pyarrow read_json+write':28}{peer:8.2f}{n/peer:12,.0f}{peer/n*1e6:9.2f}{peer_rss/1024:14.0f}")
+print(f"ratio orch/peer wall time: {orch/peer:.2f}x  (peak RSS: the largest single process)")
+PY

@@ -1,0 +1,163 @@
+//! The local executor against a fake worker: a shell script standing in for `orch-worker` (the
+//! PATH-shim approach of HyperQueue), so the test checks what the executor does — array
+//! environment, bounded parallelism, exit reporting, cancel — and nothing else.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use orch_core::backend::{ExecState, Executor};
+use orch_core::model::TaskGroup;
+use orch_runtime::local_executor::{LocalExecutor, WorkerLaunch};
+
+const FAKE_WORKER: &str = r#"#!/bin/sh
+# Records start and end (to the MARKS file) with the array index, then exits with index % 3.
+echo "start $ORCH_TASK_INDEX $SLURM_ARRAY_TASK_ID $(date +%s%N)" >> "MARKS"
+sleep 0.3
+echo "end $ORCH_TASK_INDEX $(date +%s%N)" >> "MARKS"
+exit $((ORCH_TASK_INDEX % 3))
+"#;
+
+fn executor(dir: &std::path::Path, parallelism: usize) -> LocalExecutor {
+    let script = dir.join("fake-worker.sh");
+    let marks = dir.join("marks");
+    std::fs::write(
+        &script,
+        FAKE_WORKER.replace("MARKS", marks.to_str().unwrap()),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    LocalExecutor::new(
+        WorkerLaunch {
+            command: vec![script.display().to_string()],
+            storage: format!("file://{}", dir.display()),
+            log_dir: dir.join("logs"),
+        },
+        parallelism,
+    )
+}
+
+async fn wait_all_exited(
+    ex: &LocalExecutor,
+    tasks: &[(u32, u32, Option<String>)],
+) -> Vec<ExecState> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let states: Vec<ExecState> = ex
+            .poll(tasks)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.state)
+            .collect();
+        if states.iter().all(|s| matches!(s, ExecState::Exited { .. })) {
+            return states;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers did not finish: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn runs_an_array_with_bounded_parallelism_and_reports_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let ex = executor(dir.path(), 2);
+    let group = TaskGroup {
+        job: "j-1".into(),
+        id: 0,
+        tasks: (0..6).map(|t| (t, 1)).collect(),
+    };
+    let ids = ex.submit(&group).await.unwrap();
+    assert_eq!(ids.len(), 6);
+    let tasks: Vec<(u32, u32, Option<String>)> = (0..6).map(|t| (t, 1, None)).collect();
+    let first = ex.poll(&tasks).await.unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .filter(|s| s.state == ExecState::Running)
+            .count(),
+        2,
+        "{first:?}"
+    );
+    assert_eq!(
+        first
+            .iter()
+            .filter(|s| s.state == ExecState::Queued)
+            .count(),
+        4
+    );
+
+    let states = wait_all_exited(&ex, &tasks).await;
+    for (t, s) in states.iter().enumerate() {
+        assert_eq!(
+            *s,
+            ExecState::Exited {
+                code: Some(t as i32 % 3),
+                signal: None
+            }
+        );
+    }
+    // Never more than two at once, and each saw its index under both variable names.
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let mut events: Vec<(u128, i32)> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f[0] {
+            "start" => {
+                assert_eq!(f[1], f[2], "ORCH_TASK_INDEX and SLURM_ARRAY_TASK_ID differ");
+                events.push((f[3].parse().unwrap(), 1));
+            }
+            _ => events.push((f[2].parse().unwrap(), -1)),
+        }
+    }
+    events.sort();
+    let mut running = 0;
+    let mut peak = 0;
+    for (_, delta) in events {
+        running += delta;
+        peak = peak.max(running);
+    }
+    assert_eq!(peak, 2);
+    // An attempt the executor never ran is unknown to it.
+    let other = ex.poll(&[(0, 2, None)]).await.unwrap();
+    assert_eq!(other[0].state, ExecState::Unknown);
+}
+
+#[tokio::test]
+async fn cancel_stops_running_and_queued_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(dir.path(), 1);
+    let group = TaskGroup {
+        job: "j-1".into(),
+        id: 3,
+        tasks: vec![(0, 1), (1, 1)],
+    };
+    let ids: Vec<String> = ex
+        .submit(&group)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    ex.cancel(&ids).await.unwrap();
+    let s = ex.poll(&[(0, 1, None), (1, 1, None)]).await.unwrap();
+    assert_eq!(
+        s[1].state,
+        ExecState::Unknown,
+        "a cancelled queued task never starts"
+    );
+    let states = wait_all_exited(&ex, &[(0, 1, None)]).await;
+    assert_eq!(
+        states[0],
+        ExecState::Exited {
+            code: None,
+            signal: Some(15)
+        }
+    );
+}
