@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::Result;
 use crate::checksum::HashingWriter;
@@ -42,8 +43,15 @@ impl AtomicFile {
             .ok_or_else(|| DataError::invalid(path, "target path has no file name"))?;
         let dir = parent_dir(path);
         fs::create_dir_all(dir).map_err(|e| DataError::io("create directory", dir, e))?;
+        // pid + counter separate writers on this host; the clock's nanoseconds make a clash
+        // with a writer on another host sharing the directory (NFS, Lustre) unlikely, and
+        // `create_new` turns any remaining clash into an error rather than shared bytes.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let tmp_name = format!(
-            ".{}.tmp-{}-{}",
+            ".{}.tmp-{}-{}-{nanos:08x}",
             file_name.to_string_lossy(),
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)

@@ -61,6 +61,9 @@ pub const VALUE_COLUMN: &str = "value";
 /// Rows per Arrow batch handed to the Parquet writer; bounds the builders' memory while
 /// keeping per-batch overhead negligible.
 const CHUNK_ROWS: usize = 64 * 1024;
+/// Text bytes after which a batch is cut short. Bounds memory for large results, and keeps
+/// string builders far from their 2 GiB (`i32` offset) limit, where Arrow would panic.
+const CHUNK_TEXT_BYTES: usize = 256 << 20;
 
 /// One output row: the 0-based input ordinal and the handler's result object.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -179,14 +182,16 @@ fn infer<'a>(rows: &'a [ResultRow]) -> Result<(Columns<'a>, Vec<ColumnInfo>)> {
             Value::Object(map) => {
                 let mut guess = 0;
                 for (key, v) in map {
-                    if key == ITEM_COLUMN {
-                        return Err(DataError::ReservedColumn {
-                            item: row.item,
-                            column: key.clone(),
-                        });
-                    }
                     let (i, new) = cols.find_or_insert(key.as_str(), guess);
                     if new {
+                        // A reserved key can never become a column, so checking new columns
+                        // catches every occurrence without a compare per value.
+                        if key == ITEM_COLUMN {
+                            return Err(DataError::ReservedColumn {
+                                item: row.item,
+                                column: key.clone(),
+                            });
+                        }
                         infos.push(ColumnInfo {
                             kind: Kind::Null,
                             text_bytes: 0,
@@ -224,7 +229,7 @@ enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    fn new(info: &ColumnInfo, rows: usize) -> Self {
+    fn new(info: &ColumnInfo, rows: usize, max_text_bytes: usize) -> Self {
         match info.kind {
             Kind::Null => ColumnBuilder::Null(0),
             Kind::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
@@ -232,7 +237,7 @@ impl ColumnBuilder {
             Kind::Float => ColumnBuilder::Float(Float64Builder::with_capacity(rows)),
             Kind::Str => ColumnBuilder::Str(StringBuilder::with_capacity(
                 rows,
-                rows.saturating_mul(info.avg_text_len()),
+                rows.saturating_mul(info.avg_text_len()).min(max_text_bytes),
             )),
         }
     }
@@ -244,6 +249,14 @@ impl ColumnBuilder {
             ColumnBuilder::Int(b) => b.len(),
             ColumnBuilder::Float(b) => b.len(),
             ColumnBuilder::Str(b) => b.len(),
+        }
+    }
+
+    /// Bytes of text held so far (0 for non-text columns).
+    fn text_len(&self) -> usize {
+        match self {
+            ColumnBuilder::Str(b) => b.values_slice().len(),
+            _ => 0,
         }
     }
 
@@ -291,20 +304,39 @@ impl ColumnBuilder {
     }
 }
 
-/// Pass two for one chunk of rows.
+/// Where pass two cuts batches.
+#[derive(Debug, Clone, Copy)]
+struct ChunkLimits {
+    rows: usize,
+    text_bytes: usize,
+}
+
+const CHUNK_LIMITS: ChunkLimits = ChunkLimits {
+    rows: CHUNK_ROWS,
+    text_bytes: CHUNK_TEXT_BYTES,
+};
+
+/// Pass two for the next batch: builds from the start of `rows` until the row or text limit,
+/// and returns the batch with the number of rows it holds (at least one).
 fn build_batch(
     schema: &SchemaRef,
     cols: &Columns<'_>,
     infos: &[ColumnInfo],
     rows: &[ResultRow],
+    limits: ChunkLimits,
     path: &Path,
-) -> Result<RecordBatch> {
+) -> Result<(RecordBatch, usize)> {
+    let capacity = rows.len().min(limits.rows);
     let mut builders: Vec<ColumnBuilder> = infos
         .iter()
-        .map(|info| ColumnBuilder::new(info, rows.len()))
+        .map(|info| ColumnBuilder::new(info, capacity, limits.text_bytes))
+        .collect();
+    let text_columns: Vec<usize> = (0..infos.len())
+        .filter(|&i| infos[i].kind == Kind::Str)
         .collect();
     let ncols = builders.len();
-    for (r, row) in rows.iter().enumerate() {
+    let mut taken = 0;
+    for (r, row) in rows.iter().take(limits.rows.max(1)).enumerate() {
         let touched = match &row.value {
             Value::Object(map) => {
                 let mut guess = 0;
@@ -329,19 +361,35 @@ fn build_batch(
                 b.append_null();
             }
         }
+        taken = r + 1;
+        if !text_columns.is_empty()
+            && text_columns
+                .iter()
+                .map(|&i| builders[i].text_len())
+                .sum::<usize>()
+                >= limits.text_bytes
+        {
+            break;
+        }
     }
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(ncols + 1);
     arrays.push(Arc::new(UInt64Array::from_iter_values(
-        rows.iter().map(|r| r.item),
+        rows[..taken].iter().map(|r| r.item),
     )));
     arrays.extend(builders.iter_mut().map(ColumnBuilder::finish));
-    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| DataError::arrow(path, e))
+    let batch =
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| DataError::arrow(path, e))?;
+    Ok((batch, taken))
 }
 
 /// Writes task results as Parquet with a schema inferred from the rows (see the module docs
 /// for the rules), atomically: temporary file in the same directory, fsync, rename. Parent
 /// directories are created. Rows are written in the order given.
 pub fn write_results_parquet(path: &Path, rows: &[ResultRow]) -> Result<FileInfo> {
+    write_results_chunked(path, rows, CHUNK_LIMITS)
+}
+
+fn write_results_chunked(path: &Path, rows: &[ResultRow], limits: ChunkLimits) -> Result<FileInfo> {
     let (cols, infos) = infer(rows)?;
     let mut fields = Vec::with_capacity(cols.names.len() + 1);
     fields.push(Field::new(ITEM_COLUMN, DataType::UInt64, false));
@@ -357,16 +405,85 @@ pub fn write_results_parquet(path: &Path, rows: &[ResultRow]) -> Result<FileInfo
     let schema: SchemaRef = Arc::new(Schema::new(fields));
 
     let mut sink = ParquetSink::create(path, schema.clone(), DEFAULT_ROW_GROUP_ROWS)?;
-    for chunk in rows.chunks(CHUNK_ROWS) {
-        let batch = build_batch(&schema, &cols, &infos, chunk, path)?;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (batch, taken) = build_batch(&schema, &cols, &infos, rest, limits, path)?;
         sink.write(&batch)?;
+        rest = &rest[taken..];
     }
     sink.finish()
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use arrow_array::{Array, Int64Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use serde_json::json;
+
+    #[test]
+    fn batches_are_cut_by_rows_and_by_text_and_still_line_up() {
+        let rows: Vec<ResultRow> = (0..50u64)
+            .map(|i| ResultRow {
+                item: i,
+                value: match i % 5 {
+                    0 => json!({"n": i}),
+                    1 => json!({"s": "0123456789"}),
+                    2 => json!({"n": i, "s": {"nested": i}}),
+                    3 => json!(null),
+                    _ => json!({"other": true}),
+                },
+            })
+            .collect();
+        for limits in [
+            ChunkLimits {
+                rows: 1,
+                text_bytes: 1,
+            },
+            ChunkLimits {
+                rows: 7,
+                text_bytes: 25,
+            },
+            ChunkLimits {
+                rows: 1000,
+                text_bytes: 1,
+            },
+            CHUNK_LIMITS,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.parquet");
+            let info = write_results_chunked(&path, &rows, limits).unwrap();
+            assert_eq!(info.rows, 50);
+            let file = std::fs::File::open(&path).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .with_batch_size(1000)
+                .build()
+                .unwrap();
+            let batch = reader.map(|b| b.unwrap()).next().unwrap();
+            assert_eq!(batch.num_rows(), 50, "{limits:?}");
+            let n = batch.column_by_name("n").unwrap();
+            let n = n.as_any().downcast_ref::<Int64Array>().unwrap();
+            let s = batch.column_by_name("s").unwrap();
+            let s = s.as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..50usize {
+                let want_n = matches!(i % 5, 0 | 2).then_some(i as i64);
+                assert_eq!(
+                    n.is_valid(i).then(|| n.value(i)),
+                    want_n,
+                    "{limits:?} row {i}"
+                );
+                let want_s = match i % 5 {
+                    1 => Some("0123456789".to_string()),
+                    2 => Some(format!("{{\"nested\":{i}}}")),
+                    _ => None,
+                };
+                let got_s = s.is_valid(i).then(|| s.value(i).to_string());
+                assert_eq!(got_s, want_s, "{limits:?} row {i}");
+            }
+        }
+    }
 
     #[test]
     fn join_lattice() {

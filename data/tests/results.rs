@@ -123,6 +123,24 @@ fn mixed_types_round_trip() {
 }
 
 #[test]
+fn unusual_keys_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("part.parquet");
+    let rows = vec![
+        row(0, json!({"": 1, "a.b": "dot", "ñ ü": true, "value": 2})),
+        row(1, json!(3)),
+    ];
+    write_results_parquet(&path, &rows).unwrap();
+    let batch = read_parquet(&path);
+    assert_eq!(col::<Int64Array>(&batch, "").value(0), 1);
+    assert_eq!(col::<StringArray>(&batch, "a.b").value(0), "dot");
+    assert!(col::<BooleanArray>(&batch, "ñ ü").value(0));
+    // An object key `value` and a non-object result share the column.
+    let v = col::<Int64Array>(&batch, "value");
+    assert_eq!(v.iter().collect::<Vec<_>>(), vec![Some(2), Some(3)]);
+}
+
+#[test]
 fn file_info_matches_file_and_no_temporaries_remain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("part.parquet");
