@@ -72,7 +72,7 @@ pub struct ResultRow {
     pub value: Value,
 }
 
-/// Inferred type of one result column; ordered so that the join below reads naturally.
+/// Inferred type of one result column: a point in the lattice described in the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Null,
