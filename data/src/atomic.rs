@@ -2,10 +2,10 @@
 //!
 //! A worker can die at any byte. Readers of the storage layout (the aggregator, `orch status`,
 //! users pointing DuckDB at the output directory) must never see a half-written file under its
-//! final name, so every file this crate produces goes through [`AtomicFile`]. The temporary
+//! final name, so every file this crate produces goes through `AtomicFile`. The temporary
 //! lives in the same directory (a rename across file systems is not atomic) and its name starts
 //! with a dot and does not end in `.parquet`, so globbing readers skip it. If the writer is
-//! dropped before [`AtomicFile::commit`], the temporary is removed.
+//! dropped before `AtomicFile::commit`, the temporary is removed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};

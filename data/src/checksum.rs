@@ -3,7 +3,7 @@
 //! Effectively-once output (DESIGN §5) needs a way to tell a complete file from a torn or
 //! tampered one after the fact: `_DONE` and `_SUCCESS` record a [`FileInfo`] per file, and the
 //! aggregation step re-checks it with [`verify_file`] before trusting a task's output. Our own
-//! writers hash the bytes on their way to disk ([`HashingWriter`]) so that producing the
+//! writers hash the bytes on their way to disk (`HashingWriter`) so that producing the
 //! checksum never costs a second read of a freshly written file.
 
 use std::fs::File;
