@@ -448,8 +448,15 @@ impl Loop<'_> {
                 info!(phase = %done.phase, message = done.message.as_deref().unwrap_or(""), "job finished");
                 return Ok(done);
             }
+            let idle = decision.is_empty();
             self.apply(decision).await?;
-            tokio::time::sleep(opts.tick).await;
+            if idle {
+                // Wake early when a worker ends; otherwise look again after one tick.
+                tokio::select! {
+                    _ = self.executor.changed() => {}
+                    _ = tokio::time::sleep(opts.tick) => {}
+                }
+            }
         }
     }
 

@@ -7,12 +7,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, ExecState, ExecStatus, Executor};
 use orch_core::model::TaskGroup;
+use tokio::sync::Notify;
 
 /// How to start a worker for one task.
 #[derive(Debug, Clone)]
@@ -35,7 +36,6 @@ struct Queued {
 struct Running {
     attempt: u32,
     pid: Option<u32>,
-    child: tokio::process::Child,
 }
 
 #[derive(Default)]
@@ -45,153 +45,152 @@ struct Inner {
     finished: HashMap<u32, (u32, ExecState)>,
 }
 
-/// Worker processes with bounded parallelism.
-pub struct LocalExecutor {
+struct Shared {
     launch: WorkerLaunch,
     parallelism: usize,
     inner: Mutex<Inner>,
+    /// Signalled whenever a worker ends, so the driver reacts at once instead of at its next tick.
+    changed: Notify,
+}
+
+/// Worker processes with bounded parallelism. A freed slot is refilled the moment a worker
+/// exits (a waiter task per child), not at the driver's next poll.
+pub struct LocalExecutor {
+    shared: Arc<Shared>,
 }
 
 impl LocalExecutor {
     pub fn new(launch: WorkerLaunch, parallelism: usize) -> Self {
         LocalExecutor {
-            launch,
-            parallelism: parallelism.max(1),
-            inner: Mutex::new(Inner::default()),
+            shared: Arc::new(Shared {
+                launch,
+                parallelism: parallelism.max(1),
+                inner: Mutex::new(Inner::default()),
+                changed: Notify::new(),
+            }),
         }
     }
 
-    fn lock(&self) -> BackendResult<std::sync::MutexGuard<'_, Inner>> {
-        self.inner.lock().map_err(|_| {
-            BackendError::message(
-                ErrorCategory::Infrastructure,
-                "local executor state poisoned",
-            )
-        })
-    }
-
-    /// Reaps finished workers and starts queued ones while slots are free.
-    fn pump(&self, inner: &mut Inner) -> BackendResult<()> {
-        let mut ended = Vec::new();
-        for (task, run) in inner.running.iter_mut() {
-            match run.child.try_wait() {
-                Ok(Some(status)) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    ended.push((
-                        *task,
-                        run.attempt,
-                        ExecState::Exited {
-                            code: status.code(),
-                            signal: status.signal(),
-                        },
-                    ));
-                }
-                Ok(None) => {}
-                Err(e) => ended.push((
-                    *task,
-                    run.attempt,
-                    ExecState::Failed {
-                        reason: orch_core::backend::ExecFailure::Other,
-                        message: e.to_string(),
-                    },
-                )),
-            }
-        }
-        for (task, attempt, state) in ended {
-            inner.running.remove(&task);
-            tracing::debug!(task, attempt, ?state, "worker ended");
-            inner.finished.insert(task, (attempt, state));
-        }
-        while inner.running.len() < self.parallelism {
-            let Some(q) = inner.queue.pop_front() else {
-                break;
-            };
-            let child = self.spawn(&q)?;
-            inner.running.insert(
-                q.task,
-                Running {
-                    attempt: q.attempt,
-                    pid: child.id(),
-                    child,
-                },
-            );
-        }
-        Ok(())
-    }
-
-    fn spawn(&self, q: &Queued) -> BackendResult<tokio::process::Child> {
-        let (program, args) =
-            self.launch.command.split_first().ok_or_else(|| {
-                BackendError::message(ErrorCategory::Invalid, "empty worker command")
-            })?;
-        std::fs::create_dir_all(&self.launch.log_dir).map_err(|e| {
-            BackendError::other(
-                ErrorCategory::Infrastructure,
-                "cannot create the log directory",
-                e,
-            )
-        })?;
-        let log_path = self
-            .launch
-            .log_dir
-            .join(format!("{:06}.{}.log", q.task, q.attempt));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| {
-                BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
-            })?;
-        let log2 = log.try_clone().map_err(|e| {
-            BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
-        })?;
-        let task = q.task.to_string();
-        tokio::process::Command::new(program)
-            .args(args)
-            .args(["run", "--storage", &self.launch.storage, "--job", &q.job])
-            .args(["--group", &q.group.to_string()])
-            .env("ORCH_TASK_INDEX", &task)
-            .env("SLURM_ARRAY_TASK_ID", &task)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .spawn()
-            .map_err(|e| {
-                BackendError::other(
-                    ErrorCategory::Infrastructure,
-                    format!("cannot start worker `{program}`"),
-                    e,
-                )
-            })
+    /// Resolves when a worker has ended since the last call (or immediately if one did).
+    pub async fn changed(&self) {
+        self.shared.changed.notified().await
     }
 
     /// Waits until no worker runs any more (used on shutdown after cancelling).
     pub async fn wait_idle(&self) {
-        loop {
-            let busy = match self.lock() {
-                Ok(mut inner) => {
-                    let _ = self.pump(&mut inner);
-                    !inner.running.is_empty()
-                }
-                Err(_) => false,
-            };
-            if !busy {
-                return;
-            }
+        while self.running() > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
     /// Number of worker processes alive right now.
     pub fn running(&self) -> usize {
-        self.lock().map(|i| i.running.len()).unwrap_or(0)
+        lock(&self.shared).map(|i| i.running.len()).unwrap_or(0)
     }
+}
+
+fn lock(shared: &Shared) -> BackendResult<std::sync::MutexGuard<'_, Inner>> {
+    shared.inner.lock().map_err(|_| {
+        BackendError::message(
+            ErrorCategory::Infrastructure,
+            "local executor state poisoned",
+        )
+    })
+}
+
+/// Starts queued workers while slots are free.
+fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
+    while inner.running.len() < shared.parallelism {
+        let Some(q) = inner.queue.pop_front() else {
+            break;
+        };
+        let mut child = spawn(&shared.launch, &q)?;
+        inner.running.insert(
+            q.task,
+            Running {
+                attempt: q.attempt,
+                pid: child.id(),
+            },
+        );
+        let waiter = shared.clone();
+        let (task, attempt) = (q.task, q.attempt);
+        tokio::spawn(async move {
+            let state = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    ExecState::Exited {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+                Err(e) => ExecState::Failed {
+                    reason: orch_core::backend::ExecFailure::Other,
+                    message: e.to_string(),
+                },
+            };
+            tracing::debug!(task, attempt, ?state, "worker ended");
+            if let Ok(mut inner) = lock(&waiter) {
+                inner.running.remove(&task);
+                inner.finished.insert(task, (attempt, state));
+                if let Err(e) = pump(&waiter, &mut inner) {
+                    tracing::error!(error = %e, "cannot start the next worker");
+                }
+            }
+            waiter.changed.notify_one();
+        });
+    }
+    Ok(())
+}
+
+fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Child> {
+    let (program, args) = launch
+        .command
+        .split_first()
+        .ok_or_else(|| BackendError::message(ErrorCategory::Invalid, "empty worker command"))?;
+    std::fs::create_dir_all(&launch.log_dir).map_err(|e| {
+        BackendError::other(
+            ErrorCategory::Infrastructure,
+            "cannot create the log directory",
+            e,
+        )
+    })?;
+    let log_path = launch
+        .log_dir
+        .join(format!("{:06}.{}.log", q.task, q.attempt));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| {
+            BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
+        })?;
+    let log2 = log.try_clone().map_err(|e| {
+        BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
+    })?;
+    let task = q.task.to_string();
+    tokio::process::Command::new(program)
+        .args(args)
+        .args(["run", "--storage", &launch.storage, "--job", &q.job])
+        .args(["--group", &q.group.to_string()])
+        .env("ORCH_TASK_INDEX", &task)
+        .env("SLURM_ARRAY_TASK_ID", &task)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .spawn()
+        .map_err(|e| {
+            BackendError::other(
+                ErrorCategory::Infrastructure,
+                format!("cannot start worker `{program}`"),
+                e,
+            )
+        })
 }
 
 #[async_trait]
 impl Executor for LocalExecutor {
     async fn submit(&self, group: &TaskGroup) -> BackendResult<Vec<(u32, String)>> {
-        let mut inner = self.lock()?;
+        let mut inner = lock(&self.shared)?;
         let mut ids = Vec::with_capacity(group.tasks.len());
         for &(task, attempt) in &group.tasks {
             inner.finished.remove(&task);
@@ -203,13 +202,12 @@ impl Executor for LocalExecutor {
             });
             ids.push((task, format!("local:{}:{task}", group.id)));
         }
-        self.pump(&mut inner)?;
+        pump(&self.shared, &mut inner)?;
         Ok(ids)
     }
 
     async fn poll(&self, tasks: &[(u32, u32, Option<String>)]) -> BackendResult<Vec<ExecStatus>> {
-        let mut inner = self.lock()?;
-        self.pump(&mut inner)?;
+        let inner = lock(&self.shared)?;
         Ok(tasks
             .iter()
             .map(|&(task, attempt, _)| {
@@ -245,21 +243,14 @@ impl Executor for LocalExecutor {
             .iter()
             .filter_map(|id| id.rsplit(':').next()?.parse().ok())
             .collect();
-        let mut inner = self.lock()?;
+        let mut inner = lock(&self.shared)?;
         inner.queue.retain(|q| !tasks.contains(&q.task));
         for task in tasks {
-            if let Some(run) = inner.running.get_mut(&task) {
-                // SIGTERM first so the worker checkpoints; `kill` avoids unsafe libc calls.
-                match run.pid {
-                    Some(pid) => {
-                        let _ = std::process::Command::new("kill")
-                            .args(["-TERM", &pid.to_string()])
-                            .status();
-                    }
-                    None => {
-                        let _ = run.child.start_kill();
-                    }
-                }
+            if let Some(pid) = inner.running.get(&task).and_then(|r| r.pid) {
+                // SIGTERM so the worker checkpoints; `kill` avoids unsafe libc calls.
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
             }
         }
         Ok(())

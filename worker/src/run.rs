@@ -308,6 +308,7 @@ async fn work(
 ) -> Result<TaskRecord> {
     let job = row.job.clone();
     let (task, attempt) = (row.id, row.attempt);
+    let started = Instant::now();
     let ckpt_key = layout::checkpoint(&job, task);
     let ckpt_path = backends
         .objects
@@ -358,6 +359,12 @@ async fn work(
     handler.shutdown().await;
     ckpt.flush()?;
     outcome?;
+    info!(
+        ok = tally.ok,
+        failed = tally.failed,
+        ms = started.elapsed().as_millis() as u64,
+        "items done"
+    );
     if stop.is_stopped() {
         return Err(Error::Interrupted);
     }
@@ -562,6 +569,7 @@ async fn finish(
     ckpt: &Checkpoint,
 ) -> Result<TaskRecord> {
     let (job, task, attempt) = (row.job.clone(), row.id, row.attempt);
+    let started = Instant::now();
     let mut rows = Vec::new();
     let mut errors = Vec::new();
     let (mut ok, mut failed) = (0u64, 0u64);
@@ -630,6 +638,12 @@ async fn finish(
     })
     .await
     .map_err(|e| Error::Setup(format!("writing results failed: {e}")))??;
+    info!(
+        rows = part.rows,
+        bytes = part.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "result files written"
+    );
     let sum = |f: &orch_data::FileInfo| FileSum {
         rows: f.rows,
         bytes: f.bytes,
