@@ -393,16 +393,18 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     async fn drive(&mut self, opts: &RunOptions) -> Result<JobRecord> {
+        let state = &self.backends.state;
+        let mut tasks = state.list_tasks(&self.id).await?;
         loop {
-            let state = &self.backends.state;
-            // Executor first, rows second: a worker commits before it exits (engine docs).
-            let before = state.list_tasks(&self.id).await?;
-            let active: Vec<(u32, u32, Option<String>)> = before
+            // Executor first, rows second: a worker commits before it exits (engine docs). The
+            // attempts to ask about come from the previous read; a task dispatched since then
+            // is simply asked about on the next tick.
+            let active: Vec<(u32, u32, Option<String>)> = tasks
                 .iter()
                 .filter(|t| matches!(t.state, TaskState::Dispatched | TaskState::Running))
                 .map(|t| (t.id, t.attempt, t.executor_id.clone()))
                 .collect();
-            let exec: HashMap<u32, ExecState> = self
+            let mut polled: HashMap<u32, ExecState> = self
                 .executor
                 .poll(&active)
                 .await?
@@ -415,7 +417,15 @@ impl Loop<'_> {
             if job.phase.is_terminal() {
                 return Ok(job);
             }
-            let tasks = state.list_tasks(&self.id).await?;
+            tasks = state.list_tasks(&self.id).await?;
+            // A polled attempt that has moved on (retried meanwhile) says nothing about the
+            // current one.
+            let current: HashMap<u32, u32> = tasks.iter().map(|t| (t.id, t.attempt)).collect();
+            let exec: HashMap<u32, ExecState> = active
+                .iter()
+                .filter(|(id, attempt, _)| current.get(id) == Some(attempt))
+                .filter_map(|(id, _, _)| Some((*id, polled.remove(id)?)))
+                .collect();
             let due = self.due_retries().await?;
             let now = now_ms();
             let decision = engine::decide(
