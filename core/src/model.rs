@@ -234,6 +234,9 @@ pub struct TaskRecord {
     pub retry_at: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<TaskError>,
+    /// The task's batch, so a worker needs only its own row rather than the whole manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
     pub updated_at: Millis,
     pub version: u64,
 }
@@ -254,6 +257,7 @@ impl TaskRecord {
             lease_expiry: None,
             retry_at: None,
             last_error: None,
+            batch: None,
             updated_at: now,
             version: 0,
         }

@@ -6,7 +6,8 @@
 #[test]
 fn checked_in_schema_matches_the_types() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/orchjob.schema.json");
-    let generated = serde_json::to_string_pretty(&orch_core::spec::job_file_schema()).unwrap() + "\n";
+    let generated =
+        serde_json::to_string_pretty(&orch_core::spec::job_file_schema()).unwrap() + "\n";
     if std::env::var_os("ORCH_UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &generated).unwrap();
     }

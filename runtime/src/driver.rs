@@ -377,7 +377,10 @@ async fn create(
     let tasks: Vec<TaskRecord> = p
         .batches
         .iter()
-        .map(|b| TaskRecord::new(id, b.id, b.items, now))
+        .map(|b| TaskRecord {
+            batch: Some(b.clone()),
+            ..TaskRecord::new(id, b.id, b.items, now)
+        })
         .collect();
     backends.state.create_job(&record, &tasks).await?;
     Ok(backends.state.get_job(id).await?.unwrap_or(record))

@@ -76,7 +76,6 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
         Some(bytes) => orch_core::model::decode_versioned("job.json", &bytes)?,
         None => return Err(Error::Setup(format!("job {} has no job.json", args.job))),
     };
-    let batch = find_batch(backends.objects.as_ref(), &args.job, args.task).await?;
     let worker_id = format!(
         "{}:{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
@@ -84,6 +83,10 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
     );
     let mut row = claim(backends.state.as_ref(), args, &worker_id).await?;
     let attempt = row.attempt;
+    let batch = match row.batch.clone() {
+        Some(b) => b,
+        None => find_batch(backends.objects.as_ref(), &args.job, args.task).await?,
+    };
     let span = tracing::info_span!("task", job = %args.job, task = args.task, attempt);
     let result = async {
         info!(items = batch.items, bytes = batch.bytes(), "claimed");
@@ -110,6 +113,7 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
     }
 }
 
+/// The task's batch from the manifest, for rows written without their batch.
 async fn find_batch(objects: &dyn ObjectStore, job: &str, task: u32) -> Result<Batch> {
     let Some(bytes) = objects.get(&layout::batches(job)).await? else {
         return Err(Error::Setup(format!("job {job} has no batch manifest")));
