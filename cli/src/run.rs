@@ -101,9 +101,15 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     );
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {msg:12} [{bar:30}] {pos}/{len} items  {per_sec}  ETA {eta}",
+            "{spinner} {msg:12} [{bar:30}] {pos}/{len} items  {rate}  ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} items/s", state.per_sec());
+            },
+        )
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
