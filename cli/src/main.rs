@@ -34,6 +34,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a job here, to the end, with a progress bar (resumes an interrupted run).
+    #[command(
+        long_about = "Run a job on this machine, to the end, with a progress bar.\n\n\
+Running the same job file again over the same input resumes an interrupted run (after Ctrl-C, \
+a crash or a reboot); a run that already finished starts over. State lives in the job's \
+storage directory (default ./.orch).",
+        after_help = "Examples:\n  orch run examples/reviews-sentiment/job.yaml\n  orch run --dry-run job.yaml"
+    )]
     Run(run::RunArgs),
     /// Check a job file (schema, rules, input readable, handler found) without running it.
     Validate {
