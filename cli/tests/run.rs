@@ -141,6 +141,15 @@ fn slow_job(s: &Scratch) -> std::path::PathBuf {
     )
 }
 
+/// Starts `orch run` in the background, output captured.
+fn spawn_run(s: &Scratch, job: &std::path::Path) -> std::process::Child {
+    s.orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits until some worker has checkpointed items, so a kill lands mid-batch.
 fn wait_for_workers(s: &Scratch, child: &mut std::process::Child) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -165,12 +174,7 @@ fn wait_for_workers(s: &Scratch, child: &mut std::process::Child) -> Vec<u32> {
 fn a_worker_killed_with_sigkill_is_retried_and_output_stays_exact() {
     let s = Scratch::new();
     let job = slow_job(&s);
-    let mut child = s
-        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&s, &job);
     let pids = wait_for_workers(&s, &mut child);
     assert!(!pids.is_empty());
     kill(pids[0], "-KILL");
@@ -201,12 +205,7 @@ fn task_logs(s: &Scratch) -> Vec<String> {
 fn a_worker_stopped_with_sigterm_checkpoints_and_the_retry_resumes() {
     let s = Scratch::new();
     let job = slow_job(&s);
-    let mut child = s
-        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&s, &job);
     let pids = wait_for_workers(&s, &mut child);
     kill(pids[0], "-TERM");
     let out = child.wait_with_output().unwrap();
@@ -227,12 +226,7 @@ fn a_worker_stopped_with_sigterm_checkpoints_and_the_retry_resumes() {
 fn a_killed_driver_resumes_the_job_on_the_next_run() {
     let s = Scratch::new();
     let job = slow_job(&s);
-    let mut child = s
-        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&s, &job);
     wait_for_workers(&s, &mut child);
     kill(child.id(), "-KILL");
     child.wait().unwrap();

@@ -79,6 +79,17 @@ impl Checkpoint {
         Ok(done)
     }
 
+    /// Items finished ok and failed, by earlier attempts.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FILTER (WHERE kind IS NULL), count(*) FILTER (WHERE kind IS NOT NULL) FROM items",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(self.err())
+    }
+
     pub fn record(&mut self, ordinal: u64, item: Finished) {
         self.pending.push((ordinal, item));
     }
@@ -175,6 +186,7 @@ mod tests {
         drop(c); // not flushed: lost, as after a kill -9
         let mut c = Checkpoint::open(&path).unwrap();
         assert_eq!(c.done().unwrap(), HashSet::from([1, 3]));
+        assert_eq!(c.counts().unwrap(), (1, 1));
         c.record(3, Finished::Ok("{\"a\":2}".into()));
         c.flush().unwrap();
         let all = c.all().unwrap();

@@ -297,9 +297,34 @@ impl Ord for Delayed {
     }
 }
 
-struct Tally {
+/// What an attempt has finished so far, and where that goes: the checkpoint (durable) and the
+/// task row (progress, lease).
+struct Ledger<'a> {
+    ckpt: Checkpoint,
     ok: u64,
     failed: u64,
+    backends: &'a Embedded,
+    row: &'a mut TaskRecord,
+}
+
+impl Ledger<'_> {
+    fn record(&mut self, ordinal: u64, finished: Finished) -> Result<()> {
+        match finished {
+            Finished::Ok(_) => self.ok += 1,
+            Finished::Failed { .. } => self.failed += 1,
+        }
+        self.ckpt.record(ordinal, finished);
+        if self.ckpt.pending() >= FLUSH_EVERY {
+            self.ckpt.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the checkpoint, then renews the lease and publishes progress.
+    async fn beat(&mut self) -> Result<()> {
+        self.ckpt.flush()?;
+        heartbeat(self.backends.state.as_ref(), self.row, self.ok, self.failed).await
+    }
 }
 
 async fn work(
@@ -318,26 +343,27 @@ async fn work(
         .objects
         .local_path(&ckpt_key)
         .ok_or_else(|| Error::Setup("checkpoints need a local path".into()))?;
-    let mut ckpt = Checkpoint::open(&ckpt_path)?;
+    let ckpt = Checkpoint::open(&ckpt_path)?;
     let done = ckpt.done()?;
     if !done.is_empty() {
         info!(resumed = done.len(), "resuming from the checkpoint");
     }
+    let (ok, failed) = ckpt.counts()?;
     let data = read_range(batch)?;
     let log = backends.root.join(layout::task_log(&job, task, attempt));
     let handler = make_handler(spec, &log)?;
     let cfg = EngineConfig::from_spec(spec);
-    let mut tally = Tally { ok: 0, failed: 0 };
-    for (_, f) in ckpt.all()? {
-        match f {
-            Finished::Ok(_) => tally.ok += 1,
-            Finished::Failed { .. } => tally.failed += 1,
-        }
-    }
     let items = jsonl_items(&data)
         .enumerate()
         .map(|(i, line)| (batch.first_item + i as u64, line))
         .filter(|(o, _)| !done.contains(o));
+    let mut ledger = Ledger {
+        ckpt,
+        ok,
+        failed,
+        backends,
+        row,
+    };
 
     // Identity answers synchronously: skip the per-item task machinery.
     let sync = matches!(
@@ -345,34 +371,24 @@ async fn work(
         Some(BuiltinName::Identity)
     );
     let outcome = if sync {
-        run_sync(&*handler, items, &mut ckpt, &mut tally, backends, row, stop).await
+        run_sync(&*handler, items, &mut ledger, stop).await
     } else {
-        run_async(
-            handler.clone(),
-            items,
-            &cfg,
-            spec.handler.concurrency as usize,
-            &mut ckpt,
-            &mut tally,
-            backends,
-            row,
-            stop,
-        )
-        .await
+        let concurrency = spec.handler.concurrency as usize;
+        run_async(handler.clone(), items, &cfg, concurrency, &mut ledger, stop).await
     };
     handler.shutdown().await;
-    ckpt.flush()?;
+    ledger.ckpt.flush()?;
     outcome?;
     info!(
-        ok = tally.ok,
-        failed = tally.failed,
+        ok = ledger.ok,
+        failed = ledger.failed,
         ms = started.elapsed().as_millis() as u64,
         "items done"
     );
     if stop.is_stopped() {
         return Err(Error::Interrupted);
     }
-    finish(backends, batch, row, worker_id, &ckpt).await
+    finish(backends, batch, ledger.row, worker_id, &ledger.ckpt).await
 }
 
 fn parse_item(line: &[u8]) -> std::result::Result<Box<RawValue>, String> {
@@ -392,10 +408,7 @@ fn permanent(message: String) -> Finished {
 async fn run_sync<'a>(
     handler: &dyn Handler,
     items: impl Iterator<Item = (u64, &'a [u8])>,
-    ckpt: &mut Checkpoint,
-    tally: &mut Tally,
-    backends: &Embedded,
-    row: &mut TaskRecord,
+    ledger: &mut Ledger<'_>,
     stop: &StopFlag,
 ) -> Result<()> {
     let mut last_beat = Instant::now();
@@ -412,14 +425,10 @@ async fn run_sync<'a>(
                 None => permanent("handler gave no answer".into()),
             },
         };
-        count(tally, &finished);
-        ckpt.record(ordinal, finished);
-        if ckpt.pending() >= FLUSH_EVERY {
-            ckpt.flush()?;
-            if last_beat.elapsed() >= HEARTBEAT {
-                heartbeat(backends.state.as_ref(), row, tally.ok, tally.failed).await?;
-                last_beat = Instant::now();
-            }
+        ledger.record(ordinal, finished)?;
+        if last_beat.elapsed() >= HEARTBEAT {
+            ledger.beat().await?;
+            last_beat = Instant::now();
             if stop.is_stopped() {
                 break;
             }
@@ -428,23 +437,14 @@ async fn run_sync<'a>(
     Ok(())
 }
 
-fn count(tally: &mut Tally, f: &Finished) {
-    match f {
-        Finished::Ok(_) => tally.ok += 1,
-        Finished::Failed { .. } => tally.failed += 1,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
+/// Items through an async handler: `concurrency` in flight, item retries on a timer heap so a
+/// waiting item never holds a slot.
 async fn run_async<'a>(
     handler: Arc<dyn Handler>,
     mut items: impl Iterator<Item = (u64, &'a [u8])>,
     cfg: &EngineConfig,
     concurrency: usize,
-    ckpt: &mut Checkpoint,
-    tally: &mut Tally,
-    backends: &Embedded,
-    row: &mut TaskRecord,
+    ledger: &mut Ledger<'_>,
     stop: &StopFlag,
 ) -> Result<()> {
     let concurrency = concurrency.max(1);
@@ -483,11 +483,7 @@ async fn run_async<'a>(
                 None => exhausted = true,
                 Some((ordinal, line)) => match parse_item(line) {
                     Ok(item) => spawn(&mut inflight, ordinal, 1, item),
-                    Err(message) => {
-                        let f = permanent(message);
-                        count(tally, &f);
-                        ckpt.record(ordinal, f);
-                    }
+                    Err(message) => ledger.record(ordinal, permanent(message))?,
                 },
             }
         }
@@ -505,9 +501,7 @@ async fn run_async<'a>(
                     .map_err(|e| Error::Setup(format!("item task failed: {e}")))?;
                 match outcome {
                     Outcome::Ok(result) => {
-                        let f = Finished::Ok(result.get().to_string());
-                        count(tally, &f);
-                        ckpt.record(ordinal, f);
+                        ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
                     }
                     Outcome::Err(ItemFailure { kind, message }) => {
                         if message.starts_with("handler keeps crashing") {
@@ -515,7 +509,7 @@ async fn run_async<'a>(
                         }
                         let retryable = kind != ErrorKind::Permanent;
                         if retryable && attempts < cfg.max_attempts && stop_deadline.is_none() {
-                            let delay = cfg.backoff_ms(&row.job, ordinal as u32, attempts);
+                            let delay = cfg.backoff_ms(&ledger.row.job, ordinal as u32, attempts);
                             debug!(ordinal, attempts, delay_ms = delay, kind = kind.as_str(), "item will be retried");
                             delayed.push(Delayed {
                                 at: Instant::now() + Duration::from_millis(delay),
@@ -527,20 +521,13 @@ async fn run_async<'a>(
                             // Not finished: the next attempt does it again.
                         } else {
                             let f = Finished::Failed { kind: kind.as_str().into(), message, attempts };
-                            count(tally, &f);
-                            ckpt.record(ordinal, f);
+                            ledger.record(ordinal, f)?;
                         }
                     }
                 }
-                if ckpt.pending() >= FLUSH_EVERY {
-                    ckpt.flush()?;
-                }
             }
             _ = sleep_until_opt(next_delayed) => {}
-            _ = beat.tick() => {
-                ckpt.flush()?;
-                heartbeat(backends.state.as_ref(), row, tally.ok, tally.failed).await?;
-            }
+            _ = beat.tick() => ledger.beat().await?,
             _ = sleep_until_opt(stop_deadline) => {
                 warn!(abandoned = inflight.len(), "in-flight items did not finish in time; the next attempt redoes them");
                 inflight.abort_all();
