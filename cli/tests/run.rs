@@ -254,3 +254,35 @@ fn dry_run_prints_the_plan_and_runs_nothing() {
     assert!(all.contains("items          1000"), "{all}");
     assert!(!s.path(".orch").exists(), "a dry run must not create state");
 }
+
+#[test]
+fn ctrl_c_checkpoints_exits_130_and_the_next_run_resumes() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new();
+    let job = slow_job(&s);
+    // Its own process group, so that "Ctrl-C" reaches the driver and its workers as in a terminal.
+    let mut child = s
+        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_for_workers(&s, &mut child);
+    std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{all}");
+    assert!(
+        all.contains("run the same command again to resume"),
+        "{all}"
+    );
+    let again = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..1_500).collect::<Vec<_>>());
+    assert_eq!(seen.duplicates, 0);
+}

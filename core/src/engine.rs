@@ -203,7 +203,7 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
                 }
                 _ => false,
             };
-            if start && t.attempt < cfg.max_attempts {
+            if start && t.counted_attempts() < cfg.max_attempts {
                 let mut next = t.clone();
                 next.state = TaskState::Dispatched;
                 next.attempt = t.attempt + 1;
@@ -266,6 +266,14 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
                 (None, None) => "worker exited".into(),
             })
         })),
+        Some(ExecState::Failed {
+            reason: ExecFailure::Preempted,
+            message,
+        }) => Some(worker_said.unwrap_or_else(|| TaskError {
+            kind: ErrorKind::Transient,
+            message: format!("preempted: {message}"),
+            attempt: t.attempt,
+        })),
         Some(ExecState::Failed { reason, message }) => Some(worker_said.unwrap_or_else(|| {
             let what = match reason {
                 ExecFailure::OutOfMemory => "out of memory",
@@ -277,10 +285,18 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
             };
             infra(format!("{what}: {message}"))
         })),
-        Some(ExecState::Unknown) if t.state == TaskState::Dispatched => Some(infra(
-            "the executor has no record of this attempt (coordinator restarted before it started)"
+        Some(ExecState::Unknown) if t.state == TaskState::Dispatched => Some(TaskError {
+            kind: ErrorKind::Transient,
+            message: "the executor has no record of this attempt (coordinator restarted before it started)"
                 .into(),
-        )),
+            attempt: t.attempt,
+        }),
+        // A worker that stopped on a signal released its claim: no need to wait for the lease.
+        Some(ExecState::Unknown) | None
+            if t.state == TaskState::Running && t.lease_owner.is_none() =>
+        {
+            Some(worker_said.unwrap_or_else(|| infra("worker released its claim".into())))
+        }
         Some(ExecState::Unknown) | Some(ExecState::Running) | Some(ExecState::Queued) | None
             if lease_expired =>
         {
@@ -290,20 +306,41 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
     }
 }
 
+/// Transient losses (a worker stopped by a signal, preemption, a coordinator restart) are
+/// retried at once without using up an attempt, at most this many times per task.
+pub const MAX_FREE_ATTEMPTS: u32 = 20;
+
 fn fail(cfg: &EngineConfig, now: Millis, t: &TaskRecord, error: TaskError) -> Failure {
     let mut next = t.clone();
     next.updated_at = now;
     next.lease_owner = None;
     next.lease_expiry = None;
+    let free = error.kind == ErrorKind::Transient && t.free_attempts < MAX_FREE_ATTEMPTS;
     next.last_error = Some(error);
-    if t.attempt >= cfg.max_attempts {
+    if free {
+        next.free_attempts += 1;
+        next.state = TaskState::Retrying;
+        next.retry_at = Some(now);
+        return Failure {
+            task: next,
+            retry: Some((
+                RetryRequest {
+                    job: t.job.clone(),
+                    task: t.id,
+                    attempt: t.attempt + 1,
+                },
+                0,
+            )),
+        };
+    }
+    if t.counted_attempts() >= cfg.max_attempts {
         next.state = TaskState::Failed;
         Failure {
             task: next,
             retry: None,
         }
     } else {
-        let delay = cfg.backoff_ms(&t.job, t.id, t.attempt);
+        let delay = cfg.backoff_ms(&t.job, t.id, t.counted_attempts());
         next.state = TaskState::Retrying;
         next.retry_at = Some(now.saturating_add(delay));
         Failure {

@@ -212,6 +212,10 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// The current attempt, 1-based; 0 before the first dispatch.
     pub attempt: u32,
+    /// Attempts that ended through no fault of the task (see `engine::MAX_FREE_ATTEMPTS`);
+    /// they do not count against `retry.maxAttempts`.
+    #[serde(default)]
+    pub free_attempts: u32,
     /// Items in the batch.
     pub items: u64,
     /// Items finished so far in the current attempt (progress), then the final count.
@@ -248,6 +252,7 @@ impl TaskRecord {
             id,
             state: TaskState::Pending,
             attempt: 0,
+            free_attempts: 0,
             items,
             items_ok: 0,
             items_failed: 0,
@@ -261,6 +266,11 @@ impl TaskRecord {
             updated_at: now,
             version: 0,
         }
+    }
+
+    /// Attempts that count against `retry.maxAttempts`.
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.free_attempts)
     }
 
     /// Moves to `next`, refusing transitions the state machine does not allow.

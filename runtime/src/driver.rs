@@ -291,7 +291,8 @@ async fn run_job(
         _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
     };
     if matches!(result, Err(Error::Interrupted)) {
-        // Workers got the same SIGINT and checkpoint; give them a moment to do so.
+        // Workers got the same SIGINT and checkpoint; start no new ones and give them a moment.
+        executor.shutdown();
         tokio::time::timeout(Duration::from_secs(10), executor.wait_idle())
             .await
             .ok();
@@ -537,7 +538,12 @@ impl Loop<'_> {
             match state.update_task(&f.task).await {
                 Ok(stored) => {
                     if let Some(err) = &stored.last_error {
-                        warn!(task = stored.id, attempt = err.attempt, kind = err.kind.as_str(), error = %err.message, next = %stored.state, "task attempt failed");
+                        // A retry is routine (info); a task out of attempts is not (warn).
+                        if stored.state == TaskState::Failed {
+                            warn!(task = stored.id, attempt = err.attempt, kind = err.kind.as_str(), error = %err.message, "task failed after all its attempts");
+                        } else {
+                            info!(task = stored.id, attempt = err.attempt, kind = err.kind.as_str(), error = %err.message, "task attempt lost; retrying");
+                        }
                     }
                     if let Some((req, delay)) = f.retry {
                         let body = serde_json::to_string(&req).map_err(|source| {

@@ -43,6 +43,8 @@ struct Inner {
     queue: VecDeque<Queued>,
     running: HashMap<u32, Running>,
     finished: HashMap<u32, (u32, ExecState)>,
+    /// Set on shutdown: queued workers are dropped and no new ones start.
+    closed: bool,
 }
 
 struct Shared {
@@ -76,6 +78,15 @@ impl LocalExecutor {
         self.shared.changed.notified().await
     }
 
+    /// Starts no more workers: the queue is dropped; running workers are left to finish (on
+    /// Ctrl-C they got the same signal and are checkpointing).
+    pub fn shutdown(&self) {
+        if let Ok(mut inner) = lock(&self.shared) {
+            inner.closed = true;
+            inner.queue.clear();
+        }
+    }
+
     /// Waits until no worker runs any more (used on shutdown after cancelling).
     pub async fn wait_idle(&self) {
         while self.running() > 0 {
@@ -100,7 +111,7 @@ fn lock(shared: &Shared) -> BackendResult<std::sync::MutexGuard<'_, Inner>> {
 
 /// Starts queued workers while slots are free.
 fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
-    while inner.running.len() < shared.parallelism {
+    while !inner.closed && inner.running.len() < shared.parallelism {
         let Some(q) = inner.queue.pop_front() else {
             break;
         };

@@ -105,7 +105,7 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
     match result {
         Ok(row) => Ok(row),
         Err(e) => {
-            if !matches!(e, Error::LostLease { .. } | Error::Interrupted) {
+            if !matches!(e, Error::LostLease { .. }) {
                 record_failure(backends.state.as_ref(), args, &e).await;
             }
             Err(e)
@@ -202,12 +202,16 @@ async fn heartbeat(
     }
 }
 
+/// Says why the attempt ends and releases the claim, so the engine retries the task at once
+/// instead of waiting for the lease to run out.
 async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
-    // Best effort: the engine falls back to the exit code when this write loses a race.
+    // Best effort: the engine falls back to the exit code and the lease when this write fails.
     if let Ok(Some(mut row)) = state.get_task(&args.job, args.task).await
         && row.group == Some(args.group)
         && row.state == TaskState::Running
     {
+        row.lease_owner = None;
+        row.lease_expiry = Some(0);
         row.last_error = Some(TaskError {
             kind: match e.category() {
                 orch_core::ErrorCategory::Permanent | orch_core::ErrorCategory::Invalid => {

@@ -223,6 +223,60 @@ fn expired_lease_counts_as_lost_and_unknown_dispatch_too() {
 }
 
 #[test]
+fn transient_losses_retry_at_once_without_using_an_attempt() {
+    let c = cfg(1);
+    let j = job(1, 1);
+    let mut t = tasks(1);
+    t[0].state = TaskState::Running;
+    t[0].attempt = 1;
+    t[0].lease_owner = None;
+    t[0].last_error = Some(TaskError {
+        kind: ErrorKind::Transient,
+        message: "stopped by a signal".into(),
+        attempt: 1,
+    });
+    let d = decide(&c, observe(7, &j, &t, &HashMap::new(), &[]));
+    let f = &d.failures[0];
+    assert_eq!(
+        f.task.state,
+        TaskState::Retrying,
+        "max_attempts is 1, yet it is retried"
+    );
+    assert_eq!(f.task.free_attempts, 1);
+    assert_eq!(f.retry.as_ref().unwrap().1, 0, "no backoff");
+    // Attempt 2 may start although maxAttempts is 1: attempt 1 did not count.
+    let mut r = f.task.clone();
+    r.version += 1;
+    let due = [DueRetry {
+        request: f.retry.clone().unwrap().0,
+        receipt: "m".into(),
+    }];
+    let d = decide(&c, observe(8, &j, &[r], &HashMap::new(), &due));
+    assert_eq!(d.dispatches[0].tasks[0].attempt, 2);
+}
+
+#[test]
+fn a_released_claim_is_retried_without_waiting_for_the_lease() {
+    let c = cfg(3);
+    let j = job(3, 1);
+    let mut t = tasks(1);
+    t[0].state = TaskState::Running;
+    t[0].attempt = 1;
+    t[0].lease_owner = None;
+    t[0].lease_expiry = Some(0);
+    let unknown = HashMap::from([(0, ExecState::Unknown)]);
+    let d = decide(&c, observe(1, &j, &t, &unknown, &[]));
+    assert_eq!(d.failures.len(), 1);
+    // While the process is still alive (finishing its checkpoint) the engine waits for it.
+    let running = HashMap::from([(0, ExecState::Running)]);
+    assert!(
+        decide(&c, observe(1, &j, &t, &running, &[]))
+            .failures
+            .is_empty()
+    );
+}
+
+#[test]
 fn all_terminal_means_aggregate_and_verdict_follows_tolerance() {
     let mut j = job(3, 2);
     let mut t = tasks(2);
@@ -501,7 +555,11 @@ proptest! {
                 break;
             }
             for t in &sim.tasks {
-                prop_assert!(t.attempt <= max_attempts, "task {} attempt {}", t.id, t.attempt);
+                prop_assert!(
+                    t.counted_attempts() <= max_attempts,
+                    "task {} counted attempts {}", t.id, t.counted_attempts()
+                );
+                prop_assert!(t.free_attempts <= MAX_FREE_ATTEMPTS);
             }
         }
         prop_assert!(done, "job did not finish: {:?}", sim.tasks);
