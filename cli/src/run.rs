@@ -66,6 +66,16 @@ pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// A local URI as the plain path a person would type; other URIs unchanged.
+pub fn display_uri(uri: &str) -> &str {
+    let uri = uri.strip_prefix("file://").unwrap_or(uri);
+    if uri.len() > 1 {
+        uri.trim_end_matches('/')
+    } else {
+        uri
+    }
+}
+
 fn worker_command(explicit: Option<PathBuf>) -> Result<Vec<String>, Failure> {
     if let Some(p) = explicit {
         return Ok(vec![p.display().to_string()]);
@@ -167,14 +177,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         0.0
     };
     let job = &outcome.job;
-    let output = job
-        .spec
-        .spec
-        .output
-        .uri
-        .as_deref()
-        .unwrap_or("-")
-        .trim_end_matches('/');
+    let output = display_uri(job.spec.spec.output.uri.as_deref().unwrap_or("-"));
     let verb = if outcome.resumed { "resumed and " } else { "" };
     match job.phase {
         JobPhase::Succeeded => {

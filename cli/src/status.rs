@@ -231,6 +231,6 @@ fn print_table(r: &Report) {
         );
     }
     if let Some(o) = &r.output {
-        println!("output    {o}");
+        println!("output    {}", crate::run::display_uri(o));
     }
 }
