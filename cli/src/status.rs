@@ -2,7 +2,7 @@
 //! kind, where the output is — as a table for people or JSON for scripts.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use orch_core::layout;
@@ -108,8 +108,9 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     };
     let Some((job, tasks)) = rt.block_on(driver::load_status(&backends, &id))? else {
         return Err(Failure::usage(format!(
-            "no job `{id}` in {}",
-            root.to_uri()
+            "no job `{id}` in {} (a job is identified by its file and its input: if the input \
+             changed since the run, `orch status` without arguments lists every job)",
+            crate::run::display_uri(&root.to_uri())
         )));
     };
     let report = report(&backends, &job, &tasks);
@@ -134,14 +135,7 @@ fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failur
     let path = PathBuf::from(arg);
     if path.is_file() {
         let job = orch_core::load::load(&path)?;
-        let input = match Location::parse(&job.file.spec.input.uri, Path::new("/")) {
-            Ok(Location::Local(p)) => p,
-            _ => {
-                return Err(Failure::usage(
-                    "only local input is supported by this build",
-                ));
-            }
-        };
+        let input = Location::local_path(&job.file.spec.input.uri).map_err(Failure::usage)?;
         let fingerprint = driver::input_fingerprint(&input)?;
         let id = driver::job_id(&job, &fingerprint)?;
         let storage = args.storage.clone().or(job.file.spec.storage.uri.clone());

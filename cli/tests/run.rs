@@ -286,3 +286,54 @@ fn ctrl_c_checkpoints_exits_130_and_the_next_run_resumes() {
     assert_eq!(seen.items, (0..1_500).collect::<Vec<_>>());
     assert_eq!(seen.duplicates, 0);
 }
+
+#[test]
+fn items_of_a_task_that_fails_all_attempts_are_in_errors_parquet() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 1_000);
+    let handler = format!(
+        "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 2}}",
+        fixture("crash_high.py")
+    );
+    let yaml = job_yaml("crashy", &handler, "").replace("maxAttempts: 3", "maxAttempts: 2");
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("task(s) failed after all attempts"), "{all}");
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..500).collect::<Vec<_>>());
+    assert_eq!(seen.error_items, (500..1_000).collect::<Vec<_>>());
+    let status = s.orch(&["status", job.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(table.contains("failed 2"), "{table}");
+    assert!(table.contains("keeps crashing"), "{table}");
+}
+
+#[test]
+fn a_second_run_of_the_same_job_is_refused_while_the_first_runs() {
+    let s = Scratch::new();
+    let job = slow_job(&s);
+    let mut first = spawn_run(&s, &job);
+    wait_for_workers(&s, &mut first);
+    let second = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&second);
+    assert_eq!(second.status.code(), Some(2), "{all}");
+    assert!(all.contains("already being run"), "{all}");
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn a_suspended_job_is_refused_instead_of_waiting_forever() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 10);
+    let job = s.write(
+        "job.yaml",
+        &job_yaml("paused", "{builtin: {name: identity}}", "  suspend: true\n"),
+    );
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("spec.suspend"), "{all}");
+}

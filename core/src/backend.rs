@@ -175,6 +175,6 @@ pub trait Executor: Send + Sync {
     async fn submit(&self, group: &TaskGroup) -> BackendResult<Vec<(u32, String)>>;
     /// The state of every task this executor was given, for the given attempts.
     async fn poll(&self, tasks: &[(u32, u32, Option<String>)]) -> BackendResult<Vec<ExecStatus>>;
-    /// Stops the given tasks (best effort).
-    async fn cancel(&self, executor_ids: &[String]) -> BackendResult<()>;
+    /// Stops the given attempts (task, attempt, executor id when known); best effort.
+    async fn cancel(&self, attempts: &[(u32, u32, Option<String>)]) -> BackendResult<()>;
 }

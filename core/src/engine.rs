@@ -126,8 +126,8 @@ pub struct Decision {
     pub dispatches: Vec<Dispatch>,
     pub failures: Vec<Failure>,
     pub updates: Vec<TaskRecord>,
-    /// Executor ids to stop.
-    pub cancel: Vec<String>,
+    /// Attempts to stop: task, attempt and executor id when known.
+    pub cancel: Vec<(u32, u32, Option<String>)>,
     /// Receipts of retry messages to delete.
     pub acks: Vec<String>,
     /// Every task is terminal: merge the results, then call [`verdict`].
@@ -166,6 +166,13 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
     let mut changed = false;
     for t in obs.tasks {
         if let Some(reason) = lost(cfg, obs, t) {
+            // A hung process still holds a slot (and may wake up): stop it.
+            if matches!(
+                obs.exec.get(&t.id),
+                Some(ExecState::Running | ExecState::Queued)
+            ) {
+                d.cancel.push((t.id, t.attempt, t.executor_id.clone()));
+            }
             d.failures.push(fail(cfg, obs.now, t, reason));
             changed = true;
         }
@@ -280,8 +287,7 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
                 ExecFailure::TimeLimit => "time limit reached",
                 ExecFailure::NodeFailure => "node failure",
                 ExecFailure::Cancelled => "cancelled outside orch",
-                ExecFailure::Preempted => "preempted",
-                ExecFailure::Other => "executor failure",
+                ExecFailure::Preempted | ExecFailure::Other => "executor failure",
             };
             infra(format!("{what}: {message}"))
         })),
@@ -291,16 +297,17 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
                 .into(),
             attempt: t.attempt,
         }),
-        // A worker that stopped on a signal released its claim: no need to wait for the lease.
+        // A worker that ended on purpose released its claim: no need to wait for the lease
+        // once its process is gone (while it is alive, its exit code is still to come).
         Some(ExecState::Unknown) | None
             if t.state == TaskState::Running && t.lease_owner.is_none() =>
         {
             Some(worker_said.unwrap_or_else(|| infra("worker released its claim".into())))
         }
-        Some(ExecState::Unknown) | Some(ExecState::Running) | Some(ExecState::Queued) | None
+        Some(ExecState::Unknown | ExecState::Running | ExecState::Queued) | None
             if lease_expired =>
         {
-            Some(infra("worker stopped renewing its lease".into()))
+            Some(worker_said.unwrap_or_else(|| infra("worker stopped renewing its lease".into())))
         }
         _ => None,
     }
@@ -359,10 +366,8 @@ fn fail(cfg: &EngineConfig, now: Millis, t: &TaskRecord, error: TaskError) -> Fa
 
 fn cancel(obs: Observation<'_>, d: &mut Decision) {
     for t in obs.tasks.iter().filter(|t| !t.state.is_terminal()) {
-        if matches!(t.state, TaskState::Dispatched | TaskState::Running)
-            && let Some(id) = &t.executor_id
-        {
-            d.cancel.push(id.clone());
+        if matches!(t.state, TaskState::Dispatched | TaskState::Running) {
+            d.cancel.push((t.id, t.attempt, t.executor_id.clone()));
         }
         let mut next = t.clone();
         next.state = TaskState::Cancelled;

@@ -46,6 +46,17 @@ impl Location {
         }))
     }
 
+    /// The local path of an absolute URI from a resolved spec; `s3://` needs the AWS data plane,
+    /// which this build does not have yet.
+    pub fn local_path(uri: &str) -> Result<PathBuf, String> {
+        match Location::parse(uri, Path::new("/"))? {
+            Location::Local(p) => Ok(p),
+            Location::S3 { .. } => Err(format!(
+                "`{uri}`: s3:// locations need the AWS data plane, which this build does not have yet"
+            )),
+        }
+    }
+
     /// The URI form written into snapshots (absolute, so workers need no job-file directory).
     pub fn to_uri(&self) -> String {
         match self {

@@ -43,16 +43,7 @@ pub struct Embedded {
 impl Embedded {
     /// Opens (creating if needed) the backends under a `file://` storage URI.
     pub fn open(storage_uri: &str) -> Result<Self> {
-        let root = match Location::parse(storage_uri, Path::new("/")) {
-            Ok(Location::Local(p)) => p,
-            Ok(Location::S3 { .. }) => {
-                return Err(Error::Invalid(
-                    "s3:// storage needs the AWS data plane, which this build does not have yet"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(Error::Invalid(e)),
-        };
+        let root = Location::local_path(storage_uri).map_err(Error::Invalid)?;
         let objects = Arc::new(FsStore::new(&root)?);
         let state = Arc::new(SqliteStateStore::open(&root.join(layout::state_db()))?);
         Ok(Embedded {
@@ -62,11 +53,40 @@ impl Embedded {
         })
     }
 
-    pub fn queue(&self, job: &str) -> Result<SqliteQueue> {
+    /// The retry queue of one run of a job (a job run again starts with an empty queue, so no
+    /// message of the earlier run can skip a backoff).
+    pub fn queue(&self, job: &JobRecord) -> Result<SqliteQueue> {
         Ok(SqliteQueue::open(
             &self.root.join("queue.sqlite"),
-            &format!("retries-{job}"),
+            &format!("retries-{}-{}", job.id, job.created_at),
         )?)
+    }
+
+    /// Makes sure only one driver runs a job: a second `orch run` of the same job fails at once
+    /// instead of racing the first. The lock is released when the returned file is dropped
+    /// (also when the process dies).
+    pub fn lock_job(&self, job: &str) -> Result<std::fs::File> {
+        let dir = self.root.join("locks");
+        let io = |source| orch_core::Error::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let path = dir.join(format!("{job}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Invalid(format!(
+                "job {job} is already being run by another `orch run` (lock {})",
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e).into()),
+        }
     }
 }
 
@@ -171,13 +191,7 @@ pub fn input_fingerprint(path: &Path) -> Result<String> {
 }
 
 fn input_path(job: &LoadedJob) -> Result<PathBuf> {
-    match Location::parse(&job.file.spec.input.uri, Path::new("/")) {
-        Ok(Location::Local(p)) => Ok(p),
-        Ok(Location::S3 { .. }) => Err(Error::Invalid(
-            "s3:// input needs the AWS data plane, which this build does not have yet".into(),
-        )),
-        Err(e) => Err(Error::Invalid(e)),
-    }
+    Location::local_path(&job.file.spec.input.uri).map_err(Error::Invalid)
 }
 
 /// Partitions the job's input (DESIGN §3: byte ranges, no copy).
@@ -237,11 +251,22 @@ async fn run_job(
         });
     }
 
+    if job.file.spec.suspend {
+        return Err(Error::Invalid(
+            "spec.suspend is true: the job is paused and `orch run` would wait forever; set it to false to run".into(),
+        ));
+    }
     let backends = Embedded::open(&storage)?;
+    let _lock = backends.lock_job(&id)?;
     let existing = backends.state.get_job(&id).await?;
     let (record, resumed) = match existing {
-        Some(j) if !j.phase.is_terminal() => {
+        Some(mut j) if !j.phase.is_terminal() => {
             info!(phase = %j.phase, "resuming the job");
+            if j.spec.spec.suspend {
+                // Paused by an earlier run of a suspended spec: the file now says run.
+                j.spec.spec.suspend = false;
+                j = backends.state.update_job(&j).await?;
+            }
             (j, true)
         }
         other => {
@@ -256,7 +281,7 @@ async fn run_job(
             (create(job, &backends, &id, &fingerprint).await?, false)
         }
     };
-    let queue = backends.queue(&id)?;
+    let queue = backends.queue(&record)?;
     let parallelism = job
         .file
         .spec
@@ -445,7 +470,12 @@ impl Loop<'_> {
             (opts.on_progress)(&progress(&job, &tasks, decision.aggregate));
             if decision.aggregate {
                 let job = match decision.job.clone() {
-                    Some(j) => state.update_job(&j).await?,
+                    Some(j) => match state.update_job(&j).await {
+                        Ok(stored) => stored,
+                        // Someone changed the job meanwhile (e.g. a cancel): decide again.
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => return Err(e.into()),
+                    },
                     None => job,
                 };
                 let tasks = state.list_tasks(&self.id).await?;
@@ -458,7 +488,7 @@ impl Loop<'_> {
                         done.message = Some(format!("aggregation failed: {e}"));
                     }
                 }
-                let done = state.update_job(&done).await?;
+                let done = finish_job(state.as_ref(), done).await?;
                 info!(phase = %done.phase, message = done.message.as_deref().unwrap_or(""), "job finished");
                 return Ok(done);
             }
@@ -576,6 +606,32 @@ impl Loop<'_> {
     }
 }
 
+/// Writes the job's end, re-reading it when a concurrent change (a cancel request) won the
+/// race; a job cancelled meanwhile stays cancelled.
+async fn finish_job(state: &dyn StateStore, mut done: JobRecord) -> Result<JobRecord> {
+    loop {
+        match state.update_job(&done).await {
+            Ok(stored) => return Ok(stored),
+            Err(e) if e.is_conflict() => {
+                let Some(current) = state.get_job(&done.id).await? else {
+                    return Err(Error::Invalid(format!("job {} disappeared", done.id)));
+                };
+                if current.phase.is_terminal() {
+                    return Ok(current);
+                }
+                done = JobRecord {
+                    phase: done.phase,
+                    message: done.message,
+                    finished_at: done.finished_at,
+                    updated_at: done.updated_at,
+                    ..current
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progress {
     let mut p = Progress {
         total_items: job.total_items,
@@ -609,18 +665,14 @@ fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progres
 /// Merges the committed results into the output location: parts, `errors.parquet`, and
 /// `_SUCCESS` last, after verifying every committed file against its `_DONE` checksums.
 async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -> Result<()> {
-    let out = match Location::parse(
-        job.spec.spec.output.uri.as_deref().unwrap_or("out"),
-        Path::new("/"),
-    ) {
-        Ok(Location::Local(p)) => p,
-        Ok(Location::S3 { .. }) => {
-            return Err(Error::Invalid(
-                "s3:// output needs the AWS data plane, which this build does not have yet".into(),
-            ));
-        }
-        Err(e) => return Err(Error::Invalid(e)),
-    };
+    let out = job
+        .spec
+        .spec
+        .output
+        .uri
+        .as_deref()
+        .ok_or_else(|| Error::Invalid("the job has no output location".into()))
+        .and_then(|uri| Location::local_path(uri).map_err(Error::Invalid))?;
     let mut parts = Vec::new();
     let mut errors = Vec::new();
     for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
@@ -652,6 +704,9 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
                 _ => {}
             }
         }
+    }
+    if let Some(path) = failed_task_items(backends, job, tasks)? {
+        errors.push(path);
     }
     std::fs::create_dir_all(&out).map_err(|e| orch_core::Error::Io {
         path: out.clone(),
@@ -687,6 +742,53 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
     out_store.put("_SUCCESS", bytes).await?;
     info!(rows = merged.rows, files = merged.files.len(), output = %out.display(), "aggregated");
     Ok(())
+}
+
+/// Every item of a task that failed all its attempts (or was cancelled) gets an error row, so
+/// the output still accounts for each input item exactly once.
+fn failed_task_items(
+    backends: &Embedded,
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+) -> Result<Option<PathBuf>> {
+    let mut rows = Vec::new();
+    for t in tasks
+        .iter()
+        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
+    {
+        let batch = t.batch.as_ref().ok_or_else(|| Error::Integrity {
+            task: t.id,
+            attempt: t.attempt,
+            message: "the task row has no batch".into(),
+        })?;
+        let (kind, why) = match (&t.last_error, t.state) {
+            (_, TaskState::Cancelled) => ("cancelled", "the job was cancelled".to_string()),
+            (Some(e), _) => (e.kind.as_str(), e.message.clone()),
+            (None, _) => ("infrastructure", "unknown".to_string()),
+        };
+        let message = format!(
+            "task {} failed after {} attempt(s): {why}",
+            t.id,
+            t.counted_attempts()
+        );
+        rows.extend(
+            (batch.first_item..batch.first_item + batch.items).map(|item| orch_data::ItemError {
+                item,
+                kind: kind.to_string(),
+                message: message.clone(),
+                attempts: t.counted_attempts(),
+            }),
+        );
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let path = backends.root.join(format!(
+        "jobs/{}/aggregate/failed-task-items.parquet",
+        job.id
+    ));
+    orch_data::write_errors_parquet(&path, &rows)?;
+    Ok(Some(path))
 }
 
 fn remove_previous_output(out: &Path) -> Result<()> {

@@ -15,6 +15,18 @@ use orch_core::backend::{BackendError, BackendResult, ExecState, ExecStatus, Exe
 use orch_core::model::TaskGroup;
 use tokio::sync::Notify;
 
+/// How long a cancelled worker may take to checkpoint and exit before it is killed.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn signal(pid: u32, sig: &str) {
+    if let Err(e) = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+    {
+        tracing::warn!(pid, error = %e, "cannot signal the worker");
+    }
+}
+
 /// How to start a worker for one task.
 #[derive(Debug, Clone)]
 pub struct WorkerLaunch {
@@ -33,16 +45,16 @@ struct Queued {
     attempt: u32,
 }
 
-struct Running {
-    attempt: u32,
-    pid: Option<u32>,
-}
+/// An attempt: several attempts of one task can be alive at once (a hung one being stopped
+/// while its retry starts), so everything is keyed by both.
+type AttemptKey = (u32, u32);
 
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<Queued>,
-    running: HashMap<u32, Running>,
-    finished: HashMap<u32, (u32, ExecState)>,
+    /// Process id of each running attempt.
+    running: HashMap<AttemptKey, Option<u32>>,
+    finished: HashMap<AttemptKey, ExecState>,
     /// Set on shutdown: queued workers are dropped and no new ones start.
     closed: bool,
 }
@@ -116,13 +128,7 @@ fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
             break;
         };
         let mut child = spawn(&shared.launch, &q)?;
-        inner.running.insert(
-            q.task,
-            Running {
-                attempt: q.attempt,
-                pid: child.id(),
-            },
-        );
+        inner.running.insert((q.task, q.attempt), child.id());
         let waiter = shared.clone();
         let (task, attempt) = (q.task, q.attempt);
         tokio::spawn(async move {
@@ -141,8 +147,8 @@ fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
             };
             tracing::debug!(task, attempt, ?state, "worker ended");
             if let Ok(mut inner) = lock(&waiter) {
-                inner.running.remove(&task);
-                inner.finished.insert(task, (attempt, state));
+                inner.running.remove(&(task, attempt));
+                inner.finished.insert((task, attempt), state);
                 if let Err(e) = pump(&waiter, &mut inner) {
                     tracing::error!(error = %e, "cannot start the next worker");
                 }
@@ -204,14 +210,13 @@ impl Executor for LocalExecutor {
         let mut inner = lock(&self.shared)?;
         let mut ids = Vec::with_capacity(group.tasks.len());
         for &(task, attempt) in &group.tasks {
-            inner.finished.remove(&task);
             inner.queue.push_back(Queued {
                 job: group.job.clone(),
                 group: group.id,
                 task,
                 attempt,
             });
-            ids.push((task, format!("local:{}:{task}", group.id)));
+            ids.push((task, format!("local:{task}:{attempt}")));
         }
         pump(&self.shared, &mut inner)?;
         Ok(ids)
@@ -222,11 +227,8 @@ impl Executor for LocalExecutor {
         Ok(tasks
             .iter()
             .map(|&(task, attempt, _)| {
-                let state = if inner
-                    .running
-                    .get(&task)
-                    .is_some_and(|r| r.attempt == attempt)
-                {
+                let key = (task, attempt);
+                let state = if inner.running.contains_key(&key) {
                     ExecState::Running
                 } else if inner
                     .queue
@@ -235,10 +237,11 @@ impl Executor for LocalExecutor {
                 {
                     ExecState::Queued
                 } else {
-                    match inner.finished.get(&task) {
-                        Some((a, s)) if *a == attempt => s.clone(),
-                        _ => ExecState::Unknown,
-                    }
+                    inner
+                        .finished
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or(ExecState::Unknown)
                 };
                 ExecStatus {
                     task,
@@ -249,20 +252,31 @@ impl Executor for LocalExecutor {
             .collect())
     }
 
-    async fn cancel(&self, executor_ids: &[String]) -> BackendResult<()> {
-        let tasks: Vec<u32> = executor_ids
-            .iter()
-            .filter_map(|id| id.rsplit(':').next()?.parse().ok())
-            .collect();
+    async fn cancel(&self, attempts: &[(u32, u32, Option<String>)]) -> BackendResult<()> {
         let mut inner = lock(&self.shared)?;
-        inner.queue.retain(|q| !tasks.contains(&q.task));
-        for task in tasks {
-            if let Some(pid) = inner.running.get(&task).and_then(|r| r.pid) {
-                // SIGTERM so the worker checkpoints; `kill` avoids unsafe libc calls.
-                let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status();
-            }
+        inner.queue.retain(|q| {
+            !attempts
+                .iter()
+                .any(|(t, a, _)| q.task == *t && q.attempt == *a)
+        });
+        for &(task, attempt, _) in attempts {
+            let Some(Some(pid)) = inner.running.get(&(task, attempt)).copied() else {
+                continue;
+            };
+            // SIGTERM so the worker checkpoints; SIGKILL if it is still there after a grace
+            // period (a hung handler). `kill` avoids unsafe libc calls.
+            signal(pid, "-TERM");
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(KILL_GRACE).await;
+                let alive = lock(&shared)
+                    .map(|i| i.running.get(&(task, attempt)) == Some(&Some(pid)))
+                    .unwrap_or(false);
+                if alive {
+                    tracing::warn!(task, attempt, pid, "worker ignored SIGTERM; killing it");
+                    signal(pid, "-KILL");
+                }
+            });
         }
         Ok(())
     }

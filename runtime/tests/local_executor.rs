@@ -138,14 +138,8 @@ async fn cancel_stops_running_and_queued_workers() {
         id: 3,
         tasks: vec![(0, 1), (1, 1)],
     };
-    let ids: Vec<String> = ex
-        .submit(&group)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
-    ex.cancel(&ids).await.unwrap();
+    ex.submit(&group).await.unwrap();
+    ex.cancel(&[(0, 1, None), (1, 1, None)]).await.unwrap();
     let s = ex.poll(&[(0, 1, None), (1, 1, None)]).await.unwrap();
     assert_eq!(
         s[1].state,

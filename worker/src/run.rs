@@ -211,7 +211,6 @@ async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
         && row.state == TaskState::Running
     {
         row.lease_owner = None;
-        row.lease_expiry = Some(0);
         row.last_error = Some(TaskError {
             kind: match e.category() {
                 orch_core::ErrorCategory::Permanent | orch_core::ErrorCategory::Invalid => {
@@ -259,15 +258,7 @@ fn make_handler(spec: &JobSpec, log: &Path) -> Result<Arc<dyn Handler>> {
 /// Reads the batch's byte range of the input.
 fn read_range(batch: &Batch) -> Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let path = match Location::parse(&batch.source, Path::new("/")) {
-        Ok(Location::Local(p)) => p,
-        Ok(Location::S3 { .. }) => {
-            return Err(Error::Setup(
-                "s3:// input needs the AWS data plane, which this build does not have yet".into(),
-            ));
-        }
-        Err(e) => return Err(Error::Setup(e)),
-    };
+    let path = Location::local_path(&batch.source).map_err(Error::Setup)?;
     let io = |e: std::io::Error| Error::Setup(format!("cannot read {}: {e}", path.display()));
     let mut f = std::fs::File::open(&path).map_err(io)?;
     f.seek(SeekFrom::Start(batch.start)).map_err(io)?;
@@ -507,8 +498,8 @@ async fn run_async<'a>(
                     Outcome::Ok(result) => {
                         ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
                     }
-                    Outcome::Err(ItemFailure { kind, message }) => {
-                        if message.starts_with("handler keeps crashing") {
+                    Outcome::Err(ItemFailure { kind, message, fatal }) => {
+                        if fatal {
                             return Err(Error::Setup(message));
                         }
                         let retryable = kind != ErrorKind::Permanent;

@@ -279,6 +279,7 @@ async fn a_process_that_keeps_crashing_is_given_up() {
     }
     let given_up = given_up.expect("the handler never gave up");
     assert_eq!(given_up.message, "handler keeps crashing: exit status: 7");
+    assert!(given_up.fatal, "giving up must end the attempt");
 
     // From now on calls fail at once, without starting processes.
     let started = Instant::now();

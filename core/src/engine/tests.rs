@@ -196,7 +196,7 @@ fn cancel_stops_running_tasks_and_ends_the_job() {
     t[0].state = TaskState::Running;
     t[0].executor_id = Some("pid-1".into());
     let d = decide(&cfg(3), observe(0, &j, &t, &HashMap::new(), &[]));
-    assert_eq!(d.cancel, vec!["pid-1".to_string()]);
+    assert_eq!(d.cancel, vec![(0, 0, Some("pid-1".to_string()))]);
     assert!(d.updates.iter().all(|u| u.state == TaskState::Cancelled));
     assert_eq!(d.job.unwrap().phase, JobPhase::Cancelled);
 }
@@ -220,6 +220,7 @@ fn expired_lease_counts_as_lost_and_unknown_dispatch_too() {
     );
     let d = decide(&c, observe(1001 + c.lease_grace_ms, &j, &t, &exec, &[]));
     assert_eq!(d.failures.len(), 2);
+    assert_eq!(d.cancel, vec![(0, 1, None)], "the hung worker is stopped");
 }
 
 #[test]

@@ -345,7 +345,7 @@ impl ExecHandler {
                 reason: reason.clone(),
                 at: *at,
             },
-            Slot::GivenUp(message) => Current::Fail(ItemFailure::infrastructure(message.clone())),
+            Slot::GivenUp(message) => Current::Fail(ItemFailure::fatal(message.clone())),
             Slot::Shutdown => Current::Fail(shut_down()),
         }
     }
@@ -375,7 +375,7 @@ impl ExecHandler {
             if !matches!(*slot, Slot::Shutdown) {
                 *slot = Slot::GivenUp(message.clone());
             }
-            return Err(ItemFailure::infrastructure(message));
+            return Err(ItemFailure::fatal(message));
         }
         let delay = backoff(crashes).saturating_sub(died_at.elapsed());
         info!(
@@ -803,7 +803,7 @@ fn resolve_program(program: &str, workdir: &Path, env: &BTreeMap<String, String>
 fn human(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
         format!("{}s", duration.as_secs())
-    } else if duration.as_nanos() % 1_000_000 == 0 {
+    } else if duration.as_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", duration.as_millis())
     } else {
         format!("{duration:?}")

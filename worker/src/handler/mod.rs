@@ -27,6 +27,9 @@ pub use exec::{ExecConfig, ExecHandler};
 pub struct ItemFailure {
     pub kind: ErrorKind,
     pub message: String,
+    /// The handler cannot go on (e.g. its process keeps crashing): the worker ends the attempt
+    /// instead of retrying the item.
+    pub fatal: bool,
 }
 
 impl ItemFailure {
@@ -34,6 +37,15 @@ impl ItemFailure {
         ItemFailure {
             kind,
             message: message.into(),
+            fatal: false,
+        }
+    }
+
+    /// An infrastructure failure that ends the attempt.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        ItemFailure {
+            fatal: true,
+            ..Self::infrastructure(message)
         }
     }
 
