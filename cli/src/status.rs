@@ -23,6 +23,9 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Also check every committed task result against its `_DONE` checksums.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -43,6 +46,16 @@ struct Report {
     errors_by_kind: BTreeMap<String, u64>,
     failed_tasks: Vec<FailedTask>,
     output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    results: Option<Verification>,
+}
+
+/// Result discovery: committed task results checked against their `_DONE` markers.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Verification {
+    verified: u32,
+    problems: Vec<FailedTask>,
 }
 
 #[derive(Serialize)]
@@ -113,7 +126,31 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
             crate::run::display_uri(&root.to_uri())
         )));
     };
-    let report = report(&backends, &job, &tasks);
+    let mut report = report(&backends, &job, &tasks);
+    if args.verify {
+        let found = rt.block_on(driver::discover_results(&backends, &job, &tasks))?;
+        let mut v = Verification {
+            verified: 0,
+            problems: Vec::new(),
+        };
+        for f in found {
+            let (state, error) = match f.state {
+                driver::ResultState::Verified { .. } => {
+                    v.verified += 1;
+                    continue;
+                }
+                driver::ResultState::Missing(m) => ("missing", m),
+                driver::ResultState::Corrupt(m) => ("corrupt", m),
+            };
+            v.problems.push(FailedTask {
+                task: f.task,
+                attempt: f.attempt,
+                state: state.into(),
+                error,
+            });
+        }
+        report.results = Some(v);
+    }
     match args.output {
         Format::Json => {
             let text = serde_json::to_string_pretty(&report).map_err(|e| Failure {
@@ -124,7 +161,12 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
         }
         Format::Table => print_table(&report),
     }
-    Ok(0)
+    // A script checking results wants a failing exit code when something is wrong.
+    let broken = report
+        .results
+        .as_ref()
+        .is_some_and(|v| !v.problems.is_empty());
+    Ok(if broken { 1 } else { 0 })
 }
 
 /// A job file resolves to its job id (same rule as `orch run`); anything else is an id.
@@ -190,6 +232,7 @@ fn report(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -> Report 
         errors_by_kind,
         failed_tasks,
         output: job.spec.spec.output.uri.clone(),
+        results: None,
     }
 }
 
@@ -223,6 +266,19 @@ fn print_table(r: &Report) {
             "  task {} ({}, attempt {}): {}",
             t.task, t.state, t.attempt, t.error
         );
+    }
+    if let Some(v) = &r.results {
+        println!(
+            "results   {} verified, {} with problems",
+            v.verified,
+            v.problems.len()
+        );
+        for p in v.problems.iter().take(20) {
+            println!(
+                "  task {} attempt {}: {} ({})",
+                p.task, p.attempt, p.state, p.error
+            );
+        }
     }
     if let Some(o) = &r.output {
         println!("output    {}", crate::run::display_uri(o));

@@ -337,3 +337,34 @@ fn a_suspended_job_is_refused_instead_of_waiting_forever() {
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(all.contains("spec.suspend"), "{all}");
 }
+
+#[test]
+fn status_verify_finds_a_corrupt_task_result() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 600);
+    let job = s.write(
+        "job.yaml",
+        &job_yaml("verify", "{builtin: {name: identity}}", ""),
+    );
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ok = s.orch(&["status", "--verify", job.to_str().unwrap()]);
+    let table = text(&ok);
+    assert_eq!(ok.status.code(), Some(0), "{table}");
+    assert!(table.contains("3 verified, 0 with problems"), "{table}");
+
+    let part = std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("results/000001/1/part.parquet");
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let bad = s.orch(&["status", "--verify", job.to_str().unwrap()]);
+    let table = text(&bad);
+    assert_eq!(bad.status.code(), Some(1), "{table}");
+    assert!(table.contains("task 1 attempt 1: corrupt"), "{table}");
+}

@@ -675,33 +675,21 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
         .and_then(|uri| Location::local_path(uri).map_err(Error::Invalid))?;
     let mut parts = Vec::new();
     let mut errors = Vec::new();
-    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
-        let done_key = layout::done(&job.id, t.id, t.attempt);
-        let marker: DoneMarker = match backends.objects.get(&done_key).await? {
-            Some(bytes) => orch_core::model::decode_versioned("_DONE marker", &bytes)?,
-            None => {
-                return Err(Error::Integrity {
-                    task: t.id,
-                    attempt: t.attempt,
-                    message: "committed but its _DONE marker is missing".into(),
-                });
+    for found in discover_results(backends, job, tasks).await? {
+        match found.state {
+            ResultState::Verified {
+                part,
+                errors: task_errors,
+            } => {
+                parts.push(part);
+                errors.push(task_errors);
             }
-        };
-        for (name, sum) in &marker.files {
-            let key = format!("{}{name}", layout::attempt_prefix(&job.id, t.id, t.attempt));
-            let path = backends.root.join(&key);
-            let (bytes, sha) = orch_data::sha256_file(&path)?;
-            if bytes != sum.bytes || sha != sum.sha256 {
+            ResultState::Missing(message) | ResultState::Corrupt(message) => {
                 return Err(Error::Integrity {
-                    task: t.id,
-                    attempt: t.attempt,
-                    message: format!("{name} does not match the checksum in _DONE"),
+                    task: found.task,
+                    attempt: found.attempt,
+                    message,
                 });
-            }
-            match name.as_str() {
-                "part.parquet" => parts.push(path),
-                "errors.parquet" => errors.push(path),
-                _ => {}
             }
         }
     }
@@ -742,6 +730,86 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
     out_store.put("_SUCCESS", bytes).await?;
     info!(rows = merged.rows, files = merged.files.len(), output = %out.display(), "aggregated");
     Ok(())
+}
+
+/// What result discovery found for the committed attempt of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultState {
+    /// `_DONE` is there and every file matches its recorded size and sha256.
+    Verified {
+        part: PathBuf,
+        errors: PathBuf,
+    },
+    Missing(String),
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub task: u32,
+    pub attempt: u32,
+    pub state: ResultState,
+}
+
+/// Finds the committed result of every succeeded task and checks it against its `_DONE`
+/// marker (sizes and sha256), so that nothing unverified reaches the final output.
+pub async fn discover_results(
+    backends: &Embedded,
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+) -> Result<Vec<TaskResult>> {
+    let mut found = Vec::new();
+    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
+        let state = check_result(backends, &job.id, t).await?;
+        found.push(TaskResult {
+            task: t.id,
+            attempt: t.attempt,
+            state,
+        });
+    }
+    Ok(found)
+}
+
+async fn check_result(backends: &Embedded, job: &str, t: &TaskRecord) -> Result<ResultState> {
+    let marker: DoneMarker = match backends
+        .objects
+        .get(&layout::done(job, t.id, t.attempt))
+        .await?
+    {
+        Some(bytes) => match orch_core::model::decode_versioned("_DONE marker", &bytes) {
+            Ok(m) => m,
+            Err(e) => return Ok(ResultState::Corrupt(format!("unreadable _DONE: {e}"))),
+        },
+        None => {
+            return Ok(ResultState::Missing(
+                "committed but its _DONE marker is missing".into(),
+            ));
+        }
+    };
+    let prefix = layout::attempt_prefix(job, t.id, t.attempt);
+    let mut part = None;
+    let mut errors = None;
+    for (name, sum) in &marker.files {
+        let path = backends.root.join(format!("{prefix}{name}"));
+        let (bytes, sha) = match orch_data::sha256_file(&path) {
+            Ok(x) => x,
+            Err(e) => return Ok(ResultState::Missing(format!("{name}: {e}"))),
+        };
+        if bytes != sum.bytes || sha != sum.sha256 {
+            return Ok(ResultState::Corrupt(format!(
+                "{name} does not match the checksum in _DONE"
+            )));
+        }
+        match name.as_str() {
+            "part.parquet" => part = Some(path),
+            "errors.parquet" => errors = Some(path),
+            _ => {}
+        }
+    }
+    Ok(match (part, errors) {
+        (Some(part), Some(errors)) => ResultState::Verified { part, errors },
+        _ => ResultState::Missing("_DONE does not name part.parquet and errors.parquet".into()),
+    })
 }
 
 /// Every item of a task that failed all its attempts (or was cancelled) gets an error row, so
