@@ -83,9 +83,21 @@ impl Db {
         // The timeout first: switching to WAL needs a lock another process may hold.
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| sql_error(&at("configure"), e))?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(|e| sql_error(&at("switch to WAL"), e))?;
+        // SQLite answers "busy" to a journal-mode change without calling the busy handler when
+        // another connection is creating the same file, so this one waits by itself.
+        let started = std::time::Instant::now();
+        let mode: String = loop {
+            match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+                Ok(mode) => break mode,
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == ErrorCode::DatabaseBusy
+                        && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(5 + fastrand::u64(..20)));
+                }
+                Err(e) => return Err(sql_error(&at("switch to WAL"), e)),
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             // Some network filesystems cannot do WAL's shared memory; SQLite then keeps its
             // rollback journal, which is slower under contention but still correct.
