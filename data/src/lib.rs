@@ -22,6 +22,7 @@
 pub mod atomic;
 pub mod checksum;
 pub mod error;
+pub mod formats;
 pub mod item_errors;
 pub mod merge;
 mod parquet_io;
@@ -31,6 +32,7 @@ pub mod schema;
 pub use atomic::{write_bytes_atomic, write_json_atomic};
 pub use checksum::{FileInfo, sha256_file, verify_file};
 pub use error::{DataError, ErrorCategory};
+pub use formats::{ExtraFormat, write_format};
 pub use item_errors::{
     ItemError, errors_schema, merge_errors, read_errors_parquet, write_errors_parquet,
 };
