@@ -8,6 +8,7 @@
 //! - [`layout`]: the storage keys of DESIGN §3.
 
 pub mod backend;
+pub mod csv_input;
 pub mod engine;
 pub mod error;
 pub mod layout;
