@@ -368,3 +368,90 @@ fn status_verify_finds_a_corrupt_task_result() {
     assert_eq!(bad.status.code(), Some(1), "{table}");
     assert!(table.contains("task 1 attempt 1: corrupt"), "{table}");
 }
+
+#[test]
+fn csv_input_with_quoted_newlines_and_a_ragged_row() {
+    let s = Scratch::new();
+    // BOM, CRLF endings, a quoted field holding a newline and a comma, a blank line, a ragged row.
+    let csv = "\u{feff}id,name,note\r\n\
+               1,alpha,\"plain\"\r\n\
+               2,beta,\"two\r\nlines, and a comma\"\r\n\
+               \r\n\
+               3,gamma\r\n\
+               4,\"de\"\"lta\",x\r\n\
+               5,eps,\"last\"";
+    s.write("in.csv", csv);
+    let yaml = job_yaml("csv", "{builtin: {name: identity}}", "")
+        .replace("in.jsonl", "in.csv")
+        .replace("size: 250", "size: 2");
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    // One ragged row of five records is 20 % failed items, above the default tolerance of 0.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, vec![0, 1, 3, 4]);
+    assert_eq!(seen.error_items, vec![2]);
+    assert_eq!(seen.columns, vec!["_item", "id", "name", "note"]);
+    let values = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pyarrow.parquet as pq, glob, json, sys; \
+             t = pq.read_table(sorted(glob.glob(sys.argv[1] + '/part-*.parquet'))[0]); \
+             print(json.dumps(t.to_pylist()))",
+            s.path("out").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&values.stdout).unwrap();
+    assert_eq!(rows[1]["note"], "two\r\nlines, and a comma");
+    assert_eq!(rows[2]["name"], "de\"lta");
+    assert_eq!(
+        rows[0]["id"], "1",
+        "CSV values reach the handler as strings"
+    );
+}
+
+#[test]
+fn sqlite_jsonl_and_csv_outputs_hold_the_same_rows() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 700);
+    let yaml = job_yaml("formats", "{builtin: {name: identity}}", "").replace(
+        "output: {uri: out}",
+        "output: {uri: out, formats: [parquet, sqlite, jsonl, csv]}",
+    );
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let check = std::process::Command::new("python3")
+        .args([
+            "-c",
+            r#"
+import csv, json, sqlite3, sys
+d = sys.argv[1]
+db = sqlite3.connect(d + "/output.sqlite")
+sq = [r[0] for r in db.execute("SELECT _item FROM results ORDER BY _item")]
+idx = [r[1] for r in db.execute("PRAGMA index_list(results)")]
+js = [json.loads(l)["_item"] for l in open(d + "/output.jsonl")]
+cs = [int(r["_item"]) for r in csv.DictReader(open(d + "/output.csv", newline=""))]
+text = db.execute("SELECT text FROM results WHERE _item = 5").fetchone()[0]
+print(json.dumps({"sqlite": sq, "jsonl": js, "csv": cs, "indexed": len(idx) > 0, "text": text}))
+"#,
+            s.path("out").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let all: Vec<u64> = (0..700).collect();
+    for format in ["sqlite", "jsonl", "csv"] {
+        let items: Vec<u64> = serde_json::from_value(v[format].clone()).unwrap();
+        assert_eq!(items, all, "{format}");
+    }
+    assert_eq!(v["indexed"], true);
+    assert_eq!(v["text"], "item 5");
+    let success: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("out/_SUCCESS")).unwrap()).unwrap();
+    for f in ["output.sqlite", "output.jsonl", "output.csv"] {
+        assert_eq!(success["files"][f]["rows"], 700, "{f}");
+    }
+}

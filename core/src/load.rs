@@ -294,19 +294,38 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
             ),
         );
     }
-    if let Some(format) = s.input.format.or_else(|| infer_format(&s.input.uri))
-        && format != InputFormat::Jsonl
-    {
+    let format = s.input.format.or_else(|| infer_format(&s.input.uri));
+    if format == Some(InputFormat::Parquet) {
         err(
             "spec.input.format",
-            format!("{format:?} input is not supported by this build yet; use jsonl")
-                .to_lowercase(),
+            "parquet input is not supported by this build yet; use jsonl or csv".into(),
         );
     }
-    match s.batch.max_bytes.as_bytes() {
-        Ok(0) => err("spec.batch.maxBytes", "must be ≥ 1 byte".into()),
-        Ok(_) => {}
-        Err(e) => err("spec.batch.maxBytes", e),
+    if let Some(csv) = &s.input.csv {
+        if format != Some(InputFormat::Csv) {
+            err(
+                "spec.input.csv",
+                "applies to csv input only; set `format: csv` or remove it".into(),
+            );
+        }
+        for (field, value) in [("delimiter", &csv.delimiter), ("quote", &csv.quote)] {
+            if spec::csv_byte(value).is_none() {
+                err(
+                    &format!("spec.input.csv.{field}"),
+                    format!("must be one ASCII character (or \\t), got `{value}`"),
+                );
+            }
+        }
+    }
+    for (path, q) in [
+        ("spec.batch.maxBytes", &s.batch.max_bytes),
+        ("spec.batch.maxRecordBytes", &s.batch.max_record_bytes),
+    ] {
+        match q.as_bytes() {
+            Ok(0) => err(path, "must be ≥ 1 byte".into()),
+            Ok(_) => {}
+            Err(e) => err(path, e),
+        }
     }
     match (&s.handler.exec, &s.handler.builtin) {
         (None, None) => err(
@@ -364,14 +383,11 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
             "must name at least one format".into(),
         );
     }
-    for (i, f) in s.output.formats.iter().enumerate() {
-        if *f != spec::OutputFormat::Parquet {
-            err(
-                &format!("spec.output.formats[{i}]"),
-                format!("{f:?} output is not supported by this build yet; use parquet")
-                    .to_lowercase(),
-            );
-        }
+    if !s.output.formats.contains(&spec::OutputFormat::Parquet) {
+        err(
+            "spec.output.formats",
+            "must include parquet (the other formats are written from it)".into(),
+        );
     }
     let e = &s.executor;
     let chosen = [e.local.is_some(), e.slurm.is_some(), e.kubernetes.is_some()]

@@ -336,6 +336,9 @@ pub struct JobManifest {
     pub input_fingerprint: String,
     pub total_items: u64,
     pub total_tasks: u32,
+    /// Column names of CSV input, read once by the partitioner for every worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
 }
 
 /// `_DONE` of a task attempt, written after its files: what they hold and their checksums.

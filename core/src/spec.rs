@@ -79,6 +79,53 @@ pub struct InputSpec {
     /// Inferred from the file extension when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<InputFormat>,
+    /// How CSV input is read (format `csv` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<CsvSpec>,
+}
+
+/// CSV dialect of the input. Each record reaches the handler as a JSON object keyed by the
+/// header's column names, every value a string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CsvSpec {
+    /// One character; `\t` for tabs.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// One character.
+    #[serde(default = "default_quote")]
+    pub quote: String,
+    /// The first record names the columns; without it columns are named c0, c1, ….
+    #[serde(default = "default_true")]
+    pub header: bool,
+}
+
+impl Default for CsvSpec {
+    fn default() -> Self {
+        Self {
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+            header: true,
+        }
+    }
+}
+
+impl CsvSpec {
+    /// The dialect for the CSV reader (validation has checked both characters).
+    pub fn options(&self) -> crate::csv_input::CsvOptions {
+        crate::csv_input::CsvOptions {
+            delimiter: csv_byte(&self.delimiter).unwrap_or(b','),
+            quote: csv_byte(&self.quote).unwrap_or(b'"'),
+            has_header: self.header,
+        }
+    }
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+fn default_quote() -> String {
+    "\"".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -100,6 +147,9 @@ pub struct BatchSpec {
     /// Upper bound of a batch's bytes, so that skewed records do not make huge batches.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: Quantity,
+    /// Largest record accepted; a bigger one stops partitioning with an error naming it.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: Quantity,
 }
 
 impl Default for BatchSpec {
@@ -107,6 +157,7 @@ impl Default for BatchSpec {
         Self {
             size: default_batch_size(),
             max_bytes: default_max_bytes(),
+            max_record_bytes: default_max_record_bytes(),
         }
     }
 }
@@ -116,6 +167,9 @@ fn default_batch_size() -> u64 {
 }
 fn default_max_bytes() -> Quantity {
     Quantity::from("64Mi")
+}
+fn default_max_record_bytes() -> Quantity {
+    Quantity::from("100Mi")
 }
 
 /// The function run on every item.
@@ -434,6 +488,15 @@ impl JsonSchema for Quantity {
             "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
             "x-kubernetes-int-or-string": true
         })
+    }
+}
+
+/// The byte of a one-character CSV setting (`,`, `;`, `\t`, …), if it is one.
+pub fn csv_byte(text: &str) -> Option<u8> {
+    match text {
+        "\\t" | "\t" => Some(b'\t'),
+        t if t.len() == 1 && t.is_ascii() => t.bytes().next(),
+        _ => None,
     }
 }
 

@@ -18,8 +18,9 @@ use orch_core::model::{
     TaskState, now_ms,
 };
 use orch_core::partition::{self, PartitionOptions, PartitionPlan};
+use orch_core::spec::{InputFormat, OutputFormat};
 use orch_core::uri::Location;
-use orch_core::{ErrorCategory, layout};
+use orch_core::{ErrorCategory, csv_input, layout};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tracing::{Instrument, info, info_span, warn};
@@ -195,23 +196,47 @@ fn input_path(job: &LoadedJob) -> Result<PathBuf> {
 }
 
 /// Partitions the job's input (DESIGN §3: byte ranges, no copy).
-pub fn plan(job: &LoadedJob) -> Result<PartitionPlan> {
+pub fn plan(job: &LoadedJob) -> Result<InputPlan> {
     let path = input_path(job)?;
-    let file = std::fs::File::open(&path).map_err(|source| orch_core::Error::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let open = || {
+        std::fs::File::open(&path).map_err(|source| orch_core::Error::Read {
+            path: path.clone(),
+            source,
+        })
+    };
     let spec = &job.file.spec;
     let opts = PartitionOptions {
         batch_size: spec.batch.size,
         max_bytes: spec.batch.max_bytes.as_bytes().map_err(Error::Invalid)?,
-        hard_limit: partition::DEFAULT_HARD_LIMIT,
+        hard_limit: spec
+            .batch
+            .max_record_bytes
+            .as_bytes()
+            .map_err(Error::Invalid)?,
     };
-    Ok(partition::partition_jsonl(
-        file,
-        &Location::Local(path).to_uri(),
-        opts,
-    )?)
+    let source = Location::Local(path.clone()).to_uri();
+    match spec.input.format {
+        Some(InputFormat::Csv) => {
+            let csv = spec.input.csv.clone().unwrap_or_default().options();
+            let (columns, data_start) = csv_input::read_header(open()?, &csv)?;
+            let batches = csv_input::partition_csv(open()?, &source, data_start, opts, &csv)?;
+            Ok(InputPlan {
+                batches,
+                columns: Some(columns),
+            })
+        }
+        _ => Ok(InputPlan {
+            batches: partition::partition_jsonl(open()?, &source, opts)?,
+            columns: None,
+        }),
+    }
+}
+
+/// The partitioned input: batches, and the column names of CSV input.
+#[derive(Debug, Clone)]
+pub struct InputPlan {
+    pub batches: PartitionPlan,
+    pub columns: Option<Vec<String>>,
 }
 
 /// Runs (or resumes) a job to its end.
@@ -238,7 +263,7 @@ async fn run_job(
         .unwrap_or_else(|| ".orch".into());
 
     if opts.dry_run {
-        let p = plan(job)?;
+        let p = plan(job)?.batches;
         let now = now_ms();
         return Ok(RunOutcome {
             job: new_job_record(job, &id, &fingerprint, &p, now),
@@ -364,7 +389,10 @@ async fn create(
     fingerprint: &str,
 ) -> Result<JobRecord> {
     let started = std::time::Instant::now();
-    let p = plan(job)?;
+    let InputPlan {
+        batches: p,
+        columns,
+    } = plan(job)?;
     info!(
         batches = p.batches.len(),
         items = p.items,
@@ -390,6 +418,7 @@ async fn create(
         input_fingerprint: fingerprint.to_string(),
         total_items: p.items,
         total_tasks: p.batches.len() as u32,
+        columns,
     };
     let bytes =
         serde_json::to_vec_pretty(&snapshot).map_err(|source| orch_core::Error::Decode {
@@ -703,16 +732,36 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
     // A consumer must never see a _SUCCESS next to parts of another run.
     remove_previous_output(&out)?;
     let out2 = out.clone();
-    let (merged, errs) = tokio::task::spawn_blocking(move || {
+    let extra: Vec<orch_data::ExtraFormat> = job
+        .spec
+        .spec
+        .output
+        .formats
+        .iter()
+        .filter_map(|f| match f {
+            OutputFormat::Parquet => None,
+            OutputFormat::Sqlite => Some(orch_data::ExtraFormat::Sqlite),
+            OutputFormat::Jsonl => Some(orch_data::ExtraFormat::Jsonl),
+            OutputFormat::Csv => Some(orch_data::ExtraFormat::Csv),
+        })
+        .collect();
+    let (merged, errs, extra_files) = tokio::task::spawn_blocking(move || {
         let merged = orch_data::merge_results(&parts, &out2, &orch_data::MergeOptions::default())?;
-        let errs = orch_data::merge_errors(&errors, &out2.join("errors.parquet"))?;
-        Ok::<_, orch_data::DataError>((merged, errs))
+        let errors_path = out2.join("errors.parquet");
+        let errs = orch_data::merge_errors(&errors, &errors_path)?;
+        let final_parts: Vec<PathBuf> = merged.files.iter().map(|(n, _)| out2.join(n)).collect();
+        let extra_files = extra
+            .into_iter()
+            .map(|f| orch_data::write_format(f, &final_parts, &errors_path, &out2))
+            .collect::<orch_data::Result<Vec<_>>>()?;
+        Ok::<_, orch_data::DataError>((merged, errs, extra_files))
     })
     .await
     .map_err(|e| Error::Invalid(format!("aggregation task failed: {e}")))??;
     let mut files: std::collections::BTreeMap<String, orch_data::FileInfo> =
         merged.files.iter().cloned().collect();
     files.insert("errors.parquet".into(), errs.clone());
+    files.extend(extra_files);
     let marker = SuccessMarker {
         schema_version: SCHEMA_VERSION,
         job: job.id.clone(),
@@ -869,7 +918,12 @@ fn remove_previous_output(out: &Path) -> Result<()> {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if (name.starts_with("part-") && name.ends_with(".parquet")) || name == "errors.parquet" {
+        let ours = (name.starts_with("part-") && name.ends_with(".parquet"))
+            || name == "errors.parquet"
+            || orch_data::ExtraFormat::ALL
+                .iter()
+                .any(|f| f.file_name() == name.as_ref());
+        if ours {
             std::fs::remove_file(entry.path()).map_err(io)?;
         }
     }

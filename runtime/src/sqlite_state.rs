@@ -90,8 +90,7 @@ impl Db {
             match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
                 Ok(mode) => break mode,
                 Err(rusqlite::Error::SqliteFailure(f, _))
-                    if f.code == ErrorCode::DatabaseBusy
-                        && started.elapsed() < BUSY_TIMEOUT =>
+                    if f.code == ErrorCode::DatabaseBusy && started.elapsed() < BUSY_TIMEOUT =>
                 {
                     std::thread::sleep(Duration::from_millis(5 + fastrand::u64(..20)));
                 }

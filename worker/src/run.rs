@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use orch_core::backend::{ObjectStore, StateStore};
+use orch_core::csv_input::csv_items;
 use orch_core::engine::EngineConfig;
 use orch_core::layout;
 use orch_core::model::{
@@ -20,7 +21,7 @@ use orch_core::model::{
     TaskState, now_ms,
 };
 use orch_core::partition::jsonl_items;
-use orch_core::spec::{BuiltinName, JobSpec};
+use orch_core::spec::{BuiltinName, InputFormat, JobSpec};
 use orch_core::uri::Location;
 use orch_runtime::driver::Embedded;
 use serde_json::value::RawValue;
@@ -93,6 +94,7 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
         work(
             &backends,
             &manifest.spec.spec,
+            manifest.columns.as_deref(),
             &batch,
             &mut row,
             &worker_id,
@@ -325,6 +327,7 @@ impl Ledger<'_> {
 async fn work(
     backends: &Embedded,
     spec: &JobSpec,
+    columns: Option<&[String]>,
     batch: &Batch,
     row: &mut TaskRecord,
     worker_id: &str,
@@ -348,10 +351,29 @@ async fn work(
     let log = backends.root.join(layout::task_log(&job, task, attempt));
     let handler = make_handler(spec, &log)?;
     let cfg = EngineConfig::from_spec(spec);
-    let items = jsonl_items(&data)
-        .enumerate()
-        .map(|(i, line)| (batch.first_item + i as u64, line))
-        .filter(|(o, _)| !done.contains(o));
+    let first = batch.first_item;
+    let items: Box<dyn Iterator<Item = (u64, Decoded)> + '_> = match (&spec.input.format, columns) {
+        (Some(InputFormat::Csv), Some(columns)) => {
+            let csv = spec.input.csv.clone().unwrap_or_default().options();
+            Box::new(
+                csv_items(&data, columns, &csv)
+                    .enumerate()
+                    .map(move |(i, record)| (first + i as u64, record))
+                    .filter(|(o, _)| !done.contains(o))
+                    .map(|(o, record)| (o, record.and_then(|r| to_raw(&r)))),
+            )
+        }
+        (Some(InputFormat::Csv), None) => {
+            return Err(Error::Setup("CSV input but job.json has no columns".into()));
+        }
+        _ => Box::new(
+            jsonl_items(&data)
+                .enumerate()
+                .map(move |(i, line)| (first + i as u64, line))
+                .filter(|(o, _)| !done.contains(o))
+                .map(|(o, line)| (o, parse_item(line))),
+        ),
+    };
     let mut ledger = Ledger {
         ckpt,
         ok,
@@ -386,7 +408,15 @@ async fn work(
     finish(backends, batch, ledger.row, worker_id, &ledger.ckpt).await
 }
 
-fn parse_item(line: &[u8]) -> std::result::Result<Box<RawValue>, String> {
+/// An input record as the handler will see it (JSON), or why it cannot be one (a permanent
+/// error of that item: invalid JSON, a ragged CSV row).
+type Decoded = std::result::Result<Box<RawValue>, String>;
+
+fn to_raw(record: &serde_json::Map<String, serde_json::Value>) -> Decoded {
+    serde_json::value::to_raw_value(record).map_err(|e| format!("cannot encode the record: {e}"))
+}
+
+fn parse_item(line: &[u8]) -> Decoded {
     let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
     serde_json::from_str::<Box<RawValue>>(text).map_err(|e| format!("invalid JSON: {e}"))
 }
@@ -400,15 +430,15 @@ fn permanent(message: String) -> Finished {
 }
 
 /// A tight loop for handlers that answer synchronously (identity): no task per item.
-async fn run_sync<'a>(
+async fn run_sync(
     handler: &dyn Handler,
-    items: impl Iterator<Item = (u64, &'a [u8])>,
+    items: impl Iterator<Item = (u64, Decoded)>,
     ledger: &mut Ledger<'_>,
     stop: &StopFlag,
 ) -> Result<()> {
     let mut last_beat = Instant::now();
-    for (ordinal, line) in items {
-        let finished = match parse_item(line) {
+    for (ordinal, decoded) in items {
+        let finished = match decoded {
             Err(message) => permanent(message),
             Ok(item) => match handler.call_sync(&item) {
                 Some(Outcome::Ok(result)) => Finished::Ok(result.get().to_string()),
@@ -434,9 +464,9 @@ async fn run_sync<'a>(
 
 /// Items through an async handler: `concurrency` in flight, item retries on a timer heap so a
 /// waiting item never holds a slot.
-async fn run_async<'a>(
+async fn run_async(
     handler: Arc<dyn Handler>,
-    mut items: impl Iterator<Item = (u64, &'a [u8])>,
+    mut items: impl Iterator<Item = (u64, Decoded)>,
     cfg: &EngineConfig,
     concurrency: usize,
     ledger: &mut Ledger<'_>,
@@ -476,7 +506,7 @@ async fn run_async<'a>(
             }
             match items.next() {
                 None => exhausted = true,
-                Some((ordinal, line)) => match parse_item(line) {
+                Some((ordinal, decoded)) => match decoded {
                     Ok(item) => spawn(&mut inflight, ordinal, 1, item),
                     Err(message) => ledger.record(ordinal, permanent(message))?,
                 },
