@@ -15,6 +15,7 @@
 //! - [`item_errors`]: the fixed-schema file of failed items.
 //! - [`schema`]: unifying the schemas that tasks inferred independently.
 //! - [`merge`]: bounded-memory streaming merge into rolling `part-NNNNN.parquet` files.
+//! - [`parquet_input`]: Parquet as job input: row-group batches and one batch's rows as JSON.
 //!
 //! Every file written here starts with the `_item` column (`UInt64`): the input ordinal that
 //! lets any consumer check that nothing was lost or duplicated.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod formats;
 pub mod item_errors;
 pub mod merge;
+pub mod parquet_input;
 mod parquet_io;
 pub mod results;
 pub mod schema;
@@ -37,6 +39,7 @@ pub use item_errors::{
     ItemError, errors_schema, merge_errors, read_errors_parquet, write_errors_parquet,
 };
 pub use merge::{MergeOptions, MergeOutput, merge_results, part_file_name};
+pub use parquet_input::{partition_parquet, read_parquet_rows};
 pub use parquet_io::DEFAULT_ROW_GROUP_ROWS;
 pub use results::{ITEM_COLUMN, ResultRow, VALUE_COLUMN, write_results_parquet};
 pub use schema::ColumnSchema;
