@@ -177,8 +177,7 @@ fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failur
     let path = PathBuf::from(arg);
     if path.is_file() {
         let job = orch_core::load::load(&path)?;
-        let input = Location::local_path(&job.file.spec.input.uri).map_err(Failure::usage)?;
-        let fingerprint = driver::input_fingerprint(&input)?;
+        let fingerprint = orch_runtime::input::fingerprint(&job.file.spec)?;
         let id = driver::job_id(&job, &fingerprint)?;
         let storage = args.storage.clone().or(job.file.spec.storage.uri.clone());
         return Ok((Some(id), storage));

@@ -455,3 +455,48 @@ print(json.dumps({"sqlite": sq, "jsonl": js, "csv": cs, "indexed": len(idx) > 0,
         assert_eq!(success["files"][f]["rows"], 700, "{f}");
     }
 }
+
+#[test]
+fn a_glob_of_plain_gzip_and_zstd_files_is_one_dataset_with_stable_ordinals() {
+    use std::io::Write;
+    let s = Scratch::new();
+    let lines = |range: std::ops::Range<u64>| {
+        range
+            .map(|i| format!("{{\"id\": {i}}}\n"))
+            .collect::<String>()
+    };
+    s.write("data/part-1.jsonl", &lines(0..100));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(lines(100..250).as_bytes()).unwrap();
+    std::fs::write(s.path("data/part-2.jsonl.gz"), gz.finish().unwrap()).unwrap();
+    let zst = zstd::encode_all(lines(250..300).as_bytes(), 3).unwrap();
+    std::fs::write(s.path("data/part-3.jsonl.zst"), zst).unwrap();
+    std::fs::write(s.path("data/.hidden"), "not input").unwrap();
+
+    let yaml = job_yaml("many", "{builtin: {name: identity}}", "")
+        .replace(
+            "input: {uri: in.jsonl}",
+            "input: {uri: \"data/part-*\", format: jsonl}",
+        )
+        .replace("size: 250", "size: 40");
+    let job = s.write("job.yaml", &yaml);
+    let dry = s.orch(&["run", "--dry-run", job.to_str().unwrap()]);
+    assert!(text(&dry).contains("items          300"), "{}", text(&dry));
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ids = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pyarrow.dataset as ds, sys, json, glob; \
+             t = ds.dataset(sorted(glob.glob(sys.argv[1] + '/part-*.parquet')), format='parquet'); \
+             t = t.to_table().sort_by('_item'); \
+             print(json.dumps([t.column('_item').to_pylist(), t.column('id').to_pylist()]))",
+            s.path("out").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let v: (Vec<u64>, Vec<u64>) = serde_json::from_slice(&ids.stdout).unwrap();
+    let all: Vec<u64> = (0..300).collect();
+    assert_eq!(v.0, all, "ordinals run on across files");
+    assert_eq!(v.1, all, "item n of the dataset is record n, in path order");
+}

@@ -499,22 +499,18 @@ pub fn preflight(job: &LoadedJob) -> Result<()> {
     let mut errors = Vec::new();
     let s = &job.file.spec;
     if let Ok(Location::Local(p)) = Location::parse(&s.input.uri, Path::new("/")) {
-        match std::fs::File::open(&p) {
-            Ok(f) => match f.metadata() {
-                Ok(m) if m.is_dir() => errors.push(field(
-                    "spec.input.uri",
-                    format!("`{}` is a directory; name a file", p.display()),
-                )),
-                Ok(_) => {}
-                Err(e) => errors.push(field(
-                    "spec.input.uri",
-                    format!("cannot read `{}`: {e}", p.display()),
-                )),
-            },
-            Err(e) => errors.push(field(
-                "spec.input.uri",
-                format!("cannot read `{}`: {e}", p.display()),
-            )),
+        match input_sources(&p) {
+            Ok(files) => {
+                for f in files {
+                    if let Err(e) = std::fs::File::open(&f) {
+                        errors.push(field(
+                            "spec.input.uri",
+                            format!("cannot read `{}`: {e}", f.display()),
+                        ));
+                    }
+                }
+            }
+            Err(e) => errors.push(field("spec.input.uri", e)),
         }
     }
     if let Some(exec) = &s.handler.exec
@@ -541,6 +537,41 @@ pub fn preflight(job: &LoadedJob) -> Result<()> {
     } else {
         Err(invalid(&job.path, errors))
     }
+}
+
+/// The files of a local input, in the order their items are numbered: the file itself, every
+/// file of a directory (hidden ones skipped), or the matches of a glob (`data/part-*.jsonl`),
+/// sorted by path so ordinals are stable from run to run.
+pub fn input_sources(path: &Path) -> std::result::Result<Vec<PathBuf>, String> {
+    let text = path.to_string_lossy();
+    let mut files: Vec<PathBuf> = if text.contains(['*', '?', '[']) {
+        let matches =
+            glob::glob(&text).map_err(|e| format!("`{text}` is not a valid glob: {e}"))?;
+        matches
+            .filter_map(|m| m.ok())
+            .filter(|p| p.is_file())
+            .collect()
+    } else if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect()
+    } else if path.exists() {
+        vec![path.to_path_buf()]
+    } else {
+        return Err(format!("cannot read `{}`: no such file", path.display()));
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("`{}` matches no file", path.display()));
+    }
+    Ok(files)
 }
 
 /// Resolves a program the way the worker will start it: a name with a `/` is relative to

@@ -17,16 +17,17 @@ use orch_core::model::{
     Batch, DoneMarker, JobManifest, JobPhase, JobRecord, SCHEMA_VERSION, TaskGroup, TaskRecord,
     TaskState, now_ms,
 };
-use orch_core::partition::{self, PartitionOptions, PartitionPlan};
-use orch_core::spec::{InputFormat, OutputFormat};
+use orch_core::partition::PartitionPlan;
+use orch_core::spec::OutputFormat;
 use orch_core::uri::Location;
-use orch_core::{ErrorCategory, csv_input, layout};
+use orch_core::{ErrorCategory, layout};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::{Error, Result};
 use crate::fs_store::FsStore;
+use crate::input::{self, InputPlan};
 use crate::local_executor::{LocalExecutor, WorkerLaunch};
 use crate::sqlite_queue::SqliteQueue;
 use crate::sqlite_state::SqliteStateStore;
@@ -176,73 +177,9 @@ pub fn job_id(job: &LoadedJob, fingerprint: &str) -> Result<String> {
     Ok(format!("{}-{hash}", job.file.metadata.name))
 }
 
-/// A cheap fingerprint of a local input: path, size and modification time.
-pub fn input_fingerprint(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|source| orch_core::Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    Ok(format!("{}:{}:{mtime}", path.display(), meta.len()))
-}
-
-fn input_path(job: &LoadedJob) -> Result<PathBuf> {
-    Location::local_path(&job.file.spec.input.uri).map_err(Error::Invalid)
-}
-
-/// Partitions the job's input (DESIGN §3: byte ranges, no copy).
-pub fn plan(job: &LoadedJob) -> Result<InputPlan> {
-    let path = input_path(job)?;
-    let open = || {
-        std::fs::File::open(&path).map_err(|source| orch_core::Error::Read {
-            path: path.clone(),
-            source,
-        })
-    };
-    let spec = &job.file.spec;
-    let opts = PartitionOptions {
-        batch_size: spec.batch.size,
-        max_bytes: spec.batch.max_bytes.as_bytes().map_err(Error::Invalid)?,
-        hard_limit: spec
-            .batch
-            .max_record_bytes
-            .as_bytes()
-            .map_err(Error::Invalid)?,
-    };
-    let source = Location::Local(path.clone()).to_uri();
-    match spec.input.format {
-        Some(InputFormat::Csv) => {
-            let csv = spec.input.csv.clone().unwrap_or_default().options();
-            let (columns, data_start) = csv_input::read_header(open()?, &csv)?;
-            let batches = csv_input::partition_csv(open()?, &source, data_start, opts, &csv)?;
-            Ok(InputPlan {
-                batches,
-                columns: Some(columns),
-            })
-        }
-        _ => Ok(InputPlan {
-            batches: partition::partition_jsonl(open()?, &source, opts)?,
-            columns: None,
-        }),
-    }
-}
-
-/// The partitioned input: batches, and the column names of CSV input.
-#[derive(Debug, Clone)]
-pub struct InputPlan {
-    pub batches: PartitionPlan,
-    pub columns: Option<Vec<String>>,
-}
-
 /// Runs (or resumes) a job to its end.
 pub async fn run(job: &LoadedJob, opts: RunOptions) -> Result<RunOutcome> {
-    let input = input_path(job)?;
-    let fingerprint = input_fingerprint(&input)?;
+    let fingerprint = input::fingerprint(&job.file.spec)?;
     let id = job_id(job, &fingerprint)?;
     let span = info_span!("job", job = %id);
     run_job(job, opts, id, fingerprint).instrument(span).await
@@ -263,7 +200,7 @@ async fn run_job(
         .unwrap_or_else(|| ".orch".into());
 
     if opts.dry_run {
-        let p = plan(job)?.batches;
+        let p = input::plan(&job.file.spec, None)?.batches;
         let now = now_ms();
         return Ok(RunOutcome {
             job: new_job_record(job, &id, &fingerprint, &p, now),
@@ -389,10 +326,14 @@ async fn create(
     fingerprint: &str,
 ) -> Result<JobRecord> {
     let started = std::time::Instant::now();
+    // Compressed input is decompressed into the job's storage, where workers read ranges.
     let InputPlan {
         batches: p,
         columns,
-    } = plan(job)?;
+    } = input::plan(
+        &job.file.spec,
+        Some(&backends.root.join(format!("jobs/{id}/input"))),
+    )?;
     info!(
         batches = p.batches.len(),
         items = p.items,

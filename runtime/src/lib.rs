@@ -2,6 +2,8 @@
 //!
 //! - [`fs_store`], [`sqlite_state`], [`sqlite_queue`]: the embedded backends behind the core's
 //!   traits (a directory, SQLite files);
+//! - [`input`]: the job's input files (one, a directory or a glob; compressed ones decompressed
+//!   into storage) cut into batches;
 //! - [`local_executor`]: worker processes as an array with bounded parallelism;
 //! - [`driver`]: the standalone driver, which runs the engine's observe → decide → act loop
 //!   against those backends (`orch run`);
@@ -11,6 +13,7 @@ pub mod contract;
 pub mod driver;
 pub mod error;
 pub mod fs_store;
+pub mod input;
 pub mod local_executor;
 pub mod sqlite_queue;
 pub mod sqlite_state;
