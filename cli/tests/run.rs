@@ -500,3 +500,54 @@ fn a_glob_of_plain_gzip_and_zstd_files_is_one_dataset_with_stable_ordinals() {
     assert_eq!(v.0, all, "ordinals run on across files");
     assert_eq!(v.1, all, "item n of the dataset is record n, in path order");
 }
+
+#[test]
+fn parquet_input_by_row_groups_with_nested_lists_and_nulls() {
+    let s = Scratch::new();
+    let made = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pyarrow as pa, pyarrow.parquet as pq, sys; \
+             n = 1000; \
+             t = pa.table({'id': list(range(n)), \
+                           'name': [None if i % 10 == 0 else f'n{i}' for i in range(n)], \
+                           'tags': [[i, i + 1] for i in range(n)], \
+                           'meta': [{'k': i % 3} for i in range(n)]}); \
+             pq.write_table(t, sys.argv[1], row_group_size=300)",
+            s.path("in.parquet").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let yaml = job_yaml("pq", "{builtin: {name: identity}}", "")
+        .replace("in.jsonl", "in.parquet")
+        .replace("size: 250", "size: 200");
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..1000).collect::<Vec<_>>());
+    let rows = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pyarrow.parquet as pq, glob, json, sys; \
+             t = pq.read_table(sorted(glob.glob(sys.argv[1] + '/part-*.parquet'))[0]); \
+             print(json.dumps(t.slice(0, 2).to_pylist()))",
+            s.path("out").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&rows.stdout).unwrap();
+    assert_eq!(rows[0]["id"], 0);
+    assert_eq!(
+        rows[0]["name"],
+        serde_json::Value::Null,
+        "nulls reach the handler"
+    );
+    assert_eq!(rows[1]["name"], "n1");
+    assert_eq!(
+        rows[1]["tags"], "[1,2]",
+        "lists come through (stored as JSON text)"
+    );
+    assert_eq!(rows[1]["meta"], "{\"k\":1}");
+}

@@ -295,12 +295,6 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         );
     }
     let format = s.input.format.or_else(|| infer_format(&s.input.uri));
-    if format == Some(InputFormat::Parquet) {
-        err(
-            "spec.input.format",
-            "parquet input is not supported by this build yet; use jsonl or csv".into(),
-        );
-    }
     if let Some(csv) = &s.input.csv {
         if format != Some(InputFormat::Csv) {
             err(

@@ -295,7 +295,7 @@ pub struct Batch {
     pub id: u32,
     /// URI of the source object.
     pub source: String,
-    /// Byte range `[start, end)` of the source.
+    /// Range `[start, end)` of the source: bytes for JSONL and CSV, rows for Parquet.
     pub start: u64,
     pub end: u64,
     pub items: u64,

@@ -134,6 +134,14 @@ pub fn plan(spec: &JobSpec, materialize_into: Option<&Path>) -> Result<InputPlan
             }
         };
         let source = Location::Local(path.clone()).to_uri();
+        if spec.input.format == Some(InputFormat::Parquet) {
+            // Row-group batches: the ranges are rows, read through the Parquet reader.
+            append(
+                &mut total,
+                orch_data::partition_parquet(&path, &source, spec.batch.size)?,
+            );
+            continue;
+        }
         let part = match &csv {
             Some(csv) => {
                 let (names, data_start) = csv_input::read_header(reader()?, csv)?;

@@ -347,12 +347,34 @@ async fn work(
         info!(resumed = done.len(), "resuming from the checkpoint");
     }
     let (ok, failed) = ckpt.counts()?;
-    let data = read_range(batch)?;
+    // Parquet batches are row ranges read through the Parquet reader; the others are byte
+    // ranges of the file.
+    let parquet = spec.input.format == Some(InputFormat::Parquet);
+    let data = if parquet {
+        Vec::new()
+    } else {
+        read_range(batch)?
+    };
     let log = backends.root.join(layout::task_log(&job, task, attempt));
     let handler = make_handler(spec, &log)?;
     let cfg = EngineConfig::from_spec(spec);
     let first = batch.first_item;
     let items: Box<dyn Iterator<Item = (u64, Decoded)> + '_> = match (&spec.input.format, columns) {
+        (Some(InputFormat::Parquet), _) => {
+            let path = Location::local_path(&batch.source).map_err(Error::Setup)?;
+            let rows = orch_data::read_parquet_rows(&path, batch.start, batch.end)?;
+            Box::new(
+                rows.into_iter()
+                    .enumerate()
+                    .map(move |(i, json)| (first + i as u64, json))
+                    .filter(|(o, _)| !done.contains(o))
+                    .map(|(o, json)| {
+                        let raw = RawValue::from_string(json)
+                            .map_err(|e| format!("cannot encode the row: {e}"));
+                        (o, raw)
+                    }),
+            )
+        }
         (Some(InputFormat::Csv), Some(columns)) => {
             let csv = spec.input.csv.clone().unwrap_or_default().options();
             Box::new(
