@@ -15,6 +15,7 @@
 //! - [`item_errors`]: the fixed-schema file of failed items.
 //! - [`schema`]: unifying the schemas that tasks inferred independently.
 //! - [`merge`]: bounded-memory streaming merge into rolling `part-NNNNN.parquet` files.
+//! - [`hierarchy`]: resumable level-by-level merge of many files in groups, sealed by `_DONE`.
 //! - [`parquet_input`]: Parquet as job input: row-group batches and one batch's rows as JSON.
 //!
 //! Every file written here starts with the `_item` column (`UInt64`): the input ordinal that
@@ -24,6 +25,7 @@ pub mod atomic;
 pub mod checksum;
 pub mod error;
 pub mod formats;
+pub mod hierarchy;
 pub mod item_errors;
 pub mod merge;
 pub mod parquet_input;
@@ -35,6 +37,7 @@ pub use atomic::{write_bytes_atomic, write_json_atomic};
 pub use checksum::{FileInfo, sha256_file, verify_file};
 pub use error::{DataError, ErrorCategory};
 pub use formats::{ExtraFormat, write_format};
+pub use hierarchy::{HierarchyStats, merge_hierarchical};
 pub use item_errors::{
     ItemError, errors_schema, merge_errors, read_errors_parquet, write_errors_parquet,
 };
