@@ -551,3 +551,34 @@ fn parquet_input_by_row_groups_with_nested_lists_and_nulls() {
     );
     assert_eq!(rows[1]["meta"], "{\"k\":1}");
 }
+
+#[test]
+fn many_task_results_are_merged_level_by_level() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 2_000);
+    let yaml = job_yaml("levels", "{builtin: {name: identity}}", "")
+        .replace("size: 250", "size: 50")
+        .replace("output: {uri: out}", "output: {uri: out, fanIn: 3}");
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", "-v", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("hierarchical aggregation"), "{all}");
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..2_000).collect::<Vec<_>>());
+    assert_eq!(seen.duplicates, 0);
+    let levels = std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("aggregate");
+    // 40 results at fan-in 3: 40 → 14 → 5 → 2 files, so three levels with _DONE markers.
+    for level in ["1", "2", "3"] {
+        assert!(
+            levels.join(level).join("000000/_DONE").is_file(),
+            "level {level}"
+        );
+    }
+}

@@ -25,8 +25,7 @@ use std::io::Read;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::model::Batch;
-use crate::partition::{DEFAULT_HARD_LIMIT, PartitionOptions, PartitionPlan};
+use crate::partition::{Batcher, DEFAULT_HARD_LIMIT, PartitionOptions, PartitionPlan};
 
 const BOM: &[u8] = b"\xef\xbb\xbf";
 
@@ -405,94 +404,39 @@ impl Scanner {
     }
 }
 
-/// Incremental state of the partitioner: where the current record and batch started. The
-/// cutting rules are those of `partition.rs`, with records in place of lines.
+/// CSV: records end where the quote-aware scanner says; batching is `partition::Batcher`'s.
 struct Cutter<'a> {
-    source: &'a str,
-    opts: PartitionOptions,
+    batcher: Batcher<'a>,
     scanner: Scanner,
-    plan: PartitionPlan,
     /// Absolute offset of the next byte to be fed.
     offset: u64,
-    record_start: u64,
-    batch_start: u64,
-    batch_items: u64,
 }
 
 impl<'a> Cutter<'a> {
     fn new(source: &'a str, opts: PartitionOptions, data_start: u64, csv: &CsvOptions) -> Self {
         Cutter {
-            source,
-            opts,
+            batcher: Batcher::new(source, opts, data_start),
             scanner: Scanner::new(csv),
-            plan: PartitionPlan::default(),
             offset: data_start,
-            record_start: data_start,
-            batch_start: data_start,
-            batch_items: 0,
         }
     }
 
     fn feed(&mut self, chunk: &[u8]) -> Result<()> {
         let mut pos = 0;
         while let Some((end, is_record)) = self.scanner.next_end(chunk, pos) {
-            self.end_record(self.offset + end as u64 + 1, is_record)?;
+            self.batcher
+                .end_record(self.offset + end as u64 + 1, is_record)?;
             pos = end + 1;
         }
         self.offset += chunk.len() as u64;
         Ok(())
     }
 
-    /// Called at each record or blank-line end (exclusive offset, after the terminator).
-    fn end_record(&mut self, end: u64, is_record: bool) -> Result<()> {
-        if is_record {
-            let len = end - self.record_start;
-            if len > self.opts.hard_limit {
-                return Err(Error::RecordTooLarge {
-                    ordinal: self.plan.items,
-                    offset: self.record_start,
-                    bytes: len,
-                    limit: self.opts.hard_limit,
-                });
-            }
-            let full = self.batch_items >= self.opts.batch_size
-                || (self.batch_items > 0 && end - self.batch_start > self.opts.max_bytes);
-            if full {
-                self.close_batch(self.record_start);
-            }
-            self.batch_items += 1;
-            self.plan.items += 1;
-        }
-        self.record_start = end;
-        Ok(())
-    }
-
-    fn close_batch(&mut self, end: u64) {
-        let id = self.plan.batches.len() as u32;
-        self.plan.batches.push(Batch {
-            id,
-            source: self.source.to_string(),
-            start: self.batch_start,
-            end,
-            items: self.batch_items,
-            first_item: self.plan.items - self.batch_items,
-        });
-        self.batch_start = end;
-        self.batch_items = 0;
-    }
-
     fn finish(mut self) -> Result<PartitionPlan> {
         if self.scanner.in_record() {
-            self.end_record(self.offset, true)?;
+            self.batcher.end_record(self.offset, true)?;
         }
-        if self.batch_items > 0 {
-            self.close_batch(self.offset);
-        } else if let Some(last) = self.plan.batches.last_mut() {
-            // Trailing blank lines belong to the last batch, so the ranges cover the data.
-            last.end = self.offset;
-        }
-        self.plan.bytes = self.offset;
-        Ok(self.plan)
+        Ok(self.batcher.finish(self.offset))
     }
 }
 

@@ -85,72 +85,53 @@ pub fn partition_jsonl<R: Read>(
     cut.finish()
 }
 
-/// Incremental state of the partitioner: where the current line and batch started.
-struct Cutter<'a> {
+/// Turns a stream of record ends into batches. Shared by every byte-range format (JSONL here,
+/// CSV in `csv_input`), so that the cutting rules — `batch.size`, `batch.maxBytes`, a lone
+/// large record in a batch of its own, the hard limit — are the same for all of them.
+pub(crate) struct Batcher<'a> {
     source: &'a str,
     opts: PartitionOptions,
     plan: PartitionPlan,
-    /// Absolute offset of the next byte to be fed.
-    offset: u64,
-    line_start: u64,
-    line_has_content: bool,
+    record_start: u64,
     batch_start: u64,
     batch_items: u64,
 }
 
-impl<'a> Cutter<'a> {
-    fn new(source: &'a str, opts: PartitionOptions) -> Self {
-        Cutter {
+impl<'a> Batcher<'a> {
+    /// Records start at `start` (after a CSV header, say).
+    pub(crate) fn new(source: &'a str, opts: PartitionOptions, start: u64) -> Self {
+        Batcher {
             source,
             opts,
             plan: PartitionPlan::default(),
-            offset: 0,
-            line_start: 0,
-            line_has_content: false,
-            batch_start: 0,
+            record_start: start,
+            batch_start: start,
             batch_items: 0,
         }
     }
 
-    fn feed(&mut self, chunk: &[u8]) -> Result<()> {
-        let mut pos = 0usize;
-        for nl in memchr::memchr_iter(b'\n', chunk) {
-            if !self.line_has_content && !is_blank(&chunk[pos..nl]) {
-                self.line_has_content = true;
-            }
-            let line_end = self.offset + nl as u64 + 1;
-            self.end_line(line_end)?;
-            pos = nl + 1;
-        }
-        if !self.line_has_content && !is_blank(&chunk[pos..]) {
-            self.line_has_content = true;
-        }
-        self.offset += chunk.len() as u64;
-        Ok(())
-    }
-
-    /// Called at each line end (exclusive offset, after the newline).
-    fn end_line(&mut self, line_end: u64) -> Result<()> {
-        if self.line_has_content {
-            let len = line_end - self.line_start;
+    /// Called at the end of each record or blank line (`end` is exclusive, after the
+    /// terminator); blank lines belong to a batch but are not items.
+    pub(crate) fn end_record(&mut self, end: u64, is_record: bool) -> Result<()> {
+        if is_record {
+            let len = end - self.record_start;
             if len > self.opts.hard_limit {
                 return Err(Error::RecordTooLarge {
                     ordinal: self.plan.items,
-                    offset: self.line_start,
+                    offset: self.record_start,
                     bytes: len,
                     limit: self.opts.hard_limit,
                 });
             }
             let full = self.batch_items >= self.opts.batch_size
-                || (self.batch_items > 0 && line_end - self.batch_start > self.opts.max_bytes);
+                || (self.batch_items > 0 && end - self.batch_start > self.opts.max_bytes);
             if full {
-                self.close_batch(self.line_start);
+                self.close_batch(self.record_start);
             }
             self.batch_items += 1;
             self.plan.items += 1;
         }
-        self.line_start = line_end;
-        self.line_has_content = false;
+        self.record_start = end;
         Ok(())
     }
 
@@ -168,18 +149,59 @@ impl<'a> Cutter<'a> {
         self.batch_items = 0;
     }
 
-    fn finish(mut self) -> Result<PartitionPlan> {
-        if self.offset > self.line_start {
-            self.end_line(self.offset)?;
-        }
+    /// The plan once the input ends at `offset` (the last record already ended).
+    pub(crate) fn finish(mut self, offset: u64) -> PartitionPlan {
         if self.batch_items > 0 {
-            self.close_batch(self.offset);
+            self.close_batch(offset);
         } else if let Some(last) = self.plan.batches.last_mut() {
             // Trailing blank lines belong to the last batch, so the ranges cover the file.
-            last.end = self.offset;
+            last.end = offset;
         }
-        self.plan.bytes = self.offset;
-        Ok(self.plan)
+        self.plan.bytes = offset;
+        self.plan
+    }
+}
+
+/// JSONL: records are lines; a line of only whitespace is blank.
+struct Cutter<'a> {
+    batcher: Batcher<'a>,
+    /// Absolute offset of the next byte to be fed.
+    offset: u64,
+    line_has_content: bool,
+}
+
+impl<'a> Cutter<'a> {
+    fn new(source: &'a str, opts: PartitionOptions) -> Self {
+        Cutter {
+            batcher: Batcher::new(source, opts, 0),
+            offset: 0,
+            line_has_content: false,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<()> {
+        let mut pos = 0usize;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            if !self.line_has_content && !is_blank(&chunk[pos..nl]) {
+                self.line_has_content = true;
+            }
+            let line_end = self.offset + nl as u64 + 1;
+            self.batcher.end_record(line_end, self.line_has_content)?;
+            self.line_has_content = false;
+            pos = nl + 1;
+        }
+        if !self.line_has_content && !is_blank(&chunk[pos..]) {
+            self.line_has_content = true;
+        }
+        self.offset += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<PartitionPlan> {
+        if self.line_has_content {
+            self.batcher.end_record(self.offset, true)?;
+        }
+        Ok(self.batcher.finish(self.offset))
     }
 }
 

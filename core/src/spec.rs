@@ -372,6 +372,11 @@ pub struct OutputSpec {
     pub uri: Option<String>,
     #[serde(default = "default_formats")]
     pub formats: Vec<OutputFormat>,
+    /// Result files merged at once; more task results than this are merged level by level
+    /// (resumable), so memory and open files stay bounded at any job size.
+    #[serde(default = "default_fan_in")]
+    #[schemars(range(min = 2, max = 10000))]
+    pub fan_in: u32,
 }
 
 impl Default for OutputSpec {
@@ -379,8 +384,13 @@ impl Default for OutputSpec {
         Self {
             uri: None,
             formats: default_formats(),
+            fan_in: default_fan_in(),
         }
     }
+}
+
+fn default_fan_in() -> u32 {
+    64
 }
 
 fn default_formats() -> Vec<OutputFormat> {

@@ -686,8 +686,26 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
             OutputFormat::Csv => Some(orch_data::ExtraFormat::Csv),
         })
         .collect();
+    let fan_in = job.spec.spec.output.fan_in.max(2) as usize;
+    let work_dir = backends.root.join(format!("jobs/{}/aggregate", job.id));
     let (merged, errs, extra_files) = tokio::task::spawn_blocking(move || {
-        let merged = orch_data::merge_results(&parts, &out2, &orch_data::MergeOptions::default())?;
+        // Many task results are merged level by level first; completed groups are kept (with
+        // their _DONE), so an interrupted aggregation resumes instead of starting over.
+        let (inputs, stats) =
+            orch_data::merge_hierarchical(&parts, &work_dir, fan_in, &mut |level, done, total| {
+                if done == total {
+                    info!(level, groups = total, "aggregation level done");
+                }
+            })?;
+        if stats.levels > 0 {
+            info!(
+                levels = stats.levels,
+                merged = stats.merged,
+                skipped = stats.skipped,
+                "hierarchical aggregation"
+            );
+        }
+        let merged = orch_data::merge_results(&inputs, &out2, &orch_data::MergeOptions::default())?;
         let errors_path = out2.join("errors.parquet");
         let errs = orch_data::merge_errors(&errors, &errors_path)?;
         let final_parts: Vec<PathBuf> = merged.files.iter().map(|(n, _)| out2.join(n)).collect();
