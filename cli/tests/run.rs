@@ -582,3 +582,26 @@ fn many_task_results_are_merged_level_by_level() {
         );
     }
 }
+
+#[test]
+fn output_target_file_size_rolls_part_files() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 3_000);
+    let yaml = job_yaml("roll", "{builtin: {name: identity}}", "").replace(
+        "output: {uri: out}",
+        "output: {uri: out, targetFileSize: 8Ki}",
+    );
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let parts = std::fs::read_dir(s.path("out"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("part-")
+        })
+        .count();
+    assert!(parts > 1, "expected several part files, got {parts}");
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..3_000).collect::<Vec<_>>());
+}

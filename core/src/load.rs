@@ -314,6 +314,7 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     for (path, q) in [
         ("spec.batch.maxBytes", &s.batch.max_bytes),
         ("spec.batch.maxRecordBytes", &s.batch.max_record_bytes),
+        ("spec.output.targetFileSize", &s.output.target_file_size),
     ] {
         match q.as_bytes() {
             Ok(0) => err(path, "must be ≥ 1 byte".into()),

@@ -377,6 +377,9 @@ pub struct OutputSpec {
     #[serde(default = "default_fan_in")]
     #[schemars(range(min = 2, max = 10000))]
     pub fan_in: u32,
+    /// Size at which a final `part-NNNNN.parquet` is closed and the next one started.
+    #[serde(default = "default_target_file_size")]
+    pub target_file_size: Quantity,
 }
 
 impl Default for OutputSpec {
@@ -385,12 +388,16 @@ impl Default for OutputSpec {
             uri: None,
             formats: default_formats(),
             fan_in: default_fan_in(),
+            target_file_size: default_target_file_size(),
         }
     }
 }
 
 fn default_fan_in() -> u32 {
     64
+}
+fn default_target_file_size() -> Quantity {
+    Quantity::from("128Mi")
 }
 
 fn default_formats() -> Vec<OutputFormat> {

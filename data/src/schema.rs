@@ -161,8 +161,24 @@ impl SchemaUnifier {
             })?;
             match self.index.get(field.name()) {
                 Some(&i) => {
-                    let (_, ty, nullable) = &mut self.columns[i];
-                    *ty = join(ty, &dt);
+                    let (name, ty, nullable) = &mut self.columns[i];
+                    let joined = join(ty, &dt);
+                    // A column that is text because its types disagree is worth a warning:
+                    // numbers turned into strings surprise whoever reads the output.
+                    if joined == DataType::Utf8
+                        && *ty != dt
+                        && *ty != DataType::Null
+                        && dt != DataType::Null
+                    {
+                        tracing::warn!(
+                            column = %name,
+                            was = %type_name(ty),
+                            found = %type_name(&dt),
+                            file = %path.display(),
+                            "column types conflict across tasks; storing it as text"
+                        );
+                    }
+                    *ty = joined;
                     *nullable |= field.is_nullable();
                     if let Some(p) = present.get_mut(i) {
                         *p = true;

@@ -687,6 +687,16 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
         })
         .collect();
     let fan_in = job.spec.spec.output.fan_in.max(2) as usize;
+    let merge_opts = orch_data::MergeOptions {
+        target_file_bytes: job
+            .spec
+            .spec
+            .output
+            .target_file_size
+            .as_bytes()
+            .map_err(Error::Invalid)?,
+        ..orch_data::MergeOptions::default()
+    };
     let work_dir = backends.root.join(format!("jobs/{}/aggregate", job.id));
     let (merged, errs, extra_files) = tokio::task::spawn_blocking(move || {
         // Many task results are merged level by level first; completed groups are kept (with
@@ -705,7 +715,7 @@ async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -
                 "hierarchical aggregation"
             );
         }
-        let merged = orch_data::merge_results(&inputs, &out2, &orch_data::MergeOptions::default())?;
+        let merged = orch_data::merge_results(&inputs, &out2, &merge_opts)?;
         let errors_path = out2.join("errors.parquet");
         let errs = orch_data::merge_errors(&errors, &errors_path)?;
         let final_parts: Vec<PathBuf> = merged.files.iter().map(|(n, _)| out2.join(n)).collect();
