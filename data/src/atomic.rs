@@ -120,7 +120,7 @@ pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -
     write_bytes_atomic(path, &text).map(|_| ())
 }
 
-fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -128,14 +128,14 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| DataError::io("open directory", dir, e))?;
     d.sync_all()
         .map_err(|e| DataError::io("fsync directory", dir, e))
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> Result<()> {
     // Directories cannot be opened for fsync on this platform; the rename is as durable as
     // the file system makes it.
     Ok(())

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_cast::cast;
 use arrow_schema::{Schema, SchemaRef};
-use parquet::file::metadata::ParquetMetaData;
 
 use crate::Result;
 use crate::checksum::FileInfo;
@@ -23,9 +22,6 @@ use crate::error::DataError;
 use crate::parquet_io::{DEFAULT_ROW_GROUP_ROWS, ParquetSink, open_builder};
 use crate::schema::{ColumnSchema, SchemaUnifier, is_null_only};
 
-/// Uncompressed bytes per input batch we aim for: big enough that per-batch overhead vanishes,
-/// small enough that rows of large text cannot blow the memory bound.
-const TARGET_BATCH_BYTES: u64 = 16 << 20;
 /// Row bounds on the input batch size, whatever the estimate says.
 const MAX_BATCH_ROWS: usize = 64 * 1024;
 
@@ -78,22 +74,6 @@ struct InputPlan {
     sources: Vec<Option<usize>>,
     batch_rows: usize,
     rows: u64,
-}
-
-fn batch_rows_for(metadata: &ParquetMetaData) -> usize {
-    let (bytes, rows) = metadata
-        .row_groups()
-        .iter()
-        .fold((0u64, 0u64), |(b, r), rg| {
-            (
-                b + u64::try_from(rg.total_byte_size()).unwrap_or(0),
-                r + u64::try_from(rg.num_rows()).unwrap_or(0),
-            )
-        });
-    let per_row = bytes.checked_div(rows).unwrap_or(1).max(1);
-    usize::try_from(TARGET_BATCH_BYTES / per_row)
-        .unwrap_or(MAX_BATCH_ROWS)
-        .clamp(1, MAX_BATCH_ROWS)
 }
 
 /// Reshapes an input batch onto the unified schema: reorder, cast, null-fill.
@@ -185,7 +165,11 @@ pub fn merge_results(
         let rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
         // Keep only the input's schema and sizing, not its whole footer: with ten thousand
         // inputs the footers would dominate memory.
-        footers.push((builder.schema().clone(), batch_rows_for(metadata), rows));
+        footers.push((
+            builder.schema().clone(),
+            crate::parquet_io::batch_rows_for(metadata, MAX_BATCH_ROWS),
+            rows,
+        ));
     }
     let schema: SchemaRef = Arc::new(unifier.finish());
 

@@ -102,3 +102,28 @@ pub(crate) fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilde
     let file = File::open(path).map_err(|e| DataError::io("open", path, e))?;
     ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| DataError::parquet(path, e))
 }
+
+/// Record-batch size in bytes that readers aim for, so that memory stays bounded whatever the
+/// row width.
+pub(crate) const TARGET_BATCH_BYTES: u64 = 16 << 20;
+
+/// Rows per record batch for a file, from the uncompressed sizes in its footer: about
+/// [`TARGET_BATCH_BYTES`] of data, at most `max_rows` rows.
+pub(crate) fn batch_rows_for(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    max_rows: usize,
+) -> usize {
+    let (bytes, rows) = metadata
+        .row_groups()
+        .iter()
+        .fold((0u64, 0u64), |(b, r), rg| {
+            (
+                b + u64::try_from(rg.total_byte_size()).unwrap_or(0),
+                r + u64::try_from(rg.num_rows()).unwrap_or(0),
+            )
+        });
+    let per_row = bytes.checked_div(rows).unwrap_or(1).max(1);
+    usize::try_from(TARGET_BATCH_BYTES / per_row)
+        .unwrap_or(max_rows)
+        .clamp(1, max_rows)
+}

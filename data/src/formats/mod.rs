@@ -73,7 +73,6 @@ use arrow_array::{
 };
 use arrow_cast::cast;
 use arrow_schema::{DataType, Schema};
-use parquet::file::metadata::ParquetMetaData;
 
 use crate::Result;
 use crate::checksum::FileInfo;
@@ -84,8 +83,6 @@ use crate::results::ITEM_COLUMN;
 /// Rows per record batch read from a part: enough that per-batch costs vanish next to
 /// per-row encoding, few enough to keep the memory of the one batch in flight small.
 const MAX_BATCH_ROWS: usize = 8 * 1024;
-/// Uncompressed bytes per batch we aim for; rows holding large text get smaller batches.
-const TARGET_BATCH_BYTES: u64 = 16 << 20;
 
 /// An output format besides Parquet, as named in `output.formats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -315,23 +312,6 @@ fn check_columns(schema: &Schema, columns: &[Column], path: &Path) -> Result<()>
     ))
 }
 
-/// Rows per batch for one part, from the uncompressed sizes in its footer.
-fn batch_rows_for(metadata: &ParquetMetaData) -> usize {
-    let (bytes, rows) = metadata
-        .row_groups()
-        .iter()
-        .fold((0u64, 0u64), |(b, r), rg| {
-            (
-                b + u64::try_from(rg.total_byte_size()).unwrap_or(0),
-                r + u64::try_from(rg.num_rows()).unwrap_or(0),
-            )
-        });
-    let per_row = bytes.checked_div(rows).unwrap_or(1).max(1);
-    usize::try_from(TARGET_BATCH_BYTES / per_row)
-        .unwrap_or(MAX_BATCH_ROWS)
-        .clamp(1, MAX_BATCH_ROWS)
-}
-
 /// Feeds every row of the parts, in order, to `sink` one record batch at a time: `sink` gets
 /// the batch's columns (in output column order) and its number of rows. Returns the rows
 /// read, checked against each part's footer so a truncated part cannot pass unnoticed.
@@ -345,7 +325,7 @@ fn for_each_batch(
         let builder = open_builder(part)?;
         check_columns(builder.schema(), columns, part)?;
         let promised = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
-        let batch_rows = batch_rows_for(builder.metadata());
+        let batch_rows = crate::parquet_io::batch_rows_for(builder.metadata(), MAX_BATCH_ROWS);
         let reader = builder
             .with_batch_size(batch_rows)
             .build()

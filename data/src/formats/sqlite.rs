@@ -6,7 +6,7 @@
 //! otherwise.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, Statement};
 
 use super::{Cell, Cells, Column, Kind, for_each_batch, normalize, output_columns};
 use crate::Result;
+use crate::atomic::{parent_dir, sync_dir};
 use crate::checksum::{FileInfo, sha256_file};
 use crate::error::DataError;
 use crate::item_errors::conform_errors_batch;
@@ -302,28 +303,6 @@ impl Drop for TempDb {
             tracing::debug!(path = %self.path.display(), error = %e, "could not remove temporary database");
         }
     }
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Makes the rename itself durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| DataError::io("open directory", dir, e))?;
-    d.sync_all()
-        .map_err(|e| DataError::io("fsync directory", dir, e))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
-    // Directories cannot be opened for fsync here; the rename is as durable as the file
-    // system makes it.
-    Ok(())
 }
 
 #[cfg(test)]
