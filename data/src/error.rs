@@ -25,6 +25,16 @@ pub enum ErrorCategory {
     Infrastructure,
 }
 
+impl From<ErrorCategory> for orch_core::ErrorCategory {
+    fn from(c: ErrorCategory) -> Self {
+        match c {
+            ErrorCategory::Transient => orch_core::ErrorCategory::Transient,
+            ErrorCategory::Permanent => orch_core::ErrorCategory::Permanent,
+            ErrorCategory::Infrastructure => orch_core::ErrorCategory::Infrastructure,
+        }
+    }
+}
+
 impl ErrorCategory {
     /// The lowercase name used in `errors.parquet` (`kind`) and in handler responses.
     pub fn as_str(self) -> &'static str {

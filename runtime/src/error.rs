@@ -36,11 +36,7 @@ impl Error {
         match self {
             Error::Core(e) => e.category(),
             Error::Backend(e) => e.category(),
-            Error::Data(e) => match e.category() {
-                orch_data::ErrorCategory::Transient => ErrorCategory::Transient,
-                orch_data::ErrorCategory::Permanent => ErrorCategory::Permanent,
-                orch_data::ErrorCategory::Infrastructure => ErrorCategory::Infrastructure,
-            },
+            Error::Data(e) => e.category().into(),
             Error::Integrity { .. } => ErrorCategory::Permanent,
             Error::Spawn { .. } => ErrorCategory::Infrastructure,
             Error::Invalid(_) => ErrorCategory::Invalid,

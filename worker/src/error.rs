@@ -36,11 +36,7 @@ impl Error {
             Error::Core(e) => e.category(),
             Error::Backend(e) => e.category(),
             Error::Runtime(e) => e.category(),
-            Error::Data(e) => match e.category() {
-                orch_data::ErrorCategory::Transient => ErrorCategory::Transient,
-                orch_data::ErrorCategory::Permanent => ErrorCategory::Permanent,
-                orch_data::ErrorCategory::Infrastructure => ErrorCategory::Infrastructure,
-            },
+            Error::Data(e) => e.category().into(),
             Error::Handler(_) | Error::Checkpoint { .. } => ErrorCategory::Infrastructure,
             Error::Setup(_) => ErrorCategory::Permanent,
             Error::LostLease { .. } | Error::Interrupted => ErrorCategory::Transient,
