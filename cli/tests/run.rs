@@ -605,3 +605,39 @@ fn output_target_file_size_rolls_part_files() {
     let seen = read_output(&s.path("out"));
     assert_eq!(seen.items, (0..3_000).collect::<Vec<_>>());
 }
+
+#[test]
+fn jsonl_edge_cases_blank_lines_crlf_no_final_newline_and_invalid_json() {
+    let s = Scratch::new();
+    s.write(
+        "in.jsonl",
+        "{\"id\": 0}\r\n\r\n   \n{\"id\": 1}\n{not json\n{\"id\": 3}\r\n\n{\"id\": 4}",
+    );
+    let yaml = job_yaml("edges", "{builtin: {name: identity}}", "")
+        .replace("size: 250", "size: 2")
+        .replace(
+            "  output: {uri: out}",
+            "  tolerance: {maxFailedItemsPercent: 25}\n  output: {uri: out}",
+        );
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, vec![0, 1, 3, 4], "blank lines are not items");
+    assert_eq!(seen.error_items, vec![2]);
+    assert_eq!(seen.error_kinds.get("permanent"), Some(&1));
+    let messages = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pyarrow.parquet as pq, sys; \
+             print(pq.read_table(sys.argv[1]).column('message')[0])",
+            s.path("out/errors.parquet").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&messages.stdout).contains("invalid JSON"),
+        "{}",
+        text(&messages)
+    );
+}
