@@ -641,3 +641,23 @@ fn jsonl_edge_cases_blank_lines_crlf_no_final_newline_and_invalid_json() {
         text(&messages)
     );
 }
+
+#[test]
+fn a_record_over_max_record_bytes_is_a_clear_error_naming_its_ordinal() {
+    let s = Scratch::new();
+    let big = format!("{{\"id\": 1, \"blob\": \"{}\"}}\n", "x".repeat(5_000));
+    s.write("in.jsonl", &format!("{{\"id\": 0}}\n{big}{{\"id\": 2}}\n"));
+    let yaml = job_yaml("skew", "{builtin: {name: identity}}", "").replace(
+        "batch: {size: 250}",
+        "batch: {size: 250, maxRecordBytes: 4Ki}",
+    );
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("input item 1") && all.contains("over the limit"),
+        "{all}"
+    );
+    assert!(!all.contains("panicked"), "{all}");
+}
