@@ -603,33 +603,25 @@ async fn finish_job(state: &dyn StateStore, mut done: JobRecord) -> Result<JobRe
 }
 
 fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progress {
-    let mut p = Progress {
+    // Finished tasks count as the verdict counts them; running ones by their heartbeats.
+    let finished = engine::item_counts(tasks);
+    let running: Vec<&TaskRecord> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .collect();
+    let running_failed: u64 = running.iter().map(|t| t.items_failed).sum();
+    Progress {
         total_items: job.total_items,
+        done_items: finished.ok
+            + finished.failed
+            + running.iter().map(|t| t.items_ok).sum::<u64>()
+            + running_failed,
+        failed_items: finished.failed + running_failed,
         tasks_total: tasks.len() as u32,
+        tasks_done: tasks.iter().filter(|t| t.state.is_terminal()).count() as u32,
+        tasks_running: running.len() as u32,
         aggregating: aggregating || job.phase == JobPhase::Aggregating,
-        ..Progress::default()
-    };
-    for t in tasks {
-        match t.state {
-            TaskState::Succeeded => {
-                p.done_items += t.items_ok + t.items_failed;
-                p.failed_items += t.items_failed;
-                p.tasks_done += 1;
-            }
-            TaskState::Failed | TaskState::Cancelled => {
-                p.done_items += t.items;
-                p.failed_items += t.items;
-                p.tasks_done += 1;
-            }
-            TaskState::Running => {
-                p.done_items += t.items_ok + t.items_failed;
-                p.failed_items += t.items_failed;
-                p.tasks_running += 1;
-            }
-            _ => {}
-        }
     }
-    p
 }
 
 /// Merges the committed results into the output location: parts, `errors.parquet`, and

@@ -23,6 +23,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Setup(String),
+    /// The handler process keeps crashing: this attempt cannot go on.
+    #[error("{0}")]
+    HandlerGaveUp(String),
     /// Another attempt owns the task now; this worker's output must not be promoted.
     #[error("task {task} is no longer ours ({why}); stopping without committing")]
     LostLease { task: u32, why: String },
@@ -37,7 +40,9 @@ impl Error {
             Error::Backend(e) => e.category(),
             Error::Runtime(e) => e.category(),
             Error::Data(e) => e.category().into(),
-            Error::Handler(_) | Error::Checkpoint { .. } => ErrorCategory::Infrastructure,
+            Error::Handler(_) | Error::HandlerGaveUp(_) | Error::Checkpoint { .. } => {
+                ErrorCategory::Infrastructure
+            }
             Error::Setup(_) => ErrorCategory::Permanent,
             Error::LostLease { .. } | Error::Interrupted => ErrorCategory::Transient,
         }

@@ -86,7 +86,12 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
     let attempt = row.attempt;
     let batch = match row.batch.clone() {
         Some(b) => b,
-        None => find_batch(backends.objects.as_ref(), &args.job, args.task).await?,
+        None => {
+            return Err(Error::Setup(format!(
+                "task {} has no batch in its row",
+                args.task
+            )));
+        }
     };
     let span = tracing::info_span!("task", job = %args.job, task = args.task, attempt);
     let result = async {
@@ -113,29 +118,6 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
             Err(e)
         }
     }
-}
-
-/// The task's batch from the manifest, for rows written without their batch.
-async fn find_batch(objects: &dyn ObjectStore, job: &str, task: u32) -> Result<Batch> {
-    let Some(bytes) = objects.get(&layout::batches(job)).await? else {
-        return Err(Error::Setup(format!("job {job} has no batch manifest")));
-    };
-    let line = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .nth(task as usize)
-        .ok_or_else(|| Error::Setup(format!("task {task} is not in the batch manifest")))?;
-    let batch: Batch = serde_json::from_slice(line).map_err(|source| orch_core::Error::Decode {
-        what: format!("batch {task}"),
-        source,
-    })?;
-    if batch.id != task {
-        return Err(Error::Setup(format!(
-            "batch manifest line {task} holds batch {}",
-            batch.id
-        )));
-    }
-    Ok(batch)
 }
 
 /// Dispatched → running, only for the attempt of our task group.
@@ -552,7 +534,7 @@ async fn run_async(
                     }
                     Outcome::Err(ItemFailure { kind, message, fatal }) => {
                         if fatal {
-                            return Err(Error::Setup(message));
+                            return Err(Error::HandlerGaveUp(message));
                         }
                         let retryable = kind != ErrorKind::Permanent;
                         if retryable && attempts < cfg.max_attempts && stop_deadline.is_none() {
