@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orch_core::load::{self, LoadedJob};
 use orch_core::model::JobPhase;
+use orch_core::model::TaskKind;
 use orch_runtime::driver::{self, Progress, RunOptions};
 
 use crate::Failure;
@@ -129,7 +130,15 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let on_progress = move |p: &Progress| {
         shown.set_length(p.total_items);
         shown.set_position(p.done_items);
-        shown.set_message(if p.aggregating {
+        shown.set_message(if let Some(a) = p.aggregation {
+            match a.stage {
+                TaskKind::Merge { level } => format!(
+                    "merging level {level}/{}: {}/{} groups",
+                    a.levels, a.groups_done, a.groups_total
+                ),
+                _ => "final merge".to_string(),
+            }
+        } else if p.aggregating {
             "aggregating".to_string()
         } else {
             format!("{}/{} tasks", p.tasks_done, p.tasks_total)

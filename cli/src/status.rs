@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use orch_core::layout;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 use orch_core::uri::Location;
+use orch_runtime::aggregate::ResultState;
 use orch_runtime::driver::{self, Embedded};
 use serde::Serialize;
 
@@ -128,19 +129,21 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     };
     let mut report = report(&backends, &job, &tasks);
     if args.verify {
-        let found = rt.block_on(driver::discover_results(&backends, &job, &tasks))?;
+        let found = rt.block_on(orch_runtime::aggregate::discover_results(
+            &backends, &job, &tasks,
+        ))?;
         let mut v = Verification {
             verified: 0,
             problems: Vec::new(),
         };
         for f in found {
             let (state, error) = match f.state {
-                driver::ResultState::Verified { .. } => {
+                ResultState::Verified { .. } => {
                     v.verified += 1;
                     continue;
                 }
-                driver::ResultState::Missing(m) => ("missing", m),
-                driver::ResultState::Corrupt(m) => ("corrupt", m),
+                ResultState::Missing(m) => ("missing", m),
+                ResultState::Corrupt(m) => ("corrupt", m),
             };
             v.problems.push(FailedTask {
                 task: f.task,

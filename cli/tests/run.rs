@@ -563,24 +563,27 @@ fn many_task_results_are_merged_level_by_level() {
     let out = s.orch(&["run", "--no-progress", "-v", job.to_str().unwrap()]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
-    assert!(all.contains("hierarchical aggregation"), "{all}");
+    assert!(all.contains("starting merge tasks"), "{all}");
     let seen = read_output(&s.path("out"));
     assert_eq!(seen.items, (0..2_000).collect::<Vec<_>>());
     assert_eq!(seen.duplicates, 0);
-    let levels = std::fs::read_dir(s.path(".orch/jobs"))
+    let job_dir = std::fs::read_dir(s.path(".orch/jobs"))
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
-        .path()
-        .join("aggregate");
-    // 40 results at fan-in 3: 40 → 14 → 5 → 2 files, so three levels with _DONE markers.
-    for level in ["1", "2", "3"] {
-        assert!(
-            levels.join(level).join("000000/_DONE").is_file(),
-            "level {level}"
-        );
+        .path();
+    // 40 results at fan-in 3: 40 → 14 → 5 → 2 files, so three levels with _DONE markers, each
+    // group merged by a worker process of its own (its log is the proof).
+    for (level, groups) in [(1, 14), (2, 5), (3, 2)] {
+        for g in 0..groups {
+            let group = job_dir.join(format!("aggregate/{level}/{g:06}"));
+            assert!(group.join("_DONE").is_file(), "level {level} group {g}");
+            let log = job_dir.join(format!("logs/merge-{level}-{g:06}.1.log"));
+            assert!(log.is_file(), "no merge task log {}", log.display());
+        }
     }
+    assert!(job_dir.join("logs/merge-final.1.log").is_file());
 }
 
 #[test]
@@ -660,4 +663,91 @@ fn a_record_over_max_record_bytes_is_a_clear_error_naming_its_ordinal() {
         "{all}"
     );
     assert!(!all.contains("panicked"), "{all}");
+}
+
+/// The job directory (there is one job per scratch storage).
+fn job_dir(s: &Scratch) -> std::path::PathBuf {
+    std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+fn success_files(out: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("_SUCCESS")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::json!({"files": v["files"], "rows": v["rows"], "schema": v["schema"]})
+}
+
+#[test]
+fn aggregation_killed_with_sigkill_resumes_to_the_same_checksums() {
+    use std::os::unix::process::CommandExt;
+    // 200 task results at fan-in 2: 100 → 50 → 25 → 13 → 7 → 4 → 2, about 200 merge tasks.
+    let job_text = job_yaml("agg", "{builtin: {name: identity}}", "")
+        .replace("size: 250", "size: 1")
+        .replace("output: {uri: out}", "output: {uri: out, fanIn: 2}");
+    let clean = Scratch::new();
+    clean.jsonl("in.jsonl", 200);
+    let job = clean.write("job.yaml", &job_text);
+    let out = clean.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let expected = success_files(&clean.path("out"));
+
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 200);
+    let job = s.write("job.yaml", &job_text);
+    // Its own process group, so that the kill takes the driver and its merge workers at once.
+    let mut child = s
+        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let first = loop {
+        assert!(child.try_wait().unwrap().is_none(), "orch ended too early");
+        if let Ok(mut jobs) = std::fs::read_dir(s.path(".orch/jobs"))
+            && let Some(Ok(dir)) = jobs.next()
+            && dir.path().join("aggregate/1/000040/_DONE").is_file()
+        {
+            break dir.path().join("aggregate/1/000000/_DONE");
+        }
+        assert!(Instant::now() < deadline, "aggregation never got going");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert!(
+        !s.path("out/_SUCCESS").exists(),
+        "the kill came too late to interrupt the aggregation"
+    );
+    let first_sealed = std::fs::metadata(&first).unwrap().modified().unwrap();
+    // A group output damaged while nobody ran must be merged again, not trusted.
+    let damaged = job_dir(&s).join("aggregate/1/000001/part-00000.parquet");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+
+    let again = s.orch(&["run", "--no-progress", "-v", job.to_str().unwrap()]);
+    let all = text(&again);
+    assert_eq!(again.status.code(), Some(0), "{all}");
+    assert!(all.contains("merge groups already done"), "{all}");
+    assert_eq!(success_files(&s.path("out")), expected);
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().modified().unwrap(),
+        first_sealed,
+        "a group done before the kill was merged again"
+    );
+    let redone = job_dir(&s).join("logs/merge-1-000001.1.log");
+    let log = std::fs::read_to_string(&redone).unwrap();
+    assert!(log.matches("merge group").count() >= 2, "{log}");
+    let seen = read_output(&s.path("out"));
+    assert_eq!(seen.items, (0..200).collect::<Vec<_>>());
 }

@@ -177,4 +177,8 @@ pub trait Executor: Send + Sync {
     async fn poll(&self, tasks: &[(u32, u32, Option<String>)]) -> BackendResult<Vec<ExecStatus>>;
     /// Stops the given attempts (task, attempt, executor id when known); best effort.
     async fn cancel(&self, attempts: &[(u32, u32, Option<String>)]) -> BackendResult<()>;
+    /// Returns when a task may have changed state, at the latest after `timeout`. Executors
+    /// that hear of exits at once (local processes) return early, so the coordinator reacts
+    /// without waiting out its poll interval; others just wait.
+    async fn wait_change(&self, timeout: Duration);
 }

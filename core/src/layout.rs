@@ -40,6 +40,18 @@ pub fn checkpoint(job: &str, task: u32) -> String {
 pub fn task_log(job: &str, task: u32, attempt: u32) -> String {
     format!("jobs/{job}/logs/{}.{attempt}.log", task_name(task))
 }
+/// Working directory of the hierarchical merge: `<level>/<group>/` per merge group.
+pub fn aggregate_dir(job: &str) -> String {
+    format!("jobs/{job}/aggregate")
+}
+/// What the aggregation tasks merge, written by the coordinator before it starts them.
+pub fn aggregate_plan(job: &str) -> String {
+    format!("jobs/{job}/aggregate/plan.json")
+}
+/// Written by the final merge once the output files are complete; `_SUCCESS` is built from it.
+pub fn aggregate_final(job: &str) -> String {
+    format!("jobs/{job}/aggregate/final.json")
+}
 pub fn state_db() -> &'static str {
     "state.sqlite"
 }

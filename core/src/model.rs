@@ -317,6 +317,34 @@ pub struct TaskGroup {
     pub id: u32,
     /// Task ids (array indices) with the attempt each runs.
     pub tasks: Vec<(u32, u32)>,
+    /// What the tasks do; their index means a batch for work and a merge group otherwise.
+    #[serde(default)]
+    pub kind: TaskKind,
+}
+
+/// What the tasks of a group do. Aggregation runs through the same executor as the work, so
+/// a big merge lands on the cluster (a Slurm array) rather than in the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum TaskKind {
+    /// Run the handler over a batch.
+    #[default]
+    Work,
+    /// Merge one group of `spec.output.fanIn` files of the previous level (level 1 merges
+    /// task results).
+    Merge { level: u32 },
+    /// Merge the last level into the output location (the only task of its group).
+    Final,
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskKind::Work => f.write_str("work"),
+            TaskKind::Merge { level } => write!(f, "merge level {level}"),
+            TaskKind::Final => f.write_str("final merge"),
+        }
+    }
 }
 
 /// One attempt of a task, as a worker sees it.

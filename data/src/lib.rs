@@ -37,7 +37,9 @@ pub use atomic::{write_bytes_atomic, write_json_atomic};
 pub use checksum::{FileInfo, sha256_file, verify_file};
 pub use error::{DataError, ErrorCategory};
 pub use formats::{ExtraFormat, write_format};
-pub use hierarchy::{HierarchyStats, merge_hierarchical};
+pub use hierarchy::{
+    FinalMerge, FinalOutput, GroupOutcome, Hierarchy, HierarchyStats, merge_hierarchical,
+};
 pub use item_errors::{
     ItemError, errors_schema, merge_errors, read_errors_parquet, write_errors_parquet,
 };

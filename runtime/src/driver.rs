@@ -6,7 +6,7 @@
 //! driver, a worker or the machine) resumes the job instead of starting over.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,17 +14,17 @@ use orch_core::backend::{ExecState, Executor, ObjectStore, Queue, StateStore};
 use orch_core::engine::{self, DueRetry, EngineConfig, ItemCounts, Observation, RetryRequest};
 use orch_core::load::LoadedJob;
 use orch_core::model::{
-    Batch, DoneMarker, JobManifest, JobPhase, JobRecord, SCHEMA_VERSION, TaskGroup, TaskRecord,
+    Batch, JobManifest, JobPhase, JobRecord, SCHEMA_VERSION, TaskGroup, TaskKind, TaskRecord,
     TaskState, now_ms,
 };
 use orch_core::partition::PartitionPlan;
-use orch_core::spec::OutputFormat;
 use orch_core::uri::Location;
 use orch_core::{ErrorCategory, layout};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::Digest;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::aggregate::{AggregationProgress, AggregationRun, aggregate};
 use crate::error::{Error, Result};
 use crate::fs_store::FsStore;
 use crate::input::{self, InputPlan};
@@ -102,6 +102,8 @@ pub struct Progress {
     pub tasks_done: u32,
     pub tasks_running: u32,
     pub aggregating: bool,
+    /// The merge stage running, once aggregation has started.
+    pub aggregation: Option<AggregationProgress>,
 }
 
 /// What the caller of [`run`] may tune.
@@ -146,19 +148,6 @@ impl From<&PartitionPlan> for PlanSummary {
             largest_batch_items: p.batches.iter().map(|b| b.items).max().unwrap_or(0),
         }
     }
-}
-
-/// `_SUCCESS` of the final output (DESIGN §3), written last.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SuccessMarker {
-    pub schema_version: u32,
-    pub job: String,
-    pub rows: u64,
-    pub items: ItemCounts,
-    pub error_rows: u64,
-    pub schema: Vec<orch_data::ColumnSchema>,
-    pub files: std::collections::BTreeMap<String, orch_data::FileInfo>,
 }
 
 /// The job id of a spec: its name plus a short hash of the spec and the input fingerprint, so
@@ -437,7 +426,8 @@ impl Loop<'_> {
                     due_retries: &due,
                 },
             );
-            (opts.on_progress)(&progress(&job, &tasks, decision.aggregate));
+            let shown = progress(&job, &tasks, decision.aggregate);
+            (opts.on_progress)(&shown);
             if decision.aggregate {
                 let job = match decision.job.clone() {
                     Some(j) => match state.update_job(&j).await {
@@ -450,7 +440,20 @@ impl Loop<'_> {
                 };
                 let tasks = state.list_tasks(&self.id).await?;
                 let mut done = engine::verdict(&self.cfg, &job, &tasks, now_ms());
-                match aggregate(self.backends, &job, &tasks).await {
+                let report = |stage: AggregationProgress| {
+                    (opts.on_progress)(&Progress {
+                        aggregation: Some(stage),
+                        ..shown
+                    })
+                };
+                let run = AggregationRun {
+                    backends: self.backends,
+                    executor: self.executor,
+                    max_attempts: job.spec.spec.retry.max_attempts,
+                    tick: opts.tick,
+                    report: &report,
+                };
+                match aggregate(&run, &job, &tasks).await {
                     Ok(()) => {}
                     Err(e) if e.category() == ErrorCategory::Infrastructure => return Err(e),
                     Err(e) => {
@@ -466,10 +469,7 @@ impl Loop<'_> {
             self.apply(decision).await?;
             if idle {
                 // Wake early when a worker ends; otherwise look again after one tick.
-                tokio::select! {
-                    _ = self.executor.changed() => {}
-                    _ = tokio::time::sleep(opts.tick) => {}
-                }
+                self.executor.wait_change(opts.tick).await;
             }
         }
     }
@@ -505,6 +505,7 @@ impl Loop<'_> {
                 job: self.id.clone(),
                 id: dispatch.group,
                 tasks: Vec::new(),
+                kind: TaskKind::Work,
             };
             let mut written = Vec::new();
             for t in dispatch.tasks {
@@ -621,274 +622,8 @@ fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progres
         tasks_done: tasks.iter().filter(|t| t.state.is_terminal()).count() as u32,
         tasks_running: running.len() as u32,
         aggregating: aggregating || job.phase == JobPhase::Aggregating,
+        aggregation: None,
     }
-}
-
-/// Merges the committed results into the output location: parts, `errors.parquet`, and
-/// `_SUCCESS` last, after verifying every committed file against its `_DONE` checksums.
-async fn aggregate(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -> Result<()> {
-    let out = job
-        .spec
-        .spec
-        .output
-        .uri
-        .as_deref()
-        .ok_or_else(|| Error::Invalid("the job has no output location".into()))
-        .and_then(|uri| Location::local_path(uri).map_err(Error::Invalid))?;
-    let mut parts = Vec::new();
-    let mut errors = Vec::new();
-    for found in discover_results(backends, job, tasks).await? {
-        match found.state {
-            ResultState::Verified {
-                part,
-                errors: task_errors,
-            } => {
-                parts.push(part);
-                errors.push(task_errors);
-            }
-            ResultState::Missing(message) | ResultState::Corrupt(message) => {
-                return Err(Error::Integrity {
-                    task: found.task,
-                    attempt: found.attempt,
-                    message,
-                });
-            }
-        }
-    }
-    if let Some(path) = failed_task_items(backends, job, tasks)? {
-        errors.push(path);
-    }
-    std::fs::create_dir_all(&out).map_err(|e| orch_core::Error::Io {
-        path: out.clone(),
-        source: e,
-    })?;
-    // A consumer must never see a _SUCCESS next to parts of another run.
-    remove_previous_output(&out)?;
-    let out2 = out.clone();
-    let extra: Vec<orch_data::ExtraFormat> = job
-        .spec
-        .spec
-        .output
-        .formats
-        .iter()
-        .filter_map(|f| match f {
-            OutputFormat::Parquet => None,
-            OutputFormat::Sqlite => Some(orch_data::ExtraFormat::Sqlite),
-            OutputFormat::Jsonl => Some(orch_data::ExtraFormat::Jsonl),
-            OutputFormat::Csv => Some(orch_data::ExtraFormat::Csv),
-        })
-        .collect();
-    let fan_in = job.spec.spec.output.fan_in.max(2) as usize;
-    let merge_opts = orch_data::MergeOptions {
-        target_file_bytes: job
-            .spec
-            .spec
-            .output
-            .target_file_size
-            .as_bytes()
-            .map_err(Error::Invalid)?,
-        ..orch_data::MergeOptions::default()
-    };
-    let work_dir = backends.root.join(format!("jobs/{}/aggregate", job.id));
-    let (merged, errs, extra_files) = tokio::task::spawn_blocking(move || {
-        // Many task results are merged level by level first; completed groups are kept (with
-        // their _DONE), so an interrupted aggregation resumes instead of starting over.
-        let (inputs, stats) =
-            orch_data::merge_hierarchical(&parts, &work_dir, fan_in, &mut |level, done, total| {
-                if done == total {
-                    info!(level, groups = total, "aggregation level done");
-                }
-            })?;
-        if stats.levels > 0 {
-            info!(
-                levels = stats.levels,
-                merged = stats.merged,
-                skipped = stats.skipped,
-                "hierarchical aggregation"
-            );
-        }
-        let merged = orch_data::merge_results(&inputs, &out2, &merge_opts)?;
-        let errors_path = out2.join("errors.parquet");
-        let errs = orch_data::merge_errors(&errors, &errors_path)?;
-        let final_parts: Vec<PathBuf> = merged.files.iter().map(|(n, _)| out2.join(n)).collect();
-        let extra_files = extra
-            .into_iter()
-            .map(|f| orch_data::write_format(f, &final_parts, &errors_path, &out2))
-            .collect::<orch_data::Result<Vec<_>>>()?;
-        Ok::<_, orch_data::DataError>((merged, errs, extra_files))
-    })
-    .await
-    .map_err(|e| Error::Invalid(format!("aggregation task failed: {e}")))??;
-    let mut files: std::collections::BTreeMap<String, orch_data::FileInfo> =
-        merged.files.iter().cloned().collect();
-    files.insert("errors.parquet".into(), errs.clone());
-    files.extend(extra_files);
-    let marker = SuccessMarker {
-        schema_version: SCHEMA_VERSION,
-        job: job.id.clone(),
-        rows: merged.rows,
-        items: engine::item_counts(tasks),
-        error_rows: errs.rows,
-        schema: merged.schema.clone(),
-        files,
-    };
-    let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| orch_core::Error::Decode {
-        what: "_SUCCESS".into(),
-        source,
-    })?;
-    let out_store = FsStore::new(&out)?;
-    out_store.put("_SUCCESS", bytes).await?;
-    info!(rows = merged.rows, files = merged.files.len(), output = %out.display(), "aggregated");
-    Ok(())
-}
-
-/// What result discovery found for the committed attempt of one task.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ResultState {
-    /// `_DONE` is there and every file matches its recorded size and sha256.
-    Verified {
-        part: PathBuf,
-        errors: PathBuf,
-    },
-    Missing(String),
-    Corrupt(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskResult {
-    pub task: u32,
-    pub attempt: u32,
-    pub state: ResultState,
-}
-
-/// Finds the committed result of every succeeded task and checks it against its `_DONE`
-/// marker (sizes and sha256), so that nothing unverified reaches the final output.
-pub async fn discover_results(
-    backends: &Embedded,
-    job: &JobRecord,
-    tasks: &[TaskRecord],
-) -> Result<Vec<TaskResult>> {
-    let mut found = Vec::new();
-    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
-        let state = check_result(backends, &job.id, t).await?;
-        found.push(TaskResult {
-            task: t.id,
-            attempt: t.attempt,
-            state,
-        });
-    }
-    Ok(found)
-}
-
-async fn check_result(backends: &Embedded, job: &str, t: &TaskRecord) -> Result<ResultState> {
-    let marker: DoneMarker = match backends
-        .objects
-        .get(&layout::done(job, t.id, t.attempt))
-        .await?
-    {
-        Some(bytes) => match orch_core::model::decode_versioned("_DONE marker", &bytes) {
-            Ok(m) => m,
-            Err(e) => return Ok(ResultState::Corrupt(format!("unreadable _DONE: {e}"))),
-        },
-        None => {
-            return Ok(ResultState::Missing(
-                "committed but its _DONE marker is missing".into(),
-            ));
-        }
-    };
-    let prefix = layout::attempt_prefix(job, t.id, t.attempt);
-    let mut part = None;
-    let mut errors = None;
-    for (name, sum) in &marker.files {
-        let path = backends.root.join(format!("{prefix}{name}"));
-        let (bytes, sha) = match orch_data::sha256_file(&path) {
-            Ok(x) => x,
-            Err(e) => return Ok(ResultState::Missing(format!("{name}: {e}"))),
-        };
-        if bytes != sum.bytes || sha != sum.sha256 {
-            return Ok(ResultState::Corrupt(format!(
-                "{name} does not match the checksum in _DONE"
-            )));
-        }
-        match name.as_str() {
-            "part.parquet" => part = Some(path),
-            "errors.parquet" => errors = Some(path),
-            _ => {}
-        }
-    }
-    Ok(match (part, errors) {
-        (Some(part), Some(errors)) => ResultState::Verified { part, errors },
-        _ => ResultState::Missing("_DONE does not name part.parquet and errors.parquet".into()),
-    })
-}
-
-/// Every item of a task that failed all its attempts (or was cancelled) gets an error row, so
-/// the output still accounts for each input item exactly once.
-fn failed_task_items(
-    backends: &Embedded,
-    job: &JobRecord,
-    tasks: &[TaskRecord],
-) -> Result<Option<PathBuf>> {
-    let mut rows = Vec::new();
-    for t in tasks
-        .iter()
-        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
-    {
-        let batch = t.batch.as_ref().ok_or_else(|| Error::Integrity {
-            task: t.id,
-            attempt: t.attempt,
-            message: "the task row has no batch".into(),
-        })?;
-        let (kind, why) = match (&t.last_error, t.state) {
-            (_, TaskState::Cancelled) => ("cancelled", "the job was cancelled".to_string()),
-            (Some(e), _) => (e.kind.as_str(), e.message.clone()),
-            (None, _) => ("infrastructure", "unknown".to_string()),
-        };
-        let message = format!(
-            "task {} failed after {} attempt(s): {why}",
-            t.id,
-            t.counted_attempts()
-        );
-        rows.extend(
-            (batch.first_item..batch.first_item + batch.items).map(|item| orch_data::ItemError {
-                item,
-                kind: kind.to_string(),
-                message: message.clone(),
-                attempts: t.counted_attempts(),
-            }),
-        );
-    }
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let path = backends.root.join(format!(
-        "jobs/{}/aggregate/failed-task-items.parquet",
-        job.id
-    ));
-    orch_data::write_errors_parquet(&path, &rows)?;
-    Ok(Some(path))
-}
-
-fn remove_previous_output(out: &Path) -> Result<()> {
-    let io = |e| orch_core::Error::Io {
-        path: out.to_path_buf(),
-        source: e,
-    };
-    let _ = std::fs::remove_file(out.join("_SUCCESS"));
-    for entry in std::fs::read_dir(out).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let ours = (name.starts_with("part-") && name.ends_with(".parquet"))
-            || name == "errors.parquet"
-            || orch_data::ExtraFormat::ALL
-                .iter()
-                .any(|f| f.file_name() == name.as_ref());
-        if ours {
-            std::fs::remove_file(entry.path()).map_err(io)?;
-        }
-    }
-    Ok(())
 }
 
 /// Reads a job's state for `orch status`.

@@ -25,6 +25,14 @@ pub enum Error {
         attempt: u32,
         message: String,
     },
+    /// A merge task of the aggregation failed every attempt.
+    #[error("aggregation {stage}, group {group}: failed {attempts} attempt(s): {message}")]
+    AggregationTask {
+        stage: String,
+        group: u32,
+        attempts: u32,
+        message: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("interrupted; run the same command again to resume")]
@@ -38,7 +46,8 @@ impl Error {
             Error::Backend(e) => e.category(),
             Error::Data(e) => e.category().into(),
             Error::Integrity { .. } => ErrorCategory::Permanent,
-            Error::Spawn { .. } => ErrorCategory::Infrastructure,
+            // Left resumable: running the job again retries the aggregation.
+            Error::Spawn { .. } | Error::AggregationTask { .. } => ErrorCategory::Infrastructure,
             Error::Invalid(_) => ErrorCategory::Invalid,
             Error::Interrupted => ErrorCategory::Transient,
         }

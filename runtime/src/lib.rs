@@ -9,6 +9,7 @@
 //!   against those backends (`orch run`);
 //! - [`contract`]: the behaviour every backend implementation must show, as reusable tests.
 
+pub mod aggregate;
 pub mod contract;
 pub mod driver;
 pub mod error;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, ExecState, ExecStatus, Executor};
-use orch_core::model::TaskGroup;
+use orch_core::model::{TaskGroup, TaskKind};
 use tokio::sync::Notify;
 
 /// How long a cancelled worker may take to checkpoint and exit before it is killed.
@@ -39,22 +39,33 @@ pub struct WorkerLaunch {
 }
 
 struct Queued {
+    /// The executor id: the key of everything the executor tracks.
+    id: String,
     job: String,
     group: u32,
+    kind: TaskKind,
     task: u32,
     attempt: u32,
 }
 
-/// An attempt: several attempts of one task can be alive at once (a hung one being stopped
-/// while its retry starts), so everything is keyed by both.
-type AttemptKey = (u32, u32);
+/// The executor id of one attempt: unique per kind, task and attempt, because several
+/// attempts of a task can be alive at once (a hung one being stopped while its retry starts)
+/// and a merge group shares its index with a batch. Work ids are derivable from the task and
+/// attempt alone, so a caller that lost the id can still poll.
+fn exec_id(kind: TaskKind, task: u32, attempt: u32) -> String {
+    match kind {
+        TaskKind::Work => format!("local:{task}:{attempt}"),
+        TaskKind::Merge { level } => format!("local:merge{level}:{task}:{attempt}"),
+        TaskKind::Final => format!("local:final:{task}:{attempt}"),
+    }
+}
 
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<Queued>,
-    /// Process id of each running attempt.
-    running: HashMap<AttemptKey, Option<u32>>,
-    finished: HashMap<AttemptKey, ExecState>,
+    /// Process id of each running attempt, by executor id.
+    running: HashMap<String, Option<u32>>,
+    finished: HashMap<String, ExecState>,
     /// Set on shutdown: queued workers are dropped and no new ones start.
     closed: bool,
 }
@@ -83,11 +94,6 @@ impl LocalExecutor {
                 changed: Notify::new(),
             }),
         }
-    }
-
-    /// Resolves when a worker has ended since the last call (or immediately if one did).
-    pub async fn changed(&self) {
-        self.shared.changed.notified().await
     }
 
     /// Starts no more workers: the queue is dropped; running workers are left to finish (on
@@ -128,9 +134,9 @@ fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
             break;
         };
         let mut child = spawn(&shared.launch, &q)?;
-        inner.running.insert((q.task, q.attempt), child.id());
+        inner.running.insert(q.id.clone(), child.id());
         let waiter = shared.clone();
-        let (task, attempt) = (q.task, q.attempt);
+        let id = q.id;
         tokio::spawn(async move {
             let state = match child.wait().await {
                 Ok(status) => {
@@ -145,10 +151,10 @@ fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
                     message: e.to_string(),
                 },
             };
-            tracing::debug!(task, attempt, ?state, "worker ended");
+            tracing::debug!(worker = %id, ?state, "worker ended");
             if let Ok(mut inner) = lock(&waiter) {
-                inner.running.remove(&(task, attempt));
-                inner.finished.insert((task, attempt), state);
+                inner.running.remove(&id);
+                inner.finished.insert(id, state);
                 if let Err(e) = pump(&waiter, &mut inner) {
                     tracing::error!(error = %e, "cannot start the next worker");
                 }
@@ -171,9 +177,12 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
             e,
         )
     })?;
-    let log_path = launch
-        .log_dir
-        .join(format!("{:06}.{}.log", q.task, q.attempt));
+    let log_name = match q.kind {
+        TaskKind::Work => format!("{:06}.{}.log", q.task, q.attempt),
+        TaskKind::Merge { level } => format!("merge-{level}-{:06}.{}.log", q.task, q.attempt),
+        TaskKind::Final => format!("merge-final.{}.log", q.attempt),
+    };
+    let log_path = launch.log_dir.join(log_name);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,10 +194,20 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
         BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
     })?;
     let task = q.task.to_string();
-    tokio::process::Command::new(program)
-        .args(args)
-        .args(["run", "--storage", &launch.storage, "--job", &q.job])
-        .args(["--group", &q.group.to_string()])
+    let mut command = tokio::process::Command::new(program);
+    command.args(args);
+    match q.kind {
+        TaskKind::Work => command
+            .args(["run", "--storage", &launch.storage, "--job", &q.job])
+            .args(["--group", &q.group.to_string()]),
+        TaskKind::Merge { level } => command
+            .args(["aggregate", "--storage", &launch.storage, "--job", &q.job])
+            .args(["--level", &level.to_string()]),
+        TaskKind::Final => command
+            .args(["aggregate", "--storage", &launch.storage, "--job", &q.job])
+            .arg("--final"),
+    };
+    command
         .env("ORCH_TASK_INDEX", &task)
         .env("SLURM_ARRAY_TASK_ID", &task)
         .stdin(Stdio::null())
@@ -206,17 +225,27 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
 
 #[async_trait]
 impl Executor for LocalExecutor {
+    /// Wakes when a worker has ended since the last call (at once if one did).
+    async fn wait_change(&self, timeout: std::time::Duration) {
+        tokio::time::timeout(timeout, self.shared.changed.notified())
+            .await
+            .ok();
+    }
+
     async fn submit(&self, group: &TaskGroup) -> BackendResult<Vec<(u32, String)>> {
         let mut inner = lock(&self.shared)?;
         let mut ids = Vec::with_capacity(group.tasks.len());
         for &(task, attempt) in &group.tasks {
+            let id = exec_id(group.kind, task, attempt);
+            ids.push((task, id.clone()));
             inner.queue.push_back(Queued {
+                id,
                 job: group.job.clone(),
                 group: group.id,
+                kind: group.kind,
                 task,
                 attempt,
             });
-            ids.push((task, format!("local:{task}:{attempt}")));
         }
         pump(&self.shared, &mut inner)?;
         Ok(ids)
@@ -226,15 +255,14 @@ impl Executor for LocalExecutor {
         let inner = lock(&self.shared)?;
         Ok(tasks
             .iter()
-            .map(|&(task, attempt, _)| {
-                let key = (task, attempt);
+            .map(|(task, attempt, id)| {
+                let (task, attempt) = (*task, *attempt);
+                let key = id
+                    .clone()
+                    .unwrap_or_else(|| exec_id(TaskKind::Work, task, attempt));
                 let state = if inner.running.contains_key(&key) {
                     ExecState::Running
-                } else if inner
-                    .queue
-                    .iter()
-                    .any(|q| q.task == task && q.attempt == attempt)
-                {
+                } else if inner.queue.iter().any(|q| q.id == key) {
                     ExecState::Queued
                 } else {
                     inner
@@ -254,13 +282,16 @@ impl Executor for LocalExecutor {
 
     async fn cancel(&self, attempts: &[(u32, u32, Option<String>)]) -> BackendResult<()> {
         let mut inner = lock(&self.shared)?;
-        inner.queue.retain(|q| {
-            !attempts
-                .iter()
-                .any(|(t, a, _)| q.task == *t && q.attempt == *a)
-        });
-        for &(task, attempt, _) in attempts {
-            let Some(Some(pid)) = inner.running.get(&(task, attempt)).copied() else {
+        let keys: Vec<String> = attempts
+            .iter()
+            .map(|(task, attempt, id)| {
+                id.clone()
+                    .unwrap_or_else(|| exec_id(TaskKind::Work, *task, *attempt))
+            })
+            .collect();
+        inner.queue.retain(|q| !keys.contains(&q.id));
+        for key in keys {
+            let Some(Some(pid)) = inner.running.get(&key).copied() else {
                 continue;
             };
             // SIGTERM so the worker checkpoints; SIGKILL if it is still there after a grace
@@ -270,10 +301,10 @@ impl Executor for LocalExecutor {
             tokio::spawn(async move {
                 tokio::time::sleep(KILL_GRACE).await;
                 let alive = lock(&shared)
-                    .map(|i| i.running.get(&(task, attempt)) == Some(&Some(pid)))
+                    .map(|i| i.running.get(&key) == Some(&Some(pid)))
                     .unwrap_or(false);
                 if alive {
-                    tracing::warn!(task, attempt, pid, "worker ignored SIGTERM; killing it");
+                    tracing::warn!(worker = %key, pid, "worker ignored SIGTERM; killing it");
                     signal(pid, "-KILL");
                 }
             });

@@ -72,6 +72,7 @@ async fn runs_an_array_with_bounded_parallelism_and_reports_exits() {
         job: "j-1".into(),
         id: 0,
         tasks: (0..6).map(|t| (t, 1)).collect(),
+        kind: Default::default(),
     };
     let ids = ex.submit(&group).await.unwrap();
     assert_eq!(ids.len(), 6);
@@ -137,6 +138,7 @@ async fn cancel_stops_running_and_queued_workers() {
         job: "j-1".into(),
         id: 3,
         tasks: vec![(0, 1), (1, 1)],
+        kind: Default::default(),
     };
     ex.submit(&group).await.unwrap();
     ex.cancel(&[(0, 1, None), (1, 1, None)]).await.unwrap();

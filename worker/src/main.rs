@@ -2,6 +2,7 @@
 //! processes, Slurm, Kubernetes), never by hand in normal use.
 
 use clap::{Parser, Subcommand};
+use orch_core::model::TaskKind;
 use orch_worker::run::{StopFlag, WorkerArgs};
 
 #[derive(Parser)]
@@ -32,6 +33,29 @@ enum Command {
         #[arg(long)]
         task: Option<u32>,
     },
+    /// Merge one group of one aggregation level (the group is the task index), or with
+    /// --final merge the last level into the job's output.
+    Aggregate {
+        /// Storage URI of the job (file:///…).
+        #[arg(long)]
+        storage: String,
+        /// Job id.
+        #[arg(long)]
+        job: String,
+        /// Merge level (1 merges task results).
+        #[arg(
+            long,
+            required_unless_present = "final_merge",
+            conflicts_with = "final_merge"
+        )]
+        level: Option<u32>,
+        /// Run the final merge into the output location.
+        #[arg(long = "final")]
+        final_merge: bool,
+        /// Group index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID.
+        #[arg(long)]
+        group: Option<u32>,
+    },
 }
 
 fn task_from_env() -> Option<u32> {
@@ -42,19 +66,6 @@ fn task_from_env() -> Option<u32> {
 
 fn main() {
     orch_worker::init_logging();
-    let Cli {
-        command:
-            Command::Run {
-                storage,
-                job,
-                group,
-                task,
-            },
-    } = Cli::parse();
-    let Some(task) = task.or_else(task_from_env) else {
-        eprintln!("orch-worker: no task index (--task, ORCH_TASK_INDEX or SLURM_ARRAY_TASK_ID)");
-        std::process::exit(2);
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -66,13 +77,59 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let code = match Cli::parse().command {
+        Command::Run {
+            storage,
+            job,
+            group,
+            task,
+        } => run_task(&runtime, storage, job, group, task),
+        Command::Aggregate {
+            storage,
+            job,
+            level,
+            final_merge,
+            group,
+        } => {
+            let stage = match level {
+                Some(level) if !final_merge => TaskKind::Merge { level },
+                _ => TaskKind::Final,
+            };
+            let group = group.or_else(task_from_env).unwrap_or(0);
+            let span = tracing::info_span!("aggregate", job = %job, %stage, group);
+            let _entered = span.enter();
+            match runtime.block_on(orch_runtime::aggregate::run_task(
+                &storage, &job, stage, group,
+            )) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, category = ?e.category(), "aggregation task failed");
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_task(
+    runtime: &tokio::runtime::Runtime,
+    storage: String,
+    job: String,
+    group: u32,
+    task: Option<u32>,
+) -> i32 {
+    let Some(task) = task.or_else(task_from_env) else {
+        eprintln!("orch-worker: no task index (--task, ORCH_TASK_INDEX or SLURM_ARRAY_TASK_ID)");
+        return 2;
+    };
     let args = WorkerArgs {
         storage,
         job,
         task,
         group,
     };
-    let code = runtime.block_on(async move {
+    runtime.block_on(async move {
         let stop = StopFlag::default();
         let on_signal = stop.clone();
         tokio::spawn(async move {
@@ -97,6 +154,5 @@ fn main() {
                 e.exit_code()
             }
         }
-    });
-    std::process::exit(code);
+    })
 }

@@ -1,0 +1,572 @@
+//! Aggregation: every committed task result merged into the job's output, as executor tasks.
+//!
+//! The coordinator (this module's [`aggregate`]) verifies the task results against their
+//! `_DONE` markers, writes the aggregation plan (`jobs/J/aggregate/plan.json`: which files, in
+//! item order), and then runs the merge level by level through the same [`Executor`] as the
+//! work: one task per merge group of `spec.output.fanIn` files, then one final task that writes
+//! the output location. Workers run [`run_task`] (`orch-worker aggregate`). Only `_SUCCESS`
+//! is written by the coordinator, last, from the final task's marker.
+//!
+//! Every group is sealed by a marker and checked before it is (re)started, so an aggregation
+//! killed at any point resumes where it stopped and, the merge being deterministic, ends with
+//! the same checksums as an uninterrupted one (see `orch_data::hierarchy`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orch_core::backend::{ExecState, Executor, ObjectStore};
+use orch_core::engine::{self, ItemCounts};
+use orch_core::layout;
+use orch_core::model::{
+    DoneMarker, JobManifest, JobRecord, SCHEMA_VERSION, TaskGroup, TaskKind, TaskRecord, TaskState,
+};
+use orch_core::spec::{OutputFormat, OutputSpec};
+use orch_core::uri::Location;
+use orch_data::{ExtraFormat, FinalMerge, FinalOutput, Hierarchy};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::driver::Embedded;
+use crate::error::{Error, Result};
+use crate::fs_store::FsStore;
+
+/// `_SUCCESS` of the final output (DESIGN §3), written last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessMarker {
+    pub schema_version: u32,
+    pub job: String,
+    pub rows: u64,
+    pub items: ItemCounts,
+    pub error_rows: u64,
+    pub schema: Vec<orch_data::ColumnSchema>,
+    pub files: BTreeMap<String, orch_data::FileInfo>,
+}
+
+/// `jobs/J/aggregate/plan.json`: what the aggregation tasks merge. Keys are relative to the
+/// storage root, so the plan means the same to every process that mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregationPlan {
+    pub schema_version: u32,
+    /// Verified task result files, in item order.
+    pub inputs: Vec<String>,
+    /// Per-task error files, plus one row per item of each failed task.
+    pub errors: Vec<String>,
+}
+
+/// Where the aggregation is, for the progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregationProgress {
+    /// The stage running: a merge level or the final merge.
+    pub stage: TaskKind,
+    /// Intermediate levels of this job's merge (0: the final merge reads task results).
+    pub levels: u32,
+    pub groups_done: u32,
+    pub groups_total: u32,
+}
+
+/// What result discovery found for the committed attempt of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultState {
+    /// `_DONE` is there and every file matches its recorded size and sha256.
+    Verified {
+        part: String,
+        errors: String,
+    },
+    Missing(String),
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub task: u32,
+    pub attempt: u32,
+    pub state: ResultState,
+}
+
+/// Finds the committed result of every succeeded task and checks it against its `_DONE`
+/// marker (sizes and sha256), so that nothing unverified reaches the final output.
+pub async fn discover_results(
+    backends: &Embedded,
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+) -> Result<Vec<TaskResult>> {
+    let mut found = Vec::new();
+    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
+        let state = check_result(backends, &job.id, t).await?;
+        found.push(TaskResult {
+            task: t.id,
+            attempt: t.attempt,
+            state,
+        });
+    }
+    Ok(found)
+}
+
+async fn check_result(backends: &Embedded, job: &str, t: &TaskRecord) -> Result<ResultState> {
+    let marker: DoneMarker = match backends
+        .objects
+        .get(&layout::done(job, t.id, t.attempt))
+        .await?
+    {
+        Some(bytes) => match orch_core::model::decode_versioned("_DONE marker", &bytes) {
+            Ok(m) => m,
+            Err(e) => return Ok(ResultState::Corrupt(format!("unreadable _DONE: {e}"))),
+        },
+        None => {
+            return Ok(ResultState::Missing(
+                "committed but its _DONE marker is missing".into(),
+            ));
+        }
+    };
+    let prefix = layout::attempt_prefix(job, t.id, t.attempt);
+    let mut part = None;
+    let mut errors = None;
+    for (name, sum) in &marker.files {
+        let key = format!("{prefix}{name}");
+        let (bytes, sha) = match orch_data::sha256_file(&backends.root.join(&key)) {
+            Ok(x) => x,
+            Err(e) => return Ok(ResultState::Missing(format!("{name}: {e}"))),
+        };
+        if bytes != sum.bytes || sha != sum.sha256 {
+            return Ok(ResultState::Corrupt(format!(
+                "{name} does not match the checksum in _DONE"
+            )));
+        }
+        match name.as_str() {
+            "part.parquet" => part = Some(key),
+            "errors.parquet" => errors = Some(key),
+            _ => {}
+        }
+    }
+    Ok(match (part, errors) {
+        (Some(part), Some(errors)) => ResultState::Verified { part, errors },
+        _ => ResultState::Missing("_DONE does not name part.parquet and errors.parquet".into()),
+    })
+}
+
+/// Every item of a task that failed all its attempts (or was cancelled) gets an error row, so
+/// the output still accounts for each input item exactly once. Returns the file's key.
+fn failed_task_items(
+    backends: &Embedded,
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+) -> Result<Option<String>> {
+    let mut rows = Vec::new();
+    for t in tasks
+        .iter()
+        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
+    {
+        let batch = t.batch.as_ref().ok_or_else(|| Error::Integrity {
+            task: t.id,
+            attempt: t.attempt,
+            message: "the task row has no batch".into(),
+        })?;
+        let (kind, why) = match (&t.last_error, t.state) {
+            (_, TaskState::Cancelled) => ("cancelled", "the job was cancelled".to_string()),
+            (Some(e), _) => (e.kind.as_str(), e.message.clone()),
+            (None, _) => ("infrastructure", "unknown".to_string()),
+        };
+        let message = format!(
+            "task {} failed after {} attempt(s): {why}",
+            t.id,
+            t.counted_attempts()
+        );
+        rows.extend(
+            (batch.first_item..batch.first_item + batch.items).map(|item| orch_data::ItemError {
+                item,
+                kind: kind.to_string(),
+                message: message.clone(),
+                attempts: t.counted_attempts(),
+            }),
+        );
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let key = format!(
+        "{}/failed-task-items.parquet",
+        layout::aggregate_dir(&job.id)
+    );
+    orch_data::write_errors_parquet(&backends.root.join(&key), &rows)?;
+    Ok(Some(key))
+}
+
+/// The output directory, merge settings and extra formats of a spec.
+#[derive(Clone)]
+struct OutputSettings {
+    out_dir: PathBuf,
+    fan_in: usize,
+    merge: orch_data::MergeOptions,
+    extra: Vec<ExtraFormat>,
+}
+
+impl OutputSettings {
+    fn of(output: &OutputSpec) -> Result<Self> {
+        let out_dir = output
+            .uri
+            .as_deref()
+            .ok_or_else(|| Error::Invalid("the job has no output location".into()))
+            .and_then(|uri| Location::local_path(uri).map_err(Error::Invalid))?;
+        let merge = orch_data::MergeOptions {
+            target_file_bytes: output.target_file_size.as_bytes().map_err(Error::Invalid)?,
+            ..orch_data::MergeOptions::default()
+        };
+        let extra = output
+            .formats
+            .iter()
+            .filter_map(|f| match f {
+                OutputFormat::Parquet => None,
+                OutputFormat::Sqlite => Some(ExtraFormat::Sqlite),
+                OutputFormat::Jsonl => Some(ExtraFormat::Jsonl),
+                OutputFormat::Csv => Some(ExtraFormat::Csv),
+            })
+            .collect();
+        Ok(OutputSettings {
+            out_dir,
+            fan_in: output.fan_in.max(2) as usize,
+            merge,
+            extra,
+        })
+    }
+}
+
+/// The plan's files as local paths, and the merge's working directory.
+#[derive(Clone)]
+struct Resolved {
+    inputs: Vec<PathBuf>,
+    errors: Vec<PathBuf>,
+    work_dir: PathBuf,
+    marker: PathBuf,
+}
+
+impl Resolved {
+    fn new(root: &std::path::Path, job: &str, plan: &AggregationPlan) -> Self {
+        Resolved {
+            inputs: plan.inputs.iter().map(|k| root.join(k)).collect(),
+            errors: plan.errors.iter().map(|k| root.join(k)).collect(),
+            work_dir: root.join(layout::aggregate_dir(job)),
+            marker: root.join(layout::aggregate_final(job)),
+        }
+    }
+
+    fn final_merge<'a>(
+        &'a self,
+        settings: &'a OutputSettings,
+        final_inputs: &'a [PathBuf],
+    ) -> FinalMerge<'a> {
+        FinalMerge {
+            inputs: final_inputs,
+            errors: &self.errors,
+            out_dir: &settings.out_dir,
+            extra: &settings.extra,
+            opts: &settings.merge,
+            marker: &self.marker,
+        }
+    }
+}
+
+/// How the coordinator runs aggregation tasks.
+pub struct AggregationRun<'a> {
+    pub backends: &'a Embedded,
+    pub executor: &'a dyn Executor,
+    /// Attempts per merge task before the aggregation gives up (`spec.retry.maxAttempts`).
+    pub max_attempts: u32,
+    /// Longest wait between two looks at the executor.
+    pub tick: Duration,
+    pub report: &'a (dyn Fn(AggregationProgress) + Send + Sync),
+}
+
+/// Merges the committed results into the output location: verifies every task result,
+/// writes the plan, runs the merge levels and the final merge as executor tasks (skipping
+/// groups already done), then writes `_SUCCESS` last.
+pub async fn aggregate(
+    run: &AggregationRun<'_>,
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+) -> Result<()> {
+    let backends = run.backends;
+    let mut plan = AggregationPlan {
+        schema_version: SCHEMA_VERSION,
+        inputs: Vec::new(),
+        errors: Vec::new(),
+    };
+    for found in discover_results(backends, job, tasks).await? {
+        match found.state {
+            ResultState::Verified { part, errors } => {
+                plan.inputs.push(part);
+                plan.errors.push(errors);
+            }
+            ResultState::Missing(message) | ResultState::Corrupt(message) => {
+                return Err(Error::Integrity {
+                    task: found.task,
+                    attempt: found.attempt,
+                    message,
+                });
+            }
+        }
+    }
+    if let Some(key) = failed_task_items(backends, job, tasks)? {
+        plan.errors.push(key);
+    }
+    let bytes = serde_json::to_vec(&plan).map_err(|source| orch_core::Error::Decode {
+        what: "aggregation plan".into(),
+        source,
+    })?;
+    backends
+        .objects
+        .put(&layout::aggregate_plan(&job.id), bytes)
+        .await?;
+
+    let settings = OutputSettings::of(&job.spec.spec.output)?;
+    let resolved = Resolved::new(&backends.root, &job.id, &plan);
+    let hierarchy = Hierarchy::new(&resolved.inputs, &resolved.work_dir, settings.fan_in)?;
+    let levels = hierarchy.levels();
+    for (index, &groups) in levels.iter().enumerate() {
+        let level = index as u32 + 1;
+        let stage = TaskKind::Merge { level };
+        // Checking a group reads its output once (sha256): cheap next to merging it again.
+        let (resolved, settings) = (resolved.clone(), settings.clone());
+        let pending = blocking(move || {
+            let hierarchy = Hierarchy::new(&resolved.inputs, &resolved.work_dir, settings.fan_in)?;
+            (0..groups)
+                .filter_map(|g| match hierarchy.group_done(level, g) {
+                    Ok(true) => None,
+                    Ok(false) => Some(Ok(g as u32)),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<orch_data::Result<Vec<u32>>>()
+        })
+        .await?;
+        if pending.len() < groups {
+            info!(
+                level,
+                skipped = groups - pending.len(),
+                groups,
+                "merge groups already done"
+            );
+        }
+        run.run_stage(&job.id, stage, levels.len() as u32, groups as u32, pending)
+            .await?;
+    }
+
+    let final_inputs = hierarchy.final_inputs();
+    let final_done = {
+        let (resolved, settings, final_inputs) =
+            (resolved.clone(), settings.clone(), final_inputs.clone());
+        move || resolved.final_merge(&settings, &final_inputs).done()
+    };
+    let done = blocking(final_done.clone()).await?;
+    let output = match done {
+        Some(output) => {
+            info!("the final merge is already done");
+            output
+        }
+        None => {
+            run.run_stage(&job.id, TaskKind::Final, levels.len() as u32, 1, vec![0])
+                .await?;
+            blocking(final_done).await?.ok_or_else(|| {
+                Error::Invalid("the final merge task ended without a valid output marker".into())
+            })?
+        }
+    };
+    write_success(job, tasks, &settings, output).await
+}
+
+async fn write_success(
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+    settings: &OutputSettings,
+    output: FinalOutput,
+) -> Result<()> {
+    let marker = SuccessMarker {
+        schema_version: SCHEMA_VERSION,
+        job: job.id.clone(),
+        rows: output.rows,
+        items: engine::item_counts(tasks),
+        error_rows: output.error_rows,
+        schema: output.schema,
+        files: output.files,
+    };
+    let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| orch_core::Error::Decode {
+        what: "_SUCCESS".into(),
+        source,
+    })?;
+    FsStore::new(&settings.out_dir)?
+        .put("_SUCCESS", bytes)
+        .await?;
+    info!(rows = marker.rows, files = marker.files.len(), output = %settings.out_dir.display(), "aggregated");
+    Ok(())
+}
+
+impl AggregationRun<'_> {
+    /// Runs the given groups of one stage as an array and waits for all of them; a failed
+    /// group is started again until `max_attempts`.
+    async fn run_stage(
+        &self,
+        job: &str,
+        stage: TaskKind,
+        levels: u32,
+        total: u32,
+        pending: Vec<u32>,
+    ) -> Result<()> {
+        let report = |left: usize| {
+            (self.report)(AggregationProgress {
+                stage,
+                levels,
+                groups_done: total - left as u32,
+                groups_total: total,
+            })
+        };
+        report(pending.len());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        info!(%stage, groups = pending.len(), "starting merge tasks");
+        // group → (attempt, executor id)
+        let mut running: HashMap<u32, (u32, Option<String>)> = HashMap::new();
+        self.submit(
+            job,
+            stage,
+            pending.iter().map(|&g| (g, 1)).collect(),
+            &mut running,
+        )
+        .await?;
+        while !running.is_empty() {
+            let asked: Vec<(u32, u32, Option<String>)> = running
+                .iter()
+                .map(|(&g, (a, id))| (g, *a, id.clone()))
+                .collect();
+            let mut again = Vec::new();
+            for status in self.executor.poll(&asked).await? {
+                let failure = match status.state {
+                    ExecState::Queued | ExecState::Running => continue,
+                    ExecState::Exited { code: Some(0), .. } => None,
+                    ExecState::Exited { code, signal } => Some(match (code, signal) {
+                        (_, Some(sig)) => format!("killed by signal {sig}"),
+                        (Some(c), None) => format!("exit code {c}"),
+                        (None, None) => "ended".to_string(),
+                    }),
+                    ExecState::Failed { message, .. } => Some(message),
+                    ExecState::Unknown => Some("the executor lost the task".to_string()),
+                };
+                running.remove(&status.task);
+                let Some(why) = failure else { continue };
+                if status.attempt >= self.max_attempts {
+                    return Err(Error::AggregationTask {
+                        stage: stage.to_string(),
+                        group: status.task,
+                        attempts: status.attempt,
+                        message: format!("{why}; its log is under jobs/{job}/logs/"),
+                    });
+                }
+                warn!(%stage, group = status.task, attempt = status.attempt, error = %why, "merge task failed; retrying");
+                again.push((status.task, status.attempt + 1));
+            }
+            if !again.is_empty() {
+                self.submit(job, stage, again, &mut running).await?;
+            }
+            report(running.len());
+            if !running.is_empty() {
+                self.executor.wait_change(self.tick).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn submit(
+        &self,
+        job: &str,
+        stage: TaskKind,
+        tasks: Vec<(u32, u32)>,
+        running: &mut HashMap<u32, (u32, Option<String>)>,
+    ) -> Result<()> {
+        let group = TaskGroup {
+            job: job.to_string(),
+            id: 0,
+            tasks,
+            kind: stage,
+        };
+        let ids: HashMap<u32, String> = self.executor.submit(&group).await?.into_iter().collect();
+        for (g, attempt) in group.tasks {
+            running.insert(g, (attempt, ids.get(&g).cloned()));
+        }
+        Ok(())
+    }
+}
+
+/// Runs CPU- and disk-bound merge code off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> orch_data::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Invalid(format!("aggregation task panicked: {e}")))?
+        .map_err(Error::from)
+}
+
+/// The worker side (`orch-worker aggregate`): merges one group of one level, or runs the
+/// final merge, as the plan of `job` says. Idempotent: a group already done is left alone.
+pub async fn run_task(storage: &str, job: &str, stage: TaskKind, group: u32) -> Result<()> {
+    if stage == TaskKind::Work {
+        return Err(Error::Invalid(
+            "an aggregation task is a merge level or the final merge".into(),
+        ));
+    }
+    let backends = Embedded::open(storage)?;
+    let manifest: JobManifest =
+        read_json(&backends, &layout::job_manifest(job), "job manifest").await?;
+    let plan: AggregationPlan =
+        read_json(&backends, &layout::aggregate_plan(job), "aggregation plan").await?;
+    let settings = OutputSettings::of(&manifest.spec.spec.output)?;
+    let resolved = Resolved::new(&backends.root, job, &plan);
+    let started = std::time::Instant::now();
+    blocking(move || {
+        let hierarchy = Hierarchy::new(&resolved.inputs, &resolved.work_dir, settings.fan_in)?;
+        match stage {
+            TaskKind::Merge { level } => {
+                let outcome = hierarchy.merge_group(level, group as usize)?;
+                info!(
+                    level,
+                    group,
+                    ?outcome,
+                    ms = started.elapsed().as_millis() as u64,
+                    "merge group"
+                );
+            }
+            TaskKind::Work | TaskKind::Final => {
+                let inputs = hierarchy.final_inputs();
+                let output = resolved.final_merge(&settings, &inputs).run()?;
+                info!(
+                    rows = output.rows,
+                    files = output.files.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "final merge"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    backends: &Embedded,
+    key: &str,
+    what: &str,
+) -> Result<T> {
+    let bytes = backends
+        .objects
+        .get(key)
+        .await?
+        .ok_or_else(|| Error::Invalid(format!("{what} {key} is missing")))?;
+    serde_json::from_slice(&bytes).map_err(|source| {
+        orch_core::Error::Decode {
+            what: what.to_string(),
+            source,
+        }
+        .into()
+    })
+}
