@@ -186,7 +186,7 @@ fn schema_errors(value: &Value) -> Vec<FieldError> {
     let mut errors: Vec<FieldError> = validator
         .iter_errors(value)
         .map(|e| FieldError {
-            path: pointer_to_path(e.instance_path().as_str()),
+            path: pointer_to_path(value, e.instance_path().as_str()),
             message: describe(&e),
         })
         .collect();
@@ -195,16 +195,34 @@ fn schema_errors(value: &Value) -> Vec<FieldError> {
     errors
 }
 
-fn pointer_to_path(pointer: &str) -> String {
+/// Renders a JSON pointer as the field path users see: `spec.output.schema[1].type`. Walks the
+/// document alongside, so that a list index gets brackets but a numeric mapping key
+/// (`env: {"1": …}`) does not.
+fn pointer_to_path(document: &Value, pointer: &str) -> String {
     if pointer.is_empty() {
         return "(document)".into();
     }
-    pointer
-        .trim_start_matches('/')
-        .split('/')
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect::<Vec<_>>()
-        .join(".")
+    let mut path = String::new();
+    let mut current = Some(document);
+    for raw in pointer.trim_start_matches('/').split('/') {
+        let segment = raw.replace("~1", "/").replace("~0", "~");
+        match current {
+            Some(Value::Array(items)) => {
+                current = segment.parse::<usize>().ok().and_then(|i| items.get(i));
+                path.push('[');
+                path.push_str(&segment);
+                path.push(']');
+            }
+            other => {
+                current = other.and_then(|v| v.get(segment.as_str()));
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&segment);
+            }
+        }
+    }
+    path
 }
 
 fn describe(e: &jsonschema::ValidationError<'_>) -> String {
@@ -372,6 +390,9 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     {
         err("spec.output.uri", e);
     }
+    if let Some(columns) = &s.output.schema {
+        output_schema_rules(&mut err, columns);
+    }
     if s.output.formats.is_empty() {
         err(
             "spec.output.formats",
@@ -406,6 +427,34 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         err("spec.storage.uri", e);
     }
     errors
+}
+
+/// Names of declared output columns: they become Parquet, SQLite and CSV column names next to
+/// orch's own `_item`, so they must be non-empty and unique, and the `_` prefix stays reserved
+/// for columns orch may add later.
+fn output_schema_rules(err: &mut impl FnMut(&str, String), columns: &[spec::OutputColumn]) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, column) in columns.iter().enumerate() {
+        let path = format!("spec.output.schema[{i}].name");
+        let name = column.name.as_str();
+        if name.trim().is_empty() {
+            err(&path, "must not be empty".into());
+        } else if name == "_item" {
+            err(
+                &path,
+                format!(
+                    "`{name}` is the input ordinal orch adds to every row; it cannot be declared"
+                ),
+            );
+        } else if name.starts_with('_') {
+            err(
+                &path,
+                format!("names starting with `_` are reserved for orch, got `{name}`"),
+            );
+        } else if !seen.insert(name) {
+            err(&path, format!("duplicate column \"{name}\""));
+        }
+    }
 }
 
 fn duration_rule(
@@ -587,4 +636,176 @@ pub fn find_program(program: &str, workdir: &Path) -> Option<PathBuf> {
             .map(|d| d.join(program))
             .find(|p| executable(p))
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(output: Value) -> Value {
+        json!({
+            "apiVersion": spec::API_VERSION,
+            "kind": spec::KIND,
+            "metadata": {"name": "t"},
+            "spec": {
+                "input": {"uri": "in.jsonl"},
+                "handler": {"builtin": {"name": "identity"}},
+                "output": output,
+            }
+        })
+    }
+
+    /// The `(path, message)` pairs a document is refused with; empty when it is accepted.
+    fn problems(value: &Value) -> Vec<(String, String)> {
+        match check(Path::new("job.yaml"), value) {
+            Ok(_) => Vec::new(),
+            Err(Error::Invalid { errors, .. }) => {
+                errors.into_iter().map(|e| (e.path, e.message)).collect()
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_declared_schema_is_parsed_with_defaults() {
+        let file = check(
+            Path::new("job.yaml"),
+            &doc(json!({"schema": [
+                {"name": "label", "type": "string"},
+                {"name": "score", "type": "float64", "nullable": false},
+                {"name": "raw", "type": "json"},
+            ]})),
+        )
+        .unwrap();
+        let columns = file.spec.output.schema.unwrap();
+        let got: Vec<(&str, spec::ColumnType, bool)> = columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.r#type, c.nullable))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("label", spec::ColumnType::String, true),
+                ("score", spec::ColumnType::Float64, false),
+                ("raw", spec::ColumnType::Json, true),
+            ]
+        );
+        assert_eq!(
+            file.spec.output.row_group_rows,
+            spec::DEFAULT_ROW_GROUP_ROWS
+        );
+    }
+
+    #[test]
+    fn declared_column_names_are_checked_with_field_paths() {
+        let got = problems(&doc(json!({"schema": [
+            {"name": "score", "type": "float64"},
+            {"name": "score", "type": "int64"},
+            {"name": "", "type": "string"},
+            {"name": "_item", "type": "int64"},
+            {"name": "_private", "type": "bool"},
+            {"name": "ok", "type": "bool"},
+        ]})));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.output.schema[1].name",
+                "spec.output.schema[2].name",
+                "spec.output.schema[3].name",
+                "spec.output.schema[4].name",
+            ],
+            "{got:?}"
+        );
+        assert_eq!(got[0].1, "duplicate column \"score\"");
+        assert_eq!(got[1].1, "must not be empty");
+        assert!(got[2].1.contains("`_item`"), "{}", got[2].1);
+        assert!(got[3].1.contains("reserved"), "{}", got[3].1);
+        // The rendering users see.
+        let err = check(
+            Path::new("job.yaml"),
+            &doc(json!({"schema": [{"name": "a", "type": "bool"}, {"name": "a", "type": "bool"}]})),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.output.schema[1].name: duplicate column \"a\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn declared_column_types_and_fields_are_schema_checked() {
+        let got = problems(&doc(json!({"schema": [
+            {"name": "a", "type": "integer"},
+            {"name": "b", "type": "int64", "default": 0},
+            {"name": "c"},
+        ]})));
+        let find = |path: &str| {
+            got.iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_else(|| panic!("no problem at {path}: {got:?}"))
+        };
+        assert!(
+            find("spec.output.schema[0].type").contains("must be one of"),
+            "{got:?}"
+        );
+        assert!(find("spec.output.schema[1]").contains("unknown field `default`"));
+        assert!(find("spec.output.schema[2]").contains("missing required field"));
+        assert_eq!(
+            problems(&doc(json!({"schema": []}))),
+            vec![(
+                "spec.output.schema".to_string(),
+                "must not be empty".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn row_group_rows_has_a_minimum() {
+        assert_eq!(
+            problems(&doc(json!({"rowGroupRows": 999}))),
+            vec![(
+                "spec.output.rowGroupRows".to_string(),
+                "must be ≥ 1000, got 999".to_string()
+            )]
+        );
+        let file = check(Path::new("job.yaml"), &doc(json!({"rowGroupRows": 1000}))).unwrap();
+        assert_eq!(file.spec.output.row_group_rows, 1000);
+        assert!(!problems(&doc(json!({"rowGroupRows": "many"}))).is_empty());
+    }
+
+    #[test]
+    fn list_indices_get_brackets_and_numeric_keys_do_not() {
+        let document = json!({"a": [{"b": {"1": 0}}]});
+        assert_eq!(pointer_to_path(&document, "/a/0/b/1"), "a[0].b.1");
+        assert_eq!(pointer_to_path(&document, ""), "(document)");
+        assert_eq!(pointer_to_path(&document, "/x~1y/0"), "x/y.0");
+    }
+
+    #[test]
+    fn the_default_row_group_size_is_not_serialized() {
+        // Job ids hash the serialized spec; a default-valued new field must not change them.
+        let text = serde_json::to_string(&spec::OutputSpec::default()).unwrap();
+        assert!(!text.contains("rowGroupRows"), "{text}");
+        assert!(!text.contains("schema"), "{text}");
+        let spec = spec::OutputSpec {
+            row_group_rows: 5000,
+            ..spec::OutputSpec::default()
+        };
+        assert!(
+            serde_json::to_string(&spec)
+                .unwrap()
+                .contains("\"rowGroupRows\":5000")
+        );
+        // The schema still documents the default (it is written by hand there).
+        let schema = spec::job_file_schema();
+        assert_eq!(
+            schema.pointer("/$defs/OutputSpec/properties/rowGroupRows/default"),
+            Some(&json!(spec::DEFAULT_ROW_GROUP_ROWS))
+        );
+    }
 }

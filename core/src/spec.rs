@@ -380,6 +380,20 @@ pub struct OutputSpec {
     /// Size at which a final `part-NNNNN.parquet` is closed and the next one started.
     #[serde(default = "default_target_file_size")]
     pub target_file_size: Quantity,
+    /// Most rows in one row group of a final part file (a file that reaches its size target
+    /// first ends its row group early).
+    // Left out of the serialized spec while it has its default, so that job ids (a hash of
+    // the serialized spec) of existing job files do not change with this field's arrival.
+    #[serde(
+        default = "default_row_group_rows",
+        skip_serializing_if = "is_default_row_group_rows"
+    )]
+    #[schemars(range(min = 1000), extend("default" = 1_000_000))]
+    pub row_group_rows: u64,
+    /// The output columns, in order (after `_item`). Absent: inferred from the results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub schema: Option<Vec<OutputColumn>>,
 }
 
 impl Default for OutputSpec {
@@ -389,7 +403,70 @@ impl Default for OutputSpec {
             formats: default_formats(),
             fan_in: default_fan_in(),
             target_file_size: default_target_file_size(),
+            row_group_rows: default_row_group_rows(),
+            schema: None,
         }
+    }
+}
+
+/// Default of `output.rowGroupRows`; the same as the data layer's default row group.
+pub const DEFAULT_ROW_GROUP_ROWS: u64 = 1_000_000;
+/// Smallest `output.rowGroupRows`: tinier row groups make files slow to scan and footers big.
+pub const MIN_ROW_GROUP_ROWS: u64 = 1_000;
+
+fn default_row_group_rows() -> u64 {
+    DEFAULT_ROW_GROUP_ROWS
+}
+fn is_default_row_group_rows(n: &u64) -> bool {
+    *n == DEFAULT_ROW_GROUP_ROWS
+}
+
+/// One declared output column (`spec.output.schema[i]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutputColumn {
+    /// The result field this column holds; not empty, unique, not starting with `_`.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub r#type: ColumnType,
+    /// When false, an item whose result lacks the field (or has `null`) fails with kind
+    /// `schema`.
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+}
+
+/// Type of a declared output column: `string` (numbers and booleans are stored as their JSON
+/// text), `int64` (floats without a fraction and integer strings convert), `float64` (integers
+/// and numeric strings convert), `bool` (also the strings "true" and "false") or `json` (any
+/// value, stored as its compact JSON text: for nested values).
+// The variants carry no doc comments of their own: with them schemars writes a `oneOf` of
+// constants, whose validation message is far less helpful than an `enum`'s "must be one of".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Int64,
+    Float64,
+    Bool,
+    Json,
+}
+
+impl ColumnType {
+    /// The name used in job files and in `_SUCCESS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float64 => "float64",
+            ColumnType::Bool => "bool",
+            ColumnType::Json => "json",
+        }
+    }
+}
+
+impl std::fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
