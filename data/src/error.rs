@@ -95,6 +95,10 @@ pub enum DataError {
     /// A handler result uses a column name that orch reserves for itself.
     #[error("item {item}: result key `{column}` is reserved by orch")]
     ReservedColumn { item: u64, column: String },
+    /// A setting of the job's output spec that the data layer cannot use (normally caught
+    /// earlier, by job-file validation).
+    #[error("{field}: {reason}")]
+    InvalidSpec { field: String, reason: String },
     /// A file is readable but does not hold what orch wrote there (missing column, nulls, ...).
     #[error("invalid file {}: {reason}", path.display())]
     InvalidFile { path: PathBuf, reason: String },
@@ -131,6 +135,7 @@ impl DataError {
             },
             DataError::SchemaConflict { .. }
             | DataError::ReservedColumn { .. }
+            | DataError::InvalidSpec { .. }
             | DataError::InvalidFile { .. }
             | DataError::ChecksumMismatch { .. } => ErrorCategory::Permanent,
         }

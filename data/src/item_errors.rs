@@ -26,7 +26,9 @@ const READ_BATCH_ROWS: usize = 64 * 1024;
 pub struct ItemError {
     /// 0-based input ordinal of the item.
     pub item: u64,
-    /// `"transient"`, `"permanent"` or `"infrastructure"` (see [`crate::ErrorCategory`]).
+    /// `"transient"`, `"permanent"` or `"infrastructure"` (see [`crate::ErrorCategory`]), or
+    /// `"schema"` for a result that does not fit the declared output schema
+    /// ([`crate::SCHEMA_ERROR_KIND`]).
     pub kind: String,
     pub message: String,
     /// How many times the item was tried before it was recorded as failed.

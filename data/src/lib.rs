@@ -12,6 +12,8 @@
 //! - [`checksum`]: sizes and SHA-256 for the `_DONE` / `_SUCCESS` markers, and re-checking them.
 //! - [`atomic`]: temp-file + fsync + rename, so no reader ever sees a partial file.
 //! - [`results`]: schema inference from JSON rows and the per-task result file.
+//! - [`declared`]: the per-task result file under a declared schema (`spec.output.schema`):
+//!   conversion to fixed column types, with the rows that do not fit reported as item errors.
 //! - [`item_errors`]: the fixed-schema file of failed items.
 //! - [`schema`]: unifying the schemas that tasks inferred independently.
 //! - [`merge`]: bounded-memory streaming merge into rolling `part-NNNNN.parquet` files.
@@ -23,6 +25,7 @@
 
 pub mod atomic;
 pub mod checksum;
+pub mod declared;
 pub mod error;
 pub mod formats;
 pub mod hierarchy;
@@ -35,6 +38,9 @@ pub mod schema;
 
 pub use atomic::{write_bytes_atomic, write_json_atomic};
 pub use checksum::{FileInfo, sha256_file, verify_file};
+pub use declared::{
+    DeclaredSchema, DeclaredWrite, SCHEMA_ERROR_KIND, SchemaFailure, write_results_parquet_declared,
+};
 pub use error::{DataError, ErrorCategory};
 pub use formats::{ExtraFormat, write_format};
 pub use hierarchy::{

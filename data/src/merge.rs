@@ -6,6 +6,10 @@
 //! every footer first to fix the unified schema (see [`crate::schema`]), then streams one input
 //! record batch at a time into the current output file, rolling to the next file once the
 //! current one reaches the size target.
+//!
+//! With a declared output schema ([`MergeOptions::schema`]) nothing is unified: every input
+//! must already have exactly that schema (the worker wrote it so), and an input that does not
+//! is refused rather than widened, so the output's schema is the declared one.
 
 use std::collections::HashSet;
 use std::fs;
@@ -18,9 +22,10 @@ use arrow_schema::{Schema, SchemaRef};
 
 use crate::Result;
 use crate::checksum::FileInfo;
+use crate::declared::DeclaredSchema;
 use crate::error::DataError;
 use crate::parquet_io::{DEFAULT_ROW_GROUP_ROWS, ParquetSink, open_builder};
-use crate::schema::{ColumnSchema, SchemaUnifier, is_null_only};
+use crate::schema::{ColumnSchema, SchemaUnifier, is_null_only, type_name};
 
 /// Row bounds on the input batch size, whatever the estimate says.
 const MAX_BATCH_ROWS: usize = 64 * 1024;
@@ -34,6 +39,9 @@ pub struct MergeOptions {
     /// Maximum rows per row group. Default 1,000,000; a file that reaches its size target
     /// first ends its row group early.
     pub row_group_rows: usize,
+    /// The declared output schema (`spec.output.schema`): when set, every input must have
+    /// exactly this schema and the output has it; when `None`, the inputs' schemas are unified.
+    pub schema: Option<DeclaredSchema>,
 }
 
 impl Default for MergeOptions {
@@ -41,7 +49,44 @@ impl Default for MergeOptions {
         MergeOptions {
             target_file_bytes: 128 << 20,
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
+            schema: None,
         }
+    }
+}
+
+impl MergeOptions {
+    /// The options a job's `spec.output` asks for: `targetFileSize`, `rowGroupRows` and the
+    /// declared `schema`. The one place that maps the spec, so every caller merges alike.
+    pub fn from_output_spec(spec: &orch_core::spec::OutputSpec) -> Result<Self> {
+        let invalid = |field: &str, reason: String| DataError::InvalidSpec {
+            field: format!("spec.output.{field}"),
+            reason,
+        };
+        let target_file_bytes = match spec.target_file_size.as_bytes() {
+            Ok(0) => return Err(invalid("targetFileSize", "must be ≥ 1 byte".into())),
+            Ok(n) => n,
+            Err(e) => return Err(invalid("targetFileSize", e)),
+        };
+        let min = orch_core::spec::MIN_ROW_GROUP_ROWS;
+        let row_group_rows = usize::try_from(spec.row_group_rows)
+            .ok()
+            .filter(|_| spec.row_group_rows >= min)
+            .ok_or_else(|| {
+                invalid(
+                    "rowGroupRows",
+                    format!("must be ≥ {min}, got {}", spec.row_group_rows),
+                )
+            })?;
+        let schema = spec
+            .schema
+            .as_deref()
+            .map(DeclaredSchema::new)
+            .transpose()?;
+        Ok(MergeOptions {
+            target_file_bytes,
+            row_group_rows,
+            schema,
+        })
     }
 }
 
@@ -160,7 +205,10 @@ pub fn merge_results(
     let mut footers = Vec::with_capacity(inputs.len());
     for input in inputs {
         let builder = open_builder(input)?;
-        unifier.add(builder.schema(), input)?;
+        match &opts.schema {
+            Some(declared) => check_declared(declared.arrow_schema(), builder.schema(), input)?,
+            None => unifier.add(builder.schema(), input)?,
+        }
         let metadata = builder.metadata();
         let rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
         // Keep only the input's schema and sizing, not its whole footer: with ten thousand
@@ -171,7 +219,10 @@ pub fn merge_results(
             rows,
         ));
     }
-    let schema: SchemaRef = Arc::new(unifier.finish());
+    let schema: SchemaRef = match &opts.schema {
+        Some(declared) => declared.arrow_schema().clone(),
+        None => Arc::new(unifier.finish()),
+    };
 
     let mut parts = PartWriter {
         out_dir,
@@ -225,6 +276,49 @@ pub fn merge_results(
         files: parts.files,
         rows: total_rows,
     })
+}
+
+/// Refuses an input whose schema is not exactly the declared one: same columns (in any order)
+/// with the same types. Nullability is left to the data: a null in a non-nullable declared
+/// column fails when the batch is built.
+fn check_declared(declared: &Schema, input: &Schema, path: &Path) -> Result<()> {
+    let conflict = |column: &str, detail: String| DataError::SchemaConflict {
+        path: path.to_path_buf(),
+        column: column.to_owned(),
+        detail,
+    };
+    for field in input.fields() {
+        match declared.field_with_name(field.name()) {
+            Ok(d) if d.data_type() == field.data_type() => {}
+            Ok(d) => {
+                return Err(conflict(
+                    field.name(),
+                    format!(
+                        "declared as {}, but the file has {}",
+                        type_name(d.data_type()),
+                        type_name(field.data_type())
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(conflict(
+                    field.name(),
+                    "the file has a column that is not in the declared output schema".into(),
+                ));
+            }
+        }
+    }
+    if let Some(missing) = declared
+        .fields()
+        .iter()
+        .find(|d| input.field_with_name(d.name()).is_err())
+    {
+        return Err(conflict(
+            missing.name(),
+            "a declared column is missing from the file".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Where each unified column comes from in one input; `None` means null-fill, which is also

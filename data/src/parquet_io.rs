@@ -21,7 +21,8 @@ use crate::error::DataError;
 
 /// Default maximum rows per row group: large row groups make scans fast, and readers of
 /// result files (DuckDB, Spark, pandas) handle 1M-row groups comfortably.
-pub const DEFAULT_ROW_GROUP_ROWS: usize = 1_000_000;
+/// Defined by the job spec's default of `output.rowGroupRows`, so the two cannot drift apart.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = orch_core::spec::DEFAULT_ROW_GROUP_ROWS as usize;
 
 /// A Parquet file being written under a temporary name; [`ParquetSink::finish`] publishes it.
 pub(crate) struct ParquetSink {

@@ -4,6 +4,10 @@
 //! schema from its own rows and writes `results/T/A/part.parquet`. Tasks infer independently;
 //! [`crate::merge_results`] later unifies their schemas with the same lattice.
 //!
+//! Inference is the default. A job that declares its columns (`spec.output.schema`) writes
+//! with [`crate::write_results_parquet_declared`] instead, which converts to the declared
+//! types and reports the rows that do not fit (see [`crate::declared`]).
+//!
 //! # Schema inference rules
 //!
 //! - The first column is `_item` (`UInt64`, non-null): the row's 0-based input ordinal.
@@ -60,10 +64,10 @@ pub const VALUE_COLUMN: &str = "value";
 
 /// Rows per Arrow batch handed to the Parquet writer; bounds the builders' memory while
 /// keeping per-batch overhead negligible.
-const CHUNK_ROWS: usize = 64 * 1024;
+pub(crate) const CHUNK_ROWS: usize = 64 * 1024;
 /// Text bytes after which a batch is cut short. Bounds memory for large results, and keeps
 /// string builders far from their 2 GiB (`i32` offset) limit, where Arrow would panic.
-const CHUNK_TEXT_BYTES: usize = 256 << 20;
+pub(crate) const CHUNK_TEXT_BYTES: usize = 256 << 20;
 
 /// One output row: the 0-based input ordinal and the handler's result object.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -36,20 +36,31 @@ use crate::results::ITEM_COLUMN;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ColumnSchema {
     pub name: String,
-    /// `"uint64"`, `"int64"`, `"float64"`, `"bool"` or `"string"`.
+    /// `"uint64"`, `"int64"`, `"float64"`, `"bool"` or `"string"`; `"json"` for a declared
+    /// `json` column (text holding JSON).
     pub r#type: String,
     pub nullable: bool,
 }
 
 impl ColumnSchema {
     pub fn from_field(field: &Field) -> Self {
+        let declared = field
+            .metadata()
+            .get(TYPE_METADATA_KEY)
+            .filter(|t| field.data_type() == &DataType::Utf8 && t.as_str() == "json");
         ColumnSchema {
             name: field.name().clone(),
-            r#type: type_name(field.data_type()),
+            r#type: declared
+                .cloned()
+                .unwrap_or_else(|| type_name(field.data_type())),
             nullable: field.is_nullable(),
         }
     }
 }
+
+/// Arrow field metadata key naming a declared column type the Arrow type does not show
+/// (`json`, stored as `Utf8`); see [`crate::declared`].
+pub const TYPE_METADATA_KEY: &str = "orch:type";
 
 /// The `_SUCCESS` name of an Arrow type. The merge only produces the five named types; others
 /// (from callers that pass arbitrary fields) fall back to Arrow's own lowercase name.

@@ -263,6 +263,7 @@ fn rolls_to_new_files_at_the_size_target() {
     let opts = MergeOptions {
         target_file_bytes: 1,
         row_group_rows: 20,
+        ..MergeOptions::default()
     };
     let merged = merge_results(&inputs, &out, &opts).unwrap();
 

@@ -79,7 +79,7 @@ proptest! {
         }
 
         let out = tmp.path().join("out");
-        let opts = MergeOptions { target_file_bytes: target, row_group_rows };
+        let opts = MergeOptions { target_file_bytes: target, row_group_rows, ..MergeOptions::default() };
         let merged = merge_results(&inputs, &out, &opts).unwrap();
         prop_assert_eq!(merged.rows as usize, rows.len());
         prop_assert!(!merged.files.is_empty());
