@@ -329,6 +329,13 @@ async fn work(
         info!(resumed = done.len(), "resuming from the checkpoint");
     }
     let (ok, failed) = ckpt.counts()?;
+    // Checked before any item runs: a schema the data layer refuses should not cost a batch.
+    let declared = spec
+        .output
+        .schema
+        .as_deref()
+        .map(orch_data::DeclaredSchema::new)
+        .transpose()?;
     // Parquet batches are row ranges read through the Parquet reader; the others are byte
     // ranges of the file.
     let parquet = spec.input.format == Some(InputFormat::Parquet);
@@ -409,7 +416,15 @@ async fn work(
     if stop.is_stopped() {
         return Err(Error::Interrupted);
     }
-    finish(backends, batch, ledger.row, worker_id, &ledger.ckpt).await
+    finish(
+        backends,
+        batch,
+        ledger.row,
+        worker_id,
+        &ledger.ckpt,
+        declared,
+    )
+    .await
 }
 
 /// An input record as the handler will see it (JSON), or why it cannot be one (a permanent
@@ -587,6 +602,7 @@ async fn finish(
     row: &mut TaskRecord,
     worker_id: &str,
     ckpt: &Checkpoint,
+    declared: Option<orch_data::DeclaredSchema>,
 ) -> Result<TaskRecord> {
     let (job, task, attempt) = (row.job.clone(), row.id, row.attempt);
     let started = Instant::now();
@@ -651,13 +667,39 @@ async fn finish(
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let (part, errs) = tokio::task::spawn_blocking(move || {
-        let part = orch_data::write_results_parquet(&part_path, &rows)?;
+    let (part, errs, misfits, dropped) = tokio::task::spawn_blocking(move || {
+        // With a declared schema, items whose results do not fit it become item errors of
+        // kind `schema`, so the part file is written first and the errors file after it.
+        let (part, misfits, dropped) = match &declared {
+            None => (
+                orch_data::write_results_parquet(&part_path, &rows)?,
+                0,
+                Vec::new(),
+            ),
+            Some(schema) => {
+                let w = orch_data::write_results_parquet_declared(&part_path, &rows, schema)?;
+                let misfits = w.failures.len() as u64;
+                errors.extend(w.failures.into_iter().map(|f| f.into_item_error()));
+                errors.sort_by_key(|e| e.item);
+                (w.file, misfits, w.dropped_fields)
+            }
+        };
         let errs = orch_data::write_errors_parquet(&errors_path, &errors)?;
-        Ok::<_, orch_data::DataError>((part, errs))
+        Ok::<_, orch_data::DataError>((part, errs, misfits, dropped))
     })
     .await
     .map_err(|e| Error::Setup(format!("writing results failed: {e}")))??;
+    for field in &dropped {
+        warn!(field = %field, "result field is not in spec.output.schema; dropped");
+    }
+    if misfits > 0 {
+        warn!(
+            items = misfits,
+            "results that do not fit spec.output.schema recorded as item errors of kind schema"
+        );
+        ok = ok.saturating_sub(misfits);
+        failed += misfits;
+    }
     info!(
         rows = part.rows,
         bytes = part.bytes,
