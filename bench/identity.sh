@@ -34,7 +34,7 @@ now() { date +%s.%N; }
 
 orch="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/orch"
 t0=$(now)
-(cd "$work" && /usr/bin/time -f "%M" -o orch.rss "$orch" run --no-progress job.yaml >/dev/null)
+(cd "$work" && /usr/bin/time -f "%M" -o orch.rss "$orch" run --no-progress job.yaml >/dev/null 2>orch.log)
 t1=$(now)
 rows=$(python3 -c "import pyarrow.dataset as ds, sys; print(ds.dataset(sys.argv[1], format='parquet').count_rows())" "$work/out")
 
@@ -47,11 +47,14 @@ t2=$(now)
 /usr/bin/time -f "%M" -o "$work/peer.rss" python3 "$work/peer.py" "$work/data.jsonl" "$work/peer.parquet"
 t3=$(now)
 
-python3 - "$N" "$bytes" "$BATCH" "$t0" "$t1" "$t2" "$t3" "$rows" "$(cat "$work/orch.rss")" "$(cat "$work/peer.rss")" <<'PY'
+# The driver logs how long the aggregation (discovery, merge levels, final merge) took.
+agg_ms=$(grep -o 'ms=[0-9]*' <(grep ' aggregated' "$work/orch.log") | tail -1 | cut -d= -f2)
+python3 - "$N" "$bytes" "$BATCH" "$t0" "$t1" "$t2" "$t3" "$rows" "$(cat "$work/orch.rss")" "$(cat "$work/peer.rss")" "${agg_ms:-0}" <<'PY'
 import sys
 n, size, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 t0, t1, t2, t3 = map(float, sys.argv[4:8])
 rows, orch_rss, peer_rss = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
+agg = int(sys.argv[11]) / 1000
 orch, peer = t1 - t0, t3 - t2
 assert rows == n, f"orch output has {rows} rows, expected {n}"
 print(f"records {n:,} ({size/1e6:.0f} MB), batch.size {batch:,} -> {(n + batch - 1)//batch} tasks, 2 workers")
@@ -59,4 +62,5 @@ print(f"{'':28}{'wall s':>8}{'items/s':>12}{'µs/item':>9}{'peak RSS MiB':>14}")
 print(f"{'orch run (identity)':28}{orch:8.2f}{n/orch:12,.0f}{orch/n*1e6:9.2f}{orch_rss/1024:14.0f}")
 print(f"{'pyarrow read_json+write':28}{peer:8.2f}{n/peer:12,.0f}{peer/n*1e6:9.2f}{peer_rss/1024:14.0f}")
 print(f"ratio orch/peer wall time: {orch/peer:.2f}x  (peak RSS: the largest single process)")
+print(f"of orch's wall time, aggregation (verify + merge {(n + batch - 1)//batch} task results): {agg:.2f} s")
 PY

@@ -87,10 +87,17 @@ pub struct Hierarchy<'a> {
     inputs: &'a [PathBuf],
     work_dir: &'a Path,
     fan_in: usize,
+    /// Row groups and declared schema of the job; intermediate files ignore its size target.
+    opts: &'a MergeOptions,
 }
 
 impl<'a> Hierarchy<'a> {
-    pub fn new(inputs: &'a [PathBuf], work_dir: &'a Path, fan_in: usize) -> Result<Self> {
+    pub fn new(
+        inputs: &'a [PathBuf],
+        work_dir: &'a Path,
+        fan_in: usize,
+        opts: &'a MergeOptions,
+    ) -> Result<Self> {
         if fan_in < 2 {
             return Err(DataError::invalid(
                 work_dir,
@@ -101,6 +108,7 @@ impl<'a> Hierarchy<'a> {
             inputs,
             work_dir,
             fan_in,
+            opts,
         })
     }
 
@@ -206,7 +214,7 @@ impl<'a> Hierarchy<'a> {
         if check_done(&dir, members.len(), &key).is_some() {
             return Ok(GroupOutcome::Skipped);
         }
-        merge_group(&members, &dir, &key)?;
+        merge_group(&members, &dir, &key, self.opts)?;
         Ok(GroupOutcome::Merged)
     }
 }
@@ -224,7 +232,8 @@ pub fn merge_hierarchical(
     fan_in: usize,
     progress: &mut dyn FnMut(u32, usize, usize),
 ) -> Result<(Vec<PathBuf>, HierarchyStats)> {
-    let hierarchy = Hierarchy::new(inputs, work_dir, fan_in)?;
+    let opts = MergeOptions::default();
+    let hierarchy = Hierarchy::new(inputs, work_dir, fan_in, &opts)?;
     let mut stats = HierarchyStats::default();
     for (index, &groups) in hierarchy.levels().iter().enumerate() {
         let level = index as u32 + 1;
@@ -309,7 +318,12 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
 }
 
 /// Merges one group from scratch into a single file and seals it with `_DONE`.
-fn merge_group(members: &[Node], group_dir: &Path, key: &str) -> Result<FileInfo> {
+fn merge_group(
+    members: &[Node],
+    group_dir: &Path,
+    key: &str,
+    opts: &MergeOptions,
+) -> Result<FileInfo> {
     remove_dir_if_present(group_dir)?;
     fs::create_dir_all(group_dir).map_err(|e| DataError::io("create directory", group_dir, e))?;
     let paths: Vec<PathBuf> = members.iter().map(|n| n.path.clone()).collect();
@@ -317,7 +331,7 @@ fn merge_group(members: &[Node], group_dir: &Path, key: &str) -> Result<FileInfo
     // arithmetic simple, and the final merge sizes the output files.
     let opts = MergeOptions {
         target_file_bytes: u64::MAX,
-        ..MergeOptions::default()
+        ..opts.clone()
     };
     let merged = merge_results(&paths, group_dir, &opts)?;
     let output = match merged.files.as_slice() {

@@ -210,10 +210,7 @@ impl OutputSettings {
             .as_deref()
             .ok_or_else(|| Error::Invalid("the job has no output location".into()))
             .and_then(|uri| Location::local_path(uri).map_err(Error::Invalid))?;
-        let merge = orch_data::MergeOptions {
-            target_file_bytes: output.target_file_size.as_bytes().map_err(Error::Invalid)?,
-            ..orch_data::MergeOptions::default()
-        };
+        let merge = orch_data::MergeOptions::from_output_spec(output)?;
         let extra = output
             .formats
             .iter()
@@ -287,6 +284,7 @@ pub async fn aggregate(
     job: &JobRecord,
     tasks: &[TaskRecord],
 ) -> Result<()> {
+    let started = std::time::Instant::now();
     let backends = run.backends;
     let mut plan = AggregationPlan {
         schema_version: SCHEMA_VERSION,
@@ -322,7 +320,12 @@ pub async fn aggregate(
 
     let settings = OutputSettings::of(&job.spec.spec.output)?;
     let resolved = Resolved::new(&backends.root, &job.id, &plan);
-    let hierarchy = Hierarchy::new(&resolved.inputs, &resolved.work_dir, settings.fan_in)?;
+    let hierarchy = Hierarchy::new(
+        &resolved.inputs,
+        &resolved.work_dir,
+        settings.fan_in,
+        &settings.merge,
+    )?;
     let levels = hierarchy.levels();
     for (index, &groups) in levels.iter().enumerate() {
         let level = index as u32 + 1;
@@ -330,7 +333,12 @@ pub async fn aggregate(
         // Checking a group reads its output once (sha256): cheap next to merging it again.
         let (resolved, settings) = (resolved.clone(), settings.clone());
         let pending = blocking(move || {
-            let hierarchy = Hierarchy::new(&resolved.inputs, &resolved.work_dir, settings.fan_in)?;
+            let hierarchy = Hierarchy::new(
+                &resolved.inputs,
+                &resolved.work_dir,
+                settings.fan_in,
+                &settings.merge,
+            )?;
             (0..groups)
                 .filter_map(|g| match hierarchy.group_done(level, g) {
                     Ok(true) => None,
@@ -372,7 +380,7 @@ pub async fn aggregate(
             })?
         }
     };
-    write_success(job, tasks, &settings, output).await
+    write_success(job, tasks, &settings, output, started).await
 }
 
 async fn write_success(
@@ -380,6 +388,7 @@ async fn write_success(
     tasks: &[TaskRecord],
     settings: &OutputSettings,
     output: FinalOutput,
+    started: std::time::Instant,
 ) -> Result<()> {
     let marker = SuccessMarker {
         schema_version: SCHEMA_VERSION,
@@ -397,7 +406,13 @@ async fn write_success(
     FsStore::new(&settings.out_dir)?
         .put("_SUCCESS", bytes)
         .await?;
-    info!(rows = marker.rows, files = marker.files.len(), output = %settings.out_dir.display(), "aggregated");
+    info!(
+        rows = marker.rows,
+        files = marker.files.len(),
+        output = %settings.out_dir.display(),
+        ms = started.elapsed().as_millis() as u64,
+        "aggregated"
+    );
     Ok(())
 }
 
@@ -524,7 +539,12 @@ pub async fn run_task(storage: &str, job: &str, stage: TaskKind, group: u32) -> 
     let resolved = Resolved::new(&backends.root, job, &plan);
     let started = std::time::Instant::now();
     blocking(move || {
-        let hierarchy = Hierarchy::new(&resolved.inputs, &resolved.work_dir, settings.fan_in)?;
+        let hierarchy = Hierarchy::new(
+            &resolved.inputs,
+            &resolved.work_dir,
+            settings.fan_in,
+            &settings.merge,
+        )?;
         match stage {
             TaskKind::Merge { level } => {
                 let outcome = hierarchy.merge_group(level, group as usize)?;

@@ -4,7 +4,7 @@
 //! Each worker gets `ORCH_TASK_INDEX` (and `SLURM_ARRAY_TASK_ID`, so worker code written for
 //! Slurm runs unchanged) and its task group, and appends its stdout/stderr to the task log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,8 @@ fn exec_id(kind: TaskKind, task: u32, attempt: u32) -> String {
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<Queued>,
+    /// Ids in `queue`, so a poll of thousands of queued tasks is not quadratic.
+    queued: HashSet<String>,
     /// Process id of each running attempt, by executor id.
     running: HashMap<String, Option<u32>>,
     finished: HashMap<String, ExecState>,
@@ -102,6 +104,7 @@ impl LocalExecutor {
         if let Ok(mut inner) = lock(&self.shared) {
             inner.closed = true;
             inner.queue.clear();
+            inner.queued.clear();
         }
     }
 
@@ -133,6 +136,7 @@ fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
         let Some(q) = inner.queue.pop_front() else {
             break;
         };
+        inner.queued.remove(&q.id);
         let mut child = spawn(&shared.launch, &q)?;
         inner.running.insert(q.id.clone(), child.id());
         let waiter = shared.clone();
@@ -238,6 +242,7 @@ impl Executor for LocalExecutor {
         for &(task, attempt) in &group.tasks {
             let id = exec_id(group.kind, task, attempt);
             ids.push((task, id.clone()));
+            inner.queued.insert(id.clone());
             inner.queue.push_back(Queued {
                 id,
                 job: group.job.clone(),
@@ -262,7 +267,7 @@ impl Executor for LocalExecutor {
                     .unwrap_or_else(|| exec_id(TaskKind::Work, task, attempt));
                 let state = if inner.running.contains_key(&key) {
                     ExecState::Running
-                } else if inner.queue.iter().any(|q| q.id == key) {
+                } else if inner.queued.contains(&key) {
                     ExecState::Queued
                 } else {
                     inner
@@ -282,7 +287,7 @@ impl Executor for LocalExecutor {
 
     async fn cancel(&self, attempts: &[(u32, u32, Option<String>)]) -> BackendResult<()> {
         let mut inner = lock(&self.shared)?;
-        let keys: Vec<String> = attempts
+        let keys: HashSet<String> = attempts
             .iter()
             .map(|(task, attempt, id)| {
                 id.clone()
@@ -290,6 +295,7 @@ impl Executor for LocalExecutor {
             })
             .collect();
         inner.queue.retain(|q| !keys.contains(&q.id));
+        inner.queued.retain(|id| !keys.contains(id));
         for key in keys {
             let Some(Some(pid)) = inner.running.get(&key).copied() else {
                 continue;
