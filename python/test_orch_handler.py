@@ -8,10 +8,14 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
+import select
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 import unittest
 from pathlib import Path
 
@@ -62,6 +66,10 @@ def work(item):
         return 42
     if op == "list-of-ints":
         return [1, 2]
+    if op == "circular":
+        d = {}
+        d["self"] = d
+        return d
     if op == "noisy":
         print("print() from the handler")
         print("a line that looks like a response:", '{"id": 999, "result": {}}')
@@ -185,10 +193,11 @@ class Basics(unittest.TestCase):
                 req(3, op="scalar"),
                 req(4, op="list-of-ints"),
                 req(5, op="echo", value="\ud800"),  # an unpaired surrogate cannot be UTF-8
+                req(6, op="circular"),
             ],
         )
         self.assertEqual(rc, 0, stderr)
-        self.assertEqual([r["id"] for r in responses], [1, 2, 3, 4, 5])
+        self.assertEqual([r["id"] for r in responses], [1, 2, 3, 4, 5, 6])
         for r in responses:
             self.assertEqual(r["error"]["kind"], "permanent", r)
         self.assertIn("not JSON-serialisable", responses[0]["error"]["message"])
@@ -196,6 +205,7 @@ class Basics(unittest.TestCase):
         self.assertIn("int", responses[2]["error"]["message"])
         self.assertIn("list", responses[3]["error"]["message"])
         self.assertIn("not JSON-serialisable", responses[4]["error"]["message"])
+        self.assertIn("not JSON-serialisable", responses[5]["error"]["message"])
 
     def test_print_does_not_corrupt_stdout(self):
         responses, out_lines, stderr, rc = run_handler(
@@ -277,6 +287,190 @@ class Basics(unittest.TestCase):
         self.assertEqual([r["id"] for r in responses], [0, 1, 2, 3, 4])
         for r in responses:
             self.assertEqual(r["result"], {"max_in_flight": 1, "thread": "MainThread"})
+
+
+    def test_requests_in_any_json_layout(self):
+        # orch writes `{"id":N,"item":...}` exactly, which is read by a shortcut; every other
+        # layout of the same object must give the same answers, and near-misses of the shortcut
+        # must not be taken for requests.
+        responses, _, stderr, rc = run_handler(
+            BEHAVIOURS,
+            [
+                '{"id":1,"item":{"op":"echo","value":"plain"}}',
+                '{"item": {"op": "echo", "value": "item first"}, "id": 2}',
+                '{ "id" : 3 , "item" : {"op":"echo","value":"spaces"} }',
+                '{"id":4,"item":{"op":"echo","value":"extra key"},"trace":"t"}',
+                '{"id":"five","item":{"op":"echo","value":"string id"}}',
+                '{"id":6,"item":{"op":"echo","value":"crlf"}}\r',
+                '{"id":7,"item":{"op":"echo","value":"é ✓ \\u00e9"}}',
+                '{"id":8,"item":{"op":"echo","value":[1,{"}":"{"}]}}',
+                '{"id":9,"item":{"op":"echo","value":"two braces"}}}',  # not JSON
+                '{"id":10,"item":{"op":"echo","value":1},"item":2',  # truncated
+                '{"id":011,"item":{"op":"echo","value":"leading zero"}}',  # not JSON
+                '{"id":12,"item":',  # truncated
+                '{"id":13,"item":{"op":"echo","value":"after"}}',
+            ],
+        )
+        self.assertEqual(rc, 0, stderr)
+        self.assertEqual(
+            responses,
+            [
+                {"id": 1, "result": {"echo": "plain"}},
+                {"id": 2, "result": {"echo": "item first"}},
+                {"id": 3, "result": {"echo": "spaces"}},
+                {"id": 4, "result": {"echo": "extra key"}},
+                {"id": "five", "result": {"echo": "string id"}},
+                {"id": 6, "result": {"echo": "crlf"}},
+                {"id": 7, "result": {"echo": "é ✓ é"}},
+                {"id": 8, "result": {"echo": [1, {"}": "{"}]}},
+                {"id": 13, "result": {"echo": "after"}},
+            ],
+        )
+        self.assertEqual(stderr.count("orch_handler: skipping"), 4, stderr)
+
+
+class Batching(unittest.TestCase):
+    """The sequential server writes answers in batches, but never holds one back while it waits
+    for input (orch sends more only after it got answers) and never loses one at exit."""
+
+    class CountingOut(io.RawIOBase):
+        """A stdout that records each write, to tell batches apart."""
+
+        def __init__(self):
+            super().__init__()
+            self.writes = []
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+            return len(data)
+
+        def lines(self):
+            return [json.loads(line) for line in b"".join(self.writes).splitlines()]
+
+    def serve_on_pipe(self, fn, request_lines):
+        """serve(fn) in this process with `request_lines` already waiting in a pipe."""
+        data = "".join(line + "\n" for line in request_lines).encode("utf-8")
+        r, w = os.pipe()
+        writer = threading.Thread(target=lambda: (os.write(w, data), os.close(w)))
+        writer.start()
+        out = self.CountingOut()
+        with open(r, "rb") as stdin, contextlib.redirect_stderr(io.StringIO()):
+            orch_handler.serve(fn, stdin=stdin, stdout=out)
+        writer.join()
+        return out
+
+    def test_a_single_request_is_answered_without_more_input(self):
+        body = """\
+        from orch_handler import handler
+
+        @handler
+        def work(item):
+            return {"n": item["n"] * 10}
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            script = Path(tmp) / "handler.py"
+            script.write_text(PRELUDE + textwrap.dedent(body))
+            with subprocess.Popen(
+                [sys.executable, str(script)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            ) as proc:
+                # Like orch at concurrency 1: the next request goes out only after the answer,
+                # so the handler must write it while stdin stays open and empty.
+                for n in range(3):
+                    proc.stdin.write(json.dumps(req(n, n=n)).encode() + b"\n")
+                    proc.stdin.flush()
+                    # A generous guard against hanging the suite, not a timing assertion.
+                    readable, _, _ = select.select([proc.stdout], [], [], 30)
+                    self.assertTrue(readable, f"request {n} was not answered while stdin is open")
+                    self.assertEqual(
+                        json.loads(proc.stdout.readline()), {"id": n, "result": {"n": n * 10}}
+                    )
+                proc.stdin.close()
+                self.assertEqual(proc.wait(timeout=30), 0)
+                self.assertEqual(proc.stdout.read(), b"")
+
+    def test_queued_requests_are_answered_in_few_writes(self):
+        n = 2000
+        requests = [json.dumps({"id": i, "item": {"n": i, "pad": "x" * (i % 7)}}) for i in range(n)]
+        out = self.serve_on_pipe(lambda item: {"n": item["n"], "len": len(item["pad"])}, requests)
+        self.assertEqual(
+            out.lines(), [{"id": i, "result": {"n": i, "len": i % 7}} for i in range(n)]
+        )
+        # All of them were waiting: far fewer writes than answers (one per read of stdin,
+        # plus one per 1 ms or 1024 answers on a slow machine).
+        self.assertLess(len(out.writes), n // 10, [len(w) for w in out.writes])
+
+    def test_pipelined_answers_match_their_requests(self):
+        # Ids in any order, items that differ, some failing: each answer names its own request.
+        n = 3000
+        ids = [(i * 7919) % n for i in range(n)]
+
+        def fn(item):
+            if item["k"] % 5 == 0:
+                raise orch_handler.Permanent(f"no {item['k']}")
+            return {"k": item["k"], "sq": item["k"] * item["k"]}
+
+        out = self.serve_on_pipe(fn, [json.dumps({"id": i, "item": {"k": i}}) for i in ids])
+        answers = out.lines()
+        self.assertEqual([a["id"] for a in answers], ids)
+        for a in answers:
+            k = a["id"]
+            if k % 5 == 0:
+                self.assertEqual(a["error"], {"kind": "permanent", "message": f"no {k}"})
+            else:
+                self.assertEqual(a["result"], {"k": k, "sq": k * k})
+
+    def test_slow_answers_are_not_held_back(self):
+        # Every request is already waiting, but each call takes longer than the flush interval:
+        # the answers of earlier items must be out before the next call starts.
+        written_before = []
+        out = None
+
+        def fn(item):
+            written_before.append(len(out.lines()) if out is not None else 0)
+            time.sleep(0.02)
+            return {"n": item["n"]}
+
+        data = "".join(json.dumps(req(i, n=i)) + "\n" for i in range(5)).encode()
+        r, w = os.pipe()
+        os.write(w, data)
+        os.close(w)
+        out = self.CountingOut()
+        with open(r, "rb") as stdin, contextlib.redirect_stderr(io.StringIO()):
+            orch_handler.serve(fn, stdin=stdin, stdout=out)
+        self.assertEqual(written_before, [0, 1, 2, 3, 4])
+        self.assertEqual([a["id"] for a in out.lines()], [0, 1, 2, 3, 4])
+
+    def test_answers_are_written_when_the_handler_exits(self):
+        body = """\
+        import sys
+        from orch_handler import handler
+
+        @handler
+        def work(item):
+            if item.get("exit"):
+                sys.exit(5)
+            return {"n": item["n"]}
+        """
+        requests = [req(i, n=i) for i in range(3)] + [req(3, exit=True), req(4, n=4)]
+        responses, _, stderr, rc = run_handler(body, requests)
+        self.assertEqual(rc, 5, stderr)
+        self.assertEqual(responses, [{"id": i, "result": {"n": i}} for i in range(3)])
+
+    def test_a_stream_without_a_file_descriptor(self):
+        # Cannot tell whether reading would block: flushes before every read, still answers all.
+        requests = b"".join(
+            json.dumps(req(i, x=i)).encode() + b"\n" for i in range(500)
+        ) + b'{"id": 500, "item": {"x": 500}}'  # no final newline
+        out = self.CountingOut()
+        with contextlib.redirect_stderr(io.StringIO()):
+            orch_handler.serve(lambda item: item, stdin=io.BytesIO(requests), stdout=out)
+        self.assertEqual(out.lines(), [{"id": i, "result": {"x": i}} for i in range(501)])
 
 
 class Concurrency(unittest.TestCase):
