@@ -124,3 +124,58 @@ print(json.dumps({
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// One column of a Parquet file as pyarrow sees it.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+pub struct SeenColumn {
+    pub name: String,
+    /// pyarrow's type name: `uint64`, `int64`, `double`, `string`, `bool`, ...
+    pub r#type: String,
+    pub nullable: bool,
+}
+
+/// A Parquet file's schema and row-group sizes, read with pyarrow.
+#[derive(Debug, serde::Deserialize)]
+pub struct SeenFile {
+    pub columns: Vec<SeenColumn>,
+    pub row_groups: Vec<u64>,
+}
+
+/// Reads a Parquet file's footer with pyarrow (`ParquetFile(...).metadata.row_group(i)`).
+pub fn parquet_file(path: &Path) -> SeenFile {
+    let script = r#"
+import json, sys
+import pyarrow.parquet as pq
+f = pq.ParquetFile(sys.argv[1])
+schema = f.schema_arrow
+print(json.dumps({
+  "columns": [{"name": c.name, "type": str(c.type), "nullable": c.nullable} for c in schema],
+  "row_groups": [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)],
+}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, path.to_str().unwrap()])
+        .output()
+        .expect("python3 with pyarrow is needed to read the output independently");
+    assert!(
+        out.status.success(),
+        "pyarrow reader failed: {}",
+        text(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The `part-*.parquet` files of an output directory, sorted.
+pub fn part_files(dir: &Path) -> Vec<PathBuf> {
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+        })
+        .collect();
+    parts.sort();
+    parts
+}
