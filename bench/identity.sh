@@ -34,7 +34,7 @@ now() { date +%s.%N; }
 
 orch="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/orch"
 t0=$(now)
-(cd "$work" && /usr/bin/time -f "%M" -o orch.rss "$orch" run --no-progress job.yaml >/dev/null 2>orch.log)
+(cd "$work" && /usr/bin/time -f "%M" -o orch.rss "$orch" run --no-progress -v job.yaml >/dev/null 2>orch.log)
 t1=$(now)
 rows=$(python3 -c "import pyarrow.dataset as ds, sys; print(ds.dataset(sys.argv[1], format='parquet').count_rows())" "$work/out")
 
