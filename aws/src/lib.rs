@@ -1,0 +1,23 @@
+//! `orch-aws`: the durable data plane of orch in a cluster (docs/aws.md).
+//!
+//! The same traits as the embedded backends (`orch_core::backend`), implemented with the real
+//! AWS SDK, so the engine, the driver and the workers do not know which one they talk to:
+//! - [`config`]: the SDK configuration — the standard credential chain and region, the
+//!   standard endpoint variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, …) for moto,
+//!   LocalStack or MinIO, and orch's own names (table, queue) with their defaults;
+//! - [`s3`]: the S3 ObjectStore;
+//! - [`dynamodb`]: the DynamoDB StateStore (one table, see docs/aws.md);
+//! - [`sqs`]: the SQS retry Queue;
+//! - [`error`]: the crate's error type and its mapping onto `BackendError` categories.
+//!
+//! No credential ever appears in a log line or an error message: errors carry the operation,
+//! the resource name and the service's error code, never request headers or configuration.
+
+pub mod config;
+pub mod dynamodb;
+pub mod error;
+pub mod s3;
+pub mod sqs;
+
+pub use config::AwsSettings;
+pub use error::{AwsError, Result};
