@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::ErrorCategory;
-use crate::model::{JobRecord, TaskGroup, TaskRecord};
+use crate::model::{JobRecord, TaskGroup, TaskRecord, TaskState};
 
 /// The error every backend returns: a category for retry decisions, and a message that never
 /// contains a secret.
@@ -107,6 +107,20 @@ pub trait StateStore: Send + Sync {
     async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord>;
     /// Removes the job row and its task rows.
     async fn delete_job(&self, job: &str) -> BackendResult<()>;
+    /// The tasks of `job` in `state`, sorted by id: e.g. every running task, to check leases,
+    /// without reading the others. This default filters [`StateStore::list_tasks`]; a store
+    /// with an index on the state (DynamoDB's `by-state`) overrides it to read only those rows.
+    /// Such an index may be eventually consistent, so a task changed a moment ago can still be
+    /// listed in its old state: callers act on the result with conditional writes anyway.
+    async fn list_tasks_in_state(
+        &self,
+        job: &str,
+        state: TaskState,
+    ) -> BackendResult<Vec<TaskRecord>> {
+        let mut tasks = self.list_tasks(job).await?;
+        tasks.retain(|t| t.state == state);
+        Ok(tasks)
+    }
 }
 
 /// A received message; `receipt` names this delivery for delete and visibility changes.

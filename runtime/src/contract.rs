@@ -426,6 +426,92 @@ pub async fn state_store_contract(store: &dyn StateStore) {
         "a re-created job has only its new tasks"
     );
     expect_ok("delete_job", store.delete_job(&id).await);
+
+    // Tasks by state: exactly the tasks in that state, sorted by id, and a task that moves
+    // leaves its old state's list.
+    let id = format!("contract-states-{}", tag());
+    let n = 40u32;
+    let tasks: Vec<TaskRecord> = (0..n).map(|t| TaskRecord::new(&id, t, 10, 1_000)).collect();
+    expect_ok(
+        "create_job",
+        store.create_job(&sample_job(&id, n), &tasks).await,
+    );
+    for t in tasks.iter().filter(|t| t.id % 3 != 0) {
+        let mut t = t.clone();
+        t.transition(TaskState::Dispatched, 2_000)
+            .expect("pending → dispatched is allowed");
+        t.attempt = 1;
+        let mut t = expect_ok("update_task", store.update_task(&t).await);
+        if t.id % 3 == 2 {
+            t.transition(TaskState::Running, 3_000)
+                .expect("dispatched → running is allowed");
+            t.lease_owner = Some("worker-s".into());
+            t.lease_expiry = Some(60_000);
+            let mut t = expect_ok("update_task", store.update_task(&t).await);
+            if t.id % 2 == 0 {
+                t.transition(TaskState::Succeeded, 4_000)
+                    .expect("running → succeeded is allowed");
+                t.lease_owner = None;
+                t.lease_expiry = None;
+                expect_ok("update_task", store.update_task(&t).await);
+            }
+        }
+    }
+    let all = expect_ok("list_tasks", store.list_tasks(&id).await);
+    for state in TaskState::ALL {
+        let expected: Vec<TaskRecord> = all.iter().filter(|t| t.state == state).cloned().collect();
+        let got = tasks_in_state_settled(store, &id, state, &expected).await;
+        assert_eq!(
+            got, expected,
+            "list_tasks_in_state({state}) must return exactly the {state} tasks, sorted by id"
+        );
+    }
+    assert!(
+        all.iter().any(|t| t.state == TaskState::Succeeded)
+            && all.iter().any(|t| t.state == TaskState::Running)
+            && all.iter().any(|t| t.state == TaskState::Dispatched)
+            && all.iter().any(|t| t.state == TaskState::Pending),
+        "the check above must cover several states"
+    );
+    assert!(
+        expect_ok(
+            "list_tasks_in_state missing",
+            store
+                .list_tasks_in_state(&format!("contract-missing-{}", tag()), TaskState::Pending)
+                .await,
+        )
+        .is_empty(),
+        "a missing job has no tasks in any state"
+    );
+    expect_ok("delete_job", store.delete_job(&id).await);
+    assert!(
+        tasks_in_state_settled(store, &id, TaskState::Running, &[])
+            .await
+            .is_empty(),
+        "delete_job must remove the task rows from every state"
+    );
+}
+
+/// `list_tasks_in_state`, asked again for a few seconds until it returns `expected`: an index
+/// on the state may lag its table (DynamoDB's GSIs are eventually consistent). Returns the last
+/// answer.
+async fn tasks_in_state_settled(
+    store: &dyn StateStore,
+    job: &str,
+    state: TaskState,
+    expected: &[TaskRecord],
+) -> Vec<TaskRecord> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = expect_ok(
+            "list_tasks_in_state",
+            store.list_tasks_in_state(job, state).await,
+        );
+        if got == expected || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What the queue contract asks a factory for.
