@@ -55,6 +55,17 @@ impl Embedded {
         })
     }
 
+    /// The same stores as trait objects, for code that runs on any backend. Scratch space is
+    /// the storage directory itself: nothing needs uploading.
+    pub fn backends(&self) -> crate::backends::Backends {
+        crate::backends::Backends {
+            objects: self.objects.clone(),
+            state: self.state.clone(),
+            scratch: self.root.join("scratch"),
+            locations: Arc::new(crate::backends::LocalLocations),
+        }
+    }
+
     /// The retry queue of one run of a job (a job run again starts with an empty queue, so no
     /// message of the earlier run can skip a backoff).
     pub fn queue(&self, job: &JobRecord) -> Result<SqliteQueue> {

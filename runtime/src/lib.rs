@@ -1,5 +1,7 @@
 //! `orch-runtime`: the adapters around `orch-core` that run a job on one machine.
 //!
+//! - [`backends`]: the stores of one process as trait objects (embedded or AWS), with scratch
+//!   space for files on their way to a remote store;
 //! - [`fs_store`], [`sqlite_state`], [`sqlite_queue`]: the embedded backends behind the core's
 //!   traits (a directory, SQLite files);
 //! - [`input`]: the job's input files (one, a directory or a glob; compressed ones decompressed
@@ -10,6 +12,7 @@
 //! - [`contract`]: the behaviour every backend implementation must show, as reusable tests.
 
 pub mod aggregate;
+pub mod backends;
 pub mod contract;
 pub mod driver;
 pub mod error;

@@ -147,7 +147,14 @@ fn run_task(
             tracing::info!("stop signal received: checkpointing");
             on_signal.stop();
         });
-        match orch_worker::run::run(&args, stop).await {
+        let backends = match orch_runtime::driver::Embedded::open(&args.storage) {
+            Ok(embedded) => embedded.backends(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the job's storage");
+                return 1;
+            }
+        };
+        match orch_worker::run::run(&backends, &args, stop).await {
             Ok(_) => 0,
             Err(e) => {
                 tracing::error!(error = %e, category = ?e.category(), "task attempt ended without commit");

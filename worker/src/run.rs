@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use orch_core::backend::{ObjectStore, StateStore};
+use orch_core::backend::StateStore;
 use orch_core::csv_input::csv_items;
 use orch_core::engine::EngineConfig;
 use orch_core::layout;
@@ -23,7 +23,7 @@ use orch_core::model::{
 use orch_core::partition::jsonl_items;
 use orch_core::spec::{BuiltinName, InputFormat, JobSpec};
 use orch_core::uri::Location;
-use orch_runtime::driver::Embedded;
+use orch_runtime::backends::Backends;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
@@ -63,12 +63,11 @@ impl StopFlag {
     }
 }
 
-/// Runs the task; returns the committed row.
-pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
+/// Runs the task against `backends`; returns the committed row.
+pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
     if !layout::valid_job_id(&args.job) {
         return Err(Error::Setup(format!("invalid job id `{}`", args.job)));
     }
-    let backends = Embedded::open(&args.storage)?;
     let manifest: JobManifest = match backends
         .objects
         .get(&layout::job_manifest(&args.job))
@@ -97,7 +96,7 @@ pub async fn run(args: &WorkerArgs, stop: StopFlag) -> Result<TaskRecord> {
     let result = async {
         info!(items = batch.items, bytes = batch.bytes(), "claimed");
         work(
-            &backends,
+            backends,
             &manifest.spec.spec,
             manifest.columns.as_deref(),
             &batch,
@@ -212,7 +211,9 @@ async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
     }
 }
 
-fn make_handler(spec: &JobSpec, log: &Path) -> Result<Arc<dyn Handler>> {
+/// The handler of the spec. An exec handler's stderr is the worker's own, which the executor
+/// sends to the task log (a file locally, Slurm's per-task output on a cluster).
+fn make_handler(spec: &JobSpec) -> Result<Arc<dyn Handler>> {
     let h = &spec.handler;
     if let Some(exec) = &h.exec {
         let cfg = ExecConfig {
@@ -221,7 +222,7 @@ fn make_handler(spec: &JobSpec, log: &Path) -> Result<Arc<dyn Handler>> {
             workdir: PathBuf::from(exec.workdir.as_deref().unwrap_or(".")),
             concurrency: h.concurrency as usize,
             timeout: h.timeout.as_duration().map_err(Error::Setup)?,
-            stderr_log: Some(log.to_path_buf()),
+            stderr_log: None,
             max_restarts: 5,
         };
         return Ok(Arc::new(ExecHandler::start(cfg)?));
@@ -239,9 +240,46 @@ fn make_handler(spec: &JobSpec, log: &Path) -> Result<Arc<dyn Handler>> {
     }
 }
 
-/// Reads the batch's byte range of the input.
-fn read_range(batch: &Batch) -> Result<Vec<u8>> {
+/// A local path of a Parquet input file: the file itself, or a copy in scratch of the object
+/// (the Parquet reader needs random access to the footer and the row groups).
+async fn parquet_source(backends: &Backends, uri: &str) -> Result<PathBuf> {
+    let Some((store, key)) = backends.locations.open(uri)? else {
+        return Location::local_path(uri).map_err(Error::Setup);
+    };
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    uri.hash(&mut hasher);
+    let path = backends
+        .scratch
+        .join("input")
+        .join(format!("{:016x}.parquet", hasher.finish()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    if !store.get_to_file(&key, &path).await? {
+        return Err(Error::Setup(format!("the input {uri} does not exist")));
+    }
+    Ok(path)
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Setup(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Reads the batch's byte range of the input: from the file, or a ranged GET of the object.
+async fn read_range(backends: &Backends, batch: &Batch) -> Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
+    if let Some((store, key)) = backends.locations.open(&batch.source)? {
+        return Ok(store.get_range(&key, batch.start..batch.end).await?);
+    }
     let path = Location::local_path(&batch.source).map_err(Error::Setup)?;
     let io = |e: std::io::Error| Error::Setup(format!("cannot read {}: {e}", path.display()));
     let mut f = std::fs::File::open(&path).map_err(io)?;
@@ -282,7 +320,7 @@ struct Ledger<'a> {
     ckpt: Checkpoint,
     ok: u64,
     failed: u64,
-    backends: &'a Embedded,
+    backends: &'a Backends,
     row: &'a mut TaskRecord,
 }
 
@@ -307,7 +345,7 @@ impl Ledger<'_> {
 }
 
 async fn work(
-    backends: &Embedded,
+    backends: &Backends,
     spec: &JobSpec,
     columns: Option<&[String]>,
     batch: &Batch,
@@ -316,13 +354,15 @@ async fn work(
     stop: &StopFlag,
 ) -> Result<TaskRecord> {
     let job = row.job.clone();
-    let (task, attempt) = (row.id, row.attempt);
+    let task = row.id;
     let started = Instant::now();
     let ckpt_key = layout::checkpoint(&job, task);
-    let ckpt_path = backends
-        .objects
-        .local_path(&ckpt_key)
-        .ok_or_else(|| Error::Setup("checkpoints need a local path".into()))?;
+    // A remote store's checkpoint is fetched to scratch, and sent back whenever the attempt
+    // ends without committing, so the next attempt resumes wherever it runs.
+    let (ckpt_path, remote_ckpt) = backends.local_file(&ckpt_key)?;
+    if remote_ckpt && !backends.objects.get_to_file(&ckpt_key, &ckpt_path).await? {
+        remove_if_present(&ckpt_path)?;
+    }
     let ckpt = Checkpoint::open(&ckpt_path)?;
     let done = ckpt.done()?;
     if !done.is_empty() {
@@ -342,15 +382,14 @@ async fn work(
     let data = if parquet {
         Vec::new()
     } else {
-        read_range(batch)?
+        read_range(backends, batch).await?
     };
-    let log = backends.root.join(layout::task_log(&job, task, attempt));
-    let handler = make_handler(spec, &log)?;
+    let handler = make_handler(spec)?;
     let cfg = EngineConfig::from_spec(spec);
     let first = batch.first_item;
     let items: Box<dyn Iterator<Item = (u64, Decoded)> + '_> = match (&spec.input.format, columns) {
         (Some(InputFormat::Parquet), _) => {
-            let path = Location::local_path(&batch.source).map_err(Error::Setup)?;
+            let path = parquet_source(backends, &batch.source).await?;
             let rows = orch_data::read_parquet_rows(&path, batch.start, batch.end)?;
             Box::new(
                 rows.into_iter()
@@ -406,6 +445,10 @@ async fn work(
     };
     handler.shutdown().await;
     ledger.ckpt.flush()?;
+    if remote_ckpt && (outcome.is_err() || stop.is_stopped()) {
+        backends.objects.put_file(&ckpt_key, &ckpt_path).await?;
+        info!("checkpoint uploaded");
+    }
     outcome?;
     info!(
         ok = ledger.ok,
@@ -597,7 +640,7 @@ async fn wait_for_stop(stop: &StopFlag) {
 
 /// Writes the result files and `_DONE`, then commits the attempt.
 async fn finish(
-    backends: &Embedded,
+    backends: &Backends,
     batch: &Batch,
     row: &mut TaskRecord,
     worker_id: &str,
@@ -655,18 +698,9 @@ async fn finish(
     }
     let part_key = layout::part(&job, task, attempt);
     let errors_key = layout::errors(&job, task, attempt);
-    let local = |key: &str| {
-        backends
-            .objects
-            .local_path(key)
-            .ok_or_else(|| Error::Setup("results need a local path".into()))
-    };
-    let part_path = local(&part_key)?;
-    let errors_path = local(&errors_key)?;
-    if let Some(dir) = part_path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
-    }
+    let (part_path, remote) = backends.local_file(&part_key)?;
+    let (errors_path, _) = backends.local_file(&errors_key)?;
+    let (part_file, errors_file) = (part_path.clone(), errors_path.clone());
     let (part, errs, misfits, dropped) = tokio::task::spawn_blocking(move || {
         // With a declared schema, items whose results do not fit it become item errors of
         // kind `schema`, so the part file is written first and the errors file after it.
@@ -706,6 +740,8 @@ async fn finish(
         ms = started.elapsed().as_millis() as u64,
         "result files written"
     );
+    backends.publish(&part_key, &part_file, remote).await?;
+    backends.publish(&errors_key, &errors_file, remote).await?;
     let sum = |f: &orch_data::FileInfo| FileSum {
         rows: f.rows,
         bytes: f.bytes,
