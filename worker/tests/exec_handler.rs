@@ -399,3 +399,52 @@ async fn dropping_the_handler_kills_the_process() {
         "process {pid} outlived its handler"
     );
 }
+
+/// A handler written with python/orch_handler.py, which batches its answers: the worker's
+/// batched requests and its batched reads must still pair every answer with its own item.
+fn orch_handler_script(dir: &std::path::Path) -> ExecConfig {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python");
+    let script = format!(
+        "import sys\nsys.path.insert(0, {python:?})\n\
+         from orch_handler import handler, Permanent\n\
+         @handler\n\
+         def work(item):\n    \
+             if item['n'] % 97 == 0:\n        raise Permanent(f\"no {{item['n']}}\")\n    \
+             return {{'n': item['n'], 'text': item['text'].upper()}}\n",
+        python = python.to_string_lossy(),
+    );
+    std::fs::write(dir.join("handler.py"), script).unwrap();
+    let mut cfg = ExecConfig::new(vec!["python3".into(), "handler.py".into()], dir);
+    cfg.timeout = Duration::from_secs(30);
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_python_handler_answers_every_item_as_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    for concurrency in [1, 32] {
+        let mut cfg = orch_handler_script(dir.path());
+        cfg.concurrency = concurrency;
+        let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+        let pid = handler.pid().unwrap();
+        let count = if concurrency == 1 { 100 } else { 3000 };
+        let items: Vec<Value> = (0..count)
+            .map(|n| json!({"n": n, "text": format!("item-{n}-{}", "x".repeat(n % 11))}))
+            .collect();
+        let outcomes = call_all(&handler, items.clone()).await;
+        for (item, outcome) in items.iter().zip(outcomes) {
+            let n = item["n"].as_u64().unwrap();
+            if n % 97 == 0 {
+                assert_eq!(err(outcome), ItemFailure::permanent(format!("no {n}")));
+            } else {
+                let expected = json!({
+                    "n": n,
+                    "text": item["text"].as_str().unwrap().to_uppercase(),
+                });
+                assert_eq!(ok(outcome), expected, "concurrency {concurrency}");
+            }
+        }
+        assert_eq!(handler.pid(), Some(pid), "no restart happened");
+        handler.shutdown().await;
+    }
+}

@@ -6,14 +6,20 @@
 //! out-of-order answers: a handler may work on up to `concurrency` items at once (threads,
 //! asyncio, a GPU batch), and must not be forced to answer in arrival order.
 //!
-//! Shape: one writer task owns stdin (so request lines never interleave, and many queued lines
-//! are flushed with one write), one reader task owns stdout and completes the waiting call by
-//! id, and one supervisor task owns the child and turns its exit into an infrastructure failure
-//! of exactly the items that were in flight. A crashed process is started again lazily, by the
-//! next call, after a short backoff; a process that keeps crashing without answering anything is
-//! given up on, so that the worker fails the task and the engine retries it elsewhere.
+//! Shape: calls append their request lines to one shared buffer, and one writer task owns stdin
+//! and writes whatever has gathered in one `write` (so lines never interleave, and a window of
+//! requests costs one system call, not one each). One reader task owns stdout and completes
+//! every answer that one read brought in, by id, under one lock. One supervisor task owns the
+//! child, fails items whose time is up (one timer for all of them, not one per item), and turns
+//! the child's exit into an infrastructure failure of exactly the items that were in flight.
+//! The per-item cost matters because it is paid millions of times: with a cheap Python function
+//! the exec path once cost more CPU than the function itself (docs/benchmarks.md).
+//!
+//! A crashed process is started again lazily, by the next call, after a short backoff; a
+//! process that keeps crashing without answering anything is given up on, so that the worker
+//! fails the task and the engine retries it elsewhere.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,9 +31,9 @@ use std::time::{Duration, Instant};
 use orch_core::model::ErrorKind;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -83,7 +89,6 @@ pub struct ExecHandler {
     cfg: ExecConfig,
     program: OsString,
     permits: Semaphore,
-    next_id: AtomicU64,
     /// Crashes since the last response of any process; shared with the supervisors.
     crashes: Arc<AtomicU32>,
     slot: Mutex<Slot>,
@@ -123,19 +128,17 @@ enum Current {
 struct Process {
     generation: u64,
     pid: Option<u32>,
-    requests: mpsc::UnboundedSender<Msg>,
     link: Arc<Link>,
 }
 
-enum Msg {
-    Line(Vec<u8>),
-    /// Flush what is queued, then close stdin: the polite way to ask a handler to exit.
-    Close,
-}
-
-/// What callers, the reader and the supervisor of one process share.
+/// What callers, the writer, the reader and the supervisor of one process share.
 struct Link {
     state: Mutex<LinkState>,
+    /// Request lines not yet written, and whether stdin should be closed after them. Apart from
+    /// `state` so that appending a request never waits for the reader delivering answers.
+    outbox: Mutex<Outbox>,
+    /// Wakes the writer; notified whenever the outbox goes from empty to not empty, or closes.
+    wake_writer: Notify,
     kill: Notify,
     /// Set when we asked the process to go: its exit is then not a crash.
     stopping: AtomicBool,
@@ -144,9 +147,26 @@ struct Link {
 
 #[derive(Default)]
 struct LinkState {
-    waiting: HashMap<u64, oneshot::Sender<Outcome>>,
+    /// Calls waiting for their answer, by id. Ids are handed out under this lock in the order of
+    /// the calls' deadlines (all calls have the same timeout), so the first entry is always the
+    /// next to time out: one timer in the supervisor serves them all.
+    waiting: BTreeMap<u64, Waiting>,
+    /// The last id handed out. A fresh id per attempt: an answer to an earlier, timed-out attempt
+    /// of the same item must not be taken for this one.
+    last_id: u64,
     /// Set once the process has exited: why, and when (for the restart backoff).
     exit: Option<(String, Instant)>,
+}
+
+struct Waiting {
+    tx: oneshot::Sender<Outcome>,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Outbox {
+    lines: Vec<u8>,
+    close: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,18 +175,107 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Link {
-    /// Registers a call; false when the process already exited (the request was not sent).
-    fn insert(&self, id: u64, tx: oneshot::Sender<Outcome>) -> bool {
-        let mut state = lock(&self.state);
-        if state.exit.is_some() {
-            return false;
+    fn new() -> Link {
+        Link {
+            state: Mutex::new(LinkState::default()),
+            outbox: Mutex::new(Outbox::default()),
+            wake_writer: Notify::new(),
+            kill: Notify::new(),
+            stopping: AtomicBool::new(false),
+            exited: watch::channel(false).0,
         }
-        state.waiting.insert(id, tx);
-        true
+    }
+
+    /// Registers a call and queues its request line; its id, or None when the process already
+    /// exited (then nothing was sent).
+    fn send(
+        &self,
+        item: &RawValue,
+        tx: oneshot::Sender<Outcome>,
+        timeout: Duration,
+    ) -> Option<u64> {
+        let id = {
+            let mut state = lock(&self.state);
+            if state.exit.is_some() {
+                return None;
+            }
+            state.last_id += 1;
+            let id = state.last_id;
+            let deadline = deadline_after(Instant::now(), timeout);
+            state.waiting.insert(id, Waiting { tx, deadline });
+            id
+        };
+        let was_empty = {
+            let mut outbox = lock(&self.outbox);
+            let was_empty = outbox.lines.is_empty();
+            push_request(&mut outbox.lines, id, item);
+            was_empty
+        };
+        // A non-empty outbox already has a wake-up pending: the writer takes it all at once.
+        if was_empty {
+            self.wake_writer.notify_one();
+        }
+        Some(id)
     }
 
     fn take(&self, id: u64) -> Option<oneshot::Sender<Outcome>> {
-        lock(&self.state).waiting.remove(&id)
+        lock(&self.state)
+            .waiting
+            .remove(&id)
+            .map(|waiting| waiting.tx)
+    }
+
+    /// Hands each answer to its call, looking them all up under one lock; clears `answers`.
+    /// `ready` is scratch space, kept by the caller so that it is not allocated per read.
+    fn deliver(
+        &self,
+        answers: &mut Vec<(u64, Outcome)>,
+        ready: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    ) {
+        {
+            let mut state = lock(&self.state);
+            for (id, outcome) in answers.drain(..) {
+                match state.waiting.remove(&id) {
+                    Some(waiting) => ready.push((waiting.tx, outcome)),
+                    None => debug!(
+                        id,
+                        "answer for an id that is not pending (timed out?); ignored"
+                    ),
+                }
+            }
+        }
+        // Outside the lock: completing a call may wake a thread.
+        for (tx, outcome) in ready.drain(..) {
+            // Fails only if the call is gone, in which case nobody wants the answer.
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Fails the calls whose deadline has passed, as transient; returns when to look again.
+    fn expire(&self, now: Instant, timeout: Duration) -> Instant {
+        let mut expired = Vec::new();
+        let next = {
+            let mut state = lock(&self.state);
+            loop {
+                match state.waiting.first_entry() {
+                    Some(first) if first.get().deadline <= now => {
+                        let (id, waiting) = first.remove_entry();
+                        expired.push((id, waiting.tx));
+                    }
+                    Some(first) => break first.get().deadline,
+                    // A call made from now on is due no earlier than this.
+                    None => break deadline_after(now, timeout),
+                }
+            }
+        };
+        for (id, tx) in expired {
+            debug!(id, "handler item timed out");
+            let _ = tx.send(Outcome::Err(ItemFailure::transient(format!(
+                "timed out after {}",
+                human(timeout)
+            ))));
+        }
+        next
     }
 
     fn exit(&self) -> Option<(String, Instant)> {
@@ -174,19 +283,30 @@ impl Link {
     }
 
     /// Records the exit and hands back every call still waiting.
-    fn close(&self, reason: String) -> HashMap<u64, oneshot::Sender<Outcome>> {
+    fn close(&self, reason: String) -> BTreeMap<u64, Waiting> {
         let mut state = lock(&self.state);
         state.exit = Some((reason, Instant::now()));
         std::mem::take(&mut state.waiting)
     }
+
+    /// Asks the writer to write what is queued, then close stdin and end.
+    fn close_stdin(&self) {
+        lock(&self.outbox).close = true;
+        self.wake_writer.notify_one();
+    }
+}
+
+/// `now + timeout`, for any timeout a spec can hold (a year at most, so it cannot overflow).
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(timeout.min(LONGEST)).unwrap_or(now)
 }
 
 impl Process {
     /// Closes stdin, waits up to [`SHUTDOWN_GRACE`] for the exit, then kills.
     async fn stop(&self) {
         self.link.stopping.store(true, Ordering::SeqCst);
-        // Fails only when the writer is gone already, and then stdin is closed anyway.
-        let _ = self.requests.send(Msg::Close);
+        self.link.close_stdin();
         let mut exited = self.link.exited.subscribe();
         if tokio::time::timeout(SHUTDOWN_GRACE, exited.wait_for(|done| *done))
             .await
@@ -211,7 +331,7 @@ impl Process {
 }
 
 /// Removes a call's entry if the call is dropped before it got its answer (its future
-/// cancelled, or timed out), so that a late answer is recognized as such.
+/// cancelled), so that a late answer is recognized as such.
 struct WaitGuard<'a> {
     link: &'a Link,
     id: u64,
@@ -253,7 +373,6 @@ impl ExecHandler {
         let handler = ExecHandler {
             permits: Semaphore::new(cfg.concurrency),
             program,
-            next_id: AtomicU64::new(1),
             crashes: Arc::new(AtomicU32::new(0)),
             slot: Mutex::new(Slot::Shutdown),
             restart: tokio::sync::Mutex::new(()),
@@ -311,14 +430,8 @@ impl ExecHandler {
         let pid = child.id();
         info!(generation, pid, program = %name, "handler process started");
 
-        let link = Arc::new(Link {
-            state: Mutex::new(LinkState::default()),
-            kill: Notify::new(),
-            stopping: AtomicBool::new(false),
-            exited: watch::channel(false).0,
-        });
-        let (requests, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(stdin, queue, link.clone(), generation));
+        let link = Arc::new(Link::new());
+        tokio::spawn(write_loop(stdin, link.clone(), cfg.concurrency, generation));
         let reader = tokio::spawn(read_loop(stdout, link.clone(), self.crashes.clone()));
         tokio::spawn(supervise(
             child,
@@ -326,11 +439,11 @@ impl ExecHandler {
             link.clone(),
             self.crashes.clone(),
             generation,
+            cfg.timeout,
         ));
         Ok(Arc::new(Process {
             generation,
             pid,
-            requests,
             link,
         }))
     }
@@ -419,46 +532,24 @@ impl ExecHandler {
                 Ok(process) => process,
                 Err(failure) => return Outcome::Err(failure),
             };
-            // A fresh id per attempt: an answer to an earlier, timed-out attempt of the same
-            // item must not be taken for this one.
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, mut rx) = oneshot::channel();
-            if !process.link.insert(id, tx) {
+            let (tx, rx) = oneshot::channel();
+            let Some(id) = process.link.send(item, tx, self.cfg.timeout) else {
                 // It died before we sent anything: the item is untouched, use the next process.
                 continue;
-            }
+            };
             let mut guard = WaitGuard {
                 link: &process.link,
                 id,
                 armed: true,
             };
-            // A send error means the writer is gone; the process is going down and its
-            // supervisor answers `rx` with the exit status.
-            let _ = process.requests.send(Msg::Line(request_line(id, item)));
-            let outcome = match tokio::time::timeout(self.cfg.timeout, &mut rx).await {
-                Ok(Ok(outcome)) => outcome,
-                // The supervisor vanished without answering: only when the runtime shuts down.
-                Ok(Err(_)) => Outcome::Err(ItemFailure::infrastructure(
+            // The answer comes from the reader, the supervisor's deadline sweep (timed out) or
+            // the supervisor at the exit (infrastructure), whichever takes the entry first.
+            let outcome = match rx.await {
+                Ok(outcome) => outcome,
+                // Dropped unanswered: only when the runtime shuts down.
+                Err(_) => Outcome::Err(ItemFailure::infrastructure(
                     "handler process went away without answering",
                 )),
-                Err(_) => {
-                    if process.link.take(id).is_none() {
-                        // The answer raced the deadline; it is in the channel, or will be.
-                        if let Ok(outcome) = rx.try_recv() {
-                            guard.armed = false;
-                            return outcome;
-                        }
-                    }
-                    debug!(
-                        id,
-                        generation = process.generation,
-                        "handler item timed out"
-                    );
-                    Outcome::Err(ItemFailure::transient(format!(
-                        "timed out after {}",
-                        human(self.cfg.timeout)
-                    )))
-                }
             };
             guard.armed = false;
             return outcome;
@@ -503,60 +594,59 @@ fn shut_down() -> ItemFailure {
     ItemFailure::infrastructure("handler was shut down")
 }
 
-/// `{"id":17,"item":<item>}\n`, built by hand: the item is already JSON text.
-fn request_line(id: u64, item: &RawValue) -> Vec<u8> {
+/// Appends `{"id":17,"item":<item>}\n`, built by hand: the item is already JSON text.
+fn push_request(out: &mut Vec<u8>, id: u64, item: &RawValue) {
     let item = item.get().as_bytes();
-    let mut line = Vec::with_capacity(item.len() + 32);
+    out.reserve(item.len() + 32);
     // Writing into a Vec cannot fail.
-    let _ = write!(line, "{{\"id\":{id},\"item\":");
-    let start = line.len();
-    line.extend_from_slice(item);
+    let _ = write!(out, "{{\"id\":{id},\"item\":");
+    let start = out.len();
+    out.extend_from_slice(item);
     // Raw newlines in valid JSON can only be whitespace between tokens (inside strings they are
     // escaped), so blanking them keeps the item intact and the protocol one line per request.
     if item.iter().any(|b| *b == b'\n' || *b == b'\r') {
-        for byte in &mut line[start..] {
+        for byte in &mut out[start..] {
             if *byte == b'\n' || *byte == b'\r' {
                 *byte = b' ';
             }
         }
     }
-    line.extend_from_slice(b"}\n");
-    line
+    out.extend_from_slice(b"}\n");
 }
 
 async fn write_loop(
-    stdin: ChildStdin,
-    mut queue: mpsc::UnboundedReceiver<Msg>,
+    mut stdin: impl AsyncWrite + Unpin,
     link: Arc<Link>,
+    concurrency: usize,
     generation: u64,
 ) {
-    let mut out = BufWriter::with_capacity(PIPE_BUFFER, stdin);
-    let mut result = Ok(());
-    'queue: while let Some(first) = queue.recv().await {
-        // Write everything queued, then flush once: one system call for many small requests.
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Line(line) => {
-                    if let Err(err) = out.write_all(&line).await {
-                        result = Err(err);
-                        break 'queue;
-                    }
-                }
-                Msg::Close => break 'queue,
+    // Two buffers swapped under the lock: calls append to one while this task writes the other,
+    // and neither is allocated again once grown.
+    let mut batch = Vec::with_capacity(PIPE_BUFFER);
+    let result = loop {
+        link.wake_writer.notified().await;
+        // While the window is not full, calls that are ready to run (the next items after a
+        // batch of answers) get to queue their requests first, so that they go out in the same
+        // write. A full window (always, at concurrency 1) cannot grow: write it at once.
+        if lock(&link.state).waiting.len() < concurrency {
+            tokio::task::yield_now().await;
+        }
+        let close = {
+            let mut outbox = lock(&link.outbox);
+            std::mem::swap(&mut outbox.lines, &mut batch);
+            outbox.close
+        };
+        if !batch.is_empty() {
+            if let Err(err) = stdin.write_all(&batch).await {
+                break Err(err);
             }
-            next = queue.try_recv().ok();
+            batch.clear();
         }
-        if let Err(err) = out.flush().await {
-            result = Err(err);
-            break;
+        if close {
+            break stdin.flush().await;
         }
-    }
-    let result = match result {
-        Ok(()) => out.flush().await,
-        Err(err) => Err(err),
     };
-    // Dropping `out` closes stdin: the handler sees end of input and should exit.
+    // Dropping `stdin` closes it: the handler sees end of input and should exit.
     if let Err(err) = result {
         if link.stopping.load(Ordering::SeqCst) || link.exit().is_some() {
             debug!(generation, error = %err, "handler stdin closed");
@@ -570,19 +660,53 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(stdout: ChildStdout, link: Arc<Link>, crashes: Arc<AtomicU32>) {
-    let mut reader = BufReader::with_capacity(PIPE_BUFFER, stdout);
-    let mut line = Vec::with_capacity(1024);
+async fn read_loop(mut stdout: impl AsyncRead + Unpin, link: Arc<Link>, crashes: Arc<AtomicU32>) {
+    // Every complete line a read brings in is handled before the next read, and their calls
+    // are completed under one lock: answers written in batches are taken in batches.
+    let mut buf: Vec<u8> = Vec::with_capacity(PIPE_BUFFER);
+    let mut answers = Vec::new();
+    let mut ready = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) => return,
-            Ok(_) => handle_line(&line, &link, &crashes),
+        if buf.capacity() - buf.len() < PIPE_BUFFER / 4 {
+            // Room for a read; a line longer than the buffer makes it grow.
+            buf.reserve(PIPE_BUFFER);
+        }
+        // What is left from the last read is part of a line: no newline in it.
+        let old_len = buf.len();
+        let read = match stdout.read_buf(&mut buf).await {
+            Ok(read) => read,
             Err(err) => {
                 warn!(error = %err, "cannot read handler stdout");
-                return;
+                0
+            }
+        };
+        // At the end, a last line without a newline still counts.
+        let complete = if read == 0 {
+            buf.len()
+        } else {
+            // Only the new bytes are searched, so that a long line read in small pieces does
+            // not cost time quadratic in its length.
+            match buf[old_len..].iter().rposition(|b| *b == b'\n') {
+                Some(last) => old_len + last + 1,
+                None => continue,
+            }
+        };
+        for line in buf[..complete].split(|b| *b == b'\n') {
+            if let Some(answer) = parse_response(line) {
+                answers.push(answer);
             }
         }
+        if !answers.is_empty() {
+            // Any answer proves the process works: crashes are counted from here on again.
+            if crashes.load(Ordering::Relaxed) != 0 {
+                crashes.store(0, Ordering::SeqCst);
+            }
+            link.deliver(&mut answers, &mut ready);
+        }
+        if read == 0 {
+            return;
+        }
+        buf.drain(..complete);
     }
 }
 
@@ -610,10 +734,12 @@ struct ErrorBody {
     message: Option<String>,
 }
 
-fn handle_line(line: &[u8], link: &Link, crashes: &AtomicU32) {
+/// The id and outcome of one stdout line; None for a blank line or one that is not an answer
+/// (warned about, then ignored).
+fn parse_response(line: &[u8]) -> Option<(u64, Outcome)> {
     let text = line.trim_ascii();
     if text.is_empty() {
-        return;
+        return None;
     }
     // Only lengths are logged: a stray line may well be item content, which can be sensitive.
     let response: Response<'_> = match serde_json::from_slice(text) {
@@ -624,7 +750,7 @@ fn handle_line(line: &[u8], link: &Link, crashes: &AtomicU32) {
                 error = %err,
                 "handler wrote a stdout line that is not a JSON response; ignored"
             );
-            return;
+            return None;
         }
     };
     let Some(id) = response.id else {
@@ -632,12 +758,8 @@ fn handle_line(line: &[u8], link: &Link, crashes: &AtomicU32) {
             len = text.len(),
             "handler wrote a stdout line without an id; ignored"
         );
-        return;
+        return None;
     };
-    // Any answer proves the process works: crashes are counted from here on again.
-    if crashes.load(Ordering::Relaxed) != 0 {
-        crashes.store(0, Ordering::SeqCst);
-    }
     let outcome = match (response.error, response.result) {
         (Some(error), _) => Outcome::Err(item_failure(error)),
         (None, Some(result)) => Outcome::Ok(result.to_owned()),
@@ -645,16 +767,7 @@ fn handle_line(line: &[u8], link: &Link, crashes: &AtomicU32) {
             "handler response has neither `result` nor `error`",
         )),
     };
-    match link.take(id) {
-        Some(tx) => {
-            // Fails only if the call is gone, in which case nobody wants the answer.
-            let _ = tx.send(outcome);
-        }
-        None => debug!(
-            id,
-            "answer for an id that is not pending (timed out?); ignored"
-        ),
-    }
+    Some((id, outcome))
 }
 
 fn item_failure(error: &RawValue) -> ItemFailure {
@@ -688,6 +801,7 @@ async fn supervise(
     link: Arc<Link>,
     crashes: Arc<AtomicU32>,
     generation: u64,
+    timeout: Duration,
 ) {
     enum Ended {
         Exited(std::io::Result<ExitStatus>),
@@ -695,10 +809,16 @@ async fn supervise(
         Kill,
     }
     let pid = child.id();
-    let ended = tokio::select! {
-        status = child.wait() => Ended::Exited(status),
-        _ = &mut reader => Ended::StdoutClosed,
-        () = link.kill.notified() => Ended::Kill,
+    let ended = loop {
+        // The item timeouts: wake at the earliest deadline only, which, with answers flowing,
+        // is about once per timeout period rather than once per item.
+        let next = link.expire(Instant::now(), timeout);
+        tokio::select! {
+            status = child.wait() => break Ended::Exited(status),
+            _ = &mut reader => break Ended::StdoutClosed,
+            () = link.kill.notified() => break Ended::Kill,
+            () = tokio::time::sleep_until(next.into()) => {}
+        }
     };
     let status = match ended {
         Ended::Exited(status) => {
@@ -752,9 +872,13 @@ async fn supervise(
         );
     }
     let message = format!("handler process exited ({reason})");
-    for (_, tx) in waiting {
-        let _ = tx.send(Outcome::Err(ItemFailure::infrastructure(message.clone())));
+    for (_, waiting) in waiting {
+        let _ = waiting
+            .tx
+            .send(Outcome::Err(ItemFailure::infrastructure(message.clone())));
     }
+    // Nothing more goes to this process: let the writer end (and drop its end of the pipe).
+    link.close_stdin();
     link.exited.send_replace(true);
 }
 
@@ -822,10 +946,16 @@ mod tests {
     #[test]
     fn request_lines_are_single_lines() {
         let item = raw("{\n  \"a\": \"x\\ny\",\r\n  \"b\": 1\n}");
-        let line = String::from_utf8(request_line(7, &item)).unwrap();
-        assert_eq!(line.matches('\n').count(), 1);
-        assert!(line.ends_with('\n'));
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mut out = b"{\"id\":6,\"item\":{}}\n".to_vec();
+        push_request(&mut out, 7, &item);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches('\n').count(), 2);
+        let (first, second) = text.trim_end().split_once('\n').unwrap();
+        assert_eq!(
+            first, r#"{"id":6,"item":{}}"#,
+            "the earlier line is untouched"
+        );
+        let value: serde_json::Value = serde_json::from_str(second).unwrap();
         assert_eq!(value["id"], 7);
         assert_eq!(value["item"]["a"], "x\ny");
         assert_eq!(value["item"]["b"], 1);
@@ -843,33 +973,36 @@ mod tests {
         assert_eq!(f.kind, ErrorKind::Permanent);
     }
 
+    fn answers(lines: &[&[u8]]) -> Vec<(u64, Outcome)> {
+        lines
+            .iter()
+            .filter_map(|line| parse_response(line))
+            .collect()
+    }
+
     #[test]
     fn responses_are_matched_by_id() {
-        let link = Link {
-            state: Mutex::new(LinkState::default()),
-            kill: Notify::new(),
-            stopping: AtomicBool::new(false),
-            exited: watch::channel(false).0,
-        };
-        let crashes = AtomicU32::new(3);
+        let link = Link::new();
+        let timeout = Duration::from_secs(60);
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
         let (tx3, mut rx3) = oneshot::channel();
-        assert!(link.insert(1, tx1));
-        assert!(link.insert(2, tx2));
-        assert!(link.insert(3, tx3));
-        handle_line(b"not json\n", &link, &crashes);
-        handle_line(b"{\"result\":{}}\n", &link, &crashes);
-        assert_eq!(crashes.load(Ordering::SeqCst), 3, "no valid answer yet");
-        handle_line(b"{\"id\":2,\"result\":null}\n", &link, &crashes);
-        handle_line(
-            b"{\"id\":1,\"result\":[{\"x\":1}],\"error\":null}\r\n",
-            &link,
-            &crashes,
+        assert_eq!(link.send(&raw("{}"), tx1, timeout), Some(1));
+        assert_eq!(link.send(&raw("{}"), tx2, timeout), Some(2));
+        assert_eq!(link.send(&raw("{}"), tx3, timeout), Some(3));
+        assert!(
+            answers(&[b"not json\n", b"{\"result\":{}}\n", b"  \n"]).is_empty(),
+            "no answers among garbage, id-less and blank lines"
         );
-        handle_line(b"{\"id\":3}\n", &link, &crashes);
-        handle_line(b"{\"id\":99,\"result\":{}}\n", &link, &crashes);
-        assert_eq!(crashes.load(Ordering::SeqCst), 0);
+        let mut got = answers(&[
+            b"{\"id\":2,\"result\":null}\n",
+            b"{\"id\":1,\"result\":[{\"x\":1}],\"error\":null}\r\n",
+            b"{\"id\":3}\n",
+            b"{\"id\":99,\"result\":{}}\n",
+        ]);
+        assert_eq!(got.len(), 4);
+        link.deliver(&mut got, &mut Vec::new());
+        assert!(got.is_empty());
         match rx1.try_recv().unwrap() {
             Outcome::Ok(result) => assert_eq!(result.get(), r#"[{"x":1}]"#),
             other => panic!("unexpected {other:?}"),
@@ -884,7 +1017,166 @@ mod tests {
         }
         let (tx4, _rx4) = oneshot::channel();
         assert_eq!(link.close("exit status: 1".into()).len(), 0);
-        assert!(!link.insert(4, tx4), "no registration after the exit");
+        assert_eq!(
+            link.send(&raw("{}"), tx4, timeout),
+            None,
+            "no registration after the exit"
+        );
+    }
+
+    #[test]
+    fn only_calls_past_their_deadline_expire() {
+        let link = Link::new();
+        let timeout = Duration::from_millis(500);
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        let (tx3, mut rx3) = oneshot::channel();
+        let id1 = link.send(&raw("1"), tx1, timeout).unwrap();
+        let id2 = link.send(&raw("2"), tx2, timeout).unwrap();
+        let sent = Instant::now();
+        let id3 = link.send(&raw("3"), tx3, timeout).unwrap();
+        let deadline = |id: u64| lock(&link.state).waiting[&id].deadline;
+        assert!(deadline(id1) <= deadline(id2) && deadline(id2) <= deadline(id3));
+
+        // Nothing is due yet: the sweep sleeps until the first deadline.
+        let early = deadline(id1) - Duration::from_millis(1);
+        assert_eq!(link.expire(early, timeout), deadline(id1));
+        assert!(rx1.try_recv().is_err());
+
+        // The first two are due: they fail as transient; the third is next.
+        assert_eq!(link.expire(deadline(id2), timeout), deadline(id3));
+        for rx in [&mut rx1, &mut rx2] {
+            match rx.try_recv().unwrap() {
+                Outcome::Err(failure) => {
+                    assert_eq!(failure, ItemFailure::transient("timed out after 500ms"));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(rx3.try_recv().is_err());
+        // A late answer for an expired call is dropped; the third still gets its own.
+        let mut got = answers(&[
+            format!("{{\"id\":{id1},\"result\":1}}").as_bytes(),
+            format!("{{\"id\":{id3},\"result\":3}}").as_bytes(),
+        ]);
+        link.deliver(&mut got, &mut Vec::new());
+        match rx3.try_recv().unwrap() {
+            Outcome::Ok(result) => assert_eq!(result.get(), "3"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Nothing waiting: look again one timeout from now at the latest.
+        let now = sent + Duration::from_secs(3);
+        assert_eq!(link.expire(now, timeout), now + timeout);
+    }
+
+    /// An `AsyncWrite` that records each write it is given.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_requests_go_out_in_one_write() {
+        let link = Arc::new(Link::new());
+        let mut receivers = Vec::new();
+        for n in 0..10 {
+            let (tx, rx) = oneshot::channel();
+            link.send(&raw(&format!("{{\"n\":{n}}}")), tx, Duration::from_secs(60))
+                .unwrap();
+            receivers.push(rx);
+        }
+        let recorder = Recorder::default();
+        let writer = tokio::spawn(write_loop(recorder.clone(), link.clone(), 16, 1));
+        link.close_stdin();
+        writer.await.unwrap();
+        let writes = recorder.0.lock().unwrap().clone();
+        assert_eq!(writes.len(), 1, "one write for the whole window");
+        let text = String::from_utf8(writes.concat()).unwrap();
+        let ids: Vec<u64> = text
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn answers_split_across_reads_are_put_together() {
+        let link = Arc::new(Link::new());
+        let timeout = Duration::from_secs(60);
+        let mut receivers = Vec::new();
+        let long = "y".repeat(3 * PIPE_BUFFER);
+        for _ in 0..4 {
+            let (tx, rx) = oneshot::channel();
+            link.send(&raw("{}"), tx, timeout).unwrap();
+            receivers.push(rx);
+        }
+        // Bytes come in pieces of 7 that cut lines anywhere; one answer is longer than the
+        // read buffer; the last one has no newline before the end of output.
+        let output = format!(
+            "{{\"id\":2,\"result\":{{\"a\":\"x\"}}}}\nnot an answer\n\
+             {{\"id\":1,\"result\":\"{long}\"}}\n\n\
+             {{\"id\":3,\"error\":{{\"kind\":\"transient\",\"message\":\"later\"}}}}\n\
+             {{\"id\":4,\"result\":[]}}"
+        );
+        let (mut ours, theirs) = tokio::io::duplex(7);
+        let feeder = tokio::spawn(async move {
+            ours.write_all(output.as_bytes()).await.unwrap();
+        });
+        let crashes = Arc::new(AtomicU32::new(2));
+        read_loop(theirs, link.clone(), crashes.clone()).await;
+        feeder.await.unwrap();
+        assert_eq!(
+            crashes.load(Ordering::SeqCst),
+            0,
+            "answers reset the crash count"
+        );
+        let mut outcomes = Vec::new();
+        for mut rx in receivers {
+            outcomes.push(rx.try_recv().unwrap());
+        }
+        match &outcomes[0] {
+            Outcome::Ok(result) => assert_eq!(result.get(), format!("\"{long}\"")),
+            other => panic!("unexpected {other:?}"),
+        }
+        match &outcomes[1] {
+            Outcome::Ok(result) => assert_eq!(result.get(), r#"{"a":"x"}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+        match &outcomes[2] {
+            Outcome::Err(failure) => assert_eq!(failure, &ItemFailure::transient("later")),
+            other => panic!("unexpected {other:?}"),
+        }
+        match &outcomes[3] {
+            Outcome::Ok(result) => assert_eq!(result.get(), "[]"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
