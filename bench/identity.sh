@@ -48,13 +48,16 @@ t2=$(now)
 t3=$(now)
 
 # The driver logs how long the aggregation (discovery, merge levels, final merge) took.
-agg_ms=$(grep -o 'ms=[0-9]*' <(grep ' aggregated' "$work/orch.log") | tail -1 | cut -d= -f2)
-python3 - "$N" "$bytes" "$BATCH" "$t0" "$t1" "$t2" "$t3" "$rows" "$(cat "$work/orch.rss")" "$(cat "$work/peer.rss")" "${agg_ms:-0}" <<'PY'
+agg_ms=$(grep -o ' ms=[0-9]*' <(grep ' aggregated' "$work/orch.log") | tail -1 | cut -d= -f2)
+# ... and its own CPU time (without the workers'): the coordinator's cost per task.
+coord_ms=$(grep -o 'coordinator_cpu_ms=[0-9]*' "$work/orch.log" | tail -1 | cut -d= -f2)
+python3 - "$N" "$bytes" "$BATCH" "$t0" "$t1" "$t2" "$t3" "$rows" "$(cat "$work/orch.rss")" "$(cat "$work/peer.rss")" "${agg_ms:-0}" "${coord_ms:-0}" <<'PY'
 import sys
 n, size, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 t0, t1, t2, t3 = map(float, sys.argv[4:8])
 rows, orch_rss, peer_rss = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
 agg = int(sys.argv[11]) / 1000
+coord = int(sys.argv[12]) / 1000
 orch, peer = t1 - t0, t3 - t2
 assert rows == n, f"orch output has {rows} rows, expected {n}"
 print(f"records {n:,} ({size/1e6:.0f} MB), batch.size {batch:,} -> {(n + batch - 1)//batch} tasks, 2 workers")
@@ -62,5 +65,7 @@ print(f"{'':28}{'wall s':>8}{'items/s':>12}{'µs/item':>9}{'peak RSS MiB':>14}")
 print(f"{'orch run (identity)':28}{orch:8.2f}{n/orch:12,.0f}{orch/n*1e6:9.2f}{orch_rss/1024:14.0f}")
 print(f"{'pyarrow read_json+write':28}{peer:8.2f}{n/peer:12,.0f}{peer/n*1e6:9.2f}{peer_rss/1024:14.0f}")
 print(f"ratio orch/peer wall time: {orch/peer:.2f}x  (peak RSS: the largest single process)")
-print(f"of orch's wall time, aggregation (verify + merge {(n + batch - 1)//batch} task results): {agg:.2f} s")
+tasks = (n + batch - 1) // batch
+print(f"of orch's wall time, aggregation (verify + merge {tasks} task results): {agg:.2f} s")
+print(f"coordinator CPU (orch run itself, workers excluded): {coord:.2f} s = {coord / tasks * 1e6:,.0f} µs per task")
 PY

@@ -473,7 +473,12 @@ impl Loop<'_> {
                     }
                 }
                 let done = finish_job(state.as_ref(), done).await?;
-                info!(phase = %done.phase, message = done.message.as_deref().unwrap_or(""), "job finished");
+                info!(
+                    phase = %done.phase,
+                    message = done.message.as_deref().unwrap_or(""),
+                    coordinator_cpu_ms = own_cpu_ms(),
+                    "job finished"
+                );
                 return Ok(done);
             }
             let idle = decision.is_empty();
@@ -586,6 +591,26 @@ impl Loop<'_> {
         }
         Ok(())
     }
+}
+
+/// CPU time this process has used (user + system), from `/proc/self/stat`; 0 where that is
+/// not available. Logged at the end of a job: the coordinator's own cost, without its workers.
+fn own_cpu_ms() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may contain spaces, so split after its ')').
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; `rest` starts at field 3. Linux reports
+    // them in clock ticks of USER_HZ, which is 100 on every mainstream configuration.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks * 10
 }
 
 /// Writes the job's end, re-reading it when a concurrent change (a cancel request) won the
