@@ -7,8 +7,11 @@
 #   peer:  parallel --pipe --block 10M -j2 python3 bench/handlers/peer_score.py < data.jsonl > out.jsonl
 #
 # Both apply bench/handlers/score.py (parse the record, compute a score, return a dict). Each
-# side runs RUNS times (default 3), alternating; the figures are medians of wall time. The script
-# checks that orch wrote N rows, that the peer wrote N lines, and that both sums of `score` agree.
+# side runs RUNS times (default 3), alternating; the figures are medians of wall time, and of the
+# CPU time (user + sys) and context switches of the whole process tree per item, from
+# /usr/bin/time (less noisy than wall time on a shared machine: voluntary switches are waits on
+# pipes and locks, involuntary ones are preemption by other load). The script checks that orch
+# wrote N rows, that the peer wrote N lines, and that both sums of `score` agree.
 #
 #   bench/python_exec.sh [N] [BATCH] [CONCURRENCY]   default 1000000 items, batches of 50000,
 #                                                    concurrency 1; a list such as 1,16 runs each
@@ -57,7 +60,7 @@ spec:
 YAML
     local t0 t1
     t0=$(now)
-    (cd "$dir" && /usr/bin/time -f "%M" -o rss "$orch" run --no-progress job.yaml >/dev/null)
+    (cd "$dir" && /usr/bin/time -f "%M %U %S %w %c" -o rss "$orch" run --no-progress job.yaml >/dev/null)
     t1=$(now)
     echo "orch c=$1 $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $(cat "$dir/rss")" >> "$work/times"
 }
@@ -65,7 +68,7 @@ YAML
 run_peer() { # run
     local t0 t1
     t0=$(now)
-    /usr/bin/time -f "%M" -o "$work/peer.rss" \
+    /usr/bin/time -f "%M %U %S %w %c" -o "$work/peer.rss" \
         parallel --pipe --block 10M -j2 python3 "$root/bench/handlers/peer_score.py" \
         < "$work/data.jsonl" > "$work/peer.jsonl"
     t1=$(now)
@@ -93,9 +96,10 @@ n, size, batch, runs, work = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]
 concs = sys.argv[6:]
 rows = {}
 for line in open(f"{work}/times"):
-    side, c, wall, rss = line.split()
+    side, c, wall, rss, user, sys_, vcs, ivcs = line.split()
     key = "peer" if side == "peer" else c.split("=")[1]
-    rows.setdefault(key, []).append((float(wall), int(rss)))
+    cpu = (float(user) + float(sys_)) / n * 1e6
+    rows.setdefault(key, []).append((float(wall), int(rss), cpu, int(vcs) / n, int(ivcs) / n))
 
 # Same logic on both sides: N rows each, and the same sum of `score`.
 peer_t = pj.read_json(f"{work}/peer.jsonl")
@@ -112,17 +116,21 @@ for c in concs:
 
 print(f"items {n:,} ({size/1e6:.0f} MB), batch.size {batch:,} -> {(n + batch - 1)//batch} tasks, "
       f"2 workers / -j2; {runs} runs each, alternating; outputs checked: {n:,} rows, equal score sums")
-print(f"{'':34}{'wall s (median)':>16}{'items/s':>11}{'µs/item':>9}{'RSS MiB':>9}  runs")
-peer_med = statistics.median(w for w, _ in rows["peer"])
+print(f"{'':34}{'wall s (median)':>16}{'items/s':>11}{'µs/item':>9}{'RSS MiB':>9}"
+      f"{'CPU µs/item':>13}{'vol cs/item':>13}{'invol cs/item':>15}  runs (wall s)")
+med = lambda samples, i: statistics.median(s[i] for s in samples)
+peer_med, peer_cpu = med(rows["peer"], 0), med(rows["peer"], 2)
 def line(name, samples):
-    med = statistics.median(w for w, _ in samples)
-    rss = max(r for _, r in samples) / 1024
-    runs_s = ", ".join(f"{w:.2f}" for w, _ in samples)
-    print(f"{name:34}{med:16.2f}{n/med:11,.0f}{med/n*1e6:9.2f}{rss:9.0f}  {runs_s}")
-    return med
+    wall = med(samples, 0)
+    rss = max(s[1] for s in samples) / 1024
+    runs_s = ", ".join(f"{s[0]:.2f}" for s in samples)
+    print(f"{name:34}{wall:16.2f}{n/wall:11,.0f}{wall/n*1e6:9.2f}{rss:9.0f}"
+          f"{med(samples, 2):13.2f}{med(samples, 3):13.3f}{med(samples, 4):15.3f}  {runs_s}")
+    return wall, med(samples, 2)
 line("parallel --pipe --block 10M -j2", rows["peer"])
 for c in concs:
-    med = line(f"orch run (exec, concurrency {c})", rows[c])
-    verdict = "within" if med / peer_med <= 1.2 else "misses"
-    print(f"  ratio orch/peer (concurrency {c}): {med/peer_med:.2f}x  ({verdict} the 1.2x target)")
+    wall, cpu = line(f"orch run (exec, concurrency {c})", rows[c])
+    verdict = "within" if wall / peer_med <= 1.2 else "misses"
+    print(f"  ratio orch/peer (concurrency {c}): {wall/peer_med:.2f}x wall ({verdict} the 1.2x "
+          f"target), {cpu/peer_cpu:.2f}x CPU per item")
 PY
