@@ -1,0 +1,547 @@
+//! The DynamoDB StateStore against a real moto server: the backend contract, batching and
+//! pagination at scale, the `by-state` index, leases, optimistic locking under a race, half-done
+//! creations and deletions, the table helper, and a run through a fault-injecting proxy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, BillingMode, ProjectionType};
+use common::fault_proxy::{FaultProxy, Faults};
+use orch_aws::dynamodb::{DynamoStateStore, IncompleteJob, create_table};
+use orch_core::ErrorCategory;
+use orch_core::backend::{BackendError, StateStore};
+use orch_core::model::{Batch, TaskRecord, TaskState};
+use orch_runtime::contract::{sample_job, state_store_contract};
+
+async fn client() -> Client {
+    Client::new(&common::sdk_config().await)
+}
+
+/// A store over a fresh table of its own.
+async fn fresh_store() -> DynamoStateStore {
+    let client = client().await;
+    let table = common::unique("orch-state");
+    create_table(&client, &table).await.unwrap();
+    DynamoStateStore::new(client, table)
+}
+
+fn tasks(job: &str, n: u32) -> Vec<TaskRecord> {
+    (0..n).map(|t| TaskRecord::new(job, t, 10, 1_000)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meets_the_state_store_contract() {
+    let store = fresh_store().await;
+    state_store_contract(&store).await;
+    // Twice on the same table: the contract must not depend on a fresh backend.
+    state_store_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_thousands_of_tasks_in_batches_and_reads_them_back_page_by_page() {
+    let store = fresh_store().await;
+    let id = "many-tasks";
+    let n = 1_234u32;
+    // About 1 KB per task: the whole job is over 1 MB, which is where DynamoDB (and moto)
+    // cut a query page by themselves.
+    let tasks: Vec<TaskRecord> = tasks(id, n)
+        .into_iter()
+        .map(|mut t| {
+            t.batch = Some(Batch {
+                id: t.id,
+                source: format!("s3://bucket/input/{}", "x".repeat(1_000)),
+                start: u64::from(t.id) * 100,
+                end: u64::from(t.id) * 100 + 100,
+                items: 10,
+                first_item: u64::from(t.id) * 10,
+            });
+            t
+        })
+        .collect();
+    store.create_job(&sample_job(id, n), &tasks).await.unwrap();
+
+    // The size-limited pages really happen: one raw query does not return everything.
+    let first_page = store
+        .client()
+        .query()
+        .table_name(store.table())
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("JOB#{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        first_page.last_evaluated_key.is_some() && first_page.items().len() < n as usize,
+        "expected moto to cut the first page at 1 MB, got {} items",
+        first_page.items().len()
+    );
+
+    assert_eq!(store.list_tasks(id).await.unwrap(), tasks);
+    // Small pages (many round trips), through the table and through the index.
+    let paged = store.clone().with_page_size(97);
+    assert_eq!(paged.list_tasks(id).await.unwrap(), tasks);
+    assert_eq!(
+        paged
+            .list_tasks_in_state(id, TaskState::Pending)
+            .await
+            .unwrap(),
+        tasks
+    );
+    assert!(paged.list_jobs().await.unwrap().iter().any(|j| j.id == id));
+
+    // Deletion goes through the same batches.
+    paged.delete_job(id).await.unwrap();
+    assert!(store.list_tasks(id).await.unwrap().is_empty());
+    assert!(store.get_job(id).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_by_state_and_leases_follow_every_write() {
+    let store = fresh_store().await;
+    let id = "states";
+    store
+        .create_job(&sample_job(id, 30), &tasks(id, 30))
+        .await
+        .unwrap();
+    let mut expected: HashMap<TaskState, Vec<u32>> = HashMap::new();
+    for t in store.list_tasks(id).await.unwrap() {
+        let mut t = t;
+        let target = match t.id % 5 {
+            0 => TaskState::Pending,
+            1 => TaskState::Dispatched,
+            2 | 3 => TaskState::Running,
+            _ => TaskState::Succeeded,
+        };
+        if target != TaskState::Pending {
+            t.transition(TaskState::Dispatched, 2_000).unwrap();
+            t = store.update_task(&t).await.unwrap();
+        }
+        if matches!(target, TaskState::Running | TaskState::Succeeded) {
+            t.transition(TaskState::Running, 3_000).unwrap();
+            t.lease_owner = Some("w".into());
+            // Tasks 2, 7, 12, … hold a lease that expired at 5 000; 3, 8, … one until 50 000.
+            t.lease_expiry = Some(if t.id % 5 == 2 { 5_000 } else { 50_000 });
+            t = store.update_task(&t).await.unwrap();
+        }
+        if target == TaskState::Succeeded {
+            t.transition(TaskState::Succeeded, 4_000).unwrap();
+            t.lease_owner = None;
+            t.lease_expiry = None;
+            store.update_task(&t).await.unwrap();
+        }
+        expected.entry(target).or_default().push(t.id);
+    }
+    for state in TaskState::ALL {
+        let got: Vec<u32> = store
+            .list_tasks_in_state(id, state)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(
+            got,
+            expected.get(&state).cloned().unwrap_or_default(),
+            "{state}"
+        );
+    }
+
+    // `leaseExpiry` is on the item exactly while the record has a lease.
+    let lease_of = |task: u32| {
+        let store = store.clone();
+        async move {
+            let item = store
+                .client()
+                .get_item()
+                .table_name(store.table())
+                .key("pk", AttributeValue::S(format!("JOB#{id}")))
+                .key("sk", AttributeValue::S(format!("TASK#{task:06}")))
+                .send()
+                .await
+                .unwrap()
+                .item
+                .unwrap();
+            item.get("leaseExpiry")
+                .map(|v| v.as_n().unwrap().parse::<u64>().unwrap())
+        }
+    };
+    assert_eq!(lease_of(2).await, Some(5_000));
+    assert_eq!(lease_of(3).await, Some(50_000));
+    assert_eq!(lease_of(4).await, None, "a finished task has no lease");
+    assert_eq!(lease_of(0).await, None, "a pending task has no lease");
+
+    let expired: Vec<u32> = store
+        .expired_leases(id, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(expired, [2, 7, 12, 17, 22, 27]);
+    assert_eq!(store.expired_leases(id, 60_000).await.unwrap().len(), 12);
+    assert!(store.expired_leases(id, 1_000).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updates_racing_from_the_same_version_have_exactly_one_winner() {
+    let a = fresh_store().await;
+    // A second client: separate connections, as a second process would have.
+    let b = DynamoStateStore::new(client().await, a.table());
+    let id = "race";
+    a.create_job(&sample_job(id, 1), &tasks(id, 1))
+        .await
+        .unwrap();
+
+    // Pairs from one version: exactly one wins, and the winner's write is what is stored.
+    for round in 0..10u64 {
+        let base = a.get_task(id, 0).await.unwrap().unwrap();
+        let mut x = base.clone();
+        x.items_ok = 1_000 + round;
+        let mut y = base.clone();
+        y.items_ok = 2_000 + round;
+        let (rx, ry) = tokio::join!(a.update_task(&x), b.update_task(&y));
+        let winner = match (rx, ry) {
+            (Ok(w), Err(e)) | (Err(e), Ok(w)) => {
+                assert!(e.is_conflict(), "the loser must see a conflict: {e}");
+                w
+            }
+            other => panic!("exactly one of two racing updates must win: {other:?}"),
+        };
+        assert_eq!(winner.version, base.version + 1);
+        assert_eq!(a.get_task(id, 0).await.unwrap().unwrap(), winner);
+    }
+
+    // Many read-modify-write loops: no increment is lost.
+    let wins = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for worker in 0..6 {
+        let store = if worker % 2 == 0 {
+            a.clone()
+        } else {
+            b.clone()
+        };
+        let wins = Arc::clone(&wins);
+        handles.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let mut t = store.get_task("race", 0).await.unwrap().unwrap();
+                t.items_failed += 1;
+                match store.update_task(&t).await {
+                    Ok(_) => {
+                        wins.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let last = a.get_task(id, 0).await.unwrap().unwrap();
+    let wins = wins.load(Ordering::SeqCst);
+    assert!(wins > 0);
+    assert_eq!(last.items_failed, wins, "an update was lost");
+    assert_eq!(last.version, 10 + wins);
+
+    // Jobs race the same way.
+    let job = a.get_job(id).await.unwrap().unwrap();
+    let mut x = job.clone();
+    x.next_group = 1;
+    let mut y = job.clone();
+    y.next_group = 2;
+    let (rx, ry) = tokio::join!(a.update_job(&x), b.update_job(&y));
+    assert!(
+        rx.is_ok() != ry.is_ok(),
+        "exactly one job update wins: {rx:?} {ry:?}"
+    );
+    assert!(rx.err().or(ry.err()).unwrap().is_conflict());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_created_job_is_invisible_detectable_and_removable() {
+    let store = fresh_store().await;
+    let id = "half";
+    let job = sample_job(id, 3);
+    // What a creator that died after its first batch leaves: the marked job item and some tasks.
+    let mut item = HashMap::from([
+        ("pk".to_string(), AttributeValue::S(format!("JOB#{id}"))),
+        ("sk".to_string(), AttributeValue::S("JOB".into())),
+        ("version".to_string(), AttributeValue::N("0".into())),
+        ("phase".to_string(), AttributeValue::S("running".into())),
+        (
+            "body".to_string(),
+            AttributeValue::S(serde_json::to_string(&job).unwrap()),
+        ),
+        ("gsi2pk".to_string(), AttributeValue::S("JOBS".into())),
+        (
+            "gsi2sk".to_string(),
+            AttributeValue::S(format!("{:013}#{id}", job.created_at)),
+        ),
+        (
+            "incomplete".to_string(),
+            AttributeValue::S("creating".into()),
+        ),
+    ]);
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .set_item(Some(item.clone()))
+        .send()
+        .await
+        .unwrap();
+    // …and its first task.
+    let task = TaskRecord::new(id, 0, 10, 1_000);
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .item("pk", AttributeValue::S(format!("JOB#{id}")))
+        .item("sk", AttributeValue::S("TASK#000000".into()))
+        .item("version", AttributeValue::N("0".into()))
+        .item("state", AttributeValue::S("pending".into()))
+        .item(
+            "body",
+            AttributeValue::S(serde_json::to_string(&task).unwrap()),
+        )
+        .item("gsi1pk", AttributeValue::S(format!("JOB#{id}#pending")))
+        .item("gsi1sk", AttributeValue::S("TASK#000000".into()))
+        .send()
+        .await
+        .unwrap();
+
+    assert!(store.get_job(id).await.unwrap().is_none());
+    assert!(!store.list_jobs().await.unwrap().iter().any(|j| j.id == id));
+    assert_eq!(
+        store.list_incomplete_jobs().await.unwrap(),
+        [IncompleteJob {
+            id: id.into(),
+            deleting: false
+        }]
+    );
+    match store.create_job(&job, &tasks(id, 3)).await {
+        Err(BackendError::Conflict(m)) => assert!(m.contains("did not finish"), "{m}"),
+        other => panic!("creating over a half-created job must conflict: {other:?}"),
+    }
+    match store.update_job(&job).await {
+        Err(BackendError::NotFound(_)) => {}
+        other => panic!("updating a half-created job must be NotFound: {other:?}"),
+    }
+    store.delete_job(id).await.unwrap();
+    assert!(store.list_incomplete_jobs().await.unwrap().is_empty());
+    assert!(store.list_tasks(id).await.unwrap().is_empty());
+    store.create_job(&job, &tasks(id, 3)).await.unwrap();
+    assert_eq!(store.get_job(id).await.unwrap(), Some(job.clone()));
+    assert_eq!(store.list_tasks(id).await.unwrap().len(), 3);
+
+    // A deletion that died half-way: invisible too, and delete_job finishes it.
+    item.insert("incomplete".into(), AttributeValue::S("deleting".into()));
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+    assert!(store.get_job(id).await.unwrap().is_none());
+    assert_eq!(
+        store.list_incomplete_jobs().await.unwrap(),
+        [IncompleteJob {
+            id: id.into(),
+            deleting: true
+        }]
+    );
+    store.delete_job(id).await.unwrap();
+    assert!(store.list_tasks(id).await.unwrap().is_empty());
+    assert!(store.list_incomplete_jobs().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_that_fails_half_way_leaves_nothing_behind() {
+    let store = fresh_store().await;
+    let id = "too-big";
+    let mut tasks = tasks(id, 80);
+    // The last batch holds an item over DynamoDB's 400 KB limit: the first batches are written,
+    // then the write fails.
+    tasks[79].executor_id = Some("x".repeat(500_000));
+    let err = store
+        .create_job(&sample_job(id, 80), &tasks)
+        .await
+        .unwrap_err();
+    assert!(!err.is_conflict(), "{err}");
+    assert!(store.get_job(id).await.unwrap().is_none());
+    assert!(store.list_tasks(id).await.unwrap().is_empty());
+    assert!(store.list_incomplete_jobs().await.unwrap().is_empty());
+    // Invalid input is refused before anything is written.
+    let err = store
+        .create_job(&sample_job("bad#id", 0), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::Invalid);
+    let err = store
+        .create_job(&sample_job("dup", 2), &[tasks[0].clone(), tasks[0].clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::Invalid);
+}
+
+#[tokio::test]
+async fn create_table_makes_the_documented_table_and_may_run_twice() {
+    let client = client().await;
+    let table = common::unique("orch-table");
+    create_table(&client, &table).await.unwrap();
+    create_table(&client, &table).await.unwrap();
+    let desc = client
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap();
+    assert_eq!(
+        desc.billing_mode_summary().and_then(|b| b.billing_mode()),
+        Some(&BillingMode::PayPerRequest)
+    );
+    let keys = |schema: &[aws_sdk_dynamodb::types::KeySchemaElement]| {
+        schema
+            .iter()
+            .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(desc.key_schema()), ["pk:HASH", "sk:RANGE"]);
+    let mut indexes: Vec<(String, Vec<String>, Option<ProjectionType>)> = desc
+        .global_secondary_indexes()
+        .iter()
+        .map(|i| {
+            (
+                i.index_name().unwrap().to_string(),
+                keys(i.key_schema()),
+                i.projection().and_then(|p| p.projection_type()).cloned(),
+            )
+        })
+        .collect();
+    indexes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        indexes,
+        [
+            (
+                "by-state".to_string(),
+                vec!["gsi1pk:HASH".to_string(), "gsi1sk:RANGE".to_string()],
+                Some(ProjectionType::All)
+            ),
+            (
+                "jobs".to_string(),
+                vec!["gsi2pk:HASH".to_string(), "gsi2sk:RANGE".to_string()],
+                Some(ProjectionType::KeysOnly)
+            ),
+        ]
+    );
+    assert!(desc.sse_description().is_some(), "encryption is on");
+    let backups = client
+        .describe_continuous_backups()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    let pitr = backups
+        .continuous_backups_description()
+        .and_then(|d| d.point_in_time_recovery_description())
+        .and_then(|p| p.point_in_time_recovery_status())
+        .map(|s| s.as_str().to_string());
+    assert_eq!(pitr.as_deref(), Some("ENABLED"));
+
+    // A table of the same name with other keys is refused, not used.
+    let other = common::unique("orch-other");
+    client
+        .create_table()
+        .table_name(&other)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = create_table(&client, &other).await.unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::Invalid, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_5xx_answers_and_connection_resets() {
+    let proxy = FaultProxy::start(
+        &common::moto().endpoint,
+        Faults {
+            error_rate: 0.08,
+            reset_rate: 0.05,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sdk = common::sdk_config_for(&proxy.endpoint).await;
+    // orch's retry policy (config::MAX_ATTEMPTS), as `load_sdk_config` sets it.
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .retry_config(
+            aws_sdk_dynamodb::config::retry::RetryConfig::standard()
+                .with_max_attempts(orch_aws::config::MAX_ATTEMPTS),
+        )
+        .build();
+    let faulty = Client::from_conf(conf);
+    let table = common::unique("orch-faults");
+    // The table itself is made directly, so the test is about the store's calls.
+    create_table(&client().await, &table).await.unwrap();
+    let store = DynamoStateStore::new(faulty, &table);
+
+    let id = "faulty";
+    let job = sample_job(id, 200);
+    let created = tasks(id, 200);
+    store.create_job(&job, &created).await.unwrap();
+    assert_eq!(store.get_job(id).await.unwrap(), Some(job.clone()));
+    assert_eq!(store.list_tasks(id).await.unwrap(), created);
+    for t in 0..20 {
+        let mut task = store.get_task(id, t).await.unwrap().unwrap();
+        task.transition(TaskState::Dispatched, 2_000).unwrap();
+        let stored = store.update_task(&task).await.unwrap();
+        assert_eq!(stored.version, 1);
+    }
+    assert_eq!(
+        store
+            .list_tasks_in_state(id, TaskState::Dispatched)
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
+    let mut j = store.get_job(id).await.unwrap().unwrap();
+    j.next_group = 1;
+    assert_eq!(store.update_job(&j).await.unwrap().version, 1);
+    assert!(store.list_jobs().await.unwrap().iter().any(|j| j.id == id));
+    store.delete_job(id).await.unwrap();
+    assert!(store.list_tasks(id).await.unwrap().is_empty());
+    assert!(store.get_job(id).await.unwrap().is_none());
+
+    let stats = proxy.stats();
+    assert!(
+        stats.errors + stats.resets > 0,
+        "no fault was injected, the test proved nothing: {stats:?}"
+    );
+}
