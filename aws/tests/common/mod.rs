@@ -90,3 +90,4 @@ pub fn unique(prefix: &str) -> String {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
 }
+pub mod fault_proxy;
