@@ -201,7 +201,7 @@ impl<'a> Hierarchy<'a> {
     /// output bytes (so the group can be skipped).
     pub fn group_done(&self, level: u32, group: usize) -> Result<bool> {
         let members = self.members(level, group)?;
-        let key = inputs_key(&members)?;
+        let key = inputs_key(&members, self.work_dir)?;
         Ok(check_done(&self.group_dir(level, group), members.len(), &key).is_some())
     }
 
@@ -209,7 +209,7 @@ impl<'a> Hierarchy<'a> {
     /// or corrupt marker or output is deleted and merged again.
     pub fn merge_group(&self, level: u32, group: usize) -> Result<GroupOutcome> {
         let members = self.members(level, group)?;
-        let key = inputs_key(&members)?;
+        let key = inputs_key(&members, self.work_dir)?;
         let dir = self.group_dir(level, group);
         if check_done(&dir, members.len(), &key).is_some() {
             return Ok(GroupOutcome::Skipped);
@@ -251,19 +251,29 @@ pub fn merge_hierarchical(
 }
 
 /// SHA-256 over each input's path, size and known checksum, in order.
-fn inputs_key(members: &[Node]) -> Result<String> {
+fn inputs_key(members: &[Node], work_dir: &Path) -> Result<String> {
+    // Paths enter the key relative to the job's directory (the parent of the work directory),
+    // so the key survives a moved storage root or a merge run from a copy in scratch space.
+    let base = work_dir.parent().unwrap_or(work_dir);
     let mut hasher = Sha256::new();
     for node in members {
-        hash_file_identity(&mut hasher, &node.path, node.sha256.as_deref())?;
+        let name = node.path.strip_prefix(base).unwrap_or(&node.path);
+        hash_file_identity(&mut hasher, &node.path, name, node.sha256.as_deref())?;
     }
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn hash_file_identity(hasher: &mut Sha256, path: &Path, sha256: Option<&str>) -> Result<()> {
+/// Hashes a file's name (as given), its size (read from `path`) and its checksum if known.
+fn hash_file_identity(
+    hasher: &mut Sha256,
+    path: &Path,
+    name: &Path,
+    sha256: Option<&str>,
+) -> Result<()> {
     let size = fs::metadata(path)
         .map_err(|e| DataError::io("stat", path, e))?
         .len();
-    hasher.update(path.to_string_lossy().as_bytes());
+    hasher.update(name.to_string_lossy().as_bytes());
     hasher.update(b"\0");
     hasher.update(size.to_string().as_bytes());
     hasher.update(b"\0");
@@ -390,7 +400,7 @@ impl FinalMerge<'_> {
     fn key(&self) -> Result<String> {
         let mut hasher = Sha256::new();
         for path in self.inputs.iter().chain(self.errors) {
-            hash_file_identity(&mut hasher, path, None)?;
+            hash_file_identity(&mut hasher, path, path, None)?;
         }
         hasher.update(self.out_dir.to_string_lossy().as_bytes());
         for f in self.extra {
