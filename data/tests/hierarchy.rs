@@ -296,3 +296,24 @@ fn few_inputs_are_returned_unchanged() {
     assert_eq!(files.len(), 2);
     assert_eq!(stats.levels, 1);
 }
+
+#[test]
+fn a_moved_job_directory_keeps_its_finished_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("a/job");
+    let (inputs, _) = write_inputs(&first.join("in"), INPUTS);
+    let (_, done) =
+        merge_hierarchical(&inputs, &first.join("work"), 4, &mut no_progress()).unwrap();
+    assert!(done.merged > 0);
+    // The whole job directory moves (a restored backup, a merge from a scratch copy).
+    let moved = tmp.path().join("b/elsewhere/job");
+    fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    fs::rename(&first, &moved).unwrap();
+    let inputs: Vec<PathBuf> = (0..INPUTS)
+        .map(|i| moved.join("in").join(format!("task-{i:04}.parquet")))
+        .collect();
+    let (_, again) =
+        merge_hierarchical(&inputs, &moved.join("work"), 4, &mut no_progress()).unwrap();
+    assert_eq!(again.merged, 0, "{again:?}");
+    assert_eq!(again.skipped, done.merged);
+}
