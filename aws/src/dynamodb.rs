@@ -14,6 +14,15 @@
 //! [`BackendError::Conflict`]. Workers may only `GetItem`, `UpdateItem` and `Query` (IAM,
 //! docs/aws.md), so updates are `UpdateItem`s, never `PutItem`s.
 //!
+//! **A retried write must not conflict with itself.** The SDK retries a request whose answer
+//! was lost (connection reset, timeout) even if the server applied it; the retry then fails
+//! its condition against its own result. A caller told `Conflict` would think it lost when it
+//! won (the coordinator would never submit a task it had marked dispatched). So every
+//! conditional write also stores a random `writeId`, and a failed condition asks for the item
+//! as it is (`ReturnValuesOnConditionCheckFailure = ALL_OLD`): if it carries our `writeId` at
+//! the version we wrote, the write was ours and succeeded. Besides `incomplete` (below) this is
+//! the one attribute docs/aws.md does not list; neither is a key or indexed.
+//!
 //! **Creating and deleting a job take many requests** (the job item, then the tasks 25 per
 //! `BatchWriteItem`), so a process may die half-way. The job item carries the attribute
 //! `incomplete` (`creating` or `deleting`) while that happens:
@@ -75,6 +84,8 @@ const GSI1SK: &str = "gsi1sk";
 const GSI2PK: &str = "gsi2pk";
 const GSI2SK: &str = "gsi2sk";
 const LEASE_EXPIRY: &str = "leaseExpiry";
+/// The id of the conditional write that left the item as it is (see [`is_own_write`]).
+const WRITE_ID: &str = "writeId";
 /// Marks a job item whose creation or deletion has not finished (see the module docs).
 const INCOMPLETE: &str = "incomplete";
 const CREATING: &str = "creating";
@@ -206,9 +217,23 @@ fn bumped(what: &str, version: u64) -> BackendResult<u64> {
     })
 }
 
+/// A fresh `writeId`: 128 random bits, so no two writes share one.
+fn new_write_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// Whether a write that lost its condition lost it to itself: the SDK retries a request whose
+/// answer was lost (a reset connection, a timeout) although the server applied it, and the
+/// retry then finds the item as this very write left it. Comparing bodies would not do: two
+/// writers that both add 1 to the same count write the same bytes, and only one may win.
+fn is_own_write(item: &Item, write_id: &str, version: u64) -> bool {
+    get_s(item, WRITE_ID) == Some(write_id) && version_of("item", item).ok() == Some(version)
+}
+
 /// The complete item of a job, marked `incomplete` when given.
-fn job_item(job: &JobRecord, incomplete: Option<&str>) -> BackendResult<Item> {
+fn job_item(job: &JobRecord, incomplete: Option<&str>, write_id: &str) -> BackendResult<Item> {
     let mut item = key(job_pk(&job.id), JOB_SK.to_string());
+    item.insert(WRITE_ID.into(), s(write_id));
     item.insert(VERSION.into(), n(job.version));
     item.insert(PHASE.into(), s(job.phase.as_str()));
     item.insert(BODY.into(), s(encode("job", job)?));
@@ -543,31 +568,35 @@ impl DynamoStateStore {
     }
 
     /// Writes (puts or deletes) in `BatchWriteItem`s of 25, a few in flight at once, each
-    /// retrying its unprocessed items. The first failure stops the rest.
+    /// retrying its unprocessed items. After the first failure no new batch starts, but those
+    /// in flight are waited for rather than aborted: an aborted request may still land on the
+    /// server later, after a cleanup that ran in the meantime, and leave items behind.
     async fn write_batches(&self, requests: Vec<WriteRequest>) -> BackendResult<()> {
         let mut chunks = requests.into_iter().peekable();
         let mut running = tokio::task::JoinSet::new();
+        let mut first_error: Option<BackendError> = None;
         loop {
-            while running.len() < WRITE_CONCURRENCY && chunks.peek().is_some() {
+            while first_error.is_none()
+                && running.len() < WRITE_CONCURRENCY
+                && chunks.peek().is_some()
+            {
                 let chunk: Vec<WriteRequest> = chunks.by_ref().take(BATCH_WRITE_MAX).collect();
                 let client = self.client.clone();
                 let table = self.table.clone();
                 let backoff = self.backoff;
                 running.spawn(async move { batch_write(&client, &table, chunk, backoff).await });
             }
-            match running.join_next().await {
-                None => return Ok(()),
-                Some(Ok(Ok(()))) => {}
-                // Dropping the set aborts the other requests in flight.
-                Some(Ok(Err(e))) => return Err(e),
-                Some(Err(e)) => {
-                    return Err(BackendError::other(
-                        ErrorCategory::Infrastructure,
-                        "a BatchWriteItem task did not complete",
-                        e,
-                    ));
-                }
-            }
+            let error = match running.join_next().await {
+                None => return first_error.map_or(Ok(()), Err),
+                Some(Ok(Ok(()))) => continue,
+                Some(Ok(Err(e))) => e,
+                Some(Err(e)) => BackendError::other(
+                    ErrorCategory::Infrastructure,
+                    "a BatchWriteItem task did not complete",
+                    e,
+                ),
+            };
+            first_error.get_or_insert(error);
         }
     }
 
@@ -675,28 +704,40 @@ impl StateStore for DynamoStateStore {
         let resource = format!("{} {pk}", self.table);
 
         // 1. The job item, marked `creating`, only if the id is free.
+        let write_id = new_write_id();
+        let item = job_item(job, Some(CREATING), &write_id)?;
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(job_item(job, Some(CREATING))?))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         if let Err(e) = put {
-            if let Some(PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
-                let how = match c.item().and_then(|i| get_s(i, INCOMPLETE)) {
-                    Some(mark) => format!(
-                        "job {} (its {mark} did not finish; delete_job removes it)",
-                        job.id
-                    ),
-                    None => format!("job {} (it exists)", job.id),
-                };
-                return Err(BackendError::Conflict(how));
+            let lost_to = match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(c)) => Some(c.item()),
+                _ => None,
+            };
+            match lost_to {
+                // Our own put, retried: carry on.
+                Some(Some(existing))
+                    if get_s(existing, INCOMPLETE) == Some(CREATING)
+                        && is_own_write(existing, &write_id, job.version) => {}
+                Some(existing) => {
+                    let how = match existing.and_then(|i| get_s(i, INCOMPLETE)) {
+                        Some(mark) => format!(
+                            "job {} (its {mark} did not finish; delete_job removes it)",
+                            job.id
+                        ),
+                        None => format!("job {} (it exists)", job.id),
+                    };
+                    return Err(BackendError::Conflict(how));
+                }
+                None => return Err(sdk_error(SERVICE, "PutItem", resource, e).into()),
             }
-            return Err(sdk_error(SERVICE, "PutItem", resource, e).into());
         }
 
         // 2. The tasks. A failure removes what was written (while the mark keeps the job
@@ -736,6 +777,19 @@ impl StateStore for DynamoStateStore {
                 if !conflict {
                     return Err(sdk_error(SERVICE, "UpdateItem", resource, e).into());
                 }
+                // Our own update, retried after its answer was lost, finds the mark gone: the
+                // job is there and unmarked (and may even have been updated since by someone
+                // who saw it). Only a missing or `deleting` job means a delete_job won.
+                match self.job_item_raw(&job.id).await? {
+                    Some(item) if !item.contains_key(INCOMPLETE) => return Ok(()),
+                    Some(item) if get_s(&item, INCOMPLETE) == Some(CREATING) => {
+                        return Err(BackendError::message(
+                            ErrorCategory::Transient,
+                            format!("job {}: could not mark its creation finished", job.id),
+                        ));
+                    }
+                    _ => {}
+                }
                 // A delete_job ran meanwhile; it may have queried the tasks before these were
                 // all written, so remove ours rather than leave them behind.
                 self.discard_tasks(&job.id, tasks).await;
@@ -767,13 +821,16 @@ impl StateStore for DynamoStateStore {
         let mut stored = job.clone();
         stored.version = bumped(&format!("job {}", job.id), job.version)?;
         let pk = job_pk(&job.id);
+        let body = encode("job", &stored)?;
+        let write_id = new_write_id();
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(pk.clone(), JOB_SK.into())))
             .update_expression(
-                "SET #body = :body, #v = :next, #phase = :phase, #g2pk = :g2pk, #g2sk = :g2sk",
+                "SET #body = :body, #v = :next, #phase = :phase, #g2pk = :g2pk, #g2sk = :g2sk, \
+                 #w = :w",
             )
             .condition_expression("#v = :expected AND attribute_not_exists(#inc)")
             .expression_attribute_names("#body", BODY)
@@ -782,7 +839,9 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_names("#g2pk", GSI2PK)
             .expression_attribute_names("#g2sk", GSI2SK)
             .expression_attribute_names("#inc", INCOMPLETE)
-            .expression_attribute_values(":body", s(encode("job", &stored)?))
+            .expression_attribute_names("#w", WRITE_ID)
+            .expression_attribute_values(":w", s(&write_id))
+            .expression_attribute_values(":body", s(body))
             .expression_attribute_values(":next", n(stored.version))
             .expression_attribute_values(":phase", s(stored.phase.as_str()))
             .expression_attribute_values(":g2pk", s(JOBS_PARTITION))
@@ -799,12 +858,16 @@ impl StateStore for DynamoStateStore {
                 if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
                     e.as_service_error()
                 {
-                    return Err(match c.item() {
-                        Some(item) if !item.contains_key(INCOMPLETE) => BackendError::Conflict(
-                            format!("job {} at version {}", job.id, job.version),
-                        ),
-                        _ => BackendError::NotFound(format!("job {}", job.id)),
-                    });
+                    return match c.item() {
+                        Some(item) if is_own_write(item, &write_id, stored.version) => Ok(stored),
+                        Some(item) if !item.contains_key(INCOMPLETE) => {
+                            Err(BackendError::Conflict(format!(
+                                "job {} at version {}",
+                                job.id, job.version
+                            )))
+                        }
+                        _ => Err(BackendError::NotFound(format!("job {}", job.id))),
+                    };
                 }
                 Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
             }
@@ -843,14 +906,16 @@ impl StateStore for DynamoStateStore {
         let pk = job_pk(&task.job);
         // `leaseExpiry` follows the record on every write, so an expired lease can be found
         // with the `by-state` index and a filter (see `expired_leases`).
+        let body = encode("task", &stored)?;
+        let write_id = new_write_id();
         let expression = match stored.lease_expiry {
             Some(_) => {
                 "SET #body = :body, #v = :next, #state = :state, #g1pk = :g1pk, #g1sk = :g1sk, \
-                 #le = :le"
+                 #w = :w, #le = :le"
             }
             None => {
-                "SET #body = :body, #v = :next, #state = :state, #g1pk = :g1pk, #g1sk = :g1sk \
-                 REMOVE #le"
+                "SET #body = :body, #v = :next, #state = :state, #g1pk = :g1pk, #g1sk = :g1sk, \
+                 #w = :w REMOVE #le"
             }
         };
         let mut request = self
@@ -867,7 +932,9 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_names("#g1pk", GSI1PK)
             .expression_attribute_names("#g1sk", GSI1SK)
             .expression_attribute_names("#le", LEASE_EXPIRY)
-            .expression_attribute_values(":body", s(encode("task", &stored)?))
+            .expression_attribute_names("#w", WRITE_ID)
+            .expression_attribute_values(":w", s(&write_id))
+            .expression_attribute_values(":body", s(body))
             .expression_attribute_values(":next", n(stored.version))
             .expression_attribute_values(":state", s(stored.state.as_str()))
             .expression_attribute_values(":g1pk", s(state_pk(&stored.job, stored.state)))
@@ -883,12 +950,14 @@ impl StateStore for DynamoStateStore {
                 if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
                     e.as_service_error()
                 {
-                    return Err(match c.item() {
-                        Some(_) => {
-                            BackendError::Conflict(format!("{name} at version {}", task.version))
-                        }
-                        None => BackendError::NotFound(name),
-                    });
+                    return match c.item() {
+                        Some(item) if is_own_write(item, &write_id, stored.version) => Ok(stored),
+                        Some(_) => Err(BackendError::Conflict(format!(
+                            "{name} at version {}",
+                            task.version
+                        ))),
+                        None => Err(BackendError::NotFound(name)),
+                    };
                 }
                 Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
             }

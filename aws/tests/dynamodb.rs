@@ -18,6 +18,80 @@ use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, StateStore};
 use orch_core::model::{Batch, TaskRecord, TaskState};
 use orch_runtime::contract::{sample_job, state_store_contract};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An HTTP proxy that forwards one request at a time (see the race test for why). Each client
+/// connection carries one request: the answer goes back with `Connection: close`.
+struct SerialProxy {
+    endpoint: String,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SerialProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl SerialProxy {
+    async fn start(upstream: &str) -> SerialProxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move {
+                    let _ = Self::forward(client, &upstream, &gate).await;
+                });
+            }
+        });
+        SerialProxy { endpoint, accept }
+    }
+
+    async fn forward(
+        client: TcpStream,
+        upstream: &str,
+        gate: &tokio::sync::Mutex<()>,
+    ) -> std::io::Result<()> {
+        let mut client = BufReader::new(client);
+        let mut head = String::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if client.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if !lower.starts_with("connection:") {
+                head.push_str(&line);
+            }
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let mut body = vec![0u8; length];
+        client.read_exact(&mut body).await?;
+        let answer = {
+            let _one_at_a_time = gate.lock().await;
+            let mut server = TcpStream::connect(upstream).await?;
+            server.write_all(head.as_bytes()).await?;
+            server.write_all(&body).await?;
+            let mut answer = Vec::new();
+            server.read_to_end(&mut answer).await?;
+            answer
+        };
+        client.get_mut().write_all(&answer).await?;
+        client.get_mut().shutdown().await
+    }
+}
 
 async fn client() -> Client {
     Client::new(&common::sdk_config().await)
@@ -190,9 +264,18 @@ async fn tasks_by_state_and_leases_follow_every_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn updates_racing_from_the_same_version_have_exactly_one_winner() {
-    let a = fresh_store().await;
+    // moto checks a condition and applies the write in two steps without a lock, so two
+    // requests it serves at the same moment can both pass (seen here: 47 conditional
+    // increments "won", 46 applied). DynamoDB makes a conditional write atomic; to test our
+    // side of it — racing clients, the conflict mapping, no loser mistaken for a winner — moto
+    // is asked one request at a time, in whatever order the racing clients send them.
+    let serial = SerialProxy::start(&common::moto().endpoint).await;
+    let via_proxy = || async { Client::new(&common::sdk_config_for(&serial.endpoint).await) };
+    let table = common::unique("orch-race");
+    create_table(&client().await, &table).await.unwrap();
+    let a = DynamoStateStore::new(via_proxy().await, &table);
     // A second client: separate connections, as a second process would have.
-    let b = DynamoStateStore::new(client().await, a.table());
+    let b = DynamoStateStore::new(via_proxy().await, &table);
     let id = "race";
     a.create_job(&sample_job(id, 1), &tasks(id, 1))
         .await
@@ -543,5 +626,62 @@ async fn survives_5xx_answers_and_connection_resets() {
     assert!(
         stats.errors + stats.resets > 0,
         "no fault was injected, the test proved nothing: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_whose_answer_was_lost_are_not_conflicts() {
+    // The proxy forwards every request but now and then resets the connection instead of
+    // answering: the SDK retries a write that already took effect, and its condition then
+    // fails against the write itself.
+    let proxy = FaultProxy::start(
+        &common::moto().endpoint,
+        Faults {
+            error_rate: 0.0,
+            reset_rate: 0.0,
+            drop_response_rate: 0.15,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sdk = common::sdk_config_for(&proxy.endpoint).await;
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .retry_config(
+            aws_sdk_dynamodb::config::retry::RetryConfig::standard()
+                .with_max_attempts(orch_aws::config::MAX_ATTEMPTS),
+        )
+        .build();
+    let table = common::unique("orch-lost-answers");
+    create_table(&client().await, &table).await.unwrap();
+    let store = DynamoStateStore::new(Client::from_conf(conf), &table);
+
+    let id = "lost";
+    let job = sample_job(id, 60);
+    store.create_job(&job, &tasks(id, 60)).await.unwrap();
+    assert_eq!(store.get_job(id).await.unwrap(), Some(job.clone()));
+    for t in 0..30 {
+        let mut task = store.get_task(id, t).await.unwrap().unwrap();
+        task.transition(TaskState::Dispatched, 2_000).unwrap();
+        task.attempt = 1;
+        let stored = store.update_task(&task).await.unwrap();
+        assert_eq!(stored.version, 1);
+        assert_eq!(store.get_task(id, t).await.unwrap().unwrap(), stored);
+    }
+    let mut j = job.clone();
+    for group in 1..=10 {
+        j.next_group = group;
+        j = store.update_job(&j).await.unwrap();
+    }
+    assert_eq!(j.version, 10);
+    assert_eq!(store.get_job(id).await.unwrap(), Some(j));
+    store.delete_job(id).await.unwrap();
+    assert!(store.get_job(id).await.unwrap().is_none());
+    assert!(store.list_tasks(id).await.unwrap().is_empty());
+    assert!(store.list_incomplete_jobs().await.unwrap().is_empty());
+
+    let stats = proxy.stats();
+    assert!(
+        stats.dropped_responses > 5,
+        "too few lost answers to prove anything: {stats:?}"
     );
 }
