@@ -53,9 +53,9 @@ use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex,
-    IndexStatus, KeySchemaElement, KeyType, KeysAndAttributes, PointInTimeRecoverySpecification,
-    Projection, ProjectionType, PutRequest, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, SseSpecification, SseType, TableStatus, WriteRequest,
+    IndexStatus, KeySchemaElement, KeyType, PointInTimeRecoverySpecification, Projection,
+    ProjectionType, PutRequest, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    SseSpecification, SseType, TableStatus, WriteRequest,
 };
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, StateStore};
@@ -98,9 +98,10 @@ const JOBS_PARTITION: &str = "JOBS";
 /// Prefix of the `sk` of task items.
 const TASK_SK_PREFIX: &str = "TASK#";
 
-/// DynamoDB's limits per `BatchWriteItem` and per `BatchGetItem`.
+/// DynamoDB's limit per `BatchWriteItem`.
 const BATCH_WRITE_MAX: usize = 25;
-const BATCH_GET_MAX: usize = 100;
+/// `GetItem`s in flight at once while listing jobs.
+const READ_CONCURRENCY: usize = 8;
 /// `BatchWriteItem` requests in flight at once while creating or deleting a job: enough to
 /// write 100k tasks in tens of seconds rather than minutes, few enough not to trip the
 /// per-partition write limit (all tasks of a job share one partition key).
@@ -493,7 +494,8 @@ impl DynamoStateStore {
     }
 
     /// Every job item, complete or not, in the order of the `jobs` index (oldest first): the
-    /// index gives the keys, `BatchGetItem` the current items.
+    /// index gives the keys, `GetItem`s (a few in flight) the current items. Not
+    /// `BatchGetItem`: the IAM roles of docs/aws.md do not grant it, and a job list is short.
     async fn job_items(&self) -> BackendResult<Vec<Item>> {
         let keys = self
             .query_all("Query jobs", INDEX_JOBS, false, || {
@@ -506,65 +508,38 @@ impl DynamoStateStore {
                     .expression_attribute_values(":pk", s(JOBS_PARTITION))
             })
             .await?;
-        let keys: Vec<Item> = keys
-            .into_iter()
-            .filter_map(|k| {
-                let pk = k.get(PK)?.clone();
-                let sk = k.get(SK)?.clone();
-                Some(HashMap::from([(PK.to_string(), pk), (SK.to_string(), sk)]))
-            })
-            .collect();
-        let order: HashMap<String, usize> = keys
+        let ids: Vec<String> = keys
             .iter()
-            .enumerate()
-            .filter_map(|(i, k)| Some((get_s(k, PK)?.to_string(), i)))
+            .filter_map(|k| get_s(k, PK)?.strip_prefix("JOB#").map(str::to_string))
             .collect();
-        let mut items = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(BATCH_GET_MAX) {
-            items.extend(self.batch_get(chunk.to_vec()).await?);
-        }
-        // A job deleted between the index query and the read is simply absent.
-        items.sort_by_key(|item| {
-            get_s(item, PK)
-                .and_then(|pk| order.get(pk).copied())
-                .unwrap_or(usize::MAX)
-        });
-        Ok(items)
-    }
-
-    /// Strongly consistent `BatchGetItem` of at most 100 keys, retrying unprocessed keys.
-    async fn batch_get(&self, keys: Vec<Item>) -> BackendResult<Vec<Item>> {
-        let table = self.table.clone();
-        retry_unprocessed("BatchGetItem", keys, self.backoff, |keys| {
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .build();
-            let client = self.client.clone();
-            let table = table.clone();
-            async move {
-                let request = request.map_err(|e| build_error("BatchGetItem", e))?;
-                let mut out = client
-                    .batch_get_item()
-                    .request_items(&table, request)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error(SERVICE, "BatchGetItem", &table, e))?;
-                let got = out
-                    .responses
-                    .as_mut()
-                    .and_then(|r| r.remove(&table))
-                    .unwrap_or_default();
-                let rest = out
-                    .unprocessed_keys
-                    .as_mut()
-                    .and_then(|u| u.remove(&table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-                Ok((got, rest))
+        let mut found: Vec<Option<Item>> = vec![None; ids.len()];
+        let mut next = ids.iter().enumerate();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < READ_CONCURRENCY {
+                let Some((i, id)) = next.next() else { break };
+                let store = self.clone();
+                let id = id.clone();
+                running.spawn(async move { (i, store.job_item_raw(&id).await) });
             }
-        })
-        .await
+            match running.join_next().await {
+                None => break,
+                Some(Ok((i, item))) => {
+                    // A job deleted between the index query and the read is simply absent.
+                    if let Some(slot) = found.get_mut(i) {
+                        *slot = item?;
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(BackendError::other(
+                        ErrorCategory::Infrastructure,
+                        "a GetItem task did not complete",
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// Writes (puts or deletes) in `BatchWriteItem`s of 25, a few in flight at once, each
