@@ -3,6 +3,7 @@
 //!
 //! Exit codes (DESIGN §6): 0 success, 1 job failed, 2 usage or validation error, 130 interrupted.
 
+mod init;
 mod run;
 mod status;
 
@@ -52,6 +53,18 @@ storage directory (default ./.orch).",
     },
     /// Show a job's state: tasks by state, items ok/failed, errors by kind, output.
     Status(status::StatusArgs),
+    /// Create the AWS table and queues (and a bucket) orch needs: for development and tests.
+    #[command(
+        long_about = "Create the AWS resources of docs/aws.md: the DynamoDB table \
+(ORCH_DYNAMODB_TABLE, default orch), the SQS retry queue and its dead-letter queue \
+(ORCH_SQS_QUEUE, default orch-retries) and, with --bucket, an S3 bucket with versioning on and \
+public access blocked. Resources that already exist are kept, so it can run again.\n\n\
+This is for development and tests (moto, LocalStack, a sandbox account). Production creates \
+these resources with the Terraform in infra/, whose roles may not create them.",
+        after_help = "Credentials and region come from the standard AWS chain; AWS_ENDPOINT_URL \
+points at an emulator.\n\nExamples:\n  AWS_ENDPOINT_URL=http://localhost:5000 orch init --bucket dev-orch"
+    )]
+    Init(init::InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
         #[arg(value_enum)]
@@ -125,6 +138,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Validate { file, show } => run::validate(&file, show),
         Command::Status(args) => status::status(args),
+        Command::Init(args) => init::init(args),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
             Ok(0)

@@ -1,0 +1,86 @@
+//! A real moto server for the `orch init` tests, the same harness as `aws/tests/common`: one
+//! server per test binary, started on first use on a free port, stopped when the test process
+//! ends (it watches its stdin, which closes then). Tests isolate themselves by resource names.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub struct Moto {
+    pub endpoint: String,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start() -> Moto {
+    let port = free_port();
+    let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+    // `sh` keeps moto alive exactly as long as our stdin pipe: when this process exits the pipe
+    // closes, `cat` returns and moto is killed, so no server outlives its tests.
+    let script = format!(
+        "{program} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start moto_server: install it with `pip install 'moto[server]'`");
+    // The child (and its stdin) must live as long as the process: leak it on purpose.
+    std::mem::forget(child);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n");
+            let mut buf = [0u8; 12];
+            if s.read(&mut buf).is_ok_and(|n| n > 0) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not start on port {port} (is `moto[server]` installed?)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto { endpoint }
+}
+
+pub fn moto() -> &'static Moto {
+    MOTO.get_or_init(start)
+}
+
+/// SDK configuration pointing every service at moto, with throwaway static credentials.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(&moto().endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await
+}
+
+/// A name no other test in this run uses (resources live in one shared server); valid as a
+/// bucket, table and queue name.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
