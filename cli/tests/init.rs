@@ -1,8 +1,9 @@
 //! `orch init` end to end: the real `orch` binary against a moto server started by the test
-//! (tests/moto), configured only through the environment a developer would set. What it created
+//! (the harness of aws/tests/common/moto.rs), configured only through the environment a developer would set. What it created
 //! is checked with the SDK, independently of orch's own code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../aws/tests/common/moto.rs"]
 mod moto;
 
 use std::process::{Command, Output};

@@ -1,9 +1,11 @@
-//! A real moto server for the `orch init` tests, the same harness as `aws/tests/common`: one
-//! server per test binary, started on first use on a free port, stopped when the test process
-//! ends (it watches its stdin, which closes then). Tests isolate themselves by resource names.
+//! A real moto server (`moto[server]` from PyPI) for the tests of the AWS backends and of
+//! `orch init` (cli/tests/init.rs includes this file by path), reached over HTTP by the real
+//! SDK clients. One server per test binary, started on first use on a free port; it stops when
+//! the test process ends (it watches its stdin, which closes then). Tests isolate themselves by
+//! resource names, not by servers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -46,6 +48,7 @@ fn start() -> Moto {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Write;
             let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n");
             let mut buf = [0u8; 12];
             if s.read(&mut buf).is_ok_and(|n| n > 0) {
@@ -67,8 +70,13 @@ pub fn moto() -> &'static Moto {
 
 /// SDK configuration pointing every service at moto, with throwaway static credentials.
 pub async fn sdk_config() -> SdkConfig {
+    sdk_config_for(&moto().endpoint).await
+}
+
+/// As [`sdk_config`], for any endpoint (a fault-injecting proxy in front of moto, say).
+pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(&moto().endpoint)
+        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             "testing", "testing", None, None, "moto",
@@ -77,8 +85,7 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
-/// A name no other test in this run uses (resources live in one shared server); valid as a
-/// bucket, table and queue name.
+/// A name no other test in this run uses (resources live in one shared server).
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
