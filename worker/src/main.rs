@@ -112,6 +112,29 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The job's stores: S3 + DynamoDB for `s3://` storage (credentials and endpoints from the
+/// environment, docs/aws.md), the embedded ones for a directory. Files for a remote store are
+/// built under `ORCH_SCRATCH`, else `TMPDIR` (Slurm points it at node-local disk).
+async fn open_storage(args: &WorkerArgs) -> Result<orch_runtime::backends::Backends, String> {
+    if args.storage.starts_with("s3://") {
+        let scratch = std::env::var_os("ORCH_SCRATCH")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!(
+                "orch-{}-{}-{}",
+                args.job,
+                args.task,
+                std::process::id()
+            ));
+        return orch_aws::open_backends(&args.storage, scratch)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    orch_runtime::driver::Embedded::open(&args.storage)
+        .map(|embedded| embedded.backends())
+        .map_err(|e| e.to_string())
+}
+
 fn run_task(
     runtime: &tokio::runtime::Runtime,
     storage: String,
@@ -147,15 +170,24 @@ fn run_task(
             tracing::info!("stop signal received: checkpointing");
             on_signal.stop();
         });
-        let backends = match orch_runtime::driver::Embedded::open(&args.storage) {
-            Ok(embedded) => embedded.backends(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open the job's storage");
+        let backends = match open_storage(&args).await {
+            Ok(backends) => backends,
+            Err(message) => {
+                tracing::error!(error = %message, "cannot open the job's storage");
                 return 1;
             }
         };
         match orch_worker::run::run(&backends, &args, stop).await {
-            Ok(_) => 0,
+            Ok(_) => {
+                // Scratch of a remote store held copies only; after a failure it stays, with
+                // the checkpoint, for whoever debugs it.
+                if args.storage.starts_with("s3://")
+                    && let Err(e) = std::fs::remove_dir_all(&backends.scratch)
+                {
+                    tracing::warn!(error = %e, "cannot remove the scratch directory");
+                }
+                0
+            }
             Err(e) => {
                 tracing::error!(error = %e, category = ?e.category(), "task attempt ended without commit");
                 e.exit_code()
