@@ -530,13 +530,15 @@ pub async fn run_task(storage: &str, job: &str, stage: TaskKind, group: u32) -> 
             "an aggregation task is a merge level or the final merge".into(),
         ));
     }
-    let backends = Embedded::open(storage)?;
+    // A merge task needs files only: no state store is opened for it.
+    let root = Location::local_path(storage).map_err(Error::Invalid)?;
+    let objects = FsStore::new(&root)?;
     let manifest: JobManifest =
-        read_json(&backends, &layout::job_manifest(job), "job manifest").await?;
+        read_versioned(&objects, &layout::job_manifest(job), "job manifest").await?;
     let plan: AggregationPlan =
-        read_json(&backends, &layout::aggregate_plan(job), "aggregation plan").await?;
+        read_versioned(&objects, &layout::aggregate_plan(job), "aggregation plan").await?;
     let settings = OutputSettings::of(&manifest.spec.spec.output)?;
-    let resolved = Resolved::new(&backends.root, job, &plan);
+    let resolved = Resolved::new(&root, job, &plan);
     let started = std::time::Instant::now();
     blocking(move || {
         let hierarchy = Hierarchy::new(
@@ -556,7 +558,7 @@ pub async fn run_task(storage: &str, job: &str, stage: TaskKind, group: u32) -> 
                     "merge group"
                 );
             }
-            TaskKind::Work | TaskKind::Final => {
+            _ => {
                 let inputs = hierarchy.final_inputs();
                 let output = resolved.final_merge(&settings, &inputs).run()?;
                 info!(
@@ -572,21 +574,14 @@ pub async fn run_task(storage: &str, job: &str, stage: TaskKind, group: u32) -> 
     .await
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(
-    backends: &Embedded,
+async fn read_versioned<T: serde::de::DeserializeOwned>(
+    objects: &FsStore,
     key: &str,
     what: &str,
 ) -> Result<T> {
-    let bytes = backends
-        .objects
+    let bytes = objects
         .get(key)
         .await?
         .ok_or_else(|| Error::Invalid(format!("{what} {key} is missing")))?;
-    serde_json::from_slice(&bytes).map_err(|source| {
-        orch_core::Error::Decode {
-            what: what.to_string(),
-            source,
-        }
-        .into()
-    })
+    Ok(orch_core::model::decode_versioned(what, &bytes)?)
 }
