@@ -285,9 +285,12 @@ impl S3Store {
         }
     }
 
-    /// One whole-object read: `None` when absent.
-    async fn get_once(&self, full: &str) -> Result<Option<Vec<u8>>, AwsError> {
-        let out = match self
+    /// Starts a GET of the whole object (headers read, body not yet): `None` when absent.
+    async fn open_object(
+        &self,
+        full: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, AwsError> {
+        match self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -295,9 +298,16 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(out) => out,
-            Err(e) if is_no_such_key(&e) => return Ok(None),
-            Err(e) => return Err(sdk_error("s3", "GetObject", self.uri(full), e)),
+            Ok(out) => Ok(Some(out)),
+            Err(e) if is_no_such_key(&e) => Ok(None),
+            Err(e) => Err(sdk_error("s3", "GetObject", self.uri(full), e)),
+        }
+    }
+
+    /// One whole-object read: `None` when absent.
+    async fn get_once(&self, full: &str) -> Result<Option<Vec<u8>>, AwsError> {
+        let Some(out) = self.open_object(full).await? else {
+            return Ok(None);
         };
         let expected = expected_sha256(out.metadata());
         let bytes = out
@@ -366,17 +376,8 @@ impl S3Store {
     async fn download_once(&self, full: &str, dest: &Path) -> Result<bool, AwsError> {
         // Start the GET before creating anything locally, so that a missing object leaves no
         // trace at the destination.
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if is_no_such_key(&e) => return Ok(false),
-            Err(e) => return Err(sdk_error("s3", "GetObject", self.uri(full), e)),
+        let Some(out) = self.open_object(full).await? else {
+            return Ok(false);
         };
         let expected = expected_sha256(out.metadata());
         let (tmp, file) = create_tmp(dest).await?;
