@@ -58,7 +58,7 @@ use aws_sdk_dynamodb::types::{
     SseSpecification, SseType, TableStatus, WriteRequest,
 };
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, StateStore};
+use orch_core::backend::{BackendError, BackendResult, StateStore, next_version};
 use orch_core::model::{JobRecord, Millis, TaskRecord, TaskState};
 
 use crate::error::{AwsError, sdk_error};
@@ -206,16 +206,6 @@ fn decode_task(item: &Item) -> BackendResult<TaskRecord> {
     })?;
     task.version = version_of(&what, item)?;
     Ok(task)
-}
-
-/// The version a successful conditional write stores.
-fn bumped(what: &str, version: u64) -> BackendResult<u64> {
-    version.checked_add(1).ok_or_else(|| {
-        BackendError::message(
-            ErrorCategory::Invalid,
-            format!("{what}: version {version} cannot be incremented"),
-        )
-    })
 }
 
 /// A fresh `writeId`: 128 random bits, so no two writes share one.
@@ -794,7 +784,7 @@ impl StateStore for DynamoStateStore {
 
     async fn update_job(&self, job: &JobRecord) -> BackendResult<JobRecord> {
         let mut stored = job.clone();
-        stored.version = bumped(&format!("job {}", job.id), job.version)?;
+        stored.version = next_version(&format!("job {}", job.id), job.version)?;
         let pk = job_pk(&job.id);
         let body = encode("job", &stored)?;
         let write_id = new_write_id();
@@ -877,7 +867,7 @@ impl StateStore for DynamoStateStore {
     async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord> {
         let name = format!("task {}/{}", task.job, task.id);
         let mut stored = task.clone();
-        stored.version = bumped(&name, task.version)?;
+        stored.version = next_version(&name, task.version)?;
         let pk = job_pk(&task.job);
         // `leaseExpiry` follows the record on every write, so an expired lease can be found
         // with the `by-state` index and a filter (see `expired_leases`).

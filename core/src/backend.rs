@@ -65,6 +65,17 @@ impl BackendError {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// The version a successful conditional write stores (`what` names the record in the error):
+/// every StateStore bumps versions the same way.
+pub fn next_version(what: &str, version: u64) -> BackendResult<u64> {
+    version.checked_add(1).ok_or_else(|| {
+        BackendError::message(
+            ErrorCategory::Invalid,
+            format!("{what}: version {version} cannot be incremented"),
+        )
+    })
+}
+
 /// An object listed under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {

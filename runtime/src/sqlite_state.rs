@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, StateStore};
+use orch_core::backend::{BackendError, BackendResult, StateStore, next_version};
 use orch_core::model::{JobRecord, TaskRecord};
 use rusqlite::ffi::ErrorCode;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -241,16 +241,6 @@ fn decode_task(job: &str, id: i64, body: &str, version: i64) -> BackendResult<Ta
     Ok(task)
 }
 
-/// The record as it will be stored by a successful conditional update: version bumped.
-fn bumped(what: &str, version: u64) -> BackendResult<u64> {
-    version.checked_add(1).ok_or_else(|| {
-        BackendError::message(
-            ErrorCategory::Invalid,
-            format!("{what}: version {version} cannot be incremented"),
-        )
-    })
-}
-
 /// Job and task rows in a SQLite file shared by the coordinator and the workers.
 #[derive(Clone)]
 pub struct SqliteStateStore {
@@ -390,7 +380,7 @@ impl StateStore for SqliteStateStore {
 
     async fn update_job(&self, job: &JobRecord) -> BackendResult<JobRecord> {
         let mut stored = job.clone();
-        stored.version = bumped(&format!("job {}", job.id), job.version)?;
+        stored.version = next_version(&format!("job {}", job.id), job.version)?;
         self.db
             .run(move |conn| {
                 let body = encode("job", &stored)?;
@@ -474,7 +464,7 @@ impl StateStore for SqliteStateStore {
 
     async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord> {
         let mut stored = task.clone();
-        stored.version = bumped(&format!("task {}/{}", task.job, task.id), task.version)?;
+        stored.version = next_version(&format!("task {}/{}", task.job, task.id), task.version)?;
         self.db
             .run(move |conn| {
                 let body = encode("task", &stored)?;
