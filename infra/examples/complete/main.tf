@@ -24,6 +24,7 @@ module "s3" {
   intermediate_expiration_days       = var.intermediate_expiration_days
   noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
   force_destroy                      = var.force_destroy_bucket
+  access_log_bucket                  = var.access_log_bucket
 }
 
 module "dynamodb" {

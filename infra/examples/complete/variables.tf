@@ -138,6 +138,12 @@ variable "key_administrator_arns" {
   default     = []
 }
 
+variable "access_log_bucket" {
+  description = "Existing bucket for the orch bucket's S3 server access logs (same region, SSE-S3, policy allowing logging.s3.amazonaws.com), logged under \"<bucket name>/\". Null: no access logs."
+  type        = string
+  default     = null
+}
+
 variable "force_destroy_bucket" {
   description = "Let terraform destroy delete a non-empty bucket (throwaway environments only)."
   type        = bool

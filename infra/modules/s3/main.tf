@@ -9,10 +9,24 @@ locals {
 }
 
 resource "aws_s3_bucket" "this" {
+  # checkov:skip=CKV_AWS_18:access logging needs a separate target bucket that is not SSE-KMS; it is optional (access_log_bucket, aws_s3_bucket_logging below) and off by default
+  # checkov:skip=CKV_AWS_144:cross-region replication needs a second bucket, region and key, and doubles storage of mostly short-lived job data; the operator's choice (versioning is on, so it can be added)
+  # checkov:skip=CKV2_AWS_62:nothing consumes bucket events: orch tracks jobs and tasks in DynamoDB and the retry queue, not through S3 notifications
   bucket        = var.bucket_name
   bucket_prefix = var.bucket_name == null ? "${var.name_prefix}-" : null
   force_destroy = var.force_destroy
   tags          = merge(var.tags, { Name = coalesce(var.bucket_name, var.name_prefix) })
+}
+
+# Server access logs, when the operator names a bucket for them (access_log_bucket). The target
+# must be another bucket, in the same region, encrypted with SSE-S3 (server access logging does not
+# deliver to SSE-KMS buckets), whose policy lets logging.s3.amazonaws.com put objects.
+resource "aws_s3_bucket_logging" "this" {
+  count = var.access_log_bucket == null ? 0 : 1
+
+  bucket        = aws_s3_bucket.this.id
+  target_bucket = var.access_log_bucket
+  target_prefix = coalesce(var.access_log_prefix, "${aws_s3_bucket.this.id}/")
 }
 
 resource "aws_s3_bucket_ownership_controls" "this" {

@@ -17,3 +17,8 @@ output "bucket_policy_json" {
   description = "The bucket policy (JSON), for review."
   value       = data.aws_iam_policy_document.bucket.json
 }
+
+output "access_log_target" {
+  description = "Where the bucket's server access logs go (s3://<access_log_bucket>/<prefix>), or null when they are off."
+  value       = one([for l in aws_s3_bucket_logging.this : "s3://${l.target_bucket}/${l.target_prefix}"])
+}

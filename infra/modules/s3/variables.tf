@@ -59,3 +59,15 @@ variable "force_destroy" {
   type        = bool
   default     = false
 }
+
+variable "access_log_bucket" {
+  description = "Name of an existing bucket that receives the S3 server access logs of this bucket (same region, SSE-S3 default encryption, a bucket policy allowing logging.s3.amazonaws.com). Null: no server access logs."
+  type        = string
+  default     = null
+}
+
+variable "access_log_prefix" {
+  description = "Key prefix of the access logs in access_log_bucket. Null: \"<bucket name>/\"."
+  type        = string
+  default     = null
+}

@@ -119,6 +119,11 @@ run "defaults" {
     error_message = "output_uris must default to <storage>/output/"
   }
 
+  assert {
+    condition     = module.s3.access_log_target == null
+    error_message = "no server access logging unless access_log_bucket is set"
+  }
+
   # The bucket and queue policies are read only at apply (their documents reference resources of
   # their own module), so the plan can check the identity and key policies; test_infra.py checks
   # the resource policies in the sources.
@@ -255,6 +260,19 @@ run "storage_prefix_scopes_s3" {
   assert {
     condition     = output.storage_uri == "s3://orch-test-bucket/orch/" && output.output_uris[0] == "s3://orch-test-bucket/orch/output/"
     error_message = "storage_uri and the default output follow storage_prefix"
+  }
+}
+
+run "access_logs_when_a_target_is_given" {
+  command = plan
+
+  variables {
+    access_log_bucket = "orch-test-access-logs"
+  }
+
+  assert {
+    condition     = module.s3.access_log_target == "s3://orch-test-access-logs/orch-test-bucket/"
+    error_message = "access_log_bucket must turn on server access logging into <access_log_bucket>/<bucket name>/"
   }
 }
 
