@@ -19,6 +19,7 @@ pub mod backends;
 pub mod config;
 pub mod dynamodb;
 pub mod error;
+pub mod lock;
 pub mod s3;
 pub mod sqs;
 
