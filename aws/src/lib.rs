@@ -20,9 +20,11 @@ pub mod config;
 pub mod dynamodb;
 pub mod error;
 pub mod lock;
+pub mod platform;
 pub mod s3;
 pub mod sqs;
 
 pub use backends::{S3Locations, open_backends, open_backends_with, open_queue, open_queue_with};
 pub use config::AwsSettings;
 pub use error::{AwsError, Result};
+pub use platform::AwsPlatform;

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orch_core::load::{self, LoadedJob};
 use orch_core::model::JobPhase;
 use orch_core::model::TaskKind;
-use orch_runtime::driver::{self, Progress, RunOptions};
+use orch_runtime::driver::{self, Embedded, Progress, RunOptions};
 
 use crate::Failure;
 
@@ -95,6 +95,77 @@ fn worker_command(explicit: Option<PathBuf>) -> Result<Vec<String>, Failure> {
     }
 }
 
+/// The scratch directory of this process, for files on their way to or from S3.
+fn scratch_dir(what: &str) -> PathBuf {
+    std::env::var_os("ORCH_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("orch-{what}-{}", std::process::id()))
+}
+
+fn remove_scratch(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the scratch directory");
+    }
+}
+
+/// How this process opens the job's input: through S3 for `s3://`, directly otherwise.
+pub async fn input_locations(
+    job: &LoadedJob,
+) -> Result<Box<dyn orch_runtime::backends::Locations>, Failure> {
+    if !job.file.spec.input.uri.starts_with("s3://") {
+        return Ok(Box::new(orch_runtime::backends::LocalLocations));
+    }
+    let settings = orch_aws::AwsSettings::from_env().map_err(aws_failure)?;
+    let sdk = orch_aws::config::load_sdk_config().await;
+    Ok(Box::new(orch_aws::S3Locations::new(
+        orch_aws::config::s3_client(&sdk, &settings),
+    )))
+}
+
+pub fn aws_failure(e: orch_aws::AwsError) -> Failure {
+    orch_runtime::Error::from(orch_core::backend::BackendError::from(e)).into()
+}
+
+/// Partitions the input and reports the plan; nothing is written to the job's storage.
+async fn dry_run(job: &LoadedJob) -> Result<driver::RunOutcome, Failure> {
+    let locations = input_locations(job).await?;
+    let scratch = scratch_dir("plan");
+    let outcome = driver::dry_run(job, locations.as_ref(), &scratch).await;
+    remove_scratch(&scratch);
+    Ok(outcome?)
+}
+
+/// Runs the job on the backends its `storage.uri` names: AWS for `s3://`, the embedded ones
+/// for a directory (default `.orch`).
+async fn run_on_storage(job: &LoadedJob, opts: RunOptions) -> Result<driver::RunOutcome, Failure> {
+    let storage = job
+        .file
+        .spec
+        .storage
+        .uri
+        .clone()
+        .unwrap_or_else(|| ".orch".into());
+    if !storage.starts_with("s3://") {
+        let embedded = Embedded::open(&storage)?;
+        return Ok(driver::run(job, &embedded, opts).await?);
+    }
+    // Downloads and uploads pass through a scratch directory of this run; workers' logs stay
+    // on this machine, next to where embedded storage would be.
+    let scratch = scratch_dir("driver");
+    let logs = std::env::current_dir()
+        .unwrap_or_default()
+        .join(".orch/logs");
+    let platform = orch_aws::AwsPlatform::open(&storage, scratch.clone(), logs)
+        .await
+        .map_err(aws_failure)?;
+    let outcome = driver::run(job, &platform, opts).await;
+    remove_scratch(&scratch);
+    Ok(outcome?)
+}
+
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let job = load_checked(&args.file)?;
     let worker = if args.dry_run {
@@ -156,15 +227,18 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             message: format!("cannot start the async runtime: {e}"),
         })?;
     let started = Instant::now();
-    let outcome = runtime.block_on(driver::run(
-        &job,
-        RunOptions {
-            worker_command: worker,
-            tick: Duration::from_millis(100),
-            on_progress: Box::new(on_progress),
-            dry_run: args.dry_run,
-        },
-    ));
+    let opts = RunOptions {
+        worker_command: worker,
+        tick: Duration::from_millis(100),
+        on_progress: Box::new(on_progress),
+    };
+    let outcome = runtime.block_on(async {
+        if args.dry_run {
+            dry_run(&job).await
+        } else {
+            run_on_storage(&job, opts).await
+        }
+    });
     bar.finish_and_clear();
     let outcome = outcome?;
     if let Some(plan) = &outcome.plan {

@@ -9,6 +9,7 @@ use orch_core::layout;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 use orch_core::uri::Location;
 use orch_runtime::aggregate::ResultState;
+use orch_runtime::backends::Backends;
 use orch_runtime::driver::{self, Embedded};
 use serde::Serialize;
 
@@ -81,25 +82,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let (id, storage) = resolve(&args)?;
     let storage = storage.unwrap_or_else(|| ".orch".into());
-    let root = match Location::parse(&storage, &std::env::current_dir().unwrap_or_default()) {
-        Ok(l @ Location::Local(_)) => l,
-        Ok(_) => {
-            return Err(Failure::usage(
-                "only local storage is supported by this build",
-            ));
-        }
-        Err(e) => return Err(Failure::usage(e)),
-    };
-    if let Location::Local(p) = &root
-        && !p.join(layout::state_db()).exists()
-    {
-        return Err(Failure::usage(format!(
-            "no orch state in {} (run a job first, or pass --storage)",
-            p.display()
-        )));
-    }
-    let backends = Embedded::open(&root.to_uri())?;
+    let root = Location::parse(&storage, &std::env::current_dir().unwrap_or_default())
+        .map_err(Failure::usage)?;
     let rt = runtime()?;
+    let backends = match &root {
+        Location::Local(p) => {
+            if !p.join(layout::state_db()).exists() {
+                return Err(Failure::usage(format!(
+                    "no orch state in {} (run a job first, or pass --storage)",
+                    p.display()
+                )));
+            }
+            Embedded::open(&root.to_uri())?.backends()
+        }
+        Location::S3 { .. } => {
+            let scratch = std::env::temp_dir().join(format!("orch-status-{}", std::process::id()));
+            rt.block_on(orch_aws::open_backends(&storage, scratch))
+                .map_err(crate::run::aws_failure)?
+        }
+    };
     let Some(id) = id else {
         let jobs = rt
             .block_on(async {
@@ -127,7 +128,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
             crate::run::display_uri(&root.to_uri())
         )));
     };
-    let mut report = report(&backends, &job, &tasks);
+    let mut report = rt.block_on(report(&backends, &job, &tasks));
     if args.verify {
         let found = rt.block_on(orch_runtime::aggregate::discover_results(
             &backends, &job, &tasks,
@@ -180,9 +181,13 @@ fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failur
     let path = PathBuf::from(arg);
     if path.is_file() {
         let job = orch_core::load::load(&path)?;
-        let fingerprint = orch_runtime::input::fingerprint(&job.file.spec)?;
-        let id = driver::job_id(&job, &fingerprint)?;
         let storage = args.storage.clone().or(job.file.spec.storage.uri.clone());
+        let id = runtime()?.block_on(async {
+            let locations = crate::run::input_locations(&job).await?;
+            let sources = orch_runtime::input::sources(&job.file.spec, locations.as_ref()).await?;
+            let fingerprint = orch_runtime::input::fingerprint(&sources)?;
+            Ok::<_, Failure>(driver::job_id(&job, &fingerprint)?)
+        })?;
         return Ok((Some(id), storage));
     }
     if !layout::valid_job_id(arg) {
@@ -193,7 +198,7 @@ fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failur
     Ok((Some(arg.clone()), args.storage.clone()))
 }
 
-fn report(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -> Report {
+async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> Report {
     let mut by_state: BTreeMap<String, u32> = TaskState::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
@@ -202,12 +207,26 @@ fn report(backends: &Embedded, job: &JobRecord, tasks: &[TaskRecord]) -> Report 
         *by_state.entry(t.state.as_str().into()).or_default() += 1;
     }
     let mut errors_by_kind: BTreeMap<String, u64> = BTreeMap::new();
-    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
-        let path = backends.root.join(layout::errors(&job.id, t.id, t.attempt));
+    // Only tasks that report failed items have error rows worth reading (on S3, each file read
+    // is a download).
+    for t in tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Succeeded && t.items_failed > 0)
+    {
+        let key = layout::errors(&job.id, t.id, t.attempt);
+        let Ok((path, remote)) = backends.local_file(&key) else {
+            continue;
+        };
+        if remote && !matches!(backends.objects.get_to_file(&key, &path).await, Ok(true)) {
+            continue;
+        }
         if let Ok(errors) = orch_data::read_errors_parquet(&path) {
             for e in errors {
                 *errors_by_kind.entry(e.kind).or_default() += 1;
             }
+        }
+        if remote {
+            std::fs::remove_file(&path).ok();
         }
     }
     let failed_tasks = tasks

@@ -33,7 +33,7 @@ use crate::merge::{MergeOptions, merge_results, part_file_name};
 use crate::schema::ColumnSchema;
 
 /// Name of the marker sealing a finished group.
-const DONE_FILE: &str = "_DONE";
+pub const DONE_FILE: &str = "_DONE";
 /// Version of the `_DONE` and final markers; a marker of another version is treated as missing.
 const DONE_VERSION: u32 = 1;
 /// Name of the merged errors file in the output location.
@@ -125,9 +125,27 @@ impl<'a> Hierarchy<'a> {
     }
 
     fn group_dir(&self, level: u32, group: usize) -> PathBuf {
-        self.work_dir
-            .join(level.to_string())
-            .join(format!("{group:06}"))
+        self.work_dir.join(group_dir_name(level, group))
+    }
+
+    /// The directories, relative to the work directory, of the earlier-level groups whose
+    /// outputs group `group` of `level` reads (none for level 1, which reads the inputs), and
+    /// the range of inputs a level-1 group reads. For a caller that must fetch a group's
+    /// members before merging it (a remote store mirrored into scratch space).
+    pub fn member_dirs(&self, level: u32, group: usize) -> (Vec<String>, std::ops::Range<usize>) {
+        let first = group * self.fan_in;
+        if level <= 1 {
+            return (
+                Vec::new(),
+                first..(first + self.fan_in).min(self.inputs.len()),
+            );
+        }
+        let levels = self.levels();
+        let below = levels.get(level as usize - 2).copied().unwrap_or(0);
+        let dirs = (first..(first + self.fan_in).min(below))
+            .map(|g| group_dir_name(level - 1, g))
+            .collect();
+        (dirs, 0..0)
     }
 
     /// The files the final merge reads, in order: the last level's outputs, or the inputs
@@ -217,6 +235,12 @@ impl<'a> Hierarchy<'a> {
         merge_group(&members, &dir, &key, self.opts)?;
         Ok(GroupOutcome::Merged)
     }
+}
+
+/// The directory of a group relative to the work directory: `<level>/<group:06>`. Holds
+/// [`part_file_name`]`(0)` and [`DONE_FILE`].
+pub fn group_dir_name(level: u32, group: usize) -> String {
+    format!("{level}/{group:06}")
 }
 
 /// Merges `inputs` level by level in this process (see [`Hierarchy`]) and returns the at most

@@ -10,9 +10,18 @@
 //! Every group is sealed by a marker and checked before it is (re)started, so an aggregation
 //! killed at any point resumes where it stopped and, the merge being deterministic, ends with
 //! the same checksums as an uninterrupted one (see `orch_data::hierarchy`).
+//!
+//! On a remote store (S3) the merge reads and writes local files all the same: a merge task
+//! downloads its group's members into its scratch directory (a mirror of the store's keys),
+//! merges there, and uploads the group's part and then its `_DONE`; the final task uploads the
+//! output files and then the final marker. Every download is checked against the sha256 the
+//! object was written with. The coordinator then decides from the markers alone which groups
+//! are done (an object that exists was uploaded whole, and only after its part), instead of
+//! downloading outputs to check them.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use orch_core::backend::{ExecState, Executor, ObjectStore};
@@ -23,13 +32,18 @@ use orch_core::model::{
 };
 use orch_core::spec::{OutputFormat, OutputSpec};
 use orch_core::uri::Location;
-use orch_data::{ExtraFormat, FinalMerge, FinalOutput, Hierarchy};
+use orch_data::hierarchy::{DONE_FILE, group_dir_name};
+use orch_data::{ExtraFormat, FinalMerge, FinalOutput, Hierarchy, part_file_name};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::driver::Embedded;
+use crate::backends::Backends;
 use crate::error::{Error, Result};
 use crate::fs_store::FsStore;
+
+/// Requests to a remote store in flight at once while checking or fetching many objects.
+const CONCURRENT_REQUESTS: usize = 32;
 
 /// `_SUCCESS` of the final output (DESIGN §3), written last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,30 +101,85 @@ pub struct TaskResult {
 }
 
 /// Finds the committed result of every succeeded task and checks it against its `_DONE`
-/// marker (sizes and sha256), so that nothing unverified reaches the final output.
+/// marker, so that nothing unverified reaches the final output: sizes and sha256 of local
+/// files; sizes of remote objects (one listing), whose sha256 is checked when they are
+/// downloaded.
 pub async fn discover_results(
-    backends: &Embedded,
+    backends: &Backends,
     job: &JobRecord,
     tasks: &[TaskRecord],
 ) -> Result<Vec<TaskResult>> {
-    let mut found = Vec::new();
-    for t in tasks.iter().filter(|t| t.state == TaskState::Succeeded) {
-        let state = check_result(backends, &job.id, t).await?;
-        found.push(TaskResult {
-            task: t.id,
-            attempt: t.attempt,
-            state,
-        });
-    }
-    Ok(found)
+    let (_, remote) = backends.local_root();
+    let sizes: Arc<HashMap<String, u64>> = Arc::new(if remote {
+        let prefix = format!("{}results/", layout::job_prefix(&job.id));
+        backends
+            .objects
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect()
+    } else {
+        HashMap::new()
+    });
+    let succeeded: Vec<(u32, u32)> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Succeeded)
+        .map(|t| (t.id, t.attempt))
+        .collect();
+    let job_id: Arc<str> = Arc::from(job.id.as_str());
+    let checked = concurrently(&succeeded, |(task, attempt)| {
+        let (objects, job, sizes) = (backends.objects.clone(), job_id.clone(), sizes.clone());
+        async move {
+            let state =
+                check_result(objects, &job, task, attempt, remote.then_some(&*sizes)).await?;
+            Ok(TaskResult {
+                task,
+                attempt,
+                state,
+            })
+        }
+    })
+    .await?;
+    Ok(checked)
 }
 
-async fn check_result(backends: &Embedded, job: &str, t: &TaskRecord) -> Result<ResultState> {
-    let marker: DoneMarker = match backends
-        .objects
-        .get(&layout::done(job, t.id, t.attempt))
-        .await?
-    {
+/// Runs `f` over `items` with at most [`CONCURRENT_REQUESTS`] in flight; results in the order
+/// of `items`.
+async fn concurrently<T, R, F, Fut>(items: &[T], f: F) -> Result<Vec<R>>
+where
+    T: Clone,
+    R: Send + 'static,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R>> + Send + 'static,
+{
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let mut running = JoinSet::new();
+    let mut next = 0;
+    while next < items.len() || !running.is_empty() {
+        while next < items.len() && running.len() < CONCURRENT_REQUESTS {
+            let fut = f(items[next].clone());
+            let index = next;
+            running.spawn(async move { (index, fut.await) });
+            next += 1;
+        }
+        if let Some(joined) = running.join_next().await {
+            let (index, result) =
+                joined.map_err(|e| Error::Invalid(format!("a store request panicked: {e}")))?;
+            out[index] = Some(result?);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+async fn check_result(
+    objects: Arc<dyn ObjectStore>,
+    job: &str,
+    task: u32,
+    attempt: u32,
+    remote_sizes: Option<&HashMap<String, u64>>,
+) -> Result<ResultState> {
+    let marker: DoneMarker = match objects.get(&layout::done(job, task, attempt)).await? {
         Some(bytes) => match orch_core::model::decode_versioned("_DONE marker", &bytes) {
             Ok(m) => m,
             Err(e) => return Ok(ResultState::Corrupt(format!("unreadable _DONE: {e}"))),
@@ -121,16 +190,27 @@ async fn check_result(backends: &Embedded, job: &str, t: &TaskRecord) -> Result<
             ));
         }
     };
-    let prefix = layout::attempt_prefix(job, t.id, t.attempt);
+    let prefix = layout::attempt_prefix(job, task, attempt);
     let mut part = None;
     let mut errors = None;
     for (name, sum) in &marker.files {
         let key = format!("{prefix}{name}");
-        let (bytes, sha) = match orch_data::sha256_file(&backends.root.join(&key)) {
-            Ok(x) => x,
-            Err(e) => return Ok(ResultState::Missing(format!("{name}: {e}"))),
+        let matches = match (remote_sizes, objects.local_path(&key)) {
+            (Some(sizes), _) => match sizes.get(&key) {
+                Some(&size) => size == sum.bytes,
+                None => return Ok(ResultState::Missing(format!("{name} is missing"))),
+            },
+            (None, Some(path)) => match orch_data::sha256_file(&path) {
+                Ok((bytes, sha)) => bytes == sum.bytes && sha == sum.sha256,
+                Err(e) => return Ok(ResultState::Missing(format!("{name}: {e}"))),
+            },
+            (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "{key}: the store has neither local files nor a listing"
+                )));
+            }
         };
-        if bytes != sum.bytes || sha != sum.sha256 {
+        if !matches {
             return Ok(ResultState::Corrupt(format!(
                 "{name} does not match the checksum in _DONE"
             )));
@@ -149,8 +229,8 @@ async fn check_result(backends: &Embedded, job: &str, t: &TaskRecord) -> Result<
 
 /// Every item of a task that failed all its attempts (or was cancelled) gets an error row, so
 /// the output still accounts for each input item exactly once. Returns the file's key.
-fn failed_task_items(
-    backends: &Embedded,
+async fn failed_task_items(
+    backends: &Backends,
     job: &JobRecord,
     tasks: &[TaskRecord],
 ) -> Result<Option<String>> {
@@ -190,26 +270,46 @@ fn failed_task_items(
         "{}/failed-task-items.parquet",
         layout::aggregate_dir(&job.id)
     );
-    orch_data::write_errors_parquet(&backends.root.join(&key), &rows)?;
+    let (path, remote) = backends.local_file(&key)?;
+    orch_data::write_errors_parquet(&path, &rows)?;
+    backends.publish(&key, &path, remote).await?;
     Ok(Some(key))
 }
 
-/// The output directory, merge settings and extra formats of a spec.
+/// The output location, merge settings and extra formats of a spec.
 #[derive(Clone)]
 struct OutputSettings {
+    /// Where the final merge writes: the output directory itself, or (for a remote output) a
+    /// scratch directory whose files are uploaded after.
     out_dir: PathBuf,
+    /// The store and key prefix (empty or ending in `/`) of a remote output.
+    remote: Option<(Arc<dyn ObjectStore>, String)>,
+    uri: String,
     fan_in: usize,
     merge: orch_data::MergeOptions,
     extra: Vec<ExtraFormat>,
 }
 
 impl OutputSettings {
-    fn of(output: &OutputSpec) -> Result<Self> {
-        let out_dir = output
+    fn of(output: &OutputSpec, backends: &Backends, job: &str) -> Result<Self> {
+        let uri = output
             .uri
-            .as_deref()
-            .ok_or_else(|| Error::Invalid("the job has no output location".into()))
-            .and_then(|uri| Location::local_path(uri).map_err(Error::Invalid))?;
+            .clone()
+            .ok_or_else(|| Error::Invalid("the job has no output location".into()))?;
+        let (out_dir, remote) = match backends.locations.open(&uri)? {
+            None => (Location::local_path(&uri).map_err(Error::Invalid)?, None),
+            Some((store, key)) => {
+                let prefix = if key.is_empty() || key.ends_with('/') {
+                    key
+                } else {
+                    format!("{key}/")
+                };
+                (
+                    backends.scratch.join(format!("output-{job}")),
+                    Some((store, prefix)),
+                )
+            }
+        };
         let merge = orch_data::MergeOptions::from_output_spec(output)?;
         let extra = output
             .formats
@@ -223,10 +323,51 @@ impl OutputSettings {
             .collect();
         Ok(OutputSettings {
             out_dir,
+            remote,
+            uri,
             fan_in: output.fan_in.max(2) as usize,
             merge,
             extra,
         })
+    }
+
+    /// Writes one object of the output location (`_SUCCESS`).
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        match &self.remote {
+            Some((store, prefix)) => store.put(&format!("{prefix}{name}"), bytes).await?,
+            None => FsStore::new(&self.out_dir)?.put(name, bytes).await?,
+        }
+        Ok(())
+    }
+
+    /// Replaces a remote output's files by the final merge's (built in `out_dir`): `_SUCCESS`
+    /// and every file an earlier final merge may have left go first, so a consumer never
+    /// sees `_SUCCESS` next to the parts of another run.
+    async fn upload(&self, output: &FinalOutput) -> Result<()> {
+        let Some((store, prefix)) = &self.remote else {
+            return Ok(());
+        };
+        store.delete_prefix(&format!("{prefix}_SUCCESS")).await?;
+        store.delete_prefix(&format!("{prefix}part-")).await?;
+        store
+            .delete_prefix(&format!("{prefix}{}", orch_data::hierarchy::ERRORS_FILE))
+            .await?;
+        for f in ExtraFormat::ALL {
+            store
+                .delete_prefix(&format!("{prefix}{}", f.file_name()))
+                .await?;
+        }
+        let names: Vec<String> = output.files.keys().cloned().collect();
+        concurrently(&names, |name| {
+            let (store, key, path) = (
+                store.clone(),
+                format!("{prefix}{name}"),
+                self.out_dir.join(&name),
+            );
+            async move { Ok(store.put_file(&key, &path).await?) }
+        })
+        .await?;
+        Ok(())
     }
 }
 
@@ -240,7 +381,7 @@ struct Resolved {
 }
 
 impl Resolved {
-    fn new(root: &std::path::Path, job: &str, plan: &AggregationPlan) -> Self {
+    fn new(root: &Path, job: &str, plan: &AggregationPlan) -> Self {
         Resolved {
             inputs: plan.inputs.iter().map(|k| root.join(k)).collect(),
             errors: plan.errors.iter().map(|k| root.join(k)).collect(),
@@ -267,7 +408,7 @@ impl Resolved {
 
 /// How the coordinator runs aggregation tasks.
 pub struct AggregationRun<'a> {
-    pub backends: &'a Embedded,
+    pub backends: &'a Backends,
     pub executor: &'a dyn Executor,
     /// Attempts per merge task before the aggregation gives up (`spec.retry.maxAttempts`).
     pub max_attempts: u32,
@@ -306,7 +447,7 @@ pub async fn aggregate(
             }
         }
     }
-    if let Some(key) = failed_task_items(backends, job, tasks)? {
+    if let Some(key) = failed_task_items(backends, job, tasks).await? {
         plan.errors.push(key);
     }
     let bytes = serde_json::to_vec(&plan).map_err(|source| orch_core::Error::Decode {
@@ -318,8 +459,9 @@ pub async fn aggregate(
         .put(&layout::aggregate_plan(&job.id), bytes)
         .await?;
 
-    let settings = OutputSettings::of(&job.spec.spec.output)?;
-    let resolved = Resolved::new(&backends.root, &job.id, &plan);
+    let settings = OutputSettings::of(&job.spec.spec.output, backends, &job.id)?;
+    let (root, remote) = backends.local_root();
+    let resolved = Resolved::new(&root, &job.id, &plan);
     let hierarchy = Hierarchy::new(
         &resolved.inputs,
         &resolved.work_dir,
@@ -330,24 +472,28 @@ pub async fn aggregate(
     for (index, &groups) in levels.iter().enumerate() {
         let level = index as u32 + 1;
         let stage = TaskKind::Merge { level };
-        // Checking a group reads its output once (sha256): cheap next to merging it again.
-        let (resolved, settings) = (resolved.clone(), settings.clone());
-        let pending = blocking(move || {
-            let hierarchy = Hierarchy::new(
-                &resolved.inputs,
-                &resolved.work_dir,
-                settings.fan_in,
-                &settings.merge,
-            )?;
-            (0..groups)
-                .filter_map(|g| match hierarchy.group_done(level, g) {
-                    Ok(true) => None,
-                    Ok(false) => Some(Ok(g as u32)),
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<orch_data::Result<Vec<u32>>>()
-        })
-        .await?;
+        let pending = if remote {
+            remote_pending_groups(backends, &job.id, level, groups).await?
+        } else {
+            // Checking a group reads its output once (sha256): cheap next to merging it again.
+            let (resolved, settings) = (resolved.clone(), settings.clone());
+            blocking(move || {
+                let hierarchy = Hierarchy::new(
+                    &resolved.inputs,
+                    &resolved.work_dir,
+                    settings.fan_in,
+                    &settings.merge,
+                )?;
+                (0..groups)
+                    .filter_map(|g| match hierarchy.group_done(level, g) {
+                        Ok(true) => None,
+                        Ok(false) => Some(Ok(g as u32)),
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<orch_data::Result<Vec<u32>>>()
+            })
+            .await?
+        };
         if pending.len() < groups {
             info!(
                 level,
@@ -360,14 +506,19 @@ pub async fn aggregate(
             .await?;
     }
 
-    let final_inputs = hierarchy.final_inputs();
     let final_done = {
         let (resolved, settings, final_inputs) =
-            (resolved.clone(), settings.clone(), final_inputs.clone());
+            (resolved.clone(), settings.clone(), hierarchy.final_inputs());
         move || resolved.final_merge(&settings, &final_inputs).done()
     };
-    let done = blocking(final_done.clone()).await?;
-    let output = match done {
+    let final_marker = || async {
+        if remote {
+            remote_final_output(backends, &job.id).await
+        } else {
+            blocking(final_done.clone()).await
+        }
+    };
+    let output = match final_marker().await? {
         Some(output) => {
             info!("the final merge is already done");
             output
@@ -375,12 +526,54 @@ pub async fn aggregate(
         None => {
             run.run_stage(&job.id, TaskKind::Final, levels.len() as u32, 1, vec![0])
                 .await?;
-            blocking(final_done).await?.ok_or_else(|| {
+            final_marker().await?.ok_or_else(|| {
                 Error::Invalid("the final merge task ended without a valid output marker".into())
             })?
         }
     };
     write_success(job, tasks, &settings, output, started).await
+}
+
+/// The groups of `level` without a `_DONE` in the remote store (one listing of the level).
+async fn remote_pending_groups(
+    backends: &Backends,
+    job: &str,
+    level: u32,
+    groups: usize,
+) -> Result<Vec<u32>> {
+    let prefix = format!("{}/{level}/", layout::aggregate_dir(job));
+    let sealed: HashSet<String> = backends
+        .objects
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    Ok((0..groups)
+        .filter(|&g| {
+            let key = format!(
+                "{}/{}/{DONE_FILE}",
+                layout::aggregate_dir(job),
+                group_dir_name(level, g)
+            );
+            !sealed.contains(&key)
+        })
+        .map(|g| g as u32)
+        .collect())
+}
+
+/// The final marker in the remote store, which the final task uploads after the output.
+async fn remote_final_output(backends: &Backends, job: &str) -> Result<Option<FinalOutput>> {
+    let Some(bytes) = backends.objects.get(&layout::aggregate_final(job)).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(output) => Ok(Some(output)),
+        Err(e) => {
+            warn!(error = %e, "unreadable final marker; merging again");
+            Ok(None)
+        }
+    }
 }
 
 async fn write_success(
@@ -403,13 +596,11 @@ async fn write_success(
         what: "_SUCCESS".into(),
         source,
     })?;
-    FsStore::new(&settings.out_dir)?
-        .put("_SUCCESS", bytes)
-        .await?;
+    settings.put("_SUCCESS", bytes).await?;
     info!(
         rows = marker.rows,
         files = marker.files.len(),
-        output = %settings.out_dir.display(),
+        output = %settings.uri,
         ms = started.elapsed().as_millis() as u64,
         "aggregated"
     );
@@ -523,59 +714,122 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The worker side (`orch-worker aggregate`): merges one group of one level, or runs the
-/// final merge, as the plan of `job` says. Idempotent: a group already done is left alone.
-pub async fn run_task(storage: &str, job: &str, stage: TaskKind, group: u32) -> Result<()> {
+/// final merge, as the plan of `job` says. Idempotent: a group already done is left alone (a
+/// remote one is merged again from a fresh copy of its members, to the same bytes).
+pub async fn run_task(backends: &Backends, job: &str, stage: TaskKind, group: u32) -> Result<()> {
     if stage == TaskKind::Work {
         return Err(Error::Invalid(
             "an aggregation task is a merge level or the final merge".into(),
         ));
     }
-    // A merge task needs files only: no state store is opened for it.
-    let root = Location::local_path(storage).map_err(Error::Invalid)?;
-    let objects = FsStore::new(&root)?;
+    let objects = backends.objects.as_ref();
     let manifest: JobManifest =
-        read_versioned(&objects, &layout::job_manifest(job), "job manifest").await?;
+        read_versioned(objects, &layout::job_manifest(job), "job manifest").await?;
     let plan: AggregationPlan =
-        read_versioned(&objects, &layout::aggregate_plan(job), "aggregation plan").await?;
-    let settings = OutputSettings::of(&manifest.spec.spec.output)?;
+        read_versioned(objects, &layout::aggregate_plan(job), "aggregation plan").await?;
+    let settings = OutputSettings::of(&manifest.spec.spec.output, backends, job)?;
+    let (root, remote) = backends.local_root();
     let resolved = Resolved::new(&root, job, &plan);
     let started = std::time::Instant::now();
-    blocking(move || {
-        let hierarchy = Hierarchy::new(
-            &resolved.inputs,
-            &resolved.work_dir,
-            settings.fan_in,
-            &settings.merge,
-        )?;
-        match stage {
-            TaskKind::Merge { level } => {
-                let outcome = hierarchy.merge_group(level, group as usize)?;
-                info!(
-                    level,
-                    group,
-                    ?outcome,
-                    ms = started.elapsed().as_millis() as u64,
-                    "merge group"
-                );
+    let aggregate_dir = layout::aggregate_dir(job);
+    let hierarchy = Hierarchy::new(
+        &resolved.inputs,
+        &resolved.work_dir,
+        settings.fan_in,
+        &settings.merge,
+    )?;
+    match stage {
+        TaskKind::Merge { level } => {
+            if remote {
+                let (dirs, inputs) = hierarchy.member_dirs(level, group as usize);
+                let mut keys: Vec<String> = plan.inputs[inputs].to_vec();
+                for dir in dirs {
+                    keys.push(format!("{aggregate_dir}/{dir}/{DONE_FILE}"));
+                    keys.push(format!("{aggregate_dir}/{dir}/{}", part_file_name(0)));
+                }
+                fetch(backends, &keys).await?;
             }
-            _ => {
-                let inputs = hierarchy.final_inputs();
-                let output = resolved.final_merge(&settings, &inputs).run()?;
-                info!(
-                    rows = output.rows,
-                    files = output.files.len(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "final merge"
-                );
+            let (resolved, settings) = (resolved.clone(), settings.clone());
+            let outcome = blocking(move || {
+                Hierarchy::new(
+                    &resolved.inputs,
+                    &resolved.work_dir,
+                    settings.fan_in,
+                    &settings.merge,
+                )?
+                .merge_group(level, group as usize)
+            })
+            .await?;
+            if remote {
+                // The part first, its marker last: a `_DONE` in the store vouches for the part.
+                let dir = format!("{aggregate_dir}/{}", group_dir_name(level, group as usize));
+                for name in [part_file_name(0), DONE_FILE.to_string()] {
+                    let key = format!("{dir}/{name}");
+                    backends.objects.put_file(&key, &root.join(&key)).await?;
+                }
+            }
+            info!(
+                level,
+                group,
+                ?outcome,
+                ms = started.elapsed().as_millis() as u64,
+                "merge group"
+            );
+        }
+        _ => {
+            let inputs = hierarchy.final_inputs();
+            if remote {
+                let keys: Vec<String> = inputs
+                    .iter()
+                    .chain(&resolved.errors)
+                    .filter_map(|p| p.strip_prefix(&root).ok())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect();
+                fetch(backends, &keys).await?;
+            }
+            let output = {
+                let (resolved, settings) = (resolved.clone(), settings.clone());
+                blocking(move || resolved.final_merge(&settings, &inputs).run()).await?
+            };
+            settings.upload(&output).await?;
+            if remote {
+                let key = layout::aggregate_final(job);
+                backends.objects.put_file(&key, &resolved.marker).await?;
+            }
+            info!(
+                rows = output.rows,
+                files = output.files.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "final merge"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Downloads objects of a remote store to their mirror paths under the scratch directory
+/// (each checked against the sha256 it was written with).
+async fn fetch(backends: &Backends, keys: &[String]) -> Result<()> {
+    concurrently(keys, |key| {
+        let objects = backends.objects.clone();
+        let local = backends.local_file(&key);
+        async move {
+            let (path, _) = local?;
+            if objects.get_to_file(&key, &path).await? {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{key} is missing from the job's storage"
+                )))
             }
         }
-        Ok(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 async fn read_versioned<T: serde::de::DeserializeOwned>(
-    objects: &FsStore,
+    objects: &dyn ObjectStore,
     key: &str,
     what: &str,
 ) -> Result<T> {

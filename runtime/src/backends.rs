@@ -71,6 +71,17 @@ impl Backends {
         Ok((path, remote))
     }
 
+    /// The directory every key resolves under as a local file ([`Backends::local_file`]): the
+    /// store's own root, or the scratch directory that mirrors a remote store. `true` for a
+    /// mirror (files there must be downloaded before reading and uploaded after writing).
+    pub fn local_root(&self) -> (PathBuf, bool) {
+        // Any valid key's path, minus the key, is the root.
+        match self.objects.local_path("jobs") {
+            Some(path) => (path.parent().map(PathBuf::from).unwrap_or(path), false),
+            None => (self.scratch.clone(), true),
+        }
+    }
+
     /// Makes the object `key` (built at `path` by [`Backends::local_file`]) visible in the
     /// store: a no-op for a local store, an upload for a remote one.
     pub async fn publish(

@@ -1,6 +1,7 @@
 //! The standalone driver behind `orch run`: partitions the input, creates the job in the
-//! StateStore, then runs the engine's observe → decide → act loop against the embedded
-//! backends and the local executor until the job ends, and finally aggregates the results.
+//! StateStore, then runs the engine's observe → decide → act loop against the job's
+//! [`Platform`] (the embedded backends, or AWS) and the local executor until the job ends, and
+//! finally aggregates the results.
 //!
 //! All progress lives in the stores, so running the same job file again after a crash (of the
 //! driver, a worker or the machine) resumes the job instead of starting over.
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch_core::backend::{ExecState, Executor, ObjectStore, Queue, StateStore};
+use orch_core::backend::{ExecState, Executor, Queue, StateStore};
 use orch_core::engine::{self, DueRetry, EngineConfig, ItemCounts, Observation, RetryRequest};
 use orch_core::load::LoadedJob;
 use orch_core::model::{
@@ -25,16 +26,22 @@ use sha2::Digest;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregate::{AggregationProgress, AggregationRun, aggregate};
+use crate::backends::{Backends, LocalLocations};
 use crate::error::{Error, Result};
 use crate::fs_store::FsStore;
-use crate::input::{self, InputPlan};
+use crate::input::{self, InputPlan, PlanTarget};
 use crate::local_executor::{LocalExecutor, WorkerLaunch};
+use crate::platform::{JobLease, Platform};
 use crate::sqlite_queue::SqliteQueue;
 use crate::sqlite_state::SqliteStateStore;
 
 /// Bounds of the pause between two ticks' starts (see `Loop::drive`).
 const MIN_TICK_SPACING: Duration = Duration::from_millis(5);
 const MAX_TICK_SPACING: Duration = Duration::from_secs(2);
+
+/// How long the driver keeps trying when the job's stores keep failing with errors that may
+/// pass, before it gives up (the job stays resumable).
+const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 
 /// How long a retry message stays hidden after the driver received it.
 const RETRY_VISIBILITY: Duration = Duration::from_secs(60);
@@ -44,6 +51,7 @@ pub struct Embedded {
     pub root: PathBuf,
     pub objects: Arc<FsStore>,
     pub state: Arc<SqliteStateStore>,
+    shared: Backends,
 }
 
 impl Embedded {
@@ -52,27 +60,30 @@ impl Embedded {
         let root = Location::local_path(storage_uri).map_err(Error::Invalid)?;
         let objects = Arc::new(FsStore::new(&root)?);
         let state = Arc::new(SqliteStateStore::open(&root.join(layout::state_db()))?);
+        // Scratch space is under the storage directory: files are built in place and nothing
+        // needs uploading.
+        let shared = Backends {
+            objects: objects.clone(),
+            state: state.clone(),
+            scratch: root.join("scratch"),
+            locations: Arc::new(LocalLocations),
+        };
         Ok(Embedded {
             root,
             objects,
             state,
+            shared,
         })
     }
 
-    /// The same stores as trait objects, for code that runs on any backend. Scratch space is
-    /// the storage directory itself: nothing needs uploading.
-    pub fn backends(&self) -> crate::backends::Backends {
-        crate::backends::Backends {
-            objects: self.objects.clone(),
-            state: self.state.clone(),
-            scratch: self.root.join("scratch"),
-            locations: Arc::new(crate::backends::LocalLocations),
-        }
+    /// The same stores as trait objects, for code that runs on any backend.
+    pub fn backends(&self) -> Backends {
+        self.shared.clone()
     }
 
     /// The retry queue of one run of a job (a job run again starts with an empty queue, so no
     /// message of the earlier run can skip a backoff).
-    pub fn queue(&self, job: &JobRecord) -> Result<SqliteQueue> {
+    fn queue(&self, job: &JobRecord) -> Result<SqliteQueue> {
         Ok(SqliteQueue::open(
             &self.root.join("queue.sqlite"),
             &format!("retries-{}-{}", job.id, job.created_at),
@@ -82,7 +93,7 @@ impl Embedded {
     /// Makes sure only one driver runs a job: a second `orch run` of the same job fails at once
     /// instead of racing the first. The lock is released when the returned file is dropped
     /// (also when the process dies).
-    pub fn lock_job(&self, job: &str) -> Result<std::fs::File> {
+    fn lock_file(&self, job: &str) -> Result<std::fs::File> {
         let dir = self.root.join("locks");
         let io = |source| orch_core::Error::Io {
             path: dir.clone(),
@@ -104,6 +115,37 @@ impl Embedded {
             ))),
             Err(std::fs::TryLockError::Error(e)) => Err(io(e).into()),
         }
+    }
+}
+
+/// A held `flock` on `locks/<job>.lock`; the kernel releases it when the process dies.
+struct FileLease(#[allow(dead_code)] std::fs::File);
+
+#[async_trait::async_trait]
+impl JobLease for FileLease {
+    async fn release(self: Box<Self>) {}
+}
+
+#[async_trait::async_trait]
+impl Platform for Embedded {
+    fn backends(&self) -> &Backends {
+        &self.shared
+    }
+
+    fn storage_uri(&self) -> String {
+        Location::Local(self.root.clone()).to_uri()
+    }
+
+    fn log_dir(&self, job: &str) -> PathBuf {
+        self.root.join(format!("jobs/{job}/logs"))
+    }
+
+    async fn lock_job(&self, job: &str) -> Result<Box<dyn JobLease>> {
+        Ok(Box::new(FileLease(self.lock_file(job)?)))
+    }
+
+    async fn retry_queue(&self, job: &JobRecord) -> Result<Arc<dyn Queue>> {
+        Ok(Arc::new(self.queue(job)?))
     }
 }
 
@@ -129,8 +171,6 @@ pub struct RunOptions {
     pub tick: Duration,
     /// Called after every tick.
     pub on_progress: Box<dyn Fn(&Progress) + Send + Sync>,
-    /// Partition and report the plan only.
-    pub dry_run: bool,
 }
 
 /// The end of a run.
@@ -181,50 +221,71 @@ pub fn job_id(job: &LoadedJob, fingerprint: &str) -> Result<String> {
     Ok(format!("{}-{hash}", job.file.metadata.name))
 }
 
-/// Runs (or resumes) a job to its end.
-pub async fn run(job: &LoadedJob, opts: RunOptions) -> Result<RunOutcome> {
-    let fingerprint = input::fingerprint(&job.file.spec)?;
+/// Partitions the input and reports the plan, writing nothing: `orch run --dry-run`. Remote
+/// input is downloaded into `scratch` (and removed) to be partitioned.
+pub async fn dry_run(
+    job: &LoadedJob,
+    locations: &dyn crate::backends::Locations,
+    scratch: &std::path::Path,
+) -> Result<RunOutcome> {
+    let sources = input::sources(&job.file.spec, locations).await?;
+    let fingerprint = input::fingerprint(&sources)?;
+    let id = job_id(job, &fingerprint)?;
+    let p = input::plan(&job.file.spec, &sources, scratch, None)
+        .await?
+        .batches;
+    Ok(RunOutcome {
+        job: new_job_record(job, &id, &fingerprint, &p, now_ms()),
+        counts: ItemCounts {
+            total: p.items,
+            ..ItemCounts::default()
+        },
+        plan: Some(PlanSummary::from(&p)),
+        resumed: false,
+    })
+}
+
+/// Runs (or resumes) a job to its end on `platform`'s stores.
+pub async fn run(job: &LoadedJob, platform: &dyn Platform, opts: RunOptions) -> Result<RunOutcome> {
+    let sources = input::sources(&job.file.spec, platform.backends().locations.as_ref()).await?;
+    let fingerprint = input::fingerprint(&sources)?;
     let id = job_id(job, &fingerprint)?;
     let span = info_span!("job", job = %id);
-    run_job(job, opts, id, fingerprint).instrument(span).await
+    run_job(job, platform, opts, id, fingerprint, sources)
+        .instrument(span)
+        .await
 }
 
 async fn run_job(
     job: &LoadedJob,
+    platform: &dyn Platform,
     opts: RunOptions,
     id: String,
     fingerprint: String,
+    sources: Vec<input::Source>,
 ) -> Result<RunOutcome> {
-    let storage = job
-        .file
-        .spec
-        .storage
-        .uri
-        .clone()
-        .unwrap_or_else(|| ".orch".into());
-
-    if opts.dry_run {
-        let p = input::plan(&job.file.spec, None)?.batches;
-        let now = now_ms();
-        return Ok(RunOutcome {
-            job: new_job_record(job, &id, &fingerprint, &p, now),
-            counts: ItemCounts {
-                total: p.items,
-                ..ItemCounts::default()
-            },
-            plan: Some(PlanSummary::from(&p)),
-            resumed: false,
-        });
-    }
-
     if job.file.spec.suspend {
         return Err(Error::Invalid(
             "spec.suspend is true: the job is paused and `orch run` would wait forever; set it to false to run".into(),
         ));
     }
-    let backends = Embedded::open(&storage)?;
-    let _lock = backends.lock_job(&id)?;
-    let existing = backends.state.get_job(&id).await?;
+    let lease = platform.lock_job(&id).await?;
+    let result = drive_locked(job, platform, &opts, &id, &fingerprint, &sources, &*lease).await;
+    lease.release().await;
+    result
+}
+
+async fn drive_locked(
+    job: &LoadedJob,
+    platform: &dyn Platform,
+    opts: &RunOptions,
+    id: &str,
+    fingerprint: &str,
+    sources: &[input::Source],
+    lease: &dyn JobLease,
+) -> Result<RunOutcome> {
+    let backends = platform.backends();
+    let existing = backends.state.get_job(id).await?;
     let (record, resumed) = match existing {
         Some(mut j) if !j.phase.is_terminal() => {
             info!(phase = %j.phase, "resuming the job");
@@ -238,16 +299,21 @@ async fn run_job(
         other => {
             if other.is_some() {
                 info!("the job ran before; starting it again");
-                backends.state.delete_job(&id).await?;
+                backends.state.delete_job(id).await?;
                 backends
                     .objects
-                    .delete_prefix(&layout::job_prefix(&id))
+                    .delete_prefix(&layout::job_prefix(id))
                     .await?;
             }
-            (create(job, &backends, &id, &fingerprint).await?, false)
+            let target = PlanTarget {
+                backends,
+                storage_uri: &platform.storage_uri(),
+                job: id,
+            };
+            (create(job, target, sources, fingerprint).await?, false)
         }
     };
-    let queue = backends.queue(&record)?;
+    let queue = platform.retry_queue(&record).await?;
     let parallelism = job
         .file
         .spec
@@ -264,32 +330,35 @@ async fn run_job(
     let executor = LocalExecutor::new(
         WorkerLaunch {
             command: opts.worker_command.clone(),
-            storage: Location::Local(backends.root.clone()).to_uri(),
-            log_dir: backends.root.join(format!("jobs/{id}/logs")),
+            storage: platform.storage_uri(),
+            log_dir: platform.log_dir(id),
         },
         parallelism,
     );
     let cfg = EngineConfig::from_spec(&record.spec.spec);
     let mut loop_state = Loop {
         cfg,
-        id: id.clone(),
-        backends: &backends,
-        queue: &queue,
+        id: id.to_string(),
+        platform,
+        queue: queue.as_ref(),
         executor: &executor,
+        lease,
     };
     let result = tokio::select! {
-        r = loop_state.drive(&opts) => r,
+        r = loop_state.drive_through_outages(opts) => r,
         _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
     };
-    if matches!(result, Err(Error::Interrupted)) {
-        // Workers got the same SIGINT and checkpoint; start no new ones and give them a moment.
+    if result.is_err() {
+        // On Ctrl-C workers got the same SIGINT and checkpoint; on any other error of the
+        // driver they are left to finish their attempt. Start no new ones and give the running
+        // ones a moment.
         executor.shutdown();
         tokio::time::timeout(Duration::from_secs(10), executor.wait_idle())
             .await
             .ok();
     }
     let final_job = result?;
-    let tasks = backends.state.list_tasks(&id).await?;
+    let tasks = backends.state.list_tasks(id).await?;
     Ok(RunOutcome {
         counts: engine::item_counts(&tasks),
         job: final_job,
@@ -325,19 +394,17 @@ fn new_job_record(
 
 async fn create(
     job: &LoadedJob,
-    backends: &Embedded,
-    id: &str,
+    target: PlanTarget<'_>,
+    sources: &[input::Source],
     fingerprint: &str,
 ) -> Result<JobRecord> {
     let started = std::time::Instant::now();
+    let (backends, id) = (target.backends, target.job);
     // Compressed input is decompressed into the job's storage, where workers read ranges.
     let InputPlan {
         batches: p,
         columns,
-    } = input::plan(
-        &job.file.spec,
-        Some(&backends.root.join(format!("jobs/{id}/input"))),
-    )?;
+    } = input::plan(&job.file.spec, sources, &backends.scratch, Some(target)).await?;
     info!(
         batches = p.batches.len(),
         items = p.items,
@@ -389,17 +456,59 @@ async fn create(
 struct Loop<'a> {
     cfg: EngineConfig,
     id: String,
-    backends: &'a Embedded,
-    queue: &'a SqliteQueue,
+    platform: &'a dyn Platform,
+    queue: &'a dyn Queue,
     executor: &'a LocalExecutor,
+    lease: &'a dyn JobLease,
 }
 
 impl Loop<'_> {
+    /// [`Loop::drive`], started again after a store error that may pass (a network outage, a
+    /// throttled service): everything the loop knows is in the stores, so a new start picks up
+    /// where the failed one stopped. Gives up when the stores stay unreachable for
+    /// [`STORE_OUTAGE_LIMIT`].
+    async fn drive_through_outages(&mut self, opts: &RunOptions) -> Result<JobRecord> {
+        let mut outage_since: Option<std::time::Instant> = None;
+        let mut pause = Duration::from_millis(500);
+        loop {
+            let started = std::time::Instant::now();
+            let error = match self.drive(opts).await {
+                Err(Error::Backend(e))
+                    if matches!(
+                        e.category(),
+                        ErrorCategory::Transient | ErrorCategory::Infrastructure
+                    ) =>
+                {
+                    e
+                }
+                other => return other,
+            };
+            // A start that ran a while before failing ends the previous outage.
+            if started.elapsed() > STORE_OUTAGE_LIMIT / 4 {
+                outage_since = None;
+                pause = Duration::from_millis(500);
+            }
+            let since = *outage_since.get_or_insert(started);
+            if since.elapsed() > STORE_OUTAGE_LIMIT {
+                return Err(Error::Backend(error));
+            }
+            warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "the job's stores failed; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(15));
+        }
+    }
+
     async fn drive(&mut self, opts: &RunOptions) -> Result<JobRecord> {
-        let state = &self.backends.state;
+        let state = &self.platform.backends().state;
         let mut tasks = state.list_tasks(&self.id).await?;
         loop {
             let tick_started = std::time::Instant::now();
+            if self.lease.lost() {
+                return Err(Error::Invalid(format!(
+                    "another `orch run` took job {} over (this run's lease expired); stopping",
+                    self.id
+                )));
+            }
             // Executor first, rows second: a worker commits before it exits (engine docs). The
             // attempts to ask about come from the previous read; a task dispatched since then
             // is simply asked about on the next tick.
@@ -430,8 +539,17 @@ impl Loop<'_> {
                 .filter(|(id, attempt, _)| current.get(id) == Some(attempt))
                 .filter_map(|(id, _, _)| Some((*id, polled.remove(id)?)))
                 .collect();
-            let due = self.due_retries().await?;
             let now = now_ms();
+            // The queue is asked only when a retry is due: most ticks of a healthy job then cost
+            // no queue call at all (on SQS, each one is a request and a long-poll wait).
+            let due = if tasks
+                .iter()
+                .any(|t| t.state == TaskState::Retrying && t.retry_at.is_none_or(|at| at <= now))
+            {
+                self.due_retries().await?
+            } else {
+                Vec::new()
+            };
             let decision = engine::decide(
                 &self.cfg,
                 Observation {
@@ -463,7 +581,7 @@ impl Loop<'_> {
                     })
                 };
                 let run = AggregationRun {
-                    backends: self.backends,
+                    backends: self.platform.backends(),
                     executor: self.executor,
                     max_attempts: job.spec.spec.retry.max_attempts,
                     tick: opts.tick,
@@ -508,6 +626,11 @@ impl Loop<'_> {
         let mut due = Vec::new();
         for m in self.queue.receive(100, RETRY_VISIBILITY).await? {
             match serde_json::from_str::<RetryRequest>(&m.body) {
+                // A queue shared by several jobs (SQS): another driver's message goes back at
+                // once instead of being deleted.
+                Ok(request) if request.job != self.id => {
+                    self.queue.extend(&m.receipt, Duration::ZERO).await?;
+                }
                 Ok(request) => due.push(DueRetry {
                     request,
                     receipt: m.receipt,
@@ -522,7 +645,7 @@ impl Loop<'_> {
     }
 
     async fn apply(&mut self, d: engine::Decision) -> Result<()> {
-        let state = &self.backends.state;
+        let state = &self.platform.backends().state;
         if let Some(job) = &d.job {
             match state.update_job(job).await {
                 Ok(_) => {}
@@ -678,7 +801,7 @@ fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progres
 
 /// Reads a job's state for `orch status`.
 pub async fn load_status(
-    backends: &Embedded,
+    backends: &Backends,
     id: &str,
 ) -> Result<Option<(JobRecord, Vec<TaskRecord>)>> {
     let Some(job) = backends.state.get_job(id).await? else {

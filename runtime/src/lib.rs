@@ -19,6 +19,7 @@ pub mod error;
 pub mod fs_store;
 pub mod input;
 pub mod local_executor;
+pub mod platform;
 pub mod sqlite_queue;
 pub mod sqlite_state;
 

@@ -98,15 +98,26 @@ fn main() {
             let group = group.or_else(task_from_env).unwrap_or(0);
             let span = tracing::info_span!("aggregate", job = %job, %stage, group);
             let _entered = span.enter();
-            match runtime.block_on(orch_runtime::aggregate::run_task(
-                &storage, &job, stage, group,
-            )) {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!(error = %e, category = ?e.category(), "aggregation task failed");
-                    1
+            let scratch_name = format!("orch-merge-{job}-{stage}-{group}-{}", std::process::id());
+            runtime.block_on(async {
+                let backends = match open_storage(&storage, scratch_name).await {
+                    Ok(backends) => backends,
+                    Err(message) => {
+                        tracing::error!(error = %message, "cannot open the job's storage");
+                        return 1;
+                    }
+                };
+                let result =
+                    orch_runtime::aggregate::run_task(&backends, &job, stage, group).await;
+                remove_scratch(&storage, &backends);
+                match result {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!(error = %e, category = ?e.category(), "aggregation task failed");
+                        1
+                    }
                 }
-            }
+            })
         }
     };
     std::process::exit(code);
@@ -114,25 +125,35 @@ fn main() {
 
 /// The job's stores: S3 + DynamoDB for `s3://` storage (credentials and endpoints from the
 /// environment, docs/aws.md), the embedded ones for a directory. Files for a remote store are
-/// built under `ORCH_SCRATCH`, else `TMPDIR` (Slurm points it at node-local disk).
-async fn open_storage(args: &WorkerArgs) -> Result<orch_runtime::backends::Backends, String> {
-    if args.storage.starts_with("s3://") {
+/// built under `ORCH_SCRATCH`, else `TMPDIR` (Slurm points it at node-local disk), in a
+/// directory of this process named `scratch_name`.
+async fn open_storage(
+    storage: &str,
+    scratch_name: String,
+) -> Result<orch_runtime::backends::Backends, String> {
+    if storage.starts_with("s3://") {
         let scratch = std::env::var_os("ORCH_SCRATCH")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(std::env::temp_dir)
-            .join(format!(
-                "orch-{}-{}-{}",
-                args.job,
-                args.task,
-                std::process::id()
-            ));
-        return orch_aws::open_backends(&args.storage, scratch)
+            .join(scratch_name);
+        return orch_aws::open_backends(storage, scratch)
             .await
             .map_err(|e| e.to_string());
     }
-    orch_runtime::driver::Embedded::open(&args.storage)
+    orch_runtime::driver::Embedded::open(storage)
         .map(|embedded| embedded.backends())
         .map_err(|e| e.to_string())
+}
+
+/// Scratch of a remote store holds copies only. (A failed work task keeps its scratch, with the
+/// checkpoint, for whoever debugs it.)
+fn remove_scratch(storage: &str, backends: &orch_runtime::backends::Backends) {
+    if storage.starts_with("s3://")
+        && let Err(e) = std::fs::remove_dir_all(&backends.scratch)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, "cannot remove the scratch directory");
+    }
 }
 
 fn run_task(
@@ -170,7 +191,8 @@ fn run_task(
             tracing::info!("stop signal received: checkpointing");
             on_signal.stop();
         });
-        let backends = match open_storage(&args).await {
+        let scratch_name = format!("orch-{}-{}-{}", args.job, args.task, std::process::id());
+        let backends = match open_storage(&args.storage, scratch_name).await {
             Ok(backends) => backends,
             Err(message) => {
                 tracing::error!(error = %message, "cannot open the job's storage");
@@ -179,13 +201,7 @@ fn run_task(
         };
         match orch_worker::run::run(&backends, &args, stop).await {
             Ok(_) => {
-                // Scratch of a remote store held copies only; after a failure it stays, with
-                // the checkpoint, for whoever debugs it.
-                if args.storage.starts_with("s3://")
-                    && let Err(e) = std::fs::remove_dir_all(&backends.scratch)
-                {
-                    tracing::warn!(error = %e, "cannot remove the scratch directory");
-                }
+                remove_scratch(&args.storage, &backends);
                 0
             }
             Err(e) => {

@@ -93,6 +93,8 @@ struct Counters {
 }
 
 struct State {
+    /// While set, every connection is closed at once, unanswered (an outage).
+    outage: std::sync::atomic::AtomicBool,
     upstream: String,
     faults: Faults,
     rng: Mutex<fastrand::Rng>,
@@ -133,6 +135,7 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State {
+            outage: std::sync::atomic::AtomicBool::new(false),
             upstream,
             rng: Mutex::new(fastrand::Rng::with_seed(faults.seed)),
             faults,
@@ -158,6 +161,11 @@ impl FaultProxy {
             state,
             accept,
         }
+    }
+
+    /// Starts or ends an outage: meanwhile every connection is closed unanswered.
+    pub fn set_outage(&self, on: bool) {
+        self.state.outage.store(on, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> FaultStats {
@@ -219,6 +227,10 @@ struct Request {
 }
 
 async fn handle(stream: TcpStream, state: &State) -> std::io::Result<()> {
+    if state.outage.load(Ordering::Relaxed) {
+        state.count(|c| &c.resets);
+        return Ok(());
+    }
     let mut reader = BufReader::new(stream);
     let Some(request) = read_request(&mut reader).await? else {
         return Ok(());

@@ -1,0 +1,280 @@
+//! `orch run` with input, storage and output on S3, end to end: the real `orch` (driver) and
+//! `orch-worker` processes against moto's S3, DynamoDB and SQS over HTTP with the real SDK,
+//! configured only through the environment; `orch init` creates the table, queues and bucket.
+//! The example job (2,000 reviews through the Python handler, ~1 % failing on purpose) must end
+//! with every item exactly once in the output — read back with pyarrow after a download with
+//! the SDK, not with orch's code — and every task row in DynamoDB in its final state. The same
+//! again through a proxy that injects 5 % 500/503 answers, 3 % connection resets and one
+//! outage of a few seconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../aws/tests/common/fault_proxy.rs"]
+mod fault_proxy;
+#[path = "../../aws/tests/common/moto.rs"]
+mod moto;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use fault_proxy::{FaultProxy, Faults};
+use orch_aws::config::{self, AwsSettings};
+use orch_aws::dynamodb::DynamoStateStore;
+use orch_core::backend::StateStore;
+use orch_core::model::{JobPhase, TaskState};
+
+/// A secret that must never show up in anything orch prints.
+const SECRET: &str = "run-s3-secret-Xq7Pz";
+const ITEMS: u64 = 2000;
+
+/// The names of one test's resources in the shared moto server.
+struct Aws {
+    endpoint: String,
+    table: String,
+    queue: String,
+    bucket: String,
+    scratch: common::Scratch,
+}
+
+impl Aws {
+    fn new(prefix: &str) -> Aws {
+        Aws {
+            endpoint: moto::moto().endpoint.clone(),
+            table: moto::unique(&format!("{prefix}-table")),
+            queue: moto::unique(&format!("{prefix}-q")),
+            bucket: moto::unique(&format!("{prefix}-bucket")),
+            scratch: common::Scratch::new(),
+        }
+    }
+
+    /// `orch <args>` in the scratch directory with only the environment a user would set,
+    /// talking to `endpoint` (moto, or a proxy in front of it).
+    fn orch(&self, endpoint: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(common::orch());
+        c.args(args)
+            .current_dir(self.scratch.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ORCH_WORKER", common::worker())
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("ORCH_DYNAMODB_TABLE", &self.table)
+            .env("ORCH_SQS_QUEUE", &self.queue)
+            .env("ORCH_SCRATCH", self.scratch.path("tmp"));
+        c
+    }
+
+    /// Creates the table, queues and bucket with `orch init`, uploads the example's input and
+    /// writes a job file that reads and writes S3 only.
+    async fn prepare(&self) -> PathBuf {
+        let out = self
+            .orch(&self.endpoint, &["init", "--bucket", &self.bucket])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "orch init: {}", common::text(&out));
+
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/reviews-sentiment");
+        let example = example.canonicalize().unwrap();
+        let sdk = moto::sdk_config().await;
+        let s3 = config::s3_client(&sdk, &AwsSettings::default());
+        s3.put_object()
+            .bucket(&self.bucket)
+            .key("input/reviews.jsonl")
+            .body(std::fs::read(example.join("reviews.jsonl")).unwrap().into())
+            .send()
+            .await
+            .unwrap();
+        // Eight batches; a fan-in of 3 gives one merge level (3 groups) before the final
+        // merge, so remote merge groups are exercised too.
+        let job = format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: reviews-s3}}
+spec:
+  input: {{uri: "s3://{bucket}/input/reviews.jsonl"}}
+  batch: {{size: 250}}
+  handler:
+    exec: {{command: ["python3", "handler.py"], workdir: "{workdir}"}}
+    concurrency: 4
+    timeout: 30s
+  retry: {{maxAttempts: 3, backoff: {{initial: 200ms, factor: 2, max: 5s}}}}
+  tolerance: {{maxFailedItemsPercent: 2}}
+  storage: {{uri: "s3://{bucket}/orch/"}}
+  output: {{uri: "s3://{bucket}/out/", fanIn: 3, formats: [parquet, sqlite]}}
+  executor: {{local: {{parallelism: 2}}}}
+"#,
+            bucket = self.bucket,
+            workdir = example.display(),
+        );
+        self.scratch.write("job.yaml", &job)
+    }
+
+    /// Downloads every object under `out/` with the SDK into a local directory.
+    async fn download_output(&self) -> (PathBuf, Vec<String>) {
+        let sdk = moto::sdk_config().await;
+        let s3 = config::s3_client(&sdk, &AwsSettings::default());
+        let listed = s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix("out/")
+            .send()
+            .await
+            .unwrap();
+        let dir = self.scratch.path("downloaded");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut names = Vec::new();
+        for object in listed.contents() {
+            let key = object.key().unwrap();
+            let name = key.strip_prefix("out/").unwrap().to_string();
+            let body = s3
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            std::fs::write(dir.join(&name), body).unwrap();
+            names.push(name);
+        }
+        names.sort();
+        (dir, names)
+    }
+
+    /// Checks the output, the rows in DynamoDB and `orch status`, after a successful run.
+    async fn check_finished_job(&self, out: &Output, job_file: &Path) {
+        let printed = common::text(out);
+        assert_eq!(out.status.code(), Some(0), "{printed}");
+        assert!(
+            !printed.contains(SECRET),
+            "a secret was printed:\n{printed}"
+        );
+
+        let (dir, names) = self.download_output().await;
+        assert!(names.contains(&"_SUCCESS".to_string()), "{names:?}");
+        assert!(names.contains(&"output.sqlite".to_string()), "{names:?}");
+        let seen = common::read_output(&dir);
+        assert_eq!(seen.duplicates, 0);
+        assert_eq!(seen.rows + seen.error_rows, ITEMS, "{seen:?}");
+        let mut all: Vec<u64> = seen
+            .items
+            .iter()
+            .chain(&seen.error_items)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..ITEMS).collect::<Vec<_>>(),
+            "each item exactly once"
+        );
+        assert!(seen.error_rows > 0, "the example has failing items");
+        assert_eq!(
+            seen.error_kinds.keys().collect::<Vec<_>>(),
+            vec!["permanent"],
+            "{seen:?}"
+        );
+
+        // The job and every task row in DynamoDB, in their final state.
+        let sdk = moto::sdk_config().await;
+        let state = DynamoStateStore::new(config::dynamodb_client(&sdk), self.table.clone());
+        let jobs = state.list_jobs().await.unwrap();
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        let job = &jobs[0];
+        assert_eq!(job.phase, JobPhase::Succeeded, "{job:?}");
+        let tasks = state.list_tasks(&job.id).await.unwrap();
+        assert_eq!(tasks.len(), 8);
+        for t in &tasks {
+            assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+            assert_eq!(t.lease_expiry, None, "{t:?}");
+        }
+        let ok: u64 = tasks.iter().map(|t| t.items_ok).sum();
+        let failed: u64 = tasks.iter().map(|t| t.items_failed).sum();
+        assert_eq!((ok, failed), (seen.rows, seen.error_rows));
+
+        // `orch status` reads the same job from S3 and DynamoDB, and verifies its results.
+        let status = self
+            .orch(
+                &self.endpoint,
+                &[
+                    "status",
+                    job_file.to_str().unwrap(),
+                    "--verify",
+                    "-o",
+                    "json",
+                ],
+            )
+            .output()
+            .unwrap();
+        assert_eq!(status.status.code(), Some(0), "{}", common::text(&status));
+        let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(report["phase"], "succeeded", "{report}");
+        assert_eq!(report["results"]["verified"], 8, "{report}");
+        assert_eq!(
+            report["errorsByKind"]["permanent"], seen.error_rows,
+            "{report}"
+        );
+    }
+}
+
+/// Runs `orch run` off the async threads, so that a proxy served by this runtime keeps going.
+async fn run_job(aws: &Aws, endpoint: &str, job_file: &Path) -> Output {
+    let mut cmd = aws.orch(
+        endpoint,
+        &["run", job_file.to_str().unwrap(), "--no-progress"],
+    );
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_runs_on_s3_dynamodb_and_sqs() {
+    let aws = Aws::new("orch-run");
+    let job_file = aws.prepare().await;
+    let out = run_job(&aws, &aws.endpoint, &job_file).await;
+    aws.check_finished_job(&out, &job_file).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_survives_errors_resets_and_an_outage_of_the_aws_endpoints() {
+    let aws = Aws::new("orch-faults");
+    let job_file = aws.prepare().await;
+    let proxy = std::sync::Arc::new(FaultProxy::start(&aws.endpoint, Faults::default()).await);
+    // One outage of three seconds, once the job is under way.
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outage = tokio::spawn({
+        let (proxy, finished) = (proxy.clone(), finished.clone());
+        async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let before = proxy.stats().resets;
+            proxy.set_outage(true);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            proxy.set_outage(false);
+            let refused = proxy.stats().resets - before;
+            (refused, finished.load(std::sync::atomic::Ordering::SeqCst))
+        }
+    });
+    let out = run_job(&aws, &proxy.endpoint, &job_file).await;
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (refused, finished_before_the_outage_ended) = outage.await.unwrap();
+    assert!(
+        !finished_before_the_outage_ended && refused > 0,
+        "the outage hit the running job ({refused} connections refused): {}",
+        common::text(&out)
+    );
+    let stats = proxy.stats();
+    assert!(
+        stats.errors > 0 && stats.resets > refused,
+        "faults were injected: {stats:?}"
+    );
+    aws.check_finished_job(&out, &job_file).await;
+}
