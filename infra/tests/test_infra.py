@@ -331,8 +331,10 @@ WORKER_FORBIDDEN = [
     "kms:ScheduleKeyDeletion",
     "iam:PassRole",
 ]
-# Extra S3 actions on job input/output locations (input_s3_uris, output_s3_uris): no delete.
+# Extra S3 actions on job input/output locations (input_s3_uris, output_s3_uris). Only the
+# coordinator deletes there: it clears an earlier run's output before the final merge.
 DATA_LOCATION_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
+OPERATOR_DATA_LOCATION_ACTIONS = DATA_LOCATION_ACTIONS | {"s3:DeleteObject"}
 
 
 # ---- tests --------------------------------------------------------------------------------------
@@ -802,7 +804,7 @@ class IamTest(unittest.TestCase):
         )
         for action, stmt in self.granted("operator"):
             if stmt.dynamic:
-                self.assertIn(action, DATA_LOCATION_ACTIONS, stmt)
+                self.assertIn(action, OPERATOR_DATA_LOCATION_ACTIONS, stmt)
 
     def test_worker_cannot_delete_or_touch_queues(self):
         for action, stmt in self.granted("worker"):

@@ -340,10 +340,11 @@ impl OutputSettings {
         Ok(())
     }
 
-    /// Replaces a remote output's files by the final merge's (built in `out_dir`): `_SUCCESS`
-    /// and every file an earlier final merge may have left go first, so a consumer never
-    /// sees `_SUCCESS` next to the parts of another run.
-    async fn upload(&self, output: &FinalOutput) -> Result<()> {
+    /// Removes `_SUCCESS` and every file an earlier final merge may have left in a remote
+    /// output, so a consumer never sees `_SUCCESS` next to the parts of another run. Done by
+    /// the coordinator before the final task starts: workers are never granted deletes
+    /// (docs/aws.md, IAM). A local output is cleared by the final merge itself.
+    async fn clear_remote(&self) -> Result<()> {
         let Some((store, prefix)) = &self.remote else {
             return Ok(());
         };
@@ -357,6 +358,14 @@ impl OutputSettings {
                 .delete_prefix(&format!("{prefix}{}", f.file_name()))
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Uploads the final merge's files (built in `out_dir`) to a remote output.
+    async fn upload(&self, output: &FinalOutput) -> Result<()> {
+        let Some((store, prefix)) = &self.remote else {
+            return Ok(());
+        };
         let names: Vec<String> = output.files.keys().cloned().collect();
         concurrently(&names, |name| {
             let (store, key, path) = (
@@ -524,6 +533,7 @@ pub async fn aggregate(
             output
         }
         None => {
+            settings.clear_remote().await?;
             run.run_stage(&job.id, TaskKind::Final, levels.len() as u32, 1, vec![0])
                 .await?;
             final_marker().await?.ok_or_else(|| {

@@ -329,13 +329,14 @@ data "aws_iam_policy_document" "operator" {
     }
   }
 
-  # The coordinator writes _SUCCESS last, next to the parts.
+  # The coordinator clears an earlier run's files before the final merge task writes the
+  # parts, and writes _SUCCESS last, next to them.
   dynamic "statement" {
     for_each = local.output_locations
     content {
       sid       = "WriteOutput${statement.key}"
       effect    = "Allow"
-      actions   = ["s3:GetObject", "s3:PutObject"]
+      actions   = ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
       resources = ["${statement.value.bucket_arn}/${statement.value.prefix}*"]
     }
   }
