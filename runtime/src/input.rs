@@ -102,7 +102,8 @@ pub async fn sources(spec: &JobSpec, locations: &dyn Locations) -> Result<Vec<So
             // a prefix).
             Some(o) if !key.is_empty() && !key.ends_with('/') => vec![(o.key.clone(), o.size)],
             _ => {
-                // A "directory": every object under `key/`.
+                // A "directory": the objects right under `key/`, like the files of a local
+                // directory (a glob reaches deeper: `data/*/*.jsonl`).
                 let dir = if key.is_empty() || key.ends_with('/') {
                     key.clone()
                 } else {
@@ -110,7 +111,12 @@ pub async fn sources(spec: &JobSpec, locations: &dyn Locations) -> Result<Vec<So
                 };
                 listed
                     .into_iter()
-                    .filter(|o| o.key.starts_with(&dir) && visible(&o.key))
+                    .filter(|o| {
+                        o.key
+                            .strip_prefix(&dir)
+                            .is_some_and(|name| !name.contains('/'))
+                            && visible(&o.key)
+                    })
                     .map(|o| (o.key, o.size))
                     .collect()
             }
