@@ -415,11 +415,31 @@ fn rules(file: &OrchJobFile) -> Vec<FieldError> {
             "spec.executor",
             "set exactly one of `local`, `slurm` or `kubernetes`".into(),
         );
-    } else if e.slurm.is_some() || e.kubernetes.is_some() {
+    } else if e.kubernetes.is_some() {
         err(
-            "spec.executor",
-            "only the `local` executor is available in this build".into(),
+            "spec.executor.kubernetes",
+            "the Kubernetes executor is not available in this build; use `local` or `slurm`".into(),
         );
+    }
+    if let Some(slurm) = &e.slurm {
+        if slurm.transport == spec::SlurmTransport::Rest && slurm.url.is_none() {
+            err(
+                "spec.executor.slurm.url",
+                "the `rest` transport needs slurmrestd's URL (http://host:6820)".into(),
+            );
+        }
+        if slurm.transport == spec::SlurmTransport::Cli
+            && (slurm.url.is_some() || slurm.token_file.is_some())
+        {
+            err(
+                "spec.executor.slurm",
+                "`url` and `tokenFile` belong to the `rest` transport; set `transport: rest`"
+                    .into(),
+            );
+        }
+        if let Err(e) = slurm.checkpoint_grace.as_duration() {
+            err("spec.executor.slurm.checkpointGrace", e);
+        }
     }
     if let Some(uri) = &s.storage.uri
         && let Err(e) = Location::parse(uri, Path::new("/"))

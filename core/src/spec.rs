@@ -249,6 +249,12 @@ pub struct ResourcesSpec {
     pub account: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<String>,
+    /// Generic resources, as Slurm writes them (`gpu:1`, `gpu:a100:2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gres: Option<String>,
+    /// Node features the task needs (Slurm `--constraint`, e.g. `avx512&ib`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
 }
 
 impl Default for ResourcesSpec {
@@ -260,6 +266,8 @@ impl Default for ResourcesSpec {
             partition: None,
             account: None,
             qos: None,
+            gres: None,
+            constraint: None,
         }
     }
 }
@@ -496,9 +504,9 @@ pub enum OutputFormat {
 pub struct ExecutorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalExecutorSpec>,
-    /// Slurm job arrays (see the Slurm bridge documentation).
+    /// Slurm job arrays (docs/slurm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slurm: Option<serde_json::Map<String, serde_json::Value>>,
+    pub slurm: Option<SlurmExecutorSpec>,
     /// Kubernetes Indexed Jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<serde_json::Map<String, serde_json::Value>>,
@@ -510,6 +518,75 @@ impl Default for ExecutorSpec {
             local: Some(LocalExecutorSpec::default()),
             slurm: None,
             kubernetes: None,
+        }
+    }
+}
+
+/// How orch reaches Slurm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SlurmTransport {
+    /// The Slurm commands (`sbatch`, `squeue`, `sacct`, `scancel`, `scontrol`) on this host: a
+    /// login node.
+    #[default]
+    Cli,
+    /// The Slurm REST API (slurmrestd) with a JWT: an operator outside the cluster.
+    Rest,
+}
+
+/// Tasks as Slurm job arrays (docs/slurm.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SlurmExecutorSpec {
+    #[serde(default)]
+    pub transport: SlurmTransport,
+    /// slurmrestd's base URL (`rest`), e.g. `http://slurm-head:6820`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A file holding the JWT for `rest` (reread when it changes); default: the `SLURM_JWT`
+    /// variable. Never the token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// The user REST calls act as (`X-SLURM-USER-NAME`); default: the user running orch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Array tasks of one array running at once (`--array=…%N`); default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_running: Option<u32>,
+    /// Further sbatch options, from an allow-list (docs/slurm.md), e.g. `--exclusive`,
+    /// `--mail-type=END`, `--reservation=r1`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_options: Vec<String>,
+    /// The worker program as the compute nodes see it; default: the `orch-worker` next to
+    /// `orch` (a shared filesystem is assumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Directory for each array task's log on the shared filesystem; default:
+    /// `.orch/logs/<job>` under the directory `orch run` was started in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
+    /// How long before its time limit a task is sent SIGTERM to checkpoint (`--signal`).
+    #[serde(default = "default_grace")]
+    pub checkpoint_grace: Quantity,
+}
+
+fn default_grace() -> Quantity {
+    Quantity::from("60s")
+}
+
+impl Default for SlurmExecutorSpec {
+    fn default() -> Self {
+        SlurmExecutorSpec {
+            transport: SlurmTransport::default(),
+            url: None,
+            token_file: None,
+            user: None,
+            max_running: None,
+            extra_options: Vec::new(),
+            worker: None,
+            log_dir: None,
+            checkpoint_grace: default_grace(),
         }
     }
 }

@@ -1,0 +1,2 @@
+//! The Slurm commands as a [`SlurmApi`](crate::SlurmApi): for users on a login node.
+//! (Being written: see docs/slurm.md.)

@@ -1,0 +1,25 @@
+//! The Slurm bridge: orch tasks as Slurm job arrays, their states mirrored back.
+//!
+//! [`SlurmExecutor`] implements the core's `Executor` over a [`SlurmApi`], which has two
+//! implementations: [`rest::RestApi`] (slurmrestd with a JWT, what an operator outside the
+//! cluster uses) and [`cli::CliApi`] (`sbatch`, `squeue`, `sacct`, `scancel`, `scontrol` on a
+//! login node). Everything that decides — how tasks are cut into arrays, what an array is
+//! called, how a Slurm state maps to an orch one — is pure code in [`submission`] and
+//! [`state`], tested without a cluster; the transports only move requests.
+//!
+//! Every array carries the orch job in its name and the task group in its comment, so a
+//! coordinator that restarts finds the arrays it submitted instead of submitting them again
+//! (docs/slurm.md).
+
+pub mod api;
+pub mod cli;
+pub mod error;
+pub mod executor;
+pub mod rest;
+pub mod state;
+pub mod submission;
+
+pub use api::{ArrayJob, ArrayTask, ClusterInfo, PartitionInfo, SlurmApi};
+pub use error::{Result, SlurmError};
+pub use executor::SlurmExecutor;
+pub use submission::ArraySubmission;
