@@ -206,11 +206,11 @@ pub trait Executor: Send + Sync {
     /// that hear of exits at once (local processes) return early, so the coordinator reacts
     /// without waiting out its poll interval; others just wait.
     async fn wait_change(&self, timeout: Duration);
-    /// The executor id `submit` will give `task` of `group`, when the executor can tell before
-    /// submitting (Slurm names its arrays after the group). The coordinator stores it with the
-    /// dispatch, so that after a crash between submit and its record it still finds the task
-    /// instead of submitting it again.
-    fn planned_id(&self, _group: &TaskGroup, _task: u32) -> Option<String> {
+    /// The executor ids `submit` will give the tasks of `group`, when the executor can tell
+    /// before submitting (Slurm names its arrays after the group). The coordinator records them
+    /// before it submits, so that after a crash between the submission and its record it still
+    /// finds the tasks instead of submitting them again.
+    fn planned_ids(&self, _group: &TaskGroup) -> Option<Vec<(u32, String)>> {
         None
     }
 }

@@ -314,46 +314,35 @@ async fn drive_locked(
         }
     };
     let queue = platform.retry_queue(&record).await?;
-    let parallelism = job
-        .file
-        .spec
-        .executor
-        .local
-        .as_ref()
-        .and_then(|l| l.parallelism)
-        .map(|p| p as usize)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-    let executor = LocalExecutor::new(
-        WorkerLaunch {
-            command: opts.worker_command.clone(),
-            storage: platform.storage_uri(),
-            log_dir: platform.log_dir(id),
-        },
-        parallelism,
-    );
+    let slurm = match &record.spec.spec.executor.slurm {
+        Some(spec) => Some(slurm_executor(&record, spec, platform, opts).await?),
+        None => None,
+    };
+    // Starts nothing until it is given tasks.
+    let local = local_executor(&record, platform, opts);
+    let executor: &dyn Executor = match &slurm {
+        Some(slurm) => slurm,
+        None => &local,
+    };
     let cfg = EngineConfig::from_spec(&record.spec.spec);
     let mut loop_state = Loop {
         cfg,
         id: id.to_string(),
         platform,
         queue: queue.as_ref(),
-        executor: &executor,
+        executor,
         lease,
     };
     let result = tokio::select! {
         r = loop_state.drive_through_outages(opts) => r,
         _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
     };
-    if result.is_err() {
-        // On Ctrl-C workers got the same SIGINT and checkpoint; on any other error of the
+    if result.is_err() && slurm.is_none() {
+        // On Ctrl-C local workers got the same SIGINT and checkpoint; on any other error of the
         // driver they are left to finish their attempt. Start no new ones and give the running
-        // ones a moment.
-        executor.shutdown();
-        tokio::time::timeout(Duration::from_secs(10), executor.wait_idle())
+        // ones a moment. (Slurm arrays go on on the cluster; the next `orch run` finds them.)
+        local.shutdown();
+        tokio::time::timeout(Duration::from_secs(10), local.wait_idle())
             .await
             .ok();
     }
@@ -365,6 +354,99 @@ async fn drive_locked(
         plan: None,
         resumed,
     })
+}
+
+/// Worker processes on this machine (`executor.local`).
+fn local_executor(record: &JobRecord, platform: &dyn Platform, opts: &RunOptions) -> LocalExecutor {
+    let parallelism = record
+        .spec
+        .spec
+        .executor
+        .local
+        .as_ref()
+        .and_then(|l| l.parallelism)
+        .map(|p| p as usize)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+    LocalExecutor::new(
+        WorkerLaunch {
+            command: opts.worker_command.clone(),
+            storage: platform.storage_uri(),
+            log_dir: platform.log_dir(&record.id),
+        },
+        parallelism,
+    )
+}
+
+/// Variables passed on to Slurm tasks (the REST API passes nothing else; the commands pass
+/// the submitter's whole environment, as sbatch does): where the stores are and how to log.
+/// Never credentials: nodes get theirs from their own chain (instance role, profile files).
+const TASK_ENVIRONMENT: &[&str] = &[
+    "PATH",
+    "LANG",
+    "PYTHONPATH",
+    "ORCH_LOG",
+    "ORCH_LOG_FORMAT",
+    "ORCH_DYNAMODB_TABLE",
+    "ORCH_SQS_QUEUE",
+    "ORCH_S3_FORCE_PATH_STYLE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_SQS",
+];
+
+/// Slurm job arrays (`executor.slurm`), checked against the cluster before anything runs.
+async fn slurm_executor(
+    record: &JobRecord,
+    spec: &orch_core::spec::SlurmExecutorSpec,
+    platform: &dyn Platform,
+    opts: &RunOptions,
+) -> Result<orch_slurm::SlurmExecutor> {
+    let cwd = std::env::current_dir().map_err(|source| orch_core::Error::Io {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let log_dir = match &spec.log_dir {
+        Some(dir) => cwd.join(dir).join(&record.id),
+        None => platform.log_dir(&record.id),
+    };
+    std::fs::create_dir_all(&log_dir).map_err(|source| orch_core::Error::Io {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let program = spec
+        .worker
+        .clone()
+        .or_else(|| opts.worker_command.first().cloned())
+        .ok_or_else(|| Error::Invalid("no worker program for the Slurm tasks".into()))?;
+    let launch = orch_slurm::SlurmLaunch {
+        worker: orch_slurm::submission::WorkerCommand {
+            program,
+            storage: platform.storage_uri(),
+            job: record.id.clone(),
+        },
+        resources: record.spec.spec.resources.clone(),
+        spec: spec.clone(),
+        log_dir,
+        workdir: cwd,
+        environment: TASK_ENVIRONMENT
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .collect(),
+    };
+    orch_slurm::connect(launch)
+        .await
+        .map_err(|e| match e.category() {
+            ErrorCategory::Invalid => Error::Invalid(e.to_string()),
+            _ => Error::Backend(e.into()),
+        })
 }
 
 fn new_job_record(
@@ -458,7 +540,7 @@ struct Loop<'a> {
     id: String,
     platform: &'a dyn Platform,
     queue: &'a dyn Queue,
-    executor: &'a LocalExecutor,
+    executor: &'a dyn Executor,
     lease: &'a dyn JobLease,
 }
 
@@ -674,17 +756,16 @@ impl Loop<'_> {
             if group.tasks.is_empty() {
                 continue;
             }
-            let ids = self.executor.submit(&group).await?;
-            let ids: HashMap<u32, String> = ids.into_iter().collect();
-            for mut t in written {
-                if let Some(eid) = ids.get(&t.id) {
-                    t.executor_id = Some(eid.clone());
-                    // The worker may already have claimed the row; then it keeps its state.
-                    if let Err(e) = state.update_task(&t).await
-                        && !e.is_conflict()
-                    {
-                        return Err(e.into());
-                    }
+            // Ids known beforehand are recorded before the submission (see
+            // `Executor::planned_ids`), others after it.
+            match self.executor.planned_ids(&group) {
+                Some(planned) => {
+                    record_executor_ids(state.as_ref(), written, planned).await?;
+                    self.executor.submit(&group).await?;
+                }
+                None => {
+                    let ids = self.executor.submit(&group).await?;
+                    record_executor_ids(state.as_ref(), written, ids).await?;
                 }
             }
         }
@@ -728,6 +809,27 @@ impl Loop<'_> {
         }
         Ok(())
     }
+}
+
+/// Stores each task's executor id in its row. A worker may already have claimed the row; then
+/// it keeps its state (the conflict is not an error).
+async fn record_executor_ids(
+    state: &dyn StateStore,
+    written: Vec<TaskRecord>,
+    ids: Vec<(u32, String)>,
+) -> Result<()> {
+    let mut ids: HashMap<u32, String> = ids.into_iter().collect();
+    for mut t in written {
+        if let Some(eid) = ids.remove(&t.id) {
+            t.executor_id = Some(eid);
+            if let Err(e) = state.update_task(&t).await
+                && !e.is_conflict()
+            {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// CPU time this process has used (user + system), from `/proc/self/stat`; 0 where that is

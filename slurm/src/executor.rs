@@ -2,7 +2,7 @@
 //!
 //! A task group becomes one array per `MaxArraySize` span of task ids ([`plan_arrays`]); each
 //! array is named after the orch job and carries its [`ArrayKey`] as comment. Executor ids are
-//! derived from that key, so they are known before submitting ([`Executor::planned_id`]): the
+//! derived from that key, so they are known before submitting ([`Executor::planned_ids`]): the
 //! coordinator records them with the dispatch, and whatever happens between the submission
 //! and that record, a restarted coordinator looks the array up by key rather than submitting it
 //! again. `submit` itself skips arrays whose key Slurm already has.
@@ -293,10 +293,12 @@ impl Executor for SlurmExecutor {
         tokio::time::sleep(timeout.max(self.min_query_interval / 2)).await;
     }
 
-    fn planned_id(&self, group: &TaskGroup, task: u32) -> Option<String> {
-        plan_arrays(group, self.cluster.max_array_size)
-            .into_iter()
-            .find(|a| a.tasks.iter().any(|(t, _)| *t == task))
-            .map(|a| executor_id(&a.key, task))
+    fn planned_ids(&self, group: &TaskGroup) -> Option<Vec<(u32, String)>> {
+        Some(
+            plan_arrays(group, self.cluster.max_array_size)
+                .iter()
+                .flat_map(|a| a.tasks.iter().map(|(t, _)| (*t, executor_id(&a.key, *t))))
+                .collect(),
+        )
     }
 }

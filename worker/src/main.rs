@@ -32,6 +32,10 @@ enum Command {
         /// Task index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID.
         #[arg(long)]
         task: Option<u32>,
+        /// Added to the index from the environment: a Slurm array's index 0 is this task
+        /// (indices must stay below the cluster's MaxArraySize).
+        #[arg(long, default_value_t = 0)]
+        task_offset: u32,
     },
     /// Merge one group of one aggregation level (the group is the task index), or with
     /// --final merge the last level into the job's output.
@@ -55,17 +59,45 @@ enum Command {
         /// Group index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID.
         #[arg(long)]
         group: Option<u32>,
+        /// Added to the index from the environment (see `run --task-offset`).
+        #[arg(long, default_value_t = 0)]
+        task_offset: u32,
     },
 }
 
-fn task_from_env() -> Option<u32> {
+/// The task index from the environment (local executor, Slurm array), plus `offset`.
+fn task_from_env(offset: u32) -> Option<u32> {
     ["ORCH_TASK_INDEX", "SLURM_ARRAY_TASK_ID"]
         .iter()
-        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+        .find_map(|k| std::env::var(k).ok()?.parse::<u32>().ok())
+        .and_then(|index| index.checked_add(offset))
+}
+
+/// What Slurm says about the allocation this worker runs in, for the logs: which array task
+/// this is and what it was given.
+fn log_slurm_allocation() {
+    let vars = [
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_JOB_ID",
+        "SLURM_CPUS_PER_TASK",
+        "SLURM_MEM_PER_NODE",
+        "SLURM_MEM_PER_CPU",
+        "SLURMD_NODENAME",
+        "TMPDIR",
+    ];
+    let found: Vec<String> = vars
+        .iter()
+        .filter_map(|k| Some(format!("{k}={}", std::env::var(k).ok()?)))
+        .collect();
+    if std::env::var_os("SLURM_JOB_ID").is_some() {
+        tracing::info!(allocation = %found.join(" "), "running in a Slurm allocation");
+    }
 }
 
 fn main() {
     orch_worker::init_logging();
+    log_slurm_allocation();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,19 +115,27 @@ fn main() {
             job,
             group,
             task,
-        } => run_task(&runtime, storage, job, group, task),
+            task_offset,
+        } => run_task(
+            &runtime,
+            storage,
+            job,
+            group,
+            task.or_else(|| task_from_env(task_offset)),
+        ),
         Command::Aggregate {
             storage,
             job,
             level,
             final_merge,
             group,
+            task_offset,
         } => {
             let stage = match level {
                 Some(level) if !final_merge => TaskKind::Merge { level },
                 _ => TaskKind::Final,
             };
-            let group = group.or_else(task_from_env).unwrap_or(0);
+            let group = group.or_else(|| task_from_env(task_offset)).unwrap_or(0);
             let span = tracing::info_span!("aggregate", job = %job, %stage, group);
             let _entered = span.enter();
             let scratch_name = format!("orch-merge-{job}-{stage}-{group}-{}", std::process::id());
@@ -163,7 +203,7 @@ fn run_task(
     group: u32,
     task: Option<u32>,
 ) -> i32 {
-    let Some(task) = task.or_else(task_from_env) else {
+    let Some(task) = task else {
         eprintln!("orch-worker: no task index (--task, ORCH_TASK_INDEX or SLURM_ARRAY_TASK_ID)");
         return 2;
     };
