@@ -138,13 +138,16 @@ impl SlurmExecutor {
             orch_core::model::TaskKind::Merge { level } => format!("merge{level}"),
             orch_core::model::TaskKind::Final => "final".to_string(),
         };
+        // A grace as long as the time limit would stop every task as it starts: at most half.
         let grace = self
             .launch
             .spec
             .checkpoint_grace
             .as_duration()
             .map(|d| d.as_secs())
-            .unwrap_or(60);
+            .unwrap_or(60)
+            .min(self.task_resources.time_minutes * 30)
+            .max(1);
         ArraySubmission {
             name: self.job().to_string(),
             comment: array.key.comment(),

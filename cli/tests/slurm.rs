@@ -1,0 +1,400 @@
+//! `orch run` with `executor: {slurm: …}` on a real one-node Slurm cluster (started by
+//! `tests/slurm/start.sh`, which `.ci/run` runs; its environment file is named by
+//! `ORCH_SLURM_ENV`). The real `orch` drives the job, Slurm starts the real `orch-worker` as
+//! array tasks, and the output is read back with pyarrow; what Slurm did is checked with
+//! `sacct`, not with orch's own code. Without `ORCH_SLURM_ENV` each test says it was skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The cluster's environment (`SLURM_CONF`, `SLURMRESTD_URL`, `SLURM_JWT`, …), or `None` when
+/// no test cluster runs.
+fn cluster() -> Option<HashMap<String, String>> {
+    let Ok(path) = std::env::var("ORCH_SLURM_ENV") else {
+        eprintln!("skipped: ORCH_SLURM_ENV is not set (tests/slurm/start.sh sets it up)");
+        return None;
+    };
+    let text = std::fs::read_to_string(&path).expect("the file ORCH_SLURM_ENV names");
+    Some(
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+            .collect(),
+    )
+}
+
+struct SlurmJob {
+    env: HashMap<String, String>,
+    scratch: common::Scratch,
+}
+
+impl SlurmJob {
+    fn new(env: HashMap<String, String>) -> Self {
+        SlurmJob {
+            env,
+            scratch: common::Scratch::new(),
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.current_dir(self.scratch.dir.path()).envs(&self.env);
+        c
+    }
+
+    fn orch(&self, args: &[&str]) -> Command {
+        let mut c = self.scratch.orch_cmd(args);
+        c.envs(&self.env);
+        c
+    }
+
+    /// A job file in the scratch directory; `executor` and `extra` are YAML lines under `spec`.
+    fn job_file(&self, name: &str, items: u64, batch: u64, handler: &str, extra: &str) -> PathBuf {
+        self.scratch.jsonl("input.jsonl", items);
+        self.scratch.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: {name}}}\nspec:\n  \
+                 input: {{uri: input.jsonl}}\n  batch: {{size: {batch}}}\n  handler: {handler}\n  \
+                 output: {{uri: out/}}\n{extra}"
+            ),
+        )
+    }
+
+    /// `sacct` lines (`JobID|JobName|State|Comment`) of every array task named `name`.
+    fn sacct(&self, name: &str) -> Vec<Vec<String>> {
+        let out = self
+            .command("sacct")
+            .args([
+                "--noheader",
+                "--parsable2",
+                "--allocations",
+                &format!("--name={name}"),
+                "--format=JobID,JobName,State,Comment",
+                "--starttime=now-1days",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sacct: {}", common::text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_string).collect())
+            .collect()
+    }
+
+    fn status(&self, job_file: &Path) -> serde_json::Value {
+        let out = self
+            .orch(&["status", job_file.to_str().unwrap(), "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn job_id(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no job id in {stdout}"))
+        .to_string()
+}
+
+fn assert_exact(job: &SlurmJob, items: u64) {
+    let seen = common::read_output(&job.scratch.path("out"));
+    assert_eq!(seen.duplicates, 0);
+    let mut all: Vec<u64> = seen.items.iter().chain(&seen.error_items).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..items).collect::<Vec<_>>(), "each item exactly once");
+}
+
+/// Every array of the job, by the comment orch gave it: no comment twice.
+fn arrays_by_comment(rows: &[Vec<String>]) -> BTreeMap<String, usize> {
+    let mut arrays: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for row in rows {
+        let array = row[0].split('_').next().unwrap().to_string();
+        arrays.entry(row[3].clone()).or_default().insert(array);
+    }
+    arrays.into_iter().map(|(c, ids)| (c, ids.len())).collect()
+}
+
+fn ten_thousand_items(transport: &str) {
+    let Some(env) = cluster() else { return };
+    let job = SlurmJob::new(env);
+    let executor = match transport {
+        "rest" => format!(
+            "  executor: {{slurm: {{transport: rest, url: \"{}\", maxRunning: 2}}}}\n",
+            job.env["SLURMRESTD_URL"]
+        ),
+        _ => "  executor: {slurm: {transport: cli, maxRunning: 2}}\n".to_string(),
+    };
+    let file = job.job_file(
+        &format!("slurm-{transport}"),
+        10_000,
+        500,
+        "{builtin: {name: identity}}",
+        &format!("{executor}  resources: {{memory: 500Mi, time: 10m}}\n"),
+    );
+    let out = job
+        .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+    assert_exact(&job, 10_000);
+    // The arrays in Slurm's accounting carry the job's name, and every array task ran once.
+    let id = job_id(&out);
+    let rows = job.sacct(&id);
+    let tasks: Vec<&Vec<String>> = rows.iter().filter(|r| r[3].starts_with("orch:work")).collect();
+    assert_eq!(tasks.len(), 20, "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == id && r[2] == "COMPLETED"), "{rows:?}");
+    assert!(arrays_by_comment(&rows).values().all(|&n| n == 1), "{rows:?}");
+}
+
+#[test]
+fn ten_thousand_items_through_the_slurm_commands() {
+    ten_thousand_items("cli");
+}
+
+#[test]
+fn ten_thousand_items_through_slurmrestd() {
+    ten_thousand_items("rest");
+}
+
+#[test]
+fn memory_and_time_limits_are_named_and_retried() {
+    let Some(env) = cluster() else { return };
+    let job = SlurmJob::new(env);
+    // Item 0 allocates far beyond the task's memory; item 20 sleeps past its time limit.
+    job.scratch.write(
+        "limits.py",
+        "import json, sys, time\n\
+         for line in sys.stdin:\n    \
+             req = json.loads(line)\n    \
+             if req['item']['id'] == 0:\n        \
+                 hog = bytearray(800 * 1024 * 1024)\n        \
+                 hog[::4096] = b'x' * len(hog[::4096])\n    \
+             if req['item']['id'] == 20:\n        \
+                 time.sleep(600)\n    \
+             print(json.dumps({'id': req['id'], 'ok': req['item']}), flush=True)\n",
+    );
+    let file = job.job_file(
+        "slurm-limits",
+        40,
+        10,
+        "{exec: {command: [python3, limits.py]}}",
+        "  executor: {slurm: {transport: cli}}\n  resources: {memory: 200Mi, time: 1m}\n  \
+         retry: {maxAttempts: 2, backoff: {initial: 1s}}\n  \
+         tolerance: {maxFailedItemsPercent: 100}\n",
+    );
+    let out = job
+        .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+    assert_exact(&job, 40);
+    let report = job.status(&file);
+    let failed = report["failedTasks"].as_array().unwrap();
+    let error_of = |task: u64| {
+        failed
+            .iter()
+            .find(|t| t["task"] == task)
+            .unwrap_or_else(|| panic!("task {task} is not among the failed: {report}"))
+    };
+    let oom = error_of(0);
+    assert!(oom["error"].as_str().unwrap().contains("out of memory"), "{oom}");
+    assert_eq!(oom["attempt"], 2, "retried once, per maxAttempts: {oom}");
+    let slow = error_of(2);
+    assert!(slow["error"].as_str().unwrap().contains("time limit"), "{slow}");
+    assert_eq!(slow["attempt"], 2, "{slow}");
+    assert_eq!(failed.len(), 2, "only those two tasks failed: {report}");
+}
+
+/// Polls `squeue` until `pred` holds for this job's array tasks, or panics after `limit`.
+fn wait_for_tasks(
+    job: &SlurmJob,
+    name: &str,
+    limit: Duration,
+    pred: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let started = Instant::now();
+    loop {
+        let out = job
+            .command("squeue")
+            .args(["--noheader", "--array", &format!("--name={name}"), "--format=%i|%T"])
+            .output()
+            .unwrap();
+        let tasks: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+            .collect();
+        if pred(&tasks) {
+            return tasks;
+        }
+        assert!(started.elapsed() < limit, "waited {limit:?}: {tasks:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn scancel_of_one_array_task_retries_that_task_only() {
+    let Some(env) = cluster() else { return };
+    let job = SlurmJob::new(env);
+    let file = job.job_file(
+        "slurm-scancel",
+        80,
+        20,
+        "{builtin: {name: sleep, duration: 500ms}}",
+        "  executor: {slurm: {transport: cli}}\n  resources: {memory: 200Mi, time: 5m}\n",
+    );
+    let run = job
+        .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The job id is the job name in Slurm; find it from the running arrays.
+    let name = {
+        let started = Instant::now();
+        loop {
+            let out = job
+                .command("squeue")
+                .args(["--noheader", "--format=%j"])
+                .output()
+                .unwrap();
+            let names = String::from_utf8_lossy(&out.stdout).to_string();
+            if let Some(n) = names.lines().find(|n| n.trim().starts_with("slurm-scancel")) {
+                break n.trim().to_string();
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no array appeared");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let running = wait_for_tasks(&job, &name, Duration::from_secs(60), |t| {
+        t.iter().any(|(_, s)| s == "RUNNING")
+    });
+    let victim = running.iter().find(|(_, s)| s == "RUNNING").unwrap().0.clone();
+    let out = job.command("scancel").arg(&victim).output().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+    assert_exact(&job, 80);
+    // The cancelled task's attempt shows in accounting; every other task ran once.
+    let rows = job.sacct(&name);
+    let cancelled: Vec<&Vec<String>> = rows.iter().filter(|r| r[2].starts_with("CANCELLED")).collect();
+    assert_eq!(cancelled.len(), 1, "{rows:?}");
+    let work: Vec<&Vec<String>> = rows.iter().filter(|r| r[3].starts_with("orch:work")).collect();
+    assert_eq!(work.len(), 5, "4 tasks and one retry: {rows:?}");
+}
+
+#[test]
+fn a_restarted_coordinator_submits_no_array_twice() {
+    let Some(env) = cluster() else { return };
+    let job = SlurmJob::new(env);
+    let file = job.job_file(
+        "slurm-restart",
+        60,
+        10,
+        "{builtin: {name: sleep, duration: 300ms}}",
+        "  executor: {slurm: {transport: cli, maxRunning: 2}}\n  resources: {memory: 200Mi, time: 5m}\n",
+    );
+    let mut first = job
+        .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let name = loop {
+        let out = job
+            .command("squeue")
+            .args(["--noheader", "--format=%j"])
+            .output()
+            .unwrap();
+        if let Some(n) = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|n| n.trim().starts_with("slurm-restart"))
+        {
+            break n.trim().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no array appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The coordinator dies while its array is half done.
+    wait_for_tasks(&job, &name, Duration::from_secs(60), |t| {
+        t.iter().any(|(_, s)| s == "RUNNING")
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = job
+        .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(0), "{}", common::text(&second));
+    assert_exact(&job, 60);
+    let rows = job.sacct(&name);
+    let arrays = arrays_by_comment(&rows);
+    assert!(arrays.values().all(|&n| n == 1), "an array was submitted twice: {rows:?}");
+    let work: Vec<&Vec<String>> = rows.iter().filter(|r| r[3].starts_with("orch:work")).collect();
+    assert_eq!(work.len(), 6, "each of the 6 tasks ran once: {rows:?}");
+}
+
+#[test]
+fn bad_slurm_settings_fail_before_anything_is_submitted() {
+    let Some(env) = cluster() else { return };
+    let job = SlurmJob::new(env);
+    let cases = [
+        (
+            "unknown-partition",
+            "  executor: {slurm: {}}\n  resources: {partition: nosuch}\n",
+            "spec.resources.partition",
+        ),
+        (
+            "over-time",
+            "  executor: {slurm: {}}\n  resources: {partition: short, time: 10m}\n",
+            "spec.resources.time",
+        ),
+        (
+            "no-jwt",
+            &format!(
+                "  executor: {{slurm: {{transport: rest, url: \"{}\", tokenFile: /nonexistent/jwt}}}}\n",
+                job.env["SLURMRESTD_URL"]
+            ),
+            "tokenFile",
+        ),
+    ];
+    for (name, executor, field) in cases {
+        let file = job.job_file(
+            &format!("slurm-bad-{name}"),
+            10,
+            5,
+            "{builtin: {name: identity}}",
+            executor,
+        );
+        let out = job
+            .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+            .output()
+            .unwrap();
+        let text = common::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {text}");
+        assert!(text.contains(field), "{name} names {field}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+        let out = job
+            .command("squeue")
+            .args(["--noheader", "--format=%j"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(&format!("slurm-bad-{name}")),
+            "{name}: something was submitted"
+        );
+    }
+}
