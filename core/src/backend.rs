@@ -213,4 +213,14 @@ pub trait Executor: Send + Sync {
     fn planned_ids(&self, _group: &TaskGroup) -> Option<Vec<(u32, String)>> {
         None
     }
+    /// The job was paused (`spec.suspend`): tasks not started yet should wait (Slurm holds
+    /// pending array tasks). Running ones go on. Executors that start nothing on their own
+    /// need do nothing: the engine dispatches no new task while the job is paused.
+    async fn pause(&self) -> BackendResult<()> {
+        Ok(())
+    }
+    /// Undoes [`Executor::pause`].
+    async fn resume(&self) -> BackendResult<()> {
+        Ok(())
+    }
 }

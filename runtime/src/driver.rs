@@ -332,6 +332,7 @@ async fn drive_locked(
         queue: queue.as_ref(),
         executor,
         lease,
+        paused: false,
     };
     let result = tokio::select! {
         r = loop_state.drive_through_outages(opts) => r,
@@ -542,6 +543,8 @@ struct Loop<'a> {
     queue: &'a dyn Queue,
     executor: &'a dyn Executor,
     lease: &'a dyn JobLease,
+    /// Whether the executor was told to pause (the job's `spec.suspend`).
+    paused: bool,
 }
 
 impl Loop<'_> {
@@ -611,6 +614,16 @@ impl Loop<'_> {
             })?;
             if job.phase.is_terminal() {
                 return Ok(job);
+            }
+            if job.spec.spec.suspend != self.paused {
+                if job.spec.spec.suspend {
+                    info!("the job was paused: holding tasks that have not started");
+                    self.executor.pause().await?;
+                } else {
+                    info!("the job was resumed");
+                    self.executor.resume().await?;
+                }
+                self.paused = job.spec.spec.suspend;
             }
             tasks = state.list_tasks(&self.id).await?;
             // A polled attempt that has moved on (retried meanwhile) says nothing about the

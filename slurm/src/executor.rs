@@ -296,6 +296,14 @@ impl Executor for SlurmExecutor {
         tokio::time::sleep(timeout.max(self.min_query_interval / 2)).await;
     }
 
+    async fn pause(&self) -> BackendResult<()> {
+        Ok(self.hold_all().await?)
+    }
+
+    async fn resume(&self) -> BackendResult<()> {
+        Ok(self.release_all().await?)
+    }
+
     fn planned_ids(&self, group: &TaskGroup) -> Option<Vec<(u32, String)>> {
         Some(
             plan_arrays(group, self.cluster.max_array_size)
