@@ -94,6 +94,8 @@ EOF
   SLURM_JWT=$token
 }
 
+show_env() { sed "s|^export SLURM_JWT=.*|export SLURM_JWT=...  (the token is in $DIR/jwt)|" "$DIR/env"; }
+
 daemons=(munged mariadb slurmdbd slurmctld slurmd slurmrestd)
 
 # ---- already running? ----------------------------------------------------------------------------
@@ -103,7 +105,7 @@ if [ $all_alive = 1 ] && [ -f "$SLURM_CONF" ] && ctld_up; then
   write_env
   if rest_ping "$SLURM_JWT"; then
     log "already running; token and $DIR/env refreshed"
-    cat "$DIR/env"
+    show_env
     exit 0
   fi
 fi
@@ -142,14 +144,28 @@ if [ ! -s "$DIR/jwt.key" ]; then
 fi
 chmod 0600 "$DIR/jwt.key"
 
-# Five distinct free TCP ports on 127.0.0.1 (all bound at once, so no repeats), fresh each start:
-# mariadb, slurmdbd, slurmctld, slurmd, slurmrestd.
-read -r DB_PORT DBD_PORT CTLD_PORT SLURMD_PORT REST_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
+# Five distinct free TCP ports on 127.0.0.1: mariadb, slurmdbd, slurmctld, slurmd, slurmrestd.
+# The previous start's ports are kept when they are all still free, so a restart does not
+# change SLURMRESTD_URL under a client that read the env file earlier.
+read -r DB_PORT DBD_PORT CTLD_PORT SLURMD_PORT REST_PORT < <(python3 - "$DIR/etc/ports" <<'PY'
+import socket, sys
+def bind(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    return s
+try:
+    old = [int(p) for p in open(sys.argv[1]).read().split()]
+    held = [bind(p) for p in old]
+    assert len(set(old)) == 5
+    ports = old
+except Exception:
+    held = [bind(0) for _ in range(5)]
+    ports = [s.getsockname()[1] for s in held]
+print(" ".join(map(str, ports)))
+PY
+)
+echo "$DB_PORT $DBD_PORT $CTLD_PORT $SLURMD_PORT $REST_PORT" >"$DIR/etc/ports"
 echo "$REST_PORT" >"$DIR/run/rest.port"
 
 NODE=$(hostname -s)
@@ -161,9 +177,27 @@ if [ ! -s "$DB_PASS_FILE" ]; then
 fi
 DB_PASS=$(cat "$DB_PASS_FILE")
 
-# Task plugin: task/cgroup (cgroup v1 memory limits, so a task over --mem is killed by the
-# kernel) when this machine allows it, else task/none with jobacct_gather's OverMemoryKill.
-TASK_PLUGIN=${ORCH_SLURM_TASK_PLUGIN:-task/none}
+# Task plugin: task/cgroup when this machine has a writable cgroup v1 memory controller (a task
+# over --mem is then killed by the kernel and ends OUT_OF_MEMORY), else task/none with
+# jobacct_gather's OverMemoryKill. ORCH_SLURM_TASK_PLUGIN=task/none|task/cgroup overrides.
+cgroup_v1_memory() {
+  local probe=/sys/fs/cgroup/memory/orch-slurm-probe.$$
+  [ "$(stat -f -c %T /sys/fs/cgroup/memory 2>/dev/null)" = cgroupfs ] || return 1
+  mkdir "$probe" 2>/dev/null || return 1
+  rmdir "$probe"
+}
+if [ -n "${ORCH_SLURM_TASK_PLUGIN:-}" ]; then
+  TASK_PLUGIN=$ORCH_SLURM_TASK_PLUGIN
+elif cgroup_v1_memory; then
+  TASK_PLUGIN=task/cgroup
+else
+  TASK_PLUGIN=task/none
+fi
+if [ "$TASK_PLUGIN" = task/cgroup ]; then
+  MEM_ENFORCE="# memory enforced by cgroup.conf ConstrainRAMSpace (OverMemoryKill would conflict)"
+else
+  MEM_ENFORCE="JobAcctGatherParams=OverMemoryKill"
+fi
 
 cat >"$SLURM_CONF" <<EOF
 # Written by tests/slurm/start.sh: a private one-node cluster for orch's tests.
@@ -190,6 +224,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=$TASK_PLUGIN
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+# Without a default every job would ask for the whole node's memory and run alone.
+DefMemPerCPU=2048
 MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
@@ -215,8 +251,10 @@ AccountingStoragePass=$MUNGE_SOCKET
 AccountingStorageTRES=cpu,mem
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=1
-JobAcctGatherParams=OverMemoryKill
+$MEM_ENFORCE
 JobCompType=jobcomp/none
+# sacct shows --comment only when it is stored.
+AccountingStoreFlags=job_comment
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=2 RealMemory=$REAL_MEM State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=30 State=UP
 PartitionName=short Nodes=$NODE Default=NO MaxTime=5 State=UP
@@ -254,14 +292,28 @@ StorageLoc=slurm_acct_db
 EOF
 chmod 0600 "$DIR/etc/slurmdbd.conf"
 
-wait_for() { # wait_for SECONDS WHAT CMD...: poll CMD every 0.2 s
-  local secs=$1 what=$2 deadline
-  shift 2
+show_logs() {
+  local f
+  for f in "$DIR"/log/*.log "$DIR"/munge/munged.log; do
+    [ -s "$f" ] || continue
+    echo "--- $f" >&2
+    tail -15 "$f" >&2
+  done
+}
+
+wait_for() { # wait_for SECONDS WHAT DAEMON CMD...: poll CMD every 0.2 s; fail early if DAEMON died
+  local secs=$1 what=$2 daemon=$3 deadline
+  shift 3
   deadline=$(( $(date +%s) + secs ))
   until "$@" >/dev/null 2>&1; do
+    if [ "$daemon" != - ] && [ -s "$DIR/run/$daemon.pid" ] && ! alive "$daemon"; then
+      echo "slurm start: $daemon exited while waiting for $what" >&2
+      show_logs
+      exit 1
+    fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
       echo "slurm start: timed out after ${secs}s waiting for $what" >&2
-      for f in "$DIR"/log/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done
+      show_logs
       exit 1
     fi
     sleep 0.2
@@ -280,9 +332,9 @@ setpriv --reuid=munge --regid=munge --init-groups \
   munged --key-file="$DIR/munge/munge.key" --socket="$MUNGE_SOCKET" \
   --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" \
   --seed-file="$DIR/munge/munged.seed" --num-threads=4 </dev/null >>"$DIR/log/munged.out" 2>&1 9>&-
-wait_for 10 "munged" test -s "$DIR/munge/munged.pid"
+wait_for 10 "munged" - test -s "$DIR/munge/munged.pid"
 cp "$DIR/munge/munged.pid" "$DIR/run/munged.pid"
-wait_for 10 "munge socket" sh -c "munge -S '$MUNGE_SOCKET' -n | unmunge -S '$MUNGE_SOCKET'"
+wait_for 10 "munge socket" munged sh -c "munge -S '$MUNGE_SOCKET' -n | unmunge -S '$MUNGE_SOCKET'"
 log "munged up"
 
 # MariaDB with its data dir under the state dir, TCP on 127.0.0.1 only.
@@ -315,7 +367,7 @@ rm -f "$DB_DIR/mysqld.sock" "$DB_DIR/mysqld.pid"
 setsid mariadbd --defaults-file="$DB_DIR/my.cnf" --user=mysql </dev/null >>"$DIR/log/mariadb.out" 2>&1 9>&- &
 echo $! >"$DIR/run/mariadb.pid"
 sql() { mariadb --no-defaults --socket="$DB_DIR/mysqld.sock" -u root "$@"; }
-wait_for 60 "mariadb" sql -e 'SELECT 1'
+wait_for 60 "mariadb" mariadb sql -e 'SELECT 1'
 sql <<EOF
 CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
@@ -329,7 +381,7 @@ log "mariadb up (port $DB_PORT$([ $first_db = 1 ] && echo ', new data dir'))"
 # slurmdbd has no -f: it reads slurmdbd.conf next to $SLURM_CONF.
 slurmdbd </dev/null >>"$DIR/log/slurmdbd.out" 2>&1 9>&- \
   || { tail -20 "$DIR/log/slurmdbd.log" >&2; die "slurmdbd failed to start"; }
-wait_for 60 "slurmdbd" sacctmgr -n show cluster
+wait_for 60 "slurmdbd" slurmdbd sacctmgr -n show cluster
 log "slurmdbd up (port $DBD_PORT)"
 
 # Cluster, account and users (only what is missing; sacctmgr -i fails on "nothing new").
@@ -346,12 +398,12 @@ log "accounting: cluster $CLUSTER, account $ACCOUNT, users root and $REST_USER"
 # slurmctld and slurmd (both fork and write their pid files).
 slurmctld -f "$SLURM_CONF" </dev/null >>"$DIR/log/slurmctld.out" 2>&1 9>&- \
   || { tail -20 "$DIR/log/slurmctld.log" >&2; die "slurmctld failed to start"; }
-wait_for 60 "slurmctld" ctld_up
+wait_for 60 "slurmctld" slurmctld ctld_up
 slurmd -f "$SLURM_CONF" </dev/null >>"$DIR/log/slurmd.out" 2>&1 9>&- \
   || { tail -20 "$DIR/log/slurmd.log" >&2; die "slurmd failed to start"; }
 node_idle() { sinfo -h -n "$NODE" -o %t | grep -qx idle; }
-wait_for 60 "node $NODE idle" node_idle
-log "slurmctld (port $CTLD_PORT) and slurmd up; node $NODE idle"
+wait_for 60 "node $NODE idle" slurmd node_idle
+log "slurmctld (port $CTLD_PORT) and slurmd up; node $NODE idle; $TASK_PLUGIN"
 
 # slurmrestd as the unprivileged user (it refuses root and SlurmUser), JWT auth, API v0.0.38
 # plus the accounting API dbv0.0.38 when the plugin exists.
@@ -362,14 +414,16 @@ fi
 # SLURM_JWT=daemon makes slurmrestd talk to slurmctld/slurmdbd with auth/jwt, passing each
 # request's token through; without it auth/munge rejects every token ("Rejecting thread config
 # token for user ...").
-SLURM_JWT=daemon SLURM_CONF=$SLURM_CONF setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
+# A job submitted without current_working_directory runs in slurmrestd's working directory:
+# /tmp, which any user may write to.
+(cd /tmp && SLURM_JWT=daemon SLURM_CONF=$SLURM_CONF exec setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
   slurmrestd -f "$SLURM_CONF" -a rest_auth/jwt -s "$plugins" "127.0.0.1:$REST_PORT" \
   </dev/null >>"$DIR/log/slurmrestd.log" 2>&1 9>&- &
-echo $! >"$DIR/run/slurmrestd.pid"
+  echo $! >"$DIR/run/slurmrestd.pid")
 write_env
-wait_for 60 "slurmrestd" rest_ping "$SLURM_JWT"
+wait_for 60 "slurmrestd" slurmrestd rest_ping "$SLURM_JWT"
 log "slurmrestd up on $(rest_url) ($plugins)"
 
 started=1
 log "started in $(elapsed "$ts")s (daemons), $(elapsed "$t0")s in all"
-cat "$DIR/env"
+show_env
