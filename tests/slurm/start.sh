@@ -16,6 +16,9 @@ DIR=${1:-${ORCH_SLURM_DIR:-/tmp/orch-slurm}}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 export SLURM_CONF=$DIR/etc/slurm.conf
+# A caller that sourced an earlier env file has SLURM_JWT set, which would make scontrol/sacctmgr
+# use that (maybe expired) token instead of munge.
+unset SLURM_JWT
 CLUSTER=orch
 ACCOUNT=orch
 REST_USER=slurmrest
@@ -82,7 +85,7 @@ write_env() { # new token, env file, jwt file
   token=$(scontrol token lifespan=$TOKEN_LIFESPAN | sed -n 's/^SLURM_JWT=//p')
   [ -n "$token" ] || die "scontrol token gave no token"
   (umask 077; printf '%s\n' "$token" >"$DIR/jwt.tmp"; mv "$DIR/jwt.tmp" "$DIR/jwt")
-  cat >"$DIR/env.tmp" <<EOF
+  (umask 077; cat >"$DIR/env.tmp") <<EOF
 # Written by tests/slurm/start.sh; source it: . $DIR/env
 export ORCH_SLURM_DIR=$DIR
 export SLURM_CONF=$SLURM_CONF

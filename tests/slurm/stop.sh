@@ -9,6 +9,7 @@ DIR=${1:-${ORCH_SLURM_DIR:-/tmp/orch-slurm}}
 [ -d "$DIR" ] || { echo "slurm stop: no state dir $DIR"; exit 0; }
 DIR=$(cd "$DIR" && pwd)
 export SLURM_CONF=$DIR/etc/slurm.conf
+unset SLURM_JWT # use munge, not a token from a sourced env file
 
 pid_of() { # pid_of NAME: the live pid from $DIR/run/NAME.pid whose command matches, or nothing
   local f=$DIR/run/$1.pid comm=$2 pid
