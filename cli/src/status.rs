@@ -46,11 +46,24 @@ struct Report {
     items: orch_core::engine::ItemCounts,
     items_total: u64,
     errors_by_kind: BTreeMap<String, u64>,
+    /// The most frequent item error messages, most frequent first.
+    top_errors: Vec<ErrorCount>,
     failed_tasks: Vec<FailedTask>,
     output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     results: Option<Verification>,
 }
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorCount {
+    kind: String,
+    message: String,
+    items: u64,
+}
+
+/// How many distinct item error messages `orch status` lists.
+const TOP_ERRORS: usize = 5;
 
 /// Result discovery: committed task results checked against their `_DONE` markers.
 #[derive(Serialize)]
@@ -207,6 +220,7 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
         *by_state.entry(t.state.as_str().into()).or_default() += 1;
     }
     let mut errors_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_message: BTreeMap<(String, String), u64> = BTreeMap::new();
     // Only tasks that report failed items have error rows worth reading (on S3, each file read
     // is a download).
     for t in tasks
@@ -222,7 +236,8 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
         }
         if let Ok(errors) = orch_data::read_errors_parquet(&path) {
             for e in errors {
-                *errors_by_kind.entry(e.kind).or_default() += 1;
+                *errors_by_kind.entry(e.kind.clone()).or_default() += 1;
+                *by_message.entry((e.kind, e.message)).or_default() += 1;
             }
         }
         if remote {
@@ -251,6 +266,19 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
         items: orch_core::engine::item_counts(tasks),
         items_total: job.total_items,
         errors_by_kind,
+        top_errors: {
+            let mut top: Vec<ErrorCount> = by_message
+                .into_iter()
+                .map(|((kind, message), items)| ErrorCount {
+                    kind,
+                    message,
+                    items,
+                })
+                .collect();
+            top.sort_by_key(|e| std::cmp::Reverse(e.items));
+            top.truncate(TOP_ERRORS);
+            top
+        },
         failed_tasks,
         output: job.spec.spec.output.uri.clone(),
         results: None,
@@ -281,6 +309,9 @@ fn print_table(r: &Report) {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         println!("errors    {}", kinds.join(", "));
+    }
+    for e in &r.top_errors {
+        println!("  {} items ({}): {}", e.items, e.kind, e.message);
     }
     for t in r.failed_tasks.iter().take(10) {
         println!(

@@ -281,7 +281,7 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
             message: format!("preempted: {message}"),
             attempt: t.attempt,
         })),
-        Some(ExecState::Failed { reason, message }) => Some(worker_said.unwrap_or_else(|| {
+        Some(ExecState::Failed { reason, message }) => {
             let what = match reason {
                 ExecFailure::OutOfMemory => "out of memory",
                 ExecFailure::TimeLimit => "time limit reached",
@@ -289,8 +289,17 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
                 ExecFailure::Cancelled => "cancelled outside orch",
                 ExecFailure::Preempted | ExecFailure::Other => "executor failure",
             };
-            infra(format!("{what}: {message}"))
-        })),
+            Some(match (reason, worker_said) {
+                // The executor saw the cause (a limit, a node), the worker only the effect (its
+                // handler killed, a stop signal): the cause names the failure, and it counts.
+                (
+                    ExecFailure::OutOfMemory | ExecFailure::TimeLimit | ExecFailure::NodeFailure,
+                    Some(worker),
+                ) => infra(format!("{what}: {message} (the worker said: {})", worker.message)),
+                (_, Some(worker)) => worker,
+                (_, None) => infra(format!("{what}: {message}")),
+            })
+        }
         Some(ExecState::Unknown) if t.state == TaskState::Dispatched => Some(TaskError {
             kind: ErrorKind::Transient,
             message: "the executor has no record of this attempt (coordinator restarted before it started)"

@@ -158,6 +158,7 @@ impl SlurmExecutor {
                 array.key.kind,
                 array.key.group,
                 array.key.base,
+                (self.task_resources.time_minutes * 60).saturating_sub(grace),
             ),
             cpus_per_task: self.task_resources.cpus_per_task,
             memory_mb: self.task_resources.memory_mb,

@@ -25,10 +25,22 @@ pub use executor::{SlurmExecutor, SlurmLaunch};
 pub use submission::ArraySubmission;
 
 /// Connects to Slurm the way `launch.spec.transport` says and checks the job against the
-/// cluster (see [`SlurmExecutor::connect`]).
+/// cluster (see [`SlurmExecutor::connect`]). For `rest`, the token comes from
+/// `spec.tokenFile`, else `SLURM_JWT`; a missing one fails here, before anything is sent.
 pub async fn connect(launch: SlurmLaunch) -> Result<SlurmExecutor> {
-    Err(SlurmError::invalid(
-        "spec.executor.slurm.transport",
-        format!("{:?} is being built", launch.spec.transport),
-    ))
+    let spec = &launch.spec;
+    let api: std::sync::Arc<dyn SlurmApi> = match spec.transport {
+        orch_core::spec::SlurmTransport::Cli => std::sync::Arc::new(cli::CliApi::new(None)),
+        orch_core::spec::SlurmTransport::Rest => {
+            let url = spec.url.clone().ok_or_else(|| {
+                SlurmError::invalid("spec.executor.slurm.url", "the rest transport needs a URL")
+            })?;
+            let token = match &spec.token_file {
+                Some(file) => rest::TokenSource::File(file.into()),
+                None => rest::TokenSource::Env,
+            };
+            std::sync::Arc::new(rest::RestApi::new(url, spec.user.clone(), token)?)
+        }
+    };
+    SlurmExecutor::connect(api, launch).await
 }

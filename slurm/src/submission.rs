@@ -335,8 +335,17 @@ fn sh_quote(word: &str) -> String {
 }
 
 /// The batch script of one array: `exec`s the worker, so Slurm's signals (`--signal=B:TERM`,
-/// preemption, scancel) reach it directly and its exit code is the task's.
-pub fn batch_script(worker: &WorkerCommand, kind: TaskKind, group: u32, base: u32) -> String {
+/// preemption, scancel) reach it directly and its exit code is the task's. It first exports
+/// `ORCH_TASK_SIGNAL_AT` (epoch seconds at which Slurm's checkpoint signal is due: the start
+/// plus `signal_after_secs`), so a worker stopped by a signal can tell the approaching time
+/// limit from a preemption.
+pub fn batch_script(
+    worker: &WorkerCommand,
+    kind: TaskKind,
+    group: u32,
+    base: u32,
+    signal_after_secs: u64,
+) -> String {
     let mut args = vec![worker.program.clone()];
     match kind {
         TaskKind::Work => args.extend(["run".to_string()]),
@@ -357,7 +366,9 @@ pub fn batch_script(worker: &WorkerCommand, kind: TaskKind, group: u32, base: u3
     args.extend(["--task-offset".into(), base.to_string()]);
     let command: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
     format!(
-        "#!/bin/sh\n# orch job {job}, {kind}, group {group}, tasks from {base}\nexec {}\n",
+        "#!/bin/sh\n# orch job {job}, {kind}, group {group}, tasks from {base}\n\
+         ORCH_TASK_SIGNAL_AT=$(( $(date +%s) + {signal_after_secs} ))\n\
+         export ORCH_TASK_SIGNAL_AT\nexec {}\n",
         command.join(" "),
         job = worker.job,
     )
@@ -470,13 +481,17 @@ mod tests {
             storage: "file:///shared/.orch".into(),
             job: "reviews-1a2b".into(),
         };
-        let s = batch_script(&worker, TaskKind::Work, 7, 1001);
+        let s = batch_script(&worker, TaskKind::Work, 7, 1001, 1800);
+        assert!(
+            s.contains("ORCH_TASK_SIGNAL_AT=$(( $(date +%s) + 1800 ))"),
+            "{s}"
+        );
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(
             s.contains("exec '/opt/orch bin/orch-worker' run --storage file:///shared/.orch --job reviews-1a2b --group 7 --task-offset 1001"),
             "{s}"
         );
-        let s = batch_script(&worker, TaskKind::Final, 0, 0);
+        let s = batch_script(&worker, TaskKind::Final, 0, 0, 1800);
         assert!(s.contains("aggregate --final --storage"), "{s}");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }

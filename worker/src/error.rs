@@ -29,8 +29,18 @@ pub enum Error {
     /// Another attempt owns the task now; this worker's output must not be promoted.
     #[error("task {task} is no longer ours ({why}); stopping without committing")]
     LostLease { task: u32, why: String },
-    #[error("stopped by a signal; progress is checkpointed")]
-    Interrupted,
+    /// Stopped by SIGTERM/SIGINT (preemption, scancel, the signal before a time limit).
+    /// Whether items were done since the attempt started decides how the retry counts: with
+    /// progress it resumes from the checkpoint for free; without, it uses an attempt, so a task
+    /// whose item cannot finish before each stop (longer than its time limit) ends instead of
+    /// going round forever.
+    #[error("{}{}", if *near_time_limit { "stopped near its time limit (spec.resources.time)" } else { "stopped by a signal" }, if *progressed { "; progress is checkpointed" } else { " before finishing any item" })]
+    Interrupted {
+        progressed: bool,
+        /// The stop is Slurm's checkpoint signal before the task's time limit
+        /// (`ORCH_TASK_SIGNAL_AT`, set by the Slurm batch script).
+        near_time_limit: bool,
+    },
 }
 
 impl Error {
@@ -44,7 +54,13 @@ impl Error {
                 ErrorCategory::Infrastructure
             }
             Error::Setup(_) => ErrorCategory::Permanent,
-            Error::LostLease { .. } | Error::Interrupted => ErrorCategory::Transient,
+            Error::LostLease { .. }
+            | Error::Interrupted {
+                progressed: true, ..
+            } => ErrorCategory::Transient,
+            Error::Interrupted {
+                progressed: false, ..
+            } => ErrorCategory::Infrastructure,
         }
     }
 
@@ -52,7 +68,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::LostLease { .. } => 3,
-            Error::Interrupted => 130,
+            Error::Interrupted { .. } => 130,
             _ => 1,
         }
     }

@@ -119,6 +119,16 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
     }
 }
 
+/// Whether the stop is Slurm's checkpoint signal before the time limit: it is due at
+/// `ORCH_TASK_SIGNAL_AT` (epoch seconds, exported by the Slurm batch script), and Slurm may
+/// send it up to a minute early.
+fn near_time_limit() -> bool {
+    std::env::var("ORCH_TASK_SIGNAL_AT")
+        .ok()
+        .and_then(|at| at.parse::<u64>().ok())
+        .is_some_and(|at| now_ms() / 1000 + 90 >= at)
+}
+
 /// Dispatched → running, only for the attempt of our task group.
 async fn claim(state: &dyn StateStore, args: &WorkerArgs, worker: &str) -> Result<TaskRecord> {
     loop {
@@ -457,7 +467,10 @@ async fn work(
         "items done"
     );
     if stop.is_stopped() {
-        return Err(Error::Interrupted);
+        return Err(Error::Interrupted {
+            progressed: ledger.ok + ledger.failed > ok + failed,
+            near_time_limit: near_time_limit(),
+        });
     }
     finish(
         backends,

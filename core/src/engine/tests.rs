@@ -257,6 +257,38 @@ fn transient_losses_retry_at_once_without_using_an_attempt() {
 }
 
 #[test]
+fn a_limit_the_executor_saw_names_the_failure_and_uses_an_attempt() {
+    let c = cfg(3);
+    let j = job(3, 1);
+    let mut t = tasks(1);
+    t[0].state = TaskState::Running;
+    t[0].attempt = 1;
+    t[0].lease_owner = None;
+    // The worker saw only the effect (a stop signal, a transient loss)...
+    t[0].last_error = Some(TaskError {
+        kind: ErrorKind::Transient,
+        message: "stopped by a signal".into(),
+        attempt: 1,
+    });
+    // ...the executor saw the cause.
+    let exec = HashMap::from([(
+        0,
+        ExecState::Failed {
+            reason: crate::backend::ExecFailure::OutOfMemory,
+            message: "Slurm: OUT_OF_MEMORY".into(),
+        },
+    )]);
+    let d = decide(&c, observe(7, &j, &t, &exec, &[]));
+    let error = d.failures[0].task.last_error.clone().unwrap();
+    assert_eq!(error.kind, ErrorKind::Infrastructure, "{error:?}");
+    assert!(
+        error.message.starts_with("out of memory") && error.message.contains("stopped by a signal"),
+        "{error:?}"
+    );
+    assert_eq!(d.failures[0].task.free_attempts, 0, "it counts");
+}
+
+#[test]
 fn a_released_claim_is_retried_without_waiting_for_the_lease() {
     let c = cfg(3);
     let j = job(3, 1);

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write as _;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -847,11 +848,17 @@ async fn supervise(
             status
         }
     };
+    let stopping = link.stopping.load(Ordering::SeqCst);
     let reason = match status {
+        // Nobody here sent that SIGKILL: on a cluster it is the kernel's out-of-memory killer
+        // enforcing the task's memory limit (the handler, the biggest process, goes first).
+        Ok(status) if status.signal() == Some(9) && !stopping => format!(
+            "{status}: killed by SIGKILL, most likely out of memory (it needs more than \
+             spec.resources.memory)"
+        ),
         Ok(status) => status.to_string(),
         Err(err) => format!("cannot wait for it: {err}"),
     };
-    let stopping = link.stopping.load(Ordering::SeqCst);
     // Counted before the exit is published, so that a caller seeing the exit sees the count.
     let consecutive = if stopping {
         0
