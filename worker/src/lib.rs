@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod handler;
 pub mod run;
+pub mod scratch;
 
 pub use error::{Error, Result};
 

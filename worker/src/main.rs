@@ -65,6 +65,15 @@ enum Command {
     },
 }
 
+/// Stops a background task when the owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The task index from the environment (local executor, Slurm array), plus `offset`.
 fn task_from_env(offset: u32) -> Option<u32> {
     ["ORCH_TASK_INDEX", "SLURM_ARRAY_TASK_ID"]
@@ -238,6 +247,21 @@ fn run_task(
                 tracing::error!(error = %message, "cannot open the job's storage");
                 return 1;
             }
+        };
+        // Remote storage builds every file in scratch first: a full disk should fail the
+        // attempt now (and be retried, maybe on another node), not after the work is done.
+        let _watch = if args.storage.starts_with("s3://") {
+            let min = orch_worker::scratch::min_free();
+            if let Err(message) = orch_worker::scratch::check(&backends.scratch, min) {
+                tracing::error!(error = %message, "not starting the task");
+                return 1;
+            }
+            Some(AbortOnDrop(orch_worker::scratch::watch(
+                backends.scratch.clone(),
+                min,
+            )))
+        } else {
+            None
         };
         match orch_worker::run::run(&backends, &args, stop).await {
             Ok(_) => {
