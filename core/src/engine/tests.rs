@@ -274,7 +274,7 @@ fn a_limit_the_executor_saw_names_the_failure_and_uses_an_attempt() {
     let exec = HashMap::from([(
         0,
         ExecState::Failed {
-            reason: crate::backend::ExecFailure::OutOfMemory,
+            reason: ExecFailure::OutOfMemory,
             message: "Slurm: OUT_OF_MEMORY".into(),
         },
     )]);
