@@ -83,6 +83,11 @@ if [[ -e "${gen[0]}" ]]; then
     [[ -e "$f" ]] || continue
     [[ -e "$repo/crds/$(basename "$f")" ]] || fail "charts/orch-operator/crds/$(basename "$f") has no generated original in crds/"
   done
+  n="$("$helm" template orch "$chart" --include-crds | grep -c '^kind: CustomResourceDefinition')"
+  [[ "$n" == "${#gen[@]}" ]] || fail "helm template --include-crds rendered $n CRDs, expected ${#gen[@]}"
+  for crd in orchjobs.orch.dev taskgroups.orch.dev ratelimits.orch.dev; do
+    "$helm" template orch "$chart" --include-crds | grep -q "name: $crd\$" || fail "CRD $crd missing from the chart"
+  done
 else
   say "CRDs: no generated crds/orch.dev_*.yaml yet; skipping the copy check"
 fi
