@@ -35,7 +35,7 @@ ALLOWED = {
 NAMESPACED_ONLY = {("coordination.k8s.io", "leases")}
 SECRETISH = ("TOKEN", "SECRET", "PASSWORD", "JWT", "KEY", "CREDENTIAL")
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod", "ReplicaSet"}
-NAMESPACED_KINDS = {"Deployment", "ServiceAccount", "Service", "Role", "RoleBinding",
+NAMESPACED_KINDS = {"Deployment", "ServiceAccount", "Service", "Role", "RoleBinding", "PodDisruptionBudget",
                     "NetworkPolicy", "ServiceMonitor", "ConfigMap"}
 
 problems = []

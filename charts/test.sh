@@ -98,7 +98,7 @@ say "helm lint"
 
 say "helm template: defaults"
 "$helm" template orch "$chart" --namespace orch-system > "$out/default.yaml"
-"$py" "$here/check_rendered.py" "$out/default.yaml" --expect ClusterRole --expect Service
+"$py" "$here/check_rendered.py" "$out/default.yaml" --expect ClusterRole --expect Service --expect PodDisruptionBudget
 
 say "helm template: everything on (watchNamespace, ServiceMonitor, NetworkPolicy, Slurm, IRSA)"
 "$helm" template orch "$chart" --namespace orch-system -f "$chart/ci/all-on-values.yaml" > "$out/all.yaml"
@@ -111,7 +111,7 @@ say "helm template: minimal (one replica, no leader election, no metrics Service
 "$helm" template orch "$chart" --namespace orch-system --set replicas=1 \
   --set leaderElection.enabled=false --set metrics.enabled=false --set rbac.kubernetesExecutor=false \
   > "$out/min.yaml"
-if grep -q 'resources: \["jobs"\]\|kind: Service$\|--leader-elect' "$out/min.yaml"; then
+if grep -q 'resources: \["jobs"\]\|kind: Service$\|kind: PodDisruptionBudget\|--leader-elect' "$out/min.yaml"; then
   fail "minimal render still has batch/jobs, the metrics Service or --leader-elect"
 fi
 
