@@ -1,0 +1,386 @@
+//! The custom resources: `OrchJob`, `TaskGroup` and `RateLimit` (group `orch.dev`, version
+//! `v1alpha1`).
+//!
+//! An `OrchJob`'s spec IS core's [`JobSpec`], so `kubectl apply -f job.yaml` and
+//! `orch validate job.yaml` accept the same documents (DESIGN §2). Statuses hold counts, never
+//! per-task lists, so they stay a few KB at any job size.
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use orch_core::spec::JobSpec;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every orch resource.
+pub const GROUP: &str = "orch.dev";
+/// API version of every orch resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// What to run, over what, and how: the job spec of `orch run` (core's `JobSpec`).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "orch.dev",
+    version = "v1alpha1",
+    kind = "OrchJob",
+    doc = "A batch job: an input dataset, a handler, and how to run it (DESIGN §2).",
+    namespaced,
+    shortname = "oj",
+    category = "orch",
+    status = "OrchJobStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Pending, Running, Suspended, Succeeded or Failed."}"#,
+    printcolumn = r#"{"name":"Done","type":"integer","jsonPath":".status.tasks.succeeded","description":"Tasks succeeded."}"#,
+    printcolumn = r#"{"name":"Total","type":"integer","jsonPath":".status.tasks.total","description":"Tasks in the job."}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.items.failed","description":"Items failed for good."}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(transparent)]
+pub struct OrchJobSpec(pub JobSpec);
+
+impl From<JobSpec> for OrchJobSpec {
+    fn from(spec: JobSpec) -> Self {
+        OrchJobSpec(spec)
+    }
+}
+
+impl std::ops::Deref for OrchJobSpec {
+    type Target = JobSpec;
+    fn deref(&self) -> &JobSpec {
+        &self.0
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum JobPhase {
+    #[default]
+    Pending,
+    Running,
+    Suspended,
+    Succeeded,
+    Failed,
+}
+
+/// Observed state of an `OrchJob`: counts only, a few KB at any job size.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrchJobStatus {
+    /// Pending, Running, Suspended, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// Progressing, Suspended, Complete and Failed, one entry per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<JobCondition>,
+    /// Tasks (batches) per state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskCounts>,
+    /// Input items by outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemCounts>,
+    /// When the first task was dispatched (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub start_time: Option<String>,
+    /// When the job succeeded or failed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub completion_time: Option<String>,
+    /// Where the final output files are, once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One condition of a job, in the usual Kubernetes shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCondition {
+    /// Progressing, Suspended, Complete or Failed.
+    #[serde(rename = "type")]
+    pub r#type: JobConditionType,
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// A CamelCase reason for the last transition, for machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A sentence about the last transition, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub last_transition_time: Option<String>,
+    /// The `metadata.generation` the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Type of a job condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum JobConditionType {
+    Progressing,
+    Suspended,
+    Complete,
+    Failed,
+}
+
+/// Status of a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+/// Tasks per state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCounts {
+    /// All tasks.
+    #[serde(default)]
+    pub total: u32,
+    /// Not dispatched yet.
+    #[serde(default)]
+    pub pending: u32,
+    /// Handed to the executor, not running yet.
+    #[serde(default)]
+    pub dispatched: u32,
+    /// Running now.
+    #[serde(default)]
+    pub running: u32,
+    /// Failed an attempt, waiting for the next one.
+    #[serde(default)]
+    pub retrying: u32,
+    /// Finished with their results committed.
+    #[serde(default)]
+    pub succeeded: u32,
+    /// Failed for good (out of attempts).
+    #[serde(default)]
+    pub failed: u32,
+    /// Stopped by a cancel.
+    #[serde(default)]
+    pub cancelled: u32,
+}
+
+/// Input items by outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemCounts {
+    /// Items in the input.
+    #[serde(default)]
+    pub total: u64,
+    /// Items the handler processed successfully.
+    #[serde(default)]
+    pub ok: u64,
+    /// Items that failed for good.
+    #[serde(default)]
+    pub failed: u64,
+    /// Items that failed and will be tried again.
+    #[serde(default)]
+    pub retrying: u64,
+}
+
+/// A group of a job's tasks handed to one executor submission (a Slurm array, an Indexed Job).
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "orch.dev",
+    version = "v1alpha1",
+    kind = "TaskGroup",
+    doc = "A group of a job's tasks submitted to the executor together.",
+    namespaced,
+    shortname = "tg",
+    category = "orch",
+    status = "TaskGroupStatus",
+    printcolumn = r#"{"name":"Job","type":"string","jsonPath":".spec.job","description":"The OrchJob."}"#,
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.kind","description":"work, merge or final."}"#,
+    printcolumn = r#"{"name":"Tasks","type":"integer","jsonPath":".spec.tasks","description":"Tasks in the group."}"#,
+    printcolumn = r#"{"name":"Done","type":"integer","jsonPath":".status.tasks.succeeded","description":"Tasks succeeded."}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.kind == 'merge' || !has(self.level)").message("level is set only for kind merge"))]
+#[x_kube(validation = Rule::new("!(has(self.executorIds) && has(self.executorRange))").message("give executorIds or executorRange, not both"))]
+pub struct TaskGroupSpec {
+    /// Name of the `OrchJob` (same namespace) the tasks belong to.
+    #[schemars(length(min = 1, max = 253))]
+    pub job: String,
+    /// The group's id within the job, e.g. `work-0`, `merge-1-3`, `final`.
+    #[schemars(length(min = 1, max = 63))]
+    pub group: String,
+    /// What the tasks do: process input batches, merge result files, or write the final output.
+    pub kind: TaskGroupKind,
+    /// Merge level (kind `merge` only): 1 merges task results, 2 merges level-1 outputs, ….
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub level: Option<u32>,
+    /// Tasks in the group.
+    #[schemars(range(min = 1))]
+    pub tasks: u32,
+    /// The executor's ids of the tasks (Slurm job ids, pod names), when listed one by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_ids: Option<Vec<String>>,
+    /// The executor's ids of the tasks as a prefix and an index range (a Slurm array
+    /// `1234_0`…`1234_99`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_range: Option<ExecutorRange>,
+}
+
+/// What a task group's tasks do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskGroupKind {
+    Work,
+    Merge,
+    Final,
+}
+
+/// Executor ids `<prefix><first>` … `<prefix><last>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.first <= self.last").message("first must not exceed last"))]
+pub struct ExecutorRange {
+    /// Common prefix of the ids, e.g. `1234_` for a Slurm array.
+    pub prefix: String,
+    /// First index.
+    pub first: u32,
+    /// Last index (inclusive).
+    pub last: u32,
+}
+
+/// Observed state of a `TaskGroup`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskGroupStatus {
+    /// The group's tasks per state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskCounts>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A token bucket that jobs share to throttle calls to an external API.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "orch.dev",
+    version = "v1alpha1",
+    kind = "RateLimit",
+    doc = "A token bucket shared by jobs that call the same external API.",
+    namespaced,
+    shortname = "rl",
+    category = "orch",
+    status = "RateLimitStatus",
+    printcolumn = r#"{"name":"Rate","type":"string","jsonPath":".spec.rate"}"#,
+    printcolumn = r#"{"name":"Burst","type":"integer","jsonPath":".spec.burst"}"#,
+    printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".spec.scope"}"#,
+    printcolumn = r#"{"name":"Throttled","type":"boolean","jsonPath":".status.throttled"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Tokens added per period: a number, `/`, and `s`, `m` or `h`, e.g. `10/s`, `600/m`,
+    /// `0.5/s`.
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?)/(s|m|h)$"))]
+    pub rate: String,
+    /// Most tokens the bucket holds: how many calls may go at once after a quiet spell.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self >= 1").message("burst must be at least 1"))]
+    pub burst: u32,
+    /// Who shares the bucket: every job in the cluster, in the namespace, or each job alone.
+    #[serde(default)]
+    pub scope: RateLimitScope,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+/// Who shares a rate limit's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    Cluster,
+    #[default]
+    Namespace,
+    Job,
+}
+
+/// Observed state of a `RateLimit`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitStatus {
+    /// Tokens taken per second over the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<f64>,
+    /// Whether callers waited for tokens in the last minute.
+    #[serde(default)]
+    pub throttled: bool,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A CustomResourceDefinition.
+pub type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// All CRDs, in the order `crdgen` prints them, as the API server is to get them: kube's derived
+/// CRDs with the fixes of [`make_structural`] applied.
+pub fn all_crds() -> Result<Vec<Crd>, serde_json::Error> {
+    [OrchJob::crd(), TaskGroup::crd(), RateLimit::crd()]
+        .into_iter()
+        .map(|crd| {
+            let mut value = serde_json::to_value(crd)?;
+            if let Some(versions) = value
+                .pointer_mut("/spec/versions")
+                .and_then(|v| v.as_array_mut())
+            {
+                for version in versions {
+                    if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
+                        make_structural(schema);
+                    }
+                }
+            }
+            serde_json::from_value(value)
+        })
+        .collect()
+}
+
+/// What kube's schema rewriting leaves for the API server to reject or to read differently
+/// from `orch validate`, fixed in place (recursively):
+/// - a free-form map (`additionalProperties: true`, e.g. `spec.executor.kubernetes`) becomes
+///   `x-kubernetes-preserve-unknown-fields: true`, so that its content is neither refused nor
+///   pruned;
+/// - an int-or-string node (core's `Quantity`) drops the `anyOf` kube leaves behind (its branches
+///   have lost their types, so it constrains nothing), and drops `nullable` when it has a
+///   default: core refuses `null` there, while a non-nullable field's `null` is pruned and
+///   defaulted by the API server.
+pub fn make_structural(node: &mut serde_json::Value) {
+    let Some(obj) = node.as_object_mut() else {
+        return;
+    };
+    if obj.get("additionalProperties") == Some(&serde_json::Value::Bool(true)) {
+        obj.remove("additionalProperties");
+        obj.insert(
+            "x-kubernetes-preserve-unknown-fields".into(),
+            serde_json::Value::Bool(true),
+        );
+    }
+    if obj.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true)) {
+        obj.remove("anyOf");
+        if obj.contains_key("default") {
+            obj.remove("nullable");
+        }
+    }
+    if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        for child in props.values_mut() {
+            make_structural(child);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = obj.get_mut(key) {
+            make_structural(child);
+        }
+    }
+}
