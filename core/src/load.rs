@@ -257,8 +257,9 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
     }
 }
 
-/// Rules the schema cannot express. Pure: no filesystem access.
-fn rules(file: &OrchJobFile) -> Vec<FieldError> {
+/// Rules the schema cannot express (semantic validation of a parsed job file, what
+/// `orch validate` checks beyond the schema). Pure: no filesystem access.
+pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut err = |path: &str, message: String| {
         errors.push(FieldError {

@@ -2,6 +2,7 @@
 //! `RateLimit`) and their CRDs, generated from the Rust types; the controllers come next.
 
 pub mod crd;
+pub mod status;
 
 /// All CRDs as one multi-document YAML stream (what `crdgen` prints and `crds/` holds).
 pub fn crds_yaml() -> Result<String, Box<dyn std::error::Error>> {

@@ -1,0 +1,340 @@
+//! The Kubernetes-free core of the `OrchJob` controller: pure functions from what the
+//! StateStore holds (core's [`JobRecord`] and [`TaskRecord`]s) to an [`OrchJobStatus`].
+//!
+//! No kube client, no I/O, no clock: the caller passes the time (RFC 3339) and the previous
+//! status, so every transition is a unit test. Conditions follow the Kubernetes convention:
+//! `lastTransitionTime` changes only when a condition's `status` changes.
+
+use orch_core::engine;
+use orch_core::error::FieldError;
+use orch_core::model::{self, JobRecord, TaskRecord, TaskState};
+use orch_core::spec::{API_VERSION, KIND, ObjectMeta, OrchJobFile};
+
+use crate::crd::{
+    ConditionStatus, ItemCounts, JobCondition, JobConditionType, JobPhase, OrchJob, OrchJobStatus,
+    TaskCounts,
+};
+
+/// Longest condition message, in bytes: keeps the status a few KB whatever the job says.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+/// Field errors listed in an `InvalidSpec` message; the rest are counted.
+pub const MAX_LISTED_ERRORS: usize = 5;
+
+/// Condition reasons, for machines (see docs/operator.md, "Status and conditions").
+pub mod reason {
+    pub const PENDING: &str = "Pending";
+    pub const RUNNING: &str = "Running";
+    pub const AGGREGATING: &str = "Aggregating";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const COMPLETED: &str = "Completed";
+    pub const FAILED: &str = "Failed";
+    pub const CANCELLED: &str = "Cancelled";
+    pub const PAUSED: &str = "Paused";
+    pub const RESUMED: &str = "Resumed";
+    pub const FINISHED: &str = "Finished";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const TOO_MANY_FAILED_ITEMS: &str = "TooManyFailedItems";
+    pub const AGGREGATION_FAILED: &str = "AggregationFailed";
+    pub const JOB_FAILED: &str = "JobFailed";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+}
+
+/// The status of an `OrchJob` whose spec passed validation: phase, counts, times, output and
+/// conditions, from the job record (`None` before the controller created it), its tasks, the
+/// resource's `metadata.generation`, the status last written, and the time now.
+pub fn job_status(
+    job: Option<&JobRecord>,
+    tasks: &[TaskRecord],
+    generation: i64,
+    previous: Option<&OrchJobStatus>,
+    now: &str,
+) -> OrchJobStatus {
+    let core_phase = job.map(|j| j.phase);
+    let terminal = core_phase.is_some_and(model::JobPhase::is_terminal);
+    let suspend = job.is_some_and(|j| j.spec.spec.suspend);
+    let phase = match core_phase {
+        None => JobPhase::Pending,
+        Some(model::JobPhase::Succeeded) => JobPhase::Succeeded,
+        Some(model::JobPhase::Failed | model::JobPhase::Cancelled) => JobPhase::Failed,
+        Some(model::JobPhase::Running | model::JobPhase::Aggregating) if suspend => {
+            JobPhase::Suspended
+        }
+        Some(model::JobPhase::Running | model::JobPhase::Aggregating) => JobPhase::Running,
+    };
+
+    let mut counts = task_counts(tasks);
+    if let Some(j) = job {
+        counts.total = counts.total.max(j.total_tasks);
+    }
+    let core_items = engine::item_counts(tasks);
+    let items = ItemCounts {
+        total: core_items.total.max(job.map_or(0, |j| j.total_items)),
+        ok: core_items.ok,
+        failed: core_items.failed,
+        retrying: tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Retrying)
+            .map(|t| t.items)
+            .sum(),
+    };
+
+    let previous_start = previous.and_then(|p| p.start_time.clone());
+    let started = tasks.iter().any(|t| t.state != TaskState::Pending)
+        || matches!(core_phase, Some(model::JobPhase::Aggregating))
+        || terminal;
+    let start_time = previous_start.or_else(|| started.then(|| now.to_string()));
+    let completion_time = terminal.then(|| {
+        previous
+            .and_then(|p| p.completion_time.clone())
+            .unwrap_or_else(|| now.to_string())
+    });
+    let output = match (job, core_phase) {
+        (Some(j), Some(model::JobPhase::Succeeded)) => j.spec.spec.output.uri.clone(),
+        _ => None,
+    };
+
+    let message = job.and_then(|j| j.message.clone()).unwrap_or_default();
+    let mut conditions = Vec::new();
+    let (progressing, progressing_reason, progressing_message) = match core_phase {
+        None => (
+            ConditionStatus::False,
+            reason::PENDING,
+            "waiting for the controller to plan the job's tasks".to_string(),
+        ),
+        Some(model::JobPhase::Running | model::JobPhase::Aggregating) if suspend => (
+            ConditionStatus::False,
+            reason::SUSPENDED,
+            "spec.suspend is true: no new tasks are dispatched".to_string(),
+        ),
+        Some(model::JobPhase::Running) => (
+            ConditionStatus::True,
+            reason::RUNNING,
+            format!(
+                "{} of {} tasks succeeded, {} running",
+                counts.succeeded,
+                counts.total,
+                counts.running + counts.dispatched
+            ),
+        ),
+        Some(model::JobPhase::Aggregating) => (
+            ConditionStatus::True,
+            reason::AGGREGATING,
+            "every task is done; merging the results".to_string(),
+        ),
+        Some(model::JobPhase::Succeeded) => {
+            (ConditionStatus::False, reason::COMPLETED, message.clone())
+        }
+        Some(model::JobPhase::Failed) => (ConditionStatus::False, reason::FAILED, message.clone()),
+        Some(model::JobPhase::Cancelled) => {
+            (ConditionStatus::False, reason::CANCELLED, message.clone())
+        }
+    };
+    conditions.push(condition(
+        JobConditionType::Progressing,
+        progressing,
+        progressing_reason,
+        &progressing_message,
+    ));
+
+    let had_suspended = previous.is_some_and(|p| {
+        p.conditions
+            .iter()
+            .any(|c| c.r#type == JobConditionType::Suspended)
+    });
+    if suspend && !terminal {
+        conditions.push(condition(
+            JobConditionType::Suspended,
+            ConditionStatus::True,
+            reason::PAUSED,
+            "spec.suspend is true: running tasks finish, no new ones start",
+        ));
+    } else if suspend || had_suspended {
+        let (why, text) = if terminal {
+            (reason::FINISHED, "the job ended")
+        } else {
+            (reason::RESUMED, "spec.suspend is false: dispatching again")
+        };
+        conditions.push(condition(
+            JobConditionType::Suspended,
+            ConditionStatus::False,
+            why,
+            text,
+        ));
+    }
+
+    match core_phase {
+        Some(model::JobPhase::Succeeded) => conditions.push(condition(
+            JobConditionType::Complete,
+            ConditionStatus::True,
+            reason::SUCCEEDED,
+            &message,
+        )),
+        Some(p @ (model::JobPhase::Failed | model::JobPhase::Cancelled)) => {
+            conditions.push(condition(
+                JobConditionType::Failed,
+                ConditionStatus::True,
+                failure_reason(p, &message),
+                &message,
+            ))
+        }
+        _ => {}
+    }
+
+    OrchJobStatus {
+        phase: Some(phase),
+        conditions: stamp(conditions, previous, generation, now),
+        tasks: Some(counts),
+        items: Some(items),
+        start_time,
+        completion_time,
+        output,
+        observed_generation: Some(generation),
+    }
+}
+
+/// The status of an `OrchJob` that the CRD schema accepted but orch's semantic rules refuse
+/// (see [`validate`]): phase Failed, `Failed=True` with reason `InvalidSpec` and the first
+/// [`MAX_LISTED_ERRORS`] problems as `field: reason`, `Progressing=False`.
+pub fn validation_failure(generation: i64, now: &str, errors: &[FieldError]) -> OrchJobStatus {
+    let mut message = format!(
+        "the spec is invalid ({} problem{}): ",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    let listed: Vec<String> = errors
+        .iter()
+        .take(MAX_LISTED_ERRORS)
+        .map(|e| e.to_string())
+        .collect();
+    message.push_str(&listed.join("; "));
+    if errors.len() > MAX_LISTED_ERRORS {
+        message.push_str(&format!("; and {} more", errors.len() - MAX_LISTED_ERRORS));
+    }
+    let conditions = vec![
+        condition(
+            JobConditionType::Progressing,
+            ConditionStatus::False,
+            reason::INVALID_SPEC,
+            "fix the spec; nothing runs until it is valid",
+        ),
+        condition(
+            JobConditionType::Failed,
+            ConditionStatus::True,
+            reason::INVALID_SPEC,
+            &message,
+        ),
+    ];
+    OrchJobStatus {
+        phase: Some(JobPhase::Failed),
+        conditions: stamp(conditions, None, generation, now),
+        observed_generation: Some(generation),
+        ..OrchJobStatus::default()
+    }
+}
+
+/// Core's semantic rules (what `orch validate` checks beyond the schema) on the resource's
+/// spec, as the job file `metadata.name` + spec would be.
+pub fn validate(job: &OrchJob) -> Result<(), Vec<FieldError>> {
+    let file = OrchJobFile {
+        api_version: API_VERSION.to_string(),
+        kind: KIND.to_string(),
+        metadata: ObjectMeta {
+            name: job.metadata.name.clone().unwrap_or_default(),
+            namespace: job.metadata.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: job.spec.0.clone(),
+    };
+    let errors = orch_core::load::rules(&file);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Tasks per state.
+pub fn task_counts(tasks: &[TaskRecord]) -> TaskCounts {
+    let mut c = TaskCounts {
+        total: u32::try_from(tasks.len()).unwrap_or(u32::MAX),
+        ..TaskCounts::default()
+    };
+    for t in tasks {
+        let slot = match t.state {
+            TaskState::Pending => &mut c.pending,
+            TaskState::Dispatched => &mut c.dispatched,
+            TaskState::Running => &mut c.running,
+            TaskState::Retrying => &mut c.retrying,
+            TaskState::Succeeded => &mut c.succeeded,
+            TaskState::Failed => &mut c.failed,
+            TaskState::Cancelled => &mut c.cancelled,
+        };
+        *slot = slot.saturating_add(1);
+    }
+    c
+}
+
+/// The reason of `Failed=True`, from the job's phase and the category of its message.
+fn failure_reason(phase: model::JobPhase, message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if phase == model::JobPhase::Cancelled {
+        reason::CANCELLED
+    } else if m.contains("above the tolerance") {
+        reason::TOO_MANY_FAILED_ITEMS
+    } else if m.contains("aggregat") || m.contains("merge") {
+        reason::AGGREGATION_FAILED
+    } else {
+        reason::JOB_FAILED
+    }
+}
+
+fn condition(
+    r#type: JobConditionType,
+    status: ConditionStatus,
+    reason: &str,
+    message: &str,
+) -> JobCondition {
+    JobCondition {
+        r#type,
+        status,
+        reason: Some(reason.to_string()),
+        message: (!message.is_empty()).then(|| bounded(message)),
+        last_transition_time: None,
+        observed_generation: None,
+    }
+}
+
+/// Sets each condition's generation and `lastTransitionTime`: the previous time when the
+/// previous status had the same condition with the same status, `now` otherwise.
+fn stamp(
+    mut conditions: Vec<JobCondition>,
+    previous: Option<&OrchJobStatus>,
+    generation: i64,
+    now: &str,
+) -> Vec<JobCondition> {
+    for c in &mut conditions {
+        let kept = previous
+            .and_then(|p| p.conditions.iter().find(|o| o.r#type == c.r#type))
+            .filter(|o| o.status == c.status)
+            .and_then(|o| o.last_transition_time.clone());
+        c.last_transition_time = Some(kept.unwrap_or_else(|| now.to_string()));
+        c.observed_generation = Some(generation);
+    }
+    conditions
+}
+
+/// `text` cut to at most [`MAX_MESSAGE_LEN`] bytes (on a character boundary), marked with `…`.
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_LEN {
+        return text.to_string();
+    }
+    let mut end = MAX_MESSAGE_LEN - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
