@@ -1,5 +1,6 @@
 //! orch's Kubernetes operator. So far: the custom resources (`OrchJob`, `TaskGroup`,
-//! `RateLimit`) and their CRDs, generated from the Rust types; the controllers come next.
+//! `RateLimit`) and their CRDs, generated from the Rust types, and the Kubernetes-free core of the
+//! `OrchJob` controller (`status`); the controllers come next.
 
 pub mod crd;
 pub mod status;
