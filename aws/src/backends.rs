@@ -97,6 +97,15 @@ impl std::fmt::Debug for S3Locations {
 }
 
 impl S3Locations {
+    /// Locations reached with the SDK configuration and settings from the environment (a
+    /// process that reads `s3://` input without opening a job's storage: a dry run, `orch
+    /// status` of a job file).
+    pub async fn from_env() -> Result<Self> {
+        let settings = AwsSettings::from_env()?;
+        let sdk = config::load_sdk_config().await;
+        Ok(S3Locations::new(config::s3_client(&sdk, &settings)))
+    }
+
     pub fn new(client: aws_sdk_s3::Client) -> Self {
         S3Locations {
             client,

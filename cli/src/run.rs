@@ -118,11 +118,11 @@ pub async fn input_locations(
     if !job.file.spec.input.uri.starts_with("s3://") {
         return Ok(Box::new(orch_runtime::backends::LocalLocations));
     }
-    let settings = orch_aws::AwsSettings::from_env().map_err(aws_failure)?;
-    let sdk = orch_aws::config::load_sdk_config().await;
-    Ok(Box::new(orch_aws::S3Locations::new(
-        orch_aws::config::s3_client(&sdk, &settings),
-    )))
+    Ok(Box::new(
+        orch_aws::S3Locations::from_env()
+            .await
+            .map_err(aws_failure)?,
+    ))
 }
 
 pub fn aws_failure(e: orch_aws::AwsError) -> Failure {

@@ -106,7 +106,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
                     p.display()
                 )));
             }
-            Embedded::open(&root.to_uri())?.backends()
+            Embedded::open(&root.to_uri())?.backends
         }
         Location::S3 { .. } => {
             let scratch = std::env::temp_dir().join(format!("orch-status-{}", std::process::id()));

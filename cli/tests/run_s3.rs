@@ -162,20 +162,8 @@ spec:
         assert!(names.contains(&"_SUCCESS".to_string()), "{names:?}");
         assert!(names.contains(&"output.sqlite".to_string()), "{names:?}");
         let seen = common::read_output(&dir);
-        assert_eq!(seen.duplicates, 0);
         assert_eq!(seen.rows + seen.error_rows, ITEMS, "{seen:?}");
-        let mut all: Vec<u64> = seen
-            .items
-            .iter()
-            .chain(&seen.error_items)
-            .copied()
-            .collect();
-        all.sort_unstable();
-        assert_eq!(
-            all,
-            (0..ITEMS).collect::<Vec<_>>(),
-            "each item exactly once"
-        );
+        seen.assert_each_item_once(ITEMS);
         assert!(seen.error_rows > 0, "the example has failing items");
         assert_eq!(
             seen.error_kinds.keys().collect::<Vec<_>>(),

@@ -121,20 +121,7 @@ fn job_id(out: &Output) -> String {
 }
 
 fn assert_exact(job: &SlurmJob, items: u64) {
-    let seen = common::read_output(&job.scratch.path("out"));
-    assert_eq!(seen.duplicates, 0);
-    let mut all: Vec<u64> = seen
-        .items
-        .iter()
-        .chain(&seen.error_items)
-        .copied()
-        .collect();
-    all.sort_unstable();
-    assert_eq!(
-        all,
-        (0..items).collect::<Vec<_>>(),
-        "each item exactly once"
-    );
+    common::read_output(&job.scratch.path("out")).assert_each_item_once(items);
 }
 
 /// Every array of the job, by the comment orch gave it: no comment twice.

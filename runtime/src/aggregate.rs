@@ -200,7 +200,9 @@ async fn check_result(
                 Some(&size) => size == sum.bytes,
                 None => return Ok(ResultState::Missing(format!("{name} is missing"))),
             },
-            (None, Some(path)) => match orch_data::sha256_file(&path) {
+            // Hashing reads the whole file: off the async threads, which check other tasks'
+            // results meanwhile.
+            (None, Some(path)) => match blocking(move || orch_data::sha256_file(&path)).await {
                 Ok((bytes, sha)) => bytes == sum.bytes && sha == sum.sha256,
                 Err(e) => return Ok(ResultState::Missing(format!("{name}: {e}"))),
             },

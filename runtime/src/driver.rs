@@ -49,36 +49,22 @@ const RETRY_VISIBILITY: Duration = Duration::from_secs(60);
 /// The embedded backends of one storage root.
 pub struct Embedded {
     pub root: PathBuf,
-    pub objects: Arc<FsStore>,
-    pub state: Arc<SqliteStateStore>,
-    shared: Backends,
+    pub backends: Backends,
 }
 
 impl Embedded {
     /// Opens (creating if needed) the backends under a `file://` storage URI.
     pub fn open(storage_uri: &str) -> Result<Self> {
         let root = Location::local_path(storage_uri).map_err(Error::Invalid)?;
-        let objects = Arc::new(FsStore::new(&root)?);
-        let state = Arc::new(SqliteStateStore::open(&root.join(layout::state_db()))?);
         // Scratch space is under the storage directory: files are built in place and nothing
         // needs uploading.
-        let shared = Backends {
-            objects: objects.clone(),
-            state: state.clone(),
+        let backends = Backends {
+            objects: Arc::new(FsStore::new(&root)?),
+            state: Arc::new(SqliteStateStore::open(&root.join(layout::state_db()))?),
             scratch: root.join("scratch"),
             locations: Arc::new(LocalLocations),
         };
-        Ok(Embedded {
-            root,
-            objects,
-            state,
-            shared,
-        })
-    }
-
-    /// The same stores as trait objects, for code that runs on any backend.
-    pub fn backends(&self) -> Backends {
-        self.shared.clone()
+        Ok(Embedded { root, backends })
     }
 
     /// The retry queue of one run of a job (a job run again starts with an empty queue, so no
@@ -129,7 +115,7 @@ impl JobLease for FileLease {
 #[async_trait::async_trait]
 impl Platform for Embedded {
     fn backends(&self) -> &Backends {
-        &self.shared
+        &self.backends
     }
 
     fn storage_uri(&self) -> String {

@@ -190,7 +190,7 @@ async fn open_storage(
             .map_err(|e| e.to_string());
     }
     orch_runtime::driver::Embedded::open(storage)
-        .map(|embedded| embedded.backends())
+        .map(|embedded| embedded.backends)
         .map_err(|e| e.to_string())
 }
 

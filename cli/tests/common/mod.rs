@@ -125,6 +125,26 @@ print(json.dumps({
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+impl Seen {
+    /// Every input item `0..items` is in the output exactly once: as a result row or as an
+    /// error row, never both, never twice.
+    pub fn assert_each_item_once(&self, items: u64) {
+        assert_eq!(self.duplicates, 0, "{self:?}");
+        let mut all: Vec<u64> = self
+            .items
+            .iter()
+            .chain(&self.error_items)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..items).collect::<Vec<_>>(),
+            "each item exactly once"
+        );
+    }
+}
+
 /// One column of a Parquet file as pyarrow sees it.
 #[derive(Debug, PartialEq, serde::Deserialize)]
 pub struct SeenColumn {
