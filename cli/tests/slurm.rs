@@ -190,6 +190,9 @@ fn ten_thousand_items_through_slurmrestd() {
 fn memory_and_time_limits_are_named_and_retried() {
     let Some(env) = cluster() else { return };
     let job = SlurmJob::new(env);
+    // The handler's per-item timeout is longer than the task may run, so only the time
+    // limit stops the slow item (an item timeout first would count as progress and make the
+    // number of attempts depend on timing).
     // Every item of task 0 allocates far beyond the task's memory (the kernel kills the
     // handler, the biggest process of the task); item 20 sleeps past its task's time limit.
     job.scratch.write(
@@ -208,7 +211,7 @@ fn memory_and_time_limits_are_named_and_retried() {
         "slurm-limits",
         40,
         10,
-        "{exec: {command: [python3, limits.py]}}",
+        "{exec: {command: [python3, limits.py]}, timeout: 10m}",
         "  executor: {slurm: {transport: cli}}\n  resources: {memory: 200Mi, time: 1m}\n  \
          retry: {maxAttempts: 2, backoff: {initial: 1s}}\n  \
          tolerance: {maxFailedItemsPercent: 100}\n",
