@@ -15,6 +15,19 @@ pub const GROUP: &str = "orch.dev";
 /// API version of every orch resource.
 pub const VERSION: &str = "v1alpha1";
 
+/// Annotation that asks the operator to run a job's failed tasks again (`orch retry`). Each new
+/// value is one request; the operator records the value it handled in `status.retried`.
+pub const RETRY_ANNOTATION: &str = "orch.dev/retry";
+/// Annotation that cancels a job (`orch cancel`): value `"true"`. Running tasks are stopped,
+/// nothing new starts, the job ends `Failed` with reason `Cancelled`; the object stays.
+pub const CANCEL_ANNOTATION: &str = "orch.dev/cancel";
+/// Annotation that makes deleting the `OrchJob` also delete the job's artifacts (manifests,
+/// batches, results and state rows; never the final output): value `"true"` (`orch purge`).
+pub const PURGE_ANNOTATION: &str = "orch.dev/purge-on-delete";
+/// Finalizer the operator puts on every `OrchJob`: deleting one cancels its executor tasks
+/// (and purges, with [`PURGE_ANNOTATION`]) before the object goes.
+pub const FINALIZER: &str = "orch.dev/cleanup";
+
 /// What to run, over what, and how: the job spec of `orch run` (core's `JobSpec`).
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -89,6 +102,12 @@ pub struct OrchJobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The engine's id of the job in the state store (name plus a hash of spec and input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The last value of the `orch.dev/retry` annotation the operator acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried: Option<String>,
 }
 
 /// One condition of a job, in the usual Kubernetes shape.

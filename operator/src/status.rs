@@ -189,6 +189,8 @@ pub fn job_status(
         completion_time,
         output,
         observed_generation: Some(generation),
+        job_id: job.map(|j| j.id.clone()),
+        retried: previous.and_then(|p| p.retried.clone()),
     }
 }
 

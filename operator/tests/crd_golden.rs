@@ -645,6 +645,8 @@ fn statuses_round_trip_and_stay_small() {
         completion_time: None,
         output: None,
         observed_generation: Some(1),
+        job_id: Some("reviews-1a2b3c4d".into()),
+        retried: Some("2026-11-26T10:00:00Z".into()),
     };
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["phase"], "Running");
