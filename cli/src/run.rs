@@ -231,6 +231,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         worker_command: worker,
         tick: Duration::from_millis(100),
         on_progress: Box::new(on_progress),
+        executor: None,
+        stop: None,
     };
     let outcome = runtime.block_on(async {
         if args.dry_run {

@@ -23,6 +23,7 @@ use orch_core::uri::Location;
 use orch_core::{ErrorCategory, layout};
 use serde::Serialize;
 use sha2::Digest;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregate::{AggregationProgress, AggregationRun, aggregate};
@@ -157,6 +158,11 @@ pub struct RunOptions {
     pub tick: Duration,
     /// Called after every tick.
     pub on_progress: Box<dyn Fn(&Progress) + Send + Sync>,
+    /// The executor of jobs with `executor.kubernetes` (the operator's Indexed Jobs); only a
+    /// caller with a Kubernetes client can supply one.
+    pub executor: Option<Arc<dyn Executor>>,
+    /// Stops the run (the job stays resumable) when cancelled. Without one, Ctrl-C does.
+    pub stop: Option<CancellationToken>,
 }
 
 /// The end of a run.
@@ -306,9 +312,14 @@ async fn drive_locked(
     };
     // Starts nothing until it is given tasks.
     let local = local_executor(&record, platform, opts);
-    let executor: &dyn Executor = match &slurm {
-        Some(slurm) => slurm,
-        None => &local,
+    let executor: &dyn Executor = match (&slurm, &record.spec.spec.executor.kubernetes) {
+        (Some(slurm), _) => slurm,
+        (None, Some(_)) => opts.executor.as_deref().ok_or_else(|| {
+            Error::Invalid(
+                "executor.kubernetes runs under the operator only (kubectl apply or `orch submit`); use `local` or `slurm` with `orch run`".into(),
+            )
+        })?,
+        (None, None) => &local,
     };
     let cfg = EngineConfig::from_spec(&record.spec.spec);
     let mut loop_state = Loop {
@@ -320,11 +331,21 @@ async fn drive_locked(
         lease,
         paused: false,
     };
+    let stopped = async {
+        match &opts.stop {
+            Some(token) => token.cancelled().await,
+            None => {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    };
     let result = tokio::select! {
         r = loop_state.drive_through_outages(opts) => r,
-        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        _ = stopped => Err(Error::Interrupted),
     };
-    if result.is_err() && slurm.is_none() {
+    if result.is_err() && slurm.is_none() && record.spec.spec.executor.kubernetes.is_none() {
         // On Ctrl-C local workers got the same SIGINT and checkpoint; on any other error of the
         // driver they are left to finish their attempt. Start no new ones and give the running
         // ones a moment. (Slurm arrays go on on the cluster; the next `orch run` finds them.)
