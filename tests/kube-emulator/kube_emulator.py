@@ -1872,6 +1872,8 @@ class Handler(BaseHTTPRequestHandler):
             if form == "Table" and etype not in ("BOOKMARK", "ERROR"):
                 obj = to_table(rt, version, [obj], q.get("includeObject", "Metadata"), first[0], obj["metadata"]["resourceVersion"], fver)
                 first[0] = False
+            elif form and etype not in ("BOOKMARK", "ERROR"):
+                obj = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/" + fver, "metadata": obj["metadata"]}
             self.send_chunk({"type": etype, "object": obj})
 
         def bookmark(annotations=None):

@@ -509,6 +509,42 @@ class WatchTest(Base):
         conn.close()
 
 
+class KubeRsStyleTest(Base):
+    """The requests kube-rs sends (list at resourceVersion=0 with limit, metadata-only watches,
+    server-side apply of status with force), over one keep-alive connection as hyper does."""
+
+    def test_list_watch_and_status_apply_like_kube_rs(self):
+        EMU.apply(widget("w", self.ns))
+        conn = http.client.HTTPConnection("127.0.0.1", EMU.port, timeout=10)
+
+        def call(method, path, body=None, headers=None):
+            conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers or {})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+
+        code, lst = call("GET", self.path() + "?resourceVersion=0&limit=500")
+        self.assertEqual((code, [i["metadata"]["name"] for i in lst["items"]]), (200, ["w"]))
+        meta = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+        code, metas = call("GET", self.path(), headers=meta)
+        self.assertEqual((metas["kind"], metas["items"][0]["kind"]), ("PartialObjectMetadataList", "PartialObjectMetadata"))
+        applied = {"apiVersion": "test.orch.dev/v1", "kind": "Widget", "status": {"phase": "Reconciled", "observedGeneration": 1}}
+        path = self.path("w", sub="status") + "?fieldManager=orch-operator&force=true"
+        code, obj = call("PATCH", path, applied, {"Content-Type": "application/apply-patch+yaml"})
+        self.assertEqual((code, obj["status"]["phase"]), (200, "Reconciled"))
+        rv = obj["metadata"]["resourceVersion"]
+        code, again = call("PATCH", path, applied, {"Content-Type": "application/apply-patch+yaml"})
+        self.assertEqual(again["metadata"]["resourceVersion"], rv, "an unchanged apply must not wake watchers")
+        conn.request("GET", self.path() + "?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion=" + lst["metadata"]["resourceVersion"],
+                     headers={"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"})
+        events = [json.loads(l) for l in conn.getresponse().read().decode().splitlines()]
+        self.assertEqual([(e["type"], e["object"]["kind"]) for e in events if e["type"] != "BOOKMARK"],
+                         [("MODIFIED", "PartialObjectMetadata")])
+        obj["status"]["phase"] = "Replaced"
+        code, replaced = call("PUT", self.path("w", sub="status"), obj, {"Content-Type": "application/json"})
+        self.assertEqual((code, replaced["status"]["phase"]), (200, "Replaced"))
+        conn.close()
+
+
 class GoneTest(unittest.TestCase):
     def test_old_resource_version_gets_410_gone(self):
         emu = Emulator("--history", "5")
