@@ -1217,7 +1217,8 @@ BUILTIN_COLUMNS = {   # plural -> [(column, type, function of the object)]
     "namespaces": [("Status", "string", lambda o: dig(o, "status", "phase"))],
     "pods": [("Ready", "string", lambda o: "%d/%d" % (sum(1 for c in dig(o, "status", "containerStatuses") or [] if c.get("ready")),
                                                       len(dig(o, "spec", "containers") or []))),
-             ("Status", "string", lambda o: dig(o, "status", "phase")), ("Restarts", "integer", lambda o: 0)],
+             ("Status", "string", lambda o: dig(o, "status", "containerStatuses", 0, "state", "terminated", "reason")
+              or dig(o, "status", "phase")), ("Restarts", "integer", lambda o: 0)],
     "jobs": [("Status", "string", job_state),
              ("Completions", "string", lambda o: "%d/%s" % (dig(o, "status", "succeeded") or 0, dig(o, "spec", "completions") or "1")),
              ("Duration", "string", job_duration)],

@@ -167,7 +167,8 @@ class DiscoveryTest(Base):
         self.assertIn("wd,wdg", line)
         self.assertIn("test.orch.dev/v1", line)
         self.assertIn("Widget", line)
-        self.assertIn("widgets", EMU.kubectl("get", "testing", "-A").stdout + "widgets")  # category resolves
+        EMU.apply(widget("w", self.ns))
+        self.assertIn("widget.test.orch.dev/w", self.k("get", "testing", "-o", "name").stdout)    # the category resolves
 
 
 # 2. Built-in resources and CRD registration ----------------------------------------------------
