@@ -232,6 +232,8 @@ JSON_TYPES = {type(None): "null", bool: "boolean", int: "integer", float: "numbe
 def type_matches(typ, v):
     if typ == "number":
         return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if typ == "integer" and isinstance(v, float):
+        return v.is_integer()       # 3.0 is an integer to the real server too
     return JSON_TYPES.get(type(v)) == typ
 
 
@@ -263,6 +265,8 @@ class SchemaWalk:
         elif s.get("type") and not type_matches(s["type"], v):
             self.type_error(path, v, s["type"])
             return v
+        if isinstance(v, float) and (s.get("type") == "integer" or s.get("x-kubernetes-int-or-string")):
+            v = int(v)
         if "enum" in s and not any(v == e and type(v) is type(e) or (type_matches("number", v) and v == e)
                                    for e in s["enum"]):
             self.err(path, "FieldValueNotSupported", "Unsupported value: %s: supported values: %s"
@@ -713,21 +717,26 @@ def admit_crd(cluster, obj, old):
             errors.append(FieldError(path, "FieldValueRequired", "Required value"))
     if errors:
         return errors
-    want = "%s.%s" % (names["plural"], spec["group"])
-    if obj["metadata"]["name"] != want:
-        errors.append(FieldError(["metadata", "name"], "FieldValueInvalid", 'Invalid value: "%s": must be spec.names.plural+"."+spec.group' % obj["metadata"]["name"]))
+    name = obj["metadata"]["name"]
+    if name != "%s.%s" % (names["plural"], spec["group"]):
+        errors.append(FieldError(["metadata", "name"], "FieldValueInvalid",
+                                 'Invalid value: "%s": must be spec.names.plural+"."+spec.group' % name))
     if spec.get("scope") not in ("Namespaced", "Cluster"):
-        errors.append(FieldError(["spec", "scope"], "FieldValueNotSupported", 'Unsupported value: %s: supported values: "Cluster", "Namespaced"' % fmt_value(spec.get("scope"))))
+        errors.append(FieldError(["spec", "scope"], "FieldValueNotSupported", 'Unsupported value: %s: supported values: '
+                                 '"Cluster", "Namespaced"' % fmt_value(spec.get("scope"))))
     if sum(1 for v in spec["versions"] if v.get("storage")) != 1:
-        errors.append(FieldError(["spec", "versions"], "FieldValueInvalid", "Invalid value: %s: must have exactly one version marked as storage version" % fmt_value([v.get("name") for v in spec["versions"]])))
+        errors.append(FieldError(["spec", "versions"], "FieldValueInvalid", "Invalid value: %s: must have exactly one version "
+                                 "marked as storage version" % fmt_value([v.get("name") for v in spec["versions"]])))
     names.setdefault("singular", names["kind"].lower())
     names.setdefault("listKind", names["kind"] + "List")
     spec.setdefault("conversion", {"strategy": "None"})
     # The real apiextensions controllers accept the names and establish the CRD within moments; here
     # it happens in the same write, so discovery serves the new resource as soon as apply returns.
     conds = (old or {}).get("status", {}).get("conditions") or [
-        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now_iso()},
-        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now_iso()}]
+        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found",
+         "lastTransitionTime": now_iso()},
+        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+         "message": "the initial names have been accepted", "lastTransitionTime": now_iso()}]
     obj["status"] = {"conditions": conds, "acceptedNames": copy.deepcopy(names),
                      "storedVersions": [v["name"] for v in spec["versions"] if v.get("storage")]}
     return errors
@@ -877,12 +886,13 @@ class Cluster:
         meta = obj["metadata"]
         name = meta.get("name")
         errors = []
+        label = rt.plural == "namespaces"     # namespace names are DNS labels, other names DNS subdomains
         if not name:
             errors.append(FieldError(["metadata", "name"], "FieldValueRequired", "Required value: name or generateName is required"))
-        elif len(name) > 253 or not (DNS_LABEL if rt.plural == "namespaces" else DNS_SUBDOMAIN).match(name):
-            errors.append(FieldError(["metadata", "name"], "FieldValueInvalid", 'Invalid value: "%s": a lowercase RFC 1123 %s must consist of '
-                                     "lower case alphanumeric characters, '-'%s, and must start and end with an alphanumeric character"
-                                     % (name, "label" if rt.plural == "namespaces" else "subdomain", "" if rt.plural == "namespaces" else " or '.'")))
+        elif len(name) > 253 or not (DNS_LABEL if label else DNS_SUBDOMAIN).match(name):
+            errors.append(FieldError(["metadata", "name"], "FieldValueInvalid", 'Invalid value: "%s": a lowercase RFC 1123 %s must '
+                                     "consist of lower case alphanumeric characters, '-'%s, and must start and end with an "
+                                     "alphanumeric character" % (name, "label" if label else "subdomain", "" if label else " or '.'")))
         if rt.crd:
             obj, errs, unknown = check_custom_resource(rt, version, obj)
             errors += errs
@@ -992,7 +1002,8 @@ class Cluster:
         if rv and rv != old_meta["resourceVersion"]:
             raise conflict(rt, name, "the object has been modified; please apply your changes to the latest version and try again")
         if new["metadata"].get("uid") and new["metadata"]["uid"] != old_meta["uid"]:
-            raise conflict(rt, name, "Precondition failed: UID in precondition: %s, UID in object meta: %s" % (new["metadata"]["uid"], old_meta["uid"]))
+            raise conflict(rt, name, "Precondition failed: UID in precondition: %s, UID in object meta: %s"
+                           % (new["metadata"]["uid"], old_meta["uid"]))
         if sub == "status":
             # /status changes .status only: spec, labels and annotations stay as stored.
             status = new.get("status")
@@ -1016,8 +1027,9 @@ class Cluster:
         if old_meta.get("deletionTimestamp"):
             added = [f for f in meta.get("finalizers") or [] if f not in (old_meta.get("finalizers") or [])]
             if added:
-                raise invalid(rt, name, [FieldError(["metadata", "finalizers"], "FieldValueForbidden",
-                                                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers %s" % json.dumps(added))])
+                raise invalid(rt, name, [FieldError(["metadata", "finalizers"], "FieldValueForbidden", "Forbidden: no new "
+                                                    "finalizers can be added if the object is being deleted, found new "
+                                                    "finalizers %s" % json.dumps(added))])
         new = self.admit(rt, version, new, old, opts)
         if "generation" in old_meta and self.spec_of(rt, new) != self.spec_of(rt, old):
             new["metadata"]["generation"] = old_meta.get("generation", 1) + 1
@@ -1490,9 +1502,10 @@ class JobRunner(threading.Thread):
             pass    # deleted meanwhile
 
     def pod_status(self, a, phase, running=None, terminated=None):
-        cstatus = {"name": a.pod["spec"]["containers"][0].get("name", "main"), "image": a.pod["spec"]["containers"][0].get("image", ""),
-                   "imageID": "", "restartCount": 0, "ready": running is not None, "started": running is not None,
-                   "state": {"running": running} if running else {"terminated": dict(terminated, startedAt=a.pod["metadata"]["creationTimestamp"])}}
+        container, started = a.pod["spec"]["containers"][0], a.pod["metadata"]["creationTimestamp"]
+        cstatus = {"name": container.get("name", "main"), "image": container.get("image", ""), "imageID": "",
+                   "restartCount": 0, "ready": running is not None, "started": running is not None,
+                   "state": {"running": running} if running else {"terminated": dict(terminated, startedAt=started)}}
         self.write_status(self.pods_rt, a.pod, {
             "phase": phase, "startTime": a.pod["metadata"]["creationTimestamp"], "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
             "conditions": [{"type": "Ready", "status": "True" if running else "False", "lastTransitionTime": now_iso()}],
