@@ -1301,6 +1301,30 @@ def resource_list(cluster, group, version):
             "resources": resources}
 
 
+def aggregated_discovery(cluster, core, version):
+    """apidiscovery.k8s.io v2 (or v2beta1): every group, version and resource in one document."""
+    items = []
+    for group, versions in sorted(group_versions(cluster).items()):
+        if (group == "") != core:
+            continue
+        vdocs = []
+        for v in versions:
+            resources = []
+            for r in resource_list(cluster, group, v)["resources"]:
+                if "/" in r["name"]:
+                    continue
+                kind = {"group": group, "version": v, "kind": r["kind"]}
+                subs = [{"subresource": x["name"].split("/")[1], "responseKind": kind, "verbs": x["verbs"]}
+                        for x in resource_list(cluster, group, v)["resources"] if x["name"].startswith(r["name"] + "/")]
+                doc = {"resource": r["name"], "responseKind": kind, "scope": "Namespaced" if r["namespaced"] else "Cluster",
+                       "singularResource": r["singularName"], "verbs": r["verbs"], "subresources": subs}
+                doc.update({k: r[k] for k in ("shortNames", "categories") if k in r})
+                resources.append(doc)
+            vdocs.append({"version": v, "resources": resources, "freshness": "Current"})
+        items.append({"metadata": {"name": group}, "versions": vdocs})
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/" + version, "metadata": {}, "items": items}
+
+
 def gv_path(group, version):
     return "apis/%s/%s" % (group, version) if group else "api/" + version
 
@@ -1735,12 +1759,15 @@ class Handler(BaseHTTPRequestHandler):
             elif parts in (["healthz"], ["readyz"], ["livez"]):
                 self.send_body(200, b"ok", "text/plain")
                 return True
+            elif parts in (["api"], ["apis"]) and self.aggregated_version():
+                v = self.aggregated_version()
+                doc = aggregated_discovery(cl, parts == ["api"], v)
+                self.send_body(200, json.dumps(doc).encode(), "application/json;g=apidiscovery.k8s.io;v=%s;as=APIGroupDiscoveryList" % v)
+                return True
             elif parts == ["api"]:
                 doc = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
                     {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:%d" % self.server.server_address[1]}]}
             elif parts == ["apis"]:
-                # Plain JSON even when aggregated discovery is asked for: clients see the Content-Type
-                # and fall back to legacy discovery (one request per group version).
                 doc = {"kind": "APIGroupList", "apiVersion": "v1",
                        "groups": [group_doc(g, vs) for g, vs in sorted(gvs.items()) if g]}
             elif len(parts) == 2 and parts[0] == "apis" and parts[1] in gvs:
@@ -1759,6 +1786,16 @@ class Handler(BaseHTTPRequestHandler):
                 return False
         self.send_json(200, doc)
         return True
+
+    def aggregated_version(self):
+        """"v2" or "v2beta1" when the client accepts aggregated discovery (kubectl and kube-rs do)."""
+        for part in self.headers.get("Accept", "").split(","):
+            params = dict(p.strip().split("=", 1) for p in part.split(";")[1:] if "=" in p)
+            if params.get("as") == "APIGroupDiscoveryList" and params.get("v") in ("v2", "v2beta1"):
+                return params["v"]
+            if part.split(";")[0].strip() in ("application/json", "*/*") and "as" not in params:
+                return None
+        return None
 
     def route(self, parts):
         """/api/v1/... or /apis/<group>/<version>/... -> (type, version, namespace, name, subresource)"""

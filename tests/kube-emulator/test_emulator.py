@@ -145,10 +145,20 @@ class DiscoveryTest(Base):
     def test_version_and_group_discovery(self):
         out = json.loads(EMU.kubectl("version", "-o", "json").stdout)
         self.assertTrue(out["serverVersion"]["gitVersion"].startswith("v1."))
-        code, groups, hdrs = EMU.req("GET", "/apis", headers={
-            "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"})
+        code, groups, hdrs = EMU.req("GET", "/apis", headers={"Accept": "application/json"})
         self.assertEqual((code, groups["kind"], hdrs["Content-Type"]), (200, "APIGroupList", "application/json"))
         self.assertIn("test.orch.dev", [g["name"] for g in groups["groups"]])
+        aggregated = {"Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"}
+        code, agg, hdrs = EMU.req("GET", "/apis", headers=aggregated)
+        self.assertEqual((agg["kind"], agg["apiVersion"]), ("APIGroupDiscoveryList", "apidiscovery.k8s.io/v2"))
+        self.assertIn("as=APIGroupDiscoveryList", hdrs["Content-Type"])
+        group = next(g for g in agg["items"] if g["metadata"]["name"] == "test.orch.dev")
+        res = {r["resource"]: r for r in group["versions"][0]["resources"]}
+        self.assertEqual((res["widgets"]["scope"], res["widgets"]["shortNames"], res["gadgets"]["scope"]), ("Namespaced", ["wd", "wdg"], "Cluster"))
+        self.assertEqual([x["subresource"] for x in res["widgets"]["subresources"]], ["status"])
+        code, core, _ = EMU.req("GET", "/api", headers=aggregated)
+        self.assertEqual([g["metadata"]["name"] for g in core["items"]], [""])
+        self.assertIn("pods", [r["resource"] for r in core["items"][0]["versions"][0]["resources"]])
         code, res, _ = EMU.req("GET", "/apis/test.orch.dev/v1")
         byname = {r["name"]: r for r in res["resources"]}
         self.assertEqual(byname["widgets"]["shortNames"], ["wd", "wdg"])
