@@ -28,6 +28,7 @@ pub struct AwsPlatform {
     sdk: SdkConfig,
     settings: AwsSettings,
     log_root: PathBuf,
+    lease: Duration,
 }
 
 impl AwsPlatform {
@@ -44,7 +45,15 @@ impl AwsPlatform {
             sdk,
             settings,
             log_root,
+            lease: LEASE,
         })
+    }
+
+    /// How long the job lease outlives a driver that died without releasing it (default
+    /// 60 s): the operator shortens it so that a new leader takes jobs over sooner.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 }
 
@@ -80,7 +89,7 @@ impl Platform for AwsPlatform {
             config::dynamodb_client(&self.sdk),
             self.settings.table.clone(),
             job,
-            LEASE,
+            self.lease,
         )
         .await
         .map_err(BackendError::from)?;

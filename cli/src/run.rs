@@ -168,6 +168,12 @@ async fn run_on_storage(job: &LoadedJob, opts: RunOptions) -> Result<driver::Run
 
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let job = load_checked(&args.file)?;
+    if job.file.spec.suspend && !args.dry_run {
+        return Err(Failure {
+            code: 2,
+            message: "spec.suspend is true: the job is paused and `orch run` would wait forever; set it to false to run".into(),
+        });
+    }
     let worker = if args.dry_run {
         Vec::new()
     } else {
@@ -233,6 +239,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         on_progress: Box::new(on_progress),
         executor: None,
         stop: None,
+        job_id: None,
     };
     let outcome = runtime.block_on(async {
         if args.dry_run {

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "orch.dev";
 /// API version of every orch resource.
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every orch resource.
+pub const API_VERSION: &str = "orch.dev/v1alpha1";
 
 /// Annotation that asks the operator to run a job's failed tasks again (`orch retry`). Each new
 /// value is one request; the operator records the value it handled in `status.retried`.
@@ -62,7 +64,7 @@ impl std::ops::Deref for OrchJobSpec {
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub enum JobPhase {
     #[default]
     Pending,

@@ -163,6 +163,10 @@ pub struct RunOptions {
     pub executor: Option<Arc<dyn Executor>>,
     /// Stops the run (the job stays resumable) when cancelled. Without one, Ctrl-C does.
     pub stop: Option<CancellationToken>,
+    /// The job's id when the caller names jobs itself (the operator: one job per `OrchJob`,
+    /// whatever later edits to its spec or input). Without one, the id comes from the spec and
+    /// the input's fingerprint, so the same file over the same input resumes the same job.
+    pub job_id: Option<String>,
 }
 
 /// The end of a run.
@@ -237,11 +241,16 @@ pub async fn dry_run(
     })
 }
 
-/// Runs (or resumes) a job to its end on `platform`'s stores.
+/// Runs (or resumes) a job to its end on `platform`'s stores. A job whose spec says
+/// `suspend: true` is planned (or resumed) but dispatches nothing until its stored record says
+/// `suspend: false` again (the operator's pause); `orch run` refuses such a spec up front.
 pub async fn run(job: &LoadedJob, platform: &dyn Platform, opts: RunOptions) -> Result<RunOutcome> {
     let sources = input::sources(&job.file.spec, platform.backends().locations.as_ref()).await?;
     let fingerprint = input::fingerprint(&sources)?;
-    let id = job_id(job, &fingerprint)?;
+    let id = match &opts.job_id {
+        Some(id) => id.clone(),
+        None => job_id(job, &fingerprint)?,
+    };
     let span = info_span!("job", job = %id);
     run_job(job, platform, opts, id, fingerprint, sources)
         .instrument(span)
@@ -256,11 +265,6 @@ async fn run_job(
     fingerprint: String,
     sources: Vec<input::Source>,
 ) -> Result<RunOutcome> {
-    if job.file.spec.suspend {
-        return Err(Error::Invalid(
-            "spec.suspend is true: the job is paused and `orch run` would wait forever; set it to false to run".into(),
-        ));
-    }
     let lease = platform.lock_job(&id).await?;
     let result = drive_locked(job, platform, &opts, &id, &fingerprint, &sources, &*lease).await;
     lease.release().await;
@@ -281,9 +285,9 @@ async fn drive_locked(
     let (record, resumed) = match existing {
         Some(mut j) if !j.phase.is_terminal() => {
             info!(phase = %j.phase, "resuming the job");
-            if j.spec.spec.suspend {
-                // Paused by an earlier run of a suspended spec: the file now says run.
-                j.spec.spec.suspend = false;
+            if j.spec.spec.suspend != job.file.spec.suspend {
+                // Paused or resumed since the earlier run: the spec given now wins.
+                j.spec.spec.suspend = job.file.spec.suspend;
                 j = backends.state.update_job(&j).await?;
             }
             (j, true)

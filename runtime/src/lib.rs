@@ -9,11 +9,14 @@
 //! - [`local_executor`]: worker processes as an array with bounded parallelism;
 //! - [`driver`]: the standalone driver, which runs the engine's observe → decide → act loop
 //!   against those backends (`orch run`);
+//! - [`control`]: pause, resume, cancel, retry and purge of a stored job from outside its
+//!   driver (the operator's `OrchJob` changes);
 //! - [`contract`]: the behaviour every backend implementation must show, as reusable tests.
 
 pub mod aggregate;
 pub mod backends;
 pub mod contract;
+pub mod control;
 pub mod driver;
 pub mod error;
 pub mod fs_store;

@@ -1,0 +1,625 @@
+//! The `OrchJob` controller: turns each resource into a running job and its status.
+//!
+//! A reconcile is short and idempotent; everything it decides from is in the stores or on the
+//! object, so any replica can pick up where another stopped:
+//! 1. an object the operator cannot read is reported (Event) and skipped (`DeserializeGuard`);
+//! 2. the finalizer goes on first; on delete, the job is cancelled (its Slurm arrays or pods
+//!    stopped) and, with `orch.dev/purge-on-delete`, its artifacts deleted before it goes;
+//! 3. core's rules check the spec; a spec the schema accepted but the rules refuse ends
+//!    `Failed` with reason `InvalidSpec` and an Event;
+//! 4. `spec.suspend`, `orch.dev/cancel` and `orch.dev/retry` are written into the job's record,
+//!    where its driver reads them on its next tick (`orch_runtime::control`);
+//! 5. a supervisor runs the job's driver (the engine of `orch run`) unless the job ended;
+//! 6. the status (server-side apply on the status subresource), the `TaskGroup` children and
+//!    Events follow from the stored job and tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use orch_core::ErrorCategory;
+use orch_core::FieldError;
+use orch_core::model::{JobRecord, TaskRecord};
+use orch_runtime::control;
+use serde_json::json;
+use sha2::Digest;
+use tracing::{info, warn};
+
+use crate::Watched;
+use crate::config::{OperatorConfig, Platforms, prepare_job};
+use crate::crd::{
+    CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, PURGE_ANNOTATION,
+    RETRY_ANNOTATION, TaskGroup,
+};
+use crate::error::{Error, Result};
+use crate::status::{job_status, validation_failure};
+use crate::supervisor::{Launch, RunState, Supervisors};
+use crate::taskgroups;
+use crate::telemetry::{Metrics, OutcomeLabels, PhaseLabels};
+
+/// Field manager of every write the operator makes.
+pub const MANAGER: &str = "orch-operator";
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub platforms: Platforms,
+    pub supervisors: Supervisors,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Phase of each job last seen, for the jobs gauge.
+    phases: Mutex<HashMap<String, JobPhase>>,
+    /// The driver failure last reported per job, so one failure makes one Event.
+    reported_errors: Mutex<HashMap<String, String>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        supervisors: Supervisors,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Context {
+            client,
+            platforms: Platforms::new(config.clone()),
+            config,
+            supervisors,
+            recorder,
+            metrics,
+            phases: Mutex::new(HashMap::new()),
+            reported_errors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn note_phase(&self, uid: &str, phase: Option<JobPhase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        match phase {
+            Some(p) => phases.insert(uid.to_string(), p),
+            None => phases.remove(uid),
+        };
+        let mut counts: HashMap<JobPhase, i64> = HashMap::new();
+        for p in phases.values() {
+            *counts.entry(*p).or_default() += 1;
+        }
+        for p in [
+            JobPhase::Pending,
+            JobPhase::Running,
+            JobPhase::Suspended,
+            JobPhase::Succeeded,
+            JobPhase::Failed,
+        ] {
+            self.metrics
+                .jobs
+                .get_or_create(&PhaseLabels {
+                    phase: format!("{p:?}"),
+                })
+                .set(counts.get(&p).copied().unwrap_or(0));
+        }
+    }
+}
+
+/// The engine's id of the job an `OrchJob` stands for: its name plus a hash of its uid, so a
+/// job deleted and applied again is a new job, and edits to a running job's spec do not
+/// fork it.
+pub fn job_id(job: &OrchJob) -> String {
+    let uid = job.metadata.uid.as_deref().unwrap_or("");
+    let hash = hex::encode(&sha2::Sha256::digest(uid.as_bytes())[..4]);
+    format!("{}-{hash}", job.name_any())
+}
+
+/// Reconciles one `OrchJob` (see the module docs), recording metrics.
+pub async fn reconcile(object: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_object(&object, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => category_name(e.category()).to_string(),
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+    ctx.metrics.drivers.set(ctx.supervisors.running() as i64);
+    result
+}
+
+/// When to try a failed reconcile again: soon for what may pass, later for the rest.
+pub fn error_policy(object: Arc<Watched>, error: &Error, _ctx: Arc<Context>) -> Action {
+    let name = object.meta().name.clone().unwrap_or_default();
+    warn!(%name, error = %error, category = ?error.category(), "reconcile failed");
+    Action::requeue(match error.category() {
+        ErrorCategory::Transient => Duration::from_secs(5),
+        ErrorCategory::Infrastructure => Duration::from_secs(15),
+        ErrorCategory::Permanent => Duration::from_secs(60),
+        ErrorCategory::Invalid => Duration::from_secs(300),
+    })
+}
+
+fn category_name(c: ErrorCategory) -> &'static str {
+    match c {
+        ErrorCategory::Invalid => "invalid",
+        ErrorCategory::Transient => "transient",
+        ErrorCategory::Permanent => "permanent",
+        ErrorCategory::Infrastructure => "infrastructure",
+    }
+}
+
+async fn reconcile_object(object: &Watched, ctx: &Context) -> Result<Action> {
+    let job = match &object.0 {
+        Ok(job) => job,
+        Err(invalid) => {
+            // Stored by the API server but unreadable here (written under another schema):
+            // say so on the object and leave the rest of the jobs alone.
+            let meta = &invalid.metadata;
+            warn!(name = ?meta.name, namespace = ?meta.namespace, error = %invalid, "cannot read an OrchJob");
+            let reference = ObjectReference {
+                api_version: Some(crate::crd::API_VERSION.to_string()),
+                kind: Some("OrchJob".into()),
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid: meta.uid.clone(),
+                ..ObjectReference::default()
+            };
+            publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                "Unreadable",
+                &format!("the operator cannot read this OrchJob: {invalid}"),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let namespace = job
+        .namespace()
+        .ok_or_else(|| Error::Invalid("an OrchJob without a namespace".into()))?;
+    let api: Api<OrchJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    if job.metadata.deletion_timestamp.is_some() {
+        return cleanup(job, &api, ctx).await;
+    }
+    if !job.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = job.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        set_finalizers(&api, job, finalizers).await?;
+    }
+    apply(job, &api, ctx).await
+}
+
+/// Everything but deletion.
+async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Action> {
+    let uid = job.uid().unwrap_or_default();
+    let name = job.name_any();
+    let generation = job.metadata.generation.unwrap_or(0);
+    let previous = job.status.as_ref();
+    let reference = job.object_ref(&());
+    let now = now_rfc3339();
+
+    let loaded = match prepare_job(job, &ctx.config) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            ctx.supervisors.stop(&uid).await;
+            let status = validation_failure(generation, &now, &errors);
+            if !already_failed_for(previous, generation) {
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    &failed_message(&status),
+                )
+                .await;
+            }
+            write_status(api, &name, previous, status, ctx, &uid).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
+    let platform = ctx.platforms.get(&storage).await?;
+    let state = platform.backends().state.clone();
+    let id = job_id(job);
+    let mut record = state.get_job(&id).await?;
+
+    // Spec and annotations into the record, where the driver reads them.
+    if let Some(r) = &record {
+        let suspend = job.spec.suspend;
+        if control::set_suspend(state.as_ref(), r, suspend).await? {
+            let (reason, note) = if suspend {
+                (
+                    "Paused",
+                    "spec.suspend is true: tasks not started are held, nothing new starts",
+                )
+            } else {
+                ("Resumed", "spec.suspend is false: dispatching again")
+            };
+            publish(ctx, &reference, EventType::Normal, reason, note).await;
+            record = state.get_job(&id).await?;
+        }
+    }
+    let cancel = annotation(job, CANCEL_ANNOTATION) == Some("true");
+    if cancel
+        && let Some(r) = &record
+        && control::request_cancel(state.as_ref(), r).await?
+    {
+        publish(
+            ctx,
+            &reference,
+            EventType::Normal,
+            "Cancelling",
+            "orch.dev/cancel is true: stopping the job's tasks",
+        )
+        .await;
+        record = state.get_job(&id).await?;
+    }
+    let mut retried = previous.and_then(|p| p.retried.clone());
+    if let Some(request) = annotation(job, RETRY_ANNOTATION)
+        && retried.as_deref() != Some(request)
+    {
+        let (kind, reason, note) = match &record {
+            Some(r) if r.phase.is_terminal() => {
+                let n = control::retry_failed(state.as_ref(), r).await?;
+                if n > 0 {
+                    (
+                        EventType::Normal,
+                        "Retrying",
+                        format!("{n} failed task(s) run again"),
+                    )
+                } else {
+                    (
+                        EventType::Normal,
+                        "NothingToRetry",
+                        "no failed task to run again".to_string(),
+                    )
+                }
+            }
+            Some(_) => (
+                EventType::Warning,
+                "RetryIgnored",
+                "the job is still running; the engine retries failed tasks itself".to_string(),
+            ),
+            None => (
+                EventType::Warning,
+                "RetryIgnored",
+                "the job has not started".to_string(),
+            ),
+        };
+        publish(ctx, &reference, kind, reason, &note).await;
+        retried = Some(request.to_string());
+        record = state.get_job(&id).await?;
+    }
+
+    // The driver.
+    let terminal = record.as_ref().is_some_and(|r| r.phase.is_terminal());
+    let snapshot = ctx.supervisors.snapshot(&uid);
+    let rejected = snapshot.as_ref().and_then(|s| match &s.state {
+        RunState::Rejected(message) if s.generation == generation => Some(message.clone()),
+        _ => None,
+    });
+    if !terminal && rejected.is_none() {
+        let object = format!("{}/{name}", job.namespace().unwrap_or_default());
+        ctx.supervisors.ensure(&uid, &object, || Launch {
+            job: loaded,
+            job_id: id.clone(),
+            generation,
+            platform: platform.clone(),
+            worker_command: ctx.config.worker_command.clone(),
+            executor: None,
+            tick: ctx.config.tick,
+        });
+    }
+    if let Some(error) = snapshot.and_then(|s| s.last_error) {
+        report_driver_error(ctx, &uid, &reference, &error).await;
+    }
+
+    // Status, children, events.
+    let tasks = match &record {
+        Some(_) => state.list_tasks(&id).await?,
+        None => Vec::new(),
+    };
+    let mut status = match &rejected {
+        Some(message) => validation_failure(
+            generation,
+            &now,
+            &[FieldError {
+                path: "spec".into(),
+                message: message.clone(),
+            }],
+        ),
+        None => job_status(record.as_ref(), &tasks, generation, previous, &now),
+    };
+    status.job_id = Some(id.clone());
+    status.retried = retried;
+    transition_events(
+        ctx,
+        &reference,
+        previous,
+        &status,
+        record.as_ref(),
+        rejected.is_some(),
+    )
+    .await;
+    write_status(api, &name, previous, status, ctx, &uid).await?;
+    sync_task_groups(job, &tasks, ctx).await?;
+
+    Ok(if terminal || rejected.is_some() {
+        Action::await_change()
+    } else {
+        Action::requeue(ctx.config.status_interval)
+    })
+}
+
+/// Deletion: cancel what runs, purge when asked, then let the object go.
+async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Action> {
+    let uid = job.uid().unwrap_or_default();
+    if !job.finalizers().iter().any(|f| f == FINALIZER) {
+        ctx.supervisors.stop(&uid).await;
+        return Ok(Action::await_change());
+    }
+    let reference = job.object_ref(&());
+    // A spec the rules refuse never ran: nothing to clean up.
+    if let Ok(loaded) = prepare_job(job, &ctx.config) {
+        let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
+        let platform = ctx.platforms.get(&storage).await?;
+        let state = platform.backends().state.clone();
+        let id = job_id(job);
+        let record = state.get_job(&id).await?;
+        if let Some(r) = record.as_ref().filter(|r| !r.phase.is_terminal()) {
+            // The driver stops the tasks (scancel, pod deletion) and ends the job.
+            if control::request_cancel(state.as_ref(), r).await? {
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Normal,
+                    "Cancelling",
+                    "the OrchJob is being deleted: stopping its tasks first",
+                )
+                .await;
+            }
+            let object = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+            let generation = job.metadata.generation.unwrap_or(0);
+            ctx.supervisors.ensure(&uid, &object, || Launch {
+                job: loaded,
+                job_id: id.clone(),
+                generation,
+                platform: platform.clone(),
+                worker_command: ctx.config.worker_command.clone(),
+                executor: None,
+                tick: ctx.config.tick,
+            });
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        ctx.supervisors.stop(&uid).await;
+        if record.is_some() && annotation(job, PURGE_ANNOTATION) == Some("true") {
+            control::purge(state.as_ref(), platform.backends().objects.as_ref(), &id).await?;
+            publish(
+                ctx,
+                &reference,
+                EventType::Normal,
+                "Purged",
+                "the job's manifests, batches, results and state were deleted",
+            )
+            .await;
+        }
+    }
+    ctx.supervisors.stop(&uid).await;
+    let finalizers = job
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(api, job, finalizers).await?;
+    ctx.note_phase(&uid, None);
+    info!(name = %job.name_any(), "OrchJob deleted");
+    Ok(Action::await_change())
+}
+
+fn annotation<'a>(job: &'a OrchJob, key: &str) -> Option<&'a str> {
+    job.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// Replaces the finalizer list, on the version read (a conflict retries the reconcile).
+async fn set_finalizers(api: &Api<OrchJob>, job: &OrchJob, finalizers: Vec<String>) -> Result<()> {
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": job.resource_version(),
+        }
+    });
+    api.patch(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the status with server-side apply on the status subresource, unless unchanged.
+async fn write_status(
+    api: &Api<OrchJob>,
+    name: &str,
+    previous: Option<&OrchJobStatus>,
+    status: OrchJobStatus,
+    ctx: &Context,
+    uid: &str,
+) -> Result<()> {
+    ctx.note_phase(uid, status.phase);
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": crate::crd::API_VERSION,
+        "kind": "OrchJob",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies the job's `TaskGroup`s whose spec or status changed.
+async fn sync_task_groups(job: &OrchJob, tasks: &[TaskRecord], ctx: &Context) -> Result<()> {
+    if tasks.iter().all(|t| t.group.is_none()) {
+        return Ok(());
+    }
+    let namespace = job.namespace().unwrap_or_default();
+    let api: Api<TaskGroup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing: HashMap<String, TaskGroup> = api
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            taskgroups::JOB_LABEL,
+            job.name_any()
+        )))
+        .await?
+        .items
+        .into_iter()
+        .map(|tg| (tg.name_any(), tg))
+        .collect();
+    let params = PatchParams::apply(MANAGER).force();
+    for (group, status) in taskgroups::desired(job, tasks) {
+        let name = group.name_any();
+        let current = existing.get(&name);
+        if current.map(|c| &c.spec) != Some(&group.spec) {
+            api.patch(&name, &params, &Patch::Apply(&group)).await?;
+        }
+        if current.and_then(|c| c.status.as_ref()) != Some(&status) {
+            let patch = json!({
+                "apiVersion": crate::crd::API_VERSION,
+                "kind": "TaskGroup",
+                "status": status,
+            });
+            api.patch_status(&name, &params, &Patch::Apply(&patch))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Events for the job's visible changes: started, suspended, succeeded, failed.
+async fn transition_events(
+    ctx: &Context,
+    reference: &ObjectReference,
+    previous: Option<&OrchJobStatus>,
+    status: &OrchJobStatus,
+    record: Option<&JobRecord>,
+    rejected: bool,
+) {
+    let before = previous.and_then(|p| p.phase);
+    let after = status.phase;
+    if before == after {
+        return;
+    }
+    let (kind, reason, note) = match after {
+        Some(JobPhase::Running) if before == Some(JobPhase::Suspended) => return,
+        Some(JobPhase::Running) => (
+            EventType::Normal,
+            "Started",
+            record.map_or_else(String::new, |r| {
+                format!(
+                    "job {} planned: {} tasks over {} items",
+                    r.id, r.total_tasks, r.total_items
+                )
+            }),
+        ),
+        Some(JobPhase::Succeeded) => (
+            EventType::Normal,
+            "Completed",
+            match &status.output {
+                Some(out) => format!("the job succeeded; output at {out}"),
+                None => "the job succeeded".to_string(),
+            },
+        ),
+        Some(JobPhase::Failed) => (
+            EventType::Warning,
+            if rejected { "InvalidSpec" } else { "Failed" },
+            failed_message(status),
+        ),
+        _ => return,
+    };
+    publish(ctx, reference, kind, reason, &note).await;
+}
+
+async fn report_driver_error(ctx: &Context, uid: &str, reference: &ObjectReference, error: &str) {
+    {
+        let mut reported = ctx
+            .reported_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if reported.get(uid).map(String::as_str) == Some(error) {
+            return;
+        }
+        reported.insert(uid.to_string(), error.to_string());
+    }
+    publish(
+        ctx,
+        reference,
+        EventType::Warning,
+        "DriverError",
+        &format!("the job's driver failed and is run again: {error}"),
+    )
+    .await;
+}
+
+fn already_failed_for(previous: Option<&OrchJobStatus>, generation: i64) -> bool {
+    previous.is_some_and(|p| {
+        p.phase == Some(JobPhase::Failed) && p.observed_generation == Some(generation)
+    })
+}
+
+fn failed_message(status: &OrchJobStatus) -> String {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == crate::crd::JobConditionType::Failed)
+        .and_then(|c| c.message.clone())
+        .unwrap_or_else(|| "the job failed".to_string())
+}
+
+/// Publishes an Event; a failure to do so is logged, never fails the reconcile.
+async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    kind: EventType,
+    reason: &str,
+    note: &str,
+) {
+    // The API server caps an Event's note at 1 KB.
+    let note: String = note.chars().take(1000).collect();
+    let event = Event {
+        type_: kind,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        warn!(error = %e, reason, "could not publish an Event");
+    }
+}
+
+/// Now in RFC 3339, to the second.
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}

@@ -1,0 +1,287 @@
+//! `orch-operator`: the `OrchJob` controller as a process. Flags match the Helm chart
+//! (charts/orch-operator/templates/deployment.yaml); the work is in the library.
+//!
+//! Shutdown (SIGTERM, SIGINT, or a lost leader Lease) stops the controller, then every job
+//! driver between two ticks — each releases its job's lease — then the leader Lease, so a
+//! standby replica takes over at once. Workers and Slurm arrays are not touched: the next
+//! leader finds them in the stores.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, controller, watcher};
+use kube::{Api, Client};
+use orch_operator::Watched;
+use orch_operator::config::OperatorConfig;
+use orch_operator::controller::{Context, error_policy, reconcile};
+use orch_operator::crd::TaskGroup;
+use orch_operator::leader::LeaderElector;
+use orch_operator::supervisor::Supervisors;
+use orch_operator::telemetry::{self, Metrics};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orch-operator",
+    version,
+    about = "Runs OrchJobs on Slurm (or Kubernetes) with AWS as the data plane"
+)]
+struct Args {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_bind_address: SocketAddr,
+    /// Log lines as JSON (production) or text.
+    #[arg(long, value_enum, default_value = "json", env = "ORCH_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Run only while holding the leader Lease (for more than one replica).
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "orch-operator-leader")]
+    leader_election_lease: String,
+    /// Namespace of the leader Lease; default the pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// How long the leader Lease outlives a leader that stopped renewing it.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    leader_election_duration: Duration,
+    /// This replica's name in the Lease and in Events; default the pod's name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Watch one namespace only; default all.
+    #[arg(long)]
+    watch_namespace: Option<String>,
+    /// Storage of jobs whose spec names none (s3://bucket/prefix/).
+    #[arg(long, env = "ORCH_STORAGE_URI")]
+    storage_uri: Option<String>,
+    /// slurmrestd URL for Slurm jobs that name none (http://slurm-head:6820).
+    #[arg(long, env = "ORCH_SLURM_URL")]
+    slurm_url: Option<String>,
+    /// File holding the JWT for slurmrestd; read at each use, so a rotated token is picked up.
+    #[arg(long, env = "ORCH_SLURM_TOKEN_FILE")]
+    slurm_token_file: Option<PathBuf>,
+    /// Worker program on the Slurm nodes (and for local workers).
+    #[arg(long, env = "ORCH_WORKER", default_value = "orch-worker")]
+    worker: String,
+    /// Image of worker pods (Kubernetes executor).
+    #[arg(long, env = "ORCH_WORKER_IMAGE")]
+    worker_image: Option<String>,
+    /// OrchJobs reconciled at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// How long a job's lease in DynamoDB outlives an operator that died holding it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    job_lease: Duration,
+    /// Pause between two engine ticks of a job.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    tick: Duration,
+    /// Status refresh of a running job when nothing woke the controller.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+    /// Scratch space: files on their way to or from S3.
+    #[arg(long, env = "ORCH_SCRATCH_DIR")]
+    scratch_dir: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "the operator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_bind_address))?;
+    info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    let http = tokio::spawn(telemetry::serve(
+        listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let client = Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("cannot reach the Kubernetes API server")?;
+    info!(server = %version.git_version, "connected to the API server");
+    metrics.set_ready();
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("orch-operator-{}", std::process::id()));
+    let elector = args.leader_elect.then(|| {
+        LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &args.leader_election_namespace),
+            &args.leader_election_lease,
+            &identity,
+            args.leader_election_duration,
+        )
+    });
+    if let Some(elector) = &elector {
+        tokio::select! {
+            r = elector.acquire() => r?,
+            _ = shutdown.cancelled() => return finish(http).await,
+        }
+        metrics.leader.set(1);
+    }
+
+    let scratch = args
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("orch-operator"));
+    let config = OperatorConfig {
+        storage_uri: args.storage_uri.clone(),
+        slurm_url: args.slurm_url.clone(),
+        slurm_token_file: args.slurm_token_file.clone(),
+        worker_command: vec![args.worker.clone()],
+        worker_image: args.worker_image.clone(),
+        scratch,
+        job_lease: args.job_lease,
+        tick: args.tick,
+        status_interval: args.status_interval,
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "orch-operator".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        Supervisors::default(),
+        recorder,
+        metrics.clone(),
+    ));
+    let (jobs, groups) = match &args.watch_namespace {
+        Some(ns) => (
+            Api::<Watched>::namespaced(client.clone(), ns),
+            Api::<TaskGroup>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<Watched>::all(client.clone()),
+            Api::<TaskGroup>::all(client.clone()),
+        ),
+    };
+
+    let lost_lease = CancellationToken::new();
+    if let Some(elector) = elector.as_ref() {
+        let (shutdown, lost_lease) = (shutdown.clone(), lost_lease.clone());
+        let holder = elector.clone();
+        tokio::spawn(async move {
+            holder.hold().await;
+            lost_lease.cancel();
+            shutdown.cancel();
+        });
+    }
+
+    info!(
+        namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
+        "starting the OrchJob controller"
+    );
+    let stop = shutdown.clone();
+    Controller::new(jobs, watcher::Config::default())
+        .owns(
+            groups,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=orch-operator"),
+        )
+        .with_config(controller::Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "controller");
+            }
+        })
+        .await;
+
+    info!("stopping the job drivers");
+    ctx.supervisors.stop_all().await;
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    shutdown.cancel();
+    finish(http).await?;
+    if lost_lease.is_cancelled() {
+        anyhow::bail!("lost the leader Lease");
+    }
+    Ok(())
+}
+
+async fn finish(http: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+    http.await
+        .context("the HTTP server task failed")?
+        .context("the HTTP server failed")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM (Kubernetes stopping the pod) or SIGINT.
+async fn on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
