@@ -100,6 +100,13 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    // kube's TLS and the AWS SDK's each bring a rustls crypto provider; name one.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        warn!("a TLS crypto provider was already installed");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

