@@ -2,7 +2,11 @@
 //! happens in `orch-core` and `orch-runtime`.
 //!
 //! Exit codes (DESIGN §6): 0 success, 1 job failed, 2 usage or validation error, 130 interrupted.
+//!
+//! The same binary is the kubectl plugin: run as `kubectl-orch` (by kubectl, through the
+//! `kubectl-orch` shim or a symlink) it names itself `kubectl orch` and `status` reads the cluster.
 
+mod cluster;
 mod init;
 mod run;
 mod status;
@@ -10,7 +14,7 @@ mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -20,8 +24,12 @@ use clap::{CommandFactory, Parser, Subcommand};
     long_about = "orch turns one YAML job file (an OrchJob) into a whole batch run: it cuts the \
 input into batches, runs your handler on every item with retries and checkpoints, and merges \
 every task's output into Parquet files you can trust — each input item exactly once.\n\n\
-Start with:  orch validate job.yaml   then   orch run job.yaml",
-    after_help = "Exit codes: 0 success, 1 job failed, 2 invalid job file or usage, 130 interrupted.\n\
+Start with:  orch validate job.yaml   then   orch run job.yaml\n\
+In a cluster with orch-operator:  orch submit job.yaml   then   orch status NAME --watch",
+    after_help = "Exit codes: 0 success, 1 job failed (or the cluster could not be reached), 2 invalid \
+job file or usage, 130 interrupted.\n\
+Cluster commands use the kubeconfig (KUBECONFIG, --kubeconfig, --context, -n); see \
+docs/cli-cluster.md.\n\
 Logs: ORCH_LOG=debug for more detail, ORCH_LOG_FORMAT=json for JSON lines."
 )]
 struct Cli {
@@ -51,8 +59,44 @@ storage directory (default ./.orch).",
         #[arg(long)]
         show: bool,
     },
-    /// Show a job's state: tasks by state, items ok/failed, errors by kind, output.
-    Status(status::StatusArgs),
+    /// Create or update an OrchJob in the cluster from a job file (server-side apply).
+    #[command(
+        long_about = "Check a job file as `orch validate` does (schema and rules; exit 2 with \
+every problem and its field path), then create the OrchJob in the cluster, or update it: \
+server-side apply with field manager `orch`, so submitting the same file again changes nothing. \
+`extends` is merged in; everything else is sent as written (relative paths are the workers' to \
+resolve). The namespace is the file's metadata.namespace, else -n, else the context's.",
+        after_help = "Examples:\n  orch submit job.yaml\n  orch submit job.yaml --dry-run -n team-a"
+    )]
+    Submit(cluster::SubmitArgs),
+    /// Show a job's state: from the local stores, or of an OrchJob in the cluster.
+    #[command(
+        long_about = "Show a job's state: phase, tasks, items ok and failed, errors, output.\n\n\
+Local stores (what `orch run` wrote, in a directory or S3): give a job file or a job id.\n\
+An OrchJob in the cluster: give its name with --cluster, -n, --context, --kubeconfig or \
+--watch, or write it orchjob/NAME (oj/NAME); `kubectl orch status` always reads the cluster.",
+        after_help = "Examples:\n  orch status examples/reviews-sentiment/job.yaml\n  \
+orch status reviews-sentiment --watch\n  orch status oj/reviews-sentiment -o yaml\n  \
+orch status --cluster -n team-a\n\n\
+--watch exits 0 when the job succeeds and 1 when it fails, as `orch run` does."
+    )]
+    Status(cluster::StatusArgs),
+    /// Pause an OrchJob: no new tasks, no new tokens (sets spec.suspend).
+    Pause(cluster::NameArgs),
+    /// Resume a paused OrchJob (clears spec.suspend).
+    Resume(cluster::NameArgs),
+    /// Ask the operator to run an OrchJob's failed tasks again (annotation orch.dev/retry).
+    Retry(cluster::NameArgs),
+    /// Cancel an OrchJob: running tasks stop, it ends Failed (annotation orch.dev/cancel).
+    Cancel(cluster::NameArgs),
+    /// Delete an OrchJob and its artifacts, after confirmation; waits until it is gone.
+    #[command(
+        long_about = "Delete an OrchJob and the job's artifacts: manifests, batches, task \
+results and state (never the final output). Marks it with the annotation \
+orch.dev/purge-on-delete, deletes it, and waits until the operator's finalizer has cleaned up \
+and the object is gone. Asks first on a terminal; --yes is required when stdin is not one."
+    )]
+    Purge(cluster::PurgeArgs),
     /// Create the AWS table and queues (and a bucket) orch needs: for development and tests.
     #[command(
         long_about = "Create the AWS resources of docs/aws.md: the DynamoDB table \
@@ -131,16 +175,39 @@ fn init_logging(verbose: bool) {
     }
 }
 
+/// Whether this process runs as the kubectl plugin (`kubectl orch` runs `kubectl-orch`).
+fn invoked_as_kubectl_plugin(argv0: Option<&std::ffi::OsStr>) -> bool {
+    argv0
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("kubectl-orch"))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let kubectl = invoked_as_kubectl_plugin(std::env::args_os().next().as_deref());
+    let mut command = Cli::command();
+    if kubectl {
+        command = command.bin_name("kubectl orch");
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Validate { file, show } => run::validate(&file, show),
-        Command::Status(args) => status::status(args),
+        Command::Submit(args) => cluster::submit(args, kubectl),
+        Command::Status(args) => cluster::status(args, kubectl),
+        Command::Pause(args) => cluster::request(cluster::Request::Pause, args),
+        Command::Resume(args) => cluster::request(cluster::Request::Resume, args),
+        Command::Retry(args) => cluster::request(cluster::Request::Retry, args),
+        Command::Cancel(args) => cluster::request(cluster::Request::Cancel, args),
+        Command::Purge(args) => cluster::purge(args),
         Command::Init(args) => init::init(args),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
+            let name = if kubectl { "kubectl-orch" } else { "orch" };
+            clap_complete::generate(shell, &mut Cli::command(), name, &mut std::io::stdout());
             Ok(0)
         }
     };

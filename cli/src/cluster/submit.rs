@@ -1,0 +1,178 @@
+//! What `orch submit` sends: the job file checked by core's loader (the same schema and rules,
+//! and field paths, as `orch validate`), with its `extends` merged in and nothing else changed.
+//!
+//! Not the loader's resolved job: that one has paths made absolute for this machine and
+//! `storage.uri` defaulted to `./.orch`, where in a cluster the operator decides (DESIGN §3).
+//! Nor is the preflight of `orch validate` run: the input and the handler program are looked
+//! for where the workers run, not here.
+
+use std::path::Path;
+
+use orch_core::load;
+use orch_core::uri::Location;
+use serde_json::{Map, Value};
+
+use crate::Failure;
+
+/// A job file ready to be applied.
+#[derive(Debug)]
+pub struct Document {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`, when the file sets one.
+    pub namespace: Option<String>,
+    /// The merged document: apiVersion, kind, metadata and spec.
+    pub value: Value,
+    /// Things worth knowing before the job runs elsewhere.
+    pub warnings: Vec<String>,
+}
+
+/// Loads and checks `path` (exit 2 with every field error at once, as `orch validate`), then
+/// reads the document to send.
+pub fn document(path: &Path) -> Result<Document, Failure> {
+    let job = load::load(path)?;
+    let value = merged(path, 0).map_err(Failure::usage)?;
+    Ok(Document {
+        name: job.file.metadata.name.clone(),
+        namespace: job.file.metadata.namespace.clone(),
+        warnings: relative_paths(&value),
+        value,
+    })
+}
+
+/// The file with the files it `extends` deep-merged under it, as core's loader merges them.
+/// Runs after [`load::load`] accepted the file, so the chain is known to be finite and readable.
+fn merged(path: &Path, depth: usize) -> Result<Value, String> {
+    if depth > 64 {
+        return Err(format!("{}: `extends` nests too deep", path.display()));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut value: Value = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{}: malformed YAML: {e}", path.display()))?;
+    let extends = value
+        .as_object_mut()
+        .and_then(|o| o.remove("extends"))
+        .unwrap_or(Value::Null);
+    let bases: Vec<String> = match extends {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = Value::Object(Map::new());
+    for base in bases {
+        load::deep_merge(&mut out, merged(&dir.join(base), depth + 1)?);
+    }
+    load::deep_merge(&mut out, value);
+    Ok(out)
+}
+
+/// The server-side apply body: the document in `namespace`.
+pub fn apply_body(mut doc: Value, namespace: &str) -> Value {
+    if let Some(meta) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.insert("namespace".into(), Value::String(namespace.to_string()));
+    }
+    doc
+}
+
+/// Relative paths mean something else in the cluster: the workers resolve them, not this
+/// machine. One warning per field that has one.
+fn relative_paths(doc: &Value) -> Vec<String> {
+    let fields = [
+        ("spec.input.uri", "/spec/input/uri"),
+        ("spec.output.uri", "/spec/output/uri"),
+        ("spec.storage.uri", "/spec/storage/uri"),
+        ("spec.handler.exec.workdir", "/spec/handler/exec/workdir"),
+    ];
+    fields
+        .iter()
+        .filter_map(|(field, pointer)| {
+            let text = doc.pointer(pointer)?.as_str()?;
+            let relative = matches!(
+                Location::parse(text, Path::new("/")),
+                Ok(Location::Local(_))
+            ) && !text.starts_with('/')
+                && !text.starts_with("file://");
+            relative.then(|| {
+                format!(
+                    "{field} `{text}` is relative: in the cluster it is resolved where the \
+                     operator and its workers run, not here (use s3:// or a shared absolute path)"
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn apply_body_sets_the_namespace_and_keeps_the_rest() {
+        let doc = json!({"apiVersion": "orch.dev/v1alpha1", "kind": "OrchJob",
+            "metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"suspend": false}});
+        let body = apply_body(doc.clone(), "team-a");
+        assert_eq!(body["metadata"]["namespace"], "team-a");
+        assert_eq!(body["metadata"]["labels"], doc["metadata"]["labels"]);
+        assert_eq!(body["spec"], doc["spec"]);
+    }
+
+    #[test]
+    fn relative_paths_are_pointed_out() {
+        let doc = json!({"spec": {"input": {"uri": "data.jsonl"}, "output": {"uri": "s3://b/o/"},
+            "storage": {"uri": "/shared/orch"}, "handler": {"exec": {"workdir": "."}}}});
+        let w = relative_paths(&doc);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("spec.input.uri `data.jsonl`"), "{w:?}");
+        assert!(w[1].starts_with("spec.handler.exec.workdir `.`"), "{w:?}");
+    }
+
+    #[test]
+    fn extends_is_merged_like_the_loader_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("base.yaml"),
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {labels: {team: a}}\n\
+             spec: {batch: {size: 10}, resources: {partition: short, cpus: 2}}\n",
+        )
+        .expect("write");
+        let job = dir.path().join("job.yaml");
+        std::fs::write(
+            &job,
+            "extends: base.yaml\nmetadata: {name: j}\n\
+             spec: {input: {uri: s3://b/in.jsonl}, handler: {builtin: {name: identity}},\n\
+             resources: {partition: null}}\n",
+        )
+        .expect("write");
+        let doc = document(&job).map_err(|f| f.message).expect("valid");
+        assert_eq!(doc.name, "j");
+        assert!(doc.value.get("extends").is_none());
+        assert_eq!(doc.value["metadata"]["labels"]["team"], "a");
+        assert_eq!(doc.value["spec"]["batch"]["size"], 10);
+        assert_eq!(doc.value["spec"]["resources"], json!({"cpus": 2}));
+        // Sent as written: no absolute paths, no storage default.
+        assert_eq!(doc.value["spec"]["input"]["uri"], "s3://b/in.jsonl");
+        assert!(doc.value["spec"].get("storage").is_none());
+    }
+
+    #[test]
+    fn an_invalid_file_fails_with_field_paths_and_exit_2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = dir.path().join("job.yaml");
+        std::fs::write(
+            &job,
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {name: j}\n\
+             spec: {input: {uri: s3://b/in.jsonl}, batch: {size: 0},\n\
+             handler: {builtin: {name: identity}}}\n",
+        )
+        .expect("write");
+        let err = document(&job).expect_err("invalid");
+        assert_eq!(err.code, 2);
+        assert!(err.message.contains("spec.batch.size"), "{}", err.message);
+    }
+}
