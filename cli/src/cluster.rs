@@ -282,9 +282,7 @@ pub fn submit(args: SubmitArgs, kubectl: bool) -> Result<u8, Failure> {
             .map_err(|e| cluster.failure(e, "apply", Some(name), &namespace))?;
         let verb = match &before {
             None => "created",
-            Some(b) if b.metadata.resource_version == after.metadata.resource_version => {
-                "unchanged"
-            }
+            Some(b) if unchanged(b, &after, args.dry_run) => "unchanged",
             Some(_) => "configured",
         };
         if args.dry_run {
@@ -304,6 +302,17 @@ pub fn submit(args: SubmitArgs, kubectl: bool) -> Result<u8, Failure> {
         );
         Ok(0)
     })
+}
+
+/// Whether an apply left the object as it was. A write that changes nothing keeps the
+/// resourceVersion; a dry run never changes it, so there the content is compared.
+fn unchanged(before: &DynamicObject, after: &DynamicObject, dry_run: bool) -> bool {
+    if !dry_run {
+        return before.metadata.resource_version == after.metadata.resource_version;
+    }
+    before.data.get("spec") == after.data.get("spec")
+        && before.metadata.labels == after.metadata.labels
+        && before.metadata.annotations == after.metadata.annotations
 }
 
 pub fn status(args: StatusArgs, kubectl: bool) -> Result<u8, Failure> {

@@ -161,7 +161,13 @@ impl From<orch_runtime::Error> for Failure {
 
 fn init_logging(verbose: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if verbose { "info" } else { "warn" };
+    // kube's client logs each failed request as an error; orch reports it in one line of its
+    // own, so kube stays quiet unless ORCH_LOG asks for it.
+    let default = if verbose {
+        "info,kube_client=off"
+    } else {
+        "warn,kube_client=off"
+    };
     let filter = EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -162,11 +162,26 @@ impl Cluster {
                 } else {
                     format!(": {}", status.message)
                 };
+                let about = status
+                    .details
+                    .as_ref()
+                    .map(|d| d.kind.as_str())
+                    .unwrap_or_default();
+                // "the server could not find the requested resource": the URL's resource type
+                // is not served (on a real server, a group it does not know is a plain-text 404).
+                let no_such_type = status
+                    .message
+                    .contains("could not find the requested resource");
                 match (status.code, status.reason.as_str()) {
-                    (404, "NotFound") if name.is_some() => Failure::usage(format!(
-                        "orchjob \"{}\" not found in namespace \"{namespace}\"",
-                        name.unwrap_or_default()
-                    )),
+                    (404, "NotFound") if about == "namespaces" => {
+                        Failure::usage(format!("namespace \"{namespace}\" not found"))
+                    }
+                    (404, "NotFound") if name.is_some() && !no_such_type => {
+                        Failure::usage(format!(
+                            "orchjob \"{}\" not found in namespace \"{namespace}\"",
+                            name.unwrap_or_default()
+                        ))
+                    }
                     (404, _) => Failure {
                         code: 1,
                         message: format!(
