@@ -183,16 +183,42 @@ fn schema_errors(value: &Value) -> Vec<FieldError> {
             }];
         }
     };
-    let mut errors: Vec<FieldError> = validator
-        .iter_errors(value)
-        .map(|e| FieldError {
-            path: pointer_to_path(value, e.instance_path().as_str()),
-            message: describe(&e),
-        })
-        .collect();
+    let mut errors = Vec::new();
+    for e in validator.iter_errors(value) {
+        field_errors(value, &e, &mut errors);
+    }
     errors.sort_by(|a, b| a.path.cmp(&b.path));
     errors.dedup();
     errors
+}
+
+/// The problems one schema error stands for. An optional field's schema is `anyOf` its type
+/// and `null`; a value that fails it fails inside the type (`parallelism: 0` in an optional
+/// section), so the errors of the non-null branch are reported, at their own paths, instead of
+/// one vague error at the section.
+fn field_errors(document: &Value, e: &jsonschema::ValidationError<'_>, out: &mut Vec<FieldError>) {
+    use jsonschema::error::ValidationErrorKind as K;
+    if let K::AnyOf { context } = e.kind()
+        && !e.instance().is_null()
+    {
+        let here = e.instance_path().as_str();
+        let only_null_refused = |branch: &Vec<jsonschema::ValidationError<'static>>| {
+            matches!(branch.as_slice(), [b] if b.instance_path().as_str() == here
+                && matches!(b.kind(), K::Type { kind } if format!("{kind:?}").contains("Null")))
+        };
+        let others: Vec<&Vec<jsonschema::ValidationError<'static>>> =
+            context.iter().filter(|b| !only_null_refused(b)).collect();
+        if others.len() == 1 && others.len() < context.len() {
+            for inner in others[0] {
+                field_errors(document, inner, out);
+            }
+            return;
+        }
+    }
+    out.push(FieldError {
+        path: pointer_to_path(document, e.instance_path().as_str()),
+        message: describe(e),
+    });
 }
 
 /// Renders a JSON pointer as the field path users see: `spec.output.schema[1].type`. Walks the
@@ -416,11 +442,9 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
             "spec.executor",
             "set exactly one of `local`, `slurm` or `kubernetes`".into(),
         );
-    } else if e.kubernetes.is_some() {
-        err(
-            "spec.executor.kubernetes",
-            "the Kubernetes executor is not available in this build; use `local` or `slurm`".into(),
-        );
+    }
+    if let Some(kube) = &e.kubernetes {
+        kubernetes_rules(&mut err, kube, &s.resources);
     }
     if let Some(slurm) = &e.slurm {
         if slurm.transport == spec::SlurmTransport::Rest && slurm.url.is_none() {
@@ -448,6 +472,124 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         err("spec.storage.uri", e);
     }
     errors
+}
+
+/// The rules of `spec.executor.kubernetes`: names Kubernetes would refuse are refused here,
+/// naming the field, instead of at the first submission. Of `spec.resources`, `partition`,
+/// `account` and `qos` are Slurm's and ignored; `constraint` has no Kubernetes meaning and is
+/// refused (a task needing a node feature must not land anywhere), as is any `gres` but GPUs.
+fn kubernetes_rules(
+    err: &mut impl FnMut(&str, String),
+    kube: &spec::KubernetesExecutorSpec,
+    resources: &spec::ResourcesSpec,
+) {
+    const PATH: &str = "spec.executor.kubernetes";
+    if let Some(image) = &kube.image
+        && (image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        err(
+            &format!("{PATH}.image"),
+            format!("must be an image reference without spaces, got `{image}`"),
+        );
+    }
+    if let Some(account) = &kube.service_account_name
+        && let Err(why) = dns_subdomain(account)
+    {
+        err(&format!("{PATH}.serviceAccountName"), why);
+    }
+    for (key, value) in &kube.node_selector {
+        let path = format!("{PATH}.nodeSelector.{key}");
+        if let Err(why) = label_key(key) {
+            err(&path, why);
+        }
+        if let Err(why) = label_value(value) {
+            err(&path, why);
+        }
+    }
+    if let Some(deadline) = &kube.active_deadline {
+        duration_rule(err, &format!("{PATH}.activeDeadline"), deadline, true);
+    }
+    if let Err(why) = spec::KubernetesExecutorSpec::gpus(resources) {
+        err("spec.resources.gres", why);
+    }
+    if let Some(constraint) = &resources.constraint {
+        err(
+            "spec.resources.constraint",
+            format!(
+                "`{constraint}` is a Slurm node constraint; with the Kubernetes executor use spec.executor.kubernetes.nodeSelector"
+            ),
+        );
+    }
+}
+
+/// A DNS-1123 subdomain (what Kubernetes accepts as most object names).
+fn dns_subdomain(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a Kubernetes name (at most 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit), got `{name}`"
+        ))
+    }
+}
+
+/// The name part of a label key, or a label value when not empty: at most 63 letters,
+/// digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+fn label_name_ok(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// A label key: `name` or `prefix/name`, the prefix a DNS subdomain.
+fn label_key(key: &str) -> std::result::Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix
+        && dns_subdomain(prefix).is_err()
+    {
+        return Err(format!(
+            "label key `{key}`: the prefix before `/` must be a DNS subdomain such as `node.kubernetes.io`"
+        ));
+    }
+    if !label_name_ok(name) {
+        return Err(format!(
+            "label key `{key}`: the name must be 1–63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or like a label key's name.
+fn label_value(value: &str) -> std::result::Result<(), String> {
+    if value.is_empty() || label_name_ok(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "label value `{value}` must be at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit"
+        ))
+    }
 }
 
 /// Names of declared output columns: they become Parquet, SQLite and CSV column names next to
@@ -797,6 +939,154 @@ mod tests {
         let file = check(Path::new("job.yaml"), &doc(json!({"rowGroupRows": 1000}))).unwrap();
         assert_eq!(file.spec.output.row_group_rows, 1000);
         assert!(!problems(&doc(json!({"rowGroupRows": "many"}))).is_empty());
+    }
+
+    /// A job with the given executor and resources (and the defaults for the rest).
+    fn job_with(executor: Value, resources: Value) -> Value {
+        let mut d = doc(json!({}));
+        d["spec"]["executor"] = executor;
+        d["spec"]["resources"] = resources;
+        d
+    }
+
+    #[test]
+    fn the_kubernetes_executor_is_typed_with_defaults() {
+        let file = check(
+            Path::new("job.yaml"),
+            &job_with(json!({"kubernetes": {}}), json!({})),
+        )
+        .unwrap();
+        let kube = file.spec.executor.kubernetes.unwrap();
+        assert_eq!(kube, spec::KubernetesExecutorSpec::default());
+        assert_eq!(kube.parallelism, 10);
+        let file = check(
+            Path::new("job.yaml"),
+            &job_with(
+                json!({"kubernetes": {
+                    "image": "registry.example/orch-worker:1.2",
+                    "parallelism": 50,
+                    "serviceAccountName": "orch-worker",
+                    "imagePullPolicy": "IfNotPresent",
+                    "nodeSelector": {"node.kubernetes.io/instance-type": "g5.xlarge", "pool": ""},
+                    "activeDeadline": "6h",
+                }}),
+                json!({"cpus": 2, "memory": "4Gi", "gres": "gpu:1", "partition": "short"}),
+            ),
+        )
+        .unwrap();
+        let kube = file.spec.executor.kubernetes.unwrap();
+        assert_eq!(kube.parallelism, 50);
+        assert_eq!(
+            kube.image_pull_policy,
+            Some(spec::ImagePullPolicy::IfNotPresent)
+        );
+        assert_eq!(kube.node_selector.len(), 2);
+        assert_eq!(
+            spec::KubernetesExecutorSpec::gpus(&file.spec.resources),
+            Ok(Some(1))
+        );
+    }
+
+    #[test]
+    fn kubernetes_parallelism_zero_is_refused_with_its_path() {
+        let got = problems(&job_with(
+            json!({"kubernetes": {"parallelism": 0}}),
+            json!({}),
+        ));
+        assert_eq!(
+            got,
+            vec![(
+                "spec.executor.kubernetes.parallelism".to_string(),
+                "must be ≥ 1, got 0".to_string()
+            )]
+        );
+        // As `orch validate` prints it.
+        let e = check(
+            Path::new("job.yaml"),
+            &job_with(json!({"kubernetes": {"parallelism": 0}}), json!({})),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("spec.executor.kubernetes.parallelism: must be ≥ 1, got 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kubernetes_fields_are_checked_with_field_paths() {
+        let got = problems(&job_with(
+            json!({"kubernetes": {
+                "image": "two words",
+                "serviceAccountName": "Orch_Worker",
+                "imagePullPolicy": "always",
+                "nodeSelector": {"-bad": "ok", "good": "not ok!"},
+                "activeDeadline": "soon",
+                "workers": 3,
+            }}),
+            json!({}),
+        ));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        // Schema problems first (the rules wait for a document that parses).
+        assert_eq!(
+            paths,
+            vec![
+                "spec.executor.kubernetes",
+                "spec.executor.kubernetes.imagePullPolicy"
+            ],
+            "{got:?}"
+        );
+        assert!(got[0].1.contains("unknown field `workers`"), "{got:?}");
+        assert!(got[1].1.contains("must be one of"), "{got:?}");
+        let got = problems(&job_with(
+            json!({"kubernetes": {
+                "image": "two words",
+                "serviceAccountName": "Orch_Worker",
+                "nodeSelector": {"-bad": "ok", "good": "not ok!", "bad prefix/x": "y"},
+                "activeDeadline": "soon",
+            }}),
+            json!({"constraint": "avx512", "gres": "gpu:a100:2"}),
+        ));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.executor.kubernetes.image",
+                "spec.executor.kubernetes.serviceAccountName",
+                "spec.executor.kubernetes.nodeSelector.-bad",
+                "spec.executor.kubernetes.nodeSelector.bad prefix/x",
+                "spec.executor.kubernetes.nodeSelector.good",
+                "spec.executor.kubernetes.activeDeadline",
+                "spec.resources.gres",
+                "spec.resources.constraint",
+            ],
+            "{got:?}"
+        );
+        assert!(got[6].1.contains("nodeSelector"), "{got:?}");
+        assert!(got[7].1.contains("nodeSelector"), "{got:?}");
+        for (gres, expect) in [
+            ("gpu", Ok(Some(1))),
+            ("gpu:4", Ok(Some(4))),
+            ("gpu:0", Err(())),
+            ("license:matlab:1", Err(())),
+        ] {
+            let r = spec::ResourcesSpec {
+                gres: Some(gres.into()),
+                ..spec::ResourcesSpec::default()
+            };
+            assert_eq!(
+                spec::KubernetesExecutorSpec::gpus(&r).map_err(|_| ()),
+                expect,
+                "{gres}"
+            );
+        }
+    }
+
+    #[test]
+    fn exactly_one_executor() {
+        let got = problems(&job_with(json!({"local": {}, "kubernetes": {}}), json!({})));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.executor");
     }
 
     #[test]

@@ -507,9 +507,9 @@ pub struct ExecutorSpec {
     /// Slurm job arrays (docs/slurm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmExecutorSpec>,
-    /// Kubernetes Indexed Jobs.
+    /// Kubernetes Indexed Jobs, started by the operator (docs/kubernetes-executor.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<serde_json::Map<String, serde_json::Value>>,
+    pub kubernetes: Option<KubernetesExecutorSpec>,
 }
 
 impl Default for ExecutorSpec {
@@ -587,6 +587,102 @@ impl Default for SlurmExecutorSpec {
             worker: None,
             log_dir: None,
             checkpoint_grace: default_grace(),
+        }
+    }
+}
+
+/// Tasks as Kubernetes Indexed Jobs started by the operator, one Job per task group (per run
+/// of consecutive task ids in it; docs/kubernetes-executor.md). Each pod gets the resources of
+/// `spec.resources`: `cpus` and `memory` as requests and limits, `gres: gpu:N` as
+/// `nvidia.com/gpu`, `time` as the pod's deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesExecutorSpec {
+    /// Container image of the worker pods; default: the operator's worker image
+    /// (`ORCH_WORKER_IMAGE`). It must hold `orch-worker` and whatever the handler runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Pods of one Kubernetes Job (one task group) running at once.
+    #[serde(default = "default_kubernetes_parallelism")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub parallelism: u32,
+    /// Service account of the worker pods, e.g. one bound to a cloud role that may read and
+    /// write the job's storage; default: the namespace's `default` account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// When the node pulls the image; default: Kubernetes' own (`Always` for `:latest`, else
+    /// `IfNotPresent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Node labels a worker pod's node must carry (the pod's `nodeSelector`), e.g. a node pool
+    /// or a GPU model.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Longest time one Kubernetes Job (a task group, all its pods) may stay active; its tasks
+    /// still running or waiting then fail as past their time limit and are retried. Default:
+    /// no limit (each task still has `spec.resources.time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline: Option<Quantity>,
+}
+
+fn default_kubernetes_parallelism() -> u32 {
+    10
+}
+
+impl Default for KubernetesExecutorSpec {
+    fn default() -> Self {
+        KubernetesExecutorSpec {
+            image: None,
+            parallelism: default_kubernetes_parallelism(),
+            service_account_name: None,
+            image_pull_policy: None,
+            node_selector: BTreeMap::new(),
+            active_deadline: None,
+        }
+    }
+}
+
+impl KubernetesExecutorSpec {
+    /// GPUs per pod from `spec.resources.gres`: `gpu:N` (or `gpu`, one) becomes `N`
+    /// `nvidia.com/gpu`. Other generic resources, and typed GPUs (`gpu:a100:2`, whose model
+    /// Kubernetes selects by node label: `nodeSelector`), are refused.
+    pub fn gpus(resources: &ResourcesSpec) -> Result<Option<u32>, String> {
+        let Some(gres) = resources.gres.as_deref() else {
+            return Ok(None);
+        };
+        let mut parts = gres.trim().split(':');
+        let count = match (parts.next(), parts.next(), parts.next()) {
+            (Some("gpu"), None, None) => Some(1),
+            (Some("gpu"), Some(n), None) => n.parse::<u32>().ok().filter(|n| *n > 0),
+            (Some("gpu"), Some(_), Some(_)) => {
+                return Err(format!(
+                    "`{gres}`: Kubernetes has no GPU types in requests; write `gpu:N` and pick the model with spec.executor.kubernetes.nodeSelector"
+                ));
+            }
+            _ => None,
+        };
+        count.map(Some).ok_or_else(|| {
+            format!("`{gres}`: the Kubernetes executor knows GPUs only, as `gpu:N` (N ≥ 1)")
+        })
+    }
+}
+
+/// When a node pulls a container image (Kubernetes' `imagePullPolicy`).
+// No doc comments on the variants: schemars would write a `oneOf` instead of an `enum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value Kubernetes expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
         }
     }
 }
