@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the task named by --task, ORCH_TASK_INDEX or SLURM_ARRAY_TASK_ID.
+    /// Run the task named by --task, ORCH_TASK_INDEX, SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX.
     Run {
         /// Storage URI of the job (file:///…).
         #[arg(long)]
@@ -29,11 +30,13 @@ enum Command {
         /// Task group (array submission) this process belongs to.
         #[arg(long)]
         group: u32,
-        /// Task index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID.
+        /// Task index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID, then
+        /// JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs).
         #[arg(long)]
         task: Option<u32>,
-        /// Added to the index from the environment: a Slurm array's index 0 is this task
-        /// (indices must stay below the cluster's MaxArraySize).
+        /// Added to the index from the environment: index 0 of a Slurm array or Kubernetes
+        /// Indexed Job is this task (array indices must stay below the cluster's
+        /// MaxArraySize; an Indexed Job covers a contiguous run of tasks).
         #[arg(long, default_value_t = 0)]
         task_offset: u32,
     },
@@ -56,7 +59,8 @@ enum Command {
         /// Run the final merge into the output location.
         #[arg(long = "final")]
         final_merge: bool,
-        /// Group index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID.
+        /// Group index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID, then
+        /// JOB_COMPLETION_INDEX.
         #[arg(long)]
         group: Option<u32>,
         /// Added to the index from the environment (see `run --task-offset`).
@@ -74,11 +78,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The task index from the environment (local executor, Slurm array), plus `offset`.
+/// Where executors put the task index, in the order they are read: the local executor, a
+/// Slurm array, a Kubernetes Indexed Job.
+const TASK_INDEX_VARIABLES: [&str; 3] = [
+    "ORCH_TASK_INDEX",
+    "SLURM_ARRAY_TASK_ID",
+    "JOB_COMPLETION_INDEX",
+];
+
+/// The task index from the environment (local executor, Slurm array, Kubernetes Indexed Job),
+/// plus `offset`.
 fn task_from_env(offset: u32) -> Option<u32> {
-    ["ORCH_TASK_INDEX", "SLURM_ARRAY_TASK_ID"]
+    task_from(|k| std::env::var(k).ok(), offset)
+}
+
+/// [`task_from_env`] over any lookup of variables.
+fn task_from(var: impl Fn(&str) -> Option<String>, offset: u32) -> Option<u32> {
+    TASK_INDEX_VARIABLES
         .iter()
-        .find_map(|k| std::env::var(k).ok()?.parse::<u32>().ok())
+        .find_map(|k| var(k)?.parse::<u32>().ok())
         .and_then(|index| index.checked_add(offset))
 }
 
@@ -213,7 +231,9 @@ fn run_task(
     task: Option<u32>,
 ) -> i32 {
     let Some(task) = task else {
-        eprintln!("orch-worker: no task index (--task, ORCH_TASK_INDEX or SLURM_ARRAY_TASK_ID)");
+        eprintln!(
+            "orch-worker: no task index (--task, ORCH_TASK_INDEX, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)"
+        );
         return 2;
     };
     let args = WorkerArgs {
@@ -274,4 +294,49 @@ fn run_task(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_task_index_comes_from_the_first_executor_variable_plus_the_offset() {
+        assert_eq!(
+            task_from(lookup(&[("JOB_COMPLETION_INDEX", "7")]), 0),
+            Some(7)
+        );
+        assert_eq!(
+            task_from(lookup(&[("JOB_COMPLETION_INDEX", "7")]), 4000),
+            Some(4007)
+        );
+        assert_eq!(
+            task_from(
+                lookup(&[("SLURM_ARRAY_TASK_ID", "2"), ("JOB_COMPLETION_INDEX", "7")]),
+                10
+            ),
+            Some(12)
+        );
+        assert_eq!(
+            task_from(
+                lookup(&[("ORCH_TASK_INDEX", "1"), ("JOB_COMPLETION_INDEX", "7")]),
+                0
+            ),
+            Some(1)
+        );
+        assert_eq!(task_from(lookup(&[]), 3), None);
+        assert_eq!(task_from(lookup(&[("JOB_COMPLETION_INDEX", "x")]), 0), None);
+        assert_eq!(
+            task_from(lookup(&[("JOB_COMPLETION_INDEX", "1")]), u32::MAX),
+            None
+        );
+    }
 }
