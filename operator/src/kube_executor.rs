@@ -201,7 +201,8 @@ impl KubeExecutor {
     /// Checks the spec (resources, image, deadline) so that a job whose pods cannot be built
     /// fails before anything is created. Makes no request.
     pub fn new(client: kube::Client, launch: KubeLaunch) -> Result<Self, KubeExecutorError> {
-        let invalid = |(field, reason): (String, String)| KubeExecutorError::Invalid { field, reason };
+        let invalid =
+            |(field, reason): (String, String)| KubeExecutorError::Invalid { field, reason };
         let resources = PodResources::of(&launch.resources).map_err(invalid)?;
         let image = launch
             .spec
@@ -217,9 +218,9 @@ impl KubeExecutor {
         }
         let job_deadline_seconds = match &launch.spec.active_deadline {
             Some(q) => {
-                let d = q.as_duration().map_err(|e| {
-                    invalid(("spec.executor.kubernetes.activeDeadline".into(), e))
-                })?;
+                let d = q
+                    .as_duration()
+                    .map_err(|e| invalid(("spec.executor.kubernetes.activeDeadline".into(), e)))?;
                 Some(i64::try_from(d.as_secs().max(1)).unwrap_or(i64::MAX))
             }
             None => None,
@@ -284,7 +285,9 @@ impl KubeExecutor {
         let mut items = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut params = ListParams::default().labels(&self.selector).limit(PAGE_SIZE);
+            let mut params = ListParams::default()
+                .labels(&self.selector)
+                .limit(PAGE_SIZE);
             if let Some(fields) = fields {
                 params = params.fields(fields);
             }
@@ -383,7 +386,12 @@ impl KubeExecutor {
             {
                 Ok(_) => debug!(job = %view.name, suspend, "patched spec.suspend"),
                 Err(e) if is_status(&e, 404) => {}
-                Err(e) => return Err(KubeExecutorError::api(format!("suspend Job {}", view.name), e)),
+                Err(e) => {
+                    return Err(KubeExecutorError::api(
+                        format!("suspend Job {}", view.name),
+                        e,
+                    ));
+                }
             }
         }
         self.forget_snapshot().await;
@@ -410,7 +418,9 @@ impl Executor for KubeExecutor {
                     "Kubernetes Job already exists; not creating it again"
                 ),
                 Err(e) => {
-                    return Err(KubeExecutorError::api(format!("create Job {}", job.name), e).into());
+                    return Err(
+                        KubeExecutorError::api(format!("create Job {}", job.name), e).into(),
+                    );
                 }
             }
             ids.extend(job.ids());
@@ -497,7 +507,10 @@ impl Executor for KubeExecutor {
             // without a pod yet is remembered, and its pod deleted when one shows up.
             let pods: Vec<Pod> = {
                 let snapshot = self.snapshot.lock().await;
-                snapshot.as_ref().map(|s| s.pods.clone()).unwrap_or_default()
+                snapshot
+                    .as_ref()
+                    .map(|s| s.pods.clone())
+                    .unwrap_or_default()
             };
             let slots = pods_by_slot(&pods);
             let mut doomed = Vec::new();

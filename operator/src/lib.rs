@@ -16,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod kube_executor;
 pub mod leader;
 pub mod status;
 pub mod supervisor;

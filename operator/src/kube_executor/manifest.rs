@@ -91,8 +91,14 @@ pub fn job_label_value(job_id: &str) -> String {
         && job_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && job_id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && job_id.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+        && job_id
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && job_id
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
     if valid {
         return job_id.to_string();
     }
@@ -178,7 +184,9 @@ pub fn plan_jobs(orch_job_name: &str, job_id: &str, group: &TaskGroup) -> Vec<Pl
         match runs.last_mut() {
             Some(run)
                 if run.len() < MAX_COMPLETIONS as usize
-                    && run.last().is_some_and(|(t, _)| t.checked_add(1) == Some(pair.0)) =>
+                    && run
+                        .last()
+                        .is_some_and(|(t, _)| t.checked_add(1) == Some(pair.0)) =>
             {
                 run.push(pair)
             }
@@ -216,7 +224,13 @@ pub fn parse_executor_id(id: &str) -> Option<(&str, u32)> {
 /// The worker's arguments for one Job, as the Slurm batch script has them:
 /// `run --storage S --job J --group G --task-offset O` for work, `aggregate --level L …` for a
 /// merge level and `aggregate --final …` for the final merge (their task id is the merge group).
-pub fn worker_args(kind: TaskKind, storage: &str, job: &str, group: u32, offset: u32) -> Vec<String> {
+pub fn worker_args(
+    kind: TaskKind,
+    storage: &str,
+    job: &str,
+    group: u32,
+    offset: u32,
+) -> Vec<String> {
     let mut args: Vec<String> = match kind {
         TaskKind::Work => vec!["run".into()],
         TaskKind::Merge { level } => vec!["aggregate".into(), "--level".into(), level.to_string()],
@@ -265,7 +279,7 @@ impl PodResources {
             cpus: resources.cpus.max(1),
             memory_bytes,
             gpus,
-            time_seconds: i64::try_from(time.as_secs_f64().ceil() as u64)
+            time_seconds: i64::try_from(time.as_secs() + u64::from(time.subsec_nanos() > 0))
                 .unwrap_or(i64::MAX)
                 .max(1),
         })
@@ -276,7 +290,10 @@ impl PodResources {
     pub fn requirements(&self) -> ResourceRequirements {
         let mut amounts = BTreeMap::new();
         amounts.insert("cpu".to_string(), Quantity(self.cpus.to_string()));
-        amounts.insert("memory".to_string(), Quantity(memory_quantity(self.memory_bytes)));
+        amounts.insert(
+            "memory".to_string(),
+            Quantity(memory_quantity(self.memory_bytes)),
+        );
         if let Some(gpus) = self.gpus {
             amounts.insert("nvidia.com/gpu".to_string(), Quantity(gpus.to_string()));
         }
@@ -290,8 +307,13 @@ impl PodResources {
 
 /// Bytes in the largest binary unit that divides them (`2Gi`, `1536Mi`, `1000`).
 pub fn memory_quantity(bytes: u64) -> String {
-    for (unit, size) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+    for (unit, size) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
@@ -338,7 +360,11 @@ impl JobTemplate {
         ours.iter()
             .filter(|(name, _)| !self.environment.iter().any(|(n, _)| n == name))
             .map(|(name, value)| var(name, value))
-            .chain(self.environment.iter().map(|(name, value)| var(name, value)))
+            .chain(
+                self.environment
+                    .iter()
+                    .map(|(name, value)| var(name, value)),
+            )
             .collect()
     }
 
@@ -347,7 +373,10 @@ impl JobTemplate {
         let labels = self.labels(planned);
         let annotations = BTreeMap::from([
             (JOB_ID_ANNOTATION.to_string(), self.job_id.clone()),
-            (TASK_OFFSET_ANNOTATION.to_string(), planned.offset.to_string()),
+            (
+                TASK_OFFSET_ANNOTATION.to_string(),
+                planned.offset.to_string(),
+            ),
         ]);
         let completions = i32::try_from(planned.completions()).unwrap_or(i32::MAX);
         let parallelism = i32::try_from(self.spec.parallelism.max(1))

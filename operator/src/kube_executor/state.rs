@@ -231,7 +231,10 @@ pub fn stuck_reason(pod: &Pod) -> Option<String> {
     STUCK_WAITING.contains(&reason).then(|| {
         format!(
             "{reason}: {}",
-            waiting.message.as_deref().unwrap_or("the container cannot start")
+            waiting
+                .message
+                .as_deref()
+                .unwrap_or("the container cannot start")
         )
     })
 }
