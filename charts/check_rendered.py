@@ -20,15 +20,13 @@ import yaml
 # (apiGroup, resource) -> verbs the controllers may have. Nothing else is allowed.
 ALLOWED = {
     ("orch.dev", "orchjobs"): {"get", "list", "watch", "patch"},
-    ("orch.dev", "taskgroups"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("orch.dev", "ratelimits"): {"get", "list", "watch", "patch"},
+    ("orch.dev", "taskgroups"): {"get", "list", "watch", "create", "patch"},
     ("orch.dev", "orchjobs/status"): {"patch"},
     ("orch.dev", "taskgroups/status"): {"patch"},
-    ("orch.dev", "ratelimits/status"): {"patch"},
     ("orch.dev", "orchjobs/finalizers"): {"update"},
-    ("orch.dev", "taskgroups/finalizers"): {"update"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+    ("batch", "jobs"): {"create", "list", "patch", "delete"},
+    ("", "pods"): {"list", "delete"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
 }
 # Resources that may only be granted in a namespaced Role.

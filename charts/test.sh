@@ -146,9 +146,9 @@ mutant() { # description, sed expression
   printf '   caught: %-40s %s\n' "$1" "$(head -1 "$out/mutant.out" | sed 's/^FAIL [^:]*: //' | cut -c1-90)"
 }
 mutant "wildcard verb" '0,/verbs: \["get", "list", "watch", "patch"\]/s//verbs: ["*"]/'
-mutant "wildcard resource" '0,/resources: \["ratelimits"\]/s//resources: ["*"]/'
+mutant "wildcard resource" '0,/resources: \["taskgroups"\]/s//resources: ["*"]/'
 mutant "wildcard apiGroup" '0,/apiGroups: \["batch"\]/s//apiGroups: ["*"]/'
-mutant "extra verb (deletecollection)" 's/verbs: \["create", "get", "list", "watch", "delete"\]/verbs: ["create", "get", "list", "watch", "delete", "deletecollection"]/'
+mutant "extra verb (deletecollection)" 's/verbs: \["create", "list", "patch", "delete"\]/verbs: ["create", "list", "patch", "delete", "deletecollection"]/'
 mutant "secrets access" 's/resources: \["jobs"\]/resources: ["secrets"]/'
 mutant "writable root filesystem" 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/'
 mutant "privilege escalation" 's/allowPrivilegeEscalation: false/allowPrivilegeEscalation: true/'

@@ -121,7 +121,11 @@ impl World {
             .unwrap();
         assert!(out.status.success(), "orch init: {}", common::text(&out));
         let crds = repo().join("crds");
-        for crd in ["orch.dev_orchjobs.yaml", "orch.dev_taskgroups.yaml", "orch.dev_ratelimits.yaml"] {
+        for crd in [
+            "orch.dev_orchjobs.yaml",
+            "orch.dev_taskgroups.yaml",
+            "orch.dev_ratelimits.yaml",
+        ] {
             world.kubectl_ok(&["apply", "-f", crds.join(crd).to_str().unwrap()]);
         }
         Some(world)
@@ -152,7 +156,11 @@ impl World {
 
     fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?}: {}", common::text(&out));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            common::text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -182,7 +190,8 @@ impl World {
             ))
             .stdout(Stdio::null())
             .stderr(log);
-        self.operators.push(c.spawn().expect("orch-operator starts"));
+        self.operators
+            .push(c.spawn().expect("orch-operator starts"));
     }
 
     fn operator_log(&self, identity: &str) -> String {
@@ -295,7 +304,12 @@ spec:
     fn squeue(&self, id: &str) -> Vec<String> {
         self.slurm(
             "squeue",
-            &["--noheader", "--array", &format!("--name={id}"), "--format=%i %T %r"],
+            &[
+                "--noheader",
+                "--array",
+                &format!("--name={id}"),
+                "--format=%i %T %r",
+            ],
         )
         .lines()
         .map(str::to_string)
@@ -387,7 +401,10 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
     // 20 tasks of 20 items at 30 ms: each task takes ~0.6 s, four at a time.
     let file = world.job_yaml("reviews", 20, "30ms", "");
     let applied = world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(applied.contains("orchjob.orch.dev/reviews created"), "{applied}");
+    assert!(
+        applied.contains("orchjob.orch.dev/reviews created"),
+        "{applied}"
+    );
 
     world.wait_for("the job to run", Duration::from_secs(60), |w| {
         w.get("reviews")["status"]["phase"] == "Running"
@@ -400,18 +417,27 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
         !w.sacct(&id).is_empty()
     });
     // The finalizer is on, and `kubectl get orchjobs` prints the printer columns.
-    assert_eq!(world.get("reviews")["metadata"]["finalizers"][0], "orch.dev/cleanup");
+    assert_eq!(
+        world.get("reviews")["metadata"]["finalizers"][0],
+        "orch.dev/cleanup"
+    );
     let table = world.kubectl_ok(&["get", "orchjobs"]);
     let header = table.lines().next().unwrap();
     for column in ["NAME", "PHASE", "DONE", "TOTAL", "FAILED", "AGE"] {
         assert!(header.contains(column), "{table}");
     }
-    assert!(table.contains("reviews") && table.contains("Running"), "{table}");
+    assert!(
+        table.contains("reviews") && table.contains("Running"),
+        "{table}"
+    );
     assert!(table.lines().nth(1).unwrap().contains(" 20 "), "{table}");
 
     // SIGKILL: no lease released, no driver stopped cleanly.
     world.wait_for("some tasks done", Duration::from_secs(120), |w| {
-        w.get("reviews")["status"]["tasks"]["succeeded"].as_u64().unwrap_or(0) >= 3
+        w.get("reviews")["status"]["tasks"]["succeeded"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
     });
     let first = world.operators.remove(0);
     let pid = first.id().to_string();
@@ -433,7 +459,9 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
         world.operators_logs()
     );
     assert!(
-        world.operator_log("op-b").contains("starting the job's driver"),
+        world
+            .operator_log("op-b")
+            .contains("starting the job's driver"),
         "the second operator took the job over:\n{}",
         world.operators_logs()
     );
@@ -464,14 +492,20 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
     // Events tell the story.
     let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
     for reason in ["Started", "Completed"] {
-        assert!(events.contains(&format!("\"reason\": \"{reason}\"")), "{events}");
+        assert!(
+            events.contains(&format!("\"reason\": \"{reason}\"")),
+            "{events}"
+        );
     }
 
     // Every item exactly once, read by pyarrow.
     common::read_output(&world.output_dir("reviews").await).assert_each_item_once(ITEMS);
     // Slurm's view: every work array task ran and completed, no array twice.
     let rows = world.sacct(&id);
-    let work: Vec<_> = rows.iter().filter(|r| r[2].starts_with("orch:work")).collect();
+    let work: Vec<_> = rows
+        .iter()
+        .filter(|r| r[2].starts_with("orch:work"))
+        .collect();
     let done: BTreeSet<&str> = work
         .iter()
         .filter(|r| r[1] == "COMPLETED")
@@ -484,12 +518,19 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
     );
 
     // Delete with purge: the finalizer cleans up, the children go with the job.
-    world.kubectl_ok(&["annotate", "orchjob/reviews", "orch.dev/purge-on-delete=true"]);
+    world.kubectl_ok(&[
+        "annotate",
+        "orchjob/reviews",
+        "orch.dev/purge-on-delete=true",
+    ]);
     world.kubectl_ok(&["delete", "orchjob", "reviews", "--timeout=60s"]);
     let left = world.kubectl_ok(&["get", "orchjobs,taskgroups", "-o", "name"]);
     assert!(left.trim().is_empty(), "{left}");
     assert_eq!(world.keys_under(&format!("orch/jobs/{id}/")).await, 0);
-    assert!(world.keys_under("out-reviews/").await > 0, "purge keeps the output");
+    assert!(
+        world.keys_under("out-reviews/").await > 0,
+        "purge keeps the output"
+    );
 }
 
 /// Pause holds the job's pending array tasks in Slurm and starts nothing new; resume releases
@@ -507,21 +548,37 @@ async fn pause_resume_and_cancel() {
     let file = world.job_yaml("paused", 10, "100ms", extra);
     world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
     world.wait_for("the job to run", Duration::from_secs(60), |w| {
-        w.get("paused")["status"]["tasks"]["running"].as_u64().unwrap_or(0) > 0
+        w.get("paused")["status"]["tasks"]["running"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
     });
     let id = world.get("paused")["status"]["jobId"]
         .as_str()
         .unwrap()
         .to_string();
 
-    world.kubectl_ok(&["patch", "orchjob", "paused", "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#]);
+    world.kubectl_ok(&[
+        "patch",
+        "orchjob",
+        "paused",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
     world.wait_for("Suspended=True", Duration::from_secs(30), |w| {
         w.condition("paused", "Suspended") == Some(("True".into(), "Paused".into()))
     });
-    world.wait_for("pending tasks held in Slurm", Duration::from_secs(30), |w| {
-        let q = w.squeue(&id);
-        q.iter().any(|l| l.contains("PENDING")) && q.iter().all(|l| !l.contains("PENDING") || l.contains("Held"))
-    });
+    world.wait_for(
+        "pending tasks held in Slurm",
+        Duration::from_secs(30),
+        |w| {
+            let q = w.squeue(&id);
+            q.iter().any(|l| l.contains("PENDING"))
+                && q.iter()
+                    .all(|l| !l.contains("PENDING") || l.contains("Held"))
+        },
+    );
     assert_eq!(world.get("paused")["status"]["phase"], "Suspended");
     // Once the running ones finish, nothing runs while paused.
     world.wait_for("running tasks to finish", Duration::from_secs(60), |w| {
@@ -530,9 +587,19 @@ async fn pause_resume_and_cancel() {
     let done_while_paused = world.get("paused")["status"]["tasks"]["succeeded"].clone();
     std::thread::sleep(Duration::from_secs(3));
     assert!(world.squeue(&id).iter().all(|l| !l.contains("RUNNING")));
-    assert_eq!(world.get("paused")["status"]["tasks"]["succeeded"], done_while_paused);
+    assert_eq!(
+        world.get("paused")["status"]["tasks"]["succeeded"],
+        done_while_paused
+    );
 
-    world.kubectl_ok(&["patch", "orchjob", "paused", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    world.kubectl_ok(&[
+        "patch",
+        "orchjob",
+        "paused",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
     world.wait_for("work again", Duration::from_secs(60), |w| {
         w.get("paused")["status"]["tasks"]["succeeded"] != done_while_paused
     });
@@ -543,18 +610,33 @@ async fn pause_resume_and_cancel() {
 
     // Cancel mid-run.
     world.kubectl_ok(&["annotate", "orchjob/paused", "orch.dev/cancel=true"]);
-    let waited = world.kubectl(&["wait", "--for=condition=Failed", "orchjob/paused", "--timeout=120s"]);
-    assert!(waited.status.success(), "{}\n{}", common::text(&waited), world.operators_logs());
+    let waited = world.kubectl(&[
+        "wait",
+        "--for=condition=Failed",
+        "orchjob/paused",
+        "--timeout=120s",
+    ]);
+    assert!(
+        waited.status.success(),
+        "{}\n{}",
+        common::text(&waited),
+        world.operators_logs()
+    );
     assert_eq!(
         world.condition("paused", "Failed"),
         Some(("True".into(), "Cancelled".into()))
     );
-    world.wait_for("Slurm to have nothing of the job", Duration::from_secs(60), |w| {
-        w.squeue(&id).is_empty()
-    });
+    world.wait_for(
+        "Slurm to have nothing of the job",
+        Duration::from_secs(60),
+        |w| w.squeue(&id).is_empty(),
+    );
     let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
     for reason in ["Paused", "Resumed", "Cancelling"] {
-        assert!(events.contains(&format!("\"reason\": \"{reason}\"")), "{events}");
+        assert!(
+            events.contains(&format!("\"reason\": \"{reason}\"")),
+            "{events}"
+        );
     }
 }
 
@@ -569,7 +651,11 @@ async fn invalid_jobs_are_refused_or_failed_with_the_reason() {
     let bad = world.job_yaml("bad-size", 0, "1ms", "");
     let out = world.kubectl(&["apply", "-f", bad.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(common::text(&out).contains("spec.batch.size"), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("spec.batch.size"),
+        "{}",
+        common::text(&out)
+    );
 
     // Passes the schema, fails the rules: parquet missing from the output formats.
     let file = world.scratch.write(

@@ -29,6 +29,8 @@ pub struct OperatorConfig {
     pub worker_command: Vec<String>,
     /// Image of worker pods (Kubernetes executor).
     pub worker_image: Option<String>,
+    /// Command of worker pods; empty: the image's entrypoint.
+    pub pod_worker_command: Vec<String>,
     /// Files on their way to or from S3, and local workers' logs.
     pub scratch: PathBuf,
     /// How long a job's lease in DynamoDB outlives a crashed operator.

@@ -24,8 +24,11 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use orch_core::ErrorCategory;
 use orch_core::FieldError;
+use orch_core::backend::Executor;
+use orch_core::load::LoadedJob;
 use orch_core::model::{JobRecord, TaskRecord};
 use orch_runtime::control;
+use orch_runtime::platform::Platform;
 use serde_json::json;
 use sha2::Digest;
 use tracing::{info, warn};
@@ -37,6 +40,7 @@ use crate::crd::{
     RETRY_ANNOTATION, TaskGroup,
 };
 use crate::error::{Error, Result};
+use crate::kube_executor::{self, KubeExecutor, KubeExecutorError, KubeLaunch};
 use crate::status::{job_status, validation_failure};
 use crate::supervisor::{Launch, RunState, Supervisors};
 use crate::taskgroups;
@@ -208,27 +212,16 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
 
     let loaded = match prepare_job(job, &ctx.config) {
         Ok(loaded) => loaded,
-        Err(errors) => {
-            ctx.supervisors.stop(&uid).await;
-            let status = validation_failure(generation, &now, &errors);
-            if !already_failed_for(previous, generation) {
-                publish(
-                    ctx,
-                    &reference,
-                    EventType::Warning,
-                    "InvalidSpec",
-                    &failed_message(&status),
-                )
-                .await;
-            }
-            write_status(api, &name, previous, status, ctx, &uid).await?;
-            return Ok(Action::await_change());
-        }
+        Err(errors) => return refuse(job, api, ctx, &errors).await,
     };
     let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
     let platform = ctx.platforms.get(&storage).await?;
     let state = platform.backends().state.clone();
     let id = job_id(job);
+    let launch = match launch(job, loaded, &id, platform.clone(), ctx) {
+        Ok(launch) => launch,
+        Err(error) => return refuse(job, api, ctx, &[error]).await,
+    };
     let mut record = state.get_job(&id).await?;
 
     // Spec and annotations into the record, where the driver reads them.
@@ -308,15 +301,7 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     });
     if !terminal && rejected.is_none() {
         let object = format!("{}/{name}", job.namespace().unwrap_or_default());
-        ctx.supervisors.ensure(&uid, &object, || Launch {
-            job: loaded,
-            job_id: id.clone(),
-            generation,
-            platform: platform.clone(),
-            worker_command: ctx.config.worker_command.clone(),
-            executor: None,
-            tick: ctx.config.tick,
-        });
+        ctx.supervisors.ensure(&uid, &object, || launch);
     }
     if let Some(error) = snapshot.and_then(|s| s.last_error) {
         report_driver_error(ctx, &uid, &reference, &error).await;
@@ -359,6 +344,35 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     })
 }
 
+/// A spec that cannot run: `Failed`/`InvalidSpec` with the problems, and one Event — once per
+/// generation (the status of an unchanged refused spec is left as written).
+async fn refuse(
+    job: &OrchJob,
+    api: &Api<OrchJob>,
+    ctx: &Context,
+    errors: &[FieldError],
+) -> Result<Action> {
+    let uid = job.uid().unwrap_or_default();
+    let generation = job.metadata.generation.unwrap_or(0);
+    ctx.supervisors.stop(&uid).await;
+    let previous = job.status.as_ref();
+    if already_failed_for(previous, generation) {
+        ctx.note_phase(&uid, Some(JobPhase::Failed));
+        return Ok(Action::await_change());
+    }
+    let status = validation_failure(generation, &now_rfc3339(), errors);
+    publish(
+        ctx,
+        &job.object_ref(&()),
+        EventType::Warning,
+        "InvalidSpec",
+        &failed_message(&status),
+    )
+    .await;
+    write_status(api, &job.name_any(), previous, status, ctx, &uid).await?;
+    Ok(Action::await_change())
+}
+
 /// Deletion: cancel what runs, purge when asked, then let the object go.
 async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Action> {
     let uid = job.uid().unwrap_or_default();
@@ -386,17 +400,10 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
                 )
                 .await;
             }
-            let object = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
-            let generation = job.metadata.generation.unwrap_or(0);
-            ctx.supervisors.ensure(&uid, &object, || Launch {
-                job: loaded,
-                job_id: id.clone(),
-                generation,
-                platform: platform.clone(),
-                worker_command: ctx.config.worker_command.clone(),
-                executor: None,
-                tick: ctx.config.tick,
-            });
+            if let Ok(launch) = launch(job, loaded, &id, platform.clone(), ctx) {
+                let object = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+                ctx.supervisors.ensure(&uid, &object, || launch);
+            }
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
         ctx.supervisors.stop(&uid).await;
@@ -423,6 +430,58 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
     ctx.note_phase(&uid, None);
     info!(name = %job.name_any(), "OrchJob deleted");
     Ok(Action::await_change())
+}
+
+/// What a supervisor needs to run `job`: with `executor.kubernetes`, its Indexed Jobs executor
+/// (built without a request; a spec no pod can have is refused here, as `InvalidSpec`).
+fn launch(
+    job: &OrchJob,
+    loaded: LoadedJob,
+    id: &str,
+    platform: Arc<dyn Platform>,
+    ctx: &Context,
+) -> Result<Launch, FieldError> {
+    let executor: Option<Arc<dyn Executor>> = match &loaded.file.spec.executor.kubernetes {
+        Some(spec) => {
+            let kube = KubeLaunch {
+                namespace: job.namespace().unwrap_or_default(),
+                owner: kube_executor::owner_reference(job),
+                orch_job_name: job.name_any(),
+                job_id: id.to_string(),
+                storage: platform.storage_uri(),
+                default_image: ctx.config.worker_image.clone().unwrap_or_default(),
+                worker_command: ctx.config.pod_worker_command.clone(),
+                resources: loaded.file.spec.resources.clone(),
+                spec: spec.clone(),
+                environment: kube_executor::worker_environment(),
+            };
+            match KubeExecutor::new(ctx.client.clone(), kube) {
+                Ok(executor) => Some(Arc::new(executor)),
+                Err(KubeExecutorError::Invalid { field, reason }) => {
+                    return Err(FieldError {
+                        path: field,
+                        message: reason,
+                    });
+                }
+                Err(e) => {
+                    return Err(FieldError {
+                        path: "spec.executor.kubernetes".into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        None => None,
+    };
+    Ok(Launch {
+        job: loaded,
+        job_id: id.to_string(),
+        generation: job.metadata.generation.unwrap_or(0),
+        platform,
+        worker_command: ctx.config.worker_command.clone(),
+        executor,
+        tick: ctx.config.tick,
+    })
 }
 
 fn annotation<'a>(job: &'a OrchJob, key: &str) -> Option<&'a str> {
@@ -623,3 +682,7 @@ pub fn now_rfc3339() -> String {
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

@@ -80,6 +80,10 @@ struct Args {
     /// Image of worker pods (Kubernetes executor).
     #[arg(long, env = "ORCH_WORKER_IMAGE")]
     worker_image: Option<String>,
+    /// Command of worker pods (program and leading arguments, space-separated); default the
+    /// image's entrypoint.
+    #[arg(long, env = "ORCH_WORKER_POD_COMMAND", value_delimiter = ' ')]
+    worker_pod_command: Vec<String>,
     /// OrchJobs reconciled at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
@@ -193,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         slurm_token_file: args.slurm_token_file.clone(),
         worker_command: vec![args.worker.clone()],
         worker_image: args.worker_image.clone(),
+        pod_worker_command: args.worker_pod_command.clone(),
         scratch,
         job_lease: args.job_lease,
         tick: args.tick,

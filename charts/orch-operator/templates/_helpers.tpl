@@ -61,31 +61,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["orch.dev"]
   resources: ["orchjobs"]
   verbs: ["get", "list", "watch", "patch"]
-# TaskGroup: created per OrchJob (owned), deleted when the job is purged.
+# TaskGroup: one per submission, written with server-side apply (create + patch); deleted by
+# the garbage collector with its OrchJob (owner reference), never by the operator.
 - apiGroups: ["orch.dev"]
   resources: ["taskgroups"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# RateLimit: read, and its status (current rate, holders) written.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Status subresources: counts and conditions only. (RateLimit gets its rules with the limiter.)
 - apiGroups: ["orch.dev"]
-  resources: ["ratelimits"]
-  verbs: ["get", "list", "watch", "patch"]
-# Status subresources: counts and conditions only.
-- apiGroups: ["orch.dev"]
-  resources: ["orchjobs/status", "taskgroups/status", "ratelimits/status"]
+  resources: ["orchjobs/status", "taskgroups/status"]
   verbs: ["patch"]
-# Owner references with blockOwnerDeletion on objects owned by OrchJobs / TaskGroups
+# Owner references with blockOwnerDeletion on objects owned by OrchJobs (TaskGroups, Jobs)
 # (OwnerReferencesPermissionEnforcement admission).
 - apiGroups: ["orch.dev"]
-  resources: ["orchjobs/finalizers", "taskgroups/finalizers"]
+  resources: ["orchjobs/finalizers"]
   verbs: ["update"]
 # Events about the resources (kube-rs Recorder, events.k8s.io/v1).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- if .Values.rbac.kubernetesExecutor }}
-# Kubernetes executor: one Indexed Job per array of tasks.
+# Kubernetes executor: one Indexed Job per run of tasks; listed to poll, patched to
+# suspend/resume, deleted to cancel.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "delete"]
+  verbs: ["create", "list", "patch", "delete"]
+# Their pods: listed to poll; deleted to cancel single indexes.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "delete"]
 {{- end }}
 {{- end }}

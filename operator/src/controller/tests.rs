@@ -1,0 +1,227 @@
+//! Reconcile against a fake API server (tower-test): each scenario lists the requests the
+//! controller must make, in order, and what the fake answers. No cluster, no stores beyond a
+//! temporary directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::Client;
+use kube::client::Body;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::OperatorConfig;
+use crate::crd::OrchJobSpec;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn config(storage: Option<String>) -> OperatorConfig {
+    OperatorConfig {
+        storage_uri: storage,
+        slurm_url: None,
+        slurm_token_file: None,
+        worker_command: vec!["orch-worker".into()],
+        worker_image: None,
+        pod_worker_command: Vec::new(),
+        scratch: std::env::temp_dir().join("orch-operator-unit"),
+        job_lease: Duration::from_secs(60),
+        tick: Duration::from_millis(100),
+        status_interval: Duration::from_secs(10),
+    }
+}
+
+fn context(storage: Option<String>) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "orch-operator".into(),
+            instance: Some("unit".into()),
+        },
+    );
+    let ctx = Context::new(
+        client,
+        config(storage),
+        Supervisors::default(),
+        recorder,
+        Arc::new(Metrics::default()),
+    );
+    (Arc::new(ctx), handle)
+}
+
+/// A job whose spec the schema accepts; `formats` decides whether core's rules do.
+fn job(name: &str, formats: &str) -> OrchJob {
+    let spec: OrchJobSpec = serde_json::from_value(json!({
+        "input": {"uri": "/data/in.jsonl"},
+        "handler": {"builtin": {"name": "identity"}},
+        "batch": {"size": 10},
+        "output": {"uri": "/data/out/", "formats": [formats]},
+    }))
+    .unwrap();
+    let mut j = OrchJob::new(name, spec);
+    j.metadata.namespace = Some("team-a".into());
+    j.metadata.uid = Some(format!("uid-{name}"));
+    j.metadata.resource_version = Some("7".into());
+    j.metadata.generation = Some(2);
+    j
+}
+
+/// The next request: checks method and path, returns its JSON body and answers `reply`.
+async fn expect(handle: &mut Handle, method: Method, path: &str, reply: Value) -> Value {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+        .expect("the client is alive");
+    assert_eq!(request.method(), method, "{}", request.uri());
+    assert_eq!(request.uri().path(), path);
+    let query = request.uri().query().unwrap_or("").to_string();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let mut body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    if let Value::Object(map) = &mut body {
+        map.insert("__query".into(), Value::String(query));
+    }
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+const JOBS: &str = "/apis/orch.dev/v1alpha1/namespaces/team-a/orchjobs";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
+
+#[tokio::test]
+async fn an_invalid_spec_gets_the_finalizer_an_event_and_a_failed_status() {
+    let (ctx, mut api) = context(Some("/tmp/unused".into()));
+    let job = job("bad", "sqlite");
+    let reply = serde_json::to_value(&job).unwrap();
+    let object = Arc::new(DeserializeGuard(Ok(job)));
+    let reconciling = tokio::spawn(reconcile(object, ctx));
+
+    let finalizer = expect(
+        &mut api,
+        Method::PATCH,
+        &format!("{JOBS}/bad"),
+        reply.clone(),
+    )
+    .await;
+    assert_eq!(
+        finalizer["metadata"]["finalizers"],
+        json!(["orch.dev/cleanup"])
+    );
+    // Optimistic concurrency: the patch names the version it was computed from.
+    assert_eq!(finalizer["metadata"]["resourceVersion"], "7");
+
+    let event = expect(&mut api, Method::POST, EVENTS, json!({})).await;
+    assert_eq!(event["reason"], "InvalidSpec");
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("spec.output.formats"),
+        "{event}"
+    );
+
+    let status = expect(
+        &mut api,
+        Method::PATCH,
+        &format!("{JOBS}/bad/status"),
+        reply,
+    )
+    .await;
+    assert!(
+        status["__query"]
+            .as_str()
+            .unwrap()
+            .contains("fieldManager=orch-operator")
+    );
+    assert!(status["__query"].as_str().unwrap().contains("force=true"));
+    let s = &status["status"];
+    assert_eq!(s["phase"], "Failed");
+    assert_eq!(s["observedGeneration"], 2);
+    let failed = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap();
+    assert_eq!(
+        (failed["status"].as_str(), failed["reason"].as_str()),
+        (Some("True"), Some("InvalidSpec"))
+    );
+
+    let action = reconciling.await.unwrap().unwrap();
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn an_invalid_status_already_written_is_not_written_or_announced_again() {
+    let (ctx, mut api) = context(Some("/tmp/unused".into()));
+    let mut job = job("bad", "sqlite");
+    job.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let errors = prepare_job(&job, &ctx.config).unwrap_err();
+    job.status = Some(validation_failure(2, "2026-11-26T00:00:00Z", &errors));
+    let object = Arc::new(DeserializeGuard(Ok(job)));
+    let action = reconcile(object, ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    // Not one request (the client is gone or silent).
+    let next = tokio::time::timeout(Duration::from_millis(200), api.next_request()).await;
+    assert!(matches!(next, Err(_) | Ok(None)), "a request was made");
+}
+
+#[tokio::test]
+async fn deleting_a_job_that_never_ran_only_removes_the_finalizer() {
+    let storage = tempfile::tempdir().unwrap();
+    let (ctx, mut api) = context(Some(storage.path().display().to_string()));
+    let mut job = job("gone", "parquet");
+    job.metadata.finalizers = Some(vec!["other.io/keep".into(), FINALIZER.into()]);
+    job.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let reply = serde_json::to_value(&job).unwrap();
+    let reconciling = tokio::spawn(reconcile(Arc::new(DeserializeGuard(Ok(job))), ctx));
+    let patch = expect(&mut api, Method::PATCH, &format!("{JOBS}/gone"), reply).await;
+    // Only ours goes; another controller's finalizer stays.
+    assert_eq!(patch["metadata"]["finalizers"], json!(["other.io/keep"]));
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::await_change());
+}
+
+#[tokio::test]
+async fn an_unreadable_object_is_reported_and_skipped() {
+    let (ctx, mut api) = context(None);
+    let raw = json!({
+        "apiVersion": "orch.dev/v1alpha1",
+        "kind": "OrchJob",
+        "metadata": {"name": "broken", "namespace": "team-a", "uid": "u1"},
+        "spec": {"batch": "not an object"},
+    });
+    let guard: Watched = serde_json::from_value(raw).unwrap();
+    assert!(guard.0.is_err());
+    let reconciling = tokio::spawn(reconcile(Arc::new(guard), ctx));
+    let event = expect(&mut api, Method::POST, EVENTS, json!({})).await;
+    assert_eq!(event["reason"], "Unreadable");
+    assert_eq!(event["regarding"]["name"], "broken");
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::await_change());
+}
+
+#[test]
+fn job_ids_follow_the_object_not_its_spec() {
+    let a = job("reviews", "parquet");
+    let mut b = a.clone();
+    b.spec.0.batch.size = 99;
+    assert_eq!(job_id(&a), job_id(&b));
+    let mut c = a.clone();
+    c.metadata.uid = Some("another".into());
+    assert_ne!(job_id(&a), job_id(&c));
+    assert!(job_id(&a).starts_with("reviews-"));
+}
