@@ -58,12 +58,23 @@ struct Emulator {
 }
 
 impl Emulator {
-    fn start(dir: &Path) -> Emulator {
+    /// With `pods` (the environment workers get), the emulator runs Indexed Jobs' pods as local
+    /// processes (`--run-jobs`).
+    fn start(dir: &Path, pods: Option<Vec<(String, String)>>) -> Emulator {
         let kubeconfig = dir.join("kubeconfig");
-        let mut child = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .arg(repo().join("tests/kube-emulator/kube_emulator.py"))
             .args(["--port", "0", "--kubeconfig"])
-            .arg(&kubeconfig)
+            .arg(&kubeconfig);
+        if let Some(env) = pods {
+            command
+                .arg("--run-jobs")
+                .arg("--job-logs")
+                .arg(dir.join("pod-logs"))
+                .envs(env);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -99,12 +110,22 @@ struct World {
 }
 
 impl World {
+    /// A world with Slurm (skipped without it).
     async fn new(prefix: &str) -> Option<World> {
         let slurm = slurm_env()?;
+        World::build(prefix, slurm, false).await
+    }
+
+    /// A world whose emulator runs Indexed Jobs as local processes, without Slurm.
+    async fn with_pods(prefix: &str) -> Option<World> {
+        World::build(prefix, HashMap::new(), true).await
+    }
+
+    async fn build(prefix: &str, slurm: HashMap<String, String>, pods: bool) -> Option<World> {
         let kubectl = kubectl_path()?;
         let scratch = common::Scratch::new();
-        let world = World {
-            emulator: Emulator::start(scratch.dir.path()),
+        let mut world = World {
+            emulator: Emulator::start(scratch.dir.path(), None),
             kubectl,
             slurm,
             endpoint: moto::moto().endpoint.clone(),
@@ -114,6 +135,10 @@ impl World {
             scratch,
             operators: Vec::new(),
         };
+        if pods {
+            // Pods need the AWS settings: restart the emulator with them and --run-jobs.
+            world.emulator = Emulator::start(world.scratch.dir.path(), Some(world.aws_env()));
+        }
         let out = world
             .with_aws(Command::new(common::orch()))
             .args(["init", "--bucket", &world.bucket])
@@ -131,18 +156,28 @@ impl World {
         Some(world)
     }
 
+    /// What a user (or a worker) of this world's AWS needs in its environment.
+    fn aws_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("ORCH_DYNAMODB_TABLE", self.table.as_str()),
+            ("ORCH_SQS_QUEUE", self.queue.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
     fn with_aws(&self, mut c: Command) -> Command {
         c.current_dir(self.scratch.dir.path())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::var("HOME").unwrap_or_default())
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("ORCH_DYNAMODB_TABLE", &self.table)
-            .env("ORCH_SQS_QUEUE", &self.queue);
+            .envs(self.aws_env());
         c
     }
 
@@ -172,6 +207,8 @@ impl World {
             .env("KUBECONFIG", &self.emulator.kubeconfig)
             .env("ORCH_STORAGE_URI", format!("s3://{}/orch/", self.bucket))
             .env("ORCH_WORKER", common::worker())
+            .env("ORCH_WORKER_IMAGE", "orch-worker:e2e")
+            .env("ORCH_WORKER_POD_COMMAND", common::worker())
             .env("RUST_LOG", "info")
             .args([
                 "--log-format=text",
@@ -581,9 +618,12 @@ async fn pause_resume_and_cancel() {
     );
     assert_eq!(world.get("paused")["status"]["phase"], "Suspended");
     // Once the running ones finish, nothing runs while paused.
+    // (The status follows the stores a moment later than Slurm: wait for both.)
     world.wait_for("running tasks to finish", Duration::from_secs(60), |w| {
         w.squeue(&id).iter().all(|l| !l.contains("RUNNING"))
+            && w.get("paused")["status"]["tasks"]["running"] == 0
     });
+    std::thread::sleep(Duration::from_secs(2));
     let done_while_paused = world.get("paused")["status"]["tasks"]["succeeded"].clone();
     std::thread::sleep(Duration::from_secs(3));
     assert!(world.squeue(&id).iter().all(|l| !l.contains("RUNNING")));
@@ -691,4 +731,102 @@ spec:
     let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
     assert!(events.contains("\"reason\": \"InvalidSpec\""), "{events}");
     world.kubectl_ok(&["delete", "orchjob", "rules", "--timeout=30s"]);
+}
+
+/// Without Slurm: the Kubernetes executor's Indexed Jobs (the emulator runs their pods as local
+/// processes), driven with the CLI's cluster verbs. A handler that cannot start makes every task
+/// fail: `orch status --watch` exits 1; once it can start, `orch retry` runs the failed tasks
+/// again and `orch status --watch` exits 0 with every item exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn indexed_jobs_fail_then_orch_retry_completes_them() {
+    let Some(mut world) = World::with_pods("e2e-k8s").await else {
+        return;
+    };
+    const N: u64 = 200;
+    world.put_input(N).await;
+    world.start_operator("op-a");
+    let marker = world.scratch.path("handler-may-start");
+    let handler = world.scratch.write(
+        "handler.py",
+        "import os, sys\n\
+         sys.path.insert(0, sys.argv[1])\n\
+         if not os.path.exists(sys.argv[2]):\n    sys.exit(3)\n\
+         from orch_handler import handler\n\
+         @handler\ndef echo(item):\n    return item\n",
+    );
+    let file = world.scratch.write(
+        "retried.yaml",
+        &format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: retried}}
+spec:
+  input: {{uri: "s3://{bucket}/input/items.jsonl"}}
+  batch: {{size: 50}}
+  handler:
+    exec: {{command: [python3, "{handler}", "{python}", "{marker}"]}}
+  retry: {{maxAttempts: 1}}
+  output: {{uri: "s3://{bucket}/out-retried/"}}
+  executor: {{kubernetes: {{parallelism: 2}}}}
+"#,
+            bucket = world.bucket,
+            handler = handler.display(),
+            python = repo().join("python").canonicalize().unwrap().display(),
+            marker = marker.display(),
+        ),
+    );
+    let orch = |args: &[&str]| {
+        Command::new(common::orch())
+            .args(args)
+            .env("KUBECONFIG", &world.emulator.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let submitted = orch(&["submit", file.to_str().unwrap()]);
+    assert!(submitted.status.success(), "{}", common::text(&submitted));
+
+    let watched = orch(&["status", "retried", "--watch"]);
+    assert_eq!(
+        watched.status.code(),
+        Some(1),
+        "{}\n{}",
+        common::text(&watched),
+        world.operators_logs()
+    );
+    let status = world.get("retried")["status"].clone();
+    assert_eq!(status["tasks"]["failed"], 4, "{status}");
+    // The tasks ran as Indexed Jobs owned by the OrchJob.
+    let jobs: serde_json::Value =
+        serde_json::from_str(&world.kubectl_ok(&["get", "jobs", "-o", "json"])).unwrap();
+    let jobs = jobs["items"].as_array().unwrap().clone();
+    assert!(!jobs.is_empty());
+    for j in &jobs {
+        assert_eq!(j["spec"]["completionMode"], "Indexed", "{j}");
+        assert_eq!(
+            j["metadata"]["ownerReferences"][0]["kind"], "OrchJob",
+            "{j}"
+        );
+    }
+
+    std::fs::write(&marker, "").unwrap();
+    let retried = orch(&["retry", "retried"]);
+    assert!(retried.status.success(), "{}", common::text(&retried));
+    let watched = orch(&["status", "retried", "--watch"]);
+    assert_eq!(
+        watched.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::text(&watched),
+        world.operators_logs()
+    );
+    let job = world.get("retried");
+    assert_eq!(job["status"]["tasks"]["succeeded"], 4, "{job}");
+    assert!(job["status"]["retried"].is_string(), "{job}");
+    let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
+    assert!(events.contains("\"reason\": \"Retrying\""), "{events}");
+    common::read_output(&world.output_dir("retried").await).assert_each_item_once(N);
+    // New attempts ran in new Indexed Jobs; the first ones are still there, untouched.
+    let after: serde_json::Value =
+        serde_json::from_str(&world.kubectl_ok(&["get", "jobs", "-o", "json"])).unwrap();
+    assert!(after["items"].as_array().unwrap().len() > jobs.len());
 }
