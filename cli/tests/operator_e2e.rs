@@ -199,8 +199,10 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts an operator (leader election on, short leases so a successor takes over fast).
-    fn start_operator(&mut self, identity: &str) {
+    /// Starts an operator (leader election on, short leases so a successor takes over fast);
+    /// returns the port of its /healthz, /readyz and /metrics.
+    fn start_operator(&mut self, identity: &str) -> u16 {
+        let port = moto::free_port();
         let log = std::fs::File::create(self.scratch.path(&format!("{identity}.log"))).unwrap();
         let mut c = self.with_aws(Command::new(common::orch().with_file_name("orch-operator")));
         c.envs(&self.slurm)
@@ -212,7 +214,7 @@ impl World {
             .env("RUST_LOG", "info")
             .args([
                 "--log-format=text",
-                "--metrics-bind-address=127.0.0.1:0",
+                &format!("--metrics-bind-address=127.0.0.1:{port}"),
                 "--leader-elect",
                 "--leader-election-namespace=default",
                 "--leader-election-duration=3s",
@@ -229,6 +231,7 @@ impl World {
             .stderr(log);
         self.operators
             .push(c.spawn().expect("orch-operator starts"));
+        port
     }
 
     fn operator_log(&self, identity: &str) -> String {
@@ -406,6 +409,36 @@ impl Drop for World {
             op.wait().ok();
         }
     }
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and the body, or `None` while nothing
+/// listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+fn lease_holder(world: &World) -> String {
+    let lease: serde_json::Value = serde_json::from_str(&world.kubectl_ok(&[
+        "get",
+        "lease",
+        "orch-operator-leader",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -687,7 +720,7 @@ async fn invalid_jobs_are_refused_or_failed_with_the_reason() {
     let Some(mut world) = World::new("e2e-invalid").await else {
         return;
     };
-    world.start_operator("op-a");
+    let leader_port = world.start_operator("op-a");
     let bad = world.job_yaml("bad-size", 0, "1ms", "");
     let out = world.kubectl(&["apply", "-f", bad.to_str().unwrap()]);
     assert!(!out.status.success());
@@ -731,6 +764,47 @@ spec:
     let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
     assert!(events.contains("\"reason\": \"InvalidSpec\""), "{events}");
     world.kubectl_ok(&["delete", "orchjob", "rules", "--timeout=30s"]);
+
+    // Health and metrics of the leader; a standby is ready too, and leads once the leader
+    // shuts down (SIGTERM: a clean exit that hands the Lease over).
+    let (code, body) = http_get(leader_port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("orch_operator_reconciles_total{outcome=\"ok\"}"),
+        "{body}"
+    );
+    assert!(body.contains("orch_operator_leader 1"), "{body}");
+    assert!(
+        body.contains("orch_operator_jobs{phase=\"Failed\"}"),
+        "{body}"
+    );
+    let standby_port = world.start_operator("op-b");
+    world.wait_for("the standby to be ready", Duration::from_secs(30), |_| {
+        http_get(standby_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    assert_eq!(http_get(standby_port, "/healthz").unwrap().0, 200);
+    assert_eq!(lease_holder(&world), "op-a");
+    let (_, standby_metrics) = http_get(standby_port, "/metrics").unwrap();
+    assert!(
+        standby_metrics.contains("orch_operator_leader 0"),
+        "{standby_metrics}"
+    );
+
+    let mut leader = world.operators.remove(0);
+    Command::new("kill")
+        .args(["-TERM", &leader.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = leader.wait().unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", world.operators_logs());
+    assert!(
+        world
+            .operator_log("op-a")
+            .contains("released the leader Lease")
+    );
+    world.wait_for("the standby to lead", Duration::from_secs(10), |w| {
+        lease_holder(w) == "op-b"
+    });
 }
 
 /// Without Slurm: the Kubernetes executor's Indexed Jobs (the emulator runs their pods as local
