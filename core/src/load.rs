@@ -497,6 +497,11 @@ fn kubernetes_rules(
     {
         err(&format!("{PATH}.serviceAccountName"), why);
     }
+    for (i, secret) in kube.env_from_secrets.iter().enumerate() {
+        if let Err(why) = dns_subdomain(secret) {
+            err(&format!("{PATH}.envFromSecrets[{i}]"), why);
+        }
+    }
     for (key, value) in &kube.node_selector {
         let path = format!("{PATH}.nodeSelector.{key}");
         if let Err(why) = label_key(key) {
@@ -985,6 +990,16 @@ mod tests {
             spec::KubernetesExecutorSpec::gpus(&file.spec.resources),
             Ok(Some(1))
         );
+    }
+
+    #[test]
+    fn kubernetes_secrets_are_named_by_valid_names() {
+        let got = problems(&job_with(
+            json!({"kubernetes": {"envFromSecrets": ["orch-aws", "Not_A_Name"]}}),
+            json!({}),
+        ));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["spec.executor.kubernetes.envFromSecrets[1]"]);
     }
 
     #[test]

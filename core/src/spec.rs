@@ -623,6 +623,11 @@ pub struct KubernetesExecutorSpec {
     /// no limit (each task still has `spec.resources.time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_deadline: Option<Quantity>,
+    /// Secrets (in the job's namespace) whose keys become environment variables of the worker
+    /// (`envFrom`), e.g. AWS credentials where pods have no cloud role. Secrets are named, never
+    /// copied: their values appear in no job spec, status or log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from_secrets: Vec<String>,
 }
 
 fn default_kubernetes_parallelism() -> u32 {
@@ -638,6 +643,7 @@ impl Default for KubernetesExecutorSpec {
             image_pull_policy: None,
             node_selector: BTreeMap::new(),
             active_deadline: None,
+            env_from_secrets: Vec::new(),
         }
     }
 }

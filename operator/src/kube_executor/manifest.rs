@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -404,6 +405,19 @@ impl JobTemplate {
                 planned.offset,
             )),
             env: Some(self.env()),
+            env_from: (!self.spec.env_from_secrets.is_empty()).then(|| {
+                self.spec
+                    .env_from_secrets
+                    .iter()
+                    .map(|name| EnvFromSource {
+                        secret_ref: Some(SecretEnvSource {
+                            name: name.clone(),
+                            optional: Some(false),
+                        }),
+                        ..EnvFromSource::default()
+                    })
+                    .collect()
+            }),
             resources: Some(self.resources.requirements()),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),

@@ -51,6 +51,7 @@ fn launch() -> KubeLaunch {
             image_pull_policy: Some(ImagePullPolicy::IfNotPresent),
             node_selector: BTreeMap::from([("pool".into(), "batch".into())]),
             active_deadline: Some(Quantity::from("6h")),
+            env_from_secrets: vec!["orch-aws".into()],
             ..KubernetesExecutorSpec::default()
         },
         environment: vec![
@@ -401,7 +402,12 @@ async fn the_job_manifest_has_the_shape_the_docs_promise() {
         json!([{"name": "tmp", "mountPath": "/tmp"}])
     );
     assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
-    // No credential reaches the pod: plain variables only, none named like a secret.
+    // Credentials only by reference: the named Secret as envFrom, required.
+    assert_eq!(
+        c["envFrom"],
+        json!([{"secretRef": {"name": "orch-aws", "optional": false}}])
+    );
+    // No credential value reaches the pod spec: plain variables only, none named like a secret.
     for var in c["env"].as_array().unwrap() {
         let name = var["name"].as_str().unwrap().to_ascii_uppercase();
         assert!(var.get("valueFrom").is_none(), "{var}");
