@@ -303,53 +303,6 @@ run_pod_to_end() {
   [[ "$phase" == Succeeded ]] || die "pod $ns/$pod failed (its log is above)"
 }
 
-# Server-side dry run of a pod shaped like a worker pod: the policy of
-# tests/e2e/worker-credentials.yaml must add the Secret to it (policies take a moment to load).
-check_worker_credentials() {
-  local probe answer="" errors _
-  probe="$(
-    cat <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: orch-e2e-credentials-probe
-  namespace: $JOBS_NS
-  labels: {app.kubernetes.io/managed-by: orch}
-spec:
-  restartPolicy: Never
-  automountServiceAccountToken: false
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 65532
-    runAsGroup: 65532
-    seccompProfile: {type: RuntimeDefault}
-  containers:
-    - name: worker
-      image: $WORKER_IMAGE
-      imagePullPolicy: Never
-      securityContext:
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        runAsNonRoot: true
-        capabilities: {drop: [ALL]}
-EOF
-  )"
-  errors="$(mktemp)"
-  for _ in $(seq 30); do
-    answer="$(printf '%s\n' "$probe" | k create --dry-run=server -f - \
-      -o jsonpath='{.spec.containers[0].envFrom[*].secretRef.name}' 2>"$errors")" || true
-    if [[ "$answer" == orch-aws ]]; then
-      rm -f "$errors"
-      note "a worker pod in $JOBS_NS gets envFrom: [{secretRef: {name: orch-aws}}]"
-      return 0
-    fi
-    sleep 2
-  done
-  answer="envFrom secret names: '${answer}'; kubectl: $(cat "$errors")"
-  rm -f "$errors"
-  die "worker pods would get no AWS credentials: the MutatingAdmissionPolicy of $E2E/worker-credentials.yaml did not add the Secret orch-aws to a dry-run worker pod in $JOBS_NS ($answer)"
-}
-
 # --- 1. the cluster ------------------------------------------------------------------------
 
 step "kind cluster $CLUSTER (kind-config.yaml)"
@@ -363,9 +316,6 @@ else
 fi
 k wait --for=condition=Ready nodes --all --timeout=5m
 k get nodes -o wide
-resources="$(k api-resources --api-group=admissionregistration.k8s.io -o name)"
-grep -q '^mutatingadmissionpolicies\.' <<<"$resources" ||
-  die "the cluster serves no MutatingAdmissionPolicy API (it was not created from kind-config.yaml, whose featureGates/runtimeConfig switch it on): delete it with 'kind delete cluster --name $CLUSTER' and run again"
 
 # --- 2. images -----------------------------------------------------------------------------
 
@@ -394,8 +344,8 @@ OPERATOR_IMAGE_ID="$(docker image inspect -f '{{.Id}}' "$OPERATOR_IMAGE")"
 step "namespaces $SYSTEM_NS and $JOBS_NS, Secret orch-aws (dummy moto credentials) in both"
 for ns in "$SYSTEM_NS" "$JOBS_NS"; do
   k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
-  # The Secret is the only place the credentials are written: values, the OrchJob and the
-  # pods only refer to it. moto accepts any key.
+  # The Secret is the only place the credentials are written: the chart's values, the OrchJob
+  # (envFromSecrets, in $JOBS_NS) and the pods only refer to it. moto accepts any key.
   k -n "$ns" create secret generic orch-aws \
     --from-literal=AWS_ACCESS_KEY_ID=testing --from-literal=AWS_SECRET_ACCESS_KEY=testing \
     --dry-run=client -o yaml | k apply -f -
@@ -425,10 +375,6 @@ step "CRDs (charts/orch-operator/crds/; helm installs them only on first install
 k apply --server-side --force-conflicts -f charts/orch-operator/crds/
 k wait --for=condition=Established --timeout=60s \
   crd/orchjobs.orch.dev crd/taskgroups.orch.dev crd/ratelimits.orch.dev
-
-step "worker pod credentials ($E2E/worker-credentials.yaml)"
-k apply -f "$E2E/worker-credentials.yaml"
-check_worker_credentials
 
 np=false
 if [[ "$NETWORK_POLICY" == 1 ]]; then np=true; fi
@@ -483,12 +429,19 @@ while :; do
       die "$JOB failed: $reason"
       ;;
   esac
-  # A pod the API server refuses (Pod Security, the credentials policy) leaves its Kubernetes
-  # Job without pods and the task queued for ever: fail at once instead.
+  # A pod the API server refuses (Pod Security) leaves its Kubernetes Job without pods and the
+  # task queued for ever: fail at once instead.
   refused="$(k -n "$JOBS_NS" get events --field-selector reason=FailedCreate \
     -o jsonpath='{range .items[*]}{.involvedObject.kind}/{.involvedObject.name}: {.message}{"\n"}{end}' || true)"
   [[ -z "$refused" ]] || die "the API server refused worker pods:
 $refused"
+  # So does a pod whose container cannot be created: a Secret of envFromSecrets missing
+  # (CreateContainerConfigError) or the worker image not in the node.
+  stuck="$(k -n "$JOBS_NS" get pods -l app.kubernetes.io/managed-by=orch \
+    -o jsonpath='{range .items[*]}{.metadata.name}: {.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}{"\n"}{end}' || true)"
+  stuck="$(grep -E '^[^:]+: (CreateContainerConfigError|ErrImageNeverPull|InvalidImageName):' <<<"$stuck" || true)"
+  [[ -z "$stuck" ]] || die "worker pods cannot start:
+$stuck"
   ((SECONDS < deadline)) || die "$JOB did not complete within $TIMEOUT (last: ${last:-no status})"
   sleep 5
 done
