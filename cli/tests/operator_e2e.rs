@@ -25,22 +25,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The Slurm test cluster's environment, or `None` (skip).
-fn slurm_env() -> Option<HashMap<String, String>> {
-    let Ok(path) = std::env::var("ORCH_SLURM_ENV") else {
-        eprintln!("skipped: ORCH_SLURM_ENV is not set (tests/slurm/start.sh sets it up)");
-        return None;
-    };
-    let text = std::fs::read_to_string(&path).expect("the file ORCH_SLURM_ENV names");
-    Some(
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-            .collect(),
-    )
-}
-
 fn kubectl_path() -> Option<PathBuf> {
     match std::env::var("ORCH_KUBECTL") {
         Ok(p) => Some(PathBuf::from(p)),
@@ -112,7 +96,7 @@ struct World {
 impl World {
     /// A world with Slurm (skipped without it).
     async fn new(prefix: &str) -> Option<World> {
-        let slurm = slurm_env()?;
+        let slurm = common::slurm_env()?;
         World::build(prefix, slurm, false).await
     }
 

@@ -12,23 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The cluster's environment (`SLURM_CONF`, `SLURMRESTD_URL`, `SLURM_JWT`, …), or `None` when
-/// no test cluster runs.
-fn cluster() -> Option<HashMap<String, String>> {
-    let Ok(path) = std::env::var("ORCH_SLURM_ENV") else {
-        eprintln!("skipped: ORCH_SLURM_ENV is not set (tests/slurm/start.sh sets it up)");
-        return None;
-    };
-    let text = std::fs::read_to_string(&path).expect("the file ORCH_SLURM_ENV names");
-    Some(
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-            .collect(),
-    )
-}
-
 struct SlurmJob {
     env: HashMap<String, String>,
     scratch: common::Scratch,
@@ -135,7 +118,9 @@ fn arrays_by_comment(rows: &[Vec<String>]) -> BTreeMap<String, usize> {
 }
 
 fn ten_thousand_items(transport: &str) {
-    let Some(env) = cluster() else { return };
+    let Some(env) = common::slurm_env() else {
+        return;
+    };
     let job = SlurmJob::new(env);
     let executor = match transport {
         "rest" => format!(
@@ -188,7 +173,9 @@ fn ten_thousand_items_through_slurmrestd() {
 
 #[test]
 fn memory_and_time_limits_are_named_and_retried() {
-    let Some(env) = cluster() else { return };
+    let Some(env) = common::slurm_env() else {
+        return;
+    };
     let job = SlurmJob::new(env);
     // The handler's per-item timeout is longer than the task may run, so only the time
     // limit stops the slow item (an item timeout first would count as progress and make the
@@ -284,7 +271,9 @@ fn wait_for_tasks(
 
 #[test]
 fn scancel_of_one_array_task_retries_that_task_only() {
-    let Some(env) = cluster() else { return };
+    let Some(env) = common::slurm_env() else {
+        return;
+    };
     let job = SlurmJob::new(env);
     let file = job.job_file(
         "slurm-scancel",
@@ -352,7 +341,9 @@ fn scancel_of_one_array_task_retries_that_task_only() {
 
 #[test]
 fn a_restarted_coordinator_submits_no_array_twice() {
-    let Some(env) = cluster() else { return };
+    let Some(env) = common::slurm_env() else {
+        return;
+    };
     let job = SlurmJob::new(env);
     let file = job.job_file(
         "slurm-restart",
@@ -413,7 +404,9 @@ fn a_restarted_coordinator_submits_no_array_twice() {
 
 #[test]
 fn bad_slurm_settings_fail_before_anything_is_submitted() {
-    let Some(env) = cluster() else { return };
+    let Some(env) = common::slurm_env() else {
+        return;
+    };
     let job = SlurmJob::new(env);
     let cases = [
         (
