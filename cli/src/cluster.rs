@@ -203,16 +203,6 @@ fn program(kubectl: bool) -> &'static str {
     if kubectl { "kubectl orch" } else { "orch" }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })
-}
-
 /// `kind.group/name`, as kubectl names an object in what it prints.
 fn object_ref(name: &str) -> String {
     format!("orchjob.orch.dev/{name}")
@@ -250,7 +240,7 @@ pub fn submit(args: SubmitArgs, kubectl: bool) -> Result<u8, Failure> {
     for w in &doc.warnings {
         eprintln!("warning: {w}");
     }
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let cluster = Cluster::connect(&args.kube).await?;
         let namespace = match (&doc.namespace, &args.kube.namespace) {
             (Some(file), Some(flag)) if file != flag => {
@@ -344,7 +334,7 @@ pub fn status(args: StatusArgs, kubectl: bool) -> Result<u8, Failure> {
     if args.watch && name.is_none() {
         return Err(Failure::usage("--watch follows one OrchJob: name it"));
     }
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let cluster = Cluster::connect(&args.kube).await?;
         let namespace = cluster.namespace.clone();
         let api = cluster.api(&namespace);
@@ -446,7 +436,7 @@ pub enum Request {
 
 pub fn request(what: Request, args: NameArgs) -> Result<u8, Failure> {
     let name = parse_name(&args.name)?;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let cluster = Cluster::connect(&args.kube).await?;
         let (body, done) = match what {
             Request::Pause => (
@@ -504,7 +494,7 @@ fn confirm(question: &str) -> Result<bool, Failure> {
 
 pub fn purge(args: PurgeArgs) -> Result<u8, Failure> {
     let name = parse_name(&args.name)?;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let cluster = Cluster::connect(&args.kube).await?;
         let namespace = cluster.namespace.clone();
         let api = cluster.api(&namespace);

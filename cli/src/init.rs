@@ -33,16 +33,6 @@ pub struct InitArgs {
     pub bucket: Option<String>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })
-}
-
 pub fn init(args: InitArgs) -> Result<u8, Failure> {
     let settings = AwsSettings::from_env().map_err(|e| Failure::usage(e.to_string()))?;
     if let Some(bucket) = &args.bucket {
@@ -54,7 +44,7 @@ pub fn init(args: InitArgs) -> Result<u8, Failure> {
             Failure::usage(format!("--bucket {bucket:?}: {reason}"))
         })?;
     }
-    runtime()?.block_on(init_all(&settings, args.bucket.as_deref()))
+    crate::runtime()?.block_on(init_all(&settings, args.bucket.as_deref()))
 }
 
 async fn init_all(settings: &AwsSettings, bucket: Option<&str>) -> Result<u8, Failure> {

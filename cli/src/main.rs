@@ -225,3 +225,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// A single-threaded async runtime for one command (the AWS and Kubernetes calls of
+/// `init`, `status` and the cluster verbs).
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })
+}

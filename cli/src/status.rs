@@ -82,22 +82,12 @@ struct FailedTask {
     error: String,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })
-}
-
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let (id, storage) = resolve(&args)?;
     let storage = storage.unwrap_or_else(|| ".orch".into());
     let root = Location::parse(&storage, &std::env::current_dir().unwrap_or_default())
         .map_err(Failure::usage)?;
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     let backends = match &root {
         Location::Local(p) => {
             if !p.join(layout::state_db()).exists() {
@@ -195,7 +185,7 @@ fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failur
     if path.is_file() {
         let job = orch_core::load::load(&path)?;
         let storage = args.storage.clone().or(job.file.spec.storage.uri.clone());
-        let id = runtime()?.block_on(async {
+        let id = crate::runtime()?.block_on(async {
             let locations = crate::run::input_locations(&job).await?;
             let sources = orch_runtime::input::sources(&job.file.spec, locations.as_ref()).await?;
             let fingerprint = orch_runtime::input::fingerprint(&sources)?;

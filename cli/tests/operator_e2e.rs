@@ -343,32 +343,8 @@ spec:
     async fn output_dir(&self, name: &str) -> PathBuf {
         let sdk = moto::sdk_config().await;
         let s3 = config::s3_client(&sdk, &AwsSettings::default());
-        let prefix = format!("out-{name}/");
-        let listed = s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .send()
-            .await
-            .unwrap();
         let dir = self.scratch.path(&format!("downloaded-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for object in listed.contents() {
-            let key = object.key().unwrap();
-            let body = s3
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap()
-                .body
-                .collect()
-                .await
-                .unwrap()
-                .into_bytes();
-            std::fs::write(dir.join(key.strip_prefix(&prefix).unwrap()), body).unwrap();
-        }
+        moto::download_prefix(&s3, &self.bucket, &format!("out-{name}/"), &dir).await;
         dir
     }
 

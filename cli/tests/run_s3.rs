@@ -117,35 +117,8 @@ spec:
     async fn download_output(&self) -> (PathBuf, Vec<String>) {
         let sdk = moto::sdk_config().await;
         let s3 = config::s3_client(&sdk, &AwsSettings::default());
-        let listed = s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix("out/")
-            .send()
-            .await
-            .unwrap();
         let dir = self.scratch.path("downloaded");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut names = Vec::new();
-        for object in listed.contents() {
-            let key = object.key().unwrap();
-            let name = key.strip_prefix("out/").unwrap().to_string();
-            let body = s3
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap()
-                .body
-                .collect()
-                .await
-                .unwrap()
-                .into_bytes();
-            std::fs::write(dir.join(&name), body).unwrap();
-            names.push(name);
-        }
-        names.sort();
+        let names = moto::download_prefix(&s3, &self.bucket, "out/", &dir).await;
         (dir, names)
     }
 

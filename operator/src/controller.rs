@@ -300,8 +300,7 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         _ => None,
     });
     if !terminal && rejected.is_none() {
-        let object = format!("{}/{name}", job.namespace().unwrap_or_default());
-        ctx.supervisors.ensure(&uid, &object, || launch);
+        ctx.supervisors.ensure(&uid, &object_key(job), || launch);
     }
     if let Some(error) = snapshot.and_then(|s| s.last_error) {
         report_driver_error(ctx, &uid, &reference, &error).await;
@@ -401,8 +400,7 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
                 .await;
             }
             if let Ok(launch) = launch(job, loaded, &id, platform.clone(), ctx) {
-                let object = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
-                ctx.supervisors.ensure(&uid, &object, || launch);
+                ctx.supervisors.ensure(&uid, &object_key(job), || launch);
             }
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -418,8 +416,9 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
             )
             .await;
         }
+    } else {
+        ctx.supervisors.stop(&uid).await;
     }
-    ctx.supervisors.stop(&uid).await;
     let finalizers = job
         .finalizers()
         .iter()
@@ -482,6 +481,11 @@ fn launch(
         executor,
         tick: ctx.config.tick,
     })
+}
+
+/// `namespace/name`, for logs.
+fn object_key(job: &OrchJob) -> String {
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
 }
 
 fn annotation<'a>(job: &'a OrchJob, key: &str) -> Option<&'a str> {

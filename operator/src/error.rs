@@ -22,12 +22,6 @@ pub enum Error {
     /// The operator's own configuration or an object it cannot work with.
     #[error("{0}")]
     Invalid(String),
-    /// A value could not be turned into JSON for a patch.
-    #[error("encoding {what}: {source}")]
-    Encode {
-        what: &'static str,
-        source: serde_json::Error,
-    },
 }
 
 impl Error {
@@ -45,7 +39,6 @@ impl Error {
             Error::Backend(e) => e.category(),
             Error::Aws(e) => e.category(),
             Error::Invalid(_) => ErrorCategory::Invalid,
-            Error::Encode { .. } => ErrorCategory::Permanent,
         }
     }
 }

@@ -91,3 +91,42 @@ pub fn unique(prefix: &str) -> String {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
 }
+
+/// Downloads every object under `prefix` of `bucket` into `dir` (names relative to the
+/// prefix); returns the names, sorted.
+pub async fn download_prefix(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> Vec<String> {
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let mut names = Vec::new();
+    for object in listed.contents() {
+        let key = object.key().unwrap();
+        let name = key.strip_prefix(prefix).unwrap().to_string();
+        let body = s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        std::fs::write(dir.join(&name), body).unwrap();
+        names.push(name);
+    }
+    names.sort();
+    names
+}
