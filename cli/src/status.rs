@@ -78,6 +78,10 @@ struct Verification {
 struct FailedTask {
     task: u32,
     attempt: u32,
+    /// Attempts that counted against `retry.maxAttempts`: a transient loss (preemption, a
+    /// stop after progress, a coordinator restart) is retried without using one up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counted_attempts: Option<u32>,
     state: String,
     error: String,
 }
@@ -152,6 +156,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
             v.problems.push(FailedTask {
                 task: f.task,
                 attempt: f.attempt,
+                counted_attempts: None,
                 state: state.into(),
                 error,
             });
@@ -240,6 +245,7 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
         .map(|t| FailedTask {
             task: t.id,
             attempt: t.attempt,
+            counted_attempts: Some(t.counted_attempts()),
             state: t.state.as_str().into(),
             error: t
                 .last_error
@@ -304,8 +310,12 @@ fn print_table(r: &Report) {
         println!("  {} items ({}): {}", e.items, e.kind, e.message);
     }
     for t in r.failed_tasks.iter().take(10) {
+        let counted = match t.counted_attempts {
+            Some(n) if n != t.attempt => format!(", {n} counted"),
+            _ => String::new(),
+        };
         println!(
-            "  task {} ({}, attempt {}): {}",
+            "  task {} ({}, attempt {}{counted}): {}",
             t.task, t.state, t.attempt, t.error
         );
     }

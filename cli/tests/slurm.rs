@@ -205,6 +205,7 @@ fn memory_and_time_limits_are_named_and_retried() {
     );
     let out = job
         .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+        .env("ORCH_LOG", "info")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
@@ -230,10 +231,12 @@ fn memory_and_time_limits_are_named_and_retried() {
         slow["error"].as_str().unwrap().contains("time limit"),
         "{slow}"
     );
-    // Two counted attempts, plus a free one when the first stop came after some items were
-    // done (they resume from the checkpoint).
-    let attempts = slow["attempt"].as_u64().unwrap();
-    assert!((2..=3).contains(&attempts), "{slow}");
+    // Exactly retry.maxAttempts counted attempts. The in-flight items reach the handler in any
+    // order, so items after 20 may be done before it blocks; a stop after such progress is
+    // retried for free (it resumes from the checkpoint), which makes the attempt number depend
+    // on timing but not the count. The driver's log (ORCH_LOG=info) names each retry.
+    assert_eq!(slow["countedAttempts"], 2, "{slow}\n{}", common::text(&out));
+    assert!(slow["attempt"].as_u64().unwrap() >= 2, "{slow}");
     assert_eq!(failed.len(), 1, "only the slow task failed: {report}");
 }
 
