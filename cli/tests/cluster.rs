@@ -7,6 +7,9 @@
 //! finalizer, with its own kube client, and checks what `orch` did with that client too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/kube-emulator/launch.rs"]
+mod launch;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,56 +18,32 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube::config::{Config, KubeConfigOptions, Kubeconfig};
 use orch_operator::crd::OrchJob;
 use serde_json::{Value, json};
+
+use launch::{KubeEmulator, Options};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The emulator with the OrchJob CRD installed, and a scratch directory; stopped when dropped.
+/// The emulator with the OrchJob CRD installed, and a scratch directory; the emulator stops
+/// when dropped.
 struct Cluster {
-    child: Child,
+    _emulator: KubeEmulator,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     client: kube::Client,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
 impl Cluster {
     async fn start() -> Cluster {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        let mut child = Command::new("python3")
-            .arg(repo().join("tests/kube-emulator/kube_emulator.py"))
-            .args(["--port", "0", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 starts tests/kube-emulator/kube_emulator.py");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert!(ready.starts_with("READY "), "the emulator said {ready:?}");
-        let config = Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        let client = kube::Client::try_from(config).unwrap();
+        let emulator = KubeEmulator::start(&kubeconfig, Options::default());
+        let client = emulator.client().await;
         let cluster = Cluster {
-            child,
+            _emulator: emulator,
             dir,
             kubeconfig,
             client,

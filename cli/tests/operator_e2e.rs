@@ -10,15 +10,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../tests/kube-emulator/launch.rs"]
+mod launch;
 #[path = "../../aws/tests/common/moto.rs"]
 mod moto;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use launch::{KubeEmulator, Options};
 use orch_aws::config::{self, AwsSettings};
 
 fn repo() -> PathBuf {
@@ -35,54 +37,23 @@ fn kubectl_path() -> Option<PathBuf> {
     }
 }
 
-/// The emulator, stopped when dropped.
-struct Emulator {
-    child: Child,
-    kubeconfig: PathBuf,
-}
-
-impl Emulator {
-    /// With `pods` (the environment workers get), the emulator runs Indexed Jobs' pods as local
-    /// processes (`--run-jobs`).
-    fn start(dir: &Path, pods: Option<Vec<(String, String)>>) -> Emulator {
-        let kubeconfig = dir.join("kubeconfig");
-        let mut command = Command::new("python3");
-        command
-            .arg(repo().join("tests/kube-emulator/kube_emulator.py"))
-            .args(["--port", "0", "--kubeconfig"])
-            .arg(&kubeconfig);
-        if let Some(env) = pods {
-            command
-                .arg("--run-jobs")
-                .arg("--job-logs")
-                .arg(dir.join("pod-logs"))
-                .envs(env);
-        }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs the emulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("READY "), "emulator said {line:?}");
-        Emulator { child, kubeconfig }
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
+/// The emulator; with `pods` (the environment workers get), it runs Indexed Jobs' pods as
+/// local processes.
+fn start_emulator(dir: &Path, pods: Option<Vec<(String, String)>>) -> KubeEmulator {
+    let options = match pods {
+        Some(env) => Options {
+            run_jobs: Some(dir.join("pod-logs")),
+            env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        },
+        None => Options::default(),
+    };
+    KubeEmulator::start(&dir.join("kubeconfig"), options)
 }
 
 /// One test's world: emulator, AWS names in the shared moto, the Slurm environment, and the
 /// operators it started.
 struct World {
-    emulator: Emulator,
+    emulator: KubeEmulator,
     kubectl: PathBuf,
     slurm: HashMap<String, String>,
     endpoint: String,
@@ -109,7 +80,7 @@ impl World {
         let kubectl = kubectl_path()?;
         let scratch = common::Scratch::new();
         let mut world = World {
-            emulator: Emulator::start(scratch.dir.path(), None),
+            emulator: start_emulator(scratch.dir.path(), None),
             kubectl,
             slurm,
             endpoint: moto::moto().endpoint.clone(),
@@ -121,7 +92,7 @@ impl World {
         };
         if pods {
             // Pods need the AWS settings: restart the emulator with them and --run-jobs.
-            world.emulator = Emulator::start(world.scratch.dir.path(), Some(world.aws_env()));
+            world.emulator = start_emulator(world.scratch.dir.path(), Some(world.aws_env()));
         }
         let out = world
             .with_aws(Command::new(common::orch()))

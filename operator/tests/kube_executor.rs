@@ -8,14 +8,15 @@
 //! held (a `hold` or `hold-<task>` file) and made to fail (`fail-<task>`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../../tests/kube-emulator/launch.rs"]
+mod launch;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use launch::{KubeEmulator, Options};
 use orch_core::backend::{ExecState, Executor};
 use orch_core::model::{TaskGroup, TaskKind};
 use orch_core::spec::{KubernetesExecutorSpec, ResourcesSpec};
@@ -44,63 +45,35 @@ if [ -f "$dir/fail-$task" ]; then exit 3; fi
 echo "$verb" >> "$dir/ran-$task"
 "#;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The emulator and a scratch directory; both go away when dropped.
+/// The emulator and a scratch directory; both go away when dropped (in that order).
 struct Emulator {
-    child: Child,
-    dir: PathBuf,
+    _emulator: KubeEmulator,
+    dir: tempfile::TempDir,
     client: kube::Client,
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
 impl Emulator {
-    async fn start(name: &str) -> Emulator {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = std::env::temp_dir().join(format!("orch-kexec-{name}-{}", std::process::id()));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(dir.join("storage")).unwrap();
-        std::fs::write(dir.join("worker.sh"), WORKER).unwrap();
-        let kubeconfig = dir.join("kubeconfig");
-        let mut child = Command::new("python3")
-            .arg(repo().join("tests/kube-emulator/kube_emulator.py"))
-            .args(["--port", "0", "--run-jobs", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .arg("--job-logs")
-            .arg(dir.join("logs"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs tests/kube-emulator/kube_emulator.py");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert!(ready.starts_with("READY "), "the emulator said {ready:?}");
-        let config = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
+    async fn start() -> Emulator {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("storage")).unwrap();
+        std::fs::write(dir.path().join("worker.sh"), WORKER).unwrap();
+        let emulator = KubeEmulator::start(
+            &dir.path().join("kubeconfig"),
+            Options {
+                run_jobs: Some(dir.path().join("logs")),
+                env: Vec::new(),
+            },
+        );
+        let client = emulator.client().await;
         Emulator {
-            child,
+            _emulator: emulator,
             dir,
-            client: kube::Client::try_from(config).unwrap(),
+            client,
         }
     }
 
     fn storage(&self) -> PathBuf {
-        self.dir.join("storage")
+        self.dir.path().join("storage")
     }
 
     fn executor(&self, parallelism: u32) -> KubeExecutor {
@@ -113,7 +86,7 @@ impl Emulator {
             default_image: "example.invalid/orch-worker:test".into(),
             worker_command: vec![
                 "/bin/sh".into(),
-                self.dir.join("worker.sh").display().to_string(),
+                self.dir.path().join("worker.sh").display().to_string(),
             ],
             resources: ResourcesSpec::default(),
             spec: KubernetesExecutorSpec {
@@ -211,7 +184,7 @@ const ZERO: ExecState = ExecState::Exited {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_runs_once_with_its_own_id_and_exits_are_reported() {
-    let emu = Emulator::start("once").await;
+    let emu = Emulator::start().await;
     let exec = emu.executor(3);
     emu.touch("fail-11");
     let mut ids = exec.submit(&group(0, &[0, 1, 2, 3, 4, 5])).await.unwrap();
@@ -269,7 +242,7 @@ async fn every_task_runs_once_with_its_own_id_and_exits_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_job_starts_nothing_until_resumed() {
-    let emu = Emulator::start("pause").await;
+    let emu = Emulator::start().await;
     let exec = emu.executor(1);
     emu.touch("hold");
     let ids = exec.submit(&group(0, &[0, 1, 2])).await.unwrap();
@@ -317,7 +290,7 @@ async fn a_paused_job_starts_nothing_until_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_everything_deletes_the_job_and_its_pods() {
-    let emu = Emulator::start("cancel").await;
+    let emu = Emulator::start().await;
     let exec = emu.executor(2);
     emu.touch("hold");
     let ids = exec.submit(&group(0, &[0, 1, 2])).await.unwrap();
@@ -350,7 +323,7 @@ async fn cancelling_everything_deletes_the_job_and_its_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_some_indexes_stops_them_and_the_job_goes_on() {
-    let emu = Emulator::start("partial").await;
+    let emu = Emulator::start().await;
     let exec = emu.executor(1);
     emu.touch("hold-0");
     emu.touch("hold-2");

@@ -1,0 +1,74 @@
+//! Starts the Kubernetes API emulator (`kube_emulator.py`, next to this file) for the Rust
+//! tests of the CLI and the operator, which include this file with `#[path]`: one place that
+//! knows its command line and its `READY <port>` handshake.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running emulator and the kubeconfig that points at it; stopped when dropped.
+pub struct KubeEmulator {
+    child: Child,
+    pub kubeconfig: PathBuf,
+}
+
+/// How to start the emulator.
+#[derive(Default)]
+pub struct Options {
+    /// Run the pods of Indexed Jobs as local processes (`--run-jobs`), logging to this directory.
+    pub run_jobs: Option<PathBuf>,
+    /// The environment of the emulator, and so of the pods it runs.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl KubeEmulator {
+    /// Starts the emulator on a free port; it writes `kubeconfig` and is ready on return.
+    pub fn start(kubeconfig: &Path, options: Options) -> KubeEmulator {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/kube-emulator/kube_emulator.py");
+        let mut command = Command::new("python3");
+        command
+            .arg(&script)
+            .args(["--port", "0", "--kubeconfig"])
+            .arg(kubeconfig)
+            .envs(options.env);
+        if let Some(logs) = options.run_jobs {
+            command.arg("--run-jobs").arg("--job-logs").arg(logs);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 {}: {e}", script.display()));
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut ready)
+            .expect("the emulator's first line");
+        assert!(ready.starts_with("READY "), "the emulator said {ready:?}");
+        KubeEmulator {
+            child,
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
+    }
+
+    /// A kube client for the emulator, as a program reading the kubeconfig gets it.
+    pub async fn client(&self) -> kube::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig"),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("a config from the kubeconfig");
+        kube::Client::try_from(config).expect("a client")
+    }
+}
+
+impl Drop for KubeEmulator {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
