@@ -80,15 +80,20 @@ pub fn prepare_job(job: &OrchJob, cfg: &OperatorConfig) -> Result<LoadedJob, Vec
     if errors.is_empty() {
         Ok(LoadedJob {
             file,
-            path: PathBuf::from(format!(
-                "{}/{}",
-                job.metadata.namespace.as_deref().unwrap_or("default"),
-                job.metadata.name.as_deref().unwrap_or("")
-            )),
+            path: job_path(job),
         })
     } else {
         Err(errors)
     }
+}
+
+/// What stands for the job file's path in messages: `namespace/name`.
+pub fn job_path(job: &OrchJob) -> PathBuf {
+    PathBuf::from(format!(
+        "{}/{}",
+        job.metadata.namespace.as_deref().unwrap_or("default"),
+        job.metadata.name.as_deref().unwrap_or("")
+    ))
 }
 
 /// The stores of each storage URI in use, opened once.

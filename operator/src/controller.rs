@@ -6,7 +6,9 @@
 //! 2. the finalizer goes on first; on delete, the job is cancelled (its Slurm arrays or pods
 //!    stopped) and, with `orch.dev/purge-on-delete`, its artifacts deleted before it goes;
 //! 3. core's rules check the spec; a spec the schema accepted but the rules refuse ends
-//!    `Failed` with reason `InvalidSpec` and an Event;
+//!    `Failed` with reason `InvalidSpec` and an Event — unless the job has started: then the
+//!    refused edit gets a `SpecChangeRefused` Event and the job runs on with the spec it
+//!    started with (recorded in its state store), as it does after any edit but `suspend`;
 //! 4. `spec.suspend`, `orch.dev/cancel` and `orch.dev/retry` are written into the job's record,
 //!    where its driver reads them on its next tick (`orch_runtime::control`);
 //! 5. a supervisor runs the job's driver (the engine of `orch run`) unless the job ended;
@@ -34,7 +36,7 @@ use sha2::Digest;
 use tracing::{info, warn};
 
 use crate::Watched;
-use crate::config::{OperatorConfig, Platforms, prepare_job};
+use crate::config::{OperatorConfig, Platforms, job_path, prepare_job};
 use crate::crd::{
     CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, PURGE_ANNOTATION,
     RETRY_ANNOTATION, TaskGroup,
@@ -210,9 +212,29 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     let reference = job.object_ref(&());
     let now = now_rfc3339();
 
-    let loaded = match prepare_job(job, &ctx.config) {
-        Ok(loaded) => loaded,
-        Err(errors) => return refuse(job, api, ctx, &errors).await,
+    let loaded = match prepare(job, ctx).await? {
+        Prepared::Accepted(loaded) => loaded,
+        Prepared::EditRefused(loaded, errors) => {
+            // Once per generation: the status written below records it as observed.
+            if previous.and_then(|s| s.observed_generation) != Some(generation) {
+                let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                let note = format!(
+                    "generation {generation} refused ({}); the job runs on with the spec it started with",
+                    problems.join("; ")
+                );
+                warn!(%name, %note, "spec change refused");
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    "SpecChangeRefused",
+                    &note,
+                )
+                .await;
+            }
+            loaded
+        }
+        Prepared::Refused(errors) => return refuse(job, api, ctx, &errors).await,
     };
     let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
     let platform = ctx.platforms.get(&storage).await?;
@@ -343,6 +365,48 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     })
 }
 
+/// What runs for an object.
+enum Prepared {
+    /// The rules accept its spec.
+    Accepted(LoadedJob),
+    /// The rules refuse an edit of a job that has started: it runs on with the spec recorded
+    /// when it started.
+    EditRefused(LoadedJob, Vec<FieldError>),
+    /// The rules refuse the spec of a job that never started.
+    Refused(Vec<FieldError>),
+}
+
+async fn prepare(job: &OrchJob, ctx: &Context) -> Result<Prepared> {
+    let errors = match prepare_job(job, &ctx.config) {
+        Ok(loaded) => return Ok(Prepared::Accepted(loaded)),
+        Err(errors) => errors,
+    };
+    Ok(match recorded_job(job, ctx).await? {
+        Some(loaded) => Prepared::EditRefused(loaded, errors),
+        None => Prepared::Refused(errors),
+    })
+}
+
+/// The job as recorded when it started, if it did: looked up in the storage the object names
+/// (or the operator's default). A store that cannot be reached is an error, not "never
+/// started": refusing a running job would orphan its tasks.
+async fn recorded_job(job: &OrchJob, ctx: &Context) -> Result<Option<LoadedJob>> {
+    let Some(storage) = (job.spec.storage.uri.clone()).or_else(|| ctx.config.storage_uri.clone())
+    else {
+        return Ok(None);
+    };
+    let platform = match ctx.platforms.get(&storage).await {
+        Ok(platform) => platform,
+        Err(e) if e.category() == ErrorCategory::Invalid => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let record = platform.backends().state.get_job(&job_id(job)).await?;
+    Ok(record.map(|r| LoadedJob {
+        file: r.spec,
+        path: job_path(job),
+    }))
+}
+
 /// A spec that cannot run: `Failed`/`InvalidSpec` with the problems, and one Event — once per
 /// generation (the status of an unchanged refused spec is left as written).
 async fn refuse(
@@ -380,8 +444,9 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
     let reference = job.object_ref(&());
-    // A spec the rules refuse never ran: nothing to clean up.
-    if let Ok(loaded) = prepare_job(job, &ctx.config) {
+    // A spec the rules refuse that never ran: nothing to clean up.
+    if let Prepared::Accepted(loaded) | Prepared::EditRefused(loaded, _) = prepare(job, ctx).await?
+    {
         let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
         let platform = ctx.platforms.get(&storage).await?;
         let state = platform.backends().state.clone();

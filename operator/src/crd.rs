@@ -104,7 +104,7 @@ pub struct OrchJobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The engine's id of the job in the state store (name plus a hash of spec and input).
+    /// The engine's id of the job in the state store (name plus a hash of the object's uid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
     /// The last value of the `orch.dev/retry` annotation the operator acted on.

@@ -225,3 +225,171 @@ fn job_ids_follow_the_object_not_its_spec() {
     assert_ne!(job_id(&a), job_id(&c));
     assert!(job_id(&a).starts_with("reviews-"));
 }
+
+/// Answers every request with `reply` until the reconcile ends: for scenarios where what was
+/// asked matters, not the order. Returns the action and the requests (method, path, body).
+async fn serve(
+    handle: &mut Handle,
+    mut reconciling: tokio::task::JoinHandle<Result<Action>>,
+    reply: &Value,
+) -> (Action, Vec<(Method, String, Value)>) {
+    let mut requests = Vec::new();
+    loop {
+        tokio::select! {
+            done = &mut reconciling => return (done.unwrap().unwrap(), requests),
+            next = handle.next_request() => {
+                let (request, send) = next.expect("the client is alive");
+                let method = request.method().clone();
+                let path = request.uri().path().to_string();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                requests.push((method, path, body));
+                send.send_response(
+                    Response::builder()
+                        .body(Body::from(serde_json::to_vec(reply).unwrap()))
+                        .unwrap(),
+                );
+            }
+        }
+    }
+}
+
+fn events(requests: &[(Method, String, Value)]) -> Vec<&Value> {
+    requests
+        .iter()
+        .filter(|(m, p, _)| m == Method::POST && p == EVENTS)
+        .map(|(_, _, body)| body)
+        .collect()
+}
+
+/// The record `orch run` or the supervisor writes when a job starts, from `job`'s spec.
+async fn started(ctx: &Context, job: &OrchJob, phase: orch_core::model::JobPhase) {
+    let loaded = prepare_job(job, &ctx.config).unwrap();
+    let storage = loaded.file.spec.storage.uri.clone().unwrap();
+    let platform = ctx.platforms.get(&storage).await.unwrap();
+    let record = JobRecord {
+        schema_version: 1,
+        id: job_id(job),
+        phase,
+        spec: loaded.file,
+        input_fingerprint: "test".into(),
+        total_tasks: 0,
+        total_items: 0,
+        created_at: 1,
+        updated_at: 1,
+        finished_at: None,
+        message: None,
+        cancel_requested: false,
+        next_group: 0,
+        version: 0,
+    };
+    platform
+        .backends()
+        .state
+        .create_job(&record, &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_edit_of_a_started_job_is_reported_and_the_job_runs_on() {
+    let storage = tempfile::tempdir().unwrap();
+    let (ctx, mut api) = context(Some(storage.path().display().to_string()));
+    let valid = job("edited", "parquet");
+    started(&ctx, &valid, orch_core::model::JobPhase::Running).await;
+    // The same object, edited (generation 2) into a spec the rules refuse.
+    let mut edited = job("edited", "sqlite");
+    edited.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let reply = serde_json::to_value(&edited).unwrap();
+    let uid = edited.uid().unwrap();
+
+    let reconciling = tokio::spawn(reconcile(
+        Arc::new(DeserializeGuard(Ok(edited.clone()))),
+        ctx.clone(),
+    ));
+    let (action, requests) = serve(&mut api, reconciling, &reply).await;
+    let events = events(&requests);
+    let refused = events
+        .iter()
+        .find(|e| e["reason"] == "SpecChangeRefused")
+        .unwrap_or_else(|| panic!("no SpecChangeRefused event: {events:?}"));
+    assert_eq!(refused["type"], "Warning");
+    let note = refused["note"].as_str().unwrap();
+    assert!(note.contains("spec.output.formats"), "{note}");
+    assert!(
+        !events.iter().any(|e| e["reason"] == "InvalidSpec"),
+        "{events:?}"
+    );
+    let status = requests
+        .iter()
+        .find(|(_, p, _)| p == &format!("{JOBS}/edited/status"))
+        .map(|(_, _, body)| &body["status"])
+        .expect("a status write");
+    assert_ne!(status["phase"], "Failed", "{status}");
+    assert_eq!(status["observedGeneration"], 2);
+    // The driver runs on (with the spec it started with), and the job is looked at again.
+    assert!(ctx.supervisors.snapshot(&uid).is_some());
+    assert_ne!(action, Action::await_change());
+
+    // Reconciled again with that status: no second Event for the same generation.
+    let mut seen = edited.clone();
+    seen.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let reconciling = tokio::spawn(reconcile(Arc::new(DeserializeGuard(Ok(seen))), ctx.clone()));
+    let (_, again) = serve(&mut api, reconciling, &reply).await;
+    assert!(
+        !self::events(&again)
+            .iter()
+            .any(|e| e["reason"] == "SpecChangeRefused"),
+        "{again:?}"
+    );
+    ctx.supervisors.stop(&uid).await;
+}
+
+#[tokio::test]
+async fn deleting_a_started_job_whose_spec_is_now_refused_cancels_it() {
+    let storage = tempfile::tempdir().unwrap();
+    let (ctx, mut api) = context(Some(storage.path().display().to_string()));
+    let valid = job("doomed", "parquet");
+    started(&ctx, &valid, orch_core::model::JobPhase::Running).await;
+    let mut edited = job("doomed", "sqlite");
+    edited.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    edited.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let reply = serde_json::to_value(&edited).unwrap();
+    let uid = edited.uid().unwrap();
+
+    let reconciling = tokio::spawn(reconcile(
+        Arc::new(DeserializeGuard(Ok(edited.clone()))),
+        ctx.clone(),
+    ));
+    let (action, requests) = serve(&mut api, reconciling, &reply).await;
+    // Cancelled first, finalizer kept until the driver has stopped the tasks.
+    assert!(
+        events(&requests)
+            .iter()
+            .any(|e| e["reason"] == "Cancelling"),
+        "{requests:?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|(m, p, _)| m == Method::PATCH && p == &format!("{JOBS}/doomed")),
+        "the finalizer went early: {requests:?}"
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let platform = ctx
+        .platforms
+        .get(&storage.path().display().to_string())
+        .await
+        .unwrap();
+    let record = platform
+        .backends()
+        .state
+        .get_job(&job_id(&edited))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.cancel_requested);
+    ctx.supervisors.stop(&uid).await;
+}
