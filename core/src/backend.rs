@@ -113,6 +113,18 @@ pub trait StateStore: Send + Sync {
     /// (version bumped).
     async fn update_job(&self, job: &JobRecord) -> BackendResult<JobRecord>;
     async fn list_tasks(&self, job: &str) -> BackendResult<Vec<TaskRecord>>;
+    /// The task rows of `job` written after `cursor` (every row for `None`), with the cursor
+    /// to pass next time: a coordinator that keeps the rows it has seen then reads only what
+    /// changed on each tick. A store that does not track changes returns every row (`full`)
+    /// whatever the cursor; this default does that with [`StateStore::list_tasks`].
+    async fn list_tasks_since(&self, job: &str, cursor: Option<u64>) -> BackendResult<TaskChanges> {
+        let _ = cursor;
+        Ok(TaskChanges {
+            tasks: self.list_tasks(job).await?,
+            full: true,
+            cursor: None,
+        })
+    }
     async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>>;
     /// Writes `task` if the stored version equals `task.version`; returns the row as stored.
     async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord>;
@@ -132,6 +144,17 @@ pub trait StateStore: Send + Sync {
         tasks.retain(|t| t.state == state);
         Ok(tasks)
     }
+}
+
+/// What [`StateStore::list_tasks_since`] found.
+#[derive(Debug, Clone, Default)]
+pub struct TaskChanges {
+    /// Sorted by id.
+    pub tasks: Vec<TaskRecord>,
+    /// The rows are all of the job's rows, not only the changed ones.
+    pub full: bool,
+    /// Where the next call starts; `None` when the store does not track changes.
+    pub cursor: Option<u64>,
 }
 
 /// A received message; `receipt` names this delivery for delete and visibility changes.

@@ -31,6 +31,7 @@ use orch_core::load::LoadedJob;
 use orch_core::model::{JobRecord, TaskRecord};
 use orch_runtime::control;
 use orch_runtime::platform::Platform;
+use orch_runtime::task_cache::TaskCache;
 use serde_json::json;
 use sha2::Digest;
 use tracing::{info, warn};
@@ -63,6 +64,9 @@ pub struct Context {
     phases: Mutex<HashMap<String, JobPhase>>,
     /// The driver failure last reported per job, so one failure makes one Event.
     reported_errors: Mutex<HashMap<String, String>>,
+    /// Each job's task rows as of its last status refresh, which then reads only the rows
+    /// written since (a lock per job: a refresh is async, and jobs refresh concurrently).
+    task_caches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<TaskCache>>>>,
 }
 
 impl Context {
@@ -82,7 +86,18 @@ impl Context {
             metrics,
             phases: Mutex::new(HashMap::new()),
             reported_errors: Mutex::new(HashMap::new()),
+            task_caches: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn task_cache(&self, uid: &str) -> Arc<tokio::sync::Mutex<TaskCache>> {
+        let mut caches = self.task_caches.lock().unwrap_or_else(|e| e.into_inner());
+        caches.entry(uid.to_string()).or_default().clone()
+    }
+
+    fn forget_tasks(&self, uid: &str) {
+        let mut caches = self.task_caches.lock().unwrap_or_else(|e| e.into_inner());
+        caches.remove(uid);
     }
 
     fn note_phase(&self, uid: &str, phase: Option<JobPhase>) {
@@ -329,9 +344,11 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     }
 
     // Status, children, events.
+    let cache = ctx.task_cache(&uid);
+    let mut cache = cache.lock().await;
     let tasks = match &record {
-        Some(_) => state.list_tasks(&id).await?,
-        None => Vec::new(),
+        Some(_) => cache.refresh(state.as_ref(), &id).await?,
+        None => &[],
     };
     let mut status = match &rejected {
         Some(message) => validation_failure(
@@ -342,7 +359,7 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
                 message: message.clone(),
             }],
         ),
-        None => job_status(record.as_ref(), &tasks, generation, previous, &now),
+        None => job_status(record.as_ref(), tasks, generation, previous, &now),
     };
     status.job_id = Some(id.clone());
     status.retried = retried;
@@ -356,7 +373,7 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     )
     .await;
     write_status(api, &name, previous, status, ctx, &uid).await?;
-    sync_task_groups(job, &tasks, ctx).await?;
+    sync_task_groups(job, tasks, ctx).await?;
 
     Ok(if terminal || rejected.is_some() {
         Action::await_change()
@@ -492,6 +509,7 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
         .collect();
     set_finalizers(api, job, finalizers).await?;
     ctx.note_phase(&uid, None);
+    ctx.forget_tasks(&uid);
     info!(name = %job.name_any(), "OrchJob deleted");
     Ok(Action::await_change())
 }

@@ -483,6 +483,7 @@ pub async fn state_store_contract(store: &dyn StateStore) {
         .is_empty(),
         "a missing job has no tasks in any state"
     );
+    tasks_since_contract(store, &id, &all).await;
     expect_ok("delete_job", store.delete_job(&id).await);
     assert!(
         tasks_in_state_settled(store, &id, TaskState::Running, &[])
@@ -490,6 +491,40 @@ pub async fn state_store_contract(store: &dyn StateStore) {
             .is_empty(),
         "delete_job must remove the task rows from every state"
     );
+}
+
+/// `list_tasks_since`: from no cursor, every row; from a cursor, at least every row written
+/// after it, as it is now — and, for a store that tracks changes (`full` false), no other.
+async fn tasks_since_contract(store: &dyn StateStore, job: &str, all: &[TaskRecord]) {
+    let first = expect_ok("list_tasks_since", store.list_tasks_since(job, None).await);
+    assert_eq!(
+        first.tasks, all,
+        "list_tasks_since(None) must return every row, sorted by id"
+    );
+    let mut changed = all[0].clone();
+    changed.items_ok += 1;
+    let changed = expect_ok("update_task", store.update_task(&changed).await);
+    let next = expect_ok(
+        "list_tasks_since",
+        store.list_tasks_since(job, first.cursor).await,
+    );
+    assert!(
+        next.tasks.contains(&changed),
+        "list_tasks_since(cursor) must return a row written after the cursor, as written"
+    );
+    assert!(
+        next.tasks.windows(2).all(|w| w[0].id < w[1].id),
+        "list_tasks_since must sort by id"
+    );
+    if next.full {
+        assert_eq!(next.tasks.len(), all.len(), "a full answer has every row");
+    } else {
+        assert_eq!(
+            next.tasks,
+            [changed],
+            "a store that tracks changes returns only the rows written after the cursor"
+        );
+    }
 }
 
 /// `list_tasks_in_state`, asked again for a few seconds until it returns `expected`: an index

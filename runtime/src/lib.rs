@@ -25,5 +25,6 @@ pub mod local_executor;
 pub mod platform;
 pub mod sqlite_queue;
 pub mod sqlite_state;
+pub mod task_cache;
 
 pub use error::{Error, Result};

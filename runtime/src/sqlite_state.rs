@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, StateStore, next_version};
+use orch_core::backend::{BackendError, BackendResult, StateStore, TaskChanges, next_version};
 use orch_core::model::{JobRecord, TaskRecord};
 use rusqlite::ffi::ErrorCode;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -27,8 +27,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 /// How long a writer waits for another process's write lock before giving up (Transient).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Version of the tables this module creates; see [`Db::open`].
-const STATE_SCHEMA_VERSION: i64 = 1;
+/// Version of the tables this module creates; see [`Db::open`]. 2 added `tasks.seq`
+/// ([`SqliteStateStore::open`] upgrades a version-1 file).
+const STATE_SCHEMA_VERSION: i64 = 2;
 
 const STATE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -44,9 +45,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     state   TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     body    TEXT NOT NULL,
+    -- The job's write counter at this row's last update (0 when created): the rows written
+    -- after a point are `seq > point` (list_tasks_since).
+    seq     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job, id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (job, state);
+";
+
+/// Brings a version-1 file's tables to version 2 (and creates what version 2 adds): in one
+/// IMMEDIATE transaction, so processes opening the file at once do it once.
+const STATE_UPGRADE: &str = "
+CREATE INDEX IF NOT EXISTS tasks_by_seq ON tasks (job, seq);
+UPDATE orch_schema SET version = 2 WHERE component = 'state' AND version < 2;
 ";
 
 /// One SQLite connection shared by the handle's clones, used from blocking threads.
@@ -260,6 +271,26 @@ impl SqliteStateStore {
     /// open the same file at once.
     pub fn open(path: &Path) -> BackendResult<Self> {
         let db = Db::open(path, "state", STATE_SCHEMA_VERSION, STATE_SCHEMA)?;
+        let mut conn = db.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let at = |what: &str| format!("{what} {}", path.display());
+        let txn = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error(&at("upgrade"), e))?;
+        let has_seq: bool = txn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('tasks') WHERE name = 'seq'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| sql_error(&at("upgrade"), e))?;
+        if !has_seq {
+            txn.execute_batch("ALTER TABLE tasks ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;")
+                .map_err(|e| sql_error(&at("upgrade"), e))?;
+        }
+        txn.execute_batch(STATE_UPGRADE)
+            .map_err(|e| sql_error(&at("upgrade"), e))?;
+        txn.commit().map_err(|e| sql_error(&at("upgrade"), e))?;
+        drop(conn);
         Ok(SqliteStateStore { db })
     }
 
@@ -443,6 +474,47 @@ impl StateStore for SqliteStateStore {
             .await
     }
 
+    async fn list_tasks_since(&self, job: &str, cursor: Option<u64>) -> BackendResult<TaskChanges> {
+        let job = job.to_string();
+        self.db
+            .run(move |conn| {
+                let after = match cursor {
+                    Some(c) => to_i64("task cursor", c)?,
+                    None => -1,
+                };
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, body, version, seq FROM tasks WHERE job = ?1 AND seq > ?2
+                         ORDER BY id",
+                    )
+                    .map_err(|e| sql_error("list changed tasks", e))?;
+                let rows = stmt
+                    .query_map(params![job, after], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .map_err(|e| sql_error("list changed tasks", e))?;
+                let mut tasks = Vec::new();
+                let mut last = cursor.unwrap_or(0);
+                for row in rows {
+                    let (id, body, version, seq) =
+                        row.map_err(|e| sql_error("list changed tasks", e))?;
+                    tasks.push(decode_task(&job, id, &body, version)?);
+                    last = last.max(u64::try_from(seq).unwrap_or(0));
+                }
+                Ok(TaskChanges {
+                    tasks,
+                    full: cursor.is_none(),
+                    cursor: Some(last),
+                })
+            })
+            .await
+    }
+
     async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>> {
         let job = job.to_string();
         self.db
@@ -471,7 +543,8 @@ impl StateStore for SqliteStateStore {
                 let expected = to_i64("task version", stored.version - 1)?;
                 let changed = conn
                     .prepare_cached(
-                        "UPDATE tasks SET version = version + 1, state = ?1, attempt = ?2, body = ?3
+                        "UPDATE tasks SET version = version + 1, state = ?1, attempt = ?2, body = ?3,
+                             seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE job = ?4)
                          WHERE job = ?4 AND id = ?5 AND version = ?6",
                     )
                     .and_then(|mut stmt| {
@@ -726,5 +799,105 @@ mod tests {
         .unwrap();
         let err = SqliteStateStore::open(&path).unwrap_err();
         assert_eq!(err.category(), ErrorCategory::Permanent);
+    }
+
+    /// Changes one task row through the store, as a worker or the driver does.
+    async fn touch(store: &SqliteStateStore, job: &str, id: u32) {
+        let mut task = store.get_task(job, id).await.unwrap().unwrap();
+        task.items_ok += 1;
+        store.update_task(&task).await.unwrap();
+    }
+
+    fn ids(changes: &TaskChanges) -> Vec<u32> {
+        changes.tasks.iter().map(|t| t.id).collect()
+    }
+
+    #[tokio::test]
+    async fn tasks_since_a_cursor_are_the_rows_written_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = SqliteStateStore::open(&path).unwrap();
+        // Another process's handle writes too: the counter lives in the file.
+        let other = SqliteStateStore::open(&path).unwrap();
+        let tasks: Vec<TaskRecord> = (0..5).map(|i| TaskRecord::new("j", i, 10, 1)).collect();
+        store.create_job(&job("j", 5), &tasks).await.unwrap();
+        store
+            .create_job(&job("k", 1), &[TaskRecord::new("k", 0, 10, 1)])
+            .await
+            .unwrap();
+
+        let all = store.list_tasks_since("j", None).await.unwrap();
+        assert!(all.full);
+        assert_eq!(ids(&all), [0, 1, 2, 3, 4]);
+        let none = store.list_tasks_since("j", all.cursor).await.unwrap();
+        assert!(!none.full);
+        assert_eq!(ids(&none), Vec::<u32>::new());
+        assert_eq!(none.cursor, all.cursor);
+
+        touch(&store, "j", 3).await;
+        touch(&other, "j", 1).await;
+        touch(&other, "k", 0).await; // another job's write is not this job's change
+        let changed = store.list_tasks_since("j", none.cursor).await.unwrap();
+        assert_eq!(ids(&changed), [1, 3]);
+        assert_eq!(changed.tasks[0].items_ok, 1);
+
+        // A row written twice comes once, as it is now.
+        touch(&store, "j", 3).await;
+        touch(&store, "j", 3).await;
+        let again = store.list_tasks_since("j", changed.cursor).await.unwrap();
+        assert_eq!(ids(&again), [3]);
+        assert_eq!(again.tasks[0].items_ok, 3);
+        assert!(again.cursor > changed.cursor);
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE orch_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
+                 INSERT INTO orch_schema VALUES ('state', 1);
+                 CREATE TABLE jobs (id TEXT PRIMARY KEY, version INTEGER NOT NULL,
+                                    phase TEXT NOT NULL, body TEXT NOT NULL);
+                 CREATE TABLE tasks (job TEXT NOT NULL, id INTEGER NOT NULL,
+                                     version INTEGER NOT NULL, state TEXT NOT NULL,
+                                     attempt INTEGER NOT NULL, body TEXT NOT NULL,
+                                     PRIMARY KEY (job, id));",
+            )
+            .unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = SqliteStateStore::open(&path).unwrap();
+            store
+                .create_job(
+                    &job("old", 2),
+                    &[
+                        TaskRecord::new("old", 0, 10, 1),
+                        TaskRecord::new("old", 1, 10, 1),
+                    ],
+                )
+                .await
+                .unwrap();
+            let all = store.list_tasks_since("old", None).await.unwrap();
+            touch(&store, "old", 1).await;
+            let changed = store.list_tasks_since("old", all.cursor).await.unwrap();
+            assert_eq!(ids(&changed), [1]);
+        });
+        // Opened again (another process), nothing to do twice.
+        drop(SqliteStateStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row(
+                "SELECT version FROM orch_schema WHERE component = 'state'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 2);
     }
 }
