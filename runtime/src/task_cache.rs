@@ -46,3 +46,37 @@ impl TaskCache {
         &self.rows
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use orch_core::model::TaskState;
+
+    use super::*;
+    use crate::contract::sample_job;
+    use crate::sqlite_state::SqliteStateStore;
+
+    #[tokio::test]
+    async fn a_refresh_sees_every_write_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStateStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let tasks: Vec<TaskRecord> = (0..4).map(|i| TaskRecord::new("j", i, 10, 1)).collect();
+        store.create_job(&sample_job("j", 4), &tasks).await.unwrap();
+
+        let mut cache = TaskCache::default();
+        assert_eq!(cache.refresh(&store, "j").await.unwrap(), tasks.as_slice());
+
+        let mut two = store.get_task("j", 2).await.unwrap().unwrap();
+        two.transition(TaskState::Dispatched, 2).unwrap();
+        let two = store.update_task(&two).await.unwrap();
+        let rows = cache.refresh(&store, "j").await.unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[2], two);
+        assert_eq!(rows[..2], tasks[..2]);
+        assert_eq!(rows[3], tasks[3]);
+        // Nothing written since: the same rows.
+        let again = cache.refresh(&store, "j").await.unwrap().to_vec();
+        assert_eq!(again, cache.rows());
+        assert_eq!(again[2].state, TaskState::Dispatched);
+    }
+}
