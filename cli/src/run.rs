@@ -240,6 +240,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         executor: None,
         stop: None,
         job_id: None,
+        task_cache: None,
     };
     let outcome = runtime.block_on(async {
         if args.dry_run {

@@ -28,10 +28,10 @@ use orch_core::ErrorCategory;
 use orch_core::FieldError;
 use orch_core::backend::Executor;
 use orch_core::load::LoadedJob;
-use orch_core::model::{JobRecord, TaskRecord};
+use orch_core::model::JobRecord;
 use orch_runtime::control;
 use orch_runtime::platform::Platform;
-use orch_runtime::task_cache::TaskCache;
+use orch_runtime::task_cache::SharedTaskCache;
 use serde_json::json;
 use sha2::Digest;
 use tracing::{info, warn};
@@ -40,7 +40,7 @@ use crate::Watched;
 use crate::config::{OperatorConfig, Platforms, job_path, prepare_job};
 use crate::crd::{
     CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, PURGE_ANNOTATION,
-    RETRY_ANNOTATION, TaskGroup,
+    RETRY_ANNOTATION, TaskGroup, TaskGroupStatus,
 };
 use crate::error::{Error, Result};
 use crate::kube_executor::{self, KubeExecutor, KubeExecutorError, KubeLaunch};
@@ -64,9 +64,10 @@ pub struct Context {
     phases: Mutex<HashMap<String, JobPhase>>,
     /// The driver failure last reported per job, so one failure makes one Event.
     reported_errors: Mutex<HashMap<String, String>>,
-    /// Each job's task rows as of its last status refresh, which then reads only the rows
-    /// written since (a lock per job: a refresh is async, and jobs refresh concurrently).
-    task_caches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<TaskCache>>>>,
+    /// Each job's task rows, shared by its driver and its status refresh: one copy, and a
+    /// refresh reads only the rows written since the last one (a lock per job: jobs refresh
+    /// concurrently).
+    task_caches: Mutex<HashMap<String, SharedTaskCache>>,
 }
 
 impl Context {
@@ -90,7 +91,7 @@ impl Context {
         }
     }
 
-    fn task_cache(&self, uid: &str) -> Arc<tokio::sync::Mutex<TaskCache>> {
+    fn task_cache(&self, uid: &str) -> SharedTaskCache {
         let mut caches = self.task_caches.lock().unwrap_or_else(|e| e.into_inner());
         caches.entry(uid.to_string()).or_default().clone()
     }
@@ -343,13 +344,15 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         report_driver_error(ctx, &uid, &reference, &error).await;
     }
 
-    // Status, children, events.
+    // Status, children, events: computed from the rows under the cache's lock, written after
+    // it is released (the driver waits for that lock on its next tick).
     let cache = ctx.task_cache(&uid);
-    let mut cache = cache.lock().await;
+    let mut rows = cache.lock().await;
     let tasks = match &record {
-        Some(_) => cache.refresh(state.as_ref(), &id).await?,
+        Some(_) => rows.refresh(state.as_ref(), &id).await?,
         None => &[],
     };
+    let groups = taskgroups::desired(job, tasks);
     let mut status = match &rejected {
         Some(message) => validation_failure(
             generation,
@@ -361,6 +364,7 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         ),
         None => job_status(record.as_ref(), tasks, generation, previous, &now),
     };
+    drop(rows);
     status.job_id = Some(id.clone());
     status.retried = retried;
     transition_events(
@@ -373,7 +377,7 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     )
     .await;
     write_status(api, &name, previous, status, ctx, &uid).await?;
-    sync_task_groups(job, tasks, ctx).await?;
+    sync_task_groups(job, groups, ctx).await?;
 
     Ok(if terminal || rejected.is_some() {
         Action::await_change()
@@ -563,6 +567,7 @@ fn launch(
         worker_command: ctx.config.worker_command.clone(),
         executor,
         tick: ctx.config.tick,
+        task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
     })
 }
 
@@ -624,8 +629,12 @@ async fn write_status(
 }
 
 /// Applies the job's `TaskGroup`s whose spec or status changed.
-async fn sync_task_groups(job: &OrchJob, tasks: &[TaskRecord], ctx: &Context) -> Result<()> {
-    if tasks.iter().all(|t| t.group.is_none()) {
+async fn sync_task_groups(
+    job: &OrchJob,
+    groups: Vec<(TaskGroup, TaskGroupStatus)>,
+    ctx: &Context,
+) -> Result<()> {
+    if groups.is_empty() {
         return Ok(());
     }
     let namespace = job.namespace().unwrap_or_default();
@@ -642,7 +651,7 @@ async fn sync_task_groups(job: &OrchJob, tasks: &[TaskRecord], ctx: &Context) ->
         .map(|tg| (tg.name_any(), tg))
         .collect();
     let params = PatchParams::apply(MANAGER).force();
-    for (group, status) in taskgroups::desired(job, tasks) {
+    for (group, status) in groups {
         let name = group.name_any();
         let current = existing.get(&name);
         if current.map(|c| &c.spec) != Some(&group.spec) {

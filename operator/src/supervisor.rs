@@ -18,6 +18,7 @@ use orch_core::backend::Executor;
 use orch_core::load::LoadedJob;
 use orch_runtime::driver::{self, RunOptions};
 use orch_runtime::platform::Platform;
+use orch_runtime::task_cache::SharedTaskCache;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -62,6 +63,8 @@ pub struct Launch {
     pub worker_command: Vec<String>,
     pub executor: Option<Arc<dyn Executor>>,
     pub tick: Duration,
+    /// The job's task rows, shared with the status refresh.
+    pub task_cache: SharedTaskCache,
 }
 
 /// The supervisors of this operator, by `OrchJob` uid.
@@ -147,6 +150,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             executor: launch.executor.clone(),
             stop: Some(stop.clone()),
             job_id: Some(launch.job_id.clone()),
+            task_cache: Some(launch.task_cache.clone()),
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

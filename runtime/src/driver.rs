@@ -35,7 +35,7 @@ use crate::local_executor::{LocalExecutor, WorkerLaunch};
 use crate::platform::{JobLease, Platform};
 use crate::sqlite_queue::SqliteQueue;
 use crate::sqlite_state::SqliteStateStore;
-use crate::task_cache::TaskCache;
+use crate::task_cache::SharedTaskCache;
 
 /// Bounds of the pause between two ticks' starts (see `Loop::drive`).
 const MIN_TICK_SPACING: Duration = Duration::from_millis(25);
@@ -168,6 +168,10 @@ pub struct RunOptions {
     /// whatever later edits to its spec or input). Without one, the id comes from the spec and
     /// the input's fingerprint, so the same file over the same input resumes the same job.
     pub job_id: Option<String>,
+    /// Where the driver keeps the job's task rows between ticks; a caller that also reads them
+    /// (the operator's status) passes its own, so one copy serves both. Without one, the
+    /// driver keeps a private one.
+    pub task_cache: Option<SharedTaskCache>,
 }
 
 /// The end of a run.
@@ -597,8 +601,8 @@ impl Loop<'_> {
 
     async fn drive(&mut self, opts: &RunOptions) -> Result<JobRecord> {
         let state = &self.platform.backends().state;
-        let mut cache = TaskCache::default();
-        cache.refresh(state.as_ref(), &self.id).await?;
+        let cache = opts.task_cache.clone().unwrap_or_default();
+        cache.lock().await.refresh(state.as_ref(), &self.id).await?;
         loop {
             let tick_started = std::time::Instant::now();
             if self.lease.lost() {
@@ -611,6 +615,8 @@ impl Loop<'_> {
             // attempts to ask about come from the previous read; a task dispatched since then
             // is simply asked about on the next tick.
             let active: Vec<(u32, u32, Option<String>)> = cache
+                .lock()
+                .await
                 .rows()
                 .iter()
                 .filter(|t| matches!(t.state, TaskState::Dispatched | TaskState::Running))
@@ -639,7 +645,8 @@ impl Loop<'_> {
                 }
                 self.paused = job.spec.spec.suspend;
             }
-            let tasks = cache.refresh(state.as_ref(), &self.id).await?;
+            let mut rows = cache.lock().await;
+            let tasks = rows.refresh(state.as_ref(), &self.id).await?;
             // A polled attempt that has moved on (retried meanwhile) says nothing about the
             // current one.
             let current = |id: &u32| {
@@ -675,6 +682,7 @@ impl Loop<'_> {
                 },
             );
             let shown = progress(&job, tasks, decision.aggregate);
+            drop(rows);
             (opts.on_progress)(&shown);
             if decision.aggregate {
                 let job = match decision.job.clone() {

@@ -9,6 +9,9 @@
 use orch_core::backend::{BackendResult, StateStore};
 use orch_core::model::TaskRecord;
 
+/// A cache shared by the tasks that read one job's rows (the operator's driver and status).
+pub type SharedTaskCache = std::sync::Arc<tokio::sync::Mutex<TaskCache>>;
+
 /// The rows of one job, sorted by id.
 #[derive(Debug, Default)]
 pub struct TaskCache {
