@@ -68,6 +68,9 @@ pub struct Context {
     /// refresh reads only the rows written since the last one (a lock per job: jobs refresh
     /// concurrently).
     task_caches: Mutex<HashMap<String, SharedTaskCache>>,
+    /// Per job: what of the object a reconcile acts on (see [`intent`]) and when the last
+    /// complete reconcile ended, to leave out the reconciles our own writes trigger.
+    last_reconciled: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 impl Context {
@@ -88,7 +91,33 @@ impl Context {
             phases: Mutex::new(HashMap::new()),
             reported_errors: Mutex::new(HashMap::new()),
             task_caches: Mutex::new(HashMap::new()),
+            last_reconciled: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long to wait before reconciling `job` again, when nothing it acts on changed since
+    /// the last reconcile and that was less than a status interval ago. Each status or
+    /// TaskGroup write comes back as a watch event: without this, a running job would be
+    /// reconciled back to back (its progress changes every time) instead of once an interval.
+    fn too_soon(&self, job: &OrchJob) -> Option<Duration> {
+        let uid = job.uid().unwrap_or_default();
+        let last = self
+            .last_reconciled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (seen, at) = last.get(&uid)?;
+        (*seen == intent(job))
+            .then(|| self.config.status_interval.checked_sub(at.elapsed()))
+            .flatten()
+            .filter(|wait| !wait.is_zero())
+    }
+
+    fn reconciled(&self, job: &OrchJob) {
+        let mut last = self
+            .last_reconciled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        last.insert(job.uid().unwrap_or_default(), (intent(job), Instant::now()));
     }
 
     fn task_cache(&self, uid: &str) -> SharedTaskCache {
@@ -96,9 +125,15 @@ impl Context {
         caches.entry(uid.to_string()).or_default().clone()
     }
 
-    fn forget_tasks(&self, uid: &str) {
+    fn forget(&self, uid: &str) {
         let mut caches = self.task_caches.lock().unwrap_or_else(|e| e.into_inner());
         caches.remove(uid);
+        drop(caches);
+        let mut last = self
+            .last_reconciled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        last.remove(uid);
     }
 
     fn note_phase(&self, uid: &str, phase: Option<JobPhase>) {
@@ -126,6 +161,17 @@ impl Context {
                 .set(counts.get(&p).copied().unwrap_or(0));
         }
     }
+}
+
+/// A hash of what a reconcile acts on besides the status: the spec (through the generation),
+/// the annotations (cancel, retry, purge) and the finalizers.
+fn intent(job: &OrchJob) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    job.metadata.generation.hash(&mut h);
+    job.metadata.annotations.hash(&mut h);
+    job.metadata.finalizers.hash(&mut h);
+    h.finish()
 }
 
 /// The engine's id of the job an `OrchJob` stands for: its name plus a hash of its uid, so a
@@ -216,7 +262,12 @@ async fn reconcile_object(object: &Watched, ctx: &Context) -> Result<Action> {
         finalizers.push(FINALIZER.to_string());
         set_finalizers(&api, job, finalizers).await?;
     }
-    apply(job, &api, ctx).await
+    if let Some(wait) = ctx.too_soon(job) {
+        return Ok(Action::requeue(wait));
+    }
+    let action = apply(job, &api, ctx).await?;
+    ctx.reconciled(job);
+    Ok(action)
 }
 
 /// Everything but deletion.
@@ -513,7 +564,7 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
         .collect();
     set_finalizers(api, job, finalizers).await?;
     ctx.note_phase(&uid, None);
-    ctx.forget_tasks(&uid);
+    ctx.forget(&uid);
     info!(name = %job.name_any(), "OrchJob deleted");
     Ok(Action::await_change())
 }

@@ -29,11 +29,16 @@ fn config(storage: Option<String>) -> OperatorConfig {
         scratch: std::env::temp_dir().join("orch-operator-unit"),
         job_lease: Duration::from_secs(60),
         tick: Duration::from_millis(100),
-        status_interval: Duration::from_secs(10),
+        // Zero: every reconcile of a scenario does the whole work (see `Context::too_soon`).
+        status_interval: Duration::ZERO,
     }
 }
 
 fn context(storage: Option<String>) -> (Arc<Context>, Handle) {
+    context_with(config(storage))
+}
+
+fn context_with(config: OperatorConfig) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let recorder = Recorder::new(
@@ -45,7 +50,7 @@ fn context(storage: Option<String>) -> (Arc<Context>, Handle) {
     );
     let ctx = Context::new(
         client,
-        config(storage),
+        config,
         Supervisors::default(),
         recorder,
         Arc::new(Metrics::default()),
@@ -392,4 +397,50 @@ async fn deleting_a_started_job_whose_spec_is_now_refused_cancels_it() {
         .unwrap();
     assert!(record.cancel_requested);
     ctx.supervisors.stop(&uid).await;
+}
+
+#[tokio::test]
+async fn a_reconcile_our_own_writes_trigger_waits_for_the_status_interval() {
+    let storage = tempfile::tempdir().unwrap();
+    let mut cfg = config(Some(storage.path().display().to_string()));
+    cfg.status_interval = Duration::from_secs(30);
+    let (ctx, mut api) = context_with(cfg);
+    let mut job = job("steady", "sqlite"); // refused: a reconcile writes an Event and a status
+    job.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let reply = serde_json::to_value(&job).unwrap();
+
+    let first = tokio::spawn(reconcile(
+        Arc::new(DeserializeGuard(Ok(job.clone()))),
+        ctx.clone(),
+    ));
+    let (_, requests) = serve(&mut api, first, &reply).await;
+    assert!(!requests.is_empty(), "the first reconcile does the work");
+
+    // The watch brings the object back with the status just written: nothing to do yet.
+    let mut echoed = job.clone();
+    echoed.metadata.resource_version = Some("8".into());
+    echoed.status = Some(OrchJobStatus::default());
+    let second = tokio::spawn(reconcile(
+        Arc::new(DeserializeGuard(Ok(echoed))),
+        ctx.clone(),
+    ));
+    let (action, requests) = serve(&mut api, second, &reply).await;
+    assert!(requests.is_empty(), "{requests:?}");
+    assert!(
+        action != Action::await_change() && action != Action::requeue(Duration::ZERO),
+        "{action:?}"
+    );
+
+    // A change the reconcile acts on (an annotation: cancel, retry) is acted on at once.
+    let mut annotated = job.clone();
+    annotated.metadata.annotations = Some([(CANCEL_ANNOTATION.to_string(), "true".into())].into());
+    let third = tokio::spawn(reconcile(
+        Arc::new(DeserializeGuard(Ok(annotated))),
+        ctx.clone(),
+    ));
+    let (_, requests) = serve(&mut api, third, &reply).await;
+    assert!(
+        !requests.is_empty(),
+        "an annotation change waits for nothing"
+    );
 }
