@@ -13,7 +13,10 @@
 //!    where its driver reads them on its next tick (`orch_runtime::control`);
 //! 5. a supervisor runs the job's driver (the engine of `orch run`) unless the job ended;
 //! 6. the status (server-side apply on the status subresource), the `TaskGroup` children and
-//!    Events follow from the stored job and tasks.
+//!    Events follow from the stored job and tasks — from the rows the job's driver holds in
+//!    memory, refreshed with only what was written since;
+//! 7. a running job is reconciled once a status interval: the watch events of the operator's
+//!    own writes wait for it, changes of what a reconcile acts on do not (`Context::too_soon`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

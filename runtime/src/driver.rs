@@ -645,8 +645,24 @@ impl Loop<'_> {
                 }
                 self.paused = job.spec.spec.suspend;
             }
-            let mut rows = cache.lock().await;
-            let tasks = rows.refresh(state.as_ref(), &self.id).await?;
+            let now = now_ms();
+            let retry_due = cache
+                .lock()
+                .await
+                .refresh(state.as_ref(), &self.id)
+                .await?
+                .iter()
+                .any(|t| t.state == TaskState::Retrying && t.retry_at.is_none_or(|at| at <= now));
+            // The queue is asked only when a retry is due: most ticks of a healthy job then cost
+            // no queue call at all (on SQS, each one is a request and a long-poll wait). The
+            // rows are not locked meanwhile: the operator's status reads them too.
+            let due = if retry_due {
+                self.due_retries().await?
+            } else {
+                Vec::new()
+            };
+            let rows = cache.lock().await;
+            let tasks = rows.rows();
             // A polled attempt that has moved on (retried meanwhile) says nothing about the
             // current one.
             let current = |id: &u32| {
@@ -660,17 +676,6 @@ impl Loop<'_> {
                 .filter(|(id, attempt, _)| current(id) == Some(*attempt))
                 .filter_map(|(id, _, _)| Some((*id, polled.remove(id)?)))
                 .collect();
-            let now = now_ms();
-            // The queue is asked only when a retry is due: most ticks of a healthy job then cost
-            // no queue call at all (on SQS, each one is a request and a long-poll wait).
-            let due = if tasks
-                .iter()
-                .any(|t| t.state == TaskState::Retrying && t.retry_at.is_none_or(|at| at <= now))
-            {
-                self.due_retries().await?
-            } else {
-                Vec::new()
-            };
             let decision = engine::decide(
                 &self.cfg,
                 Observation {
