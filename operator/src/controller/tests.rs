@@ -231,13 +231,19 @@ fn job_ids_follow_the_object_not_its_spec() {
     assert!(job_id(&a).starts_with("reviews-"));
 }
 
-/// Answers every request with `reply` until the reconcile ends: for scenarios where what was
-/// asked matters, not the order. Returns the action and the requests (method, path, body).
+/// Reconciles `job`, answering every request with the object itself until the reconcile
+/// ends: for scenarios where what was asked matters, not the order. Returns the action and
+/// the requests (method, path, body).
 async fn serve(
     handle: &mut Handle,
-    mut reconciling: tokio::task::JoinHandle<Result<Action>>,
-    reply: &Value,
+    ctx: &Arc<Context>,
+    job: &OrchJob,
 ) -> (Action, Vec<(Method, String, Value)>) {
+    let reply = serde_json::to_vec(job).unwrap();
+    let mut reconciling = tokio::spawn(reconcile(
+        Arc::new(DeserializeGuard(Ok(job.clone()))),
+        ctx.clone(),
+    ));
     let mut requests = Vec::new();
     loop {
         tokio::select! {
@@ -249,11 +255,7 @@ async fn serve(
                 let bytes = request.into_body().collect_bytes().await.unwrap();
                 let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 requests.push((method, path, body));
-                send.send_response(
-                    Response::builder()
-                        .body(Body::from(serde_json::to_vec(reply).unwrap()))
-                        .unwrap(),
-                );
+                send.send_response(Response::builder().body(Body::from(reply.clone())).unwrap());
             }
         }
     }
@@ -267,27 +269,28 @@ fn events(requests: &[(Method, String, Value)]) -> Vec<&Value> {
         .collect()
 }
 
+/// A job started with a valid spec (its record in the stores), then edited (generation 2)
+/// into a spec the rules refuse: the object as the operator then sees it.
+async fn started_then_refused(ctx: &Context, name: &str) -> OrchJob {
+    started(
+        ctx,
+        &job(name, "parquet"),
+        orch_core::model::JobPhase::Running,
+    )
+    .await;
+    let mut edited = job(name, "sqlite");
+    edited.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    edited
+}
+
 /// The record `orch run` or the supervisor writes when a job starts, from `job`'s spec.
 async fn started(ctx: &Context, job: &OrchJob, phase: orch_core::model::JobPhase) {
     let loaded = prepare_job(job, &ctx.config).unwrap();
     let storage = loaded.file.spec.storage.uri.clone().unwrap();
     let platform = ctx.platforms.get(&storage).await.unwrap();
-    let record = JobRecord {
-        schema_version: 1,
-        id: job_id(job),
-        phase,
-        spec: loaded.file,
-        input_fingerprint: "test".into(),
-        total_tasks: 0,
-        total_items: 0,
-        created_at: 1,
-        updated_at: 1,
-        finished_at: None,
-        message: None,
-        cancel_requested: false,
-        next_group: 0,
-        version: 0,
-    };
+    let mut record = orch_runtime::contract::sample_job(&job_id(job), 0);
+    record.phase = phase;
+    record.spec = loaded.file;
     platform
         .backends()
         .state
@@ -300,19 +303,10 @@ async fn started(ctx: &Context, job: &OrchJob, phase: orch_core::model::JobPhase
 async fn a_refused_edit_of_a_started_job_is_reported_and_the_job_runs_on() {
     let storage = tempfile::tempdir().unwrap();
     let (ctx, mut api) = context(Some(storage.path().display().to_string()));
-    let valid = job("edited", "parquet");
-    started(&ctx, &valid, orch_core::model::JobPhase::Running).await;
-    // The same object, edited (generation 2) into a spec the rules refuse.
-    let mut edited = job("edited", "sqlite");
-    edited.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    let reply = serde_json::to_value(&edited).unwrap();
+    let edited = started_then_refused(&ctx, "edited").await;
     let uid = edited.uid().unwrap();
 
-    let reconciling = tokio::spawn(reconcile(
-        Arc::new(DeserializeGuard(Ok(edited.clone()))),
-        ctx.clone(),
-    ));
-    let (action, requests) = serve(&mut api, reconciling, &reply).await;
+    let (action, requests) = serve(&mut api, &ctx, &edited).await;
     let events = events(&requests);
     let refused = events
         .iter()
@@ -339,8 +333,7 @@ async fn a_refused_edit_of_a_started_job_is_reported_and_the_job_runs_on() {
     // Reconciled again with that status: no second Event for the same generation.
     let mut seen = edited.clone();
     seen.status = Some(serde_json::from_value(status.clone()).unwrap());
-    let reconciling = tokio::spawn(reconcile(Arc::new(DeserializeGuard(Ok(seen))), ctx.clone()));
-    let (_, again) = serve(&mut api, reconciling, &reply).await;
+    let (_, again) = serve(&mut api, &ctx, &seen).await;
     assert!(
         !self::events(&again)
             .iter()
@@ -354,21 +347,13 @@ async fn a_refused_edit_of_a_started_job_is_reported_and_the_job_runs_on() {
 async fn deleting_a_started_job_whose_spec_is_now_refused_cancels_it() {
     let storage = tempfile::tempdir().unwrap();
     let (ctx, mut api) = context(Some(storage.path().display().to_string()));
-    let valid = job("doomed", "parquet");
-    started(&ctx, &valid, orch_core::model::JobPhase::Running).await;
-    let mut edited = job("doomed", "sqlite");
-    edited.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let mut edited = started_then_refused(&ctx, "doomed").await;
     edited.metadata.deletion_timestamp = Some(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    let reply = serde_json::to_value(&edited).unwrap();
     let uid = edited.uid().unwrap();
 
-    let reconciling = tokio::spawn(reconcile(
-        Arc::new(DeserializeGuard(Ok(edited.clone()))),
-        ctx.clone(),
-    ));
-    let (action, requests) = serve(&mut api, reconciling, &reply).await;
+    let (action, requests) = serve(&mut api, &ctx, &edited).await;
     // Cancelled first, finalizer kept until the driver has stopped the tasks.
     assert!(
         events(&requests)
@@ -407,24 +392,15 @@ async fn a_reconcile_our_own_writes_trigger_waits_for_the_status_interval() {
     let (ctx, mut api) = context_with(cfg);
     let mut job = job("steady", "sqlite"); // refused: a reconcile writes an Event and a status
     job.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    let reply = serde_json::to_value(&job).unwrap();
 
-    let first = tokio::spawn(reconcile(
-        Arc::new(DeserializeGuard(Ok(job.clone()))),
-        ctx.clone(),
-    ));
-    let (_, requests) = serve(&mut api, first, &reply).await;
+    let (_, requests) = serve(&mut api, &ctx, &job).await;
     assert!(!requests.is_empty(), "the first reconcile does the work");
 
     // The watch brings the object back with the status just written: nothing to do yet.
     let mut echoed = job.clone();
     echoed.metadata.resource_version = Some("8".into());
     echoed.status = Some(OrchJobStatus::default());
-    let second = tokio::spawn(reconcile(
-        Arc::new(DeserializeGuard(Ok(echoed))),
-        ctx.clone(),
-    ));
-    let (action, requests) = serve(&mut api, second, &reply).await;
+    let (action, requests) = serve(&mut api, &ctx, &echoed).await;
     assert!(requests.is_empty(), "{requests:?}");
     assert!(
         action != Action::await_change() && action != Action::requeue(Duration::ZERO),
@@ -434,11 +410,7 @@ async fn a_reconcile_our_own_writes_trigger_waits_for_the_status_interval() {
     // A change the reconcile acts on (an annotation: cancel, retry) is acted on at once.
     let mut annotated = job.clone();
     annotated.metadata.annotations = Some([(CANCEL_ANNOTATION.to_string(), "true".into())].into());
-    let third = tokio::spawn(reconcile(
-        Arc::new(DeserializeGuard(Ok(annotated))),
-        ctx.clone(),
-    ));
-    let (_, requests) = serve(&mut api, third, &reply).await;
+    let (_, requests) = serve(&mut api, &ctx, &annotated).await;
     assert!(
         !requests.is_empty(),
         "an annotation change waits for nothing"
