@@ -174,28 +174,13 @@ pub fn parse_name(arg: &str) -> Result<String, Failure> {
         }
         None => arg,
     };
-    if !valid_name(name) {
+    if !orch_core::k8s_name::is_dns_subdomain(name) {
         return Err(Failure::usage(format!(
             "`{name}` is not an OrchJob name (lowercase letters, digits, `-` and `.`, starting and \
              ending with a letter or digit, at most 253 characters)"
         )));
     }
     Ok(name.to_string())
-}
-
-/// A Kubernetes object name (DNS subdomain, RFC 1123).
-fn valid_name(name: &str) -> bool {
-    let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = name.as_bytes();
-    match (bytes.first(), bytes.last()) {
-        (Some(&first), Some(&last)) => {
-            name.len() <= 253
-                && ok_char(first)
-                && ok_char(last)
-                && bytes.iter().all(|&b| ok_char(b) || b == b'-' || b == b'.')
-        }
-        _ => false,
-    }
 }
 
 /// `orch` or `kubectl orch`, for the hints this module prints.

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod csv_input;
 pub mod engine;
 pub mod error;
+pub mod k8s_name;
 pub mod layout;
 pub mod load;
 pub mod model;

@@ -529,40 +529,13 @@ fn kubernetes_rules(
 
 /// A DNS-1123 subdomain (what Kubernetes accepts as most object names).
 fn dns_subdomain(name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        });
-    if ok {
+    if crate::k8s_name::is_dns_subdomain(name) {
         Ok(())
     } else {
         Err(format!(
             "must be a Kubernetes name (at most 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit), got `{name}`"
         ))
     }
-}
-
-/// The name part of a label key, or a label value when not empty: at most 63 letters,
-/// digits, `-`, `_` and `.`, starting and ending with a letter or digit.
-fn label_name_ok(name: &str) -> bool {
-    name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// A label key: `name` or `prefix/name`, the prefix a DNS subdomain.
@@ -578,7 +551,7 @@ fn label_key(key: &str) -> std::result::Result<(), String> {
             "label key `{key}`: the prefix before `/` must be a DNS subdomain such as `node.kubernetes.io`"
         ));
     }
-    if !label_name_ok(name) {
+    if !crate::k8s_name::is_label_name(name) {
         return Err(format!(
             "label key `{key}`: the name must be 1–63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit"
         ));
@@ -588,7 +561,7 @@ fn label_key(key: &str) -> std::result::Result<(), String> {
 
 /// A label value: empty, or like a label key's name.
 fn label_value(value: &str) -> std::result::Result<(), String> {
-    if value.is_empty() || label_name_ok(value) {
+    if value.is_empty() || crate::k8s_name::is_label_name(value) {
         Ok(())
     } else {
         Err(format!(

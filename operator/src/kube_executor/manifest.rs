@@ -87,20 +87,7 @@ fn dns_label_part(text: &str, max: usize) -> String {
 /// The orch job id as a label value: itself when it is one (job ids are `name-<8 hex>`, at most
 /// 59 characters), else a cut-down form with a digest of the whole id.
 pub fn job_label_value(job_id: &str) -> String {
-    let valid = !job_id.is_empty()
-        && job_id.len() <= 63
-        && job_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && job_id
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && job_id
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    if valid {
+    if orch_core::k8s_name::is_label_name(job_id) {
         return job_id.to_string();
     }
     let hash = digest(&[job_id.as_bytes()]);
