@@ -27,17 +27,6 @@ async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
     bucket
 }
 
-async fn read(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Vec<u8>> {
-    let out = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .ok()?;
-    Some(out.body.collect().await.unwrap().to_vec())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_backends_puts_objects_under_the_prefix_and_state_in_the_table() {
     let sdk = common::sdk_config().await;
@@ -66,10 +55,13 @@ async fn open_backends_puts_objects_under_the_prefix_and_state_in_the_table() {
         .await
         .unwrap();
     assert_eq!(
-        read(&client, &bucket, "some/prefix/jobs/j1/batches.json").await,
+        common::get_object(&client, &bucket, "some/prefix/jobs/j1/batches.json").await,
         Some(b"[1,2]".to_vec())
     );
-    assert_eq!(read(&client, &bucket, "jobs/j1/batches.json").await, None);
+    assert_eq!(
+        common::get_object(&client, &bucket, "jobs/j1/batches.json").await,
+        None
+    );
     assert_eq!(
         backends.objects.get("jobs/j1/batches.json").await.unwrap(),
         Some(b"[1,2]".to_vec())
@@ -113,12 +105,12 @@ async fn open_backends_puts_objects_under_the_prefix_and_state_in_the_table() {
     );
     std::fs::write(&path, b"parquet bytes").unwrap();
     assert_eq!(
-        read(&client, &bucket, &format!("some/prefix/{key}")).await,
+        common::get_object(&client, &bucket, &format!("some/prefix/{key}")).await,
         None
     );
     backends.publish(key, &path, remote).await.unwrap();
     assert_eq!(
-        read(&client, &bucket, &format!("some/prefix/{key}")).await,
+        common::get_object(&client, &bucket, &format!("some/prefix/{key}")).await,
         Some(b"parquet bytes".to_vec())
     );
 }
@@ -167,7 +159,7 @@ async fn locations_open_s3_uris_in_any_bucket_and_leave_local_paths_alone() {
         .await
         .unwrap();
     assert_eq!(
-        read(&client, &other, "results/part-0.parquet").await,
+        common::get_object(&client, &other, "results/part-0.parquet").await,
         Some(b"p".to_vec())
     );
 

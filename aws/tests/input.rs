@@ -146,19 +146,10 @@ async fn objects_prefixes_and_globs_are_listed_and_partitioned() {
             (decompressed.as_str(), 15, 2),
         ]
     );
-    let stored = client
-        .get_object()
-        .bucket(&bucket)
-        .key("orch/jobs/job-1/input/00001-b.jsonl")
-        .send()
+    let stored = common::get_object(&client, &bucket, "orch/jobs/job-1/input/00001-b.jsonl")
         .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
-    assert_eq!(stored.as_ref(), lines(20, 6).as_slice());
+        .expect("the decompressed input");
+    assert_eq!(stored, lines(20, 6));
     // Downloaded copies are gone once planned.
     let left: Vec<_> = std::fs::read_dir(scratch.path().join("input"))
         .map(|d| d.filter_map(|e| e.ok()).collect())

@@ -92,6 +92,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
+/// The bytes of one object; `None` when it cannot be read (missing).
+pub async fn get_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    let out = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+    Some(out.body.collect().await.unwrap().to_vec())
+}
+
 /// Downloads every object under `prefix` of `bucket` into `dir` (names relative to the
 /// prefix); returns the names, sorted.
 pub async fn download_prefix(
@@ -112,18 +118,7 @@ pub async fn download_prefix(
     for object in listed.contents() {
         let key = object.key().unwrap();
         let name = key.strip_prefix(prefix).unwrap().to_string();
-        let body = s3
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+        let body = get_object(s3, bucket, key).await.expect("a listed object");
         std::fs::write(dir.join(&name), body).unwrap();
         names.push(name);
     }

@@ -537,6 +537,11 @@ fn job_object(name: &str, offset: u32, completions: i32, status: Value) -> Job {
     .unwrap()
 }
 
+/// [`pod_object`] as the JSON a list of pods answers with.
+fn pod_json(job: &str, index: u32, created: &str, status: Value) -> Value {
+    serde_json::to_value(pod_object(job, index, created, status)).unwrap()
+}
+
 fn pod_object(job: &str, index: u32, created: &str, status: Value) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -1035,24 +1040,22 @@ async fn poll_lists_jobs_and_pods_once_by_label_whatever_the_number_of_tasks() {
         json!({"completedIndexes": "0", "failedIndexes": "2"}),
     );
     *world.pods.lock().unwrap() = vec![
-        serde_json::to_value(pod_object(&name, 1, T0, json!({"phase": "Running"}))).unwrap(),
-        serde_json::to_value(pod_object(
+        pod_json(&name, 1, T0, json!({"phase": "Running"})),
+        pod_json(
             &name,
             2,
             T0,
             json!({"phase": "Failed",
             "containerStatuses": terminated(137, "OOMKilled")}),
-        ))
-        .unwrap(),
-        serde_json::to_value(pod_object(&name, 3, T0, json!({"phase": "Pending"}))).unwrap(),
-        serde_json::to_value(pod_object(
+        ),
+        pod_json(&name, 3, T0, json!({"phase": "Pending"})),
+        pod_json(
             &name,
             4,
             T0,
             json!({"phase": "Failed",
             "containerStatuses": terminated(1, "Error")}),
-        ))
-        .unwrap(),
+        ),
     ];
     take(&calls);
     let mut asked: Vec<(u32, u32, Option<String>)> = ids
@@ -1213,9 +1216,7 @@ async fn cancelling_some_indexes_deletes_their_pods_and_later_ones() {
         .await
         .unwrap();
     let name = parse_executor_id(&ids[0].1).unwrap().0.to_string();
-    let pod = |index: u32, phase: &str| {
-        serde_json::to_value(pod_object(&name, index, T0, json!({"phase": phase}))).unwrap()
-    };
+    let pod = |index: u32, phase: &str| pod_json(&name, index, T0, json!({"phase": phase}));
     *world.pods.lock().unwrap() = vec![pod(0, "Running"), pod(1, "Running")];
     take(&calls);
     // Cancel task 1 (running) and task 3 (no pod yet); 0 and 2 go on.
