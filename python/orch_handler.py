@@ -24,7 +24,7 @@ constants, models) *above* it. Imported from another module (a test), or defined
 notebook or ``python -c``, the decorator does nothing but return the function unchanged, so it
 can be called directly. ``serve(fn)`` starts serving explicitly.
 
-The protocol (orch DESIGN section 4), which this module implements:
+The protocol (docs/job-spec.md, "Handlers"), which this module implements:
 
 * one long-lived process per worker; JSON lines both ways;
 * request on stdin:   ``{"id": 17, "item": {...}}``;

@@ -1,9 +1,8 @@
 //! The AWS [`Backends`] of one process: what a worker, the driver or a merge task gets when the
 //! job's `storage.uri` is `s3://bucket/prefix/` (docs/aws.md, "Configuration").
 //!
-//! `orch-runtime` runs tasks against `Backends` without knowing which stores are behind it, and
-//! must not depend on this crate (it has to build without the AWS SDK). So the assembly of the
-//! AWS stores lives here: S3 for the job's objects, DynamoDB for its state, and [`S3Locations`]
+//! The code that runs tasks sees `Backends` without knowing which stores are behind it, and
+//! never links the AWS SDK. So the assembly of the AWS stores lives here: S3 for the job's objects, DynamoDB for its state, and [`S3Locations`]
 //! for input and output locations outside the storage prefix. The retry queue is opened
 //! separately ([`open_queue`]): only the driver uses it.
 //!
@@ -17,8 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use aws_config::SdkConfig;
 use orch_core::backend::{BackendError, BackendResult, ObjectStore};
+use orch_core::platform::{Backends, Locations};
 use orch_core::uri::Location;
-use orch_runtime::backends::{Backends, Locations};
 
 use crate::config::{self, AwsSettings};
 use crate::dynamodb::DynamoStateStore;

@@ -59,6 +59,7 @@ use aws_sdk_dynamodb::types::{
 };
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, StateStore, next_version};
+use orch_core::backoff::Backoff;
 use orch_core::model::{JobRecord, Millis, TaskRecord, TaskState};
 
 use crate::error::{AwsError, sdk_error};
@@ -273,7 +274,7 @@ pub struct IncompleteJob {
 /// Exponential backoff with jitter for the items a batch call leaves unprocessed (the SDK
 /// retries whole failed calls itself; partial success is ours to handle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub struct BatchRetry {
     /// The first wait; each further round waits up to twice as long.
     pub base: Duration,
     /// No single wait exceeds this.
@@ -282,10 +283,10 @@ pub struct Backoff {
     pub max_calls: u32,
 }
 
-impl Default for Backoff {
+impl Default for BatchRetry {
     /// About a minute of patience in all: throttling of a hot partition clears in seconds.
     fn default() -> Self {
-        Backoff {
+        BatchRetry {
             base: Duration::from_millis(50),
             cap: Duration::from_secs(10),
             max_calls: 12,
@@ -293,20 +294,11 @@ impl Default for Backoff {
     }
 }
 
-impl Backoff {
-    /// The wait before call `round + 1` (round 1 = the first retry): "equal jitter", between
-    /// half and all of the exponential step, so waits grow but concurrent writers spread out.
+impl BatchRetry {
+    /// The wait before call `round + 1` (round 1 = the first retry): doubling from `base` up
+    /// to `cap`, with equal jitter, so waits grow but concurrent writers spread out.
     pub fn delay(&self, round: u32) -> Duration {
-        let step = self
-            .base
-            .saturating_mul(
-                1u32.checked_shl(round.saturating_sub(1))
-                    .unwrap_or(u32::MAX),
-            )
-            .min(self.cap);
-        let half = step / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(fastrand::u64(0..=jitter_ms))
+        Backoff::doubling(self.base, self.cap).delay_jittered(round, fastrand::f64())
     }
 }
 
@@ -316,7 +308,7 @@ impl Backoff {
 pub async fn retry_unprocessed<T, R, F, Fut>(
     what: &str,
     mut items: Vec<T>,
-    backoff: Backoff,
+    backoff: BatchRetry,
     mut call: F,
 ) -> BackendResult<Vec<R>>
 where
@@ -352,7 +344,7 @@ pub struct DynamoStateStore {
     client: Client,
     table: String,
     page_size: Option<i32>,
-    backoff: Backoff,
+    backoff: BatchRetry,
 }
 
 impl DynamoStateStore {
@@ -362,7 +354,7 @@ impl DynamoStateStore {
             client,
             table: table.into(),
             page_size: None,
-            backoff: Backoff::default(),
+            backoff: BatchRetry::default(),
         }
     }
 
@@ -374,7 +366,7 @@ impl DynamoStateStore {
     }
 
     /// How batch calls retry the items DynamoDB leaves unprocessed.
-    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+    pub fn with_backoff(mut self, backoff: BatchRetry) -> Self {
         self.backoff = backoff;
         self
     }
@@ -618,7 +610,7 @@ async fn batch_write(
     client: &Client,
     table: &str,
     requests: Vec<WriteRequest>,
-    backoff: Backoff,
+    backoff: BatchRetry,
 ) -> BackendResult<()> {
     retry_unprocessed("BatchWriteItem", requests, backoff, |requests| async move {
         let mut out = client
@@ -1180,8 +1172,10 @@ async fn check_existing_table(client: &Client, name: &str) -> crate::Result<()> 
 
 /// Polls `DescribeTable` until the table and every index are ACTIVE.
 async fn wait_until_active(client: &Client, name: &str, timeout: Duration) -> crate::Result<()> {
+    const TABLE_POLL: Backoff =
+        Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(100);
+    let mut polls = 1;
     loop {
         let out = client
             .describe_table()
@@ -1209,8 +1203,8 @@ async fn wait_until_active(client: &Client, name: &str, timeout: Duration) -> cr
                 conflict: false,
             });
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(TABLE_POLL.delay(polls)).await;
+        polls += 1;
     }
 }
 
@@ -1221,8 +1215,8 @@ mod tests {
 
     use super::*;
 
-    fn quick() -> Backoff {
-        Backoff {
+    fn quick() -> BatchRetry {
+        BatchRetry {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(4),
             max_calls: 5,
@@ -1268,7 +1262,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_under_its_cap() {
-        let b = Backoff {
+        let b = BatchRetry {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
             max_calls: 10,

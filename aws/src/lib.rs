@@ -9,7 +9,7 @@
 //! - [`dynamodb`]: the DynamoDB StateStore (one table, see docs/aws.md);
 //! - [`sqs`]: the SQS retry Queue;
 //! - [`error`]: the crate's error type and its mapping onto `BackendError` categories;
-//! - [`backends`]: the three assembled into `orch_runtime::backends::Backends` for an
+//! - [`backends`]: the three assembled into `orch_core::platform::Backends` for an
 //!   `s3://bucket/prefix/` storage URI ([`open_backends`], [`open_queue`]).
 //!
 //! No credential ever appears in a log line or an error message: errors carry the operation,

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
-use orch_core::backend::{BackendError, Queue};
+use orch_core::backend::{BackendError, BackendResult, Queue};
 use orch_core::model::JobRecord;
-use orch_runtime::backends::Backends;
-use orch_runtime::platform::{JobLease, Platform};
+use orch_core::platform::{Backends, JobLease, Platform};
 
 use crate::config::{self, AwsSettings};
 use crate::error::Result;
@@ -84,7 +83,7 @@ impl Platform for AwsPlatform {
         self.log_root.join(job)
     }
 
-    async fn lock_job(&self, job: &str) -> orch_runtime::Result<Box<dyn JobLease>> {
+    async fn lock_job(&self, job: &str) -> BackendResult<Box<dyn JobLease>> {
         let lock = JobLock::acquire(
             config::dynamodb_client(&self.sdk),
             self.settings.table.clone(),
@@ -96,7 +95,7 @@ impl Platform for AwsPlatform {
         Ok(Box::new(DynamoLease(lock)))
     }
 
-    async fn retry_queue(&self, _job: &JobRecord) -> orch_runtime::Result<Arc<dyn Queue>> {
+    async fn retry_queue(&self, _job: &JobRecord) -> BackendResult<Arc<dyn Queue>> {
         // One queue for every job: messages carry their job, and the driver hands those of
         // other jobs back.
         let queue = crate::open_queue_with(&self.sdk, &self.settings).await?;

@@ -3,7 +3,7 @@
 //! In a cluster the workers, the coordinator and the operator share no filesystem, so the
 //! objects `FsStore` keeps in a directory live in a bucket under a key prefix
 //! (`storage.uri: s3://bucket/prefix/`, docs/aws.md). This store shows the same behaviour as the
-//! embedded one (`runtime::contract::object_store_contract`) with S3's own means:
+//! embedded one (`orch_testkit::contract::object_store_contract`) with S3's own means:
 //!
 //! - **keys cannot escape the prefix.** Every full key is made by [`S3Store::full_key`] /
 //!   [`S3Store::full_prefix`] (one function behind both), which refuses the keys `FsStore`
@@ -49,6 +49,7 @@ use aws_sdk_s3::types::{
 };
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, ObjectMeta, ObjectStore};
+use orch_core::backoff::Backoff;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
@@ -967,10 +968,11 @@ fn writer_token() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-/// Exponential backoff with full jitter for our own retries (the SDK's are separate).
+/// The wait before our own retry `attempt` (the SDK's are separate): 200 ms doubling up to
+/// 6.4 s, with equal jitter.
 fn backoff(attempt: u32) -> Duration {
-    let cap = 100u64.saturating_mul(1 << attempt.min(6));
-    Duration::from_millis(fastrand::u64(cap / 2..=cap))
+    Backoff::doubling(Duration::from_millis(200), Duration::from_millis(6400))
+        .delay_jittered(attempt, fastrand::f64())
 }
 
 /// Per-key DeleteObjects failures: S3's retryable codes, then configuration problems.

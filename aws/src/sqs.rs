@@ -1,8 +1,8 @@
 //! The SQS [`Queue`]: orch's retry queue in a cluster (docs/aws.md, "SQS").
 //!
 //! A retry request waits out its backoff in the queue and comes back when a consumer dies
-//! without deleting it; the embedded queue (`orch_runtime::sqlite_queue`) does the same on one
-//! machine, and both pass `orch_runtime::contract::queue_contract`. What SQS needs on top:
+//! without deleting it; the embedded queue (`orch_embedded::sqlite_queue`) does the same on one
+//! machine, and both pass `orch_testkit::contract::queue_contract`. What SQS needs on top:
 //!
 //! - **Delays over 15 minutes.** `DelaySeconds` stops at 900 s. A longer delay is sent with
 //!   the longest allowed one and the message attribute `orch-not-before` (epoch ms). A receiver
@@ -46,7 +46,7 @@ use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, Message, Queue};
 use orch_core::model::now_ms;
 
-use crate::dynamodb::{Backoff, retry_unprocessed};
+use crate::dynamodb::{BatchRetry, retry_unprocessed};
 use crate::error::{AwsError, sdk_error};
 
 const SERVICE: &str = "SQS";
@@ -144,7 +144,7 @@ pub struct SqsQueue {
     url: String,
     max_delay: Duration,
     wait: Duration,
-    backoff: Backoff,
+    backoff: BatchRetry,
     deliveries: Arc<Mutex<Deliveries>>,
 }
 
@@ -158,7 +158,7 @@ impl SqsQueue {
             url,
             max_delay: MAX_DELAY,
             wait: Duration::from_secs(1),
-            backoff: Backoff::default(),
+            backoff: BatchRetry::default(),
             deliveries: Arc::default(),
         })
     }

@@ -4,7 +4,7 @@
 //! `create_bucket`, the helper behind `orch init --bucket`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use orch_testkit::moto;
 
 use std::sync::Arc;
 
@@ -15,25 +15,28 @@ use orch_aws::s3::{BucketSetup, create_bucket};
 use orch_aws::{S3Locations, open_backends_with, open_queue_with};
 use orch_core::ErrorCategory;
 use orch_core::model::TaskRecord;
-use orch_runtime::contract::sample_job;
+use orch_testkit::contract::sample_job;
 
 async fn s3_client() -> aws_sdk_s3::Client {
-    config::s3_client(&common::sdk_config().await, &AwsSettings::default())
+    config::s3_client(&moto::sdk_config().await, &AwsSettings::default())
 }
 
 async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
-    let bucket = common::unique("orch-backends");
+    let bucket = moto::unique("orch-backends");
     client.create_bucket().bucket(&bucket).send().await.unwrap();
     bucket
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_backends_puts_objects_under_the_prefix_and_state_in_the_table() {
-    let sdk = common::sdk_config().await;
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let sdk = moto::sdk_config().await;
     let client = s3_client().await;
     let bucket = fresh_bucket(&client).await;
     let settings = AwsSettings {
-        table: common::unique("orch-backends-table"),
+        table: moto::unique("orch-backends-table"),
         ..AwsSettings::default()
     };
     create_table(&config::dynamodb_client(&sdk), &settings.table)
@@ -55,11 +58,11 @@ async fn open_backends_puts_objects_under_the_prefix_and_state_in_the_table() {
         .await
         .unwrap();
     assert_eq!(
-        common::get_object(&client, &bucket, "some/prefix/jobs/j1/batches.json").await,
+        moto::get_object(&client, &bucket, "some/prefix/jobs/j1/batches.json").await,
         Some(b"[1,2]".to_vec())
     );
     assert_eq!(
-        common::get_object(&client, &bucket, "jobs/j1/batches.json").await,
+        moto::get_object(&client, &bucket, "jobs/j1/batches.json").await,
         None
     );
     assert_eq!(
@@ -105,19 +108,22 @@ async fn open_backends_puts_objects_under_the_prefix_and_state_in_the_table() {
     );
     std::fs::write(&path, b"parquet bytes").unwrap();
     assert_eq!(
-        common::get_object(&client, &bucket, &format!("some/prefix/{key}")).await,
+        moto::get_object(&client, &bucket, &format!("some/prefix/{key}")).await,
         None
     );
     backends.publish(key, &path, remote).await.unwrap();
     assert_eq!(
-        common::get_object(&client, &bucket, &format!("some/prefix/{key}")).await,
+        moto::get_object(&client, &bucket, &format!("some/prefix/{key}")).await,
         Some(b"parquet bytes".to_vec())
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locations_open_s3_uris_in_any_bucket_and_leave_local_paths_alone() {
-    let sdk = common::sdk_config().await;
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let sdk = moto::sdk_config().await;
     let client = s3_client().await;
     let storage = fresh_bucket(&client).await;
     let other = fresh_bucket(&client).await;
@@ -159,7 +165,7 @@ async fn locations_open_s3_uris_in_any_bucket_and_leave_local_paths_alone() {
         .await
         .unwrap();
     assert_eq!(
-        common::get_object(&client, &other, "results/part-0.parquet").await,
+        moto::get_object(&client, &other, "results/part-0.parquet").await,
         Some(b"p".to_vec())
     );
 
@@ -191,6 +197,9 @@ async fn locations_open_s3_uris_in_any_bucket_and_leave_local_paths_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locations_keep_one_store_per_bucket() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let locations = S3Locations::new(s3_client().await);
     let (a, _) = locations.open_s3("s3://bucket-one/a.jsonl").unwrap();
     let (b, _) = locations.open_s3("s3://bucket-one/dir/b.jsonl").unwrap();
@@ -203,7 +212,10 @@ async fn locations_keep_one_store_per_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_storage_uris_are_invalid() {
-    let sdk = common::sdk_config().await;
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let sdk = moto::sdk_config().await;
     let scratch = tempfile::tempdir().unwrap();
     for bad in [
         "s3://Not_A_Bucket/prefix/",
@@ -225,9 +237,12 @@ async fn invalid_storage_uris_are_invalid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_queue_finds_the_configured_queue() {
-    let sdk = common::sdk_config().await;
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let sdk = moto::sdk_config().await;
     let settings = AwsSettings {
-        queue: common::unique("orch-backends-q"),
+        queue: moto::unique("orch-backends-q"),
         ..AwsSettings::default()
     };
     let missing = open_queue_with(&sdk, &settings).await.unwrap_err();
@@ -241,8 +256,11 @@ async fn open_queue_finds_the_configured_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_bucket_is_idempotent_and_sets_versioning_and_public_access_blocks() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = s3_client().await;
-    let name = common::unique("orch-init-bucket");
+    let name = moto::unique("orch-init-bucket");
     let first = create_bucket(&client, &name).await.unwrap();
     assert_eq!(
         first,

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use orch_testkit::{fault_proxy, moto};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, BillingMode, ProjectionType};
-use common::fault_proxy::{FaultProxy, Faults};
+use fault_proxy::{FaultProxy, Faults};
 use orch_aws::dynamodb::{DynamoStateStore, IncompleteJob, create_table};
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, StateStore};
 use orch_core::model::{Batch, TaskRecord, TaskState};
-use orch_runtime::contract::{sample_job, state_store_contract};
+use orch_testkit::contract::{sample_job, state_store_contract};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -94,13 +94,13 @@ impl SerialProxy {
 }
 
 async fn client() -> Client {
-    Client::new(&common::sdk_config().await)
+    Client::new(&moto::sdk_config().await)
 }
 
 /// A store over a fresh table of its own.
 async fn fresh_store() -> DynamoStateStore {
     let client = client().await;
-    let table = common::unique("orch-state");
+    let table = moto::unique("orch-state");
     create_table(&client, &table).await.unwrap();
     DynamoStateStore::new(client, table)
 }
@@ -111,6 +111,9 @@ fn tasks(job: &str, n: u32) -> Vec<TaskRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meets_the_state_store_contract() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = fresh_store().await;
     state_store_contract(&store).await;
     // Twice on the same table: the contract must not depend on a fresh backend.
@@ -119,6 +122,9 @@ async fn meets_the_state_store_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_thousands_of_tasks_in_batches_and_reads_them_back_page_by_page() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = fresh_store().await;
     let id = "many-tasks";
     let n = 1_234u32;
@@ -177,6 +183,9 @@ async fn creates_thousands_of_tasks_in_batches_and_reads_them_back_page_by_page(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_by_state_and_leases_follow_every_write() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = fresh_store().await;
     let id = "states";
     store
@@ -264,14 +273,17 @@ async fn tasks_by_state_and_leases_follow_every_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn updates_racing_from_the_same_version_have_exactly_one_winner() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     // moto checks a condition and applies the write in two steps without a lock, so two
     // requests it serves at the same moment can both pass (seen here: 47 conditional
     // increments "won", 46 applied). DynamoDB makes a conditional write atomic; to test our
     // side of it — racing clients, the conflict mapping, no loser mistaken for a winner — moto
     // is asked one request at a time, in whatever order the racing clients send them.
-    let serial = SerialProxy::start(&common::moto().endpoint).await;
-    let via_proxy = || async { Client::new(&common::sdk_config_for(&serial.endpoint).await) };
-    let table = common::unique("orch-race");
+    let serial = SerialProxy::start(&moto::moto().endpoint).await;
+    let via_proxy = || async { Client::new(&moto::sdk_config_for(&serial.endpoint).await) };
+    let table = moto::unique("orch-race");
     create_table(&client().await, &table).await.unwrap();
     let a = DynamoStateStore::new(via_proxy().await, &table);
     // A second client: separate connections, as a second process would have.
@@ -349,6 +361,9 @@ async fn updates_racing_from_the_same_version_have_exactly_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_created_job_is_invisible_detectable_and_removable() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = fresh_store().await;
     let id = "half";
     let job = sample_job(id, 3);
@@ -449,6 +464,9 @@ async fn a_half_created_job_is_invisible_detectable_and_removable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_creation_that_fails_half_way_leaves_nothing_behind() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = fresh_store().await;
     let id = "too-big";
     let mut tasks = tasks(id, 80);
@@ -478,8 +496,11 @@ async fn a_creation_that_fails_half_way_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn create_table_makes_the_documented_table_and_may_run_twice() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = client().await;
-    let table = common::unique("orch-table");
+    let table = moto::unique("orch-table");
     create_table(&client, &table).await.unwrap();
     create_table(&client, &table).await.unwrap();
     let desc = client
@@ -543,7 +564,7 @@ async fn create_table_makes_the_documented_table_and_may_run_twice() {
     assert_eq!(pitr.as_deref(), Some("ENABLED"));
 
     // A table of the same name with other keys is refused, not used.
-    let other = common::unique("orch-other");
+    let other = moto::unique("orch-other");
     client
         .create_table()
         .table_name(&other)
@@ -571,8 +592,11 @@ async fn create_table_makes_the_documented_table_and_may_run_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_5xx_answers_and_connection_resets() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let proxy = FaultProxy::start(
-        &common::moto().endpoint,
+        &moto::moto().endpoint,
         Faults {
             error_rate: 0.08,
             reset_rate: 0.05,
@@ -580,7 +604,7 @@ async fn survives_5xx_answers_and_connection_resets() {
         },
     )
     .await;
-    let sdk = common::sdk_config_for(&proxy.endpoint).await;
+    let sdk = moto::sdk_config_for(&proxy.endpoint).await;
     // orch's retry policy (config::MAX_ATTEMPTS), as `load_sdk_config` sets it.
     let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
         .retry_config(
@@ -589,7 +613,7 @@ async fn survives_5xx_answers_and_connection_resets() {
         )
         .build();
     let faulty = Client::from_conf(conf);
-    let table = common::unique("orch-faults");
+    let table = moto::unique("orch-faults");
     // The table itself is made directly, so the test is about the store's calls.
     create_table(&client().await, &table).await.unwrap();
     let store = DynamoStateStore::new(faulty, &table);
@@ -631,11 +655,14 @@ async fn survives_5xx_answers_and_connection_resets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_writes_whose_answer_was_lost_are_not_conflicts() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     // The proxy forwards every request but now and then resets the connection instead of
     // answering: the SDK retries a write that already took effect, and its condition then
     // fails against the write itself.
     let proxy = FaultProxy::start(
-        &common::moto().endpoint,
+        &moto::moto().endpoint,
         Faults {
             error_rate: 0.0,
             reset_rate: 0.0,
@@ -644,14 +671,14 @@ async fn conditional_writes_whose_answer_was_lost_are_not_conflicts() {
         },
     )
     .await;
-    let sdk = common::sdk_config_for(&proxy.endpoint).await;
+    let sdk = moto::sdk_config_for(&proxy.endpoint).await;
     let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
         .retry_config(
             aws_sdk_dynamodb::config::retry::RetryConfig::standard()
                 .with_max_attempts(orch_aws::config::MAX_ATTEMPTS),
         )
         .build();
-    let table = common::unique("orch-lost-answers");
+    let table = moto::unique("orch-lost-answers");
     create_table(&client().await, &table).await.unwrap();
     let store = DynamoStateStore::new(Client::from_conf(conf), &table);
 

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use orch_testkit::moto;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,12 +16,12 @@ use orch_aws::lock::{JobLock, is_held_elsewhere};
 use orch_core::ErrorCategory;
 use orch_core::backend::StateStore;
 use orch_core::model::{TaskRecord, now_ms};
-use orch_runtime::contract::sample_job;
+use orch_testkit::contract::sample_job;
 
 /// A client and a fresh table of its own.
 async fn fresh_table() -> (Client, String) {
-    let client = Client::new(&common::sdk_config().await);
-    let table = common::unique("orch-lock");
+    let client = Client::new(&moto::sdk_config().await);
+    let table = moto::unique("orch-lock");
     create_table(&client, &table).await.unwrap();
     (client, table)
 }
@@ -49,6 +49,9 @@ fn number(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_acquire_fails_while_the_lock_is_held() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(30);
     let held = JobLock::acquire(client.clone(), table.clone(), "j1", lease)
@@ -93,6 +96,9 @@ async fn a_second_acquire_fails_while_the_lock_is_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_succeeds_after_release() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(30);
     let first = JobLock::acquire(client.clone(), table.clone(), "j", lease)
@@ -111,6 +117,9 @@ async fn acquire_succeeds_after_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_succeeds_after_an_abandoned_lease_expires() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(1);
     let abandoned = JobLock::acquire(client.clone(), table.clone(), "j", lease)
@@ -140,6 +149,9 @@ async fn acquire_succeeds_after_an_abandoned_lease_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_keeps_the_lock_past_its_first_lease() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(1);
     let held = JobLock::acquire(client.clone(), table.clone(), "j", lease)
@@ -166,6 +178,9 @@ async fn renewal_keeps_the_lock_past_its_first_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stolen_lock_is_reported_as_lost_and_left_to_the_thief() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_millis(900);
     let held = JobLock::acquire(client.clone(), table.clone(), "j", lease)
@@ -206,6 +221,9 @@ async fn a_stolen_lock_is_reported_as_lost_and_left_to_the_thief() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_item_is_invisible_to_the_state_store() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let (client, table) = fresh_table().await;
     let store = DynamoStateStore::new(client.clone(), table.clone());
     let job = sample_job("locked", 3);
@@ -237,6 +255,9 @@ async fn the_lock_item_is_invisible_to_the_state_store() {
 
 #[tokio::test]
 async fn bad_job_ids_and_leases_are_refused() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let (client, table) = fresh_table().await;
     for job in ["", "a#b"] {
         let err = JobLock::acquire(client.clone(), table.clone(), job, Duration::from_secs(1))

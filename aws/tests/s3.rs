@@ -3,7 +3,7 @@
 //! pagination, integrity checks, tags, key safety, and correctness through injected faults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use orch_testkit::{fault_proxy, moto};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use common::fault_proxy::{FaultProxy, Faults};
+use fault_proxy::{FaultProxy, Faults};
 use orch_aws::config::{self, AwsSettings, MAX_ATTEMPTS};
 use orch_aws::s3::{S3Options, S3Store, SHA256_METADATA};
 use orch_core::ErrorCategory;
@@ -38,11 +38,11 @@ fn client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
 
 /// A direct client to moto (no proxy), to set things up and look behind the store's back.
 async fn moto_client() -> aws_sdk_s3::Client {
-    client(&common::sdk_config().await)
+    client(&moto::sdk_config().await)
 }
 
 async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
-    let bucket = common::unique("orch-s3");
+    let bucket = moto::unique("orch-s3");
     client.create_bucket().bucket(&bucket).send().await.unwrap();
     bucket
 }
@@ -97,21 +97,27 @@ async fn open_uploads(client: &aws_sdk_s3::Client, bucket: &str) -> usize {
 
 #[tokio::test]
 async fn object_store_contract_on_moto() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let with_prefix = store(S3Options::default()).await;
-    orch_runtime::contract::object_store_contract(&with_prefix).await;
+    orch_testkit::contract::object_store_contract(&with_prefix).await;
 
     // The bucket's root as the store's root works the same.
     let client = moto_client().await;
     let bucket = fresh_bucket(&client).await;
     let at_root = S3Store::new(client, &format!("s3://{bucket}")).unwrap();
     assert_eq!(at_root.prefix(), "");
-    orch_runtime::contract::object_store_contract(&at_root).await;
+    orch_testkit::contract::object_store_contract(&at_root).await;
 }
 
 #[tokio::test]
 async fn ranged_get_reads_exactly_the_range() {
-    let proxy = FaultProxy::start(&common::moto().endpoint, Faults::none()).await;
-    let client = client(&common::sdk_config_for(&proxy.endpoint).await);
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let proxy = FaultProxy::start(&moto::moto().endpoint, Faults::none()).await;
+    let client = client(&moto::sdk_config_for(&proxy.endpoint).await);
     let bucket = fresh_bucket(&client).await;
     let store = S3Store::new(client, &format!("s3://{bucket}/r/")).unwrap();
     let data = noise(4 * MIB as usize, 1);
@@ -167,6 +173,9 @@ async fn ranged_get_reads_exactly_the_range() {
 
 #[tokio::test]
 async fn multipart_upload_round_trips() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = store(small_parts()).await;
     let moto = moto_client().await;
     let dir = tempfile::tempdir().unwrap();
@@ -243,16 +252,19 @@ async fn multipart_upload_round_trips() {
 
 #[tokio::test]
 async fn failed_multipart_upload_is_aborted() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     // Every upload of part 2 fails for good (a 400 the SDK does not retry).
     let proxy = FaultProxy::start(
-        &common::moto().endpoint,
+        &moto::moto().endpoint,
         Faults {
             fail_matching: Some(("partNumber=2&".into(), 400)),
             ..Faults::none()
         },
     )
     .await;
-    let through_proxy = client(&common::sdk_config_for(&proxy.endpoint).await);
+    let through_proxy = client(&moto::sdk_config_for(&proxy.endpoint).await);
     let bucket = fresh_bucket(&through_proxy).await;
     let store =
         S3Store::with_options(through_proxy, &format!("s3://{bucket}/"), small_parts()).unwrap();
@@ -278,6 +290,9 @@ async fn failed_multipart_upload_is_aborted() {
 
 #[tokio::test]
 async fn put_if_absent_creates_once() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = store(S3Options::default()).await;
     let key = "jobs/j1/results/000001/1/_DONE";
     assert!(store.put_if_absent(key, b"first".to_vec()).await.unwrap());
@@ -323,6 +338,9 @@ async fn put_if_absent_creates_once() {
 
 #[tokio::test]
 async fn listing_paginates_past_1000_objects() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = Arc::new(store(S3Options::default()).await);
     let n = 1_050;
     let mut tasks = tokio::task::JoinSet::new();
@@ -379,6 +397,9 @@ async fn listing_paginates_past_1000_objects() {
 
 #[tokio::test]
 async fn tampered_objects_are_detected() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = store(S3Options::default()).await;
     let moto = moto_client().await;
     let dir = tempfile::tempdir().unwrap();
@@ -442,6 +463,9 @@ async fn tampered_objects_are_detected() {
 
 #[tokio::test]
 async fn intermediate_objects_are_tagged() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let store = store(small_parts()).await;
     let moto = moto_client().await;
     let dir = tempfile::tempdir().unwrap();
@@ -503,9 +527,12 @@ async fn intermediate_objects_are_tagged() {
 
 #[tokio::test]
 async fn errors_carry_no_credentials() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let secret = "wJalrXUtnFEMI-SECRET-DO-NOT-LOG";
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&common::moto().endpoint)
+        .endpoint_url(&moto::moto().endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             "AKIAEXAMPLEKEYID",
@@ -540,8 +567,11 @@ async fn errors_carry_no_credentials() {
 
 #[tokio::test]
 async fn unsafe_keys_are_refused_before_any_request() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     // An endpoint nobody listens on: a refused key must not even try.
-    let sdk = common::sdk_config_for("http://127.0.0.1:9").await;
+    let sdk = moto::sdk_config_for("http://127.0.0.1:9").await;
     let store = S3Store::new(client(&sdk), "s3://bucket/p/").unwrap();
     for key in [
         "",
@@ -661,7 +691,7 @@ proptest! {
 /// The SDK configuration of the fault test: orch's retry policy (`MAX_ATTEMPTS`) with a short
 /// initial backoff, so that dozens of injected faults cost milliseconds, not seconds.
 async fn fast_retry_config(endpoint: &str) -> SdkConfig {
-    common::sdk_config_for(endpoint)
+    moto::sdk_config_for(endpoint)
         .await
         .into_builder()
         .retry_config(
@@ -675,8 +705,11 @@ async fn fast_retry_config(endpoint: &str) -> SdkConfig {
 
 #[tokio::test]
 async fn survives_throttling_resets_and_broken_bodies() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let proxy = FaultProxy::start(
-        &common::moto().endpoint,
+        &moto::moto().endpoint,
         Faults {
             // ORCH_FAULT_SEED replays or explores other fault patterns.
             seed: std::env::var("ORCH_FAULT_SEED")
@@ -791,10 +824,13 @@ async fn survives_throttling_resets_and_broken_bodies() {
 
 #[tokio::test]
 async fn lost_answers_of_successful_writes_are_recognised() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     // Three in ten answers are lost after moto acted: the SDK sends the write again, and
     // the retry meets the object its own first try created.
     let proxy = FaultProxy::start(
-        &common::moto().endpoint,
+        &moto::moto().endpoint,
         Faults {
             drop_response_rate: 0.3,
             ..Faults::none()

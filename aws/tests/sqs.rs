@@ -4,20 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use orch_testkit::{fault_proxy, moto};
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::fault_proxy::{FaultProxy, Faults};
+use fault_proxy::{FaultProxy, Faults};
 use orch_aws::sqs::{SqsQueue, create_queues};
 use orch_core::backend::{Message, Queue};
-use orch_runtime::contract::{QueueSpec, queue_contract};
+use orch_testkit::contract::{QueueSpec, queue_contract};
 
 async fn client() -> Client {
-    Client::new(&common::sdk_config().await)
+    Client::new(&moto::sdk_config().await)
 }
 
 /// A plain queue without a dead-letter queue (or the existing one of that name).
@@ -46,6 +46,9 @@ async fn receive_n(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meets_the_queue_contract() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = client().await;
     let make = |spec: QueueSpec| {
         let client = client.clone();
@@ -78,8 +81,11 @@ async fn meets_the_queue_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delay_beyond_the_sqs_maximum_is_never_delivered_early() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = client().await;
-    let name = common::unique("orch-long-delay");
+    let name = moto::unique("orch-long-delay");
     // SQS's cap lowered from 900 s to 1 s: a 3 s delay takes the same path as a 1 h one.
     let q = plain_queue(&client, &name)
         .await
@@ -141,8 +147,11 @@ async fn a_delay_beyond_the_sqs_maximum_is_never_delivered_early() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redrive_policy_dead_letters_after_max_receive_count() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = client().await;
-    let name = common::unique("orch-redrive");
+    let name = moto::unique("orch-redrive");
     let url = create_queues(&client, &name, 3).await.unwrap();
     // Running it again is fine (orch init twice).
     assert_eq!(create_queues(&client, &name, 3).await.unwrap(), url);
@@ -191,8 +200,11 @@ async fn the_redrive_policy_dead_letters_after_max_receive_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polling_waits_for_a_message_and_returns_when_it_comes() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = client().await;
-    let name = common::unique("orch-long-poll");
+    let name = moto::unique("orch-long-poll");
     let q = plain_queue(&client, &name)
         .await
         .with_wait_time(Duration::from_secs(3));
@@ -230,8 +242,11 @@ async fn long_polling_waits_for_a_message_and_returns_when_it_comes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_more_than_ten_send_receive_and_delete() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = client().await;
-    let name = common::unique("orch-batch");
+    let name = moto::unique("orch-batch");
     let q = plain_queue(&client, &name)
         .await
         .with_wait_time(Duration::ZERO);
@@ -278,8 +293,11 @@ async fn batches_of_more_than_ten_send_receive_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_after_the_visibility_ran_out_is_a_conflict() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let client = client().await;
-    let name = common::unique("orch-expired");
+    let name = moto::unique("orch-expired");
     let q = plain_queue(&client, &name)
         .await
         .with_wait_time(Duration::ZERO);
@@ -300,8 +318,11 @@ async fn extend_after_the_visibility_ran_out_is_a_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_5xx_answers_and_connection_resets() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let proxy = FaultProxy::start(
-        &common::moto().endpoint,
+        &moto::moto().endpoint,
         Faults {
             error_rate: 0.08,
             reset_rate: 0.05,
@@ -309,7 +330,7 @@ async fn survives_5xx_answers_and_connection_resets() {
         },
     )
     .await;
-    let sdk = common::sdk_config_for(&proxy.endpoint).await;
+    let sdk = moto::sdk_config_for(&proxy.endpoint).await;
     // orch's retry policy (config::MAX_ATTEMPTS), as `load_sdk_config` sets it.
     let conf = aws_sdk_sqs::config::Builder::from(&sdk)
         .retry_config(
@@ -318,7 +339,7 @@ async fn survives_5xx_answers_and_connection_resets() {
         )
         .build();
     let faulty = Client::from_conf(conf);
-    let name = common::unique("orch-faults");
+    let name = moto::unique("orch-faults");
     // The queue itself is made directly, so the test is about the queue's calls.
     create_queues(&client().await, &name, 5).await.unwrap();
     let q = SqsQueue::open(faulty, &name)

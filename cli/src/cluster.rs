@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
-use orch_operator::crd::{CANCEL_ANNOTATION, FINALIZER, PURGE_ANNOTATION, RETRY_ANNOTATION};
+use orch_crd::{CANCEL_ANNOTATION, FINALIZER, PURGE_ANNOTATION, RETRY_ANNOTATION};
 
 use crate::Failure;
 use client::Cluster;

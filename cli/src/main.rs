@@ -1,7 +1,7 @@
 //! `orch`: run, validate and inspect batch jobs. Thin: parsing and presentation only; the work
 //! happens in `orch-core` and `orch-runtime`.
 //!
-//! Exit codes (DESIGN §6): 0 success, 1 job failed, 2 usage or validation error, 130 interrupted.
+//! Exit codes (docs/job-spec.md): 0 success, 1 job failed, 2 usage or validation error, 130 interrupted.
 //!
 //! The same binary is the kubectl plugin: run as `kubectl-orch` (by kubectl, through the
 //! `kubectl-orch` shim or a symlink) it names itself `kubectl orch` and `status` reads the cluster.
@@ -160,7 +160,6 @@ impl From<orch_runtime::Error> for Failure {
 }
 
 fn init_logging(verbose: bool) {
-    use tracing_subscriber::EnvFilter;
     // kube's client logs each failed request as an error; orch reports it in one line of its
     // own, so kube stays quiet unless ORCH_LOG asks for it.
     let default = if verbose {
@@ -168,17 +167,7 @@ fn init_logging(verbose: bool) {
     } else {
         "warn,kube_client=off"
     };
-    let filter = EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    if std::env::var("ORCH_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    orch_core::logging::init(default, orch_core::logging::LogFormat::from_env());
 }
 
 /// Whether this process runs as the kubectl plugin (`kubectl orch` runs `kubectl-orch`).

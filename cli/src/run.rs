@@ -10,7 +10,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orch_core::load::{self, LoadedJob};
 use orch_core::model::JobPhase;
 use orch_core::model::TaskKind;
-use orch_runtime::driver::{self, Embedded, Progress, RunOptions};
+use orch_executors::Executors;
+use orch_runtime::driver::{self, Progress, RunOptions};
 
 use crate::Failure;
 
@@ -95,12 +96,9 @@ fn worker_command(explicit: Option<PathBuf>) -> Result<Vec<String>, Failure> {
     }
 }
 
-/// The scratch directory of this process, for files on their way to or from S3.
+/// The scratch directory of this process for `what`, for files on their way to or from S3.
 fn scratch_dir(what: &str) -> PathBuf {
-    std::env::var_os("ORCH_SCRATCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("orch-{what}-{}", std::process::id()))
+    orch_connect::scratch_dir(&format!("orch-{what}-{}", std::process::id()))
 }
 
 fn remove_scratch(dir: &Path) {
@@ -111,22 +109,18 @@ fn remove_scratch(dir: &Path) {
     }
 }
 
-/// How this process opens the job's input: through S3 for `s3://`, directly otherwise.
-pub async fn input_locations(
-    job: &LoadedJob,
-) -> Result<Box<dyn orch_runtime::backends::Locations>, Failure> {
-    if !job.file.spec.input.uri.starts_with("s3://") {
-        return Ok(Box::new(orch_runtime::backends::LocalLocations));
-    }
-    Ok(Box::new(
-        orch_aws::S3Locations::from_env()
-            .await
-            .map_err(aws_failure)?,
-    ))
+/// A port's error (opening stores) as `orch` reports it.
+pub fn port_failure(e: orch_core::backend::BackendError) -> Failure {
+    orch_runtime::Error::from_port(e).into()
 }
 
-pub fn aws_failure(e: orch_aws::AwsError) -> Failure {
-    orch_runtime::Error::from(orch_core::backend::BackendError::from(e)).into()
+/// How this process opens the job's input.
+pub async fn input_locations(
+    job: &LoadedJob,
+) -> Result<Box<dyn orch_core::platform::Locations>, Failure> {
+    orch_connect::locations(&job.file.spec.input.uri)
+        .await
+        .map_err(port_failure)
 }
 
 /// Partitions the input and reports the plan; nothing is written to the job's storage.
@@ -138,8 +132,7 @@ async fn dry_run(job: &LoadedJob) -> Result<driver::RunOutcome, Failure> {
     Ok(outcome?)
 }
 
-/// Runs the job on the backends its `storage.uri` names: AWS for `s3://`, the embedded ones
-/// for a directory (default `.orch`).
+/// Runs the job on the platform its `storage.uri` names (default `.orch`).
 async fn run_on_storage(job: &LoadedJob, opts: RunOptions) -> Result<driver::RunOutcome, Failure> {
     let storage = job
         .file
@@ -147,21 +140,24 @@ async fn run_on_storage(job: &LoadedJob, opts: RunOptions) -> Result<driver::Run
         .storage
         .uri
         .clone()
-        .unwrap_or_else(|| ".orch".into());
-    if !storage.starts_with("s3://") {
-        let embedded = Embedded::open(&storage)?;
-        return Ok(driver::run(job, &embedded, opts).await?);
-    }
-    // Downloads and uploads pass through a scratch directory of this run; workers' logs stay
-    // on this machine, next to where embedded storage would be.
+        .unwrap_or_else(|| orch_connect::DEFAULT_STORAGE.into());
+    // Downloads and uploads of S3 storage pass through a scratch directory of this run;
+    // workers' logs stay on this machine, next to where a directory storage would be.
     let scratch = scratch_dir("driver");
-    let logs = std::env::current_dir()
-        .unwrap_or_default()
-        .join(".orch/logs");
-    let platform = orch_aws::AwsPlatform::open(&storage, scratch.clone(), logs)
-        .await
-        .map_err(aws_failure)?;
-    let outcome = driver::run(job, &platform, opts).await;
+    let platform = orch_connect::open_platform(
+        &storage,
+        &orch_connect::PlatformOptions {
+            scratch: scratch.clone(),
+            log_root: std::env::current_dir()
+                .unwrap_or_default()
+                .join(orch_connect::DEFAULT_STORAGE)
+                .join("logs"),
+            job_lease: None,
+        },
+    )
+    .await
+    .map_err(port_failure)?;
+    let outcome = driver::run(job, platform.as_ref(), opts).await;
     remove_scratch(&scratch);
     Ok(outcome?)
 }
@@ -234,10 +230,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         })?;
     let started = Instant::now();
     let opts = RunOptions {
-        worker_command: worker,
+        executors: Arc::new(Executors::new(worker)),
         tick: Duration::from_millis(100),
         on_progress: Box::new(on_progress),
-        executor: None,
         stop: None,
         job_id: None,
         task_cache: None,

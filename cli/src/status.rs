@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use orch_core::layout;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
+use orch_core::platform::Backends;
 use orch_core::uri::Location;
 use orch_runtime::aggregate::ResultState;
-use orch_runtime::backends::Backends;
-use orch_runtime::driver::{self, Embedded};
+use orch_runtime::driver;
 use serde::Serialize;
 
 use crate::Failure;
@@ -88,26 +88,23 @@ struct FailedTask {
 
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let (id, storage) = resolve(&args)?;
-    let storage = storage.unwrap_or_else(|| ".orch".into());
+    let storage = storage.unwrap_or_else(|| orch_connect::DEFAULT_STORAGE.into());
     let root = Location::parse(&storage, &std::env::current_dir().unwrap_or_default())
         .map_err(Failure::usage)?;
     let rt = crate::runtime()?;
-    let backends = match &root {
-        Location::Local(p) => {
-            if !p.join(layout::state_db()).exists() {
-                return Err(Failure::usage(format!(
-                    "no orch state in {} (run a job first, or pass --storage)",
-                    p.display()
-                )));
-            }
-            Embedded::open(&root.to_uri())?.backends
-        }
-        Location::S3 { .. } => {
-            let scratch = std::env::temp_dir().join(format!("orch-status-{}", std::process::id()));
-            rt.block_on(orch_aws::open_backends(&storage, scratch))
-                .map_err(crate::run::aws_failure)?
-        }
-    };
+    // A directory without state is a mistake (a wrong --storage); opening it would create one.
+    if let Location::Local(p) = &root
+        && !p.join(layout::state_db()).exists()
+    {
+        return Err(Failure::usage(format!(
+            "no orch state in {} (run a job first, or pass --storage)",
+            p.display()
+        )));
+    }
+    let scratch = orch_connect::scratch_dir(&format!("orch-status-{}", std::process::id()));
+    let backends = rt
+        .block_on(orch_connect::open_backends(&root.to_uri(), scratch))
+        .map_err(crate::run::port_failure)?;
     let Some(id) = id else {
         let jobs = rt
             .block_on(async {

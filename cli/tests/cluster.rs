@@ -1,14 +1,11 @@
 //! Cluster mode end to end: the real `orch` binary (and `kubectl orch`) against the Kubernetes
-//! API emulator (tests/kube-emulator; no API server can be installed here, DESIGN §7), through
+//! API emulator (tests/kube-emulator; no API server can be installed here, tests/README.md), through
 //! a kubeconfig, as a user runs it.
 //!
 //! No operator runs: jobs never progress by themselves. The test plays the operator where a
 //! command waits for one: it writes statuses through the status subresource and removes the
 //! finalizer, with its own kube client, and checks what `orch` did with that client too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../tests/kube-emulator/launch.rs"]
-mod launch;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -18,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use orch_operator::crd::OrchJob;
+use orch_crd::OrchJob;
 use serde_json::{Value, json};
 
-use launch::{KubeEmulator, Options};
+use orch_testkit::kube_emulator::{KubeEmulator, Options};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -862,21 +859,9 @@ fn an_unreachable_api_server_is_one_line_naming_it() {
     );
 }
 
-/// kubectl from `ORCH_KUBECTL` (what .ci/run installs), else from PATH.
-fn kubectl() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ORCH_KUBECTL") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_orch_runs_the_plugin() {
-    let Some(kubectl) = kubectl() else {
-        eprintln!("skipped: no kubectl (set ORCH_KUBECTL or put kubectl on PATH)");
+    let Some(kubectl) = orch_testkit::components::kubectl() else {
         return;
     };
     let c = Cluster::start().await;
@@ -931,7 +916,10 @@ async fn kubectl_orch_runs_the_plugin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_asks_on_a_terminal() {
     if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: no `script` (util-linux) to give orch a terminal");
+        orch_testkit::components::missing(
+            "`script` (util-linux), to give orch a terminal",
+            "apt-get install util-linux",
+        );
         return;
     }
     let c = Cluster::start().await;

@@ -1,10 +1,9 @@
 //! `orch init` end to end: the real `orch` binary against a moto server started by the test
-//! (the harness of aws/tests/common/moto.rs), configured only through the environment a developer would set. What it created
+//! (the harness of `orch_testkit::moto`), configured only through the environment a developer would set. What it created
 //! is checked with the SDK, independently of orch's own code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../aws/tests/common/moto.rs"]
-mod moto;
+use orch_testkit::moto;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -53,6 +52,9 @@ fn key_schema(keys: &[aws_sdk_dynamodb::types::KeySchemaElement]) -> Vec<(String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_creates_the_table_the_queues_and_the_bucket_and_runs_again() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let endpoint = moto::moto().endpoint.clone();
     let table = moto::unique("orch-init-table");
     let queue = moto::unique("orch-init-q");
@@ -182,6 +184,9 @@ async fn init_creates_the_table_the_queues_and_the_bucket_and_runs_again() {
 
 #[test]
 fn init_against_a_closed_port_fails_quickly_naming_the_endpoint_and_no_secret() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     // A port that was free a moment ago: nothing listens there, connections are refused.
     let port = moto::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
@@ -209,6 +214,9 @@ fn init_against_a_closed_port_fails_quickly_naming_the_endpoint_and_no_secret() 
 
 #[test]
 fn init_refuses_an_invalid_bucket_name_before_any_request() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let out = orch_init(
         "http://127.0.0.1:9",
         "orch",
@@ -222,6 +230,9 @@ fn init_refuses_an_invalid_bucket_name_before_any_request() {
 
 #[test]
 fn help_says_it_is_for_development_and_points_production_to_infra() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_orch"))
         .args(["init", "--help"])
         .output()

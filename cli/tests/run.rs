@@ -30,6 +30,9 @@ spec:
 
 #[test]
 fn identity_output_has_every_item_exactly_once() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.jsonl("in.jsonl", 5_000);
     let job = s.write(
@@ -73,6 +76,9 @@ fn python_job(s: &Scratch, tolerance: f64) -> std::path::PathBuf {
 
 #[test]
 fn permanent_failures_are_recorded_and_transient_ones_retried_within_tolerance() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.jsonl("in.jsonl", 2_000);
     let job = python_job(&s, 1.0);
@@ -94,6 +100,9 @@ fn permanent_failures_are_recorded_and_transient_ones_retried_within_tolerance()
 
 #[test]
 fn failures_above_tolerance_fail_the_job_with_exit_1() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.jsonl("in.jsonl", 1_000);
     let job = python_job(&s, 0.5);
@@ -172,6 +181,9 @@ fn wait_for_workers(s: &Scratch, child: &mut std::process::Child) -> Vec<u32> {
 
 #[test]
 fn a_worker_killed_with_sigkill_is_retried_and_output_stays_exact() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     let job = slow_job(&s);
     let mut child = spawn_run(&s, &job);
@@ -203,6 +215,9 @@ fn task_logs(s: &Scratch) -> Vec<String> {
 
 #[test]
 fn a_worker_stopped_with_sigterm_checkpoints_and_the_retry_resumes() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     let job = slow_job(&s);
     let mut child = spawn_run(&s, &job);
@@ -224,6 +239,9 @@ fn a_worker_stopped_with_sigterm_checkpoints_and_the_retry_resumes() {
 
 #[test]
 fn a_killed_driver_resumes_the_job_on_the_next_run() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     let job = slow_job(&s);
     let mut child = spawn_run(&s, &job);
@@ -257,6 +275,9 @@ fn dry_run_prints_the_plan_and_runs_nothing() {
 
 #[test]
 fn ctrl_c_checkpoints_exits_130_and_the_next_run_resumes() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     use std::os::unix::process::CommandExt;
     let s = Scratch::new();
     let job = slow_job(&s);
@@ -289,6 +310,9 @@ fn ctrl_c_checkpoints_exits_130_and_the_next_run_resumes() {
 
 #[test]
 fn items_of_a_task_that_fails_all_attempts_are_in_errors_parquet() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.jsonl("in.jsonl", 1_000);
     let handler = format!(
@@ -371,6 +395,9 @@ fn status_verify_finds_a_corrupt_task_result() {
 
 #[test]
 fn csv_input_with_quoted_newlines_and_a_ragged_row() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     // BOM, CRLF endings, a quoted field holding a newline and a comma, a blank line, a ragged row.
     let csv = "\u{feff}id,name,note\r\n\
@@ -458,6 +485,9 @@ print(json.dumps({"sqlite": sq, "jsonl": js, "csv": cs, "indexed": len(idx) > 0,
 
 #[test]
 fn a_glob_of_plain_gzip_and_zstd_files_is_one_dataset_with_stable_ordinals() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     use std::io::Write;
     let s = Scratch::new();
     let lines = |range: std::ops::Range<u64>| {
@@ -503,6 +533,9 @@ fn a_glob_of_plain_gzip_and_zstd_files_is_one_dataset_with_stable_ordinals() {
 
 #[test]
 fn parquet_input_by_row_groups_with_nested_lists_and_nulls() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     let made = std::process::Command::new("python3")
         .args([
@@ -554,6 +587,9 @@ fn parquet_input_by_row_groups_with_nested_lists_and_nulls() {
 
 #[test]
 fn many_task_results_are_merged_level_by_level() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.jsonl("in.jsonl", 2_000);
     let yaml = job_yaml("levels", "{builtin: {name: identity}}", "")
@@ -588,6 +624,9 @@ fn many_task_results_are_merged_level_by_level() {
 
 #[test]
 fn output_target_file_size_rolls_part_files() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.jsonl("in.jsonl", 3_000);
     let yaml = job_yaml("roll", "{builtin: {name: identity}}", "").replace(
@@ -611,6 +650,9 @@ fn output_target_file_size_rolls_part_files() {
 
 #[test]
 fn jsonl_edge_cases_blank_lines_crlf_no_final_newline_and_invalid_json() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let s = Scratch::new();
     s.write(
         "in.jsonl",
@@ -683,6 +725,9 @@ fn success_files(out: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn aggregation_killed_with_sigkill_resumes_to_the_same_checksums() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     use std::os::unix::process::CommandExt;
     // 200 task results at fan-in 2: 100 → 50 → 25 → 13 → 7 → 4 → 2, about 200 merge tasks.
     let job_text = job_yaml("agg", "{builtin: {name: identity}}", "")

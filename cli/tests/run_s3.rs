@@ -9,10 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "../../aws/tests/common/fault_proxy.rs"]
-mod fault_proxy;
-#[path = "../../aws/tests/common/moto.rs"]
-mod moto;
+use orch_testkit::fault_proxy;
+use orch_testkit::moto;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -199,6 +197,9 @@ async fn run_job(aws: &Aws, endpoint: &str, job_file: &Path) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_runs_on_s3_dynamodb_and_sqs() {
+    if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let aws = Aws::new("orch-run");
     let job_file = aws.prepare().await;
     let out = run_job(&aws, &aws.endpoint, &job_file).await;
@@ -207,6 +208,9 @@ async fn the_example_runs_on_s3_dynamodb_and_sqs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_survives_errors_resets_and_an_outage_of_the_aws_endpoints() {
+    if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
     let aws = Aws::new("orch-faults");
     let job_file = aws.prepare().await;
     let proxy = std::sync::Arc::new(FaultProxy::start(&aws.endpoint, Faults::default()).await);

@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "../../aws/tests/common/moto.rs"]
-mod moto;
+use orch_testkit::moto;
 
 use std::process::Command;
 
@@ -23,6 +22,12 @@ const ITEMS: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    if !orch_testkit::components::moto() {
+        return;
+    }
     let sdk = moto::sdk_config().await;
     let settings = AwsSettings {
         table: moto::unique("orch-worker-table"),

@@ -1,5 +1,5 @@
 //! Benchmark driver for `bench/partition.sh`: partitions one JSONL file exactly as `orch run`
-//! does (DESIGN §3: find line boundaries, write a manifest of byte ranges, copy nothing) and
+//! does (docs/job-spec.md, "Storage layout": find line boundaries, write a manifest of byte ranges, copy nothing) and
 //! prints what it did and how long it took.
 //!
 //!     cargo run --release -p orch-core --example partition_bench -- FILE BATCH [MANIFEST]

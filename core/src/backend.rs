@@ -246,4 +246,8 @@ pub trait Executor: Send + Sync {
     async fn resume(&self) -> BackendResult<()> {
         Ok(())
     }
+    /// The driver is stopping (Ctrl-C, an error): start no more workers, and give those running
+    /// on this machine up to `grace` to checkpoint and end. Executors whose workers run
+    /// elsewhere (Slurm arrays, Indexed Jobs) leave them running: the next driver finds them.
+    async fn shutdown(&self, _grace: Duration) {}
 }

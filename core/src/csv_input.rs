@@ -1,4 +1,4 @@
-//! Cutting CSV input into batches without copying it (DESIGN §3), like [`crate::partition`]
+//! Cutting CSV input into batches without copying it (docs/job-spec.md, "Storage layout"), like [`crate::partition`]
 //! does for JSONL.
 //!
 //! A batch is a byte range of the source, so every cut must fall on a record boundary. In CSV a

@@ -19,10 +19,12 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{ExecFailure, ExecState};
+use crate::backoff::Backoff;
 use crate::model::{ErrorKind, JobPhase, JobRecord, Millis, TaskError, TaskRecord, TaskState};
 use crate::spec::JobSpec;
 
@@ -30,9 +32,8 @@ use crate::spec::JobSpec;
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     pub max_attempts: u32,
-    pub backoff_initial_ms: u64,
-    pub backoff_factor: f64,
-    pub backoff_max_ms: u64,
+    /// Waits between a task's attempts (`retry.backoff`).
+    pub backoff: Backoff,
     pub jitter: bool,
     /// How long past its lease expiry a running task is given before it counts as lost.
     pub lease_grace_ms: u64,
@@ -51,9 +52,11 @@ impl EngineConfig {
         };
         EngineConfig {
             max_attempts: spec.retry.max_attempts.max(1),
-            backoff_initial_ms: ms(&spec.retry.backoff.initial, 10_000),
-            backoff_factor: spec.retry.backoff.factor.max(1.0),
-            backoff_max_ms: ms(&spec.retry.backoff.max, 600_000),
+            backoff: Backoff {
+                initial: Duration::from_millis(ms(&spec.retry.backoff.initial, 10_000)),
+                factor: spec.retry.backoff.factor,
+                max: Duration::from_millis(ms(&spec.retry.backoff.max, 600_000)),
+            },
             jitter: spec.retry.backoff.jitter,
             lease_grace_ms: 10_000,
             retry_grace_ms: 60_000,
@@ -64,17 +67,15 @@ impl EngineConfig {
     /// Delay before attempt `failed_attempt + 1`: exponential, capped, and with jitter drawn
     /// deterministically from the task and attempt, so the engine stays a pure function.
     pub fn backoff_ms(&self, job: &str, task: u32, failed_attempt: u32) -> u64 {
-        let exp = self
-            .backoff_factor
-            .powi(failed_attempt.saturating_sub(1).min(64) as i32);
-        let base = (self.backoff_initial_ms as f64 * exp).min(self.backoff_max_ms as f64);
-        if !self.jitter {
-            return base as u64;
-        }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (job, task, failed_attempt).hash(&mut h);
-        let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
-        (base * (0.5 + 0.5 * unit)) as u64
+        let delay = if self.jitter {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (job, task, failed_attempt).hash(&mut h);
+            let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+            self.backoff.delay_jittered(failed_attempt, unit)
+        } else {
+            self.backoff.delay(failed_attempt)
+        };
+        u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Storage keys of DESIGN §3, built in one place so that every component agrees on them and no
+//! Storage keys of the storage layout (docs/job-spec.md), built in one place so that every component agrees on them and no
 //! key can escape the job's prefix: job ids are checked before they become keys.
 
 /// Checks that a job id is safe as a key segment (`[a-z0-9-]`, no dots or slashes).

@@ -4,18 +4,24 @@
 //! - [`model`]: jobs, tasks, batches, task groups, attempts and the task state machine;
 //! - [`partition`]: cutting JSONL input into byte-range batches without copying it;
 //! - [`engine`]: the I/O-free state machine (observe → decide → actions) both drivers run;
-//! - [`backend`]: the traits every side effect goes through;
-//! - [`layout`]: the storage keys of DESIGN §3.
+//! - [`backend`]: the traits every side effect goes through, and [`platform`]: the stores of one
+//!   process and what a driver needs besides them;
+//! - [`invocation`]: how every executor starts `orch-worker` (arguments, environment);
+//! - [`layout`]: the storage keys of the storage layout (docs/job-spec.md).
 
 pub mod backend;
+pub mod backoff;
 pub mod csv_input;
 pub mod engine;
 pub mod error;
+pub mod invocation;
 pub mod k8s_name;
 pub mod layout;
 pub mod load;
+pub mod logging;
 pub mod model;
 pub mod partition;
+pub mod platform;
 pub mod quantity;
 pub mod spec;
 pub mod uri;

@@ -630,7 +630,7 @@ pub fn infer_format(uri: &str) -> Option<InputFormat> {
 }
 
 /// Makes every path of the spec absolute (relative paths are relative to the job file's
-/// directory, except `storage.uri`, which is relative to the working directory as in DESIGN §3),
+/// directory, except `storage.uri`, which is relative to the working directory),
 /// and fills in the output default.
 fn resolve(
     mut file: OrchJobFile,

@@ -141,7 +141,7 @@ impl std::fmt::Display for JobPhase {
     }
 }
 
-/// Class of an error, for items and tasks (DESIGN §4).
+/// Class of an error, for items and tasks (docs/job-spec.md, "Handlers").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorKind {
@@ -288,7 +288,7 @@ impl TaskRecord {
     }
 }
 
-/// One batch of the manifest: a byte range of one source object (DESIGN §3).
+/// One batch of the manifest: a byte range of one source object (docs/job-spec.md, "Storage layout").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Batch {

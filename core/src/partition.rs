@@ -1,4 +1,4 @@
-//! Cutting JSONL input into batches without copying it (DESIGN §3).
+//! Cutting JSONL input into batches without copying it (docs/job-spec.md, "Storage layout").
 //!
 //! A batch is a byte range of the source: the partitioner only finds line boundaries (with
 //! `memchr`) and writes a manifest, and each worker later reads just its range. Item ordinals

@@ -1,4 +1,4 @@
-//! The job spec: the `OrchJob` resource a user writes in YAML (DESIGN §2).
+//! The job spec: the `OrchJob` resource a user writes in YAML (docs/job-spec.md).
 //!
 //! The same types feed `orch validate`, `orch run` and (later) the CRD schema, so the schema is
 //! derived from them with `schemars` and every rule lives in one place. Loading a file goes
@@ -176,7 +176,7 @@ fn default_max_record_bytes() -> Quantity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HandlerSpec {
-    /// A long-lived process speaking JSON lines on stdin/stdout (DESIGN §4).
+    /// A long-lived process speaking JSON lines on stdin/stdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecSpec>,
     /// A handler built into the worker.

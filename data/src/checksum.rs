@@ -1,6 +1,6 @@
 //! Checksums and sizes of written files.
 //!
-//! Effectively-once output (DESIGN §5) needs a way to tell a complete file from a torn or
+//! Effectively-once output (docs/architecture.md) needs a way to tell a complete file from a torn or
 //! tampered one after the fact: `_DONE` and `_SUCCESS` record a [`FileInfo`] per file, and the
 //! aggregation step re-checks it with [`verify_file`] before trusting a task's output. Our own
 //! writers hash the bytes on their way to disk (`HashingWriter`) so that producing the

@@ -1,56 +1,17 @@
 //! Errors of the data layer and how the rest of orch should react to them.
 //!
 //! Every error carries enough context (the file path, the column) to be actionable in a task log
-//! without a backtrace, and [`DataError::category`] maps it onto the retry policy of DESIGN §4:
-//! a full disk or a vanished mount is the node's fault (retry the task elsewhere), a corrupt or
+//! without a backtrace, and [`DataError::category`] maps it onto the core's retry categories: a
+//! full disk or a vanished mount is the node's fault (retry the task elsewhere), a corrupt or
 //! inconsistent file will be just as corrupt on the next attempt.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
 use arrow_schema::ArrowError;
+pub use orch_core::ErrorCategory;
 use parquet::errors::ParquetError;
-
-/// How a failure should be handled; the same three kinds as handler errors (DESIGN §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ErrorCategory {
-    /// Likely to succeed if simply retried (an interrupted or timed-out I/O call).
-    Transient,
-    /// Retrying will not help: the data itself is wrong.
-    Permanent,
-    /// The machine or a service is in trouble: retry the task elsewhere.
-    Infrastructure,
-}
-
-impl From<ErrorCategory> for orch_core::ErrorCategory {
-    fn from(c: ErrorCategory) -> Self {
-        match c {
-            ErrorCategory::Transient => orch_core::ErrorCategory::Transient,
-            ErrorCategory::Permanent => orch_core::ErrorCategory::Permanent,
-            ErrorCategory::Infrastructure => orch_core::ErrorCategory::Infrastructure,
-        }
-    }
-}
-
-impl ErrorCategory {
-    /// The lowercase name used in `errors.parquet` (`kind`) and in handler responses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCategory::Transient => "transient",
-            ErrorCategory::Permanent => "permanent",
-            ErrorCategory::Infrastructure => "infrastructure",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCategory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Everything that can go wrong while writing, reading, checking or merging result files.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +208,7 @@ mod tests {
             actual_sha256: "b".into(),
         };
         assert_eq!(e.category(), ErrorCategory::Permanent);
-        assert_eq!(e.category().as_str(), "permanent");
+        assert_eq!(e.category(), ErrorCategory::Permanent);
         assert_eq!(
             serde_json::to_string(&ErrorCategory::Infrastructure).ok(),
             Some("\"infrastructure\"".to_string())

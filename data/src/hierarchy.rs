@@ -3,7 +3,7 @@
 //!
 //! One flat [`merge_results`] over ten thousand inputs is bounded in memory but all-or-nothing:
 //! a crash near the end loses the whole merge, and it runs in one process. Here inputs are
-//! merged in groups of `fan_in` (DESIGN §3, `jobs/J/aggregate/L/G`); each group is an
+//! merged in groups of `fan_in` (docs/job-spec.md, "Storage layout", `jobs/J/aggregate/L/G`); each group is an
 //! independent unit of work that a separate process (an executor task) can run, and its output
 //! is sealed by a `_DONE` marker written last. A rerun skips every group whose marker still
 //! matches both its inputs and its output bytes, and redoes any other. Each level feeds the

@@ -2,7 +2,7 @@
 //!
 //! Workers turn each task's handler results (JSON values) into typed Parquet files plus an
 //! error file; the aggregation step merges thousands of those into a few large output files
-//! (DESIGN §3). This crate is that data plane, kept free of orchestration concerns so the
+//! (docs/job-spec.md, "Storage layout"). This crate is that data plane, kept free of orchestration concerns so the
 //! worker, the standalone driver and the operator share one implementation. It only touches
 //! local paths; getting files to and from object storage is the caller's job.
 //!

@@ -1,8 +1,8 @@
 //! Aggregation: many task result files into a few large `part-NNNNN.parquet` files.
 //!
 //! A job ends with thousands of small per-task files; users want a handful of large ones
-//! (DESIGN §3: large row groups, files of 100 MB and more). The merge must run in bounded
-//! memory whatever the number of inputs (DESIGN §8: 10,000 files within 512 MiB), so it reads
+//! (docs/job-spec.md, "Storage layout": large row groups, files of 100 MB and more). The merge must run in bounded
+//! memory whatever the number of inputs (docs/benchmarks.md: 10,000 files within 512 MiB), so it reads
 //! every footer first to fix the unified schema (see [`crate::schema`]), then streams one input
 //! record batch at a time into the current output file, rolling to the next file once the
 //! current one reaches the size target.

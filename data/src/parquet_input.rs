@@ -1,6 +1,6 @@
 //! Parquet as a job *input*: cutting a file into batches and reading one batch's records.
 //!
-//! Like JSONL and CSV input (DESIGN §3), Parquet input is never copied: a batch names a slice of
+//! Like JSONL and CSV input (docs/job-spec.md, "Storage layout"), Parquet input is never copied: a batch names a slice of
 //! the original file, and each worker reads only that slice. For Parquet the natural slice is
 //! the row group, the unit the format compresses and stores column by column, so
 //! [`partition_parquet`] plans batches from the row-group sizes in the footer alone, without

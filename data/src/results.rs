@@ -1,6 +1,6 @@
 //! Task results: handler output (JSON values) to a typed Parquet file.
 //!
-//! Handlers speak JSON (DESIGN §4) but consumers want typed columns, so each task infers a
+//! Handlers speak JSON (docs/job-spec.md, "Handlers") but consumers want typed columns, so each task infers a
 //! schema from its own rows and writes `results/T/A/part.parquet`. Tasks infer independently;
 //! [`crate::merge_results`] later unifies their schemas with the same lattice.
 //!

@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use orch_core::FieldError;
 use orch_core::load::LoadedJob;
+use orch_core::platform::Platform;
 use orch_core::spec::{OrchJobFile, SlurmTransport};
-use orch_runtime::driver::Embedded;
-use orch_runtime::platform::Platform;
 
-use crate::crd::OrchJob;
 use crate::error::{Error, Result};
+use orch_crd::OrchJob;
 
 /// Settings of one operator process (flags and environment, see `main.rs`).
 #[derive(Debug, Clone)]
@@ -110,25 +109,20 @@ impl Platforms {
         }
     }
 
-    /// AWS for `s3://`, the embedded backends (a directory) otherwise: a directory is useful
-    /// for an operator run on a workstation only.
+    /// The platform of `storage_uri` (a directory is useful for an operator run on a
+    /// workstation only).
     pub async fn get(&self, storage_uri: &str) -> Result<Arc<dyn Platform>> {
         if let Some(p) = self.lock().get(storage_uri) {
             return Ok(p.clone());
         }
-        let platform: Arc<dyn Platform> = if storage_uri.starts_with("s3://") {
-            Arc::new(
-                orch_aws::AwsPlatform::open(
-                    storage_uri,
-                    self.cfg.scratch.join("scratch"),
-                    self.cfg.scratch.join("logs"),
-                )
-                .await?
-                .with_lease(self.cfg.job_lease),
-            )
-        } else {
-            Arc::new(Embedded::open(storage_uri).map_err(Error::Runtime)?)
+        let opts = orch_connect::PlatformOptions {
+            scratch: self.cfg.scratch.join("scratch"),
+            log_root: self.cfg.scratch.join("logs"),
+            job_lease: Some(self.cfg.job_lease),
         };
+        let platform = orch_connect::open_platform(storage_uri, &opts)
+            .await
+            .map_err(|e| Error::Runtime(orch_runtime::Error::from_port(e)))?;
         Ok(self
             .lock()
             .entry(storage_uri.to_string())

@@ -32,8 +32,8 @@ use orch_core::FieldError;
 use orch_core::backend::Executor;
 use orch_core::load::LoadedJob;
 use orch_core::model::JobRecord;
+use orch_core::platform::Platform;
 use orch_runtime::control;
-use orch_runtime::platform::Platform;
 use orch_runtime::task_cache::SharedTaskCache;
 use serde_json::json;
 use sha2::Digest;
@@ -41,16 +41,17 @@ use tracing::{info, warn};
 
 use crate::Watched;
 use crate::config::{OperatorConfig, Platforms, job_path, prepare_job};
-use crate::crd::{
-    CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, PURGE_ANNOTATION,
-    RETRY_ANNOTATION, TaskGroup, TaskGroupStatus,
-};
 use crate::error::{Error, Result};
 use crate::kube_executor::{self, KubeExecutor, KubeExecutorError, KubeLaunch};
 use crate::status::{job_status, validation_failure};
 use crate::supervisor::{Launch, RunState, Supervisors};
 use crate::taskgroups;
 use crate::telemetry::{Metrics, OutcomeLabels, PhaseLabels};
+use orch_crd::{
+    CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, PURGE_ANNOTATION,
+    RETRY_ANNOTATION, TaskGroup, TaskGroupStatus,
+};
+use orch_executors::Executors;
 
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "orch-operator";
@@ -235,7 +236,7 @@ async fn reconcile_object(object: &Watched, ctx: &Context) -> Result<Action> {
             let meta = &invalid.metadata;
             warn!(name = ?meta.name, namespace = ?meta.namespace, error = %invalid, "cannot read an OrchJob");
             let reference = ObjectReference {
-                api_version: Some(crate::crd::API_VERSION.to_string()),
+                api_version: Some(orch_crd::API_VERSION.to_string()),
                 kind: Some("OrchJob".into()),
                 name: meta.name.clone(),
                 namespace: meta.namespace.clone(),
@@ -618,8 +619,10 @@ fn launch(
         job_id: id.to_string(),
         generation: job.metadata.generation.unwrap_or(0),
         platform,
-        worker_command: ctx.config.worker_command.clone(),
-        executor,
+        executors: Arc::new(Executors {
+            worker_command: ctx.config.worker_command.clone(),
+            kubernetes: executor,
+        }),
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
     })
@@ -669,7 +672,7 @@ async fn write_status(
         return Ok(());
     }
     let patch = json!({
-        "apiVersion": crate::crd::API_VERSION,
+        "apiVersion": orch_crd::API_VERSION,
         "kind": "OrchJob",
         "status": status,
     });
@@ -713,7 +716,7 @@ async fn sync_task_groups(
         }
         if current.and_then(|c| c.status.as_ref()) != Some(&status) {
             let patch = json!({
-                "apiVersion": crate::crd::API_VERSION,
+                "apiVersion": orch_crd::API_VERSION,
                 "kind": "TaskGroup",
                 "status": status,
             });
@@ -799,7 +802,7 @@ fn failed_message(status: &OrchJobStatus) -> String {
     status
         .conditions
         .iter()
-        .find(|c| c.r#type == crate::crd::JobConditionType::Failed)
+        .find(|c| c.r#type == orch_crd::JobConditionType::Failed)
         .and_then(|c| c.message.clone())
         .unwrap_or_else(|| "the job failed".to_string())
 }

@@ -16,9 +16,6 @@ pub enum Error {
     /// A store failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// The AWS platform could not be opened (configuration, credentials).
-    #[error(transparent)]
-    Aws(#[from] orch_aws::AwsError),
     /// The operator's own configuration or an object it cannot work with.
     #[error("{0}")]
     Invalid(String),
@@ -37,7 +34,6 @@ impl Error {
             Error::Kube(_) => ErrorCategory::Infrastructure,
             Error::Runtime(e) => e.category(),
             Error::Backend(e) => e.category(),
-            Error::Aws(e) => e.category(),
             Error::Invalid(_) => ErrorCategory::Invalid,
         }
     }

@@ -37,35 +37,17 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use manifest::{JobTemplate, PlannedJob, PodResources, job_selector, parse_executor_id, plan_jobs};
+use orch_core::invocation::WorkerHost;
 use state::{JobView, index_state, is_alive, pods_by_slot, stuck_reason, views};
 
 /// The operator's variable naming the default worker image.
 pub const WORKER_IMAGE_VARIABLE: &str = "ORCH_WORKER_IMAGE";
 
-/// Variables the operator passes on to its workers when it has them: where the stores are and
-/// how to log. Never credentials: pods get theirs from their service account (IRSA, pod
-/// identity) or the node.
-pub const WORKER_ENVIRONMENT: &[&str] = &[
-    "ORCH_LOG",
-    "ORCH_LOG_FORMAT",
-    "ORCH_DYNAMODB_TABLE",
-    "ORCH_SQS_QUEUE",
-    "ORCH_S3_FORCE_PATH_STYLE",
-    "ORCH_SCRATCH_MIN_FREE",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL_DYNAMODB",
-    "AWS_ENDPOINT_URL_SQS",
-];
-
-/// The [`WORKER_ENVIRONMENT`] variables this process has, as (name, value) pairs.
+/// The variables the operator passes on to its worker pods (orch's settings, never
+/// credentials: pods get theirs from their service account or a Secret named in
+/// `envFromSecrets`).
 pub fn worker_environment() -> Vec<(String, String)> {
-    WORKER_ENVIRONMENT
-        .iter()
-        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
-        .collect()
+    orch_core::invocation::worker_environment(WorkerHost::Container, |k| std::env::var(k).ok())
 }
 
 /// The shortest time between two queries of the API server for this job's Jobs and pods.

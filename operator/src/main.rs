@@ -18,10 +18,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, Client};
+use orch_crd::TaskGroup;
 use orch_operator::Watched;
 use orch_operator::config::OperatorConfig;
 use orch_operator::controller::{Context, error_policy, reconcile};
-use orch_operator::crd::TaskGroup;
 use orch_operator::leader::LeaderElector;
 use orch_operator::supervisor::Supervisors;
 use orch_operator::telemetry::{self, Metrics};
@@ -131,15 +131,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().with_current_span(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let format = match format {
+        LogFormat::Json => orch_core::logging::LogFormat::Json,
+        LogFormat::Text => orch_core::logging::LogFormat::Text,
+    };
+    orch_core::logging::init("info", format);
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

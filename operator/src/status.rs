@@ -10,7 +10,7 @@ use orch_core::error::FieldError;
 use orch_core::model::{self, JobRecord, TaskRecord, TaskState};
 use orch_core::spec::{API_VERSION, KIND, ObjectMeta, OrchJobFile};
 
-use crate::crd::{
+use orch_crd::{
     ConditionStatus, ItemCounts, JobCondition, JobConditionType, JobPhase, OrchJob, OrchJobStatus,
     TaskCounts,
 };

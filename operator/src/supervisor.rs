@@ -14,16 +14,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orch_core::backend::Executor;
+use orch_core::backoff::Backoff;
 use orch_core::load::LoadedJob;
+use orch_core::platform::Platform;
+use orch_executors::Executors;
 use orch_runtime::driver::{self, RunOptions};
-use orch_runtime::platform::Platform;
 use orch_runtime::task_cache::SharedTaskCache;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-/// Longest pause between two attempts to run a job whose driver failed.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Pauses between two attempts to run a job whose driver failed.
+const RESTART_BACKOFF: Backoff = Backoff::doubling(Duration::from_secs(2), Duration::from_secs(60));
 
 /// How a supervised run stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +61,8 @@ pub struct Launch {
     pub job_id: String,
     pub generation: i64,
     pub platform: Arc<dyn Platform>,
-    pub worker_command: Vec<String>,
-    pub executor: Option<Arc<dyn Executor>>,
+    /// The executors the job may run on (its spec picks one).
+    pub executors: Arc<Executors>,
     pub tick: Duration,
     /// The job's task rows, shared with the status refresh.
     pub task_cache: SharedTaskCache,
@@ -141,13 +142,12 @@ fn read(shared: &Mutex<Snapshot>) -> std::sync::MutexGuard<'_, Snapshot> {
 }
 
 async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: CancellationToken) {
-    let mut backoff = Duration::from_secs(2);
+    let mut failures = 0;
     loop {
         let opts = RunOptions {
-            worker_command: launch.worker_command.clone(),
+            executors: launch.executors.clone(),
             tick: launch.tick,
             on_progress: Box::new(|_| {}),
-            executor: launch.executor.clone(),
             stop: Some(stop.clone()),
             job_id: Some(launch.job_id.clone()),
             task_cache: Some(launch.task_cache.clone()),
@@ -170,14 +170,14 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
                 return;
             }
             Err(e) => {
-                warn!(error = %e, category = ?e.category(), retry_in_s = backoff.as_secs(), "the job's driver failed; running it again");
+                failures += 1;
+                warn!(error = %e, category = ?e.category(), retry_in_s = RESTART_BACKOFF.delay(failures).as_secs(), "the job's driver failed; running it again");
                 read(&shared).last_error = Some(e.to_string());
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(RESTART_BACKOFF.delay(failures)) => {}
             _ = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

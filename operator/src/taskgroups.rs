@@ -12,10 +12,8 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use orch_core::model::TaskRecord;
 
-use crate::crd::{
-    ExecutorRange, OrchJob, TaskGroup, TaskGroupKind, TaskGroupSpec, TaskGroupStatus,
-};
 use crate::status::task_counts;
+use orch_crd::{ExecutorRange, OrchJob, TaskGroup, TaskGroupKind, TaskGroupSpec, TaskGroupStatus};
 
 /// Label naming the `OrchJob` a `TaskGroup` belongs to.
 pub const JOB_LABEL: &str = "orch.dev/job";
@@ -136,7 +134,7 @@ mod tests {
     use orch_core::model::TaskState;
 
     fn job() -> OrchJob {
-        let spec: crate::crd::OrchJobSpec = serde_json::from_value(serde_json::json!({
+        let spec: orch_crd::OrchJobSpec = serde_json::from_value(serde_json::json!({
             "input": {"uri": "s3://b/in.jsonl"},
             "handler": {"builtin": {"name": "identity"}},
             "batch": {"size": 10},

@@ -1,5 +1,5 @@
 //! The Kubernetes executor against the API emulator (tests/kube-emulator; no API server can be
-//! installed here, DESIGN §7) started with `--run-jobs`: it runs each pod of an Indexed Job as a
+//! installed here, tests/README.md) started with `--run-jobs`: it runs each pod of an Indexed Job as a
 //! local process — the container's command and args — with `JOB_COMPLETION_INDEX` set.
 //!
 //! The worker is a stand-in shell script (the executor's program is configurable) that reads
@@ -8,20 +8,17 @@
 //! held (a `hold` or `hold-<task>` file) and made to fail (`fail-<task>`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/kube-emulator/launch.rs"]
-mod launch;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams};
-use launch::{KubeEmulator, Options};
 use orch_core::backend::{ExecState, Executor};
 use orch_core::model::{TaskGroup, TaskKind};
 use orch_core::spec::{KubernetesExecutorSpec, ResourcesSpec};
 use orch_operator::kube_executor::manifest::{job_selector, parse_executor_id};
 use orch_operator::kube_executor::{KubeExecutor, KubeLaunch};
+use orch_testkit::kube_emulator::{KubeEmulator, Options};
 
 const JOB_ID: &str = "emu-0badc0de";
 

@@ -30,6 +30,7 @@ use orch_core::layout;
 use orch_core::model::{
     DoneMarker, JobManifest, JobRecord, SCHEMA_VERSION, TaskGroup, TaskKind, TaskRecord, TaskState,
 };
+use orch_core::platform::Backends;
 use orch_core::spec::{OutputFormat, OutputSpec};
 use orch_core::uri::Location;
 use orch_data::hierarchy::{DONE_FILE, group_dir_name};
@@ -38,14 +39,12 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::backends::Backends;
 use crate::error::{Error, Result};
-use crate::fs_store::FsStore;
 
 /// Requests to a remote store in flight at once while checking or fetching many objects.
 const CONCURRENT_REQUESTS: usize = 32;
 
-/// `_SUCCESS` of the final output (DESIGN §3), written last.
+/// `_SUCCESS` of the final output (docs/job-spec.md, "Storage layout"), written last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SuccessMarker {
@@ -337,7 +336,9 @@ impl OutputSettings {
     async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         match &self.remote {
             Some((store, prefix)) => store.put(&format!("{prefix}{name}"), bytes).await?,
-            None => FsStore::new(&self.out_dir)?.put(name, bytes).await?,
+            None => {
+                orch_data::write_bytes_atomic(&self.out_dir.join(name), &bytes)?;
+            }
         }
         Ok(())
     }

@@ -1,17 +1,17 @@
-//! The standalone driver behind `orch run`: partitions the input, creates the job in the
+//! The driver behind `orch run` and the operator: partitions the input, creates the job in the
 //! StateStore, then runs the engine's observe → decide → act loop against the job's
-//! [`Platform`] (the embedded backends, or AWS) and the local executor until the job ends, and
-//! finally aggregates the results.
+//! [`Platform`] and the executor its spec names until the job ends, and finally aggregates the
+//! results. Both come in through the core's ports: this module never names a backend.
 //!
 //! All progress lives in the stores, so running the same job file again after a crash (of the
 //! driver, a worker or the machine) resumes the job instead of starting over.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use orch_core::backend::{ExecState, Executor, Queue, StateStore};
+use orch_core::backoff::Backoff;
 use orch_core::engine::{self, DueRetry, EngineConfig, ItemCounts, Observation, RetryRequest};
 use orch_core::load::LoadedJob;
 use orch_core::model::{
@@ -19,7 +19,7 @@ use orch_core::model::{
     TaskState, now_ms,
 };
 use orch_core::partition::PartitionPlan;
-use orch_core::uri::Location;
+use orch_core::platform::{Backends, ExecutorFactory, JobLease, Locations, Platform};
 use orch_core::{ErrorCategory, layout};
 use serde::Serialize;
 use sha2::Digest;
@@ -27,14 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregate::{AggregationProgress, AggregationRun, aggregate};
-use crate::backends::{Backends, LocalLocations};
 use crate::error::{Error, Result};
-use crate::fs_store::FsStore;
 use crate::input::{self, InputPlan, PlanTarget};
-use crate::local_executor::{LocalExecutor, WorkerLaunch};
-use crate::platform::{JobLease, Platform};
-use crate::sqlite_queue::SqliteQueue;
-use crate::sqlite_state::SqliteStateStore;
 use crate::task_cache::SharedTaskCache;
 
 /// Bounds of the pause between two ticks' starts (see `Loop::drive`).
@@ -45,97 +39,12 @@ const MAX_TICK_SPACING: Duration = Duration::from_secs(2);
 /// pass, before it gives up (the job stays resumable).
 const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 
+/// Waits between restarts of the loop while the stores fail.
+const OUTAGE_BACKOFF: Backoff =
+    Backoff::doubling(Duration::from_millis(500), Duration::from_secs(15));
+
 /// How long a retry message stays hidden after the driver received it.
 const RETRY_VISIBILITY: Duration = Duration::from_secs(60);
-
-/// The embedded backends of one storage root.
-pub struct Embedded {
-    pub root: PathBuf,
-    pub backends: Backends,
-}
-
-impl Embedded {
-    /// Opens (creating if needed) the backends under a `file://` storage URI.
-    pub fn open(storage_uri: &str) -> Result<Self> {
-        let root = Location::local_path(storage_uri).map_err(Error::Invalid)?;
-        // Scratch space is under the storage directory: files are built in place and nothing
-        // needs uploading.
-        let backends = Backends {
-            objects: Arc::new(FsStore::new(&root)?),
-            state: Arc::new(SqliteStateStore::open(&root.join(layout::state_db()))?),
-            scratch: root.join("scratch"),
-            locations: Arc::new(LocalLocations),
-        };
-        Ok(Embedded { root, backends })
-    }
-
-    /// The retry queue of one run of a job (a job run again starts with an empty queue, so no
-    /// message of the earlier run can skip a backoff).
-    fn queue(&self, job: &JobRecord) -> Result<SqliteQueue> {
-        Ok(SqliteQueue::open(
-            &self.root.join("queue.sqlite"),
-            &format!("retries-{}-{}", job.id, job.created_at),
-        )?)
-    }
-
-    /// Makes sure only one driver runs a job: a second `orch run` of the same job fails at once
-    /// instead of racing the first. The lock is released when the returned file is dropped
-    /// (also when the process dies).
-    fn lock_file(&self, job: &str) -> Result<std::fs::File> {
-        let dir = self.root.join("locks");
-        let io = |source| orch_core::Error::Io {
-            path: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let path = dir.join(format!("{job}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Invalid(format!(
-                "job {job} is already being run by another `orch run` (lock {})",
-                path.display()
-            ))),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(e).into()),
-        }
-    }
-}
-
-/// A held `flock` on `locks/<job>.lock`; the kernel releases it when the process dies.
-struct FileLease(#[allow(dead_code)] std::fs::File);
-
-#[async_trait::async_trait]
-impl JobLease for FileLease {
-    async fn release(self: Box<Self>) {}
-}
-
-#[async_trait::async_trait]
-impl Platform for Embedded {
-    fn backends(&self) -> &Backends {
-        &self.backends
-    }
-
-    fn storage_uri(&self) -> String {
-        Location::Local(self.root.clone()).to_uri()
-    }
-
-    fn log_dir(&self, job: &str) -> PathBuf {
-        self.root.join(format!("jobs/{job}/logs"))
-    }
-
-    async fn lock_job(&self, job: &str) -> Result<Box<dyn JobLease>> {
-        Ok(Box::new(FileLease(self.lock_file(job)?)))
-    }
-
-    async fn retry_queue(&self, job: &JobRecord) -> Result<Arc<dyn Queue>> {
-        Ok(Arc::new(self.queue(job)?))
-    }
-}
 
 /// A snapshot of progress for the progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,15 +62,12 @@ pub struct Progress {
 
 /// What the caller of [`run`] may tune.
 pub struct RunOptions {
-    /// Program (and leading args) of the worker.
-    pub worker_command: Vec<String>,
+    /// Gives the job the executor its spec names.
+    pub executors: Arc<dyn ExecutorFactory>,
     /// Pause between engine ticks.
     pub tick: Duration,
     /// Called after every tick.
     pub on_progress: Box<dyn Fn(&Progress) + Send + Sync>,
-    /// The executor of jobs with `executor.kubernetes` (the operator's Indexed Jobs); only a
-    /// caller with a Kubernetes client can supply one.
-    pub executor: Option<Arc<dyn Executor>>,
     /// Stops the run (the job stays resumable) when cancelled. Without one, Ctrl-C does.
     pub stop: Option<CancellationToken>,
     /// The job's id when the caller names jobs itself (the operator: one job per `OrchJob`,
@@ -226,7 +132,7 @@ pub fn job_id(job: &LoadedJob, fingerprint: &str) -> Result<String> {
 /// input is downloaded into `scratch` (and removed) to be partitioned.
 pub async fn dry_run(
     job: &LoadedJob,
-    locations: &dyn crate::backends::Locations,
+    locations: &dyn Locations,
     scratch: &std::path::Path,
 ) -> Result<RunOutcome> {
     let sources = input::sources(&job.file.spec, locations).await?;
@@ -270,7 +176,7 @@ async fn run_job(
     fingerprint: String,
     sources: Vec<input::Source>,
 ) -> Result<RunOutcome> {
-    let lease = platform.lock_job(&id).await?;
+    let lease = platform.lock_job(&id).await.map_err(Error::from_port)?;
     let result = drive_locked(job, platform, &opts, &id, &fingerprint, &sources, &*lease).await;
     lease.release().await;
     result
@@ -315,21 +221,12 @@ async fn drive_locked(
         }
     };
     let queue = platform.retry_queue(&record).await?;
-    let slurm = match &record.spec.spec.executor.slurm {
-        Some(spec) => Some(slurm_executor(&record, spec, platform, opts).await?),
-        None => None,
-    };
-    // Starts nothing until it is given tasks.
-    let local = local_executor(&record, platform, opts);
-    let executor: &dyn Executor = match (&slurm, &record.spec.spec.executor.kubernetes) {
-        (Some(slurm), _) => slurm,
-        (None, Some(_)) => opts.executor.as_deref().ok_or_else(|| {
-            Error::Invalid(
-                "executor.kubernetes runs under the operator only (kubectl apply or `orch submit`); use `local` or `slurm` with `orch run`".into(),
-            )
-        })?,
-        (None, None) => &local,
-    };
+    let executor = opts
+        .executors
+        .executor(&record, platform)
+        .await
+        .map_err(Error::from_port)?;
+    let executor = executor.as_ref();
     let cfg = EngineConfig::from_spec(&record.spec.spec);
     let mut loop_state = Loop {
         cfg,
@@ -354,14 +251,11 @@ async fn drive_locked(
         r = loop_state.drive_through_outages(opts) => r,
         _ = stopped => Err(Error::Interrupted),
     };
-    if result.is_err() && slurm.is_none() && record.spec.spec.executor.kubernetes.is_none() {
+    if result.is_err() {
         // On Ctrl-C local workers got the same SIGINT and checkpoint; on any other error of the
         // driver they are left to finish their attempt. Start no new ones and give the running
         // ones a moment. (Slurm arrays go on on the cluster; the next `orch run` finds them.)
-        local.shutdown();
-        tokio::time::timeout(Duration::from_secs(10), local.wait_idle())
-            .await
-            .ok();
+        executor.shutdown(Duration::from_secs(10)).await;
     }
     let final_job = result?;
     let tasks = backends.state.list_tasks(id).await?;
@@ -371,99 +265,6 @@ async fn drive_locked(
         plan: None,
         resumed,
     })
-}
-
-/// Worker processes on this machine (`executor.local`).
-fn local_executor(record: &JobRecord, platform: &dyn Platform, opts: &RunOptions) -> LocalExecutor {
-    let parallelism = record
-        .spec
-        .spec
-        .executor
-        .local
-        .as_ref()
-        .and_then(|l| l.parallelism)
-        .map(|p| p as usize)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-    LocalExecutor::new(
-        WorkerLaunch {
-            command: opts.worker_command.clone(),
-            storage: platform.storage_uri(),
-            log_dir: platform.log_dir(&record.id),
-        },
-        parallelism,
-    )
-}
-
-/// Variables passed on to Slurm tasks (the REST API passes nothing else; the commands pass
-/// the submitter's whole environment, as sbatch does): where the stores are and how to log.
-/// Never credentials: nodes get theirs from their own chain (instance role, profile files).
-const TASK_ENVIRONMENT: &[&str] = &[
-    "PATH",
-    "LANG",
-    "PYTHONPATH",
-    "ORCH_LOG",
-    "ORCH_LOG_FORMAT",
-    "ORCH_DYNAMODB_TABLE",
-    "ORCH_SQS_QUEUE",
-    "ORCH_S3_FORCE_PATH_STYLE",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL_DYNAMODB",
-    "AWS_ENDPOINT_URL_SQS",
-];
-
-/// Slurm job arrays (`executor.slurm`), checked against the cluster before anything runs.
-async fn slurm_executor(
-    record: &JobRecord,
-    spec: &orch_core::spec::SlurmExecutorSpec,
-    platform: &dyn Platform,
-    opts: &RunOptions,
-) -> Result<orch_slurm::SlurmExecutor> {
-    let cwd = std::env::current_dir().map_err(|source| orch_core::Error::Io {
-        path: PathBuf::from("."),
-        source,
-    })?;
-    let log_dir = match &spec.log_dir {
-        Some(dir) => cwd.join(dir).join(&record.id),
-        None => platform.log_dir(&record.id),
-    };
-    std::fs::create_dir_all(&log_dir).map_err(|source| orch_core::Error::Io {
-        path: log_dir.clone(),
-        source,
-    })?;
-    let program = spec
-        .worker
-        .clone()
-        .or_else(|| opts.worker_command.first().cloned())
-        .ok_or_else(|| Error::Invalid("no worker program for the Slurm tasks".into()))?;
-    let launch = orch_slurm::SlurmLaunch {
-        worker: orch_slurm::submission::WorkerCommand {
-            program,
-            storage: platform.storage_uri(),
-            job: record.id.clone(),
-        },
-        resources: record.spec.spec.resources.clone(),
-        spec: spec.clone(),
-        log_dir,
-        workdir: cwd,
-        environment: TASK_ENVIRONMENT
-            .iter()
-            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
-            .collect(),
-    };
-    orch_slurm::connect(launch)
-        .await
-        .map_err(|e| match e.category() {
-            ErrorCategory::Invalid => Error::Invalid(e.to_string()),
-            _ => Error::Backend(e.into()),
-        })
 }
 
 fn new_job_record(
@@ -570,7 +371,7 @@ impl Loop<'_> {
     /// [`STORE_OUTAGE_LIMIT`].
     async fn drive_through_outages(&mut self, opts: &RunOptions) -> Result<JobRecord> {
         let mut outage_since: Option<std::time::Instant> = None;
-        let mut pause = Duration::from_millis(500);
+        let mut failures = 0;
         loop {
             let started = std::time::Instant::now();
             let error = match self.drive(opts).await {
@@ -587,15 +388,16 @@ impl Loop<'_> {
             // A start that ran a while before failing ends the previous outage.
             if started.elapsed() > STORE_OUTAGE_LIMIT / 4 {
                 outage_since = None;
-                pause = Duration::from_millis(500);
+                failures = 0;
             }
             let since = *outage_since.get_or_insert(started);
             if since.elapsed() > STORE_OUTAGE_LIMIT {
                 return Err(Error::Backend(error));
             }
+            failures += 1;
+            let pause = OUTAGE_BACKOFF.delay(failures);
             warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "the job's stores failed; trying again");
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(15));
         }
     }
 

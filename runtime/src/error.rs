@@ -40,11 +40,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// A port's error as the driver reports it: one the port calls `Invalid` (a job already run
+    /// by another driver, an executor section this process cannot serve, a partition the
+    /// cluster does not have) refuses the job; anything else may pass and is retried.
+    pub fn from_port(e: BackendError) -> Self {
+        match e.category() {
+            ErrorCategory::Invalid => Error::Invalid(e.to_string()),
+            _ => Error::Backend(e),
+        }
+    }
+
     pub fn category(&self) -> ErrorCategory {
         match self {
             Error::Core(e) => e.category(),
             Error::Backend(e) => e.category(),
-            Error::Data(e) => e.category().into(),
+            Error::Data(e) => e.category(),
             Error::Integrity { .. } => ErrorCategory::Permanent,
             // Left resumable: running the job again retries the aggregation.
             Error::Spawn { .. } | Error::AggregationTask { .. } => ErrorCategory::Infrastructure,

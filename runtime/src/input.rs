@@ -17,10 +17,10 @@ use orch_core::csv_input;
 use orch_core::load::input_sources;
 use orch_core::model::Batch;
 use orch_core::partition::{self, PartitionOptions, PartitionPlan};
+use orch_core::platform::{Backends, Locations};
 use orch_core::spec::{InputFormat, JobSpec};
 use orch_core::uri::Location;
 
-use crate::backends::{Backends, Locations};
 use crate::error::{Error, Result};
 
 /// The partitioned input: batches, and the column names of CSV input.

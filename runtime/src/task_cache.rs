@@ -56,8 +56,8 @@ mod tests {
     use orch_core::model::TaskState;
 
     use super::*;
-    use crate::contract::sample_job;
-    use crate::sqlite_state::SqliteStateStore;
+    use orch_embedded::SqliteStateStore;
+    use orch_testkit::contract::sample_job;
 
     #[tokio::test]
     async fn a_refresh_sees_every_write_and_keeps_the_rest() {

@@ -582,7 +582,9 @@ impl RestApi {
         loop {
             match self.once::<T>(op, method.clone(), path, query, body).await {
                 Err(e) if attempt < attempts && is_transient(&e) => {
-                    let pause = self.backoff * 2u32.saturating_pow(attempt - 1);
+                    let pause =
+                        orch_core::backoff::Backoff::doubling(self.backoff, self.backoff * 8)
+                            .delay(attempt);
                     debug!(op, attempt, error = %e, "transient failure; trying again");
                     tokio::time::sleep(pause).await;
                     attempt += 1;

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use orch_core::invocation::WorkerInvocation;
 use orch_core::model::{TaskGroup, TaskKind};
 use orch_core::spec::ResourcesSpec;
 use sha2::{Digest, Sha256};
@@ -346,24 +347,16 @@ pub fn batch_script(
     base: u32,
     signal_after_secs: u64,
 ) -> String {
-    let mut args = vec![worker.program.clone()];
-    match kind {
-        TaskKind::Work => args.extend(["run".to_string()]),
-        TaskKind::Merge { level } => {
-            args.extend(["aggregate".to_string(), "--level".into(), level.to_string()])
-        }
-        TaskKind::Final => args.extend(["aggregate".to_string(), "--final".into()]),
-    }
-    args.extend([
-        "--storage".into(),
-        worker.storage.clone(),
-        "--job".into(),
-        worker.job.clone(),
-    ]);
-    if kind == TaskKind::Work {
-        args.extend(["--group".into(), group.to_string()]);
-    }
-    args.extend(["--task-offset".into(), base.to_string()]);
+    let invocation = WorkerInvocation {
+        kind,
+        storage: &worker.storage,
+        job: &worker.job,
+        group,
+        task_offset: base,
+    };
+    let args: Vec<String> = std::iter::once(worker.program.clone())
+        .chain(invocation.args())
+        .collect();
     let command: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
     format!(
         "#!/bin/sh\n# orch job {job}, {kind}, group {group}, tasks from {base}\n\

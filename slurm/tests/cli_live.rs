@@ -1,6 +1,6 @@
 //! `CliApi` against the real one-node test cluster (tests/slurm/start.sh). Runs when
 //! `ORCH_SLURM_ENV` names the cluster's env file (`export K=V` lines: `SLURM_CONF`, …), as CI
-//! sets it; otherwise each test says it is skipped and passes.
+//! sets it; otherwise each test says it is skipped (and fails under `CI`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,30 +10,10 @@ use std::time::{Duration, Instant};
 use orch_slurm::cli::CliApi;
 use orch_slurm::{ArrayJob, ArraySubmission, ArrayTask, SlurmApi};
 
-/// The variables of the cluster's env file, or `None` (with a note) when the tests are off.
-fn cluster(test: &str) -> Option<Vec<(String, String)>> {
-    let Some(path) = std::env::var_os("ORCH_SLURM_ENV") else {
-        eprintln!("{test}: skipped (ORCH_SLURM_ENV is not set; see tests/slurm/README.md)");
-        return None;
-    };
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("ORCH_SLURM_ENV={}: {e}", Path::new(&path).display()));
-    Some(
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.strip_prefix("export ").unwrap_or(l).split_once('=')?;
-                let v = v.trim();
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                    .unwrap_or(v);
-                Some((k.trim().to_string(), v.to_string()))
-            })
-            .collect(),
-    )
+/// The variables of the cluster's env file, or `None` when the tests are off (skipped
+/// visibly; a failure under CI).
+fn cluster() -> Option<Vec<(String, String)>> {
+    Some(orch_testkit::components::slurm_env()?.into_iter().collect())
 }
 
 fn api(vars: &[(String, String)]) -> CliApi {
@@ -131,7 +111,7 @@ async fn wait_for(
 
 #[tokio::test]
 async fn cluster_info_live() {
-    let Some(vars) = cluster("cluster_info_live") else {
+    let Some(vars) = cluster() else {
         return;
     };
     let info = api(&vars).cluster_info().await.unwrap();
@@ -149,7 +129,7 @@ async fn cluster_info_live() {
 
 #[tokio::test]
 async fn an_array_runs_to_its_exit_codes_live() {
-    let Some(vars) = cluster("an_array_runs_to_its_exit_codes_live") else {
+    let Some(vars) = cluster() else {
         return;
     };
     let api = api(&vars);
@@ -198,7 +178,7 @@ async fn an_array_runs_to_its_exit_codes_live() {
 
 #[tokio::test]
 async fn hold_release_and_cancel_live() {
-    let Some(vars) = cluster("hold_release_and_cancel_live") else {
+    let Some(vars) = cluster() else {
         return;
     };
     let api = api(&vars);
@@ -297,7 +277,7 @@ async fn hold_release_and_cancel_live() {
 
 #[tokio::test]
 async fn a_bad_partition_is_invalid_live() {
-    let Some(vars) = cluster("a_bad_partition_is_invalid_live") else {
+    let Some(vars) = cluster() else {
         return;
     };
     let api = api(&vars);

@@ -1,7 +1,7 @@
 //! The REST transport against a real slurmrestd: the one-node Slurm 22.05 cluster of
 //! `tests/slurm/start.sh` (REST API v0.0.38). Runs when `ORCH_SLURM_ENV` names the env file
 //! that script writes (`export SLURMRESTD_URL=…`, `export SLURM_JWT=…`); otherwise it prints
-//! that it is skipped and passes.
+//! that it is skipped (and fails under `CI`).
 //!
 //! ```sh
 //! bash tests/slurm/start.sh
@@ -15,34 +15,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use orch_core::backend::ExecState;
 use orch_slurm::rest::{ApiVersion, RestApi, TokenSource};
 use orch_slurm::state::exec_state;
 use orch_slurm::{ArrayJob, ArraySubmission, SlurmApi};
-
-/// `export K=V` lines of the env file.
-fn env_file(path: &Path) -> HashMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("ORCH_SLURM_ENV={}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let l = l.strip_prefix("export ").unwrap_or(l);
-            if l.starts_with('#') {
-                return None;
-            }
-            let (k, v) = l.split_once('=')?;
-            Some((
-                k.trim().to_string(),
-                v.trim().trim_matches(['"', '\'']).to_string(),
-            ))
-        })
-        .collect()
-}
 
 fn unique_name() -> String {
     let secs = SystemTime::now()
@@ -138,12 +117,9 @@ fn ended(state: &str) -> bool {
 
 #[tokio::test]
 async fn rest_api_against_the_test_cluster() {
-    let Some(env_path) = std::env::var_os("ORCH_SLURM_ENV").map(PathBuf::from) else {
-        println!("rest_live: ORCH_SLURM_ENV is not set; skipped (see tests/slurm/start.sh)");
-        eprintln!("rest_live: ORCH_SLURM_ENV is not set; skipped");
+    let Some(env) = orch_testkit::components::slurm_env() else {
         return;
     };
-    let env = env_file(&env_path);
     let url = env
         .get("SLURMRESTD_URL")
         .expect("SLURMRESTD_URL in the env file")

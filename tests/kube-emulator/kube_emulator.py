@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A test-only Kubernetes API server emulator (Python standard library only).
 
-No real API server can run on the project's test machines (DESIGN §7), so the operator's
+No real API server can run on the project's test machines (tests/README.md), so the operator's
 end-to-end tests talk to this process instead. It serves enough of the Kubernetes REST API for
 the real `kubectl` and kube-rs: discovery and OpenAPI v3 stubs, CRUD/LIST/WATCH for a few
 built-in kinds and for any applied CRD, resourceVersion conflicts, the status subresource,

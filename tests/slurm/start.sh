@@ -141,7 +141,7 @@ chown munge:munge "$DIR/munge/munge.key"
 chmod 0400 "$DIR/munge/munge.key"
 MUNGE_SOCKET=$DIR/munge/munge.socket
 
-# JWT key for auth/jwt (slurmctld and slurmdbd read it; 32 random bytes as DESIGN §7 says).
+# JWT key for auth/jwt (slurmctld and slurmdbd read it; 32 random bytes).
 if [ ! -s "$DIR/jwt.key" ]; then
   (umask 077; dd if=/dev/urandom bs=32 count=1 of="$DIR/jwt.key" status=none)
 fi

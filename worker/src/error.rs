@@ -49,7 +49,7 @@ impl Error {
             Error::Core(e) => e.category(),
             Error::Backend(e) => e.category(),
             Error::Runtime(e) => e.category(),
-            Error::Data(e) => e.category().into(),
+            Error::Data(e) => e.category(),
             Error::Handler(_) | Error::HandlerGaveUp(_) | Error::Checkpoint { .. } => {
                 ErrorCategory::Infrastructure
             }

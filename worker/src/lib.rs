@@ -14,18 +14,8 @@ pub mod scratch;
 
 pub use error::{Error, Result};
 
-/// Logs to stderr: JSON when `ORCH_LOG_FORMAT=json` (production), text otherwise; the level
-/// comes from `ORCH_LOG` (default `info`).
+/// Logs to stderr the way every orch binary does (`ORCH_LOG`, default `info`;
+/// `ORCH_LOG_FORMAT=json` in production).
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("ORCH_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(false).init();
-    }
+    orch_core::logging::init("info", orch_core::logging::LogFormat::from_env());
 }

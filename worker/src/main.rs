@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use orch_core::model::TaskKind;
+use orch_core::platform::Backends;
 use orch_worker::run::{StopFlag, WorkerArgs};
 
 #[derive(Parser)]
@@ -78,14 +79,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Where executors put the task index, in the order they are read: the local executor, a
-/// Slurm array, a Kubernetes Indexed Job.
-const TASK_INDEX_VARIABLES: [&str; 3] = [
-    "ORCH_TASK_INDEX",
-    "SLURM_ARRAY_TASK_ID",
-    "JOB_COMPLETION_INDEX",
-];
-
 /// The task index from the environment (local executor, Slurm array, Kubernetes Indexed Job),
 /// plus `offset`.
 fn task_from_env(offset: u32) -> Option<u32> {
@@ -94,7 +87,7 @@ fn task_from_env(offset: u32) -> Option<u32> {
 
 /// [`task_from_env`] over any lookup of variables.
 fn task_from(var: impl Fn(&str) -> Option<String>, offset: u32) -> Option<u32> {
-    TASK_INDEX_VARIABLES
+    orch_core::invocation::TASK_INDEX_VARIABLES
         .iter()
         .find_map(|k| var(k)?.parse::<u32>().ok())
         .and_then(|index| index.checked_add(offset))
@@ -190,32 +183,19 @@ fn main() {
     std::process::exit(code);
 }
 
-/// The job's stores: S3 + DynamoDB for `s3://` storage (credentials and endpoints from the
-/// environment, docs/aws.md), the embedded ones for a directory. Files for a remote store are
-/// built under `ORCH_SCRATCH`, else `TMPDIR` (Slurm points it at node-local disk), in a
-/// directory of this process named `scratch_name`.
-async fn open_storage(
-    storage: &str,
-    scratch_name: String,
-) -> Result<orch_runtime::backends::Backends, String> {
-    if storage.starts_with("s3://") {
-        let scratch = std::env::var_os("ORCH_SCRATCH")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-            .join(scratch_name);
-        return orch_aws::open_backends(storage, scratch)
-            .await
-            .map_err(|e| e.to_string());
-    }
-    orch_runtime::driver::Embedded::open(storage)
-        .map(|embedded| embedded.backends)
+/// The job's stores (credentials and endpoints of S3 storage come from the environment,
+/// docs/aws.md). Files for a remote store are built in a scratch directory of this process
+/// named `scratch_name`.
+async fn open_storage(storage: &str, scratch_name: String) -> Result<Backends, String> {
+    orch_connect::open_backends(storage, orch_connect::scratch_dir(&scratch_name))
+        .await
         .map_err(|e| e.to_string())
 }
 
 /// Scratch of a remote store holds copies only. (A failed work task keeps its scratch, with the
 /// checkpoint, for whoever debugs it.)
-fn remove_scratch(storage: &str, backends: &orch_runtime::backends::Backends) {
-    if storage.starts_with("s3://")
+fn remove_scratch(storage: &str, backends: &Backends) {
+    if orch_connect::is_s3(storage)
         && let Err(e) = std::fs::remove_dir_all(&backends.scratch)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -270,7 +250,7 @@ fn run_task(
         };
         // Remote storage builds every file in scratch first: a full disk should fail the
         // attempt now (and be retried, maybe on another node), not after the work is done.
-        let _watch = if args.storage.starts_with("s3://") {
+        let _watch = if orch_connect::is_s3(&args.storage) {
             let min = orch_worker::scratch::min_free();
             if let Err(message) = orch_worker::scratch::check(&backends.scratch, min) {
                 tracing::error!(error = %message, "not starting the task");
@@ -298,7 +278,74 @@ fn run_task(
 
 #[cfg(test)]
 mod tests {
+    use orch_core::invocation::WorkerInvocation;
+
     use super::*;
+
+    /// Every executor builds the worker's command line with `WorkerInvocation`: what it builds
+    /// must parse here into the same task, for every kind.
+    #[test]
+    fn the_executors_command_line_parses_into_the_same_task() {
+        for kind in [
+            TaskKind::Work,
+            TaskKind::Merge { level: 3 },
+            TaskKind::Final,
+        ] {
+            let invocation = WorkerInvocation {
+                kind,
+                storage: "s3://bucket/prefix with space/",
+                job: "reviews-1a2b3c4d",
+                group: 9,
+                task_offset: 4000,
+            };
+            let argv = std::iter::once("orch-worker".to_string()).chain(invocation.args());
+            let parsed = match Cli::try_parse_from(argv) {
+                Ok(cli) => cli.command,
+                Err(e) => panic!("{kind}: {e}"),
+            };
+            match (kind, parsed) {
+                (
+                    TaskKind::Work,
+                    Command::Run {
+                        storage,
+                        job,
+                        group,
+                        task,
+                        task_offset,
+                    },
+                ) => {
+                    assert_eq!(storage, invocation.storage);
+                    assert_eq!(job, invocation.job);
+                    assert_eq!(group, 9);
+                    assert_eq!(task, None, "the index comes from the environment");
+                    assert_eq!(task_offset, 4000);
+                }
+                (
+                    TaskKind::Merge { .. } | TaskKind::Final,
+                    Command::Aggregate {
+                        storage,
+                        job,
+                        level,
+                        final_merge,
+                        group,
+                        task_offset,
+                    },
+                ) => {
+                    assert_eq!(storage, invocation.storage);
+                    assert_eq!(job, invocation.job);
+                    assert_eq!(group, None, "the group comes from the environment");
+                    assert_eq!(task_offset, 4000);
+                    match kind {
+                        TaskKind::Merge { level: l } => {
+                            assert_eq!((level, final_merge), (Some(l), false))
+                        }
+                        _ => assert_eq!((level, final_merge), (None, true)),
+                    }
+                }
+                (kind, _) => panic!("{kind}: parsed into the wrong subcommand"),
+            }
+        }
+    }
 
     fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {

@@ -21,9 +21,9 @@ use orch_core::model::{
     TaskState, now_ms,
 };
 use orch_core::partition::jsonl_items;
+use orch_core::platform::Backends;
 use orch_core::spec::{BuiltinName, InputFormat, JobSpec};
 use orch_core::uri::Location;
-use orch_runtime::backends::Backends;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};

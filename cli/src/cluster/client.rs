@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::config::{Config, KubeConfigOptions, Kubeconfig};
-use orch_operator::crd::OrchJob;
+use orch_crd::OrchJob;
 
 use super::KubeArgs;
 use crate::Failure;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
-use orch_operator::crd::{
+use orch_crd::{
     CANCEL_ANNOTATION, ConditionStatus, JobPhase, OrchJobStatus, PURGE_ANNOTATION,
     RETRY_ANNOTATION, TaskCounts,
 };

@@ -2,7 +2,7 @@
 //! and field paths, as `orch validate`), with its `extends` merged in and nothing else changed.
 //!
 //! Not the loader's resolved job: that one has paths made absolute for this machine and
-//! `storage.uri` defaulted to `./.orch`, where in a cluster the operator decides (DESIGN §3).
+//! `storage.uri` defaulted to `./.orch`, where in a cluster the operator decides (docs/job-spec.md, "Storage layout").
 //! Nor is the preflight of `orch validate` run: the input and the handler program are looked
 //! for where the workers run, not here.
 

@@ -5,21 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The test Slurm cluster's environment (`SLURM_CONF`, `SLURMRESTD_URL`, `SLURM_JWT`, …) from
-/// the file `ORCH_SLURM_ENV` names, or `None` (the caller skips) when no cluster runs.
+/// The test Slurm cluster's environment (`SLURM_CONF`, `SLURMRESTD_URL`, `SLURM_JWT`, …), or
+/// `None` (the caller returns: skipped visibly, a failure under CI) when no cluster runs.
+/// The end-to-end tests on it also read their output with pyarrow, so that is checked too.
 pub fn slurm_env() -> Option<std::collections::HashMap<String, String>> {
-    let Ok(path) = std::env::var("ORCH_SLURM_ENV") else {
-        eprintln!("skipped: ORCH_SLURM_ENV is not set (tests/slurm/start.sh sets it up)");
-        return None;
-    };
-    let text = std::fs::read_to_string(&path).expect("the file ORCH_SLURM_ENV names");
-    Some(
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-            .collect(),
-    )
+    let env = orch_testkit::components::slurm_env()?;
+    orch_testkit::components::python_module("pyarrow").then_some(env)
 }
 
 pub fn orch() -> PathBuf {

@@ -2,7 +2,7 @@
 //!
 //! Parquet is orch's format of record, but not every consumer has a Parquet reader at hand:
 //! SQLite opens from the standard library of most languages, JSON lines feed `jq` and
-//! scripts, CSV feeds spreadsheets. `output.formats` asks for them (DESIGN §3). They are
+//! scripts, CSV feeds spreadsheets. `output.formats` asks for them (docs/job-spec.md, "Storage layout"). They are
 //! derived from the *final* `part-NNNNN.parquet` files and `errors.parquet`, after the merge,
 //! never from task files: so they cannot disagree with the Parquet output, and a job that does
 //! not ask for them pays nothing.

@@ -1,5 +1,5 @@
 # The orch bucket: manifests, batches, task results, checkpoints, aggregation levels and
-# (usually) final output, laid out as DESIGN §3 under the storage prefix.
+# (usually) final output, laid out as docs/job-spec.md describes under the storage prefix.
 
 locals {
   # Fixed by docs/aws.md ("S3 layout"): the object tag orch puts on objects that only matter

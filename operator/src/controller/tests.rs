@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::config::OperatorConfig;
-use crate::crd::OrchJobSpec;
+use orch_crd::OrchJobSpec;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -288,7 +288,7 @@ async fn started(ctx: &Context, job: &OrchJob, phase: orch_core::model::JobPhase
     let loaded = prepare_job(job, &ctx.config).unwrap();
     let storage = loaded.file.spec.storage.uri.clone().unwrap();
     let platform = ctx.platforms.get(&storage).await.unwrap();
-    let mut record = orch_runtime::contract::sample_job(&job_id(job), 0);
+    let mut record = orch_testkit::contract::sample_job(&job_id(job), 0);
     record.phase = phase;
     record.spec = loaded.file;
     platform

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use orch_core::invocation::WorkerInvocation;
 use orch_core::model::{TaskGroup, TaskKind};
 use orch_core::spec::{ImagePullPolicy, KubernetesExecutorSpec, ResourcesSpec};
 use sha2::{Digest, Sha256};
@@ -209,34 +210,6 @@ pub fn parse_executor_id(id: &str) -> Option<(&str, u32)> {
     Some((job, index.parse().ok()?))
 }
 
-/// The worker's arguments for one Job, as the Slurm batch script has them:
-/// `run --storage S --job J --group G --task-offset O` for work, `aggregate --level L …` for a
-/// merge level and `aggregate --final …` for the final merge (their task id is the merge group).
-pub fn worker_args(
-    kind: TaskKind,
-    storage: &str,
-    job: &str,
-    group: u32,
-    offset: u32,
-) -> Vec<String> {
-    let mut args: Vec<String> = match kind {
-        TaskKind::Work => vec!["run".into()],
-        TaskKind::Merge { level } => vec!["aggregate".into(), "--level".into(), level.to_string()],
-        TaskKind::Final => vec!["aggregate".into(), "--final".into()],
-    };
-    args.extend([
-        "--storage".into(),
-        storage.to_string(),
-        "--job".into(),
-        job.to_string(),
-    ]);
-    if kind == TaskKind::Work {
-        args.extend(["--group".into(), group.to_string()]);
-    }
-    args.extend(["--task-offset".into(), offset.to_string()]);
-    args
-}
-
 /// `spec.resources` in Kubernetes' terms, checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodResources {
@@ -384,13 +357,16 @@ impl JobTemplate {
                 .image_pull_policy
                 .map(|p: ImagePullPolicy| p.as_str().to_string()),
             command: (!self.command.is_empty()).then(|| self.command.clone()),
-            args: Some(worker_args(
-                planned.kind,
-                &self.storage,
-                &self.job_id,
-                planned.group,
-                planned.offset,
-            )),
+            args: Some(
+                WorkerInvocation {
+                    kind: planned.kind,
+                    storage: &self.storage,
+                    job: &self.job_id,
+                    group: planned.group,
+                    task_offset: planned.offset,
+                }
+                .args(),
+            ),
             env: Some(self.env()),
             env_from: (!self.spec.env_from_secrets.is_empty()).then(|| {
                 self.spec

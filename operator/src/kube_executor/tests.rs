@@ -15,7 +15,7 @@ use orch_core::model::{TaskGroup, TaskKind};
 use orch_core::spec::{ImagePullPolicy, KubernetesExecutorSpec, Quantity, ResourcesSpec};
 use serde_json::{Value, json};
 
-use super::manifest::{self, MAX_COMPLETIONS, MAX_JOB_NAME, plan_jobs, worker_args};
+use super::manifest::{self, MAX_COMPLETIONS, MAX_JOB_NAME, plan_jobs};
 use super::state::{IndexSet, JobView, index_state, pod_state};
 use super::*;
 
@@ -250,33 +250,6 @@ fn job_label_values_are_valid_for_any_id() {
     assert_eq!(
         job_selector(JOB_ID),
         format!("app.kubernetes.io/managed-by=orch,orch.dev/job={JOB_ID}")
-    );
-}
-
-#[test]
-fn worker_arguments_are_those_of_the_slurm_batch_script() {
-    let worker = orch_slurm::submission::WorkerCommand {
-        program: "orch-worker".into(),
-        storage: "s3://bucket/orch".into(),
-        job: JOB_ID.into(),
-    };
-    for (kind, group, offset) in [
-        (TaskKind::Work, 7, 1001),
-        (TaskKind::Merge { level: 2 }, 0, 0),
-        (TaskKind::Final, 0, 0),
-    ] {
-        let args = worker_args(kind, "s3://bucket/orch", JOB_ID, group, offset);
-        let script = orch_slurm::submission::batch_script(&worker, kind, group, offset, 60);
-        let exec = format!("exec orch-worker {}\n", args.join(" "));
-        assert!(script.contains(&exec), "{kind:?}: {exec} not in\n{script}");
-    }
-    assert_eq!(
-        worker_args(TaskKind::Work, "s3://b/p", "j-1", 3, 40).join(" "),
-        "run --storage s3://b/p --job j-1 --group 3 --task-offset 40"
-    );
-    assert_eq!(
-        worker_args(TaskKind::Final, "s3://b/p", "j-1", 0, 0).join(" "),
-        "aggregate --final --storage s3://b/p --job j-1 --task-offset 0"
     );
 }
 

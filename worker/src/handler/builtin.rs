@@ -1,5 +1,5 @@
 //! Handlers built into the worker, needing no user code: `identity` measures the framework's own
-//! per-item overhead and `sleep` simulates a handler of known cost (DESIGN §8 benchmarks).
+//! per-item overhead and `sleep` simulates a handler of known cost (benchmarks, docs/benchmarks.md).
 
 use std::time::Duration;
 

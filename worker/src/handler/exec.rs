@@ -1,8 +1,8 @@
 //! The `exec` handler: user code in any language, run as one long-lived process per worker that
-//! speaks JSON lines on stdin/stdout (DESIGN §4).
+//! speaks JSON lines on stdin/stdout (docs/job-spec.md, "Handlers").
 //!
 //! Why one long-lived process rather than one per item: interpreters and models take seconds to
-//! start, and the per-item cost has to stay close to `parallel --pipe` (DESIGN §8). Why ids and
+//! start, and the per-item cost has to stay close to `parallel --pipe` (docs/benchmarks.md). Why ids and
 //! out-of-order answers: a handler may work on up to `concurrency` items at once (threads,
 //! asyncio, a GPU batch), and must not be forced to answer in arrival order.
 //!
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use orch_core::backoff::Backoff;
 use orch_core::model::ErrorKind;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -47,8 +48,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// After the process exited, answers may still sit in the pipe; read them for at most this long
 /// (a grandchild that inherited stdout could keep the pipe open forever).
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Waits before a crashed handler process is started again.
+const RESTART_BACKOFF: Backoff =
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
 const PIPE_BUFFER: usize = 64 * 1024;
 
 /// How to run an `exec` handler.
@@ -897,10 +899,7 @@ async fn kill(child: &mut Child) -> std::io::Result<ExitStatus> {
 
 /// 100 ms · 2^(n-1), at most 2 s.
 fn backoff(crashes: u32) -> Duration {
-    let exponent = crashes.saturating_sub(1).min(16);
-    BACKOFF_BASE
-        .saturating_mul(1u32 << exponent)
-        .min(BACKOFF_MAX)
+    RESTART_BACKOFF.delay(crashes)
 }
 
 /// Finds the program the way the spec promises: `PATH` first, then the working directory.

@@ -1,14 +1,14 @@
 //! Handlers: the function the worker runs on every item.
 //!
 //! Why one trait: the worker's retry, checkpoint and result logic must not care whether an item
-//! is answered by a builtin, by an external process speaking JSON lines (DESIGN §4) or by a native
+//! is answered by a builtin, by an external process speaking JSON lines (docs/job-spec.md, "Handlers") or by a native
 //! Rust handler that a team links into its own worker binary. All three implement [`Handler`] and
 //! report per-item failures as an [`Outcome`] carrying an [`ErrorKind`], so that the worker
 //! decides retries from the kind alone.
 //!
 //! Items and results stay as raw JSON text ([`RawValue`]) end to end: the worker never needs to
 //! look inside an item, and not building a `serde_json::Value` tree per item keeps the per-item
-//! overhead small (DESIGN §8).
+//! overhead small (docs/benchmarks.md).
 
 mod builtin;
 mod exec;

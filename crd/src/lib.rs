@@ -1,9 +1,12 @@
-//! The custom resources: `OrchJob`, `TaskGroup` and `RateLimit` (group `orch.dev`, version
-//! `v1alpha1`).
+//! `orch-crd`: orch's custom resources — `OrchJob`, `TaskGroup` and `RateLimit` (group
+//! `orch.dev`, version `v1alpha1`) — their CRDs, and the annotations through which the CLI
+//! steers the operator. Both `orch` (cluster mode) and `orch-operator` use this crate; neither
+//! links the other. The `crdgen` binary prints the CRDs; `crds/` holds them, checked by a golden
+//! test.
 //!
 //! An `OrchJob`'s spec IS core's [`JobSpec`], so `kubectl apply -f job.yaml` and
-//! `orch validate job.yaml` accept the same documents (DESIGN §2). Statuses hold counts, never
-//! per-task lists, so they stay a few KB at any job size.
+//! `orch validate job.yaml` accept the same documents. Statuses hold counts, never per-task
+//! lists, so they stay a few KB at any job size. See docs/operator.md.
 
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use orch_core::spec::JobSpec;
@@ -36,7 +39,7 @@ pub const FINALIZER: &str = "orch.dev/cleanup";
     group = "orch.dev",
     version = "v1alpha1",
     kind = "OrchJob",
-    doc = "A batch job: an input dataset, a handler, and how to run it (DESIGN §2).",
+    doc = "A batch job: an input dataset, a handler, and how to run it.",
     namespaced,
     shortname = "oj",
     category = "orch",
@@ -404,4 +407,18 @@ pub fn make_structural(node: &mut serde_json::Value) {
             make_structural(child);
         }
     }
+}
+
+/// All CRDs as one multi-document YAML stream (what `crdgen` prints and `crds/` holds).
+pub fn crds_yaml() -> Result<String, Box<dyn std::error::Error>> {
+    let mut out = String::new();
+    for crd in all_crds()? {
+        out.push_str(&crd_yaml(&crd)?);
+    }
+    Ok(out)
+}
+
+/// One CRD as a YAML document (starting with `---`), as checked in under `crds/`.
+pub fn crd_yaml(crd: &Crd) -> Result<String, serde_yaml::Error> {
+    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, ExecState, ExecStatus, Executor};
+use orch_core::invocation::WorkerInvocation;
 use orch_core::model::{TaskGroup, TaskKind};
 use tokio::sync::Notify;
 
@@ -100,7 +101,7 @@ impl LocalExecutor {
 
     /// Starts no more workers: the queue is dropped; running workers are left to finish (on
     /// Ctrl-C they got the same signal and are checkpointing).
-    pub fn shutdown(&self) {
+    pub fn close(&self) {
         if let Ok(mut inner) = lock(&self.shared) {
             inner.closed = true;
             inner.queue.clear();
@@ -198,20 +199,17 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
         BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
     })?;
     let task = q.task.to_string();
-    let mut command = tokio::process::Command::new(program);
-    command.args(args);
-    match q.kind {
-        TaskKind::Work => command
-            .args(["run", "--storage", &launch.storage, "--job", &q.job])
-            .args(["--group", &q.group.to_string()]),
-        TaskKind::Merge { level } => command
-            .args(["aggregate", "--storage", &launch.storage, "--job", &q.job])
-            .args(["--level", &level.to_string()]),
-        TaskKind::Final => command
-            .args(["aggregate", "--storage", &launch.storage, "--job", &q.job])
-            .arg("--final"),
+    let invocation = WorkerInvocation {
+        kind: q.kind,
+        storage: &launch.storage,
+        job: &q.job,
+        group: q.group,
+        task_offset: 0,
     };
-    command
+    // The worker inherits this process's environment; the index is all it adds.
+    tokio::process::Command::new(program)
+        .args(args)
+        .args(invocation.args())
         .env("ORCH_TASK_INDEX", &task)
         .env("SLURM_ARRAY_TASK_ID", &task)
         .stdin(Stdio::null())
@@ -229,6 +227,12 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
 
 #[async_trait]
 impl Executor for LocalExecutor {
+    /// Closes the queue and waits up to `grace` for the running workers to end.
+    async fn shutdown(&self, grace: std::time::Duration) {
+        self.close();
+        tokio::time::timeout(grace, self.wait_idle()).await.ok();
+    }
+
     /// Wakes when a worker has ended since the last call (at once if one did).
     async fn wait_change(&self, timeout: std::time::Duration) {
         tokio::time::timeout(timeout, self.shared.changed.notified())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use orch_core::backend::{ExecState, Executor};
 use orch_core::model::TaskGroup;
-use orch_runtime::local_executor::{LocalExecutor, WorkerLaunch};
+use orch_embedded::{LocalExecutor, WorkerLaunch};
 
 const FAKE_WORKER: &str = r#"#!/bin/sh
 # Records start and end (to the MARKS file) with the array index, then exits with index % 3.

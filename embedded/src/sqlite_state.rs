@@ -1,6 +1,6 @@
 //! The embedded [`StateStore`]: job and task rows in one SQLite file.
 //!
-//! In a standalone run the coordinator and every worker process open the same file (DESIGN §5):
+//! In a standalone run the coordinator and every worker process open the same file (docs/architecture.md):
 //! workers claim and commit their task attempts with conditional writes while the coordinator
 //! dispatches and retries. SQLite in WAL mode gives that many-readers-one-writer access across
 //! processes; the busy timeout makes a writer wait for the lock instead of failing at once.

@@ -1,18 +1,23 @@
-//! The stores one process works against, whichever implementation they are.
+//! The place a job's data lives, as the code that runs a job sees it: the stores of one process
+//! ([`Backends`]), the locations outside the job's storage ([`Locations`]), and what a driver
+//! needs besides its stores ([`Platform`]: a job lock, the retry queue, a log directory).
 //!
-//! A driver, a worker and a merge task each get a [`Backends`]: the job's object store and
-//! state store as trait objects, a node-local scratch directory, and a way to open input and
-//! output locations outside the job's storage. The embedded backends (a directory, SQLite) and
-//! the AWS ones (S3, DynamoDB) both produce one, so the code that runs a task never asks which
-//! it has. Files are always built in a local directory first: the store's own one when it has
-//! local paths (no copy), the scratch directory otherwise (then uploaded).
+//! A job on a directory runs against the embedded implementations (`orch-embedded`), a job on
+//! `s3://` against the AWS ones (`orch-aws`); `orch-connect` is the one place that picks. The
+//! driver, the workers and the merge tasks see only these types, so they are the same code for
+//! both. Files are always built in a local directory first: the store's own one when it has
+//! local paths (no copy), the scratch directory otherwise (then uploaded). See
+//! docs/architecture.md.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, ObjectStore, StateStore};
-use orch_core::uri::Location;
+use async_trait::async_trait;
+
+use crate::backend::{BackendError, BackendResult, Executor, ObjectStore, Queue, StateStore};
+use crate::error::ErrorCategory;
+use crate::model::JobRecord;
+use crate::uri::Location;
 
 /// Opens locations that are not the job's storage: the input, the output.
 pub trait Locations: Send + Sync {
@@ -95,4 +100,46 @@ impl Backends {
         }
         Ok(())
     }
+}
+
+/// Proof that this process is the one driver of a job, held for the whole run.
+#[async_trait]
+pub trait JobLease: Send + Sync {
+    /// Whether another driver has taken the job over (a lease that expired unrenewed); the
+    /// driver then stops at once instead of racing it.
+    fn lost(&self) -> bool {
+        false
+    }
+    /// Gives the job up for the next driver.
+    async fn release(self: Box<Self>);
+}
+
+/// The backends of one storage location, as the driver uses them.
+#[async_trait]
+pub trait Platform: Send + Sync {
+    fn backends(&self) -> &Backends;
+    /// The storage URI workers are started with.
+    fn storage_uri(&self) -> String;
+    /// Where the workers of `job` started on this machine write their logs.
+    fn log_dir(&self, job: &str) -> PathBuf;
+    /// Makes sure only one driver runs `job`: a second `orch run` fails at once instead of
+    /// racing the first (an error of category `Invalid`).
+    async fn lock_job(&self, job: &str) -> BackendResult<Box<dyn JobLease>>;
+    /// The retry queue of one run of `job`.
+    async fn retry_queue(&self, job: &JobRecord) -> BackendResult<Arc<dyn Queue>>;
+}
+
+/// Gives a job the executor its spec's `executor` section names: local processes, Slurm
+/// arrays, Kubernetes Indexed Jobs. The driver asks once per run, after the job's record
+/// exists; `orch-executors` implements it for what a workstation or a Slurm login node can
+/// run, and the operator adds Kubernetes.
+#[async_trait]
+pub trait ExecutorFactory: Send + Sync {
+    /// The executor of `job`, whose workers use `platform`'s storage. A section this factory
+    /// cannot serve is an error of category `Invalid` that says where it can run.
+    async fn executor(
+        &self,
+        job: &JobRecord,
+        platform: &dyn Platform,
+    ) -> BackendResult<Arc<dyn Executor>>;
 }

@@ -1,6 +1,6 @@
 //! The CRDs are generated from the Rust types and checked in under `crds/`, so a change to a
 //! resource shows up in review as a CRD diff. Regenerate with
-//! `ORCH_UPDATE_GOLDEN=1 cargo test -p orch-operator --test crd_golden`.
+//! `ORCH_UPDATE_GOLDEN=1 cargo test -p orch-crd --test crd_golden`.
 //!
 //! Also checked here: the OrchJob CRD accepts the same spec as `orch validate` (its spec schema
 //! has the same shape as core's JSON schema, and the example jobs pass both), every schema is
@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use orch_operator::crd::{Crd, OrchJob, RateLimit, TaskGroup, all_crds};
+use orch_crd::{Crd, OrchJob, RateLimit, TaskGroup, all_crds};
 use serde_json::{Value, json};
 
 const FILES: [&str; 3] = [
@@ -55,7 +55,7 @@ fn checked_in_crds_match_the_types() {
             .unwrap();
         assert_eq!(format!("{group}_{plural}.yaml"), file);
         let path = repo().join("crds").join(file);
-        let generated = orch_operator::crd_yaml(crd).unwrap();
+        let generated = orch_crd::crd_yaml(crd).unwrap();
         if std::env::var_os("ORCH_UPDATE_GOLDEN").is_some() {
             std::fs::write(&path, &generated).unwrap();
         }
@@ -65,14 +65,14 @@ fn checked_in_crds_match_the_types() {
     }
     assert!(
         stale.is_empty(),
-        "crds/{stale:?} out of date: run ORCH_UPDATE_GOLDEN=1 cargo test -p orch-operator --test crd_golden"
+        "crds/{stale:?} out of date: run ORCH_UPDATE_GOLDEN=1 cargo test -p orch-crd --test crd_golden"
     );
     // crdgen prints exactly the three files, in order.
     let all: String = FILES
         .iter()
         .map(|f| std::fs::read_to_string(repo().join("crds").join(f)).unwrap())
         .collect();
-    assert_eq!(orch_operator::crds_yaml().unwrap(), all);
+    assert_eq!(orch_crd::crds_yaml().unwrap(), all);
 }
 
 /// Walks every schema node reachable through `properties`, `items` and `additionalProperties`.
@@ -575,7 +575,7 @@ fn ratelimit_and_taskgroup_validation() {
         json!({"rate": "1000/h", "burst": 1, "scope": "namespace"}),
     ] {
         assert!(spec.is_valid(&ok), "{ok}");
-        let typed: orch_operator::crd::RateLimitSpec = serde_json::from_value(ok).unwrap();
+        let typed: orch_crd::RateLimitSpec = serde_json::from_value(ok).unwrap();
         assert!(typed.burst >= 1);
     }
     for bad in [
@@ -607,7 +607,7 @@ fn ratelimit_and_taskgroup_validation() {
     let ok = json!({"job": "enrich", "group": "merge-1-0", "kind": "merge", "level": 1,
                     "tasks": 100, "executorRange": {"prefix": "1234_", "first": 0, "last": 99}});
     assert!(spec.is_valid(&ok));
-    let typed: orch_operator::crd::TaskGroupSpec = serde_json::from_value(ok).unwrap();
+    let typed: orch_crd::TaskGroupSpec = serde_json::from_value(ok).unwrap();
     assert_eq!(typed.tasks, 100);
     assert!(!spec.is_valid(&json!({"job": "j", "group": "g", "kind": "work", "tasks": 0})));
     assert!(!spec.is_valid(&json!({"job": "j", "group": "g", "kind": "other", "tasks": 1})));
@@ -615,7 +615,7 @@ fn ratelimit_and_taskgroup_validation() {
 
 #[test]
 fn statuses_round_trip_and_stay_small() {
-    use orch_operator::crd::{
+    use orch_crd::{
         ConditionStatus, ItemCounts, JobCondition, JobConditionType, JobPhase, OrchJobStatus,
         TaskCounts,
     };
@@ -678,5 +678,5 @@ fn statuses_round_trip_and_stay_small() {
     }))
     .unwrap();
     assert_eq!(rl.spec.burst, 1);
-    assert_eq!(rl.spec.scope, orch_operator::crd::RateLimitScope::Namespace);
+    assert_eq!(rl.spec.scope, orch_crd::RateLimitScope::Namespace);
 }

@@ -1,4 +1,4 @@
-//! The backend contract (`orch_runtime::contract`) against the embedded backends, each in a
+//! The backend contract (`orch_testkit::contract`) against the embedded backends, each in a
 //! fresh temporary directory.
 
 #![allow(clippy::unwrap_used)]
@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use orch_core::backend::Queue;
-use orch_runtime::contract::{self, QueueSpec};
-use orch_runtime::fs_store::FsStore;
-use orch_runtime::sqlite_queue::SqliteQueue;
-use orch_runtime::sqlite_state::SqliteStateStore;
+use orch_embedded::FsStore;
+use orch_embedded::SqliteQueue;
+use orch_embedded::SqliteStateStore;
+use orch_testkit::contract::{self, QueueSpec};
 
 #[tokio::test]
 async fn fs_store_meets_the_object_store_contract() {

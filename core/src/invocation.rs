@@ -1,0 +1,186 @@
+//! How an executor starts `orch-worker`: its arguments, where it finds its task index, and the
+//! variables passed on to it. Local processes, Slurm batch scripts and Kubernetes pods all build
+//! the worker's command line here, and the worker crate parses what [`WorkerInvocation::args`]
+//! builds with its own argument parser in a test, so the two cannot drift. See
+//! docs/architecture.md ("How a worker is started").
+
+use crate::model::TaskKind;
+
+/// One `orch-worker` start, without the program (which each executor knows: a path on this
+/// machine, the program as Slurm nodes see it, an image's entrypoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInvocation<'a> {
+    pub kind: TaskKind,
+    /// The job's storage URI (`--storage`).
+    pub storage: &'a str,
+    pub job: &'a str,
+    /// The task group (work tasks only: a merge task's index is its group).
+    pub group: u32,
+    /// Added to the index found in [`TASK_INDEX_VARIABLES`]: index 0 of a Slurm array or an
+    /// Indexed Job is task `task_offset`.
+    pub task_offset: u32,
+}
+
+impl WorkerInvocation<'_> {
+    /// `run --storage S --job J --group G --task-offset O` for work, `aggregate --level L
+    /// --storage S --job J --task-offset O` for a merge level and `aggregate --final …` for the
+    /// final merge.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = match self.kind {
+            TaskKind::Work => vec!["run".into()],
+            TaskKind::Merge { level } => {
+                vec!["aggregate".into(), "--level".into(), level.to_string()]
+            }
+            TaskKind::Final => vec!["aggregate".into(), "--final".into()],
+        };
+        args.extend([
+            "--storage".into(),
+            self.storage.to_string(),
+            "--job".into(),
+            self.job.to_string(),
+        ]);
+        if self.kind == TaskKind::Work {
+            args.extend(["--group".into(), self.group.to_string()]);
+        }
+        args.extend(["--task-offset".into(), self.task_offset.to_string()]);
+        args
+    }
+}
+
+/// Where executors put the task index, in the order the worker reads them: the local executor,
+/// a Slurm array, a Kubernetes Indexed Job.
+pub const TASK_INDEX_VARIABLES: [&str; 3] = [
+    "ORCH_TASK_INDEX",
+    "SLURM_ARRAY_TASK_ID",
+    "JOB_COMPLETION_INDEX",
+];
+
+/// What a worker's environment can be built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerHost {
+    /// A machine that shares the submitter's software and home directory (a Slurm node): the
+    /// search paths, the home directory and the AWS profile files pass on too.
+    SharedHost,
+    /// A container with its own image (a Kubernetes pod): only orch's settings pass on.
+    Container,
+}
+
+/// orch's settings a worker needs wherever it runs: where the stores are, how to log, how much
+/// scratch space it needs. Never credentials: those come by reference (an instance or pod role,
+/// a profile file, a Secret named in `envFromSecrets`).
+const SETTINGS: &[&str] = &[
+    "ORCH_LOG",
+    "ORCH_LOG_FORMAT",
+    "ORCH_DYNAMODB_TABLE",
+    "ORCH_SQS_QUEUE",
+    "ORCH_S3_FORCE_PATH_STYLE",
+    "ORCH_SCRATCH_MIN_FREE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_SQS",
+];
+
+/// Added on a [`WorkerHost::SharedHost`]: the handler's search paths, the home directory, and
+/// where the AWS SDK finds its profile files (which is how workers on such hosts get their
+/// credentials when the node has no instance role: by reference to a file, never by value).
+const SHARED_HOST: &[&str] = &[
+    "PATH",
+    "LANG",
+    "PYTHONPATH",
+    "HOME",
+    "USER",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+];
+
+/// The names [`worker_environment`] passes on for `host`.
+pub fn worker_variables(host: WorkerHost) -> impl Iterator<Item = &'static str> {
+    let extra: &[&str] = match host {
+        WorkerHost::SharedHost => SHARED_HOST,
+        WorkerHost::Container => &[],
+    };
+    SETTINGS.iter().chain(extra).copied()
+}
+
+/// The variables passed on to a worker on `host`, as (name, value) pairs of those `lookup`
+/// knows (usually this process's environment: `|k| std::env::var(k).ok()`). Executors whose
+/// workers inherit the whole environment (local processes, `sbatch --export=ALL`) need none.
+pub fn worker_environment(
+    host: WorkerHost,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    worker_variables(host)
+        .filter_map(|k| Some((k.to_string(), lookup(k)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_its_subcommand_and_only_work_names_a_group() {
+        let base = WorkerInvocation {
+            kind: TaskKind::Work,
+            storage: "s3://b/p/",
+            job: "j-1",
+            group: 3,
+            task_offset: 7,
+        };
+        assert_eq!(
+            base.args().join(" "),
+            "run --storage s3://b/p/ --job j-1 --group 3 --task-offset 7"
+        );
+        let merge = WorkerInvocation {
+            kind: TaskKind::Merge { level: 2 },
+            ..base
+        };
+        assert_eq!(
+            merge.args().join(" "),
+            "aggregate --level 2 --storage s3://b/p/ --job j-1 --task-offset 7"
+        );
+        let last = WorkerInvocation {
+            kind: TaskKind::Final,
+            ..base
+        };
+        assert_eq!(
+            last.args().join(" "),
+            "aggregate --final --storage s3://b/p/ --job j-1 --task-offset 7"
+        );
+    }
+
+    #[test]
+    fn containers_get_settings_only_and_shared_hosts_also_their_home_and_paths() {
+        let lookup = |k: &str| Some(format!("v-{k}"));
+        let pod: Vec<String> = worker_environment(WorkerHost::Container, lookup)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(pod.contains(&"ORCH_SCRATCH_MIN_FREE".to_string()));
+        assert!(!pod.contains(&"HOME".to_string()));
+        assert!(!pod.contains(&"PATH".to_string()));
+        let node = worker_environment(WorkerHost::SharedHost, lookup);
+        for name in [
+            "ORCH_SCRATCH_MIN_FREE",
+            "HOME",
+            "PATH",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        ] {
+            assert!(
+                node.iter()
+                    .any(|(k, v)| k == name && *v == format!("v-{name}"))
+            );
+        }
+        // Never a credential by value.
+        for (k, _) in &node {
+            assert!(
+                !k.contains("SECRET") && !k.contains("SESSION_TOKEN") && k != "AWS_ACCESS_KEY_ID"
+            );
+        }
+        assert!(worker_environment(WorkerHost::SharedHost, |_| None).is_empty());
+    }
+}

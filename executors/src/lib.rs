@@ -1,0 +1,161 @@
+//! `orch-executors`: the one place that turns a job's `executor` section into the executor its
+//! workers run on: `local` gives worker processes on this machine, `slurm` job arrays (through
+//! the Slurm commands or slurmrestd, checked against the cluster before anything runs), and
+//! `kubernetes` the Indexed Jobs executor that only the operator can supply.
+//!
+//! The driver asks through the core's `ExecutorFactory`, so it never names an executor; the
+//! worker never links this crate (it starts no workers). See docs/architecture.md.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orch_core::ErrorCategory;
+use orch_core::backend::{BackendError, BackendResult, Executor};
+use orch_core::invocation::{WorkerHost, worker_environment};
+use orch_core::model::JobRecord;
+use orch_core::platform::{ExecutorFactory, Platform};
+use orch_core::spec::SlurmExecutorSpec;
+use orch_embedded::{LocalExecutor, WorkerLaunch};
+
+/// The executors of one process: `orch run` on a workstation or login node, or the operator
+/// (which adds its Kubernetes executor).
+#[derive(Clone)]
+pub struct Executors {
+    /// Program (and leading args) of the worker on this machine; the Slurm tasks run
+    /// `executor.slurm.worker` when the spec names one, else this program.
+    pub worker_command: Vec<String>,
+    /// The executor of jobs with `executor.kubernetes`; only a caller with a Kubernetes client
+    /// (the operator) has one.
+    pub kubernetes: Option<Arc<dyn Executor>>,
+}
+
+impl std::fmt::Debug for Executors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executors")
+            .field("worker_command", &self.worker_command)
+            .field("kubernetes", &self.kubernetes.is_some())
+            .finish()
+    }
+}
+
+impl Executors {
+    /// Local processes and Slurm arrays, with `worker_command` as the worker.
+    pub fn new(worker_command: Vec<String>) -> Self {
+        Executors {
+            worker_command,
+            kubernetes: None,
+        }
+    }
+}
+
+#[async_trait]
+impl ExecutorFactory for Executors {
+    async fn executor(
+        &self,
+        job: &JobRecord,
+        platform: &dyn Platform,
+    ) -> BackendResult<Arc<dyn Executor>> {
+        let section = &job.spec.spec.executor;
+        if let Some(slurm) = &section.slurm {
+            return Ok(Arc::new(self.slurm(job, slurm, platform).await?));
+        }
+        if section.kubernetes.is_some() {
+            return self.kubernetes.clone().ok_or_else(|| {
+                BackendError::message(
+                    ErrorCategory::Invalid,
+                    "executor.kubernetes runs under the operator only (kubectl apply or `orch submit`); use `local` or `slurm` with `orch run`",
+                )
+            });
+        }
+        Ok(Arc::new(self.local(job, platform)))
+    }
+}
+
+impl Executors {
+    /// Worker processes on this machine (`executor.local`), as many at once as the spec's
+    /// `parallelism`, else as this machine has cores.
+    fn local(&self, job: &JobRecord, platform: &dyn Platform) -> LocalExecutor {
+        let parallelism = job
+            .spec
+            .spec
+            .executor
+            .local
+            .as_ref()
+            .and_then(|l| l.parallelism)
+            .map(|p| p as usize)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+        LocalExecutor::new(
+            WorkerLaunch {
+                command: self.worker_command.clone(),
+                storage: platform.storage_uri(),
+                log_dir: platform.log_dir(&job.id),
+            },
+            parallelism,
+        )
+    }
+
+    /// Slurm job arrays (`executor.slurm`), checked against the cluster before anything runs.
+    async fn slurm(
+        &self,
+        job: &JobRecord,
+        spec: &SlurmExecutorSpec,
+        platform: &dyn Platform,
+    ) -> BackendResult<orch_slurm::SlurmExecutor> {
+        let io = |path: &Path, e: std::io::Error| {
+            BackendError::other(
+                ErrorCategory::Infrastructure,
+                format!("cannot create {}", path.display()),
+                e,
+            )
+        };
+        let cwd = std::env::current_dir().map_err(|e| io(Path::new("."), e))?;
+        let log_dir = slurm_log_dir(&cwd, spec, platform, &job.id);
+        std::fs::create_dir_all(&log_dir).map_err(|e| io(&log_dir, e))?;
+        let program = spec
+            .worker
+            .clone()
+            .or_else(|| self.worker_command.first().cloned())
+            .ok_or_else(|| {
+                BackendError::message(
+                    ErrorCategory::Invalid,
+                    "no worker program for the Slurm tasks (spec.executor.slurm.worker)",
+                )
+            })?;
+        let launch = orch_slurm::SlurmLaunch {
+            worker: orch_slurm::submission::WorkerCommand {
+                program,
+                storage: platform.storage_uri(),
+                job: job.id.clone(),
+            },
+            resources: job.spec.spec.resources.clone(),
+            spec: spec.clone(),
+            log_dir,
+            workdir: cwd,
+            // slurmrestd passes nothing else; `sbatch --export=ALL` passes these on top of the
+            // submitter's environment.
+            environment: worker_environment(WorkerHost::SharedHost, |k| std::env::var(k).ok()),
+        };
+        orch_slurm::connect(launch)
+            .await
+            .map_err(BackendError::from)
+    }
+}
+
+/// Where the Slurm tasks of `job` write their logs: `executor.slurm.logDir/<job>` (relative to
+/// the working directory), else the platform's log directory of the job.
+pub fn slurm_log_dir(
+    cwd: &Path,
+    spec: &SlurmExecutorSpec,
+    platform: &dyn Platform,
+    job: &str,
+) -> PathBuf {
+    match &spec.log_dir {
+        Some(dir) => cwd.join(dir).join(job),
+        None => platform.log_dir(job),
+    }
+}

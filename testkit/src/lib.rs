@@ -1,0 +1,20 @@
+//! `orch-testkit`: what the tests of several crates share. A dev-dependency only: no production
+//! crate links it (the crate-edge test checks).
+//!
+//! - [`contract`]: the behaviour every backend must show, as reusable test functions, run
+//!   against the embedded backends and against AWS on moto;
+//! - [`moto`]: one real moto server per test binary, and SDK configuration pointing at it;
+//! - [`fault_proxy`]: a TCP proxy that injects faults between the SDK and moto;
+//! - [`kube_emulator`]: starts the Kubernetes API emulator of `tests/kube-emulator`;
+//! - [`components`]: how a test that needs Slurm, kubectl, moto or pyarrow finds it, and
+//!   what happens when it is missing (skipped visibly; a failure under `CI`).
+//!
+//! See docs/testing.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod components;
+pub mod contract;
+pub mod fault_proxy;
+pub mod kube_emulator;
+pub mod moto;
