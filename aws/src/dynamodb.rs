@@ -758,6 +758,47 @@ impl StateStore for DynamoStateStore {
         }
     }
 
+    async fn add_tasks(&self, job: &str, tasks: &[TaskRecord]) -> BackendResult<()> {
+        check_job_id(job)?;
+        if let Some(task) = tasks.iter().find(|t| t.job != job) {
+            return Err(BackendError::message(
+                ErrorCategory::Invalid,
+                format!("task {} belongs to job {}, not {job}", task.id, task.job),
+            ));
+        }
+        let items = tasks
+            .iter()
+            .map(task_item)
+            .collect::<BackendResult<Vec<_>>>()?;
+        if self.get_job(job).await?.is_none() {
+            return Err(BackendError::NotFound(format!("job {job}")));
+        }
+        let resource = format!("{} {}", self.table, job_pk(job));
+        // One conditional put per row: a row that exists (an earlier, interrupted call) is
+        // left as it is. Aggregation adds a few rows per thousand tasks, so no batching.
+        for item in items {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .send()
+                .await;
+            match put {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(PutItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(e) => return Err(sdk_error(SERVICE, "PutItem", resource.clone(), e).into()),
+            }
+        }
+        Ok(())
+    }
+
     async fn get_job(&self, job: &str) -> BackendResult<Option<JobRecord>> {
         match self.job_item_raw(job).await? {
             Some(item) if !item.contains_key(INCOMPLETE) => decode_job(&item).map(Some),

@@ -42,7 +42,11 @@ struct Report {
     job: String,
     phase: String,
     message: Option<String>,
+    /// Work tasks by state.
     tasks: BTreeMap<String, u32>,
+    /// Aggregation tasks (merge levels and the final merge) by state, once they exist.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    merge_tasks: BTreeMap<String, u32>,
     items: orch_core::engine::ItemCounts,
     items_total: u64,
     errors_by_kind: BTreeMap<String, u64>,
@@ -77,6 +81,9 @@ struct Verification {
 #[serde(rename_all = "camelCase")]
 struct FailedTask {
     task: u32,
+    /// What an aggregation task does (`merge level 1`, `final merge`); absent for work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
     attempt: u32,
     /// Attempts that counted against `retry.maxAttempts`: a transient loss (preemption, a
     /// stop after progress, a coordinator restart) is retried without using one up.
@@ -151,6 +158,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
                 ResultState::Corrupt(m) => ("corrupt", m),
             };
             v.problems.push(FailedTask {
+                kind: None,
                 task: f.task,
                 attempt: f.attempt,
                 counted_attempts: None,
@@ -208,8 +216,14 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
         .collect();
+    let mut merge_tasks: BTreeMap<String, u32> = BTreeMap::new();
     for t in tasks {
-        *by_state.entry(t.state.as_str().into()).or_default() += 1;
+        let counts = if t.kind.is_work() {
+            &mut by_state
+        } else {
+            &mut merge_tasks
+        };
+        *counts.entry(t.state.as_str().into()).or_default() += 1;
     }
     let mut errors_by_kind: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_message: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -241,6 +255,7 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
         .filter(|t| t.last_error.is_some() && t.state != TaskState::Succeeded)
         .map(|t| FailedTask {
             task: t.id,
+            kind: (!t.kind.is_work()).then(|| t.kind.to_string()),
             attempt: t.attempt,
             counted_attempts: Some(t.counted_attempts()),
             state: t.state.as_str().into(),
@@ -256,6 +271,7 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
         phase: job.phase.as_str().into(),
         message: job.message.clone(),
         tasks: by_state,
+        merge_tasks,
         items: orch_core::engine::item_counts(tasks),
         items_total: job.total_items,
         errors_by_kind,
@@ -291,6 +307,14 @@ fn print_table(r: &Report) {
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
     println!("tasks     {}", tasks.join(", "));
+    if !r.merge_tasks.is_empty() {
+        let merges: Vec<String> = r
+            .merge_tasks
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        println!("merging   {}", merges.join(", "));
+    }
     println!(
         "items     {} total, {} ok, {} failed",
         r.items_total, r.items.ok, r.items.failed
@@ -311,8 +335,9 @@ fn print_table(r: &Report) {
             Some(n) if n != t.attempt => format!(", {n} counted"),
             _ => String::new(),
         };
+        let kind = t.kind.as_deref().map(|k| format!("{k}, ")).unwrap_or_default();
         println!(
-            "  task {} ({}, attempt {}{counted}): {}",
+            "  task {} ({kind}{}, attempt {}{counted}): {}",
             t.task, t.state, t.attempt, t.error
         );
     }

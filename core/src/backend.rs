@@ -108,6 +108,10 @@ pub trait StateStore: Send + Sync {
     /// Creates the job row and all its task rows at once; conflict if the job exists.
     async fn create_job(&self, job: &JobRecord, tasks: &[TaskRecord]) -> BackendResult<()>;
     async fn get_job(&self, job: &str) -> BackendResult<Option<JobRecord>>;
+    /// Adds task rows to an existing job (the aggregation tasks, created once the work has
+    /// ended). A row whose id exists already is left as it is, so a driver that stopped
+    /// half-way can add the same rows again; `NotFound` when the job does not exist.
+    async fn add_tasks(&self, job: &str, tasks: &[TaskRecord]) -> BackendResult<()>;
     async fn list_jobs(&self) -> BackendResult<Vec<JobRecord>>;
     /// Writes `job` if the stored version equals `job.version`; returns the row as stored
     /// (version bumped).

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{ExecFailure, ExecState};
 use crate::backoff::Backoff;
-use crate::model::{ErrorKind, JobPhase, JobRecord, Millis, TaskError, TaskRecord, TaskState};
+use crate::model::{
+    ErrorKind, JobPhase, JobRecord, Millis, TaskError, TaskKind, TaskRecord, TaskState,
+};
 use crate::spec::JobSpec;
 
 /// Retry and lease policy, derived from the spec once.
@@ -109,6 +111,8 @@ pub struct Observation<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
     pub group: u32,
+    /// What every task of the group does (one stage is dispatched at a time).
+    pub kind: TaskKind,
     /// The rows to write (state `dispatched`, next attempt), conditional on their versions.
     pub tasks: Vec<TaskRecord>,
 }
@@ -131,8 +135,12 @@ pub struct Decision {
     pub cancel: Vec<(u32, u32, Option<String>)>,
     /// Receipts of retry messages to delete.
     pub acks: Vec<String>,
-    /// Every task is terminal: merge the results, then call [`verdict`].
-    pub aggregate: bool,
+    /// Every work task has ended and no aggregation task exists yet: verify the results, write
+    /// the aggregation plan and create its tasks (the driver's I/O). The engine then
+    /// dispatches them stage by stage like any task.
+    pub plan_aggregation: bool,
+    /// The final merge committed: write `_SUCCESS`, then end the job with [`verdict`].
+    pub finish: bool,
 }
 
 impl Decision {
@@ -143,7 +151,8 @@ impl Decision {
             && self.updates.is_empty()
             && self.cancel.is_empty()
             && self.acks.is_empty()
-            && !self.aggregate
+            && !self.plan_aggregation
+            && !self.finish
     }
 }
 
@@ -156,11 +165,33 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
         return d;
     }
     if job.cancel_requested {
-        cancel(obs, &mut d);
+        cancel(obs, &mut d, "cancelled on request".into());
         return d;
     }
-    if job.phase == JobPhase::Aggregating {
-        d.aggregate = true;
+    // A merge task out of attempts fails the job: its output cannot be complete.
+    if let Some(t) = obs
+        .tasks
+        .iter()
+        .find(|t| !t.kind.is_work() && t.state == TaskState::Failed)
+    {
+        let why = t
+            .last_error
+            .as_ref()
+            .map(|e| e.message.as_str())
+            .unwrap_or("no reason recorded");
+        cancel(
+            obs,
+            &mut d,
+            format!(
+                "aggregation failed: {} task {} failed after {} attempt(s): {why}",
+                t.kind,
+                t.id,
+                t.counted_attempts()
+            ),
+        );
+        if let Some(j) = d.job.as_mut() {
+            j.phase = JobPhase::Failed;
+        }
         return d;
     }
 
@@ -194,10 +225,22 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
         }
     }
 
-    if !job.spec.spec.suspend {
+    // Only the earliest stage with unfinished tasks runs: a merge level reads what the level
+    // before it wrote.
+    let stage = obs
+        .tasks
+        .iter()
+        .filter(|t| !t.state.is_terminal())
+        .map(|t| t.kind.stage())
+        .min();
+    if !job.spec.spec.suspend
+        && let Some(stage) = stage
+    {
         let group = job.next_group;
         let mut tasks = Vec::new();
-        for t in obs.tasks {
+        let mut kind = TaskKind::Work;
+        for t in obs.tasks.iter().filter(|t| t.kind.stage() == stage) {
+            kind = t.kind;
             let start = match t.state {
                 TaskState::Pending => true,
                 TaskState::Retrying => {
@@ -231,17 +274,25 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
             j.next_group = group + 1;
             j.updated_at = obs.now;
             d.job = Some(j);
-            d.dispatches.push(Dispatch { group, tasks });
+            d.dispatches.push(Dispatch { group, kind, tasks });
             changed = true;
         }
     }
 
-    if !changed && !obs.tasks.iter().any(|t| !t.state.is_terminal()) {
-        let mut j = job.clone();
-        j.phase = JobPhase::Aggregating;
-        j.updated_at = obs.now;
-        d.job = Some(j);
-        d.aggregate = true;
+    if !changed && stage.is_none() {
+        match obs.tasks.iter().find(|t| t.kind == TaskKind::Final) {
+            Some(last) if last.state == TaskState::Succeeded => d.finish = true,
+            Some(_) => {}
+            None => {
+                if job.phase != JobPhase::Aggregating {
+                    let mut j = job.clone();
+                    j.phase = JobPhase::Aggregating;
+                    j.updated_at = obs.now;
+                    d.job = Some(j);
+                }
+                d.plan_aggregation = true;
+            }
+        }
     }
     d
 }
@@ -374,7 +425,9 @@ fn fail(cfg: &EngineConfig, now: Millis, t: &TaskRecord, error: TaskError) -> Fa
     }
 }
 
-fn cancel(obs: Observation<'_>, d: &mut Decision) {
+/// Stops every unfinished task and ends the job `Cancelled` with `message` (a caller that ends
+/// it otherwise changes the phase).
+fn cancel(obs: Observation<'_>, d: &mut Decision, message: String) {
     for t in obs.tasks.iter().filter(|t| !t.state.is_terminal()) {
         if matches!(t.state, TaskState::Dispatched | TaskState::Running) {
             d.cancel.push((t.id, t.attempt, t.executor_id.clone()));
@@ -389,7 +442,7 @@ fn cancel(obs: Observation<'_>, d: &mut Decision) {
     j.phase = JobPhase::Cancelled;
     j.finished_at = Some(obs.now);
     j.updated_at = obs.now;
-    j.message = Some("cancelled on request".into());
+    j.message = Some(message);
     d.job = Some(j);
 }
 
@@ -405,7 +458,7 @@ pub struct ItemCounts {
 
 pub fn item_counts(tasks: &[TaskRecord]) -> ItemCounts {
     let mut c = ItemCounts::default();
-    for t in tasks {
+    for t in tasks.iter().filter(|t| t.kind.is_work()) {
         c.total += t.items;
         match t.state {
             TaskState::Succeeded => {
@@ -434,7 +487,7 @@ pub fn verdict(
     };
     let failed_tasks: Vec<&TaskRecord> = tasks
         .iter()
-        .filter(|t| t.state == TaskState::Failed)
+        .filter(|t| t.kind.is_work() && t.state == TaskState::Failed)
         .collect();
     let mut j = job.clone();
     j.updated_at = now;

@@ -14,7 +14,8 @@ pub struct WorkerInvocation<'a> {
     /// The job's storage URI (`--storage`).
     pub storage: &'a str,
     pub job: &'a str,
-    /// The task group (work tasks only: a merge task's index is its group).
+    /// The task group (the array submission) the task was dispatched in: a worker claims its
+    /// task only for this group.
     pub group: u32,
     /// Added to the index found in [`TASK_INDEX_VARIABLES`]: index 0 of a Slurm array or an
     /// Indexed Job is task `task_offset`.
@@ -23,8 +24,8 @@ pub struct WorkerInvocation<'a> {
 
 impl WorkerInvocation<'_> {
     /// `run --storage S --job J --group G --task-offset O` for work, `aggregate --level L
-    /// --storage S --job J --task-offset O` for a merge level and `aggregate --final …` for the
-    /// final merge.
+    /// --storage S --job J --group G --task-offset O` for a merge level and `aggregate --final …`
+    /// for the final merge.
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = match self.kind {
             TaskKind::Work => vec!["run".into()],
@@ -39,10 +40,12 @@ impl WorkerInvocation<'_> {
             "--job".into(),
             self.job.to_string(),
         ]);
-        if self.kind == TaskKind::Work {
-            args.extend(["--group".into(), self.group.to_string()]);
-        }
-        args.extend(["--task-offset".into(), self.task_offset.to_string()]);
+        args.extend([
+            "--group".into(),
+            self.group.to_string(),
+            "--task-offset".into(),
+            self.task_offset.to_string(),
+        ]);
         args
     }
 }
@@ -123,7 +126,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_kind_has_its_subcommand_and_only_work_names_a_group() {
+    fn each_kind_has_its_subcommand_and_names_its_group() {
         let base = WorkerInvocation {
             kind: TaskKind::Work,
             storage: "s3://b/p/",
@@ -141,7 +144,7 @@ mod tests {
         };
         assert_eq!(
             merge.args().join(" "),
-            "aggregate --level 2 --storage s3://b/p/ --job j-1 --task-offset 7"
+            "aggregate --level 2 --storage s3://b/p/ --job j-1 --group 3 --task-offset 7"
         );
         let last = WorkerInvocation {
             kind: TaskKind::Final,
@@ -149,7 +152,7 @@ mod tests {
         };
         assert_eq!(
             last.args().join(" "),
-            "aggregate --final --storage s3://b/p/ --job j-1 --task-offset 7"
+            "aggregate --final --storage s3://b/p/ --job j-1 --group 3 --task-offset 7"
         );
     }
 

@@ -207,8 +207,12 @@ pub struct JobRecord {
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
     pub job: String,
-    /// Equals the batch id.
+    /// Equals the batch id for work; aggregation tasks come after the last batch.
     pub id: u32,
+    /// What the task does: run the handler over a batch, or merge results (created when every
+    /// work task has ended, and dispatched stage by stage).
+    #[serde(default, skip_serializing_if = "TaskKind::is_work")]
+    pub kind: TaskKind,
     pub state: TaskState,
     /// The current attempt, 1-based; 0 before the first dispatch.
     pub attempt: u32,
@@ -250,6 +254,7 @@ impl TaskRecord {
         TaskRecord {
             job: job.to_string(),
             id,
+            kind: TaskKind::Work,
             state: TaskState::Pending,
             attempt: 0,
             free_attempts: 0,
@@ -335,6 +340,22 @@ pub enum TaskKind {
     Merge { level: u32 },
     /// Merge the last level into the output location (the only task of its group).
     Final,
+}
+
+impl TaskKind {
+    pub fn is_work(&self) -> bool {
+        *self == TaskKind::Work
+    }
+
+    /// The order in which the stages of a job run: work first, then each merge level, then the
+    /// final merge. A stage starts when every task of the stages before it has ended.
+    pub fn stage(self) -> u32 {
+        match self {
+            TaskKind::Work => 0,
+            TaskKind::Merge { level } => level,
+            TaskKind::Final => u32::MAX,
+        }
+    }
 }
 
 impl std::fmt::Display for TaskKind {

@@ -237,6 +237,40 @@ impl<'a> Hierarchy<'a> {
     }
 }
 
+impl Hierarchy<'_> {
+    /// Makes sure the member groups of `group` at `level` (of level `level - 1`) are intact,
+    /// merging again any whose marker or output was damaged since it was sealed; returns how
+    /// many were. Level 1 reads task results, which need no repair.
+    pub fn repair_members(&self, level: u32, group: usize) -> Result<usize> {
+        if level <= 1 {
+            return Ok(0);
+        }
+        let below = self.levels()[level as usize - 2];
+        let first = group * self.fan_in;
+        self.repair(level - 1, first..(first + self.fan_in).min(below))
+    }
+
+    /// [`Hierarchy::repair_members`] for the final merge: the groups of the last level.
+    pub fn repair_last_level(&self) -> Result<usize> {
+        let levels = self.levels();
+        match levels.last() {
+            None => Ok(0),
+            Some(&groups) => self.repair(levels.len() as u32, 0..groups),
+        }
+    }
+
+    fn repair(&self, level: u32, groups: std::ops::Range<usize>) -> Result<usize> {
+        let mut merged = 0;
+        for g in groups {
+            if self.merge_group(level, g)? == GroupOutcome::Merged {
+                tracing::warn!(level, group = g, "a sealed merge group was damaged; merged it again");
+                merged += 1;
+            }
+        }
+        Ok(merged)
+    }
+}
+
 /// The directory of a group relative to the work directory: `<level>/<group:06>`. Holds
 /// [`part_file_name`]`(0)` and [`DONE_FILE`].
 pub fn group_dir_name(level: u32, group: usize) -> String {

@@ -367,6 +367,57 @@ impl StateStore for SqliteStateStore {
             .await
     }
 
+    async fn add_tasks(&self, job: &str, tasks: &[TaskRecord]) -> BackendResult<()> {
+        if let Some(task) = tasks.iter().find(|t| t.job != job) {
+            return Err(BackendError::message(
+                ErrorCategory::Invalid,
+                format!("task {} belongs to job {}, not {job}", task.id, task.job),
+            ));
+        }
+        let job = job.to_string();
+        let tasks = tasks.to_vec();
+        self.db
+            .run(move |conn| {
+                let txn = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error("begin a transaction", e))?;
+                let exists = txn
+                    .query_row("SELECT 1 FROM jobs WHERE id = ?1", params![job], |_| Ok(()))
+                    .optional()
+                    .map_err(|e| sql_error("read the job row", e))?;
+                if exists.is_none() {
+                    return Err(BackendError::NotFound(format!("job {job}")));
+                }
+                {
+                    // New rows are numbered like every write (`seq`), so a reader that keeps
+                    // a cursor sees them.
+                    let mut insert = txn
+                        .prepare(
+                            "INSERT OR IGNORE INTO tasks (job, id, version, state, attempt, body, seq)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE job = ?1))",
+                        )
+                        .map_err(|e| sql_error("prepare the task insert", e))?;
+                    for task in &tasks {
+                        let body = encode("task", task)?;
+                        let version = to_i64("task version", task.version)?;
+                        insert
+                            .execute(params![
+                                task.job,
+                                task.id,
+                                version,
+                                task.state.as_str(),
+                                task.attempt,
+                                body
+                            ])
+                            .map_err(|e| sql_error("insert a task row", e))?;
+                    }
+                }
+                txn.commit().map_err(|e| sql_error("commit the new tasks", e))
+            })
+            .await
+    }
+
     async fn get_job(&self, job: &str) -> BackendResult<Option<JobRecord>> {
         let id = job.to_string();
         self.db

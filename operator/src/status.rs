@@ -62,7 +62,8 @@ pub fn job_status(
         Some(model::JobPhase::Running | model::JobPhase::Aggregating) => JobPhase::Running,
     };
 
-    let mut counts = task_counts(tasks);
+    // The job's tasks are its batches; aggregation tasks show in its TaskGroups and conditions.
+    let mut counts = task_counts(tasks.iter().filter(|t| t.kind.is_work()));
     if let Some(j) = job {
         counts.total = counts.total.max(j.total_tasks);
     }
@@ -256,12 +257,10 @@ pub fn validate(job: &OrchJob) -> Result<(), Vec<FieldError>> {
 }
 
 /// Tasks per state.
-pub fn task_counts(tasks: &[TaskRecord]) -> TaskCounts {
-    let mut c = TaskCounts {
-        total: u32::try_from(tasks.len()).unwrap_or(u32::MAX),
-        ..TaskCounts::default()
-    };
+pub fn task_counts<'a>(tasks: impl IntoIterator<Item = &'a TaskRecord>) -> TaskCounts {
+    let mut c = TaskCounts::default();
     for t in tasks {
+        c.total = c.total.saturating_add(1);
         let slot = match t.state {
             TaskState::Pending => &mut c.pending,
             TaskState::Dispatched => &mut c.dispatched,

@@ -39,13 +39,22 @@ pub fn desired(job: &OrchJob, tasks: &[TaskRecord]) -> Vec<(TaskGroup, TaskGroup
                 .filter_map(|t| t.executor_id.clone())
                 .collect();
             let (executor_ids, executor_range) = executor_ids(ids);
+            // A group is dispatched for one stage: its first task says which.
+            let stage = members.first().map(|t| t.kind).unwrap_or_default();
+            let (kind, word, level) = match stage {
+                orch_core::model::TaskKind::Work => (TaskGroupKind::Work, "work", None),
+                orch_core::model::TaskKind::Merge { level } => {
+                    (TaskGroupKind::Merge, "merge", Some(level))
+                }
+                orch_core::model::TaskKind::Final => (TaskGroupKind::Final, "final", None),
+            };
             let mut tg = TaskGroup::new(
                 &object_name(&name, group),
                 TaskGroupSpec {
                     job: name.clone(),
-                    group: format!("work-{group}"),
-                    kind: TaskGroupKind::Work,
-                    level: None,
+                    group: format!("{word}-{group}"),
+                    kind,
+                    level,
                     tasks: members.len() as u32,
                     executor_ids,
                     executor_range,
@@ -67,9 +76,8 @@ pub fn desired(job: &OrchJob, tasks: &[TaskRecord]) -> Vec<(TaskGroup, TaskGroup
                 owner_references: owner.clone().map(|o| vec![o]),
                 ..ObjectMeta::default()
             };
-            let owned: Vec<TaskRecord> = members.into_iter().cloned().collect();
             let status = TaskGroupStatus {
-                tasks: Some(task_counts(&owned)),
+                tasks: Some(task_counts(members.iter().copied())),
                 observed_generation: Some(1),
             };
             (tg, status)

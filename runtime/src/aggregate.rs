@@ -19,16 +19,15 @@
 //! are done (an object that exists was uploaded whole, and only after its part), instead of
 //! downloading outputs to check them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use orch_core::backend::{ExecState, Executor, ObjectStore};
+use orch_core::backend::ObjectStore;
 use orch_core::engine::{self, ItemCounts};
 use orch_core::layout;
 use orch_core::model::{
-    DoneMarker, JobManifest, JobRecord, SCHEMA_VERSION, TaskGroup, TaskKind, TaskRecord, TaskState,
+    DoneMarker, JobManifest, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState,
 };
 use orch_core::platform::Backends;
 use orch_core::spec::{OutputFormat, OutputSpec};
@@ -67,6 +66,29 @@ pub struct AggregationPlan {
     pub inputs: Vec<String>,
     /// Per-task error files, plus one row per item of each failed task.
     pub errors: Vec<String>,
+    /// The aggregation tasks, stage by stage (merge levels, then the final merge).
+    #[serde(default)]
+    pub stages: Vec<PlannedStage>,
+}
+
+/// The tasks of one aggregation stage: ids `first_task..first_task + groups`, task
+/// `first_task + g` merging group `g`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedStage {
+    pub kind: TaskKind,
+    pub first_task: u32,
+    pub groups: u32,
+}
+
+impl AggregationPlan {
+    /// The stage and group of aggregation task `task`.
+    pub fn stage_of(&self, task: u32) -> Option<(TaskKind, u32)> {
+        self.stages.iter().find_map(|s| {
+            let group = task.checked_sub(s.first_task)?;
+            (group < s.groups).then_some((s.kind, group))
+        })
+    }
 }
 
 /// Where the aggregation is, for the progress display.
@@ -418,31 +440,22 @@ impl Resolved {
     }
 }
 
-/// How the coordinator runs aggregation tasks.
-pub struct AggregationRun<'a> {
-    pub backends: &'a Backends,
-    pub executor: &'a dyn Executor,
-    /// Attempts per merge task before the aggregation gives up (`spec.retry.maxAttempts`).
-    pub max_attempts: u32,
-    /// Longest wait between two looks at the executor.
-    pub tick: Duration,
-    pub report: &'a (dyn Fn(AggregationProgress) + Send + Sync),
-}
-
-/// Merges the committed results into the output location: verifies every task result,
-/// writes the plan, runs the merge levels and the final merge as executor tasks (skipping
-/// groups already done), then writes `_SUCCESS` last.
-pub async fn aggregate(
-    run: &AggregationRun<'_>,
+/// Plans the aggregation of a job whose work tasks have all ended: verifies every committed
+/// result against its `_DONE`, writes the plan (`jobs/J/aggregate/plan.json`), clears what an
+/// earlier final merge may have left in a remote output, and returns the aggregation tasks to
+/// create: one per merge group of each level, then the final merge, numbered after the last
+/// work task. The engine dispatches them stage by stage, with the same leases, retries and
+/// backoff as work. A result that fails its check is an [`Error::Integrity`].
+pub async fn plan(
+    backends: &Backends,
     job: &JobRecord,
     tasks: &[TaskRecord],
-) -> Result<()> {
-    let started = std::time::Instant::now();
-    let backends = run.backends;
+) -> Result<Vec<TaskRecord>> {
     let mut plan = AggregationPlan {
         schema_version: SCHEMA_VERSION,
         inputs: Vec::new(),
         errors: Vec::new(),
+        stages: Vec::new(),
     };
     for found in discover_results(backends, job, tasks).await? {
         match found.state {
@@ -462,6 +475,43 @@ pub async fn aggregate(
     if let Some(key) = failed_task_items(backends, job, tasks).await? {
         plan.errors.push(key);
     }
+    let settings = OutputSettings::of(&job.spec.spec.output, backends, &job.id)?;
+    let (root, _) = backends.local_root();
+    let resolved = Resolved::new(&root, &job.id, &plan);
+    let levels = Hierarchy::new(
+        &resolved.inputs,
+        &resolved.work_dir,
+        settings.fan_in,
+        &settings.merge,
+    )?
+    .levels();
+    let mut next = tasks
+        .iter()
+        .filter(|t| t.kind.is_work())
+        .map(|t| t.id + 1)
+        .max()
+        .unwrap_or(0)
+        .max(job.total_tasks);
+    let stages = levels
+        .iter()
+        .enumerate()
+        .map(|(index, &groups)| {
+            (
+                TaskKind::Merge {
+                    level: index as u32 + 1,
+                },
+                groups as u32,
+            )
+        })
+        .chain([(TaskKind::Final, 1)]);
+    for (kind, groups) in stages {
+        plan.stages.push(PlannedStage {
+            kind,
+            first_task: next,
+            groups,
+        });
+        next += groups;
+    }
     let bytes = serde_json::to_vec(&plan).map_err(|source| orch_core::Error::Decode {
         what: "aggregation plan".into(),
         source,
@@ -470,109 +520,107 @@ pub async fn aggregate(
         .objects
         .put(&layout::aggregate_plan(&job.id), bytes)
         .await?;
+    settings.clear_remote().await?;
+    let now = orch_core::model::now_ms();
+    let merges: Vec<TaskRecord> = plan
+        .stages
+        .iter()
+        .flat_map(|s| {
+            (s.first_task..s.first_task + s.groups).map(|id| TaskRecord {
+                kind: s.kind,
+                ..TaskRecord::new(&job.id, id, 0, now)
+            })
+        })
+        .collect();
+    info!(
+        inputs = plan.inputs.len(),
+        levels = levels.len(),
+        tasks = merges.len(),
+        "aggregation planned"
+    );
+    Ok(merges)
+}
 
+/// Ends the aggregation once the final merge committed: checks its marker against the output
+/// and writes `_SUCCESS` last.
+pub async fn finish(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> Result<()> {
+    let started = std::time::Instant::now();
     let settings = OutputSettings::of(&job.spec.spec.output, backends, &job.id)?;
     let (root, remote) = backends.local_root();
-    let resolved = Resolved::new(&root, &job.id, &plan);
-    let hierarchy = Hierarchy::new(
-        &resolved.inputs,
-        &resolved.work_dir,
-        settings.fan_in,
-        &settings.merge,
-    )?;
-    let levels = hierarchy.levels();
-    for (index, &groups) in levels.iter().enumerate() {
-        let level = index as u32 + 1;
-        let stage = TaskKind::Merge { level };
-        let pending = if remote {
-            remote_pending_groups(backends, &job.id, level, groups).await?
-        } else {
-            // Checking a group reads its output once (sha256): cheap next to merging it again.
-            let (resolved, settings) = (resolved.clone(), settings.clone());
-            blocking(move || {
-                let hierarchy = Hierarchy::new(
-                    &resolved.inputs,
-                    &resolved.work_dir,
-                    settings.fan_in,
-                    &settings.merge,
-                )?;
-                (0..groups)
-                    .filter_map(|g| match hierarchy.group_done(level, g) {
-                        Ok(true) => None,
-                        Ok(false) => Some(Ok(g as u32)),
-                        Err(e) => Some(Err(e)),
-                    })
-                    .collect::<orch_data::Result<Vec<u32>>>()
-            })
-            .await?
-        };
-        if pending.len() < groups {
-            info!(
-                level,
-                skipped = groups - pending.len(),
-                groups,
-                "merge groups already done"
-            );
-        }
-        run.run_stage(&job.id, stage, levels.len() as u32, groups as u32, pending)
-            .await?;
-    }
-
-    let final_done = {
-        let (resolved, settings, final_inputs) =
-            (resolved.clone(), settings.clone(), hierarchy.final_inputs());
-        move || resolved.final_merge(&settings, &final_inputs).done()
+    let output = if remote {
+        remote_final_output(backends, &job.id).await?
+    } else {
+        let plan: AggregationPlan = read_versioned(
+            backends.objects.as_ref(),
+            &layout::aggregate_plan(&job.id),
+            "aggregation plan",
+        )
+        .await?;
+        let resolved = Resolved::new(&root, &job.id, &plan);
+        blocking(move || {
+            let hierarchy = Hierarchy::new(
+                &resolved.inputs,
+                &resolved.work_dir,
+                settings.fan_in,
+                &settings.merge,
+            )?;
+            resolved
+                .final_merge(&settings, &hierarchy.final_inputs())
+                .done()
+        })
+        .await?
     };
-    let final_marker = || async {
-        if remote {
-            remote_final_output(backends, &job.id).await
-        } else {
-            blocking(final_done.clone()).await
-        }
-    };
-    let output = match final_marker().await? {
-        Some(output) => {
-            info!("the final merge is already done");
-            output
-        }
-        None => {
-            settings.clear_remote().await?;
-            run.run_stage(&job.id, TaskKind::Final, levels.len() as u32, 1, vec![0])
-                .await?;
-            final_marker().await?.ok_or_else(|| {
-                Error::Invalid("the final merge task ended without a valid output marker".into())
-            })?
-        }
-    };
+    let output = output.ok_or_else(|| {
+        Error::Invalid("the final merge task committed without a valid output marker".into())
+    })?;
+    let settings = OutputSettings::of(&job.spec.spec.output, backends, &job.id)?;
     write_success(job, tasks, &settings, output, started).await
 }
 
-/// The groups of `level` without a `_DONE` in the remote store (one listing of the level).
-async fn remote_pending_groups(
-    backends: &Backends,
-    job: &str,
-    level: u32,
-    groups: usize,
-) -> Result<Vec<u32>> {
-    let prefix = format!("{}/{level}/", layout::aggregate_dir(job));
-    let sealed: HashSet<String> = backends
-        .objects
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    Ok((0..groups)
-        .filter(|&g| {
-            let key = format!(
-                "{}/{}/{DONE_FILE}",
-                layout::aggregate_dir(job),
-                group_dir_name(level, g)
-            );
-            !sealed.contains(&key)
+/// Where the aggregation of a job stands, from its task rows: the earliest stage not done and
+/// its groups; `None` before the aggregation tasks exist.
+pub fn progress(tasks: &[TaskRecord]) -> Option<AggregationProgress> {
+    let merges: Vec<&TaskRecord> = tasks.iter().filter(|t| !t.kind.is_work()).collect();
+    let stage = merges
+        .iter()
+        .filter(|t| !t.state.is_terminal())
+        .map(|t| t.kind)
+        .min_by_key(|k| k.stage())
+        .or_else(|| merges.first().map(|_| TaskKind::Final))?;
+    let levels = merges
+        .iter()
+        .filter_map(|t| match t.kind {
+            TaskKind::Merge { level } => Some(level),
+            _ => None,
         })
-        .map(|g| g as u32)
-        .collect())
+        .max()
+        .unwrap_or(0);
+    let of_stage = merges.iter().filter(|t| t.kind == stage);
+    Some(AggregationProgress {
+        stage,
+        levels,
+        groups_done: of_stage
+            .clone()
+            .filter(|t| t.state == TaskState::Succeeded)
+            .count() as u32,
+        groups_total: of_stage.count() as u32,
+    })
+}
+
+/// Whether merge group `group` of `level` has its `_DONE` in the remote store (uploaded after
+/// its part, so it vouches for it).
+async fn remote_group_done(backends: &Backends, job: &str, level: u32, group: u32) -> Result<bool> {
+    let key = format!(
+        "{}/{}/{DONE_FILE}",
+        layout::aggregate_dir(job),
+        group_dir_name(level, group as usize)
+    );
+    Ok(backends
+        .objects
+        .list(&key)
+        .await?
+        .iter()
+        .any(|o| o.key == key))
 }
 
 /// The final marker in the remote store, which the final task uploads after the output.
@@ -620,102 +668,6 @@ async fn write_success(
     Ok(())
 }
 
-impl AggregationRun<'_> {
-    /// Runs the given groups of one stage as an array and waits for all of them; a failed
-    /// group is started again until `max_attempts`.
-    async fn run_stage(
-        &self,
-        job: &str,
-        stage: TaskKind,
-        levels: u32,
-        total: u32,
-        pending: Vec<u32>,
-    ) -> Result<()> {
-        let report = |left: usize| {
-            (self.report)(AggregationProgress {
-                stage,
-                levels,
-                groups_done: total - left as u32,
-                groups_total: total,
-            })
-        };
-        report(pending.len());
-        if pending.is_empty() {
-            return Ok(());
-        }
-        info!(%stage, groups = pending.len(), "starting merge tasks");
-        // group → (attempt, executor id)
-        let mut running: HashMap<u32, (u32, Option<String>)> = HashMap::new();
-        self.submit(
-            job,
-            stage,
-            pending.iter().map(|&g| (g, 1)).collect(),
-            &mut running,
-        )
-        .await?;
-        while !running.is_empty() {
-            let asked: Vec<(u32, u32, Option<String>)> = running
-                .iter()
-                .map(|(&g, (a, id))| (g, *a, id.clone()))
-                .collect();
-            let mut again = Vec::new();
-            for status in self.executor.poll(&asked).await? {
-                let failure = match status.state {
-                    ExecState::Queued | ExecState::Running => continue,
-                    ExecState::Exited { code: Some(0), .. } => None,
-                    ExecState::Exited { code, signal } => Some(match (code, signal) {
-                        (_, Some(sig)) => format!("killed by signal {sig}"),
-                        (Some(c), None) => format!("exit code {c}"),
-                        (None, None) => "ended".to_string(),
-                    }),
-                    ExecState::Failed { message, .. } => Some(message),
-                    ExecState::Unknown => Some("the executor lost the task".to_string()),
-                };
-                running.remove(&status.task);
-                let Some(why) = failure else { continue };
-                if status.attempt >= self.max_attempts {
-                    return Err(Error::AggregationTask {
-                        stage: stage.to_string(),
-                        group: status.task,
-                        attempts: status.attempt,
-                        message: format!("{why}; its log is under jobs/{job}/logs/"),
-                    });
-                }
-                warn!(%stage, group = status.task, attempt = status.attempt, error = %why, "merge task failed; retrying");
-                again.push((status.task, status.attempt + 1));
-            }
-            if !again.is_empty() {
-                self.submit(job, stage, again, &mut running).await?;
-            }
-            report(running.len());
-            if !running.is_empty() {
-                self.executor.wait_change(self.tick).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn submit(
-        &self,
-        job: &str,
-        stage: TaskKind,
-        tasks: Vec<(u32, u32)>,
-        running: &mut HashMap<u32, (u32, Option<String>)>,
-    ) -> Result<()> {
-        let group = TaskGroup {
-            job: job.to_string(),
-            id: 0,
-            tasks,
-            kind: stage,
-        };
-        let ids: HashMap<u32, String> = self.executor.submit(&group).await?.into_iter().collect();
-        for (g, attempt) in group.tasks {
-            running.insert(g, (attempt, ids.get(&g).cloned()));
-        }
-        Ok(())
-    }
-}
-
 /// Runs CPU- and disk-bound merge code off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> orch_data::Result<T> + Send + 'static,
@@ -726,20 +678,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(Error::from)
 }
 
-/// The worker side (`orch-worker aggregate`): merges one group of one level, or runs the
-/// final merge, as the plan of `job` says. Idempotent: a group already done is left alone (a
-/// remote one is merged again from a fresh copy of its members, to the same bytes).
-pub async fn run_task(backends: &Backends, job: &str, stage: TaskKind, group: u32) -> Result<()> {
-    if stage == TaskKind::Work {
-        return Err(Error::Invalid(
-            "an aggregation task is a merge level or the final merge".into(),
-        ));
-    }
+/// The worker side (`orch-worker aggregate`): runs aggregation task `task` of `job` — one
+/// merge group of one level, or the final merge — as the plan says, and returns what it was.
+/// Idempotent: a group already done is left alone (on a remote store, one whose `_DONE` is
+/// there).
+pub async fn run_task(backends: &Backends, job: &str, task: u32) -> Result<TaskKind> {
     let objects = backends.objects.as_ref();
     let manifest: JobManifest =
         read_versioned(objects, &layout::job_manifest(job), "job manifest").await?;
     let plan: AggregationPlan =
         read_versioned(objects, &layout::aggregate_plan(job), "aggregation plan").await?;
+    let (stage, group) = plan.stage_of(task).ok_or_else(|| {
+        Error::Invalid(format!(
+            "task {task} is not an aggregation task of job {job}'s plan"
+        ))
+    })?;
     let settings = OutputSettings::of(&manifest.spec.spec.output, backends, job)?;
     let (root, remote) = backends.local_root();
     let resolved = Resolved::new(&root, job, &plan);
@@ -752,6 +705,11 @@ pub async fn run_task(backends: &Backends, job: &str, stage: TaskKind, group: u3
         &settings.merge,
     )?;
     match stage {
+        TaskKind::Merge { level }
+            if remote && remote_group_done(backends, job, level, group).await? =>
+        {
+            info!(level, group, "merge group already done");
+        }
         TaskKind::Merge { level } => {
             if remote {
                 let (dirs, inputs) = hierarchy.member_dirs(level, group as usize);
@@ -764,13 +722,19 @@ pub async fn run_task(backends: &Backends, job: &str, stage: TaskKind, group: u3
             }
             let (resolved, settings) = (resolved.clone(), settings.clone());
             let outcome = blocking(move || {
-                Hierarchy::new(
+                let hierarchy = Hierarchy::new(
                     &resolved.inputs,
                     &resolved.work_dir,
                     settings.fan_in,
                     &settings.merge,
-                )?
-                .merge_group(level, group as usize)
+                )?;
+                // A member sealed earlier may have been damaged since (a disk, a person): it
+                // is merged again rather than trusted. Remote members were just downloaded and
+                // checked against their sha256.
+                if !remote {
+                    hierarchy.repair_members(level, group as usize)?;
+                }
+                hierarchy.merge_group(level, group as usize)
             })
             .await?;
             if remote {
@@ -802,7 +766,19 @@ pub async fn run_task(backends: &Backends, job: &str, stage: TaskKind, group: u3
             }
             let output = {
                 let (resolved, settings) = (resolved.clone(), settings.clone());
-                blocking(move || resolved.final_merge(&settings, &inputs).run()).await?
+                blocking(move || {
+                    if !remote {
+                        Hierarchy::new(
+                            &resolved.inputs,
+                            &resolved.work_dir,
+                            settings.fan_in,
+                            &settings.merge,
+                        )?
+                        .repair_last_level()?;
+                    }
+                    resolved.final_merge(&settings, &inputs).run()
+                })
+                .await?
             };
             settings.upload(&output).await?;
             if remote {
@@ -817,7 +793,7 @@ pub async fn run_task(backends: &Backends, job: &str, stage: TaskKind, group: u3
             );
         }
     }
-    Ok(())
+    Ok(stage)
 }
 
 /// Downloads objects of a remote store to their mirror paths under the scratch directory

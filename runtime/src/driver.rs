@@ -15,8 +15,8 @@ use orch_core::backoff::Backoff;
 use orch_core::engine::{self, DueRetry, EngineConfig, ItemCounts, Observation, RetryRequest};
 use orch_core::load::LoadedJob;
 use orch_core::model::{
-    Batch, JobManifest, JobPhase, JobRecord, SCHEMA_VERSION, TaskGroup, TaskKind, TaskRecord,
-    TaskState, now_ms,
+    Batch, JobManifest, JobPhase, JobRecord, SCHEMA_VERSION, TaskGroup, TaskRecord, TaskState,
+    now_ms,
 };
 use orch_core::partition::PartitionPlan;
 use orch_core::platform::{Backends, ExecutorFactory, JobLease, Locations, Platform};
@@ -26,7 +26,7 @@ use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::aggregate::{AggregationProgress, AggregationRun, aggregate};
+use crate::aggregate::{self, AggregationProgress};
 use crate::error::{Error, Result};
 use crate::input::{self, InputPlan, PlanTarget};
 use crate::task_cache::SharedTaskCache;
@@ -488,10 +488,10 @@ impl Loop<'_> {
                     due_retries: &due,
                 },
             );
-            let shown = progress(&job, tasks, decision.aggregate);
+            let shown = progress(&job, tasks);
             drop(rows);
             (opts.on_progress)(&shown);
-            if decision.aggregate {
+            if decision.plan_aggregation || decision.finish {
                 let job = match decision.job.clone() {
                     Some(j) => match state.update_job(&j).await {
                         Ok(stored) => stored,
@@ -502,36 +502,36 @@ impl Loop<'_> {
                     None => job,
                 };
                 let tasks = state.list_tasks(&self.id).await?;
-                let mut done = engine::verdict(&self.cfg, &job, &tasks, now_ms());
-                let report = |stage: AggregationProgress| {
-                    (opts.on_progress)(&Progress {
-                        aggregation: Some(stage),
-                        ..shown
-                    })
-                };
-                let run = AggregationRun {
-                    backends: self.platform.backends(),
-                    executor: self.executor,
-                    max_attempts: job.spec.spec.retry.max_attempts,
-                    tick: opts.tick,
-                    report: &report,
-                };
-                match aggregate(&run, &job, &tasks).await {
-                    Ok(()) => {}
-                    Err(e) if e.category() == ErrorCategory::Infrastructure => return Err(e),
-                    Err(e) => {
-                        done.phase = JobPhase::Failed;
-                        done.message = Some(format!("aggregation failed: {e}"));
+                let backends = self.platform.backends();
+                let ended = if decision.plan_aggregation {
+                    match aggregate::plan(backends, &job, &tasks).await {
+                        Ok(merges) => {
+                            state.add_tasks(&self.id, &merges).await?;
+                            continue;
+                        }
+                        Err(e) => e,
                     }
+                } else {
+                    match aggregate::finish(backends, &job, &tasks).await {
+                        Ok(()) => {
+                            let done = engine::verdict(&self.cfg, &job, &tasks, now_ms());
+                            return self.end(done).await;
+                        }
+                        Err(e) => e,
+                    }
+                };
+                // Trouble that may pass leaves the job resumable; anything else (a result
+                // that fails its checksum, an unusable output location) ends it.
+                if matches!(
+                    ended.category(),
+                    ErrorCategory::Infrastructure | ErrorCategory::Transient
+                ) {
+                    return Err(ended);
                 }
-                let done = finish_job(state.as_ref(), done).await?;
-                info!(
-                    phase = %done.phase,
-                    message = done.message.as_deref().unwrap_or(""),
-                    coordinator_cpu_ms = own_cpu_ms(),
-                    "job finished"
-                );
-                return Ok(done);
+                let mut failed = engine::verdict(&self.cfg, &job, &tasks, now_ms());
+                failed.phase = JobPhase::Failed;
+                failed.message = Some(format!("aggregation failed: {ended}"));
+                return self.end(failed).await;
             }
             let idle = decision.is_empty();
             self.apply(decision).await?;
@@ -550,6 +550,18 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+
+    /// Writes the job's end and says so.
+    async fn end(&self, done: JobRecord) -> Result<JobRecord> {
+        let done = finish_job(self.platform.backends().state.as_ref(), done).await?;
+        info!(
+            phase = %done.phase,
+            message = done.message.as_deref().unwrap_or(""),
+            coordinator_cpu_ms = own_cpu_ms(),
+            "job finished"
+        );
+        Ok(done)
     }
 
     async fn due_retries(&self) -> Result<Vec<DueRetry>> {
@@ -588,7 +600,7 @@ impl Loop<'_> {
                 job: self.id.clone(),
                 id: dispatch.group,
                 tasks: Vec::new(),
-                kind: TaskKind::Work,
+                kind: dispatch.kind,
             };
             let mut written = Vec::new();
             for t in dispatch.tasks {
@@ -726,10 +738,11 @@ async fn finish_job(state: &dyn StateStore, mut done: JobRecord) -> Result<JobRe
     }
 }
 
-fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progress {
+fn progress(job: &JobRecord, tasks: &[TaskRecord]) -> Progress {
     // Finished tasks count as the verdict counts them; running ones by their heartbeats.
     let finished = engine::item_counts(tasks);
-    let running: Vec<&TaskRecord> = tasks
+    let work: Vec<&TaskRecord> = tasks.iter().filter(|t| t.kind.is_work()).collect();
+    let running: Vec<&&TaskRecord> = work
         .iter()
         .filter(|t| t.state == TaskState::Running)
         .collect();
@@ -741,11 +754,11 @@ fn progress(job: &JobRecord, tasks: &[TaskRecord], aggregating: bool) -> Progres
             + running.iter().map(|t| t.items_ok).sum::<u64>()
             + running_failed,
         failed_items: finished.failed + running_failed,
-        tasks_total: tasks.len() as u32,
-        tasks_done: tasks.iter().filter(|t| t.state.is_terminal()).count() as u32,
+        tasks_total: work.len() as u32,
+        tasks_done: work.iter().filter(|t| t.state.is_terminal()).count() as u32,
         tasks_running: running.len() as u32,
-        aggregating: aggregating || job.phase == JobPhase::Aggregating,
-        aggregation: None,
+        aggregating: job.phase == JobPhase::Aggregating,
+        aggregation: aggregate::progress(tasks),
     }
 }
 

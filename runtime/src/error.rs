@@ -12,25 +12,11 @@ pub enum Error {
     Backend(#[from] BackendError),
     #[error("aggregation: {0}")]
     Data(#[from] orch_data::DataError),
-    #[error("cannot start the worker `{program}`: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
     /// A result file does not match the checksum its `_DONE` marker recorded.
     #[error("task {task} attempt {attempt}: {message}")]
     Integrity {
         task: u32,
         attempt: u32,
-        message: String,
-    },
-    /// A merge task of the aggregation failed every attempt.
-    #[error("aggregation {stage}, group {group}: failed {attempts} attempt(s): {message}")]
-    AggregationTask {
-        stage: String,
-        group: u32,
-        attempts: u32,
         message: String,
     },
     #[error("{0}")]
@@ -56,8 +42,6 @@ impl Error {
             Error::Backend(e) => e.category(),
             Error::Data(e) => e.category(),
             Error::Integrity { .. } => ErrorCategory::Permanent,
-            // Left resumable: running the job again retries the aggregation.
-            Error::Spawn { .. } | Error::AggregationTask { .. } => ErrorCategory::Infrastructure,
             Error::Invalid(_) => ErrorCategory::Invalid,
             Error::Interrupted => ErrorCategory::Transient,
         }

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use orch_core::backend::{BackendError, Message, ObjectMeta, ObjectStore, Queue, StateStore};
-use orch_core::model::{JobPhase, JobRecord, SCHEMA_VERSION, TaskRecord, TaskState};
+use orch_core::model::{JobPhase, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState};
 
 /// A short random tag that keeps names of concurrent contract runs apart.
 fn tag() -> String {
@@ -401,6 +401,37 @@ pub async fn state_store_contract(store: &dyn StateStore) {
     match store.update_job(&missing).await {
         Err(BackendError::NotFound(_)) => {}
         other => panic!("updating a missing job must be NotFound, got {other:?}"),
+    }
+
+    // Added rows (aggregation tasks) appear after the others; adding them again, as a driver
+    // that stopped half-way does, changes nothing, even a row updated since.
+    let added: Vec<TaskRecord> = (n..n + 3)
+        .map(|t| TaskRecord {
+            kind: TaskKind::Merge { level: 1 },
+            ..TaskRecord::new(&id, t, 0, 3_000)
+        })
+        .collect();
+    expect_ok("add_tasks", store.add_tasks(&id, &added).await);
+    let mut first = expect_ok("get_task", store.get_task(&id, n).await).expect("an added task");
+    assert_eq!(first, added[0], "get_task returns an added row as given");
+    first
+        .transition(TaskState::Dispatched, 3_500)
+        .expect("pending → dispatched is allowed");
+    let first = expect_ok("update_task", store.update_task(&first).await);
+    expect_ok("add_tasks again", store.add_tasks(&id, &added).await);
+    let listed = expect_ok("list_tasks", store.list_tasks(&id).await);
+    assert_eq!(listed.len(), n as usize + 3, "add_tasks adds each row once");
+    assert_eq!(
+        listed[n as usize], first,
+        "adding again leaves an existing row alone"
+    );
+    assert_eq!(&listed[n as usize + 1..], &added[1..]);
+    match store
+        .add_tasks(&format!("contract-missing-{}", tag()), &[])
+        .await
+    {
+        Err(BackendError::NotFound(_)) => {}
+        other => panic!("adding tasks to a missing job must be NotFound, got {other:?}"),
     }
 
     // Deletion removes the job and its tasks; the id can then be reused.

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod handler;
+pub mod merge;
 pub mod run;
 pub mod scratch;
 

@@ -41,8 +41,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         task_offset: u32,
     },
-    /// Merge one group of one aggregation level (the group is the task index), or with
-    /// --final merge the last level into the job's output.
+    /// Run an aggregation task: merge one group of one level (--level), or merge the last
+    /// level into the job's output (--final), as the job's aggregation plan says.
     Aggregate {
         /// Storage URI of the job (file:///…).
         #[arg(long)]
@@ -60,10 +60,13 @@ enum Command {
         /// Run the final merge into the output location.
         #[arg(long = "final")]
         final_merge: bool,
-        /// Group index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID, then
+        /// Task group (array submission) this process belongs to.
+        #[arg(long)]
+        group: u32,
+        /// Task id; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID, then
         /// JOB_COMPLETION_INDEX.
         #[arg(long)]
-        group: Option<u32>,
+        task: Option<u32>,
         /// Added to the index from the environment (see `run --task-offset`).
         #[arg(long, default_value_t = 0)]
         task_offset: u32,
@@ -142,6 +145,7 @@ fn main() {
             job,
             group,
             task.or_else(|| task_from_env(task_offset)),
+            TaskKind::Work,
         ),
         Command::Aggregate {
             storage,
@@ -149,35 +153,21 @@ fn main() {
             level,
             final_merge,
             group,
+            task,
             task_offset,
         } => {
             let stage = match level {
                 Some(level) if !final_merge => TaskKind::Merge { level },
                 _ => TaskKind::Final,
             };
-            let group = group.or_else(|| task_from_env(task_offset)).unwrap_or(0);
-            let span = tracing::info_span!("aggregate", job = %job, %stage, group);
-            let _entered = span.enter();
-            let scratch_name = format!("orch-merge-{job}-{stage}-{group}-{}", std::process::id());
-            runtime.block_on(async {
-                let backends = match open_storage(&storage, scratch_name).await {
-                    Ok(backends) => backends,
-                    Err(message) => {
-                        tracing::error!(error = %message, "cannot open the job's storage");
-                        return 1;
-                    }
-                };
-                let result =
-                    orch_runtime::aggregate::run_task(&backends, &job, stage, group).await;
-                remove_scratch(&storage, &backends);
-                match result {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        tracing::error!(error = %e, category = ?e.category(), "aggregation task failed");
-                        1
-                    }
-                }
-            })
+            run_task(
+                &runtime,
+                storage,
+                job,
+                group,
+                task.or_else(|| task_from_env(task_offset)),
+                stage,
+            )
         }
     };
     std::process::exit(code);
@@ -203,12 +193,14 @@ fn remove_scratch(storage: &str, backends: &Backends) {
     }
 }
 
+/// Runs task `task` of `job`: a work task (`stage` Work) or an aggregation task.
 fn run_task(
     runtime: &tokio::runtime::Runtime,
     storage: String,
     job: String,
     group: u32,
     task: Option<u32>,
+    stage: TaskKind,
 ) -> i32 {
     let Some(task) = task else {
         eprintln!(
@@ -263,13 +255,21 @@ fn run_task(
         } else {
             None
         };
-        match orch_worker::run::run(&backends, &args, stop).await {
+        let result = match stage {
+            TaskKind::Work => orch_worker::run::run(&backends, &args, stop).await,
+            _ => orch_worker::merge::run(&backends, &args, stage).await,
+        };
+        match result {
             Ok(_) => {
                 remove_scratch(&args.storage, &backends);
                 0
             }
             Err(e) => {
                 tracing::error!(error = %e, category = ?e.category(), "task attempt ended without commit");
+                // A merge keeps nothing worth resuming from in its scratch.
+                if stage != TaskKind::Work {
+                    remove_scratch(&args.storage, &backends);
+                }
                 e.exit_code()
             }
         }
@@ -328,12 +328,14 @@ mod tests {
                         level,
                         final_merge,
                         group,
+                        task,
                         task_offset,
                     },
                 ) => {
                     assert_eq!(storage, invocation.storage);
                     assert_eq!(job, invocation.job);
-                    assert_eq!(group, None, "the group comes from the environment");
+                    assert_eq!(group, 9);
+                    assert_eq!(task, None, "the index comes from the environment");
                     assert_eq!(task_offset, 4000);
                     match kind {
                         TaskKind::Merge { level: l } => {

@@ -35,7 +35,7 @@ use crate::handler::{ExecConfig, ExecHandler, Handler, Identity, ItemFailure, Ou
 /// How long a claim is valid without renewal.
 const LEASE: Duration = Duration::from_secs(30);
 /// Heartbeat: progress into the task row, lease renewal, checkpoint flush.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long in-flight items may finish after a stop signal.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Flush the checkpoint at least this often (items).
@@ -76,12 +76,14 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
         Some(bytes) => orch_core::model::decode_versioned("job.json", &bytes)?,
         None => return Err(Error::Setup(format!("job {} has no job.json", args.job))),
     };
-    let worker_id = format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
-        std::process::id()
-    );
+    let worker_id = worker_id();
     let mut row = claim(backends.state.as_ref(), args, &worker_id).await?;
+    if !row.kind.is_work() {
+        return Err(Error::Setup(format!(
+            "task {} is a {} task: run it with `orch-worker aggregate`",
+            args.task, row.kind
+        )));
+    }
     let attempt = row.attempt;
     let batch = match row.batch.clone() {
         Some(b) => b,
@@ -129,8 +131,21 @@ fn near_time_limit() -> bool {
         .is_some_and(|at| now_ms() / 1000 + 90 >= at)
 }
 
+/// Who holds a claim: the host and this process.
+pub(crate) fn worker_id() -> String {
+    format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+        std::process::id()
+    )
+}
+
 /// Dispatched → running, only for the attempt of our task group.
-async fn claim(state: &dyn StateStore, args: &WorkerArgs, worker: &str) -> Result<TaskRecord> {
+pub(crate) async fn claim(
+    state: &dyn StateStore,
+    args: &WorkerArgs,
+    worker: &str,
+) -> Result<TaskRecord> {
     loop {
         let Some(mut row) = state.get_task(&args.job, args.task).await? else {
             return Err(Error::Setup(format!("task {} does not exist", args.task)));
@@ -153,7 +168,7 @@ async fn claim(state: &dyn StateStore, args: &WorkerArgs, worker: &str) -> Resul
 }
 
 /// Renews the lease and publishes progress; fails if the attempt is no longer ours.
-async fn heartbeat(
+pub(crate) async fn heartbeat(
     state: &dyn StateStore,
     row: &mut TaskRecord,
     ok: u64,
@@ -197,7 +212,7 @@ async fn heartbeat(
 
 /// Says why the attempt ends and releases the claim, so the engine retries the task at once
 /// instead of waiting for the lease to run out.
-async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
+pub(crate) async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
     // Best effort: the engine falls back to the exit code and the lease when this write fails.
     if let Ok(Some(mut row)) = state.get_task(&args.job, args.task).await
         && row.group == Some(args.group)
@@ -782,21 +797,29 @@ async fn finish(
         .objects
         .put(&layout::done(&job, task, attempt), bytes)
         .await?;
-    // Commit: the conditional write that names this attempt.
+    commit(backends.state.as_ref(), row, ok, failed).await
+}
+
+/// The conditional write that names this attempt: running → succeeded, with the final counts.
+/// A conflict (our own heartbeat raced it) is re-read; a lost claim is [`Error::LostLease`].
+pub(crate) async fn commit(
+    state: &dyn StateStore,
+    row: &mut TaskRecord,
+    ok: u64,
+    failed: u64,
+) -> Result<TaskRecord> {
     loop {
         let mut next = row.clone();
         next.transition(TaskState::Succeeded, now_ms())?;
         next.items_ok = ok;
         next.items_failed = failed;
         next.lease_expiry = None;
-        match backends.state.update_task(&next).await {
+        match state.update_task(&next).await {
             Ok(stored) => {
                 info!(ok, failed, "committed");
                 return Ok(stored);
             }
-            Err(e) if e.is_conflict() => {
-                heartbeat(backends.state.as_ref(), row, ok, failed).await?;
-            }
+            Err(e) if e.is_conflict() => heartbeat(state, row, ok, failed).await?,
             Err(e) => return Err(e.into()),
         }
     }

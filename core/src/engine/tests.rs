@@ -82,7 +82,7 @@ fn pending_tasks_are_dispatched_as_one_group() {
             .all(|t| t.state == TaskState::Dispatched && t.attempt == 1)
     );
     assert_eq!(d.job.as_ref().unwrap().next_group, 1);
-    assert!(!d.aggregate);
+    assert!(!d.plan_aggregation);
 }
 
 #[test]
@@ -185,7 +185,7 @@ fn suspend_dispatches_nothing() {
     j.spec.spec.suspend = true;
     let d = decide(&cfg(3), observe(0, &j, &tasks(2), &HashMap::new(), &[]));
     assert!(d.dispatches.is_empty());
-    assert!(!d.aggregate);
+    assert!(!d.plan_aggregation);
 }
 
 #[test]
@@ -321,7 +321,8 @@ fn all_terminal_means_aggregate_and_verdict_follows_tolerance() {
     }
     let c = cfg(3);
     let d = decide(&c, observe(0, &j, &t, &HashMap::new(), &[]));
-    assert!(d.aggregate);
+    assert!(d.plan_aggregation);
+    assert!(!d.finish);
     assert_eq!(d.job.as_ref().unwrap().phase, JobPhase::Aggregating);
 
     assert_eq!(verdict(&c, &j, &t, 1).phase, JobPhase::Failed);
@@ -329,6 +330,147 @@ fn all_terminal_means_aggregate_and_verdict_follows_tolerance() {
     let c = EngineConfig::from_spec(&j.spec.spec);
     let done = verdict(&c, &j, &t, 1);
     assert_eq!(done.phase, JobPhase::Succeeded, "{:?}", done.message);
+}
+
+fn merge_task(id: u32, kind: TaskKind) -> TaskRecord {
+    TaskRecord {
+        kind,
+        ..TaskRecord::new("t-1", id, 0, 0)
+    }
+}
+
+/// Two work tasks done, then two merge groups of level 1, one of level 2 and the final merge.
+fn aggregating() -> (JobRecord, Vec<TaskRecord>) {
+    let mut j = job(2, 2);
+    j.phase = JobPhase::Aggregating;
+    let mut t = tasks(2);
+    for task in &mut t {
+        task.state = TaskState::Succeeded;
+        task.attempt = 1;
+        task.items_ok = 10;
+    }
+    t.extend([
+        merge_task(2, TaskKind::Merge { level: 1 }),
+        merge_task(3, TaskKind::Merge { level: 1 }),
+        merge_task(4, TaskKind::Merge { level: 2 }),
+        merge_task(5, TaskKind::Final),
+    ]);
+    (j, t)
+}
+
+#[test]
+fn aggregation_runs_stage_by_stage_and_ends_with_the_final_merge() {
+    let c = cfg(2);
+    let (j, mut t) = aggregating();
+    let d = decide(&c, observe(0, &j, &t, &HashMap::new(), &[]));
+    assert!(!d.plan_aggregation && !d.finish);
+    assert_eq!(d.dispatches.len(), 1);
+    assert_eq!(d.dispatches[0].kind, TaskKind::Merge { level: 1 });
+    let ids: Vec<u32> = d.dispatches[0].tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [2, 3], "only the first level runs");
+
+    // One group of level 1 still running: level 2 waits.
+    t[2].state = TaskState::Succeeded;
+    t[3].state = TaskState::Running;
+    t[3].attempt = 1;
+    let running = HashMap::from([(3, ExecState::Running)]);
+    let d = decide(&c, observe(1, &j, &t, &running, &[]));
+    assert!(d.dispatches.is_empty(), "{:?}", d.dispatches);
+
+    t[3].state = TaskState::Succeeded;
+    let d = decide(&c, observe(2, &j, &t, &HashMap::new(), &[]));
+    assert_eq!(d.dispatches[0].kind, TaskKind::Merge { level: 2 });
+    assert_eq!(d.dispatches[0].tasks[0].id, 4);
+
+    t[4].state = TaskState::Succeeded;
+    let d = decide(&c, observe(3, &j, &t, &HashMap::new(), &[]));
+    assert_eq!(d.dispatches[0].kind, TaskKind::Final);
+
+    t[5].state = TaskState::Succeeded;
+    let d = decide(&c, observe(4, &j, &t, &HashMap::new(), &[]));
+    assert!(d.finish && !d.plan_aggregation && d.dispatches.is_empty());
+}
+
+#[test]
+fn a_failed_merge_task_is_retried_with_backoff_then_fails_the_job() {
+    let c = cfg(2);
+    let (j, mut t) = aggregating();
+    for task in &mut t[2..4] {
+        task.state = TaskState::Succeeded;
+        task.attempt = 1;
+    }
+    t[4].state = TaskState::Running;
+    t[4].attempt = 1;
+    let crashed = HashMap::from([(
+        4,
+        ExecState::Exited {
+            code: Some(1),
+            signal: None,
+        },
+    )]);
+    let d = decide(&c, observe(10, &j, &t, &crashed, &[]));
+    assert_eq!(d.failures.len(), 1);
+    let retry = &d.failures[0];
+    assert_eq!(retry.task.state, TaskState::Retrying);
+    assert!(
+        retry
+            .retry
+            .as_ref()
+            .is_some_and(|(r, delay)| r.task == 4 && *delay > 0)
+    );
+
+    // Out of attempts: the task fails, and with it the job; the rest is cancelled.
+    t[4].state = TaskState::Failed;
+    t[4].attempt = 2;
+    t[4].last_error = Some(TaskError {
+        kind: ErrorKind::Infrastructure,
+        message: "worker exited with code 1".into(),
+        attempt: 2,
+    });
+    let d = decide(&c, observe(20, &j, &t, &HashMap::new(), &[]));
+    let ended = d.job.expect("the job ends");
+    assert_eq!(ended.phase, JobPhase::Failed);
+    let message = ended.message.unwrap_or_default();
+    assert!(
+        message.starts_with("aggregation failed: merge level 2 task 4"),
+        "{message}"
+    );
+    assert!(message.contains("worker exited with code 1"), "{message}");
+    assert_eq!(d.updates.len(), 1, "the final merge is cancelled");
+    assert_eq!(d.updates[0].state, TaskState::Cancelled);
+    assert!(d.dispatches.is_empty());
+}
+
+#[test]
+fn a_cancel_during_aggregation_stops_the_merge_tasks() {
+    let c = cfg(2);
+    let (mut j, mut t) = aggregating();
+    t[2].state = TaskState::Running;
+    t[2].attempt = 1;
+    t[2].executor_id = Some("local:merge1:2:1".into());
+    j.cancel_requested = true;
+    let d = decide(&c, observe(0, &j, &t, &HashMap::new(), &[]));
+    assert_eq!(d.cancel, [(2, 1, Some("local:merge1:2:1".into()))]);
+    assert_eq!(d.updates.len(), 4, "every aggregation task is cancelled");
+    assert_eq!(d.job.unwrap().phase, JobPhase::Cancelled);
+}
+
+#[test]
+fn a_paused_job_dispatches_no_merge_task() {
+    let c = cfg(2);
+    let (mut j, t) = aggregating();
+    j.spec.spec.suspend = true;
+    let d = decide(&c, observe(0, &j, &t, &HashMap::new(), &[]));
+    assert!(d.dispatches.is_empty() && !d.finish && !d.plan_aggregation);
+}
+
+#[test]
+fn an_aggregating_job_without_its_tasks_is_planned_again() {
+    let c = cfg(2);
+    let (j, t) = aggregating();
+    let d = decide(&c, observe(0, &j, &t[..2], &HashMap::new(), &[]));
+    assert!(d.plan_aggregation);
+    assert!(d.job.is_none(), "the phase is already Aggregating");
 }
 
 #[test]
@@ -546,12 +688,21 @@ impl Sim {
             self.cas(u);
         }
         self.queue.retain(|(_, _, r)| !d.acks.contains(r));
-        if d.aggregate {
+        if d.plan_aggregation {
+            // What the driver does: create the aggregation tasks after the last work task.
+            let n = self.tasks.len() as u32;
+            self.tasks.extend([
+                merge_task(n, TaskKind::Merge { level: 1 }),
+                merge_task(n + 1, TaskKind::Merge { level: 1 }),
+                merge_task(n + 2, TaskKind::Final),
+            ]);
+        }
+        if d.finish {
             self.job = verdict(cfg, &self.job, &self.tasks, self.now);
             return true;
         }
         self.now += 1_000;
-        false
+        self.job.phase.is_terminal()
     }
 }
 

@@ -1,0 +1,49 @@
+//! One aggregation task (`orch-worker aggregate`): claim its row like a work task, merge its
+//! group — or run the final merge — as the job's aggregation plan says, renewing the lease
+//! meanwhile, and commit. A merge task is retried, paused and cancelled by the engine exactly
+//! like a work task. See docs/architecture.md ("Aggregate").
+
+use orch_core::model::{TaskKind, TaskRecord};
+use orch_core::platform::Backends;
+use tracing::{Instrument, info};
+
+use crate::error::{Error, Result};
+use crate::run::{HEARTBEAT, WorkerArgs, claim, commit, heartbeat, record_failure, worker_id};
+
+/// Runs aggregation task `args.task`, which the executor started as a `expected` task; returns
+/// the committed row.
+pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> Result<TaskRecord> {
+    let state = backends.state.as_ref();
+    let mut row = claim(state, args, &worker_id()).await?;
+    let span = tracing::info_span!("aggregate", job = %args.job, task = args.task, attempt = row.attempt, stage = %row.kind);
+    let result = async {
+        if row.kind != expected {
+            return Err(Error::Setup(format!(
+                "task {} is a {} task, not a {expected} task",
+                args.task, row.kind
+            )));
+        }
+        info!("claimed");
+        let merge = orch_runtime::aggregate::run_task(backends, &args.job, args.task);
+        tokio::pin!(merge);
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                done = &mut merge => {
+                    done?;
+                    break;
+                }
+                _ = beat.tick() => heartbeat(state, &mut row, 0, 0).await?,
+            }
+        }
+        commit(state, &mut row, 0, 0).await
+    }
+    .instrument(span)
+    .await;
+    if let Err(e) = &result
+        && !matches!(e, Error::LostLease { .. })
+    {
+        record_failure(state, args, e).await;
+    }
+    result
+}
