@@ -335,7 +335,11 @@ fn print_table(r: &Report) {
             Some(n) if n != t.attempt => format!(", {n} counted"),
             _ => String::new(),
         };
-        let kind = t.kind.as_deref().map(|k| format!("{k}, ")).unwrap_or_default();
+        let kind = t
+            .kind
+            .as_deref()
+            .map(|k| format!("{k}, "))
+            .unwrap_or_default();
         println!(
             "  task {} ({kind}{}, attempt {}{counted}): {}",
             t.task, t.state, t.attempt, t.error

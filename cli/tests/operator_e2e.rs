@@ -473,18 +473,21 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
         status["output"].as_str().unwrap().ends_with("out-reviews/"),
         "{status}"
     );
-    // TaskGroups: children of the job, counting every task.
+    // TaskGroups: children of the job, counting every task, the final merge's too.
     let groups: serde_json::Value =
         serde_json::from_str(&world.kubectl_ok(&["get", "taskgroups", "-o", "json"])).unwrap();
     let groups = groups["items"].as_array().unwrap();
     assert!(!groups.is_empty());
-    let mut grouped = 0;
+    let mut grouped = HashMap::new();
     for g in groups {
         assert_eq!(g["metadata"]["ownerReferences"][0]["kind"], "OrchJob");
         assert_eq!(g["spec"]["job"], "reviews");
-        grouped += g["status"]["tasks"]["succeeded"].as_u64().unwrap();
+        *grouped
+            .entry(g["spec"]["kind"].as_str().unwrap().to_string())
+            .or_insert(0) += g["status"]["tasks"]["succeeded"].as_u64().unwrap();
     }
-    assert_eq!(grouped, 20);
+    assert_eq!(grouped.get("work"), Some(&20), "{grouped:?}");
+    assert_eq!(grouped.get("final"), Some(&1), "{grouped:?}");
     // Events tell the story.
     let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
     for reason in ["Started", "Completed"] {

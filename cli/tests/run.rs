@@ -631,6 +631,49 @@ fn many_task_results_are_merged_level_by_level() {
     assert_eq!(report["tasks"]["succeeded"], 40, "{report}");
 }
 
+/// The final merge cannot write its output (the output directory is a file): it is retried with
+/// backoff like any task, then the job fails naming it, and `orch status` shows its attempts.
+#[test]
+fn a_final_merge_that_keeps_failing_is_retried_then_fails_the_job() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 600);
+    let job = s.write(
+        "job.yaml",
+        &job_yaml("stuck", "{builtin: {name: identity}}", ""),
+    );
+    std::fs::write(s.path("out"), "a file where a directory should be").unwrap();
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("aggregation failed: final merge task 3 failed after 3 attempt(s)"),
+        "{all}"
+    );
+    // Three attempts, each in a process (and a log) of its own.
+    for attempt in 1..=3 {
+        let log = job_dir(&s).join(format!("logs/merge-final.{attempt}.log"));
+        assert!(
+            log.is_file(),
+            "no log of attempt {attempt}: {}",
+            log.display()
+        );
+    }
+    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["phase"], "failed", "{report}");
+    assert_eq!(report["tasks"]["succeeded"], 3, "{report}");
+    assert_eq!(report["mergeTasks"]["failed"], 1, "{report}");
+    let task = &report["failedTasks"][0];
+    assert_eq!(task["kind"], "final merge", "{report}");
+    assert_eq!(task["attempt"], 3, "{report}");
+    let table = text(&s.orch(&["status", job.to_str().unwrap()]));
+    assert!(table.contains("merging   failed 1"), "{table}");
+    assert!(
+        table.contains("task 3 (final merge, failed, attempt 3)"),
+        "{table}"
+    );
+}
+
 #[test]
 fn output_target_file_size_rolls_part_files() {
     if !orch_testkit::components::python_module("pyarrow") {
@@ -802,7 +845,12 @@ fn aggregation_killed_with_sigkill_resumes_to_the_same_checksums() {
     let logs: String = std::fs::read_dir(job_dir(&s).join("logs"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("merge-2-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("merge-2-")
+        })
         .map(|p| std::fs::read_to_string(p).unwrap())
         .collect();
     assert!(

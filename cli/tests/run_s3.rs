@@ -150,7 +150,9 @@ spec:
         let job = &jobs[0];
         assert_eq!(job.phase, JobPhase::Succeeded, "{job:?}");
         let tasks = state.list_tasks(&job.id).await.unwrap();
-        assert_eq!(tasks.len(), 8);
+        // Eight batches, then three merge groups and the final merge.
+        assert_eq!(tasks.iter().filter(|t| t.kind.is_work()).count(), 8);
+        assert_eq!(tasks.len(), 12, "{tasks:?}");
         for t in &tasks {
             assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
             assert_eq!(t.lease_expiry, None, "{t:?}");
@@ -182,6 +184,76 @@ spec:
             "{report}"
         );
     }
+}
+
+/// A final merge that cannot write its output (the output directory is a file) on S3 storage:
+/// the final task is retried with backoff like any task, its attempts show in DynamoDB and in
+/// `orch status`, and the job ends failed with the task named, instead of aggregating forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_merge_that_keeps_failing_fails_the_job_after_its_attempts() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let aws = Aws::new("merge-fails");
+    let job_file = aws.prepare().await;
+    let blocked = aws
+        .scratch
+        .write("blocked", "a file where a directory should be");
+    let yaml = std::fs::read_to_string(&job_file).unwrap().replace(
+        &format!(
+            "output: {{uri: \"s3://{}/out/\", fanIn: 3, formats: [parquet, sqlite]}}",
+            aws.bucket
+        ),
+        &format!("output: {{uri: \"{}/out\", fanIn: 3}}", blocked.display()),
+    );
+    assert!(yaml.contains("blocked/out"), "{yaml}");
+    std::fs::write(&job_file, yaml).unwrap();
+
+    let out = run_job(&aws, &aws.endpoint, &job_file).await;
+    let printed = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("aggregation failed: final merge task"),
+        "{printed}"
+    );
+
+    let sdk = moto::sdk_config().await;
+    let state = DynamoStateStore::new(config::dynamodb_client(&sdk), aws.table.clone());
+    let job = &state.list_jobs().await.unwrap()[0];
+    assert_eq!(job.phase, JobPhase::Failed, "{job:?}");
+    let tasks = state.list_tasks(&job.id).await.unwrap();
+    let last = tasks
+        .iter()
+        .find(|t| t.kind == orch_core::model::TaskKind::Final)
+        .expect("a final merge task");
+    assert_eq!(last.state, TaskState::Failed, "{last:?}");
+    assert_eq!(last.counted_attempts(), 3, "{last:?}");
+    // The merge levels before it succeeded.
+    assert!(
+        tasks
+            .iter()
+            .filter(|t| matches!(t.kind, orch_core::model::TaskKind::Merge { .. }))
+            .all(|t| t.state == TaskState::Succeeded),
+        "{tasks:?}"
+    );
+
+    let status = aws
+        .orch(
+            &aws.endpoint,
+            &["status", job_file.to_str().unwrap(), "-o", "json"],
+        )
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["mergeTasks"]["failed"], 1, "{report}");
+    assert_eq!(report["mergeTasks"]["succeeded"], 3, "{report}");
+    let failed = report["failedTasks"].as_array().unwrap();
+    assert!(
+        failed
+            .iter()
+            .any(|t| t["kind"] == "final merge" && t["attempt"] == 3),
+        "{report}"
+    );
 }
 
 /// Runs `orch run` off the async threads, so that a proxy served by this runtime keeps going.

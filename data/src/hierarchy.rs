@@ -263,7 +263,11 @@ impl Hierarchy<'_> {
         let mut merged = 0;
         for g in groups {
             if self.merge_group(level, g)? == GroupOutcome::Merged {
-                tracing::warn!(level, group = g, "a sealed merge group was damaged; merged it again");
+                tracing::warn!(
+                    level,
+                    group = g,
+                    "a sealed merge group was damaged; merged it again"
+                );
                 merged += 1;
             }
         }

@@ -145,7 +145,7 @@ pub async fn discover_results(
     });
     let succeeded: Vec<(u32, u32)> = tasks
         .iter()
-        .filter(|t| t.state == TaskState::Succeeded)
+        .filter(|t| t.kind.is_work() && t.state == TaskState::Succeeded)
         .map(|t| (t.id, t.attempt))
         .collect();
     let job_id: Arc<str> = Arc::from(job.id.as_str());
@@ -260,7 +260,7 @@ async fn failed_task_items(
     let mut rows = Vec::new();
     for t in tasks
         .iter()
-        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
+        .filter(|t| t.kind.is_work() && matches!(t.state, TaskState::Failed | TaskState::Cancelled))
     {
         let batch = t.batch.as_ref().ok_or_else(|| Error::Integrity {
             task: t.id,

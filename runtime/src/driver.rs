@@ -176,7 +176,9 @@ async fn run_job(
     fingerprint: String,
     sources: Vec<input::Source>,
 ) -> Result<RunOutcome> {
-    let lease = platform.lock_job(&id).await.map_err(Error::from_port)?;
+    // Not `from_port`: a job held by another driver is worth trying again later (the operator's
+    // supervisor does), not a refused spec.
+    let lease = platform.lock_job(&id).await?;
     let result = drive_locked(job, platform, &opts, &id, &fingerprint, &sources, &*lease).await;
     lease.release().await;
     result
@@ -236,6 +238,7 @@ async fn drive_locked(
         executor,
         lease,
         paused: false,
+        dispatched: HashMap::new(),
     };
     let stopped = async {
         match &opts.stop {
@@ -362,6 +365,10 @@ struct Loop<'a> {
     lease: &'a dyn JobLease,
     /// Whether the executor was told to pause (the job's `spec.suspend`).
     paused: bool,
+    /// The executor id of each attempt this run dispatched (task → attempt, id). The rows
+    /// carry them too, but a copy of the rows refreshed by someone else mid-dispatch (the
+    /// operator's status) may not yet: such an attempt must not look unknown to the executor.
+    dispatched: HashMap<u32, (u32, String)>,
 }
 
 impl Loop<'_> {
@@ -422,7 +429,15 @@ impl Loop<'_> {
                 .rows()
                 .iter()
                 .filter(|t| matches!(t.state, TaskState::Dispatched | TaskState::Running))
-                .map(|t| (t.id, t.attempt, t.executor_id.clone()))
+                .map(|t| {
+                    let known = || {
+                        self.dispatched
+                            .get(&t.id)
+                            .filter(|(attempt, _)| *attempt == t.attempt)
+                            .map(|(_, id)| id.clone())
+                    };
+                    (t.id, t.attempt, t.executor_id.clone().or_else(known))
+                })
                 .collect();
             let mut polled: HashMap<u32, ExecState> = self
                 .executor
@@ -564,6 +579,15 @@ impl Loop<'_> {
         Ok(done)
     }
 
+    fn remember(&mut self, written: &[TaskRecord], ids: &[(u32, String)]) {
+        let attempts: HashMap<u32, u32> = written.iter().map(|t| (t.id, t.attempt)).collect();
+        for (task, id) in ids {
+            if let Some(&attempt) = attempts.get(task) {
+                self.dispatched.insert(*task, (attempt, id.clone()));
+            }
+        }
+    }
+
     async fn due_retries(&self) -> Result<Vec<DueRetry>> {
         let mut due = Vec::new();
         for m in self.queue.receive(100, RETRY_VISIBILITY).await? {
@@ -620,11 +644,13 @@ impl Loop<'_> {
             // `Executor::planned_ids`), others after it.
             match self.executor.planned_ids(&group) {
                 Some(planned) => {
+                    self.remember(&written, &planned);
                     record_executor_ids(state.as_ref(), written, planned).await?;
                     self.executor.submit(&group).await?;
                 }
                 None => {
                     let ids = self.executor.submit(&group).await?;
+                    self.remember(&written, &ids);
                     record_executor_ids(state.as_ref(), written, ids).await?;
                 }
             }

@@ -418,6 +418,8 @@ async fn merge_and_final_jobs_run_the_aggregate_command_and_a_command_can_be_set
             "s3://bucket/orch",
             "--job",
             JOB_ID,
+            "--group",
+            "0",
             "--task-offset",
             "0"
         ])
@@ -448,6 +450,8 @@ async fn merge_and_final_jobs_run_the_aggregate_command_and_a_command_can_be_set
             "s3://bucket/orch",
             "--job",
             JOB_ID,
+            "--group",
+            "0",
             "--task-offset",
             "0"
         ])
