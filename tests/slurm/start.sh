@@ -369,6 +369,7 @@ chmod 0644 "$DB_DIR/my.cnf"
 rm -f "$DB_DIR/mysqld.sock" "$DB_DIR/mysqld.pid"
 setsid mariadbd --defaults-file="$DB_DIR/my.cnf" --user=mysql </dev/null >>"$DIR/log/mariadb.out" 2>&1 9>&- &
 echo $! >"$DIR/run/mariadb.pid"
+# shellcheck disable=SC2120 # wait_for below passes sql its arguments
 sql() { mariadb --no-defaults --socket="$DB_DIR/mysqld.sock" -u root "$@"; }
 wait_for 60 "mariadb" mariadb sql -e 'SELECT 1'
 sql <<EOF
@@ -414,12 +415,12 @@ plugins=openapi/v0.0.38
 if compgen -G '/usr/lib/*/slurm-wlm/openapi_dbv0_0_38.so' >/dev/null; then
   plugins=$plugins,openapi/dbv0.0.38
 fi
-# SLURM_JWT=daemon makes slurmrestd talk to slurmctld/slurmdbd with auth/jwt, passing each
-# request's token through; without it auth/munge rejects every token ("Rejecting thread config
-# token for user ...").
+# SLURM_CONF is exported above. SLURM_JWT=daemon makes slurmrestd talk to slurmctld/slurmdbd
+# with auth/jwt, passing each request's token through; without it auth/munge rejects every token
+# ("Rejecting thread config token for user ...").
 # A job submitted without current_working_directory runs in slurmrestd's working directory:
 # /tmp, which any user may write to.
-(cd /tmp && SLURM_JWT=daemon SLURM_CONF=$SLURM_CONF exec setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
+(cd /tmp && SLURM_JWT=daemon exec setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
   slurmrestd -f "$SLURM_CONF" -a rest_auth/jwt -s "$plugins" "127.0.0.1:$REST_PORT" \
   </dev/null >>"$DIR/log/slurmrestd.log" 2>&1 9>&- &
   echo $! >"$DIR/run/slurmrestd.pid")
