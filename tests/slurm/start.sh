@@ -8,6 +8,7 @@
 # /etc/slurm is never written. On success STATE_DIR/env is a sourceable file with SLURM_CONF,
 # SLURMRESTD_URL, SLURM_JWT and ORCH_SLURM_DIR; STATE_DIR/jwt holds the token (mode 0600).
 # Idempotent: when the cluster already runs it only refreshes the token and the env file.
+# STATE_DIR/run/last-start then holds `reused`, after starting the daemons `started`.
 # Stop it with tests/slurm/stop.sh (same argument). See tests/slurm/README.md.
 set -euo pipefail
 
@@ -102,12 +103,16 @@ show_env() { sed "s|^export SLURM_JWT=.*|export SLURM_JWT=...  (the token is in 
 daemons=(munged mariadb slurmdbd slurmctld slurmd slurmrestd)
 
 # ---- already running? ----------------------------------------------------------------------------
+# DIR/run/last-start says what this start did, for a caller that stops only what it started:
+# `started` (the daemons were started now) or `reused` (they were running already).
+rm -f "$DIR/run/last-start"
 all_alive=1
 for d in "${daemons[@]}"; do alive "$d" || { all_alive=0; break; }; done
 if [ $all_alive = 1 ] && [ -f "$SLURM_CONF" ] && ctld_up; then
   write_env
   if rest_ping "$SLURM_JWT"; then
     log "already running; token and $DIR/env refreshed"
+    echo reused >"$DIR/run/last-start"
     show_env
     exit 0
   fi
@@ -429,5 +434,6 @@ wait_for 60 "slurmrestd" slurmrestd rest_ping "$SLURM_JWT"
 log "slurmrestd up on $(rest_url) ($plugins)"
 
 started=1
+echo started >"$DIR/run/last-start"
 log "started in $(elapsed "$ts")s (daemons), $(elapsed "$t0")s in all"
 show_env
