@@ -12,7 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-10000}
-here=$(pwd)
 
 cargo build --release -q -p orch-cli -p orch-worker -p orch-operator
 release="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"

@@ -8,6 +8,7 @@
 # /etc/slurm is never written. On success STATE_DIR/env is a sourceable file with SLURM_CONF,
 # SLURMRESTD_URL, SLURM_JWT and ORCH_SLURM_DIR; STATE_DIR/jwt holds the token (mode 0600).
 # Idempotent: when the cluster already runs it only refreshes the token and the env file.
+# STATE_DIR/run/last-start then holds `reused`, after starting the daemons `started`.
 # Stop it with tests/slurm/stop.sh (same argument). See tests/slurm/README.md.
 set -euo pipefail
 
@@ -102,12 +103,16 @@ show_env() { sed "s|^export SLURM_JWT=.*|export SLURM_JWT=...  (the token is in 
 daemons=(munged mariadb slurmdbd slurmctld slurmd slurmrestd)
 
 # ---- already running? ----------------------------------------------------------------------------
+# DIR/run/last-start says what this start did, for a caller that stops only what it started:
+# `started` (the daemons were started now) or `reused` (they were running already).
+rm -f "$DIR/run/last-start"
 all_alive=1
 for d in "${daemons[@]}"; do alive "$d" || { all_alive=0; break; }; done
 if [ $all_alive = 1 ] && [ -f "$SLURM_CONF" ] && ctld_up; then
   write_env
   if rest_ping "$SLURM_JWT"; then
     log "already running; token and $DIR/env refreshed"
+    echo reused >"$DIR/run/last-start"
     show_env
     exit 0
   fi
@@ -369,6 +374,7 @@ chmod 0644 "$DB_DIR/my.cnf"
 rm -f "$DB_DIR/mysqld.sock" "$DB_DIR/mysqld.pid"
 setsid mariadbd --defaults-file="$DB_DIR/my.cnf" --user=mysql </dev/null >>"$DIR/log/mariadb.out" 2>&1 9>&- &
 echo $! >"$DIR/run/mariadb.pid"
+# shellcheck disable=SC2120 # wait_for below passes sql its arguments
 sql() { mariadb --no-defaults --socket="$DB_DIR/mysqld.sock" -u root "$@"; }
 wait_for 60 "mariadb" mariadb sql -e 'SELECT 1'
 sql <<EOF
@@ -414,12 +420,12 @@ plugins=openapi/v0.0.38
 if compgen -G '/usr/lib/*/slurm-wlm/openapi_dbv0_0_38.so' >/dev/null; then
   plugins=$plugins,openapi/dbv0.0.38
 fi
-# SLURM_JWT=daemon makes slurmrestd talk to slurmctld/slurmdbd with auth/jwt, passing each
-# request's token through; without it auth/munge rejects every token ("Rejecting thread config
-# token for user ...").
+# SLURM_CONF is exported above. SLURM_JWT=daemon makes slurmrestd talk to slurmctld/slurmdbd
+# with auth/jwt, passing each request's token through; without it auth/munge rejects every token
+# ("Rejecting thread config token for user ...").
 # A job submitted without current_working_directory runs in slurmrestd's working directory:
 # /tmp, which any user may write to.
-(cd /tmp && SLURM_JWT=daemon SLURM_CONF=$SLURM_CONF exec setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
+(cd /tmp && SLURM_JWT=daemon exec setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
   slurmrestd -f "$SLURM_CONF" -a rest_auth/jwt -s "$plugins" "127.0.0.1:$REST_PORT" \
   </dev/null >>"$DIR/log/slurmrestd.log" 2>&1 9>&- &
   echo $! >"$DIR/run/slurmrestd.pid")
@@ -428,5 +434,6 @@ wait_for 60 "slurmrestd" slurmrestd rest_ping "$SLURM_JWT"
 log "slurmrestd up on $(rest_url) ($plugins)"
 
 started=1
+echo started >"$DIR/run/last-start"
 log "started in $(elapsed "$ts")s (daemons), $(elapsed "$t0")s in all"
 show_env

@@ -22,10 +22,10 @@ pid_of() { # pid_of NAME: the live pid from $DIR/run/NAME.pid whose command matc
 }
 
 stop_one() { # stop_one NAME COMM: SIGTERM, wait up to 15 s, then SIGKILL
-  local pid i
+  local pid
   pid=$(pid_of "$1" "$2") || { rm -f "$DIR/run/$1.pid"; return 0; }
   kill -TERM "$pid" 2>/dev/null
-  for i in $(seq 1 150); do
+  for _ in $(seq 1 150); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
