@@ -1,0 +1,233 @@
+//! The items of orch's table: the attribute names and keys of docs/aws.md ("DynamoDB: one
+//! table"), a [`JobRecord`] or [`TaskRecord`] encoded as an item and decoded back, and the
+//! `writeId` that tells a retried write from a lost one. As in the SQLite store, `body` holds the
+//! whole record and the `version` attribute is authoritative (the two are always written
+//! together and agree).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::BuildError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use orch_core::ErrorCategory;
+use orch_core::backend::{BackendError, BackendResult};
+use orch_core::model::{JobRecord, TaskRecord, TaskState};
+
+use crate::error::AwsError;
+
+/// One DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The GSI of the tasks of one job in one state (hash `gsi1pk`, range `gsi1sk`, projection ALL).
+pub const INDEX_BY_STATE: &str = "by-state";
+/// The GSI of the job list, newest last (hash `gsi2pk`, range `gsi2sk`, projection KEYS_ONLY).
+pub const INDEX_JOBS: &str = "jobs";
+
+pub(super) const PK: &str = "pk";
+pub(super) const SK: &str = "sk";
+pub(super) const VERSION: &str = "version";
+pub(super) const PHASE: &str = "phase";
+pub(super) const STATE: &str = "state";
+pub(super) const BODY: &str = "body";
+pub(super) const GSI1PK: &str = "gsi1pk";
+pub(super) const GSI1SK: &str = "gsi1sk";
+pub(super) const GSI2PK: &str = "gsi2pk";
+pub(super) const GSI2SK: &str = "gsi2sk";
+pub(super) const LEASE_EXPIRY: &str = "leaseExpiry";
+/// The id of the conditional write that left the item as it is (see [`is_own_write`]).
+pub(super) const WRITE_ID: &str = "writeId";
+/// Marks a job item whose creation or deletion has not finished (see `state_store`).
+pub(super) const INCOMPLETE: &str = "incomplete";
+pub(super) const CREATING: &str = "creating";
+pub(super) const DELETING: &str = "deleting";
+
+/// `sk` of a job item.
+pub(super) const JOB_SK: &str = "JOB";
+/// `gsi2pk` of every job item: the one partition of the `jobs` index.
+pub(super) const JOBS_PARTITION: &str = "JOBS";
+/// Prefix of the `sk` of task items.
+pub(super) const TASK_SK_PREFIX: &str = "TASK#";
+
+pub(super) fn job_pk(job: &str) -> String {
+    format!("JOB#{job}")
+}
+
+/// `TASK#<task:06>`. Ids of a million and more have more digits and so no longer sort by
+/// number in the key; [`DynamoStateStore::list_tasks`] sorts by id itself.
+pub(super) fn task_sk(task: u32) -> String {
+    format!("{TASK_SK_PREFIX}{task:06}")
+}
+
+pub(super) fn state_pk(job: &str, state: TaskState) -> String {
+    format!("JOB#{job}#{}", state.as_str())
+}
+
+pub(super) fn jobs_sk(job: &JobRecord) -> String {
+    format!("{:013}#{}", job.created_at, job.id)
+}
+
+pub(super) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(super) fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(super) fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+pub(super) fn key(pk: String, sk: String) -> Item {
+    HashMap::from([(PK.to_string(), s(pk)), (SK.to_string(), s(sk))])
+}
+
+/// The name of an item for messages: its keys, never its contents.
+pub(super) fn item_name(item: &Item) -> String {
+    format!(
+        "{}/{}",
+        get_s(item, PK).unwrap_or("?"),
+        get_s(item, SK).unwrap_or("?")
+    )
+}
+
+pub(super) fn corrupt(what: &str, why: impl std::fmt::Display) -> BackendError {
+    BackendError::message(
+        ErrorCategory::Permanent,
+        format!("corrupt state item {what}: {why}"),
+    )
+}
+
+pub(super) fn build_error(what: &str, e: BuildError) -> BackendError {
+    AwsError::invalid(what, e.to_string()).into()
+}
+
+pub(super) fn encode<T: serde::Serialize>(what: &str, record: &T) -> BackendResult<String> {
+    serde_json::to_string(record).map_err(|e| {
+        BackendError::other(ErrorCategory::Permanent, format!("cannot encode {what}"), e)
+    })
+}
+
+pub(super) fn version_of(what: &str, item: &Item) -> BackendResult<u64> {
+    let raw = item
+        .get(VERSION)
+        .and_then(|v| v.as_n().ok())
+        .ok_or_else(|| corrupt(what, "no numeric version"))?;
+    raw.parse()
+        .map_err(|_| corrupt(what, format!("version {raw:?} is not a count")))
+}
+
+/// Decodes a job item; the `version` attribute is authoritative.
+pub(super) fn decode_job(item: &Item) -> BackendResult<JobRecord> {
+    let what = item_name(item);
+    let body = get_s(item, BODY).ok_or_else(|| corrupt(&what, "no body"))?;
+    let mut job: JobRecord =
+        orch_core::model::decode_versioned(&what, body.as_bytes()).map_err(|e| {
+            BackendError::other(
+                ErrorCategory::Permanent,
+                format!("corrupt state item {what}"),
+                e,
+            )
+        })?;
+    job.version = version_of(&what, item)?;
+    Ok(job)
+}
+
+pub(super) fn decode_task(item: &Item) -> BackendResult<TaskRecord> {
+    let what = item_name(item);
+    let body = get_s(item, BODY).ok_or_else(|| corrupt(&what, "no body"))?;
+    let mut task: TaskRecord = serde_json::from_str(body).map_err(|e| {
+        BackendError::other(
+            ErrorCategory::Permanent,
+            format!("corrupt state item {what}"),
+            e,
+        )
+    })?;
+    task.version = version_of(&what, item)?;
+    Ok(task)
+}
+
+/// A fresh `writeId`: 128 random bits, so no two writes share one.
+pub(super) fn new_write_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// Whether a write that lost its condition lost it to itself: the SDK retries a request whose
+/// answer was lost (a reset connection, a timeout) although the server applied it, and the
+/// retry then finds the item as this very write left it. Comparing bodies would not do: two
+/// writers that both add 1 to the same count write the same bytes, and only one may win.
+pub(super) fn is_own_write(item: &Item, write_id: &str, version: u64) -> bool {
+    get_s(item, WRITE_ID) == Some(write_id) && version_of("item", item).ok() == Some(version)
+}
+
+/// The complete item of a job, marked `incomplete` when given.
+pub(super) fn job_item(
+    job: &JobRecord,
+    incomplete: Option<&str>,
+    write_id: &str,
+) -> BackendResult<Item> {
+    let mut item = key(job_pk(&job.id), JOB_SK.to_string());
+    item.insert(WRITE_ID.into(), s(write_id));
+    item.insert(VERSION.into(), n(job.version));
+    item.insert(PHASE.into(), s(job.phase.as_str()));
+    item.insert(BODY.into(), s(encode("job", job)?));
+    item.insert(GSI2PK.into(), s(JOBS_PARTITION));
+    item.insert(GSI2SK.into(), s(jobs_sk(job)));
+    if let Some(mark) = incomplete {
+        item.insert(INCOMPLETE.into(), s(mark));
+    }
+    Ok(item)
+}
+
+/// The complete item of a task.
+pub(super) fn task_item(task: &TaskRecord) -> BackendResult<Item> {
+    let mut item = key(job_pk(&task.job), task_sk(task.id));
+    item.insert(VERSION.into(), n(task.version));
+    item.insert(STATE.into(), s(task.state.as_str()));
+    item.insert(BODY.into(), s(encode("task", task)?));
+    item.insert(GSI1PK.into(), s(state_pk(&task.job, task.state)));
+    item.insert(GSI1SK.into(), s(task_sk(task.id)));
+    if let Some(expiry) = task.lease_expiry {
+        item.insert(LEASE_EXPIRY.into(), n(expiry));
+    }
+    Ok(item)
+}
+
+/// Job ids become parts of keys joined by `#`; one containing `#` could collide with another
+/// job's state partition (`JOB#a#running`).
+pub(super) fn check_job_id(job: &str) -> BackendResult<()> {
+    if job.is_empty() || job.contains('#') {
+        return Err(BackendError::message(
+            ErrorCategory::Invalid,
+            format!("job id {job:?} must be non-empty and must not contain '#'"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_docs_aws_md() {
+        let mut task = TaskRecord::new("j-1", 7, 10, 5);
+        task.lease_expiry = Some(1234);
+        let item = task_item(&task).unwrap();
+        assert_eq!(get_s(&item, PK), Some("JOB#j-1"));
+        assert_eq!(get_s(&item, SK), Some("TASK#000007"));
+        assert_eq!(get_s(&item, GSI1PK), Some("JOB#j-1#pending"));
+        assert_eq!(get_s(&item, GSI1SK), Some("TASK#000007"));
+        assert_eq!(get_s(&item, STATE), Some("pending"));
+        assert_eq!(
+            item.get(LEASE_EXPIRY).and_then(|v| v.as_n().ok()).unwrap(),
+            "1234"
+        );
+        assert_eq!(decode_task(&item).unwrap(), task);
+        assert!(check_job_id("a#b").is_err());
+        assert!(check_job_id("").is_err());
+        assert_eq!(task_sk(1_234_567), "TASK#1234567");
+    }
+}

@@ -1,0 +1,472 @@
+//! The [`StateStore`] contract on the table. Every write of a record is conditional on
+//! `version` and increments it; a lost condition is a [`BackendError::Conflict`], unless the
+//! item carries this write's own `writeId` (the SDK retried a write whose answer was lost).
+//! Workers may only `GetItem`, `UpdateItem` and `Query` (IAM, docs/aws.md), so updates are
+//! `UpdateItem`s, never `PutItem`s.
+//!
+//! Creating and deleting a job take many requests, so the job item carries `incomplete`
+//! (`creating` or `deleting`) meanwhile: `create_job` writes the job item first, conditional
+//! on its absence (a second `create_job` of the id is a `Conflict` before it touches any
+//! task), then the tasks, then removes the mark; `delete_job` marks the job, deletes the tasks,
+//! then the job item. A marked job is invisible (`get_job` reads `None`, `list_jobs` skips it,
+//! `update_job` is `NotFound`) until [`DynamoStateStore::list_incomplete_jobs`] finds it and
+//! `delete_job` removes it.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use orch_core::ErrorCategory;
+use orch_core::backend::{BackendError, BackendResult, StateStore, next_version};
+use orch_core::model::{JobRecord, TaskRecord, TaskState};
+
+use super::batch::{delete_request, put_request};
+use super::item::{
+    BODY, CREATING, DELETING, GSI1PK, GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK,
+    JOBS_PARTITION, LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, check_job_id,
+    decode_job, decode_task, encode, get_s, is_own_write, job_item, job_pk, jobs_sk, key, n,
+    new_write_id, s, state_pk, task_item, task_sk,
+};
+use super::{DynamoStateStore, SERVICE};
+use crate::error::sdk_error;
+
+impl DynamoStateStore {
+    /// Deletes the given tasks of `job`, best effort, after a creation lost its job: logs
+    /// rather than fails, the caller already has an error to report.
+    async fn discard_tasks(&self, job: &str, tasks: &[TaskRecord]) {
+        let requests = tasks
+            .iter()
+            .map(|t| delete_request(key(job_pk(job), task_sk(t.id))))
+            .collect::<BackendResult<Vec<_>>>();
+        let result = match requests {
+            Ok(requests) => self.write_batches(requests).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(job, error = %e, "cannot remove the tasks of a job whose creation failed");
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for DynamoStateStore {
+    async fn create_job(&self, job: &JobRecord, tasks: &[TaskRecord]) -> BackendResult<()> {
+        check_job_id(&job.id)?;
+        let mut seen = HashSet::with_capacity(tasks.len());
+        for task in tasks {
+            if task.job != job.id {
+                return Err(BackendError::message(
+                    ErrorCategory::Invalid,
+                    format!(
+                        "task {} belongs to job {}, not {}",
+                        task.id, task.job, job.id
+                    ),
+                ));
+            }
+            if !seen.insert(task.id) {
+                return Err(BackendError::message(
+                    ErrorCategory::Invalid,
+                    format!("job {}: task id {} given twice", job.id, task.id),
+                ));
+            }
+        }
+        // Encode everything before the first write, so a bad record cannot leave a half job.
+        let requests = tasks
+            .iter()
+            .map(|t| task_item(t).and_then(put_request))
+            .collect::<BackendResult<Vec<_>>>()?;
+        let pk = job_pk(&job.id);
+        let resource = format!("{} {pk}", self.table);
+
+        // 1. The job item, marked `creating`, only if the id is free.
+        let write_id = new_write_id();
+        let item = job_item(job, Some(CREATING), &write_id)?;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        if let Err(e) = put {
+            let lost_to = match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(c)) => Some(c.item()),
+                _ => None,
+            };
+            match lost_to {
+                // Our own put, retried: carry on.
+                Some(Some(existing))
+                    if get_s(existing, INCOMPLETE) == Some(CREATING)
+                        && is_own_write(existing, &write_id, job.version) => {}
+                Some(existing) => {
+                    let how = match existing.and_then(|i| get_s(i, INCOMPLETE)) {
+                        Some(mark) => format!(
+                            "job {} (its {mark} did not finish; delete_job removes it)",
+                            job.id
+                        ),
+                        None => format!("job {} (it exists)", job.id),
+                    };
+                    return Err(BackendError::Conflict(how));
+                }
+                None => return Err(sdk_error(SERVICE, "PutItem", resource, e).into()),
+            }
+        }
+
+        // 2. The tasks. A failure removes what was written (while the mark keeps the job
+        // invisible); if even that fails, the mark tells `list_incomplete_jobs` about it.
+        if let Err(e) = self.write_batches(requests).await {
+            if let Err(cleanup) = self.delete_job(&job.id).await {
+                tracing::warn!(
+                    job = %job.id,
+                    error = %cleanup,
+                    "cannot remove a half-created job; it stays marked incomplete"
+                );
+            }
+            return Err(e);
+        }
+
+        // 3. Visible: remove the mark. Not a change of the record, so the version stays.
+        let done = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), JOB_SK.into())))
+            .update_expression("REMOVE #inc")
+            .condition_expression("#inc = :creating AND #v = :v")
+            .expression_attribute_names("#inc", INCOMPLETE)
+            .expression_attribute_names("#v", VERSION)
+            .expression_attribute_values(":creating", s(CREATING))
+            .expression_attribute_values(":v", n(job.version))
+            .send()
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let conflict = matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                );
+                if !conflict {
+                    return Err(sdk_error(SERVICE, "UpdateItem", resource, e).into());
+                }
+                // Our own update, retried after its answer was lost, finds the mark gone: the
+                // job is there and unmarked (and may even have been updated since by someone
+                // who saw it). Only a missing or `deleting` job means a delete_job won.
+                match self.job_item_raw(&job.id).await? {
+                    Some(item) if !item.contains_key(INCOMPLETE) => return Ok(()),
+                    Some(item) if get_s(&item, INCOMPLETE) == Some(CREATING) => {
+                        return Err(BackendError::message(
+                            ErrorCategory::Transient,
+                            format!("job {}: could not mark its creation finished", job.id),
+                        ));
+                    }
+                    _ => {}
+                }
+                // A delete_job ran meanwhile; it may have queried the tasks before these were
+                // all written, so remove ours rather than leave them behind.
+                self.discard_tasks(&job.id, tasks).await;
+                Err(BackendError::Conflict(format!(
+                    "job {} was deleted while it was being created",
+                    job.id
+                )))
+            }
+        }
+    }
+
+    async fn add_tasks(&self, job: &str, tasks: &[TaskRecord]) -> BackendResult<()> {
+        check_job_id(job)?;
+        if let Some(task) = tasks.iter().find(|t| t.job != job) {
+            return Err(BackendError::message(
+                ErrorCategory::Invalid,
+                format!("task {} belongs to job {}, not {job}", task.id, task.job),
+            ));
+        }
+        let items = tasks.iter().map(task_item).collect::<BackendResult<Vec<_>>>()?;
+        if self.get_job(job).await?.is_none() {
+            return Err(BackendError::NotFound(format!("job {job}")));
+        }
+        let resource = format!("{} {}", self.table, job_pk(job));
+        // One conditional put per row: a row that exists (an earlier, interrupted call) is
+        // left as it is. Aggregation adds a few rows per thousand tasks, so no batching.
+        for item in items {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .send()
+                .await;
+            match put {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(PutItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(e) => return Err(sdk_error(SERVICE, "PutItem", resource.clone(), e).into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_job(&self, job: &str) -> BackendResult<Option<JobRecord>> {
+        match self.job_item_raw(job).await? {
+            Some(item) if !item.contains_key(INCOMPLETE) => decode_job(&item).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn list_jobs(&self) -> BackendResult<Vec<JobRecord>> {
+        self.job_items()
+            .await?
+            .iter()
+            .filter(|item| !item.contains_key(INCOMPLETE))
+            .map(decode_job)
+            .collect()
+    }
+
+    async fn update_job(&self, job: &JobRecord) -> BackendResult<JobRecord> {
+        let mut stored = job.clone();
+        stored.version = next_version(&format!("job {}", job.id), job.version)?;
+        let pk = job_pk(&job.id);
+        let body = encode("job", &stored)?;
+        let write_id = new_write_id();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), JOB_SK.into())))
+            .update_expression(
+                "SET #body = :body, #v = :next, #phase = :phase, #g2pk = :g2pk, #g2sk = :g2sk, \
+                 #w = :w",
+            )
+            .condition_expression("#v = :expected AND attribute_not_exists(#inc)")
+            .expression_attribute_names("#body", BODY)
+            .expression_attribute_names("#v", VERSION)
+            .expression_attribute_names("#phase", PHASE)
+            .expression_attribute_names("#g2pk", GSI2PK)
+            .expression_attribute_names("#g2sk", GSI2SK)
+            .expression_attribute_names("#inc", INCOMPLETE)
+            .expression_attribute_names("#w", WRITE_ID)
+            .expression_attribute_values(":w", s(&write_id))
+            .expression_attribute_values(":body", s(body))
+            .expression_attribute_values(":next", n(stored.version))
+            .expression_attribute_values(":phase", s(stored.phase.as_str()))
+            .expression_attribute_values(":g2pk", s(JOBS_PARTITION))
+            .expression_attribute_values(":g2sk", s(jobs_sk(&stored)))
+            .expression_attribute_values(":expected", n(job.version))
+            // The item as it was, when the condition fails: Conflict or NotFound without
+            // another read.
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(stored),
+            Err(e) => {
+                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
+                    e.as_service_error()
+                {
+                    return match c.item() {
+                        Some(item) if is_own_write(item, &write_id, stored.version) => Ok(stored),
+                        Some(item) if !item.contains_key(INCOMPLETE) => {
+                            Err(BackendError::Conflict(format!(
+                                "job {} at version {}",
+                                job.id, job.version
+                            )))
+                        }
+                        _ => Err(BackendError::NotFound(format!("job {}", job.id))),
+                    };
+                }
+                Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
+            }
+        }
+    }
+
+    async fn list_tasks(&self, job: &str) -> BackendResult<Vec<TaskRecord>> {
+        let items = self.task_items(job, false).await?;
+        let mut tasks = items
+            .iter()
+            .map(decode_task)
+            .collect::<BackendResult<Vec<_>>>()?;
+        // The key order is the id order only below a million (see `task_sk`).
+        tasks.sort_by_key(|t| t.id);
+        Ok(tasks)
+    }
+
+    async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>> {
+        let pk = job_pk(job);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), task_sk(task))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(SERVICE, "GetItem", format!("{} {pk}", self.table), e))?;
+        out.item.as_ref().map(decode_task).transpose()
+    }
+
+    async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord> {
+        let name = format!("task {}/{}", task.job, task.id);
+        let mut stored = task.clone();
+        stored.version = next_version(&name, task.version)?;
+        let pk = job_pk(&task.job);
+        // `leaseExpiry` follows the record on every write, so an expired lease can be found
+        // with the `by-state` index and a filter (see `expired_leases`).
+        let body = encode("task", &stored)?;
+        let write_id = new_write_id();
+        let expression = match stored.lease_expiry {
+            Some(_) => {
+                "SET #body = :body, #v = :next, #state = :state, #g1pk = :g1pk, #g1sk = :g1sk, \
+                 #w = :w, #le = :le"
+            }
+            None => {
+                "SET #body = :body, #v = :next, #state = :state, #g1pk = :g1pk, #g1sk = :g1sk, \
+                 #w = :w REMOVE #le"
+            }
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), task_sk(task.id))))
+            .update_expression(expression)
+            // A missing item has no version, so this also refuses to create one.
+            .condition_expression("#v = :expected")
+            .expression_attribute_names("#body", BODY)
+            .expression_attribute_names("#v", VERSION)
+            .expression_attribute_names("#state", STATE)
+            .expression_attribute_names("#g1pk", GSI1PK)
+            .expression_attribute_names("#g1sk", GSI1SK)
+            .expression_attribute_names("#le", LEASE_EXPIRY)
+            .expression_attribute_names("#w", WRITE_ID)
+            .expression_attribute_values(":w", s(&write_id))
+            .expression_attribute_values(":body", s(body))
+            .expression_attribute_values(":next", n(stored.version))
+            .expression_attribute_values(":state", s(stored.state.as_str()))
+            .expression_attribute_values(":g1pk", s(state_pk(&stored.job, stored.state)))
+            .expression_attribute_values(":g1sk", s(task_sk(stored.id)))
+            .expression_attribute_values(":expected", n(task.version))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(expiry) = stored.lease_expiry {
+            request = request.expression_attribute_values(":le", n(expiry));
+        }
+        match request.send().await {
+            Ok(_) => Ok(stored),
+            Err(e) => {
+                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
+                    e.as_service_error()
+                {
+                    return match c.item() {
+                        Some(item) if is_own_write(item, &write_id, stored.version) => Ok(stored),
+                        Some(_) => Err(BackendError::Conflict(format!(
+                            "{name} at version {}",
+                            task.version
+                        ))),
+                        None => Err(BackendError::NotFound(name)),
+                    };
+                }
+                Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
+            }
+        }
+    }
+
+    async fn delete_job(&self, job: &str) -> BackendResult<()> {
+        let pk = job_pk(job);
+        let resource = format!("{} {pk}", self.table);
+        // 1. Mark the job, so that it disappears at once and a death half-way is detectable.
+        let marked = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), JOB_SK.into())))
+            .update_expression("SET #inc = :deleting")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#inc", INCOMPLETE)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":deleting", s(DELETING))
+            .send()
+            .await;
+        if let Err(e) = marked {
+            if matches!(
+                e.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) {
+                // No job item: nothing to delete. Task items never outlive their job item
+                // (it is written first and deleted last), and touching tasks here could
+                // remove those of a creation that starts right now.
+                return Ok(());
+            }
+            return Err(sdk_error(SERVICE, "UpdateItem", resource, e).into());
+        }
+        // 2. The tasks.
+        let requests = self
+            .task_items(job, true)
+            .await?
+            .into_iter()
+            .filter_map(|item| {
+                let pk = item.get(PK)?.clone();
+                let sk = item.get(SK)?.clone();
+                Some(HashMap::from([(PK.to_string(), pk), (SK.to_string(), sk)]))
+            })
+            .map(delete_request)
+            .collect::<BackendResult<Vec<_>>>()?;
+        self.write_batches(requests).await?;
+        // 3. The job item, unless another delete_job finished first (and the id was reused).
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, JOB_SK.into())))
+            .condition_expression("#inc = :deleting")
+            .expression_attribute_names("#inc", INCOMPLETE)
+            .expression_attribute_values(":deleting", s(DELETING))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(SERVICE, "DeleteItem", resource, e).into()),
+        }
+    }
+
+    async fn list_tasks_in_state(
+        &self,
+        job: &str,
+        state: TaskState,
+    ) -> BackendResult<Vec<TaskRecord>> {
+        let pk = state_pk(job, state);
+        let items = self
+            .query_all("Query by-state", &pk, false, || {
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(INDEX_BY_STATE)
+                    .key_condition_expression("#pk = :pk")
+                    .expression_attribute_names("#pk", GSI1PK)
+                    .expression_attribute_values(":pk", s(&pk))
+            })
+            .await?;
+        let mut tasks = items
+            .iter()
+            .map(decode_task)
+            .collect::<BackendResult<Vec<_>>>()?;
+        // The projection is the item as the index saw it: its body matches its partition.
+        tasks.retain(|t| t.state == state);
+        tasks.sort_by_key(|t| t.id);
+        Ok(tasks)
+    }
+}

@@ -1,0 +1,390 @@
+//! The client over HTTP, against a *fake* slurmrestd — a thread answering canned responses on
+//! 127.0.0.1 — used only for version negotiation, headers, retries and the mapping of status
+//! codes to errors; `tests/rest_live.rs` talks to the real one.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use orch_core::ErrorCategory;
+
+use super::test_support::{fixture, submission};
+use super::token::Secret;
+use super::*;
+
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl";
+
+#[test]
+fn a_missing_token_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("jwt");
+    match RestApi::new("http://127.0.0.1:9", None, TokenSource::File(missing)) {
+        Err(SlurmError::Invalid { field, reason }) => {
+            assert_eq!(field, "spec.executor.slurm.tokenFile");
+            assert!(reason.contains("cannot read"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    assert!(matches!(
+        RestApi::new("http://127.0.0.1:9", None, TokenSource::File(empty)),
+        Err(SlurmError::Invalid { .. })
+    ));
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    assert!(matches!(
+        RestApi::new("ftp://slurm", None, TokenSource::File(token)),
+        Err(SlurmError::Invalid { field, .. }) if field == "spec.executor.slurm.url"
+    ));
+}
+
+#[test]
+fn the_token_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwt");
+    std::fs::write(&path, TOKEN).unwrap();
+    let api = RestApi::new(
+        "http://slurm:6820/",
+        Some("alice".into()),
+        TokenSource::File(path),
+    )
+    .unwrap();
+    let debug = format!("{api:?}");
+    assert!(
+        !debug.contains(TOKEN) && !debug.contains("c2VjcmV0"),
+        "{debug}"
+    );
+    assert!(
+        debug.contains("http://slurm:6820") && debug.contains("alice"),
+        "{debug}"
+    );
+    assert_eq!(format!("{:?}", Secret(TOKEN.into())), "<redacted>");
+}
+
+// ---- a fake slurmrestd ----------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Handler = dyn Fn(&Seen) -> (u16, String) + Send + Sync;
+
+/// A fake slurmrestd: answers at most `limit` requests with `handler`, records them.
+fn fake(limit: usize, handler: Box<Handler>) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(limit) {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or_default().to_string();
+            let target = parts.next().unwrap_or_default().to_string();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let request = Seen {
+                method,
+                target,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            let (status, answer) = handler(&request);
+            log.lock().unwrap().push(request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+fn api(url: &str, dir: &Path) -> RestApi {
+    let token = dir.join("jwt");
+    std::fs::write(&token, TOKEN).unwrap();
+    RestApi::new(url, Some("alice".into()), TokenSource::File(token))
+        .unwrap()
+        .with_retries(3, Duration::from_millis(10))
+        .with_timeout(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn negotiation_reads_the_api_description_then_falls_back_to_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = fixture("v0.0.41", "openapi_v3_paths.json");
+    let (url, seen) = fake(
+        8,
+        Box::new(move |r| match r.target.as_str() {
+            "/openapi/v3" => (200, doc.clone()),
+            _ => (404, String::new()),
+        }),
+    );
+    let rest = api(&url, dir.path());
+    assert_eq!(rest.version().await.unwrap(), ApiVersion::V0_0_41);
+    assert_eq!(rest.version().await.unwrap(), ApiVersion::V0_0_41);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "negotiated once");
+    assert_eq!(seen[0].header("x-slurm-user-name"), Some("alice"));
+    assert_eq!(seen[0].header("x-slurm-user-token"), Some(TOKEN));
+
+    let (url, seen) = fake(
+        16,
+        Box::new(|r| match r.target.as_str() {
+            "/slurm/v0.0.40/ping/" => (200, r#"{"pings": [], "errors": []}"#.into()),
+            _ => (404, "Unable to find requested URL".into()),
+        }),
+    );
+    let rest = api(&url, dir.path()).with_retries(1, Duration::ZERO);
+    assert_eq!(rest.version().await.unwrap(), ApiVersion::V0_0_40);
+    let targets: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/openapi/v3",
+            "/openapi",
+            "/slurm/v0.0.42/ping/",
+            "/slurm/v0.0.41/ping/",
+            "/slurm/v0.0.40/ping/"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn status_codes_map_to_error_categories() {
+    let dir = tempfile::tempdir().unwrap();
+    // 401: the token was refused; the message names the setting, never the token.
+    let (url, seen) = fake(4, Box::new(|_| (401, "Authentication failure".into())));
+    let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_38);
+    let e = rest.arrays("j").await.unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert!(
+        matches!(&e, SlurmError::Invalid { field, .. } if field == "spec.executor.slurm.tokenFile"),
+        "{text}"
+    );
+    assert!(
+        text.contains("refused the token") && !text.contains(TOKEN),
+        "{text}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a refused token is not retried"
+    );
+
+    // 503 on a GET: retried, then transient.
+    let (url, seen) = fake(8, Box::new(|_| (503, "busy".into())));
+    let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_38);
+    let e = rest.cluster_info().await.unwrap_err();
+    assert_eq!(e.category(), ErrorCategory::Transient, "{e}");
+    assert_eq!(seen.lock().unwrap().len(), 3, "three attempts");
+
+    // 429 then success: the retry succeeds.
+    let partitions = fixture("v0.0.38", "rest_partitions.json");
+    let (url, seen) = fake(
+        8,
+        Box::new(move |_| {
+            static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+                (429, String::new())
+            } else {
+                (200, partitions.clone())
+            }
+        }),
+    );
+    let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_38);
+    let info = rest.cluster_info().await.unwrap();
+    assert_eq!(info.max_array_size, DEFAULT_MAX_ARRAY_SIZE);
+    assert_eq!(info.partitions.len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // A failed submit is sent once: the executor looks the array up before trying again.
+    let (url, seen) = fake(
+        4,
+        Box::new(|_| {
+            (500, r#"{"errors": [{"error_number": 1800, "error": "Unable to contact slurm controller (connect failure)"}]}"#.into())
+        }),
+    );
+    let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_41);
+    let e = rest.submit(&submission()).await.unwrap_err();
+    assert_eq!(e.category(), ErrorCategory::Transient, "{e}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/slurm/v0.0.41/job/submit")
+    );
+    let body: Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(body["job"]["name"], json!("reviews-1a2b"));
+
+    // 200 with a body that is not JSON: a decode error.
+    let (url, _) = fake(4, Box::new(|_| (200, "<html>".into())));
+    let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_38);
+    assert!(matches!(
+        rest.arrays("j").await,
+        Err(SlurmError::Decode { .. })
+    ));
+
+    // Nobody listening: unreachable (transient).
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let rest = api(&url, dir.path()).with_retries(2, Duration::from_millis(1));
+    let e = rest.cluster_info().await.unwrap_err();
+    assert!(matches!(e, SlurmError::Unreachable { .. }), "{e}");
+    assert!(!e.to_string().contains(TOKEN));
+}
+
+#[tokio::test]
+async fn an_empty_answer_to_update_time_is_checked_with_a_full_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = fixture("v0.0.40", "jobs.json");
+    let (url, seen) = fake(
+        8,
+        Box::new(move |r| {
+            if r.target.contains("update_time=") {
+                (
+                    200,
+                    r#"{"jobs": [], "last_update": {"set": true, "infinite": false, "number": 1735725700}, "errors": [], "warnings": []}"#.into(),
+                )
+            } else {
+                (200, jobs.clone())
+            }
+        }),
+    );
+    let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_40);
+    let first = rest.arrays("reviews-1a2b").await.unwrap();
+    let again = rest.arrays("reviews-1a2b").await.unwrap();
+    assert_eq!(first, again);
+    let targets: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/slurm/v0.0.40/jobs/",
+            "/slurm/v0.0.40/jobs/?update_time=1735725641",
+            "/slurm/v0.0.40/jobs/"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn requests_on_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = fixture("v0.0.41", "jobs.json");
+    let unchanged = fixture("v0.0.41", "jobs_unchanged.json");
+    let submitted = fixture("v0.0.41", "job_submit.json");
+    let update = fixture("v0.0.41", "job_update.json");
+    let (url, seen) = fake(
+        16,
+        Box::new(move |r| match (r.method.as_str(), r.target.as_str()) {
+            ("GET", "/slurm/v0.0.41/jobs/") => (200, jobs.clone()),
+            ("GET", t) if t.starts_with("/slurm/v0.0.41/jobs/?update_time=") => {
+                (200, unchanged.clone())
+            }
+            ("POST", "/slurm/v0.0.41/job/submit") => (200, submitted.clone()),
+            ("POST", "/slurm/v0.0.41/job/120") => (200, update.clone()),
+            ("DELETE", _) => (
+                200,
+                r#"{"status": [], "errors": [], "warnings": []}"#.into(),
+            ),
+            _ => (404, String::new()),
+        }),
+    );
+    let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_41);
+    let first = rest.arrays("reviews-1a2b").await.unwrap();
+    let again = rest.arrays("reviews-1a2b").await.unwrap();
+    assert_eq!(
+        first, again,
+        "no change since last_update: the cached answer"
+    );
+    assert_eq!(first.len(), 2);
+    assert_eq!(rest.submit(&submission()).await.unwrap(), 160);
+    rest.hold(120).await.unwrap();
+    rest.release(120).await.unwrap();
+    rest.cancel(120, &[4, 5]).await.unwrap();
+    rest.cancel(120, &[]).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let calls: Vec<(String, String)> = seen
+        .iter()
+        .map(|s| (s.method.clone(), s.target.clone()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("GET".into(), "/slurm/v0.0.41/jobs/".into()),
+            (
+                "GET".into(),
+                "/slurm/v0.0.41/jobs/?update_time=1735725641".into()
+            ),
+            ("POST".into(), "/slurm/v0.0.41/job/submit".into()),
+            ("POST".into(), "/slurm/v0.0.41/job/120".into()),
+            ("POST".into(), "/slurm/v0.0.41/job/120".into()),
+            ("DELETE".into(), "/slurm/v0.0.41/jobs/".into()),
+            ("DELETE".into(), "/slurm/v0.0.41/job/120".into()),
+        ]
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&seen[3].body).unwrap(),
+        json!({"hold": true})
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&seen[4].body).unwrap(),
+        json!({"hold": false})
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&seen[5].body).unwrap(),
+        json!({"jobs": ["120_4", "120_5"], "signal": "KILL"})
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.header("x-slurm-user-token") == Some(TOKEN))
+    );
+}
