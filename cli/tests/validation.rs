@@ -135,6 +135,50 @@ fn run_refuses_bad_files_with_exit_2_too() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
+/// A Slurm job on slurmrestd that leaves the URL to the operator (which fills in its
+/// `--slurm-url`) is valid, as the operator and `orch submit` find it; `orch validate` says who
+/// fills it in, and only `orch run`, which has nobody to, refuses it.
+#[test]
+fn a_slurm_url_left_to_the_operator_is_valid_but_not_runnable_here() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    let job = s.write(
+        "job.yaml",
+        &format!("{GOOD}  executor: {{slurm: {{transport: rest}}}}\n"),
+    );
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is valid"),
+        "{all}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("note: spec.executor.slurm.url: not set")
+            && stderr.contains("--slurm-url")
+            && stderr.contains("`orch run` has none"),
+        "{all}"
+    );
+
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("spec.executor.slurm.url: not set"), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+    // Nothing was started.
+    assert!(!s.path(".orch/jobs").exists(), "{all}");
+
+    // With the URL in the file there is nothing to say.
+    let job = s.write(
+        "job.yaml",
+        &format!("{GOOD}  executor: {{slurm: {{transport: rest, url: \"http://127.0.0.1:9\"}}}}\n"),
+    );
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("note:"), "{}", text(&out));
+}
+
 #[test]
 fn extends_deep_merges_a_base_file() {
     let s = Scratch::new();
