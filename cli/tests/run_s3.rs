@@ -239,3 +239,81 @@ async fn the_example_survives_errors_resets_and_an_outage_of_the_aws_endpoints()
     );
     aws.check_finished_job(&out, &job_file).await;
 }
+
+/// A merge task that fails every attempt: `orch run`'s error names the directory its log really
+/// is in — on S3 storage the driver's log directory (`.orch/logs/<job>/` where `orch run`
+/// started), not `jobs/<job>/logs/`, which holds nothing there — and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_merge_task_names_its_real_log_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let aws = Aws::new("orch-mergelog");
+    aws.prepare().await;
+    // The real worker for the work tasks; every merge task fails, saying so on stderr.
+    let wrapper = aws.scratch.write(
+        "worker.sh",
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = aggregate ]; then echo 'merge refused on purpose' >&2; exit 7; fi\n\
+             exec '{}' \"$@\"\n",
+            common::worker().display()
+        ),
+    );
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let job_file = aws.scratch.write(
+        "merge-fails.yaml",
+        &format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: merge-fails}}
+spec:
+  input: {{uri: "s3://{bucket}/input/reviews.jsonl"}}
+  batch: {{size: 1000}}
+  handler: {{builtin: {{name: identity}}}}
+  retry: {{maxAttempts: 2, backoff: {{initial: 100ms, max: 1s}}}}
+  storage: {{uri: "s3://{bucket}/orch/"}}
+  output: {{uri: "s3://{bucket}/out/"}}
+  executor: {{local: {{parallelism: 2}}}}
+"#,
+            bucket = aws.bucket
+        ),
+    );
+    let mut cmd = aws.orch(
+        &aws.endpoint,
+        &["run", job_file.to_str().unwrap(), "--no-progress"],
+    );
+    cmd.env("ORCH_WORKER", &wrapper);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let all = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("exit code 7"), "{all}");
+    assert!(!all.contains("jobs/merge-fails"), "{all}");
+    let named = all
+        .split("its log: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no log directory named: {all}"));
+    let dir = Path::new(named);
+    let expected = aws
+        .scratch
+        .dir
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join(".orch/logs");
+    assert!(
+        dir.canonicalize().unwrap().starts_with(&expected),
+        "{} is not under {}",
+        dir.display(),
+        expected.display()
+    );
+    let logs: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.contains("merge refused on purpose")),
+        "{} holds {logs:?}",
+        dir.display()
+    );
+}

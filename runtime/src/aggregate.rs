@@ -426,6 +426,9 @@ pub struct AggregationRun<'a> {
     /// Longest wait between two looks at the executor.
     pub tick: Duration,
     pub report: &'a (dyn Fn(AggregationProgress) + Send + Sync),
+    /// Where the merge tasks' logs are, as a failed task's message names it: the executor's
+    /// log directory (the platform's `log_dir`, or Slurm's `logDir`), or the pods' logs.
+    pub logs: &'a str,
 }
 
 /// Merges the committed results into the output location: verifies every task result,
@@ -677,7 +680,7 @@ impl AggregationRun<'_> {
                         stage: stage.to_string(),
                         group: status.task,
                         attempts: status.attempt,
-                        message: format!("{why}; its log is under jobs/{job}/logs/"),
+                        message: format!("{why}; its log: {}", self.logs),
                     });
                 }
                 warn!(%stage, group = status.task, attempt = status.attempt, error = %why, "merge task failed; retrying");

@@ -331,6 +331,7 @@ async fn drive_locked(
         (None, None) => &local,
     };
     let cfg = EngineConfig::from_spec(&record.spec.spec);
+    let logs = task_logs(&record, platform)?;
     let mut loop_state = Loop {
         cfg,
         id: id.to_string(),
@@ -339,6 +340,7 @@ async fn drive_locked(
         executor,
         lease,
         paused: false,
+        logs: &logs,
     };
     let stopped = async {
         match &opts.stop {
@@ -419,6 +421,50 @@ const TASK_ENVIRONMENT: &[&str] = &[
     "AWS_ENDPOINT_URL_SQS",
 ];
 
+/// Where the job's task logs are, as messages name them: the directory its executor writes
+/// them to — the platform's log directory (local processes; Slurm without `logDir`), Slurm's
+/// `logDir` — or, for worker pods, their logs in Kubernetes. The storage's `jobs/J/` holds no
+/// logs unless the platform's log directory happens to be there (embedded storage).
+fn task_logs(record: &JobRecord, platform: &dyn Platform) -> Result<String> {
+    let executor = &record.spec.spec.executor;
+    if let Some(slurm) = &executor.slurm {
+        return Ok(format!(
+            "{}/",
+            slurm_log_dir(record, slurm, platform)?.display()
+        ));
+    }
+    if executor.kubernetes.is_some() {
+        // The operator labels every worker pod with the job id (a label value: ids are short).
+        return Ok(format!(
+            "`kubectl logs -l orch.dev/job={}` (its worker pod, in the OrchJob's namespace)",
+            record.id
+        ));
+    }
+    Ok(format!("{}/", platform.log_dir(&record.id).display()))
+}
+
+/// The directory of a Slurm job's array task logs: `logDir` (relative to where the driver
+/// runs) with the job id under it, else the platform's log directory.
+fn slurm_log_dir(
+    record: &JobRecord,
+    spec: &orch_core::spec::SlurmExecutorSpec,
+    platform: &dyn Platform,
+) -> Result<PathBuf> {
+    Ok(match &spec.log_dir {
+        Some(dir) => current_dir()?.join(dir).join(&record.id),
+        None => platform.log_dir(&record.id),
+    })
+}
+
+fn current_dir() -> Result<PathBuf> {
+    Ok(
+        std::env::current_dir().map_err(|source| orch_core::Error::Io {
+            path: PathBuf::from("."),
+            source,
+        })?,
+    )
+}
+
 /// Slurm job arrays (`executor.slurm`), checked against the cluster before anything runs.
 async fn slurm_executor(
     record: &JobRecord,
@@ -426,14 +472,8 @@ async fn slurm_executor(
     platform: &dyn Platform,
     opts: &RunOptions,
 ) -> Result<orch_slurm::SlurmExecutor> {
-    let cwd = std::env::current_dir().map_err(|source| orch_core::Error::Io {
-        path: PathBuf::from("."),
-        source,
-    })?;
-    let log_dir = match &spec.log_dir {
-        Some(dir) => cwd.join(dir).join(&record.id),
-        None => platform.log_dir(&record.id),
-    };
+    let cwd = current_dir()?;
+    let log_dir = slurm_log_dir(record, spec, platform)?;
     std::fs::create_dir_all(&log_dir).map_err(|source| orch_core::Error::Io {
         path: log_dir.clone(),
         source,
@@ -561,6 +601,8 @@ struct Loop<'a> {
     lease: &'a dyn JobLease,
     /// Whether the executor was told to pause (the job's `spec.suspend`).
     paused: bool,
+    /// Where the tasks' logs are, for messages ([`task_logs`]).
+    logs: &'a str,
 }
 
 impl Loop<'_> {
@@ -713,6 +755,7 @@ impl Loop<'_> {
                     max_attempts: job.spec.spec.retry.max_attempts,
                     tick: opts.tick,
                     report: &report,
+                    logs: self.logs,
                 };
                 match aggregate(&run, &job, &tasks).await {
                     Ok(()) => {}
