@@ -196,3 +196,30 @@ fn extends_deep_merges_a_base_file() {
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("batches  of 3 items, at most 1Mi"), "{all}");
 }
+
+/// `orch status NAME` reads the local stores unless told otherwise; a NAME that is no local job
+/// gets an error that says how to ask the cluster for the OrchJob of that name.
+#[test]
+fn status_of_an_unknown_name_points_at_the_cluster() {
+    let s = Scratch::new();
+    // No local state at all.
+    let out = s.orch(&["status", "reviews"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("orch status oj/reviews"), "{all}");
+    // Local state, but no job of that id.
+    s.jsonl("in.jsonl", 5);
+    let job = s.write("job.yaml", GOOD);
+    let run = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let out = s.orch(&["status", "reviews"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("no job `reviews`"), "{all}");
+    assert!(all.contains("orch status oj/reviews"), "{all}");
+    // A name that is no job id either.
+    let out = s.orch(&["status", "reviews.v2"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("orch status oj/reviews.v2"), "{all}");
+}
