@@ -225,6 +225,9 @@ pub fn submit(args: SubmitArgs, kubectl: bool) -> Result<u8, Failure> {
     for w in &doc.warnings {
         eprintln!("warning: {w}");
     }
+    for n in &doc.notes {
+        eprintln!("note: {n}");
+    }
     crate::runtime()?.block_on(async {
         let cluster = Cluster::connect(&args.kube).await?;
         let namespace = match (&doc.namespace, &args.kube.namespace) {

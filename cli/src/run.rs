@@ -38,6 +38,10 @@ fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
 
 pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
     let job = load_checked(file)?;
+    // Valid for the operator, which fills these in; `orch run` would refuse them, so say so.
+    for note in load::filled_by_operator(&job.file) {
+        eprintln!("note: {note}");
+    }
     if show {
         let yaml = serde_yaml::to_string(&job.file).map_err(|e| Failure {
             code: 1,
@@ -164,6 +168,10 @@ async fn run_on_storage(job: &LoadedJob, opts: RunOptions) -> Result<driver::Run
 
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let job = load_checked(&args.file)?;
+    if !args.dry_run {
+        // A field left to the operator (a `rest` transport's URL) has no default here.
+        load::standalone_gaps(&job)?;
+    }
     if job.file.spec.suspend && !args.dry_run {
         return Err(Failure {
             code: 2,

@@ -94,6 +94,7 @@ struct FailedTask {
 }
 
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
+    let hint = cluster_hint(args.job.as_deref());
     let (id, storage) = resolve(&args)?;
     let storage = storage.unwrap_or_else(|| orch_connect::DEFAULT_STORAGE.into());
     let root = Location::parse(&storage, &std::env::current_dir().unwrap_or_default())
@@ -104,7 +105,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
         && !p.join(layout::state_db()).exists()
     {
         return Err(Failure::usage(format!(
-            "no orch state in {} (run a job first, or pass --storage)",
+            "no orch state in {} (run a job first, or pass --storage){hint}",
             p.display()
         )));
     }
@@ -135,7 +136,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let Some((job, tasks)) = rt.block_on(driver::load_status(&backends, &id))? else {
         return Err(Failure::usage(format!(
             "no job `{id}` in {} (a job is identified by its file and its input: if the input \
-             changed since the run, `orch status` without arguments lists every job)",
+             changed since the run, `orch status` without arguments lists every job){hint}",
             crate::run::display_uri(&root.to_uri())
         )));
     };
@@ -205,10 +206,26 @@ fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failur
     }
     if !layout::valid_job_id(arg) {
         return Err(Failure::usage(format!(
-            "`{arg}` is neither a job file nor a job id"
+            "`{arg}` is neither a job file nor a job id{}",
+            cluster_hint(Some(arg))
         )));
     }
     Ok((Some(arg.clone()), args.storage.clone()))
+}
+
+/// Without a cluster flag `orch status NAME` reads the local stores, so a NAME that is no
+/// local job may well be an OrchJob: the errors say how to ask the cluster. Only for an
+/// argument that is no file and could be an OrchJob name.
+fn cluster_hint(arg: Option<&str>) -> String {
+    match arg {
+        Some(name)
+            if !std::path::Path::new(name).exists()
+                && orch_core::k8s_name::is_dns_subdomain(name) =>
+        {
+            format!("; for an OrchJob in the cluster: `orch status oj/{name}`")
+        }
+        _ => String::new(),
+    }
 }
 
 async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> Report {
@@ -360,5 +377,28 @@ fn print_table(r: &Report) {
     }
     if let Some(o) = &r.output {
         println!("output    {}", crate::run::display_uri(o));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_hint;
+
+    #[test]
+    fn a_name_that_could_be_an_orchjob_gets_the_cluster_hint() {
+        assert_eq!(
+            cluster_hint(Some("reviews")),
+            "; for an OrchJob in the cluster: `orch status oj/reviews`"
+        );
+        assert_eq!(
+            cluster_hint(Some("reviews.v2")),
+            "; for an OrchJob in the cluster: `orch status oj/reviews.v2`"
+        );
+        // Not a Kubernetes name, no argument, or an existing path: no hint.
+        assert_eq!(cluster_hint(Some("Reviews_1")), "");
+        assert_eq!(cluster_hint(None), "");
+        assert_eq!(cluster_hint(Some("dir/job.yaml")), "");
+        // `cargo test` runs in the crate's directory, which has `src`.
+        assert_eq!(cluster_hint(Some("src")), "");
     }
 }

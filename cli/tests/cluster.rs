@@ -447,6 +447,27 @@ async fn an_invalid_job_file_exits_2_with_the_field_path_and_creates_nothing() {
     );
 }
 
+/// A Slurm job that leaves slurmrestd's URL to the operator: `orch submit` accepts it, as the
+/// operator does (it fills in its `--slurm-url`), notes that, and sends it as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_leaves_a_slurm_url_to_the_operator() {
+    let c = Cluster::start().await;
+    let file = c.job_file("on-slurm", "  executor: {slurm: {transport: rest}}\n");
+    let out = c.orch(&["submit", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("note: spec.executor.slurm.url: not set"),
+        "{}",
+        text(&out)
+    );
+    let job = c.get("on-slurm").await.expect("created");
+    assert_eq!(job["spec"]["executor"]["slurm"]["transport"], "rest");
+    assert!(
+        job["spec"]["executor"]["slurm"].get("url").is_none(),
+        "{job}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_with_another_manager_is_refused_unless_forced() {
     let c = Cluster::start().await;

@@ -28,13 +28,26 @@ fn kubectl_path() -> Option<PathBuf> {
     orch_testkit::components::kubectl()
 }
 
-/// The emulator; with `pods` (the environment workers get), it runs Indexed Jobs' pods as
-/// local processes.
+/// AWS credentials in the environment. Worker pods must not inherit any from the emulator:
+/// theirs come from the Secret their job names in `envFromSecrets`, as in a cluster without
+/// cloud identity.
+const AWS_CREDENTIAL_VARIABLES: [&str; 6] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+];
+
+/// The emulator; with `pods` (the environment workers get, besides their pod's), it runs
+/// Indexed Jobs' pods as local processes, without any AWS credentials of this process.
 fn start_emulator(dir: &Path, pods: Option<Vec<(String, String)>>) -> KubeEmulator {
     let options = match pods {
         Some(env) => Options {
             run_jobs: Some(dir.join("pod-logs")),
             env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            env_remove: AWS_CREDENTIAL_VARIABLES.iter().map(Into::into).collect(),
         },
         None => Options::default(),
     };
@@ -86,8 +99,14 @@ impl World {
             operators: Vec::new(),
         };
         if pods {
-            // Pods need the AWS settings: restart the emulator with them and --run-jobs.
-            world.emulator = start_emulator(world.scratch.dir.path(), Some(world.aws_env()));
+            // Pods need the AWS settings (endpoint, region, table, queue): restart the emulator
+            // with them and --run-jobs — but not the credentials, which only a Secret gives.
+            let settings = world
+                .aws_env()
+                .into_iter()
+                .filter(|(k, _)| !AWS_CREDENTIAL_VARIABLES.contains(&k.as_str()))
+                .collect();
+            world.emulator = start_emulator(world.scratch.dir.path(), Some(settings));
         }
         let out = world
             .with_aws(Command::new(common::orch()))
@@ -737,17 +756,30 @@ spec:
 }
 
 /// Without Slurm: the Kubernetes executor's Indexed Jobs (the emulator runs their pods as local
-/// processes), driven with the CLI's cluster verbs. A handler that cannot start makes every task
-/// fail: `orch status --watch` exits 1; once it can start, `orch retry` runs the failed tasks
-/// again and `orch status --watch` exits 0 with every item exactly once.
+/// processes), driven with the CLI's cluster verbs. The workers' AWS credentials come only from
+/// the Secret the job names in `envFromSecrets` (the emulator has none to pass on), and never
+/// appear in the Jobs, the OrchJob or the operator's log. A handler that cannot start makes
+/// every task fail: `orch status --watch` exits 1 (and a `kubectl wait` for `completionTime`
+/// ends); once it can start, `orch retry` runs the failed tasks again and `orch status --watch`
+/// exits 0 with every item exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn indexed_jobs_fail_then_orch_retry_completes_them() {
     let Some(mut world) = World::with_pods("e2e-k8s").await else {
         return;
     };
     const N: u64 = 200;
+    // moto checks no signature: any secret key works, and this one is easy to look for.
+    const POD_SECRET: &str = "e2e-pod-secret-q7Zx";
     world.put_input(N).await;
     world.start_operator("op-a");
+    world.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "orch-aws",
+        "--from-literal=AWS_ACCESS_KEY_ID=pods",
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={POD_SECRET}"),
+    ]);
     let marker = world.scratch.path("handler-may-start");
     let handler = world.scratch.write(
         "handler.py",
@@ -770,7 +802,7 @@ spec:
     exec: {{command: [python3, "{handler}", "{python}", "{marker}"]}}
   retry: {{maxAttempts: 1}}
   output: {{uri: "s3://{bucket}/out-retried/"}}
-  executor: {{kubernetes: {{parallelism: 2}}}}
+  executor: {{kubernetes: {{parallelism: 2, envFromSecrets: [orch-aws]}}}}
 "#,
             bucket = world.bucket,
             handler = handler.display(),
@@ -798,6 +830,13 @@ spec:
     );
     let status = world.get("retried")["status"].clone();
     assert_eq!(status["tasks"]["failed"], 4, "{status}");
+    // The ended job (failed) ends a wait for completionTime at once, as docs/operator.md says.
+    world.kubectl_ok(&[
+        "wait",
+        "--for=jsonpath={.status.completionTime}",
+        "orchjob/retried",
+        "--timeout=20s",
+    ]);
     // The tasks ran as Indexed Jobs owned by the OrchJob.
     let jobs: serde_json::Value =
         serde_json::from_str(&world.kubectl_ok(&["get", "jobs", "-o", "json"])).unwrap();
@@ -807,6 +846,11 @@ spec:
         assert_eq!(j["spec"]["completionMode"], "Indexed", "{j}");
         assert_eq!(
             j["metadata"]["ownerReferences"][0]["kind"], "OrchJob",
+            "{j}"
+        );
+        assert_eq!(
+            j["spec"]["template"]["spec"]["containers"][0]["envFrom"],
+            serde_json::json!([{"secretRef": {"name": "orch-aws", "optional": false}}]),
             "{j}"
         );
     }
@@ -828,6 +872,18 @@ spec:
     let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
     assert!(events.contains("\"reason\": \"Retrying\""), "{events}");
     common::read_output(&world.output_dir("retried").await).assert_each_item_once(N);
+    // The Secret's values are in the Secret only.
+    for kind in [
+        "jobs",
+        "pods",
+        "orchjobs",
+        "taskgroups",
+        "events.events.k8s.io",
+    ] {
+        let objects = world.kubectl_ok(&["get", kind, "-o", "json"]);
+        assert!(!objects.contains(POD_SECRET), "{kind}: {objects}");
+    }
+    assert!(!world.operator_log("op-a").contains(POD_SECRET));
     // New attempts ran in new Indexed Jobs; the first ones are still there, untouched.
     let after: serde_json::Value =
         serde_json::from_str(&world.kubectl_ok(&["get", "jobs", "-o", "json"])).unwrap();

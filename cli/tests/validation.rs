@@ -135,6 +135,50 @@ fn run_refuses_bad_files_with_exit_2_too() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
+/// A Slurm job on slurmrestd that leaves the URL to the operator (which fills in its
+/// `--slurm-url`) is valid, as the operator and `orch submit` find it; `orch validate` says who
+/// fills it in, and only `orch run`, which has nobody to, refuses it.
+#[test]
+fn a_slurm_url_left_to_the_operator_is_valid_but_not_runnable_here() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    let job = s.write(
+        "job.yaml",
+        &format!("{GOOD}  executor: {{slurm: {{transport: rest}}}}\n"),
+    );
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is valid"),
+        "{all}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("note: spec.executor.slurm.url: not set")
+            && stderr.contains("--slurm-url")
+            && stderr.contains("`orch run` has none"),
+        "{all}"
+    );
+
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("spec.executor.slurm.url: not set"), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+    // Nothing was started.
+    assert!(!s.path(".orch/jobs").exists(), "{all}");
+
+    // With the URL in the file there is nothing to say.
+    let job = s.write(
+        "job.yaml",
+        &format!("{GOOD}  executor: {{slurm: {{transport: rest, url: \"http://127.0.0.1:9\"}}}}\n"),
+    );
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("note:"), "{}", text(&out));
+}
+
 #[test]
 fn extends_deep_merges_a_base_file() {
     let s = Scratch::new();
@@ -151,4 +195,31 @@ fn extends_deep_merges_a_base_file() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("batches  of 3 items, at most 1Mi"), "{all}");
+}
+
+/// `orch status NAME` reads the local stores unless told otherwise; a NAME that is no local job
+/// gets an error that says how to ask the cluster for the OrchJob of that name.
+#[test]
+fn status_of_an_unknown_name_points_at_the_cluster() {
+    let s = Scratch::new();
+    // No local state at all.
+    let out = s.orch(&["status", "reviews"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("orch status oj/reviews"), "{all}");
+    // Local state, but no job of that id.
+    s.jsonl("in.jsonl", 5);
+    let job = s.write("job.yaml", GOOD);
+    let run = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let out = s.orch(&["status", "reviews"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("no job `reviews`"), "{all}");
+    assert!(all.contains("orch status oj/reviews"), "{all}");
+    // A name that is no job id either.
+    let out = s.orch(&["status", "reviews.v2"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("orch status oj/reviews.v2"), "{all}");
 }

@@ -18,7 +18,18 @@ mod preflight;
 mod rules;
 
 pub use preflight::{find_program, input_sources, preflight};
-pub use rules::{MAX_NAME_LEN, rules};
+pub use rules::{MAX_NAME_LEN, filled_by_operator, rules};
+
+/// Refuses, for `orch run` (which has no operator defaults), a job that leaves a field to the
+/// operator (see [`filled_by_operator`]), with the same field paths as the other rules.
+pub fn standalone_gaps(job: &LoadedJob) -> Result<()> {
+    let gaps = filled_by_operator(&job.file);
+    if gaps.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(&job.path, gaps))
+    }
+}
 
 /// A job file that passed the schema and the semantic rules, with its paths made absolute.
 #[derive(Debug, Clone)]

@@ -1,11 +1,14 @@
-//! The job-file schema is generated from the Rust types and checked in under `crds/`, so a
-//! change to the spec shows up in review as a schema diff. Regenerate with
-//! `ORCH_UPDATE_GOLDEN=1 cargo test -p orch-core --test schema_golden`.
+//! The job-file schema is generated from the Rust types and checked in as
+//! `schema/orchjob.schema.json`, so a change to the spec shows up in review as a schema diff.
+//! Regenerate with `ORCH_UPDATE_GOLDEN=1 cargo test -p orch-core --test schema_golden`.
+//!
+//! It lives outside `crds/` on purpose: `kubectl apply -f crds/` reads every `.json` and `.yaml`
+//! file there as a Kubernetes object, and a JSON schema is none.
 #![allow(clippy::unwrap_used)]
 
 #[test]
 fn checked_in_schema_matches_the_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/orchjob.schema.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/orchjob.schema.json");
     let generated =
         serde_json::to_string_pretty(&orch_core::spec::job_file_schema()).unwrap() + "\n";
     if std::env::var_os("ORCH_UPDATE_GOLDEN").is_some() {
@@ -14,6 +17,6 @@ fn checked_in_schema_matches_the_types() {
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "crds/orchjob.schema.json is out of date: run ORCH_UPDATE_GOLDEN=1 cargo test -p orch-core --test schema_golden"
+        "schema/orchjob.schema.json is out of date: run ORCH_UPDATE_GOLDEN=1 cargo test -p orch-core --test schema_golden"
     );
 }

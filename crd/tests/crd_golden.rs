@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use orch_crd::{Crd, OrchJob, RateLimit, TaskGroup, all_crds};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 const FILES: [&str; 3] = [
@@ -73,6 +74,56 @@ fn checked_in_crds_match_the_types() {
         .map(|f| std::fs::read_to_string(repo().join("crds").join(f)).unwrap())
         .collect();
     assert_eq!(orch_crd::crds_yaml().unwrap(), all);
+}
+
+/// `kubectl apply -f crds/` (and Helm, for the chart's copy) reads every `.yaml`, `.yml` and
+/// `.json` file of the directory as Kubernetes objects and stops at the first that is none, so
+/// those directories hold CRDs and nothing else: every file under `crds/`, and every file of
+/// the chart's `crds/` that kubectl would read (its README is not read).
+#[test]
+fn every_file_under_crds_is_a_crd_object() {
+    for (dir, only_manifests) in [("crds", false), ("charts/orch-operator/crds", true)] {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let manifest = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            if only_manifests && !manifest {
+                continue;
+            }
+            let shown = format!("{dir}/{}", path.file_name().unwrap().to_string_lossy());
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut documents = 0;
+            // serde_yaml reads JSON too (YAML is a superset), as kubectl does.
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value = Value::deserialize(document)
+                    .unwrap_or_else(|e| panic!("{shown} is not YAML or JSON: {e}"));
+                if value.is_null() {
+                    continue; // an empty document, e.g. after a leading `---`
+                }
+                documents += 1;
+                assert_eq!(
+                    (value["apiVersion"].as_str(), value["kind"].as_str()),
+                    (
+                        Some("apiextensions.k8s.io/v1"),
+                        Some("CustomResourceDefinition")
+                    ),
+                    "{shown} holds something else than a CRD; move it out of {dir}/, which \
+                     `kubectl apply -f {dir}/` reads whole"
+                );
+            }
+            assert!(documents > 0, "{shown} holds no object");
+            seen += 1;
+        }
+        assert_eq!(
+            seen,
+            FILES.len(),
+            "{dir}/ should hold the {} CRDs",
+            FILES.len()
+        );
+    }
 }
 
 /// Walks every schema node reachable through `properties`, `items` and `additionalProperties`.

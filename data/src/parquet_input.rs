@@ -1,6 +1,6 @@
 //! Parquet as a job *input*: cutting a file into batches and reading one batch's records.
 //!
-//! Like JSONL and CSV input (docs/job-spec.md, "Storage layout"), Parquet input is never copied: a batch names a slice of
+//! Like JSONL and CSV input, Parquet input is never copied: a batch names a slice of
 //! the original file, and each worker reads only that slice. For Parquet the natural slice is
 //! the row group, the unit the format compresses and stores column by column, so
 //! [`partition_parquet`] plans batches from the row-group sizes in the footer alone, without
@@ -26,7 +26,10 @@
 //! Records are handed to handlers as JSON objects produced by arrow-json's writer, so the
 //! Arrow type → JSON mapping is arrow-json's, not ours: column order kept, nulls as explicit
 //! `null`, structs as objects, lists as arrays, maps with string keys as objects, dates and
-//! timestamps as strings (e.g. `"2024-01-31"`, `"2024-01-31T12:00:00"`), decimals as numbers,
+//! timestamps as strings (e.g. `"2024-01-31"`, `"2024-01-31T12:00:00"`; a timestamp with a time
+//! zone, named or an offset, in that zone with its offset: `"2024-01-31T07:00:00-05:00"`, and
+//! `"2024-01-31T12:00:00Z"` for `UTC` — named zones need arrow's `chrono-tz` feature, which this
+//! crate turns on), decimals as numbers,
 //! non-finite floats as `null`, and **binary as a lowercase hex string** (`b"\x01\xff"` →
 //! `"01ff"`). A column type arrow-json cannot encode (a map with non-string keys, say) fails the
 //! read with an [`DataError::Arrow`] error naming the type.

@@ -255,6 +255,65 @@ fn json_keeps_column_order_nulls_nesting_lists_and_hex_binary() {
     );
 }
 
+/// Timestamps with a named time zone (`UTC`, `America/New_York`: what pandas and pyarrow write
+/// for zone-aware columns), with a fixed offset, and without a zone. The JSON value is the
+/// instant in the column's zone, RFC 3339 with its offset (`Z` for UTC); a zone-less timestamp
+/// stays as written.
+#[test]
+fn timestamps_with_named_time_zones_come_through_in_their_zone() {
+    use arrow_array::TimestampMillisecondArray;
+    use arrow_schema::TimeUnit;
+
+    // 2024-01-31T12:00:00Z (winter: New York at -05:00), 2024-07-01T12:00:00.5Z (summer:
+    // -04:00), and a null.
+    let instants = [Some(1_706_702_400_000), Some(1_719_835_200_500), None];
+    let zones = [
+        ("utc", Some("UTC")),
+        ("new_york", Some("America/New_York")),
+        ("offset", Some("+05:30")),
+        ("naive", None),
+    ];
+    let fields: Vec<Field> = zones
+        .iter()
+        .map(|(name, tz)| {
+            Field::new(
+                *name,
+                DataType::Timestamp(TimeUnit::Millisecond, tz.map(Arc::from)),
+                true,
+            )
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let columns: Vec<ArrayRef> = zones
+        .iter()
+        .map(|(_, tz)| {
+            let array = TimestampMillisecondArray::from(instants.to_vec());
+            Arc::new(match tz {
+                Some(tz) => array.with_timezone(*tz),
+                None => array,
+            }) as ArrayRef
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zoned.parquet");
+    let mut writer =
+        ArrowWriter::try_new(File::create(&path).unwrap(), schema.clone(), None).unwrap();
+    writer
+        .write(&RecordBatch::try_new(schema, columns).unwrap())
+        .unwrap();
+    writer.close().unwrap();
+
+    let rows = read_parquet_rows(&path, 0, 3).unwrap();
+    assert_eq!(
+        rows,
+        [
+            r#"{"utc":"2024-01-31T12:00:00Z","new_york":"2024-01-31T07:00:00-05:00","offset":"2024-01-31T17:30:00+05:30","naive":"2024-01-31T12:00:00"}"#,
+            r#"{"utc":"2024-07-01T12:00:00.500Z","new_york":"2024-07-01T08:00:00.500-04:00","offset":"2024-07-01T17:30:00.500+05:30","naive":"2024-07-01T12:00:00.500"}"#,
+            r#"{"utc":null,"new_york":null,"offset":null,"naive":null}"#,
+        ]
+    );
+}
+
 #[test]
 fn empty_file_has_no_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -334,6 +393,56 @@ pq.write_table(table, sys.argv[1], row_group_size=3, data_page_size=1, write_bat
 print([pq.ParquetFile(sys.argv[1]).metadata.row_group(g).num_rows
        for g in range(pq.ParquetFile(sys.argv[1]).metadata.num_row_groups)])
 "#;
+
+/// Zone-aware timestamp columns as pandas writes them through pyarrow (nanoseconds, `UTC`) and
+/// as pyarrow does for a named zone (microseconds, `America/New_York`), with a null.
+const WRITE_PYARROW_ZONED: &str = r#"
+import datetime, sys
+import pyarrow as pa, pyarrow.parquet as pq
+utc = datetime.timezone.utc
+at = [datetime.datetime(2024, 1, 31, 12, 0, 0, tzinfo=utc),
+      datetime.datetime(2024, 7, 1, 12, 0, 0, 250000, tzinfo=utc), None]
+table = pa.table({
+    'id': pa.array([0, 1, 2], pa.int64()),
+    'created': pa.array(at, pa.timestamp('ns', tz='UTC')),
+    'local': pa.array(at, pa.timestamp('us', tz='America/New_York')),
+})
+pq.write_table(table, sys.argv[1])
+print(pq.read_schema(sys.argv[1]).field('local').type)
+"#;
+
+#[test]
+fn reads_zone_aware_timestamps_written_by_pyarrow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zoned.parquet");
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(WRITE_PYARROW_ZONED)
+        .arg(&path)
+        .output()
+        .expect("python3 with pyarrow is needed to write the cross-check file");
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // pyarrow keeps the zone in the file (the Arrow schema in its metadata).
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "timestamp[us, tz=America/New_York]"
+    );
+    assert_eq!(check_plan(&path, &[3], 2), [(0, 2), (2, 3)]);
+    let rows = read_parquet_rows(&path, 0, 3).unwrap();
+    assert_eq!(
+        rows,
+        [
+            r#"{"id":0,"created":"2024-01-31T12:00:00Z","local":"2024-01-31T07:00:00-05:00"}"#,
+            r#"{"id":1,"created":"2024-07-01T12:00:00.250Z","local":"2024-07-01T08:00:00.250-04:00"}"#,
+            r#"{"id":2,"created":null,"local":null}"#,
+        ]
+    );
+    assert_eq!(read_parquet_rows(&path, 1, 2).unwrap(), rows[1..2]);
+}
 
 #[test]
 fn reads_a_file_written_by_pyarrow() {

@@ -42,8 +42,26 @@ pub struct OperatorConfig {
 
 /// The job the driver runs for `job`: the resource's name and spec, completed with the
 /// operator's defaults, and checked by core's rules (the same as `orch validate`).
+///
+/// The rules run on the spec as written, so a file gets the same verdict here as from
+/// `orch validate` and `orch submit` (a `tokenFile` on the commands transport is refused
+/// everywhere, even where the operator's URL would have made it `rest`). Then the defaults are
+/// filled in, and what is still missing is the operator's own gap, said as such; every problem
+/// is reported at once.
 pub fn prepare_job(job: &OrchJob, cfg: &OperatorConfig) -> Result<LoadedJob, Vec<FieldError>> {
-    let mut spec = job.spec.0.clone();
+    let as_written = OrchJobFile {
+        api_version: orch_core::spec::API_VERSION.to_string(),
+        kind: orch_core::spec::KIND.to_string(),
+        metadata: orch_core::spec::ObjectMeta {
+            name: job.metadata.name.clone().unwrap_or_default(),
+            namespace: job.metadata.namespace.clone(),
+            ..Default::default()
+        },
+        spec: job.spec.0.clone(),
+    };
+    let mut errors = orch_core::load::rules(&as_written);
+    let mut file = as_written;
+    let spec = &mut file.spec;
     if spec.storage.uri.is_none() {
         spec.storage.uri = cfg.storage_uri.clone();
     }
@@ -59,21 +77,22 @@ pub fn prepare_job(job: &OrchJob, cfg: &OperatorConfig) -> Result<LoadedJob, Vec
                 .map(|p| p.display().to_string());
         }
     }
-    let file = OrchJobFile {
-        api_version: orch_core::spec::API_VERSION.to_string(),
-        kind: orch_core::spec::KIND.to_string(),
-        metadata: orch_core::spec::ObjectMeta {
-            name: job.metadata.name.clone().unwrap_or_default(),
-            namespace: job.metadata.namespace.clone(),
-            ..Default::default()
-        },
-        spec,
-    };
-    let mut errors = orch_core::load::rules(&file);
+    // The operator's defaults must pass the rules too (an unusable ORCH_STORAGE_URI, say). Run
+    // again only on a spec that passed them as written, which would repeat its problems.
+    if errors.is_empty() {
+        errors = orch_core::load::rules(&file);
+    }
     if file.spec.storage.uri.is_none() {
         errors.push(FieldError {
             path: "spec.storage.uri".into(),
             message: "not set, and the operator has no default storage (ORCH_STORAGE_URI / storage.uri in the chart)".into(),
+        });
+    }
+    // Left to the operator, and this one has no default for it.
+    for gap in orch_core::load::filled_by_operator(&file) {
+        errors.push(FieldError {
+            path: gap.path,
+            message: "not set: the `rest` transport needs slurmrestd's URL (http://host:6820), and this operator has no default (--slurm-url / ORCH_SLURM_URL); set it in the job or in the operator".into(),
         });
     }
     if errors.is_empty() {
@@ -132,5 +151,90 @@ impl Platforms {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn Platform>>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(slurm_url: Option<&str>) -> OperatorConfig {
+        OperatorConfig {
+            storage_uri: Some("s3://bucket/orch/".into()),
+            slurm_url: slurm_url.map(str::to_string),
+            slurm_token_file: Some(PathBuf::from("/var/run/slurm/jwt")),
+            worker_command: vec!["orch-worker".into()],
+            worker_image: None,
+            pod_worker_command: Vec::new(),
+            scratch: PathBuf::from("/tmp/orch-operator"),
+            job_lease: Duration::from_secs(60),
+            tick: Duration::from_secs(1),
+            status_interval: Duration::from_secs(10),
+        }
+    }
+
+    fn job(executor: &str) -> OrchJob {
+        serde_yaml::from_str(&format!(
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: j, namespace: team-a}}\n\
+             spec:\n  input: {{uri: \"s3://b/in.jsonl\"}}\n  handler: {{builtin: {{name: identity}}}}\n  \
+             executor: {executor}\n"
+        ))
+        .unwrap()
+    }
+
+    fn paths(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_slurm_job_without_url_gets_the_operators_slurmrestd() {
+        for executor in ["{slurm: {transport: rest}}", "{slurm: {}}"] {
+            let loaded = prepare_job(&job(executor), &config(Some("http://slurm:6820"))).unwrap();
+            let slurm = loaded.file.spec.executor.slurm.unwrap();
+            assert_eq!(slurm.transport, SlurmTransport::Rest, "{executor}");
+            assert_eq!(slurm.url.as_deref(), Some("http://slurm:6820"));
+            assert_eq!(slurm.token_file.as_deref(), Some("/var/run/slurm/jwt"));
+            assert_eq!(
+                loaded.file.spec.storage.uri.as_deref(),
+                Some("s3://bucket/orch/")
+            );
+        }
+    }
+
+    #[test]
+    fn the_verdict_on_the_spec_is_orch_validates() {
+        // Accepted by `orch validate` (the URL is left to the operator), and here.
+        let rest = job("{slurm: {transport: rest}}");
+        assert!(orch_core::load::rules(&file_of(&rest)).is_empty());
+        assert!(prepare_job(&rest, &config(Some("http://slurm:6820"))).is_ok());
+        // Refused by `orch validate` (`tokenFile` belongs to `rest`), and here too, although
+        // the operator's URL would make the job `rest`.
+        let cli_token = job("{slurm: {tokenFile: /run/jwt}}");
+        let refused = orch_core::load::rules(&file_of(&cli_token));
+        assert_eq!(paths(&refused), ["spec.executor.slurm"]);
+        let errors = prepare_job(&cli_token, &config(Some("http://slurm:6820"))).unwrap_err();
+        assert_eq!(errors, refused);
+    }
+
+    #[test]
+    fn without_a_url_anywhere_the_operator_says_whose_it_is() {
+        let errors = prepare_job(&job("{slurm: {transport: rest}}"), &config(None)).unwrap_err();
+        assert_eq!(paths(&errors), ["spec.executor.slurm.url"]);
+        assert!(errors[0].message.contains("--slurm-url"), "{}", errors[0]);
+        // The commands transport needs none.
+        assert!(prepare_job(&job("{slurm: {}}"), &config(None)).is_ok());
+    }
+
+    fn file_of(job: &OrchJob) -> OrchJobFile {
+        OrchJobFile {
+            api_version: orch_core::spec::API_VERSION.to_string(),
+            kind: orch_core::spec::KIND.to_string(),
+            metadata: orch_core::spec::ObjectMeta {
+                name: job.metadata.name.clone().unwrap_or_default(),
+                ..Default::default()
+            },
+            spec: job.spec.0.clone(),
+        }
     }
 }

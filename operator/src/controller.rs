@@ -43,7 +43,7 @@ use crate::Watched;
 use crate::config::{OperatorConfig, Platforms, job_path, prepare_job};
 use crate::error::{Error, Result};
 use crate::kube_executor::{self, KubeExecutor, KubeExecutorError, KubeLaunch};
-use crate::status::{job_status, validation_failure};
+use crate::status::{job_status, rejection, validation_failure};
 use crate::supervisor::{Launch, RunState, Supervisors};
 use crate::taskgroups;
 use crate::telemetry::{Metrics, OutcomeLabels, PhaseLabels};
@@ -409,14 +409,7 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     };
     let groups = taskgroups::desired(job, tasks);
     let mut status = match &rejected {
-        Some(message) => validation_failure(
-            generation,
-            &now,
-            &[FieldError {
-                path: "spec".into(),
-                message: message.clone(),
-            }],
-        ),
+        Some(message) => validation_failure(generation, &now, &[rejection(message)]),
         None => job_status(record.as_ref(), tasks, generation, previous, &now),
     };
     drop(rows);

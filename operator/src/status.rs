@@ -31,7 +31,6 @@ pub mod reason {
     pub const CANCELLED: &str = "Cancelled";
     pub const PAUSED: &str = "Paused";
     pub const RESUMED: &str = "Resumed";
-    pub const FINISHED: &str = "Finished";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const TOO_MANY_FAILED_ITEMS: &str = "TooManyFailedItems";
     pub const AGGREGATION_FAILED: &str = "AggregationFailed";
@@ -79,14 +78,17 @@ pub fn job_status(
             .sum(),
     };
 
-    let previous_start = previous.and_then(|p| p.start_time.clone());
-    let started = tasks.iter().any(|t| t.state != TaskState::Pending)
-        || matches!(core_phase, Some(model::JobPhase::Aggregating))
-        || terminal;
-    let start_time = previous_start.or_else(|| started.then(|| now.to_string()));
+    // The job's own times, from its record: it started when the record was created (input
+    // planned, tasks created) and ended when the record says so — not when an operator first
+    // or last looked, which after a restart or a slow watch can be much later. The previous
+    // status (or now) stands in only for a record without the time.
+    let start_time = job
+        .and_then(|j| rfc3339(j.created_at))
+        .or_else(|| previous.and_then(|p| p.start_time.clone()));
     let completion_time = terminal.then(|| {
-        previous
-            .and_then(|p| p.completion_time.clone())
+        job.and_then(|j| j.finished_at)
+            .and_then(rfc3339)
+            .or_else(|| previous.and_then(|p| p.completion_time.clone()))
             .unwrap_or_else(|| now.to_string())
     });
     let output = match (job, core_phase) {
@@ -110,12 +112,7 @@ pub fn job_status(
         Some(model::JobPhase::Running) => (
             ConditionStatus::True,
             reason::RUNNING,
-            format!(
-                "{} of {} tasks succeeded, {} running",
-                counts.succeeded,
-                counts.total,
-                counts.running + counts.dispatched
-            ),
+            progress_message(&counts),
         ),
         Some(model::JobPhase::Aggregating) => (
             ConditionStatus::True,
@@ -137,30 +134,28 @@ pub fn job_status(
         &progressing_message,
     ));
 
-    let had_suspended = previous.is_some_and(|p| {
+    let previous_suspended = previous.and_then(|p| {
         p.conditions
             .iter()
-            .any(|c| c.r#type == JobConditionType::Suspended)
+            .find(|c| c.r#type == JobConditionType::Suspended)
     });
-    if suspend && !terminal {
-        conditions.push(condition(
+    match (core_phase, previous_suspended) {
+        (Some(_), _) if suspend && !terminal => conditions.push(condition(
             JobConditionType::Suspended,
             ConditionStatus::True,
             reason::PAUSED,
             "spec.suspend is true: running tasks finish, no new ones start",
-        ));
-    } else if suspend || had_suspended {
-        let (why, text) = if terminal {
-            (reason::FINISHED, "the job ended")
-        } else {
-            (reason::RESUMED, "spec.suspend is false: dispatching again")
-        };
-        conditions.push(condition(
+        )),
+        (Some(phase), previous) if terminal && (suspend || previous.is_some()) => {
+            conditions.push(suspension_at_the_end(phase, suspend, previous));
+        }
+        (_, Some(_)) => conditions.push(condition(
             JobConditionType::Suspended,
             ConditionStatus::False,
-            why,
-            text,
-        ));
+            reason::RESUMED,
+            "spec.suspend is false: dispatching again",
+        )),
+        _ => {}
     }
 
     match core_phase {
@@ -195,9 +190,86 @@ pub fn job_status(
     }
 }
 
+/// `Suspended=False` of a job that ended after it had been paused: how it ended (reason
+/// `Completed`, `Failed` or `Cancelled`, as `Progressing`), and whether that was while paused
+/// (the record's `spec.suspend` still true) or after a resume. Said once, in the first status
+/// after the end, and then kept: `spec.suspend` edited after the end changes nothing that
+/// happened.
+fn suspension_at_the_end(
+    phase: model::JobPhase,
+    suspend: bool,
+    previous: Option<&JobCondition>,
+) -> JobCondition {
+    let (why, ended) = match phase {
+        model::JobPhase::Succeeded => (reason::COMPLETED, "succeeded"),
+        model::JobPhase::Cancelled => (reason::CANCELLED, "was cancelled"),
+        _ => (reason::FAILED, "failed"),
+    };
+    let ended_reasons = [reason::COMPLETED, reason::CANCELLED, reason::FAILED];
+    if let Some(before) = previous
+        && before.status == ConditionStatus::False
+        && before
+            .reason
+            .as_deref()
+            .is_some_and(|r| ended_reasons.contains(&r))
+    {
+        // Already said once the job ended.
+        return condition(
+            JobConditionType::Suspended,
+            ConditionStatus::False,
+            before.reason.as_deref().unwrap_or(why),
+            before.message.as_deref().unwrap_or_default(),
+        );
+    }
+    let when = if suspend {
+        "while paused (spec.suspend was true)"
+    } else {
+        "after it was resumed"
+    };
+    condition(
+        JobConditionType::Suspended,
+        ConditionStatus::False,
+        why,
+        &format!("the job {ended} {when}"),
+    )
+}
+
+/// `Progressing`'s message while the job runs, from the same counts as `status.tasks`, each
+/// named as its field there, so the two never disagree (`dispatched` is not `running`).
+fn progress_message(counts: &TaskCounts) -> String {
+    let mut message = format!("{} of {} tasks succeeded", counts.succeeded, counts.total);
+    let others: Vec<String> = [
+        ("running", counts.running),
+        ("dispatched", counts.dispatched),
+        ("retrying", counts.retrying),
+        ("pending", counts.pending),
+        ("failed", counts.failed),
+        ("cancelled", counts.cancelled),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(state, n)| format!("{n} {state}"))
+    .collect();
+    if !others.is_empty() {
+        message.push_str(": ");
+        message.push_str(&others.join(", "));
+    }
+    message
+}
+
+/// A time of the StateStore (milliseconds since the epoch) in RFC 3339 to the second, the way
+/// the controller writes `now`; `None` for a time that is no instant.
+pub fn rfc3339(ms: model::Millis) -> Option<String> {
+    let ms = i64::try_from(ms).ok()?;
+    let t = k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok()?;
+    Some(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
 /// The status of an `OrchJob` that the CRD schema accepted but orch's semantic rules refuse
 /// (see [`validate`]): phase Failed, `Failed=True` with reason `InvalidSpec` and the first
-/// [`MAX_LISTED_ERRORS`] problems as `field: reason`, `Progressing=False`.
+/// [`MAX_LISTED_ERRORS`] problems as `field: reason`, `Progressing=False`, and
+/// `completionTime` — set whenever the phase is final, so that waiting for it
+/// (`kubectl wait --for=jsonpath='{.status.completionTime}'`) ends on every outcome.
 pub fn validation_failure(generation: i64, now: &str, errors: &[FieldError]) -> OrchJobStatus {
     let mut message = format!(
         "the spec is invalid ({} problem{}): ",
@@ -230,8 +302,29 @@ pub fn validation_failure(generation: i64, now: &str, errors: &[FieldError]) -> 
     OrchJobStatus {
         phase: Some(JobPhase::Failed),
         conditions: stamp(conditions, None, generation, now),
+        completion_time: Some(now.to_string()),
         observed_generation: Some(generation),
         ..OrchJobStatus::default()
+    }
+}
+
+/// The driver's refusal of a job (a problem only running it revealed) as a field error. Such
+/// messages usually name their field already (`spec.input.uri: … matches no object`): that
+/// field is the path, so the status does not say `spec: spec.input.uri: …`. Any other message
+/// is about the spec as a whole.
+pub fn rejection(message: &str) -> FieldError {
+    if let Some((path, rest)) = message.split_once(": ")
+        && (path == "spec" || path.starts_with("spec."))
+        && !path.contains(char::is_whitespace)
+    {
+        return FieldError {
+            path: path.to_string(),
+            message: rest.to_string(),
+        };
+    }
+    FieldError {
+        path: "spec".into(),
+        message: message.to_string(),
     }
 }
 

@@ -58,7 +58,7 @@ impl Emulator {
             &dir.path().join("kubeconfig"),
             Options {
                 run_jobs: Some(dir.path().join("logs")),
-                env: Vec::new(),
+                ..Options::default()
             },
         );
         let client = emulator.client().await;

@@ -21,6 +21,8 @@ pub struct Options {
     pub run_jobs: Option<PathBuf>,
     /// The environment of the emulator, and so of the pods it runs.
     pub env: Vec<(OsString, OsString)>,
+    /// Variables of this process the emulator (and its pods) must not inherit.
+    pub env_remove: Vec<OsString>,
 }
 
 impl KubeEmulator {
@@ -34,6 +36,9 @@ impl KubeEmulator {
             .args(["--port", "0", "--kubeconfig"])
             .arg(kubeconfig)
             .envs(options.env);
+        for name in options.env_remove {
+            command.env_remove(name);
+        }
         if let Some(logs) = options.run_jobs {
             command.arg("--run-jobs").arg("--job-logs").arg(logs);
         }

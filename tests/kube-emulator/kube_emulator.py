@@ -1357,9 +1357,17 @@ def openapi_group_version(cluster, group, version):
 # and a local process running the first container's command + args (the image is ignored).
 
 class Attempt:
-    def __init__(self, pod, index, proc, grace):
-        self.pod, self.index, self.proc, self.grace = pod, index, proc, grace
+    def __init__(self, pod, index, grace):
+        self.pod, self.index, self.grace = pod, index, grace
+        self.proc = None                          # None while the container cannot be created
+        self.waiting = None                       # why not (CreateContainerConfigError's message)
         self.kill_at, self.cause = None, None     # set once SIGTERM was sent, and why
+
+
+class ConfigError(Exception):
+    """The container's environment names a Secret or ConfigMap (or a key of one) that does not
+    exist and is not optional: the kubelet keeps such a pod Pending with the container waiting
+    in CreateContainerConfigError, and tries again until the object appears."""
 
 
 class JobState:
@@ -1401,6 +1409,8 @@ class JobRunner(threading.Thread):
             self.signal(a, signal.SIGTERM)
         deadline = time.monotonic() + 2
         for a in attempts:
+            if a.proc is None:
+                continue
             try:
                 a.proc.wait(max(0.01, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -1408,6 +1418,8 @@ class JobRunner(threading.Thread):
 
     @staticmethod
     def signal(a, sig):
+        if a.proc is None:
+            return      # no container was created: nothing to signal
         try:
             os.killpg(a.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -1437,8 +1449,20 @@ class JobRunner(threading.Thread):
         per_index = dig(job, "spec", "backoffLimitPerIndex")
         for idx, a in list(st.running.items()):
             pod = self.cluster.find(self.pods_rt, a.pod["metadata"]["namespace"], a.pod["metadata"]["name"])
-            if pod is None or pod["metadata"].get("deletionTimestamp"):
+            gone = pod is None or pod["metadata"].get("deletionTimestamp")
+            if gone:
                 self.terminate(a, "deleted")
+            if a.proc is None:
+                if a.kill_at is None:
+                    self.launch(a)      # the kubelet tries again: the Secret may exist by now
+                    continue
+                # Stopped before its container was created. Deleted (the operator deletes such
+                # pods so that their index ends), it is a failed pod for the Job, as on a real
+                # cluster; stopped by a suspend or the Job's end, it is nothing.
+                del st.running[idx]
+                if a.cause == "deleted" and job is not None:
+                    self.count_failure(st, idx, per_index)
+                continue
             code = a.proc.poll()
             if code is None:
                 if a.kill_at is not None and time.monotonic() > a.kill_at:
@@ -1453,10 +1477,14 @@ class JobRunner(threading.Thread):
             if code == 0:
                 st.succeeded.add(idx)
             else:
-                st.failed_total += 1
-                st.failures[idx] = st.failures.get(idx, 0) + 1
-                if per_index is not None and st.failures[idx] > per_index:
-                    st.failed_indexes.add(idx)
+                self.count_failure(st, idx, per_index)
+
+    @staticmethod
+    def count_failure(st, idx, per_index):
+        st.failed_total += 1
+        st.failures[idx] = st.failures.get(idx, 0) + 1
+        if per_index is not None and st.failures[idx] > per_index:
+            st.failed_indexes.add(idx)
 
     def sync(self, job, st):
         spec = job["spec"]
@@ -1506,7 +1534,8 @@ class JobRunner(threading.Thread):
 
     def job_status(self, job, st):
         active = sum(1 for a in st.running.values() if a.kill_at is None)
-        status = {"startTime": st.start_time, "active": active, "ready": active, "terminating": len(st.running) - active,
+        ready = sum(1 for a in st.running.values() if a.kill_at is None and a.proc is not None)
+        status = {"startTime": st.start_time, "active": active, "ready": ready, "terminating": len(st.running) - active,
                   "succeeded": len(st.succeeded), "failed": st.failed_total, "conditions": st.conditions}
         if job["spec"].get("completionMode") == "Indexed":
             status["completedIndexes"] = index_ranges(st.succeeded)
@@ -1525,17 +1554,35 @@ class JobRunner(threading.Thread):
         except ApiError:
             pass    # deleted meanwhile
 
-    def pod_status(self, a, phase, running=None, terminated=None):
+    def pod_status(self, a, phase, running=None, terminated=None, waiting=None):
         container, started = a.pod["spec"]["containers"][0], a.pod["metadata"]["creationTimestamp"]
+        state = ({"running": running} if running else {"waiting": waiting} if waiting else
+                 {"terminated": dict(terminated, startedAt=started)})
         cstatus = {"name": container.get("name", "main"), "image": container.get("image", ""), "imageID": "",
-                   "restartCount": 0, "ready": running is not None, "started": running is not None,
-                   "state": {"running": running} if running else {"terminated": dict(terminated, startedAt=started)}}
+                   "restartCount": 0, "ready": running is not None, "started": running is not None, "state": state}
         self.write_status(self.pods_rt, a.pod, {
             "phase": phase, "startTime": a.pod["metadata"]["creationTimestamp"], "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
             "conditions": [{"type": "Ready", "status": "True" if running else "False", "lastTransitionTime": now_iso()}],
             "containerStatuses": [cstatus]})
 
+    def source(self, pod, plural, ref, kind):
+        """The ConfigMap or Secret a reference names, None when it is missing but optional;
+        a required missing one is a ConfigError with the kubelet's message."""
+        with self.cluster.lock:
+            obj = copy.deepcopy(self.cluster.find(self.cluster.type("", plural), pod["metadata"]["namespace"], ref.get("name")))
+        if obj is None and not ref.get("optional"):
+            raise ConfigError('%s "%s" not found' % (plural[:-1], ref.get("name")))
+        return obj
+
+    @staticmethod
+    def source_data(obj, plural):
+        """A ConfigMap's data, or a Secret's data decoded from base64 (stringData was folded
+        into data when the Secret was written)."""
+        data = dict((obj or {}).get("data") or {})
+        return {k: base64.b64decode(v).decode() for k, v in data.items()} if plural == "secrets" else data
+
     def env_value(self, pod, var):
+        """The value of one `env` entry; None when it comes from an optional missing source."""
         if "value" in var:
             return str(var["value"])
         src = var.get("valueFrom") or {}
@@ -1543,12 +1590,33 @@ class JobRunner(threading.Thread):
             path = src["fieldRef"].get("fieldPath", "")
             m = re.match(r"^metadata\.(annotations|labels)\['([^']+)'\]$", path)
             return str((pod["metadata"].get(m.group(1)) or {}).get(m.group(2), "") if m else dig(pod, *path.split(".")) or "")
-        for ref, plural in (("configMapKeyRef", "configmaps"), ("secretKeyRef", "secrets")):
+        for ref, plural, kind in (("configMapKeyRef", "configmaps", "ConfigMap"), ("secretKeyRef", "secrets", "Secret")):
             if ref in src:
-                obj = self.cluster.find(self.cluster.type("", plural), pod["metadata"]["namespace"], src[ref].get("name"))
-                value = dig(obj, "data", src[ref].get("key")) or ""
-                return base64.b64decode(value).decode() if plural == "secrets" else value
+                obj = self.source(pod, plural, src[ref], kind)
+                data = self.source_data(obj, plural)
+                key = src[ref].get("key")
+                if key in data:
+                    return data[key]
+                if obj is None or src[ref].get("optional"):
+                    return None
+                raise ConfigError("couldn't find key %s in %s %s/%s" % (key, kind, pod["metadata"]["namespace"], src[ref].get("name")))
         return ""
+
+    def container_env(self, pod, container):
+        """The container's environment as the kubelet builds it: every `envFrom` source in order
+        (a later one wins, keys get the source's `prefix`), then `env`, which wins over them."""
+        env = {}
+        for src in container.get("envFrom") or []:
+            for ref, plural, kind in (("configMapRef", "configmaps", "ConfigMap"), ("secretRef", "secrets", "Secret")):
+                if ref in src:
+                    obj = self.source(pod, plural, src[ref] or {}, kind)
+                    for k, v in self.source_data(obj, plural).items():
+                        env[src.get("prefix", "") + k] = v
+        for var in container.get("env") or []:
+            value = self.env_value(pod, var)
+            if value is not None:
+                env[var["name"]] = value
+        return env
 
     def start_attempt(self, job, st, idx):
         meta, tmpl = job["metadata"], job["spec"]["template"]
@@ -1562,12 +1630,27 @@ class JobRunner(threading.Thread):
             "annotations": annotations, "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
                                                              "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
             "spec": copy.deepcopy(tmpl.get("spec") or {})}, {})
+        a = Attempt(pod, idx if indexed else None, pod["spec"].get("terminationGracePeriodSeconds", 30))
+        st.running[idx] = a
+        self.launch(a)
+
+    def launch(self, a):
+        """Creates the attempt's container: a local process with the container's environment. A
+        missing Secret or ConfigMap leaves the pod Pending in CreateContainerConfigError."""
+        pod = a.pod
         container = pod["spec"]["containers"][0]
         argv = [str(x) for x in (container.get("command") or []) + (container.get("args") or [])]
-        env = dict(os.environ, **{v["name"]: self.env_value(pod, v) for v in container.get("env") or []})
-        if indexed:
-            env["JOB_COMPLETION_INDEX"] = str(idx)
-        base = os.path.join(self.log_dir, "%s_%s" % (meta["namespace"], pod["metadata"]["name"]))
+        try:
+            env = dict(os.environ, **self.container_env(pod, container))
+        except ConfigError as e:
+            if a.waiting != str(e):     # written once per reason, as the kubelet does
+                a.waiting = str(e)
+                self.pod_status(a, "Pending", waiting={"reason": "CreateContainerConfigError", "message": str(e)})
+            return
+        a.waiting = None
+        if a.index is not None:
+            env["JOB_COMPLETION_INDEX"] = str(a.index)
+        base = os.path.join(self.log_dir, "%s_%s" % (pod["metadata"]["namespace"], pod["metadata"]["name"]))
         with open(base + ".stdout", "wb") as out, open(base + ".stderr", "wb") as err:
             try:
                 if not argv:
@@ -1576,8 +1659,7 @@ class JobRunner(threading.Thread):
             except OSError as e:
                 err.write(("%s\n" % e).encode())
                 proc = subprocess.Popen(["sh", "-c", "exit 127"])
-        a = Attempt(pod, idx, proc, pod["spec"].get("terminationGracePeriodSeconds", 30))
-        st.running[idx] = a
+        a.proc = proc
         self.pod_status(a, "Running", running={"startedAt": now_iso()})
 
     def logs(self, ns, name):

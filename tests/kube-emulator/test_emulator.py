@@ -635,8 +635,10 @@ class ValidationTest(Base):
 
 class RepositoryCrdTest(Base):
     def test_repository_crds_and_example_job(self):
-        for name in ("orch.dev_orchjobs.yaml", "orch.dev_taskgroups.yaml", "orch.dev_ratelimits.yaml"):
-            EMU.kubectl("apply", "-f", os.path.join(ROOT, "crds", name))
+        # The whole directory, as docs/operator.md says: it must hold Kubernetes objects only.
+        out = EMU.kubectl("apply", "-f", os.path.join(ROOT, "crds")).stdout
+        for name in ("orchjobs.orch.dev", "taskgroups.orch.dev", "ratelimits.orch.dev"):
+            self.assertIn("customresourcedefinition.apiextensions.k8s.io/%s" % name, out)
         out = EMU.kubectl("api-resources", "--api-group=orch.dev").stdout
         for short in ("oj", "tg", "rl"):
             self.assertIn(" %s " % short, out)
@@ -782,6 +784,78 @@ class RunJobsTest(Base):
             self.fail("the deleted job's process is still running")
         self.assertTrue(os.path.exists(marker + ".term"), "the process did not get SIGTERM first")
         self.assertEqual(EMU.kjson("get", "pods", "-n", self.ns)["items"], [])
+
+    def wait_pods(self, name, ok, timeout=15):
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = EMU.kjson("get", "pods", "-n", self.ns, "-l", "job-name=" + name)["items"]
+            if pods and ok(pods):
+                return pods
+            if time.monotonic() > deadline:
+                self.fail("pods of %s never got there: %s" % (name, json.dumps(pods)[:2000]))
+            time.sleep(0.1)
+
+    def test_env_from_secrets_config_maps_and_key_refs(self):
+        out = os.path.join(EMU.dir, "env-" + self.ns)
+        os.makedirs(out)
+        # data (base64) and stringData (folded into data by the server), as kubectl sends them.
+        EMU.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": self.ns},
+                   "data": {"AWS_ACCESS_KEY_ID": "a2V5LWlk"}, "stringData": {"AWS_SECRET_ACCESS_KEY": "s3cr3t", "SHARED": "secret"}})
+        EMU.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": self.ns},
+                   "data": {"REGION": "eu-west-1", "SHARED": "config"}})
+        doc = job("envfrom", self.ns, ["sh", "-c", 'echo "$AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $CFG_REGION $SHARED $ONE $LITERAL" '
+                                                   '> env-%s/$JOB_COMPLETION_INDEX' % self.ns], completions=1, parallelism=1)
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        # Later sources win over earlier ones, and env wins over every envFrom source.
+        container["envFrom"] = [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"},
+                                {"configMapRef": {"name": "settings"}},
+                                {"secretRef": {"name": "creds", "optional": False}},
+                                {"secretRef": {"name": "absent-but-optional", "optional": True}}]
+        container["env"] = [{"name": "ONE", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "AWS_SECRET_ACCESS_KEY"}}},
+                            {"name": "LITERAL", "value": "lit"},
+                            {"name": "MAYBE", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "nope", "optional": True}}}]
+        EMU.apply(doc)
+        self.k("wait", "--for=condition=Complete", "job/envfrom", "--timeout=30s")
+        with open(os.path.join(out, "0")) as f:
+            self.assertEqual(f.read(), "key-id s3cr3t eu-west-1 secret s3cr3t lit\n")
+
+    def test_missing_secret_keeps_the_pod_pending_until_it_exists(self):
+        out = os.path.join(EMU.dir, "late-" + self.ns)
+        os.makedirs(out)
+        doc = job("late", self.ns, ["sh", "-c", 'echo "$TOKEN" > late-%s/done' % self.ns], completions=1, parallelism=1)
+        doc["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "later"}}]
+        EMU.apply(doc)
+        pods = self.wait_pods("late", lambda ps: "waiting" in ps[0]["status"].get("containerStatuses", [{}])[0].get("state", {}))
+        status = pods[0]["status"]
+        self.assertEqual(status["phase"], "Pending")
+        waiting = status["containerStatuses"][0]["state"]["waiting"]
+        self.assertEqual((waiting["reason"], waiting["message"]), ("CreateContainerConfigError", 'secret "later" not found'))
+        self.assertEqual(os.listdir(out), [], "the container must not run without its Secret")
+        job_status = EMU.kjson("get", "job", "late", "-n", self.ns)["status"]
+        self.assertEqual((job_status.get("active"), job_status.get("ready")), (1, 0))
+        # As the kubelet does, it starts once the Secret is there.
+        EMU.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later", "namespace": self.ns},
+                   "stringData": {"TOKEN": "t0k"}})
+        self.k("wait", "--for=condition=Complete", "job/late", "--timeout=30s")
+        with open(os.path.join(out, "done")) as f:
+            self.assertEqual(f.read(), "t0k\n")
+
+    def test_missing_secret_key_and_deleting_the_stuck_pod_fails_its_index(self):
+        EMU.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "partial", "namespace": self.ns},
+                   "stringData": {"A": "1"}})
+        doc = job("stuck", self.ns, ["true"], completions=1, parallelism=1, backoffLimitPerIndex=0)
+        doc["spec"]["template"]["spec"]["containers"][0]["env"] = [
+            {"name": "B", "valueFrom": {"secretKeyRef": {"name": "partial", "key": "B"}}}]
+        EMU.apply(doc)
+        pods = self.wait_pods("stuck", lambda ps: "waiting" in ps[0]["status"].get("containerStatuses", [{}])[0].get("state", {}))
+        waiting = pods[0]["status"]["containerStatuses"][0]["state"]["waiting"]
+        self.assertEqual(waiting["reason"], "CreateContainerConfigError")
+        self.assertEqual(waiting["message"], "couldn't find key B in Secret %s/partial" % self.ns)
+        # What orch's Kubernetes executor does with such a pod: delete it, so that the index ends.
+        self.k("delete", "pod", pods[0]["metadata"]["name"])
+        self.k("wait", "--for=condition=Failed", "job/stuck", "--timeout=30s")
+        status = EMU.kjson("get", "job", "stuck", "-n", self.ns)["status"]
+        self.assertEqual((status["failedIndexes"], status["failed"]), ("0", 1))
 
     def test_invalid_job_is_rejected(self):
         doc = job("bad", self.ns, ["true"])

@@ -186,7 +186,10 @@ impl StateStore for DynamoStateStore {
                 format!("task {} belongs to job {}, not {job}", task.id, task.job),
             ));
         }
-        let items = tasks.iter().map(task_item).collect::<BackendResult<Vec<_>>>()?;
+        let items = tasks
+            .iter()
+            .map(task_item)
+            .collect::<BackendResult<Vec<_>>>()?;
         if self.get_job(job).await?.is_none() {
             return Err(BackendError::NotFound(format!("job {job}")));
         }

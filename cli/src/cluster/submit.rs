@@ -2,7 +2,7 @@
 //! and field paths, as `orch validate`), with its `extends` merged in and nothing else changed.
 //!
 //! Not the loader's resolved job: that one has paths made absolute for this machine and
-//! `storage.uri` defaulted to `./.orch`, where in a cluster the operator decides (docs/job-spec.md, "Storage layout").
+//! `storage.uri` defaulted to `./.orch`, where in a cluster the operator decides.
 //! Nor is the preflight of `orch validate` run: the input and the handler program are looked
 //! for where the workers run, not here.
 
@@ -25,6 +25,9 @@ pub struct Document {
     pub value: Value,
     /// Things worth knowing before the job runs elsewhere.
     pub warnings: Vec<String>,
+    /// Fields the file leaves to the operator (`field: what happens`), as `orch validate` notes
+    /// them: expected in a cluster, so not warnings.
+    pub notes: Vec<String>,
 }
 
 /// Loads and checks `path` (exit 2 with every field error at once, as `orch validate`), then
@@ -36,6 +39,10 @@ pub fn document(path: &Path) -> Result<Document, Failure> {
         name: job.file.metadata.name.clone(),
         namespace: job.file.metadata.namespace.clone(),
         warnings: relative_paths(&value),
+        notes: load::filled_by_operator(&job.file)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         value,
     })
 }
@@ -158,6 +165,32 @@ mod tests {
         // Sent as written: no absolute paths, no storage default.
         assert_eq!(doc.value["spec"]["input"]["uri"], "s3://b/in.jsonl");
         assert!(doc.value["spec"].get("storage").is_none());
+    }
+
+    #[test]
+    fn a_slurm_url_left_to_the_operator_is_accepted_with_a_note() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = dir.path().join("job.yaml");
+        std::fs::write(
+            &job,
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {name: j}\n\
+             spec: {input: {uri: s3://b/in.jsonl}, handler: {builtin: {name: identity}},\n\
+             executor: {slurm: {transport: rest}}}\n",
+        )
+        .expect("write");
+        let doc = document(&job).map_err(|f| f.message).expect("valid");
+        assert!(doc.warnings.is_empty(), "{:?}", doc.warnings);
+        assert_eq!(doc.notes.len(), 1, "{:?}", doc.notes);
+        assert!(
+            doc.notes[0].starts_with("spec.executor.slurm.url: not set"),
+            "{:?}",
+            doc.notes
+        );
+        // Sent as written: the operator fills the URL in.
+        assert_eq!(
+            doc.value["spec"]["executor"],
+            json!({"slurm": {"transport": "rest"}})
+        );
     }
 
     #[test]

@@ -16,6 +16,28 @@ pub const MAX_NAME_LEN: usize = 50;
 
 /// Rules the schema cannot express (semantic validation of a parsed job file, what
 /// `orch validate` checks beyond the schema). Pure: no filesystem access.
+/// Fields a valid spec may leave unset for whoever runs it to fill in, that are unset here:
+/// today `spec.executor.slurm.url` of the `rest` transport, which the operator fills in from
+/// its `--slurm-url`. Each entry names the field and what becomes of it.
+///
+/// The rules accept such a spec (the operator runs it), so these are notes for `orch validate`
+/// and `orch submit`, and `standalone_gaps` makes them errors for `orch run`.
+pub fn filled_by_operator(file: &OrchJobFile) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    if let Some(slurm) = &file.spec.executor.slurm
+        && slurm.transport == spec::SlurmTransport::Rest
+        && slurm.url.is_none()
+    {
+        out.push(FieldError {
+            path: "spec.executor.slurm.url".into(),
+            message: "not set: the `rest` transport needs slurmrestd's URL (http://host:6820); \
+                      the operator fills in its own (--slurm-url), `orch run` has none"
+                .into(),
+        });
+    }
+    out
+}
+
 pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut err = |path: &str, message: String| {
@@ -178,12 +200,10 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         kubernetes_rules(&mut err, kube, &s.resources);
     }
     if let Some(slurm) = &e.slurm {
-        if slurm.transport == spec::SlurmTransport::Rest && slurm.url.is_none() {
-            err(
-                "spec.executor.slurm.url",
-                "the `rest` transport needs slurmrestd's URL (http://host:6820)".into(),
-            );
-        }
+        // A `rest` transport without `url` is a valid spec: the URL is the runner's to supply
+        // (the operator fills in its `--slurm-url`), so the file gets the same verdict from
+        // `orch validate`, `orch submit` and the operator. `orch run`, which has no such
+        // default, refuses it before starting (`standalone_gaps`).
         if slurm.transport == spec::SlurmTransport::Cli
             && (slurm.url.is_some() || slurm.token_file.is_some())
         {
@@ -399,6 +419,56 @@ mod tests {
         ));
         let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["spec.executor.kubernetes.envFromSecrets[1]"]);
+    }
+
+    #[test]
+    fn a_rest_transport_may_leave_its_url_to_the_operator() {
+        // One verdict for `orch validate`, `orch submit` and the operator: accepted.
+        let no_url = job_with(json!({"slurm": {"transport": "rest"}}), json!({}));
+        assert_eq!(problems(&no_url), Vec::<(String, String)>::new());
+        let file = check(Path::new("job.yaml"), &no_url).unwrap();
+        let gaps = super::filled_by_operator(&file);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].path, "spec.executor.slurm.url");
+        assert!(
+            gaps[0].message.contains("--slurm-url"),
+            "{}",
+            gaps[0].message
+        );
+        // `orch run` has no operator to fill it in: refused there, naming the field.
+        let job = crate::load::LoadedJob {
+            file,
+            path: std::path::PathBuf::from("job.yaml"),
+        };
+        let e = crate::load::standalone_gaps(&job).unwrap_err();
+        assert_eq!(e.category(), crate::ErrorCategory::Invalid);
+        assert!(
+            e.to_string()
+                .contains("spec.executor.slurm.url: not set: the `rest` transport needs"),
+            "{e}"
+        );
+
+        // Nothing left to fill in: with a URL, or with the commands transport.
+        for executor in [
+            json!({"slurm": {"transport": "rest", "url": "http://slurm:6820"}}),
+            json!({"slurm": {"transport": "cli"}}),
+            json!({"slurm": {}}),
+            json!({"local": {}}),
+        ] {
+            let file = check(
+                Path::new("job.yaml"),
+                &job_with(executor.clone(), json!({})),
+            )
+            .unwrap_or_else(|e| panic!("{executor}: {e}"));
+            assert!(super::filled_by_operator(&file).is_empty(), "{executor}");
+        }
+        // What belongs to `rest` stays refused on the commands transport, everywhere.
+        let got = problems(&job_with(
+            json!({"slurm": {"transport": "cli", "tokenFile": "/run/jwt"}}),
+            json!({}),
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.executor.slurm");
     }
 
     #[test]

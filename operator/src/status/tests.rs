@@ -6,6 +6,13 @@ const T1: &str = "2026-11-26T10:01:00Z";
 const T2: &str = "2026-11-26T10:02:00Z";
 const T3: &str = "2026-11-26T10:03:00Z";
 const T4: &str = "2026-11-26T10:04:00Z";
+/// When the test job's record was created, before any of the times above (plus 123 ms, which
+/// RFC 3339 to the second drops).
+const CREATED_MS: u64 = 1_795_687_080_123;
+const CREATED: &str = "2026-11-26T09:58:00Z";
+/// When the test job's record says it finished, between T3 and T4.
+const FINISHED_MS: u64 = 1_795_687_410_000;
+const FINISHED: &str = "2026-11-26T10:03:30Z";
 
 const EXAMPLE: &str = include_str!("../../../examples/reviews-sentiment/job.yaml");
 
@@ -26,8 +33,8 @@ fn record(phase: model::JobPhase, message: Option<&str>) -> JobRecord {
         input_fingerprint: "fp".into(),
         total_tasks: 4,
         total_items: 1000,
-        created_at: 0,
-        updated_at: 0,
+        created_at: CREATED_MS,
+        updated_at: CREATED_MS,
         finished_at: None,
         message: message.map(str::to_string),
         cancel_requested: false,
@@ -81,21 +88,21 @@ fn pending_running_aggregating_succeeded() {
     assert_eq!(s0.completion_time, None);
     assert!(cond(&s0, Suspended).is_none());
 
-    // Planned, nothing dispatched: running, not started.
+    // Planned, nothing dispatched: running, started when its record was created.
     let job = record(model::JobPhase::Running, None);
     let t = tasks(&[S::Pending; 4]);
     let s1 = job_status(Some(&job), &t, 1, Some(&s0), T1);
     assert_eq!(s1.phase, Some(JobPhase::Running));
     is(&s1, Progressing, True, "Running");
     assert_eq!(ltt(&s1, Progressing), T1, "False → True is a transition");
-    assert_eq!(s1.start_time, None);
+    assert_eq!(s1.start_time.as_deref(), Some(CREATED));
     assert_eq!(s1.tasks.unwrap().pending, 4);
     assert_eq!(s1.items.unwrap().total, 1000);
 
-    // The first task leaves pending: startTime is set, Progressing keeps its time.
+    // Tasks under way: startTime unchanged, Progressing keeps its time.
     let t = tasks(&[S::Running, S::Retrying, S::Succeeded, S::Pending]);
     let s2 = job_status(Some(&job), &t, 1, Some(&s1), T2);
-    assert_eq!(s2.start_time.as_deref(), Some(T2));
+    assert_eq!(s2.start_time.as_deref(), Some(CREATED));
     assert_eq!(ltt(&s2, Progressing), T1);
     let c = s2.tasks.unwrap();
     assert_eq!(
@@ -112,7 +119,7 @@ fn pending_running_aggregating_succeeded() {
     assert_eq!(s3.phase, Some(JobPhase::Running));
     is(&s3, Progressing, True, "Aggregating");
     assert_eq!(ltt(&s3, Progressing), T1);
-    assert_eq!(s3.start_time.as_deref(), Some(T2));
+    assert_eq!(s3.start_time.as_deref(), Some(CREATED));
     assert_eq!(s3.completion_time, None);
     assert_eq!(s3.output, None);
 
@@ -128,7 +135,8 @@ fn pending_running_aggregating_succeeded() {
     assert!(cond(&s4, Failed).is_none());
     assert_eq!(ltt(&s4, Progressing), T4);
     assert_eq!(ltt(&s4, Complete), T4);
-    assert_eq!(s4.start_time.as_deref(), Some(T2));
+    assert_eq!(s4.start_time.as_deref(), Some(CREATED));
+    // A record without its finish time: when the operator saw the end.
     assert_eq!(s4.completion_time.as_deref(), Some(T4));
     assert_eq!(s4.output.as_deref(), Some("out/"));
     let i = s4.items.unwrap();
@@ -167,7 +175,7 @@ fn running_to_failed_with_too_many_failed_items() {
             .contains("above the tolerance")
     );
     assert_eq!(s2.completion_time.as_deref(), Some(T2));
-    assert_eq!(s2.start_time.as_deref(), Some(T1));
+    assert_eq!(s2.start_time.as_deref(), Some(CREATED));
     assert_eq!(s2.output, None);
 }
 
@@ -238,12 +246,144 @@ fn suspended_and_resumed() {
     is(&s4, Progressing, True, "Running");
     assert_eq!(ltt(&s4, Suspended), T4);
     assert_eq!(ltt(&s4, Progressing), T4);
-    assert_eq!(s4.start_time.as_deref(), Some(T1));
+    assert_eq!(s4.start_time.as_deref(), Some(CREATED));
 
     // Resumed and still running: times kept.
     let s5 = job_status(Some(&job), &t, 3, Some(&s4), "2026-11-26T10:05:00Z");
     assert_eq!(ltt(&s5, Suspended), T4);
     assert_eq!(ltt(&s5, Progressing), T4);
+}
+
+/// The times are the job's own, from its record: not when an operator first looked at the
+/// object (a restarted operator, or one that saw the job late, must not move them).
+#[test]
+fn start_and_completion_times_are_the_records() {
+    let mut job = record(model::JobPhase::Running, None);
+    let t = tasks(&[S::Pending; 4]);
+    // First looked at long after the job started, e.g. by a new operator replica.
+    let s1 = job_status(Some(&job), &t, 1, None, T3);
+    assert_eq!(s1.start_time.as_deref(), Some(CREATED));
+    // A status written by an operator that used its own clock is corrected.
+    let mut stale = s1.clone();
+    stale.start_time = Some(T1.into());
+    let s2 = job_status(Some(&job), &t, 1, Some(&stale), T3);
+    assert_eq!(s2.start_time.as_deref(), Some(CREATED));
+    // The end is when the record says the job finished, whenever the operator notices.
+    job.phase = model::JobPhase::Succeeded;
+    job.finished_at = Some(FINISHED_MS);
+    let t = tasks(&[S::Succeeded; 4]);
+    let s3 = job_status(Some(&job), &t, 1, Some(&s2), T4);
+    assert_eq!(s3.completion_time.as_deref(), Some(FINISHED));
+    assert_eq!(s3.start_time.as_deref(), Some(CREATED));
+    // Not a time: the previous status stands in.
+    assert_eq!(rfc3339(u64::MAX), None);
+    assert_eq!(rfc3339(CREATED_MS).as_deref(), Some(CREATED));
+}
+
+/// A paused job that is resumed and then cancelled did not end "while suspended": the
+/// `Suspended` condition says how and when it ended.
+#[test]
+fn resumed_then_cancelled_says_so() {
+    let mut job = record(model::JobPhase::Running, None);
+    let t = tasks(&[S::Running, S::Pending, S::Pending, S::Pending]);
+    let s1 = job_status(Some(&job), &t, 1, None, T1);
+    job.spec.spec.suspend = true;
+    let s2 = job_status(Some(&job), &t, 2, Some(&s1), T2);
+    is(&s2, Suspended, True, "Paused");
+    job.spec.spec.suspend = false;
+    let s3 = job_status(Some(&job), &t, 3, Some(&s2), T3);
+    is(&s3, Suspended, False, "Resumed");
+
+    job.phase = model::JobPhase::Cancelled;
+    job.message = Some("cancelled on request".into());
+    let t = tasks(&[S::Cancelled, S::Cancelled, S::Cancelled, S::Cancelled]);
+    let s4 = job_status(Some(&job), &t, 3, Some(&s3), T4);
+    is(&s4, Suspended, False, "Cancelled");
+    let message = cond(&s4, Suspended).unwrap().message.clone().unwrap();
+    assert_eq!(message, "the job was cancelled after it was resumed");
+    assert_eq!(ltt(&s4, Suspended), T3, "still False: no transition");
+    is(&s4, Failed, True, "Cancelled");
+    // Said once and kept, even if spec.suspend is edited after the end.
+    job.spec.spec.suspend = true;
+    let s5 = job_status(Some(&job), &t, 4, Some(&s4), "2026-11-26T10:05:00Z");
+    assert_eq!(
+        cond(&s5, Suspended),
+        cond(&s4, Suspended)
+            .map(|c| {
+                let mut c = c.clone();
+                c.observed_generation = Some(4);
+                c
+            })
+            .as_ref()
+    );
+}
+
+#[test]
+fn paused_then_ended_says_it_ended_while_paused() {
+    let mut job = record(model::JobPhase::Running, None);
+    job.spec.spec.suspend = true;
+    let t = tasks(&[S::Running, S::Pending, S::Pending, S::Pending]);
+    let s1 = job_status(Some(&job), &t, 2, None, T1);
+    is(&s1, Suspended, True, "Paused");
+    job.phase = model::JobPhase::Cancelled;
+    let s2 = job_status(Some(&job), &t, 2, Some(&s1), T2);
+    is(&s2, Suspended, False, "Cancelled");
+    assert_eq!(
+        cond(&s2, Suspended).unwrap().message.as_deref(),
+        Some("the job was cancelled while paused (spec.suspend was true)")
+    );
+    job.phase = model::JobPhase::Succeeded;
+    let s3 = job_status(Some(&job), &t, 2, Some(&s1), T2);
+    is(&s3, Suspended, False, "Completed");
+    // Never paused: no Suspended condition at the end either.
+    let plain = record(model::JobPhase::Succeeded, None);
+    assert!(cond(&job_status(Some(&plain), &t, 1, None, T1), Suspended).is_none());
+}
+
+/// `Progressing`'s message counts what `status.tasks` counts, state by state: a dispatched
+/// task (submitted, its worker not started) is not called running.
+#[test]
+fn the_progress_message_and_the_task_counts_agree() {
+    let job = record(model::JobPhase::Running, None);
+    let t = tasks(&[S::Dispatched, S::Dispatched, S::Pending, S::Succeeded]);
+    let s = job_status(Some(&job), &t, 1, None, T1);
+    let counts = s.tasks.unwrap();
+    assert_eq!((counts.running, counts.dispatched), (0, 2));
+    let message = cond(&s, Progressing).unwrap().message.clone().unwrap();
+    assert_eq!(message, "1 of 4 tasks succeeded: 2 dispatched, 1 pending");
+    assert!(!message.contains("running"), "{message}");
+    let t = tasks(&[S::Running, S::Retrying, S::Failed, S::Succeeded]);
+    let s = job_status(Some(&job), &t, 1, None, T1);
+    assert_eq!(
+        cond(&s, Progressing).unwrap().message.as_deref(),
+        Some("1 of 4 tasks succeeded: 1 running, 1 retrying, 1 failed")
+    );
+}
+
+/// A driver's refusal that names its field is listed under that field, once: not
+/// `spec: spec.input.uri: …`.
+#[test]
+fn a_driver_refusal_is_listed_under_its_own_field() {
+    let e = rejection("spec.input.uri: `s3://b/in/*.jsonl` matches no object");
+    assert_eq!(e.path, "spec.input.uri");
+    assert_eq!(
+        e.to_string(),
+        "spec.input.uri: `s3://b/in/*.jsonl` matches no object"
+    );
+    let s = validation_failure(1, T1, &[e]);
+    let message = cond(&s, Failed).unwrap().message.clone().unwrap();
+    assert!(
+        message.ends_with("): spec.input.uri: `s3://b/in/*.jsonl` matches no object"),
+        "{message}"
+    );
+    // Final: waiting for completionTime ends here too.
+    assert_eq!(s.completion_time.as_deref(), Some(T1));
+    assert!(!message.contains("spec: spec"), "{message}");
+    // A message without a field is about the spec as a whole.
+    let e = rejection("no worker program for the Slurm tasks");
+    assert_eq!(e.to_string(), "spec: no worker program for the Slurm tasks");
+    let e = rejection("spec: already prefixed");
+    assert_eq!(e.to_string(), "spec: already prefixed");
 }
 
 #[test]
