@@ -99,7 +99,14 @@ mod tests {
             platform.log_dir("j-1"),
             dir.path().join("store/jobs/j-1/logs")
         );
-        assert!(dir.path().join("store/orch.sqlite").exists() || dir.path().join("store").is_dir());
+        // The embedded state store, created in the directory itself; nothing in the S3 scratch.
+        assert!(
+            dir.path()
+                .join("store")
+                .join(orch_core::layout::state_db())
+                .is_file()
+        );
+        assert!(!opts.scratch.exists());
         let backends = open_backends(&uri, dir.path().join("unused"))
             .await
             .unwrap();
