@@ -227,6 +227,17 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
 
 #[async_trait]
 impl Executor for LocalExecutor {
+    /// Ids follow from the kind, task and attempt alone.
+    fn planned_ids(&self, group: &TaskGroup) -> Option<Vec<(u32, String)>> {
+        Some(
+            group
+                .tasks
+                .iter()
+                .map(|&(task, attempt)| (task, exec_id(group.kind, task, attempt)))
+                .collect(),
+        )
+    }
+
     /// Closes the queue and waits up to `grace` for the running workers to end.
     async fn shutdown(&self, grace: std::time::Duration) {
         self.close();

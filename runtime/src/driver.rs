@@ -238,7 +238,6 @@ async fn drive_locked(
         executor,
         lease,
         paused: false,
-        dispatched: HashMap::new(),
     };
     let stopped = async {
         match &opts.stop {
@@ -365,10 +364,6 @@ struct Loop<'a> {
     lease: &'a dyn JobLease,
     /// Whether the executor was told to pause (the job's `spec.suspend`).
     paused: bool,
-    /// The executor id of each attempt this run dispatched (task → attempt, id). The rows
-    /// carry them too, but a copy of the rows refreshed by someone else mid-dispatch (the
-    /// operator's status) may not yet: such an attempt must not look unknown to the executor.
-    dispatched: HashMap<u32, (u32, String)>,
 }
 
 impl Loop<'_> {
@@ -429,15 +424,7 @@ impl Loop<'_> {
                 .rows()
                 .iter()
                 .filter(|t| matches!(t.state, TaskState::Dispatched | TaskState::Running))
-                .map(|t| {
-                    let known = || {
-                        self.dispatched
-                            .get(&t.id)
-                            .filter(|(attempt, _)| *attempt == t.attempt)
-                            .map(|(_, id)| id.clone())
-                    };
-                    (t.id, t.attempt, t.executor_id.clone().or_else(known))
-                })
+                .map(|t| (t.id, t.attempt, t.executor_id.clone()))
                 .collect();
             let mut polled: HashMap<u32, ExecState> = self
                 .executor
@@ -579,15 +566,6 @@ impl Loop<'_> {
         Ok(done)
     }
 
-    fn remember(&mut self, written: &[TaskRecord], ids: &[(u32, String)]) {
-        let attempts: HashMap<u32, u32> = written.iter().map(|t| (t.id, t.attempt)).collect();
-        for (task, id) in ids {
-            if let Some(&attempt) = attempts.get(task) {
-                self.dispatched.insert(*task, (attempt, id.clone()));
-            }
-        }
-    }
-
     async fn due_retries(&self) -> Result<Vec<DueRetry>> {
         let mut due = Vec::new();
         for m in self.queue.receive(100, RETRY_VISIBILITY).await? {
@@ -626,8 +604,20 @@ impl Loop<'_> {
                 tasks: Vec::new(),
                 kind: dispatch.kind,
             };
+            // Ids known beforehand go into the dispatch write itself (see
+            // `Executor::planned_ids`): a task is never seen dispatched without its id, and a
+            // restarted driver finds what was submitted.
+            let planned: HashMap<u32, String> = self
+                .executor
+                .planned_ids(&TaskGroup {
+                    tasks: dispatch.tasks.iter().map(|t| (t.id, t.attempt)).collect(),
+                    ..group.clone()
+                })
+                .map(|ids| ids.into_iter().collect())
+                .unwrap_or_default();
             let mut written = Vec::new();
-            for t in dispatch.tasks {
+            for mut t in dispatch.tasks {
+                t.executor_id = planned.get(&t.id).cloned();
                 match state.update_task(&t).await {
                     Ok(stored) => {
                         group.tasks.push((stored.id, stored.attempt));
@@ -640,17 +630,18 @@ impl Loop<'_> {
             if group.tasks.is_empty() {
                 continue;
             }
-            // Ids known beforehand are recorded before the submission (see
-            // `Executor::planned_ids`), others after it.
             match self.executor.planned_ids(&group) {
-                Some(planned) => {
-                    self.remember(&written, &planned);
-                    record_executor_ids(state.as_ref(), written, planned).await?;
+                // A row lost to a concurrent write changes the group, and with it the ids
+                // (a Slurm array's key covers its tasks): record those of the group submitted.
+                Some(ids) if written.len() < planned.len() => {
+                    record_executor_ids(state.as_ref(), written, ids).await?;
+                    self.executor.submit(&group).await?;
+                }
+                Some(_) => {
                     self.executor.submit(&group).await?;
                 }
                 None => {
                     let ids = self.executor.submit(&group).await?;
-                    self.remember(&written, &ids);
                     record_executor_ids(state.as_ref(), written, ids).await?;
                 }
             }
