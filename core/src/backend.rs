@@ -76,6 +76,18 @@ pub fn next_version(what: &str, version: u64) -> BackendResult<u64> {
     })
 }
 
+/// Refuses task rows that belong to another job than `job` (what `create_job` and `add_tasks`
+/// are given): every StateStore checks this the same way, before it writes anything.
+pub fn check_tasks_of(job: &str, tasks: &[TaskRecord]) -> BackendResult<()> {
+    match tasks.iter().find(|t| t.job != job) {
+        Some(task) => Err(BackendError::message(
+            ErrorCategory::Invalid,
+            format!("task {} belongs to job {}, not {job}", task.id, task.job),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An object listed under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {

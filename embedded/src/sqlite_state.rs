@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, StateStore, TaskChanges, next_version};
+use orch_core::backend::{
+    BackendError, BackendResult, StateStore, TaskChanges, check_tasks_of, next_version,
+};
 use orch_core::model::{JobRecord, TaskRecord};
 use rusqlite::ffi::ErrorCode;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -303,15 +305,7 @@ impl SqliteStateStore {
 #[async_trait]
 impl StateStore for SqliteStateStore {
     async fn create_job(&self, job: &JobRecord, tasks: &[TaskRecord]) -> BackendResult<()> {
-        if let Some(task) = tasks.iter().find(|t| t.job != job.id) {
-            return Err(BackendError::message(
-                ErrorCategory::Invalid,
-                format!(
-                    "task {} belongs to job {}, not {}",
-                    task.id, task.job, job.id
-                ),
-            ));
-        }
+        check_tasks_of(&job.id, tasks)?;
         let job = job.clone();
         let tasks = tasks.to_vec();
         self.db
@@ -368,12 +362,7 @@ impl StateStore for SqliteStateStore {
     }
 
     async fn add_tasks(&self, job: &str, tasks: &[TaskRecord]) -> BackendResult<()> {
-        if let Some(task) = tasks.iter().find(|t| t.job != job) {
-            return Err(BackendError::message(
-                ErrorCategory::Invalid,
-                format!("task {} belongs to job {}, not {job}", task.id, task.job),
-            ));
-        }
+        check_tasks_of(job, tasks)?;
         let job = job.to_string();
         let tasks = tasks.to_vec();
         self.db

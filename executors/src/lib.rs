@@ -148,7 +148,7 @@ impl Executors {
 
 /// Where the Slurm tasks of `job` write their logs: `executor.slurm.logDir/<job>` (relative to
 /// the working directory), else the platform's log directory of the job.
-pub fn slurm_log_dir(
+fn slurm_log_dir(
     cwd: &Path,
     spec: &SlurmExecutorSpec,
     platform: &dyn Platform,

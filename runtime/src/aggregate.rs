@@ -556,7 +556,7 @@ pub async fn finish(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) 
             "aggregation plan",
         )
         .await?;
-        let resolved = Resolved::new(&root, &job.id, &plan);
+        let (resolved, settings) = (Resolved::new(&root, &job.id, &plan), settings.clone());
         blocking(move || {
             let hierarchy = Hierarchy::new(
                 &resolved.inputs,
@@ -573,7 +573,6 @@ pub async fn finish(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) 
     let output = output.ok_or_else(|| {
         Error::Invalid("the final merge task committed without a valid output marker".into())
     })?;
-    let settings = OutputSettings::of(&job.spec.spec.output, backends, &job.id)?;
     write_success(job, tasks, &settings, output, started).await
 }
 

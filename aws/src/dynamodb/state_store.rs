@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, StateStore, next_version};
+use orch_core::backend::{BackendError, BackendResult, StateStore, check_tasks_of, next_version};
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 
 use super::batch::{delete_request, put_request};
@@ -54,17 +54,9 @@ impl DynamoStateStore {
 impl StateStore for DynamoStateStore {
     async fn create_job(&self, job: &JobRecord, tasks: &[TaskRecord]) -> BackendResult<()> {
         check_job_id(&job.id)?;
+        check_tasks_of(&job.id, tasks)?;
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
-            if task.job != job.id {
-                return Err(BackendError::message(
-                    ErrorCategory::Invalid,
-                    format!(
-                        "task {} belongs to job {}, not {}",
-                        task.id, task.job, job.id
-                    ),
-                ));
-            }
             if !seen.insert(task.id) {
                 return Err(BackendError::message(
                     ErrorCategory::Invalid,
@@ -180,12 +172,7 @@ impl StateStore for DynamoStateStore {
 
     async fn add_tasks(&self, job: &str, tasks: &[TaskRecord]) -> BackendResult<()> {
         check_job_id(job)?;
-        if let Some(task) = tasks.iter().find(|t| t.job != job) {
-            return Err(BackendError::message(
-                ErrorCategory::Invalid,
-                format!("task {} belongs to job {}, not {job}", task.id, task.job),
-            ));
-        }
+        check_tasks_of(job, tasks)?;
         let items = tasks
             .iter()
             .map(task_item)
