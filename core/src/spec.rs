@@ -538,8 +538,10 @@ pub enum SlurmTransport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SlurmExecutorSpec {
-    #[serde(default)]
-    pub transport: SlurmTransport,
+    /// How orch reaches Slurm; default: `rest` when a `url` is given (or the operator supplies
+    /// its own), else `cli`. An explicit value is never changed by whoever runs the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<SlurmTransport>,
     /// slurmrestd's base URL (`rest`), e.g. `http://slurm-head:6820`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -575,10 +577,22 @@ fn default_grace() -> Quantity {
     Quantity::from("60s")
 }
 
+impl SlurmExecutorSpec {
+    /// The transport this spec runs on: the one written, else `rest` when there is a URL to
+    /// reach, else the commands on this host.
+    pub fn effective_transport(&self) -> SlurmTransport {
+        self.transport.unwrap_or(if self.url.is_some() {
+            SlurmTransport::Rest
+        } else {
+            SlurmTransport::Cli
+        })
+    }
+}
+
 impl Default for SlurmExecutorSpec {
     fn default() -> Self {
         SlurmExecutorSpec {
-            transport: SlurmTransport::default(),
+            transport: None,
             url: None,
             token_file: None,
             user: None,

@@ -65,10 +65,13 @@ pub fn prepare_job(job: &OrchJob, cfg: &OperatorConfig) -> Result<LoadedJob, Vec
     if spec.storage.uri.is_none() {
         spec.storage.uri = cfg.storage_uri.clone();
     }
+    // The operator's slurmrestd serves jobs that leave the transport open or ask for `rest`;
+    // an explicit `transport: cli` is the user's choice and stays.
     if let (Some(slurm), Some(url)) = (spec.executor.slurm.as_mut(), &cfg.slurm_url)
         && slurm.url.is_none()
+        && slurm.transport != Some(SlurmTransport::Cli)
     {
-        slurm.transport = SlurmTransport::Rest;
+        slurm.transport = Some(SlurmTransport::Rest);
         slurm.url = Some(url.clone());
         if slurm.token_file.is_none() {
             slurm.token_file = cfg
@@ -192,7 +195,11 @@ mod tests {
         for executor in ["{slurm: {transport: rest}}", "{slurm: {}}"] {
             let loaded = prepare_job(&job(executor), &config(Some("http://slurm:6820"))).unwrap();
             let slurm = loaded.file.spec.executor.slurm.unwrap();
-            assert_eq!(slurm.transport, SlurmTransport::Rest, "{executor}");
+            assert_eq!(
+                slurm.effective_transport(),
+                SlurmTransport::Rest,
+                "{executor}"
+            );
             assert_eq!(slurm.url.as_deref(), Some("http://slurm:6820"));
             assert_eq!(slurm.token_file.as_deref(), Some("/var/run/slurm/jwt"));
             assert_eq!(
@@ -200,6 +207,19 @@ mod tests {
                 Some("s3://bucket/orch/")
             );
         }
+    }
+
+    #[test]
+    fn an_explicit_commands_transport_stays_with_the_commands() {
+        let loaded = prepare_job(
+            &job("{slurm: {transport: cli}}"),
+            &config(Some("http://slurm:6820")),
+        )
+        .unwrap();
+        let slurm = loaded.file.spec.executor.slurm.unwrap();
+        assert_eq!(slurm.effective_transport(), SlurmTransport::Cli);
+        assert_eq!(slurm.url, None);
+        assert_eq!(slurm.token_file, None);
     }
 
     #[test]

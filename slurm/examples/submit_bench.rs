@@ -506,7 +506,7 @@ async fn run_orch(
             ..ResourcesSpec::default()
         },
         spec: SlurmExecutorSpec {
-            transport,
+            transport: Some(transport),
             url: url.clone(),
             extra_options: vec![format!("--reservation={}", args.reservation)],
             ..SlurmExecutorSpec::default()

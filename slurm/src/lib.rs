@@ -24,12 +24,12 @@ pub use error::{Result, SlurmError};
 pub use executor::{SlurmExecutor, SlurmLaunch};
 pub use submission::ArraySubmission;
 
-/// Connects to Slurm the way `launch.spec.transport` says and checks the job against the
+/// Connects to Slurm the way the spec's transport says and checks the job against the
 /// cluster (see [`SlurmExecutor::connect`]). For `rest`, the token comes from
 /// `spec.tokenFile`, else `SLURM_JWT`; a missing one fails here, before anything is sent.
 pub async fn connect(launch: SlurmLaunch) -> Result<SlurmExecutor> {
     let spec = &launch.spec;
-    let api: std::sync::Arc<dyn SlurmApi> = match spec.transport {
+    let api: std::sync::Arc<dyn SlurmApi> = match spec.effective_transport() {
         orch_core::spec::SlurmTransport::Cli => std::sync::Arc::new(cli::CliApi::new(None)),
         orch_core::spec::SlurmTransport::Rest => {
             let url = spec.url.clone().ok_or_else(|| {

@@ -25,7 +25,7 @@ pub const MAX_NAME_LEN: usize = 50;
 pub fn filled_by_operator(file: &OrchJobFile) -> Vec<FieldError> {
     let mut out = Vec::new();
     if let Some(slurm) = &file.spec.executor.slurm
-        && slurm.transport == spec::SlurmTransport::Rest
+        && slurm.transport == Some(spec::SlurmTransport::Rest)
         && slurm.url.is_none()
     {
         out.push(FieldError {
@@ -204,7 +204,7 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         // (the operator fills in its `--slurm-url`), so the file gets the same verdict from
         // `orch validate`, `orch submit` and the operator. `orch run`, which has no such
         // default, refuses it before starting (`standalone_gaps`).
-        if slurm.transport == spec::SlurmTransport::Cli
+        if slurm.effective_transport() == spec::SlurmTransport::Cli
             && (slurm.url.is_some() || slurm.token_file.is_some())
         {
             err(
@@ -451,6 +451,7 @@ mod tests {
         // Nothing left to fill in: with a URL, or with the commands transport.
         for executor in [
             json!({"slurm": {"transport": "rest", "url": "http://slurm:6820"}}),
+            json!({"slurm": {"url": "http://slurm:6820"}}),
             json!({"slurm": {"transport": "cli"}}),
             json!({"slurm": {}}),
             json!({"local": {}}),
@@ -469,6 +470,23 @@ mod tests {
         ));
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].0, "spec.executor.slurm");
+    }
+
+    #[test]
+    fn the_transport_follows_the_url_unless_written() {
+        use crate::spec::{SlurmExecutorSpec, SlurmTransport};
+        let with = |transport, url: Option<&str>| SlurmExecutorSpec {
+            transport,
+            url: url.map(str::to_string),
+            ..Default::default()
+        };
+        let url = Some("http://slurm:6820");
+        assert_eq!(with(None, None).effective_transport(), SlurmTransport::Cli);
+        assert_eq!(with(None, url).effective_transport(), SlurmTransport::Rest);
+        let rest = Some(SlurmTransport::Rest);
+        assert_eq!(with(rest, None).effective_transport(), SlurmTransport::Rest);
+        let cli = Some(SlurmTransport::Cli);
+        assert_eq!(with(cli, None).effective_transport(), SlurmTransport::Cli);
     }
 
     #[test]
