@@ -674,6 +674,51 @@ fn a_final_merge_that_keeps_failing_is_retried_then_fails_the_job() {
     );
 }
 
+/// A cancel while the final merge waits for its retry: the merge is not attempted again, the
+/// job ends cancelled at once (not after its backoff), and `orch status` shows the merge task
+/// cancelled after its one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_aggregation_stops_the_merge_tasks() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 600);
+    let yaml = job_yaml("cancelled", "{builtin: {name: identity}}", "").replace(
+        "backoff: {initial: 50ms, factor: 2, max: 1s}",
+        "backoff: {initial: 10m, factor: 2, max: 10m}",
+    );
+    let job = s.write("job.yaml", &yaml);
+    std::fs::write(s.path("out"), "a file where a directory should be").unwrap();
+    let mut run = s.orch_cmd(&["run", "--no-progress", job.to_str().unwrap()]);
+    let run = tokio::task::spawn_blocking(move || run.output().unwrap());
+
+    let storage = s.path(".orch");
+    let backends = loop {
+        // The driver creates the store; until then there is nothing to open.
+        if storage.join(orch_core::layout::state_db()).exists()
+            && let Ok(b) =
+                orch_connect::open_backends(storage.to_str().unwrap(), s.path("tmp")).await
+        {
+            break b;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    common::cancel_while_the_final_merge_waits(backends.state.as_ref()).await;
+    let out = run.await.unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("cancelled"), "{all}");
+    assert!(job_dir(&s).join("logs/merge-final.1.log").is_file());
+    assert!(
+        !job_dir(&s).join("logs/merge-final.2.log").exists(),
+        "{all}"
+    );
+
+    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["phase"], "cancelled", "{report}");
+    assert_eq!(report["tasks"]["succeeded"], 3, "{report}");
+    assert_eq!(report["mergeTasks"]["cancelled"], 1, "{report}");
+}
+
 #[test]
 fn output_target_file_size_rolls_part_files() {
     if !orch_testkit::components::python_module("pyarrow") {

@@ -256,6 +256,63 @@ async fn a_final_merge_that_keeps_failing_fails_the_job_after_its_attempts() {
     );
 }
 
+/// A cancel while the final merge (on S3 storage) waits for its retry: no second attempt, the
+/// job ends cancelled in DynamoDB with its final merge task cancelled after one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_aggregation_stops_the_merge_tasks() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let aws = Aws::new("merge-cancel");
+    let job_file = aws.prepare().await;
+    let blocked = aws
+        .scratch
+        .write("blocked", "a file where a directory should be");
+    let yaml = std::fs::read_to_string(&job_file)
+        .unwrap()
+        .replace(
+            &format!(
+                "output: {{uri: \"s3://{}/out/\", fanIn: 3, formats: [parquet, sqlite]}}",
+                aws.bucket
+            ),
+            &format!("output: {{uri: \"{}/out\", fanIn: 3}}", blocked.display()),
+        )
+        .replace(
+            "backoff: {initial: 200ms, factor: 2, max: 5s}",
+            "backoff: {initial: 10m, factor: 2, max: 10m}",
+        );
+    assert!(
+        yaml.contains("blocked/out") && yaml.contains("10m"),
+        "{yaml}"
+    );
+    std::fs::write(&job_file, yaml).unwrap();
+
+    let run = tokio::spawn({
+        let mut cmd = aws.orch(
+            &aws.endpoint,
+            &["run", job_file.to_str().unwrap(), "--no-progress"],
+        );
+        async move { tokio::task::spawn_blocking(move || cmd.output().unwrap()).await }
+    });
+    let sdk = moto::sdk_config().await;
+    let state = DynamoStateStore::new(config::dynamodb_client(&sdk), aws.table.clone());
+    let id = common::cancel_while_the_final_merge_waits(&state).await;
+    let out = run.await.unwrap().unwrap();
+    let printed = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("cancelled"), "{printed}");
+
+    let job = state.get_job(&id).await.unwrap().expect("the job");
+    assert_eq!(job.phase, JobPhase::Cancelled, "{job:?}");
+    let tasks = state.list_tasks(&id).await.unwrap();
+    let last = tasks
+        .iter()
+        .find(|t| t.kind == orch_core::model::TaskKind::Final)
+        .expect("a final merge task");
+    assert_eq!(last.state, TaskState::Cancelled, "{last:?}");
+    assert_eq!(last.counted_attempts(), 1, "{last:?}");
+}
+
 /// Runs `orch run` off the async threads, so that a proxy served by this runtime keeps going.
 async fn run_job(aws: &Aws, endpoint: &str, job_file: &Path) -> Output {
     let mut cmd = aws.orch(

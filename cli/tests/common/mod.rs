@@ -207,3 +207,35 @@ pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     parts.sort();
     parts
 }
+
+/// Waits until the job's final merge task has failed once and waits for its retry, then asks
+/// for a cancel the way the operator does (a flag on the stored job, seen by the running
+/// driver). Returns the job's id.
+pub async fn cancel_while_the_final_merge_waits(
+    state: &dyn orch_core::backend::StateStore,
+) -> String {
+    use orch_core::model::{TaskKind, TaskState};
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the final merge never failed a first time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Some(job) = state.list_jobs().await.unwrap().into_iter().next() else {
+            continue;
+        };
+        let tasks = state.list_tasks(&job.id).await.unwrap();
+        let waiting = tasks.iter().any(|t| {
+            t.kind == TaskKind::Final && t.state == TaskState::Retrying && t.counted_attempts() == 1
+        });
+        // A write racing the driver's is refused (versioned): ask again on the next pass.
+        if waiting
+            && orch_runtime::control::request_cancel(state, &job)
+                .await
+                .is_ok()
+        {
+            return job.id;
+        }
+    }
+}
