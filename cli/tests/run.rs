@@ -699,7 +699,7 @@ async fn a_cancel_during_aggregation_stops_the_merge_tasks() {
         {
             break b;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     common::cancel_while_the_final_merge_waits(backends.state.as_ref()).await;
     let out = run.await.unwrap();
