@@ -47,9 +47,12 @@ pub fn open_backends_with(
     // One S3 client for the storage and every other bucket: clients are cheap to clone and
     // share their connection pool.
     let locations = S3Locations::new(s3);
+    let state = Arc::new(state);
     Ok(Backends {
         objects: Arc::new(objects),
-        state: Arc::new(state),
+        state: state.clone(),
+        // Buckets are items of the same table.
+        rate_limits: state,
         scratch,
         locations: Arc::new(locations),
     })

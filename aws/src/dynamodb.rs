@@ -21,6 +21,7 @@ use crate::error::sdk_error;
 
 mod batch;
 mod item;
+mod ratelimit;
 mod state_store;
 mod table;
 

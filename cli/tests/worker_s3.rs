@@ -94,6 +94,7 @@ async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
         total_items: ITEMS,
         total_tasks: 2,
         columns: None,
+        rate_limits: Vec::new(),
     };
     objects
         .put(

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::error::ErrorCategory;
 use crate::model::{JobRecord, TaskGroup, TaskRecord, TaskState};
+use crate::ratelimit::Bucket;
 
 /// The error every backend returns: a category for retry decisions, and a message that never
 /// contains a secret.
@@ -192,6 +193,40 @@ pub trait Queue: Send + Sync {
     async fn delete(&self, receipt: &str) -> BackendResult<()>;
     /// Keeps a message hidden while it is being handled.
     async fn extend(&self, receipt: &str, visibility: Duration) -> BackendResult<()>;
+}
+
+/// Where rate-limit buckets live (SQLite under the storage directory, or one DynamoDB item
+/// per bucket): shared by every worker process and every job on the same storage.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    async fn get_bucket(&self, key: &str) -> BackendResult<Option<Bucket>>;
+    /// Writes `bucket` if the stored one still has `bucket.version` (0: none stored yet), else
+    /// fails with [`BackendError::Conflict`]. Returns it as stored (new version, `writes` + 1).
+    async fn put_bucket(&self, bucket: &Bucket) -> BackendResult<Bucket>;
+    async fn list_buckets(&self) -> BackendResult<Vec<Bucket>>;
+}
+
+/// Reads a bucket, changes it with `change` and writes it back, again on a concurrent write.
+/// `create` makes it when it does not exist; without it a missing bucket is `NotFound`.
+pub async fn update_bucket<T>(
+    store: &dyn RateLimitStore,
+    key: &str,
+    create: Option<&(dyn Fn() -> Bucket + Sync)>,
+    mut change: impl FnMut(&mut Bucket) -> T,
+) -> BackendResult<(Bucket, T)> {
+    loop {
+        let mut bucket = match (store.get_bucket(key).await?, create) {
+            (Some(b), _) => b,
+            (None, Some(create)) => create(),
+            (None, None) => return Err(BackendError::NotFound(format!("rate limit bucket {key}"))),
+        };
+        let out = change(&mut bucket);
+        match store.put_bucket(&bucket).await {
+            Ok(stored) => return Ok((stored, out)),
+            Err(BackendError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What the executor knows of one task it runs.

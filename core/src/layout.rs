@@ -55,6 +55,10 @@ pub fn aggregate_final(job: &str) -> String {
 pub fn state_db() -> &'static str {
     "state.sqlite"
 }
+/// The rate-limit buckets of an embedded storage directory (every job on it shares them).
+pub fn rate_limits_db() -> &'static str {
+    "ratelimits.sqlite"
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! - [`engine`]: the I/O-free state machine (observe → decide → actions) both drivers run;
 //! - [`backend`]: the traits every side effect goes through, and [`platform`]: the stores of one
 //!   process and what a driver needs besides them;
+//! - [`ratelimit`]: the shared token bucket's leases and the pacer that spends them;
 //! - [`invocation`]: how every executor starts `orch-worker` (arguments, environment);
 //! - [`layout`]: the storage keys of the storage layout (docs/job-spec.md).
 
@@ -23,6 +24,7 @@ pub mod model;
 pub mod partition;
 pub mod platform;
 pub mod quantity;
+pub mod ratelimit;
 pub mod spec;
 pub mod uri;
 

@@ -37,13 +37,18 @@ pub struct LoadedJob {
     pub file: OrchJobFile,
     /// The job file itself.
     pub path: PathBuf,
+    /// `RateLimit` documents that stood beside the job in its file (or, under the operator,
+    /// the cluster's objects the job names).
+    pub rate_limits: Vec<spec::RateLimitFile>,
 }
 
 /// Reads, merges, checks and resolves a job file. Does not touch the input or the handler;
 /// see [`preflight()`] for that.
 pub fn load(path: &Path) -> Result<LoadedJob> {
-    let value = read_with_extends(path, &mut Vec::new())?;
+    let (value, others) = read_documents(path)?;
+    let value = resolve_extends(path, value, &mut Vec::new())?;
     let file = check(path, &value)?;
+    let rate_limits = check_rate_limits(path, others)?;
     let base = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -53,7 +58,81 @@ pub fn load(path: &Path) -> Result<LoadedJob> {
     Ok(LoadedJob {
         file,
         path: path.to_path_buf(),
+        rate_limits,
     })
+}
+
+/// Reads a job file's documents: the one `OrchJob` (any document that is not a `RateLimit`),
+/// and the `RateLimit`s beside it with their 1-based positions.
+fn read_documents(path: &Path) -> Result<(Value, Vec<(usize, Value)>)> {
+    let text = read_text(path)?;
+    let mut job = None;
+    let mut others = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value = <Value as serde::Deserialize>::deserialize(document)
+            .map_err(|e| yaml_error(path, e))?;
+        if value.get("kind").and_then(Value::as_str) == Some(spec::RATE_LIMIT_KIND) {
+            others.push((i + 1, value));
+        } else if job.is_none() {
+            job = Some(value);
+        } else {
+            return Err(invalid(
+                path,
+                vec![FieldError {
+                    path: format!("(document {})", i + 1),
+                    message: "a job file holds one OrchJob; other documents must be RateLimits"
+                        .into(),
+                }],
+            ));
+        }
+    }
+    let job = job.ok_or_else(|| {
+        invalid(
+            path,
+            vec![FieldError {
+                path: "(document)".into(),
+                message: "no OrchJob in the file".into(),
+            }],
+        )
+    })?;
+    Ok((job, others))
+}
+
+/// Checks the `RateLimit` documents of a job file: each on its own (shape and rules), no name
+/// twice. Which of them the job uses is the driver's business: a file may carry more.
+fn check_rate_limits(
+    path: &Path,
+    documents: Vec<(usize, Value)>,
+) -> Result<Vec<spec::RateLimitFile>> {
+    let mut errors = Vec::new();
+    let mut out: Vec<spec::RateLimitFile> = Vec::new();
+    for (n, value) in documents {
+        let at = format!("(document {n}) ");
+        match serde_path_to_error::deserialize::<_, spec::RateLimitFile>(&value) {
+            Ok(doc) => {
+                errors.extend(rules::rate_limit_rules(&doc, &at));
+                if out.iter().any(|d| d.metadata.name == doc.metadata.name) {
+                    errors.push(FieldError {
+                        path: format!("{at}metadata.name"),
+                        message: format!(
+                            "a RateLimit `{}` is already in the file",
+                            doc.metadata.name
+                        ),
+                    });
+                }
+                out.push(doc);
+            }
+            Err(e) => errors.push(FieldError {
+                path: format!("{at}{}", e.path()),
+                message: e.inner().to_string(),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(invalid(path, errors))
+    }
 }
 
 /// Checks a merged document against the schema and the semantic rules.
@@ -88,7 +167,32 @@ fn invalid(path: &Path, errors: Vec<FieldError>) -> Error {
     }
 }
 
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn yaml_error(path: &Path, e: serde_yaml::Error) -> Error {
+    Error::Yaml {
+        file: path.to_path_buf(),
+        location: e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default(),
+        message: e.to_string(),
+    }
+}
+
 fn read_with_extends(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
+    let text = read_text(path)?;
+    let value: Value = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, e))?;
+    resolve_extends(path, value, chain)
+}
+
+/// Merges the bases a document `extends` (files relative to `path`) under it.
+fn resolve_extends(path: &Path, mut value: Value, chain: &mut Vec<PathBuf>) -> Result<Value> {
     let canonical = std::fs::canonicalize(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
@@ -103,18 +207,6 @@ fn read_with_extends(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
         ));
     }
     chain.push(canonical);
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut value: Value = serde_yaml::from_str(&text).map_err(|e| Error::Yaml {
-        file: path.to_path_buf(),
-        location: e
-            .location()
-            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-            .unwrap_or_default(),
-        message: e.to_string(),
-    })?;
     if !value.is_object() {
         return Err(invalid(
             path,

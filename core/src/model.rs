@@ -388,6 +388,21 @@ pub struct JobManifest {
     /// Column names of CSV input, read once by the partitioner for every worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+    /// The buckets the job's `spec.rateLimit` resolved to when it was created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<LimitBinding>,
+}
+
+/// One `spec.rateLimit` entry, resolved: the bucket it takes tokens from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitBinding {
+    /// The `RateLimit`'s name (what handlers report `usage` under).
+    pub name: String,
+    /// The bucket's key (its scope resolved).
+    pub key: String,
+    pub tokens_per_item: u32,
+    pub weight: u32,
 }
 
 /// `_DONE` of a task attempt, written after its files: what they hold and their checksums.

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::backend::{BackendError, BackendResult, Executor, ObjectStore, Queue, StateStore};
+use crate::backend::{
+    BackendError, BackendResult, Executor, ObjectStore, Queue, RateLimitStore, StateStore,
+};
 use crate::error::ErrorCategory;
 use crate::model::JobRecord;
 use crate::uri::Location;
@@ -49,6 +51,8 @@ impl Locations for LocalLocations {
 pub struct Backends {
     pub objects: Arc<dyn ObjectStore>,
     pub state: Arc<dyn StateStore>,
+    /// The rate-limit buckets of this storage.
+    pub rate_limits: Arc<dyn RateLimitStore>,
     /// Node-local directory for files on their way to or from a remote store.
     pub scratch: PathBuf,
     pub locations: Arc<dyn Locations>,

@@ -55,9 +55,10 @@ pub struct JobSpec {
     pub retry: RetrySpec,
     #[serde(default)]
     pub tolerance: ToleranceSpec,
-    /// Throttle the handler through a `RateLimit` resource.
+    /// Throttle the handler through one or more `RateLimit`s (docs/rate-limits.md): every
+    /// item takes `tokensPerItem` from each before the handler is called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimitRef>,
+    pub rate_limit: Option<RateLimitRefs>,
     #[serde(default)]
     pub output: OutputSpec,
     #[serde(default)]
@@ -356,14 +357,102 @@ pub struct ToleranceSpec {
     pub max_failed_items_percent: f64,
 }
 
+/// One `RateLimit` by name, or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RateLimitRefs {
+    One(RateLimitRef),
+    Many(Vec<RateLimitRef>),
+}
+
+impl RateLimitRefs {
+    /// The references, in the order written.
+    pub fn as_slice(&self) -> &[RateLimitRef] {
+        match self {
+            RateLimitRefs::One(one) => std::slice::from_ref(one),
+            RateLimitRefs::Many(many) => many,
+        }
+    }
+}
+
+/// A job's use of one `RateLimit`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitRef {
+    /// The `RateLimit`'s `metadata.name`.
     #[schemars(length(min = 1))]
     pub name: String,
+    /// Tokens every item takes before its call (post-paid `usage` comes on top).
     #[serde(default = "default_tokens_per_item")]
     #[schemars(range(min = 1))]
     pub tokens_per_item: u32,
+    /// This job's weight against other jobs on the same bucket (default 1).
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `kind` of a rate limit document.
+pub const RATE_LIMIT_KIND: &str = "RateLimit";
+
+/// A `RateLimit` document, as it stands beside an `OrchJob` in a job file (or as the cluster
+/// object of the same shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Always `orch.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `RateLimit`.
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: RateLimitSpec,
+}
+
+/// A token bucket that jobs share to throttle calls to an external API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Tokens added per period: a number, `/`, and `s`, `m` or `h`, e.g. `10/s`, `600/m`,
+    /// `0.5/s`.
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?)/(s|m|h)$"))]
+    pub rate: String,
+    /// Most tokens the bucket holds: how many calls may go at once after a quiet spell.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1))]
+    pub burst: u32,
+    /// Who shares the bucket: every job in the cluster, in the namespace, or each job alone.
+    #[serde(default)]
+    pub scope: RateLimitScope,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+/// Who shares a rate limit's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    Cluster,
+    #[default]
+    Namespace,
+    Job,
+}
+
+impl RateLimitScope {
+    /// The key of the bucket of limit `name` for a job `job` in `namespace`: one bucket per
+    /// cluster (storage), per namespace, or per job.
+    pub fn bucket_key(self, name: &str, namespace: &str, job: &str) -> String {
+        match self {
+            RateLimitScope::Cluster => format!("cluster/{name}"),
+            RateLimitScope::Namespace => format!("ns/{namespace}/{name}"),
+            RateLimitScope::Job => format!("job/{job}/{name}"),
+        }
+    }
 }
 
 fn default_tokens_per_item() -> u32 {

@@ -284,7 +284,7 @@ pub struct TaskGroupStatus {
 }
 
 /// A token bucket that jobs share to throttle calls to an external API.
-#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "orch.dev",
     version = "v1alpha1",
@@ -300,35 +300,17 @@ pub struct TaskGroupStatus {
     printcolumn = r#"{"name":"Throttled","type":"boolean","jsonPath":".status.throttled"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RateLimitSpec {
-    /// Tokens added per period: a number, `/`, and `s`, `m` or `h`, e.g. `10/s`, `600/m`,
-    /// `0.5/s`.
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?)/(s|m|h)$"))]
-    pub rate: String,
-    /// Most tokens the bucket holds: how many calls may go at once after a quiet spell.
-    #[serde(default = "default_burst")]
-    #[schemars(range(min = 1))]
-    #[x_kube(validation = Rule::new("self >= 1").message("burst must be at least 1"))]
-    pub burst: u32,
-    /// Who shares the bucket: every job in the cluster, in the namespace, or each job alone.
-    #[serde(default)]
-    pub scope: RateLimitScope,
+#[serde(transparent)]
+pub struct RateLimitSpec(pub orch_core::spec::RateLimitSpec);
+
+impl std::ops::Deref for RateLimitSpec {
+    type Target = orch_core::spec::RateLimitSpec;
+    fn deref(&self) -> &orch_core::spec::RateLimitSpec {
+        &self.0
+    }
 }
 
-fn default_burst() -> u32 {
-    1
-}
-
-/// Who shares a rate limit's bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RateLimitScope {
-    Cluster,
-    #[default]
-    Namespace,
-    Job,
-}
+pub use orch_core::spec::RateLimitScope;
 
 /// Observed state of a `RateLimit`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
@@ -379,7 +361,9 @@ pub fn all_crds() -> Result<Vec<Crd>, serde_json::Error> {
 /// - an int-or-string node (core's `Quantity`) drops the `anyOf` kube leaves behind (its branches
 ///   have lost their types, so it constrains nothing), and drops `nullable` when it has a
 ///   default: core refuses `null` there, while a non-nullable field's `null` is pruned and
-///   defaulted by the API server.
+///   defaulted by the API server;
+/// - any other node of several shapes (`anyOf`) is kept as written
+///   (`x-kubernetes-preserve-unknown-fields`) and left to orch's own validation.
 pub fn make_structural(node: &mut serde_json::Value) {
     let Some(obj) = node.as_object_mut() else {
         return;
@@ -396,6 +380,17 @@ pub fn make_structural(node: &mut serde_json::Value) {
         if obj.contains_key("default") {
             obj.remove("nullable");
         }
+    } else if obj.remove("anyOf").is_some() {
+        // One of several shapes (`rateLimit`: one reference or a list): a structural schema
+        // cannot say so, so the API server keeps the value as written and orch's own
+        // validation (the same rules as `orch validate`) checks it.
+        for key in ["type", "properties", "required", "items"] {
+            obj.remove(key);
+        }
+        obj.insert(
+            "x-kubernetes-preserve-unknown-fields".into(),
+            serde_json::Value::Bool(true),
+        );
     }
     if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
         for child in props.values_mut() {

@@ -319,6 +319,12 @@ fn compare(core: Core<'_>, crd: &Value, path: &str, errors: &mut Vec<String>) {
         }
         return;
     }
+    // Several shapes in core, kept as written by the API server (see make_structural).
+    if c.get("anyOf").is_some()
+        && crd.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true))
+    {
+        return;
+    }
     if let Some(values) = enum_values(c) {
         // A nullable enum lists `null` among its values in the CRD (core: a `null` branch).
         let crd_values = enum_values(crd).map(|mut v| {
@@ -641,10 +647,7 @@ fn ratelimit_and_taskgroup_validation() {
         assert!(!spec.is_valid(&bad), "{bad}");
     }
     let burst = &schema["properties"]["spec"]["properties"]["burst"];
-    assert_eq!(
-        burst["x-kubernetes-validations"][0]["rule"],
-        json!("self >= 1")
-    );
+    assert_eq!(burst["minimum"].as_f64(), Some(1.0), "{burst}");
 
     let tg = schema_of("taskgroups.orch.dev");
     let rules: Vec<&str> = tg["properties"]["spec"]["x-kubernetes-validations"]

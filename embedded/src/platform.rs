@@ -15,6 +15,7 @@ use orch_core::uri::Location;
 
 use crate::fs_store::FsStore;
 use crate::sqlite_queue::SqliteQueue;
+use crate::sqlite_ratelimit::SqliteRateLimitStore;
 use crate::sqlite_state::SqliteStateStore;
 
 /// The embedded backends of one storage directory.
@@ -34,6 +35,9 @@ impl EmbeddedPlatform {
         let backends = Backends {
             objects: Arc::new(FsStore::new(&root)?),
             state: Arc::new(SqliteStateStore::open(&root.join(layout::state_db()))?),
+            rate_limits: Arc::new(SqliteRateLimitStore::open(
+                &root.join(layout::rate_limits_db()),
+            )?),
             scratch: root.join("scratch"),
             locations: Arc::new(LocalLocations),
         };

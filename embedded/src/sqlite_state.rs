@@ -220,7 +220,7 @@ fn corrupt(what: &str, why: impl std::fmt::Display) -> BackendError {
     )
 }
 
-fn encode<T: serde::Serialize>(what: &str, record: &T) -> BackendResult<String> {
+pub(crate) fn encode<T: serde::Serialize>(what: &str, record: &T) -> BackendResult<String> {
     serde_json::to_string(record).map_err(|e| {
         BackendError::other(ErrorCategory::Permanent, format!("cannot encode {what}"), e)
     })

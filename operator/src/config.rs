@@ -102,6 +102,7 @@ pub fn prepare_job(job: &OrchJob, cfg: &OperatorConfig) -> Result<LoadedJob, Vec
         Ok(LoadedJob {
             file,
             path: job_path(job),
+            rate_limits: Vec::new(),
         })
     } else {
         Err(errors)

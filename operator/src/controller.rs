@@ -473,6 +473,7 @@ async fn recorded_job(job: &OrchJob, ctx: &Context) -> Result<Option<LoadedJob>>
     Ok(record.map(|r| LoadedJob {
         file: r.spec,
         path: job_path(job),
+        rate_limits: Vec::new(),
     }))
 }
 

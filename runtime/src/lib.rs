@@ -8,6 +8,7 @@
 //!   the `orch-worker aggregate` side);
 //! - [`control`]: pause, resume, cancel, retry and purge of a stored job from outside its
 //!   driver (the operator's `OrchJob` changes);
+//! - [`rate_limits`]: a job's `spec.rateLimit` bound to its shared buckets when it starts;
 //! - [`task_cache`]: a job's task rows kept in memory between ticks.
 //!
 //! The backends themselves live in `orch-embedded`, `orch-aws` and `orch-slurm`; this crate
@@ -18,6 +19,7 @@ pub mod control;
 pub mod driver;
 pub mod error;
 pub mod input;
+pub mod rate_limits;
 pub mod task_cache;
 
 pub use error::{Error, Result};

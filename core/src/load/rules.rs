@@ -38,6 +38,40 @@ pub fn filled_by_operator(file: &OrchJobFile) -> Vec<FieldError> {
     out
 }
 
+/// The rules of a `RateLimit` document (the schema has checked its shape); paths are
+/// prefixed with `at` (e.g. `(document 2)`).
+pub fn rate_limit_rules(doc: &spec::RateLimitFile, at: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: String| {
+        errors.push(FieldError {
+            path: format!("{at}{path}"),
+            message,
+        })
+    };
+    if doc.api_version != spec::API_VERSION {
+        err(
+            "apiVersion",
+            format!("must be `{}`, got `{}`", spec::API_VERSION, doc.api_version),
+        );
+    }
+    if !crate::k8s_name::is_dns_subdomain(&doc.metadata.name) {
+        err(
+            "metadata.name",
+            format!(
+                "`{}` is not a RateLimit name (lowercase letters, digits, `-` and `.`)",
+                doc.metadata.name
+            ),
+        );
+    }
+    if let Err(e) = crate::ratelimit::parse_rate(&doc.spec.rate) {
+        err("spec.rate", e);
+    }
+    if doc.spec.burst < 1 {
+        err("spec.burst", format!("must be ≥ 1, got {}", doc.spec.burst));
+    }
+    errors
+}
+
 pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut err = |path: &str, message: String| {
@@ -159,11 +193,30 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         &s.retry.backoff.max,
         false,
     );
-    if s.rate_limit.is_some() {
-        err(
-            "spec.rateLimit",
-            "rate limiting needs the RateLimit resource, which this build does not have yet; remove the field".into(),
-        );
+    if let Some(limits) = &s.rate_limit {
+        let many = matches!(limits, spec::RateLimitRefs::Many(_));
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, limit) in limits.as_slice().iter().enumerate() {
+            let at = if many {
+                format!("spec.rateLimit[{i}]")
+            } else {
+                "spec.rateLimit".to_string()
+            };
+            if !crate::k8s_name::is_dns_subdomain(&limit.name) {
+                err(
+                    &format!("{at}.name"),
+                    format!(
+                        "`{}` is not a RateLimit name (lowercase letters, digits, `-` and `.`)",
+                        limit.name
+                    ),
+                );
+            } else if !seen.insert(limit.name.as_str()) {
+                err(
+                    &format!("{at}.name"),
+                    format!("`{}` is named twice", limit.name),
+                );
+            }
+        }
     }
     if let Some(uri) = &s.output.uri
         && let Err(e) = Location::parse(uri, Path::new("/"))
@@ -439,6 +492,7 @@ mod tests {
         let job = crate::load::LoadedJob {
             file,
             path: std::path::PathBuf::from("job.yaml"),
+            rate_limits: Vec::new(),
         };
         let e = crate::load::standalone_gaps(&job).unwrap_err();
         assert_eq!(e.category(), crate::ErrorCategory::Invalid);

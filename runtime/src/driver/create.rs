@@ -33,6 +33,7 @@ pub(super) async fn create(
     target: PlanTarget<'_>,
     sources: &[input::Source],
     fingerprint: &str,
+    rate_limits: Vec<orch_core::model::LimitBinding>,
 ) -> Result<JobRecord> {
     let started = std::time::Instant::now();
     let (backends, id) = (target.backends, target.job);
@@ -67,6 +68,7 @@ pub(super) async fn create(
         total_items: p.items,
         total_tasks: p.batches.len() as u32,
         columns,
+        rate_limits,
     };
     let bytes =
         serde_json::to_vec_pretty(&snapshot).map_err(|source| orch_core::Error::Decode {

@@ -200,6 +200,8 @@ async fn drive_locked(
     lease: &dyn JobLease,
 ) -> Result<RunOutcome> {
     let backends = platform.backends();
+    // Every run (re)configures the buckets, so an edited RateLimit takes effect on resume.
+    let rate_limits = crate::rate_limits::bind(job, id, backends.rate_limits.as_ref()).await?;
     let existing = backends.state.get_job(id).await?;
     let (record, resumed) = match existing {
         Some(mut j) if !j.phase.is_terminal() => {
@@ -225,7 +227,10 @@ async fn drive_locked(
                 storage_uri: &platform.storage_uri(),
                 job: id,
             };
-            (create(job, target, sources, fingerprint).await?, false)
+            (
+                create(job, target, sources, fingerprint, rate_limits).await?,
+                false,
+            )
         }
     };
     let queue = platform.retry_queue(&record).await?;

@@ -1,0 +1,99 @@
+//! Binding a job to its rate-limit buckets when it starts: each `spec.rateLimit` entry is
+//! resolved to the bucket its `RateLimit`'s scope names, and the bucket is created or given the
+//! document's current rate and burst. Workers then read the bindings from the job's manifest
+//! (docs/rate-limits.md).
+
+use orch_core::backend::{RateLimitStore, update_bucket};
+use orch_core::load::LoadedJob;
+use orch_core::model::{LimitBinding, now_ms};
+use orch_core::ratelimit::{Bucket, parse_rate};
+use orch_core::spec::RateLimitScope;
+use tracing::info;
+
+use crate::error::{Error, Result};
+
+/// The namespace of a job that names none (as in Kubernetes).
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// Resolves the job's `spec.rateLimit` to buckets, creating or updating those whose
+/// `RateLimit` the caller has (beside the job in its file, or the cluster's object). A name
+/// with no document must name a bucket that already exists on the storage (made by another
+/// job file or by the operator).
+pub async fn bind(
+    job: &LoadedJob,
+    job_id: &str,
+    store: &dyn RateLimitStore,
+) -> Result<Vec<LimitBinding>> {
+    let Some(refs) = &job.file.spec.rate_limit else {
+        return Ok(Vec::new());
+    };
+    let namespace = job
+        .file
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(DEFAULT_NAMESPACE);
+    let mut out = Vec::new();
+    for r in refs.as_slice() {
+        let key = match job.rate_limits.iter().find(|d| d.metadata.name == r.name) {
+            Some(doc) => {
+                let key = doc.spec.scope.bucket_key(&r.name, namespace, job_id);
+                let rate = parse_rate(&doc.spec.rate).map_err(Error::Invalid)?;
+                configure(store, &key, rate, doc.spec.burst).await?;
+                key
+            }
+            None => existing(store, &r.name, namespace, job_id).await?,
+        };
+        out.push(LimitBinding {
+            name: r.name.clone(),
+            key,
+            tokens_per_item: r.tokens_per_item,
+            weight: r.weight,
+        });
+    }
+    Ok(out)
+}
+
+/// Creates the bucket, or gives it a new rate and burst; writes nothing when they are current.
+async fn configure(store: &dyn RateLimitStore, key: &str, rate: f64, burst: u32) -> Result<()> {
+    if let Some(b) = store.get_bucket(key).await?
+        && b.rate == rate
+        && b.burst == burst
+    {
+        return Ok(());
+    }
+    let now = now_ms();
+    let create = || Bucket::new(key, rate, burst, now);
+    update_bucket(store, key, Some(&create), |b| {
+        if b.version > 0 {
+            b.configure(rate, burst, now);
+        }
+    })
+    .await?;
+    info!(bucket = key, rate, burst, "rate limit configured");
+    Ok(())
+}
+
+/// The bucket of a `RateLimit` the job file does not carry: the namespace's, else the
+/// cluster's, else the job's own.
+async fn existing(
+    store: &dyn RateLimitStore,
+    name: &str,
+    namespace: &str,
+    job_id: &str,
+) -> Result<String> {
+    for scope in [
+        RateLimitScope::Namespace,
+        RateLimitScope::Cluster,
+        RateLimitScope::Job,
+    ] {
+        let key = scope.bucket_key(name, namespace, job_id);
+        if store.get_bucket(&key).await?.is_some() {
+            return Ok(key);
+        }
+    }
+    Err(Error::Invalid(format!(
+        "spec.rateLimit: no RateLimit `{name}`: put a RateLimit document beside the job in its \
+         file (separated by `---`), or apply one to the cluster"
+    )))
+}
