@@ -18,8 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Millis;
 
-/// A lease lasts about as long as its holder needs to spend this many tokens.
-pub const TOKENS_PER_LEASE: f64 = 50.0;
+/// A lease lasts about as long as its holder needs to spend this many tokens; holders renew
+/// when [`RENEW_WHEN_LEFT`] of it is left, so a bucket sees one write per ~50 tokens.
+pub const TOKENS_PER_LEASE: f64 = 75.0;
+/// The fraction of a lease left when its holder renews it.
+pub const RENEW_WHEN_LEFT: f64 = 1.0 / 3.0;
 /// Bounds of a lease's length: short enough that a dead worker's share returns soon, long
 /// enough that slow workers do not write the bucket all the time.
 pub const MIN_LEASE_MS: Millis = 2_000;
@@ -345,7 +348,7 @@ impl Pacer {
         self.capacity = burst.max(1.0);
         self.level = self.level.min(self.capacity);
         self.valid_until = now + valid_for.max(0.0);
-        self.paused_until = now + paused_for.max(0.0);
+        self.paused_until = self.paused_until.max(now + paused_for.max(0.0));
     }
 
     /// Pauses spending until `now + secs` (the API said `Retry-After`).
@@ -468,10 +471,10 @@ mod tests {
             assert!(close(l.rate, 2.5), "{l:?}");
             assert!(close(l.burst, 1.25), "{l:?}");
         }
-        // A lease lasts about 50 tokens of its rate: 20 s at 2.5/s.
+        // A lease lasts 75 tokens of its rate (renewed with a third left): 30 s at 2.5/s.
         let l = b.lease_of("w0", now).unwrap();
         assert!(
-            l.expires - now > 19_000 && l.expires - now <= 20_000,
+            l.expires - now > 29_000 && l.expires - now <= 30_000,
             "{l:?}"
         );
     }

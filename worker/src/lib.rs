@@ -4,6 +4,8 @@
 //!   checkpoints) → result files + `_DONE` → commit;
 //! - [`handler`]: builtins, the `exec` JSON-lines protocol, and the [`handler::Handler`] trait
 //!   for teams that link their own native handler into a worker binary;
+//! - [`throttle`]: the worker's leases on the job's rate-limit buckets, and the handler
+//!   decorator that spends them;
 //! - [`checkpoint`]: item progress in SQLite, for resume after a kill or preemption.
 
 pub mod checkpoint;
@@ -12,6 +14,7 @@ pub mod handler;
 pub mod merge;
 pub mod run;
 pub mod scratch;
+pub mod throttle;
 
 pub use error::{Error, Result};
 

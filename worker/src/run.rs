@@ -31,6 +31,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::checkpoint::{Checkpoint, Finished};
 use crate::error::{Error, Result};
 use crate::handler::{ExecConfig, ExecHandler, Handler, Identity, ItemFailure, Outcome, Sleep};
+use crate::throttle::{Limiter, Throttled};
 
 /// How long a claim is valid without renewal.
 const LEASE: Duration = Duration::from_secs(30);
@@ -97,16 +98,7 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
     let span = tracing::info_span!("task", job = %args.job, task = args.task, attempt);
     let result = async {
         info!(items = batch.items, bytes = batch.bytes(), "claimed");
-        work(
-            backends,
-            &manifest.spec.spec,
-            manifest.columns.as_deref(),
-            &batch,
-            &mut row,
-            &worker_id,
-            &stop,
-        )
-        .await
+        work(backends, &manifest, &batch, &mut row, &worker_id, &stop).await
     }
     .instrument(span)
     .await;
@@ -371,13 +363,14 @@ impl Ledger<'_> {
 
 async fn work(
     backends: &Backends,
-    spec: &JobSpec,
-    columns: Option<&[String]>,
+    manifest: &JobManifest,
     batch: &Batch,
     row: &mut TaskRecord,
     worker_id: &str,
     stop: &StopFlag,
 ) -> Result<TaskRecord> {
+    let (spec, columns) = (&manifest.spec.spec, manifest.columns.as_deref());
+    let rate_limits = &manifest.rate_limits;
     let job = row.job.clone();
     let task = row.id;
     let started = Instant::now();
@@ -409,7 +402,20 @@ async fn work(
     } else {
         read_range(backends, batch).await?
     };
-    let handler = make_handler(spec)?;
+    let mut handler = make_handler(spec)?;
+    if !rate_limits.is_empty() {
+        let limiter = Limiter::start(
+            rate_limits,
+            backends.rate_limits.clone(),
+            backends.state.clone(),
+            &job,
+            worker_id,
+        );
+        handler = Arc::new(Throttled {
+            inner: handler,
+            limiter: Arc::new(limiter),
+        });
+    }
     let cfg = EngineConfig::from_spec(spec);
     let first = batch.first_item;
     let items: Box<dyn Iterator<Item = (u64, Decoded)> + '_> = match (&spec.input.format, columns) {
@@ -458,10 +464,11 @@ async fn work(
     };
 
     // Identity answers synchronously: skip the per-item task machinery.
-    let sync = matches!(
-        spec.handler.builtin.as_ref().map(|b| b.name),
-        Some(BuiltinName::Identity)
-    );
+    let sync = rate_limits.is_empty()
+        && matches!(
+            spec.handler.builtin.as_ref().map(|b| b.name),
+            Some(BuiltinName::Identity)
+        );
     let outcome = if sync {
         run_sync(&*handler, items, &mut ledger, stop).await
     } else {
