@@ -21,7 +21,9 @@ import yaml
 ALLOWED = {
     ("orch.dev", "orchjobs"): {"get", "list", "watch", "patch"},
     ("orch.dev", "taskgroups"): {"get", "list", "watch", "create", "patch"},
+    ("orch.dev", "ratelimits"): {"get", "list", "watch"},
     ("orch.dev", "orchjobs/status"): {"patch"},
+    ("orch.dev", "ratelimits/status"): {"patch"},
     ("orch.dev", "taskgroups/status"): {"patch"},
     ("orch.dev", "orchjobs/finalizers"): {"update"},
     ("events.k8s.io", "events"): {"create", "patch"},

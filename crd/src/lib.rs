@@ -297,6 +297,8 @@ pub struct TaskGroupStatus {
     printcolumn = r#"{"name":"Rate","type":"string","jsonPath":".spec.rate"}"#,
     printcolumn = r#"{"name":"Burst","type":"integer","jsonPath":".spec.burst"}"#,
     printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".spec.scope"}"#,
+    printcolumn = r#"{"name":"Effective","type":"number","jsonPath":".status.effectiveRate","description":"Tokens per second shared now."}"#,
+    printcolumn = r#"{"name":"Usage","type":"number","jsonPath":".status.usage","description":"Tokens per second taken lately."}"#,
     printcolumn = r#"{"name":"Throttled","type":"boolean","jsonPath":".status.throttled"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -312,16 +314,31 @@ impl std::ops::Deref for RateLimitSpec {
 
 pub use orch_core::spec::RateLimitScope;
 
-/// Observed state of a `RateLimit`.
+/// Observed state of a `RateLimit`: its bucket as the workers leave it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitStatus {
-    /// Tokens taken per second over the last minute.
+    /// Tokens taken per second since the previous status (as reported by the workers when
+    /// they renew their leases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<f64>,
-    /// Whether callers waited for tokens in the last minute.
+    /// Whether workers waited for tokens in the last minute.
     #[serde(default)]
     pub throttled: bool,
+    /// The rate shared now, tokens per second: the spec rate, or less while the API pushes
+    /// back (it recovers step by step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_rate: Option<f64>,
+    /// Jobs holding a share of the bucket now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
+    /// Tokens taken in all, as of `sampledAt`: where the next `usage` is computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_tokens: Option<u64>,
+    /// When `usedTokens` was read (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub sampled_at: Option<String>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -562,6 +562,8 @@ fn names_printer_columns_and_status_subresources() {
             ("Rate", ".spec.rate"),
             ("Burst", ".spec.burst"),
             ("Scope", ".spec.scope"),
+            ("Effective", ".status.effectiveRate"),
+            ("Usage", ".status.usage"),
             ("Throttled", ".status.throttled"),
             age,
         ])

@@ -43,7 +43,8 @@ use crate::Watched;
 use crate::config::{OperatorConfig, Platforms, job_path, prepare_job};
 use crate::error::{Error, Result};
 use crate::kube_executor::{self, KubeExecutor, KubeExecutorError, KubeLaunch};
-use crate::status::{job_status, rejection, validation_failure};
+use crate::rate_limits;
+use crate::status::{job_status, rejection, validation_failure, waiting_for_rate_limits};
 use crate::supervisor::{Launch, RunState, Supervisors};
 use crate::taskgroups;
 use crate::telemetry::{Metrics, OutcomeLabels, PhaseLabels};
@@ -307,10 +308,21 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         }
         Prepared::Refused(errors) => return refuse(job, api, ctx, &errors).await,
     };
+    let mut loaded = loaded;
     let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
     let platform = ctx.platforms.get(&storage).await?;
     let state = platform.backends().state.clone();
     let id = job_id(job);
+    // The RateLimits it names: a job that has not started waits for missing ones.
+    let (documents, missing) = rate_limits::for_job(ctx, job).await?;
+    loaded.rate_limits = documents;
+    if !missing.is_empty() && state.get_job(&id).await?.is_none() {
+        let namespace = job.namespace().unwrap_or_else(|| "default".into());
+        let mut status = waiting_for_rate_limits(&missing, &namespace, generation, previous, &now);
+        status.job_id = Some(id);
+        write_status(api, &name, previous, status, ctx, &uid).await?;
+        return Ok(Action::requeue(ctx.config.status_interval));
+    }
     let launch = match launch(job, loaded, &id, platform.clone(), ctx) {
         Ok(launch) => launch,
         Err(error) => return refuse(job, api, ctx, &[error]).await,

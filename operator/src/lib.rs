@@ -6,6 +6,8 @@
 //! - [`config`]: the operator's settings, and the job the driver runs for a resource;
 //! - [`controller`]: reconcile (finalizer, validation, pause/cancel/retry, status, Events);
 //! - [`supervisor`]: one background driver per running job;
+//! - [`rate_limits`]: the `RateLimit` controller (buckets and their status) and the lookup of
+//!   the RateLimits a job names;
 //! - [`taskgroups`]: the `TaskGroup` children of a job;
 //! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and health endpoints.
 //!
@@ -17,6 +19,7 @@ pub mod controller;
 pub mod error;
 pub mod kube_executor;
 pub mod leader;
+pub mod rate_limits;
 pub mod status;
 pub mod supervisor;
 pub mod taskgroups;

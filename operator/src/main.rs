@@ -18,11 +18,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, Client};
-use orch_crd::TaskGroup;
+use orch_crd::{RateLimit, TaskGroup};
 use orch_operator::Watched;
 use orch_operator::config::OperatorConfig;
 use orch_operator::controller::{Context, error_policy, reconcile};
 use orch_operator::leader::LeaderElector;
+use orch_operator::rate_limits;
 use orch_operator::supervisor::Supervisors;
 use orch_operator::telemetry::{self, Metrics};
 use tokio_util::sync::CancellationToken;
@@ -213,14 +214,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         recorder,
         metrics.clone(),
     ));
-    let (jobs, groups) = match &args.watch_namespace {
+    let (jobs, groups, limits) = match &args.watch_namespace {
         Some(ns) => (
             Api::<Watched>::namespaced(client.clone(), ns),
             Api::<TaskGroup>::namespaced(client.clone(), ns),
+            Api::<RateLimit>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::<Watched>::all(client.clone()),
             Api::<TaskGroup>::all(client.clone()),
+            Api::<RateLimit>::all(client.clone()),
         ),
     };
 
@@ -237,10 +240,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     info!(
         namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
-        "starting the OrchJob controller"
+        "starting the OrchJob and RateLimit controllers"
     );
     let stop = shutdown.clone();
-    Controller::new(jobs, watcher::Config::default())
+    let rate_limit_controller = Controller::new(limits, watcher::Config::default())
+        .graceful_shutdown_on({
+            let stop = shutdown.clone();
+            async move { stop.cancelled().await }
+        })
+        .run(
+            rate_limits::reconcile,
+            rate_limits::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "rate limit controller");
+            }
+        });
+    let job_controller = Controller::new(jobs, watcher::Config::default())
         .owns(
             groups,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=orch-operator"),
@@ -252,8 +270,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if let Err(e) = result {
                 warn!(error = %e, "controller");
             }
-        })
-        .await;
+        });
+    futures::future::join(job_controller, rate_limit_controller).await;
 
     info!("stopping the job drivers");
     ctx.supervisors.stop_all().await;

@@ -36,6 +36,7 @@ pub mod reason {
     pub const AGGREGATION_FAILED: &str = "AggregationFailed";
     pub const JOB_FAILED: &str = "JobFailed";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const RATE_LIMIT_MISSING: &str = "RateLimitMissing";
 }
 
 /// The status of an `OrchJob` whose spec passed validation: phase, counts, times, output and
@@ -306,6 +307,36 @@ pub fn validation_failure(generation: i64, now: &str, errors: &[FieldError]) -> 
         observed_generation: Some(generation),
         ..OrchJobStatus::default()
     }
+}
+
+/// The status of a job that has not started because a `RateLimit` it names does not exist
+/// (yet) in its namespace: `Pending`, with a condition naming what is missing.
+pub fn waiting_for_rate_limits(
+    missing: &[String],
+    namespace: &str,
+    generation: i64,
+    previous: Option<&OrchJobStatus>,
+    now: &str,
+) -> OrchJobStatus {
+    let mut status = job_status(None, &[], generation, previous, now);
+    let names: Vec<String> = missing.iter().map(|n| format!("`{n}`")).collect();
+    let message = format!(
+        "waiting for RateLimit {} in namespace {namespace}: the job starts once it exists \
+         (kubectl apply -f a RateLimit of that name)",
+        names.join(", ")
+    );
+    status.conditions = stamp(
+        vec![condition(
+            JobConditionType::Progressing,
+            ConditionStatus::False,
+            reason::RATE_LIMIT_MISSING,
+            &message,
+        )],
+        previous,
+        generation,
+        now,
+    );
+    status
 }
 
 /// The driver's refusal of a job (a problem only running it revealed) as a field error. Such

@@ -55,7 +55,7 @@ pub async fn bind(
 }
 
 /// Creates the bucket, or gives it a new rate and burst; writes nothing when they are current.
-async fn configure(store: &dyn RateLimitStore, key: &str, rate: f64, burst: u32) -> Result<()> {
+pub async fn configure(store: &dyn RateLimitStore, key: &str, rate: f64, burst: u32) -> Result<()> {
     if let Some(b) = store.get_bucket(key).await?
         && b.rate == rate
         && b.burst == burst

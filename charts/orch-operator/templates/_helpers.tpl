@@ -66,9 +66,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["orch.dev"]
   resources: ["taskgroups"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# Status subresources: counts and conditions only. (RateLimit gets its rules with the limiter.)
+# RateLimit: watched to keep each bucket at its rate and burst; read by name for the jobs
+# that name one.
 - apiGroups: ["orch.dev"]
-  resources: ["orchjobs/status", "taskgroups/status"]
+  resources: ["ratelimits"]
+  verbs: ["get", "list", "watch"]
+# Status subresources: counts and conditions only.
+- apiGroups: ["orch.dev"]
+  resources: ["orchjobs/status", "taskgroups/status", "ratelimits/status"]
   verbs: ["patch"]
 # Owner references with blockOwnerDeletion on objects owned by OrchJobs (TaskGroups, Jobs)
 # (OwnerReferencesPermissionEnforcement admission).
