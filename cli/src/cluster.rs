@@ -240,13 +240,6 @@ pub fn submit(args: SubmitArgs, kubectl: bool) -> Result<u8, Failure> {
             (Some(file), _) => file.clone(),
             (None, _) => cluster.namespace.clone(),
         };
-        let api = cluster.api(&namespace);
-        let name = doc.name.as_str();
-        let body = submit::apply_body(doc.value.clone(), &namespace);
-        let before = api
-            .get_opt(name)
-            .await
-            .map_err(|e| cluster.failure(e, "get", Some(name), &namespace))?;
         let mut params = PatchParams::apply(FIELD_MANAGER);
         if args.force_conflicts {
             params = params.force();
@@ -254,6 +247,28 @@ pub fn submit(args: SubmitArgs, kubectl: bool) -> Result<u8, Failure> {
         if args.dry_run {
             params = params.dry_run();
         }
+        // The RateLimits first, so the job does not wait for them.
+        let limits: kube::Api<orch_crd::RateLimit> =
+            kube::Api::namespaced(cluster.client.clone(), &namespace);
+        for limit in &doc.rate_limits {
+            let limit_name = limit
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            let body = submit::apply_body(limit.clone(), &namespace);
+            limits
+                .patch(limit_name, &params, &Patch::Apply(&body))
+                .await
+                .map_err(|e| cluster.failure(e, "apply", Some(limit_name), &namespace))?;
+            println!("ratelimit.orch.dev/{limit_name} applied");
+        }
+        let api = cluster.api(&namespace);
+        let name = doc.name.as_str();
+        let body = submit::apply_body(doc.value.clone(), &namespace);
+        let before = api
+            .get_opt(name)
+            .await
+            .map_err(|e| cluster.failure(e, "get", Some(name), &namespace))?;
         let after = api
             .patch(name, &params, &Patch::Apply(&body))
             .await

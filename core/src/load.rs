@@ -62,6 +62,14 @@ pub fn load(path: &Path) -> Result<LoadedJob> {
     })
 }
 
+/// The documents of a job file as they are sent to a cluster: the `OrchJob` with the files it
+/// `extends` merged under it, and the `RateLimit` documents beside it, unchanged.
+pub fn read_merged(path: &Path) -> Result<(Value, Vec<Value>)> {
+    let (job, others) = read_documents(path)?;
+    let job = resolve_extends(path, job, &mut Vec::new())?;
+    Ok((job, others.into_iter().map(|(_, v)| v).collect()))
+}
+
 /// Reads a job file's documents: the one `OrchJob` (any document that is not a `RateLimit`),
 /// and the `RateLimit`s beside it with their 1-based positions.
 fn read_documents(path: &Path) -> Result<(Value, Vec<(usize, Value)>)> {
@@ -487,6 +495,102 @@ mod tests {
             }
             Err(other) => panic!("unexpected error: {other}"),
         }
+    }
+
+    const JOB_WITH_LIMIT: &str = "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\n\
+        metadata: {name: t}\nspec:\n  input: {uri: in.jsonl}\n  \
+        handler: {builtin: {name: identity}}\n  rateLimit: {name: api, tokensPerItem: 2}\n";
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("job.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn field_errors(e: Error) -> Vec<(String, String)> {
+        match e {
+            Error::Invalid { errors, .. } => {
+                errors.into_iter().map(|e| (e.path, e.message)).collect()
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn rate_limit_documents_stand_beside_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "apiVersion: orch.dev/v1alpha1\nkind: RateLimit\nmetadata: {{name: api}}\n\
+             spec: {{rate: 600/m, burst: 5, scope: cluster}}\n---\n{JOB_WITH_LIMIT}"
+        );
+        let job = load(&write(&dir, &text)).unwrap();
+        assert_eq!(job.rate_limits.len(), 1);
+        let limit = &job.rate_limits[0];
+        assert_eq!(limit.metadata.name, "api");
+        assert_eq!(limit.spec.burst, 5);
+        assert_eq!(limit.spec.scope, spec::RateLimitScope::Cluster);
+        let refs = job.file.spec.rate_limit.as_ref().unwrap().as_slice();
+        assert_eq!(
+            (
+                refs[0].name.as_str(),
+                refs[0].tokens_per_item,
+                refs[0].weight
+            ),
+            ("api", 2, 1)
+        );
+        // What `orch submit` sends: the job and the RateLimit, each as written.
+        let (sent, limits) = read_merged(&write(&dir, &text)).unwrap();
+        assert_eq!(sent["kind"], "OrchJob");
+        assert_eq!(limits.len(), 1);
+        assert_eq!(limits[0]["spec"]["rate"], "600/m");
+    }
+
+    #[test]
+    fn bad_rate_limit_documents_are_refused_with_their_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{JOB_WITH_LIMIT}---\napiVersion: orch.dev/v1alpha1\nkind: RateLimit\n\
+             metadata: {{name: api}}\nspec: {{rate: 10/d, burst: 0}}\n---\n\
+             apiVersion: orch.dev/v1alpha1\nkind: RateLimit\nmetadata: {{name: x}}\n\
+             spec: {{rate: 1/s, color: red}}\n"
+        );
+        let got = field_errors(load(&write(&dir, &text)).unwrap_err());
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "(document 2) spec.rate",
+                "(document 2) spec.burst",
+                "(document 3) spec.color"
+            ],
+            "{got:?}"
+        );
+        assert!(got[2].1.contains("color"), "{got:?}");
+        // Two jobs in one file.
+        let two = format!("{JOB_WITH_LIMIT}---\n{JOB_WITH_LIMIT}");
+        let got = field_errors(load(&write(&dir, &two)).unwrap_err());
+        assert_eq!(got[0].0, "(document 2)", "{got:?}");
+    }
+
+    #[test]
+    fn rate_limit_references_are_checked() {
+        let job = |limits: Value| {
+            let mut d = doc(json!({}));
+            d["spec"]["rateLimit"] = limits;
+            problems(&d)
+        };
+        assert!(job(json!({"name": "api"})).is_empty());
+        assert!(
+            job(json!([{"name": "api"}, {"name": "tokens", "tokensPerItem": 500, "weight": 3}]))
+                .is_empty()
+        );
+        let got = job(json!([{"name": "api"}, {"name": "api"}]));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.rateLimit[1].name");
+        let got = job(json!({"name": "Not_A_Name"}));
+        assert_eq!(got[0].0, "spec.rateLimit.name", "{got:?}");
+        assert!(!job(json!({"name": "api", "tokensPerItem": 0})).is_empty());
+        assert!(!job(json!("api")).is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use orch_core::load;
 use orch_core::uri::Location;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::Failure;
 
@@ -23,6 +23,8 @@ pub struct Document {
     pub namespace: Option<String>,
     /// The merged document: apiVersion, kind, metadata and spec.
     pub value: Value,
+    /// `RateLimit` documents beside the job in its file, applied with it.
+    pub rate_limits: Vec<Value>,
     /// Things worth knowing before the job runs elsewhere.
     pub warnings: Vec<String>,
     /// Fields the file leaves to the operator (`field: what happens`), as `orch validate` notes
@@ -34,8 +36,9 @@ pub struct Document {
 /// reads the document to send.
 pub fn document(path: &Path) -> Result<Document, Failure> {
     let job = load::load(path)?;
-    let value = merged(path, 0).map_err(Failure::usage)?;
+    let (value, rate_limits) = load::read_merged(path)?;
     Ok(Document {
+        rate_limits,
         name: job.file.metadata.name.clone(),
         namespace: job.file.metadata.namespace.clone(),
         warnings: relative_paths(&value),
@@ -45,37 +48,6 @@ pub fn document(path: &Path) -> Result<Document, Failure> {
             .collect(),
         value,
     })
-}
-
-/// The file with the files it `extends` deep-merged under it, as core's loader merges them.
-/// Runs after [`load::load`] accepted the file, so the chain is known to be finite and readable.
-fn merged(path: &Path, depth: usize) -> Result<Value, String> {
-    if depth > 64 {
-        return Err(format!("{}: `extends` nests too deep", path.display()));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut value: Value = serde_yaml::from_str(&text)
-        .map_err(|e| format!("{}: malformed YAML: {e}", path.display()))?;
-    let extends = value
-        .as_object_mut()
-        .and_then(|o| o.remove("extends"))
-        .unwrap_or(Value::Null);
-    let bases: Vec<String> = match extends {
-        Value::String(s) => vec![s],
-        Value::Array(items) => items
-            .into_iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut out = Value::Object(Map::new());
-    for base in bases {
-        load::deep_merge(&mut out, merged(&dir.join(base), depth + 1)?);
-    }
-    load::deep_merge(&mut out, value);
-    Ok(out)
 }
 
 /// The server-side apply body: the document in `namespace`.
