@@ -889,3 +889,135 @@ spec:
         serde_json::from_str(&world.kubectl_ok(&["get", "jobs", "-o", "json"])).unwrap();
     assert!(after["items"].as_array().unwrap().len() > jobs.len());
 }
+
+/// The live shares of a bucket in this world's table, by job.
+async fn shares(world: &World, key: &str) -> BTreeMap<String, f64> {
+    use orch_core::backend::RateLimitStore;
+    let sdk = moto::sdk_config().await;
+    let store = orch_aws::dynamodb::DynamoStateStore::new(
+        config::dynamodb_client(&sdk),
+        world.table.clone(),
+    );
+    let mut out = BTreeMap::new();
+    if let Some(bucket) = store.get_bucket(key).await.unwrap() {
+        for lease in bucket.live(orch_core::model::now_ms()) {
+            *out.entry(lease.job.clone()).or_insert(0.0) += lease.rate;
+        }
+    }
+    out
+}
+
+/// A RateLimit applied with kubectl, two OrchJobs on Slurm sharing it: the RateLimit's status
+/// names both, the bucket in DynamoDB splits the rate between them, pausing one gives its share
+/// to the other, and both end with every item exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_jobs_share_a_rate_limit_and_a_pause_hands_over_its_share() {
+    let Some(mut world) = World::new("e2e-rl").await else {
+        return;
+    };
+    world.put_input(ITEMS).await;
+    world.start_operator("op-a");
+    let limit = world.scratch.write(
+        "limit.yaml",
+        "apiVersion: orch.dev/v1alpha1\nkind: RateLimit\nmetadata: {name: shared}\n\
+         spec: {rate: 20/s, burst: 8}\n",
+    );
+    world.kubectl_ok(&["apply", "-f", limit.to_str().unwrap()]);
+    let extra = "  rateLimit: {name: shared}\n";
+    for name in ["rl-a", "rl-b"] {
+        // One array task at a time per job, so that both jobs run at once on the test node
+        // (two slots), each with one worker of four items in flight.
+        let file = world.job_yaml(name, 100, "10ms", extra);
+        let yaml = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, yaml.replace("maxRunning: 4", "maxRunning: 1")).unwrap();
+        world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    }
+    world.wait_for("both jobs to run", Duration::from_secs(90), |w| {
+        ["rl-a", "rl-b"]
+            .iter()
+            .all(|n| w.get(n)["status"]["jobId"].is_string())
+    });
+    let id = |name: &str| {
+        world.get(name)["status"]["jobId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (id("rl-a"), id("rl-b"));
+    let key = "ns/default/shared";
+
+    // Both hold a share, about half each, never more than the rate in all.
+    let started = Instant::now();
+    loop {
+        let now = shares(&world, key).await;
+        let total: f64 = now.values().sum();
+        assert!(total <= 20.0 + 1e-6, "{now:?}");
+        let half = |j: &str| now.get(j).is_some_and(|r| (8.0..=12.0).contains(r));
+        if half(&a) && half(&b) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no even split: {now:?}\n{}",
+            world.operators_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The RateLimit's status says so.
+    world.wait_for("the RateLimit status", Duration::from_secs(40), |w| {
+        let rl: serde_json::Value =
+            serde_json::from_str(&w.kubectl_ok(&["get", "rl", "shared", "-o", "json"])).unwrap();
+        let jobs = rl["status"]["jobs"].as_array().cloned().unwrap_or_default();
+        rl["status"]["effectiveRate"] == 20.0 && jobs.len() == 2
+    });
+    let table = world.kubectl_ok(&["get", "rl", "shared"]);
+    assert!(
+        table.contains("EFFECTIVE") && table.contains("USAGE"),
+        "{table}"
+    );
+
+    // Pause one: the other gets the whole rate.
+    world.kubectl_ok(&[
+        "patch",
+        "orchjob",
+        "rl-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    let started = Instant::now();
+    loop {
+        let now = shares(&world, key).await;
+        if now.get(&a).is_none() && now.get(&b).is_some_and(|r| *r > 18.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the paused job's share did not move: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    world.kubectl_ok(&[
+        "patch",
+        "orchjob",
+        "rl-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    for name in ["rl-a", "rl-b"] {
+        let waited = world.kubectl(&[
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("orchjob/{name}"),
+            "--timeout=180s",
+        ]);
+        assert!(
+            waited.status.success(),
+            "{}\n{}",
+            common::text(&waited),
+            world.operators_logs()
+        );
+        common::read_output(&world.output_dir(name).await).assert_each_item_once(ITEMS);
+    }
+}
