@@ -121,6 +121,24 @@ async fn meets_the_state_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meets_the_rate_limit_store_contract() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    // Through the one-request-at-a-time proxy: the contract races writers on one bucket, and
+    // moto's conditional writes are not atomic (see the race test below).
+    let serial = SerialProxy::start(&moto::moto().endpoint).await;
+    let table = moto::unique("orch-rl");
+    create_table(&client().await, &table).await.unwrap();
+    let store = DynamoStateStore::new(
+        Client::new(&moto::sdk_config_for(&serial.endpoint).await),
+        &table,
+    );
+    orch_testkit::contract::rate_limit_store_contract(&store).await;
+    orch_testkit::contract::rate_limit_store_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_thousands_of_tasks_in_batches_and_reads_them_back_page_by_page() {
     if !orch_testkit::components::moto() {
         return;

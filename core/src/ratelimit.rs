@@ -153,9 +153,14 @@ impl Bucket {
     /// Takes a new spec rate and burst; the shared rate never exceeds the new spec rate.
     pub fn configure(&mut self, rate: f64, burst: u32, now: Millis) {
         let current = self.current_rate(now);
+        // Recovering from a push-back: go on from where the recovery is; else the new rate.
+        self.effective_rate = if current < self.rate {
+            current.min(rate)
+        } else {
+            rate
+        };
         self.rate = rate;
         self.burst = burst.max(1);
-        self.effective_rate = current.min(rate);
         self.adjusted_at = now;
     }
 
@@ -505,6 +510,22 @@ mod tests {
         // Recovery is additive and stops at the spec rate.
         assert!(close(b.current_rate(14_000), 0.7 * 76.0 + 20.0));
         assert_eq!(b.current_rate(1_000_000), 100.0);
+    }
+
+    #[test]
+    fn a_new_spec_rate_applies_at_once_unless_recovering() {
+        let mut b = Bucket::new("k", 10.0, 5, 0);
+        b.configure(20.0, 5, 1_000);
+        assert_eq!(b.current_rate(1_000), 20.0);
+        b.push_back(2_000, None);
+        b.configure(40.0, 5, 2_000);
+        assert!(
+            close(b.current_rate(2_000), 14.0),
+            "{}",
+            b.current_rate(2_000)
+        );
+        b.configure(5.0, 5, 3_000);
+        assert_eq!(b.current_rate(3_000), 5.0);
     }
 
     #[test]

@@ -29,6 +29,17 @@ async fn sqlite_state_store_meets_the_state_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rate_limit_store_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ratelimits.sqlite");
+    let store = orch_embedded::sqlite_ratelimit::SqliteRateLimitStore::open(&path).unwrap();
+    contract::rate_limit_store_contract(&store).await;
+    // A second handle on the same file (another process) sees the same buckets.
+    let other = orch_embedded::sqlite_ratelimit::SqliteRateLimitStore::open(&path).unwrap();
+    contract::rate_limit_store_contract(&other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_queue_meets_the_queue_contract() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("queue.sqlite");

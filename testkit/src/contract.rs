@@ -17,13 +17,18 @@
 //! - `delete_job` of a missing job is a successful no-op.
 //! - `Queue::delete` with a stale receipt is a successful no-op; `Queue::extend` with one is a
 //!   `Conflict`. The dead-letter queue of queue `q` is named `q-dlq`.
+//! - `RateLimitStore::put_bucket` of version 0 creates (a second creation conflicts); of version
+//!   N it replaces version N only; each write increments `writes` and `version`.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use orch_core::backend::{BackendError, Message, ObjectMeta, ObjectStore, Queue, StateStore};
+use orch_core::backend::{
+    BackendError, Message, ObjectMeta, ObjectStore, Queue, RateLimitStore, StateStore,
+    update_bucket,
+};
 use orch_core::model::{JobPhase, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState};
 
 /// A short random tag that keeps names of concurrent contract runs apart.
@@ -769,5 +774,71 @@ async fn receive_within(
             return got;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Rate-limit store contract: creation once, conditional replacement by version, the write
+/// count, listing, and concurrent read-modify-write updates that lose nothing.
+pub async fn rate_limit_store_contract(store: &dyn RateLimitStore) {
+    use orch_core::ratelimit::{Bucket, LeaseRequest};
+    let key = format!("ns/contract/{}", tag());
+    assert!(expect_ok("get a missing bucket", store.get_bucket(&key).await).is_none());
+
+    let created = expect_ok(
+        "create",
+        store.put_bucket(&Bucket::new(&key, 10.0, 4, 1_000)).await,
+    );
+    assert_eq!((created.version, created.writes), (1, 1), "{created:?}");
+    match store.put_bucket(&Bucket::new(&key, 99.0, 1, 1_000)).await {
+        Err(BackendError::Conflict(_)) => {}
+        other => panic!("a second creation must conflict, got {other:?}"),
+    }
+    let read = expect_ok("read", store.get_bucket(&key).await).expect("the bucket");
+    assert_eq!(read, created, "a bucket reads back as written");
+
+    let mut next = read.clone();
+    next.configure(20.0, 8, 2_000);
+    let stored = expect_ok("replace", store.put_bucket(&next).await);
+    assert_eq!((stored.version, stored.writes, stored.rate), (2, 2, 20.0));
+    // The version just replaced is stale now.
+    match store.put_bucket(&next).await {
+        Err(BackendError::Conflict(_)) => {}
+        other => panic!("a stale version must conflict, got {other:?}"),
+    }
+
+    // Eight holders granting at once through read-modify-write: every lease lands.
+    let holders: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
+    let grants = holders.iter().map(|h| {
+        let key = key.clone();
+        async move {
+            let req = LeaseRequest {
+                holder: h.clone(),
+                job: "j".into(),
+                weight: 1,
+                demand: None,
+                used: 3,
+                throttled: false,
+            };
+            expect_ok(
+                "grant",
+                update_bucket(store, &key, None, |b| b.grant(&req, 3_000)).await,
+            )
+        }
+    });
+    futures::future::join_all(grants).await;
+    let after = expect_ok("read", store.get_bucket(&key).await).expect("the bucket");
+    assert_eq!(after.leases.len(), 8, "{after:?}");
+    assert_eq!(
+        after.used, 24,
+        "every holder's usage counted once: {after:?}"
+    );
+    assert_eq!(after.writes, after.version, "{after:?}");
+
+    let listed = expect_ok("list", store.list_buckets().await);
+    assert!(listed.iter().any(|b| b.key == key), "{listed:?}");
+    // Updating a bucket that does not exist, without a way to make it, is NotFound.
+    match update_bucket(store, &format!("{key}-missing"), None, |_| ()).await {
+        Err(BackendError::NotFound(_)) => {}
+        other => panic!("expected NotFound, got {other:?}"),
     }
 }
