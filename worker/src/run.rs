@@ -252,16 +252,20 @@ fn make_handler(spec: &JobSpec) -> Result<Arc<dyn Handler>> {
         };
         return Ok(Arc::new(ExecHandler::start(cfg)?));
     }
-    match h.builtin.as_ref().map(|b| (b.name, b.duration.clone())) {
-        Some((BuiltinName::Identity, _)) => Ok(Arc::new(Identity)),
-        Some((BuiltinName::Sleep, d)) => Ok(Arc::new(Sleep {
-            duration: d
+    let Some(builtin) = &h.builtin else {
+        return Err(Error::Setup("the job has no handler".into()));
+    };
+    match builtin.name {
+        BuiltinName::Identity => Ok(Arc::new(Identity)),
+        BuiltinName::Sleep => Ok(Arc::new(Sleep {
+            duration: builtin
+                .duration
+                .as_ref()
                 .map(|d| d.as_duration())
                 .transpose()
                 .map_err(Error::Setup)?
                 .unwrap_or(Duration::from_millis(1)),
         })),
-        None => Err(Error::Setup("the job has no handler".into())),
     }
 }
 
@@ -530,7 +534,7 @@ async fn run_sync(
     for (ordinal, decoded) in items {
         let finished = match decoded {
             Err(message) => permanent(message),
-            Ok(item) => match handler.call_sync(&item) {
+            Ok(item) => match handler.call_sync(&item).map(|answer| answer.outcome) {
                 Some(Outcome::Ok(result)) => Finished::Ok(result.get().to_string()),
                 Some(Outcome::Err(f)) => Finished::Failed {
                     kind: f.kind.as_str().into(),
@@ -572,7 +576,8 @@ async fn run_async(
     let spawn = |set: &mut JoinSet<_>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
         let h = handler.clone();
         set.spawn(async move {
-            let out = h.call(&item).await;
+            // The usage of the answer is for a throttling handler that wraps this one.
+            let out = h.call(&item).await.outcome;
             (ordinal, attempts, item, out)
         });
     };
@@ -618,16 +623,18 @@ async fn run_async(
                     Outcome::Ok(result) => {
                         ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
                     }
-                    Outcome::Err(ItemFailure { kind, message, fatal }) => {
+                    Outcome::Err(ItemFailure { kind, message, fatal, retry_after }) => {
                         if fatal {
                             return Err(Error::HandlerGaveUp(message));
                         }
                         let retryable = kind != ErrorKind::Permanent;
                         if retryable && attempts < cfg.max_attempts && stop_deadline.is_none() {
-                            let delay = cfg.backoff_ms(&ledger.row.job, ordinal as u32, attempts);
-                            debug!(ordinal, attempts, delay_ms = delay, kind = kind.as_str(), "item will be retried");
+                            // Never sooner than the API asked (Retry-After).
+                            let backoff = Duration::from_millis(cfg.backoff_ms(&ledger.row.job, ordinal as u32, attempts));
+                            let delay = retry_delay(backoff, retry_after);
+                            debug!(ordinal, attempts, delay_ms = delay.as_millis() as u64, kind = kind.as_str(), "item will be retried");
                             delayed.push(Delayed {
-                                at: Instant::now() + Duration::from_millis(delay),
+                                at: Instant::now() + delay,
                                 ordinal,
                                 attempts,
                                 item,
@@ -651,6 +658,11 @@ async fn run_async(
             _ = wait_for_stop(stop), if stop_deadline.is_none() => {}
         }
     }
+}
+
+/// The wait before an item's next try: the backoff, or longer when the API asked for longer.
+fn retry_delay(backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    retry_after.map_or(backoff, |asked| asked.max(backoff))
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -822,5 +834,19 @@ pub(crate) async fn commit(
             Err(e) if e.is_conflict() => heartbeat(state, row, ok, failed).await?,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_waits_the_longer_of_the_backoff_and_what_the_api_asked() {
+        let ms = Duration::from_millis;
+        assert_eq!(retry_delay(ms(100), None), ms(100));
+        assert_eq!(retry_delay(ms(100), Some(ms(2500))), ms(2500));
+        assert_eq!(retry_delay(ms(800), Some(ms(50))), ms(800));
+        assert_eq!(retry_delay(ms(100), Some(Duration::ZERO)), ms(100));
     }
 }
