@@ -30,7 +30,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, Finished};
 use crate::error::{Error, Result};
-use crate::handler::{ExecConfig, ExecHandler, Handler, Identity, ItemFailure, Outcome, Sleep};
+use crate::handler::{
+    ExecConfig, ExecHandler, Handler, HttpConfig, HttpHandler, Identity, ItemFailure, Outcome,
+    Sleep,
+};
 
 /// How long a claim is valid without renewal.
 const LEASE: Duration = Duration::from_secs(30);
@@ -266,6 +269,18 @@ fn make_handler(spec: &JobSpec) -> Result<Arc<dyn Handler>> {
                 .map_err(Error::Setup)?
                 .unwrap_or(Duration::from_millis(1)),
         })),
+        BuiltinName::Http => {
+            let Some(http) = &builtin.http else {
+                return Err(Error::Setup(
+                    "the http builtin needs spec.handler.builtin.http".into(),
+                ));
+            };
+            Ok(Arc::new(HttpHandler::start(HttpConfig {
+                spec: http.clone(),
+                concurrency: h.concurrency as usize,
+                timeout: h.timeout.as_duration().map_err(Error::Setup)?,
+            })?))
+        }
     }
 }
 

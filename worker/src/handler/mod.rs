@@ -14,6 +14,7 @@
 
 mod builtin;
 mod exec;
+mod http;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use serde_json::value::RawValue;
 
 pub use builtin::{Identity, Sleep};
 pub use exec::{ExecConfig, ExecHandler};
+pub use http::{HttpConfig, HttpHandler};
 
 /// Why one item failed. The worker retries, records or escalates it according to `kind`.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +168,17 @@ pub enum HandlerError {
         program: String,
         source: std::io::Error,
     },
+    /// A bad `http` handler setting (template, header). Names the setting, never a header
+    /// value: those may be secrets.
+    #[error("http handler: {0}")]
+    HttpSpec(String),
+    /// A header's `fromEnv` or `secretRef` variable is not set in the worker's environment.
+    #[error(
+        "http handler: header `{header}` reads the environment variable `{variable}`, which is not set"
+    )]
+    MissingEnv { header: String, variable: String },
+    #[error("http handler: cannot build the HTTP client: {0}")]
+    HttpClient(String),
 }
 
 fn spawn_reason(err: &std::io::Error) -> String {
@@ -182,7 +195,14 @@ impl HandlerError {
     /// The category used for retries, metrics and events.
     pub fn category(&self) -> ErrorCategory {
         match self {
-            HandlerError::EmptyCommand | HandlerError::ZeroConcurrency => ErrorCategory::Invalid,
+            HandlerError::EmptyCommand
+            | HandlerError::ZeroConcurrency
+            | HandlerError::HttpSpec(_) => ErrorCategory::Invalid,
+            // A secret missing on this node (a Slurm node without the variable exported) may
+            // be present on another.
+            HandlerError::MissingEnv { .. } | HandlerError::HttpClient(_) => {
+                ErrorCategory::Infrastructure
+            }
             // A program or directory missing on this node may be present on another one (a
             // missing module, an unmounted file system): let the task be retried elsewhere.
             HandlerError::Workdir { .. }
