@@ -124,7 +124,7 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     match (&s.handler.exec, &s.handler.builtin) {
         (None, None) => err(
             "spec.handler",
-            "set exactly one of `exec` (your program) or `builtin` (identity, sleep)".into(),
+            "set exactly one of `exec` (your program) or `builtin` (identity, sleep, http)".into(),
         ),
         (Some(_), Some(_)) => err(
             "spec.handler",
