@@ -479,6 +479,67 @@ async fn handle(
     }
 }
 
+/// The `limited-api` binary in the target directory of the running test (`target/debug/`),
+/// where `cargo test --workspace` builds it (`cargo build -p orch-testkit --bin limited-api`
+/// builds it alone).
+pub fn binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // Test executables live in `target/debug/deps/`, binaries one level up.
+    let dir = exe.parent().unwrap();
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap()
+    } else {
+        dir
+    };
+    let path = dir.join("limited-api");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, or build it with \
+         `cargo build -p orch-testkit --bin limited-api`",
+        path.display()
+    );
+    path
+}
+
+/// A `limited-api` process; killed when dropped.
+#[derive(Debug)]
+pub struct LimitedApiProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl LimitedApiProcess {
+    /// Starts `program` (see [`binary`]) with `args` (`--rate 10 --burst 5`) and reads the URL it
+    /// prints.
+    pub fn spawn(program: &std::path::Path, args: &[&str]) -> LimitedApiProcess {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        LimitedApiProcess {
+            child,
+            url: line.trim().to_string(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for LimitedApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
