@@ -280,7 +280,7 @@ impl HttpHandler {
             .await
             .map_err(|e| self.request_failure(&e))?;
         if !status.is_success() {
-            let failure = status_failure(status, &self.redact(&excerpt(&bytes)));
+            let failure = status_failure(status, &self.error_excerpt(&bytes));
             debug!(
                 status = status.as_u16(),
                 kind = failure.kind.as_str(),
@@ -304,6 +304,13 @@ impl HttpHandler {
             format!("http request failed: {}", cause(e))
         };
         ItemFailure::transient(self.redact(&what))
+    }
+
+    /// The excerpt of an error answer for its message: redacted first, then cut, so that a
+    /// secret straddling the cut cannot leave a piece behind.
+    fn error_excerpt(&self, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(body);
+        excerpt(self.redact(&text).as_bytes())
     }
 
     /// `text` with every secret header value (and each long part of one) replaced by `***`.
@@ -891,5 +898,11 @@ mod tests {
         // The token alone, without its `Bearer `, is redacted too.
         let redacted = h.redact("bad token sk-very-secret-token-123!");
         assert_eq!(redacted, "bad token ***!");
+        // A secret where the excerpt is cut leaves no piece behind.
+        for pad in 185..200 {
+            let body = format!("{} sk-very-secret-token-123 and more", "x".repeat(pad));
+            let e = h.error_excerpt(body.as_bytes());
+            assert!(!e.contains("sk-"), "{pad}: {e}");
+        }
     }
 }
