@@ -3,7 +3,7 @@
 Stdlib only, Python >= 3.9. Copy this file next to your handler, or put its directory on
 ``sys.path``.
 
-    from orch_handler import handler, Transient, Permanent
+    from orch_handler import handler, Transient, Permanent, RateLimited, Result
 
     @handler                        # sequential, on the main thread
     def enrich(item):
@@ -30,7 +30,9 @@ The protocol (docs/job-spec.md, "Handlers"), which this module implements:
 * request on stdin:   ``{"id": 17, "item": {...}}``;
 * response on stdout: ``{"id": 17, "result": {...}}`` -- a dict is one output row, a list of
   dicts is several rows (an empty list: none) -- or
-  ``{"id": 17, "error": {"kind": "transient" | "permanent", "message": "..."}}``;
+  ``{"id": 17, "error": {"kind": "transient" | "permanent" | "rate_limited", "message": "...",
+  "retryAfter": 2.5}}`` (``retryAfter``: seconds to wait before the retry, optional); either may
+  carry ``"usage": {"<rate limit name>": <tokens>}``, what the call consumed;
 * responses may come out of order, up to ``spec.handler.concurrency`` requests in flight;
 * stderr goes to the task log.
 
@@ -38,8 +40,17 @@ What this module does for you:
 
 * return value ``None`` -> ``{}`` (one row that has only orch's ``_item`` column);
 * ``raise Transient(msg)`` -> retried by orch with backoff; ``raise Permanent(msg)`` -> recorded
-  and skipped; any other exception -> permanent, message ``"TypeName: message"``, with the
+  and skipped; ``raise RateLimited(msg)`` -> the API refused for its rate: retried like
+  transient; any other exception -> permanent, message ``"TypeName: message"``, with the
   traceback written to stderr;
+* ``Transient(msg, retry_after=2.0)`` and ``RateLimited(msg, retry_after=2.0)``: the retry waits
+  at least that many seconds (pass on the API's ``Retry-After``);
+* usage, for rate limits counted in tokens (``spec.rateLimit``): ``return Result(value,
+  usage={"openai": 1234})`` reports what the call consumed with its result, and
+  ``raise RateLimited(msg, usage={"openai": 10})`` (any of the exceptions) with a failure.
+  Counts are non-negative integers by rate limit name; anything else makes the item a permanent
+  error naming the problem. The usage travels with the return value or the exception, never
+  through shared state, so it is the same with threads and asyncio;
 * a result that is not a dict, a list of dicts or None, or that JSON cannot encode (sets,
   datetimes, NaN/Infinity, unpaired surrogates), becomes a permanent error naming the problem;
 * while serving, stdout is reserved for responses: ``print()``, and any child process that
@@ -75,7 +86,15 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Tuple
 
-__all__ = ["handler", "serve", "Transient", "Permanent", "HandlerError"]
+__all__ = [
+    "handler",
+    "serve",
+    "Transient",
+    "Permanent",
+    "RateLimited",
+    "HandlerError",
+    "Result",
+]
 
 if sys.version_info < (3, 9):
     raise ImportError("orch_handler needs Python 3.9 or newer")
@@ -84,13 +103,32 @@ _PREFIX = "orch_handler: "
 
 
 class HandlerError(Exception):
-    """An item failure of a given kind; raise `Transient` or `Permanent`."""
+    """An item failure of a given kind; raise `Transient`, `RateLimited` or `Permanent`.
+
+    `retry_after`: seconds orch waits at least before retrying the item (transient kinds).
+    `usage`: tokens the failed call still consumed, by rate limit name.
+    """
 
     kind = "permanent"
 
-    def __init__(self, message: object = "") -> None:
+    def __init__(
+        self,
+        message: object = "",
+        *,
+        retry_after: Optional[float] = None,
+        usage: Optional[dict] = None,
+    ) -> None:
         super().__init__(message)
         self.message = str(message) if str(message) else type(self).__name__
+        if retry_after is not None and (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, (int, float))
+            or not retry_after >= 0
+            or retry_after == float("inf")
+        ):
+            raise ValueError(f"retry_after must be a number of seconds >= 0, got {retry_after!r}")
+        self.retry_after = retry_after
+        self.usage = usage
 
 
 class Transient(HandlerError):
@@ -103,6 +141,28 @@ class Permanent(HandlerError):
     """The item cannot succeed (bad record): orch records it in errors.parquet and moves on."""
 
     kind = "permanent"
+
+
+class RateLimited(HandlerError):
+    """The API refused the call for its rate (HTTP 429): orch retries it like `Transient`,
+    after `retry_after` seconds when given."""
+
+    kind = "rate_limited"
+
+
+class Result:
+    """A result with the tokens its call consumed: ``return Result({"x": 1}, usage={"openai":
+    1234})``. `value` is what the handler would return otherwise (a dict, a list of dicts or
+    None); `usage` maps rate limit names to non-negative integers."""
+
+    __slots__ = ("value", "usage")
+
+    def __init__(self, value: Any, usage: Optional[dict] = None) -> None:
+        self.value = value
+        self.usage = usage
+
+    def __repr__(self) -> str:
+        return f"Result({self.value!r}, usage={self.usage!r})"
 
 
 def handler(fn: Optional[Callable] = None, *, concurrency: int = 1):
@@ -465,8 +525,34 @@ def _json(value: Any) -> bytes:
     return _encode(value).encode("utf-8")
 
 
-def _error_line(rid: Any, kind: str, message: str) -> bytes:
-    body = {"id": rid, "error": {"kind": kind, "message": message}}
+def _usage_problem(usage: Any) -> Optional[str]:
+    """Why `usage` is not a dict of non-negative integer counts by name, or None."""
+    if not isinstance(usage, dict):
+        return f"usage must be a dict of token counts by rate limit name, got {type(usage).__name__}"
+    for name, count in usage.items():
+        if not isinstance(name, str) or not name:
+            return f"usage names must be non-empty strings, got {name!r}"
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return f"usage[{name!r}] must be an integer >= 0, got {count!r}"
+    return None
+
+
+def _error_line(
+    rid: Any,
+    kind: str,
+    message: str,
+    retry_after: Optional[float] = None,
+    usage: Optional[dict] = None,
+) -> bytes:
+    error: dict = {"kind": kind, "message": message}
+    if retry_after is not None:
+        error["retryAfter"] = retry_after
+    body: dict = {"id": rid, "error": error}
+    if usage is not None:
+        problem = _usage_problem(usage)
+        if problem is not None:
+            return _error_line(rid, "permanent", problem)
+        body["usage"] = usage
     try:
         return _json(body) + b"\n"
     except (ValueError, TypeError, UnicodeError):
@@ -483,7 +569,13 @@ def _describe(e: BaseException) -> str:
 def _failure(rid: Any, e: BaseException) -> bytes:
     """The response line for an exception raised by the handler."""
     if isinstance(e, HandlerError):
-        return _error_line(rid, e.kind, e.message)
+        return _error_line(
+            rid,
+            e.kind,
+            e.message,
+            getattr(e, "retry_after", None),
+            getattr(e, "usage", None),
+        )
     _log(f"request {rid}: the handler raised {type(e).__name__}:")
     try:
         traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
@@ -501,6 +593,15 @@ def _result_line(rid: Any, value: Any) -> Tuple[bytes, bool]:
             return ('{"id":%d,"result":%s}\n' % (rid, _encode(value))).encode("utf-8"), True
         except (TypeError, ValueError, UnicodeError, RecursionError):
             pass  # the general path below names the problem
+    usage = None
+    if isinstance(value, Result):
+        value, usage = value.value, value.usage
+        if usage is not None:
+            problem = _usage_problem(usage)
+            if problem is not None:
+                return _error_line(rid, "permanent", problem), False
+            if not usage:
+                usage = None
     if value is None:
         value = {}
     elif isinstance(value, tuple):
@@ -540,8 +641,11 @@ def _result_line(rid: Any, value: Any) -> Tuple[bytes, bool]:
             ),
             False,
         )
+    envelope = {"id": rid, "result": value}
+    if usage is not None:
+        envelope["usage"] = usage
     try:
-        return _json({"id": rid, "result": value}) + b"\n", True
+        return _json(envelope) + b"\n", True
     except (TypeError, ValueError, UnicodeError, RecursionError) as e:
         return (
             _error_line(

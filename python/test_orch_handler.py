@@ -117,6 +117,106 @@ def req(rid, **item):
     return {"id": rid, "item": item}
 
 
+# A handler reporting usage and rate refusals, in each serving mode.
+USAGE = """\
+import asyncio
+from orch_handler import handler, Transient, Permanent, RateLimited, Result
+
+def work(item):
+    op = item["op"]
+    if op == "usage":
+        return Result({"n": item["n"]}, usage={"openai": item["n"] * 10})
+    if op == "usage-list":
+        return Result([{"a": 1}, {"a": 2}], usage={"openai": 3, "other": 0})
+    if op == "usage-none":
+        return Result(None)
+    if op == "usage-empty":
+        return Result({"x": 1}, usage={})
+    if op == "bad-usage":
+        return Result({"x": 1}, usage={"openai": -1})
+    if op == "float-usage":
+        return Result({"x": 1}, usage={"openai": 1.5})
+    if op == "limited":
+        raise RateLimited("429 from the API", retry_after=2.5, usage={"openai": 1})
+    if op == "limited-plain":
+        raise RateLimited("slow down")
+    if op == "transient-wait":
+        raise Transient("busy", retry_after=1)
+    if op == "bad-wait":
+        raise Transient("busy", retry_after=-1)
+    raise Permanent("unknown op")
+
+MODE = "@MODE@"
+if MODE == "sequential":
+    handler(work)
+elif MODE == "threads":
+    handler(concurrency=4)(work)
+else:
+    async def awork(item):
+        await asyncio.sleep(0)
+        return work(item)
+    handler(concurrency=4)(awork)
+"""
+
+
+class UsageAndRateLimits(unittest.TestCase):
+    EXPECTED = {
+        1: {"id": 1, "result": {"n": 2}, "usage": {"openai": 20}},
+        2: {"id": 2, "result": [{"a": 1}, {"a": 2}], "usage": {"openai": 3, "other": 0}},
+        3: {"id": 3, "result": {}},
+        4: {"id": 4, "result": {"x": 1}},
+        7: {
+            "id": 7,
+            "error": {"kind": "rate_limited", "message": "429 from the API", "retryAfter": 2.5},
+            "usage": {"openai": 1},
+        },
+        8: {"id": 8, "error": {"kind": "rate_limited", "message": "slow down"}},
+        9: {"id": 9, "error": {"kind": "transient", "message": "busy", "retryAfter": 1}},
+    }
+
+    def test_every_mode_reports_usage_and_waits(self):
+        requests = [
+            req(1, op="usage", n=2),
+            req(2, op="usage-list"),
+            req(3, op="usage-none"),
+            req(4, op="usage-empty"),
+            req(5, op="bad-usage"),
+            req(6, op="float-usage"),
+            req(7, op="limited"),
+            req(8, op="limited-plain"),
+            req(9, op="transient-wait"),
+            req(10, op="bad-wait"),
+        ]
+        for mode in ["sequential", "threads", "asyncio"]:
+            with self.subTest(mode=mode):
+                responses, _, stderr, rc = run_handler(USAGE.replace("@MODE@", mode), requests)
+                self.assertEqual(rc, 0, stderr)
+                by_id = {r["id"]: r for r in responses}
+                self.assertEqual(sorted(by_id), list(range(1, 11)))
+                for rid, expected in self.EXPECTED.items():
+                    self.assertEqual(by_id[rid], expected)
+                # Bad usage: a permanent error naming the problem, no usage sent.
+                for rid in (5, 6):
+                    self.assertNotIn("usage", by_id[rid])
+                    self.assertEqual(by_id[rid]["error"]["kind"], "permanent")
+                    self.assertIn("usage['openai']", by_id[rid]["error"]["message"])
+                # A bad retry_after fails loudly at the raise.
+                self.assertEqual(by_id[10]["error"]["kind"], "permanent")
+                self.assertIn("retry_after", by_id[10]["error"]["message"])
+
+    def test_direct_use(self):
+        import orch_handler as h
+
+        r = h.Result({"a": 1}, usage={"x": 2})
+        self.assertEqual((r.value, r.usage), ({"a": 1}, {"x": 2}))
+        e = h.RateLimited("m", retry_after=0.5)
+        self.assertEqual((e.kind, e.message, e.retry_after, e.usage), ("rate_limited", "m", 0.5, None))
+        self.assertTrue(issubclass(h.RateLimited, h.HandlerError))
+        for bad in (-1, float("nan"), float("inf"), "2", True):
+            with self.assertRaises(ValueError):
+                h.Transient("m", retry_after=bad)
+
+
 class Basics(unittest.TestCase):
     def test_results(self):
         responses, _, stderr, rc = run_handler(

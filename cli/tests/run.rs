@@ -905,3 +905,68 @@ fn aggregation_killed_with_sigkill_resumes_to_the_same_checksums() {
     let seen = read_output(&s.path("out"));
     assert_eq!(seen.items, (0..200).collect::<Vec<_>>());
 }
+
+/// The `http` builtin against an API that enforces its own rate limit: requests over it are
+/// answered 429 with a short `Retry-After`, retried as `rate_limited`, and every item ends up
+/// in the output exactly once, each accepted by the API exactly once.
+#[test]
+fn the_http_builtin_retries_rate_limited_requests_until_every_item_is_done() {
+    use orch_testkit::limited_api::{Limit, LimitedApi};
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    // Two workers of 8 requests in flight against a bucket of 2: the first requests of each
+    // worker are sure to exceed it.
+    let api = LimitedApi::start_background(Limit {
+        rate: 150.0,
+        burst: 2.0,
+        retry_after: Some(Duration::from_millis(50)),
+    });
+    let s = Scratch::new();
+    let items = 300;
+    s.jsonl("in.jsonl", items);
+    let job = s.write(
+        "job.yaml",
+        &format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: http-limited}}
+spec:
+  input: {{uri: in.jsonl}}
+  batch: {{size: 100}}
+  handler:
+    builtin:
+      name: http
+      http:
+        method: POST
+        url: "{url}/items/{{id}}"
+        headers:
+          X-Plain: {{value: "yes"}}
+        body: {{text: "{{text}}", n: "{{id}}"}}
+        resultPointer: /body
+    concurrency: 8
+    timeout: 10s
+  retry: {{maxAttempts: 60, backoff: {{initial: 10ms, factor: 1.5, max: 200ms}}}}
+  output: {{uri: out}}
+  executor: {{local: {{parallelism: 2}}}}
+"#,
+            url = api.url()
+        ),
+    );
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = read_output(&s.path("out"));
+    seen.assert_each_item_once(items);
+    assert_eq!(seen.error_rows, 0, "{seen:?}");
+    assert_eq!(seen.columns, vec!["_item", "text", "n"]);
+
+    let stats = api.stats();
+    let mut ids: Vec<u64> = stats.ids.iter().map(|id| id.parse().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..items).collect::<Vec<_>>(),
+        "each item accepted once"
+    );
+    assert!(stats.rejected > 0, "the limit was never hit: {stats:?}");
+}

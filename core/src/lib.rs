@@ -1,6 +1,7 @@
 //! `orch-core`: the Kubernetes-free heart of orch.
 //!
 //! - [`spec`] and [`load`]: the job spec (an `OrchJob` resource) and how a file becomes one;
+//! - [`template`]: the `{field}` templates of the `http` builtin handler;
 //! - [`model`]: jobs, tasks, batches, task groups, attempts and the task state machine;
 //! - [`partition`]: cutting JSONL input into byte-range batches without copying it;
 //! - [`engine`]: the I/O-free state machine (observe → decide → actions) both drivers run;
@@ -26,6 +27,7 @@ pub mod platform;
 pub mod quantity;
 pub mod ratelimit;
 pub mod spec;
+pub mod template;
 pub mod uri;
 
 pub use error::{Error, ErrorCategory, FieldError, Result};

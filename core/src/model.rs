@@ -143,7 +143,7 @@ impl std::fmt::Display for JobPhase {
 
 /// Class of an error, for items and tasks (docs/job-spec.md, "Handlers").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// Retry with backoff.
     Transient,
@@ -151,6 +151,9 @@ pub enum ErrorKind {
     Permanent,
     /// Worker, node or service trouble: retry the task elsewhere.
     Infrastructure,
+    /// An external API refused the call for its rate: retried like `transient` (never
+    /// permanent), after the wait the API asked for when it said one.
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -159,6 +162,7 @@ impl ErrorKind {
             ErrorKind::Transient => "transient",
             ErrorKind::Permanent => "permanent",
             ErrorKind::Infrastructure => "infrastructure",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 }
@@ -451,4 +455,25 @@ pub fn decode_versioned<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]
         what: what.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::ErrorKind;
+
+    #[test]
+    fn error_kinds_are_written_as_the_protocol_names_them() {
+        for kind in [
+            ErrorKind::Transient,
+            ErrorKind::Permanent,
+            ErrorKind::Infrastructure,
+            ErrorKind::RateLimited,
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), kind);
+        }
+        assert_eq!(ErrorKind::RateLimited.as_str(), "rate_limited");
+    }
 }

@@ -192,6 +192,20 @@ pub struct HandlerSpec {
     pub timeout: Quantity,
 }
 
+impl HandlerSpec {
+    /// The Secret keys the handler reads (`secretRef` headers of the `http` builtin), each with
+    /// the environment variable it reaches the worker as ([`secret_env_var`]).
+    pub fn secret_env(&self) -> Vec<(String, SecretKeyRef)> {
+        self.builtin
+            .iter()
+            .filter_map(|b| b.http.as_ref())
+            .flat_map(|http| http.headers.values())
+            .filter_map(|h| h.secret_ref.as_ref())
+            .map(|r| (secret_env_var(r), r.clone()))
+            .collect()
+    }
+}
+
 fn default_concurrency() -> u32 {
     4
 }
@@ -221,6 +235,9 @@ pub struct BuiltinSpec {
     /// `sleep`: how long each item takes (default 1ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Quantity>,
+    /// `http`: the request made for each item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -230,6 +247,112 @@ pub enum BuiltinName {
     Identity,
     /// Waits `duration`, then returns the item (benchmarks).
     Sleep,
+    /// One HTTP request per item, from the template in `http` (docs/job-spec.md, "Handlers").
+    Http,
+}
+
+/// The request the `http` builtin makes for each item. `{field}` in `url` and in the string
+/// values of `body` is replaced by the item's top-level field (`{{` and `}}` are literal
+/// braces; see [`crate::template`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSpec {
+    /// GET (default), POST, PUT, PATCH or DELETE.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// `http://` or `https://` URL; `{field}` placeholders are filled percent-encoded.
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Request headers by name: a literal `value`, or a secret read from the worker's
+    /// environment (`fromEnv`, `secretRef`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, HttpHeaderSpec>,
+    /// A JSON body template (sent as `application/json`): a string that is exactly
+    /// `"{field}"` becomes the field's value with its JSON type; other strings are
+    /// interpolated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
+    pub body: Option<serde_json::Value>,
+    /// JSON pointer (RFC 6901) to the part of the JSON answer that is the result; default the
+    /// whole answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_pointer: Option<String>,
+}
+
+/// Any JSON value, kept as written (`x-kubernetes-preserve-unknown-fields` in the CRD).
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Any JSON value.",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// Where a header's value comes from: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeaderSpec {
+    /// The value itself (not for secrets: it is part of the job file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The name of an environment variable of the worker holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_env: Option<String>,
+    /// A key of a Kubernetes Secret; the worker reads it from the environment variable
+    /// `ORCH_SECRET_<NAME>_<KEY>` (see [`secret_env_var`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Kubernetes Secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// The environment variable that carries a `secretRef` header value into a worker:
+/// `ORCH_SECRET_<NAME>_<KEY>`, upper-cased, every character other than an ASCII letter or
+/// digit replaced by `_` (`{name: openai-creds, key: api.key}` → `ORCH_SECRET_OPENAI_CREDS_API_KEY`).
+/// On Kubernetes the operator sets it from the Secret; elsewhere, export it for the worker.
+pub fn secret_env_var(secret: &SecretKeyRef) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("ORCH_SECRET_{}_{}", clean(&secret.name), clean(&secret.key))
 }
 
 /// Resources of one worker (mapped to Slurm or Kubernetes requests).

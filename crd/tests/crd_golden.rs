@@ -325,6 +325,15 @@ fn compare(core: Core<'_>, crd: &Value, path: &str, errors: &mut Vec<String>) {
     {
         return;
     }
+    // Any JSON value (the `http` handler's body template): no type, kept as written.
+    if c.get("type").is_none()
+        && c.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true))
+    {
+        if crd.get("x-kubernetes-preserve-unknown-fields") != Some(&json!(true)) {
+            err("any JSON in core, not preserved in the CRD".into());
+        }
+        return;
+    }
     if let Some(values) = enum_values(c) {
         // A nullable enum lists `null` among its values in the CRD (core: a `null` branch).
         let crd_values = enum_values(crd).map(|mut v| {

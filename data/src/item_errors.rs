@@ -26,7 +26,8 @@ const READ_BATCH_ROWS: usize = 64 * 1024;
 pub struct ItemError {
     /// 0-based input ordinal of the item.
     pub item: u64,
-    /// `"transient"`, `"permanent"` or `"infrastructure"` (an item error kind of the handler protocol), or
+    /// `"transient"`, `"permanent"`, `"rate_limited"` or `"infrastructure"` (an item error kind of
+    /// the handler protocol; a retried kind is recorded once its attempts are spent), or
     /// `"schema"` for a result that does not fit the declared output schema
     /// ([`crate::SCHEMA_ERROR_KIND`]).
     pub kind: String,

@@ -601,6 +601,7 @@ fn launch(
                 resources: loaded.file.spec.resources.clone(),
                 spec: spec.clone(),
                 environment: kube_executor::worker_environment(),
+                secrets: loaded.file.spec.handler.secret_env(),
             };
             match KubeExecutor::new(ctx.client.clone(), kube) {
                 Ok(executor) => Some(Arc::new(executor)),

@@ -31,7 +31,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, ExecState, ExecStatus, Executor};
 use orch_core::model::TaskGroup;
-use orch_core::spec::{KubernetesExecutorSpec, ResourcesSpec};
+use orch_core::spec::{KubernetesExecutorSpec, ResourcesSpec, SecretKeyRef};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -139,6 +139,10 @@ pub struct KubeLaunch {
     pub spec: KubernetesExecutorSpec,
     /// Variables for the workers (see [`worker_environment`]); never credentials.
     pub environment: Vec<(String, String)>,
+    /// Secret keys the handler reads, by the variable each becomes in the worker container
+    /// (`spec.handler.secret_env()`): set by reference (`valueFrom.secretKeyRef`), never by
+    /// value.
+    pub secrets: Vec<(String, SecretKeyRef)>,
 }
 
 /// The owner reference of the OrchJob (or any resource) the Jobs belong to: the controller
@@ -216,6 +220,7 @@ impl KubeExecutor {
             image,
             command: launch.worker_command,
             environment: launch.environment,
+            secrets: launch.secrets,
             resources,
             spec: launch.spec,
             job_deadline_seconds,

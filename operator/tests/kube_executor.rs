@@ -91,6 +91,7 @@ impl Emulator {
                 ..KubernetesExecutorSpec::default()
             },
             environment: vec![("ORCH_LOG".into(), "debug".into())],
+            secrets: Vec::new(),
         };
         KubeExecutor::new(self.client.clone(), launch)
             .unwrap()

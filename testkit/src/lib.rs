@@ -5,6 +5,8 @@
 //!   against the embedded backends and against AWS on moto;
 //! - [`moto`]: one real moto server per test binary, and SDK configuration pointing at it;
 //! - [`fault_proxy`]: a TCP proxy that injects faults between the SDK and moto;
+//! - [`limited_api`]: an HTTP API that enforces a token bucket and counts what it admits (the
+//!   `http` handler and rate limiting are tested against it; also the `limited-api` binary);
 //! - [`kube_emulator`]: starts the Kubernetes API emulator of `tests/kube-emulator`;
 //! - [`components`]: how a test that needs Slurm, kubectl, moto or pyarrow finds it, and
 //!   what happens when it is missing (skipped visibly; a failure under `CI`).
@@ -17,4 +19,5 @@ pub mod components;
 pub mod contract;
 pub mod fault_proxy;
 pub mod kube_emulator;
+pub mod limited_api;
 pub mod moto;

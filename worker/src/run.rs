@@ -30,7 +30,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, Finished};
 use crate::error::{Error, Result};
-use crate::handler::{ExecConfig, ExecHandler, Handler, Identity, ItemFailure, Outcome, Sleep};
+use crate::handler::{
+    ExecConfig, ExecHandler, Handler, HttpConfig, HttpHandler, Identity, ItemFailure, Outcome,
+    Sleep,
+};
 use crate::throttle::{Limiter, Throttled};
 
 /// How long a claim is valid without renewal.
@@ -244,16 +247,32 @@ fn make_handler(spec: &JobSpec) -> Result<Arc<dyn Handler>> {
         };
         return Ok(Arc::new(ExecHandler::start(cfg)?));
     }
-    match h.builtin.as_ref().map(|b| (b.name, b.duration.clone())) {
-        Some((BuiltinName::Identity, _)) => Ok(Arc::new(Identity)),
-        Some((BuiltinName::Sleep, d)) => Ok(Arc::new(Sleep {
-            duration: d
+    let Some(builtin) = &h.builtin else {
+        return Err(Error::Setup("the job has no handler".into()));
+    };
+    match builtin.name {
+        BuiltinName::Identity => Ok(Arc::new(Identity)),
+        BuiltinName::Sleep => Ok(Arc::new(Sleep {
+            duration: builtin
+                .duration
+                .as_ref()
                 .map(|d| d.as_duration())
                 .transpose()
                 .map_err(Error::Setup)?
                 .unwrap_or(Duration::from_millis(1)),
         })),
-        None => Err(Error::Setup("the job has no handler".into())),
+        BuiltinName::Http => {
+            let Some(http) = &builtin.http else {
+                return Err(Error::Setup(
+                    "the http builtin needs spec.handler.builtin.http".into(),
+                ));
+            };
+            Ok(Arc::new(HttpHandler::start(HttpConfig {
+                spec: http.clone(),
+                concurrency: h.concurrency as usize,
+                timeout: h.timeout.as_duration().map_err(Error::Setup)?,
+            })?))
+        }
     }
 }
 
@@ -537,7 +556,7 @@ async fn run_sync(
     for (ordinal, decoded) in items {
         let finished = match decoded {
             Err(message) => permanent(message),
-            Ok(item) => match handler.call_sync(&item) {
+            Ok(item) => match handler.call_sync(&item).map(|answer| answer.outcome) {
                 Some(Outcome::Ok(result)) => Finished::Ok(result.get().to_string()),
                 Some(Outcome::Err(f)) => Finished::Failed {
                     kind: f.kind.as_str().into(),
@@ -579,7 +598,8 @@ async fn run_async(
     let spawn = |set: &mut JoinSet<_>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
         let h = handler.clone();
         set.spawn(async move {
-            let out = h.call(&item).await;
+            // The usage of the answer is for a throttling handler that wraps this one.
+            let out = h.call(&item).await.outcome;
             (ordinal, attempts, item, out)
         });
     };
@@ -625,16 +645,18 @@ async fn run_async(
                     Outcome::Ok(result) => {
                         ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
                     }
-                    Outcome::Err(ItemFailure { kind, message, fatal }) => {
+                    Outcome::Err(ItemFailure { kind, message, fatal, retry_after }) => {
                         if fatal {
                             return Err(Error::HandlerGaveUp(message));
                         }
                         let retryable = kind != ErrorKind::Permanent;
                         if retryable && attempts < cfg.max_attempts && stop_deadline.is_none() {
-                            let delay = cfg.backoff_ms(&ledger.row.job, ordinal as u32, attempts);
-                            debug!(ordinal, attempts, delay_ms = delay, kind = kind.as_str(), "item will be retried");
+                            // Never sooner than the API asked (Retry-After).
+                            let backoff = Duration::from_millis(cfg.backoff_ms(&ledger.row.job, ordinal as u32, attempts));
+                            let delay = retry_delay(backoff, retry_after);
+                            debug!(ordinal, attempts, delay_ms = delay.as_millis() as u64, kind = kind.as_str(), "item will be retried");
                             delayed.push(Delayed {
-                                at: Instant::now() + Duration::from_millis(delay),
+                                at: Instant::now() + delay,
                                 ordinal,
                                 attempts,
                                 item,
@@ -658,6 +680,11 @@ async fn run_async(
             _ = wait_for_stop(stop), if stop_deadline.is_none() => {}
         }
     }
+}
+
+/// The wait before an item's next try: the backoff, or longer when the API asked for longer.
+fn retry_delay(backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    retry_after.map_or(backoff, |asked| asked.max(backoff))
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -829,5 +856,19 @@ pub(crate) async fn commit(
             Err(e) if e.is_conflict() => heartbeat(state, row, ok, failed).await?,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_waits_the_longer_of_the_backoff_and_what_the_api_asked() {
+        let ms = Duration::from_millis;
+        assert_eq!(retry_delay(ms(100), None), ms(100));
+        assert_eq!(retry_delay(ms(100), Some(ms(2500))), ms(2500));
+        assert_eq!(retry_delay(ms(800), Some(ms(50))), ms(800));
+        assert_eq!(retry_delay(ms(100), Some(Duration::ZERO)), ms(100));
     }
 }

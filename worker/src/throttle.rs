@@ -20,7 +20,8 @@ use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::handler::{Handler, Outcome};
+use crate::handler::{Answer, Handler, Outcome};
+use orch_core::model::ErrorKind;
 
 /// How often a worker reads its buckets (reads are cheap; writes happen only on change).
 const POLL: Duration = Duration::from_millis(1_000);
@@ -365,9 +366,18 @@ pub struct Throttled {
 
 #[async_trait::async_trait]
 impl Handler for Throttled {
-    async fn call(&self, item: &RawValue) -> Outcome {
+    async fn call(&self, item: &RawValue) -> Answer {
         self.limiter.acquire().await;
-        self.inner.call(item).await
+        let answer = self.inner.call(item).await;
+        for (name, tokens) in &answer.usage {
+            self.limiter.charge(name, *tokens);
+        }
+        if let Outcome::Err(f) = &answer.outcome
+            && f.kind == ErrorKind::RateLimited
+        {
+            self.limiter.push_back(f.retry_after).await;
+        }
+        answer
     }
 
     async fn shutdown(&self) {

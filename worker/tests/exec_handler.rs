@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use orch_core::ErrorCategory;
 use orch_core::model::ErrorKind;
-use orch_worker::handler::{ExecConfig, ExecHandler, Handler, HandlerError, ItemFailure, Outcome};
+use orch_worker::handler::{
+    Answer, ExecConfig, ExecHandler, Handler, HandlerError, ItemFailure, Outcome,
+};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -26,28 +28,28 @@ fn raw(value: Value) -> Box<RawValue> {
     serde_json::value::to_raw_value(&value).unwrap()
 }
 
-fn ok(outcome: Outcome) -> Value {
-    match outcome {
+fn ok(answer: Answer) -> Value {
+    match answer.outcome {
         Outcome::Ok(result) => serde_json::from_str(result.get()).unwrap(),
         Outcome::Err(failure) => panic!("expected a result, got {failure:?}"),
     }
 }
 
-fn err(outcome: Outcome) -> ItemFailure {
-    match outcome {
+fn err(answer: Answer) -> ItemFailure {
+    match answer.outcome {
         Outcome::Err(failure) => failure,
         Outcome::Ok(result) => panic!("expected a failure, got {}", result.get()),
     }
 }
 
 /// Runs all items at once, each on its own task; results in item order.
-async fn call_all(handler: &Arc<ExecHandler>, items: Vec<Value>) -> Vec<Outcome> {
+async fn call_all(handler: &Arc<ExecHandler>, items: Vec<Value>) -> Vec<Answer> {
     let mut set = JoinSet::new();
     for (index, item) in items.into_iter().enumerate() {
         let handler = handler.clone();
         set.spawn(async move { (index, handler.call(&raw(item)).await) });
     }
-    let mut outcomes: Vec<Option<Outcome>> = Vec::new();
+    let mut outcomes: Vec<Option<Answer>> = Vec::new();
     while let Some(joined) = set.join_next().await {
         let (index, outcome) = joined.unwrap();
         if outcomes.len() <= index {

@@ -9,6 +9,7 @@ use std::path::Path;
 use super::infer_format;
 use crate::error::FieldError;
 use crate::spec::{self, InputFormat, OrchJobFile};
+use crate::template::{Template, is_header_name, json_pointer};
 use crate::uri::Location;
 
 /// Longest job name: leaves room for the `-<uid>` suffix within Kubernetes' 63 characters.
@@ -157,7 +158,7 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     match (&s.handler.exec, &s.handler.builtin) {
         (None, None) => err(
             "spec.handler",
-            "set exactly one of `exec` (your program) or `builtin` (identity, sleep)".into(),
+            "set exactly one of `exec` (your program) or `builtin` (identity, sleep, http)".into(),
         ),
         (Some(_), Some(_)) => err(
             "spec.handler",
@@ -173,6 +174,18 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
                 && let Err(e) = d.as_duration()
             {
                 err("spec.handler.builtin.duration", e);
+            }
+            match (builtin.name, &builtin.http) {
+                (spec::BuiltinName::Http, Some(http)) => http_rules(&mut err, http),
+                (spec::BuiltinName::Http, None) => err(
+                    "spec.handler.builtin.http",
+                    "the http builtin needs an `http:` section with at least `url`".into(),
+                ),
+                (_, Some(_)) => err(
+                    "spec.handler.builtin.http",
+                    "applies to the http builtin only; set `name: http` or remove it".into(),
+                ),
+                (_, None) => {}
             }
         }
     }
@@ -402,6 +415,103 @@ fn output_schema_rules(err: &mut impl FnMut(&str, String), columns: &[spec::Outp
     }
 }
 
+/// The rules of the `http` builtin's request template: placeholders the worker can fill, an
+/// http(s) URL, header names HTTP accepts with exactly one source each, a valid JSON pointer.
+fn http_rules(err: &mut impl FnMut(&str, String), http: &spec::HttpSpec) {
+    const PATH: &str = "spec.handler.builtin.http";
+    match Template::parse(&http.url) {
+        Err(why) => err(&format!("{PATH}.url"), why),
+        Ok(url) => {
+            let prefix = url.prefix().to_ascii_lowercase();
+            let scheme_ok = ["http://", "https://"]
+                .iter()
+                .any(|scheme| prefix.starts_with(scheme) && prefix.len() > scheme.len());
+            if !scheme_ok {
+                err(
+                    &format!("{PATH}.url"),
+                    format!(
+                        "must start with `http://` or `https://` and a host (no placeholder before it), got `{}`",
+                        http.url
+                    ),
+                );
+            }
+        }
+    }
+    for (name, header) in &http.headers {
+        let path = format!("{PATH}.headers.{name}");
+        if !is_header_name(name) {
+            err(
+                &path,
+                format!(
+                    "`{name}` is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+                ),
+            );
+        }
+        let sources = [
+            header.value.is_some(),
+            header.from_env.is_some(),
+            header.secret_ref.is_some(),
+        ]
+        .iter()
+        .filter(|set| **set)
+        .count();
+        if sources != 1 {
+            err(
+                &path,
+                "set exactly one of `value`, `fromEnv` or `secretRef`".into(),
+            );
+        }
+        if let Some(var) = &header.from_env
+            && (var.is_empty() || var.contains('=') || var.contains('\0'))
+        {
+            err(
+                &format!("{path}.fromEnv"),
+                format!("`{var}` is not an environment variable name"),
+            );
+        }
+        // Literal values are checked here (they would fail every request); values read from
+        // the environment are checked by the worker at start, which never shows them.
+        if let Some(value) = &header.value
+            && value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            err(
+                &format!("{path}.value"),
+                "a header value must not hold control characters (line breaks)".into(),
+            );
+        }
+    }
+    if let Some(body) = &http.body {
+        body_rules(err, &format!("{PATH}.body"), body);
+    }
+    if let Some(pointer) = &http.result_pointer
+        && let Err(why) = json_pointer(pointer)
+    {
+        err(&format!("{PATH}.resultPointer"), why);
+    }
+}
+
+/// Every string of a body template parses as a template; paths name the string.
+fn body_rules(err: &mut impl FnMut(&str, String), path: &str, value: &serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => {
+            if let Err(why) = Template::parse(text) {
+                err(path, why);
+            }
+        }
+        serde_json::Value::Array(values) => {
+            for (i, v) in values.iter().enumerate() {
+                body_rules(err, &format!("{path}[{i}]"), v);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                body_rules(err, &format!("{path}.{key}"), v);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn duration_rule(
     err: &mut impl FnMut(&str, String),
     path: &str,
@@ -610,6 +720,130 @@ mod tests {
                 "{gres}"
             );
         }
+    }
+
+    /// A job with the given `spec.handler`.
+    fn with_handler(handler: serde_json::Value) -> serde_json::Value {
+        let mut job = job_with(json!({"local": {}}), json!({}));
+        job["spec"]["handler"] = handler;
+        job
+    }
+
+    #[test]
+    fn http_templates_are_checked_with_field_paths() {
+        let good = with_handler(json!({"builtin": {"name": "http", "http": {
+            "method": "POST",
+            "url": "https://api.example/v1/{kind}/items/{id}?x={{literal}}",
+            "headers": {
+                "Authorization": {"secretRef": {"name": "openai-creds", "key": "token"}},
+                "X-Api-Key": {"fromEnv": "API_KEY"},
+                "Accept": {"value": "application/json"},
+            },
+            "body": {"text": "{text}", "nested": ["{id}", "item {id} of {kind}"], "n": 3},
+            "resultPointer": "/data/0",
+        }}}));
+        assert_eq!(problems(&good), Vec::<(String, String)>::new());
+
+        let got = problems(&with_handler(json!({"builtin": {"name": "http", "http": {
+            "url": "{host}/items/{id",
+            "headers": {
+                "Bad Header": {"value": "x"},
+                "X-Two": {"value": "a", "fromEnv": "B"},
+                "X-None": {},
+                "X-Break": {"value": "a\r\nInjected: yes"},
+            },
+            "body": {"a": ["ok", "{oops"], "b": "}"},
+            "resultPointer": "data",
+        }}})));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.handler.builtin.http.url",
+                "spec.handler.builtin.http.headers.Bad Header",
+                "spec.handler.builtin.http.headers.X-Break.value",
+                "spec.handler.builtin.http.headers.X-None",
+                "spec.handler.builtin.http.headers.X-Two",
+                "spec.handler.builtin.http.body.a[1]",
+                "spec.handler.builtin.http.body.b",
+                "spec.handler.builtin.http.resultPointer",
+            ],
+            "{got:?}"
+        );
+        assert!(got[0].1.contains("not closed"), "{got:?}");
+        assert!(got[1].1.contains("not an HTTP header name"), "{got:?}");
+        assert!(got[3].1.contains("exactly one of"), "{got:?}");
+        assert!(got[7].1.contains("start with `/`"), "{got:?}");
+
+        // A URL whose host comes from the item, or without a scheme, is refused.
+        for url in [
+            "{base}/x",
+            "ftp://host/{id}",
+            "api.example/{id}",
+            "https://",
+        ] {
+            let got = problems(&with_handler(
+                json!({"builtin": {"name": "http", "http": {"url": url}}}),
+            ));
+            assert_eq!(got.len(), 1, "{url}: {got:?}");
+            assert_eq!(got[0].0, "spec.handler.builtin.http.url");
+            assert!(got[0].1.contains("http://"), "{got:?}");
+        }
+        assert_eq!(
+            problems(&with_handler(json!({"builtin": {"name": "http", "http": {
+                "url": "http://api/{id}", "resultPointer": "/a~2b"
+            }}})))[0]
+                .1,
+            "`/a~2b` is not a JSON pointer: `~` must be followed by 0 or 1"
+        );
+    }
+
+    #[test]
+    fn http_section_and_name_go_together() {
+        let got = problems(&with_handler(json!({"builtin": {"name": "http"}})));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.handler.builtin.http");
+        assert!(got[0].1.contains("needs an `http:` section"), "{got:?}");
+        let got = problems(&with_handler(
+            json!({"builtin": {"name": "identity", "http": {"url": "http://x/"}}}),
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].1.contains("http builtin only"), "{got:?}");
+        // Schema errors: a method HTTP has but orch does not send, an unknown field.
+        let got = problems(&with_handler(
+            json!({"builtin": {"name": "http", "http": {"url": "http://x/", "method": "HEAD"}}}),
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.handler.builtin.http.method", "{got:?}");
+        let got = problems(&with_handler(
+            json!({"builtin": {"name": "http", "http": {"url": "http://x/", "verb": "GET"}}}),
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].1.contains("verb"), "{got:?}");
+    }
+
+    #[test]
+    fn secret_refs_map_to_one_environment_variable() {
+        let r = spec::SecretKeyRef {
+            name: "openai-creds".into(),
+            key: "api.key".into(),
+        };
+        assert_eq!(spec::secret_env_var(&r), "ORCH_SECRET_OPENAI_CREDS_API_KEY");
+        let file = check(
+            Path::new("job.yaml"),
+            &with_handler(json!({"builtin": {"name": "http", "http": {
+                "url": "http://api/{id}",
+                "headers": {
+                    "A": {"secretRef": {"name": "openai-creds", "key": "api.key"}},
+                    "B": {"fromEnv": "B"},
+                }
+            }}})),
+        )
+        .unwrap();
+        assert_eq!(
+            file.spec.handler.secret_env(),
+            vec![("ORCH_SECRET_OPENAI_CREDS_API_KEY".to_string(), r)]
+        );
     }
 
     #[test]

@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use orch_core::invocation::WorkerInvocation;
 use orch_core::model::{TaskGroup, TaskKind};
-use orch_core::spec::{ImagePullPolicy, KubernetesExecutorSpec, ResourcesSpec};
+use orch_core::spec::{ImagePullPolicy, KubernetesExecutorSpec, ResourcesSpec, SecretKeyRef};
 use sha2::{Digest, Sha256};
 
 /// Longest Job name: Kubernetes copies it into a label of every pod, and label values stop at 63.
@@ -293,6 +293,8 @@ pub struct JobTemplate {
     /// The container's `command`; empty: the image's entrypoint.
     pub command: Vec<String>,
     pub environment: Vec<(String, String)>,
+    /// Secret keys set by reference, by variable name (the `http` handler's `secretRef`s).
+    pub secrets: Vec<(String, SecretKeyRef)>,
     pub resources: PodResources,
     pub spec: KubernetesExecutorSpec,
     /// The Job-wide `activeDeadlineSeconds` (from `spec.activeDeadline`).
@@ -310,7 +312,8 @@ impl JobTemplate {
     }
 
     /// The variables of the worker container: `TMPDIR` and `HOME` on the writable `/tmp`, then
-    /// the configured ones (which win over those two).
+    /// the configured ones (which win over those two), then the handler's Secret keys, by
+    /// reference (the kubelet reads the Secret; its value is never in the Job).
     fn env(&self) -> Vec<EnvVar> {
         let ours = [("TMPDIR", "/tmp"), ("HOME", "/tmp")];
         let var = |name: &str, value: &str| EnvVar {
@@ -326,6 +329,18 @@ impl JobTemplate {
                     .iter()
                     .map(|(name, value)| var(name, value)),
             )
+            .chain(self.secrets.iter().map(|(name, secret)| EnvVar {
+                name: name.clone(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: secret.key.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            }))
             .collect()
     }
 

@@ -58,6 +58,7 @@ fn launch() -> KubeLaunch {
             ("AWS_REGION".into(), "eu-west-1".into()),
             ("ORCH_DYNAMODB_TABLE".into(), "orch-state".into()),
         ],
+        secrets: Vec::new(),
     }
 }
 
@@ -388,6 +389,28 @@ async fn the_job_manifest_has_the_shape_the_docs_promise() {
             assert!(!name.contains(word), "{name}");
         }
     }
+}
+
+#[tokio::test]
+async fn the_handlers_secret_keys_are_set_by_reference() {
+    let mut l = launch();
+    l.secrets = vec![(
+        "ORCH_SECRET_API_CREDS_TOKEN".into(),
+        SecretKeyRef {
+            name: "api-creds".into(),
+            key: "token".into(),
+        },
+    )];
+    let exec = offline(l);
+    let work = exec.plan(&group(0, TaskKind::Work, &[(0, 1)]));
+    let job = serde_json::to_value(exec.manifest(&work[0])).unwrap();
+    let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+    let last = env.as_array().unwrap().last().unwrap();
+    assert_eq!(
+        last,
+        &json!({"name": "ORCH_SECRET_API_CREDS_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "api-creds", "key": "token", "optional": false}}})
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use super::{Handler, Outcome};
+use super::{Answer, Handler, Outcome};
 
 /// Returns every item unchanged.
 #[derive(Debug, Clone, Copy, Default)]
@@ -13,12 +13,12 @@ pub struct Identity;
 
 #[async_trait::async_trait]
 impl Handler for Identity {
-    async fn call(&self, item: &RawValue) -> Outcome {
-        Outcome::Ok(item.to_owned())
+    async fn call(&self, item: &RawValue) -> Answer {
+        Outcome::Ok(item.to_owned()).into()
     }
 
-    fn call_sync(&self, item: &RawValue) -> Option<Outcome> {
-        Some(Outcome::Ok(item.to_owned()))
+    fn call_sync(&self, item: &RawValue) -> Option<Answer> {
+        Some(Outcome::Ok(item.to_owned()).into())
     }
 }
 
@@ -30,9 +30,9 @@ pub struct Sleep {
 
 #[async_trait::async_trait]
 impl Handler for Sleep {
-    async fn call(&self, item: &RawValue) -> Outcome {
+    async fn call(&self, item: &RawValue) -> Answer {
         tokio::time::sleep(self.duration).await;
-        Outcome::Ok(item.to_owned())
+        Outcome::Ok(item.to_owned()).into()
     }
 }
 
@@ -49,7 +49,13 @@ mod tests {
     fn identity_answers_synchronously() {
         let item = raw(r#"{"a":1}"#);
         match Identity.call_sync(&item) {
-            Some(Outcome::Ok(result)) => assert_eq!(result.get(), r#"{"a":1}"#),
+            Some(Answer {
+                outcome: Outcome::Ok(result),
+                usage,
+            }) => {
+                assert_eq!(result.get(), r#"{"a":1}"#);
+                assert!(usage.is_empty() && usage.capacity() == 0, "no allocation");
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -57,7 +63,7 @@ mod tests {
     #[tokio::test]
     async fn identity_and_sleep_return_the_item() {
         let item = raw(r#"{"b":[1,2]}"#);
-        match Identity.call(&item).await {
+        match Identity.call(&item).await.outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), item.get()),
             other => panic!("unexpected {other:?}"),
         }
@@ -66,7 +72,7 @@ mod tests {
         };
         assert!(sleep.call_sync(&item).is_none());
         let started = std::time::Instant::now();
-        match sleep.call(&item).await {
+        match sleep.call(&item).await.outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), item.get()),
             other => panic!("unexpected {other:?}"),
         }

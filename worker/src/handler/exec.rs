@@ -39,7 +39,7 @@ use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use super::{Handler, HandlerError, ItemFailure, Outcome};
+use super::{Answer, Handler, HandlerError, ItemFailure, Outcome, Usage};
 
 /// How long `shutdown` lets the process exit on its own after closing its stdin.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -162,7 +162,7 @@ struct LinkState {
 }
 
 struct Waiting {
-    tx: oneshot::Sender<Outcome>,
+    tx: oneshot::Sender<Answer>,
     deadline: Instant,
 }
 
@@ -191,12 +191,7 @@ impl Link {
 
     /// Registers a call and queues its request line; its id, or None when the process already
     /// exited (then nothing was sent).
-    fn send(
-        &self,
-        item: &RawValue,
-        tx: oneshot::Sender<Outcome>,
-        timeout: Duration,
-    ) -> Option<u64> {
+    fn send(&self, item: &RawValue, tx: oneshot::Sender<Answer>, timeout: Duration) -> Option<u64> {
         let id = {
             let mut state = lock(&self.state);
             if state.exit.is_some() {
@@ -221,7 +216,7 @@ impl Link {
         Some(id)
     }
 
-    fn take(&self, id: u64) -> Option<oneshot::Sender<Outcome>> {
+    fn take(&self, id: u64) -> Option<oneshot::Sender<Answer>> {
         lock(&self.state)
             .waiting
             .remove(&id)
@@ -232,8 +227,8 @@ impl Link {
     /// `ready` is scratch space, kept by the caller so that it is not allocated per read.
     fn deliver(
         &self,
-        answers: &mut Vec<(u64, Outcome)>,
-        ready: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>,
+        answers: &mut Vec<(u64, Answer)>,
+        ready: &mut Vec<(oneshot::Sender<Answer>, Answer)>,
     ) {
         {
             let mut state = lock(&self.state);
@@ -273,10 +268,13 @@ impl Link {
         };
         for (id, tx) in expired {
             debug!(id, "handler item timed out");
-            let _ = tx.send(Outcome::Err(ItemFailure::transient(format!(
-                "timed out after {}",
-                human(timeout)
-            ))));
+            let _ = tx.send(
+                Outcome::Err(ItemFailure::transient(format!(
+                    "timed out after {}",
+                    human(timeout)
+                )))
+                .into(),
+            );
         }
         next
     }
@@ -529,11 +527,11 @@ impl ExecHandler {
         }
     }
 
-    async fn run(&self, item: &RawValue) -> Outcome {
+    async fn run(&self, item: &RawValue) -> Answer {
         loop {
             let process = match self.process().await {
                 Ok(process) => process,
-                Err(failure) => return Outcome::Err(failure),
+                Err(failure) => return Outcome::Err(failure).into(),
             };
             let (tx, rx) = oneshot::channel();
             let Some(id) = process.link.send(item, tx, self.cfg.timeout) else {
@@ -547,24 +545,25 @@ impl ExecHandler {
             };
             // The answer comes from the reader, the supervisor's deadline sweep (timed out) or
             // the supervisor at the exit (infrastructure), whichever takes the entry first.
-            let outcome = match rx.await {
-                Ok(outcome) => outcome,
+            let answer = match rx.await {
+                Ok(answer) => answer,
                 // Dropped unanswered: only when the runtime shuts down.
                 Err(_) => Outcome::Err(ItemFailure::infrastructure(
                     "handler process went away without answering",
-                )),
+                ))
+                .into(),
             };
             guard.armed = false;
-            return outcome;
+            return answer;
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Handler for ExecHandler {
-    async fn call(&self, item: &RawValue) -> Outcome {
+    async fn call(&self, item: &RawValue) -> Answer {
         let Ok(_permit) = self.permits.acquire().await else {
-            return Outcome::Err(shut_down());
+            return Outcome::Err(shut_down()).into();
         };
         self.run(item).await
     }
@@ -721,6 +720,9 @@ struct Response<'a> {
     result: Option<&'a RawValue>,
     #[serde(default, borrow)]
     error: Option<&'a RawValue>,
+    /// Tokens the call consumed, by rate limit name; on results and errors alike.
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
 }
 
 /// `"result": null` is an answer (the worker decides what a null row means), unlike a missing
@@ -735,11 +737,14 @@ struct ErrorBody {
     kind: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    /// Seconds the API asked to wait before the next try.
+    #[serde(default, rename = "retryAfter")]
+    retry_after: Option<serde_json::Value>,
 }
 
-/// The id and outcome of one stdout line; None for a blank line or one that is not an answer
+/// The id and answer of one stdout line; None for a blank line or one that is not an answer
 /// (warned about, then ignored).
-fn parse_response(line: &[u8]) -> Option<(u64, Outcome)> {
+fn parse_response(line: &[u8]) -> Option<(u64, Answer)> {
     let text = line.trim_ascii();
     if text.is_empty() {
         return None;
@@ -770,7 +775,38 @@ fn parse_response(line: &[u8]) -> Option<(u64, Outcome)> {
             "handler response has neither `result` nor `error`",
         )),
     };
-    Some((id, outcome))
+    let answer = match response.usage.map(parse_usage) {
+        None => outcome.into(),
+        Some(Ok(usage)) => Answer { outcome, usage },
+        // The tokens cannot be charged, so the answer cannot be trusted to be accounted for:
+        // the item fails visibly rather than letting a handler bug hide spending.
+        Some(Err(problem)) => Outcome::Err(ItemFailure::permanent(problem)).into(),
+    };
+    Some((id, answer))
+}
+
+/// `{"<limit name>": n, ...}` with non-negative integer counts, or why not.
+fn parse_usage(usage: &RawValue) -> Result<Usage, String> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(usage.get())
+        .map_err(|_| {
+            "handler response has a `usage` that is not an object of counts by rate limit name"
+                .to_string()
+        })?;
+    let mut out = Usage::with_capacity(map.len());
+    for (name, value) in map {
+        if name.is_empty() {
+            return Err("handler response `usage` has an empty rate limit name".into());
+        }
+        match value.as_u64() {
+            Some(n) => out.push((name, n)),
+            None => {
+                return Err(format!(
+                    "handler response `usage.{name}` must be a non-negative integer, got {value}"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn item_failure(error: &RawValue) -> ItemFailure {
@@ -778,6 +814,7 @@ fn item_failure(error: &RawValue) -> ItemFailure {
         let kind = match body.kind.as_deref() {
             Some("transient") => ErrorKind::Transient,
             Some("permanent") => ErrorKind::Permanent,
+            Some("rate_limited") => ErrorKind::RateLimited,
             other => {
                 // Unknown kinds are not retried: retrying blindly could repeat side effects.
                 debug!(kind = ?other, "handler error without a known kind; taken as permanent");
@@ -787,7 +824,8 @@ fn item_failure(error: &RawValue) -> ItemFailure {
         let message = body
             .message
             .unwrap_or_else(|| "handler reported an error without a message".to_owned());
-        return ItemFailure::new(kind, message);
+        let retry_after = body.retry_after.as_ref().and_then(retry_after_seconds);
+        return ItemFailure::new(kind, message).with_retry_after(retry_after);
     }
     // Lenient: `"error": "message"` is a common slip in hand-written handlers.
     match serde_json::from_str::<String>(error.get()) {
@@ -795,6 +833,23 @@ fn item_failure(error: &RawValue) -> ItemFailure {
         Err(_) => ItemFailure::permanent(
             "handler reported an error that is neither an object nor a string",
         ),
+    }
+}
+
+/// `retryAfter`: seconds as a non-negative number. Anything else is ignored with a warning
+/// (the failure keeps its kind: a malformed hint must not turn a retry into a lost item).
+fn retry_after_seconds(value: &serde_json::Value) -> Option<Duration> {
+    // Capped at a day: a wait longer than that is a bug, and it must fit a Duration.
+    const LONGEST: f64 = 24.0 * 3600.0;
+    match value.as_f64() {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            Some(Duration::from_secs_f64(secs.min(LONGEST)))
+        }
+        _ if value.is_null() => None,
+        _ => {
+            warn!(%value, "handler error has a `retryAfter` that is not a non-negative number of seconds; ignored");
+            None
+        }
     }
 }
 
@@ -884,7 +939,7 @@ async fn supervise(
     for (_, waiting) in waiting {
         let _ = waiting
             .tx
-            .send(Outcome::Err(ItemFailure::infrastructure(message.clone())));
+            .send(Outcome::Err(ItemFailure::infrastructure(message.clone())).into());
     }
     // Nothing more goes to this process: let the writer end (and drop its end of the pipe).
     link.close_stdin();
@@ -979,7 +1034,85 @@ mod tests {
         assert_eq!(f.kind, ErrorKind::Permanent);
     }
 
-    fn answers(lines: &[&[u8]]) -> Vec<(u64, Outcome)> {
+    #[test]
+    fn rate_limited_errors_carry_the_wait_they_asked_for() {
+        let f = item_failure(&raw(
+            r#"{"kind":"rate_limited","message":"slow down","retryAfter":2.5}"#,
+        ));
+        assert_eq!(f.kind, ErrorKind::RateLimited);
+        assert_eq!(f.message, "slow down");
+        assert_eq!(f.retry_after, Some(Duration::from_millis(2500)));
+        // Any kind may say how long to wait.
+        let f = item_failure(&raw(r#"{"kind":"transient","message":"m","retryAfter":1}"#));
+        assert_eq!(
+            f,
+            ItemFailure::transient("m").with_retry_after(Some(Duration::from_secs(1)))
+        );
+        // A malformed hint is dropped; the kind stays.
+        for bad in [r#""2""#, "-1", "null", "[]"] {
+            let f = item_failure(&raw(&format!(
+                r#"{{"kind":"rate_limited","message":"m","retryAfter":{bad}}}"#
+            )));
+            assert_eq!(f, ItemFailure::rate_limited("m"), "{bad}");
+        }
+        // A silly wait is capped at a day.
+        let f = item_failure(&raw(
+            r#"{"kind":"transient","message":"m","retryAfter":1e300}"#,
+        ));
+        assert_eq!(f.retry_after, Some(Duration::from_secs(24 * 3600)));
+    }
+
+    #[test]
+    fn usage_is_read_from_results_and_errors() {
+        let got = answers(&[
+            br#"{"id":1,"result":{"a":1},"usage":{"openai":1234,"other":0}}"#,
+            br#"{"id":2,"error":{"kind":"rate_limited","message":"m"},"usage":{"openai":7}}"#,
+            br#"{"id":3,"result":{},"usage":null}"#,
+            br#"{"id":4,"result":{}}"#,
+        ]);
+        let [(1, a), (2, b), (3, c), (4, d)] = <[_; 4]>::try_from(got).unwrap() else {
+            panic!("ids out of order");
+        };
+        assert!(a.is_ok());
+        assert_eq!(a.usage, vec![("openai".into(), 1234), ("other".into(), 0)]);
+        match b.outcome {
+            Outcome::Err(f) => assert_eq!(f.kind, ErrorKind::RateLimited),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(b.usage, vec![("openai".into(), 7)]);
+        for answer in [c, d] {
+            assert!(answer.is_ok());
+            assert!(answer.usage.is_empty() && answer.usage.capacity() == 0);
+        }
+    }
+
+    #[test]
+    fn bad_usage_makes_the_item_a_permanent_error_naming_the_problem() {
+        for (usage, expect) in [
+            (r#"{"openai":-1}"#, "usage.openai"),
+            (r#"{"openai":1.5}"#, "usage.openai"),
+            (r#"{"openai":"3"}"#, "usage.openai"),
+            (r#"[1]"#, "not an object"),
+            (r#"7"#, "not an object"),
+            (r#"{"":1}"#, "empty rate limit name"),
+        ] {
+            let line = format!(r#"{{"id":9,"result":{{}},"usage":{usage}}}"#);
+            let got = answers(&[line.as_bytes()]);
+            assert_eq!(got.len(), 1, "{usage}");
+            let (id, answer) = got.into_iter().next().unwrap();
+            assert_eq!(id, 9);
+            assert!(answer.usage.is_empty());
+            match answer.outcome {
+                Outcome::Err(f) => {
+                    assert_eq!(f.kind, ErrorKind::Permanent, "{usage}");
+                    assert!(f.message.contains(expect), "{usage}: {}", f.message);
+                }
+                other => panic!("{usage}: unexpected {other:?}"),
+            }
+        }
+    }
+
+    fn answers(lines: &[&[u8]]) -> Vec<(u64, Answer)> {
         lines
             .iter()
             .filter_map(|line| parse_response(line))
@@ -1009,15 +1142,15 @@ mod tests {
         assert_eq!(got.len(), 4);
         link.deliver(&mut got, &mut Vec::new());
         assert!(got.is_empty());
-        match rx1.try_recv().unwrap() {
+        match rx1.try_recv().unwrap().outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), r#"[{"x":1}]"#),
             other => panic!("unexpected {other:?}"),
         }
-        match rx2.try_recv().unwrap() {
+        match rx2.try_recv().unwrap().outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), "null"),
             other => panic!("unexpected {other:?}"),
         }
-        match rx3.try_recv().unwrap() {
+        match rx3.try_recv().unwrap().outcome {
             Outcome::Err(failure) => assert_eq!(failure.kind, ErrorKind::Permanent),
             other => panic!("unexpected {other:?}"),
         }
@@ -1052,7 +1185,7 @@ mod tests {
         // The first two are due: they fail as transient; the third is next.
         assert_eq!(link.expire(deadline(id2), timeout), deadline(id3));
         for rx in [&mut rx1, &mut rx2] {
-            match rx.try_recv().unwrap() {
+            match rx.try_recv().unwrap().outcome {
                 Outcome::Err(failure) => {
                     assert_eq!(failure, ItemFailure::transient("timed out after 500ms"));
                 }
@@ -1066,7 +1199,7 @@ mod tests {
             format!("{{\"id\":{id3},\"result\":3}}").as_bytes(),
         ]);
         link.deliver(&mut got, &mut Vec::new());
-        match rx3.try_recv().unwrap() {
+        match rx3.try_recv().unwrap().outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), "3"),
             other => panic!("unexpected {other:?}"),
         }
@@ -1165,7 +1298,7 @@ mod tests {
         );
         let mut outcomes = Vec::new();
         for mut rx in receivers {
-            outcomes.push(rx.try_recv().unwrap());
+            outcomes.push(rx.try_recv().unwrap().outcome);
         }
         match &outcomes[0] {
             Outcome::Ok(result) => assert_eq!(result.get(), format!("\"{long}\"")),
