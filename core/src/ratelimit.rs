@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::Millis;
 
 /// A lease lasts about as long as its holder needs to spend this many tokens; holders renew
-/// when [`RENEW_WHEN_LEFT`] of it is left, so a bucket sees one write per ~50 tokens.
-pub const TOKENS_PER_LEASE: f64 = 75.0;
+/// when [`RENEW_WHEN_LEFT`] of it is left, so a steady holder writes once per ~100 tokens.
+pub const TOKENS_PER_LEASE: f64 = 150.0;
 /// The fraction of a lease left when its holder renews it.
 pub const RENEW_WHEN_LEFT: f64 = 1.0 / 3.0;
 /// Bounds of a lease's length: short enough that a dead worker's share returns soon, long
@@ -476,10 +476,10 @@ mod tests {
             assert!(close(l.rate, 2.5), "{l:?}");
             assert!(close(l.burst, 1.25), "{l:?}");
         }
-        // A lease lasts 75 tokens of its rate (renewed with a third left): 30 s at 2.5/s.
+        // A lease lasts 150 tokens of its rate, at most a minute: 60 s at 2.5/s.
         let l = b.lease_of("w0", now).unwrap();
         assert!(
-            l.expires - now > 29_000 && l.expires - now <= 30_000,
+            l.expires - now > 59_000 && l.expires - now <= 60_000,
             "{l:?}"
         );
     }

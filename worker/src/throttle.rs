@@ -25,8 +25,10 @@ use orch_core::model::ErrorKind;
 
 /// How often a worker reads its buckets (reads are cheap; writes happen only on change).
 const POLL: Duration = Duration::from_millis(1_000);
-/// A share that changed by more than this fraction is written at once.
+/// A share that changed by more than this fraction is written (a lower one at once).
 const CHANGE: f64 = 0.05;
+/// A higher share is taken once it has been there this long.
+const RAISE_AFTER_MS: Millis = 2_500;
 
 /// The leases of one worker process, one per bucket the job names.
 pub struct Limiter {
@@ -61,6 +63,8 @@ struct LimitState {
     /// not written again).
     adjusted_at: Millis,
     paused: bool,
+    /// Since when a higher share has been there for the taking.
+    more_since: Option<Millis>,
 }
 
 impl Limit {
@@ -134,8 +138,18 @@ impl Limit {
                     Some(l) => {
                         let length = (l.expires.saturating_sub(st.written_at)) as f64;
                         let left = l.expires.saturating_sub(now) as f64;
+                        let lower = would.rate < l.rate * (1.0 - CHANGE);
+                        // A share freed by a worker that ended is usually taken by the next
+                        // task's worker within a second or two: raise only when it stays free,
+                        // or every turnover would cost each worker two writes.
+                        let higher = would.rate > l.rate * (1.0 + CHANGE) + 1e-9;
+                        let since = *st.more_since.get_or_insert(now);
+                        if !higher {
+                            st.more_since = None;
+                        }
                         left < length * RENEW_WHEN_LEFT
-                            || (would.rate - l.rate).abs() > CHANGE * l.rate.max(1e-9)
+                            || lower
+                            || (higher && now.saturating_sub(since) >= RAISE_AFTER_MS)
                     }
                 }
             };
@@ -164,6 +178,7 @@ impl Limit {
         let mut st = self.state();
         st.used = st.used.saturating_sub(req.used);
         st.throttled = false;
+        st.more_since = None;
         st.written_at = now;
         st.adjusted_at = stored.adjusted_at;
         debug!(bucket = %self.binding.key, rate = terms.rate, burst = terms.burst, "lease");
@@ -283,6 +298,7 @@ impl Limiter {
                         written_at: now_ms(),
                         adjusted_at: 0,
                         paused: false,
+                        more_since: None,
                     }),
                     wake: Notify::new(),
                 })

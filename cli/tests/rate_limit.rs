@@ -1,0 +1,267 @@
+//! Rate limiting end to end: the real `orch` and `orch-worker` processes with the `http`
+//! builtin against a local API that enforces its own token bucket and counts what it accepts
+//! and refuses (`orch_testkit::limited_api`). The API is the referee: its own clock and its own
+//! bucket of the RateLimit's rate and burst, not orch's bookkeeping.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Scratch, read_output, text};
+use orch_testkit::limited_api::{Limit, LimitedApi, Stats};
+
+/// The job file: a RateLimit `api` beside an OrchJob calling `{url}/items/{id + offset}`.
+fn job_file(
+    name: &str,
+    url: &str,
+    rate: f64,
+    burst: u32,
+    batch: u64,
+    processes: u32,
+    id_field: &str,
+) -> String {
+    format!(
+        r#"apiVersion: orch.dev/v1alpha1
+kind: RateLimit
+metadata: {{name: api}}
+spec: {{rate: {rate}/s, burst: {burst}}}
+---
+apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: {name}}}
+spec:
+  input: {{uri: {name}.jsonl}}
+  batch: {{size: {batch}}}
+  handler:
+    builtin:
+      name: http
+      http: {{method: GET, url: "{url}/items/{{{id_field}}}"}}
+    concurrency: 4
+    timeout: 10s
+  rateLimit: {{name: api}}
+  retry: {{maxAttempts: 20, backoff: {{initial: 100ms, factor: 2, max: 2s}}}}
+  output: {{uri: out-{name}}}
+  executor: {{local: {{parallelism: {processes}}}}}
+  storage: {{uri: .orch}}
+"#
+    )
+}
+
+/// `n` items whose `key` is `offset + i`.
+fn input(s: &Scratch, name: &str, n: u64, offset: u64) {
+    let body: String = (0..n)
+        .map(|i| format!("{{\"id\": {i}, \"key\": {}}}\n", offset + i))
+        .collect();
+    s.write(&format!("{name}.jsonl"), &body);
+}
+
+/// Accepted requests in each whole 10 s window after the first, from the first arrival on,
+/// leaving out the last (partial) window.
+fn steady_windows(arrivals: &[f64]) -> Vec<usize> {
+    let Some(&first) = arrivals.first() else {
+        return Vec::new();
+    };
+    let last = arrivals.last().copied().unwrap_or(first);
+    let mut out = Vec::new();
+    let mut start = first + 10.0;
+    while start + 10.0 <= last {
+        out.push(
+            arrivals
+                .iter()
+                .filter(|&&t| t >= start && t < start + 10.0)
+                .count(),
+        );
+        start += 10.0;
+    }
+    out
+}
+
+fn assert_kept_the_rate(stats: &Stats, rate: f64, burst: u32) {
+    assert_eq!(stats.rejected, 0, "the API refused requests: {stats:?}");
+    let windows = steady_windows(&stats.arrivals);
+    assert!(!windows.is_empty(), "the run was too short to judge");
+    let expected = rate * 10.0;
+    for w in &windows {
+        assert!(
+            (*w as f64 - expected).abs() <= expected * 0.03,
+            "a 10 s window held {w} requests, expected {expected} ± 3 %: {windows:?}"
+        );
+    }
+    for window in [1.0, 10.0] {
+        let most = stats.max_in_window(Duration::from_secs_f64(window));
+        assert!(
+            most as f64 <= rate * window + f64::from(burst),
+            "{most} requests within {window} s"
+        );
+    }
+}
+
+/// 16 requests in flight in 4 worker processes against a RateLimit of 50/s: the API sees 50/s
+/// within 3 % in every 10 s window after the first, never more than rate × window + burst,
+/// refuses nothing, and every item is in the output once. The bucket is written about once
+/// per 100 tokens while the workers run.
+#[test]
+fn sixteen_workers_in_four_processes_keep_the_apis_rate() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let (rate, burst) = (50.0, 20);
+    let api = LimitedApi::start_background(Limit::new(rate, f64::from(burst)));
+    let s = Scratch::new();
+    let items = 1_600;
+    input(&s, "steady", items, 0);
+    // One task per process for the whole run: steady holders.
+    let job = s.write(
+        "job.yaml",
+        &job_file("steady", api.url(), rate, burst, items / 4, 4, "key"),
+    );
+    let run = std::thread::spawn({
+        let mut cmd = s.orch_cmd(&["run", "--no-progress", job.to_str().unwrap()]);
+        move || cmd.output().unwrap()
+    });
+    // Bucket writes against tokens, sampled while all four workers run.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let storage = s.path(".orch");
+    let sample = || {
+        rt.block_on(async {
+            let b = orch_connect::open_backends(storage.to_str().unwrap(), s.path("tmp"))
+                .await
+                .unwrap();
+            let bucket = b.rate_limits.get_bucket("ns/default/api").await.unwrap();
+            (bucket.map_or(0, |b| b.writes), api.stats().accepted)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(8));
+    let (writes_before, tokens_before) = sample();
+    std::thread::sleep(Duration::from_secs(16));
+    let (writes_after, tokens_after) = sample();
+    let out = run.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let stats = api.stats();
+    assert_kept_the_rate(&stats, rate, burst);
+    read_output(&s.path("out-steady")).assert_each_item_once(items);
+    let (writes, tokens) = (writes_after - writes_before, tokens_after - tokens_before);
+    assert!(tokens > 500, "{tokens} tokens in the sample");
+    assert!(
+        writes as f64 <= tokens as f64 / 50.0,
+        "{writes} bucket writes for {tokens} tokens"
+    );
+}
+
+/// Two `orch run` jobs on one storage share the bucket: together they keep the rate, each gets
+/// about half of it while both run, and both finish exactly once.
+#[test]
+fn two_jobs_on_one_storage_share_the_bucket() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let (rate, burst) = (40.0, 16);
+    let api = LimitedApi::start_background(Limit::new(rate, f64::from(burst)));
+    let s = Scratch::new();
+    let items = 600;
+    input(&s, "left", items, 0);
+    input(&s, "right", items, 1_000_000);
+    let runs: Vec<_> = ["left", "right"]
+        .iter()
+        .map(|name| {
+            let file = s.write(
+                &format!("{name}.yaml"),
+                &job_file(name, api.url(), rate, burst, 150, 2, "key"),
+            );
+            let mut cmd = s.orch_cmd(&["run", "--no-progress", file.to_str().unwrap()]);
+            std::thread::spawn(move || cmd.output().unwrap())
+        })
+        .collect();
+    for run in runs {
+        let out = run.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let stats = api.stats();
+    assert_eq!(stats.rejected, 0, "{stats:?}");
+    for window in [1.0, 10.0] {
+        let most = stats.max_in_window(Duration::from_secs_f64(window));
+        assert!(
+            most as f64 <= rate * window + f64::from(burst),
+            "{most} in {window} s"
+        );
+    }
+    // While both ran (the middle of the run), each had about half.
+    let of_right = |id: &String| id.parse::<u64>().unwrap() >= 1_000_000;
+    let both: Vec<(f64, bool)> = stats
+        .arrivals
+        .iter()
+        .zip(&stats.ids)
+        .map(|(t, id)| (*t, of_right(id)))
+        .collect();
+    let first = both.first().unwrap().0;
+    let middle: Vec<bool> = both
+        .iter()
+        .filter(|(t, _)| *t >= first + 5.0 && *t < first + 12.0)
+        .map(|(_, right)| *right)
+        .collect();
+    let right = middle.iter().filter(|r| **r).count() as f64;
+    let share = right / middle.len() as f64;
+    assert!(
+        (0.4..=0.6).contains(&share),
+        "the second job had {share:.2} of {} requests",
+        middle.len()
+    );
+    for name in ["left", "right"] {
+        read_output(&s.path(&format!("out-{name}"))).assert_each_item_once(items);
+    }
+}
+
+/// The API lowers its limit mid-run and answers 429 with `Retry-After`: orch lowers the shared
+/// rate and, within 30 s, keeps under the new limit (few refusals in the last part of the run),
+/// and every item ends up in the output once.
+#[test]
+fn a_lowered_api_limit_is_followed_and_nothing_is_lost() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let (rate, burst) = (40.0, 16);
+    let api = LimitedApi::start_background(Limit::new(rate, f64::from(burst)));
+    let s = Scratch::new();
+    let items = 1_400;
+    input(&s, "lowered", items, 0);
+    let job = s.write(
+        "job.yaml",
+        &job_file("lowered", api.url(), rate, burst, items / 4, 4, "key"),
+    );
+    let run = std::thread::spawn({
+        let mut cmd = s.orch_cmd(&["run", "--no-progress", job.to_str().unwrap()]);
+        move || cmd.output().unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    api.set_limit(rate / 2.0, 4.0, Some(Duration::from_secs(1)));
+    let lowered_at = api.stats().arrivals.last().copied().unwrap_or(0.0);
+    let out = run.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    read_output(&s.path("out-lowered")).assert_each_item_once(items);
+
+    let stats = api.stats();
+    assert!(
+        stats.rejected > 0,
+        "the lower limit was never hit: {stats:?}"
+    );
+    // After 30 s, the rate the API accepts is at most the new limit, and orch uses most of it.
+    let settled = lowered_at + 30.0;
+    let last = stats.arrivals.last().copied().unwrap();
+    assert!(last > settled + 5.0, "the run ended too soon to judge");
+    let after: Vec<f64> = stats
+        .arrivals
+        .iter()
+        .copied()
+        .filter(|t| *t >= settled)
+        .collect();
+    let accepted_rate = after.len() as f64 / (last - settled);
+    assert!(
+        accepted_rate <= rate / 2.0 * 1.05 && accepted_rate >= rate / 2.0 * 0.5,
+        "{accepted_rate:.1}/s accepted after the limit fell to {}/s",
+        rate / 2.0
+    );
+    let ids: std::collections::BTreeSet<&String> = stats.ids.iter().collect();
+    assert_eq!(ids.len() as u64, items, "every item accepted once");
+}
