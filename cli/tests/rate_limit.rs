@@ -265,3 +265,115 @@ fn a_lowered_api_limit_is_followed_and_nothing_is_lost() {
     let ids: std::collections::BTreeSet<&String> = stats.ids.iter().collect();
     assert_eq!(ids.len() as u64, items, "every item accepted once");
 }
+
+/// The worker processes of this test's job: `orch-worker run` with `job_prefix` in their
+/// arguments.
+fn workers_of(job_prefix: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_worker = args.first().is_some_and(|a| a.ends_with("orch-worker"));
+        if is_worker && args.iter().any(|a| a.starts_with(job_prefix)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Workers killed with SIGKILL while they hold leases: their shares only run out, so the API
+/// never sees more than its limit, refuses nothing, and the job still ends with every item
+/// exactly once (the killed workers' tasks run again).
+#[test]
+fn workers_killed_holding_leases_never_make_the_rate_overshoot() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let (rate, burst) = (40.0, 16);
+    let api = LimitedApi::start_background(Limit::new(rate, f64::from(burst)));
+    let s = Scratch::new();
+    let items = 1_200;
+    input(&s, "killed", items, 0);
+    let job = s.write(
+        "job.yaml",
+        &job_file("killed", api.url(), rate, burst, 300, 4, "key"),
+    );
+    let run = std::thread::spawn({
+        let mut cmd = s.orch_cmd(&["run", "--no-progress", job.to_str().unwrap()]);
+        move || cmd.output().unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(8));
+    let workers = workers_of("killed-");
+    assert!(workers.len() >= 2, "workers running: {workers:?}");
+    for pid in &workers[..2] {
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+    let out = run.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    read_output(&s.path("out-killed")).assert_each_item_once(items);
+    let stats = api.stats();
+    assert_eq!(stats.rejected, 0, "{stats:?}");
+    for window in [1.0, 10.0] {
+        let most = stats.max_in_window(Duration::from_secs_f64(window));
+        assert!(
+            most as f64 <= rate * window + f64::from(burst),
+            "{most} in {window} s"
+        );
+    }
+}
+
+/// Costs known after the call: a Python handler calls the API and reports 9 tokens of usage
+/// beyond the 1 each item takes, so at 100 tokens/s the API sees about 10 calls a second.
+#[test]
+fn usage_reported_after_the_call_is_charged() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let api = LimitedApi::start_background(Limit::unlimited());
+    let s = Scratch::new();
+    let items = 300;
+    input(&s, "usage", items, 0);
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    s.write(
+        "handler.py",
+        &format!(
+            "import sys, urllib.request\nsys.path.insert(0, {python:?})\n\
+             from orch_handler import handler, Result\n\
+             @handler(concurrency=4)\n\
+             def call(item):\n\
+             \x20   urllib.request.urlopen('{url}/items/%d' % item['key']).read()\n\
+             \x20   return Result({{'id': item['id']}}, usage={{'api': 9}})\n",
+            python = python.to_str().unwrap(),
+            url = api.url()
+        ),
+    );
+    let yaml = job_file("usage", api.url(), 100.0, 10, 150, 2, "key").replace(
+        "    builtin:\n      name: http\n      http: {method: GET, url: \"URL/items/{key}\"}\n"
+            .replace("URL", api.url())
+            .as_str(),
+        "    exec: {command: [python3, handler.py]}\n",
+    );
+    assert!(yaml.contains("handler.py"), "{yaml}");
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    read_output(&s.path("out-usage")).assert_each_item_once(items);
+    let stats = api.stats();
+    let windows = steady_windows(&stats.arrivals);
+    assert!(!windows.is_empty(), "too short to judge: {stats:?}");
+    for w in &windows {
+        assert!((90..=110).contains(w), "calls per 10 s: {windows:?}");
+    }
+}
