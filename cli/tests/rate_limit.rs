@@ -377,3 +377,89 @@ fn usage_reported_after_the_call_is_charged() {
         assert!((90..=110).contains(w), "calls per 10 s: {windows:?}");
     }
 }
+
+/// Two `orch run` processes with their storage in different S3 prefixes and the buckets in one
+/// DynamoDB table (moto): the bucket is one item, shared; the API sees its rate and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_separate_s3_roots_share_a_bucket_in_dynamodb() {
+    use orch_core::backend::RateLimitStore;
+    use orch_testkit::moto;
+    if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let (rate, burst) = (30.0, 12);
+    let api = LimitedApi::start(Limit::new(rate, f64::from(burst))).await;
+    let s = Scratch::new();
+    let (table, queue, bucket) = (
+        moto::unique("rl-table"),
+        moto::unique("rl-q"),
+        moto::unique("rl-bucket"),
+    );
+    let env = [
+        ("AWS_ENDPOINT_URL", moto::moto().endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("ORCH_DYNAMODB_TABLE", table.clone()),
+        ("ORCH_SQS_QUEUE", queue.clone()),
+        ("ORCH_SCRATCH", s.path("tmp").to_string_lossy().into_owned()),
+    ];
+    let orch = |args: &[&str]| {
+        let mut c = s.orch_cmd(args);
+        c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        c
+    };
+    let init = orch(&["init", "--bucket", &bucket]).output().unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    let items = 450;
+    let runs: Vec<_> = ["left", "right"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            input(&s, name, items, i as u64 * 1_000_000);
+            let yaml = job_file(name, api.url(), rate, burst, 150, 2, "key").replace(
+                "storage: {uri: .orch}",
+                &format!("storage: {{uri: \"s3://{bucket}/root-{name}/\"}}"),
+            );
+            let file = s.write(&format!("{name}.yaml"), &yaml);
+            let mut cmd = orch(&["run", "--no-progress", file.to_str().unwrap()]);
+            std::thread::spawn(move || cmd.output().unwrap())
+        })
+        .collect();
+    for run in runs {
+        let out = tokio::task::spawn_blocking(move || run.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    for name in ["left", "right"] {
+        read_output(&s.path(&format!("out-{name}"))).assert_each_item_once(items);
+    }
+    let stats = api.stats();
+    assert_eq!(stats.rejected, 0, "{stats:?}");
+    for window in [1.0, 10.0] {
+        let most = stats.max_in_window(Duration::from_secs_f64(window));
+        assert!(
+            most as f64 <= rate * window + f64::from(burst),
+            "{most} in {window} s"
+        );
+    }
+    // One bucket item for both, written far less often than tokens were taken.
+    let sdk = moto::sdk_config().await;
+    let store = orch_aws::dynamodb::DynamoStateStore::new(
+        orch_aws::config::dynamodb_client(&sdk),
+        table.clone(),
+    );
+    let shared = store
+        .get_bucket("ns/default/api")
+        .await
+        .unwrap()
+        .expect("the bucket");
+    assert!(
+        shared.writes * 10 <= 2 * items,
+        "{} writes for {} tokens",
+        shared.writes,
+        2 * items
+    );
+}
