@@ -907,7 +907,8 @@ async fn shares(world: &World, key: &str) -> BTreeMap<String, f64> {
     out
 }
 
-/// A RateLimit applied with kubectl, two OrchJobs on Slurm sharing it: the RateLimit's status
+/// Two OrchJobs naming a RateLimit that does not exist yet wait (`RateLimitMissing`); once it
+/// is applied with kubectl they run on Slurm sharing it: the RateLimit's status
 /// names both, the bucket in DynamoDB splits the rate between them, pausing one gives its share
 /// to the other, and both end with every item exactly once.
 #[tokio::test(flavor = "multi_thread")]
@@ -922,7 +923,6 @@ async fn two_jobs_share_a_rate_limit_and_a_pause_hands_over_its_share() {
         "apiVersion: orch.dev/v1alpha1\nkind: RateLimit\nmetadata: {name: shared}\n\
          spec: {rate: 20/s, burst: 8}\n",
     );
-    world.kubectl_ok(&["apply", "-f", limit.to_str().unwrap()]);
     let extra = "  rateLimit: {name: shared}\n";
     for name in ["rl-a", "rl-b"] {
         // One array task at a time per job, so that both jobs run at once on the test node
@@ -932,10 +932,16 @@ async fn two_jobs_share_a_rate_limit_and_a_pause_hands_over_its_share() {
         std::fs::write(&file, yaml.replace("maxRunning: 4", "maxRunning: 1")).unwrap();
         world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
     }
+    // Applied before their RateLimit: they wait, saying why.
+    world.wait_for("RateLimitMissing", Duration::from_secs(30), |w| {
+        w.condition("rl-a", "Progressing") == Some(("False".into(), "RateLimitMissing".into()))
+    });
+    assert_eq!(world.get("rl-a")["status"]["phase"], "Pending");
+    world.kubectl_ok(&["apply", "-f", limit.to_str().unwrap()]);
     world.wait_for("both jobs to run", Duration::from_secs(90), |w| {
         ["rl-a", "rl-b"]
             .iter()
-            .all(|n| w.get(n)["status"]["jobId"].is_string())
+            .all(|n| w.get(n)["status"]["phase"] == "Running")
     });
     let id = |name: &str| {
         world.get(name)["status"]["jobId"]
