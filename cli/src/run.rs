@@ -68,6 +68,20 @@ pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
         s.handler.concurrency, s.handler.timeout
     );
     println!("  retry    {} attempts", s.retry.max_attempts);
+    for r in s.rate_limit.iter().flat_map(|r| r.as_slice()) {
+        let written = match job.rate_limits.iter().find(|d| d.metadata.name == r.name) {
+            Some(d) => format!(
+                "{}, burst {}, {:?} scope",
+                d.spec.rate, d.spec.burst, d.spec.scope
+            )
+            .to_lowercase(),
+            None => "not in this file: the storage's or the cluster's".into(),
+        };
+        println!(
+            "  limit    {} ({written}), {} token(s) per item",
+            r.name, r.tokens_per_item
+        );
+    }
     println!("  output   {}", s.output.uri.as_deref().unwrap_or("-"));
     Ok(0)
 }
