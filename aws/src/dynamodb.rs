@@ -234,12 +234,16 @@ impl DynamoStateStore {
 
     /// The job item as stored (strongly consistent), marked or not.
     async fn job_item_raw(&self, job: &str) -> BackendResult<Option<Item>> {
-        let pk = job_pk(job);
+        self.item(job_pk(job), JOB_SK).await
+    }
+
+    /// One item, read strongly consistent.
+    async fn item(&self, pk: String, sk: &str) -> BackendResult<Option<Item>> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), JOB_SK.into())))
+            .set_key(Some(key(pk.clone(), sk.into())))
             .consistent_read(true)
             .send()
             .await

@@ -39,18 +39,8 @@ fn decode(item: &Item) -> BackendResult<Bucket> {
 }
 
 impl DynamoStateStore {
-    async fn bucket_item(&self, key_: &str) -> BackendResult<Option<Item>> {
-        let pk = bucket_pk(key_);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), BUCKET_SK.into())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error(SERVICE, "GetItem", format!("{} {pk}", self.table), e))?;
-        Ok(out.item)
+    async fn bucket_item(&self, key: &str) -> BackendResult<Option<Item>> {
+        self.item(bucket_pk(key), BUCKET_SK).await
     }
 }
 
