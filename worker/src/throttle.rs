@@ -5,7 +5,7 @@
 //!
 //! Why a loop per bucket and not a store call per item: the bucket is shared by every worker
 //! of every job on the storage, so it is written only when this worker's share changes or its
-//! lease runs low (about once per 50 tokens); items are paced locally in between.
+//! lease runs low (about once per 100 tokens); items are paced locally in between.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
