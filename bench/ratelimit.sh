@@ -29,7 +29,7 @@ release="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"
 work=$(mktemp -d)
 api_pid=
 cleanup() {
-    [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null || true
+    if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$work"
 }
