@@ -18,80 +18,7 @@ use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, StateStore};
 use orch_core::model::{Batch, TaskRecord, TaskState};
 use orch_testkit::contract::{sample_job, state_store_contract};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-
-/// An HTTP proxy that forwards one request at a time (see the race test for why). Each client
-/// connection carries one request: the answer goes back with `Connection: close`.
-struct SerialProxy {
-    endpoint: String,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SerialProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-impl SerialProxy {
-    async fn start(upstream: &str) -> SerialProxy {
-        let upstream = upstream.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let gate = Arc::new(tokio::sync::Mutex::new(()));
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                let gate = Arc::clone(&gate);
-                tokio::spawn(async move {
-                    let _ = Self::forward(client, &upstream, &gate).await;
-                });
-            }
-        });
-        SerialProxy { endpoint, accept }
-    }
-
-    async fn forward(
-        client: TcpStream,
-        upstream: &str,
-        gate: &tokio::sync::Mutex<()>,
-    ) -> std::io::Result<()> {
-        let mut client = BufReader::new(client);
-        let mut head = String::new();
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            if client.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if !lower.starts_with("connection:") {
-                head.push_str(&line);
-            }
-        }
-        head.push_str("Connection: close\r\n\r\n");
-        let mut body = vec![0u8; length];
-        client.read_exact(&mut body).await?;
-        let answer = {
-            let _one_at_a_time = gate.lock().await;
-            let mut server = TcpStream::connect(upstream).await?;
-            server.write_all(head.as_bytes()).await?;
-            server.write_all(&body).await?;
-            let mut answer = Vec::new();
-            server.read_to_end(&mut answer).await?;
-            answer
-        };
-        client.get_mut().write_all(&answer).await?;
-        client.get_mut().shutdown().await
-    }
-}
+use orch_testkit::serial_proxy::SerialProxy;
 
 async fn client() -> Client {
     Client::new(&moto::sdk_config().await)
@@ -126,7 +53,7 @@ async fn meets_the_rate_limit_store_contract() {
         return;
     }
     // Through the one-request-at-a-time proxy: the contract races writers on one bucket, and
-    // moto's conditional writes are not atomic (see the race test below).
+    // moto's conditional writes are not atomic (orch_testkit::serial_proxy).
     let serial = SerialProxy::start(&moto::moto().endpoint).await;
     let table = moto::unique("orch-rl");
     create_table(&client().await, &table).await.unwrap();
@@ -294,11 +221,8 @@ async fn updates_racing_from_the_same_version_have_exactly_one_winner() {
     if !orch_testkit::components::moto() {
         return;
     }
-    // moto checks a condition and applies the write in two steps without a lock, so two
-    // requests it serves at the same moment can both pass (seen here: 47 conditional
-    // increments "won", 46 applied). DynamoDB makes a conditional write atomic; to test our
-    // side of it — racing clients, the conflict mapping, no loser mistaken for a winner — moto
-    // is asked one request at a time, in whatever order the racing clients send them.
+    // moto's conditional writes are not atomic under concurrency: one request at a time (see
+    // orch_testkit::serial_proxy).
     let serial = SerialProxy::start(&moto::moto().endpoint).await;
     let via_proxy = || async { Client::new(&moto::sdk_config_for(&serial.endpoint).await) };
     let table = moto::unique("orch-race");

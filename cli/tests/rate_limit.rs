@@ -93,7 +93,11 @@ fn assert_kept_the_rate(stats: &Stats, rate: f64, burst: u32) {
 
 /// Never more than rate × window + burst in any 1 s or 10 s window, and no call refused.
 fn assert_never_over(stats: &Stats, rate: f64, burst: u32) {
-    assert_eq!(stats.rejected, 0, "the API refused requests: {stats:?}");
+    assert_eq!(
+        stats.rejected, 0,
+        "the API refused requests; accepted per second: {:?}",
+        stats.per_second
+    );
     for window in [1.0, 10.0] {
         let most = stats.max_in_window(Duration::from_secs_f64(window));
         assert!(
@@ -383,8 +387,11 @@ async fn two_processes_on_separate_s3_roots_share_a_bucket_in_dynamodb() {
         moto::unique("rl-q"),
         moto::unique("rl-bucket"),
     );
+    // One request at a time: moto's conditional writes are not atomic, and two workers racing
+    // for the bucket could both win (orch_testkit::serial_proxy).
+    let serial = orch_testkit::serial_proxy::SerialProxy::start(&moto::moto().endpoint).await;
     let env = [
-        ("AWS_ENDPOINT_URL", moto::moto().endpoint.clone()),
+        ("AWS_ENDPOINT_URL", serial.endpoint.clone()),
         ("AWS_ACCESS_KEY_ID", "testing".into()),
         ("AWS_SECRET_ACCESS_KEY", "testing".into()),
         ("AWS_REGION", "us-east-1".into()),
@@ -400,6 +407,10 @@ async fn two_processes_on_separate_s3_roots_share_a_bucket_in_dynamodb() {
     };
     let init = orch(&["init", "--bucket", &bucket]).output().unwrap();
     assert!(init.status.success(), "{}", text(&init));
+    // moto's request recorder: the bucket's writes as they went over the wire.
+    let endpoint = moto::moto().endpoint.clone();
+    bucket_writes_on_the_wire(&endpoint, &table, "reset");
+    bucket_writes_on_the_wire(&endpoint, &table, "start");
     let items = 450;
     let runs: Vec<_> = ["left", "right"]
         .iter()
@@ -437,10 +448,57 @@ async fn two_processes_on_separate_s3_roots_share_a_bucket_in_dynamodb() {
         .await
         .unwrap()
         .expect("the bucket");
+    bucket_writes_on_the_wire(&endpoint, &table, "stop");
+    let on_the_wire = bucket_writes_on_the_wire(&endpoint, &table, "count");
+    // Every counted write went over the wire (the recording also holds the SDK's retries of a
+    // lost answer and the writes that lost their condition, so it may count more).
     assert!(
-        shared.writes * 10 <= 2 * items,
-        "{} writes for {} tokens",
-        shared.writes,
+        on_the_wire >= shared.writes,
+        "{on_the_wire} < {}",
+        shared.writes
+    );
+    assert!(
+        on_the_wire * 10 <= 2 * items,
+        "{on_the_wire} bucket writes for {} tokens",
         2 * items
     );
+}
+
+/// Drives moto's request recorder (`reset`, `start`, `stop`), or (`count`) counts the
+/// recorded `UpdateItem` requests on rate-limit bucket items of `table`.
+fn bucket_writes_on_the_wire(endpoint: &str, table: &str, action: &str) -> u64 {
+    let script = r#"
+import base64, json, sys, urllib.request
+endpoint, table, action = sys.argv[1:4]
+base = endpoint + "/moto-api/recorder/"
+if action != "count":
+    req = urllib.request.Request(base + action + "-recording", data=b"", method="POST")
+    urllib.request.urlopen(req, timeout=60).read()
+    print(0)
+    sys.exit()
+text = urllib.request.urlopen(base + "download-recording", timeout=120).read().decode()
+n = 0
+for line in text.splitlines():
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        continue
+    headers = {k.lower(): v for k, v in rec.get("headers", {}).items()}
+    if headers.get("x-amz-target") != "DynamoDB_20120810.UpdateItem":
+        continue
+    body = rec.get("body") or ""
+    if rec.get("body_encoded"):
+        body = base64.b64decode(body).decode()
+    doc = json.loads(body or "{}")
+    pk = doc.get("Key", {}).get("pk", {}).get("S", "")
+    if doc.get("TableName") == table and pk.startswith("RATELIMIT#"):
+        n += 1
+print(n)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, endpoint, table, action])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }

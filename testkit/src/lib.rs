@@ -5,6 +5,8 @@
 //!   against the embedded backends and against AWS on moto;
 //! - [`moto`]: one real moto server per test binary, and SDK configuration pointing at it;
 //! - [`fault_proxy`]: a TCP proxy that injects faults between the SDK and moto;
+//! - [`serial_proxy`]: a proxy that hands moto one request at a time (its conditional writes
+//!   are not atomic under concurrency);
 //! - [`limited_api`]: an HTTP API that enforces a token bucket and counts what it admits (the
 //!   `http` handler and rate limiting are tested against it; also the `limited-api` binary);
 //! - [`kube_emulator`]: starts the Kubernetes API emulator of `tests/kube-emulator`;
@@ -21,3 +23,4 @@ pub mod fault_proxy;
 pub mod kube_emulator;
 pub mod limited_api;
 pub mod moto;
+pub mod serial_proxy;
