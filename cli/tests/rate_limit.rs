@@ -58,7 +58,8 @@ fn input(s: &Scratch, name: &str, n: u64, offset: u64) {
 }
 
 /// Accepted requests in each whole 10 s window after the first, from the first arrival on,
-/// leaving out the last (partial) window.
+/// up to 5 s before the last: when the workers run out of items (the run's last seconds) the
+/// rate falls for lack of work, which says nothing about the limiter.
 fn steady_windows(arrivals: &[f64]) -> Vec<usize> {
     let Some(&first) = arrivals.first() else {
         return Vec::new();
@@ -66,7 +67,7 @@ fn steady_windows(arrivals: &[f64]) -> Vec<usize> {
     let last = arrivals.last().copied().unwrap_or(first);
     let mut out = Vec::new();
     let mut start = first + 10.0;
-    while start + 10.0 <= last {
+    while start + 10.0 <= last - 5.0 {
         out.push(
             arrivals
                 .iter()
@@ -163,8 +164,9 @@ fn sixteen_workers_in_four_processes_keep_the_apis_rate() {
     );
 }
 
-/// Two `orch run` jobs on one storage share the bucket: together they keep the rate, each gets
-/// about half of it while both run, and both finish exactly once.
+/// Two `orch run` jobs on one storage (two processes each) share the bucket: together they keep
+/// the rate within 3 % in every 10 s window after the first, never above rate × window + burst,
+/// with no 429; each gets about half of it while both run; both finish exactly once.
 #[test]
 fn two_jobs_on_one_storage_share_the_bucket() {
     if !orch_testkit::components::python_module("pyarrow") {
@@ -181,7 +183,7 @@ fn two_jobs_on_one_storage_share_the_bucket() {
         .map(|name| {
             let file = s.write(
                 &format!("{name}.yaml"),
-                &job_file(name, api.url(), rate, burst, 150, 2, "key"),
+                &job_file(name, api.url(), rate, burst, items / 2, 2, "key"),
             );
             run_in_background(&s, &file)
         })
@@ -191,7 +193,7 @@ fn two_jobs_on_one_storage_share_the_bucket() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
     let stats = api.stats();
-    assert_never_over(&stats, rate, burst);
+    assert_kept_the_rate(&stats, rate, burst);
     // While both ran (the middle of the run), each had about half.
     let of_right = |id: &String| id.parse::<u64>().unwrap() >= 1_000_000;
     let both: Vec<(f64, bool)> = stats
