@@ -183,39 +183,50 @@ impl DynamoStateStore {
         .await
     }
 
-    /// Every job item, complete or not, in the order of the `jobs` index (oldest first): the
-    /// index gives the keys, `GetItem`s (a few in flight) the current items. Not
-    /// `BatchGetItem`: the IAM roles of docs/aws.md do not grant it, and a job list is short.
+    /// Every job item, complete or not, in the order of the `jobs` index (oldest first).
     async fn job_items(&self) -> BackendResult<Vec<Item>> {
+        self.index_partition_items("Query jobs", JOBS_PARTITION)
+            .await
+    }
+
+    /// The current items of one partition of the `jobs` index (jobs, or rate-limit buckets), in
+    /// index order: the index gives the keys (KEYS_ONLY), `GetItem`s (a few in flight) the
+    /// items. Not `BatchGetItem`: the IAM roles of docs/aws.md do not grant it, and these lists
+    /// are short. An item deleted between the query and its read is simply absent.
+    async fn index_partition_items(
+        &self,
+        operation: &'static str,
+        partition: &str,
+    ) -> BackendResult<Vec<Item>> {
         let keys = self
-            .query_all("Query jobs", INDEX_JOBS, false, || {
+            .query_all(operation, INDEX_JOBS, false, || {
                 self.client
                     .query()
                     .table_name(&self.table)
                     .index_name(INDEX_JOBS)
                     .key_condition_expression("#pk = :pk")
                     .expression_attribute_names("#pk", GSI2PK)
-                    .expression_attribute_values(":pk", s(JOBS_PARTITION))
+                    .expression_attribute_values(":pk", s(partition))
             })
             .await?;
-        let ids: Vec<String> = keys
+        let keys: Vec<(String, String)> = keys
             .iter()
-            .filter_map(|k| get_s(k, PK)?.strip_prefix("JOB#").map(str::to_string))
+            .filter_map(|k| Some((get_s(k, PK)?.to_string(), get_s(k, SK)?.to_string())))
             .collect();
-        let mut found: Vec<Option<Item>> = vec![None; ids.len()];
-        let mut next = ids.iter().enumerate();
+        let mut found: Vec<Option<Item>> = vec![None; keys.len()];
+        let mut next = keys.into_iter().enumerate();
         let mut running = tokio::task::JoinSet::new();
         loop {
             while running.len() < READ_CONCURRENCY {
-                let Some((i, id)) = next.next() else { break };
+                let Some((i, (pk, sk))) = next.next() else {
+                    break;
+                };
                 let store = self.clone();
-                let id = id.clone();
-                running.spawn(async move { (i, store.job_item_raw(&id).await) });
+                running.spawn(async move { (i, store.item(pk, &sk).await) });
             }
             match running.join_next().await {
                 None => break,
                 Some(Ok((i, item))) => {
-                    // A job deleted between the index query and the read is simply absent.
                     if let Some(slot) = found.get_mut(i) {
                         *slot = item?;
                     }

@@ -12,8 +12,8 @@ use orch_core::backend::{BackendError, BackendResult, RateLimitStore};
 use orch_core::ratelimit::Bucket;
 
 use super::item::{
-    BODY, GSI2PK, GSI2SK, INDEX_JOBS, Item, PK, VERSION, WRITE_ID, encode, get_s, is_own_write,
-    key, n, new_write_id, s, version_of,
+    BODY, GSI2PK, GSI2SK, Item, PK, VERSION, WRITE_ID, encode, get_s, is_own_write, key, n,
+    new_write_id, s, version_of,
 };
 use super::{DynamoStateStore, SERVICE};
 use crate::error::sdk_error;
@@ -111,27 +111,10 @@ impl RateLimitStore for DynamoStateStore {
     }
 
     async fn list_buckets(&self) -> BackendResult<Vec<Bucket>> {
-        let keys = self
-            .query_all("Query rate limits", INDEX_JOBS, false, || {
-                self.client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(INDEX_JOBS)
-                    .key_condition_expression("#pk = :pk")
-                    .expression_attribute_names("#pk", GSI2PK)
-                    .expression_attribute_values(":pk", s(BUCKETS_PARTITION))
-            })
-            .await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in &keys {
-            let Some(name) = get_s(k, PK).and_then(|pk| pk.strip_prefix("RATELIMIT#")) else {
-                continue;
-            };
-            // A bucket removed between the query and the read is simply absent.
-            if let Some(item) = self.bucket_item(name).await? {
-                out.push(decode(&item)?);
-            }
-        }
-        Ok(out)
+        self.index_partition_items("Query rate limits", BUCKETS_PARTITION)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 }
