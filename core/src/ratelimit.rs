@@ -90,6 +90,10 @@ pub struct Bucket {
     /// No tokens before this (the API's `Retry-After`).
     pub paused_until: Millis,
     pub leases: Vec<Lease>,
+    /// Jobs paused (`spec.suspend`): their workers get no share. Set by each job's driver when
+    /// it sees the pause, so workers learn of it from the bucket they read anyway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paused_jobs: Vec<String>,
     /// Tokens spent, as reported by holders when they renew or leave.
     pub used: u64,
     /// When a holder last reported waiting for tokens.
@@ -143,6 +147,7 @@ impl Bucket {
             adjusted_at: now,
             paused_until: 0,
             leases: Vec::new(),
+            paused_jobs: Vec::new(),
             used: 0,
             throttled_at: 0,
             writes: 0,
@@ -175,13 +180,13 @@ impl Bucket {
         self.leases.iter().filter(move |l| l.expires > now)
     }
 
-    /// The rate the requester's fair share comes to: water-filling over the live holders and
-    /// the requester, by job weight split evenly within a job, capped by each one's demand.
+    /// The rate the requester's fair share comes to: water-filling over the live holders (of
+    /// jobs not paused) and the requester, by job weight split evenly within a job, capped by each one's demand.
     pub fn fair_share(&self, req: &LeaseRequest, now: Millis) -> f64 {
         let capacity = self.current_rate(now);
         let mut holders: Vec<(&str, u32, Option<f64>)> = self
             .live(now)
-            .filter(|l| l.holder != req.holder)
+            .filter(|l| l.holder != req.holder && !self.is_paused(&l.job))
             .map(|l| (l.job.as_str(), l.weight, l.demand))
             .collect();
         holders.push((req.job.as_str(), req.weight, req.demand));
@@ -215,7 +220,7 @@ impl Bucket {
         let capacity = self.current_rate(now);
         let others: f64 = self.leases.iter().map(|l| l.rate).sum();
         let others_burst: f64 = self.leases.iter().map(|l| l.burst).sum();
-        let rate = if now < self.paused_until {
+        let rate = if now < self.paused_until || self.is_paused(&req.job) {
             0.0
         } else {
             target.min((capacity - others).max(0.0))
@@ -247,6 +252,24 @@ impl Bucket {
             expires,
             paused_until: self.paused_until,
         }
+    }
+
+    /// Whether `job` is paused on this bucket.
+    pub fn is_paused(&self, job: &str) -> bool {
+        self.paused_jobs.iter().any(|j| j == job)
+    }
+
+    /// Pauses or resumes `job` on this bucket; returns whether that changed anything.
+    pub fn set_paused(&mut self, job: &str, paused: bool) -> bool {
+        if self.is_paused(job) == paused {
+            return false;
+        }
+        if paused {
+            self.paused_jobs.push(job.to_string());
+        } else {
+            self.paused_jobs.retain(|j| j != job);
+        }
+        true
     }
 
     /// What [`Bucket::grant`] would give now, without changing the bucket.
@@ -536,6 +559,17 @@ mod tests {
         assert_eq!(t.rate, 0.0);
         assert_eq!(t.paused_until, 4_000);
         assert!(b.grant(&req("w", "j"), 4_000).rate > 0.0);
+    }
+
+    #[test]
+    fn a_paused_job_gets_no_share_until_resumed() {
+        let mut b = Bucket::new("k", 10.0, 5, 0);
+        assert!(b.set_paused("j1", true));
+        assert!(!b.set_paused("j1", true));
+        assert_eq!(b.grant(&req("a", "j1"), 0).rate, 0.0);
+        assert_eq!(b.grant(&req("b", "j2"), 0).rate, 10.0);
+        assert!(b.set_paused("j1", false));
+        assert!(b.paused_jobs.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Binding a job to its rate-limit buckets when it starts: each `spec.rateLimit` entry is
 //! resolved to the bucket its `RateLimit`'s scope names, and the bucket is created or given the
 //! document's current rate and burst. Workers then read the bindings from the job's manifest
-//! (docs/rate-limits.md).
+//! (docs/rate-limits.md). A paused job is marked in its buckets the same way.
 
 use orch_core::backend::{RateLimitStore, update_bucket};
 use orch_core::load::LoadedJob;
@@ -96,4 +96,25 @@ async fn existing(
         "spec.rateLimit: no RateLimit `{name}`: put a RateLimit document beside the job in its \
          file (separated by `---`), or apply one to the cluster"
     )))
+}
+
+/// Marks the job paused (or not) in each of its buckets, so that its workers give their
+/// shares back and take no tokens until it resumes. Writes only the buckets that change.
+pub async fn set_paused(
+    store: &dyn RateLimitStore,
+    bindings: &[LimitBinding],
+    job_id: &str,
+    paused: bool,
+) -> Result<()> {
+    for b in bindings {
+        let current = store.get_bucket(&b.key).await?;
+        if current.is_none_or(|bucket| bucket.is_paused(job_id) == paused) {
+            continue;
+        }
+        update_bucket(store, &b.key, None, |bucket| {
+            bucket.set_paused(job_id, paused)
+        })
+        .await?;
+    }
+    Ok(())
 }

@@ -164,7 +164,6 @@ async fn child(args: &Args, i: u32) {
             Gate::Orch(Limiter::start(
                 &[binding],
                 b.rate_limits.clone(),
-                b.state.clone(),
                 "bench-job",
                 &format!("bench-{i}-{}", std::process::id()),
             ))

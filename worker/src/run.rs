@@ -423,13 +423,7 @@ async fn work(
     };
     let mut handler = make_handler(spec)?;
     if !rate_limits.is_empty() {
-        let limiter = Limiter::start(
-            rate_limits,
-            backends.rate_limits.clone(),
-            backends.state.clone(),
-            &job,
-            worker_id,
-        );
+        let limiter = Limiter::start(rate_limits, backends.rate_limits.clone(), &job, worker_id);
         handler = Arc::new(Throttled {
             inner: handler,
             limiter: Arc::new(limiter),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use orch_core::backend::{RateLimitStore, StateStore, update_bucket};
+use orch_core::backend::{RateLimitStore, update_bucket};
 use orch_core::model::{LimitBinding, Millis, now_ms};
 use orch_core::ratelimit::{
     DECREASE_COOLDOWN_MS, LeaseRequest, Pacer, RENEW_WHEN_LEFT, Terms, Wait,
@@ -112,11 +112,13 @@ impl Limit {
     }
 
     /// One pass: read the bucket, and write it when this worker's lease must change.
-    async fn refresh(&self, paused: bool) -> orch_core::backend::BackendResult<()> {
+    async fn refresh(&self) -> orch_core::backend::BackendResult<()> {
         let Some(bucket) = self.store.get_bucket(&self.binding.key).await? else {
             warn!(bucket = %self.binding.key, "the rate limit bucket is gone; no new tokens");
             return Ok(());
         };
+        // The job's driver marks a pause in the bucket: no share, no tokens until it resumes.
+        let paused = bucket.is_paused(&self.job);
         let now = now_ms();
         let (req, write) = {
             let mut st = self.state();
@@ -271,12 +273,11 @@ impl Limit {
 }
 
 impl Limiter {
-    /// Starts keeping a lease on each bucket of `bindings` for worker `holder` of `job`. The
-    /// job's stored `spec.suspend` is read on every pass: a paused job holds no lease.
+    /// Starts keeping a lease on each bucket of `bindings` for worker `holder` of `job`. A job
+    /// its driver marked paused in a bucket holds no lease there.
     pub fn start(
         bindings: &[LimitBinding],
         store: Arc<dyn RateLimitStore>,
-        state: Arc<dyn StateStore>,
         job: &str,
         holder: &str,
     ) -> Limiter {
@@ -305,22 +306,11 @@ impl Limiter {
             })
             .collect();
         let stop = Arc::new(Stop::default());
-        let (loop_limits, loop_stop, job) = (limits.clone(), stop.clone(), job.to_string());
+        let (loop_limits, loop_stop) = (limits.clone(), stop.clone());
         tokio::spawn(async move {
             while !loop_stop.stopped.load(Ordering::SeqCst) {
-                let paused = match state.get_job(&job).await {
-                    Ok(Some(j)) => {
-                        j.spec.spec.suspend || j.phase.is_terminal() || j.cancel_requested
-                    }
-                    // Not (yet) visible: keep going; a purged job's worker is being stopped.
-                    Ok(None) => false,
-                    Err(e) => {
-                        debug!(error = %e, "cannot read the job; keeping the leases as they are");
-                        false
-                    }
-                };
                 for limit in &loop_limits {
-                    if let Err(e) = limit.refresh(paused).await {
+                    if let Err(e) = limit.refresh().await {
                         warn!(bucket = %limit.binding.key, error = %e, "cannot renew the rate limit lease");
                     }
                 }

@@ -42,7 +42,6 @@ async fn two_workers_share_one_bucket_at_its_rate() {
         let limiter = Arc::new(Limiter::start(
             std::slice::from_ref(&binding),
             b.rate_limits.clone(),
-            b.state.clone(),
             "job-1",
             worker,
         ));

@@ -228,7 +228,7 @@ async fn drive_locked(
                 job: id,
             };
             (
-                create(job, target, sources, fingerprint, rate_limits).await?,
+                create(job, target, sources, fingerprint, rate_limits.clone()).await?,
                 false,
             )
         }
@@ -249,6 +249,7 @@ async fn drive_locked(
         executor,
         lease,
         paused: false,
+        rate_limits,
     };
     let stopped = async {
         match &opts.stop {

@@ -12,6 +12,8 @@ pub(super) struct Loop<'a> {
     pub(super) lease: &'a dyn JobLease,
     /// Whether the executor was told to pause (the job's `spec.suspend`).
     pub(super) paused: bool,
+    /// The job's rate-limit buckets, where a pause is marked for its workers.
+    pub(super) rate_limits: Vec<orch_core::model::LimitBinding>,
 }
 
 impl Loop<'_> {
@@ -84,18 +86,28 @@ impl Loop<'_> {
             let job = state.get_job(&self.id).await?.ok_or_else(|| {
                 Error::Invalid(format!("job {} disappeared from the state store", self.id))
             })?;
-            if job.phase.is_terminal() {
-                return Ok(job);
-            }
-            if job.spec.spec.suspend != self.paused {
-                if job.spec.spec.suspend {
+            // Ended while paused: its mark leaves the buckets too.
+            let suspend = job.spec.spec.suspend && !job.phase.is_terminal();
+            if suspend != self.paused {
+                if suspend {
                     info!("the job was paused: holding tasks that have not started");
                     self.executor.pause().await?;
-                } else {
+                } else if !job.phase.is_terminal() {
                     info!("the job was resumed");
                     self.executor.resume().await?;
                 }
-                self.paused = job.spec.spec.suspend;
+                let store = self.platform.backends().rate_limits.clone();
+                crate::rate_limits::set_paused(
+                    store.as_ref(),
+                    &self.rate_limits,
+                    &self.id,
+                    suspend,
+                )
+                .await?;
+                self.paused = suspend;
+            }
+            if job.phase.is_terminal() {
+                return Ok(job);
             }
             let now = now_ms();
             let retry_due = cache
