@@ -78,13 +78,11 @@ pub async fn reconcile(rl: Arc<RateLimit>, ctx: Arc<Context>) -> Result<Action> 
         .rate_limits
         .clone();
     let scope = rl.spec.scope;
-    let key = (scope != RateLimitScope::Job).then(|| scope.bucket_key(&name, &namespace, ""));
-    if let Some(key) = &key {
-        orch_runtime::rate_limits::configure(store.as_ref(), key, rate, rl.spec.burst).await?;
-    }
-    let bucket = match &key {
-        Some(key) => store.get_bucket(key).await?,
-        None => None,
+    let bucket = if scope == RateLimitScope::Job {
+        None
+    } else {
+        let key = scope.bucket_key(&name, &namespace, "");
+        Some(orch_runtime::rate_limits::configure(store.as_ref(), &key, rate, rl.spec.burst).await?)
     };
     let now = now_ms();
     let now_text = now_rfc3339();

@@ -55,23 +55,29 @@ pub async fn bind(
 }
 
 /// Creates the bucket, or gives it a new rate and burst; writes nothing when they are current.
-pub async fn configure(store: &dyn RateLimitStore, key: &str, rate: f64, burst: u32) -> Result<()> {
+/// Returns the bucket as stored.
+pub async fn configure(
+    store: &dyn RateLimitStore,
+    key: &str,
+    rate: f64,
+    burst: u32,
+) -> Result<Bucket> {
     if let Some(b) = store.get_bucket(key).await?
         && b.rate == rate
         && b.burst == burst
     {
-        return Ok(());
+        return Ok(b);
     }
     let now = now_ms();
     let create = || Bucket::new(key, rate, burst, now);
-    update_bucket(store, key, Some(&create), |b| {
+    let (stored, ()) = update_bucket(store, key, Some(&create), |b| {
         if b.version > 0 {
             b.configure(rate, burst, now);
         }
     })
     .await?;
     info!(bucket = key, rate, burst, "rate limit configured");
-    Ok(())
+    Ok(stored)
 }
 
 /// The bucket of a `RateLimit` the job file does not carry: the namespace's, else the
