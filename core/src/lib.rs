@@ -24,6 +24,7 @@ pub mod logging;
 pub mod model;
 pub mod partition;
 pub mod platform;
+pub mod policy;
 pub mod quantity;
 pub mod ratelimit;
 pub mod spec;
