@@ -344,6 +344,62 @@ pub struct RateLimitStatus {
     pub observed_generation: Option<i64>,
 }
 
+/// The cluster admin's policy for the jobs of some namespaces: where they keep their data, how
+/// they reach Slurm and as whom, what they may ask of it and of Kubernetes, and their limits.
+/// Cluster-scoped, so only a cluster admin writes it; a namespace no policy names runs no job
+/// (docs/security.md).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "orch.dev",
+    version = "v1alpha1",
+    kind = "OrchPolicy",
+    doc = "What the jobs of some namespaces may do, and what the cluster admin chooses for them.",
+    shortname = "opol",
+    category = "orch",
+    printcolumn = r#"{"name":"Namespaces","type":"string","jsonPath":".spec.namespaces","description":"The namespaces governed."}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(transparent)]
+pub struct OrchPolicySpec(pub orch_core::policy::PolicySpec);
+
+impl std::ops::Deref for OrchPolicySpec {
+    type Target = orch_core::policy::PolicySpec;
+    fn deref(&self) -> &orch_core::policy::PolicySpec {
+        &self.0
+    }
+}
+
+/// What the API server itself refuses in an `OrchJob` (CEL rules of its CRD), whatever the
+/// namespace's policy: the choices that belong to the cluster admin. The operator checks the
+/// same (`orch_core::policy::govern`) for servers that do not run CEL.
+pub const ORCHJOB_SPEC_RULES: &[(&str, &str, &str)] = &[
+    (
+        "!has(self.storage) || !has(self.storage.uri)",
+        "the job storage is chosen by the cluster admin (OrchPolicy); leave storage.uri out",
+        ".storage.uri",
+    ),
+    (
+        "!has(self.executor) || !has(self.executor.local)",
+        "executor.local would run workers inside the operator; use executor.slurm or executor.kubernetes",
+        ".executor",
+    ),
+    (
+        "!has(self.executor) || !has(self.executor.slurm) || (!has(self.executor.slurm.url) && !has(self.executor.slurm.tokenFile) && !has(self.executor.slurm.user) && !has(self.executor.slurm.worker) && !has(self.executor.slurm.logDir))",
+        "executor.slurm url, tokenFile, user, worker and logDir are chosen by the cluster admin (OrchPolicy); leave them out",
+        ".executor.slurm",
+    ),
+    (
+        "self.input.uri.startsWith('s3://')",
+        "input.uri: only s3:// URIs (the operator reads no file of its own host)",
+        ".input.uri",
+    ),
+    (
+        "!has(self.output) || !has(self.output.uri) || self.output.uri.startsWith('s3://')",
+        "output.uri: only s3:// URIs",
+        ".output.uri",
+    ),
+];
+
 /// A CustomResourceDefinition.
 pub type Crd =
     k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -351,10 +407,16 @@ pub type Crd =
 /// All CRDs, in the order `crdgen` prints them, as the API server is to get them: kube's derived
 /// CRDs with the fixes of [`make_structural`] applied.
 pub fn all_crds() -> Result<Vec<Crd>, serde_json::Error> {
-    [OrchJob::crd(), TaskGroup::crd(), RateLimit::crd()]
-        .into_iter()
-        .map(|crd| {
-            let mut value = serde_json::to_value(crd)?;
+    [
+        OrchJob::crd(),
+        TaskGroup::crd(),
+        RateLimit::crd(),
+        OrchPolicy::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let is_job = crd.spec.names.kind == "OrchJob";
+        let mut value = serde_json::to_value(crd)?;
             if let Some(versions) = value
                 .pointer_mut("/spec/versions")
                 .and_then(|v| v.as_array_mut())
@@ -362,6 +424,14 @@ pub fn all_crds() -> Result<Vec<Crd>, serde_json::Error> {
                 for version in versions {
                     if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
                         make_structural(schema);
+                        if is_job && let Some(spec) = schema.pointer_mut("/properties/spec") {
+                            spec["x-kubernetes-validations"] = ORCHJOB_SPEC_RULES
+                                .iter()
+                                .map(|(rule, message, path)| {
+                                    serde_json::json!({"rule": rule, "message": message, "fieldPath": path})
+                                })
+                                .collect();
+                        }
                     }
                 }
             }

@@ -15,10 +15,11 @@ use orch_crd::{Crd, OrchJob, RateLimit, TaskGroup, all_crds};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-const FILES: [&str; 3] = [
+const FILES: [&str; 4] = [
     "orch.dev_orchjobs.yaml",
     "orch.dev_taskgroups.yaml",
     "orch.dev_ratelimits.yaml",
+    "orch.dev_orchpolicies.yaml",
 ];
 
 fn repo() -> &'static Path {
@@ -744,4 +745,61 @@ fn statuses_round_trip_and_stay_small() {
     .unwrap();
     assert_eq!(rl.spec.burst, 1);
     assert_eq!(rl.spec.scope, orch_crd::RateLimitScope::Namespace);
+}
+
+/// The CEL rules of the OrchJob CRD, evaluated as the API server does (with the cel-rust
+/// interpreter; the emulator of the end-to-end tests runs no CEL): a tenant's choices that
+/// belong to the admin are refused, an ordinary job passes.
+#[test]
+fn orchjob_cel_rules_refuse_what_the_admin_chooses() {
+    use cel_interpreter::{Context, Program, Value as Cel};
+    let rules = schema_of("orchjobs.orch.dev")
+        .pointer("/properties/spec/x-kubernetes-validations")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rules.len(), orch_crd::ORCHJOB_SPEC_RULES.len());
+    // The message of each rule that refuses `spec` (a rule that cannot be evaluated refuses, as
+    // on the API server).
+    let refusals = |spec: Value| -> Vec<String> {
+        rules
+            .iter()
+            .filter_map(|r| {
+                let program = Program::compile(r["rule"].as_str().unwrap()).unwrap();
+                let mut context = Context::default();
+                context.add_variable("self", spec.clone()).unwrap();
+                match program.execute(&context) {
+                    Ok(Cel::Bool(true)) => None,
+                    _ => Some(r["fieldPath"].as_str().unwrap().to_string()),
+                }
+            })
+            .collect()
+    };
+    let good = json!({
+        "input": {"uri": "s3://data/team-a/in.jsonl"},
+        "handler": {"builtin": {"name": "identity"}},
+        "executor": {"slurm": {"maxRunning": 4}},
+        "output": {"uri": "s3://data/team-a/out/"},
+    });
+    assert_eq!(refusals(good.clone()), Vec::<String>::new());
+    let mut pods = good.clone();
+    pods["executor"] = json!({"kubernetes": {"image": "worker:1"}});
+    assert_eq!(refusals(pods), Vec::<String>::new());
+    for (field, value, refused_at) in [
+        ("/executor", json!({"local": {}}), ".executor"),
+        ("/executor", json!({"slurm": {"url": "https://attacker"}}), ".executor.slurm"),
+        ("/executor", json!({"slurm": {"tokenFile": "/var/run/secrets/x"}}), ".executor.slurm"),
+        ("/executor", json!({"slurm": {"user": "root"}}), ".executor.slurm"),
+        ("/executor", json!({"slurm": {"worker": "/tmp/w"}}), ".executor.slurm"),
+        ("/executor", json!({"slurm": {"logDir": "/etc"}}), ".executor.slurm"),
+        ("/storage", json!({"uri": "s3://other/"}), ".storage.uri"),
+        ("/input", json!({"uri": "file:///var/run/secrets/token"}), ".input.uri"),
+        ("/input", json!({"uri": "/dev/zero"}), ".input.uri"),
+        ("/output", json!({"uri": "/tmp/out"}), ".output.uri"),
+    ] {
+        let mut spec = good.clone();
+        spec[&field[1..]] = value.clone();
+        assert_eq!(refusals(spec), [refused_at], "{field} = {value}");
+    }
 }
