@@ -209,6 +209,21 @@ pub fn select<'a>(
     }
 }
 
+/// The job storage of `namespace`'s jobs: the policy's, else the operator's followed by
+/// `<namespace>/`, so each tenant's artifacts live under a prefix of their own.
+pub fn storage_uri(
+    namespace: &str,
+    policy: &PolicySpec,
+    defaults: &OperatorDefaults,
+) -> Option<String> {
+    policy.storage.uri.clone().or_else(|| {
+        defaults
+            .storage_uri
+            .as_deref()
+            .map(|base| format!("{}/{namespace}/", base.trim_end_matches('/')))
+    })
+}
+
 /// Decides whether the job `spec` of `namespace` may run under the policy `name`, and
 /// completes it with the admin's choices: the storage, the Slurm endpoint, user and token,
 /// default partition, account and QOS. Every refusal is returned at once, each naming the
@@ -233,12 +248,7 @@ pub fn govern(
             "the job storage is chosen by the cluster admin; leave it out",
         );
     }
-    let storage = policy.storage.uri.clone().or_else(|| {
-        defaults
-            .storage_uri
-            .as_deref()
-            .map(|base| format!("{}/{namespace}/", base.trim_end_matches('/')))
-    });
+    let storage = storage_uri(namespace, policy, defaults);
     match &storage {
         Some(uri) => spec.storage.uri = Some(uri.clone()),
         None => check.deny(

@@ -788,13 +788,37 @@ fn orchjob_cel_rules_refuse_what_the_admin_chooses() {
     assert_eq!(refusals(pods), Vec::<String>::new());
     for (field, value, refused_at) in [
         ("/executor", json!({"local": {}}), ".executor"),
-        ("/executor", json!({"slurm": {"url": "https://attacker"}}), ".executor.slurm"),
-        ("/executor", json!({"slurm": {"tokenFile": "/var/run/secrets/x"}}), ".executor.slurm"),
-        ("/executor", json!({"slurm": {"user": "root"}}), ".executor.slurm"),
-        ("/executor", json!({"slurm": {"worker": "/tmp/w"}}), ".executor.slurm"),
-        ("/executor", json!({"slurm": {"logDir": "/etc"}}), ".executor.slurm"),
+        (
+            "/executor",
+            json!({"slurm": {"url": "https://attacker"}}),
+            ".executor.slurm",
+        ),
+        (
+            "/executor",
+            json!({"slurm": {"tokenFile": "/var/run/secrets/x"}}),
+            ".executor.slurm",
+        ),
+        (
+            "/executor",
+            json!({"slurm": {"user": "root"}}),
+            ".executor.slurm",
+        ),
+        (
+            "/executor",
+            json!({"slurm": {"worker": "/tmp/w"}}),
+            ".executor.slurm",
+        ),
+        (
+            "/executor",
+            json!({"slurm": {"logDir": "/etc"}}),
+            ".executor.slurm",
+        ),
         ("/storage", json!({"uri": "s3://other/"}), ".storage.uri"),
-        ("/input", json!({"uri": "file:///var/run/secrets/token"}), ".input.uri"),
+        (
+            "/input",
+            json!({"uri": "file:///var/run/secrets/token"}),
+            ".input.uri",
+        ),
         ("/input", json!({"uri": "/dev/zero"}), ".input.uri"),
         ("/output", json!({"uri": "/tmp/out"}), ".output.uri"),
     ] {

@@ -1,6 +1,7 @@
-//! The operator's settings, and how they complete an `OrchJob`'s spec into the job the driver
-//! runs: the default storage, and slurmrestd for Slurm jobs that name no transport of their
-//! own. Both steps are pure, so they are tested without a cluster.
+//! The operator's settings, and how an `OrchJob`'s spec becomes the job the driver runs: core's
+//! rules, then the namespace's `OrchPolicy` (`orch_core::policy`), which refuses what the admin
+//! does not allow and fills in what the admin chooses. Both steps are pure, so they are tested
+//! without a cluster (docs/security.md).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use orch_core::FieldError;
 use orch_core::load::LoadedJob;
 use orch_core::platform::Platform;
-use orch_core::spec::{OrchJobFile, SlurmTransport};
+use orch_core::policy::{self, JobLimits, PolicySpec, SlurmToken};
+use orch_core::spec::OrchJobFile;
 
 use crate::error::{Error, Result};
 use orch_crd::OrchJob;
@@ -40,15 +42,47 @@ pub struct OperatorConfig {
     pub status_interval: Duration,
 }
 
-/// The job the driver runs for `job`: the resource's name and spec, completed with the
-/// operator's defaults, and checked by core's rules (the same as `orch validate`).
+/// Why the operator does not run a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// core's rules refuse the spec (what `orch validate` says too): `InvalidSpec`.
+    Invalid(Vec<FieldError>),
+    /// The namespace's `OrchPolicy` refuses it, or none governs the namespace: `PolicyDenied`.
+    Denied(Vec<FieldError>),
+}
+
+impl Refusal {
+    pub fn errors(&self) -> &[FieldError] {
+        match self {
+            Refusal::Invalid(e) | Refusal::Denied(e) => e,
+        }
+    }
+}
+
+/// A job the operator may run: the spec completed with its policy's choices, and what of the
+/// policy the driver needs besides the spec.
+#[derive(Debug, Clone)]
+pub struct PreparedJob {
+    pub loaded: LoadedJob,
+    /// The policy that allowed it.
+    pub policy: String,
+    /// The policy's token Secret for slurmrestd, when it names one.
+    pub slurm_token: Option<SlurmToken>,
+    pub limits: JobLimits,
+}
+
+/// The job the driver runs for `job`, if the rules and its namespace's policy let it run.
 ///
 /// The rules run on the spec as written, so a file gets the same verdict here as from
-/// `orch validate` and `orch submit` (a `tokenFile` on the commands transport is refused
-/// everywhere, even where the operator's URL would have made it `rest`). Then the defaults are
-/// filled in, and what is still missing is the operator's own gap, said as such; every problem
-/// is reported at once.
-pub fn prepare_job(job: &OrchJob, cfg: &OperatorConfig) -> Result<LoadedJob, Vec<FieldError>> {
+/// `orch validate` and `orch submit`; then the namespace's policy decides and fills in what
+/// the admin chooses (storage, Slurm endpoint, user and token, default partition…), and the
+/// rules run again on the result (a policy's own value may be unusable). Every problem is
+/// reported at once.
+pub fn prepare_job(
+    job: &OrchJob,
+    cfg: &OperatorConfig,
+    policies: &[(String, PolicySpec)],
+) -> Result<PreparedJob, Refusal> {
     let as_written = OrchJobFile {
         api_version: orch_core::spec::API_VERSION.to_string(),
         kind: orch_core::spec::KIND.to_string(),
@@ -59,54 +93,60 @@ pub fn prepare_job(job: &OrchJob, cfg: &OperatorConfig) -> Result<LoadedJob, Vec
         },
         spec: job.spec.0.clone(),
     };
-    let mut errors = orch_core::load::rules(&as_written);
-    let mut file = as_written;
-    let spec = &mut file.spec;
-    if spec.storage.uri.is_none() {
-        spec.storage.uri = cfg.storage_uri.clone();
+    let errors = orch_core::load::rules(&as_written);
+    if !errors.is_empty() {
+        return Err(Refusal::Invalid(errors));
     }
-    // The operator's slurmrestd serves jobs that leave the transport open or ask for `rest`;
-    // an explicit `transport: cli` is the user's choice and stays.
-    if let (Some(slurm), Some(url)) = (spec.executor.slurm.as_mut(), &cfg.slurm_url)
-        && slurm.url.is_none()
-        && slurm.transport != Some(SlurmTransport::Cli)
-    {
-        slurm.transport = Some(SlurmTransport::Rest);
-        slurm.url = Some(url.clone());
-        if slurm.token_file.is_none() {
-            slurm.token_file = cfg
-                .slurm_token_file
-                .as_ref()
-                .map(|p| p.display().to_string());
-        }
+    let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
+    let (name, policy) = policy::select(policies.iter().map(|(n, p)| (n.as_str(), p)), namespace)
+        .map_err(|e| Refusal::Denied(vec![e]))?;
+    let governed = policy::govern(
+        &as_written.spec,
+        namespace,
+        name,
+        policy,
+        &cfg.policy_defaults(),
+    )
+    .map_err(Refusal::Denied)?;
+    let file = OrchJobFile {
+        spec: governed.spec,
+        ..as_written
+    };
+    // The policy's own values must pass the rules too (an unusable URL, say): the admin's
+    // problem, said as the policy's.
+    let errors: Vec<FieldError> = orch_core::load::rules(&file)
+        .into_iter()
+        .map(|e| FieldError {
+            message: format!("as completed by OrchPolicy `{name}`: {}", e.message),
+            ..e
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(Refusal::Denied(errors));
     }
-    // The operator's defaults must pass the rules too (an unusable ORCH_STORAGE_URI, say). Run
-    // again only on a spec that passed them as written, which would repeat its problems.
-    if errors.is_empty() {
-        errors = orch_core::load::rules(&file);
-    }
-    if file.spec.storage.uri.is_none() {
-        errors.push(FieldError {
-            path: "spec.storage.uri".into(),
-            message: "not set, and the operator has no default storage (ORCH_STORAGE_URI / storage.uri in the chart)".into(),
-        });
-    }
-    // Left to the operator, and this one has no default for it.
-    for gap in orch_core::load::filled_by_operator(&file) {
-        errors.push(FieldError {
-            path: gap.path,
-            message: "not set: the `rest` transport needs slurmrestd's URL (http://host:6820), and this operator has no default (--slurm-url / ORCH_SLURM_URL); set it in the job or in the operator".into(),
-        });
-    }
-    if errors.is_empty() {
-        Ok(LoadedJob {
+    Ok(PreparedJob {
+        loaded: LoadedJob {
             file,
             path: job_path(job),
             rate_limits: Vec::new(),
-        })
-    } else {
-        Err(errors)
-    }
+        },
+        policy: governed.policy,
+        slurm_token: governed.slurm_token,
+        limits: governed.limits,
+    })
+}
+
+/// The job storage of `job`'s namespace, as its policy says; `None` when no single policy
+/// governs the namespace.
+pub fn namespace_storage(
+    job: &OrchJob,
+    cfg: &OperatorConfig,
+    policies: &[(String, PolicySpec)],
+) -> Option<String> {
+    let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
+    let (_, policy) =
+        policy::select(policies.iter().map(|(n, p)| (n.as_str(), p)), namespace).ok()?;
+    policy::storage_uri(namespace, policy, &cfg.policy_defaults())
 }
 
 /// What stands for the job file's path in messages: `namespace/name`.
@@ -116,6 +156,20 @@ pub fn job_path(job: &OrchJob) -> PathBuf {
         job.metadata.namespace.as_deref().unwrap_or("default"),
         job.metadata.name.as_deref().unwrap_or("")
     ))
+}
+
+impl OperatorConfig {
+    /// What this operator supplies where a policy leaves a choice open.
+    pub fn policy_defaults(&self) -> policy::OperatorDefaults {
+        policy::OperatorDefaults {
+            storage_uri: self.storage_uri.clone(),
+            slurm_url: self.slurm_url.clone(),
+            slurm_token_file: self
+                .slurm_token_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+        }
+    }
 }
 
 /// The stores of each storage URI in use, opened once.
@@ -162,6 +216,7 @@ impl Platforms {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use orch_core::spec::SlurmTransport;
 
     fn config(slurm_url: Option<&str>) -> OperatorConfig {
         OperatorConfig {
@@ -181,10 +236,14 @@ mod tests {
     fn job(executor: &str) -> OrchJob {
         serde_yaml::from_str(&format!(
             "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: j, namespace: team-a}}\n\
-             spec:\n  input: {{uri: \"s3://b/in.jsonl\"}}\n  handler: {{builtin: {{name: identity}}}}\n  \
+             spec:\n  input: {{uri: \"s3://bucket/team-a/in.jsonl\"}}\n  handler: {{builtin: {{name: identity}}}}\n  \
              executor: {executor}\n"
         ))
         .unwrap()
+    }
+
+    fn policies(yaml: &str) -> Vec<(String, PolicySpec)> {
+        vec![("team-a".into(), serde_yaml::from_str(yaml).unwrap())]
     }
 
     fn paths(errors: &[FieldError]) -> Vec<&str> {
@@ -192,59 +251,106 @@ mod tests {
     }
 
     #[test]
-    fn a_slurm_job_without_url_gets_the_operators_slurmrestd() {
+    fn a_slurm_job_gets_the_operators_slurmrestd_and_the_policys_user() {
+        let allowed = policies("namespaces: [team-a]\nslurm: {user: alice}");
         for executor in ["{slurm: {transport: rest}}", "{slurm: {}}"] {
-            let loaded = prepare_job(&job(executor), &config(Some("http://slurm:6820"))).unwrap();
-            let slurm = loaded.file.spec.executor.slurm.unwrap();
+            let prepared = prepare_job(
+                &job(executor),
+                &config(Some("https://slurm:6820")),
+                &allowed,
+            )
+            .unwrap();
+            let slurm = prepared.loaded.file.spec.executor.slurm.unwrap();
             assert_eq!(
                 slurm.effective_transport(),
                 SlurmTransport::Rest,
                 "{executor}"
             );
-            assert_eq!(slurm.url.as_deref(), Some("http://slurm:6820"));
+            assert_eq!(slurm.url.as_deref(), Some("https://slurm:6820"));
+            assert_eq!(slurm.user.as_deref(), Some("alice"));
             assert_eq!(slurm.token_file.as_deref(), Some("/var/run/slurm/jwt"));
             assert_eq!(
-                loaded.file.spec.storage.uri.as_deref(),
-                Some("s3://bucket/orch/")
+                prepared.loaded.file.spec.storage.uri.as_deref(),
+                Some("s3://bucket/orch/team-a/")
             );
+            assert_eq!(prepared.policy, "team-a");
         }
     }
 
     #[test]
-    fn an_explicit_commands_transport_stays_with_the_commands() {
-        let loaded = prepare_job(
-            &job("{slurm: {transport: cli}}"),
-            &config(Some("http://slurm:6820")),
-        )
-        .unwrap();
-        let slurm = loaded.file.spec.executor.slurm.unwrap();
-        assert_eq!(slurm.effective_transport(), SlurmTransport::Cli);
-        assert_eq!(slurm.url, None);
-        assert_eq!(slurm.token_file, None);
-    }
-
-    #[test]
-    fn the_verdict_on_the_spec_is_orch_validates() {
-        // Accepted by `orch validate` (the URL is left to the operator), and here.
-        let rest = job("{slurm: {transport: rest}}");
-        assert!(orch_core::load::rules(&file_of(&rest)).is_empty());
-        assert!(prepare_job(&rest, &config(Some("http://slurm:6820"))).is_ok());
-        // Refused by `orch validate` (`tokenFile` belongs to `rest`), and here too, although
-        // the operator's URL would make the job `rest`.
+    fn the_verdict_on_the_spec_is_orch_validates_before_the_policys() {
+        let allowed = policies("namespaces: [team-a]\nslurm: {user: alice}");
+        // Refused by `orch validate` (`tokenFile` belongs to `rest`): InvalidSpec, whatever
+        // the policy says.
         let cli_token = job("{slurm: {tokenFile: /run/jwt}}");
         let refused = orch_core::load::rules(&file_of(&cli_token));
         assert_eq!(paths(&refused), ["spec.executor.slurm"]);
-        let errors = prepare_job(&cli_token, &config(Some("http://slurm:6820"))).unwrap_err();
-        assert_eq!(errors, refused);
+        assert_eq!(
+            prepare_job(&cli_token, &config(Some("https://slurm:6820")), &allowed).unwrap_err(),
+            Refusal::Invalid(refused)
+        );
+        // Valid, but the admin's to choose: PolicyDenied.
+        let chosen = job("{slurm: {url: \"https://attacker:6820\", user: root}}");
+        let Refusal::Denied(errors) =
+            prepare_job(&chosen, &config(Some("https://slurm:6820")), &allowed).unwrap_err()
+        else {
+            panic!("not a policy denial")
+        };
+        assert_eq!(
+            paths(&errors),
+            ["spec.executor.slurm.url", "spec.executor.slurm.user"]
+        );
     }
 
     #[test]
-    fn without_a_url_anywhere_the_operator_says_whose_it_is() {
-        let errors = prepare_job(&job("{slurm: {transport: rest}}"), &config(None)).unwrap_err();
-        assert_eq!(paths(&errors), ["spec.executor.slurm.url"]);
-        assert!(errors[0].message.contains("--slurm-url"), "{}", errors[0]);
-        // The commands transport needs none.
-        assert!(prepare_job(&job("{slurm: {}}"), &config(None)).is_ok());
+    fn a_namespace_without_a_policy_runs_nothing() {
+        let other = vec![(
+            "team-b".to_string(),
+            serde_yaml::from_str("namespaces: [team-b]\nslurm: {user: bob}").unwrap(),
+        )];
+        for policies in [Vec::new(), other] {
+            let Refusal::Denied(errors) = prepare_job(
+                &job("{slurm: {}}"),
+                &config(Some("https://s:6820")),
+                &policies,
+            )
+            .unwrap_err() else {
+                panic!("not a policy denial")
+            };
+            assert_eq!(paths(&errors), ["metadata.namespace"]);
+        }
+    }
+
+    #[test]
+    fn the_policys_own_unusable_values_are_said_as_the_policys() {
+        let bad = policies(
+            "namespaces: [team-a]\nslurm: {user: alice}\nstorage: {uri: \"ftp://x/\", dataPrefix: \"s3://bucket/team-a/\"}",
+        );
+        let Refusal::Denied(errors) =
+            prepare_job(&job("{slurm: {}}"), &config(Some("https://s:6820")), &bad).unwrap_err()
+        else {
+            panic!("not a policy denial")
+        };
+        assert_eq!(paths(&errors), ["spec.storage.uri"]);
+        assert!(
+            errors[0]
+                .message
+                .contains("as completed by OrchPolicy `team-a`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn the_namespace_storage_is_the_policys() {
+        let allowed = policies("namespaces: [team-a]\nslurm: {user: alice}");
+        assert_eq!(
+            namespace_storage(&job("{slurm: {}}"), &config(None), &allowed).as_deref(),
+            Some("s3://bucket/orch/team-a/")
+        );
+        assert_eq!(
+            namespace_storage(&job("{slurm: {}}"), &config(None), &[]),
+            None
+        );
     }
 
     fn file_of(job: &OrchJob) -> OrchJobFile {

@@ -40,16 +40,23 @@ use sha2::Digest;
 use tracing::{info, warn};
 
 use crate::Watched;
-use crate::config::{OperatorConfig, Platforms, job_path, prepare_job};
+use crate::config::{
+    OperatorConfig, Platforms, PreparedJob, Refusal, job_path, namespace_storage, prepare_job,
+};
 use crate::error::{Error, Result};
 use crate::kube_executor::{self, KubeExecutor, KubeExecutorError, KubeLaunch};
 use crate::rate_limits;
-use crate::status::{job_status, rejection, validation_failure, waiting_for_rate_limits};
+use crate::status::{
+    job_status, policy_denial, rejection, validation_failure, waiting_for_quota,
+    waiting_for_rate_limits,
+};
 use crate::supervisor::{Launch, RunState, Supervisors};
 use crate::taskgroups;
 use crate::telemetry::{Metrics, OutcomeLabels, PhaseLabels};
+use kube::runtime::reflector::Store;
+use orch_core::policy::PolicySpec;
 use orch_crd::{
-    CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, PURGE_ANNOTATION,
+    CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, OrchPolicy, PURGE_ANNOTATION,
     RETRY_ANNOTATION, TaskGroup, TaskGroupStatus,
 };
 use orch_executors::Executors;
@@ -65,6 +72,8 @@ pub struct Context {
     pub supervisors: Supervisors,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The cluster's `OrchPolicy` objects, kept current by a watch.
+    pub policies: Store<OrchPolicy>,
     /// Phase of each job last seen, for the jobs gauge.
     phases: Mutex<HashMap<String, JobPhase>>,
     /// The driver failure last reported per job, so one failure makes one Event.
@@ -85,6 +94,7 @@ impl Context {
         supervisors: Supervisors,
         recorder: Recorder,
         metrics: Arc<Metrics>,
+        policies: Store<OrchPolicy>,
     ) -> Self {
         Context {
             client,
@@ -93,6 +103,7 @@ impl Context {
             supervisors,
             recorder,
             metrics,
+            policies,
             phases: Mutex::new(HashMap::new()),
             reported_errors: Mutex::new(HashMap::new()),
             task_caches: Mutex::new(HashMap::new()),
@@ -123,6 +134,15 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         last.insert(job.uid().unwrap_or_default(), (intent(job), Instant::now()));
+    }
+
+    /// The policies as last seen, by name.
+    pub(crate) fn policy_list(&self) -> Vec<(String, PolicySpec)> {
+        self.policies
+            .state()
+            .iter()
+            .map(|p| (p.name_any(), p.spec.0.clone()))
+            .collect()
     }
 
     fn task_cache(&self, uid: &str) -> SharedTaskCache {
@@ -284,31 +304,31 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     let reference = job.object_ref(&());
     let now = now_rfc3339();
 
-    let loaded = match prepare(job, ctx).await? {
-        Prepared::Accepted(loaded) => loaded,
-        Prepared::EditRefused(loaded, errors) => {
+    let prepared = match prepare(job, ctx).await? {
+        Prepared::Accepted(prepared) => prepared,
+        Prepared::EditRefused(prepared, refusal) => {
             // Once per generation: the status written below records it as observed.
             if previous.and_then(|s| s.observed_generation) != Some(generation) {
-                let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                let problems: Vec<String> =
+                    refusal.errors().iter().map(ToString::to_string).collect();
                 let note = format!(
                     "generation {generation} refused ({}); the job runs on with the spec it started with",
                     problems.join("; ")
                 );
                 warn!(%name, %note, "spec change refused");
-                publish(
-                    ctx,
-                    &reference,
-                    EventType::Warning,
-                    "SpecChangeRefused",
-                    &note,
-                )
-                .await;
+                let reason = match refusal {
+                    Refusal::Invalid(_) => "SpecChangeRefused",
+                    Refusal::Denied(_) => orch_core::policy::POLICY_DENIED,
+                };
+                publish(ctx, &reference, EventType::Warning, reason, &note).await;
             }
-            loaded
+            prepared
         }
-        Prepared::Refused(errors) => return refuse(job, api, ctx, &errors).await,
+        Prepared::Refused(refusal) => return refuse(job, api, ctx, &refusal).await,
     };
-    let mut loaded = loaded;
+    let concurrency = prepared.limits.max_concurrent_jobs;
+    let policy = prepared.policy.clone();
+    let mut loaded = prepared.loaded.clone();
     let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
     let platform = ctx.platforms.get(&storage).await?;
     let state = platform.backends().state.clone();
@@ -323,9 +343,9 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         write_status(api, &name, previous, status, ctx, &uid).await?;
         return Ok(Action::requeue(ctx.config.status_interval));
     }
-    let launch = match launch(job, loaded, &id, platform.clone(), ctx) {
+    let launch = match launch(job, loaded, &prepared, &id, platform.clone(), ctx) {
         Ok(launch) => launch,
-        Err(error) => return refuse(job, api, ctx, &[error]).await,
+        Err(error) => return refuse(job, api, ctx, &Refusal::Invalid(vec![error])).await,
     };
     let mut record = state.get_job(&id).await?;
 
@@ -405,7 +425,22 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         _ => None,
     });
     if !terminal && rejected.is_none() {
-        ctx.supervisors.ensure(&uid, &object_key(job), || launch);
+        // A job that has not started waits while its namespace runs as many as its policy
+        // allows; a started one always runs on (it holds work in the executor).
+        let namespace = job.namespace().unwrap_or_default();
+        let limit = match (&record, concurrency) {
+            (None, Some(max)) => Some((namespace.as_str(), max)),
+            _ => None,
+        };
+        if let Err(running) = ctx
+            .supervisors
+            .ensure_within(&uid, &object_key(job), limit, || launch)
+        {
+            let mut status = waiting_for_quota(running, &policy, generation, previous, &now);
+            status.job_id = Some(id);
+            write_status(api, &name, previous, status, ctx, &uid).await?;
+            return Ok(Action::requeue(ctx.config.status_interval));
+        }
     }
     if let Some(error) = snapshot.and_then(|s| s.last_error) {
         report_driver_error(ctx, &uid, &reference, &error).await;
@@ -448,32 +483,36 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
 
 /// What runs for an object.
 enum Prepared {
-    /// The rules accept its spec.
-    Accepted(LoadedJob),
-    /// The rules refuse an edit of a job that has started: it runs on with the spec recorded
-    /// when it started.
-    EditRefused(LoadedJob, Vec<FieldError>),
-    /// The rules refuse the spec of a job that never started.
-    Refused(Vec<FieldError>),
+    /// The rules and the namespace's policy accept its spec.
+    Accepted(PreparedJob),
+    /// The rules or the policy refuse a job that has started (an edit, or a policy changed
+    /// since): it runs on with the spec recorded when it started.
+    EditRefused(PreparedJob, Refusal),
+    /// The rules or the policy refuse a job that never started.
+    Refused(Refusal),
 }
 
 async fn prepare(job: &OrchJob, ctx: &Context) -> Result<Prepared> {
-    let errors = match prepare_job(job, &ctx.config) {
-        Ok(loaded) => return Ok(Prepared::Accepted(loaded)),
-        Err(errors) => errors,
+    let policies = ctx.policy_list();
+    let refusal = match prepare_job(job, &ctx.config, &policies) {
+        Ok(prepared) => return Ok(Prepared::Accepted(prepared)),
+        Err(refusal) => refusal,
     };
-    Ok(match recorded_job(job, ctx).await? {
-        Some(loaded) => Prepared::EditRefused(loaded, errors),
-        None => Prepared::Refused(errors),
+    Ok(match recorded_job(job, ctx, &policies).await? {
+        Some(prepared) => Prepared::EditRefused(prepared, refusal),
+        None => Prepared::Refused(refusal),
     })
 }
 
-/// The job as recorded when it started, if it did: looked up in the storage the object names
-/// (or the operator's default). A store that cannot be reached is an error, not "never
-/// started": refusing a running job would orphan its tasks.
-async fn recorded_job(job: &OrchJob, ctx: &Context) -> Result<Option<LoadedJob>> {
-    let Some(storage) = (job.spec.storage.uri.clone()).or_else(|| ctx.config.storage_uri.clone())
-    else {
+/// The job as recorded when it started, if it did: looked up in its namespace's storage. A
+/// store that cannot be reached is an error, not "never started": refusing a running job
+/// would orphan its tasks. Its Slurm token comes from its namespace's policy as it is now.
+async fn recorded_job(
+    job: &OrchJob,
+    ctx: &Context,
+    policies: &[(String, PolicySpec)],
+) -> Result<Option<PreparedJob>> {
+    let Some(storage) = namespace_storage(job, &ctx.config, policies) else {
         return Ok(None);
     };
     let platform = match ctx.platforms.get(&storage).await {
@@ -482,20 +521,31 @@ async fn recorded_job(job: &OrchJob, ctx: &Context) -> Result<Option<LoadedJob>>
         Err(e) => return Err(e),
     };
     let record = platform.backends().state.get_job(&job_id(job)).await?;
-    Ok(record.map(|r| LoadedJob {
-        file: r.spec,
-        path: job_path(job),
-        rate_limits: Vec::new(),
+    let namespace = job.namespace().unwrap_or_default();
+    let policy =
+        orch_core::policy::select(policies.iter().map(|(n, p)| (n.as_str(), p)), &namespace).ok();
+    Ok(record.map(|r| PreparedJob {
+        loaded: LoadedJob {
+            file: r.spec,
+            path: job_path(job),
+            rate_limits: Vec::new(),
+        },
+        policy: policy.map(|(n, _)| n.to_string()).unwrap_or_default(),
+        slurm_token: policy
+            .and_then(|(_, p)| p.slurm.as_ref()?.token_secret.clone())
+            .map(orch_core::policy::SlurmToken::Secret),
+        limits: Default::default(),
     }))
 }
 
-/// A spec that cannot run: `Failed`/`InvalidSpec` with the problems, and one Event — once per
-/// generation (the status of an unchanged refused spec is left as written).
+/// A spec that cannot run: `Failed` with reason `InvalidSpec` or `PolicyDenied` and the
+/// problems, and one Event — once per generation (the status of an unchanged refused spec is
+/// left as written).
 async fn refuse(
     job: &OrchJob,
     api: &Api<OrchJob>,
     ctx: &Context,
-    errors: &[FieldError],
+    refusal: &Refusal,
 ) -> Result<Action> {
     let uid = job.uid().unwrap_or_default();
     let generation = job.metadata.generation.unwrap_or(0);
@@ -505,12 +555,22 @@ async fn refuse(
         ctx.note_phase(&uid, Some(JobPhase::Failed));
         return Ok(Action::await_change());
     }
-    let status = validation_failure(generation, &now_rfc3339(), errors);
+    let (status, reason) = match refusal {
+        Refusal::Invalid(errors) => (
+            validation_failure(generation, &now_rfc3339(), errors),
+            "InvalidSpec",
+        ),
+        Refusal::Denied(errors) => (
+            policy_denial(generation, &now_rfc3339(), errors),
+            orch_core::policy::POLICY_DENIED,
+        ),
+    };
+    warn!(name = %job.name_any(), reason, message = %failed_message(&status), "job refused");
     publish(
         ctx,
         &job.object_ref(&()),
         EventType::Warning,
-        "InvalidSpec",
+        reason,
         &failed_message(&status),
     )
     .await;
@@ -527,8 +587,10 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
     }
     let reference = job.object_ref(&());
     // A spec the rules refuse that never ran: nothing to clean up.
-    if let Prepared::Accepted(loaded) | Prepared::EditRefused(loaded, _) = prepare(job, ctx).await?
+    if let Prepared::Accepted(prepared) | Prepared::EditRefused(prepared, _) =
+        prepare(job, ctx).await?
     {
+        let loaded = prepared.loaded.clone();
         let storage = loaded.file.spec.storage.uri.clone().unwrap_or_default();
         let platform = ctx.platforms.get(&storage).await?;
         let state = platform.backends().state.clone();
@@ -546,7 +608,7 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
                 )
                 .await;
             }
-            if let Ok(launch) = launch(job, loaded, &id, platform.clone(), ctx) {
+            if let Ok(launch) = launch(job, loaded, &prepared, &id, platform.clone(), ctx) {
                 ctx.supervisors.ensure(&uid, &object_key(job), || launch);
             }
             return Ok(Action::requeue(Duration::from_secs(2)));
@@ -584,6 +646,7 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
 fn launch(
     job: &OrchJob,
     loaded: LoadedJob,
+    _prepared: &PreparedJob,
     id: &str,
     platform: Arc<dyn Platform>,
     ctx: &Context,

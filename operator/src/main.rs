@@ -16,9 +16,9 @@ use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
-use orch_crd::{RateLimit, TaskGroup};
+use orch_crd::{OrchPolicy, RateLimit, TaskGroup};
 use orch_operator::Watched;
 use orch_operator::config::OperatorConfig;
 use orch_operator::controller::{Context, error_policy, reconcile};
@@ -207,12 +207,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
+    // Policies first: until they are listed, every job would look ungoverned and be refused.
+    let (policies, policy_writer) = reflector::store::<OrchPolicy>();
+    let policy_watch = reflector(
+        policy_writer,
+        watcher(
+            Api::<OrchPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            warn!(error = %e, "watching OrchPolicies");
+        }
+    });
+    tokio::spawn(policy_watch);
+    loop {
+        tokio::select! {
+            ready = policies.wait_until_ready() => {
+                ready.context("the OrchPolicy watch ended")?;
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(10)) => warn!(
+                "still waiting for the list of OrchPolicies (is the OrchPolicy CRD installed, and may this service account list them?)"
+            ),
+            _ = shutdown.cancelled() => return finish(http).await,
+        }
+    }
+    info!(policies = policies.state().len(), "OrchPolicies listed");
     let ctx = Arc::new(Context::new(
         client.clone(),
         config,
         Supervisors::default(),
         recorder,
         metrics.clone(),
+        policies,
     ));
     let (jobs, groups, limits) = match &args.watch_namespace {
         Some(ns) => (

@@ -37,6 +37,8 @@ pub mod reason {
     pub const JOB_FAILED: &str = "JobFailed";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const RATE_LIMIT_MISSING: &str = "RateLimitMissing";
+    pub const POLICY_DENIED: &str = orch_core::policy::POLICY_DENIED;
+    pub const CONCURRENCY_LIMIT: &str = "ConcurrencyLimit";
 }
 
 /// The status of an `OrchJob` whose spec passed validation: phase, counts, times, output and
@@ -272,8 +274,39 @@ pub fn rfc3339(ms: model::Millis) -> Option<String> {
 /// `completionTime` — set whenever the phase is final, so that waiting for it
 /// (`kubectl wait --for=jsonpath='{.status.completionTime}'`) ends on every outcome.
 pub fn validation_failure(generation: i64, now: &str, errors: &[FieldError]) -> OrchJobStatus {
+    refused(
+        reason::INVALID_SPEC,
+        "the spec is invalid",
+        "fix the spec; nothing runs until it is valid",
+        generation,
+        now,
+        errors,
+    )
+}
+
+/// The status of a job its namespace's `OrchPolicy` refuses (or that no policy governs):
+/// `Failed` with reason `PolicyDenied`, each refused field with the rule.
+pub fn policy_denial(generation: i64, now: &str, errors: &[FieldError]) -> OrchJobStatus {
+    refused(
+        reason::POLICY_DENIED,
+        "the namespace's policy refuses the job",
+        "change what the policy refuses, or ask a cluster admin; nothing runs until it is allowed",
+        generation,
+        now,
+        errors,
+    )
+}
+
+fn refused(
+    why: &str,
+    lead: &str,
+    hint: &str,
+    generation: i64,
+    now: &str,
+    errors: &[FieldError],
+) -> OrchJobStatus {
     let mut message = format!(
-        "the spec is invalid ({} problem{}): ",
+        "{lead} ({} problem{}): ",
         errors.len(),
         if errors.len() == 1 { "" } else { "s" }
     );
@@ -290,13 +323,13 @@ pub fn validation_failure(generation: i64, now: &str, errors: &[FieldError]) -> 
         condition(
             JobConditionType::Progressing,
             ConditionStatus::False,
-            reason::INVALID_SPEC,
-            "fix the spec; nothing runs until it is valid",
+            why,
+            hint,
         ),
         condition(
             JobConditionType::Failed,
             ConditionStatus::True,
-            reason::INVALID_SPEC,
+            why,
             &message,
         ),
     ];
@@ -307,6 +340,34 @@ pub fn validation_failure(generation: i64, now: &str, errors: &[FieldError]) -> 
         observed_generation: Some(generation),
         ..OrchJobStatus::default()
     }
+}
+
+/// The status of a job that waits because its namespace runs as many jobs as its policy
+/// allows: `Pending`, saying so.
+pub fn waiting_for_quota(
+    running: usize,
+    policy: &str,
+    generation: i64,
+    previous: Option<&OrchJobStatus>,
+    now: &str,
+) -> OrchJobStatus {
+    let mut status = job_status(None, &[], generation, previous, now);
+    let message = format!(
+        "waiting: the namespace runs {running} job(s), as many as OrchPolicy `{policy}` allows \
+         (limits.maxConcurrentJobs); the job starts when one ends"
+    );
+    status.conditions = stamp(
+        vec![condition(
+            JobConditionType::Progressing,
+            ConditionStatus::False,
+            reason::CONCURRENCY_LIMIT,
+            &message,
+        )],
+        previous,
+        generation,
+        now,
+    );
+    status
 }
 
 /// The status of a job that has not started because a `RateLimit` it names does not exist

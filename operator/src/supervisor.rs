@@ -49,6 +49,8 @@ pub struct Snapshot {
 }
 
 struct Supervised {
+    /// `namespace/name` of the `OrchJob`.
+    object: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     shared: Arc<Mutex<Snapshot>>,
@@ -95,12 +97,38 @@ impl Supervisors {
 
     /// Starts a supervisor for `uid` unless one runs (a finished or rejected one is replaced).
     pub fn ensure(&self, uid: &str, object: &str, launch: impl FnOnce() -> Launch) {
+        // Without a limit there is always room.
+        let _ = self.ensure_within(uid, object, None, launch);
+    }
+
+    /// [`Supervisors::ensure`], unless `limit` = (namespace, n) and n drivers of that
+    /// namespace run already: then nothing starts and the count is returned. Counted and
+    /// started under one lock, so concurrent reconciles cannot both take the last place.
+    pub fn ensure_within(
+        &self,
+        uid: &str,
+        object: &str,
+        limit: Option<(&str, u32)>,
+        launch: impl FnOnce() -> Launch,
+    ) -> Result<(), usize> {
         let mut running = self.lock();
         if running
             .get(uid)
             .is_some_and(|s| read(&s.shared).state == RunState::Running)
         {
-            return;
+            return Ok(());
+        }
+        if let Some((namespace, max)) = limit {
+            let prefix = format!("{namespace}/");
+            let in_namespace = running
+                .values()
+                .filter(|s| {
+                    s.object.starts_with(&prefix) && read(&s.shared).state == RunState::Running
+                })
+                .count();
+            if in_namespace >= max as usize {
+                return Err(in_namespace);
+            }
         }
         let launch = launch();
         let shared = Arc::new(Mutex::new(Snapshot {
@@ -111,7 +139,16 @@ impl Supervisors {
         let stop = CancellationToken::new();
         let span = info_span!("supervisor", object = %object, job = %launch.job_id);
         let task = tokio::spawn(supervise(launch, shared.clone(), stop.clone()).instrument(span));
-        running.insert(uid.to_string(), Supervised { stop, task, shared });
+        running.insert(
+            uid.to_string(),
+            Supervised {
+                stop,
+                task,
+                shared,
+                object: object.to_string(),
+            },
+        );
+        Ok(())
     }
 
     /// Stops the supervisor of `uid` and waits until its driver let go of the job (released

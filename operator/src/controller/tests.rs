@@ -54,17 +54,35 @@ fn context_with(config: OperatorConfig) -> (Arc<Context>, Handle) {
         Supervisors::default(),
         recorder,
         Arc::new(Metrics::default()),
+        team_a_policy(),
     );
     (Arc::new(ctx), handle)
+}
+
+/// The policy of namespace `team-a`: storage under the operator's, data under `s3://b/team-a/`,
+/// Slurm through the commands.
+fn team_a_policy() -> Store<OrchPolicy> {
+    let mut writer = kube::runtime::reflector::store::Writer::<OrchPolicy>::default();
+    let spec: orch_crd::OrchPolicySpec = serde_json::from_value(json!({
+        "namespaces": ["team-a"],
+        "storage": {"dataPrefix": "s3://b/team-a/"},
+        "slurm": {"transport": "cli"},
+    }))
+    .unwrap();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(OrchPolicy::new(
+        "team-a", spec,
+    )));
+    writer.as_reader()
 }
 
 /// A job whose spec the schema accepts; `formats` decides whether core's rules do.
 fn job(name: &str, formats: &str) -> OrchJob {
     let spec: OrchJobSpec = serde_json::from_value(json!({
-        "input": {"uri": "/data/in.jsonl"},
+        "input": {"uri": "s3://b/team-a/in.jsonl"},
         "handler": {"builtin": {"name": "identity"}},
         "batch": {"size": 10},
-        "output": {"uri": "/data/out/", "formats": [formats]},
+        "output": {"uri": "s3://b/team-a/out/", "formats": [formats]},
+        "executor": {"slurm": {}},
     }))
     .unwrap();
     let mut j = OrchJob::new(name, spec);
@@ -170,11 +188,79 @@ async fn an_invalid_spec_gets_the_finalizer_an_event_and_a_failed_status() {
 }
 
 #[tokio::test]
+async fn a_job_its_policy_refuses_fails_policy_denied_with_the_field_and_the_rule() {
+    let storage = tempfile::tempdir().unwrap();
+    let (ctx, mut api) = context(Some(storage.path().display().to_string()));
+    // Valid for `orch validate`, but the partition is not the policy's (it lists none), and
+    // the output lies under another tenant's prefix.
+    let mut job = job("greedy", "parquet");
+    job.spec.0.resources.partition = Some("all-nodes".into());
+    job.spec.0.output.uri = Some("s3://b/team-b/out/".into());
+    job.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let (action, requests) = serve(&mut api, &ctx, &job).await;
+    assert_eq!(action, Action::await_change());
+    let events = events(&requests);
+    assert_eq!(events.len(), 1, "{requests:?}");
+    assert_eq!(events[0]["reason"], "PolicyDenied");
+    assert_eq!(events[0]["type"], "Warning");
+    let note = events[0]["note"].as_str().unwrap();
+    for part in [
+        "spec.output.uri: refused by OrchPolicy `team-a`",
+        "s3://b/team-a/",
+        "spec.resources.partition: refused by OrchPolicy `team-a`",
+    ] {
+        assert!(note.contains(part), "{part} not in {note}");
+    }
+    let (_, _, status) = requests
+        .iter()
+        .find(|(m, p, _)| m == Method::PATCH && p == &format!("{JOBS}/greedy/status"))
+        .unwrap();
+    let s = &status["status"];
+    assert_eq!(s["phase"], "Failed");
+    let failed = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap();
+    assert_eq!(failed["reason"], "PolicyDenied");
+    assert_eq!(failed["message"].as_str(), Some(note));
+    // Nothing ran.
+    assert!(ctx.supervisors.snapshot(&job.uid().unwrap()).is_none());
+}
+
+#[tokio::test]
+async fn a_namespace_no_policy_governs_runs_nothing() {
+    let storage = tempfile::tempdir().unwrap();
+    let (ctx, mut api) = context(Some(storage.path().display().to_string()));
+    let mut job = job("stray", "parquet");
+    job.metadata.namespace = Some("team-z".into());
+    job.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let (_, requests) = serve(&mut api, &ctx, &job).await;
+    let events: Vec<_> = requests
+        .iter()
+        .filter(|(m, p, _)| m == Method::POST && p.ends_with("/namespaces/team-z/events"))
+        .collect();
+    assert_eq!(events.len(), 1, "{requests:?}");
+    assert_eq!(events[0].2["reason"], "PolicyDenied");
+    assert!(
+        events[0].2["note"]
+            .as_str()
+            .unwrap()
+            .contains("no OrchPolicy governs namespace `team-z`")
+    );
+    assert!(ctx.supervisors.snapshot(&job.uid().unwrap()).is_none());
+}
+
+#[tokio::test]
 async fn an_invalid_status_already_written_is_not_written_or_announced_again() {
     let (ctx, mut api) = context(Some("/tmp/unused".into()));
     let mut job = job("bad", "sqlite");
     job.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    let errors = prepare_job(&job, &ctx.config).unwrap_err();
+    let errors = prepare_job(&job, &ctx.config, &ctx.policy_list())
+        .unwrap_err()
+        .errors()
+        .to_vec();
     job.status = Some(validation_failure(2, "2026-11-26T00:00:00Z", &errors));
     let object = Arc::new(DeserializeGuard(Ok(job)));
     let action = reconcile(object, ctx).await.unwrap();
@@ -285,7 +371,9 @@ async fn started_then_refused(ctx: &Context, name: &str) -> OrchJob {
 
 /// The record `orch run` or the supervisor writes when a job starts, from `job`'s spec.
 async fn started(ctx: &Context, job: &OrchJob, phase: orch_core::model::JobPhase) {
-    let loaded = prepare_job(job, &ctx.config).unwrap();
+    let loaded = prepare_job(job, &ctx.config, &ctx.policy_list())
+        .unwrap()
+        .loaded;
     let storage = loaded.file.spec.storage.uri.clone().unwrap();
     let platform = ctx.platforms.get(&storage).await.unwrap();
     let mut record = orch_testkit::contract::sample_job(&job_id(job), 0);
@@ -370,7 +458,7 @@ async fn deleting_a_started_job_whose_spec_is_now_refused_cancels_it() {
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
     let platform = ctx
         .platforms
-        .get(&storage.path().display().to_string())
+        .get(&format!("{}/team-a/", storage.path().display()))
         .await
         .unwrap();
     let record = platform
