@@ -260,12 +260,12 @@ fn pods_get_only_listed_images_accounts_secrets_and_nodes() {
         ]
     );
     // A header's Secret must be listed too.
-    let header = spec(&format!(
-        "input: {{uri: \"s3://data/team-a/in.jsonl\"}}\n\
-         handler: {{builtin: {{name: http, http: {{url: \"https://api.example/x\", \
-         headers: {{Authorization: {{secretRef: {{name: other-team, key: token}}}}}}}}}}}}\n\
-         executor: {{kubernetes: {{}}}}\n"
-    ));
+    let header = spec(
+        "input: {uri: \"s3://data/team-a/in.jsonl\"}\n\
+         handler: {builtin: {name: http, http: {url: \"https://api.example/x\", \
+         headers: {Authorization: {secretRef: {name: other-team, key: token}}}}}}\n\
+         executor: {kubernetes: {}}\n",
+    );
     assert_eq!(denied(&header, &team_a()), ["spec.handler"]);
 }
 
