@@ -22,6 +22,8 @@ ALLOWED = {
     ("orch.dev", "orchjobs"): {"get", "list", "watch", "patch"},
     ("orch.dev", "taskgroups"): {"get", "list", "watch", "create", "patch"},
     ("orch.dev", "ratelimits"): {"get", "list", "watch"},
+    ("orch.dev", "orchpolicies"): {"get", "list", "watch"},
+    ("", "secrets"): {"get"},
     ("orch.dev", "orchjobs/status"): {"patch"},
     ("orch.dev", "ratelimits/status"): {"patch"},
     ("orch.dev", "taskgroups/status"): {"patch"},
@@ -31,8 +33,12 @@ ALLOWED = {
     ("", "pods"): {"list", "delete"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
 }
+# Cluster-scoped resources: granted by a ClusterRole whatever the mode.
+CLUSTER_SCOPED = {"orchpolicies"}
 # Resources that may only be granted in a namespaced Role.
-NAMESPACED_ONLY = {("coordination.k8s.io", "leases")}
+NAMESPACED_ONLY = {("coordination.k8s.io", "leases"), ("", "secrets")}
+# Resources that may only be granted by name (resourceNames).
+BY_NAME_ONLY = {("", "secrets")}
 SECRETISH = ("TOKEN", "SECRET", "PASSWORD", "JWT", "KEY", "CREDENTIAL")
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod", "ReplicaSet"}
 NAMESPACED_KINDS = {"Deployment", "ServiceAccount", "Service", "Role", "RoleBinding", "PodDisruptionBudget",
@@ -68,6 +74,8 @@ def check_rbac(doc, where):
                     bad(w, f"{g}/{r}: verbs {sorted(extra)} are not used by the controllers")
                 if kind == "ClusterRole" and (g, r) in NAMESPACED_ONLY:
                     bad(w, f"{g}/{r} must be granted in a namespaced Role, not cluster-wide")
+                if (g, r) in BY_NAME_ONLY and not rule.get("resourceNames"):
+                    bad(w, f"{g or 'core'}/{r} must be granted by name (resourceNames)")
 
 
 def check_container(c, where):
@@ -198,8 +206,12 @@ def main(argv):
         if k not in kinds:
             bad("chart", f"expected a {k}")
     if namespaced:
-        if "ClusterRole" in kinds or "ClusterRoleBinding" in kinds:
-            bad("chart", "watchNamespace is set but a ClusterRole/ClusterRoleBinding was rendered")
+        # Only cluster-scoped resources (OrchPolicy) may be granted cluster-wide then.
+        for d in kinds.get("ClusterRole", []):
+            for r in d.get("rules") or []:
+                if set(r.get("resources") or []) - CLUSTER_SCOPED:
+                    bad("chart", f"watchNamespace is set but ClusterRole {d['metadata']['name']} "
+                                 f"grants {r.get('resources')} cluster-wide")
     else:
         if "ClusterRole" not in kinds:
             bad("chart", "no ClusterRole rendered (watchNamespace empty)")

@@ -85,7 +85,7 @@ if [[ -e "${gen[0]}" ]]; then
   done
   n="$("$helm" template orch "$chart" --include-crds | grep -c '^kind: CustomResourceDefinition')"
   [[ "$n" == "${#gen[@]}" ]] || fail "helm template --include-crds rendered $n CRDs, expected ${#gen[@]}"
-  for crd in orchjobs.orch.dev taskgroups.orch.dev ratelimits.orch.dev; do
+  for crd in orchjobs.orch.dev taskgroups.orch.dev ratelimits.orch.dev orchpolicies.orch.dev; do
     "$helm" template orch "$chart" --include-crds | grep -q "name: $crd\$" || fail "CRD $crd missing from the chart"
   done
 else
@@ -104,6 +104,7 @@ say "helm template: everything on (watchNamespace, ServiceMonitor, NetworkPolicy
 "$helm" template orch "$chart" --namespace orch-system -f "$chart/ci/all-on-values.yaml" > "$out/all.yaml"
 "$py" "$here/check_rendered.py" "$out/all.yaml" --expect-namespaced-rbac \
   --expect ServiceMonitor --expect NetworkPolicy --expect-slurm-secret slurm-jwt
+grep -q -- '- "slurm-team-a"' "$out/all.yaml" || fail "the policy token Secrets are not granted by name"
 grep -q 'eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/orch-operator' "$out/all.yaml" \
   || fail "IRSA annotation missing on the ServiceAccount"
 
@@ -134,7 +135,9 @@ refuse "metrics.port 0" --set metrics.port=0
 refuse "replicas as a string" --set-string replicas=two
 refuse "IRSA annotation that is not a role ARN" --set 'serviceAccount.annotations.eks\.amazonaws\.com/role-arn=oops'
 refuse "2 replicas without leader election" --set leaderElection.enabled=false
-refuse "slurm.url without a token Secret" --set slurm.url=http://slurm:6820
+refuse "slurm.url without a token Secret" --set slurm.url=https://slurm:6820
+refuse "slurm.url over plain http to another host" --set slurm.url=http://slurm:6820 --set slurm.tokenSecret.name=jwt
+refuse "a policy token Secret that is not a name" --set 'slurm.policyTokenSecrets={Bad_Name}'
 refuse "watchNamespace not a DNS label" --set watchNamespace=Bad_NS
 
 say "the checker catches what it is there for"
@@ -148,6 +151,7 @@ mutant() { # description, sed expression
 mutant "wildcard verb" '0,/verbs: \["get", "list", "watch", "patch"\]/s//verbs: ["*"]/'
 mutant "wildcard resource" '0,/resources: \["taskgroups"\]/s//resources: ["*"]/'
 mutant "wildcard apiGroup" '0,/apiGroups: \["batch"\]/s//apiGroups: ["*"]/'
+mutant "Secrets readable cluster-wide" '0,/resources: \["orchpolicies"\]/s//resources: ["secrets"]/'
 mutant "extra verb (deletecollection)" 's/verbs: \["create", "list", "patch", "delete"\]/verbs: ["create", "list", "patch", "delete", "deletecollection"]/'
 mutant "secrets access" 's/resources: \["jobs"\]/resources: ["secrets"]/'
 mutant "writable root filesystem" 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/'

@@ -26,6 +26,11 @@ pub struct OperatorConfig {
     pub slurm_url: Option<String>,
     /// File holding the JWT for slurmrestd (`--slurm-token-file`).
     pub slurm_token_file: Option<PathBuf>,
+    /// Whether plain `http://` to slurmrestd on a loopback address is allowed
+    /// (`--slurm-allow-http-loopback`); any other `http://` is always refused.
+    pub slurm_allow_http_loopback: bool,
+    /// The operator's own namespace, where the token Secrets that policies name live.
+    pub namespace: String,
     /// Worker program (and leading args) for Slurm tasks and local workers.
     pub worker_command: Vec<String>,
     /// Image of worker pods (Kubernetes executor).
@@ -223,6 +228,8 @@ mod tests {
             storage_uri: Some("s3://bucket/orch/".into()),
             slurm_url: slurm_url.map(str::to_string),
             slurm_token_file: Some(PathBuf::from("/var/run/slurm/jwt")),
+            slurm_allow_http_loopback: false,
+            namespace: "orch-system".into(),
             worker_command: vec!["orch-worker".into()],
             worker_image: None,
             pod_worker_command: Vec::new(),

@@ -54,7 +54,7 @@ struct Args {
     /// Name of the leader Lease.
     #[arg(long, default_value = "orch-operator-leader")]
     leader_election_lease: String,
-    /// Namespace of the leader Lease; default the pod's namespace.
+    /// The operator's namespace: its leader Lease, and the token Secrets policies name.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     leader_election_namespace: String,
     /// How long the leader Lease outlives a leader that stopped renewing it.
@@ -75,6 +75,10 @@ struct Args {
     /// File holding the JWT for slurmrestd; read at each use, so a rotated token is picked up.
     #[arg(long, env = "ORCH_SLURM_TOKEN_FILE")]
     slurm_token_file: Option<PathBuf>,
+    /// Allow plain http:// to slurmrestd on a loopback address (a sidecar, a port-forward).
+    /// Any other http:// is refused: the token would cross the network in clear.
+    #[arg(long)]
+    slurm_allow_http_loopback: bool,
     /// Worker program on the Slurm nodes (and for local workers).
     #[arg(long, env = "ORCH_WORKER", default_value = "orch-worker")]
     worker: String,
@@ -192,6 +196,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         storage_uri: args.storage_uri.clone(),
         slurm_url: args.slurm_url.clone(),
         slurm_token_file: args.slurm_token_file.clone(),
+        slurm_allow_http_loopback: args.slurm_allow_http_loopback,
+        namespace: args.leader_election_namespace.clone(),
         worker_command: vec![args.worker.clone()],
         worker_image: args.worker_image.clone(),
         pod_worker_command: args.worker_pod_command.clone(),

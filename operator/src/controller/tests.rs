@@ -23,6 +23,8 @@ fn config(storage: Option<String>) -> OperatorConfig {
         storage_uri: storage,
         slurm_url: None,
         slurm_token_file: None,
+        slurm_allow_http_loopback: false,
+        namespace: "orch-system".into(),
         worker_command: vec!["orch-worker".into()],
         worker_image: None,
         pod_worker_command: Vec::new(),
