@@ -119,9 +119,19 @@ impl World {
             "orch.dev_orchjobs.yaml",
             "orch.dev_taskgroups.yaml",
             "orch.dev_ratelimits.yaml",
+            "orch.dev_orchpolicies.yaml",
         ] {
             world.kubectl_ok(&["apply", "-f", crds.join(crd).to_str().unwrap()]);
         }
+        // The admin's policy for the tests' namespace: Slurm through the commands on this
+        // host, pods that may read the AWS Secret; data under s3://<bucket>/default/.
+        let policy = world.scratch.write(
+            "policy.yaml",
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchPolicy\nmetadata: {name: e2e}\n\
+             spec:\n  namespaces: [default]\n  slurm: {transport: cli}\n  \
+             kubernetes: {secrets: [orch-aws]}\n",
+        );
+        world.kubectl_ok(&["apply", "-f", policy.to_str().unwrap()]);
         Some(world)
     }
 
@@ -215,7 +225,7 @@ impl World {
             .collect();
         s3.put_object()
             .bucket(&self.bucket)
-            .key("input/items.jsonl")
+            .key("default/input/items.jsonl")
             .body(body.into_bytes().into())
             .send()
             .await
@@ -231,10 +241,10 @@ impl World {
 kind: OrchJob
 metadata: {{name: {name}}}
 spec:
-  input: {{uri: "s3://{bucket}/input/items.jsonl"}}
+  input: {{uri: "s3://{bucket}/default/input/items.jsonl"}}
   batch: {{size: {batch}}}
   handler: {{builtin: {{name: sleep, duration: {sleep}}}}}
-  output: {{uri: "s3://{bucket}/out-{name}/"}}
+  output: {{uri: "s3://{bucket}/default/out-{name}/"}}
   resources: {{memory: 200Mi, time: 10m}}
   executor: {{slurm: {{transport: cli, maxRunning: 4}}}}
 {extra}"#,
@@ -329,7 +339,7 @@ spec:
         let sdk = moto::sdk_config().await;
         let s3 = config::s3_client(&sdk, &AwsSettings::default());
         let dir = self.scratch.path(&format!("downloaded-{name}"));
-        moto::download_prefix(&s3, &self.bucket, &format!("out-{name}/"), &dir).await;
+        moto::download_prefix(&s3, &self.bucket, &format!("default/out-{name}/"), &dir).await;
         dir
     }
 
@@ -544,9 +554,12 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
     world.kubectl_ok(&["delete", "orchjob", "reviews", "--timeout=60s"]);
     let left = world.kubectl_ok(&["get", "orchjobs,taskgroups", "-o", "name"]);
     assert!(left.trim().is_empty(), "{left}");
-    assert_eq!(world.keys_under(&format!("orch/jobs/{id}/")).await, 0);
+    assert_eq!(
+        world.keys_under(&format!("orch/default/jobs/{id}/")).await,
+        0
+    );
     assert!(
-        world.keys_under("out-reviews/").await > 0,
+        world.keys_under("default/out-reviews/").await > 0,
         "purge keeps the output"
     );
 }
@@ -686,10 +699,10 @@ async fn invalid_jobs_are_refused_or_failed_with_the_reason() {
 kind: OrchJob
 metadata: {{name: rules}}
 spec:
-  input: {{uri: "s3://{b}/input/items.jsonl"}}
+  input: {{uri: "s3://{b}/default/input/items.jsonl"}}
   batch: {{size: 10}}
   handler: {{builtin: {{name: identity}}}}
-  output: {{uri: "s3://{b}/out-rules/", formats: [sqlite]}}
+  output: {{uri: "s3://{b}/default/out-rules/", formats: [sqlite]}}
 "#,
             b = world.bucket
         ),
@@ -796,12 +809,12 @@ async fn indexed_jobs_fail_then_orch_retry_completes_them() {
 kind: OrchJob
 metadata: {{name: retried}}
 spec:
-  input: {{uri: "s3://{bucket}/input/items.jsonl"}}
+  input: {{uri: "s3://{bucket}/default/input/items.jsonl"}}
   batch: {{size: 50}}
   handler:
     exec: {{command: [python3, "{handler}", "{python}", "{marker}"]}}
   retry: {{maxAttempts: 1}}
-  output: {{uri: "s3://{bucket}/out-retried/"}}
+  output: {{uri: "s3://{bucket}/default/out-retried/"}}
   executor: {{kubernetes: {{parallelism: 2, envFromSecrets: [orch-aws]}}}}
 "#,
             bucket = world.bucket,
@@ -1026,4 +1039,126 @@ async fn two_jobs_share_a_rate_limit_and_a_pause_hands_over_its_share() {
         );
         common::read_output(&world.output_dir(name).await).assert_each_item_once(ITEMS);
     }
+}
+
+/// A tenant who may create OrchJobs tries to take what only the cluster admin chooses: each
+/// attempt ends `Failed`/`PolicyDenied` naming the field and the rule, with an Event; the
+/// tenant's own "slurmrestd" receives nothing, and no driver runs. (The emulator runs no CEL:
+/// this is the operator's own check, which a real API server's CEL rules precede.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_tenants_choices_are_refused_policy_denied() {
+    let Some(mut world) = World::with_pods("e2e-hostile").await else {
+        return;
+    };
+    world.put_input(10).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    world.start_operator("op-a");
+    let b = world.bucket.clone();
+    let input = format!("input: {{uri: \"s3://{b}/default/input/items.jsonl\"}}");
+    let cases = [
+        (
+            "swap",
+            "default",
+            format!(
+                "{input}\n  executor: {{slurm: {{transport: rest, url: \"https://127.0.0.1:{port}\", \
+                 tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token, user: root}}}}"
+            ),
+            "spec.executor.slurm.url",
+        ),
+        (
+            "local-file",
+            "default",
+            "input: {uri: \"file:///var/run/secrets/kubernetes.io/serviceaccount/token\", format: csv}\n  \
+             executor: {slurm: {}}"
+                .to_string(),
+            "spec.input.uri",
+        ),
+        (
+            "partition",
+            "default",
+            format!("{input}\n  executor: {{slurm: {{}}}}\n  resources: {{partition: debug}}"),
+            "spec.resources.partition",
+        ),
+        (
+            "secret",
+            "default",
+            format!("{input}\n  executor: {{kubernetes: {{envFromSecrets: [operator-creds]}}}}"),
+            "spec.executor.kubernetes.envFromSecrets",
+        ),
+        (
+            "image",
+            "default",
+            format!("{input}\n  executor: {{kubernetes: {{image: \"evil.example/miner:1\"}}}}"),
+            "spec.executor.kubernetes.image",
+        ),
+        (
+            "prefix",
+            "default",
+            format!(
+                "{input}\n  executor: {{slurm: {{}}}}\n  output: {{uri: \"s3://{b}/team-b/out/\"}}"
+            ),
+            "spec.output.uri",
+        ),
+        ("local", "default", input.clone(), "spec.executor.local"),
+        (
+            "stray",
+            "team-x",
+            format!("{input}\n  executor: {{slurm: {{}}}}"),
+            "metadata.namespace",
+        ),
+    ];
+    world.kubectl_ok(&["create", "namespace", "team-x"]);
+    for (name, namespace, spec, _) in &cases {
+        let file = world.scratch.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+                 spec:\n  {spec}\n  handler: {{builtin: {{name: identity}}}}\n"
+            ),
+        );
+        world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    }
+    for (name, namespace, _, field) in &cases {
+        let get = |w: &World| -> serde_json::Value {
+            let out = w.kubectl_ok(&["get", "orchjob", name, "-n", namespace, "-o", "json"]);
+            serde_json::from_str(&out).unwrap()
+        };
+        let failed = |job: &serde_json::Value| {
+            job["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Failed").cloned())
+        };
+        world.wait_for(
+            &format!("{name} to be refused"),
+            Duration::from_secs(30),
+            |w| failed(&get(w)).is_some(),
+        );
+        let condition = failed(&get(&world)).unwrap();
+        assert_eq!(condition["reason"], "PolicyDenied", "{name}: {condition}");
+        let message = condition["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{field}: ")), "{name}: {message}");
+        assert_eq!(get(&world)["status"]["phase"], "Failed");
+        let events =
+            world.kubectl_ok(&["get", "events.events.k8s.io", "-n", namespace, "-o", "json"]);
+        let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+        assert!(
+            events["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| { e["regarding"]["name"] == *name && e["reason"] == "PolicyDenied" }),
+            "{name}: no PolicyDenied Event"
+        );
+    }
+    // Nothing connected to the tenant's endpoint; no driver started; the operator's log
+    // says why, without the token file's content.
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    let log = world.operator_log("op-a");
+    assert!(log.contains("PolicyDenied"), "{log}");
+    assert!(!log.contains("starting the job's driver"), "{log}");
 }
