@@ -51,8 +51,9 @@ pub fn open_backends_with(
     Ok(Backends {
         objects: Arc::new(objects),
         state: state.clone(),
-        // Buckets are items of the same table.
-        rate_limits: state,
+        // Buckets and the audit log are items of the same table.
+        rate_limits: state.clone(),
+        audit: state,
         scratch,
         locations: Arc::new(locations),
     })

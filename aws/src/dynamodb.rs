@@ -19,6 +19,7 @@ use orch_core::model::{Millis, TaskRecord, TaskState};
 
 use crate::error::sdk_error;
 
+mod audit;
 mod batch;
 mod item;
 mod ratelimit;

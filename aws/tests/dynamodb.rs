@@ -66,6 +66,38 @@ async fn meets_the_rate_limit_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meets_the_audit_log_contract_and_a_purge_leaves_the_history() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let store = fresh_store().await;
+    orch_testkit::contract::audit_log_contract(&store).await;
+    // The entries live apart from the job's partition: deleting the job keeps them.
+    let job = sample_job("audited", 2);
+    store.create_job(&job, &tasks("audited", 2)).await.unwrap();
+    let entry = orch_core::model::AuditEntry {
+        at: 5,
+        namespace: "team-audit".into(),
+        name: "audited".into(),
+        uid: "u".into(),
+        job: "audited".into(),
+        policy: "p".into(),
+        action: "Purged".into(),
+        detail: "the job's artifacts were deleted".into(),
+    };
+    orch_core::backend::AuditLog::append(&store, &entry)
+        .await
+        .unwrap();
+    store.delete_job("audited").await.unwrap();
+    assert_eq!(
+        orch_core::backend::AuditLog::entries(&store, "team-audit")
+            .await
+            .unwrap(),
+        [entry]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_thousands_of_tasks_in_batches_and_reads_them_back_page_by_page() {
     if !orch_testkit::components::moto() {
         return;

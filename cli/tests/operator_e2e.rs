@@ -666,12 +666,41 @@ async fn pause_resume_and_cancel() {
         |w| w.squeue(&id).is_empty(),
     );
     let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
-    for reason in ["Paused", "Resumed", "Cancelling"] {
+    for reason in ["Paused", "Resumed", "Cancelling", "Submitted"] {
         assert!(
             events.contains(&format!("\"reason\": \"{reason}\"")),
             "{events}"
         );
     }
+    // The same actions, append-only in the audit log, in order, with the allowing policy.
+    let store = orch_aws::dynamodb::DynamoStateStore::new(
+        aws_sdk_dynamodb::Client::new(&moto::sdk_config().await),
+        &world.table,
+    );
+    let entries = orch_core::backend::AuditLog::entries(&store, "default")
+        .await
+        .unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.name == "paused")
+        .map(|e| e.action.as_str())
+        .collect();
+    let position = |action: &str| {
+        actions
+            .iter()
+            .position(|a| *a == action)
+            .unwrap_or_else(|| panic!("{action} not audited: {actions:?}"))
+    };
+    assert!(position("Submitted") < position("Paused"), "{actions:?}");
+    assert!(position("Paused") < position("Resumed"), "{actions:?}");
+    assert!(position("Resumed") < position("Cancelling"), "{actions:?}");
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e.name == "paused")
+            .all(|e| e.policy == "e2e" && e.job == id && !e.uid.is_empty()),
+        "{entries:?}"
+    );
 }
 
 /// The schema refuses a bad field with its path; a spec the schema accepts but orch's rules
@@ -1151,6 +1180,24 @@ async fn a_hostile_tenants_choices_are_refused_policy_denied() {
                 .any(|e| { e["regarding"]["name"] == *name && e["reason"] == "PolicyDenied" }),
             "{name}: no PolicyDenied Event"
         );
+    }
+    // Each denial is in the audit log of the namespace's storage (the operator's own for the
+    // namespace no policy names), with the policy that refused it.
+    let store = orch_aws::dynamodb::DynamoStateStore::new(
+        aws_sdk_dynamodb::Client::new(&moto::sdk_config().await),
+        &world.table,
+    );
+    for (name, namespace, _, _) in &cases {
+        let entries = orch_core::backend::AuditLog::entries(&store, namespace)
+            .await
+            .unwrap();
+        let entry = entries
+            .iter()
+            .find(|e| e.name == *name)
+            .unwrap_or_else(|| panic!("{name}: not audited: {entries:?}"));
+        assert_eq!(entry.action, "PolicyDenied");
+        let policy = if *namespace == "default" { "e2e" } else { "" };
+        assert_eq!(entry.policy, policy, "{entry:?}");
     }
     // Nothing connected to the tenant's endpoint; no driver started; the operator's log
     // says why, without the token file's content.

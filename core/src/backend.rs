@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::ErrorCategory;
-use crate::model::{JobRecord, TaskGroup, TaskRecord, TaskState};
+use crate::model::{AuditEntry, JobRecord, TaskGroup, TaskRecord, TaskState};
 use crate::ratelimit::Bucket;
 
 /// The error every backend returns: a category for retry decisions, and a message that never
@@ -193,6 +193,17 @@ pub trait Queue: Send + Sync {
     async fn delete(&self, receipt: &str) -> BackendResult<()>;
     /// Keeps a message hidden while it is being handled.
     async fn extend(&self, receipt: &str, visibility: Duration) -> BackendResult<()>;
+}
+
+/// The operator's append-only record of what it did on tenants' behalf (SQLite under the
+/// storage directory, or items of the DynamoDB table): entries are added, never changed or
+/// removed — not even by a purge of their job (docs/security.md).
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Adds `entry` after every earlier one.
+    async fn append(&self, entry: &AuditEntry) -> BackendResult<()>;
+    /// The entries of `namespace`, oldest first.
+    async fn entries(&self, namespace: &str) -> BackendResult<Vec<AuditEntry>>;
 }
 
 /// Where rate-limit buckets live (SQLite under the storage directory, or one DynamoDB item

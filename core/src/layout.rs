@@ -59,6 +59,10 @@ pub fn state_db() -> &'static str {
 pub fn rate_limits_db() -> &'static str {
     "ratelimits.sqlite"
 }
+/// The operator's audit log of an embedded storage directory.
+pub fn audit_db() -> &'static str {
+    "audit.sqlite"
+}
 
 #[cfg(test)]
 mod tests {

@@ -397,6 +397,28 @@ pub struct JobManifest {
     pub rate_limits: Vec<LimitBinding>,
 }
 
+/// One action the operator took on a tenant's behalf (an array submitted, a pause, a policy
+/// denial…), kept append-only in the job storage's audit log (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// When, in milliseconds since the epoch.
+    pub at: u64,
+    /// The `OrchJob`'s namespace, name and uid.
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The engine's job id.
+    pub job: String,
+    /// The `OrchPolicy` that allowed (or refused) it; empty when none governs the namespace.
+    pub policy: String,
+    /// What was done: the reason of the Event published with it (`Submitted`, `Paused`,
+    /// `Resumed`, `Retrying`, `Cancelling`, `Purged`, `PolicyDenied`).
+    pub action: String,
+    /// A sentence: what, how many, which executor ids. Never a secret or input data.
+    pub detail: String,
+}
+
 /// One `spec.rateLimit` entry, resolved: the bucket it takes tokens from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

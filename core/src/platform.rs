@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::backend::{
-    BackendError, BackendResult, Executor, ObjectStore, Queue, RateLimitStore, StateStore,
+    AuditLog, BackendError, BackendResult, Executor, ObjectStore, Queue, RateLimitStore, StateStore,
 };
 use crate::error::ErrorCategory;
 use crate::model::JobRecord;
@@ -53,6 +53,8 @@ pub struct Backends {
     pub state: Arc<dyn StateStore>,
     /// The rate-limit buckets of this storage.
     pub rate_limits: Arc<dyn RateLimitStore>,
+    /// The operator's audit log of this storage.
+    pub audit: Arc<dyn AuditLog>,
     /// Node-local directory for files on their way to or from a remote store.
     pub scratch: PathBuf,
     pub locations: Arc<dyn Locations>,

@@ -13,6 +13,7 @@
 pub mod fs_store;
 pub mod local_executor;
 pub mod platform;
+pub mod sqlite_audit;
 pub mod sqlite_queue;
 pub mod sqlite_ratelimit;
 pub mod sqlite_state;

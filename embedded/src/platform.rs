@@ -14,6 +14,7 @@ use orch_core::platform::{Backends, JobLease, LocalLocations, Platform};
 use orch_core::uri::Location;
 
 use crate::fs_store::FsStore;
+use crate::sqlite_audit::SqliteAuditLog;
 use crate::sqlite_queue::SqliteQueue;
 use crate::sqlite_ratelimit::SqliteRateLimitStore;
 use crate::sqlite_state::SqliteStateStore;
@@ -38,6 +39,7 @@ impl EmbeddedPlatform {
             rate_limits: Arc::new(SqliteRateLimitStore::open(
                 &root.join(layout::rate_limits_db()),
             )?),
+            audit: Arc::new(SqliteAuditLog::open(&root.join(layout::audit_db()))?),
             scratch: root.join("scratch"),
             locations: Arc::new(LocalLocations),
         };

@@ -40,6 +40,20 @@ async fn sqlite_rate_limit_store_meets_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_log_meets_the_contract_and_refuses_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.sqlite");
+    let log = orch_embedded::sqlite_audit::SqliteAuditLog::open(&path).unwrap();
+    contract::audit_log_contract(&log).await;
+    // Not even a direct write may change or remove what is there.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for sql in ["UPDATE audit SET body = '{}'", "DELETE FROM audit"] {
+        let e = conn.execute(sql, []).unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{sql}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_queue_meets_the_queue_contract() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("queue.sqlite");

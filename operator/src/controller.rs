@@ -29,15 +29,17 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use orch_core::ErrorCategory;
 use orch_core::FieldError;
+use orch_core::backend::AuditLog;
 use orch_core::backend::Executor;
 use orch_core::load::LoadedJob;
+use orch_core::model::AuditEntry;
 use orch_core::model::JobRecord;
 use orch_core::platform::Platform;
 use orch_runtime::control;
 use orch_runtime::task_cache::SharedTaskCache;
 use serde_json::json;
 use sha2::Digest;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::Watched;
 use crate::config::{
@@ -361,7 +363,17 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
             } else {
                 ("Resumed", "spec.suspend is false: dispatching again")
             };
-            publish(ctx, &reference, EventType::Normal, reason, note).await;
+            let audit = platform.backends().audit.clone();
+            act(
+                ctx,
+                audit.as_ref(),
+                job,
+                &policy,
+                EventType::Normal,
+                reason,
+                note,
+            )
+            .await;
             record = state.get_job(&id).await?;
         }
     }
@@ -370,9 +382,11 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         && let Some(r) = &record
         && control::request_cancel(state.as_ref(), r).await?
     {
-        publish(
+        act(
             ctx,
-            &reference,
+            platform.backends().audit.as_ref(),
+            job,
+            &policy,
             EventType::Normal,
             "Cancelling",
             "orch.dev/cancel is true: stopping the job's tasks",
@@ -412,7 +426,12 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
                 "the job has not started".to_string(),
             ),
         };
-        publish(ctx, &reference, kind, reason, &note).await;
+        if reason == "Retrying" {
+            let audit = platform.backends().audit.clone();
+            act(ctx, audit.as_ref(), job, &policy, kind, reason, &note).await;
+        } else {
+            publish(ctx, &reference, kind, reason, &note).await;
+        }
         retried = Some(request.to_string());
         record = state.get_job(&id).await?;
     }
@@ -472,7 +491,14 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     )
     .await;
     write_status(api, &name, previous, status, ctx, &uid).await?;
-    sync_task_groups(job, groups, ctx).await?;
+    sync_task_groups(
+        job,
+        groups,
+        ctx,
+        platform.backends().audit.as_ref(),
+        &policy,
+    )
+    .await?;
 
     Ok(if terminal || rejected.is_some() {
         Action::await_change()
@@ -566,14 +592,51 @@ async fn refuse(
         ),
     };
     warn!(name = %job.name_any(), reason, message = %failed_message(&status), "job refused");
-    publish(
-        ctx,
-        &job.object_ref(&()),
-        EventType::Warning,
-        reason,
-        &failed_message(&status),
-    )
-    .await;
+    if let Refusal::Denied(_) = refusal {
+        // Recorded in the namespace's storage, or the operator's when no policy names one.
+        let policies = ctx.policy_list();
+        let policy = orch_core::policy::select(
+            policies.iter().map(|(n, p)| (n.as_str(), p)),
+            &job.namespace().unwrap_or_default(),
+        )
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_default();
+        let storage = namespace_storage(job, &ctx.config, &policies)
+            .or_else(|| ctx.config.storage_uri.clone());
+        if let Some(storage) = storage {
+            let platform = ctx.platforms.get(&storage).await?;
+            let audit = platform.backends().audit.clone();
+            act(
+                ctx,
+                audit.as_ref(),
+                job,
+                &policy,
+                EventType::Warning,
+                reason,
+                &failed_message(&status),
+            )
+            .await;
+        } else {
+            error!(name = %job.name_any(), "no storage for the audit log of a policy denial");
+            publish(
+                ctx,
+                &job.object_ref(&()),
+                EventType::Warning,
+                reason,
+                &failed_message(&status),
+            )
+            .await;
+        }
+    } else {
+        publish(
+            ctx,
+            &job.object_ref(&()),
+            EventType::Warning,
+            reason,
+            &failed_message(&status),
+        )
+        .await;
+    }
     write_status(api, &job.name_any(), previous, status, ctx, &uid).await?;
     Ok(Action::await_change())
 }
@@ -585,7 +648,6 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
         ctx.supervisors.stop(&uid).await;
         return Ok(Action::await_change());
     }
-    let reference = job.object_ref(&());
     // A spec the rules refuse that never ran: nothing to clean up.
     if let Prepared::Accepted(prepared) | Prepared::EditRefused(prepared, _) =
         prepare(job, ctx).await?
@@ -599,9 +661,11 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
         if let Some(r) = record.as_ref().filter(|r| !r.phase.is_terminal()) {
             // The driver stops the tasks (scancel, pod deletion) and ends the job.
             if control::request_cancel(state.as_ref(), r).await? {
-                publish(
+                act(
                     ctx,
-                    &reference,
+                    platform.backends().audit.as_ref(),
+                    job,
+                    &prepared.policy,
                     EventType::Normal,
                     "Cancelling",
                     "the OrchJob is being deleted: stopping its tasks first",
@@ -616,9 +680,11 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
         ctx.supervisors.stop(&uid).await;
         if record.is_some() && annotation(job, PURGE_ANNOTATION) == Some("true") {
             control::purge(state.as_ref(), platform.backends().objects.as_ref(), &id).await?;
-            publish(
+            act(
                 ctx,
-                &reference,
+                platform.backends().audit.as_ref(),
+                job,
+                &prepared.policy,
                 EventType::Normal,
                 "Purged",
                 "the job's manifests, batches, results and state were deleted",
@@ -755,11 +821,14 @@ async fn write_status(
     Ok(())
 }
 
-/// Applies the job's `TaskGroup`s whose spec or status changed.
+/// Applies the job's `TaskGroup`s whose spec or status changed. A group seen for the first
+/// time is a submission made on the tenant's behalf: it is audited (`Submitted`).
 async fn sync_task_groups(
     job: &OrchJob,
     groups: Vec<(TaskGroup, TaskGroupStatus)>,
     ctx: &Context,
+    audit: &dyn AuditLog,
+    policy: &str,
 ) -> Result<()> {
     if groups.is_empty() {
         return Ok(());
@@ -783,6 +852,27 @@ async fn sync_task_groups(
         let current = existing.get(&name);
         if current.map(|c| &c.spec) != Some(&group.spec) {
             api.patch(&name, &params, &Patch::Apply(&group)).await?;
+            if current.is_none() {
+                let ids = match (&group.spec.executor_ids, &group.spec.executor_range) {
+                    (Some(ids), _) => ids.join(", "),
+                    (None, Some(r)) => format!("{}[{}-{}]", r.prefix, r.first, r.last),
+                    (None, None) => "not known yet".into(),
+                };
+                let note = format!(
+                    "task group {} submitted: {} task(s), executor ids {ids}",
+                    group.spec.group, group.spec.tasks
+                );
+                act(
+                    ctx,
+                    audit,
+                    job,
+                    policy,
+                    EventType::Normal,
+                    "Submitted",
+                    &note,
+                )
+                .await;
+            }
         }
         if current.and_then(|c| c.status.as_ref()) != Some(&status) {
             let patch = json!({
@@ -875,6 +965,34 @@ fn failed_message(status: &OrchJobStatus) -> String {
         .find(|c| c.r#type == orch_crd::JobConditionType::Failed)
         .and_then(|c| c.message.clone())
         .unwrap_or_else(|| "the job failed".to_string())
+}
+
+/// An action taken on the tenant's behalf: appended to the audit log of the job's storage,
+/// with the policy that allowed it, and published as an Event with the same reason. A failed
+/// append is logged as an error (the action has been taken; the reconcile goes on).
+async fn act(
+    ctx: &Context,
+    audit: &dyn AuditLog,
+    job: &OrchJob,
+    policy: &str,
+    kind: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let entry = AuditEntry {
+        at: orch_core::model::now_ms(),
+        namespace: job.namespace().unwrap_or_default(),
+        name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
+        job: job_id(job),
+        policy: policy.to_string(),
+        action: reason.to_string(),
+        detail: note.chars().take(1000).collect(),
+    };
+    if let Err(e) = audit.append(&entry).await {
+        error!(error = %e, action = reason, name = %entry.name, "could not append to the audit log");
+    }
+    publish(ctx, &job.object_ref(&()), kind, reason, note).await;
 }
 
 /// Publishes an Event; a failure to do so is logged, never fails the reconcile.

@@ -26,10 +26,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use orch_core::backend::{
-    BackendError, Message, ObjectMeta, ObjectStore, Queue, RateLimitStore, StateStore,
+    AuditLog, BackendError, Message, ObjectMeta, ObjectStore, Queue, RateLimitStore, StateStore,
     update_bucket,
 };
-use orch_core::model::{JobPhase, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState};
+use orch_core::model::{
+    AuditEntry, JobPhase, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState,
+};
 
 /// A short random tag that keeps names of concurrent contract runs apart.
 fn tag() -> String {
@@ -841,4 +843,41 @@ pub async fn rate_limit_store_contract(store: &dyn RateLimitStore) {
         Err(BackendError::NotFound(_)) => {}
         other => panic!("expected NotFound, got {other:?}"),
     }
+}
+
+/// Audit log contract: entries come back per namespace, exactly as appended, oldest first
+/// (by their time: replicas append with their own clocks); appending the same entry twice
+/// keeps both (an audit log records, it does not deduplicate).
+pub async fn audit_log_contract(log: &dyn AuditLog) {
+    let entry = |at: u64, namespace: &str, action: &str| AuditEntry {
+        at,
+        namespace: namespace.into(),
+        name: "reviews".into(),
+        uid: "0b8e-uid".into(),
+        job: "reviews-1a2b3c4d".into(),
+        policy: "team-a".into(),
+        action: action.into(),
+        detail: format!("{action} at {at}"),
+    };
+    let namespace = format!("contract-{}", std::process::id());
+    assert!(log.entries(&namespace).await.unwrap().is_empty());
+    let written = [
+        entry(1_000, &namespace, "Submitted"),
+        entry(2_000, &namespace, "Paused"),
+        entry(1_500, &namespace, "Resumed"),
+        entry(1_500, &namespace, "Resumed"),
+    ];
+    let elsewhere = entry(1_200, &format!("{namespace}-b"), "PolicyDenied");
+    log.append(&written[0]).await.unwrap();
+    log.append(&elsewhere).await.unwrap();
+    for e in &written[1..] {
+        log.append(e).await.unwrap();
+    }
+    let mut oldest_first = written.to_vec();
+    oldest_first.sort_by_key(|e| e.at);
+    assert_eq!(log.entries(&namespace).await.unwrap(), oldest_first);
+    assert_eq!(
+        log.entries(&format!("{namespace}-b")).await.unwrap(),
+        [elsewhere]
+    );
 }
