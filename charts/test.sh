@@ -71,6 +71,9 @@ trap 'rm -rf "$out"' EXIT
 
 say "helm $("$helm" version --short)"
 
+# What every install must set: the NetworkPolicy is on by default and needs its CIDRs.
+required=(--set 'networkPolicy.apiServer.cidrs={10.0.0.1/32}' --set 'networkPolicy.aws.cidrs={0.0.0.0/0}')
+
 # CRDs: the chart ships a copy of the generated ones (Helm installs crds/ before templates).
 gen=("$repo"/crds/orch.dev_*.yaml)
 if [[ -e "${gen[0]}" ]]; then
@@ -83,21 +86,21 @@ if [[ -e "${gen[0]}" ]]; then
     [[ -e "$f" ]] || continue
     [[ -e "$repo/crds/$(basename "$f")" ]] || fail "charts/orch-operator/crds/$(basename "$f") has no generated original in crds/"
   done
-  n="$("$helm" template orch "$chart" --include-crds | grep -c '^kind: CustomResourceDefinition')"
+  n="$("$helm" template orch "$chart" "${required[@]}" --include-crds | grep -c '^kind: CustomResourceDefinition')"
   [[ "$n" == "${#gen[@]}" ]] || fail "helm template --include-crds rendered $n CRDs, expected ${#gen[@]}"
   for crd in orchjobs.orch.dev taskgroups.orch.dev ratelimits.orch.dev orchpolicies.orch.dev; do
-    "$helm" template orch "$chart" --include-crds | grep -q "name: $crd\$" || fail "CRD $crd missing from the chart"
+    "$helm" template orch "$chart" "${required[@]}" --include-crds | grep -q "name: $crd\$" || fail "CRD $crd missing from the chart"
   done
 else
   say "CRDs: no generated crds/orch.dev_*.yaml yet; skipping the copy check"
 fi
 
 say "helm lint"
-"$helm" lint --strict "$chart"
+"$helm" lint --strict "$chart" "${required[@]}"
 "$helm" lint --strict "$chart" -f "$chart/ci/all-on-values.yaml"
 
 say "helm template: defaults"
-"$helm" template orch "$chart" --namespace orch-system > "$out/default.yaml"
+"$helm" template orch "$chart" --namespace orch-system "${required[@]}" > "$out/default.yaml"
 "$py" "$here/check_rendered.py" "$out/default.yaml" --expect ClusterRole --expect Service --expect PodDisruptionBudget
 
 say "helm template: everything on (watchNamespace, ServiceMonitor, NetworkPolicy, Slurm, IRSA)"
@@ -105,11 +108,14 @@ say "helm template: everything on (watchNamespace, ServiceMonitor, NetworkPolicy
 "$py" "$here/check_rendered.py" "$out/all.yaml" --expect-namespaced-rbac \
   --expect ServiceMonitor --expect NetworkPolicy --expect-slurm-secret slurm-jwt
 grep -q -- '- "slurm-team-a"' "$out/all.yaml" || fail "the policy token Secrets are not granted by name"
+grep -q 'registry.example/orch-worker@sha256:fedcba98' "$out/all.yaml" || fail "the worker image is not pinned by its digest"
+grep -q -- '--worker-scratch-size=20Gi' "$out/all.yaml" || fail "worker.scratchSize does not reach the operator"
+[[ "$(grep -c 'name: orch-orch-operator-workers' "$out/all.yaml")" == 2 ]] || fail "no worker NetworkPolicy in each tenant namespace"
 grep -q 'eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/orch-operator' "$out/all.yaml" \
   || fail "IRSA annotation missing on the ServiceAccount"
 
 say "helm template: minimal (one replica, no leader election, no metrics Service, no k8s executor)"
-"$helm" template orch "$chart" --namespace orch-system --set replicas=1 \
+"$helm" template orch "$chart" --namespace orch-system "${required[@]}" --set replicas=1 \
   --set leaderElection.enabled=false --set metrics.enabled=false --set rbac.kubernetesExecutor=false \
   > "$out/min.yaml"
 if grep -q 'resources: \["jobs"\]\|kind: Service$\|kind: PodDisruptionBudget\|--leader-elect' "$out/min.yaml"; then
@@ -119,12 +125,15 @@ fi
 say "bad values are refused"
 refuse() { # description, helm args...
   local what="$1"; shift
-  if "$helm" template orch "$chart" "$@" > "$out/bad.yaml" 2> "$out/bad.err"; then
+  if "$helm" template orch "$chart" "${required[@]}" "$@" > "$out/bad.yaml" 2> "$out/bad.err"; then
     fail "accepted: $what"
   fi
   printf '   refused: %-55s %s\n' "$what" "$(grep -m1 -E '^- at |^Error: [^v]|execution error' "$out/bad.err" | sed 's/.*error calling fail: //' | cut -c1-100)"
 }
 refuse "typo in a key (replica)" --set replica=3
+refuse "NetworkPolicy on without the API server's CIDRs" --set 'networkPolicy.apiServer.cidrs=null'
+refuse "NetworkPolicy on without the AWS CIDRs" --set 'networkPolicy.aws.cidrs=null'
+refuse "a worker image digest that is not sha256" --set worker.image.digest=latest
 refuse "logFormat xml" --set logFormat=xml
 refuse "pullPolicy sometimes" --set image.pullPolicy=Sometimes
 refuse "readOnlyRootFilesystem false" --set securityContext.readOnlyRootFilesystem=false

@@ -37,6 +37,8 @@ pub struct OperatorConfig {
     pub worker_image: Option<String>,
     /// Command of worker pods; empty: the image's entrypoint.
     pub pod_worker_command: Vec<String>,
+    /// Local disk of each worker pod (`--worker-scratch-size`).
+    pub worker_scratch_bytes: u64,
     /// Files on their way to or from S3, and local workers' logs.
     pub scratch: PathBuf,
     /// How long a job's lease in DynamoDB outlives a crashed operator.
@@ -233,6 +235,7 @@ mod tests {
             worker_command: vec!["orch-worker".into()],
             worker_image: None,
             pod_worker_command: Vec::new(),
+            worker_scratch_bytes: 1 << 30,
             scratch: PathBuf::from("/tmp/orch-operator"),
             job_lease: Duration::from_secs(60),
             tick: Duration::from_secs(1),

@@ -728,6 +728,7 @@ fn launch(
                 default_image: ctx.config.worker_image.clone().unwrap_or_default(),
                 worker_command: ctx.config.pod_worker_command.clone(),
                 resources: loaded.file.spec.resources.clone(),
+                scratch_bytes: ctx.config.worker_scratch_bytes,
                 spec: spec.clone(),
                 environment: kube_executor::worker_environment(),
                 secrets: loaded.file.spec.handler.secret_env(),

@@ -135,6 +135,8 @@ pub struct KubeLaunch {
     pub worker_command: Vec<String>,
     /// The job's `spec.resources`.
     pub resources: ResourcesSpec,
+    /// Local disk of each worker pod (`ephemeral-storage`, the `/tmp` emptyDir's limit).
+    pub scratch_bytes: u64,
     /// The job's `spec.executor.kubernetes`.
     pub spec: KubernetesExecutorSpec,
     /// Variables for the workers (see [`worker_environment`]); never credentials.
@@ -189,7 +191,10 @@ impl KubeExecutor {
     pub fn new(client: kube::Client, launch: KubeLaunch) -> Result<Self, KubeExecutorError> {
         let invalid =
             |(field, reason): (String, String)| KubeExecutorError::Invalid { field, reason };
-        let resources = PodResources::of(&launch.resources).map_err(invalid)?;
+        let resources = PodResources {
+            scratch_bytes: launch.scratch_bytes,
+            ..PodResources::of(&launch.resources).map_err(invalid)?
+        };
         let image = launch
             .spec
             .image

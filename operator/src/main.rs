@@ -89,6 +89,10 @@ struct Args {
     /// image's entrypoint.
     #[arg(long, env = "ORCH_WORKER_POD_COMMAND", value_delimiter = ' ')]
     worker_pod_command: Vec<String>,
+    /// Local disk of each worker pod: its ephemeral-storage request and limit and the size
+    /// limit of its /tmp, so that no pod fills its node's disk.
+    #[arg(long, default_value = "10Gi", value_parser = parse_size)]
+    worker_scratch_size: u64,
     /// OrchJobs reconciled at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
@@ -133,6 +137,10 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    orch_core::quantity::parse_bytes(text)
 }
 
 fn init_logging(format: LogFormat) {
@@ -201,6 +209,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         worker_command: vec![args.worker.clone()],
         worker_image: args.worker_image.clone(),
         pod_worker_command: args.worker_pod_command.clone(),
+        worker_scratch_bytes: args.worker_scratch_size,
         scratch,
         job_lease: args.job_lease,
         tick: args.tick,

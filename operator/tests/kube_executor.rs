@@ -86,6 +86,7 @@ impl Emulator {
                 self.dir.path().join("worker.sh").display().to_string(),
             ],
             resources: ResourcesSpec::default(),
+            scratch_bytes: 1 << 30,
             spec: KubernetesExecutorSpec {
                 parallelism,
                 ..KubernetesExecutorSpec::default()

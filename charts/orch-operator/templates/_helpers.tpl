@@ -52,7 +52,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "orch-operator.workerImage" -}}
+{{- if .Values.worker.image.digest }}
+{{- printf "%s@%s" .Values.worker.image.repository .Values.worker.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The RBAC rules of the controllers; used by the ClusterRole or by the namespaced Role. */}}

@@ -28,6 +28,7 @@ fn config(storage: Option<String>) -> OperatorConfig {
         worker_command: vec!["orch-worker".into()],
         worker_image: None,
         pod_worker_command: Vec::new(),
+        worker_scratch_bytes: 1 << 30,
         scratch: std::env::temp_dir().join("orch-operator-unit"),
         job_lease: Duration::from_secs(60),
         tick: Duration::from_millis(100),

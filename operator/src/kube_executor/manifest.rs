@@ -210,6 +210,9 @@ pub fn parse_executor_id(id: &str) -> Option<(&str, u32)> {
     Some((job, index.parse().ok()?))
 }
 
+/// A worker pod's local disk unless the operator says otherwise.
+pub const DEFAULT_SCRATCH_BYTES: u64 = 10 << 30;
+
 /// `spec.resources` in Kubernetes' terms, checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodResources {
@@ -218,6 +221,10 @@ pub struct PodResources {
     pub gpus: Option<u32>,
     /// The task's time limit: the pod's `activeDeadlineSeconds`.
     pub time_seconds: i64,
+    /// Local disk of a worker (its `/tmp`): the `ephemeral-storage` request and limit, and the
+    /// `emptyDir`'s `sizeLimit`, so one pod cannot fill its node's disk. The admin's
+    /// (`--worker-scratch-size`), not the job's.
+    pub scratch_bytes: u64,
 }
 
 impl PodResources {
@@ -237,6 +244,7 @@ impl PodResources {
         let gpus = KubernetesExecutorSpec::gpus(resources)
             .map_err(|e| ("spec.resources.gres".to_string(), e))?;
         Ok(PodResources {
+            scratch_bytes: DEFAULT_SCRATCH_BYTES,
             cpus: resources.cpus.max(1),
             memory_bytes,
             gpus,
@@ -254,6 +262,10 @@ impl PodResources {
         amounts.insert(
             "memory".to_string(),
             Quantity(memory_quantity(self.memory_bytes)),
+        );
+        amounts.insert(
+            "ephemeral-storage".to_string(),
+            Quantity(memory_quantity(self.scratch_bytes)),
         );
         if let Some(gpus) = self.gpus {
             amounts.insert("nvidia.com/gpu".to_string(), Quantity(gpus.to_string()));
@@ -438,7 +450,10 @@ impl JobTemplate {
             }),
             volumes: Some(vec![Volume {
                 name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity(memory_quantity(self.resources.scratch_bytes))),
+                    ..EmptyDirVolumeSource::default()
+                }),
                 ..Volume::default()
             }]),
             ..PodSpec::default()

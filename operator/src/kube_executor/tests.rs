@@ -45,6 +45,7 @@ fn launch() -> KubeLaunch {
             gres: Some("gpu:1".into()),
             ..ResourcesSpec::default()
         },
+        scratch_bytes: 5 << 30,
         spec: KubernetesExecutorSpec {
             parallelism: 4,
             service_account_name: Some("orch-worker".into()),
@@ -328,7 +329,11 @@ async fn the_job_manifest_has_the_shape_the_docs_promise() {
         json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
                "seccompProfile": {"type": "RuntimeDefault"}})
     );
-    assert_eq!(pod["volumes"], json!([{"name": "tmp", "emptyDir": {}}]));
+    // A bounded /tmp, and as much ephemeral storage requested: no pod fills its node's disk.
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}}])
+    );
 
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
@@ -360,7 +365,8 @@ async fn the_job_manifest_has_the_shape_the_docs_promise() {
                {"name": "AWS_REGION", "value": "eu-west-1"},
                {"name": "ORCH_DYNAMODB_TABLE", "value": "orch-state"}])
     );
-    let amounts = json!({"cpu": "2", "memory": "3Gi", "nvidia.com/gpu": "1"});
+    let amounts =
+        json!({"cpu": "2", "memory": "3Gi", "nvidia.com/gpu": "1", "ephemeral-storage": "5Gi"});
     assert_eq!(
         c["resources"],
         json!({"limits": amounts, "requests": amounts})
@@ -449,7 +455,7 @@ async fn merge_and_final_jobs_run_the_aggregate_command_and_a_command_can_be_set
     );
     assert_eq!(c["image"], "example/custom:2");
     assert!(c.get("imagePullPolicy").is_none());
-    let amounts = json!({"cpu": "1", "memory": "2Gi"});
+    let amounts = json!({"cpu": "1", "memory": "2Gi", "ephemeral-storage": "5Gi"});
     assert_eq!(
         c["resources"],
         json!({"limits": amounts, "requests": amounts})
