@@ -105,8 +105,7 @@ pub fn prepare_job(
         return Err(Refusal::Invalid(errors));
     }
     let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
-    let (name, policy) = policy::select(policies.iter().map(|(n, p)| (n.as_str(), p)), namespace)
-        .map_err(|e| Refusal::Denied(vec![e]))?;
+    let (name, policy) = governing(job, policies).map_err(|e| Refusal::Denied(vec![e]))?;
     let governed = policy::govern(
         &as_written.spec,
         namespace,
@@ -151,9 +150,17 @@ pub fn namespace_storage(
     policies: &[(String, PolicySpec)],
 ) -> Option<String> {
     let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
-    let (_, policy) =
-        policy::select(policies.iter().map(|(n, p)| (n.as_str(), p)), namespace).ok()?;
+    let (_, policy) = governing(job, policies).ok()?;
     policy::storage_uri(namespace, policy, &cfg.policy_defaults())
+}
+
+/// The one policy that governs `job`'s namespace, with its name.
+pub fn governing<'a>(
+    job: &OrchJob,
+    policies: &'a [(String, PolicySpec)],
+) -> Result<(&'a str, &'a PolicySpec), FieldError> {
+    let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
+    policy::select(policies.iter().map(|(n, p)| (n.as_str(), p)), namespace)
 }
 
 /// What stands for the job file's path in messages: `namespace/name`.

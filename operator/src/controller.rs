@@ -43,7 +43,8 @@ use tracing::{error, info, warn};
 
 use crate::Watched;
 use crate::config::{
-    OperatorConfig, Platforms, PreparedJob, Refusal, job_path, namespace_storage, prepare_job,
+    OperatorConfig, Platforms, PreparedJob, Refusal, governing, job_path, namespace_storage,
+    prepare_job,
 };
 use crate::error::{Error, Result};
 use crate::kube_executor::{self, KubeExecutor, KubeExecutorError, KubeLaunch};
@@ -547,9 +548,7 @@ async fn recorded_job(
         Err(e) => return Err(e),
     };
     let record = platform.backends().state.get_job(&job_id(job)).await?;
-    let namespace = job.namespace().unwrap_or_default();
-    let policy =
-        orch_core::policy::select(policies.iter().map(|(n, p)| (n.as_str(), p)), &namespace).ok();
+    let policy = governing(job, policies).ok();
     Ok(record.map(|r| PreparedJob {
         loaded: LoadedJob {
             file: r.spec,
@@ -595,12 +594,9 @@ async fn refuse(
     if let Refusal::Denied(_) = refusal {
         // Recorded in the namespace's storage, or the operator's when no policy names one.
         let policies = ctx.policy_list();
-        let policy = orch_core::policy::select(
-            policies.iter().map(|(n, p)| (n.as_str(), p)),
-            &job.namespace().unwrap_or_default(),
-        )
-        .map(|(n, _)| n.to_string())
-        .unwrap_or_default();
+        let policy = governing(job, &policies)
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default();
         let storage = namespace_storage(job, &ctx.config, &policies)
             .or_else(|| ctx.config.storage_uri.clone());
         if let Some(storage) = storage {
