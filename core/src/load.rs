@@ -322,8 +322,18 @@ fn field_errors(document: &Value, e: &jsonschema::ValidationError<'_>, out: &mut
             matches!(branch.as_slice(), [b] if b.instance_path().as_str() == here
                 && matches!(b.kind(), K::Type { kind } if format!("{kind:?}").contains("Null")))
         };
-        let others: Vec<&Vec<jsonschema::ValidationError<'static>>> =
-            context.iter().filter(|b| !only_null_refused(b)).collect();
+        // A mapping given where one shape of several is a mapping (an `exec.env` reference,
+        // one `rateLimit`): the other shapes refuse it for its type alone, so the mapping's own
+        // problems (an unknown field) are the ones to report.
+        let only_type_refused = |branch: &Vec<jsonschema::ValidationError<'static>>| {
+            e.instance().is_object()
+                && matches!(branch.as_slice(), [b] if b.instance_path().as_str() == here
+                    && matches!(b.kind(), K::Type { .. }))
+        };
+        let others: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+            .iter()
+            .filter(|b| !only_null_refused(b) && !only_type_refused(b))
+            .collect();
         if others.len() == 1 && others.len() < context.len() {
             for inner in others[0] {
                 field_errors(document, inner, out);
@@ -367,9 +377,25 @@ fn pointer_to_path(document: &Value, pointer: &str) -> String {
     path
 }
 
+/// Where a job file may hold a secret's neighbour (a handler's environment, request headers):
+/// a schema error there describes the value by its type only.
+const SENSITIVE: &[&str] = &[EXEC_ENV, "/spec/handler/builtin/http/headers/"];
+const EXEC_ENV: &str = "/spec/handler/exec/env/";
+
 fn describe(e: &jsonschema::ValidationError<'_>) -> String {
     use jsonschema::error::ValidationErrorKind as K;
-    let got = e.instance();
+    let pointer = e.instance_path().as_str();
+    let sensitive = SENSITIVE.iter().any(|p| pointer.starts_with(p));
+    let got: &dyn std::fmt::Display = if sensitive {
+        &json_type(e.instance())
+    } else {
+        e.instance()
+    };
+    if pointer.starts_with(EXEC_ENV) && matches!(e.kind(), K::AnyOf { .. }) {
+        return format!(
+            "must be a string, {{fromEnv: VARIABLE}} or {{valueFrom: {{secretKeyRef: {{name, key}}}}}}, got {got}"
+        );
+    }
     match e.kind() {
         K::AdditionalProperties { unexpected } => {
             let fields = unexpected
@@ -395,7 +421,20 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
         K::AnyOf { .. } => {
             format!("expected a duration/size string such as 30s or 64Mi, got {got}")
         }
+        _ if sensitive => format!("{got} does not fit here"),
         _ => e.to_string(),
+    }
+}
+
+/// A value's JSON type, for messages that must not show the value.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
     }
 }
 
