@@ -223,3 +223,138 @@ fn status_of_an_unknown_name_points_at_the_cluster() {
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(all.contains("orch status oj/reviews.v2"), "{all}");
 }
+
+/// A job file must not carry a secret by value: `orch validate` and `orch run` refuse a
+/// secret-looking literal, naming the field and the way to pass it by reference, and never show
+/// the value.
+#[test]
+fn a_secret_by_value_is_refused_without_showing_it() {
+    const VALUE: &str = "sk-live-do-not-print-0123456789";
+    let exec = GOOD.replace(
+        "handler: {builtin: {name: identity}}",
+        &format!(
+            "handler:\n    exec:\n      command: [./h.py]\n      env: {{MODEL: small, OPENAI_API_KEY: {VALUE}}}"
+        ),
+    );
+    let http = GOOD.replace(
+        "handler: {builtin: {name: identity}}",
+        &format!(
+            "handler:\n    builtin:\n      name: http\n      http:\n        url: \"http://127.0.0.1:9/{{id}}\"\n        headers: {{Authorization: {{value: \"Bearer {VALUE}\"}}}}"
+        ),
+    );
+    for (yaml, path) in [
+        (&exec, "spec.handler.exec.env.OPENAI_API_KEY"),
+        (
+            &http,
+            "spec.handler.builtin.http.headers.Authorization.value",
+        ),
+    ] {
+        let all = rejected(yaml);
+        assert!(all.contains(path) && all.contains("fromEnv"), "{all}");
+        assert!(!all.contains(VALUE), "{all}");
+
+        let s = Scratch::new();
+        s.jsonl("in.jsonl", 5);
+        let job = s.write("job.yaml", yaml);
+        let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{all}");
+        assert!(all.contains(path) && !all.contains(VALUE), "{all}");
+        assert!(!s.path(".orch/jobs").exists(), "{all}");
+    }
+    // The same variable by reference is fine.
+    let all = rejected(&exec.replace(VALUE, "{fromEnv: OPENAI_KEY}"));
+    assert!(
+        all.contains("spec.handler.exec.command[0]") && !all.contains("exec.env"),
+        "only the missing program is left: {all}"
+    );
+}
+
+/// `orch run` with `input` set to `uri`; its output, after at most a minute (a run that opened
+/// a FIFO to read it would wait forever).
+fn run_with_input(s: &Scratch, uri: &str) -> std::process::Output {
+    let job = s.write(
+        "job.yaml",
+        &GOOD.replace(
+            "input: {uri: in.jsonl}",
+            &format!("input: {{uri: \"{uri}\", format: jsonl}}"),
+        ),
+    );
+    let mut child = s
+        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("orch run {uri} still runs after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn run_reads_regular_files_only() {
+    let s = Scratch::new();
+    let fifo = s.path("pipe.jsonl");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (uri, what) in [("/dev/zero", "is a device"), ("pipe.jsonl", "is a FIFO")] {
+        let out = run_with_input(&s, uri);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{uri}: {all}");
+        assert!(
+            all.contains("spec.input.uri") && all.contains(what),
+            "{all}"
+        );
+        assert!(!s.path(".orch/jobs").exists(), "{all}");
+    }
+    // A directory whose entries are regular files stays one dataset.
+    s.jsonl("data/a.jsonl", 3);
+    s.jsonl("data/b.jsonl", 2);
+    let out = run_with_input(&s, "data");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// A job file may come through a pipe (relative paths are then the working directory's); a
+/// device is refused.
+#[test]
+fn a_job_file_may_be_a_pipe_but_not_a_device() {
+    use std::io::Write as _;
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    let mut child = s
+        .orch_cmd(&["validate", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(GOOD.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains(&format!("{}", s.path("in.jsonl").display())),
+        "{all}"
+    );
+
+    let out = s.orch(&["validate", "/dev/zero"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("a device, not a job file"), "{all}");
+}

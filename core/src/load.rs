@@ -49,10 +49,7 @@ pub fn load(path: &Path) -> Result<LoadedJob> {
     let value = resolve_extends(path, value, &mut Vec::new())?;
     let file = check(path, &value)?;
     let rate_limits = check_rate_limits(path, others)?;
-    let base = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let base = base_dir(path);
     let base = std::path::absolute(&base).map_err(|e| Error::io(&base, e))?;
     let file = resolve(file, &base).map_err(|errors| invalid(path, errors))?;
     Ok(LoadedJob {
@@ -175,11 +172,48 @@ fn invalid(path: &Path, errors: Vec<FieldError>) -> Error {
     }
 }
 
+/// Largest job file read. Kubernetes keeps objects under 1.5 MiB, so anything near this is a
+/// mistake, and a pipe that never ends (`orch run <(yes)`) is refused instead of filling memory.
+const MAX_JOB_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads a job file: a regular file or a pipe (`orch run /dev/stdin < job.yaml`), never a
+/// device (a terminal would wait for typing, `/dev/zero` would never end).
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Read {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt;
+    let error = |source| Error::Read {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let file = std::fs::File::open(path).map_err(error)?;
+    let kind = file.metadata().map_err(error)?.file_type();
+    if kind.is_char_device() || kind.is_block_device() {
+        return Err(error(std::io::Error::other(
+            "a device, not a job file (a regular file or a pipe is read)",
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_JOB_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(error)?;
+    if text.len() as u64 > MAX_JOB_FILE_BYTES {
+        return Err(error(std::io::Error::other(format!(
+            "over {} MiB: not a job file",
+            MAX_JOB_FILE_BYTES >> 20
+        ))));
+    }
+    Ok(text)
+}
+
+/// The directory the relative paths of a job file are taken from: the file's own directory,
+/// or the working directory for a job file that is a pipe (its directory is `/dev` or
+/// `/proc`, which holds none of the user's files).
+fn base_dir(path: &Path) -> PathBuf {
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    match path.parent() {
+        Some(p) if regular && !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 fn yaml_error(path: &Path, e: serde_yaml::Error) -> Error {
@@ -201,10 +235,14 @@ fn read_with_extends(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
 
 /// Merges the bases a document `extends` (files relative to `path`) under it.
 fn resolve_extends(path: &Path, mut value: Value, chain: &mut Vec<PathBuf>) -> Result<Value> {
-    let canonical = std::fs::canonicalize(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // A pipe (`/dev/stdin` is `/proc/self/fd/0`, a link to `pipe:[…]`) has no canonical path;
+    // it can be in no cycle either, as nothing can extend it.
+    let canonical = std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if chain.contains(&canonical) {
         return Err(invalid(
             path,
@@ -258,7 +296,7 @@ fn resolve_extends(path: &Path, mut value: Value, chain: &mut Vec<PathBuf>) -> R
             ));
         }
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = base_dir(path);
     let mut merged = Value::Object(serde_json::Map::new());
     for base in bases {
         let base_value = read_with_extends(&dir.join(&base), chain)?;
@@ -322,8 +360,18 @@ fn field_errors(document: &Value, e: &jsonschema::ValidationError<'_>, out: &mut
             matches!(branch.as_slice(), [b] if b.instance_path().as_str() == here
                 && matches!(b.kind(), K::Type { kind } if format!("{kind:?}").contains("Null")))
         };
-        let others: Vec<&Vec<jsonschema::ValidationError<'static>>> =
-            context.iter().filter(|b| !only_null_refused(b)).collect();
+        // A mapping given where one shape of several is a mapping (an `exec.env` reference,
+        // one `rateLimit`): the other shapes refuse it for its type alone, so the mapping's own
+        // problems (an unknown field) are the ones to report.
+        let only_type_refused = |branch: &Vec<jsonschema::ValidationError<'static>>| {
+            e.instance().is_object()
+                && matches!(branch.as_slice(), [b] if b.instance_path().as_str() == here
+                    && matches!(b.kind(), K::Type { .. }))
+        };
+        let others: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+            .iter()
+            .filter(|b| !only_null_refused(b) && !only_type_refused(b))
+            .collect();
         if others.len() == 1 && others.len() < context.len() {
             for inner in others[0] {
                 field_errors(document, inner, out);
@@ -367,9 +415,25 @@ fn pointer_to_path(document: &Value, pointer: &str) -> String {
     path
 }
 
+/// Where a job file may hold a secret's neighbour (a handler's environment, request headers):
+/// a schema error there describes the value by its type only.
+const SENSITIVE: &[&str] = &[EXEC_ENV, "/spec/handler/builtin/http/headers/"];
+const EXEC_ENV: &str = "/spec/handler/exec/env/";
+
 fn describe(e: &jsonschema::ValidationError<'_>) -> String {
     use jsonschema::error::ValidationErrorKind as K;
-    let got = e.instance();
+    let pointer = e.instance_path().as_str();
+    let sensitive = SENSITIVE.iter().any(|p| pointer.starts_with(p));
+    let got: &dyn std::fmt::Display = if sensitive {
+        &json_type(e.instance())
+    } else {
+        e.instance()
+    };
+    if pointer.starts_with(EXEC_ENV) && matches!(e.kind(), K::AnyOf { .. }) {
+        return format!(
+            "must be a string, {{fromEnv: VARIABLE}} or {{valueFrom: {{secretKeyRef: {{name, key}}}}}}, got {got}"
+        );
+    }
     match e.kind() {
         K::AdditionalProperties { unexpected } => {
             let fields = unexpected
@@ -395,7 +459,20 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
         K::AnyOf { .. } => {
             format!("expected a duration/size string such as 30s or 64Mi, got {got}")
         }
+        _ if sensitive => format!("{got} does not fit here"),
         _ => e.to_string(),
+    }
+}
+
+/// A value's JSON type, for messages that must not show the value.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
     }
 }
 
@@ -766,5 +843,41 @@ mod tests {
             schema.pointer("/$defs/OutputSpec/properties/rowGroupRows/default"),
             Some(&json!(spec::DEFAULT_ROW_GROUP_ROWS))
         );
+    }
+
+    #[test]
+    fn a_job_file_may_be_a_pipe_but_not_a_device() {
+        let e = load(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.category(), crate::ErrorCategory::Invalid);
+        assert!(e.to_string().contains("a device, not a job file"), "{e}");
+
+        // A pipe is read; its relative paths are the working directory's, as it has no
+        // directory of its own.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("job.yaml");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, JOB_WITH_LIMIT).unwrap())
+        };
+        let job = load(&fifo).unwrap();
+        writer.join().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            job.file.spec.input.uri,
+            Location::Local(cwd.join("in.jsonl")).to_uri()
+        );
+
+        // An input that is not a regular file is refused before anything runs, naming the field.
+        let mut job = job;
+        job.file.spec.input.uri = "file:///dev/zero".into();
+        let got = field_errors(preflight(&job).unwrap_err());
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.input.uri");
+        assert!(got[0].1.contains("`/dev/zero` is a device"), "{got:?}");
     }
 }

@@ -193,16 +193,51 @@ pub struct HandlerSpec {
 }
 
 impl HandlerSpec {
-    /// The Secret keys the handler reads (`secretRef` headers of the `http` builtin), each with
-    /// the environment variable it reaches the worker as ([`secret_env_var`]).
+    /// The Secret keys the handler reads (`secretRef` headers of the `http` builtin,
+    /// `valueFrom.secretKeyRef` variables of `exec`), each with the environment variable it
+    /// reaches the worker as ([`secret_env_var`]); each key once.
     pub fn secret_env(&self) -> Vec<(String, SecretKeyRef)> {
-        self.builtin
+        let headers = self
+            .builtin
             .iter()
             .filter_map(|b| b.http.as_ref())
             .flat_map(|http| http.headers.values())
-            .filter_map(|h| h.secret_ref.as_ref())
-            .map(|r| (secret_env_var(r), r.clone()))
-            .collect()
+            .filter_map(|h| h.secret_ref.as_ref());
+        let exec = self
+            .exec
+            .iter()
+            .flat_map(|e| e.env.values())
+            .filter_map(EnvValue::secret_key_ref);
+        let mut out: Vec<(String, SecretKeyRef)> = Vec::new();
+        for r in headers.chain(exec) {
+            let pair = (secret_env_var(r), r.clone());
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+        out
+    }
+
+    /// The variables of the worker's own environment the handler reads: the names of `fromEnv`
+    /// (of `exec.env` and of `http` headers) and the variables of [`Self::secret_env`]. An
+    /// executor whose workers do not inherit the submitter's environment passes these on by
+    /// name (Slurm). Sorted, each once.
+    pub fn env_passed_from_worker(&self) -> Vec<String> {
+        let headers = self
+            .builtin
+            .iter()
+            .filter_map(|b| b.http.as_ref())
+            .flat_map(|http| http.headers.values())
+            .filter_map(|h| h.from_env.clone());
+        let exec = self
+            .exec
+            .iter()
+            .flat_map(|e| e.env.values())
+            .filter_map(|v| v.from_env().map(str::to_string));
+        let secrets = self.secret_env().into_iter().map(|(variable, _)| variable);
+        let names: std::collections::BTreeSet<String> =
+            headers.chain(exec).chain(secrets).collect();
+        names.into_iter().collect()
     }
 }
 
@@ -219,13 +254,74 @@ pub struct ExecSpec {
     /// Program and arguments; the program is looked up in `PATH` or relative to `workdir`.
     #[schemars(length(min = 1))]
     pub command: Vec<String>,
-    /// Extra environment variables. Values are plain text: put secrets in the environment of
-    /// the worker, never in the job file.
+    /// Extra environment variables of the handler process: a literal string (never a secret:
+    /// it is part of the job file), `{fromEnv: NAME}` (a variable of the worker's environment)
+    /// or `{valueFrom: {secretKeyRef: {name, key}}}` (a key of a Kubernetes Secret, with the
+    /// Kubernetes executor).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     /// Working directory, relative to the job file; default: the job file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+}
+
+/// The value of one `exec.env` variable: a literal string, `{fromEnv: NAME}` or
+/// `{valueFrom: {secretKeyRef: {name, key}}}`.
+// Untagged, so that a plain string stays a literal as it always was (and serializes the same:
+// job ids do not change); the CRD keeps the value as written and the rules check it, like
+// `spec.rateLimit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// The value itself (not for secrets: it is part of the job file).
+    Literal(String),
+    /// The value read, when the handler starts, from the worker's environment or a Secret.
+    Ref(EnvRef),
+}
+
+impl EnvValue {
+    /// The worker's variable this value is read from (`fromEnv`), if any.
+    pub fn from_env(&self) -> Option<&str> {
+        match self {
+            EnvValue::Ref(r) => r.from_env.as_deref(),
+            EnvValue::Literal(_) => None,
+        }
+    }
+
+    /// The Secret key this value is read from (`valueFrom.secretKeyRef`), if any.
+    pub fn secret_key_ref(&self) -> Option<&SecretKeyRef> {
+        match self {
+            EnvValue::Ref(r) => r.value_from.as_ref().map(|v| &v.secret_key_ref),
+            EnvValue::Literal(_) => None,
+        }
+    }
+}
+
+impl From<&str> for EnvValue {
+    fn from(value: &str) -> Self {
+        EnvValue::Literal(value.to_string())
+    }
+}
+
+/// Where an `exec.env` value comes from: exactly one of the fields.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvRef {
+    /// The name of a variable of the worker's own environment holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_env: Option<String>,
+    /// A key of a Kubernetes Secret (the Kubernetes shape); the Kubernetes executor only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvValueSource>,
+}
+
+/// The source of an `exec.env` value held in the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvValueSource {
+    /// The Secret key; the worker reads it from the variable `ORCH_SECRET_<NAME>_<KEY>` (see
+    /// [`secret_env_var`]), which the operator sets by reference.
+    pub secret_key_ref: SecretKeyRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -336,7 +432,8 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// The environment variable that carries a `secretRef` header value into a worker:
+/// The environment variable that carries a Secret key (a `secretRef` header value, an
+/// `exec.env` `valueFrom.secretKeyRef`) into a worker:
 /// `ORCH_SECRET_<NAME>_<KEY>`, upper-cased, every character other than an ASCII letter or
 /// digit replaced by `_` (`{name: openai-creds, key: api.key}` → `ORCH_SECRET_OPENAI_CREDS_API_KEY`).
 /// On Kubernetes the operator sets it from the Secret; elsewhere, export it for the worker.

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, Executor};
-use orch_core::invocation::{WorkerHost, worker_environment};
+use orch_core::invocation::{WorkerHost, worker_environment, worker_variables};
 use orch_core::model::JobRecord;
 use orch_core::platform::{ExecutorFactory, Platform};
-use orch_core::spec::SlurmExecutorSpec;
+use orch_core::spec::{HandlerSpec, SlurmExecutorSpec};
 use orch_embedded::{LocalExecutor, WorkerLaunch};
 
 /// The executors of one process: `orch run` on a workstation or login node, or the operator
@@ -28,6 +28,11 @@ pub struct Executors {
     /// The executor of jobs with `executor.kubernetes`; only a caller with a Kubernetes client
     /// (the operator) has one.
     pub kubernetes: Option<Arc<dyn Executor>>,
+    /// Whether Slurm tasks get the variables the handler reads from the worker's environment
+    /// (`fromEnv`, `ORCH_SECRET_…`) with this process's values: true for `orch run`, whose
+    /// environment is its user's; false for the operator, whose environment (its credentials)
+    /// must never reach a tenant's job by a name the job chose.
+    pub pass_handler_environment: bool,
 }
 
 impl std::fmt::Debug for Executors {
@@ -35,16 +40,19 @@ impl std::fmt::Debug for Executors {
         f.debug_struct("Executors")
             .field("worker_command", &self.worker_command)
             .field("kubernetes", &self.kubernetes.is_some())
+            .field("pass_handler_environment", &self.pass_handler_environment)
             .finish()
     }
 }
 
 impl Executors {
-    /// Local processes and Slurm arrays, with `worker_command` as the worker.
+    /// Local processes and Slurm arrays, with `worker_command` as the worker, for the user
+    /// running this process (`orch run`).
     pub fn new(worker_command: Vec<String>) -> Self {
         Executors {
             worker_command,
             kubernetes: None,
+            pass_handler_environment: true,
         }
     }
 }
@@ -138,12 +146,37 @@ impl Executors {
             workdir: cwd,
             // slurmrestd passes nothing else; `sbatch --export=ALL` passes these on top of the
             // submitter's environment.
-            environment: worker_environment(WorkerHost::SharedHost, |k| std::env::var(k).ok()),
+            environment: worker_environment(WorkerHost::SharedHost, |k| std::env::var(k).ok())
+                .into_iter()
+                .chain(handler_environment(&job.spec.spec.handler, |k| {
+                    std::env::var(k)
+                        .ok()
+                        .filter(|_| self.pass_handler_environment)
+                }))
+                .collect(),
         };
         orch_slurm::connect(launch)
             .await
             .map_err(BackendError::from)
     }
+}
+
+/// The variables the handler reads from the worker's environment
+/// (`HandlerSpec::env_passed_from_worker`: `fromEnv`, Secret variables) that `lookup` knows,
+/// with their values: Slurm tasks get no others by name. Those orch passes anyway are left out.
+fn handler_environment(
+    handler: &HandlerSpec,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    handler
+        .env_passed_from_worker()
+        .into_iter()
+        .filter(|name| !worker_variables(WorkerHost::SharedHost).any(|k| k == name))
+        .filter_map(|name| {
+            let value = lookup(&name)?;
+            Some((name, value))
+        })
+        .collect()
 }
 
 /// Where the Slurm tasks of `job` write their logs: `executor.slurm.logDir/<job>` (relative to

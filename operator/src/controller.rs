@@ -755,6 +755,8 @@ fn launch(
         executors: Arc::new(Executors {
             worker_command: ctx.config.worker_command.clone(),
             kubernetes: executor,
+            // The operator's environment is its own, not the tenant's.
+            pass_handler_environment: false,
         }),
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),

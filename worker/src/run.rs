@@ -32,7 +32,7 @@ use crate::checkpoint::{Checkpoint, Finished};
 use crate::error::{Error, Result};
 use crate::handler::{
     ExecConfig, ExecHandler, Handler, HttpConfig, HttpHandler, Identity, ItemFailure, Outcome,
-    Sleep,
+    Sleep, handler_env,
 };
 use crate::throttle::{Limiter, Throttled};
 
@@ -238,7 +238,7 @@ fn make_handler(spec: &JobSpec) -> Result<Arc<dyn Handler>> {
     if let Some(exec) = &h.exec {
         let cfg = ExecConfig {
             command: exec.command.clone(),
-            env: exec.env.clone(),
+            env: handler_env(&exec.env, |k| std::env::var_os(k))?,
             workdir: PathBuf::from(exec.workdir.as_deref().unwrap_or(".")),
             concurrency: h.concurrency as usize,
             timeout: h.timeout.as_duration().map_err(Error::Setup)?,

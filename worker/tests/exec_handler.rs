@@ -1,14 +1,17 @@
 //! The `exec` handler against real Python processes (fixtures in `tests/fixtures/`).
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orch_core::ErrorCategory;
 use orch_core::model::ErrorKind;
+use orch_core::spec::EnvValue;
 use orch_worker::handler::{
-    Answer, ExecConfig, ExecHandler, Handler, HandlerError, ItemFailure, Outcome,
+    Answer, ExecConfig, ExecHandler, Handler, HandlerError, ItemFailure, Outcome, handler_env,
 };
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -356,6 +359,60 @@ async fn env_and_workdir_reach_the_process() {
         dir.path().canonicalize().unwrap()
     );
     handler.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_env_form_reaches_the_process() {
+    let spec: BTreeMap<String, EnvValue> = serde_json::from_value(json!({
+        "MODEL": "small",
+        "FROM_WORKER": {"fromEnv": "ORCH_TEST_WORKER_VARIABLE"},
+        "API_KEY": {"valueFrom": {"secretKeyRef": {"name": "api-creds", "key": "token"}}},
+    }))
+    .unwrap();
+    // The worker's environment: the variable `fromEnv` names, and the one the operator sets
+    // from the Secret.
+    let worker = |name: &str| match name {
+        "ORCH_TEST_WORKER_VARIABLE" => Some(OsString::from("from-the-worker")),
+        "ORCH_SECRET_API_CREDS_TOKEN" => Some(OsString::from("sk-from-the-secret")),
+        _ => None,
+    };
+    let mut cfg = config("echo.py");
+    cfg.env = handler_env(&spec, worker).unwrap();
+    // Debug output names the variables, never their values.
+    let shown = format!("{cfg:?}");
+    assert!(shown.contains("API_KEY"), "{shown}");
+    assert!(
+        !shown.contains("sk-from-the-secret") && !shown.contains("small"),
+        "{shown}"
+    );
+    let handler = ExecHandler::start(cfg).unwrap();
+    for (name, value) in [
+        ("MODEL", "small"),
+        ("FROM_WORKER", "from-the-worker"),
+        ("API_KEY", "sk-from-the-secret"),
+    ] {
+        let result = ok(handler.call(&raw(json!({"env": name}))).await);
+        assert_eq!(result["env"], value, "{name}");
+    }
+    handler.shutdown().await;
+
+    // A variable the worker does not have stops the start, naming it and never a value.
+    let only_secret = |name: &str| {
+        (name == "ORCH_SECRET_API_CREDS_TOKEN").then(|| OsString::from("sk-from-the-secret"))
+    };
+    let e = handler_env(&spec, only_secret).unwrap_err();
+    assert_eq!(e.category(), ErrorCategory::Infrastructure);
+    let text = e.to_string();
+    assert!(
+        text.contains("`FROM_WORKER`") && text.contains("`ORCH_TEST_WORKER_VARIABLE`"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-from"), "{text}");
+    let e = handler_env(&spec, |_| None).unwrap_err().to_string();
+    assert!(
+        e.contains("`API_KEY`") && e.contains("`ORCH_SECRET_API_CREDS_TOKEN`"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -168,6 +168,7 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
             if exec.command.first().is_none_or(|c| c.trim().is_empty()) {
                 err("spec.handler.exec.command", "must name a program".into());
             }
+            exec_env_rules(&mut err, exec, s.executor.kubernetes.is_some());
         }
         (None, Some(builtin)) => {
             if let Some(d) = &builtin.duration
@@ -189,6 +190,7 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
             }
         }
     }
+    secret_variable_rule(&mut err, &s.handler);
     duration_rule(&mut err, "spec.handler.timeout", &s.handler.timeout, true);
     duration_rule(&mut err, "spec.resources.time", &s.resources.time, true);
     if let Err(e) = s.resources.memory.as_bytes() {
@@ -462,11 +464,19 @@ fn http_rules(err: &mut impl FnMut(&str, String), http: &spec::HttpSpec) {
             );
         }
         if let Some(var) = &header.from_env
-            && (var.is_empty() || var.contains('=') || var.contains('\0'))
+            && !is_variable_name(var)
         {
             err(
                 &format!("{path}.fromEnv"),
                 format!("`{var}` is not an environment variable name"),
+            );
+        }
+        if header.value.is_some() && looks_like_secret_header(name) {
+            err(
+                &format!("{path}.value"),
+                format!(
+                    "`{name}` carries credentials, which a job file must not hold by value; {SECRET_HINT}"
+                ),
             );
         }
         // Literal values are checked here (they would fail every request); values read from
@@ -487,6 +497,152 @@ fn http_rules(err: &mut impl FnMut(&str, String), http: &spec::HttpSpec) {
         && let Err(why) = json_pointer(pointer)
     {
         err(&format!("{PATH}.resultPointer"), why);
+    }
+}
+
+/// How a secret reaches a handler instead (the end of every error about a secret by value).
+const SECRET_HINT: &str = "use `fromEnv: VARIABLE` (a variable of the worker's environment) or, \
+     with the Kubernetes executor, a Secret (`valueFrom.secretKeyRef` in `exec.env`, `secretRef` \
+     in a header)";
+
+/// Words in an `exec.env` name (upper-cased) that mark its value as a secret. `TOKEN` is
+/// matched apart (see [`looks_like_secret_env`]).
+const SECRET_ENV_WORDS: &[&str] = &[
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "API_KEY",
+    "APIKEY",
+    "PRIVATE_KEY",
+    "CREDENTIAL",
+    "ACCESS_KEY",
+];
+
+/// Whether an `exec.env` variable's name says it holds a secret: it contains one of
+/// [`SECRET_ENV_WORDS`] or `TOKEN`, case-insensitively. `TOKENS` and `TOKENIZER` are not
+/// `TOKEN`: they name counts and tokenizers (`MAX_TOKENS`, `TOKENIZERS_PARALLELISM`), which
+/// handlers calling language models set all the time.
+fn looks_like_secret_env(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_ENV_WORDS.iter().any(|w| upper.contains(w))
+        || upper.match_indices("TOKEN").any(|(at, word)| {
+            let rest = &upper[at + word.len()..];
+            !(rest.starts_with('S') || rest.starts_with("IZ"))
+        })
+}
+
+/// Whether a request header carries credentials: `Authorization`, `Proxy-Authorization`,
+/// `Cookie`, or a name containing `token`, `api-key`, `apikey` or `secret` (any case).
+fn looks_like_secret_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str())
+        || ["token", "api-key", "apikey", "secret"]
+            .iter()
+            .any(|w| lower.contains(w))
+}
+
+/// A name the worker can look up in, or give to, a process environment.
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=') && !name.contains('\0')
+}
+
+/// The rules of `spec.handler.exec.env`: names a process environment takes, exactly one
+/// source per reference, Secrets with the Kubernetes executor only (nothing else sets the
+/// variable from a Secret), and no secret by value. Messages name the variable, never a value.
+fn exec_env_rules(err: &mut impl FnMut(&str, String), exec: &spec::ExecSpec, kubernetes: bool) {
+    for (name, value) in &exec.env {
+        let path = format!("spec.handler.exec.env.{name}");
+        if !is_variable_name(name) {
+            err(
+                &path,
+                format!("`{name}` is not an environment variable name (empty, `=` or NUL)"),
+            );
+        }
+        match value {
+            spec::EnvValue::Literal(text) => {
+                if looks_like_secret_env(name) {
+                    err(
+                        &path,
+                        format!(
+                            "`{name}` looks like a secret, which a job file must not hold by value; {SECRET_HINT}"
+                        ),
+                    );
+                }
+                if text.contains('\0') {
+                    err(&path, "a value must not hold a NUL character".into());
+                }
+            }
+            spec::EnvValue::Ref(r) => match (&r.from_env, &r.value_from) {
+                (Some(var), None) => {
+                    if !is_variable_name(var) {
+                        err(
+                            &format!("{path}.fromEnv"),
+                            format!("`{var}` is not an environment variable name"),
+                        );
+                    }
+                }
+                (None, Some(source)) => {
+                    if kubernetes {
+                        secret_key_ref_rules(
+                            err,
+                            &format!("{path}.valueFrom.secretKeyRef"),
+                            &source.secret_key_ref,
+                        );
+                    } else {
+                        err(
+                            &format!("{path}.valueFrom"),
+                            "a Secret reaches the handler with the Kubernetes executor only \
+                             (spec.executor.kubernetes); elsewhere use `fromEnv: VARIABLE`"
+                                .into(),
+                        );
+                    }
+                }
+                _ => err(
+                    &path,
+                    "set a string, or exactly one of `fromEnv` and `valueFrom`".into(),
+                ),
+            },
+        }
+    }
+}
+
+/// A Secret key reference Kubernetes accepts: the Secret's name a DNS subdomain, the key
+/// letters, digits, `-`, `_` and `.` (at most 253).
+fn secret_key_ref_rules(err: &mut impl FnMut(&str, String), path: &str, r: &spec::SecretKeyRef) {
+    if let Err(why) = dns_subdomain(&r.name) {
+        err(&format!("{path}.name"), why);
+    }
+    let key_ok = !r.key.is_empty()
+        && r.key.len() <= 253
+        && r.key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !key_ok {
+        err(
+            &format!("{path}.key"),
+            format!(
+                "`{}` is not a Secret key (at most 253 letters, digits, `-`, `_` and `.`)",
+                r.key
+            ),
+        );
+    }
+}
+
+/// Two different Secret keys must not reach the worker through one variable
+/// (`{name: a-b, key: c}` and `{name: a, key: b-c}` are both `ORCH_SECRET_A_B_C`): one of
+/// them would silently be read for the other.
+fn secret_variable_rule(err: &mut impl FnMut(&str, String), handler: &spec::HandlerSpec) {
+    let secrets = handler.secret_env();
+    for (i, (variable, a)) in secrets.iter().enumerate() {
+        if let Some((_, b)) = secrets[..i].iter().find(|(v, _)| v == variable) {
+            err(
+                "spec.handler",
+                format!(
+                    "Secret keys `{}/{}` and `{}/{}` both reach the worker as `{variable}`; rename one",
+                    b.name, b.key, a.name, a.key
+                ),
+            );
+        }
     }
 }
 
@@ -844,6 +1000,212 @@ mod tests {
             file.spec.handler.secret_env(),
             vec![("ORCH_SECRET_OPENAI_CREDS_API_KEY".to_string(), r)]
         );
+    }
+
+    /// A job whose `exec` handler has this `env`, on this executor.
+    fn with_env(env: serde_json::Value, executor: serde_json::Value) -> serde_json::Value {
+        let mut job = job_with(executor, json!({}));
+        job["spec"]["handler"] = json!({"exec": {"command": ["python3", "h.py"], "env": env}});
+        job
+    }
+
+    /// A value no message may show.
+    const SECRET: &str = "sk-live-0123456789abcdef";
+
+    #[test]
+    fn exec_env_takes_literals_and_references() {
+        let env = json!({
+            "MODEL": "small",
+            "MAX_TOKENS": "512",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OPENAI_API_KEY": {"fromEnv": "OPENAI_KEY"},
+            "DB_PASSWORD": {"valueFrom": {"secretKeyRef": {"name": "db-creds", "key": "password"}}},
+        });
+        let job = with_env(env.clone(), json!({"kubernetes": {}}));
+        let file = check(Path::new("job.yaml"), &job).unwrap();
+        let exec = file.spec.handler.exec.as_ref().unwrap();
+        let db = spec::SecretKeyRef {
+            name: "db-creds".into(),
+            key: "password".into(),
+        };
+        assert_eq!(exec.env["MODEL"], spec::EnvValue::from("small"));
+        assert_eq!(exec.env["OPENAI_API_KEY"].from_env(), Some("OPENAI_KEY"));
+        assert_eq!(exec.env["OPENAI_API_KEY"].secret_key_ref(), None);
+        assert_eq!(exec.env["DB_PASSWORD"].secret_key_ref(), Some(&db));
+        assert_eq!(exec.env["DB_PASSWORD"].from_env(), None);
+        // Written back as read (a literal stays a plain string, so job ids do not change),
+        // and what is written back passes the schema again.
+        let back = serde_json::to_value(&file).unwrap();
+        assert_eq!(back["spec"]["handler"]["exec"]["env"], env);
+        assert_eq!(problems(&back), Vec::<(String, String)>::new());
+        // The Secret reaches the pod by reference; the worker's own variables pass by name.
+        assert_eq!(
+            file.spec.handler.secret_env(),
+            vec![("ORCH_SECRET_DB_CREDS_PASSWORD".to_string(), db)]
+        );
+        assert_eq!(
+            file.spec.handler.env_passed_from_worker(),
+            ["OPENAI_KEY", "ORCH_SECRET_DB_CREDS_PASSWORD"]
+        );
+        // fromEnv works with every executor.
+        for executor in [json!({"local": {}}), json!({"slurm": {}})] {
+            let job = with_env(json!({"TOKEN": {"fromEnv": "HF_TOKEN"}}), executor.clone());
+            assert_eq!(problems(&job), Vec::<(String, String)>::new(), "{executor}");
+        }
+    }
+
+    #[test]
+    fn the_worker_passes_on_what_headers_and_env_read() {
+        let mut job = with_handler(json!({"builtin": {"name": "http", "http": {
+            "url": "http://api/{id}",
+            "headers": {
+                "Authorization": {"fromEnv": "API_TOKEN"},
+                "X-Key": {"secretRef": {"name": "creds", "key": "key"}},
+                "X-Again": {"fromEnv": "API_TOKEN"},
+                "Accept": {"value": "application/json"},
+            }
+        }}}));
+        let file = check(Path::new("job.yaml"), &job).unwrap();
+        assert_eq!(
+            file.spec.handler.env_passed_from_worker(),
+            ["API_TOKEN", "ORCH_SECRET_CREDS_KEY"]
+        );
+        job["spec"]["handler"] = json!({"exec": {"command": ["h"], "env": {"A": "plain"}}});
+        let file = check(Path::new("job.yaml"), &job).unwrap();
+        assert!(file.spec.handler.env_passed_from_worker().is_empty());
+    }
+
+    #[test]
+    fn secret_looking_literals_are_refused_without_their_value() {
+        for name in [
+            "CLIENT_SECRET",
+            "hf_token",
+            "TOKEN",
+            "DB_PASSWORD",
+            "Passwd",
+            "OPENAI_API_KEY",
+            "SERVICE_APIKEY",
+            "SSH_PRIVATE_KEY",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "AWS_ACCESS_KEY_ID",
+            "TOKEN_TOKENS",
+        ] {
+            let job = with_env(
+                json!({name: SECRET, "MODEL": "small"}),
+                json!({"local": {}}),
+            );
+            let got = problems(&job);
+            assert_eq!(got.len(), 1, "{name}: {got:?}");
+            assert_eq!(got[0].0, format!("spec.handler.exec.env.{name}"));
+            assert!(got[0].1.contains("looks like a secret"), "{got:?}");
+            assert!(
+                got[0].1.contains("fromEnv") && got[0].1.contains("valueFrom.secretKeyRef"),
+                "{got:?}"
+            );
+            // Not in the rendered error either (what `orch validate` prints).
+            let shown = check(Path::new("job.yaml"), &job).unwrap_err().to_string();
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
+        for name in ["MODEL", "MAX_TOKENS", "TOKENIZERS_PARALLELISM", "KEY_FIELD"] {
+            let job = with_env(json!({name: "x"}), json!({"local": {}}));
+            assert_eq!(problems(&job), Vec::<(String, String)>::new(), "{name}");
+        }
+
+        for header in [
+            "Authorization",
+            "proxy-authorization",
+            "Cookie",
+            "X-Auth-Token",
+            "X-Api-Key",
+            "x-apikey",
+            "X-Client-Secret",
+        ] {
+            let job = with_handler(json!({"builtin": {"name": "http", "http": {
+                "url": "http://api/{id}",
+                "headers": {header: {"value": SECRET}, "Accept": {"value": "text/plain"}},
+            }}}));
+            let got = problems(&job);
+            assert_eq!(got.len(), 1, "{header}: {got:?}");
+            assert_eq!(
+                got[0].0,
+                format!("spec.handler.builtin.http.headers.{header}.value")
+            );
+            assert!(got[0].1.contains("fromEnv"), "{got:?}");
+            let shown = check(Path::new("job.yaml"), &job).unwrap_err().to_string();
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
+    }
+
+    #[test]
+    fn secret_refs_need_the_kubernetes_executor_and_one_source() {
+        let secret = json!({"valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}});
+        for executor in [json!({"local": {}}), json!({"slurm": {}})] {
+            let got = problems(&with_env(json!({"API_KEY": secret}), executor.clone()));
+            assert_eq!(got.len(), 1, "{executor}: {got:?}");
+            assert_eq!(got[0].0, "spec.handler.exec.env.API_KEY.valueFrom");
+            assert!(got[0].1.contains("Kubernetes executor"), "{got:?}");
+        }
+        let got = problems(&with_env(
+            json!({
+                "NONE": {},
+                "BOTH": {"fromEnv": "B", "valueFrom": {"secretKeyRef": {"name": "a", "key": "b"}}},
+                "BAD_VAR": {"fromEnv": "A=B"},
+                "BAD_REF": {"valueFrom": {"secretKeyRef": {"name": "Not_A_Name", "key": "a/b"}}},
+            }),
+            json!({"kubernetes": {}}),
+        ));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.handler.exec.env.BAD_REF.valueFrom.secretKeyRef.name",
+                "spec.handler.exec.env.BAD_REF.valueFrom.secretKeyRef.key",
+                "spec.handler.exec.env.BAD_VAR.fromEnv",
+                "spec.handler.exec.env.BOTH",
+                "spec.handler.exec.env.NONE",
+            ],
+            "{got:?}"
+        );
+        assert!(got[3].1.contains("exactly one of"), "{got:?}");
+        // Two Secret keys behind one variable would read one for the other.
+        let got = problems(&with_env(
+            json!({
+                "A": {"valueFrom": {"secretKeyRef": {"name": "a-b", "key": "c"}}},
+                "B": {"valueFrom": {"secretKeyRef": {"name": "a", "key": "b-c"}}},
+                "C": {"valueFrom": {"secretKeyRef": {"name": "a", "key": "b-c"}}},
+            }),
+            json!({"kubernetes": {}}),
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.handler");
+        assert!(got[0].1.contains("ORCH_SECRET_A_B_C"), "{got:?}");
+    }
+
+    #[test]
+    fn env_shapes_the_schema_refuses_are_named_without_the_value() {
+        let got = problems(&with_env(
+            json!({"A": {"fromEnv": "X", "bogus": 1}}),
+            json!({"local": {}}),
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.handler.exec.env.A");
+        assert!(got[0].1.contains("unknown field `bogus`"), "{got:?}");
+        for value in [json!(7_654_321), json!(["sk-in-a-list"]), json!(true)] {
+            let got = problems(&with_env(json!({"A": value}), json!({"local": {}})));
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0].0, "spec.handler.exec.env.A");
+            assert!(got[0].1.contains("fromEnv"), "{got:?}");
+            assert!(
+                !got[0].1.contains("7654321") && !got[0].1.contains("sk-in"),
+                "{got:?}"
+            );
+        }
+        let got = problems(&with_handler(json!({"builtin": {"name": "http", "http": {
+            "url": "http://api/{id}", "headers": {"X-Id": {"value": 7_654_321}},
+        }}})));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.handler.builtin.http.headers.X-Id.value");
+        assert!(!got[0].1.contains("7654321"), "{got:?}");
     }
 
     #[test]

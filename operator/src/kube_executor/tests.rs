@@ -420,6 +420,44 @@ async fn the_handlers_secret_keys_are_set_by_reference() {
 }
 
 #[tokio::test]
+async fn an_exec_env_secret_reaches_the_pod_by_reference() {
+    let handler: orch_core::spec::HandlerSpec = serde_json::from_value(json!({"exec": {
+        "command": ["python3", "handler.py"],
+        "env": {
+            "MODEL": "small",
+            "OPENAI_API_KEY": {"valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}}},
+            "REGION": {"fromEnv": "AWS_REGION"},
+        },
+    }}))
+    .unwrap();
+    // What the controller hands the executor (controller.rs: `secret_env()`).
+    let mut l = launch();
+    l.secrets = handler.secret_env();
+    let exec = offline(l);
+    let work = exec.plan(&group(0, TaskKind::Work, &[(0, 1)]));
+    let job = serde_json::to_value(exec.manifest(&work[0])).unwrap();
+    let env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let by_reference: Vec<&Value> = env
+        .iter()
+        .filter(|v| v.get("valueFrom").is_some())
+        .collect();
+    assert_eq!(
+        by_reference,
+        [&json!({"name": "ORCH_SECRET_OPENAI_API_KEY",
+                 "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key", "optional": false}}})]
+    );
+    // Literals and the worker's own variables stay in the job spec the worker reads: the pod
+    // spec gets no value of the handler's.
+    for var in &env {
+        assert_ne!(var["value"], "small", "{var}");
+        assert_ne!(var["name"], "OPENAI_API_KEY", "{var}");
+    }
+}
+
+#[tokio::test]
 async fn merge_and_final_jobs_run_the_aggregate_command_and_a_command_can_be_set() {
     let mut l = launch();
     l.worker_command = vec!["/usr/bin/tini".into(), "--".into(), "orch-worker".into()];

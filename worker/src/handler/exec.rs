@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use orch_core::backoff::Backoff;
 use orch_core::model::ErrorKind;
+use orch_core::spec::{EnvValue, secret_env_var};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -54,13 +55,14 @@ const RESTART_BACKOFF: Backoff =
 const PIPE_BUFFER: usize = 64 * 1024;
 
 /// How to run an `exec` handler.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ExecConfig {
     /// Program and arguments. A bare program name is looked up in `PATH`, then in `workdir`; a
     /// relative path with a `/` is taken relative to `workdir`.
     pub command: Vec<String>,
-    /// Added to the worker's environment.
-    pub env: BTreeMap<String, String>,
+    /// Added to the worker's environment (see [`handler_env`]). Values may be secrets: never
+    /// shown, `Debug` lists the names only.
+    pub env: BTreeMap<String, OsString>,
     pub workdir: PathBuf,
     /// Items in flight at once.
     pub concurrency: usize,
@@ -70,6 +72,54 @@ pub struct ExecConfig {
     pub stderr_log: Option<PathBuf>,
     /// Consecutive crashes without any response in between after which the handler gives up.
     pub max_restarts: u32,
+}
+
+impl std::fmt::Debug for ExecConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecConfig")
+            .field("command", &self.command)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("workdir", &self.workdir)
+            .field("concurrency", &self.concurrency)
+            .field("timeout", &self.timeout)
+            .field("stderr_log", &self.stderr_log)
+            .field("max_restarts", &self.max_restarts)
+            .finish()
+    }
+}
+
+/// The handler's variables from the spec's `exec.env`: a literal as written, `fromEnv` and
+/// `valueFrom.secretKeyRef` read through `lookup` (the worker's environment) from the variable
+/// named, or from `ORCH_SECRET_<NAME>_<KEY>` ([`secret_env_var`], which the operator sets from
+/// the Secret). A variable that is not set fails the start, naming it and never a value.
+pub fn handler_env(
+    spec: &BTreeMap<String, EnvValue>,
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<BTreeMap<String, OsString>, HandlerError> {
+    spec.iter()
+        .map(|(name, value)| {
+            let variable = match value {
+                EnvValue::Literal(text) => return Ok((name.clone(), OsString::from(text))),
+                EnvValue::Ref(_) => match (value.from_env(), value.secret_key_ref()) {
+                    (Some(variable), None) => variable.to_string(),
+                    (None, Some(secret)) => secret_env_var(secret),
+                    _ => {
+                        return Err(HandlerError::ExecEnv {
+                            name: name.clone(),
+                            why: "set exactly one of `fromEnv` and `valueFrom`".into(),
+                        });
+                    }
+                },
+            };
+            match lookup(&variable) {
+                Some(found) => Ok((name.clone(), found)),
+                None => Err(HandlerError::ExecEnv {
+                    name: name.clone(),
+                    why: format!("reads the environment variable `{variable}`, which is not set"),
+                }),
+            }
+        })
+        .collect()
 }
 
 impl ExecConfig {
@@ -958,7 +1008,7 @@ fn backoff(crashes: u32) -> Duration {
 }
 
 /// Finds the program the way the spec promises: `PATH` first, then the working directory.
-fn resolve_program(program: &str, workdir: &Path, env: &BTreeMap<String, String>) -> OsString {
+fn resolve_program(program: &str, workdir: &Path, env: &BTreeMap<String, OsString>) -> OsString {
     let path = Path::new(program);
     if path.is_absolute() {
         return program.into();
@@ -970,7 +1020,7 @@ fn resolve_program(program: &str, workdir: &Path, env: &BTreeMap<String, String>
     }
     let search = env
         .get("PATH")
-        .map(OsString::from)
+        .cloned()
         .or_else(|| std::env::var_os("PATH"))
         .unwrap_or_default();
     if std::env::split_paths(&search).any(|dir| dir.join(program).is_file()) {

@@ -24,7 +24,7 @@ use orch_core::model::ErrorKind;
 use serde_json::value::RawValue;
 
 pub use builtin::{Identity, Sleep};
-pub use exec::{ExecConfig, ExecHandler};
+pub use exec::{ExecConfig, ExecHandler, handler_env};
 pub use http::{HttpConfig, HttpHandler};
 
 /// Why one item failed. The worker retries, records or escalates it according to `kind`.
@@ -179,6 +179,10 @@ pub enum HandlerError {
     MissingEnv { header: String, variable: String },
     #[error("http handler: cannot build the HTTP client: {0}")]
     HttpClient(String),
+    /// A variable of `exec.env` that cannot be set: its reference is malformed, or the
+    /// variable it reads is not set in the worker's environment. Names them, never a value.
+    #[error("exec handler: env `{name}` {why}")]
+    ExecEnv { name: String, why: String },
 }
 
 fn spawn_reason(err: &std::io::Error) -> String {
@@ -200,9 +204,9 @@ impl HandlerError {
             | HandlerError::HttpSpec(_) => ErrorCategory::Invalid,
             // A secret missing on this node (a Slurm node without the variable exported) may
             // be present on another.
-            HandlerError::MissingEnv { .. } | HandlerError::HttpClient(_) => {
-                ErrorCategory::Infrastructure
-            }
+            HandlerError::MissingEnv { .. }
+            | HandlerError::ExecEnv { .. }
+            | HandlerError::HttpClient(_) => ErrorCategory::Infrastructure,
             // A program or directory missing on this node may be present on another one (a
             // missing module, an unmounted file system): let the task be retried elsewhere.
             HandlerError::Workdir { .. }
