@@ -328,6 +328,13 @@ DEFS = {
     "authz.SubjectAccessReviewSpec": {"resourceAttributes": "authz.ResourceAttributes",
                                       "nonResourceAttributes": "authz.NonResourceAttributes", "user": "string",
                                       "groups": "[string]", "extra": "{[string]}", "uid": "string"},
+    "authz.SelfSubjectRulesReview": {"apiVersion": "string", "kind": "string", "metadata": "meta.ObjectMeta",
+                                     "spec!": "authz.SelfSubjectRulesReviewSpec", "status": "authz.SubjectRulesReviewStatus"},
+    "authz.SelfSubjectRulesReviewSpec": {"namespace": "string"},
+    "authz.SubjectRulesReviewStatus": {"resourceRules!": "[authz.ResourceRule]", "nonResourceRules!": "[authz.NonResourceRule]",
+                                       "incomplete!": "boolean", "evaluationError": "string"},
+    "authz.ResourceRule": {"verbs!": "[string]", "apiGroups": "[string]", "resources": "[string]", "resourceNames": "[string]"},
+    "authz.NonResourceRule": {"verbs!": "[string]", "nonResourceURLs": "[string]"},
     "authz.ResourceAttributes": {"namespace": "string", "verb": "string", "group": "string", "version": "string",
                                  "resource": "string", "subresource": "string", "name": "string",
                                  "fieldSelector": OPEN, "labelSelector": OPEN},
@@ -353,6 +360,7 @@ KINDS = {
     ("authentication.k8s.io", "v1", "SelfSubjectReview"): "authn.SelfSubjectReview",
     ("authorization.k8s.io", "v1", "SelfSubjectAccessReview"): "authz.SelfSubjectAccessReview",
     ("authorization.k8s.io", "v1", "SubjectAccessReview"): "authz.SubjectAccessReview",
+    ("authorization.k8s.io", "v1", "SelfSubjectRulesReview"): "authz.SelfSubjectRulesReview",
 }
 
 

@@ -220,6 +220,7 @@ BUILTINS = [
 REVIEWS = [
     ("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
     ("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", False),
+    ("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False),
     ("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False),
 ]
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -1837,6 +1838,20 @@ def subject_access_review(auth, rt, body, requester):
     SelfSubjectReview (who am I)."""
     out = copy.deepcopy(body)
     out.setdefault("metadata", {})["creationTimestamp"] = now_iso()
+    if rt.kind == "SelfSubjectRulesReview":
+        # kubectl auth can-i --list: every rule that applies in the namespace.
+        errors, resource, nonresource = [], [], []
+        with auth.cluster.lock:
+            for rules in auth.rules_for(requester, (out.get("spec") or {}).get("namespace"), errors):
+                for r in rules:
+                    if r.get("nonResourceURLs"):
+                        nonresource.append({"verbs": r["verbs"], "nonResourceURLs": r["nonResourceURLs"]})
+                    else:
+                        resource.append({k: r[k] for k in ("verbs", "apiGroups", "resources", "resourceNames") if k in r})
+        out["status"] = {"resourceRules": resource, "nonResourceRules": nonresource, "incomplete": False}
+        if errors:
+            out["status"]["evaluationError"] = ", ".join(errors)
+        return out
     if rt.kind == "SelfSubjectReview":
         info = {"username": requester["username"], "groups": requester["groups"]}
         if requester.get("uid"):
@@ -1942,6 +1957,20 @@ BUILTIN_COLUMNS = {   # plural -> [(column, type, function of the object)]
     "configmaps": [("Data", "integer", lambda o: len(o.get("data") or {}) + len(o.get("binaryData") or {}))],
     "secrets": [("Type", "string", lambda o: o.get("type")), ("Data", "integer", lambda o: len(o.get("data") or {}))],
     "leases": [("Holder", "string", lambda o: dig(o, "spec", "holderIdentity"))],
+    "deployments": [("Ready", "string", lambda o: "%d/%d" % (dig(o, "status", "readyReplicas") or 0, dig(o, "spec", "replicas") or 0)),
+                    ("Up-to-date", "integer", lambda o: dig(o, "status", "updatedReplicas") or 0),
+                    ("Available", "integer", lambda o: dig(o, "status", "availableReplicas") or 0)],
+    "replicasets": [("Desired", "integer", lambda o: dig(o, "spec", "replicas") or 0),
+                    ("Current", "integer", lambda o: dig(o, "status", "replicas") or 0),
+                    ("Ready", "integer", lambda o: dig(o, "status", "readyReplicas") or 0)],
+    "services": [("Type", "string", lambda o: dig(o, "spec", "type")), ("Cluster-IP", "string", lambda o: dig(o, "spec", "clusterIP")),
+                 ("Ports", "string", lambda o: ",".join("%s/%s" % (p.get("port"), p.get("protocol", "TCP"))
+                                                        for p in dig(o, "spec", "ports") or []))],
+    "poddisruptionbudgets": [("Min Available", "string", lambda o: str(dig(o, "spec", "minAvailable") or "N/A")),
+                             ("Max Unavailable", "string", lambda o: str(dig(o, "spec", "maxUnavailable") or "N/A")),
+                             ("Allowed Disruptions", "integer", lambda o: dig(o, "status", "disruptionsAllowed") or 0)],
+    "rolebindings": [("Role", "string", lambda o: "%s/%s" % (dig(o, "roleRef", "kind"), dig(o, "roleRef", "name")))],
+    "clusterrolebindings": [("Role", "string", lambda o: "%s/%s" % (dig(o, "roleRef", "kind"), dig(o, "roleRef", "name")))],
     "events": [("Reason", "string", lambda o: o.get("reason")), ("Note", "string", lambda o: o.get("note") or o.get("message"))],
 }
 
@@ -2761,10 +2790,10 @@ class DeploymentRunner(Kubelet, threading.Thread):
                 pp.restarts += 1
                 pp.next_start = now
         if pp.proc is None and now >= pp.next_start:
-            self.start(pp)
+            self.start_container(pp)
         self.pod_status(pp)
 
-    def start(self, pp):
+    def start_container(self, pp):
         pod, container = pp.pod, pp.pod["spec"]["containers"][0]
         ns = pod["metadata"]["namespace"]
         argv = self.argv(container)
@@ -2783,7 +2812,7 @@ class DeploymentRunner(Kubelet, threading.Thread):
                 env["KUBECONFIG"] = kubeconfig
             mounts = self.volumes(pp)
             try:
-                env.update(self.container_env(pod, container))
+                pod_env = self.container_env(pod, container)
             except ConfigError as e:
                 raise ConfigError(("CreateContainerConfigError", str(e)))
         except ConfigError as e:
@@ -2802,8 +2831,11 @@ class DeploymentRunner(Kubelet, threading.Thread):
                     if rest == mount_path or rest.startswith(mount_path.rstrip("/") + "/"):
                         return prefix + host + rest[len(mount_path.rstrip("/")):]
             return value
-        env = {k: rewrite(v) for k, v in env.items()}
-        argv = [rewrite(a) for a in argv]
+        # What the pod spec says is a path in the container; the program an image maps to and the
+        # emulator's own variables (PATH, HOME, KUBECONFIG) are paths of this host.
+        env.update({k: rewrite(v) for k, v in pod_env.items()})
+        own = len(argv) - len(container.get("args") or []) if not container.get("command") else 0
+        argv = argv[:own] + [rewrite(a) for a in argv[own:]]
         base = os.path.join(self.log_dir, "%s_%s" % (ns, pod["metadata"]["name"]))
         with open(base + ".stdout", "ab") as out, open(base + ".stderr", "ab") as err:
             try:
@@ -3012,6 +3044,12 @@ PB_OWNER = {1: ("kind", "str"), 3: ("name", "str"), 4: ("uid", "str"), 5: ("apiV
 PB_META = {1: ("name", "str"), 2: ("generateName", "str"), 3: ("namespace", "str"), 5: ("uid", "str"),
            6: ("resourceVersion", "str"), 11: ("labels", "map"), 12: ("annotations", "map"),
            13: ("ownerReferences", [PB_OWNER]), 14: ("finalizers", "strs")}
+PB_RULE = {1: ("verbs", "strs"), 2: ("apiGroups", "strs"), 3: ("resources", "strs"), 4: ("resourceNames", "strs"),
+           5: ("nonResourceURLs", "strs")}
+PB_SELECTOR = {1: ("matchLabels", "map"), 2: ("matchExpressions", [{1: ("key", "str"), 2: ("operator", "str"), 3: ("values", "strs")}])}
+PB_BINDING = {1: ("metadata", PB_META), 2: ("subjects", [{1: ("kind", "str"), 2: ("apiGroup", "str"), 3: ("name", "str"),
+                                                         4: ("namespace", "str")}]),
+              3: ("roleRef", {1: ("apiGroup", "str"), 2: ("kind", "str"), 3: ("name", "str")})}
 PB_KINDS = {"ConfigMap": {1: ("metadata", PB_META), 2: ("data", "map"), 3: ("binaryData", "bytesmap"), 4: ("immutable", "bool")},
             "Secret": {1: ("metadata", PB_META), 2: ("data", "bytesmap"), 3: ("type", "str"), 4: ("stringData", "map"),
                        5: ("immutable", "bool")},
@@ -3026,7 +3064,13 @@ PB_KINDS = {"ConfigMap": {1: ("metadata", PB_META), 2: ("data", "map"), 3: ("bin
                 1: ("resourceAttributes", {1: ("namespace", "str"), 2: ("verb", "str"), 3: ("group", "str"), 4: ("version", "str"),
                                            5: ("resource", "str"), 6: ("subresource", "str"), 7: ("name", "str")}),
                 2: ("nonResourceAttributes", {1: ("path", "str"), 2: ("verb", "str")})})},
-            "SelfSubjectReview": {1: ("metadata", PB_META)}}
+            "SelfSubjectReview": {1: ("metadata", PB_META)},
+            "SelfSubjectRulesReview": {1: ("metadata", PB_META), 2: ("spec", {1: ("namespace", "str")})},
+            # kubectl create role|clusterrole|rolebinding|clusterrolebinding
+            "Role": {1: ("metadata", PB_META), 2: ("rules", [PB_RULE])},
+            "ClusterRole": {1: ("metadata", PB_META), 2: ("rules", [PB_RULE]),
+                            3: ("aggregationRule", {1: ("clusterRoleSelectors", [PB_SELECTOR])})},
+            "RoleBinding": PB_BINDING, "ClusterRoleBinding": PB_BINDING}
 
 
 def pb_decode(buf, spec):
