@@ -436,7 +436,7 @@ def json_kind(v):
 
 class BuiltinDecode:
     """One walk over a built-in object: unknown fields (dropped, remembered for fieldValidation),
-    the first value of a wrong type, and required fields that are missing or empty."""
+    the first value of a wrong type, and required fields that are missing."""
 
     def __init__(self):
         self.unknown, self.missing, self.wrong = [], [], None   # wrong: (path, go path, value, schema, detail)
@@ -462,7 +462,7 @@ class BuiltinDecode:
                 if val is not None:
                     out[k] = val
             for k in s["required"]:
-                if k not in out or (out[k] == "" and s["props"][k]["t"] == "string"):
+                if k not in out:
                     self.missing.append(path + [k])
             return out
         if t == "list":
@@ -952,6 +952,8 @@ def check_pod_template(path, tmpl, errors, restart=("Always",)):
                                  "supported values: %s" % (fmt_value(spec["restartPolicy"]), ", ".join(map(fmt_value, restart)))))
     names = set()
     for i, c in enumerate(spec.get("containers") or []):
+        if not c.get("name"):
+            errors.append(FieldError(path + ["spec", "containers", i, "name"], "FieldValueRequired", "Required value"))
         if not c.get("image"):
             errors.append(FieldError(path + ["spec", "containers", i, "image"], "FieldValueRequired", "Required value"))
         if c.get("name") in names:
