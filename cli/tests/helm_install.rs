@@ -83,6 +83,7 @@ impl Installed {
         Command::new(program)
             .args(args)
             .env("KUBECONFIG", &self.emulator.kubeconfig)
+            .env("KUBECACHEDIR", self.scratch.path("kube-cache"))
             .env("HELM_CACHE_HOME", self.scratch.path("helm/cache"))
             .env("HELM_CONFIG_HOME", self.scratch.path("helm/config"))
             .env("HELM_DATA_HOME", self.scratch.path("helm/data"))
@@ -192,6 +193,24 @@ impl Installed {
                 40
             )
         )
+    }
+
+    /// The requests of `user` the emulator refused (its `--verbose` log, from byte `from`).
+    fn refused(&self, user: &str, from: usize) -> Vec<String> {
+        let log = std::fs::read_to_string(self.scratch.path("emulator.log")).unwrap_or_default();
+        log.get(from..)
+            .unwrap_or("")
+            .lines()
+            .filter(|l| {
+                l.ends_with(&format!(" user={user}"))
+                    && (l.contains("\" 403 ") || l.contains("\" 401 "))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn emulator_log_len(&self) -> usize {
+        std::fs::metadata(self.scratch.path("emulator.log")).map_or(0, |m| m.len() as usize)
     }
 
     /// A request made with the operator ServiceAccount's own token (TokenRequest, as
@@ -358,7 +377,13 @@ extraEnv:
     assert_eq!(deployment["spec"]["replicas"], 1, "{deployment}");
     assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
     world.kubectl_ok(&["get", "serviceaccount", &fullname, "-n", NAMESPACE]);
-    world.kubectl_ok(&["get", "service", &format!("{fullname}-metrics"), "-n", NAMESPACE]);
+    world.kubectl_ok(&[
+        "get",
+        "service",
+        &format!("{fullname}-metrics"),
+        "-n",
+        NAMESPACE,
+    ]);
     world.kubectl_ok(&["get", "networkpolicy", &fullname, "-n", NAMESPACE]);
     world.kubectl_ok(&["get", "clusterrole,clusterrolebinding", &fullname]);
     world.kubectl_ok(&[
@@ -370,12 +395,16 @@ extraEnv:
     ]);
 
     // Until its Secret exists, the pod waits (CreateContainerConfigError), as on a cluster.
-    world.wait_for("the pod to wait for its Secret", Duration::from_secs(30), |w| {
-        w.operator_pods().first().is_some_and(|p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                == "CreateContainerConfigError"
-        })
-    });
+    world.wait_for(
+        "the pod to wait for its Secret",
+        Duration::from_secs(30),
+        |w| {
+            w.operator_pods().first().is_some_and(|p| {
+                p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                    == "CreateContainerConfigError"
+            })
+        },
+    );
     world.kubectl_ok(&[
         "create",
         "secret",
@@ -403,19 +432,23 @@ extraEnv:
     assert_eq!(http_status(world.metrics_port, "/readyz"), Some(200));
     // Leader election with the chart's Role (create, get/update of the one Lease by name),
     // under the identity the chart gives (POD_NAME from the downward API).
-    world.wait_for("the operator to hold the Lease", Duration::from_secs(30), |w| {
-        w.kubectl(&[
-            "get",
-            "lease",
-            "orch-operator-leader",
-            "-n",
-            NAMESPACE,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .stdout
-            == pod.as_bytes()
-    });
+    world.wait_for(
+        "the operator to hold the Lease",
+        Duration::from_secs(30),
+        |w| {
+            w.kubectl(&[
+                "get",
+                "lease",
+                "orch-operator-leader",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .stdout
+                == pod.as_bytes()
+        },
+    );
 
     // A tenant: its namespace, the admin's OrchPolicy, the workers' AWS Secret, the input.
     world.kubectl_ok(&["create", "namespace", TENANT]);
@@ -489,9 +522,19 @@ spec:
     moto::download_prefix(&s3, &world.bucket, &format!("{TENANT}/out/"), &dir).await;
     common::read_output(&dir).assert_each_item_once(ITEMS);
 
+    // Everything the operator asked for so far, the chart's RBAC allowed (the emulator's log
+    // has every request with its user): a missing rule would show as a 403 here, even where the
+    // operator swallows the error.
+    let sa = format!("system:serviceaccount:{NAMESPACE}:{fullname}");
+    let refused = world.refused(&sa, 0);
+    assert!(
+        refused.is_empty(),
+        "the chart's RBAC refused the operator:\n{}",
+        refused.join("\n")
+    );
+
     // RBAC holds: with its own token the operator reads no Secret (of another namespace, nor
     // its own), writes no OrchPolicy; what it needs, it may.
-    let sa = format!("system:serviceaccount:{NAMESPACE}:{fullname}");
     let token = world
         .kubectl_ok(&["create", "token", &fullname, "-n", NAMESPACE])
         .trim()
@@ -506,7 +549,11 @@ spec:
         common::text(&denied)
     );
     let denied = world.as_operator(&token, &["get", "secret", AWS_SECRET, "-n", NAMESPACE]);
-    assert!(stderr(&denied).contains("is forbidden"), "{}", common::text(&denied));
+    assert!(
+        stderr(&denied).contains("is forbidden"),
+        "{}",
+        common::text(&denied)
+    );
     let denied = world.as_operator(&token, &["get", "secrets", "-A"]);
     assert!(
         stderr(&denied).contains(&format!(
@@ -554,7 +601,12 @@ spec:
         ("patch", "orchjobs/status", Some(TENANT), "yes"),
         ("create", "jobs.batch", Some(TENANT), "yes"),
         ("get", "secrets", Some(NAMESPACE), "no"),
-        ("update", "leases/orch-operator-leader", Some(NAMESPACE), "yes"),
+        (
+            "update",
+            "leases/orch-operator-leader",
+            Some(NAMESPACE),
+            "yes",
+        ),
         ("update", "leases/another-lease", Some(NAMESPACE), "no"),
     ] {
         let mut args = vec!["auth", "can-i", verb, resource];
@@ -579,6 +631,7 @@ spec:
 
     // helm upgrade changes the pod template: the Deployment rolls (maxSurge 0, maxUnavailable
     // 1) to a new pod, which takes the Lease over once the old one released it.
+    let before_upgrade = world.emulator_log_len();
     world.helm_ok(&[
         "upgrade",
         RELEASE,
@@ -594,9 +647,10 @@ spec:
         let pods = w.operator_pods();
         pods.len() == 1
             && pods[0]["metadata"]["name"] != pod.as_str()
-            && pods[0]["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            && pods[0]["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
     });
     let new_pod = world.operator_pods()[0]["metadata"]["name"]
         .as_str()
@@ -628,6 +682,12 @@ spec:
     assert!(process_alive(pid));
     let log = world.pod_log(NAMESPACE, &new_pod);
     assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    let refused = world.refused(&sa, before_upgrade);
+    assert!(
+        refused.is_empty(),
+        "the chart's RBAC refused the operator:\n{}",
+        refused.join("\n")
+    );
 
     // helm uninstall: the Deployment goes, and with it the pod and the operator process.
     world.helm_ok(&["uninstall", RELEASE, "-n", NAMESPACE]);

@@ -70,7 +70,9 @@ impl KubeEmulator {
             command.arg("--verbose");
         }
         let stderr = match &options.log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("the emulator's log file")),
+            Some(path) => {
+                Stdio::from(std::fs::File::create(path).expect("the emulator's log file"))
+            }
             None => Stdio::null(),
         };
         let mut child = command

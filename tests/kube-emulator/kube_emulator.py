@@ -3124,7 +3124,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):
         if self.server.verbose:
-            sys.stderr.write("kube-emulator: %s\n" % (fmt % args))
+            user = getattr(self, "user", None)
+            sys.stderr.write("kube-emulator: %s%s\n" % (fmt % args, " user=%s" % user["username"] if user else ""))
 
     def do_GET(self):
         self.handle_request("GET")
@@ -3168,6 +3169,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_body(code, json.dumps(obj).encode(), warnings=warnings)
 
     def handle_request(self, method):
+        self.user = None
         try:
             raw = self.read_body()
             url = urlsplit(self.path)
