@@ -19,7 +19,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use orch_aws::config::{self, AwsSettings};
-use orch_testkit::kube_emulator::{KubeEmulator, Options};
+use orch_testkit::kube_emulator::{Extra, KubeEmulator, Options};
 use orch_testkit::{components, moto};
 
 const RELEASE: &str = "orch";
@@ -291,10 +291,14 @@ async fn helm_install_runs_the_operator_with_the_charts_rbac() {
         .unwrap();
     assert!(init.status.success(), "orch init: {}", common::text(&init));
 
-    let emulator = KubeEmulator::start(
+    let emulator = KubeEmulator::start_with(
         &scratch.path("kubeconfig"),
         Options {
             run_jobs: Some(logs.clone()),
+            env: Vec::new(),
+            env_remove: NOT_INHERITED.iter().map(Into::into).collect(),
+        },
+        Extra {
             run_deployments: true,
             images: vec![
                 (OPERATOR_IMAGE.to_string(), operator),
@@ -303,8 +307,6 @@ async fn helm_install_runs_the_operator_with_the_charts_rbac() {
             rbac: true,
             log: Some(scratch.path("emulator.log")),
             verbose: true,
-            env: Vec::new(),
-            env_remove: NOT_INHERITED.iter().map(Into::into).collect(),
         },
     );
     let metrics_port = moto::free_port();

@@ -19,6 +19,16 @@ pub struct KubeEmulator {
 pub struct Options {
     /// Run the pods of Indexed Jobs as local processes (`--run-jobs`), logging to this directory.
     pub run_jobs: Option<PathBuf>,
+    /// The environment of the emulator, and so of the pods it runs.
+    pub env: Vec<(OsString, OsString)>,
+    /// Variables of this process the emulator (and its pods) must not inherit.
+    pub env_remove: Vec<OsString>,
+}
+
+/// What [`KubeEmulator::start_with`] adds to [`Options`] (apart, so that the tests' complete
+/// `Options { .. }` literals stay complete).
+#[derive(Default)]
+pub struct Extra {
     /// Run Deployments (their ReplicaSets and pods) as local processes (`--run-deployments`),
     /// logging to the `run_jobs` directory when there is one.
     pub run_deployments: bool,
@@ -30,17 +40,18 @@ pub struct Options {
     pub rbac: bool,
     /// The emulator's own stderr (tracebacks, `--verbose` request lines) goes to this file.
     pub log: Option<PathBuf>,
-    /// Log every request (`--verbose`, into `log`).
+    /// Log every request, with its user (`--verbose`, into `log`).
     pub verbose: bool,
-    /// The environment of the emulator, and so of the pods it runs.
-    pub env: Vec<(OsString, OsString)>,
-    /// Variables of this process the emulator (and its pods) must not inherit.
-    pub env_remove: Vec<OsString>,
 }
 
 impl KubeEmulator {
     /// Starts the emulator on a free port; it writes `kubeconfig` and is ready on return.
     pub fn start(kubeconfig: &Path, options: Options) -> KubeEmulator {
+        KubeEmulator::start_with(kubeconfig, options, Extra::default())
+    }
+
+    /// As [`KubeEmulator::start`], with RBAC, Deployments, image mappings or a log.
+    pub fn start_with(kubeconfig: &Path, options: Options, extra: Extra) -> KubeEmulator {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/kube-emulator/kube_emulator.py");
         let mut command = Command::new("python3");
@@ -55,21 +66,21 @@ impl KubeEmulator {
         if let Some(logs) = options.run_jobs {
             command.arg("--run-jobs").arg("--job-logs").arg(logs);
         }
-        if options.run_deployments {
+        if extra.run_deployments {
             command.arg("--run-deployments");
         }
-        for (prefix, program) in &options.images {
+        for (prefix, program) in &extra.images {
             let mut arg = OsString::from(format!("{prefix}="));
             arg.push(program);
             command.arg("--image").arg(arg);
         }
-        if options.rbac {
+        if extra.rbac {
             command.arg("--rbac");
         }
-        if options.verbose {
+        if extra.verbose {
             command.arg("--verbose");
         }
-        let stderr = match &options.log {
+        let stderr = match &extra.log {
             Some(path) => {
                 Stdio::from(std::fs::File::create(path).expect("the emulator's log file"))
             }

@@ -2518,18 +2518,27 @@ class DeploymentRunner(Kubelet, threading.Thread):
         self.cluster, self.auth, self.log_dir, self.images, self.server, self.ca = cluster, auth, log_dir, images, server, ca
         self.procs = {}         # pod uid -> PodProcess
         self.stopped = threading.Event()
+        self.ticking = threading.Lock()     # held by a tick; shutdown takes it to stop ticks
+        self.stopping = False
         self.deploy_rt, self.rs_rt = cluster.type("apps", "deployments"), cluster.type("apps", "replicasets")
         self.pods_rt, self.pdb_rt = cluster.type("", "pods"), cluster.type("policy", "poddisruptionbudgets")
 
     def run(self):
         while not self.stopped.wait(0.2):
-            try:
-                self.tick()
-            except Exception:   # a bug here must not take the API server down with it
-                traceback.print_exc()
+            with self.ticking:
+                if self.stopping:
+                    continue
+                try:
+                    self.tick()
+                except Exception:   # a bug here must not take the API server down with it
+                    traceback.print_exc()
 
     def shutdown(self, wait=5.0):
-        self.stopped.set()
+        """SIGTERM to every container, SIGKILL to those still running `wait` s later. This
+        thread (which started them) lives until then: its end would SIGKILL them at once
+        (PR_SET_PDEATHSIG is about the thread that forked)."""
+        with self.ticking:
+            self.stopping = True
         procs = [pp for pp in self.procs.values() if pp.proc is not None and pp.proc.poll() is None]
         for pp in procs:
             self.signal(pp, signal.SIGTERM)
@@ -2539,6 +2548,7 @@ class DeploymentRunner(Kubelet, threading.Thread):
                 pp.proc.wait(max(0.01, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.signal(pp, signal.SIGKILL)
+        self.stopped.set()
 
     @staticmethod
     def signal(pp, sig):
@@ -3555,7 +3565,7 @@ def main(argv=None):
     server.runners = []
     log_dir = None
     if args.run_jobs or args.run_deployments:
-        log_dir = args.job_logs or tempfile.mkdtemp(prefix="kube-emulator-logs-")
+        log_dir = os.path.abspath(args.job_logs or tempfile.mkdtemp(prefix="kube-emulator-logs-"))
         os.makedirs(log_dir, exist_ok=True)
     if args.run_jobs:
         server.runners.append(JobRunner(cluster, log_dir, images))

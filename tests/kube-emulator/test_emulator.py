@@ -57,8 +57,9 @@ for arg in sys.argv[1:]:
 if os.environ.get("KUBECONFIG"):
     with open(os.environ["KUBECONFIG"]) as f:
         kc = f.read()
-    field = lambda k: next(l.split(":", 1)[1].strip() for l in kc.splitlines() if l.strip().startswith(k + ":"))
-    ctx = ssl.create_default_context(cadata=base64.b64decode(field("certificate-authority-data")).decode())
+    field = lambda k: next((l.split(":", 1)[1].strip() for l in kc.splitlines() if l.strip().startswith(k + ":")), None)
+    ca = field("certificate-authority-data")
+    ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else None
     req = urllib.request.Request(field("server") + "/apis/authentication.k8s.io/v1/selfsubjectreviews", method="POST",
                                  data=b'{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}',
                                  headers={"Authorization": "Bearer " + field("token"), "Content-Type": "application/json"})
@@ -1329,6 +1330,37 @@ class DeploymentRunTest(RbacBase):
         self.wait("ErrImagePull", lambda: any(
             p["status"].get("containerStatuses", [{}])[0].get("state", {}).get("waiting", {}).get("reason") == "ErrImagePull"
             for p in self.emu.kjson("get", "pods", "-n", self.ns, "-l", "app=unmapped")["items"]))
+
+    def test_stopping_the_emulator_stops_its_pods(self):
+        """SIGTERM to the emulator: its pods get SIGTERM while the API still answers. SIGKILL to
+        the emulator: its pods die with it (PR_SET_PDEATHSIG), none is left running."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            workdir = tempfile.mkdtemp(prefix="kube-emulator-stop-")
+            program = os.path.join(workdir, "fakepod.py")
+            with open(program, "w") as f:
+                f.write(FAKE_POD)
+            os.chmod(program, 0o755)
+            emu = Emulator("--run-deployments", "--image", "example.invalid/fakepod=" + program, workdir=workdir)
+            out = os.path.join(workdir, "reports")
+            os.makedirs(out)
+            doc = deployment("stopped", "default")
+            doc["spec"]["template"]["spec"]["containers"][0]["env"] = [
+                {"name": "REPORT_DIR", "value": out}, {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+            emu.apply(doc)
+            report = self.reports(out, 1)[0]
+            if sig == signal.SIGTERM:
+                self.assertEqual(emu.stop(), 0)
+            else:
+                emu.proc.kill()
+                emu.proc.wait(10)
+                emu.log.close()
+                emu.proc.stdout.close()
+            deadline = time.monotonic() + 10
+            while os.path.exists("/proc/%d" % report["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertFalse(os.path.exists("/proc/%d" % report["pid"]), "the pod's process outlived the emulator (%s)" % sig)
+            if sig == signal.SIGTERM:
+                self.assertTrue(os.path.exists(os.path.join(out, report["env"]["POD_NAME"] + ".term")))
 
 
 def free_port():
