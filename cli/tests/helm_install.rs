@@ -558,9 +558,8 @@ spec:
     );
     let denied = world.as_operator(&token, &["get", "secrets", "-A"]);
     assert!(
-        stderr(&denied).contains(&format!(
-            "cannot list resource \"secrets\" in API group \"\" at the cluster scope"
-        )),
+        stderr(&denied)
+            .contains("cannot list resource \"secrets\" in API group \"\" at the cluster scope"),
         "{}",
         common::text(&denied)
     );
