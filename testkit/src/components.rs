@@ -80,6 +80,31 @@ pub fn kubectl() -> Option<PathBuf> {
     None
 }
 
+/// The helm the tests use: `ORCH_HELM`, else the one `bash charts/test.sh` installs into
+/// `${XDG_CACHE_HOME:-~/.cache}/orch-helm-venv` (what `.ci/run` runs before the tests), else
+/// `helm` on PATH; `None` after [`missing`].
+pub fn helm() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("ORCH_HELM") {
+        return Some(PathBuf::from(path));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
+    if let Some(venv) = cache.map(|c| c.join("orch-helm-venv/bin/helm"))
+        && venv.is_file()
+    {
+        return Some(venv);
+    }
+    if let Some(found) = on_path("helm") {
+        return Some(found);
+    }
+    missing(
+        "helm (ORCH_HELM)",
+        "bash charts/test.sh installs it into ~/.cache/orch-helm-venv",
+    );
+    None
+}
+
 /// Whether `python3` can import `module` (e.g. `pyarrow`, the independent reader of orch's
 /// Parquet output); `false` after [`missing`].
 pub fn python_module(module: &str) -> bool {

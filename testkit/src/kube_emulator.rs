@@ -25,9 +25,33 @@ pub struct Options {
     pub env_remove: Vec<OsString>,
 }
 
+/// What [`KubeEmulator::start_with`] adds to [`Options`] (apart, so that the tests' complete
+/// `Options { .. }` literals stay complete).
+#[derive(Default)]
+pub struct Extra {
+    /// Run Deployments (their ReplicaSets and pods) as local processes (`--run-deployments`),
+    /// logging to the `run_jobs` directory when there is one.
+    pub run_deployments: bool,
+    /// Containers without a command whose image starts with the prefix run the program (the
+    /// image's entrypoint) with their args (`--image PREFIX=PROGRAM`).
+    pub images: Vec<(String, PathBuf)>,
+    /// Serve https, authenticate bearer tokens and enforce RBAC (`--rbac`); the kubeconfig
+    /// stays an admin.
+    pub rbac: bool,
+    /// The emulator's own stderr (tracebacks, `--verbose` request lines) goes to this file.
+    pub log: Option<PathBuf>,
+    /// Log every request, with its user (`--verbose`, into `log`).
+    pub verbose: bool,
+}
+
 impl KubeEmulator {
     /// Starts the emulator on a free port; it writes `kubeconfig` and is ready on return.
     pub fn start(kubeconfig: &Path, options: Options) -> KubeEmulator {
+        KubeEmulator::start_with(kubeconfig, options, Extra::default())
+    }
+
+    /// As [`KubeEmulator::start`], with RBAC, Deployments, image mappings or a log.
+    pub fn start_with(kubeconfig: &Path, options: Options, extra: Extra) -> KubeEmulator {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/kube-emulator/kube_emulator.py");
         let mut command = Command::new("python3");
@@ -42,9 +66,29 @@ impl KubeEmulator {
         if let Some(logs) = options.run_jobs {
             command.arg("--run-jobs").arg("--job-logs").arg(logs);
         }
+        if extra.run_deployments {
+            command.arg("--run-deployments");
+        }
+        for (prefix, program) in &extra.images {
+            let mut arg = OsString::from(format!("{prefix}="));
+            arg.push(program);
+            command.arg("--image").arg(arg);
+        }
+        if extra.rbac {
+            command.arg("--rbac");
+        }
+        if extra.verbose {
+            command.arg("--verbose");
+        }
+        let stderr = match &extra.log {
+            Some(path) => {
+                Stdio::from(std::fs::File::create(path).expect("the emulator's log file"))
+            }
+            None => Stdio::null(),
+        };
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("python3 {}: {e}", script.display()));
         let mut ready = String::new();
@@ -72,7 +116,23 @@ impl KubeEmulator {
 }
 
 impl Drop for KubeEmulator {
+    /// SIGTERM first: the emulator stops the processes it runs (SIGTERM, then SIGKILL), which
+    /// SIGKILL would leave running; SIGKILL if it has not exited 15 s later.
     fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let termed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        if termed {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         self.child.kill().ok();
         self.child.wait().ok();
     }

@@ -11,6 +11,8 @@ import os
 import select
 import shutil
 import signal
+import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,64 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 EMULATOR = os.path.join(HERE, "kube_emulator.py")
 WIDGETS_CRD = os.path.join(HERE, "testdata", "widgets-crd.yaml")
+CA = os.path.join(HERE, "testdata", "tls", "ca.crt")
+CHART = os.path.join(ROOT, "charts", "orch-operator")
+IN_CI = os.environ.get("CI", "").strip() not in ("", "0", "false")
+FAKE_POD = r'''#!/usr/bin/env python3
+"""Stands in for an image's entrypoint in the --run-deployments tests: reports what it got
+(arguments, environment, files, who it is to the API server with its kubeconfig), then serves
+HTTP on $PORT (if set) until SIGTERM, which it records."""
+import base64, http.server, json, os, signal, ssl, sys, time, urllib.request
+
+out, name = os.environ["REPORT_DIR"], os.environ.get("POD_NAME", "unknown")
+
+
+def on_term(*_):
+    open(os.path.join(out, name + ".term"), "w").close()
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, on_term)
+if os.environ.get("EXIT_CODE"):
+    sys.exit(int(os.environ["EXIT_CODE"]))
+report = {"args": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid(), "files": {}}
+for arg in sys.argv[1:]:
+    path = arg.split("=", 1)[-1]
+    if os.path.isfile(path):
+        with open(path) as f:
+            report["files"][arg] = {"path": path, "text": f.read(), "mode": oct(os.stat(path).st_mode & 0o777)}
+    elif os.path.isdir(path):
+        report["files"][arg] = {"path": path, "dir": True}
+if os.environ.get("KUBECONFIG"):
+    with open(os.environ["KUBECONFIG"]) as f:
+        kc = f.read()
+    field = lambda k: next((l.split(":", 1)[1].strip() for l in kc.splitlines() if l.strip().startswith(k + ":")), None)
+    ca = field("certificate-authority-data")
+    ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else None
+    req = urllib.request.Request(field("server") + "/apis/authentication.k8s.io/v1/selfsubjectreviews", method="POST",
+                                 data=b'{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}',
+                                 headers={"Authorization": "Bearer " + field("token"), "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, context=ctx) as resp:
+        report["whoami"] = json.load(resp)["status"]["userInfo"]["username"]
+print("started", name, flush=True)
+with open(os.path.join(out, name + ".json.tmp"), "w") as f:
+    json.dump(report, f)
+os.replace(os.path.join(out, name + ".json.tmp"), os.path.join(out, name + ".json"))
+if os.environ.get("PORT"):
+    time.sleep(float(os.environ.get("LISTEN_AFTER", "0")))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+while True:
+    time.sleep(0.1)
+'''
 
 
 def find_kubectl():
@@ -39,24 +99,49 @@ def find_kubectl():
 KUBECTL = find_kubectl()
 
 
+def find_helm():
+    """$ORCH_HELM, else the helm of charts/test.sh's cache venv, else PATH."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for candidate in (os.environ.get("ORCH_HELM"), os.path.join(cache, "orch-helm-venv", "bin", "helm")):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return shutil.which("helm")
+
+
+HELM = find_helm()
+
+
+def need(component, found, how):
+    """A missing component skips the test, or fails it under CI (CI must run every test)."""
+    if not found:
+        if IN_CI:
+            raise AssertionError("%s is missing (%s); CI must run every test" % (component, how))
+        raise unittest.SkipTest("%s is missing (%s)" % (component, how))
+
+
 class Emulator:
     """One emulator process, its kubeconfig, and helpers to reach it."""
 
-    def __init__(self, *args):
-        self.dir = tempfile.mkdtemp(prefix="kube-emulator-test-")
+    def __init__(self, *args, workdir=None, env=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="kube-emulator-test-")
+        self.tls = "--rbac" in args
         self.kubeconfig = os.path.join(self.dir, "kubeconfig")
         self.log = open(os.path.join(self.dir, "emulator.log"), "w")
         self.proc = subprocess.Popen(
             [sys.executable, EMULATOR, "--port", "0", "--kubeconfig", self.kubeconfig,
              "--job-logs", os.path.join(self.dir, "logs"), *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=self.dir)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=self.dir, env=dict(os.environ, **(env or {})))
         ready, _, _ = select.select([self.proc.stdout], [], [], 20)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("READY "):
             self.proc.kill()
             raise RuntimeError("emulator did not start: %r" % line)
         self.port = int(line.split()[1])
-        self.env = dict(os.environ, KUBECONFIG=self.kubeconfig, KUBECACHEDIR=os.path.join(self.dir, "cache"))
+        self.url = "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
+        self.context = ssl.create_default_context(cafile=CA) if self.tls else None
+        self.env = dict(os.environ, KUBECONFIG=self.kubeconfig, KUBECACHEDIR=os.path.join(self.dir, "cache"),
+                        HELM_CACHE_HOME=os.path.join(self.dir, "helm"), HELM_CONFIG_HOME=os.path.join(self.dir, "helm"),
+                        HELM_DATA_HOME=os.path.join(self.dir, "helm"))
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -77,13 +162,15 @@ class Emulator:
     def apply(self, doc, *args, check=True):
         return self.kubectl("apply", "-f", "-", *args, stdin=json.dumps(doc) if isinstance(doc, dict) else doc, check=check)
 
-    def req(self, method, path, body=None, ctype="application/json", headers=None):
-        """(status, parsed body, response headers)"""
+    def req(self, method, path, body=None, ctype="application/json", headers=None, token=None):
+        """(status, parsed body, response headers); with --rbac as the admin, or with `token`."""
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        r = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=data, method=method,
-                                   headers=dict({"Content-Type": ctype}, **(headers or {})))
+        headers = dict({"Content-Type": ctype}, **(headers or {}))
+        if self.tls and token is not False:
+            headers["Authorization"] = "Bearer " + (token or "emulator-token")
+        r = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(r, timeout=30) as resp:
+            with urllib.request.urlopen(r, timeout=30, context=self.context) as resp:
                 raw, code, hdrs = resp.read(), resp.status, resp.headers
         except urllib.error.HTTPError as e:
             raw, code, hdrs = e.read(), e.code, e.headers
@@ -94,7 +181,7 @@ class Emulator:
 
     def watch(self, path, timeout=30):
         """All events of a watch that ends by itself (timeoutSeconds in the path)."""
-        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.port, path), timeout=timeout) as resp:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
             return [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
 
 
@@ -112,6 +199,8 @@ def setUpModule():
 def tearDownModule():
     if EMU:
         assert EMU.stop() == 0, "the emulator did not exit cleanly on SIGTERM"
+    if RBAC:
+        assert RBAC.stop() == 0, "the --rbac emulator did not exit cleanly on SIGTERM"
 
 
 def widget(name, ns, **spec):
@@ -128,7 +217,7 @@ def cm(name, ns, labels=None, **extra):
 
 class Base(unittest.TestCase):
     def setUp(self):
-        self.ns = self.id().split(".")[-1].replace("_", "-").lower()[:60]
+        self.ns = self.id().split(".")[-1].replace("_", "-").lower()[:60].rstrip("-")
         EMU.kubectl("create", "namespace", self.ns)
 
     def k(self, *args, **kw):
@@ -861,6 +950,424 @@ class RunJobsTest(Base):
         doc = job("bad", self.ns, ["true"])
         doc["spec"]["template"]["spec"]["restartPolicy"] = "Always"
         self.assertIn("spec.template.spec.restartPolicy", EMU.apply(doc, check=False).stderr)
+
+
+# 9. Built-in kinds of a Helm chart: Deployments, Services, NetworkPolicies, PDBs, RBAC ----------
+
+def deployment(name, ns, replicas=1, labels=None, **pod):
+    labels = labels or {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": dict({"containers": [{"name": "main", "image": "example.invalid/fakepod:1"}]}, **pod)}}}
+
+
+class BuiltinKindsTest(Base):
+    def test_chart_kinds_round_trip_with_the_servers_defaults(self):
+        EMU.apply(deployment("web", self.ns, replicas=2))
+        EMU.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": self.ns},
+                   "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]}})
+        EMU.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web", "namespace": self.ns},
+                   "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                            "egress": [{"ports": [{"port": 443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}})
+        EMU.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web", "namespace": self.ns},
+                   "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}})
+        d = EMU.kjson("get", "deployment", "web", "-n", self.ns)
+        self.assertEqual(d["spec"]["strategy"], {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        self.assertEqual((d["spec"]["revisionHistoryLimit"], d["metadata"]["generation"]), (10, 1))
+        self.assertEqual(d["spec"]["template"]["spec"]["restartPolicy"], "Always")
+        svc = EMU.kjson("get", "service", "web", "-n", self.ns)
+        self.assertRegex(svc["spec"]["clusterIP"], r"^10\.96\.\d+\.\d+$")
+        self.assertEqual((svc["spec"]["type"], svc["spec"]["ports"][0]["protocol"]), ("ClusterIP", "TCP"))
+        self.assertEqual(EMU.kjson("get", "networkpolicy", "web", "-n", self.ns)["spec"]["policyTypes"], ["Ingress", "Egress"])
+        self.assertIn("web", self.k("get", "pdb").stdout)
+        self.assertIn("ClusterIP", self.k("get", "svc").stdout)
+        # A re-apply with one port less removes it: kubectl computes the strategic merge patch
+        # from the server's OpenAPI (ports merge by port), the server merges by the same key.
+        EMU.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": self.ns},
+                   "spec": {"selector": {"app": "web"}, "ports": [{"name": "metrics", "port": 9090}]}})
+        ports = EMU.kjson("get", "service", "web", "-n", self.ns)["spec"]["ports"]
+        self.assertEqual([(p["name"], p["port"]) for p in ports], [("metrics", 9090)])
+        self.assertEqual(EMU.kjson("get", "service", "web", "-n", self.ns)["spec"]["clusterIP"], svc["spec"]["clusterIP"])
+
+    def test_wrong_types_and_unknown_fields_are_refused_as_the_real_server_does(self):
+        bad = deployment("typed", self.ns)
+        bad["spec"]["replicas"] = "two"
+        self.assertIn('Deployment in version "v1" cannot be handled as a Deployment: json: cannot unmarshal string into '
+                      'Go struct field DeploymentSpec.spec.replicas of type int32', EMU.apply(bad, check=False).stderr)
+        self.assertIn('failed to create typed patch object (%s/typed; apps/v1, Kind=Deployment): .spec.replicas: expected '
+                      'numeric (int or float), got string' % self.ns, EMU.apply(bad, "--server-side", check=False).stderr)
+        bad = deployment("unknown", self.ns)
+        bad["spec"]["template"]["spec"]["containers"][0]["bogus"] = 1
+        self.assertIn('strict decoding error: unknown field "spec.template.spec.containers[0].bogus"',
+                      EMU.apply(bad, check=False).stderr)
+        self.assertIn('.spec.template.spec.containers[name="main"].bogus: field not declared in schema',
+                      EMU.apply(bad, "--server-side", check=False).stderr)
+        # Without Strict the field is dropped with a warning, as the Go decoder drops it.
+        code, obj, hdrs = EMU.req("POST", "/apis/apps/v1/namespaces/%s/deployments" % self.ns, bad)
+        self.assertEqual(code, 201, obj)
+        self.assertIn('unknown field \\"spec.template.spec.containers[0].bogus\\"', hdrs["Warning"])
+        self.assertNotIn("bogus", obj["spec"]["template"]["spec"]["containers"][0])
+        for kind, doc, want in [
+                ("quantity", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "q", "namespace": self.ns},
+                              "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"memory": "lots"}}}]}},
+                 "quantities must match the regular expression"),
+                ("secret data", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": self.ns},
+                                 "data": {"k": "not base64!"}}, "illegal base64 data at input byte 3"),
+                ("role rules", {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r", "namespace": self.ns},
+                                "rules": [{"apiGroups": [""], "resources": "pods", "verbs": ["get"]}]},
+                 "json: cannot unmarshal string into Go struct field PolicyRule.rules.resources of type []string")]:
+            self.assertIn(want, EMU.apply(doc, check=False).stderr, kind)
+
+    def test_semantic_checks_of_deployments_services_and_rbac(self):
+        bad = deployment("mismatch", self.ns)
+        bad["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
+        self.assertIn('spec.template.metadata.labels: Invalid value: map[string]string{"app":"other"}: `selector` does not '
+                      'match template `labels`', EMU.apply(bad, check=False).stderr)
+        noimage = deployment("noimage", self.ns)
+        del noimage["spec"]["template"]["spec"]["containers"][0]["image"]
+        self.assertIn("spec.template.spec.containers[0].image: Required value", EMU.apply(noimage, check=False).stderr)
+        EMU.apply(deployment("fixed", self.ns))
+        moved = deployment("fixed", self.ns, labels={"app": "fixed", "tier": "x"})
+        self.assertIn("spec.selector: Invalid value", EMU.apply(moved, check=False).stderr)
+        self.assertIn("field is immutable", EMU.apply(moved, check=False).stderr)
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "b", "namespace": self.ns},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "a"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "sa"}, {"kind": "User", "name": "ann"}]}
+        EMU.apply(binding)
+        self.assertEqual(EMU.kjson("get", "rolebinding", "b", "-n", self.ns)["subjects"][1]["apiGroup"], "rbac.authorization.k8s.io")
+        binding["roleRef"]["name"] = "other"
+        self.assertIn("roleRef: Invalid value", EMU.apply(binding, check=False).stderr)
+        self.assertIn("cannot change roleRef", EMU.apply(binding, check=False).stderr)
+        crb = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "crb-" + self.ns},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "a"}, "subjects": []}
+        self.assertIn('roleRef.kind: Unsupported value: "Role": supported values: "ClusterRole"', EMU.apply(crb, check=False).stderr)
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r", "namespace": self.ns},
+                "rules": [{"resources": ["pods"], "verbs": ["get"]}]}
+        self.assertIn("rules[0].apiGroups: Required value", EMU.apply(role, check=False).stderr)
+        svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "noports", "namespace": self.ns}, "spec": {}}
+        self.assertIn("spec.ports: Required value", EMU.apply(svc, check=False).stderr)
+
+    def test_openapi_v3_serves_the_builtin_schemas(self):
+        code, doc, _ = EMU.req("GET", "/openapi/v3/apis/apps/v1")
+        self.assertEqual(code, 200)
+        dep = doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]
+        self.assertEqual(dep["x-kubernetes-group-version-kind"], [{"group": "apps", "version": "v1", "kind": "Deployment"}])
+        spec = doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]
+        self.assertEqual(spec["containers"]["x-kubernetes-patch-merge-key"], "name")
+        self.assertEqual(spec["containers"]["items"], {"allOf": [{"$ref": "#/components/schemas/io.k8s.api.core.v1.Container"}],
+                                                       "default": {}})
+        self.assertIn("/apis/apps/v1/namespaces/{namespace}/deployments/{name}", doc["paths"])
+        self.assertIn("maxSurge", self.k("explain", "deployment.spec.strategy.rollingUpdate").stdout)
+        for gv in ("api/v1", "apis/rbac.authorization.k8s.io/v1", "apis/policy/v1", "apis/networking.k8s.io/v1"):
+            self.assertEqual(EMU.req("GET", "/openapi/v3/" + gv)[0], 200, gv)
+        resources = EMU.kubectl("api-resources", "-o", "name").stdout.split()
+        for r in ("deployments.apps", "replicasets.apps", "services", "networkpolicies.networking.k8s.io",
+                  "poddisruptionbudgets.policy", "roles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io",
+                  "selfsubjectaccessreviews.authorization.k8s.io"):
+            self.assertIn(r, resources)
+
+    def test_helm_install_upgrade_and_uninstall_of_the_chart(self):
+        need("helm", HELM, "bash charts/test.sh installs it into ~/.cache/orch-helm-venv")
+        helm = lambda *args: subprocess.run([HELM, *args], capture_output=True, text=True, env=EMU.env, timeout=120)
+        p = helm("install", "rel", CHART, "-n", self.ns, "--set", "networkPolicy.enabled=true", "--set", "storage.uri=s3://b/o/")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        names = self.k("get", "deploy,svc,sa,pdb,netpol,role,rolebinding,secret", "-o", "name").stdout.split()
+        for want in ("deployment.apps/rel-orch-operator", "service/rel-orch-operator-metrics", "serviceaccount/rel-orch-operator",
+                     "poddisruptionbudget.policy/rel-orch-operator", "networkpolicy.networking.k8s.io/rel-orch-operator",
+                     "role.rbac.authorization.k8s.io/rel-orch-operator-leader-election", "secret/sh.helm.release.v1.rel.v1"):
+            self.assertIn(want, names)
+        self.assertIn("clusterrole.rbac.authorization.k8s.io/rel-orch-operator", EMU.kubectl("get", "clusterroles", "-o", "name").stdout)
+        p = helm("upgrade", "rel", CHART, "-n", self.ns, "--reuse-values", "--set", "replicas=3")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(EMU.kjson("get", "deploy", "rel-orch-operator", "-n", self.ns)["spec"]["replicas"], 3)
+        self.assertIn("rel", helm("list", "-n", self.ns).stdout)
+        p = helm("uninstall", "rel", "-n", self.ns)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(self.k("get", "deploy,svc,pdb,netpol,role,rolebinding", "-o", "name").stdout.strip(), "")
+        self.assertNotIn("rel-orch-operator", EMU.kubectl("get", "clusterroles", "-o", "name").stdout)
+
+
+# 10. --rbac: tokens, the RBAC authorizer, reviews; --run-deployments -------------------------
+
+RBAC = None
+
+
+def rbac_emulator():
+    """One emulator with --rbac, --run-deployments and an image mapped to FAKE_POD, started by
+    the first test that needs it (stopped at the end of the module)."""
+    global RBAC
+    if RBAC is None:
+        workdir = tempfile.mkdtemp(prefix="kube-emulator-rbac-")
+        program = os.path.join(workdir, "fakepod.py")
+        with open(program, "w") as f:
+            f.write(FAKE_POD)
+        os.chmod(program, 0o755)
+        RBAC = Emulator("--rbac", "--run-deployments", "--run-jobs", "--image", "example.invalid/fakepod=" + program,
+                        workdir=workdir, env={"ONLY_THE_EMULATOR_HAS_THIS": "1"})
+        RBAC.kubectl("apply", "-f", WIDGETS_CRD)
+    return RBAC
+
+
+class RbacBase(unittest.TestCase):
+    def setUp(self):
+        self.emu = rbac_emulator()
+        self.ns = self.id().split(".")[-1].replace("_", "-").lower()[:60].rstrip("-")
+        self.emu.kubectl("create", "namespace", self.ns)
+
+    def k(self, *args, **kw):
+        return self.emu.kubectl(*args, "-n", self.ns, **kw)
+
+    def token(self, sa, ns=None):
+        self.emu.kubectl("create", "serviceaccount", sa, "-n", ns or self.ns, check=False)
+        return self.emu.kubectl("create", "token", sa, "-n", ns or self.ns).stdout.strip()
+
+    def as_token(self, token, *args, check=False):
+        return self.emu.kubectl("--token", token, *args, check=check)
+
+    def apply(self, doc, *args, check=True):
+        return self.emu.apply(doc, *args, check=check)
+
+
+class RbacTest(RbacBase):
+    def test_https_tokens_and_unauthorized(self):
+        self.assertTrue(self.emu.url.startswith("https://"))
+        code, status, _ = self.emu.req("GET", "/api", token=False)
+        self.assertEqual((code, status["message"]), (403, 'forbidden: User "system:anonymous" cannot get path "/api"'))
+        self.assertEqual(self.emu.req("GET", "/version", token=False)[0], 200)
+        code, status, _ = self.emu.req("GET", "/api/v1/namespaces", token="not-a-token")
+        self.assertEqual((code, status["reason"]), (401, "Unauthorized"))
+        token = self.token("app")
+        self.assertEqual(token.count("."), 2, "JWT-shaped")
+        who = self.as_token(token, "auth", "whoami", "-o", "json", check=True)
+        info = json.loads(who.stdout)["status"]["userInfo"]
+        self.assertEqual(info["username"], "system:serviceaccount:%s:app" % self.ns)
+        self.assertEqual(info["groups"], ["system:serviceaccounts", "system:serviceaccounts:" + self.ns, "system:authenticated"])
+        self.assertEqual(json.loads(self.emu.kubectl("auth", "whoami", "-o", "json").stdout)["status"]["userInfo"]["groups"],
+                         ["system:masters", "system:authenticated"])
+        code, status, _ = self.emu.req("POST", "/api/v1/namespaces/%s/serviceaccounts/app/token" % self.ns,
+                                       {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                                        "spec": {"expirationSeconds": 60}})
+        self.assertEqual((code, status["reason"]), (422, "Invalid"))
+        self.assertIn("may not specify a duration less than 10 minutes", status["message"])
+        # A token is bound to its service account: gone with it.
+        self.k("delete", "serviceaccount", "app")
+        self.assertIn("Unauthorized", self.as_token(token, "get", "pods", "-n", self.ns).stderr)
+
+    def test_roles_bindings_resource_names_subresources_and_scopes(self):
+        token = self.token("op")
+        user = "system:serviceaccount:%s:op" % self.ns
+        self.k("create", "secret", "generic", "mine", "--from-literal=a=1")
+        self.k("create", "secret", "generic", "other", "--from-literal=b=2")
+        self.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "op", "namespace": self.ns},
+                    "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mine"], "verbs": ["get"]},
+                              {"apiGroups": ["test.orch.dev"], "resources": ["widgets"], "verbs": ["get", "list", "watch", "create"]},
+                              {"apiGroups": ["test.orch.dev"], "resources": ["widgets/status"], "verbs": ["patch"]}]})
+        self.k("create", "rolebinding", "op", "--role=op", "--serviceaccount=%s:op" % self.ns)
+        self.assertEqual(self.as_token(token, "get", "secret", "mine", "-n", self.ns, "-o", "name", check=True).stdout.strip(), "secret/mine")
+        self.assertIn('secrets "other" is forbidden: User "%s" cannot get resource "secrets" in API group "" in the namespace "%s"'
+                      % (user, self.ns), self.as_token(token, "get", "secret", "other", "-n", self.ns).stderr)
+        self.assertIn('secrets is forbidden: User "%s" cannot list resource "secrets" in API group "" in the namespace "%s"'
+                      % (user, self.ns), self.as_token(token, "get", "secrets", "-n", self.ns).stderr)
+        self.assertIn('secrets "mine" is forbidden', self.as_token(token, "get", "secret", "mine", "-n", "default").stderr)
+        self.assertIn('cannot list resource "widgets" in API group "test.orch.dev" at the cluster scope',
+                      self.as_token(token, "get", "widgets", "-A").stderr)
+        code, _, _ = self.emu.req("POST", "/apis/test.orch.dev/v1/namespaces/%s/widgets" % self.ns, widget("w1", self.ns), token=token)
+        self.assertEqual(code, 201)
+        path = "/apis/test.orch.dev/v1/namespaces/%s/widgets/w1" % self.ns
+        code, status, _ = self.emu.req("PATCH", path, {"spec": {"owner": "bob"}}, "application/merge-patch+json", token=token)
+        self.assertEqual((code, status["message"]), (403, 'widgets.test.orch.dev "w1" is forbidden: User "%s" cannot patch resource '
+                                                          '"widgets" in API group "test.orch.dev" in the namespace "%s"' % (user, self.ns)))
+        self.assertEqual(status["details"], {"name": "w1", "group": "test.orch.dev", "kind": "widgets"})
+        code, _, _ = self.emu.req("PATCH", path + "/status", {"status": {"phase": "Ready"}}, "application/merge-patch+json", token=token)
+        self.assertEqual(code, 200)
+        # A watch of one name (fieldSelector) is authorized as that name.
+        code, _, _ = self.emu.req("GET", "/api/v1/namespaces/%s/secrets?watch=1&timeoutSeconds=1&fieldSelector=metadata.name%%3Dmine"
+                                  % self.ns, token=token)
+        self.assertEqual(code, 403, "watch is not granted")
+        # Groups, a ClusterRole bound in one namespace only, and a binding to a missing role.
+        self.k("create", "rolebinding", "viewers", "--clusterrole=pod-reader-" + self.ns, "--group=system:serviceaccounts:" + self.ns)
+        self.assertIn('RBAC: clusterrole.rbac.authorization.k8s.io "pod-reader-%s" not found' % self.ns,
+                      self.as_token(token, "get", "pods", "-n", self.ns).stderr)
+        self.emu.kubectl("create", "clusterrole", "pod-reader-" + self.ns, "--verb=list", "--resource=pods")
+        self.assertEqual(self.as_token(token, "get", "pods", "-n", self.ns).returncode, 0)
+        self.assertIn("at the cluster scope", self.as_token(token, "get", "pods", "-A").stderr)
+        self.assertIn('in the namespace "default"', self.as_token(token, "get", "pods", "-n", "default").stderr)
+
+    def test_access_reviews_and_impersonation(self):
+        token = self.token("op")
+        self.k("create", "role", "leases", "--verb=get,update", "--resource=leases", "--resource-name=leader")
+        self.k("create", "rolebinding", "leases", "--role=leases", "--serviceaccount=%s:op" % self.ns)
+        can = lambda *args: self.as_token(token, "auth", "can-i", *args, "-n", self.ns).stdout.strip()
+        self.assertEqual(can("update", "leases/leader"), "yes")
+        self.assertEqual(can("update", "leases/another"), "no")
+        self.assertEqual(can("create", "leases"), "no")
+        self.assertEqual(can("create", "selfsubjectaccessreviews.authorization.k8s.io"), "yes")
+        self.assertIn("leases", self.as_token(token, "auth", "can-i", "--list", "-n", self.ns).stdout)
+        sa = "--as=system:serviceaccount:%s:op" % self.ns
+        self.assertEqual(self.k("auth", "can-i", "update", "leases/leader", sa).stdout.strip(), "yes")
+        self.assertIn('User "system:serviceaccount:%s:op" cannot list resource "secrets"' % self.ns,
+                      self.k("get", "secrets", sa, check=False).stderr)
+        code, review, _ = self.emu.req("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": "system:serviceaccount:%s:op" % self.ns, "groups": ["system:authenticated"],
+                     "resourceAttributes": {"namespace": self.ns, "verb": "get", "resource": "leases",
+                                            "group": "coordination.k8s.io", "name": "leader"}}})
+        self.assertEqual((code, review["status"]["allowed"]), (201, True))
+        # Impersonating takes the impersonate verb, which a service account lacks.
+        self.assertIn("cannot impersonate", self.as_token(token, "get", "pods", "-n", self.ns, "--as=someone").stderr)
+
+
+class DeploymentRunTest(RbacBase):
+    def report_dir(self):
+        out = os.path.join(self.emu.dir, "reports-" + self.ns)
+        os.makedirs(out, exist_ok=True)
+        return out
+
+    def reports(self, out, n, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            found = sorted(f for f in os.listdir(out) if f.endswith(".json"))
+            if len(found) >= n:
+                out_reports = []
+                for f in found:
+                    with open(os.path.join(out, f)) as fh:
+                        out_reports.append(json.load(fh))
+                return out_reports
+            if time.monotonic() > deadline:
+                self.fail("%d of %d pods reported; pods: %s" % (len(found), n, self.k("get", "pods", "-o", "wide").stdout))
+            time.sleep(0.1)
+
+    def wait(self, what, ok, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not ok():
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for %s: %s" % (what, self.k("get", "deploy,rs,pods", "-o", "wide").stdout))
+            time.sleep(0.2)
+
+    def test_replicas_run_with_env_volumes_and_their_service_accounts_token(self):
+        out = self.report_dir()
+        self.k("create", "serviceaccount", "runner")
+        self.k("create", "secret", "generic", "creds", "--from-literal=token=s3cr3t", "--from-literal=other=x")
+        doc = deployment("app", self.ns, replicas=2, serviceAccountName="runner", terminationGracePeriodSeconds=5,
+                         volumes=[{"name": "tmp", "emptyDir": {}},
+                                  {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o440,
+                                                               "items": [{"key": "token", "path": "jwt"}]}}])
+        c = doc["spec"]["template"]["spec"]["containers"][0]
+        # (The reports go to a directory of this host under /tmp; the emptyDir is elsewhere.)
+        c["args"] = ["--token-file=/var/run/creds/jwt", "--scratch=/scratch"]
+        c["env"] = [{"name": "REPORT_DIR", "value": out}, {"name": "TMPDIR", "value": "/scratch"},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "other"}}}]
+        c["volumeMounts"] = [{"name": "tmp", "mountPath": "/scratch"}, {"name": "creds", "mountPath": "/var/run/creds", "readOnly": True}]
+        self.apply(doc)
+        reports = self.reports(out, 2)
+        pods = self.emu.kjson("get", "pods", "-n", self.ns, "-l", "app=app")["items"]
+        self.assertEqual(sorted(p["metadata"]["name"] for p in pods), sorted(r["env"]["POD_NAME"] for r in reports))
+        for r in reports:
+            self.assertEqual(r["whoami"], "system:serviceaccount:%s:runner" % self.ns)
+            self.assertEqual((r["env"]["POD_NAMESPACE"], r["env"]["FROM_SECRET"]), (self.ns, "x"))
+            self.assertNotEqual(r["env"]["TMPDIR"], "/scratch")
+            self.assertTrue(r["env"]["TMPDIR"].startswith(self.emu.dir))
+            # Paths under a volume's mountPath reach the process as that volume's directory.
+            files = {arg.split("=")[0]: f for arg, f in r["files"].items()}
+            self.assertTrue(files["--token-file"]["path"].endswith("/volumes/creds/jwt"), files)
+            self.assertEqual((files["--token-file"]["text"], files["--token-file"]["mode"]), ("s3cr3t", "0o440"))
+            self.assertEqual(files["--scratch"], {"path": r["env"]["TMPDIR"], "dir": True})
+            self.assertNotIn("ONLY_THE_EMULATOR_HAS_THIS", r["env"], "pods do not inherit the emulator's environment")
+        pod = pods[0]
+        self.assertEqual(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet")
+        self.assertIn("pod-template-hash", pod["metadata"]["labels"])
+        self.assertEqual(pod["status"]["phase"], "Running")
+        self.wait("the Deployment to be available", lambda: self.emu.kjson("get", "deploy", "app", "-n", self.ns)
+                  .get("status", {}).get("availableReplicas") == 2)
+        self.assertEqual(self.k("logs", pod["metadata"]["name"]).stdout, "started %s\n" % pod["metadata"]["name"])
+        # Scale down: one process gets SIGTERM and its pod goes.
+        self.k("patch", "deployment", "app", "--type=merge", "-p", '{"spec":{"replicas":1}}')
+        self.wait("one pod left", lambda: len(self.emu.kjson("get", "pods", "-n", self.ns)["items"]) == 1)
+        self.wait("the SIGTERM", lambda: len([f for f in os.listdir(out) if f.endswith(".term")]) == 1)
+        # A new template rolls out in a new ReplicaSet; deleting the Deployment stops everything.
+        self.k("set", "env", "deployment/app", "ROLLED=yes")
+        self.wait("the rollout", lambda: any(r["env"].get("ROLLED") == "yes" for r in self.reports(out, 3)))
+        self.wait("two ReplicaSets, the old one at 0",
+                  lambda: sorted(rs["spec"]["replicas"] for rs in self.emu.kjson("get", "rs", "-n", self.ns)["items"]) == [0, 1])
+        self.k("delete", "deployment", "app")
+        self.wait("every process stopped", lambda: len([f for f in os.listdir(out) if f.endswith(".term")]) == 3)
+        self.wait("no pod and no ReplicaSet", lambda: not self.emu.kjson("get", "pods,rs", "-n", self.ns)["items"])
+
+    def test_restarts_probes_and_missing_images(self):
+        out = self.report_dir()
+        doc = deployment("crash", self.ns)
+        doc["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "REPORT_DIR", "value": out},
+                                                                   {"name": "EXIT_CODE", "value": "3"}]
+        self.apply(doc)
+        self.wait("restarts", lambda: any(
+            p["status"].get("containerStatuses", [{}])[0].get("restartCount", 0) >= 2
+            for p in self.emu.kjson("get", "pods", "-n", self.ns, "-l", "app=crash")["items"]))
+        cs = self.emu.kjson("get", "pods", "-n", self.ns, "-l", "app=crash")["items"][0]["status"]["containerStatuses"][0]
+        self.assertEqual(cs["lastState"]["terminated"]["exitCode"], 3)
+        port = free_port()
+        doc = deployment("probed", self.ns)
+        c = doc["spec"]["template"]["spec"]["containers"][0]
+        c["env"] = [{"name": "REPORT_DIR", "value": out}, {"name": "PORT", "value": str(port)}, {"name": "LISTEN_AFTER", "value": "2"},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+        c["ports"] = [{"name": "http", "containerPort": port}]
+        c["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}
+        self.apply(doc)
+        self.reports(out, 1)
+        pod = self.emu.kjson("get", "pods", "-n", self.ns, "-l", "app=probed")["items"][0]
+        self.assertEqual([c["status"] for c in pod["status"]["conditions"] if c["type"] == "Ready"], ["False"])
+        self.wait("Ready once it listens", lambda: [c["status"] for c in self.emu.kjson("get", "pods", "-n", self.ns, "-l", "app=probed")
+                                                    ["items"][0]["status"]["conditions"] if c["type"] == "Ready"] == ["True"])
+        self.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "probed", "namespace": self.ns},
+                    "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "probed"}}}})
+        self.wait("the PDB status", lambda: self.emu.kjson("get", "pdb", "probed", "-n", self.ns)["status"].get("currentHealthy") == 1)
+        self.assertEqual(self.emu.kjson("get", "pdb", "probed", "-n", self.ns)["status"]["disruptionsAllowed"], 0)
+        doc = deployment("unmapped", self.ns)
+        doc["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/unknown:1"
+        self.apply(doc)
+        self.wait("ErrImagePull", lambda: any(
+            p["status"].get("containerStatuses", [{}])[0].get("state", {}).get("waiting", {}).get("reason") == "ErrImagePull"
+            for p in self.emu.kjson("get", "pods", "-n", self.ns, "-l", "app=unmapped")["items"]))
+
+    def test_stopping_the_emulator_stops_its_pods(self):
+        """SIGTERM to the emulator: its pods get SIGTERM while the API still answers. SIGKILL to
+        the emulator: its pods die with it (PR_SET_PDEATHSIG), none is left running."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            workdir = tempfile.mkdtemp(prefix="kube-emulator-stop-")
+            program = os.path.join(workdir, "fakepod.py")
+            with open(program, "w") as f:
+                f.write(FAKE_POD)
+            os.chmod(program, 0o755)
+            emu = Emulator("--run-deployments", "--image", "example.invalid/fakepod=" + program, workdir=workdir)
+            out = os.path.join(workdir, "reports")
+            os.makedirs(out)
+            doc = deployment("stopped", "default")
+            doc["spec"]["template"]["spec"]["containers"][0]["env"] = [
+                {"name": "REPORT_DIR", "value": out}, {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+            emu.apply(doc)
+            report = self.reports(out, 1)[0]
+            if sig == signal.SIGTERM:
+                self.assertEqual(emu.stop(), 0)
+            else:
+                emu.proc.kill()
+                emu.proc.wait(10)
+                emu.log.close()
+                emu.proc.stdout.close()
+            deadline = time.monotonic() + 10
+            while os.path.exists("/proc/%d" % report["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertFalse(os.path.exists("/proc/%d" % report["pid"]), "the pod's process outlived the emulator (%s)" % sig)
+            if sig == signal.SIGTERM:
+                self.assertTrue(os.path.exists(os.path.join(out, report["env"]["POD_NAME"] + ".term")))
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
