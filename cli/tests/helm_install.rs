@@ -343,7 +343,8 @@ worker: {{image: {{repository: {WORKER_IMAGE}, tag: e2e}}}}
 metrics: {{port: {metrics_port}}}
 networkPolicy:
   enabled: true
-  aws: {{extraPorts: [{moto_port}]}}
+  apiServer: {{cidrs: [127.0.0.1/32]}}
+  aws: {{cidrs: [127.0.0.1/32], extraPorts: [{moto_port}]}}
 extraEnv:
   - name: AWS_ACCESS_KEY_ID
     valueFrom: {{secretKeyRef: {{name: {AWS_SECRET}, key: AWS_ACCESS_KEY_ID}}}}
