@@ -629,6 +629,8 @@ fn launch(
         executors: Arc::new(Executors {
             worker_command: ctx.config.worker_command.clone(),
             kubernetes: executor,
+            slurm_plain_http: orch_executors::PlainHttp::Refused,
+            slurm_token: None,
         }),
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
