@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orch_core::load::{self, LoadedJob};
 use orch_core::model::JobPhase;
 use orch_core::model::TaskKind;
-use orch_executors::Executors;
+use orch_executors::{Executors, PlainHttp};
 use orch_runtime::driver::{self, Progress, RunOptions};
 
 use crate::Failure;
@@ -252,7 +252,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         })?;
     let started = Instant::now();
     let opts = RunOptions {
-        executors: Arc::new(Executors::new(worker)),
+        // A laptop or login-node user is their own administrator: a slurmrestd on this
+        // machine may be plain http.
+        executors: Arc::new(Executors {
+            slurm_plain_http: PlainHttp::Loopback,
+            ..Executors::new(worker)
+        }),
         tick: Duration::from_millis(100),
         on_progress: Box::new(on_progress),
         stop: None,

@@ -94,6 +94,12 @@ impl SlurmJob {
     }
 }
 
+/// The user slurmrestd runs the tasks as (the test cluster's token is root's): orch takes no
+/// default but `$USER` or `$LOGNAME`, which a CI container may lack.
+fn slurm_user() -> String {
+    std::env::var("ORCH_SLURM_USER").unwrap_or_else(|_| "root".into())
+}
+
 fn job_id(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
@@ -124,8 +130,9 @@ fn ten_thousand_items(transport: &str) {
     let job = SlurmJob::new(env);
     let executor = match transport {
         "rest" => format!(
-            "  executor: {{slurm: {{transport: rest, url: \"{}\", maxRunning: 2}}}}\n",
-            job.env["SLURMRESTD_URL"]
+            "  executor: {{slurm: {{transport: rest, url: \"{}\", user: {}, maxRunning: 2}}}}\n",
+            job.env["SLURMRESTD_URL"],
+            slurm_user()
         ),
         _ => "  executor: {slurm: {transport: cli, maxRunning: 2}}\n".to_string(),
     };
@@ -425,10 +432,29 @@ fn bad_slurm_settings_fail_before_anything_is_submitted() {
         (
             "no-jwt",
             &format!(
-                "  executor: {{slurm: {{transport: rest, url: \"{}\", tokenFile: /nonexistent/jwt}}}}\n",
-                job.env["SLURMRESTD_URL"]
+                "  executor: {{slurm: {{transport: rest, url: \"{}\", user: {}, tokenFile: /nonexistent/jwt}}}}\n",
+                job.env["SLURMRESTD_URL"],
+                slurm_user()
             ),
             "tokenFile",
+        ),
+        // Neither `user` nor USER nor LOGNAME (removed below): no fallback to root.
+        (
+            "no-user",
+            &format!(
+                "  executor: {{slurm: {{transport: rest, url: \"{}\"}}}}\n",
+                job.env["SLURMRESTD_URL"]
+            ),
+            "spec.executor.slurm.user",
+        ),
+        // The token would cross the network in clear.
+        (
+            "plain-http",
+            &format!(
+                "  executor: {{slurm: {{transport: rest, url: \"http://slurm.invalid:6820\", user: {}}}}}\n",
+                slurm_user()
+            ),
+            "spec.executor.slurm.url",
         ),
     ];
     for (name, executor, field) in cases {
@@ -441,6 +467,8 @@ fn bad_slurm_settings_fail_before_anything_is_submitted() {
         );
         let out = job
             .orch(&["run", file.to_str().unwrap(), "--no-progress"])
+            .env_remove("USER")
+            .env_remove("LOGNAME")
             .output()
             .unwrap();
         let text = common::text(&out);

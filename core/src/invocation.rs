@@ -86,11 +86,16 @@ const SETTINGS: &[&str] = &[
     "AWS_ENDPOINT_URL_SQS",
 ];
 
-/// Added on a [`WorkerHost::SharedHost`]: the handler's search paths, the home directory, and
-/// where the AWS SDK finds its profile files (which is how workers on such hosts get their
-/// credentials when the node has no instance role: by reference to a file, never by value).
+/// Added on a [`WorkerHost::SharedHost`] (a Slurm node, which gets nothing else of the
+/// submitter's environment): the handler's search paths (`LD_LIBRARY_PATH` for the libraries of
+/// a `module load` or conda setup), the home directory, the worker's scratch directory (which
+/// a pod's image decides instead), and where the AWS SDK finds its profile files (which is how
+/// workers on such hosts get their credentials when the node has no instance role: by
+/// reference to a file, never by value).
 const SHARED_HOST: &[&str] = &[
     "PATH",
+    "LD_LIBRARY_PATH",
+    "ORCH_SCRATCH",
     "LANG",
     "PYTHONPATH",
     "HOME",
@@ -110,8 +115,8 @@ pub fn worker_variables(host: WorkerHost) -> impl Iterator<Item = &'static str> 
 }
 
 /// The variables passed on to a worker on `host`, as (name, value) pairs of those `lookup`
-/// knows (usually this process's environment: `|k| std::env::var(k).ok()`). Executors whose
-/// workers inherit the whole environment (local processes, `sbatch --export=ALL`) need none.
+/// knows (usually this process's environment: `|k| std::env::var(k).ok()`): all a Slurm task
+/// or a pod gets of it. Local worker processes inherit the whole environment and need none.
 pub fn worker_environment(
     host: WorkerHost,
     lookup: impl Fn(&str) -> Option<String>,
@@ -181,7 +186,10 @@ mod tests {
         // Never a credential by value.
         for (k, _) in &node {
             assert!(
-                !k.contains("SECRET") && !k.contains("SESSION_TOKEN") && k != "AWS_ACCESS_KEY_ID"
+                !k.contains("SECRET")
+                    && !k.contains("SESSION_TOKEN")
+                    && k != "AWS_ACCESS_KEY_ID"
+                    && k != "SLURM_JWT"
             );
         }
         assert!(worker_environment(WorkerHost::SharedHost, |_| None).is_empty());

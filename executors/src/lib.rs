@@ -17,10 +17,13 @@ use orch_core::model::JobRecord;
 use orch_core::platform::{ExecutorFactory, Platform};
 use orch_core::spec::{HandlerSpec, SlurmExecutorSpec};
 use orch_embedded::{LocalExecutor, WorkerLaunch};
+/// The types of the Slurm settings below, so that callers need not link `orch-slurm`.
+pub use orch_slurm::{PlainHttp, SharedToken, TokenSource};
 
 /// The executors of one process: `orch run` on a workstation or login node, or the operator
-/// (which adds its Kubernetes executor).
-#[derive(Clone)]
+/// (which adds its Kubernetes executor and its Slurm settings). [`Executors::new`] gives the
+/// cautious defaults; set the fields that differ (`Executors { kubernetes: …, ..Executors::new(w) }`).
+#[derive(Clone, Default)]
 pub struct Executors {
     /// Program (and leading args) of the worker on this machine; the Slurm tasks run
     /// `executor.slurm.worker` when the spec names one, else this program.
@@ -33,6 +36,13 @@ pub struct Executors {
     /// environment is its user's; false for the operator, whose environment (its credentials)
     /// must never reach a tenant's job by a name the job chose.
     pub pass_handler_environment: bool,
+    /// Whether slurmrestd may be reached over plain http to a loopback host. Default
+    /// `Refused`: https only. `orch run` allows loopback (its user runs their own machine);
+    /// the operator only when its administrator says so.
+    pub slurm_plain_http: PlainHttp,
+    /// The slurmrestd token, used instead of the spec's `tokenFile` or `SLURM_JWT` (the
+    /// operator's, read from a Secret and refreshed). `None`: the spec says.
+    pub slurm_token: Option<TokenSource>,
 }
 
 impl std::fmt::Debug for Executors {
@@ -41,18 +51,21 @@ impl std::fmt::Debug for Executors {
             .field("worker_command", &self.worker_command)
             .field("kubernetes", &self.kubernetes.is_some())
             .field("pass_handler_environment", &self.pass_handler_environment)
+            .field("slurm_plain_http", &self.slurm_plain_http)
+            .field("slurm_token", &self.slurm_token)
             .finish()
     }
 }
 
 impl Executors {
     /// Local processes and Slurm arrays, with `worker_command` as the worker, for the user
-    /// running this process (`orch run`).
+    /// running this process (`orch run`); slurmrestd over https only, its token as the spec
+    /// says.
     pub fn new(worker_command: Vec<String>) -> Self {
         Executors {
             worker_command,
-            kubernetes: None,
             pass_handler_environment: true,
+            ..Executors::default()
         }
     }
 }
@@ -144,8 +157,8 @@ impl Executors {
             spec: spec.clone(),
             log_dir,
             workdir: cwd,
-            // slurmrestd passes nothing else; `sbatch --export=ALL` passes these on top of the
-            // submitter's environment.
+            // All the tasks get of this process's environment, by either transport: orch's
+            // settings, and the variables the handler reads from the worker's environment.
             environment: worker_environment(WorkerHost::SharedHost, |k| std::env::var(k).ok())
                 .into_iter()
                 .chain(handler_environment(&job.spec.spec.handler, |k| {
@@ -154,6 +167,8 @@ impl Executors {
                         .filter(|_| self.pass_handler_environment)
                 }))
                 .collect(),
+            plain_http: self.slurm_plain_http,
+            token: self.slurm_token.clone(),
         };
         orch_slurm::connect(launch)
             .await

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -35,6 +35,8 @@ use orch_core::load::LoadedJob;
 use orch_core::model::AuditEntry;
 use orch_core::model::JobRecord;
 use orch_core::platform::Platform;
+use orch_core::policy::SlurmToken;
+use orch_executors::{PlainHttp, SharedToken, TokenSource};
 use orch_runtime::control;
 use orch_runtime::task_cache::SharedTaskCache;
 use serde_json::json;
@@ -64,6 +66,9 @@ use orch_crd::{
 };
 use orch_executors::Executors;
 
+/// How long a policy's slurmrestd token is used before its Secret is read again.
+const TOKEN_REFRESH: Duration = Duration::from_secs(60);
+
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "orch-operator";
 
@@ -77,6 +82,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The cluster's `OrchPolicy` objects, kept current by a watch.
     pub policies: Store<OrchPolicy>,
+    /// The slurmrestd tokens of policies' Secrets (name, key), and when each was read.
+    tokens: Mutex<HashMap<(String, String), (SharedToken, Instant)>>,
     /// Phase of each job last seen, for the jobs gauge.
     phases: Mutex<HashMap<String, JobPhase>>,
     /// The driver failure last reported per job, so one failure makes one Event.
@@ -107,6 +114,7 @@ impl Context {
             recorder,
             metrics,
             policies,
+            tokens: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
             reported_errors: Mutex::new(HashMap::new()),
             task_caches: Mutex::new(HashMap::new()),
@@ -137,6 +145,57 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         last.insert(job.uid().unwrap_or_default(), (intent(job), Instant::now()));
+    }
+
+    /// The slurmrestd token of the policy that allowed `prepared`, when it names a Secret: one
+    /// handle per Secret key, shared by every job that uses it, read again from the operator's
+    /// namespace when a minute old (a rotated token reaches running jobs). The value is never
+    /// logged; a missing Secret or key is said by name.
+    async fn slurm_token(&self, prepared: &PreparedJob) -> Result<Option<TokenSource>> {
+        let Some(SlurmToken::Secret(secret)) = &prepared.slurm_token else {
+            return Ok(None);
+        };
+        let key = (secret.name.clone(), secret.key.clone());
+        let cached = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some((token, read)) = &cached
+            && read.elapsed() < TOKEN_REFRESH
+        {
+            return Ok(Some(TokenSource::Shared(token.clone())));
+        }
+        let namespace = &self.config.namespace;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let where_ = format!(
+            "the Secret {namespace}/{} that OrchPolicy `{}` names as its slurmrestd token",
+            secret.name, prepared.policy
+        );
+        let object = api
+            .get_opt(&secret.name)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("{where_} does not exist")))?;
+        let value = object
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret.key))
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Error::Invalid(format!("{where_} has no key `{}`", secret.key)))?;
+        let token = match cached {
+            Some((token, _)) => {
+                token.set(value);
+                token
+            }
+            None => SharedToken::new(value),
+        };
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (token.clone(), Instant::now()));
+        Ok(Some(TokenSource::Shared(token)))
     }
 
     /// The policies as last seen, by name.
@@ -346,7 +405,8 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         write_status(api, &name, previous, status, ctx, &uid).await?;
         return Ok(Action::requeue(ctx.config.status_interval));
     }
-    let launch = match launch(job, loaded, &prepared, &id, platform.clone(), ctx) {
+    let slurm_token = ctx.slurm_token(&prepared).await?;
+    let launch = match launch(job, loaded, slurm_token, &id, platform.clone(), ctx) {
         Ok(launch) => launch,
         Err(error) => return refuse(job, api, ctx, &Refusal::Invalid(vec![error])).await,
     };
@@ -558,7 +618,7 @@ async fn recorded_job(
         policy: policy.map(|(n, _)| n.to_string()).unwrap_or_default(),
         slurm_token: policy
             .and_then(|(_, p)| p.slurm.as_ref()?.token_secret.clone())
-            .map(orch_core::policy::SlurmToken::Secret),
+            .map(SlurmToken::Secret),
         limits: Default::default(),
     }))
 }
@@ -668,7 +728,8 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
                 )
                 .await;
             }
-            if let Ok(launch) = launch(job, loaded, &prepared, &id, platform.clone(), ctx) {
+            let slurm_token = ctx.slurm_token(&prepared).await?;
+            if let Ok(launch) = launch(job, loaded, slurm_token, &id, platform.clone(), ctx) {
                 ctx.supervisors.ensure(&uid, &object_key(job), || launch);
             }
             return Ok(Action::requeue(Duration::from_secs(2)));
@@ -708,7 +769,7 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
 fn launch(
     job: &OrchJob,
     loaded: LoadedJob,
-    _prepared: &PreparedJob,
+    slurm_token: Option<TokenSource>,
     id: &str,
     platform: Arc<dyn Platform>,
     ctx: &Context,
@@ -757,6 +818,12 @@ fn launch(
             kubernetes: executor,
             // The operator's environment is its own, not the tenant's.
             pass_handler_environment: false,
+            slurm_plain_http: if ctx.config.slurm_allow_http_loopback {
+                PlainHttp::Loopback
+            } else {
+                PlainHttp::Refused
+            },
+            slurm_token,
         }),
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),

@@ -46,7 +46,7 @@ use orch_core::backend::{ExecState, Executor};
 use orch_core::model::{TaskGroup, TaskKind};
 use orch_core::spec::{ResourcesSpec, SlurmExecutorSpec, SlurmTransport};
 use orch_slurm::cli::CliApi;
-use orch_slurm::rest::{RestApi, TokenSource};
+use orch_slurm::rest::{PlainHttp, RestApi, TokenSource};
 use orch_slurm::submission::{WorkerCommand, parse_executor_id};
 use orch_slurm::{SlurmApi, SlurmExecutor, SlurmLaunch};
 
@@ -485,6 +485,7 @@ async fn run_orch(
                 url.clone().ok_or("SLURMRESTD_URL is not set")?,
                 None,
                 TokenSource::Env,
+                PlainHttp::Loopback,
             )?
             .with_max_array_size(max_array_size),
         )),
@@ -514,6 +515,8 @@ async fn run_orch(
         log_dir: dir.join("logs"),
         workdir: dir.to_path_buf(),
         environment: Vec::new(),
+        plain_http: PlainHttp::Loopback,
+        token: None,
     };
     let executor = SlurmExecutor::connect(api.clone(), launch).await?;
     let group = TaskGroup {

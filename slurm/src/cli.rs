@@ -8,7 +8,7 @@
 //! | operation        | commands |
 //! |------------------|----------|
 //! | [`cluster_info`] | `scontrol show config`, `scontrol --oneliner --all show partition` |
-//! | [`submit`]       | `sbatch --parsable … --export=ALL` (script on stdin, the tasks' variables in its environment) |
+//! | [`submit`]       | `sbatch --parsable … --export=NIL,<names>` (script on stdin, the tasks' variables in its environment, passed on by name) |
 //! | [`arrays`]       | `squeue --array --me --states=all --name=…` and `sacct --allocations --name=…` (at once, whatever the number of arrays and tasks) |
 //! | [`cancel`]       | `scancel <id>_[<indices>]` or `scancel <id>` |
 //! | [`hold`]/[`release`] | `scontrol hold <id>` / `scontrol release <id>` |
@@ -30,6 +30,11 @@
 //!   though it held the pending ones: that is no error, nor is an array Slurm forgot.
 //! - Where accounting is disabled, the first `sacct` says so and later calls use `squeue`
 //!   alone.
+//! - `--export=NIL,FOO` gives the task `FOO` with its value from sbatch's environment, commas
+//!   and `=` included (`a,b=c`), which `--export=FOO=a,b=c` cannot carry; nothing else of the
+//!   submitter's environment reaches the task (Slurm sets `HOME`, `USER`, `TMPDIR`, … itself),
+//!   except every `SLURM_*` variable, which Slurm always copies: so `sbatch` runs without
+//!   `SLURM_JWT`, which would otherwise sit in every task's environment and in the job record.
 //!
 //! Failures are classified from the commands' messages: an unreachable or busy slurmctld (or
 //! slurmdbd) is transient, as is a command that does not answer within the timeout; a request
@@ -219,6 +224,11 @@ impl CliApi {
         }
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command.envs(vars.iter().map(|(k, v)| (k, v)));
+        // sbatch copies every SLURM_* variable into the job, whatever --export says, and the
+        // job must carry no credential; sbatch itself authenticates as the user (munge).
+        if program == "sbatch" {
+            command.env_remove("SLURM_JWT");
+        }
         debug!(program = %path.display(), ?args, "running a Slurm command");
 
         let mut child = spawn(&mut command).await.map_err(|e| {
@@ -419,7 +429,7 @@ impl SlurmApi for CliApi {
             .run_ok(
                 "sbatch",
                 "sbatch",
-                &sbatch_args(array),
+                &sbatch_args(array)?,
                 Some(&array.script),
                 &array.environment,
             )
@@ -479,8 +489,10 @@ impl SlurmApi for CliApi {
 // ---- command lines -------------------------------------------------------------------------
 
 /// sbatch's arguments for one array. The tasks' variables go into sbatch's environment and
-/// `--export=ALL` passes them on: values may hold commas, which `--export=K=V` cannot.
-fn sbatch_args(a: &ArraySubmission) -> Vec<String> {
+/// `--export=NIL,<names>` passes those, and only those, on by name: values may hold commas,
+/// which `--export=K=V` cannot, and the rest of the submitter's environment (credentials
+/// among it) stays out of the tasks and of Slurm's records.
+fn sbatch_args(a: &ArraySubmission) -> Result<Vec<String>> {
     let mut args = vec![
         "--parsable".to_string(),
         format!("--job-name={}", a.name),
@@ -506,10 +518,35 @@ fn sbatch_args(a: &ArraySubmission) -> Vec<String> {
         format!("--error={}", a.output),
         format!("--signal={}", a.signal),
         format!("--chdir={}", a.workdir.display()),
-        "--export=ALL".to_string(),
+        export_option(&a.environment)?,
     ]);
     args.extend(a.extra.iter().cloned());
-    args
+    Ok(args)
+}
+
+/// `--export=NIL,<name>,…` for these variables (`--export=NIL` for none). A name that is not
+/// `[A-Za-z_][A-Za-z0-9_]*` is refused: in the list it could add a `K=V` or another keyword.
+fn export_option(environment: &[(String, String)]) -> Result<String> {
+    let mut option = "--export=NIL".to_string();
+    for (name, _) in environment {
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(SlurmError::invalid(
+                "the tasks' environment",
+                format!(
+                    "`{name}` is not a variable name sbatch --export can pass on \
+                     ([A-Za-z_][A-Za-z0-9_]*)"
+                ),
+            ));
+        }
+        option.push(',');
+        option.push_str(name);
+    }
+    Ok(option)
 }
 
 fn squeue_args(name: &str) -> Vec<String> {
@@ -1163,7 +1200,7 @@ exit "$(cat "$d/$n.rc" 2>/dev/null || echo 0)"
                 "--error=/shared/logs/task-b1001-%A_%a.log",
                 "--signal=B:TERM@60",
                 "--chdir=/shared/work dir",
-                "--export=ALL",
+                "--export=NIL,ORCH_LOG,AWS_ENDPOINT_URL",
                 "--exclusive",
                 "--mail-type=END",
             ]
@@ -1204,7 +1241,54 @@ exit "$(cat "$d/$n.rc" 2>/dev/null || echo 0)"
             || a.starts_with("--qos")
             || a.starts_with("--gres")
             || a.starts_with("--constraint")));
-        assert_eq!(args.last().map(String::as_str), Some("--export=ALL"));
+        assert_eq!(
+            args.last().map(String::as_str),
+            Some("--export=NIL,ORCH_LOG,AWS_ENDPOINT_URL")
+        );
+    }
+
+    #[tokio::test]
+    async fn sbatch_exports_the_tasks_variables_by_name_and_nothing_else() {
+        // No variables: nothing of the submitter's environment.
+        let fake = Fake::new();
+        fake.set("sbatch.out", "7\n");
+        let api = fake.api().with_env("SLURM_JWT", "eyJ.secret.jwt");
+        let bare = ArraySubmission {
+            environment: vec![],
+            ..submission()
+        };
+        assert_eq!(api.submit(&bare).await.unwrap(), 7);
+        let args = fake.args("sbatch", 1);
+        assert!(args.contains(&"--export=NIL".to_string()), "{args:?}");
+        assert!(!args.iter().any(|a| a.starts_with("--export=ALL")));
+        // Slurm copies SLURM_* into the job whatever --export says: sbatch never gets the
+        // token, while the other commands keep it.
+        assert!(!fake.read("sbatch.env.1").contains("SLURM_JWT"));
+        api.arrays("j").await.unwrap();
+        assert!(
+            fake.read("squeue.env.1")
+                .contains("SLURM_JWT=eyJ.secret.jwt")
+        );
+
+        // A name that could smuggle a value or a keyword into the list is refused, unsent.
+        for bad in ["A=B", "ALL,X", "1PATH", "", "PATH ", "ÄPFEL"] {
+            let fake = Fake::new();
+            let sub = ArraySubmission {
+                environment: vec![("ORCH_LOG".into(), "info".into()), (bad.into(), "v".into())],
+                ..submission()
+            };
+            match fake.api().submit(&sub).await {
+                Err(SlurmError::Invalid { reason, .. }) => {
+                    assert!(reason.contains("not a variable name"), "{reason}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            assert_eq!(fake.calls("sbatch"), 0);
+        }
+        assert_eq!(
+            export_option(&[("_X1".into(), "a,b=c".into()), ("y".into(), String::new())]).unwrap(),
+            "--export=NIL,_X1,y"
+        );
     }
 
     #[tokio::test]

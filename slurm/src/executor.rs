@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::api::{ArrayJob, ClusterInfo, SlurmApi};
 use crate::error::Result;
+use crate::rest::{PlainHttp, TokenSource};
 use crate::state::exec_state;
 use crate::submission::{
     ArrayKey, ArraySubmission, PlannedArray, TaskResources, WorkerCommand, batch_script,
@@ -42,6 +43,11 @@ pub struct SlurmLaunch {
     pub workdir: PathBuf,
     /// Variables the tasks need (storage endpoints, log settings), never secrets.
     pub environment: Vec<(String, String)>,
+    /// Whether the rest transport may use plain http (to a loopback host only).
+    pub plain_http: PlainHttp,
+    /// The rest transport's token, instead of `spec.tokenFile` or `SLURM_JWT` (a coordinator
+    /// that holds the token itself, such as the operator).
+    pub token: Option<TokenSource>,
 }
 
 /// The shortest time between two queries of Slurm for this job's arrays.

@@ -22,11 +22,13 @@ pub mod submission;
 pub use api::{ArrayJob, ArrayTask, ClusterInfo, PartitionInfo, SlurmApi};
 pub use error::{Result, SlurmError};
 pub use executor::{SlurmExecutor, SlurmLaunch};
+pub use rest::{PlainHttp, SharedToken, TokenSource};
 pub use submission::ArraySubmission;
 
 /// Connects to Slurm the way the spec's transport says and checks the job against the
-/// cluster (see [`SlurmExecutor::connect`]). For `rest`, the token comes from
-/// `spec.tokenFile`, else `SLURM_JWT`; a missing one fails here, before anything is sent.
+/// cluster (see [`SlurmExecutor::connect`]). For `rest`, the token is the launch's when it
+/// has one, else `spec.tokenFile`, else `SLURM_JWT`; a missing one fails here, before anything
+/// is sent, as does a URL that `launch.plain_http` does not allow.
 pub async fn connect(launch: SlurmLaunch) -> Result<SlurmExecutor> {
     let spec = &launch.spec;
     let api: std::sync::Arc<dyn SlurmApi> = match spec.effective_transport() {
@@ -35,11 +37,17 @@ pub async fn connect(launch: SlurmLaunch) -> Result<SlurmExecutor> {
             let url = spec.url.clone().ok_or_else(|| {
                 SlurmError::invalid("spec.executor.slurm.url", "the rest transport needs a URL")
             })?;
-            let token = match &spec.token_file {
-                Some(file) => rest::TokenSource::File(file.into()),
-                None => rest::TokenSource::Env,
+            let token = match (&launch.token, &spec.token_file) {
+                (Some(token), _) => token.clone(),
+                (None, Some(file)) => TokenSource::File(file.into()),
+                (None, None) => TokenSource::Env,
             };
-            std::sync::Arc::new(rest::RestApi::new(url, spec.user.clone(), token)?)
+            std::sync::Arc::new(rest::RestApi::new(
+                url,
+                spec.user.clone(),
+                token,
+                launch.plain_http,
+            )?)
         }
     };
     SlurmExecutor::connect(api, launch).await

@@ -1,5 +1,6 @@
 //! slurmrestd as a [`SlurmApi`]: the transport of a coordinator outside the cluster (the
-//! operator), JSON over HTTP(S) authenticated with a JWT. docs/slurm.md ("Transports") says
+//! operator), JSON over HTTPS (plain HTTP only to this machine, where allowed) authenticated
+//! with a JWT. docs/slurm.md ("Transports") says
 //! what it does, which API versions it speaks and what it cannot do.
 //!
 //! This file is the client, [`RestApi`]: requests, retries, negotiation and the jobs cache.
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{ACCEPT, HeaderValue};
+use reqwest::header::{ACCEPT, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -38,7 +39,7 @@ use decode::{arrays_from_jobs, partitions};
 use interpret::{HOLD_IGNORED, Refused, interpret, is_gone, is_transient, kill_failures};
 use request::{cancel_requests, submit_body};
 use token::TokenCache;
-pub use token::TokenSource;
+pub use token::{SharedToken, TokenSource};
 pub use version::ApiVersion;
 use version::offered_versions;
 use wire::{
@@ -66,7 +67,8 @@ struct JobsCache {
 /// backoff 0.5 s then 1 s); POSTs and DELETEs are sent once — the executor's submit is
 /// idempotent by the array's comment, so a failed submit surfaces as a transient error and the
 /// engine tries again after looking the array up. HTTP 401/403 are [`SlurmError::Invalid`]
-/// saying the token was refused.
+/// saying the token was refused. Redirects are not followed: a 3xx answer is
+/// [`SlurmError::Invalid`] naming its status and the host it points to.
 pub struct RestApi {
     base: String,
     user: String,
@@ -94,61 +96,137 @@ impl fmt::Debug for RestApi {
     }
 }
 
-/// The user REST calls act as when none is configured: `$USER`, `$LOGNAME`, else `root`.
-fn default_user() -> String {
-    ["USER", "LOGNAME"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "root".to_string())
+/// Whether slurmrestd may be reached over plain `http://`. The token travels in a header of
+/// every request, so anywhere but this machine it must be encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlainHttp {
+    /// `https://` only: what a coordinator whose job specs come from others (the operator)
+    /// uses unless its administrator allows loopback http.
+    #[default]
+    Refused,
+    /// `http://` too when the host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`):
+    /// the token does not leave the machine. Other hosts still need `https://`.
+    Loopback,
 }
 
-fn build_client(certificate: Option<reqwest::Certificate>) -> Result<reqwest::Client> {
+const URL_FIELD: &str = "spec.executor.slurm.url";
+
+/// `url` without trailing slashes, if orch may send a token there under `plain_http`.
+fn checked_base(url: &str, plain_http: PlainHttp) -> Result<String> {
+    let base = url.trim().trim_end_matches('/').to_string();
+    let not_a_url = || {
+        SlurmError::invalid(
+            URL_FIELD,
+            format!("`{url}` is not an https:// URL of slurmrestd"),
+        )
+    };
+    let host = base
+        .strip_prefix("http://")
+        .or_else(|| base.strip_prefix("https://"))
+        .unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') || base.chars().any(char::is_whitespace) {
+        return Err(not_a_url());
+    }
+    let parsed = reqwest::Url::parse(&base).map_err(|_| not_a_url())?;
+    if parsed.scheme() == "https" {
+        return Ok(base);
+    }
+    match (plain_http, is_loopback(&parsed)) {
+        (PlainHttp::Loopback, true) => Ok(base),
+        (PlainHttp::Refused, true) => Err(SlurmError::invalid(
+            URL_FIELD,
+            format!(
+                "`{base}` is plain http: orch sends the slurmrestd token over https only. Use \
+                 an https:// URL; http to a loopback address needs the administrator's flag \
+                 allowing it"
+            ),
+        )),
+        (_, false) => Err(SlurmError::invalid(
+            URL_FIELD,
+            format!(
+                "`{base}` is plain http to another machine: the slurmrestd token would cross \
+                 the network unencrypted. Use an https:// URL (plain http is allowed only to \
+                 a loopback address, and only where the administrator allows it)"
+            ),
+        )),
+    }
+}
+
+/// Whether `url` names this machine: `127.0.0.0/8`, `::1` or `localhost`.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    // The URL parser has normalised the host: lower case, IPv4 in dotted form (`127.1` is
+    // `127.0.0.1`), IPv6 in brackets.
+    match url.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// The user REST calls act as: the one given, else `$USER`, else `$LOGNAME` (`env` looks them
+/// up). Never a default like `root`: slurmrestd would run the jobs as whoever the token allows.
+fn resolve_user(given: Option<String>, env: impl Fn(&str) -> Option<String>) -> Result<String> {
+    given
+        .into_iter()
+        .chain(["USER", "LOGNAME"].iter().filter_map(|v| env(v)))
+        .find(|u| !u.trim().is_empty())
+        .ok_or_else(|| {
+            SlurmError::invalid(
+                "spec.executor.slurm.user",
+                "no user to act as on slurmrestd: set spec.executor.slurm.user (neither USER \
+                 nor LOGNAME is set where orch runs)",
+            )
+        })
+}
+
+/// The HTTP client of `base`. It follows no redirect: one would carry the token to wherever the
+/// Location points. Plain http (loopback only) goes direct: through a proxy named by
+/// `http_proxy` the token would leave the machine unencrypted after all.
+fn build_client(base: &str, certificate: Option<reqwest::Certificate>) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("orch-slurm/", env!("CARGO_PKG_VERSION")));
+    if base.starts_with("http://") {
+        builder = builder.no_proxy();
+    }
     if let Some(c) = certificate {
         builder = builder.add_root_certificate(c);
     }
-    builder.build().map_err(|e| {
-        SlurmError::invalid(
-            "spec.executor.slurm.url",
-            format!("cannot set up an HTTP client: {e}"),
-        )
-    })
+    builder
+        .build()
+        .map_err(|e| SlurmError::invalid(URL_FIELD, format!("cannot set up an HTTP client: {e}")))
 }
 
 impl RestApi {
-    /// A client of the slurmrestd at `url` (`http://host:6820`), acting as `user` (default
-    /// `$USER`, `$LOGNAME`, else `root`). Reads the token now: a missing or empty one is
-    /// [`SlurmError::Invalid`] before anything is sent.
-    pub fn new(url: impl Into<String>, user: Option<String>, token: TokenSource) -> Result<Self> {
-        let url = url.into();
-        let base = url.trim().trim_end_matches('/').to_string();
-        let host = base
-            .strip_prefix("http://")
-            .or_else(|| base.strip_prefix("https://"))
-            .unwrap_or_default();
-        if host.is_empty() || host.starts_with('/') || base.chars().any(char::is_whitespace) {
-            return Err(SlurmError::invalid(
-                "spec.executor.slurm.url",
-                format!("`{url}` is not an http:// or https:// URL of slurmrestd"),
-            ));
-        }
-        let user = user
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(default_user);
+    /// A client of the slurmrestd at `url` (`https://host:6820`), acting as `user` (default
+    /// `$USER`, else `$LOGNAME`; neither is [`SlurmError::Invalid`]). `http://` is accepted
+    /// only to a loopback host and only with [`PlainHttp::Loopback`]. Reads the token now: a
+    /// missing, empty or expired one is [`SlurmError::Invalid`] before anything is sent.
+    pub fn new(
+        url: impl Into<String>,
+        user: Option<String>,
+        token: TokenSource,
+        plain_http: PlainHttp,
+    ) -> Result<Self> {
+        let base = checked_base(&url.into(), plain_http)?;
+        let user = resolve_user(user, |k| std::env::var(k).ok())?;
         if HeaderValue::from_str(&user).is_err() {
             return Err(SlurmError::invalid(
                 "spec.executor.slurm.user",
                 format!("`{user}` cannot be sent in an HTTP header"),
             ));
         }
+        let client = build_client(&base, None)?;
         Ok(RestApi {
             base,
             user,
             token: TokenCache::new(token)?,
-            client: build_client(None)?,
+            client,
             timeout: DEFAULT_TIMEOUT,
             attempts: DEFAULT_ATTEMPTS,
             backoff: DEFAULT_BACKOFF,
@@ -189,13 +267,9 @@ impl RestApi {
 
     /// Trusts this CA (PEM) for `https://` besides the public roots, for a site CA.
     pub fn with_root_certificate(mut self, pem: &[u8]) -> Result<Self> {
-        let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
-            SlurmError::invalid(
-                "spec.executor.slurm.url",
-                format!("not a PEM certificate: {e}"),
-            )
-        })?;
-        self.client = build_client(Some(cert))?;
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| SlurmError::invalid(URL_FIELD, format!("not a PEM certificate: {e}")))?;
+        self.client = build_client(&self.base, Some(cert))?;
         Ok(self)
     }
 
@@ -347,12 +421,40 @@ impl RestApi {
             .await
             .map_err(|e| self.transport_error(op, e))?;
         let status = response.status();
+        // 304 answers a conditional jobs query; every other 3xx is a redirect, not followed.
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok());
+            return Err(self.redirected(&url, status, location));
+        }
         let bytes = response
             .bytes()
             .await
             .map_err(|e| self.transport_error(op, e))?;
         let answer = interpret::<T>(op, status, &bytes, &self.refused_context())?;
         Ok((status, answer))
+    }
+
+    /// The error of a redirect: its status and the host it points to, nothing more of the
+    /// Location (which may carry anything).
+    fn redirected(&self, url: &str, status: StatusCode, location: Option<&str>) -> SlurmError {
+        let target = location
+            .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
+            .and_then(|l| l.host_str().map(str::to_string))
+            .map(|host| format!(" to host `{host}`"))
+            .unwrap_or_default();
+        SlurmError::invalid(
+            URL_FIELD,
+            format!(
+                "slurmrestd at {} answered HTTP {} (a redirect{target}); orch does not follow \
+                 redirects, which would carry the token elsewhere: set the url to where \
+                 slurmrestd itself answers",
+                self.base,
+                status.as_u16()
+            ),
+        )
     }
 
     fn refused_context(&self) -> Refused<'_> {

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use orch_core::backend::ExecState;
-use orch_slurm::rest::{ApiVersion, RestApi, TokenSource};
+use orch_slurm::rest::{ApiVersion, PlainHttp, RestApi, TokenSource};
 use orch_slurm::state::exec_state;
 use orch_slurm::{ArrayJob, ArraySubmission, SlurmApi};
 
@@ -129,7 +129,13 @@ async fn rest_api_against_the_test_cluster() {
     let token_file = dir.path().join("jwt");
     std::fs::write(&token_file, token).unwrap();
     let user = std::env::var("ORCH_SLURM_USER").unwrap_or_else(|_| "root".into());
-    let api = RestApi::new(url, Some(user), TokenSource::File(token_file)).unwrap();
+    let api = RestApi::new(
+        url,
+        Some(user),
+        TokenSource::File(token_file),
+        PlainHttp::Loopback,
+    )
+    .unwrap();
     assert!(
         !format!("{api:?}").contains(token.as_str()),
         "no token in Debug"

@@ -21,7 +21,12 @@ const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl";
 fn a_missing_token_is_refused_before_anything_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("jwt");
-    match RestApi::new("http://127.0.0.1:9", None, TokenSource::File(missing)) {
+    match RestApi::new(
+        "http://127.0.0.1:9",
+        Some("alice".into()),
+        TokenSource::File(missing),
+        PlainHttp::Loopback,
+    ) {
         Err(SlurmError::Invalid { field, reason }) => {
             assert_eq!(field, "spec.executor.slurm.tokenFile");
             assert!(reason.contains("cannot read"), "{reason}");
@@ -31,13 +36,23 @@ fn a_missing_token_is_refused_before_anything_is_sent() {
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();
     assert!(matches!(
-        RestApi::new("http://127.0.0.1:9", None, TokenSource::File(empty)),
+        RestApi::new(
+            "http://127.0.0.1:9",
+            Some("alice".into()),
+            TokenSource::File(empty),
+            PlainHttp::Loopback
+        ),
         Err(SlurmError::Invalid { .. })
     ));
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
     assert!(matches!(
-        RestApi::new("ftp://slurm", None, TokenSource::File(token)),
+        RestApi::new(
+            "ftp://slurm",
+            Some("alice".into()),
+            TokenSource::File(token),
+            PlainHttp::Loopback
+        ),
         Err(SlurmError::Invalid { field, .. }) if field == "spec.executor.slurm.url"
     ));
 }
@@ -48,9 +63,10 @@ fn the_token_never_shows() {
     let path = dir.path().join("jwt");
     std::fs::write(&path, TOKEN).unwrap();
     let api = RestApi::new(
-        "http://slurm:6820/",
+        "https://slurm:6820/",
         Some("alice".into()),
         TokenSource::File(path),
+        PlainHttp::Refused,
     )
     .unwrap();
     let debug = format!("{api:?}");
@@ -59,7 +75,7 @@ fn the_token_never_shows() {
         "{debug}"
     );
     assert!(
-        debug.contains("http://slurm:6820") && debug.contains("alice"),
+        debug.contains("https://slurm:6820") && debug.contains("alice"),
         "{debug}"
     );
     assert_eq!(format!("{:?}", Secret(TOKEN.into())), "<redacted>");
@@ -141,10 +157,15 @@ fn fake(limit: usize, handler: Box<Handler>) -> (String, Arc<Mutex<Vec<Seen>>>) 
 fn api(url: &str, dir: &Path) -> RestApi {
     let token = dir.join("jwt");
     std::fs::write(&token, TOKEN).unwrap();
-    RestApi::new(url, Some("alice".into()), TokenSource::File(token))
-        .unwrap()
-        .with_retries(3, Duration::from_millis(10))
-        .with_timeout(Duration::from_secs(5))
+    RestApi::new(
+        url,
+        Some("alice".into()),
+        TokenSource::File(token),
+        PlainHttp::Loopback,
+    )
+    .unwrap()
+    .with_retries(3, Duration::from_millis(10))
+    .with_timeout(Duration::from_secs(5))
 }
 
 #[tokio::test]
@@ -387,4 +408,220 @@ async fn requests_on_the_wire() {
         seen.iter()
             .all(|s| s.header("x-slurm-user-token") == Some(TOKEN))
     );
+}
+
+#[test]
+fn plain_http_only_to_this_machine_and_only_when_allowed() {
+    let reason = |url: &str, mode: PlainHttp| match checked_base(url, mode) {
+        Err(SlurmError::Invalid { field, reason }) => {
+            assert_eq!(field, "spec.executor.slurm.url");
+            reason
+        }
+        other => panic!("{url} {mode:?}: {other:?}"),
+    };
+    for mode in [PlainHttp::Refused, PlainHttp::Loopback] {
+        assert_eq!(
+            checked_base("https://slurm.example:6820/", mode).unwrap(),
+            "https://slurm.example:6820"
+        );
+        assert_eq!(
+            checked_base(" https://10.0.0.5/api ", mode).unwrap(),
+            "https://10.0.0.5/api"
+        );
+        // Another machine over http: refused whatever the administrator allows.
+        for url in [
+            "http://slurm.example:6820",
+            "http://10.0.0.5:6820",
+            "http://[2001:db8::1]:6820",
+            "http://127.0.0.1.example.com",
+            "http://localhost.example.com:6820",
+            "http://[::ffff:10.0.0.5]",
+        ] {
+            let r = reason(url, mode);
+            assert!(
+                r.contains("another machine") && r.contains("https://"),
+                "{r}"
+            );
+        }
+        for url in [
+            "ftp://slurm",
+            "http://",
+            "https:///x",
+            "slurm:6820",
+            "https://a b",
+        ] {
+            assert!(reason(url, mode).contains("not an https:// URL"), "{url}");
+        }
+    }
+    let loopback = [
+        "http://127.0.0.1:6820",
+        "http://127.3.4.5:6820/",
+        "http://127.1",
+        "http://[::1]:6820",
+        "http://localhost:6820",
+        "http://LocalHost",
+    ];
+    for url in loopback {
+        assert!(checked_base(url, PlainHttp::Loopback).is_ok(), "{url}");
+        let r = reason(url, PlainHttp::Refused);
+        assert!(
+            r.contains("https only") && r.contains("administrator's flag"),
+            "{r}"
+        );
+    }
+    assert_eq!(PlainHttp::default(), PlainHttp::Refused);
+
+    // Through the constructor: the refusal names the URL, never the token.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("jwt");
+    std::fs::write(&token, TOKEN).unwrap();
+    for (url, mode) in [
+        ("http://slurm:6820", PlainHttp::Loopback),
+        ("http://127.0.0.1:6820", PlainHttp::Refused),
+    ] {
+        let e = RestApi::new(
+            url,
+            Some("alice".into()),
+            TokenSource::File(token.clone()),
+            mode,
+        )
+        .unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(text.contains(url) && !text.contains(TOKEN), "{text}");
+    }
+}
+
+#[test]
+fn the_user_is_never_root_by_default() {
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let both = env(&[("USER", "bob"), ("LOGNAME", "carol")]);
+    assert_eq!(resolve_user(Some("alice".into()), both).unwrap(), "alice");
+    assert_eq!(resolve_user(None, both).unwrap(), "bob");
+    assert_eq!(resolve_user(Some(" ".into()), both).unwrap(), "bob");
+    let logname = env(&[("USER", ""), ("LOGNAME", "carol")]);
+    assert_eq!(resolve_user(None, logname).unwrap(), "carol");
+    for nothing in [env(&[]), env(&[("USER", " "), ("LOGNAME", "")])] {
+        match resolve_user(None, nothing) {
+            Err(SlurmError::Invalid { field, reason }) => {
+                assert_eq!(field, "spec.executor.slurm.user");
+                assert!(reason.contains("set spec.executor.slurm.user"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Accepts one connection, reads the request head and answers `answer`.
+fn answer_once(answer: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && !line.trim().is_empty() {
+            line.clear();
+        }
+        let _ = stream.write_all(answer.as_bytes());
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_the_token_goes_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    // Where the redirects point: it must see no connection at all.
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let target = format!(
+        "http://{}/collect?stolen=yes",
+        elsewhere.local_addr().unwrap()
+    );
+    for status in [301, 302, 303, 307, 308] {
+        let url = answer_once(format!(
+            "HTTP/1.1 {status} Moved\r\nLocation: {target}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        ));
+        let rest = api(&url, dir.path()).with_version(ApiVersion::V0_0_38);
+        let e = rest.cluster_info().await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(&e, SlurmError::Invalid { field, .. } if field == "spec.executor.slurm.url"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("HTTP {status}")) && text.contains("to host `127.0.0.1`"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("collect") && !text.contains("stolen") && !text.contains(TOKEN),
+            "{text}"
+        );
+    }
+    // A relative Location names the same host.
+    let url = answer_once(
+        "HTTP/1.1 302 Found\r\nLocation: /login?next=x\r\nContent-Length: 0\r\n\r\n".into(),
+    );
+    let e = api(&url, dir.path())
+        .with_version(ApiVersion::V0_0_38)
+        .arrays("j")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("to host `127.0.0.1`") && !e.to_string().contains("login"),
+        "{e}"
+    );
+    match elsewhere.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => panic!("{e}"),
+        Ok((mut stream, _)) => {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut seen = String::new();
+            let _ = stream.read_to_string(&mut seen);
+            panic!("the redirect was followed: {seen}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_shared_token_is_sent_and_its_replacement_too() {
+    let shared = SharedToken::new(TOKEN);
+    let (url, seen) = fake(
+        4,
+        Box::new(|_| (200, r#"{"pings": [], "errors": []}"#.into())),
+    );
+    let rest = RestApi::new(
+        &url,
+        Some("alice".into()),
+        TokenSource::Shared(shared.clone()),
+        PlainHttp::Loopback,
+    )
+    .unwrap()
+    .with_version(ApiVersion::V0_0_38);
+    assert!(!format!("{rest:?}").contains(TOKEN));
+    let ping = || rest.exchange::<Generic>("ping", Method::GET, "/slurm/v0.0.38/ping/", &[], None);
+    ping().await.unwrap();
+    shared.set("eyJhbGciOiJIUzI1NiJ9.cmVwbGFjZWQ.c2ln");
+    ping().await.unwrap();
+    let tokens: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.header("x-slurm-user-token")
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(tokens, [TOKEN, "eyJhbGciOiJIUzI1NiJ9.cmVwbGFjZWQ.c2ln"]);
 }

@@ -1,11 +1,11 @@
 //! The JWT slurmrestd authenticates with: where it comes from (a file, read again when it
-//! changes, or `SLURM_JWT`), and an expired one caught before slurmctld sees it. The token is
-//! never logged, never put in an error message and never shown by `Debug`. docs/slurm.md
-//! ("Transports") says how to set it up.
+//! changes; `SLURM_JWT`; or a token the caller holds and replaces), and an expired one caught
+//! before slurmctld sees it. The token is never logged, never put in an error message and
+//! never shown by `Debug`. docs/slurm.md ("Transports") says how to set it up.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -20,6 +20,9 @@ pub enum TokenSource {
     File(PathBuf),
     /// The `SLURM_JWT` environment variable, read once.
     Env,
+    /// A token the caller holds and may replace while the client lives (the operator reads it
+    /// from a Kubernetes Secret and refreshes it); each request takes the current one.
+    Shared(SharedToken),
 }
 
 impl TokenSource {
@@ -28,9 +31,46 @@ impl TokenSource {
         match self {
             TokenSource::File(_) => "spec.executor.slurm.tokenFile",
             TokenSource::Env => "SLURM_JWT",
+            TokenSource::Shared(_) => "spec.executor.slurm (token Secret)",
         }
     }
 }
+
+/// A slurmrestd token held in memory, shared between its owner (who replaces it with
+/// [`SharedToken::set`]) and the clients using it; clones are handles on the same token.
+/// Its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct SharedToken(Arc<RwLock<String>>);
+
+impl SharedToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        SharedToken(Arc::new(RwLock::new(token.into())))
+    }
+
+    /// Replaces the token: the next request of every client holding this handle sends it.
+    pub fn set(&self, token: impl Into<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = token.into();
+    }
+
+    fn get(&self) -> String {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl fmt::Debug for SharedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedToken(<redacted>)")
+    }
+}
+
+/// Handles on the same token are equal, whatever it holds now.
+impl PartialEq for SharedToken {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedToken {}
 
 /// A token; its `Debug` shows nothing of it.
 #[derive(Clone)]
@@ -114,20 +154,26 @@ impl TokenCache {
 
     /// The token for a request: an expired one is refused here rather than by slurmctld
     /// (which slurmrestd 22.05 reports only as "Unspecified error" or a dropped connection).
-    /// With a token file that is a transient error: a fresh token may be written any moment.
+    /// With a token file or a shared token that is a transient error: a fresh token may come
+    /// any moment.
     pub(super) fn for_request(&self) -> Result<Secret> {
         let token = self.current()?;
+        let waiting = |holder: String, ago: i64| SlurmError::Slurm {
+            operation: "authenticate to slurmrestd".into(),
+            message: format!(
+                "the token {holder} expired {ago} s ago; waiting for a fresh one \
+                 (`scontrol token lifespan=…`)"
+            ),
+            transient: true,
+        };
         match (expired_since(&token), &self.source) {
             (None, _) => Ok(token),
-            (Some(ago), TokenSource::File(path)) => Err(SlurmError::Slurm {
-                operation: "authenticate to slurmrestd".into(),
-                message: format!(
-                    "the token in {} expired {ago} s ago; waiting for a fresh one \
-                     (`scontrol token lifespan=…`)",
-                    path.display()
-                ),
-                transient: true,
-            }),
+            (Some(ago), TokenSource::File(path)) => {
+                Err(waiting(format!("in {}", path.display()), ago))
+            }
+            (Some(ago), TokenSource::Shared(_)) => {
+                Err(waiting("from the token Secret".to_string(), ago))
+            }
             (Some(ago), TokenSource::Env) => Err(SlurmError::invalid(
                 "SLURM_JWT",
                 format!("the slurmrestd token expired {ago} s ago"),
@@ -158,6 +204,17 @@ impl TokenCache {
                     token: token.clone(),
                 });
                 Ok(token)
+            }
+            TokenSource::Shared(shared) => {
+                let token = shared.get();
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(SlurmError::invalid(
+                        self.source.field(),
+                        "the slurmrestd token held for this cluster is empty",
+                    ));
+                }
+                Ok(Secret(token.to_string()))
             }
             TokenSource::File(path) => {
                 let unreadable = |e: std::io::Error| {
@@ -205,7 +262,7 @@ mod tests {
 
     use orch_core::ErrorCategory;
 
-    use super::super::RestApi;
+    use super::super::{PlainHttp, RestApi};
     use super::*;
 
     #[test]
@@ -253,7 +310,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwt");
         std::fs::write(&path, jwt(now - 100)).unwrap();
-        match RestApi::new("http://slurm:6820", None, TokenSource::File(path.clone())) {
+        match RestApi::new(
+            "https://slurm:6820",
+            Some("alice".into()),
+            TokenSource::File(path.clone()),
+            PlainHttp::Refused,
+        ) {
             Err(SlurmError::Invalid { field, reason }) => {
                 assert_eq!(field, "spec.executor.slurm.tokenFile");
                 assert!(reason.contains("expired"), "{reason}");
@@ -270,5 +332,51 @@ mod tests {
         let e = cache.for_request().unwrap_err();
         assert_eq!(e.category(), ErrorCategory::Transient, "{e}");
         assert!(!e.to_string().contains("eyJ"), "{e}");
+    }
+
+    #[test]
+    fn a_shared_token_is_replaceable_and_never_shows() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let first = jwt(now + 3600);
+        let shared = SharedToken::new(first.clone());
+        assert_eq!(format!("{shared:?}"), "SharedToken(<redacted>)");
+        let source = TokenSource::Shared(shared.clone());
+        let debug = format!("{source:?}");
+        assert!(
+            !debug.contains("eyJ") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+        assert_eq!(source, TokenSource::Shared(shared.clone()), "same handle");
+        assert_ne!(source, TokenSource::Shared(SharedToken::new(first.clone())));
+
+        let cache = TokenCache::new(source).unwrap();
+        assert_eq!(cache.for_request().unwrap().0, first);
+        // The owner replaces it through any clone of the handle; the next request has it.
+        let second = jwt(now + 7200);
+        shared.clone().set(format!("{second}\n"));
+        assert_eq!(cache.for_request().unwrap().0, second);
+
+        // Expiring while in use: transient, until the owner sets a fresh one.
+        shared.set(jwt(now - 5));
+        let e = cache.for_request().unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::Transient, "{e}");
+        assert!(!e.to_string().contains("eyJ"), "{e}");
+        shared.set(second.clone());
+        assert_eq!(cache.for_request().unwrap().0, second);
+
+        // Expired or empty from the start: refused before anything is sent.
+        for bad in [jwt(now - 100), " \n".to_string()] {
+            match TokenCache::new(TokenSource::Shared(SharedToken::new(bad))) {
+                Err(SlurmError::Invalid { field, reason }) => {
+                    assert_eq!(field, "spec.executor.slurm (token Secret)");
+                    assert!(!reason.contains("eyJ"), "{reason}");
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("accepted"),
+            }
+        }
     }
 }
