@@ -28,6 +28,10 @@ fn kubectl_path() -> Option<PathBuf> {
     orch_testkit::components::kubectl()
 }
 
+/// moto's credentials as a profile file in the scratch directory, for workers that get
+/// credentials only by reference (Slurm tasks).
+const AWS_CREDENTIALS_FILE: &str = "aws-credentials";
+
 /// AWS credentials in the environment. Worker pods must not inherit any from the emulator:
 /// theirs come from the Secret their job names in `envFromSecrets`, as in a cluster without
 /// cloud identity.
@@ -98,6 +102,10 @@ impl World {
             scratch,
             operators: Vec::new(),
         };
+        world.scratch.write(
+            AWS_CREDENTIALS_FILE,
+            "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+        );
         if pods {
             // Pods need the AWS settings (endpoint, region, table, queue): restart the emulator
             // with them and --run-jobs — but not the credentials, which only a Secret gives.
@@ -135,12 +143,15 @@ impl World {
         Some(world)
     }
 
-    /// What a user (or a worker) of this world's AWS needs in its environment.
+    /// What a user (or a worker) of this world's AWS needs in its environment. Slurm tasks get
+    /// no credentials by value, only the file named here, as on a real cluster.
     fn aws_env(&self) -> Vec<(String, String)> {
+        let credentials = self.scratch.path(AWS_CREDENTIALS_FILE);
         [
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
             ("AWS_REGION", "us-east-1"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
             ("ORCH_DYNAMODB_TABLE", self.table.as_str()),
@@ -232,7 +243,8 @@ impl World {
             .unwrap();
     }
 
-    /// An OrchJob on Slurm (commands on this host, so tasks inherit the AWS settings).
+    /// An OrchJob on Slurm (commands on this host; tasks get the AWS settings and the
+    /// credentials file by name).
     fn job_yaml(&self, name: &str, batch: u64, sleep: &str, extra: &str) -> PathBuf {
         self.scratch.write(
             &format!("{name}.yaml"),
