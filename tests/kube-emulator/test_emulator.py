@@ -1070,7 +1070,8 @@ class BuiltinKindsTest(Base):
     def test_helm_install_upgrade_and_uninstall_of_the_chart(self):
         need("helm", HELM, "bash charts/test.sh installs it into ~/.cache/orch-helm-venv")
         helm = lambda *args: subprocess.run([HELM, *args], capture_output=True, text=True, env=EMU.env, timeout=120)
-        p = helm("install", "rel", CHART, "-n", self.ns, "--set", "networkPolicy.enabled=true", "--set", "storage.uri=s3://b/o/")
+        p = helm("install", "rel", CHART, "-n", self.ns, "--set", "networkPolicy.enabled=true", "--set", "storage.uri=s3://b/o/",
+                 "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}", "--set", "networkPolicy.aws.cidrs={0.0.0.0/0}")
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         names = self.k("get", "deploy,svc,sa,pdb,netpol,role,rolebinding,secret", "-o", "name").stdout.split()
         for want in ("deployment.apps/rel-orch-operator", "service/rel-orch-operator-metrics", "serviceaccount/rel-orch-operator",
