@@ -650,51 +650,56 @@ async fn refuse(
             orch_core::policy::POLICY_DENIED,
         ),
     };
-    warn!(name = %job.name_any(), reason, message = %failed_message(&status), "job refused");
-    if let Refusal::Denied(_) = refusal {
-        // Recorded in the namespace's storage, or the operator's when no policy names one.
-        let policies = ctx.policy_list();
-        let policy = governing(job, &policies)
-            .map(|(n, _)| n.to_string())
-            .unwrap_or_default();
-        let storage = namespace_storage(job, &ctx.config, &policies)
-            .or_else(|| ctx.config.storage_uri.clone());
-        if let Some(storage) = storage {
-            let platform = ctx.platforms.get(&storage).await?;
-            let audit = platform.backends().audit.clone();
+    let message = failed_message(&status);
+    warn!(name = %job.name_any(), reason, %message, "job refused");
+    // A denial is an action of the operator's: audited. An invalid spec is the user's own.
+    let audit = match refusal {
+        Refusal::Denied(_) => denial_audit(job, ctx).await?,
+        Refusal::Invalid(_) => None,
+    };
+    match audit {
+        Some((log, policy)) => {
             act(
                 ctx,
-                audit.as_ref(),
+                log.as_ref(),
                 job,
                 &policy,
                 EventType::Warning,
                 reason,
-                &failed_message(&status),
+                &message,
             )
-            .await;
-        } else {
-            error!(name = %job.name_any(), "no storage for the audit log of a policy denial");
+            .await
+        }
+        None => {
             publish(
                 ctx,
                 &job.object_ref(&()),
                 EventType::Warning,
                 reason,
-                &failed_message(&status),
+                &message,
             )
-            .await;
+            .await
         }
-    } else {
-        publish(
-            ctx,
-            &job.object_ref(&()),
-            EventType::Warning,
-            reason,
-            &failed_message(&status),
-        )
-        .await;
     }
     write_status(api, &job.name_any(), previous, status, ctx, &uid).await?;
     Ok(Action::await_change())
+}
+
+/// Where a policy denial of `job` is audited, and the policy that denied it: the namespace's
+/// storage, or the operator's own when no policy names the namespace.
+async fn denial_audit(job: &OrchJob, ctx: &Context) -> Result<Option<(Arc<dyn AuditLog>, String)>> {
+    let policies = ctx.policy_list();
+    let policy = governing(job, &policies)
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_default();
+    let Some(storage) =
+        namespace_storage(job, &ctx.config, &policies).or_else(|| ctx.config.storage_uri.clone())
+    else {
+        error!(name = %job.name_any(), "no storage for the audit log of a policy denial");
+        return Ok(None);
+    };
+    let platform = ctx.platforms.get(&storage).await?;
+    Ok(Some((platform.backends().audit.clone(), policy)))
 }
 
 /// Deletion: cancel what runs, purge when asked, then let the object go.
