@@ -1349,6 +1349,7 @@ class DeploymentRunTest(RbacBase):
                 f.write(FAKE_POD)
             os.chmod(program, 0o755)
             emu = Emulator("--run-deployments", "--image", "example.invalid/fakepod=" + program, workdir=workdir)
+            self.addCleanup(lambda e=emu: e.proc.poll() is None and e.stop())    # if the test fails first
             out = os.path.join(workdir, "reports")
             os.makedirs(out)
             doc = deployment("stopped", "default")
