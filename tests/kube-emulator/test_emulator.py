@@ -1087,6 +1087,14 @@ class BuiltinKindsTest(Base):
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertEqual(self.k("get", "deploy,svc,pdb,netpol,role,rolebinding", "-o", "name").stdout.strip(), "")
         self.assertNotIn("rel-orch-operator", EMU.kubectl("get", "clusterroles", "-o", "name").stdout)
+        # kubectl takes the rendered chart as well: client-side apply, server-side dry run and apply.
+        p = helm("template", "tpl", CHART, "-n", self.ns, "--set", "networkPolicy.enabled=true")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        for args in (["--dry-run=server"], [], ["--server-side", "--force-conflicts"]):
+            applied = EMU.apply(p.stdout, *args)
+            self.assertIn("deployment.apps/tpl-orch-operator", applied.stdout)
+        self.k("delete", "deploy,svc,sa,pdb,netpol,role,rolebinding", "--all")
+        EMU.kubectl("delete", "clusterrole,clusterrolebinding", "tpl-orch-operator", "tpl-orch-operator-policies")
 
 
 # 10. --rbac: tokens, the RBAC authorizer, reviews; --run-deployments -------------------------
@@ -1342,6 +1350,7 @@ class DeploymentRunTest(RbacBase):
                 f.write(FAKE_POD)
             os.chmod(program, 0o755)
             emu = Emulator("--run-deployments", "--image", "example.invalid/fakepod=" + program, workdir=workdir)
+            self.addCleanup(lambda e=emu: e.proc.poll() is None and e.stop())    # if the test fails first
             out = os.path.join(workdir, "reports")
             os.makedirs(out)
             doc = deployment("stopped", "default")
