@@ -851,14 +851,16 @@ pub struct SlurmExecutorSpec {
     /// its own), else `cli`. An explicit value is never changed by whoever runs the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<SlurmTransport>,
-    /// slurmrestd's base URL (`rest`), e.g. `http://slurm-head:6820`.
+    /// slurmrestd's base URL (`rest`), e.g. `https://slurm-head:6820`; plain `http://` only to
+    /// a loopback address, where allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A file holding the JWT for `rest` (reread when it changes); default: the `SLURM_JWT`
     /// variable. Never the token itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
-    /// The user REST calls act as (`X-SLURM-USER-NAME`); default: the user running orch.
+    /// The user REST calls act as (`X-SLURM-USER-NAME`); default: `$USER`, else `$LOGNAME`
+    /// where orch runs (none set: an error, never `root`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Array tasks of one array running at once (`--array=…%N`); default: no limit.

@@ -207,3 +207,24 @@ fn slurm_log_dir(
         None => platform.log_dir(job),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_cautious_and_debug_shows_no_token() {
+        let executors = Executors::new(vec!["orch-worker".into()]);
+        assert_eq!(executors.slurm_plain_http, PlainHttp::Refused);
+        assert!(executors.slurm_token.is_none() && executors.kubernetes.is_none());
+        let executors = Executors {
+            slurm_token: Some(TokenSource::Shared(SharedToken::new("eyJ.c2VjcmV0.c2ln"))),
+            ..executors
+        };
+        let debug = format!("{executors:?}");
+        assert!(
+            !debug.contains("c2VjcmV0") && debug.contains("SharedToken(<redacted>)"),
+            "{debug}"
+        );
+    }
+}

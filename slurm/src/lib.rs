@@ -52,3 +52,66 @@ pub async fn connect(launch: SlurmLaunch) -> Result<SlurmExecutor> {
     };
     SlurmExecutor::connect(api, launch).await
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use orch_core::spec::{ResourcesSpec, SlurmExecutorSpec, SlurmTransport};
+
+    use super::*;
+
+    fn launch(url: String, plain_http: PlainHttp, token: Option<TokenSource>) -> SlurmLaunch {
+        SlurmLaunch {
+            worker: submission::WorkerCommand {
+                program: "orch-worker".into(),
+                storage: "file:///shared/s".into(),
+                job: "j".into(),
+            },
+            resources: ResourcesSpec::default(),
+            spec: SlurmExecutorSpec {
+                transport: Some(SlurmTransport::Rest),
+                url: Some(url),
+                token_file: Some("/nonexistent/jwt".into()),
+                user: Some("alice".into()),
+                ..SlurmExecutorSpec::default()
+            },
+            log_dir: "/shared/logs".into(),
+            workdir: "/shared".into(),
+            environment: Vec::new(),
+            plain_http,
+            token,
+        }
+    }
+
+    /// What `connect` fails with (nothing listens at the URL).
+    async fn failure(launch: SlurmLaunch) -> SlurmError {
+        match connect(launch).await {
+            Err(e) => e,
+            Ok(_) => panic!("connected to nothing"),
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_passes_the_launch_settings_to_the_rest_client() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let shared = || Some(TokenSource::Shared(SharedToken::new("eyJ.c2VjcmV0.c2ln")));
+
+        // The launch's token replaces the spec's tokenFile: the client gets as far as the network.
+        let e = failure(launch(url.clone(), PlainHttp::Loopback, shared())).await;
+        assert!(matches!(e, SlurmError::Unreachable { .. }), "{e}");
+        // Without one, the spec's tokenFile is read (and is missing).
+        let e = failure(launch(url.clone(), PlainHttp::Loopback, None)).await;
+        assert!(
+            matches!(&e, SlurmError::Invalid { field, .. } if field == "spec.executor.slurm.tokenFile"),
+            "{e}"
+        );
+        // Plain http refused by the launch, before any token is read.
+        let e = failure(launch(url, PlainHttp::Refused, shared())).await;
+        assert!(
+            matches!(&e, SlurmError::Invalid { field, .. } if field == "spec.executor.slurm.url"),
+            "{e}"
+        );
+    }
+}
