@@ -32,6 +32,7 @@ use orch_core::FieldError;
 use orch_core::backend::Executor;
 use orch_core::load::LoadedJob;
 use orch_core::model::JobRecord;
+use orch_core::partition::PlanBudget;
 use orch_core::platform::Platform;
 use orch_runtime::control;
 use orch_runtime::task_cache::SharedTaskCache;
@@ -632,6 +633,7 @@ fn launch(
         }),
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
+        budget: PlanBudget::default(),
     })
 }
 
