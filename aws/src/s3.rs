@@ -22,7 +22,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, Delete, ObjectIdentifier};
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, ObjectMeta, ObjectStore};
+use orch_core::backend::{BackendError, BackendResult, ByteSource, ObjectMeta, ObjectStore};
 use orch_core::backoff::Backoff;
 use sha2::{Digest, Sha256};
 
@@ -344,6 +344,20 @@ impl ObjectStore for S3Store {
             self.put_multipart(key, &full, path, size, &sha256).await?;
         }
         Ok(())
+    }
+
+    async fn put_stream(&self, key: &str, data: &mut dyn ByteSource) -> BackendResult<()> {
+        let full = self.full_key(key)?;
+        let part_size = usize::try_from(self.options.part_size).unwrap_or(usize::MAX);
+        // A stream that ends within one part is one PutObject with its sha256, as `put` makes.
+        let mut first = Vec::new();
+        while first.len() < part_size {
+            match data.next_chunk().await? {
+                Some(chunk) => first.extend_from_slice(&chunk),
+                None => return self.put(key, first).await,
+            }
+        }
+        self.put_stream_multipart(key, &full, first, data).await
     }
 
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> BackendResult<bool> {

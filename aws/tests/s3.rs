@@ -18,6 +18,7 @@ use orch_aws::s3::{S3Options, S3Store, SHA256_METADATA};
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, ObjectStore};
 use orch_core::layout;
+use orch_testkit::contract::Chunks;
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -285,6 +286,69 @@ async fn failed_multipart_upload_is_aborted() {
         store.get("big.bin").await.unwrap(),
         None,
         "no object appears"
+    );
+}
+
+#[tokio::test]
+async fn streamed_upload_goes_in_parts_and_a_broken_stream_is_aborted() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let store = store(small_parts()).await;
+    let moto = moto_client().await;
+    let data = noise((12 * MIB + 77) as usize, 6);
+    // Chunks of uneven size, so that parts are cut across them.
+    let chunks: Vec<Vec<u8>> = data.chunks(700_001).map(<[u8]>::to_vec).collect();
+    let mut source = Chunks::of(chunks, true);
+    store.put_stream("in/big.jsonl", &mut source).await.unwrap();
+    let head = moto
+        .head_object()
+        .bucket(store.bucket())
+        .key("run/in/big.jsonl")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap_or_default().ends_with("-3\""),
+        "a streamed 12 MiB object is uploaded in 3 parts: {:?}",
+        head.e_tag()
+    );
+    assert_eq!(
+        store
+            .get("in/big.jsonl")
+            .await
+            .unwrap()
+            .map(|b| sha256_hex(&b)),
+        Some(sha256_hex(&data))
+    );
+
+    // Within one part: a single PUT that carries the sha256, as `put` does.
+    let mut small = Chunks::of(vec![b"ab".to_vec(), b"c".to_vec()], true);
+    store.put_stream("in/small", &mut small).await.unwrap();
+    let head = moto
+        .head_object()
+        .bucket(store.bucket())
+        .key("run/in/small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata().and_then(|m| m.get(SHA256_METADATA)),
+        Some(&sha256_hex(b"abc"))
+    );
+
+    // A source that fails after two parts: the upload is aborted and nothing appears.
+    let chunks: Vec<Vec<u8>> = data[..(11 * MIB) as usize]
+        .chunks(MIB as usize)
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut broken = Chunks::of(chunks, false);
+    assert!(store.put_stream("in/broken", &mut broken).await.is_err());
+    assert_eq!(store.get("in/broken").await.unwrap(), None);
+    assert_eq!(
+        open_uploads(&moto, store.bucket()).await,
+        0,
+        "a broken stream's upload must be aborted"
     );
 }
 

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orch_core::load::{self, LoadedJob};
 use orch_core::model::JobPhase;
 use orch_core::model::TaskKind;
+use orch_core::partition::PlanBudget;
 use orch_executors::{Executors, PlainHttp};
 use orch_runtime::driver::{self, Progress, RunOptions};
 
@@ -144,10 +145,7 @@ pub async fn input_locations(
 /// Partitions the input and reports the plan; nothing is written to the job's storage.
 async fn dry_run(job: &LoadedJob) -> Result<driver::RunOutcome, Failure> {
     let locations = input_locations(job).await?;
-    let scratch = scratch_dir("plan");
-    let outcome = driver::dry_run(job, locations.as_ref(), &scratch).await;
-    remove_scratch(&scratch);
-    Ok(outcome?)
+    Ok(driver::dry_run(job, locations.as_ref(), &PlanBudget::default()).await?)
 }
 
 /// Runs the job on the platform its `storage.uri` names (default `.orch`).
@@ -263,6 +261,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         stop: None,
         job_id: None,
         task_cache: None,
+        // `orch run` plans on the user's own machine: no limit but the machine's.
+        budget: PlanBudget::default(),
     };
     let outcome = runtime.block_on(async {
         if args.dry_run {

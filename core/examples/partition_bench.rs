@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         // The job spec's defaults (batch.maxBytes 64Mi, batch.maxRecordBytes 100Mi).
         max_bytes: 64 << 20,
         hard_limit: DEFAULT_HARD_LIMIT,
+        max_batches: None,
     };
 
     let start = Instant::now();

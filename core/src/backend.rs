@@ -96,6 +96,14 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// The bytes of an object written by [`ObjectStore::put_stream`], pulled a chunk at a time.
+#[async_trait]
+pub trait ByteSource: Send {
+    /// The next chunk; `Ok(None)` once every byte was given. A source that cannot go on
+    /// (its producer failed or gave up) returns an error, and nothing is written.
+    async fn next_chunk(&mut self) -> BackendResult<Option<Vec<u8>>>;
+}
+
 /// Manifests, batches, results and checkpoints (S3 or a directory). Keys are `/`-separated and
 /// relative to the store's root; writes are atomic (a reader sees the old or the new object).
 #[async_trait]
@@ -103,6 +111,11 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, key: &str, data: Vec<u8>) -> BackendResult<()>;
     /// Uploads a local file.
     async fn put_file(&self, key: &str, path: &Path) -> BackendResult<()>;
+    /// Writes the bytes of `data`, however many, without a local copy and in bounded memory
+    /// (a part at a time). The object appears only once `data` has ended; an error of `data`
+    /// or of the store leaves the key as it was. An object larger than one upload part may
+    /// carry no whole-object checksum (S3 checks each part instead).
+    async fn put_stream(&self, key: &str, data: &mut dyn ByteSource) -> BackendResult<()>;
     /// Creates the object only if it does not exist; `false` when it already did.
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> BackendResult<bool>;
     async fn get(&self, key: &str) -> BackendResult<Option<Vec<u8>>>;

@@ -161,8 +161,9 @@ pub fn read_header<R: Read>(mut reader: R, opts: &CsvOptions) -> Result<(Vec<Str
         let name = std::str::from_utf8(field)
             .map_err(|e| input_error(format!("column {i}: the name is not UTF-8: {e}")))?;
         if let Some(j) = seen.insert(name, i) {
+            // The name itself is input content: the positions say which columns to look at.
             return Err(input_error(format!(
-                "columns {j} and {i} are both named `{name}`; names must be unique, as they \
+                "columns {j} and {i} have the same name; names must be unique, as they \
                  become the keys of each item"
             )));
         }
@@ -265,9 +266,10 @@ fn to_object(
         ));
     }
     let mut object = Map::with_capacity(header.len());
-    for (name, field) in header.iter().zip(record.iter()) {
+    for (column, (name, field)) in header.iter().zip(record.iter()).enumerate() {
+        // The column's position, not its name: a header is input content.
         let value =
-            std::str::from_utf8(field).map_err(|e| format!("field `{name}` is not UTF-8: {e}"))?;
+            std::str::from_utf8(field).map_err(|e| format!("field {column} is not UTF-8: {e}"))?;
         object.insert(name.clone(), Value::String(value.to_string()));
     }
     Ok(object)
@@ -436,7 +438,7 @@ impl<'a> Cutter<'a> {
         if self.scanner.in_record() {
             self.batcher.end_record(self.offset, true)?;
         }
-        Ok(self.batcher.finish(self.offset))
+        self.batcher.finish(self.offset)
     }
 }
 
@@ -451,6 +453,7 @@ mod tests {
             batch_size: size,
             max_bytes,
             hard_limit: DEFAULT_HARD_LIMIT,
+            max_batches: None,
         }
     }
 
@@ -668,7 +671,7 @@ mod tests {
         let err = read_header(&b"a,b,a\n1,2,3\n"[..], &csv).unwrap_err();
         assert!(
             err.to_string()
-                .contains("columns 0 and 2 are both named `a`"),
+                .contains("columns 0 and 2 have the same name"),
             "{err}"
         );
         assert!(read_header(&b"\xff\n"[..], &csv).is_err());
@@ -681,6 +684,35 @@ mod tests {
             partition_csv(&b"a\n"[..], "mem", 0, opts(1, 1), &same),
             Err(Error::Input { .. })
         ));
+    }
+
+    /// Errors end up in logs and in the operator's status, read by people who may not see
+    /// the input: none of them may quote it.
+    #[test]
+    fn errors_about_the_header_or_a_record_do_not_quote_the_input() {
+        const MARKER: &str = "SECRET-MARKER-7f3a";
+        let csv = CsvOptions::default();
+        let twice = format!("{MARKER},b,{MARKER}\n1,2,3\n");
+        let err = read_header(twice.as_bytes(), &csv).unwrap_err().to_string();
+        assert!(err.contains("columns 0 and 2"), "{err}");
+        assert!(!err.contains(MARKER), "{err}");
+
+        let data = format!("a\n\"{MARKER} {MARKER}\"\n");
+        let o = PartitionOptions {
+            hard_limit: 8,
+            ..opts(10, 100)
+        };
+        let err = partition_csv(data.as_bytes(), "mem", 2, o, &csv)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("item 0"), "{err}");
+        assert!(!err.contains(MARKER), "{err}");
+
+        let header = vec![MARKER.to_string()];
+        let item = csv_items(b"\xff\n", &header, &csv).next().unwrap();
+        let err = item.unwrap_err();
+        assert!(err.contains("field 0 is not UTF-8"), "{err}");
+        assert!(!err.contains(MARKER), "{err}");
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub enum Error {
         bytes: u64,
         limit: u64,
     },
+    /// A limit of the job's planning budget (`partition::PlanBudget`).
+    #[error(transparent)]
+    OverBudget(#[from] crate::partition::OverBudget),
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -108,7 +111,9 @@ impl Error {
             Error::Read { .. } | Error::Yaml { .. } | Error::Invalid { .. } => {
                 ErrorCategory::Invalid
             }
-            Error::Input { .. } | Error::RecordTooLarge { .. } => ErrorCategory::Invalid,
+            Error::Input { .. } | Error::RecordTooLarge { .. } | Error::OverBudget(_) => {
+                ErrorCategory::Invalid
+            }
             Error::Transition { .. } | Error::Decode { .. } | Error::SchemaVersion { .. } => {
                 ErrorCategory::Permanent
             }

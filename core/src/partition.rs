@@ -4,11 +4,16 @@
 //! `memchr`) and writes a manifest, and each worker later reads just its range. Item ordinals
 //! are the 0-based index of non-blank lines across the whole input, and [`jsonl_items`] is the
 //! one definition of "an item" that the partitioner and the worker share.
+//!
+//! A [`PlanBudget`] bounds what planning one job may cost: the operator plans every tenant's
+//! job in one process, so one job's huge (or decompressing) input must fail that job alone
+//! instead of filling the operator's disk or memory.
 
 use std::io::Read;
 
 use crate::error::{Error, Result};
 use crate::model::Batch;
+use crate::quantity::format_bytes;
 
 /// Records over this size are refused unless configured otherwise: a single line this large
 /// is almost always a broken export rather than a record.
@@ -23,6 +28,43 @@ pub struct PartitionOptions {
     pub max_bytes: u64,
     /// Largest record accepted.
     pub hard_limit: u64,
+    /// Most batches this input may make (`None`: no limit): partitioning stops with
+    /// [`OverBudget::Batches`] when one more would be emitted.
+    pub max_batches: Option<u64>,
+}
+
+/// What planning one job may cost; `None` is no limit, and [`Default`] has none (`orch run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlanBudget {
+    /// The input's size as listed (the sum over its files), checked before any byte is read.
+    pub max_input_bytes: Option<u64>,
+    /// Bytes that compressed input files decompress to, all files together; counted while
+    /// decompressing, which stops as soon as the limit is passed.
+    pub max_decompressed_bytes: Option<u64>,
+    /// Batches (tasks) of the whole input, counted as they are cut.
+    pub max_batches: Option<u64>,
+}
+
+/// A limit of a job's [`PlanBudget`] that its input passes. The message names the limit and
+/// the field it is about, never the input's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OverBudget {
+    #[error(
+        "the input is {}, more than {}, the limit of this job's budget (spec.input.uri)",
+        format_bytes(*.total),
+        format_bytes(*.max)
+    )]
+    InputBytes { total: u64, max: u64 },
+    #[error(
+        "the input decompresses to more than {}, the limit of this job's budget (spec.input.uri)",
+        format_bytes(*.max)
+    )]
+    DecompressedBytes { max: u64 },
+    #[error(
+        "the input makes more than {max} batches, the limit of this job's budget \
+         (spec.input.uri, spec.batch)"
+    )]
+    Batches { max: u64 },
 }
 
 /// The result of partitioning one input.
@@ -126,7 +168,7 @@ impl<'a> Batcher<'a> {
             let full = self.batch_items >= self.opts.batch_size
                 || (self.batch_items > 0 && end - self.batch_start > self.opts.max_bytes);
             if full {
-                self.close_batch(self.record_start);
+                self.close_batch(self.record_start)?;
             }
             self.batch_items += 1;
             self.plan.items += 1;
@@ -135,7 +177,12 @@ impl<'a> Batcher<'a> {
         Ok(())
     }
 
-    fn close_batch(&mut self, end: u64) {
+    fn close_batch(&mut self, end: u64) -> Result<()> {
+        if let Some(max) = self.opts.max_batches
+            && self.plan.batches.len() as u64 >= max
+        {
+            return Err(OverBudget::Batches { max }.into());
+        }
         let id = self.plan.batches.len() as u32;
         self.plan.batches.push(Batch {
             id,
@@ -147,18 +194,19 @@ impl<'a> Batcher<'a> {
         });
         self.batch_start = end;
         self.batch_items = 0;
+        Ok(())
     }
 
     /// The plan once the input ends at `offset` (the last record already ended).
-    pub(crate) fn finish(mut self, offset: u64) -> PartitionPlan {
+    pub(crate) fn finish(mut self, offset: u64) -> Result<PartitionPlan> {
         if self.batch_items > 0 {
-            self.close_batch(offset);
+            self.close_batch(offset)?;
         } else if let Some(last) = self.plan.batches.last_mut() {
             // Trailing blank lines belong to the last batch, so the ranges cover the file.
             last.end = offset;
         }
         self.plan.bytes = offset;
-        self.plan
+        Ok(self.plan)
     }
 }
 
@@ -201,7 +249,7 @@ impl<'a> Cutter<'a> {
         if self.line_has_content {
             self.batcher.end_record(self.offset, true)?;
         }
-        Ok(self.batcher.finish(self.offset))
+        self.batcher.finish(self.offset)
     }
 }
 
@@ -216,6 +264,7 @@ mod tests {
             batch_size: size,
             max_bytes,
             hard_limit: DEFAULT_HARD_LIMIT,
+            max_batches: None,
         }
     }
 
@@ -268,6 +317,49 @@ mod tests {
             Err(Error::RecordTooLarge { ordinal, .. }) => assert_eq!(ordinal, 1),
             other => panic!("expected RecordTooLarge, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_batch_budget_stops_the_cut_at_the_first_batch_too_many() {
+        let data = b"{}\n{}\n{}\n{}\n{}\n";
+        let o = PartitionOptions {
+            max_batches: Some(2),
+            ..opts(2, 1 << 20)
+        };
+        // 5 items in batches of 2 make 3 batches.
+        match partition_jsonl(&data[..], "mem", o) {
+            Err(Error::OverBudget(OverBudget::Batches { max: 2 })) => {}
+            other => panic!("expected the batch budget, got {other:?}"),
+        }
+        let o = PartitionOptions {
+            max_batches: Some(3),
+            ..o
+        };
+        assert_eq!(
+            partition_jsonl(&data[..], "mem", o).unwrap().batches.len(),
+            3
+        );
+        let message = OverBudget::Batches { max: 2 }.to_string();
+        assert!(message.contains("more than 2 batches"), "{message}");
+    }
+
+    #[test]
+    fn budget_messages_name_the_limit_in_readable_units() {
+        let message = OverBudget::DecompressedBytes { max: 2 << 30 }.to_string();
+        assert_eq!(
+            message,
+            "the input decompresses to more than 2 GiB, the limit of this job's budget \
+             (spec.input.uri)"
+        );
+        let message = OverBudget::InputBytes {
+            total: 3 << 30,
+            max: 1 << 30,
+        }
+        .to_string();
+        assert!(
+            message.starts_with("the input is 3 GiB, more than 1 GiB"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -47,6 +47,24 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
+/// A byte count for people, in the units [`parse_bytes`] reads: `2 GiB`, `512 KiB`, `700 bytes`;
+/// a count that is no whole number of its unit also shows the exact bytes (`1.5 GiB
+/// (1610612736 bytes)`), so that a limit is never rounded in a message.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        let size = 1u64 << shift;
+        if bytes >= size {
+            return if bytes.is_multiple_of(size) {
+                format!("{} {unit}", bytes >> shift)
+            } else {
+                format!("{:.1} {unit} ({bytes} bytes)", bytes as f64 / size as f64)
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -72,5 +90,14 @@ mod tests {
         assert_eq!(parse_bytes("100").unwrap(), 100);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("5Qi").is_err());
+    }
+
+    #[test]
+    fn formatted_sizes() {
+        assert_eq!(format_bytes(2 << 30), "2 GiB");
+        assert_eq!(format_bytes(64 << 20), "64 MiB");
+        assert_eq!(format_bytes(1536 << 20), "1.5 GiB (1610612736 bytes)");
+        assert_eq!(format_bytes(1000), "1000 bytes");
+        assert_eq!(format_bytes(0), "0 bytes");
     }
 }

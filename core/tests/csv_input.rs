@@ -29,6 +29,7 @@ fn a_file_over_the_read_buffer_partitions_and_decodes_every_row_once() {
         batch_size: 50_000,
         max_bytes: 1 << 20,
         hard_limit: DEFAULT_HARD_LIMIT,
+        max_batches: None,
     };
     let plan = partition_csv(
         std::fs::File::open(path).unwrap(),

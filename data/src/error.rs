@@ -63,6 +63,9 @@ pub enum DataError {
     /// A file is readable but does not hold what orch wrote there (missing column, nulls, ...).
     #[error("invalid file {}: {reason}", path.display())]
     InvalidFile { path: PathBuf, reason: String },
+    /// Planning a Parquet input passed a limit of the job's budget.
+    #[error(transparent)]
+    OverBudget(#[from] orch_core::partition::OverBudget),
     /// A file's contents do not match the checksum or size recorded when it was written.
     #[error(
         "checksum mismatch for {}: expected {expected_bytes} bytes sha256 {expected_sha256}, \
@@ -99,6 +102,7 @@ impl DataError {
             | DataError::InvalidSpec { .. }
             | DataError::InvalidFile { .. }
             | DataError::ChecksumMismatch { .. } => ErrorCategory::Permanent,
+            DataError::OverBudget(_) => ErrorCategory::Invalid,
         }
     }
 

@@ -50,7 +50,9 @@ pub use item_errors::{
     ItemError, errors_schema, merge_errors, read_errors_parquet, write_errors_parquet,
 };
 pub use merge::{MergeOptions, MergeOutput, merge_results, part_file_name};
-pub use parquet_input::{partition_parquet, read_parquet_rows};
+pub use parquet_input::{
+    MAX_FOOTER_BYTES, partition_parquet, partition_parquet_ranges, read_parquet_rows,
+};
 pub use parquet_io::DEFAULT_ROW_GROUP_ROWS;
 pub use results::{ITEM_COLUMN, ResultRow, VALUE_COLUMN, write_results_parquet};
 pub use schema::ColumnSchema;

@@ -35,42 +35,146 @@
 //! read with an [`DataError::Arrow`] error naming the type.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::Path;
 
 use arrow_array::RecordBatch;
 use arrow_json::writer::{LineDelimited, Writer as JsonWriter};
 use orch_core::model::Batch;
-use orch_core::partition::PartitionPlan;
+use orch_core::partition::{OverBudget, PartitionPlan};
 use parquet::arrow::arrow_reader::{
     ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::FOOTER_SIZE;
+use parquet::file::metadata::{
+    FooterTail, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
+use sha2::Digest;
 
 use crate::Result;
 use crate::error::DataError;
 
+/// The largest footer read to plan a Parquet input. The footer is held in memory whole, and
+/// planning runs in a process shared by many jobs (the operator): a writer's footer is a few
+/// KiB to a few MiB, so one this large is a broken or hostile file.
+pub const MAX_FOOTER_BYTES: u64 = 64 << 20;
+
 /// Plans the batches of the Parquet file at `path`; `source` (its URI) is copied into each
-/// batch. See the module documentation for how row groups become batches and what the
-/// batches' ranges mean.
-///
-/// Only the footer is read. `items` of the plan is the total row count and `bytes` the file
-/// size. A file without rows has no batches. `batch_size` is validated ≥ 1 by the job spec; 0
-/// is treated as 1 rather than trusted.
+/// batch. See [`partition_parquet_ranges`].
 pub fn partition_parquet(path: &Path, source: &str, batch_size: u64) -> Result<PartitionPlan> {
-    let file = File::open(path).map_err(|e| DataError::io("open", path, e))?;
-    let bytes = file
+    let mut file = File::open(path).map_err(|e| DataError::io("open", path, e))?;
+    let size = file
         .metadata()
         .map_err(|e| DataError::io("stat", path, e))?
         .len();
-    let metadata = ParquetMetaDataReader::new()
-        .parse_and_finish(&file)
-        .map_err(|e| DataError::parquet(path, e))?;
-    let groups = row_group_rows(path, &metadata)?;
-    let batches = plan_batches(path, source, &groups, batch_size.max(1))?;
+    let mut read = |range: Range<u64>| read_file_range(&mut file, range);
+    partition_parquet_ranges(path, size, &mut read, source, batch_size, None)
+}
+
+fn read_file_range(file: &mut File, range: Range<u64>) -> std::io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(range.start))?;
+    let mut out = Vec::new();
+    file.take(range.end.saturating_sub(range.start))
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Plans the batches of a Parquet file of `size` bytes that `read` gives ranges of (a local
+/// file, or ranged GETs of an object); `name` names it in errors and `source` (its URI) is
+/// copied into each batch. See the module documentation for how row groups become batches
+/// and what the batches' ranges mean.
+///
+/// Only the footer is read: its last 8 bytes, then the footer they announce (at most
+/// [`MAX_FOOTER_BYTES`]). `items` of the plan is the total row count and `bytes` the file
+/// size. A file without rows has no batches. `batch_size` is validated ≥ 1 by the job spec; 0
+/// is treated as 1 rather than trusted. More than `max_batches` batches stop the plan with
+/// [`OverBudget::Batches`].
+///
+/// A footer that does not decode is reported with a digest of the decoder's message, not the
+/// message: it may quote the file's column names.
+pub fn partition_parquet_ranges(
+    name: &Path,
+    size: u64,
+    read: &mut dyn FnMut(Range<u64>) -> std::io::Result<Vec<u8>>,
+    source: &str,
+    batch_size: u64,
+    max_batches: Option<u64>,
+) -> Result<PartitionPlan> {
+    let tail_size = FOOTER_SIZE as u64;
+    // The magic at the start ("PAR1") and the tail: anything shorter holds no footer.
+    if size < tail_size + 4 {
+        return Err(DataError::invalid(
+            name,
+            format!("not a Parquet file: {size} bytes are too few"),
+        ));
+    }
+    let mut read_exact = |range: Range<u64>| -> Result<Vec<u8>> {
+        let wanted = range.end - range.start;
+        let bytes = read(range).map_err(|e| DataError::io("read", name, e))?;
+        if bytes.len() as u64 != wanted {
+            return Err(DataError::invalid(
+                name,
+                format!(
+                    "the file changed while it was planned: {size} bytes listed, a read \
+                     returned {} of {wanted}",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    };
+    let tail = read_exact(size - tail_size..size)?;
+    let tail: [u8; FOOTER_SIZE] = tail
+        .as_slice()
+        .try_into()
+        .map_err(|_| DataError::invalid(name, "the last bytes of the file cannot be read"))?;
+    let footer = FooterTail::try_new(&tail).map_err(|_| {
+        DataError::invalid(
+            name,
+            "not a Parquet file: it does not end with the Parquet magic",
+        )
+    })?;
+    if footer.is_encrypted_footer() {
+        return Err(DataError::invalid(
+            name,
+            "the Parquet footer is encrypted, which orch does not read",
+        ));
+    }
+    let length = footer.metadata_length() as u64;
+    if length > size - tail_size {
+        return Err(DataError::invalid(
+            name,
+            format!("the Parquet footer claims {length} bytes, but the file has {size}"),
+        ));
+    }
+    if length > MAX_FOOTER_BYTES {
+        return Err(DataError::invalid(
+            name,
+            format!(
+                "the Parquet footer is {length} bytes, more than the {MAX_FOOTER_BYTES} orch \
+                 reads to plan a file"
+            ),
+        ));
+    }
+    let footer_start = size - tail_size - length;
+    let bytes = read_exact(footer_start..size - tail_size)?;
+    let metadata = ParquetMetaDataReader::decode_metadata(&bytes).map_err(|e| {
+        let digest = hex::encode(&sha2::Sha256::digest(e.to_string().as_bytes())[..4]);
+        DataError::invalid(
+            name,
+            format!(
+                "the Parquet footer ({length} bytes at byte {footer_start}) does not decode \
+                 (decoder error digest {digest})"
+            ),
+        )
+    })?;
+    let groups = row_group_rows(name, &metadata)?;
+    let batches = plan_batches(name, source, &groups, batch_size.max(1), max_batches)?;
     Ok(PartitionPlan {
         batches,
         items: groups.iter().sum(),
-        bytes,
+        bytes: size,
     })
 }
 
@@ -217,10 +321,22 @@ fn to_usize(path: &Path, n: u64) -> Result<usize> {
         .map_err(|_| DataError::invalid(path, format!("{n} rows do not fit in memory")))
 }
 
-/// Cuts row groups of the given sizes into batches of at most `batch_size` (≥ 1) rows.
-fn plan_batches(path: &Path, source: &str, groups: &[u64], batch_size: u64) -> Result<Vec<Batch>> {
+/// Cuts row groups of the given sizes into batches of at most `batch_size` (≥ 1) rows, and at
+/// most `max_batches` batches.
+fn plan_batches(
+    path: &Path,
+    source: &str,
+    groups: &[u64],
+    batch_size: u64,
+    max_batches: Option<u64>,
+) -> Result<Vec<Batch>> {
     let mut batches = Vec::new();
     let mut push = |start: u64, end: u64| -> Result<()> {
+        if let Some(max) = max_batches
+            && batches.len() as u64 >= max
+        {
+            return Err(OverBudget::Batches { max }.into());
+        }
         let id = u32::try_from(batches.len())
             .map_err(|_| DataError::invalid(path, format!("more than {} batches", u32::MAX)))?;
         batches.push(Batch {
@@ -271,7 +387,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ranges(groups: &[u64], size: u64) -> Vec<(u64, u64)> {
-        plan_batches(Path::new("mem"), "mem", groups, size)
+        plan_batches(Path::new("mem"), "mem", groups, size, None)
             .unwrap()
             .iter()
             .map(|b| (b.start, b.end))
@@ -292,13 +408,23 @@ mod tests {
         assert!(ranges(&[0, 0], 3).is_empty());
     }
 
+    #[test]
+    fn the_batch_budget_stops_the_plan() {
+        let plan = |max| plan_batches(Path::new("mem"), "mem", &[10, 10, 10], 5, Some(max));
+        assert_eq!(plan(6).unwrap().len(), 6);
+        match plan(5) {
+            Err(DataError::OverBudget(OverBudget::Batches { max: 5 })) => {}
+            other => panic!("expected the batch budget, got {other:?}"),
+        }
+    }
+
     proptest! {
         #[test]
         fn batches_are_contiguous_bounded_and_respect_row_groups(
             groups in proptest::collection::vec(0u64..40, 0..30),
             size in 1u64..25,
         ) {
-            let batches = plan_batches(Path::new("mem"), "src", &groups, size).unwrap();
+            let batches = plan_batches(Path::new("mem"), "src", &groups, size, None).unwrap();
             let total: u64 = groups.iter().sum();
             // Row-group boundaries, to check that a batch never straddles a partial group.
             let mut bounds = vec![0u64];

@@ -354,7 +354,7 @@ fn a_file_that_is_not_parquet_is_a_clean_error() {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
         let e = partition_parquet(&path, "src", 10).unwrap_err();
-        assert!(matches!(e, DataError::Parquet { .. }), "{name}: {e:?}");
+        assert!(matches!(e, DataError::InvalidFile { .. }), "{name}: {e:?}");
         assert_eq!(e.category(), ErrorCategory::Permanent, "{name}: {e}");
         assert!(e.to_string().contains(name), "{e}");
         let e = read_parquet_rows(&path, 0, 1).unwrap_err();
@@ -365,6 +365,69 @@ fn a_file_that_is_not_parquet_is_a_clean_error() {
         partition_parquet(&missing, "src", 10),
         Err(DataError::Io { .. })
     ));
+}
+
+/// A footer the decoder rejects with a message naming a column: planning reports a digest of
+/// that message, not the column's name (input content), and reads ranges only.
+#[test]
+fn a_footer_that_does_not_decode_is_reported_without_its_column_names() {
+    const MARKER: &str = "SECRETMARKER7f3a";
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        MARKER,
+        DataType::FixedSizeBinary(16),
+        false,
+    )]));
+    let values = arrow_array::FixedSizeBinaryArray::try_from_iter([[7u8; 16]].into_iter()).unwrap();
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values) as ArrayRef]).unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    // The schema element of the column: compact thrift `type` (FIXED_LEN_BYTE_ARRAY), then
+    // `type_length` 16 (zigzag 0x20), `repetition_type`, then the name. A length of -1 (zigzag
+    // 0x01) makes the decoder refuse the element, naming it.
+    let name_at = bytes
+        .windows(MARKER.len())
+        .position(|w| w == MARKER.as_bytes())
+        .unwrap();
+    let length_at = name_at - 5;
+    assert_eq!(
+        bytes[length_at - 1..length_at + 1],
+        [0x15, 0x20],
+        "fixture layout"
+    );
+    bytes[length_at] = 0x01;
+    let path = dir.path().join("bad.parquet");
+    std::fs::write(&path, &bytes).unwrap();
+    let raw = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&File::open(&path).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        raw.contains(MARKER),
+        "the decoder's own message names it: {raw}"
+    );
+
+    let e = partition_parquet(&path, "src", 10).unwrap_err();
+    assert!(matches!(e, DataError::InvalidFile { .. }), "{e:?}");
+    let message = e.to_string();
+    assert!(message.contains("does not decode"), "{message}");
+    assert!(!message.contains(MARKER), "{message}");
+
+    // Through ranges: only the tail and the footer are read.
+    let mut reads = Vec::new();
+    let size = bytes.len() as u64;
+    let mut read = |r: std::ops::Range<u64>| {
+        reads.push(r.clone());
+        Ok(bytes[r.start as usize..r.end as usize].to_vec())
+    };
+    let e =
+        orch_data::partition_parquet_ranges(&path, size, &mut read, "src", 10, None).unwrap_err();
+    assert!(!e.to_string().contains(MARKER));
+    assert_eq!(reads.len(), 2);
+    assert_eq!(reads[0], size - 8..size);
+    assert_eq!(reads[1].end, size - 8);
 }
 
 // ---------------------------------------------------------------------------------------------

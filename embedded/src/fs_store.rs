@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, ObjectMeta, ObjectStore};
+use orch_core::backend::{BackendError, BackendResult, ByteSource, ObjectMeta, ObjectStore};
 
 /// Marker inside the names of temporary files (see the module docs).
 const TMP_MARKER: &str = ".tmp-";
@@ -209,6 +209,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 fn discard(tmp: &Path) {
     if let Err(e) = fs::remove_file(tmp) {
         tracing::debug!(path = %tmp.display(), error = %e, "cannot remove temporary file");
+    }
+}
+
+/// A temporary file that is removed when this guard drops, unless it was published (`None`).
+struct PendingTmp(Option<PathBuf>);
+
+impl Drop for PendingTmp {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.0.take() {
+            discard(&tmp);
+        }
     }
 }
 
@@ -419,6 +430,41 @@ impl ObjectStore for FsStore {
             write_atomic(&path, |f| copy_into(&source, f)).map_err(|e| io_error("write", &path, e))
         })
         .await
+    }
+
+    async fn put_stream(&self, key: &str, data: &mut dyn ByteSource) -> BackendResult<()> {
+        let path = self.path_of(key)?;
+        let target = path.clone();
+        let (tmp, file) = blocking(move || {
+            prepare_tmp(&target).map_err(|e| io_error("create a temporary file for", &target, e))
+        })
+        .await?;
+        // Removes the temporary file unless it was published, whatever ends this future
+        // early: an error of the source, of the disk, or the caller dropping it.
+        let mut pending = PendingTmp(Some(tmp.clone()));
+        let mut file = file;
+        while let Some(chunk) = data.next_chunk().await? {
+            let at = tmp.clone();
+            file = blocking(move || {
+                file.write_all(&chunk)
+                    .map_err(|e| io_error("write", &at, e))?;
+                Ok(file)
+            })
+            .await?;
+        }
+        let at = tmp.clone();
+        blocking(move || {
+            file.sync_all().map_err(|e| io_error("write", &at, e))?;
+            drop(file);
+            fs::rename(&at, &path).map_err(|e| io_error("write", &path, e))?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir).map_err(|e| io_error("write", dir, e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        pending.0 = None;
+        Ok(())
     }
 
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> BackendResult<bool> {

@@ -34,6 +34,7 @@ use orch_core::backend::Executor;
 use orch_core::load::LoadedJob;
 use orch_core::model::AuditEntry;
 use orch_core::model::JobRecord;
+use orch_core::partition::PlanBudget;
 use orch_core::platform::Platform;
 use orch_core::policy::SlurmToken;
 use orch_executors::{PlainHttp, SharedToken, TokenSource};
@@ -832,6 +833,7 @@ fn launch(
         }),
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
+        budget: PlanBudget::default(),
     })
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use orch_core::backoff::Backoff;
 use orch_core::load::LoadedJob;
+use orch_core::partition::PlanBudget;
 use orch_core::platform::Platform;
 use orch_executors::Executors;
 use orch_runtime::driver::{self, RunOptions};
@@ -68,6 +69,8 @@ pub struct Launch {
     pub tick: Duration,
     /// The job's task rows, shared with the status refresh.
     pub task_cache: SharedTaskCache,
+    /// What planning the job may cost; passing it refuses the job.
+    pub budget: PlanBudget,
 }
 
 /// The supervisors of this operator, by `OrchJob` uid.
@@ -188,6 +191,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             stop: Some(stop.clone()),
             job_id: Some(launch.job_id.clone()),
             task_cache: Some(launch.task_cache.clone()),
+            budget: launch.budget,
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

@@ -13,6 +13,8 @@
 //! Contract details worth knowing when writing a new backend:
 //! - `get_range` clamps the end to the object's size; a range starting at or past the end yields
 //!   no bytes; a missing object is `NotFound`.
+//! - `put_stream` writes nothing (and keeps an existing object) unless its source ends with
+//!   `Ok(None)`.
 //! - `list` is by plain string prefix (not by directory) and sorted by key.
 //! - `delete_job` of a missing job is a successful no-op.
 //! - `Queue::delete` with a stale receipt is a successful no-op; `Queue::extend` with one is a
@@ -26,8 +28,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use orch_core::backend::{
-    AuditLog, BackendError, Message, ObjectMeta, ObjectStore, Queue, RateLimitStore, StateStore,
-    update_bucket,
+    AuditLog, BackendError, ByteSource, Message, ObjectMeta, ObjectStore, Queue, RateLimitStore,
+    StateStore, update_bucket,
 };
 use orch_core::model::{
     AuditEntry, JobPhase, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState,
@@ -248,6 +250,58 @@ pub async fn object_store_contract(store: &dyn ObjectStore) {
         "get_to_file of a missing object must not create the file"
     );
 
+    // Streams: the chunks in order; nothing visible unless the stream ended.
+    let mut chunks = Chunks::of(vec![b"ab".to_vec(), Vec::new(), b"cde".to_vec()], true);
+    expect_ok(
+        "put_stream",
+        store.put_stream(&key("stream"), &mut chunks).await,
+    );
+    assert_eq!(
+        expect_ok("get", store.get(&key("stream")).await).as_deref(),
+        Some(&b"abcde"[..]),
+        "put_stream must write the chunks in order"
+    );
+    let mut nothing = Chunks::of(Vec::new(), true);
+    expect_ok(
+        "put_stream empty",
+        store.put_stream(&key("stream-empty"), &mut nothing).await,
+    );
+    assert_eq!(
+        expect_ok("get", store.get(&key("stream-empty")).await),
+        Some(Vec::new()),
+        "an empty stream makes an empty object"
+    );
+    let mut broken = Chunks::of(vec![b"new".to_vec()], false);
+    assert!(
+        store.put_stream(&key("stream"), &mut broken).await.is_err(),
+        "put_stream of a stream that fails must fail"
+    );
+    assert_eq!(
+        expect_ok("get", store.get(&key("stream")).await).as_deref(),
+        Some(&b"abcde"[..]),
+        "a failed put_stream must leave the object as it was"
+    );
+    let mut broken = Chunks::of(vec![b"new".to_vec()], false);
+    assert!(
+        store
+            .put_stream(&key("stream-never"), &mut broken)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        expect_ok("get", store.get(&key("stream-never")).await),
+        None,
+        "a failed put_stream must create nothing"
+    );
+    assert_eq!(
+        expect_ok("list", store.list(&key("stream")).await)
+            .into_iter()
+            .map(|o| o.key)
+            .collect::<Vec<_>>(),
+        [key("stream"), key("stream-empty")],
+        "a failed put_stream must leave nothing listed"
+    );
+
     // Prefix deletion.
     expect_ok("delete_prefix", store.delete_prefix(&key("a/")).await);
     assert!(
@@ -267,6 +321,37 @@ pub async fn object_store_contract(store: &dyn ObjectStore) {
         expect_ok("list", store.list(&p).await).is_empty(),
         "delete_prefix of the run's prefix leaves nothing"
     );
+}
+
+/// A [`ByteSource`] of given chunks that ends (`Ok(None)`) or fails after them.
+pub struct Chunks {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    ends: bool,
+}
+
+impl Chunks {
+    /// `ends`: whether the source ends after its chunks (else it fails, as a producer that
+    /// gave up does).
+    pub fn of(chunks: Vec<Vec<u8>>, ends: bool) -> Self {
+        Chunks {
+            chunks: chunks.into(),
+            ends,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ByteSource for Chunks {
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, BackendError> {
+        match self.chunks.pop_front() {
+            Some(chunk) => Ok(Some(chunk)),
+            None if self.ends => Ok(None),
+            None => Err(BackendError::message(
+                orch_core::ErrorCategory::Transient,
+                "the producer gave up",
+            )),
+        }
+    }
 }
 
 /// A job record with a minimal valid spec, for contract runs.

@@ -1,6 +1,6 @@
-//! Uploads of large files in parts. Writes are atomic because S3 PUTs are; a multipart upload
-//! becomes visible only when completed, and is aborted on any failure (or cancellation), so
-//! no invisible parts stay behind and cost money.
+//! Uploads of large files, and of streams of unknown length, in parts. Writes are atomic
+//! because S3 PUTs are; a multipart upload becomes visible only when completed, and is aborted
+//! on any failure (or cancellation), so no invisible parts stay behind and cost money.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +8,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use orch_core::ErrorCategory;
+use orch_core::backend::{BackendError, ByteSource};
 use tokio::task::JoinSet;
 
 use super::checksum::SHA256_METADATA;
@@ -44,15 +45,7 @@ impl S3Store {
             .await
             .map_err(|e| sdk_error("s3", "CreateMultipartUpload", self.uri(full), e))?;
         let Some(upload_id) = created.upload_id().map(str::to_string) else {
-            return Err(AwsError::Service {
-                service: "s3",
-                operation: "CreateMultipartUpload",
-                resource: self.uri(full),
-                code: "MissingUploadId".into(),
-                message: "the response has no upload id".into(),
-                category: ErrorCategory::Permanent,
-                conflict: false,
-            });
+            return Err(missing_upload_id(self.uri(full)));
         };
         let mut guard = AbortGuard {
             client: self.client.clone(),
@@ -80,6 +73,143 @@ impl S3Store {
                 Err(e)
             }
         }
+    }
+
+    /// Uploads the rest of a stream whose first `pending` bytes (at least one part) are in
+    /// memory, a part at a time with up to `part_concurrency` parts in flight, so at most
+    /// `part_concurrency + 1` parts are held. Its sha256 is not known when the upload starts,
+    /// so the object carries none (each part is checked by S3). Aborted on any failure, of the
+    /// stream or of S3, and when this future is dropped.
+    pub(super) async fn put_stream_multipart(
+        &self,
+        relative: &str,
+        full: &str,
+        pending: Vec<u8>,
+        data: &mut dyn ByteSource,
+    ) -> Result<(), BackendError> {
+        let token = writer_token();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .metadata(WRITER_METADATA, &token)
+            .set_tagging(tagging_for(relative))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| sdk_error("s3", "CreateMultipartUpload", self.uri(full), e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            return Err(missing_upload_id(self.uri(full)).into());
+        };
+        let mut guard = AbortGuard {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: full.to_string(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let result = self
+            .stream_parts_and_complete(full, &upload_id, pending, data)
+            .await;
+        let unclear = match &result {
+            Err(StreamFailure::Store(e)) if completion_unclear(e) => {
+                self.written_by(full, &token).await?
+            }
+            _ => false,
+        };
+        guard.upload_id = None;
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if unclear => Ok(()),
+            Err(e) => {
+                self.abort_multipart(full, &upload_id).await;
+                Err(match e {
+                    StreamFailure::Data(e) => e,
+                    StreamFailure::Store(e) => e.into(),
+                })
+            }
+        }
+    }
+
+    async fn stream_parts_and_complete(
+        &self,
+        full: &str,
+        upload_id: &str,
+        mut pending: Vec<u8>,
+        data: &mut dyn ByteSource,
+    ) -> Result<(), StreamFailure> {
+        let part_size = usize::try_from(self.options.part_size).unwrap_or(usize::MAX);
+        let mut parts = Vec::new();
+        let mut running: JoinSet<Result<CompletedPart, AwsError>> = JoinSet::new();
+        let mut number = 0u64;
+        let mut ended = false;
+        loop {
+            while !ended && pending.len() < part_size {
+                match data.next_chunk().await.map_err(StreamFailure::Data)? {
+                    Some(chunk) => pending.extend_from_slice(&chunk),
+                    None => ended = true,
+                }
+            }
+            let body = if pending.len() > part_size {
+                let rest = pending.split_off(part_size);
+                std::mem::replace(&mut pending, rest)
+            } else {
+                std::mem::take(&mut pending)
+            };
+            if body.is_empty() {
+                break;
+            }
+            if number >= MAX_PARTS {
+                return Err(StreamFailure::Store(AwsError::invalid(
+                    self.uri(full),
+                    format!(
+                        "a streamed object is at most {MAX_PARTS} parts of {} bytes",
+                        self.options.part_size
+                    ),
+                )));
+            }
+            number += 1;
+            while running.len() >= self.options.part_concurrency {
+                parts.push(joined(running.join_next().await, full)?);
+            }
+            running.spawn(send_part(
+                self.client.clone(),
+                self.bucket.clone(),
+                full.to_string(),
+                upload_id.to_string(),
+                // At most MAX_PARTS, so it fits an i32.
+                i32::try_from(number).unwrap_or(i32::MAX),
+                ByteStream::from(body),
+            ));
+            if ended && pending.is_empty() {
+                break;
+            }
+        }
+        while !running.is_empty() {
+            parts.push(joined(running.join_next().await, full)?);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                StreamFailure::Store(sdk_error(
+                    "s3",
+                    "CompleteMultipartUpload",
+                    self.uri(full),
+                    e,
+                ))
+            })?;
+        Ok(())
     }
 
     async fn upload_parts_and_complete(
@@ -160,6 +290,43 @@ impl S3Store {
     }
 }
 
+fn missing_upload_id(resource: String) -> AwsError {
+    AwsError::Service {
+        service: "s3",
+        operation: "CreateMultipartUpload",
+        resource,
+        code: "MissingUploadId".into(),
+        message: "the response has no upload id".into(),
+        category: ErrorCategory::Permanent,
+        conflict: false,
+    }
+}
+
+/// Why a streamed upload stopped: its source, or S3.
+enum StreamFailure {
+    Data(BackendError),
+    Store(AwsError),
+}
+
+/// The part a finished upload task produced.
+fn joined(
+    next: Option<Result<Result<CompletedPart, AwsError>, tokio::task::JoinError>>,
+    full: &str,
+) -> Result<CompletedPart, StreamFailure> {
+    match next {
+        Some(Ok(Ok(part))) => Ok(part),
+        Some(Ok(Err(e))) => Err(StreamFailure::Store(e)),
+        Some(Err(e)) => Err(StreamFailure::Store(AwsError::Io {
+            path: full.to_string(),
+            source: std::io::Error::other(format!("upload task failed: {e}")),
+        })),
+        None => Err(StreamFailure::Store(AwsError::Io {
+            path: full.to_string(),
+            source: std::io::Error::other("no upload task to wait for"),
+        })),
+    }
+}
+
 /// Whether a failed CompleteMultipartUpload may have completed after all:
 /// - `NoSuchUpload`: the SDK retried a completion whose first try succeeded but whose response
 ///   was lost, and the upload is gone because it became the object;
@@ -194,6 +361,18 @@ async fn upload_part(
         .build()
         .await
         .map_err(|e| io_error(&path, std::io::Error::other(e.to_string())))?;
+    send_part(client, bucket, key, upload_id, number, body).await
+}
+
+/// Uploads part `number` of an upload with `body`, a body the SDK can send again on a retry.
+async fn send_part(
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    number: i32,
+    body: ByteStream,
+) -> Result<CompletedPart, AwsError> {
     let resource = format!("s3://{bucket}/{key} part {number}");
     let out = client
         .upload_part()

@@ -28,20 +28,39 @@ pub(super) fn new_job_record(
     }
 }
 
+/// Plans the job within `budget`, then writes what it is made of, in this order: the
+/// decompressed input (while planning), the batch manifest, the spec snapshot, and last the job
+/// row with its task rows in one transaction. Only the row makes the job exist: a driver that
+/// stops before it (a crash, a budget passed) leaves no job, and the next run plans again and
+/// overwrites the same keys. A failed plan removes the decompressed input it stored.
 pub(super) async fn create(
     job: &LoadedJob,
     target: PlanTarget<'_>,
     sources: &[input::Source],
     fingerprint: &str,
     rate_limits: Vec<orch_core::model::LimitBinding>,
+    budget: &PlanBudget,
 ) -> Result<JobRecord> {
     let started = std::time::Instant::now();
     let (backends, id) = (target.backends, target.job);
     // Compressed input is decompressed into the job's storage, where workers read ranges.
+    let planned = input::plan(&job.file.spec, sources, Some(target), budget).await;
     let InputPlan {
         batches: p,
         columns,
-    } = input::plan(&job.file.spec, sources, &backends.scratch, Some(target)).await?;
+    } = match planned {
+        Ok(plan) => plan,
+        Err(e) => {
+            if let Err(cleanup) = backends
+                .objects
+                .delete_prefix(&input::decompressed_prefix(id))
+                .await
+            {
+                warn!(error = %cleanup, "cannot remove the decompressed input of a failed plan");
+            }
+            return Err(e);
+        }
+    };
     info!(
         batches = p.batches.len(),
         items = p.items,

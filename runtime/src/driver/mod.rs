@@ -18,7 +18,7 @@ use orch_core::model::{
     Batch, JobManifest, JobPhase, JobRecord, SCHEMA_VERSION, TaskGroup, TaskRecord, TaskState,
     now_ms,
 };
-use orch_core::partition::PartitionPlan;
+use orch_core::partition::{PartitionPlan, PlanBudget};
 use orch_core::platform::{Backends, ExecutorFactory, JobLease, Locations, Platform};
 use orch_core::{ErrorCategory, layout};
 use serde::Serialize;
@@ -84,6 +84,9 @@ pub struct RunOptions {
     /// (the operator's status) passes its own, so one copy serves both. Without one, the
     /// driver keeps a private one.
     pub task_cache: Option<SharedTaskCache>,
+    /// What planning the job may cost (input size, decompressed size, batches); passing it
+    /// refuses the job. Resuming a job plans nothing, so the budget does not apply then.
+    pub budget: PlanBudget,
 }
 
 /// The end of a run.
@@ -134,17 +137,17 @@ pub fn job_id(job: &LoadedJob, fingerprint: &str) -> Result<String> {
     Ok(format!("{}-{hash}", job.file.metadata.name))
 }
 
-/// Partitions the input and reports the plan, writing nothing: `orch run --dry-run`. Remote
-/// input is downloaded into `scratch` (and removed) to be partitioned.
+/// Partitions the input within `budget` and reports the plan, writing nothing: `orch run
+/// --dry-run`. Remote input is read by range, as for a run.
 pub async fn dry_run(
     job: &LoadedJob,
     locations: &dyn Locations,
-    scratch: &std::path::Path,
+    budget: &PlanBudget,
 ) -> Result<RunOutcome> {
     let sources = input::sources(&job.file.spec, locations).await?;
     let fingerprint = input::fingerprint(&sources)?;
     let id = job_id(job, &fingerprint)?;
-    let p = input::plan(&job.file.spec, &sources, scratch, None)
+    let p = input::plan(&job.file.spec, &sources, None, budget)
         .await?
         .batches;
     Ok(RunOutcome {
@@ -228,7 +231,15 @@ async fn drive_locked(
                 job: id,
             };
             (
-                create(job, target, sources, fingerprint, rate_limits.clone()).await?,
+                create(
+                    job,
+                    target,
+                    sources,
+                    fingerprint,
+                    rate_limits.clone(),
+                    &opts.budget,
+                )
+                .await?,
                 false,
             )
         }
