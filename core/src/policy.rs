@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
+use crate::partition::PlanBudget;
 use crate::spec::{JobSpec, Quantity, SecretKeyRef, SlurmTransport};
 
 /// The reason of a job's `Failed` condition and Event when its namespace's policy refuses it.
@@ -164,6 +165,17 @@ pub struct JobLimits {
     pub max_input_bytes: Option<u64>,
     pub max_decompressed_bytes: Option<u64>,
     pub max_concurrent_jobs: Option<u32>,
+}
+
+impl JobLimits {
+    /// What planning the job may cost: its input, what that decompresses to, its tasks.
+    pub fn plan_budget(&self) -> PlanBudget {
+        PlanBudget {
+            max_input_bytes: self.max_input_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_batches: self.max_tasks,
+        }
+    }
 }
 
 /// A job its namespace's policy lets run: the spec completed with the admin's choices.

@@ -407,7 +407,8 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
         return Ok(Action::requeue(ctx.config.status_interval));
     }
     let slurm_token = ctx.slurm_token(&prepared).await?;
-    let launch = match launch(job, loaded, slurm_token, &id, platform.clone(), ctx) {
+    let budget = prepared.limits.plan_budget();
+    let launch = match launch(job, loaded, slurm_token, budget, &id, platform.clone(), ctx) {
         Ok(launch) => launch,
         Err(error) => return refuse(job, api, ctx, &Refusal::Invalid(vec![error])).await,
     };
@@ -735,7 +736,9 @@ async fn cleanup(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Act
                 .await;
             }
             let slurm_token = ctx.slurm_token(&prepared).await?;
-            if let Ok(launch) = launch(job, loaded, slurm_token, &id, platform.clone(), ctx) {
+            let budget = prepared.limits.plan_budget();
+            if let Ok(launch) = launch(job, loaded, slurm_token, budget, &id, platform.clone(), ctx)
+            {
                 ctx.supervisors.ensure(&uid, &object_key(job), || launch);
             }
             return Ok(Action::requeue(Duration::from_secs(2)));
@@ -776,6 +779,7 @@ fn launch(
     job: &OrchJob,
     loaded: LoadedJob,
     slurm_token: Option<TokenSource>,
+    budget: PlanBudget,
     id: &str,
     platform: Arc<dyn Platform>,
     ctx: &Context,
@@ -833,7 +837,7 @@ fn launch(
         }),
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
-        budget: PlanBudget::default(),
+        budget,
     })
 }
 
