@@ -1221,3 +1221,115 @@ async fn a_hostile_tenants_choices_are_refused_policy_denied() {
     assert!(log.contains("PolicyDenied"), "{log}");
     assert!(!log.contains("starting the job's driver"), "{log}");
 }
+
+/// One tenant's input decompresses to 2 GiB while its policy allows 64 MiB: its driver stops
+/// decompressing at the limit, and the job alone ends `Failed` with the limit named (never
+/// the input's content), its stored partial input removed. Meanwhile another tenant's job
+/// completes, and the operator that planned both stays up and ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_input_fails_alone_while_another_tenants_job_completes() {
+    let Some(mut world) = World::with_pods("e2e-budget").await else {
+        return;
+    };
+    const N: u64 = 40;
+    world.put_input(N).await;
+    // 2 GiB of JSON lines as 128 gzip members of the same 16 MiB: built in a moment, and a
+    // decoder cannot tell it from one stream.
+    let line = b"{\"id\": 0, \"text\": \"the same line again\"}\n";
+    let chunk: Vec<u8> = line.iter().copied().cycle().take(16 << 20).collect();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &chunk).unwrap();
+    let member = encoder.finish().unwrap();
+    let bomb: Vec<u8> = member.repeat(128);
+    let sdk = moto::sdk_config().await;
+    config::s3_client(&sdk, &AwsSettings::default())
+        .put_object()
+        .bucket(&world.bucket)
+        .key("team-bomb/input/items.jsonl.gz")
+        .body(bomb.into())
+        .send()
+        .await
+        .unwrap();
+    world.kubectl_ok(&["create", "namespace", "team-bomb"]);
+    let policy = world.scratch.write(
+        "bomb-policy.yaml",
+        "apiVersion: orch.dev/v1alpha1\nkind: OrchPolicy\nmetadata: {name: bomb}\n\
+         spec:\n  namespaces: [team-bomb]\n  kubernetes: {secrets: [orch-aws]}\n  \
+         limits: {maxDecompressedBytes: 64Mi}\n",
+    );
+    world.kubectl_ok(&["apply", "-f", policy.to_str().unwrap()]);
+    world.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "orch-aws",
+        "--from-literal=AWS_ACCESS_KEY_ID=pods",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=pods",
+    ]);
+    let port = world.start_operator("op-a");
+    let b = world.bucket.clone();
+    let job = |name: &str, namespace: &str, input: &str, output: &str| {
+        world.scratch.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\n\
+                 metadata: {{name: {name}, namespace: {namespace}}}\n\
+                 spec:\n  input: {{uri: \"{input}\"}}\n  batch: {{size: 10}}\n  \
+                 handler: {{builtin: {{name: identity}}}}\n  output: {{uri: \"{output}\"}}\n  \
+                 executor: {{kubernetes: {{parallelism: 2, envFromSecrets: [orch-aws]}}}}\n"
+            ),
+        )
+    };
+    let bomb = job(
+        "bomb",
+        "team-bomb",
+        &format!("s3://{b}/team-bomb/input/items.jsonl.gz"),
+        &format!("s3://{b}/team-bomb/out/"),
+    );
+    let fine = job(
+        "fine",
+        "default",
+        &format!("s3://{b}/default/input/items.jsonl"),
+        &format!("s3://{b}/default/out-fine/"),
+    );
+    world.kubectl_ok(&["apply", "-f", bomb.to_str().unwrap()]);
+    world.kubectl_ok(&["apply", "-f", fine.to_str().unwrap()]);
+
+    let phase = |w: &World, name: &str, namespace: &str| -> serde_json::Value {
+        let out = w.kubectl_ok(&["get", "orchjob", name, "-n", namespace, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"].clone()
+    };
+    world.wait_for("the oversized job to fail", Duration::from_secs(120), |w| {
+        phase(w, "bomb", "team-bomb")["phase"] == "Failed"
+    });
+    world.wait_for(
+        "the other tenant's job to succeed",
+        Duration::from_secs(120),
+        |w| phase(w, "fine", "default")["phase"] == "Succeeded",
+    );
+    let status = phase(&world, "bomb", "team-bomb");
+    let failed = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap_or_else(|| panic!("no Failed condition: {status}"));
+    let message = failed["message"].as_str().unwrap();
+    assert!(
+        message.contains("the input decompresses to more than 64 MiB"),
+        "{failed}"
+    );
+    assert!(!message.contains("the same line again"), "{failed}");
+    assert_eq!(
+        world.keys_under("orch/team-bomb/").await,
+        0,
+        "the partial input it stored is removed"
+    );
+    common::read_output(&world.output_dir("fine").await).assert_each_item_once(N);
+    // The operator that planned both is the one still serving.
+    assert!(world.operators[0].try_wait().unwrap().is_none());
+    assert_eq!(http_get(port, "/readyz").map(|(code, _)| code), Some(200));
+    let log = world.operator_log("op-a");
+    assert!(!log.contains("the same line again"), "{}", tail(&log, 40));
+}
