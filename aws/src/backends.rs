@@ -20,7 +20,7 @@ use orch_core::platform::{Backends, Locations};
 use orch_core::uri::Location;
 
 use crate::config::{self, AwsSettings};
-use crate::dynamodb::DynamoStateStore;
+use crate::dynamodb::{DynamoStateStore, Keys};
 use crate::error::{AwsError, Result};
 use crate::s3::{S3Store, parse_s3_uri};
 use crate::sqs::SqsQueue;
@@ -43,7 +43,11 @@ pub fn open_backends_with(
 ) -> Result<Backends> {
     let s3 = config::s3_client(sdk, settings);
     let objects = S3Store::new(s3.clone(), storage_uri)?;
-    let state = DynamoStateStore::new(config::dynamodb_client(sdk), settings.table.clone());
+    let state = DynamoStateStore::new(
+        config::dynamodb_client(sdk),
+        settings.table.clone(),
+        Keys::for_storage(storage_uri)?,
+    );
     // One S3 client for the storage and every other bucket: clients are cheap to clone and
     // share their connection pool.
     let locations = S3Locations::new(s3);

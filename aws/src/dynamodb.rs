@@ -28,10 +28,10 @@ mod table;
 
 pub use batch::{BatchRetry, retry_unprocessed};
 use item::{
-    DELETING, GSI1PK, GSI2PK, INCOMPLETE, JOB_SK, JOBS_PARTITION, LEASE_EXPIRY, PK, SK,
-    TASK_SK_PREFIX, decode_task, get_s, job_pk, key, n, s, state_pk,
+    DELETING, GSI1PK, GSI2PK, INCOMPLETE, JOB_SK, LEASE_EXPIRY, PK, SK, TASK_SK_PREFIX,
+    decode_task, get_s, key, n, s,
 };
-pub use item::{INDEX_BY_STATE, INDEX_JOBS, Item};
+pub use item::{INDEX_BY_STATE, INDEX_JOBS, Item, Keys};
 pub use table::{TableOptions, create_table, create_table_with};
 
 const SERVICE: &str = "DynamoDB";
@@ -52,16 +52,20 @@ pub struct IncompleteJob {
 pub struct DynamoStateStore {
     client: Client,
     table: String,
+    keys: Keys,
     page_size: Option<i32>,
     backoff: BatchRetry,
 }
 
 impl DynamoStateStore {
-    /// The store over an existing table (see [`create_table`]).
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    /// The store of one storage's jobs (its [`Keys`]) over an existing table (see
+    /// [`create_table`]). Rate-limit buckets and the audit log are the table's, whatever the
+    /// keys.
+    pub fn new(client: Client, table: impl Into<String>, keys: Keys) -> Self {
         DynamoStateStore {
             client,
             table: table.into(),
+            keys,
             page_size: None,
             backoff: BatchRetry::default(),
         }
@@ -97,7 +101,7 @@ impl DynamoStateStore {
             .iter()
             .filter_map(|item| {
                 let mark = get_s(item, INCOMPLETE)?;
-                let id = get_s(item, PK)?.strip_prefix("JOB#")?;
+                let id = self.keys.job_of(get_s(item, PK)?)?;
                 Some(IncompleteJob {
                     id: id.to_string(),
                     deleting: mark == DELETING,
@@ -109,7 +113,7 @@ impl DynamoStateStore {
     /// The running tasks of `job` whose lease expired before `now`: a query of the `by-state`
     /// index with a filter on `leaseExpiry`, so only running tasks are read.
     pub async fn expired_leases(&self, job: &str, now: Millis) -> BackendResult<Vec<TaskRecord>> {
-        let pk = state_pk(job, TaskState::Running);
+        let pk = self.keys.state_pk(job, TaskState::Running);
         let items = self
             .query_all("Query by-state", &pk, false, || {
                 self.client
@@ -164,7 +168,7 @@ impl DynamoStateStore {
     /// The task items of a job's partition (strongly consistent), all attributes or only the
     /// keys.
     async fn task_items(&self, job: &str, keys_only: bool) -> BackendResult<Vec<Item>> {
-        let pk = job_pk(job);
+        let pk = self.keys.job_pk(job);
         self.query_all("Query", &pk, true, || {
             let q = self
                 .client
@@ -186,7 +190,7 @@ impl DynamoStateStore {
 
     /// Every job item, complete or not, in the order of the `jobs` index (oldest first).
     async fn job_items(&self) -> BackendResult<Vec<Item>> {
-        self.index_partition_items("Query jobs", JOBS_PARTITION)
+        self.index_partition_items("Query jobs", &self.keys.jobs_partition())
             .await
     }
 
@@ -246,7 +250,7 @@ impl DynamoStateStore {
 
     /// The job item as stored (strongly consistent), marked or not.
     async fn job_item_raw(&self, job: &str) -> BackendResult<Option<Item>> {
-        self.item(job_pk(job), JOB_SK).await
+        self.item(self.keys.job_pk(job), JOB_SK).await
     }
 
     /// One item, read strongly consistent.

@@ -4,7 +4,8 @@
 //! (`Embedded::lock_job` in `runtime/src/driver.rs`) is enough. With the state in DynamoDB two
 //! laptops or login nodes can open the same job, and two drivers of one job would dispatch its
 //! tasks twice and race on every record. So a driver first takes this lock: one item in orch's
-//! table (docs/aws.md), `pk = JOB#<job>`, `sk = LOCK`, with
+//! table (docs/aws.md), `pk` = the job's (`<bucket>/<prefix>JOB#<job>`, see [`Keys`]), `sk = LOCK`,
+//! with
 //! - `owner` (S): `<host>:<pid>:<random token>` — who holds it, for messages, and a token no
 //!   other holder shares (no credential or configuration ever goes in);
 //! - `expiresAt` (N, ms since the epoch): the end of the lease;
@@ -37,7 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::dynamodb::Item;
+use crate::dynamodb::{Item, Keys};
 use crate::error::{AwsError, sdk_error};
 
 const SERVICE: &str = "DynamoDB";
@@ -72,11 +73,8 @@ fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn lock_key(job: &str) -> Item {
-    Item::from([
-        (PK.to_string(), s(format!("JOB#{job}"))),
-        (SK.to_string(), s(LOCK_SK)),
-    ])
+fn lock_key(pk: &str) -> Item {
+    Item::from([(PK.to_string(), s(pk)), (SK.to_string(), s(LOCK_SK))])
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
@@ -180,6 +178,7 @@ pub struct JobLock {
     client: Client,
     table: String,
     job: String,
+    pk: String,
     owner: String,
     shared: Arc<Shared>,
     lost: watch::Receiver<bool>,
@@ -197,10 +196,12 @@ impl JobLock {
     pub async fn acquire(
         client: Client,
         table: String,
+        keys: &Keys,
         job: &str,
         lease: Duration,
     ) -> Result<JobLock, AwsError> {
         check_job_id(job)?;
+        let pk = keys.job_pk(job);
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         if lease_ms == 0 {
             return Err(AwsError::invalid(
@@ -211,8 +212,8 @@ impl JobLock {
         let owner = new_owner();
         let now = now_ms();
         let expires_at = now.saturating_add(lease_ms);
-        let resource = format!("{table} JOB#{job}/{LOCK_SK}");
-        let mut item = lock_key(job);
+        let resource = format!("{table} {pk}/{LOCK_SK}");
+        let mut item = lock_key(&pk);
         item.insert(OWNER.into(), s(&owner));
         item.insert(EXPIRES_AT.into(), n(expires_at));
         item.insert(ACQUIRED_AT.into(), n(now));
@@ -248,6 +249,7 @@ impl JobLock {
                 client: client.clone(),
                 table: table.clone(),
                 job: job.to_string(),
+                pk: pk.clone(),
                 owner: owner.clone(),
                 lease,
                 shared: Arc::clone(&shared),
@@ -259,6 +261,7 @@ impl JobLock {
             client,
             table,
             job: job.to_string(),
+            pk,
             owner,
             shared,
             lost,
@@ -305,12 +308,12 @@ impl JobLock {
         // (One already sent could still arrive later: it needs `owner = :me` on an existing
         // item, so it cannot bring the deleted lock back.)
         let _ = (&mut self.renewer).await;
-        let resource = format!("{} JOB#{}/{LOCK_SK}", self.table, self.job);
+        let resource = format!("{} {}/{LOCK_SK}", self.table, self.pk);
         let deleted = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(lock_key(&self.job)))
+            .set_key(Some(lock_key(&self.pk)))
             .condition_expression("#owner = :me")
             .expression_attribute_names("#owner", OWNER)
             .expression_attribute_values(":me", s(&self.owner))
@@ -384,6 +387,7 @@ struct Renewal {
     client: Client,
     table: String,
     job: String,
+    pk: String,
     owner: String,
     lease: Duration,
     shared: Arc<Shared>,
@@ -404,7 +408,7 @@ impl Renewal {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(lock_key(&self.job)))
+            .set_key(Some(lock_key(&self.pk)))
             .update_expression("SET #exp = :exp, #renewed = :now")
             // Also false on a missing item, so a renewal never re-creates a released lock.
             .condition_expression("#owner = :me")
@@ -429,7 +433,7 @@ impl Renewal {
                     ))
                 }
                 _ => {
-                    let resource = format!("{} JOB#{}/{LOCK_SK}", self.table, self.job);
+                    let resource = format!("{} {}/{LOCK_SK}", self.table, self.pk);
                     Err(Failed::Error(sdk_error(SERVICE, "UpdateItem", resource, e)))
                 }
             },

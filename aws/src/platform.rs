@@ -13,6 +13,7 @@ use orch_core::model::JobRecord;
 use orch_core::platform::{Backends, JobLease, Platform};
 
 use crate::config::{self, AwsSettings};
+use crate::dynamodb::Keys;
 use crate::error::Result;
 use crate::lock::JobLock;
 
@@ -24,6 +25,7 @@ const LEASE: Duration = Duration::from_secs(60);
 pub struct AwsPlatform {
     backends: Backends,
     storage_uri: String,
+    keys: Keys,
     sdk: SdkConfig,
     settings: AwsSettings,
     log_root: PathBuf,
@@ -41,6 +43,7 @@ impl AwsPlatform {
         Ok(AwsPlatform {
             backends,
             storage_uri: storage_uri.to_string(),
+            keys: Keys::for_storage(storage_uri)?,
             sdk,
             settings,
             log_root,
@@ -87,6 +90,7 @@ impl Platform for AwsPlatform {
         let lock = JobLock::acquire(
             config::dynamodb_client(&self.sdk),
             self.settings.table.clone(),
+            &self.keys,
             job,
             self.lease,
         )

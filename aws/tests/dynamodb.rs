@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, BillingMode, ProjectionType};
 use fault_proxy::{FaultProxy, Faults};
-use orch_aws::dynamodb::{DynamoStateStore, IncompleteJob, create_table};
+use orch_aws::dynamodb::{DynamoStateStore, IncompleteJob, Keys, create_table};
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, StateStore};
 use orch_core::model::{Batch, TaskRecord, TaskState};
@@ -29,7 +29,7 @@ async fn fresh_store() -> DynamoStateStore {
     let client = client().await;
     let table = moto::unique("orch-state");
     create_table(&client, &table).await.unwrap();
-    DynamoStateStore::new(client, table)
+    DynamoStateStore::new(client, table, Keys::default())
 }
 
 fn tasks(job: &str, n: u32) -> Vec<TaskRecord> {
@@ -47,6 +47,55 @@ async fn meets_the_state_store_contract() {
     state_store_contract(&store).await;
 }
 
+/// Two storages (two tenants of one operator) in one table: each store sees only its own jobs,
+/// the same job id in both is two jobs, and every partition key of one begins with its
+/// storage, which is what an IAM `dynamodb:LeadingKeys` condition holds a tenant's workers to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storages_sharing_a_table_keep_their_jobs_apart() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let client = client().await;
+    let table = moto::unique("orch-tenants");
+    create_table(&client, &table).await.unwrap();
+    let store = |storage: &str| {
+        let keys = Keys::for_storage(storage).unwrap();
+        DynamoStateStore::new(client.clone(), &table, keys)
+    };
+    let a = store("s3://bucket/orch/team-a/");
+    let b = store("s3://bucket/orch/team-b/");
+    state_store_contract(&a).await;
+    a.create_job(&sample_job("same", 3), &tasks("same", 3))
+        .await
+        .unwrap();
+    b.create_job(&sample_job("same", 2), &tasks("same", 2))
+        .await
+        .unwrap();
+    assert_eq!(a.list_tasks("same").await.unwrap().len(), 3);
+    assert_eq!(b.list_tasks("same").await.unwrap().len(), 2);
+    let ids = |jobs: Vec<orch_core::model::JobRecord>| -> Vec<String> {
+        jobs.into_iter().map(|j| j.id).collect()
+    };
+    assert_eq!(ids(b.list_jobs().await.unwrap()), vec!["same".to_string()]);
+    assert!(ids(a.list_jobs().await.unwrap()).contains(&"same".to_string()));
+    b.delete_job("same").await.unwrap();
+    assert_eq!(a.list_tasks("same").await.unwrap().len(), 3);
+
+    let items = client.scan().table_name(&table).send().await.unwrap();
+    for item in items.items() {
+        let pk = item["pk"].as_s().unwrap();
+        assert!(pk.starts_with("bucket/orch/team-a/"), "{pk}");
+        for index_key in ["gsi1pk", "gsi2pk"] {
+            if let Some(value) = item.get(index_key) {
+                assert!(
+                    value.as_s().unwrap().starts_with("bucket/orch/team-a/"),
+                    "{item:?}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meets_the_rate_limit_store_contract() {
     if !orch_testkit::components::moto() {
@@ -60,6 +109,7 @@ async fn meets_the_rate_limit_store_contract() {
     let store = DynamoStateStore::new(
         Client::new(&moto::sdk_config_for(&serial.endpoint).await),
         &table,
+        Keys::default(),
     );
     orch_testkit::contract::rate_limit_store_contract(&store).await;
     orch_testkit::contract::rate_limit_store_contract(&store).await;
@@ -259,9 +309,9 @@ async fn updates_racing_from_the_same_version_have_exactly_one_winner() {
     let via_proxy = || async { Client::new(&moto::sdk_config_for(&serial.endpoint).await) };
     let table = moto::unique("orch-race");
     create_table(&client().await, &table).await.unwrap();
-    let a = DynamoStateStore::new(via_proxy().await, &table);
+    let a = DynamoStateStore::new(via_proxy().await, &table, Keys::default());
     // A second client: separate connections, as a second process would have.
-    let b = DynamoStateStore::new(via_proxy().await, &table);
+    let b = DynamoStateStore::new(via_proxy().await, &table, Keys::default());
     let id = "race";
     a.create_job(&sample_job(id, 1), &tasks(id, 1))
         .await
@@ -590,7 +640,7 @@ async fn survives_5xx_answers_and_connection_resets() {
     let table = moto::unique("orch-faults");
     // The table itself is made directly, so the test is about the store's calls.
     create_table(&client().await, &table).await.unwrap();
-    let store = DynamoStateStore::new(faulty, &table);
+    let store = DynamoStateStore::new(faulty, &table, Keys::default());
 
     let id = "faulty";
     let job = sample_job(id, 200);
@@ -654,7 +704,7 @@ async fn conditional_writes_whose_answer_was_lost_are_not_conflicts() {
         .build();
     let table = moto::unique("orch-lost-answers");
     create_table(&client().await, &table).await.unwrap();
-    let store = DynamoStateStore::new(Client::from_conf(conf), &table);
+    let store = DynamoStateStore::new(Client::from_conf(conf), &table, Keys::default());
 
     let id = "lost";
     let job = sample_job(id, 60);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use orch_aws::dynamodb::{DynamoStateStore, create_table};
+use orch_aws::dynamodb::{DynamoStateStore, Keys, create_table};
 use orch_aws::lock::{JobLock, is_held_elsewhere};
 use orch_core::ErrorCategory;
 use orch_core::backend::StateStore;
@@ -54,7 +54,7 @@ async fn a_second_acquire_fails_while_the_lock_is_held() {
     }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(30);
-    let held = JobLock::acquire(client.clone(), table.clone(), "j1", lease)
+    let held = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j1", lease)
         .await
         .unwrap();
     assert!(!held.lost());
@@ -67,7 +67,7 @@ async fn a_second_acquire_fails_while_the_lock_is_held() {
     assert_eq!(expires, acquired + 30_000);
     assert_eq!(held.expires_at(), expires);
 
-    let err = JobLock::acquire(client.clone(), table.clone(), "j1", lease)
+    let err = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j1", lease)
         .await
         .unwrap_err();
     assert!(is_held_elsewhere(&err), "{err}");
@@ -87,7 +87,7 @@ async fn a_second_acquire_fails_while_the_lock_is_held() {
     assert!(!text.contains(token), "{text}");
 
     // Other jobs are not affected.
-    let other = JobLock::acquire(client.clone(), table.clone(), "j2", lease)
+    let other = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j2", lease)
         .await
         .unwrap();
     other.release().await;
@@ -101,13 +101,13 @@ async fn acquire_succeeds_after_release() {
     }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(30);
-    let first = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let first = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap();
     first.release().await;
     assert!(lock_item(&client, &table, "j").await.is_none());
 
-    let second = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let second = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap();
     assert!(!second.lost());
@@ -122,13 +122,13 @@ async fn acquire_succeeds_after_an_abandoned_lease_expires() {
     }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(1);
-    let abandoned = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let abandoned = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap();
     let owner = abandoned.owner().to_string();
     // Dropped without release, like a driver that died: renewals stop, the item stays.
     drop(abandoned);
-    let err = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let err = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap_err();
     assert!(is_held_elsewhere(&err), "{err}");
@@ -138,7 +138,7 @@ async fn acquire_succeeds_after_an_abandoned_lease_expires() {
     assert_eq!(item["owner"].as_s().unwrap(), &owner, "nobody renewed it");
     assert!(number(&item, "expiresAt") < now_ms());
 
-    let next = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let next = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap();
     assert_ne!(next.owner(), owner);
@@ -154,14 +154,14 @@ async fn renewal_keeps_the_lock_past_its_first_lease() {
     }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_secs(1);
-    let held = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let held = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap();
     let first_expiry = held.expires_at();
     // Three leases long: without renewals the lock would have expired twice over.
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let err = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+        let err = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
             .await
             .unwrap_err();
         assert!(is_held_elsewhere(&err), "{err}");
@@ -183,7 +183,7 @@ async fn a_stolen_lock_is_reported_as_lost_and_left_to_the_thief() {
     }
     let (client, table) = fresh_table().await;
     let lease = Duration::from_millis(900);
-    let held = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let held = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap();
     let mut signal = held.lost_signal();
@@ -212,7 +212,7 @@ async fn a_stolen_lock_is_reported_as_lost_and_left_to_the_thief() {
     held.release().await;
     let item = lock_item(&client, &table, "j").await.unwrap();
     assert_eq!(item["owner"].as_s().unwrap(), "elsewhere:1:feed");
-    let err = JobLock::acquire(client.clone(), table.clone(), "j", lease)
+    let err = JobLock::acquire(client.clone(), table.clone(), &Keys::default(), "j", lease)
         .await
         .unwrap_err();
     assert!(is_held_elsewhere(&err), "{err}");
@@ -225,7 +225,7 @@ async fn the_lock_item_is_invisible_to_the_state_store() {
         return;
     }
     let (client, table) = fresh_table().await;
-    let store = DynamoStateStore::new(client.clone(), table.clone());
+    let store = DynamoStateStore::new(client.clone(), table.clone(), Keys::default());
     let job = sample_job("locked", 3);
     let tasks: Vec<TaskRecord> = (0..3)
         .map(|t| TaskRecord::new("locked", t, 10, 1_000))
@@ -234,6 +234,7 @@ async fn the_lock_item_is_invisible_to_the_state_store() {
     let held = JobLock::acquire(
         client.clone(),
         table.clone(),
+        &Keys::default(),
         "locked",
         Duration::from_secs(30),
     )
@@ -260,14 +261,26 @@ async fn bad_job_ids_and_leases_are_refused() {
     }
     let (client, table) = fresh_table().await;
     for job in ["", "a#b"] {
-        let err = JobLock::acquire(client.clone(), table.clone(), job, Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let err = JobLock::acquire(
+            client.clone(),
+            table.clone(),
+            &Keys::default(),
+            job,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.category(), ErrorCategory::Invalid);
         assert!(!is_held_elsewhere(&err));
     }
-    let err = JobLock::acquire(client.clone(), table.clone(), "j", Duration::ZERO)
-        .await
-        .unwrap_err();
+    let err = JobLock::acquire(
+        client.clone(),
+        table.clone(),
+        &Keys::default(),
+        "j",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::Invalid);
 }

@@ -688,6 +688,7 @@ async fn pause_resume_and_cancel() {
     let store = orch_aws::dynamodb::DynamoStateStore::new(
         aws_sdk_dynamodb::Client::new(&moto::sdk_config().await),
         &world.table,
+        Default::default(),
     );
     let entries = orch_core::backend::AuditLog::entries(&store, "default")
         .await
@@ -951,6 +952,7 @@ async fn shares(world: &World, key: &str) -> BTreeMap<String, f64> {
     let store = orch_aws::dynamodb::DynamoStateStore::new(
         config::dynamodb_client(&sdk),
         world.table.clone(),
+        Default::default(),
     );
     let mut out = BTreeMap::new();
     if let Some(bucket) = store.get_bucket(key).await.unwrap() {
@@ -1198,6 +1200,7 @@ async fn a_hostile_tenants_choices_are_refused_policy_denied() {
     let store = orch_aws::dynamodb::DynamoStateStore::new(
         aws_sdk_dynamodb::Client::new(&moto::sdk_config().await),
         &world.table,
+        Default::default(),
     );
     for (name, namespace, _, _) in &cases {
         let entries = orch_core::backend::AuditLog::entries(&store, namespace)

@@ -444,6 +444,7 @@ async fn two_processes_on_separate_s3_roots_share_a_bucket_in_dynamodb() {
     let store = orch_aws::dynamodb::DynamoStateStore::new(
         orch_aws::config::dynamodb_client(&sdk),
         table.clone(),
+        Default::default(),
     );
     let shared = store
         .get_bucket("ns/default/api")

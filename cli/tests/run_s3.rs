@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use fault_proxy::{FaultProxy, Faults};
 use orch_aws::config::{self, AwsSettings};
-use orch_aws::dynamodb::DynamoStateStore;
+use orch_aws::dynamodb::{DynamoStateStore, Keys};
 use orch_core::backend::StateStore;
 use orch_core::model::{JobPhase, TaskState};
 
@@ -144,7 +144,11 @@ spec:
 
         // The job and every task row in DynamoDB, in their final state.
         let sdk = moto::sdk_config().await;
-        let state = DynamoStateStore::new(config::dynamodb_client(&sdk), self.table.clone());
+        let state = DynamoStateStore::new(
+            config::dynamodb_client(&sdk),
+            self.table.clone(),
+            Keys::for_storage(&format!("s3://{}/orch/", self.bucket)).unwrap(),
+        );
         let jobs = state.list_jobs().await.unwrap();
         assert_eq!(jobs.len(), 1, "{jobs:?}");
         let job = &jobs[0];
@@ -218,7 +222,11 @@ async fn a_final_merge_that_keeps_failing_fails_the_job_after_its_attempts() {
     );
 
     let sdk = moto::sdk_config().await;
-    let state = DynamoStateStore::new(config::dynamodb_client(&sdk), aws.table.clone());
+    let state = DynamoStateStore::new(
+        config::dynamodb_client(&sdk),
+        aws.table.clone(),
+        Keys::for_storage(&format!("s3://{}/orch/", aws.bucket)).unwrap(),
+    );
     let job = &state.list_jobs().await.unwrap()[0];
     assert_eq!(job.phase, JobPhase::Failed, "{job:?}");
     let tasks = state.list_tasks(&job.id).await.unwrap();
@@ -295,7 +303,11 @@ async fn a_cancel_during_aggregation_stops_the_merge_tasks() {
         async move { tokio::task::spawn_blocking(move || cmd.output().unwrap()).await }
     });
     let sdk = moto::sdk_config().await;
-    let state = DynamoStateStore::new(config::dynamodb_client(&sdk), aws.table.clone());
+    let state = DynamoStateStore::new(
+        config::dynamodb_client(&sdk),
+        aws.table.clone(),
+        Keys::for_storage(&format!("s3://{}/orch/", aws.bucket)).unwrap(),
+    );
     let id = common::cancel_while_the_final_merge_waits(&state).await;
     let out = run.await.unwrap().unwrap();
     let printed = common::text(&out);

@@ -10,7 +10,7 @@ use orch_testkit::moto;
 use std::process::Command;
 
 use orch_aws::config::{self, AwsSettings};
-use orch_aws::dynamodb::{DynamoStateStore, create_table};
+use orch_aws::dynamodb::{DynamoStateStore, Keys, create_table};
 use orch_aws::s3::{S3Store, create_bucket};
 use orch_core::backend::{ObjectStore, StateStore};
 use orch_core::layout;
@@ -129,7 +129,11 @@ async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
             ..TaskRecord::new(job_id, b.id, b.items, 1)
         })
         .collect();
-    let state = DynamoStateStore::new(config::dynamodb_client(&sdk), settings.table.clone());
+    let state = DynamoStateStore::new(
+        config::dynamodb_client(&sdk),
+        settings.table.clone(),
+        Keys::for_storage(&storage).unwrap(),
+    );
     state.create_job(&job, &tasks).await.unwrap();
 
     // The array: one worker process per task, as Slurm would start them.

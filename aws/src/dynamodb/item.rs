@@ -42,23 +42,58 @@ pub(super) const DELETING: &str = "deleting";
 
 /// `sk` of a job item.
 pub(super) const JOB_SK: &str = "JOB";
-/// `gsi2pk` of every job item: the one partition of the `jobs` index.
-pub(super) const JOBS_PARTITION: &str = "JOBS";
 /// Prefix of the `sk` of task items.
 pub(super) const TASK_SK_PREFIX: &str = "TASK#";
 
-pub(super) fn job_pk(job: &str) -> String {
-    format!("JOB#{job}")
+/// The partition keys of one storage's items. Each begins with the storage's bucket and key
+/// prefix (`<bucket>/<prefix>`, as in its `s3://` URI), so the jobs of two storages never share
+/// a partition, the job list of one storage holds only its own jobs, and an IAM condition on
+/// `dynamodb:LeadingKeys` (`<bucket>/<prefix>*`) holds a tenant's workers to the items of the
+/// tenant's storage, as an S3 prefix condition holds them to its objects (docs/aws.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The keys of the storage `s3://bucket/prefix/`.
+    pub fn for_storage(storage_uri: &str) -> Result<Keys, AwsError> {
+        let (bucket, prefix) = crate::s3::parse_s3_uri(storage_uri)?;
+        Ok(Keys {
+            prefix: format!("{bucket}/{prefix}"),
+        })
+    }
+
+    /// What every partition key of the storage begins with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `pk` of a job's items: the job, its tasks and its lock.
+    pub fn job_pk(&self, job: &str) -> String {
+        format!("{}JOB#{job}", self.prefix)
+    }
+
+    /// `gsi1pk` of a job's tasks in one state.
+    pub(super) fn state_pk(&self, job: &str, state: TaskState) -> String {
+        format!("{}JOB#{job}#{}", self.prefix, state.as_str())
+    }
+
+    /// `gsi2pk` of the storage's job items: its partition of the `jobs` index.
+    pub(super) fn jobs_partition(&self) -> String {
+        format!("{}JOBS", self.prefix)
+    }
+
+    /// The job of a `pk` built by [`Keys::job_pk`].
+    pub(super) fn job_of<'a>(&self, pk: &'a str) -> Option<&'a str> {
+        pk.strip_prefix(self.prefix.as_str())?.strip_prefix("JOB#")
+    }
 }
 
 /// `TASK#<task:06>`. Ids of a million and more have more digits and so no longer sort by
 /// number in the key; [`DynamoStateStore::list_tasks`] sorts by id itself.
 pub(super) fn task_sk(task: u32) -> String {
     format!("{TASK_SK_PREFIX}{task:06}")
-}
-
-pub(super) fn state_pk(job: &str, state: TaskState) -> String {
-    format!("JOB#{job}#{}", state.as_str())
 }
 
 pub(super) fn jobs_sk(job: &JobRecord) -> String {
@@ -163,16 +198,17 @@ pub(super) fn is_own_write(item: &Item, write_id: &str, version: u64) -> bool {
 
 /// The complete item of a job, marked `incomplete` when given.
 pub(super) fn job_item(
+    keys: &Keys,
     job: &JobRecord,
     incomplete: Option<&str>,
     write_id: &str,
 ) -> BackendResult<Item> {
-    let mut item = key(job_pk(&job.id), JOB_SK.to_string());
+    let mut item = key(keys.job_pk(&job.id), JOB_SK.to_string());
     item.insert(WRITE_ID.into(), s(write_id));
     item.insert(VERSION.into(), n(job.version));
     item.insert(PHASE.into(), s(job.phase.as_str()));
     item.insert(BODY.into(), s(encode("job", job)?));
-    item.insert(GSI2PK.into(), s(JOBS_PARTITION));
+    item.insert(GSI2PK.into(), s(keys.jobs_partition()));
     item.insert(GSI2SK.into(), s(jobs_sk(job)));
     if let Some(mark) = incomplete {
         item.insert(INCOMPLETE.into(), s(mark));
@@ -181,12 +217,12 @@ pub(super) fn job_item(
 }
 
 /// The complete item of a task.
-pub(super) fn task_item(task: &TaskRecord) -> BackendResult<Item> {
-    let mut item = key(job_pk(&task.job), task_sk(task.id));
+pub(super) fn task_item(keys: &Keys, task: &TaskRecord) -> BackendResult<Item> {
+    let mut item = key(keys.job_pk(&task.job), task_sk(task.id));
     item.insert(VERSION.into(), n(task.version));
     item.insert(STATE.into(), s(task.state.as_str()));
     item.insert(BODY.into(), s(encode("task", task)?));
-    item.insert(GSI1PK.into(), s(state_pk(&task.job, task.state)));
+    item.insert(GSI1PK.into(), s(keys.state_pk(&task.job, task.state)));
     item.insert(GSI1SK.into(), s(task_sk(task.id)));
     if let Some(expiry) = task.lease_expiry {
         item.insert(LEASE_EXPIRY.into(), n(expiry));
@@ -215,10 +251,14 @@ mod tests {
     fn keys_follow_docs_aws_md() {
         let mut task = TaskRecord::new("j-1", 7, 10, 5);
         task.lease_expiry = Some(1234);
-        let item = task_item(&task).unwrap();
-        assert_eq!(get_s(&item, PK), Some("JOB#j-1"));
+        let keys = Keys::for_storage("s3://bucket/orch/team-a").unwrap();
+        let item = task_item(&keys, &task).unwrap();
+        assert_eq!(get_s(&item, PK), Some("bucket/orch/team-a/JOB#j-1"));
         assert_eq!(get_s(&item, SK), Some("TASK#000007"));
-        assert_eq!(get_s(&item, GSI1PK), Some("JOB#j-1#pending"));
+        assert_eq!(
+            get_s(&item, GSI1PK),
+            Some("bucket/orch/team-a/JOB#j-1#pending")
+        );
         assert_eq!(get_s(&item, GSI1SK), Some("TASK#000007"));
         assert_eq!(get_s(&item, STATE), Some("pending"));
         assert_eq!(
@@ -229,5 +269,9 @@ mod tests {
         assert!(check_job_id("a#b").is_err());
         assert!(check_job_id("").is_err());
         assert_eq!(task_sk(1_234_567), "TASK#1234567");
+        assert_eq!(keys.job_of("bucket/orch/team-a/JOB#j-1"), Some("j-1"));
+        assert_eq!(keys.job_of("bucket/orch/team-b/JOB#j-1"), None);
+        let root = Keys::for_storage("s3://bucket").unwrap();
+        assert_eq!(root.jobs_partition(), "bucket/JOBS");
     }
 }

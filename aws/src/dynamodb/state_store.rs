@@ -25,9 +25,8 @@ use orch_core::model::{JobRecord, TaskRecord, TaskState};
 use super::batch::{delete_request, put_request};
 use super::item::{
     BODY, CREATING, DELETING, GSI1PK, GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK,
-    JOBS_PARTITION, LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, check_job_id,
-    decode_job, decode_task, encode, get_s, is_own_write, job_item, job_pk, jobs_sk, key, n,
-    new_write_id, s, state_pk, task_item, task_sk,
+    LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, check_job_id, decode_job, decode_task,
+    encode, get_s, is_own_write, job_item, jobs_sk, key, n, new_write_id, s, task_item, task_sk,
 };
 use super::{DynamoStateStore, SERVICE};
 use crate::error::sdk_error;
@@ -38,7 +37,7 @@ impl DynamoStateStore {
     async fn discard_tasks(&self, job: &str, tasks: &[TaskRecord]) {
         let requests = tasks
             .iter()
-            .map(|t| delete_request(key(job_pk(job), task_sk(t.id))))
+            .map(|t| delete_request(key(self.keys.job_pk(job), task_sk(t.id))))
             .collect::<BackendResult<Vec<_>>>();
         let result = match requests {
             Ok(requests) => self.write_batches(requests).await,
@@ -67,14 +66,14 @@ impl StateStore for DynamoStateStore {
         // Encode everything before the first write, so a bad record cannot leave a half job.
         let requests = tasks
             .iter()
-            .map(|t| task_item(t).and_then(put_request))
+            .map(|t| task_item(&self.keys, t).and_then(put_request))
             .collect::<BackendResult<Vec<_>>>()?;
-        let pk = job_pk(&job.id);
+        let pk = self.keys.job_pk(&job.id);
         let resource = format!("{} {pk}", self.table);
 
         // 1. The job item, marked `creating`, only if the id is free.
         let write_id = new_write_id();
-        let item = job_item(job, Some(CREATING), &write_id)?;
+        let item = job_item(&self.keys, job, Some(CREATING), &write_id)?;
         let put = self
             .client
             .put_item()
@@ -175,12 +174,12 @@ impl StateStore for DynamoStateStore {
         check_tasks_of(job, tasks)?;
         let items = tasks
             .iter()
-            .map(task_item)
+            .map(|t| task_item(&self.keys, t))
             .collect::<BackendResult<Vec<_>>>()?;
         if self.get_job(job).await?.is_none() {
             return Err(BackendError::NotFound(format!("job {job}")));
         }
-        let resource = format!("{} {}", self.table, job_pk(job));
+        let resource = format!("{} {}", self.table, self.keys.job_pk(job));
         // One conditional put per row: a row that exists (an earlier, interrupted call) is
         // left as it is. Aggregation adds a few rows per thousand tasks, so no batching.
         for item in items {
@@ -225,7 +224,7 @@ impl StateStore for DynamoStateStore {
     async fn update_job(&self, job: &JobRecord) -> BackendResult<JobRecord> {
         let mut stored = job.clone();
         stored.version = next_version(&format!("job {}", job.id), job.version)?;
-        let pk = job_pk(&job.id);
+        let pk = self.keys.job_pk(&job.id);
         let body = encode("job", &stored)?;
         let write_id = new_write_id();
         let result = self
@@ -249,7 +248,7 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_values(":body", s(body))
             .expression_attribute_values(":next", n(stored.version))
             .expression_attribute_values(":phase", s(stored.phase.as_str()))
-            .expression_attribute_values(":g2pk", s(JOBS_PARTITION))
+            .expression_attribute_values(":g2pk", s(self.keys.jobs_partition()))
             .expression_attribute_values(":g2sk", s(jobs_sk(&stored)))
             .expression_attribute_values(":expected", n(job.version))
             // The item as it was, when the condition fails: Conflict or NotFound without
@@ -291,7 +290,7 @@ impl StateStore for DynamoStateStore {
     }
 
     async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>> {
-        let pk = job_pk(job);
+        let pk = self.keys.job_pk(job);
         let out = self
             .client
             .get_item()
@@ -308,7 +307,7 @@ impl StateStore for DynamoStateStore {
         let name = format!("task {}/{}", task.job, task.id);
         let mut stored = task.clone();
         stored.version = next_version(&name, task.version)?;
-        let pk = job_pk(&task.job);
+        let pk = self.keys.job_pk(&task.job);
         // `leaseExpiry` follows the record on every write, so an expired lease can be found
         // with the `by-state` index and a filter (see `expired_leases`).
         let body = encode("task", &stored)?;
@@ -342,7 +341,7 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_values(":body", s(body))
             .expression_attribute_values(":next", n(stored.version))
             .expression_attribute_values(":state", s(stored.state.as_str()))
-            .expression_attribute_values(":g1pk", s(state_pk(&stored.job, stored.state)))
+            .expression_attribute_values(":g1pk", s(self.keys.state_pk(&stored.job, stored.state)))
             .expression_attribute_values(":g1sk", s(task_sk(stored.id)))
             .expression_attribute_values(":expected", n(task.version))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
@@ -370,7 +369,7 @@ impl StateStore for DynamoStateStore {
     }
 
     async fn delete_job(&self, job: &str) -> BackendResult<()> {
-        let pk = job_pk(job);
+        let pk = self.keys.job_pk(job);
         let resource = format!("{} {pk}", self.table);
         // 1. Mark the job, so that it disappears at once and a death half-way is detectable.
         let marked = self
@@ -438,7 +437,7 @@ impl StateStore for DynamoStateStore {
         job: &str,
         state: TaskState,
     ) -> BackendResult<Vec<TaskRecord>> {
-        let pk = state_pk(job, state);
+        let pk = self.keys.state_pk(job, state);
         let items = self
             .query_all("Query by-state", &pk, false, || {
                 self.client
