@@ -970,3 +970,44 @@ spec:
     );
     assert!(stats.rejected > 0, "the limit was never hit: {stats:?}");
 }
+
+/// Handler code that rewrites its job's `job.json` (as code with write access to the storage
+/// could) changes nothing that runs: every later task checks the spec against the digest the
+/// driver gave it and refuses, naming the mismatch; no task runs the changed spec.
+#[test]
+fn a_rewritten_job_json_is_refused_by_every_later_task() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 500);
+    let handler = format!(
+        "{{exec: {{command: [\"python3\", \"{}\", \"{}\"]}}}}",
+        fixture("rewrite_spec.py"),
+        s.path(".orch").display()
+    );
+    let yaml = job_yaml("tampered", &handler, "")
+        .replace("maxAttempts: 3", "maxAttempts: 2")
+        .replace("parallelism: 2", "parallelism: 1");
+    let job = s.write("job.yaml", &yaml);
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let logs: String = task_logs(&s)
+        .iter()
+        .map(|name| {
+            let dir = std::fs::read_dir(s.path(".orch/jobs")).unwrap();
+            dir.map(|j| j.unwrap().path().join("logs").join(name))
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .collect::<String>()
+        })
+        .collect();
+    assert!(
+        logs.contains("not the") && logs.contains("its submitter gave"),
+        "{logs}"
+    );
+    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["tasks"]["succeeded"], 1, "{report}");
+    assert_eq!(report["tasks"]["failed"], 1, "{report}");
+}

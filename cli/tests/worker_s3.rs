@@ -117,6 +117,7 @@ async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
         message: None,
         cancel_requested: false,
         next_group: 1,
+        manifest_sha256: None,
         version: 0,
     };
     let tasks: Vec<TaskRecord> = batches

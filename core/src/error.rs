@@ -94,6 +94,17 @@ pub enum Error {
         found: u32,
         supported: u32,
     },
+    /// The `job.json` a worker read is not the one its submitter wrote: changed since, by
+    /// someone who may write the storage but should not (docs/security.md).
+    #[error(
+        "job {job}: job.json has sha256 {found}, not the {expected} its submitter gave; \
+         refusing to run a spec the driver did not write"
+    )]
+    ManifestMismatch {
+        job: String,
+        expected: String,
+        found: String,
+    },
 }
 
 fn list(errors: &[FieldError]) -> String {
@@ -114,9 +125,10 @@ impl Error {
             Error::Input { .. } | Error::RecordTooLarge { .. } | Error::OverBudget(_) => {
                 ErrorCategory::Invalid
             }
-            Error::Transition { .. } | Error::Decode { .. } | Error::SchemaVersion { .. } => {
-                ErrorCategory::Permanent
-            }
+            Error::Transition { .. }
+            | Error::Decode { .. }
+            | Error::SchemaVersion { .. }
+            | Error::ManifestMismatch { .. } => ErrorCategory::Permanent,
             Error::Io { .. } => ErrorCategory::Infrastructure,
         }
     }

@@ -20,6 +20,8 @@ pub struct WorkerInvocation<'a> {
     /// Added to the index found in [`TASK_INDEX_VARIABLES`]: index 0 of a Slurm array or an
     /// Indexed Job is task `task_offset`.
     pub task_offset: u32,
+    /// The sha256 the job's `job.json` must have (`--manifest-sha256`), from the group.
+    pub manifest_sha256: Option<&'a str>,
 }
 
 impl WorkerInvocation<'_> {
@@ -46,6 +48,9 @@ impl WorkerInvocation<'_> {
             "--task-offset".into(),
             self.task_offset.to_string(),
         ]);
+        if let Some(digest) = self.manifest_sha256 {
+            args.extend(["--manifest-sha256".into(), digest.to_string()]);
+        }
         args
     }
 }
@@ -138,6 +143,7 @@ mod tests {
             job: "j-1",
             group: 3,
             task_offset: 7,
+            manifest_sha256: None,
         };
         assert_eq!(
             base.args().join(" "),
@@ -158,6 +164,14 @@ mod tests {
         assert_eq!(
             last.args().join(" "),
             "aggregate --final --storage s3://b/p/ --job j-1 --group 3 --task-offset 7"
+        );
+        let pinned = WorkerInvocation {
+            manifest_sha256: Some("ab12"),
+            ..base
+        };
+        assert_eq!(
+            pinned.args().join(" "),
+            "run --storage s3://b/p/ --job j-1 --group 3 --task-offset 7 --manifest-sha256 ab12"
         );
     }
 

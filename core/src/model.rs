@@ -202,6 +202,9 @@ pub struct JobRecord {
     /// Next task-group id to hand out.
     #[serde(default)]
     pub next_group: u32,
+    /// [`manifest_sha256`] of the job's `job.json`, given to its workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
     /// Optimistic-locking version, bumped by every write.
     pub version: u64,
 }
@@ -329,6 +332,9 @@ pub struct TaskGroup {
     /// What the tasks do; their index means a batch for work and a merge group otherwise.
     #[serde(default)]
     pub kind: TaskKind,
+    /// The job's [`JobRecord::manifest_sha256`]: the tasks run only that `job.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
 }
 
 /// What the tasks of a group do. Aggregation runs through the same executor as the work, so
@@ -453,6 +459,29 @@ pub struct FileSum {
     pub rows: u64,
     pub bytes: u64,
     pub sha256: String,
+}
+
+/// The digest that pins a job's `job.json`: the driver records it in the job's record when it
+/// writes the file and gives it to every worker on its command line, so a worker runs only the
+/// bytes the driver wrote.
+pub fn manifest_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Decodes `job.json` of `job`, its bytes checked against `expected` first when given.
+pub fn decode_manifest(job: &str, bytes: &[u8], expected: Option<&str>) -> Result<JobManifest> {
+    if let Some(expected) = expected {
+        let found = manifest_sha256(bytes);
+        if found != expected {
+            return Err(Error::ManifestMismatch {
+                job: job.to_string(),
+                expected: expected.to_string(),
+                found,
+            });
+        }
+    }
+    decode_versioned("job.json", bytes)
 }
 
 /// Decodes a versioned JSON record, refusing versions newer than this build understands.

@@ -47,6 +47,7 @@ struct Queued {
     kind: TaskKind,
     task: u32,
     attempt: u32,
+    manifest_sha256: Option<String>,
 }
 
 /// The executor id of one attempt: unique per kind, task and attempt, because several
@@ -205,6 +206,7 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
         job: &q.job,
         group: q.group,
         task_offset: 0,
+        manifest_sha256: q.manifest_sha256.as_deref(),
     };
     // The worker inherits this process's environment; the index is all it adds.
     tokio::process::Command::new(program)
@@ -265,6 +267,7 @@ impl Executor for LocalExecutor {
                 kind: group.kind,
                 task,
                 attempt,
+                manifest_sha256: group.manifest_sha256.clone(),
             });
         }
         pump(&self.shared, &mut inner)?;

@@ -668,6 +668,7 @@ mod tests {
             message: None,
             cancel_requested: false,
             next_group: 0,
+            manifest_sha256: None,
             version: 0,
         }
     }

@@ -73,6 +73,7 @@ async fn runs_an_array_with_bounded_parallelism_and_reports_exits() {
         id: 0,
         tasks: (0..6).map(|t| (t, 1)).collect(),
         kind: Default::default(),
+        manifest_sha256: None,
     };
     let ids = ex.submit(&group).await.unwrap();
     assert_eq!(ids.len(), 6);
@@ -139,6 +140,7 @@ async fn cancel_stops_running_and_queued_workers() {
         id: 3,
         tasks: vec![(0, 1), (1, 1)],
         kind: Default::default(),
+        manifest_sha256: None,
     };
     ex.submit(&group).await.unwrap();
     ex.cancel(&[(0, 1, None), (1, 1, None)]).await.unwrap();

@@ -137,6 +137,7 @@ fn group(id: u32, tasks: &[u32]) -> TaskGroup {
         id,
         tasks: tasks.iter().map(|t| (*t, 1)).collect(),
         kind: TaskKind::Work,
+        manifest_sha256: None,
     }
 }
 
@@ -231,6 +232,7 @@ async fn every_task_runs_once_with_its_own_id_and_exits_are_reported() {
             id: 0,
             tasks: vec![(0, 1)],
             kind: TaskKind::Final,
+            manifest_sha256: None,
         })
         .await
         .unwrap();

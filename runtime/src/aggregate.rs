@@ -681,10 +681,19 @@ async fn blocking<T: Send + 'static>(
 /// merge group of one level, or the final merge — as the plan says, and returns what it was.
 /// Idempotent: a group already done is left alone (on a remote store, one whose `_DONE` is
 /// there).
-pub async fn run_task(backends: &Backends, job: &str, task: u32) -> Result<TaskKind> {
+pub async fn run_task(
+    backends: &Backends,
+    job: &str,
+    task: u32,
+    manifest_sha256: Option<&str>,
+) -> Result<TaskKind> {
     let objects = backends.objects.as_ref();
-    let manifest: JobManifest =
-        read_versioned(objects, &layout::job_manifest(job), "job manifest").await?;
+    let key = layout::job_manifest(job);
+    let bytes = objects
+        .get(&key)
+        .await?
+        .ok_or_else(|| Error::Invalid(format!("job manifest {key} is missing")))?;
+    let manifest: JobManifest = orch_core::model::decode_manifest(job, &bytes, manifest_sha256)?;
     let plan: AggregationPlan =
         read_versioned(objects, &layout::aggregate_plan(job), "aggregation plan").await?;
     let (stage, group) = plan.stage_of(task).ok_or_else(|| {

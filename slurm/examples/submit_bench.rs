@@ -524,6 +524,7 @@ async fn run_orch(
         id: 0,
         tasks: (0..args.tasks).map(|t| (t, 1)).collect(),
         kind: TaskKind::Work,
+        manifest_sha256: None,
     };
     let planned = executor
         .planned_ids(&group)

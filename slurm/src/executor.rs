@@ -161,9 +161,7 @@ impl SlurmExecutor {
             max_running: self.launch.spec.max_running,
             script: batch_script(
                 &self.launch.worker,
-                array.key.kind,
-                array.key.group,
-                array.key.base,
+                array,
                 (self.task_resources.time_minutes * 60).saturating_sub(grace),
             ),
             cpus_per_task: self.task_resources.cpus_per_task,

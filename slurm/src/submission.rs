@@ -166,6 +166,8 @@ pub fn parse_executor_id(id: &str) -> Option<(ArrayKey, u32)> {
 pub struct PlannedArray {
     pub key: ArrayKey,
     pub tasks: Vec<(u32, u32)>,
+    /// The group's `job.json` digest, for the workers' command line.
+    pub manifest_sha256: Option<String>,
 }
 
 impl PlannedArray {
@@ -192,6 +194,7 @@ pub fn plan_arrays(group: &TaskGroup, max_array_size: u32) -> Vec<PlannedArray> 
         .map(|tasks| PlannedArray {
             key: ArrayKey::new(group.kind, group.id, tasks[0].0, &tasks),
             tasks,
+            manifest_sha256: group.manifest_sha256.clone(),
         })
         .collect()
 }
@@ -342,17 +345,17 @@ fn sh_quote(word: &str) -> String {
 /// limit from a preemption.
 pub fn batch_script(
     worker: &WorkerCommand,
-    kind: TaskKind,
-    group: u32,
-    base: u32,
+    array: &PlannedArray,
     signal_after_secs: u64,
 ) -> String {
+    let (kind, group, base) = (array.key.kind, array.key.group, array.key.base);
     let invocation = WorkerInvocation {
         kind,
         storage: &worker.storage,
         job: &worker.job,
         group,
         task_offset: base,
+        manifest_sha256: array.manifest_sha256.as_deref(),
     };
     let args: Vec<String> = std::iter::once(worker.program.clone())
         .chain(invocation.args())
@@ -387,6 +390,7 @@ mod tests {
             id: 3,
             tasks: (0..2500).map(|t| (t, 1)).collect(),
             kind: TaskKind::Work,
+            manifest_sha256: None,
         };
         let arrays = plan_arrays(&group, 1001);
         let bases: Vec<u32> = arrays.iter().map(|a| a.key.base).collect();
@@ -474,7 +478,12 @@ mod tests {
             storage: "file:///shared/.orch".into(),
             job: "reviews-1a2b".into(),
         };
-        let s = batch_script(&worker, TaskKind::Work, 7, 1001, 1800);
+        let array = |kind, group, base: u32, digest: Option<&str>| PlannedArray {
+            key: ArrayKey::new(kind, group, base, &[(base, 1)]),
+            tasks: vec![(base, 1)],
+            manifest_sha256: digest.map(str::to_string),
+        };
+        let s = batch_script(&worker, &array(TaskKind::Work, 7, 1001, None), 1800);
         assert!(
             s.contains("ORCH_TASK_SIGNAL_AT=$(( $(date +%s) + 1800 ))"),
             "{s}"
@@ -484,8 +493,9 @@ mod tests {
             s.contains("exec '/opt/orch bin/orch-worker' run --storage file:///shared/.orch --job reviews-1a2b --group 7 --task-offset 1001"),
             "{s}"
         );
-        let s = batch_script(&worker, TaskKind::Final, 0, 0, 1800);
+        let s = batch_script(&worker, &array(TaskKind::Final, 0, 0, Some("ab12")), 1800);
         assert!(s.contains("aggregate --final --storage"), "{s}");
+        assert!(s.contains(" --manifest-sha256 ab12\n"), "{s}");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }
 

@@ -380,6 +380,7 @@ pub fn sample_job(id: &str, total_tasks: u32) -> JobRecord {
         message: None,
         cancel_requested: false,
         next_group: 0,
+        manifest_sha256: None,
         version: 0,
     }
 }

@@ -22,34 +22,12 @@ enum Command {
     /// Run the task named by --task, ORCH_TASK_INDEX, SLURM_ARRAY_TASK_ID or
     /// JOB_COMPLETION_INDEX.
     Run {
-        /// Storage URI of the job (file:///…).
-        #[arg(long)]
-        storage: String,
-        /// Job id.
-        #[arg(long)]
-        job: String,
-        /// Task group (array submission) this process belongs to.
-        #[arg(long)]
-        group: u32,
-        /// Task index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID, then
-        /// JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs).
-        #[arg(long)]
-        task: Option<u32>,
-        /// Added to the index from the environment: index 0 of a Slurm array or Kubernetes
-        /// Indexed Job is this task (array indices must stay below the cluster's
-        /// MaxArraySize; an Indexed Job covers a contiguous run of tasks).
-        #[arg(long, default_value_t = 0)]
-        task_offset: u32,
+        #[command(flatten)]
+        target: TaskTarget,
     },
     /// Run an aggregation task: merge one group of one level (--level), or merge the last
     /// level into the job's output (--final), as the job's aggregation plan says.
     Aggregate {
-        /// Storage URI of the job (file:///…).
-        #[arg(long)]
-        storage: String,
-        /// Job id.
-        #[arg(long)]
-        job: String,
         /// Merge level (1 merges task results).
         #[arg(
             long,
@@ -60,17 +38,35 @@ enum Command {
         /// Run the final merge into the output location.
         #[arg(long = "final")]
         final_merge: bool,
-        /// Task group (array submission) this process belongs to.
-        #[arg(long)]
-        group: u32,
-        /// Task id; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID, then
-        /// JOB_COMPLETION_INDEX.
-        #[arg(long)]
-        task: Option<u32>,
-        /// Added to the index from the environment (see `run --task-offset`).
-        #[arg(long, default_value_t = 0)]
-        task_offset: u32,
+        #[command(flatten)]
+        target: TaskTarget,
     },
+}
+
+/// Which task of which job, as every executor's command line names it.
+#[derive(clap::Args)]
+struct TaskTarget {
+    /// Storage URI of the job (file:///…, s3://…).
+    #[arg(long)]
+    storage: String,
+    /// Job id.
+    #[arg(long)]
+    job: String,
+    /// Task group (array submission) this process belongs to.
+    #[arg(long)]
+    group: u32,
+    /// Task index; defaults to ORCH_TASK_INDEX, then SLURM_ARRAY_TASK_ID, then
+    /// JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs).
+    #[arg(long)]
+    task: Option<u32>,
+    /// Added to the index from the environment: index 0 of a Slurm array or Kubernetes
+    /// Indexed Job is this task (array indices must stay below the cluster's
+    /// MaxArraySize; an Indexed Job covers a contiguous run of tasks).
+    #[arg(long, default_value_t = 0)]
+    task_offset: u32,
+    /// The sha256 the job's job.json must have: the task refuses to run any other spec.
+    #[arg(long)]
+    manifest_sha256: Option<String>,
 }
 
 /// Stops a background task when the owner goes away.
@@ -133,41 +129,17 @@ fn main() {
         }
     };
     let code = match Cli::parse().command {
-        Command::Run {
-            storage,
-            job,
-            group,
-            task,
-            task_offset,
-        } => run_task(
-            &runtime,
-            storage,
-            job,
-            group,
-            task.or_else(|| task_from_env(task_offset)),
-            TaskKind::Work,
-        ),
+        Command::Run { target } => run_task(&runtime, target, TaskKind::Work),
         Command::Aggregate {
-            storage,
-            job,
             level,
             final_merge,
-            group,
-            task,
-            task_offset,
+            target,
         } => {
             let stage = match level {
                 Some(level) if !final_merge => TaskKind::Merge { level },
                 _ => TaskKind::Final,
             };
-            run_task(
-                &runtime,
-                storage,
-                job,
-                group,
-                task.or_else(|| task_from_env(task_offset)),
-                stage,
-            )
+            run_task(&runtime, target, stage)
         }
     };
     std::process::exit(code);
@@ -194,25 +166,19 @@ fn remove_scratch(storage: &str, backends: &Backends) {
 }
 
 /// Runs task `task` of `job`: a work task (`stage` Work) or an aggregation task.
-fn run_task(
-    runtime: &tokio::runtime::Runtime,
-    storage: String,
-    job: String,
-    group: u32,
-    task: Option<u32>,
-    stage: TaskKind,
-) -> i32 {
-    let Some(task) = task else {
+fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKind) -> i32 {
+    let Some(task) = target.task.or_else(|| task_from_env(target.task_offset)) else {
         eprintln!(
             "orch-worker: no task index (--task, ORCH_TASK_INDEX, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)"
         );
         return 2;
     };
     let args = WorkerArgs {
-        storage,
-        job,
+        storage: target.storage,
+        job: target.job,
         task,
-        group,
+        group: target.group,
+        manifest_sha256: target.manifest_sha256,
     };
     runtime.block_on(async move {
         let stop = StopFlag::default();
@@ -297,55 +263,39 @@ mod tests {
                 job: "reviews-1a2b3c4d",
                 group: 9,
                 task_offset: 4000,
+                manifest_sha256: Some("ab12"),
             };
             let argv = std::iter::once("orch-worker".to_string()).chain(invocation.args());
             let parsed = match Cli::try_parse_from(argv) {
                 Ok(cli) => cli.command,
                 Err(e) => panic!("{kind}: {e}"),
             };
-            match (kind, parsed) {
-                (
-                    TaskKind::Work,
-                    Command::Run {
-                        storage,
-                        job,
-                        group,
-                        task,
-                        task_offset,
-                    },
-                ) => {
-                    assert_eq!(storage, invocation.storage);
-                    assert_eq!(job, invocation.job);
-                    assert_eq!(group, 9);
-                    assert_eq!(task, None, "the index comes from the environment");
-                    assert_eq!(task_offset, 4000);
-                }
+            let target = match (kind, parsed) {
+                (TaskKind::Work, Command::Run { target }) => target,
                 (
                     TaskKind::Merge { .. } | TaskKind::Final,
                     Command::Aggregate {
-                        storage,
-                        job,
                         level,
                         final_merge,
-                        group,
-                        task,
-                        task_offset,
+                        target,
                     },
                 ) => {
-                    assert_eq!(storage, invocation.storage);
-                    assert_eq!(job, invocation.job);
-                    assert_eq!(group, 9);
-                    assert_eq!(task, None, "the index comes from the environment");
-                    assert_eq!(task_offset, 4000);
                     match kind {
                         TaskKind::Merge { level: l } => {
                             assert_eq!((level, final_merge), (Some(l), false))
                         }
                         _ => assert_eq!((level, final_merge), (None, true)),
                     }
+                    target
                 }
                 (kind, _) => panic!("{kind}: parsed into the wrong subcommand"),
-            }
+            };
+            assert_eq!(target.storage, invocation.storage);
+            assert_eq!(target.job, invocation.job);
+            assert_eq!(target.group, 9);
+            assert_eq!(target.task, None, "the index comes from the environment");
+            assert_eq!(target.task_offset, 4000);
+            assert_eq!(target.manifest_sha256.as_deref(), Some("ab12"));
         }
     }
 

@@ -24,7 +24,12 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> 
             )));
         }
         info!("claimed");
-        let merge = orch_runtime::aggregate::run_task(backends, &args.job, args.task);
+        let merge = orch_runtime::aggregate::run_task(
+            backends,
+            &args.job,
+            args.task,
+            args.manifest_sha256.as_deref(),
+        );
         tokio::pin!(merge);
         let mut beat = tokio::time::interval(HEARTBEAT);
         loop {

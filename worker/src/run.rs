@@ -52,6 +52,8 @@ pub struct WorkerArgs {
     pub job: String,
     pub task: u32,
     pub group: u32,
+    /// What `job.json` must hash to (`--manifest-sha256`), when the submitter said.
+    pub manifest_sha256: Option<String>,
 }
 
 /// Set by the signal handler; checked between items.
@@ -77,7 +79,9 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
         .get(&layout::job_manifest(&args.job))
         .await?
     {
-        Some(bytes) => orch_core::model::decode_versioned("job.json", &bytes)?,
+        Some(bytes) => {
+            orch_core::model::decode_manifest(&args.job, &bytes, args.manifest_sha256.as_deref())?
+        }
         None => return Err(Error::Setup(format!("job {} has no job.json", args.job))),
     };
     let worker_id = worker_id();

@@ -39,6 +39,7 @@ fn job(max_attempts: u32, tasks: u32) -> JobRecord {
         message: None,
         cancel_requested: false,
         next_group: 0,
+        manifest_sha256: None,
         version: 1,
     }
 }

@@ -118,6 +118,8 @@ pub struct PlannedJob {
     pub offset: u32,
     /// (task, attempt), task ids `offset, offset + 1, …`.
     pub tasks: Vec<(u32, u32)>,
+    /// The group's `job.json` digest, for the workers' command line.
+    pub manifest_sha256: Option<String>,
 }
 
 impl PlannedJob {
@@ -191,6 +193,7 @@ pub fn plan_jobs(orch_job_name: &str, job_id: &str, group: &TaskGroup) -> Vec<Pl
                 group: group.id,
                 offset,
                 tasks,
+                manifest_sha256: group.manifest_sha256.clone(),
             })
         })
         .collect()
@@ -391,6 +394,7 @@ impl JobTemplate {
                     job: &self.job_id,
                     group: planned.group,
                     task_offset: planned.offset,
+                    manifest_sha256: planned.manifest_sha256.as_deref(),
                 }
                 .args(),
             ),

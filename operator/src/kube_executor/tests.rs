@@ -69,6 +69,7 @@ fn group(id: u32, kind: TaskKind, tasks: &[(u32, u32)]) -> TaskGroup {
         id,
         tasks: tasks.to_vec(),
         kind,
+        manifest_sha256: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn record(phase: model::JobPhase, message: Option<&str>) -> JobRecord {
         message: message.map(str::to_string),
         cancel_requested: false,
         next_group: 0,
+        manifest_sha256: None,
         version: 1,
     }
 }

@@ -24,6 +24,7 @@ pub(super) fn new_job_record(
         message: None,
         cancel_requested: false,
         next_group: 0,
+        manifest_sha256: None,
         version: 0,
     }
 }
@@ -69,7 +70,7 @@ pub(super) async fn create(
         "partitioned the input"
     );
     let now = now_ms();
-    let record = new_job_record(job, id, fingerprint, &p, now);
+    let mut record = new_job_record(job, id, fingerprint, &p, now);
     let mut manifest = Vec::with_capacity(p.batches.len() * 96);
     for b in &p.batches {
         serde_json::to_writer(&mut manifest, b).map_err(|source| orch_core::Error::Decode {
@@ -94,6 +95,7 @@ pub(super) async fn create(
             what: "job manifest".into(),
             source,
         })?;
+    record.manifest_sha256 = Some(orch_core::model::manifest_sha256(&bytes));
     backends
         .objects
         .put(&layout::job_manifest(id), bytes)

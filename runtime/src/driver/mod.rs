@@ -261,6 +261,7 @@ async fn drive_locked(
         lease,
         paused: false,
         rate_limits,
+        manifest_sha256: record.manifest_sha256.clone(),
     };
     let stopped = async {
         match &opts.stop {

@@ -14,6 +14,8 @@ pub(super) struct Loop<'a> {
     pub(super) paused: bool,
     /// The job's rate-limit buckets, where a pause is marked for its workers.
     pub(super) rate_limits: Vec<orch_core::model::LimitBinding>,
+    /// Given to every task group: the digest its workers check `job.json` against.
+    pub(super) manifest_sha256: Option<String>,
 }
 
 impl Loop<'_> {
@@ -263,6 +265,7 @@ impl Loop<'_> {
                 id: dispatch.group,
                 tasks: Vec::new(),
                 kind: dispatch.kind,
+                manifest_sha256: self.manifest_sha256.clone(),
             };
             // Ids known beforehand go into the dispatch write itself (see
             // `Executor::planned_ids`): a task is never seen dispatched without its id, and a
