@@ -729,3 +729,59 @@ def evaluate_local(directory: Path, name: str, variables: dict, bindings: dict |
 
 def dumps(policy: dict) -> str:
     return json.dumps(policy, indent=2, sort_keys=True)
+
+
+# ---- orch's IAM module --------------------------------------------------------------------------
+
+IAM_MODULE = Path(__file__).resolve().parent.parent / "modules" / "iam"
+
+
+def iam_policies(
+    *,
+    bucket: str,
+    table_arn: str,
+    kms_key_arn: str,
+    tenants: dict,
+    storage_prefix: str = "orch/",
+    region_partition: str = "aws",
+    **variables,
+) -> dict:
+    """The policy documents of modules/iam rendered for one bucket and table (the indexes are
+    the table's by-state and jobs), as test_infra.py and test_iam_moto.py use them."""
+    given = {
+        "bucket_arn": f"arn:{region_partition}:s3:::{bucket}",
+        "storage_prefix": storage_prefix,
+        "table_arn": table_arn,
+        "table_index_arns": [f"{table_arn}/index/by-state", f"{table_arn}/index/jobs"],
+        "queue_arn": f"arn:{region_partition}:sqs:us-east-1:123456789012:orch-retries",
+        "dlq_arn": f"arn:{region_partition}:sqs:us-east-1:123456789012:orch-retries-dlq",
+        "kms_key_arn": kms_key_arn,
+        "tenants": tenants,
+    }
+    given.update(variables)
+    bindings = {"data": {"aws_partition": {"current": {"partition": region_partition}}}}
+    return render_policies(IAM_MODULE, given, bindings)
+
+
+def iam_local(name: str, **kwargs):
+    """A local value of modules/iam for the same inputs as iam_policies()."""
+    bucket, table_arn = kwargs.pop("bucket"), kwargs.pop("table_arn")
+    given = {
+        "bucket_arn": f"arn:aws:s3:::{bucket}",
+        "storage_prefix": kwargs.pop("storage_prefix", "orch/"),
+        "table_arn": table_arn,
+        "table_index_arns": [f"{table_arn}/index/by-state", f"{table_arn}/index/jobs"],
+        "queue_arn": "arn:aws:sqs:us-east-1:123456789012:orch-retries",
+        "dlq_arn": "arn:aws:sqs:us-east-1:123456789012:orch-retries-dlq",
+        "kms_key_arn": kwargs.pop("kms_key_arn", "arn:aws:kms:us-east-1:123456789012:key/k"),
+    }
+    given.update(kwargs)
+    bindings = {"data": {"aws_partition": {"current": {"partition": "aws"}}}}
+    return evaluate_local(IAM_MODULE, name, given, bindings)
+
+
+def iam_match(pattern: str, value: str) -> bool:
+    """IAM's wildcard match (`*` any run of characters, `/` included; `?` one character),
+    case-sensitive as for resources and condition values."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.S) is not None
