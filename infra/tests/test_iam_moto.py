@@ -206,8 +206,8 @@ def _setup():
     )
     for ns, job in (("team-a", "j1"), ("team-b", "j2")):
         ddb.put_item(TableName=TABLE, Item={
-            "pk": {"S": f"orch/{ns}/JOB#{job}"}, "sk": {"S": "TASK#000001"}, "version": {"N": "1"},
-            "state": {"S": "pending"}, "gsi1pk": {"S": f"orch/{ns}/JOB#{job}#pending"}, "gsi1sk": {"S": "TASK#000001"},
+            "pk": {"S": f"{BUCKET}/orch/{ns}/JOB#{job}"}, "sk": {"S": "TASK#000001"}, "version": {"N": "1"},
+            "state": {"S": "pending"}, "gsi1pk": {"S": f"{BUCKET}/orch/{ns}/JOB#{job}#pending"}, "gsi1sk": {"S": "TASK#000001"},
         })
 
     policies = tenant_policies()
@@ -216,7 +216,7 @@ def _setup():
     SERVER["actions_only_keys"] = {
         ns: _user(iam, f"worker-{ns}-ddb-actions", dynamodb_actions_only(policies[ns])) for ns in TENANTS
     }
-    leading = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["orch/team-a/*"]}}
+    leading = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{BUCKET}/orch/team-a/*"]}}
     listing = {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Action": ["s3:ListObjectsV2"], "Resource": [f"arn:aws:s3:::{BUCKET}"],
         "Condition": {"StringLike": {"s3:prefix": ["orch/team-a/jobs/*"]}},
@@ -249,7 +249,7 @@ DENIED = {"AccessDenied", "AccessDeniedException"}
 def update(ddb, ns: str, job: str):
     return lambda: ddb.update_item(
         TableName=TABLE,
-        Key={"pk": {"S": f"orch/{ns}/JOB#{job}"}, "sk": {"S": "TASK#000001"}},
+        Key={"pk": {"S": f"{BUCKET}/orch/{ns}/JOB#{job}"}, "sk": {"S": "TASK#000001"}},
         UpdateExpression="SET #s = :s",
         ExpressionAttributeNames={"#s": "state"},
         ExpressionAttributeValues={":s": {"S": "running"}},
@@ -330,14 +330,14 @@ class TenantDynamoDbTest(unittest.TestCase):
         """With the DynamoDB statements widened to Resource "*" (the only resource moto checks
         DynamoDB against): the worker's three actions, nothing else."""
         ddb = client("dynamodb", SERVER["actions_only_keys"]["team-a"])
-        key = {"pk": {"S": "orch/team-a/JOB#j1"}, "sk": {"S": "TASK#000001"}}
+        key = {"pk": {"S": f"{BUCKET}/orch/team-a/JOB#j1"}, "sk": {"S": "TASK#000001"}}
         self.assertIsNone(error_code(update(ddb, "team-a", "j1")))
         self.assertIsNone(error_code(lambda: ddb.get_item(TableName=TABLE, Key=key)))
         self.assertIsNone(error_code(lambda: ddb.query(
             TableName=TABLE, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": key["pk"]})))
         self.assertIsNone(error_code(lambda: ddb.query(
             TableName=TABLE, IndexName="by-state", KeyConditionExpression="gsi1pk = :p",
-            ExpressionAttributeValues={":p": {"S": "orch/team-a/JOB#j1#running"}})))
+            ExpressionAttributeValues={":p": {"S": f"{BUCKET}/orch/team-a/JOB#j1#running"}})))
         for name, call in {
             "PutItem": lambda: ddb.put_item(TableName=TABLE, Item=dict(key, sk={"S": "TASK#000002"})),
             "DeleteItem": lambda: ddb.delete_item(TableName=TABLE, Key=key),

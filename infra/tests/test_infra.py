@@ -909,7 +909,7 @@ T_TENANTS = {
 }
 T_OIDC = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE"
 # docs/aws.md: a storage's partition keys begin with its S3 key prefix; rate-limit buckets do not.
-T_LEADING_KEYS = ["orch/{ns}/*", "RATELIMIT#ns/{ns}/*", "RATELIMIT#cluster/*", "RATELIMIT#job/*"]
+T_LEADING_KEYS = [T_BUCKET + "/orch/{ns}/*", "RATELIMIT#ns/{ns}/*", "RATELIMIT#cluster/*", "RATELIMIT#job/*"]
 
 
 def tenant_policies() -> dict:
@@ -922,9 +922,9 @@ def tenant_policies() -> dict:
 def owned_keys(ns: str) -> list[str]:
     """Partition keys (table and both indexes) and S3 keys a tenant's workers use."""
     return [
-        f"orch/{ns}/JOB#j1",  # job, task and lock items
-        f"orch/{ns}/JOB#j1#running",  # by-state index
-        f"orch/{ns}/JOBS",  # jobs index
+        f"{T_BUCKET}/orch/{ns}/JOB#j1",  # job, task and lock items
+        f"{T_BUCKET}/orch/{ns}/JOB#j1#running",  # by-state index
+        f"{T_BUCKET}/orch/{ns}/JOBS",  # jobs index
         f"RATELIMIT#ns/{ns}/openai",
     ]
 

@@ -10,7 +10,7 @@
 #             data (default s3://<bucket>/<ns>/): Get/Put, ListBucket by prefix, never delete;
 #             read_s3_uris: Get, ListBucket by prefix.
 #   DynamoDB  GetItem/UpdateItem/Query on the table and its indexes, only on partition keys
-#             (dynamodb:LeadingKeys) <storage_prefix><ns>/*, RATELIMIT#ns/<ns>/*,
+#             (dynamodb:LeadingKeys) <bucket>/<storage_prefix><ns>/*, RATELIMIT#ns/<ns>/*,
 #             RATELIMIT#cluster/*, RATELIMIT#job/* (see infra/README.md for the residual risk).
 #   KMS       Decrypt/GenerateDataKey on the orch key.
 #
@@ -30,7 +30,7 @@ locals {
       jobs_objects   = "${var.bucket_arn}/${var.storage_prefix}${ns}/jobs/*"
       job_specs      = "${var.bucket_arn}/${var.storage_prefix}${ns}/jobs/*/job.json"
       leading_keys = [
-        "${var.storage_prefix}${ns}/*",
+        "${local.bucket_name}/${var.storage_prefix}${ns}/*",
         "RATELIMIT#ns/${ns}/*",
         "RATELIMIT#cluster/*",
         "RATELIMIT#job/*",

@@ -321,7 +321,7 @@ run "tenants_get_their_own_roles" {
   assert {
     condition = anytrue([
       for s in jsondecode(module.iam.tenant_worker_policy_json["team-a"]).Statement :
-      try(toset(s.Condition["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == toset(["orch/team-a/*", "RATELIMIT#ns/team-a/*", "RATELIMIT#cluster/*", "RATELIMIT#job/*"]), false)
+      try(toset(s.Condition["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == toset(["orch-test-bucket/orch/team-a/*", "RATELIMIT#ns/team-a/*", "RATELIMIT#cluster/*", "RATELIMIT#job/*"]), false)
     ])
     error_message = "team-a's DynamoDB access must be limited to its leading keys"
   }
