@@ -5,6 +5,12 @@
 # - the static tests (infra/tests/test_infra.py), with python-hcl2 8.x: python3's own when it has
 #   it or pip can install it there, else in a venv of ours (a stock Debian python3 has no pip, or
 #   is "externally managed" and refuses pip installs): ${XDG_CACHE_HOME:-~/.cache}/orch-infra-test-venv;
+# - the tenant policies enforced by moto (infra/tests/test_iam_moto.py, found by the same discover):
+#   it starts a moto server of its own (MOTO_SERVER, moto_server on PATH, or `python -m moto.server`)
+#   and needs boto3 in the same python; without them it prints SKIPPED, and with CI=true it fails.
+#   .ci/run provides both (its venv's python3 comes first on PATH). Only the S3 part is enforced
+#   for real: moto ignores IAM conditions (dynamodb:LeadingKeys, s3:prefix) and authorizes
+#   DynamoDB against Resource "*", so those are checked statically (test_infra.py);
 # - checkov 3.x (static security checks of the Terraform), always in a venv of its own because it
 #   pins many dependencies: ${XDG_CACHE_HOME:-~/.cache}/orch-checkov-venv, or ORCH_CHECKOV_VENV.
 #   It runs without Prisma Cloud: no API key, no policy download, no update check, so it needs

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import hcl2
 
+import tfeval
+
 INFRA = Path(__file__).resolve().parent.parent
 REPO = INFRA.parent
 AWS_DOC = REPO / "docs" / "aws.md"
@@ -781,7 +783,10 @@ class IamTest(unittest.TestCase):
         return [(a, s) for s in self.role_statements(role) if s.effect == "Allow" for a in s.actions()]
 
     def test_two_roles(self):
-        self.assertEqual(set(self.module.resources_of("aws_iam_role")), {"operator", "worker"})
+        """The operator and the shared worker (`orch run`), plus one worker role per tenant."""
+        self.assertEqual(
+            set(self.module.resources_of("aws_iam_role")), {"operator", "worker", "tenant_worker"}
+        )
         for role in ("operator", "worker"):
             body = self.module.resources_of("aws_iam_role")[role]
             with self.subTest(role=role):
@@ -888,6 +893,231 @@ class IamTest(unittest.TestCase):
             preconditions = [p for lc in blocks(body, "lifecycle") for p in blocks(lc, "precondition")]
             self.assertEqual(len(preconditions), 1, f"{role}: no check that someone can assume it")
             self.assertEqual(expr(preconditions[0]["condition"]), f"local.{role}_trusted")
+
+
+# ---- tenants: one worker role per namespace -----------------------------------------------------
+
+# Two tenants as in infra/README.md, plus one whose name extends another's: "team-a/*" must never
+# match "team-a-b/...".
+T_BUCKET = "orch-data"
+T_TABLE = "arn:aws:dynamodb:us-east-1:123456789012:table/orch"
+T_KEY = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
+T_TENANTS = {
+    "team-a": {"service_accounts": ["team-a-worker"]},
+    "team-b": {"pod_identity": True, "read_s3_uris": ["s3://shared-datasets/corpus/"]},
+    "team-a-b": {"trusted_principal_arns": ["arn:aws:iam::123456789012:role/slurm-team-a-b"]},
+}
+T_OIDC = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE"
+# docs/aws.md: a storage's partition keys begin with its S3 key prefix; rate-limit buckets do not.
+T_LEADING_KEYS = [T_BUCKET + "/orch/{ns}/*", "RATELIMIT#ns/{ns}/*", "RATELIMIT#cluster/*", "RATELIMIT#job/*"]
+
+
+def tenant_policies() -> dict:
+    return tfeval.iam_policies(
+        bucket=T_BUCKET, table_arn=T_TABLE, kms_key_arn=T_KEY, tenants=T_TENANTS,
+        oidc_provider_arn=T_OIDC,
+    )
+
+
+def owned_keys(ns: str) -> list[str]:
+    """Partition keys (table and both indexes) and S3 keys a tenant's workers use."""
+    return [
+        f"{T_BUCKET}/orch/{ns}/JOB#j1",  # job, task and lock items
+        f"{T_BUCKET}/orch/{ns}/JOB#j1#running",  # by-state index
+        f"{T_BUCKET}/orch/{ns}/JOBS",  # jobs index
+        f"RATELIMIT#ns/{ns}/openai",
+    ]
+
+
+def statement_allows(stmt: dict, action: str, resource: str) -> bool:
+    return any(tfeval.iam_match(a, action) for a in stmt.get("Action", [])) and any(
+        tfeval.iam_match(r, resource) for r in stmt.get("Resource", [])
+    )
+
+
+class TenantTest(unittest.TestCase):
+    """The tenant worker roles (modules/iam/tenants.tf), rendered to IAM JSON by tfeval for the
+    tenants above, bucket orch-data, storage prefix orch/."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.policies = tenant_policies()
+        cls.module = Module(MODULES / "iam")
+
+    def statements(self, ns: str) -> list[dict]:
+        return self.policies["tenant_worker"][ns]["Statement"]
+
+    def allows(self, ns: str) -> list[dict]:
+        return [s for s in self.statements(ns) if s["Effect"] == "Allow"]
+
+    def test_one_role_and_policy_per_tenant(self):
+        for rtype in ("aws_iam_role", "aws_iam_role_policy"):
+            body = self.module.resources_of(rtype)["tenant_worker"]
+            self.assertEqual(expr(body["for_each"]), "var.tenants")
+            self.assertEqual(body["name"], "${var.name_prefix}-worker-${each.key}")
+        role = self.module.resources_of("aws_iam_role")["tenant_worker"]
+        self.assertEqual(
+            expr(role["assume_role_policy"]),
+            "data.aws_iam_policy_document.tenant_worker_trust[each.key].json",
+        )
+        policy = self.module.resources_of("aws_iam_role_policy")["tenant_worker"]
+        self.assertEqual(expr(policy["policy"]), "data.aws_iam_policy_document.tenant_worker[each.key].json")
+        self.assertEqual(expr(policy["role"]), "aws_iam_role.tenant_worker[each.key].id")
+        self.assertEqual(set(self.policies["tenant_worker"]), set(T_TENANTS))
+        self.assertEqual(self.module.default("tenants"), {}, "no tenants unless configured")
+        self.assertEqual(tfeval.iam_policies(bucket=T_BUCKET, table_arn=T_TABLE, kms_key_arn=T_KEY,
+                                             tenants={})["tenant_worker"], {})
+
+    def test_tenant_grants_are_the_workers_and_no_more(self):
+        data = {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
+        for ns in T_TENANTS:
+            with self.subTest(ns=ns):
+                granted = {a for s in self.allows(ns) for a in s["Action"]}
+                self.assertEqual(granted, WORKER_S3 | {"s3:ListBucket"} | WORKER_TABLE | KMS_USE | data)
+                for action in granted:
+                    self.assertRegex(action, r"^[a-z0-9-]+:[A-Za-z]+$", "no wildcard in an Allow")
+                    for forbidden in WORKER_FORBIDDEN:
+                        self.assertFalse(action_matches(action, forbidden), f"{ns} may {action}")
+                for s in self.statements(ns):
+                    self.assertNotIn("*", s["Resource"])
+                    self.assertNotIn("NotAction", s)
+                    self.assertNotIn("NotResource", s)
+
+    def test_job_spec_is_read_only(self):
+        """Every write to <storage>jobs/<job>/job.json is denied explicitly, so no Allow (the
+        jobs/* grant, or a data prefix that happens to cover the storage) can reopen it."""
+        writes = ["s3:PutObject", "s3:PutObjectTagging", "s3:PutObjectAcl", "s3:PutObjectRetention",
+                  "s3:PutObjectLegalHold", "s3:DeleteObject", "s3:DeleteObjectVersion",
+                  "s3:DeleteObjectTagging", "s3:PutObjectVersionTagging"]
+        for ns in T_TENANTS:
+            spec = f"arn:aws:s3:::{T_BUCKET}/orch/{ns}/jobs/j1/job.json"
+            denies = [s for s in self.statements(ns) if s["Effect"] == "Deny"]
+            with self.subTest(ns=ns):
+                self.assertEqual(len(denies), 1)
+                self.assertEqual(denies[0]["Resource"], [f"arn:aws:s3:::{T_BUCKET}/orch/{ns}/jobs/*/job.json"])
+                for action in writes:
+                    self.assertTrue(statement_allows(denies[0], action, spec), action)
+                self.assertFalse(statement_allows(denies[0], "s3:GetObject", spec), "workers read the spec")
+                self.assertTrue(any(statement_allows(s, "s3:GetObject", spec) for s in self.allows(ns)))
+                # The other job objects stay writable.
+                result = f"arn:aws:s3:::{T_BUCKET}/orch/{ns}/jobs/j1/tasks/000001/result.parquet"
+                self.assertFalse(statement_allows(denies[0], "s3:PutObject", result))
+                self.assertTrue(any(statement_allows(s, "s3:PutObject", result) for s in self.allows(ns)))
+
+    def test_dynamodb_is_limited_to_the_tenants_leading_keys(self):
+        for ns in T_TENANTS:
+            table = [s for s in self.statements(ns) if any(a.startswith("dynamodb:") for a in s["Action"])]
+            with self.subTest(ns=ns):
+                self.assertEqual(len(table), 1)
+                stmt = table[0]
+                self.assertEqual(set(stmt["Action"]), WORKER_TABLE)
+                self.assertEqual(
+                    set(stmt["Resource"]), {T_TABLE, f"{T_TABLE}/index/by-state", f"{T_TABLE}/index/jobs"}
+                )
+                self.assertEqual(
+                    stmt["Condition"],
+                    {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [k.format(ns=ns) for k in T_LEADING_KEYS]}},
+                )
+
+    def test_no_tenant_reaches_another_tenants_keys_or_objects(self):
+        for ns in T_TENANTS:
+            patterns = self.statements(ns)
+            leading = next(s for s in patterns if "Condition" in s and "ForAllValues:StringLike" in s["Condition"])
+            leading = leading["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+            list_prefixes = [p for s in patterns for p in s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", [])]
+            for key in owned_keys(ns):
+                with self.subTest(ns=ns, own=key):
+                    self.assertTrue(any(tfeval.iam_match(p, key) for p in leading))
+            for other in T_TENANTS:
+                if other == ns:
+                    continue
+                for key in owned_keys(other):
+                    with self.subTest(ns=ns, other_key=key):
+                        self.assertFalse(any(tfeval.iam_match(p, key) for p in leading), f"{ns} reaches {key}")
+                for obj in (f"orch/{other}/jobs/j2/job.json", f"orch/{other}/jobs/j2/tasks/x", f"{other}/out/part-0"):
+                    arn = f"arn:aws:s3:::{T_BUCKET}/{obj}"
+                    with self.subTest(ns=ns, other_object=obj):
+                        for action in ("s3:GetObject", "s3:PutObject", "s3:PutObjectTagging"):
+                            self.assertFalse(any(statement_allows(s, action, arn) for s in self.allows(ns)), action)
+                        self.assertFalse(any(tfeval.iam_match(p, obj) for p in list_prefixes), "ListBucket")
+            with self.subTest(ns=ns, what="own data"):
+                own = f"arn:aws:s3:::{T_BUCKET}/{ns}/output/part-0.parquet"
+                self.assertTrue(any(statement_allows(s, "s3:PutObject", own) for s in self.allows(ns)))
+                self.assertTrue(any(tfeval.iam_match(p, f"{ns}/output/") for p in list_prefixes))
+
+    def test_read_only_inputs_are_read_only(self):
+        arn = "arn:aws:s3:::shared-datasets/corpus/part-0.jsonl"
+        self.assertTrue(any(statement_allows(s, "s3:GetObject", arn) for s in self.allows("team-b")))
+        self.assertFalse(any(statement_allows(s, "s3:PutObject", arn) for s in self.allows("team-b")))
+        self.assertFalse(any(statement_allows(s, "s3:GetObject", arn) for s in self.allows("team-a")))
+
+    def test_every_list_bucket_is_limited_by_prefix(self):
+        for ns in T_TENANTS:
+            for s in self.allows(ns):
+                if "s3:ListBucket" in s["Action"]:
+                    with self.subTest(ns=ns, sid=s["Sid"]):
+                        prefixes = s["Condition"]["StringLike"]["s3:prefix"]
+                        self.assertTrue(prefixes and all(p not in ("*", "") for p in prefixes))
+
+    def test_trust_is_pinned_to_the_namespace(self):
+        trust = self.policies["tenant_worker_trust"]
+        issuer = T_OIDC.split("oidc-provider/")[1]
+        irsa = trust["team-a"]["Statement"]
+        self.assertEqual(len(irsa), 1)
+        self.assertEqual(irsa[0]["Action"], ["sts:AssumeRoleWithWebIdentity"])
+        self.assertEqual(irsa[0]["Condition"]["StringEquals"][f"{issuer}:sub"], ["system:serviceaccount:team-a:team-a-worker"])
+        self.assertEqual(irsa[0]["Condition"]["StringEquals"][f"{issuer}:aud"], ["sts.amazonaws.com"])
+        pod = trust["team-b"]["Statement"]
+        self.assertEqual(len(pod), 1)
+        self.assertEqual(pod[0]["Principal"], {"Service": ["pods.eks.amazonaws.com"]})
+        self.assertEqual(set(pod[0]["Action"]), {"sts:AssumeRole", "sts:TagSession"})
+        self.assertEqual(pod[0]["Condition"]["StringEquals"]["aws:RequestTag/kubernetes-namespace"], ["team-b"])
+        self.assertEqual(trust["team-a-b"]["Statement"][0]["Principal"], {"AWS": T_TENANTS["team-a-b"]["trusted_principal_arns"]})
+        for ns, doc in trust.items():
+            for s in doc["Statement"]:
+                with self.subTest(ns=ns, sid=s["Sid"]):
+                    for ids in s["Principal"].values():
+                        self.assertNotIn("*", ids)
+        role = self.module.resources_of("aws_iam_role")["tenant_worker"]
+        conditions = [expr(p["condition"]) for lc in blocks(role, "lifecycle") for p in blocks(lc, "precondition")]
+        self.assertIn("local.tenant_trusted[each.key]", conditions)
+        self.assertIn("length(local.tenant_overlaps) == 0", conditions)
+
+    def test_overlapping_tenants_are_refused(self):
+        def overlaps(tenants, storage_prefix="orch/"):
+            return tfeval.iam_local("tenant_overlaps", bucket=T_BUCKET, table_arn=T_TABLE,
+                                    storage_prefix=storage_prefix, tenants=tenants,
+                                    output_s3_uris=[f"s3://{T_BUCKET}/{storage_prefix}output/"])
+
+        self.assertEqual(overlaps(T_TENANTS), [])
+        self.assertEqual(overlaps(T_TENANTS, storage_prefix=""), [])
+        # Namespace "orch": its default data prefix s3://<bucket>/orch/ holds every tenant's storage.
+        self.assertTrue(overlaps({"orch": {}, "team-a": {}}))
+        # Namespaces named like the shared roles' prefixes.
+        self.assertTrue(overlaps({"jobs": {}}))
+        self.assertTrue(overlaps({"output": {}}))
+        # Data prefixes inside one another, or read access into another tenant's writable prefix.
+        self.assertTrue(overlaps({"a": {"data_s3_uris": ["s3://d/x/"]}, "b": {"data_s3_uris": ["s3://d/x/y/"]}}))
+        self.assertTrue(overlaps({"a": {}, "b": {"read_s3_uris": [f"s3://{T_BUCKET}/a/"]}}))
+        # A shared read-only dataset is fine.
+        self.assertEqual(overlaps({"a": {"read_s3_uris": ["s3://ds/"]}, "b": {"read_s3_uris": ["s3://ds/"]}}), [])
+
+    def test_example_passes_tenants_and_lets_their_roles_use_the_key(self):
+        example = Module(EXAMPLE)
+        self.assertEqual(expr(example.modules["iam"]["tenants"]), "var.tenants")
+        self.assertIn("module.iam.tenant_worker_role_arns", str(example.modules["kms"]["user_role_arns"]))
+        self.assertEqual(example.default("tenants"), {})
+        self.assertEqual(
+            expr(example.variables["tenants"]["type"]), expr(self.module.variables["tenants"]["type"]),
+            "the example's tenants type must be the module's",
+        )
+
+    def test_readme_documents_the_tenant_roles(self):
+        readme = (INFRA / "README.md").read_text(encoding="utf-8")
+        for word in ("tenants", "dynamodb:LeadingKeys", "job.json", "RATELIMIT#cluster/*",
+                     "RATELIMIT#job/*", "test_iam_moto.py", "checked only statically"):
+            with self.subTest(word=word):
+                self.assertTrue(word in readme, f"infra/README.md does not mention {word}")
 
 
 class PolicyFormTest(unittest.TestCase):

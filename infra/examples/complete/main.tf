@@ -10,7 +10,7 @@ module "kms" {
 
   name_prefix        = var.name_prefix
   tags               = var.tags
-  user_role_arns     = [module.iam.operator_role_arn, module.iam.worker_role_arn]
+  user_role_arns     = concat([module.iam.operator_role_arn, module.iam.worker_role_arn], values(module.iam.tenant_worker_role_arns))
   administrator_arns = var.key_administrator_arns
 }
 
@@ -64,6 +64,7 @@ module "iam" {
   kms_key_arn      = module.kms.key_arn
   input_s3_uris    = var.input_s3_uris
   output_s3_uris   = local.output_s3_uris
+  tenants          = var.tenants
 
   oidc_provider_arn               = var.oidc_provider_arn
   operator_service_accounts       = var.operator_service_accounts

@@ -61,3 +61,13 @@ output "orch_env" {
     ORCH_SQS_QUEUE      = module.sqs.queue_name
   }
 }
+
+output "tenant_worker_role_arns" {
+  description = "Worker role of each tenant, by namespace: bind it to that namespace's worker service account (IRSA annotation or Pod Identity association) or its Slurm nodes."
+  value       = module.iam.tenant_worker_role_arns
+}
+
+output "tenant_storage_uris" {
+  description = "Storage of each tenant under the operator (OrchPolicy storage.uri default), by namespace."
+  value       = { for ns in keys(var.tenants) : ns => "s3://${module.s3.bucket_id}/${var.storage_prefix}${ns}/" }
+}

@@ -149,3 +149,16 @@ variable "force_destroy_bucket" {
   type        = bool
   default     = false
 }
+
+variable "tenants" {
+  description = "Tenants (Kubernetes namespaces) of the orch operator: each gets its own worker role <name_prefix>-worker-<namespace>, limited to its storage <storage_prefix><namespace>/, its DynamoDB partitions and its data (default s3://<bucket>/<namespace>/). See modules/iam and infra/README.md, \"Tenants\"."
+  type = map(object({
+    data_s3_uris           = optional(list(string), [])
+    read_s3_uris           = optional(list(string), [])
+    service_accounts       = optional(list(string), [])
+    pod_identity           = optional(bool, false)
+    instance_profile       = optional(bool, false)
+    trusted_principal_arns = optional(list(string), [])
+  }))
+  default = {}
+}

@@ -49,3 +49,30 @@ output "worker_trust_policy_json" {
   description = "Who may assume the worker role (JSON)."
   value       = data.aws_iam_policy_document.worker_trust.json
 }
+
+# ---- tenants ----------------------------------------------------------------------------------
+
+output "tenant_worker_role_arns" {
+  description = "Worker role ARN of each tenant, by namespace (IRSA: annotate the namespace's worker service account with eks.amazonaws.com/role-arn; Pod Identity: associate it)."
+  value       = { for ns, r in aws_iam_role.tenant_worker : ns => r.arn }
+}
+
+output "tenant_worker_role_names" {
+  description = "Worker role name of each tenant, by namespace."
+  value       = { for ns, r in aws_iam_role.tenant_worker : ns => r.name }
+}
+
+output "tenant_worker_instance_profile_names" {
+  description = "Instance profile of each tenant with instance_profile = true, by namespace (for the tenant's own Slurm nodes on EC2)."
+  value       = { for ns, p in aws_iam_instance_profile.tenant_worker : ns => p.name }
+}
+
+output "tenant_worker_policy_json" {
+  description = "Each tenant worker role's permissions policy (JSON), by namespace."
+  value       = { for ns, d in data.aws_iam_policy_document.tenant_worker : ns => d.json }
+}
+
+output "tenant_worker_trust_policy_json" {
+  description = "Who may assume each tenant's worker role (JSON), by namespace."
+  value       = { for ns, d in data.aws_iam_policy_document.tenant_worker_trust : ns => d.json }
+}

@@ -135,3 +135,39 @@ variable "worker_trusted_principal_arns" {
   type        = list(string)
   default     = []
 }
+
+# ---- tenants: one worker role per namespace ---------------------------------------------------
+
+variable "tenants" {
+  description = <<-EOT
+    Tenants of the orch operator, by Kubernetes namespace: each gets its own worker role
+    <name_prefix>-worker-<namespace> that reaches only its storage <storage_prefix><namespace>/,
+    its DynamoDB partitions and its data (infra/README.md, "Tenants"). Attributes, all optional:
+    data_s3_uris (read/write, never delete; default ["s3://<bucket>/<namespace>/"]),
+    read_s3_uris (read-only input, e.g. shared datasets), and who may assume the role:
+    service_accounts (names in the namespace, through oidc_provider_arn or with pod_identity),
+    pod_identity (EKS Pod Identity), instance_profile (Slurm nodes on EC2 dedicated to the
+    tenant), trusted_principal_arns. Empty: no tenant roles (the shared worker role only).
+  EOT
+  type = map(object({
+    data_s3_uris           = optional(list(string), [])
+    read_s3_uris           = optional(list(string), [])
+    service_accounts       = optional(list(string), [])
+    pod_identity           = optional(bool, false)
+    instance_profile       = optional(bool, false)
+    trusted_principal_arns = optional(list(string), [])
+  }))
+  default = {}
+
+  validation {
+    condition     = alltrue([for ns in keys(var.tenants) : can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", ns))])
+    error_message = "tenants must be keyed by Kubernetes namespace names (RFC 1123 labels: lowercase letters, digits, \"-\")."
+  }
+
+  validation {
+    condition = alltrue(flatten([for t in values(var.tenants) : [
+      for u in concat(t.data_s3_uris, t.read_s3_uris) : can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*/)?$", u))
+    ]]))
+    error_message = "A tenant's data_s3_uris and read_s3_uris must be s3://bucket/ or s3://bucket/prefix/ URIs ending in \"/\" (so that team-a/ never matches team-ab/)."
+  }
+}

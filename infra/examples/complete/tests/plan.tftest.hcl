@@ -85,6 +85,14 @@ override_resource {
   }
 }
 
+override_resource {
+  target          = module.iam.aws_iam_role.tenant_worker
+  override_during = plan
+  values = {
+    arn = "arn:aws:iam::111122223333:role/orch-worker-tenant"
+  }
+}
+
 variables {
   bucket_name       = "orch-test-bucket"
   oidc_provider_arn = "arn:aws:iam::111122223333:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE"
@@ -284,4 +292,66 @@ run "bad_storage_prefix_is_refused" {
   }
 
   expect_failures = [var.storage_prefix]
+}
+
+run "tenants_get_their_own_roles" {
+  command = plan
+
+  variables {
+    storage_prefix = "orch/"
+    tenants = {
+      team-a = { service_accounts = ["team-a-worker"] }
+      team-b = { pod_identity = true }
+    }
+  }
+
+  assert {
+    condition     = toset(keys(module.iam.tenant_worker_role_names)) == toset(["team-a", "team-b"]) && module.iam.tenant_worker_role_names["team-a"] == "orch-worker-team-a"
+    error_message = "each tenant must get its own role <name_prefix>-worker-<namespace>"
+  }
+
+  assert {
+    condition = anytrue([
+      for s in jsondecode(module.iam.tenant_worker_policy_json["team-a"]).Statement :
+      s.Effect == "Deny" && s.Resource == "arn:aws:s3:::orch-test-bucket/orch/team-a/jobs/*/job.json" && contains(flatten([s.Action]), "s3:PutObject*")
+    ])
+    error_message = "team-a's role must deny writing its job specs"
+  }
+
+  assert {
+    condition = anytrue([
+      for s in jsondecode(module.iam.tenant_worker_policy_json["team-a"]).Statement :
+      try(toset(s.Condition["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == toset(["orch-test-bucket/orch/team-a/*", "RATELIMIT#ns/team-a/*", "RATELIMIT#cluster/*", "RATELIMIT#job/*"]), false)
+    ])
+    error_message = "team-a's DynamoDB access must be limited to its leading keys"
+  }
+
+  assert {
+    condition = alltrue([
+      for r in flatten([for s in jsondecode(module.iam.tenant_worker_policy_json["team-a"]).Statement : flatten([s.Resource]) if s.Effect == "Allow"]) :
+      !strcontains(r, "team-b")
+    ])
+    error_message = "team-a's role must not name team-b's resources"
+  }
+
+  assert {
+    condition = anytrue([
+      for s in jsondecode(module.iam.tenant_worker_trust_policy_json["team-b"]).Statement :
+      try(s.Condition.StringEquals["aws:RequestTag/kubernetes-namespace"] == "team-b", false)
+    ])
+    error_message = "team-b's Pod Identity trust must be pinned to its namespace"
+  }
+
+  assert {
+    condition = anytrue([
+      for s in jsondecode(module.kms.key_policy_json).Statement :
+      try(s.Sid == "OrchRolesUseKey" && contains(flatten([s.Principal.AWS]), "arn:aws:iam::111122223333:role/orch-worker-tenant"), false)
+    ])
+    error_message = "the key policy must let the tenant roles use the key"
+  }
+
+  assert {
+    condition     = output.tenant_storage_uris["team-a"] == "s3://orch-test-bucket/orch/team-a/"
+    error_message = "tenant storage is <storage>/<namespace>/"
+  }
 }
