@@ -210,11 +210,26 @@ def main(argv):
         for d in kinds.get("ClusterRole", []):
             for r in d.get("rules") or []:
                 if set(r.get("resources") or []) - CLUSTER_SCOPED:
-                    bad("chart", f"watchNamespace is set but ClusterRole {d['metadata']['name']} "
+                    bad("chart", f"watchNamespaces is set but ClusterRole {d['metadata']['name']} "
                                  f"grants {r.get('resources')} cluster-wide")
+        # Every namespace the operator is told to watch has the controllers' Role, bound to
+        # the operator's service account, and no other namespace does.
+        args = [a for d in kinds.get("Deployment", [])
+                for c in d["spec"]["template"]["spec"]["containers"] for a in c.get("args") or []]
+        flags = [a.split("=", 1)[1] for a in args if a.startswith("--watch-namespace=")]
+        watched = set(flags[0].split(",")) if flags else set()
+        if not watched:
+            bad("chart", "namespaced RBAC but no --watch-namespace")
+        controller_roles = {(d["metadata"]["namespace"], d["metadata"]["name"])
+                            for d in kinds.get("Role", [])
+                            if any("orchjobs" in (r.get("resources") or []) for r in d.get("rules") or [])}
+        bound = {d["metadata"]["namespace"] for d in kinds.get("RoleBinding", [])
+                 if (d["metadata"]["namespace"], d["roleRef"]["name"]) in controller_roles}
+        if bound != watched:
+            bad("chart", f"controller Roles bound in {sorted(bound)}, operator watches {sorted(watched)}")
     else:
         if "ClusterRole" not in kinds:
-            bad("chart", "no ClusterRole rendered (watchNamespace empty)")
+            bad("chart", "no ClusterRole rendered (watchNamespaces empty)")
     leases = [r for d in kinds.get("Role", []) for r in d.get("rules") or []
               if "leases" in (r.get("resources") or [])]
     if not leases:

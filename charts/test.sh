@@ -103,7 +103,7 @@ say "helm template: defaults"
 "$helm" template orch "$chart" --namespace orch-system "${required[@]}" > "$out/default.yaml"
 "$py" "$here/check_rendered.py" "$out/default.yaml" --expect ClusterRole --expect Service --expect PodDisruptionBudget
 
-say "helm template: everything on (watchNamespace, ServiceMonitor, NetworkPolicy, Slurm, IRSA)"
+say "helm template: everything on (watchNamespaces, ServiceMonitor, NetworkPolicy, Slurm, IRSA)"
 "$helm" template orch "$chart" --namespace orch-system -f "$chart/ci/all-on-values.yaml" > "$out/all.yaml"
 "$py" "$here/check_rendered.py" "$out/all.yaml" --expect-namespaced-rbac \
   --expect ServiceMonitor --expect NetworkPolicy --expect-slurm-secret slurm-jwt
@@ -147,7 +147,7 @@ refuse "2 replicas without leader election" --set leaderElection.enabled=false
 refuse "slurm.url without a token Secret" --set slurm.url=https://slurm:6820
 refuse "slurm.url over plain http to another host" --set slurm.url=http://slurm:6820 --set slurm.tokenSecret.name=jwt
 refuse "a policy token Secret that is not a name" --set 'slurm.policyTokenSecrets={Bad_Name}'
-refuse "watchNamespace not a DNS label" --set watchNamespace=Bad_NS
+refuse "a watched namespace not a DNS label" --set 'watchNamespaces={Bad_NS}'
 
 say "the checker catches what it is there for"
 mutant() { # description, sed expression

@@ -631,8 +631,10 @@ spec:
         "the operator was refused something it needs (a rule missing from the chart's RBAC):\n{log}"
     );
 
-    // helm upgrade changes the pod template: the Deployment rolls (maxSurge 0, maxUnavailable
-    // 1) to a new pod, which takes the Lease over once the old one released it.
+    // helm upgrade to the namespaced mode (watchNamespaces): the pod template changes, so the
+    // Deployment rolls (maxSurge 0, maxUnavailable 1) to a new pod, which takes the Lease over
+    // once the old one released it — and now has a Role in the tenant's namespace instead of
+    // the cluster-wide rules.
     let before_upgrade = world.emulator_log_len();
     world.helm_ok(&[
         "upgrade",
@@ -643,7 +645,7 @@ spec:
         "-f",
         values.to_str().unwrap(),
         "--set",
-        "logLevel=debug",
+        &format!("watchNamespaces={{{TENANT}}}"),
     ]);
     world.wait_for("the rollout to a new pod", Duration::from_secs(90), |w| {
         let pods = w.operator_pods();
@@ -682,12 +684,77 @@ spec:
         .parse()
         .unwrap();
     assert!(process_alive(pid));
+    // The controllers' rules are a Role in the tenant's namespace; cluster-wide, the operator
+    // may now read OrchPolicies only.
+    assert!(
+        !world
+            .kubectl(&["get", "clusterrole", &fullname])
+            .status
+            .success()
+    );
+    world.kubectl_ok(&["get", "role,rolebinding", &fullname, "-n", TENANT]);
+    for (verb, resource, namespace, want) in [
+        ("list", "orchjobs", None, "no"),
+        ("list", "orchjobs", Some("default"), "no"),
+        ("list", "orchjobs", Some(TENANT), "yes"),
+        ("create", "jobs.batch", Some(TENANT), "yes"),
+        ("create", "jobs.batch", Some("default"), "no"),
+        ("list", "orchpolicies", None, "yes"),
+    ] {
+        let mut args = vec!["auth", "can-i", verb, resource];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        let answer = world.as_operator(&token, &args);
+        assert_eq!(
+            String::from_utf8_lossy(&answer.stdout).trim(),
+            want,
+            "namespaced: can-i {verb} {resource}: {}",
+            common::text(&answer)
+        );
+    }
+    // A new job of the tenant runs under those Roles alone; one in a namespace the operator
+    // no longer watches is left alone (the admin's policy would allow it).
+    let policy = world.scratch.write(
+        "default-policy.yaml",
+        "apiVersion: orch.dev/v1alpha1\nkind: OrchPolicy\nmetadata: {name: default-ns}\n\
+         spec:\n  namespaces: [default]\n  kubernetes: {secrets: [orch-aws]}\n",
+    );
+    world.kubectl_ok(&["apply", "-f", policy.to_str().unwrap()]);
+    let again = std::fs::read_to_string(world.scratch.path("job.yaml"))
+        .unwrap()
+        .replace("name: hello,", "name: again,")
+        .replace("/out/", "/out-again/");
+    let again = world.scratch.write("again.yaml", &again);
+    world.kubectl_ok(&["apply", "-f", again.to_str().unwrap()]);
+    let unwatched = std::fs::read_to_string(world.scratch.path("job.yaml"))
+        .unwrap()
+        .replace(
+            &format!("name: hello, namespace: {TENANT}"),
+            "name: unwatched, namespace: default",
+        )
+        .replace(&format!("/{TENANT}/"), "/default/");
+    let unwatched = world.scratch.write("unwatched.yaml", &unwatched);
+    world.kubectl_ok(&["apply", "-f", unwatched.to_str().unwrap()]);
+    world.wait_for(
+        "the tenant's new job to succeed",
+        Duration::from_secs(240),
+        |w| {
+            let job = w.json(&["get", "orchjob", "again", "-n", TENANT]);
+            let phase = job["status"]["phase"].as_str().unwrap_or("").to_string();
+            assert_ne!(phase, "Failed", "{job}\n{}", w.diagnostics());
+            phase == "Succeeded"
+        },
+    );
+    let unwatched = world.json(&["get", "orchjob", "unwatched", "-n", "default"]);
+    assert!(unwatched["status"].is_null(), "{unwatched}");
+    assert!(unwatched["metadata"]["finalizers"].is_null(), "{unwatched}");
     let log = world.pod_log(NAMESPACE, &new_pod);
     assert!(!log.to_lowercase().contains("forbidden"), "{log}");
     let refused = world.refused(&sa, before_upgrade);
     assert!(
         refused.is_empty(),
-        "the chart's RBAC refused the operator:\n{}",
+        "the chart's namespaced RBAC refused the operator:\n{}",
         refused.join("\n")
     );
 

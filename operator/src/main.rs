@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
@@ -63,9 +63,10 @@ struct Args {
     /// This replica's name in the Lease and in Events; default the pod's name.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Watch one namespace only; default all.
-    #[arg(long)]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces (repeat the flag, or separate them with commas), with
+    /// RBAC by RoleBindings in each; default all namespaces.
+    #[arg(long, value_delimiter = ',')]
+    watch_namespace: Vec<String>,
     /// Storage of jobs whose spec names none (s3://bucket/prefix/).
     #[arg(long, env = "ORCH_STORAGE_URI")]
     storage_uri: Option<String>,
@@ -259,19 +260,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics.clone(),
         policies,
     ));
-    let (jobs, groups, limits) = match &args.watch_namespace {
-        Some(ns) => (
-            Api::<Watched>::namespaced(client.clone(), ns),
-            Api::<TaskGroup>::namespaced(client.clone(), ns),
-            Api::<RateLimit>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::<Watched>::all(client.clone()),
-            Api::<TaskGroup>::all(client.clone()),
-            Api::<RateLimit>::all(client.clone()),
-        ),
+    // One API per watched namespace (all of them: one cluster-wide API).
+    let scopes: Vec<Option<&str>> = if args.watch_namespace.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespace
+            .iter()
+            .map(|ns| Some(ns.as_str()))
+            .collect()
     };
-
     let lost_lease = CancellationToken::new();
     if let Some(elector) = elector.as_ref() {
         let (shutdown, lost_lease) = (shutdown.clone(), lost_lease.clone());
@@ -283,40 +280,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    info!(
-        namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
-        "starting the OrchJob and RateLimit controllers"
-    );
-    let stop = shutdown.clone();
-    let rate_limit_controller = Controller::new(limits, watcher::Config::default())
-        .graceful_shutdown_on({
-            let stop = shutdown.clone();
-            async move { stop.cancelled().await }
-        })
-        .run(
-            rate_limits::reconcile,
-            rate_limits::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "rate limit controller");
-            }
-        });
-    let job_controller = Controller::new(jobs, watcher::Config::default())
-        .owns(
-            groups,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=orch-operator"),
-        )
-        .with_config(controller::Config::default().concurrency(args.concurrency))
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "controller");
-            }
-        });
-    futures::future::join(job_controller, rate_limit_controller).await;
+    let watched = if args.watch_namespace.is_empty() {
+        "<all>".to_string()
+    } else {
+        args.watch_namespace.join(",")
+    };
+    info!(namespaces = %watched, "starting the OrchJob and RateLimit controllers");
+    let stopped = || {
+        let stop = shutdown.clone();
+        async move { stop.cancelled().await }
+    };
+    let mut controllers = Vec::new();
+    for namespace in scopes {
+        let limits: Api<RateLimit> = scoped(&client, namespace);
+        let jobs: Api<Watched> = scoped(&client, namespace);
+        let groups: Api<TaskGroup> = scoped(&client, namespace);
+        let rate_limit_controller = Controller::new(limits, watcher::Config::default())
+            .graceful_shutdown_on(stopped())
+            .run(
+                rate_limits::reconcile,
+                rate_limits::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    warn!(error = %e, "rate limit controller");
+                }
+            });
+        let job_controller = Controller::new(jobs, watcher::Config::default())
+            .owns(
+                groups,
+                watcher::Config::default().labels("app.kubernetes.io/managed-by=orch-operator"),
+            )
+            .with_config(controller::Config::default().concurrency(args.concurrency))
+            .graceful_shutdown_on(stopped())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    warn!(error = %e, "controller");
+                }
+            });
+        controllers.push(futures::future::join(job_controller, rate_limit_controller).boxed());
+    }
+    futures::future::join_all(controllers).await;
 
     info!("stopping the job drivers");
     ctx.supervisors.stop_all().await;
@@ -329,6 +335,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("lost the leader Lease");
     }
     Ok(())
+}
+
+/// The API of `K` in one namespace, or in all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 async fn finish(http: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {

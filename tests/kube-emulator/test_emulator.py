@@ -1088,7 +1088,8 @@ class BuiltinKindsTest(Base):
         self.assertEqual(self.k("get", "deploy,svc,pdb,netpol,role,rolebinding", "-o", "name").stdout.strip(), "")
         self.assertNotIn("rel-orch-operator", EMU.kubectl("get", "clusterroles", "-o", "name").stdout)
         # kubectl takes the rendered chart as well: client-side apply, server-side dry run and apply.
-        p = helm("template", "tpl", CHART, "-n", self.ns, "--set", "networkPolicy.enabled=true")
+        p = helm("template", "tpl", CHART, "-n", self.ns, "--set", "networkPolicy.enabled=true", "--set", "storage.uri=s3://b/o/",
+                 "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}", "--set", "networkPolicy.aws.cidrs={0.0.0.0/0}")
         self.assertEqual(p.returncode, 0, p.stderr)
         for args in (["--dry-run=server"], [], ["--server-side", "--force-conflicts"]):
             applied = EMU.apply(p.stdout, *args)
