@@ -9,8 +9,19 @@
 # user 65532, a read-only root filesystem (only /tmp is written, an emptyDir), the binary
 # as the entrypoint, /healthz /readyz /metrics on 8080.
 
+# Base images are build arguments so that a release pins them by digest (the tags below are
+# for development; a tag can move under you, a digest cannot):
+#
+#   docker build --build-arg BUILDER_IMAGE=rust@sha256:<digest> \
+#     --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12@sha256:<digest> ...
+#
+# `docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot` prints the digest to pin.
+
 ARG RUST_VERSION=1
-FROM rust:${RUST_VERSION}-bookworm AS builder
+ARG BUILDER_IMAGE=rust:${RUST_VERSION}-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+# checkov:skip=CKV_DOCKER_7: the builder image is a build argument (a tag for development, a digest for releases)
+FROM ${BUILDER_IMAGE} AS builder
 # cmake + clang: aws-lc-sys (rustls crypto of the AWS SDK) builds C code; rusqlite bundles
 # SQLite (cc). Both are harmless when not needed.
 # Versions come with the pinned base image's Debian release; exact apt pins would break
@@ -29,7 +40,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p orch-operator \
  && install -D -m 0755 target/release/orch-operator /out/orch-operator
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="orch-operator" \
       org.opencontainers.image.description="Kubernetes operator for orch batch jobs" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -10,8 +10,19 @@
 # hand. Runs as the non-root user orch (65532) and works with a read-only root filesystem:
 # scratch space is /tmp (TMPDIR; mount an emptyDir or node-local disk there), HOME is /tmp.
 
+# Base images are build arguments so that a release pins them by digest (the tags below are
+# for development; a tag can move under you, a digest cannot):
+#
+#   docker build --build-arg BUILDER_IMAGE=rust@sha256:<digest> \
+#     --build-arg RUNTIME_IMAGE=debian@sha256:<digest> ...
+#
+# `docker buildx imagetools inspect debian:bookworm-slim` prints the digest to pin.
+
 ARG RUST_VERSION=1
-FROM rust:${RUST_VERSION}-bookworm AS builder
+ARG BUILDER_IMAGE=rust:${RUST_VERSION}-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+# checkov:skip=CKV_DOCKER_7: the builder image is a build argument (a tag for development, a digest for releases)
+FROM ${BUILDER_IMAGE} AS builder
 # Versions come with the pinned base image's Debian release; exact apt pins would break
 # the build at the next point release (Debian drops superseded versions).
 # hadolint ignore=DL3008
@@ -27,7 +38,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D -m 0755 target/release/orch-worker /out/orch-worker \
  && install -D -m 0755 target/release/orch /out/orch
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 # tini as PID 1: forwards SIGTERM to orch-worker (checkpoint before the pod goes) and reaps
 # handler processes.
 # Versions come with the pinned base image's Debian release; exact apt pins would break

@@ -70,7 +70,8 @@ struct Args {
     /// Storage of jobs whose spec names none (s3://bucket/prefix/).
     #[arg(long, env = "ORCH_STORAGE_URI")]
     storage_uri: Option<String>,
-    /// slurmrestd URL for Slurm jobs that name none (http://slurm-head:6820).
+    /// slurmrestd URL for Slurm jobs that name none (https://slurm-head:6820; plain http only
+    /// to a loopback address, with --slurm-allow-http-loopback).
     #[arg(long, env = "ORCH_SLURM_URL")]
     slurm_url: Option<String>,
     /// File holding the JWT for slurmrestd; read at each use, so a rotated token is picked up.
