@@ -49,8 +49,9 @@ readonly JOB=reviews-kind
 readonly OPERATOR_IMAGE=orch-operator:e2e
 readonly WORKER_IMAGE=orch-worker:e2e
 readonly INPUT=examples/reviews-sentiment/reviews.jsonl
-readonly INPUT_KEY=input/reviews.jsonl
-readonly OUTPUT_PREFIX=out/
+# Under the namespace's data prefix, s3://<bucket>/<namespace>/, which its OrchPolicy allows.
+readonly INPUT_KEY=$JOBS_NS/input/reviews.jsonl
+readonly OUTPUT_PREFIX=$JOBS_NS/out/
 
 CURRENT_STEP="checking the settings"
 FAIL_MESSAGE=""
@@ -374,20 +375,33 @@ moto_python "$PY_CLEAR" "$BUCKET" "$OUTPUT_PREFIX" </dev/null
 step "CRDs (charts/orch-operator/crds/; helm installs them only on first install)"
 k apply --server-side --force-conflicts -f charts/orch-operator/crds/
 k wait --for=condition=Established --timeout=60s \
-  crd/orchjobs.orch.dev crd/taskgroups.orch.dev crd/ratelimits.orch.dev
+  crd/orchjobs.orch.dev crd/taskgroups.orch.dev crd/ratelimits.orch.dev crd/orchpolicies.orch.dev
 
 np=false
 if [[ "$NETWORK_POLICY" == 1 ]]; then np=true; fi
+# The NetworkPolicies name addresses: the API server's endpoint (not the Service's virtual IP,
+# which policies never see) and the pod network, where moto runs.
+api_server="$(k get endpoints kubernetes -o jsonpath='{.subsets[0].addresses[0].ip}')"
+[[ -n "$api_server" ]] || die "cannot read the API server's address (kubectl get endpoints kubernetes)"
+pod_cidr="$(k get nodes -o jsonpath='{.items[0].spec.podCIDR}' | sed -E 's#\.[0-9]+\.[0-9]+/[0-9]+$#.0.0/16#')"
+[[ -n "$pod_cidr" ]] || die "cannot read the pod network of the node (kubectl get nodes -o jsonpath='{.items[0].spec.podCIDR}')"
+note "API server $api_server, pod network $pod_cidr"
 step "helm upgrade --install $RELEASE (replicas $REPLICAS, NetworkPolicy $np, $E2E/kind-values.yaml)"
 helm upgrade --install "$RELEASE" charts/orch-operator \
   --kube-context "$CTX" --namespace "$SYSTEM_NS" \
   --values "$E2E/kind-values.yaml" \
   --set "replicas=$REPLICAS" \
   --set "networkPolicy.enabled=$np" \
+  --set "networkPolicy.apiServer.cidrs={$api_server/32}" \
+  --set "networkPolicy.aws.cidrs={$pod_cidr}" \
+  --set "worker.networkPolicy.namespaces={$JOBS_NS}" \
   --set-string "podAnnotations.e2e\.orch\.dev/operator-image=${OPERATOR_IMAGE_ID#sha256:}" \
   --wait --timeout 5m
 k -n "$SYSTEM_NS" rollout status "deploy/$RELEASE" --timeout=5m
 k -n "$SYSTEM_NS" get pods -l "$OPERATOR_SELECTOR" -o wide
+
+step "OrchPolicy e2e: namespace $JOBS_NS may run pods with the Secret orch-aws ($E2E/policy.yaml)"
+k apply -f "$E2E/policy.yaml"
 
 step "leader election: a replica holds the Lease $SYSTEM_NS/$LEASE"
 holder=""
