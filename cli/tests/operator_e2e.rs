@@ -68,6 +68,9 @@ struct World {
     table: String,
     queue: String,
     bucket: String,
+    /// The AWS secret key of everyone in this world (moto checks none): a value unique to the
+    /// world, so that a test can look for it where it must never appear.
+    canary: String,
     scratch: common::Scratch,
     operators: Vec<Child>,
 }
@@ -99,12 +102,16 @@ impl World {
             table: moto::unique(&format!("{prefix}-table")),
             queue: moto::unique(&format!("{prefix}-q")),
             bucket: moto::unique(&format!("{prefix}-bucket")),
+            canary: moto::unique("orch-canary-7Qx"),
             scratch,
             operators: Vec::new(),
         };
         world.scratch.write(
             AWS_CREDENTIALS_FILE,
-            "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+            &format!(
+                "[default]\naws_access_key_id = testing\naws_secret_access_key = {}\n",
+                world.canary
+            ),
         );
         if pods {
             // Pods need the AWS settings (endpoint, region, table, queue): restart the emulator
@@ -150,7 +157,7 @@ impl World {
         [
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
             ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", self.canary.as_str()),
             ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
             ("AWS_REGION", "us-east-1"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
@@ -192,6 +199,11 @@ impl World {
     /// Starts an operator (leader election on, short leases so a successor takes over fast);
     /// returns the port of its /healthz, /readyz and /metrics.
     fn start_operator(&mut self, identity: &str) -> u16 {
+        self.start_operator_with(identity, &[])
+    }
+
+    /// [`World::start_operator`] with more flags.
+    fn start_operator_with(&mut self, identity: &str, extra: &[&str]) -> u16 {
         let port = moto::free_port();
         let log = std::fs::File::create(self.scratch.path(&format!("{identity}.log"))).unwrap();
         let mut c = self.with_aws(Command::new(common::orch().with_file_name("orch-operator")));
@@ -217,6 +229,7 @@ impl World {
                 "--scratch-dir={}",
                 self.scratch.path(identity).display()
             ))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log);
         self.operators
@@ -1335,4 +1348,281 @@ async fn an_oversized_input_fails_alone_while_another_tenants_job_completes() {
     assert_eq!(http_get(port, "/readyz").map(|(code, _)| code), Some(200));
     let log = world.operator_log("op-a");
     assert!(!log.contains("the same line again"), "{}", tail(&log, 40));
+}
+
+/// What a look at this machine's processes found: those whose command line holds one of the
+/// secrets, or whose environment does among the workers of the job `tasks_of` (their
+/// environment is what Slurm gave them); and how many such workers it saw.
+fn processes_holding(secrets: &[&str], tasks_of: &str) -> (Vec<String>, usize) {
+    let mut found = Vec::new();
+    let mut tasks = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return (found, tasks);
+    };
+    for entry in entries.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        for secret in secrets {
+            if cmdline.contains(secret) {
+                found.push(format!("{pid} argv: {cmdline}"));
+            }
+        }
+        // Pods get their Secrets as environment variables by design; Slurm tasks get none.
+        if cmdline.contains("orch-worker") && cmdline.contains(tasks_of) {
+            tasks += 1;
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            let environ = String::from_utf8_lossy(&environ);
+            for secret in secrets {
+                if environ.contains(secret) {
+                    found.push(format!("{pid} environment of: {cmdline}"));
+                }
+            }
+        }
+    }
+    (found, tasks)
+}
+
+/// Every file under `dir` (recursively) whose bytes hold one of `secrets`.
+fn files_holding(dir: &Path, secrets: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_holding(&path, secrets));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            let text = String::from_utf8_lossy(&bytes);
+            found.extend(
+                secrets
+                    .iter()
+                    .filter(|s| text.contains(*s))
+                    .map(|_| path.display().to_string()),
+            );
+        }
+    }
+    found
+}
+
+/// The secrets of a whole run — the AWS secret key of the operator, of the Slurm tasks (a
+/// profile file) and of the worker pods (a Secret), the slurmrestd token (a Secret the policy
+/// names; the operator gets no token of its own), and a handler's API key (a Secret named in
+/// `exec.env`) — reach what needs them: jobs on Slurm over slurmrestd and in pods both
+/// succeed, and the handler sees its key. None of them appears in any status, Event or other
+/// object, operator or task log, stored object (job.json, results, logs), process argument,
+/// Slurm task environment, or Slurm's saved job state. (Pods get their Secrets as
+/// environment variables: that is how Kubernetes hands them over.)
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_of_the_run_leaks_anywhere() {
+    let Some(mut slurm) = common::slurm_env() else {
+        return;
+    };
+    let token = slurm.remove("SLURM_JWT").expect("the cluster's token");
+    let url = slurm.remove("SLURMRESTD_URL").expect("slurmrestd");
+    let Some(mut world) = World::build("e2e-canary", slurm, true).await else {
+        return;
+    };
+    const N: u64 = 40;
+    let api_key = format!("{}-api", world.canary);
+    let canary = world.canary.clone();
+    let secrets = [canary.as_str(), token.as_str(), api_key.as_str()];
+    world.put_input(N).await;
+    for (name, pairs) in [
+        ("slurm-jwt", vec![("token", token.as_str())]),
+        (
+            "orch-aws",
+            vec![
+                ("AWS_ACCESS_KEY_ID", "pods"),
+                ("AWS_SECRET_ACCESS_KEY", canary.as_str()),
+            ],
+        ),
+        ("handler-creds", vec![("API_KEY", api_key.as_str())]),
+    ] {
+        // From files, so that no secret is on a command line of this test either.
+        let mut args = vec![
+            "create".to_string(),
+            "secret".into(),
+            "generic".into(),
+            name.into(),
+        ];
+        for (key, value) in pairs {
+            let file = world.scratch.write(&format!("secret-{name}-{key}"), value);
+            args.push(format!("--from-file={key}={}", file.display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        world.kubectl_ok(&args);
+    }
+    let policy = world.scratch.write(
+        "canary-policy.yaml",
+        &format!(
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchPolicy\nmetadata: {{name: e2e}}\n\
+             spec:\n  namespaces: [default]\n  \
+             slurm: {{transport: rest, url: \"{url}\", tokenSecret: {{name: slurm-jwt, key: token}}, user: root}}\n  \
+             kubernetes: {{secrets: [orch-aws, handler-creds]}}\n"
+        ),
+    );
+    world.kubectl_ok(&["apply", "-f", policy.to_str().unwrap()]);
+    world.start_operator_with("op-a", &["--slurm-allow-http-loopback"]);
+
+    let handler = world.scratch.write(
+        "canary_handler.py",
+        "import os, sys\n\
+         sys.path.insert(0, sys.argv[1])\n\
+         from orch_handler import handler\n\
+         @handler\ndef check(item):\n    \
+         return {\"id\": item[\"id\"], \"has_key\": os.environ.get(\"API_KEY\", \"\").endswith(\"-api\")}\n",
+    );
+    let b = world.bucket.clone();
+    let rest = world.scratch.write(
+        "on-slurm.yaml",
+        &format!(
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: on-slurm}}\n\
+             spec:\n  input: {{uri: \"s3://{b}/default/input/items.jsonl\"}}\n  batch: {{size: 10}}\n  \
+             handler: {{builtin: {{name: identity}}}}\n  output: {{uri: \"s3://{b}/default/out-on-slurm/\"}}\n  \
+             resources: {{memory: 200Mi, time: 10m}}\n  executor: {{slurm: {{maxRunning: 4}}}}\n"
+        ),
+    );
+    let pods = world.scratch.write(
+        "in-pods.yaml",
+        &format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: in-pods}}
+spec:
+  input: {{uri: "s3://{b}/default/input/items.jsonl"}}
+  batch: {{size: 10}}
+  handler:
+    exec:
+      command: [python3, "{handler}", "{python}"]
+      env:
+        API_KEY: {{valueFrom: {{secretKeyRef: {{name: handler-creds, key: API_KEY}}}}}}
+  output: {{uri: "s3://{b}/default/out-in-pods/"}}
+  executor: {{kubernetes: {{parallelism: 2, envFromSecrets: [orch-aws]}}}}
+"#,
+            handler = handler.display(),
+            python = repo().join("python").canonicalize().unwrap().display(),
+        ),
+    );
+    world.kubectl_ok(&["apply", "-f", rest.to_str().unwrap()]);
+    world.kubectl_ok(&["apply", "-f", pods.to_str().unwrap()]);
+    // While they run: no process of this machine holds a secret in its arguments, and no task
+    // in its environment.
+    // Nor does Slurm's saved state of the jobs while they are there: what each array was
+    // submitted with, its environment and script (removed when the job ends).
+    let statesave = Path::new(&world.slurm["ORCH_SLURM_DIR"]).join("spool/ctld");
+    let mut seen = Vec::new();
+    let mut saved_environments = 0;
+    let mut slurm_tasks = 0;
+    world.wait_for("both jobs to succeed", Duration::from_secs(240), |w| {
+        let (found, tasks) = processes_holding(&secrets, "--job on-slurm-");
+        seen.extend(found);
+        slurm_tasks += tasks;
+        seen.extend(files_holding(&statesave, &secrets));
+        saved_environments += files_holding(&statesave, &[w.table.as_str()]).len();
+        ["on-slurm", "in-pods"].iter().all(|name| {
+            let phase = w.get(name)["status"]["phase"].clone();
+            assert_ne!(phase, "Failed", "{name}: {}", w.get(name));
+            phase == "Succeeded"
+        })
+    });
+    assert!(
+        seen.is_empty(),
+        "secrets in processes or Slurm's state:\n{}",
+        seen.join("\n")
+    );
+    assert!(slurm_tasks > 0, "no Slurm task was seen running");
+    assert!(
+        saved_environments > 0,
+        "no job environment seen in {}",
+        statesave.display()
+    );
+    common::read_output(&world.output_dir("on-slurm").await).assert_each_item_once(N);
+    let dir = world.output_dir("in-pods").await;
+    common::read_output(&dir).assert_each_item_once(N);
+    // The handler got its key (by reference), and said so without returning it.
+    let has_key = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import glob, sys, pyarrow.parquet as pq\n\
+             parts = sorted(glob.glob(sys.argv[1] + '/part-*.parquet'))\n\
+             keys = [k for p in parts for k in pq.read_table(p).column('has_key').to_pylist()]\n\
+             print(len(keys) > 0 and all(keys))",
+        )
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&has_key.stdout).trim().to_string();
+    assert_eq!(answer, "True", "{}", common::text(&has_key));
+    // The jobs ran on slurmrestd with the policy's token: the arrays are in Slurm.
+    let id = world.get("on-slurm")["status"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!world.sacct(&id).is_empty(), "no array of {id} in sacct");
+
+    // Objects: every kind the operator writes or reads, but the Secrets themselves.
+    let mut leaks = Vec::new();
+    for kind in [
+        "orchjobs",
+        "taskgroups",
+        "orchpolicies",
+        "events",
+        "events.events.k8s.io",
+        "jobs",
+        "pods",
+        "configmaps",
+        "leases",
+    ] {
+        let objects = world.kubectl_ok(&["get", kind, "-A", "-o", "json"]);
+        leaks.extend(
+            secrets
+                .iter()
+                .filter(|s| objects.contains(*s))
+                .map(|_| format!("kubectl get {kind}")),
+        );
+    }
+    // Logs: the operator's, the pods', the Slurm tasks' (in the operator's scratch directory).
+    let text = world.operator_log("op-a");
+    leaks.extend(
+        secrets
+            .iter()
+            .filter(|s| text.contains(*s))
+            .map(|_| "op-a.log".to_string()),
+    );
+    for dir in ["pod-logs", "op-a"] {
+        leaks.extend(files_holding(&world.scratch.path(dir), &secrets));
+    }
+    // Stored objects: job.json, batches, results, markers, logs, of both jobs.
+    let sdk = moto::sdk_config().await;
+    let s3 = config::s3_client(&sdk, &AwsSettings::default());
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(&world.bucket)
+        .into_paginator()
+        .send();
+    let mut manifests = 0;
+    while let Some(page) = pages.next().await {
+        for object in page.unwrap().contents() {
+            let key = object.key().unwrap();
+            let body = moto::get_object(&s3, &world.bucket, key)
+                .await
+                .expect("a listed object");
+            let text = String::from_utf8_lossy(&body);
+            manifests += usize::from(key.ends_with("/job.json"));
+            leaks.extend(
+                secrets
+                    .iter()
+                    .filter(|s| text.contains(*s))
+                    .map(|_| format!("s3://{}/{key}", world.bucket)),
+            );
+        }
+    }
+    assert_eq!(manifests, 2, "both jobs' job.json were looked at");
+    leaks.extend(files_holding(&statesave, &secrets));
+    assert!(leaks.is_empty(), "secrets found in:\n{}", leaks.join("\n"));
 }
