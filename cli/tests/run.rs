@@ -114,6 +114,8 @@ fn failures_above_tolerance_fail_the_job_with_exit_1() {
     let seen = read_output(&s.path("out"));
     assert_eq!(seen.rows, 990);
     assert_eq!(seen.error_rows, 10);
+    // ... but a job over its tolerance failed: no `_SUCCESS` tells a reader otherwise.
+    assert!(!s.path("out/_SUCCESS").exists());
 }
 
 /// Pids of `orch-worker` processes working on storage under `dir`.
@@ -328,6 +330,8 @@ fn items_of_a_task_that_fails_all_attempts_are_in_errors_parquet() {
     let seen = read_output(&s.path("out"));
     assert_eq!(seen.items, (0..500).collect::<Vec<_>>());
     assert_eq!(seen.error_items, (500..1_000).collect::<Vec<_>>());
+    // The output of a failed job is there to read, but not marked complete.
+    assert!(!s.path("out/_SUCCESS").exists());
     let status = s.orch(&["status", job.to_str().unwrap()]);
     let table = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(table.contains("failed 2"), "{table}");

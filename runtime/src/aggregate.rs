@@ -542,8 +542,15 @@ pub async fn plan(
 }
 
 /// Ends the aggregation once the final merge committed: checks its marker against the output
-/// and writes `_SUCCESS` last.
-pub async fn finish(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> Result<()> {
+/// and, when the job `succeeded`, writes `_SUCCESS` last. A job that failed (tasks out of
+/// attempts, more failed items than its tolerance) keeps its output and `errors.parquet`
+/// without the marker that tells readers the output is complete.
+pub async fn finish(
+    backends: &Backends,
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+    succeeded: bool,
+) -> Result<()> {
     let started = std::time::Instant::now();
     let settings = OutputSettings::of(&job.spec.spec.output, backends, &job.id)?;
     let (root, remote) = backends.local_root();
@@ -573,6 +580,10 @@ pub async fn finish(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) 
     let output = output.ok_or_else(|| {
         Error::Invalid("the final merge task committed without a valid output marker".into())
     })?;
+    if !succeeded {
+        info!(rows = output.rows, output = %settings.uri, "aggregated; no _SUCCESS: the job failed");
+        return Ok(());
+    }
     write_success(job, tasks, &settings, output, started).await
 }
 

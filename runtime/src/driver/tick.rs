@@ -176,11 +176,10 @@ impl Loop<'_> {
                         Err(e) => e,
                     }
                 } else {
-                    match aggregate::finish(backends, &job, &tasks).await {
-                        Ok(()) => {
-                            let done = engine::verdict(&self.cfg, &job, &tasks, now_ms());
-                            return self.end(done).await;
-                        }
+                    let done = engine::verdict(&self.cfg, &job, &tasks, now_ms());
+                    let succeeded = done.phase == JobPhase::Succeeded;
+                    match aggregate::finish(backends, &job, &tasks, succeeded).await {
+                        Ok(()) => return self.end(done).await,
                         Err(e) => e,
                     }
                 };
