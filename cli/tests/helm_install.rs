@@ -222,6 +222,26 @@ impl Installed {
     }
 }
 
+impl Installed {
+    /// `kubectl auth can-i` as the operator (`token`): each (verb, resource, namespace) is
+    /// answered `yes` or `no` as given.
+    fn assert_can_i(&self, token: &str, cases: &[(&str, &str, Option<&str>, &str)]) {
+        for (verb, resource, namespace, want) in cases {
+            let mut args = vec!["auth", "can-i", verb, resource];
+            if let Some(ns) = namespace {
+                args.extend(["-n", ns]);
+            }
+            let answer = self.as_operator(token, &args);
+            assert_eq!(
+                String::from_utf8_lossy(&answer.stdout).trim(),
+                *want,
+                "can-i {verb} {resource} in {namespace:?}: {}",
+                common::text(&answer)
+            );
+        }
+    }
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -597,32 +617,23 @@ spec:
     );
     let denied = world.as_operator(&token, &["delete", "orchpolicy", TENANT]);
     assert!(stderr(&denied).contains("cannot delete resource \"orchpolicies\""));
-    for (verb, resource, namespace, want) in [
-        ("create", "orchpolicies", None, "no"),
-        ("list", "orchpolicies", None, "yes"),
-        ("patch", "orchjobs/status", Some(TENANT), "yes"),
-        ("create", "jobs.batch", Some(TENANT), "yes"),
-        ("get", "secrets", Some(NAMESPACE), "no"),
-        (
-            "update",
-            "leases/orch-operator-leader",
-            Some(NAMESPACE),
-            "yes",
-        ),
-        ("update", "leases/another-lease", Some(NAMESPACE), "no"),
-    ] {
-        let mut args = vec!["auth", "can-i", verb, resource];
-        if let Some(ns) = namespace {
-            args.extend(["-n", ns]);
-        }
-        let answer = world.as_operator(&token, &args);
-        assert_eq!(
-            String::from_utf8_lossy(&answer.stdout).trim(),
-            want,
-            "can-i {verb} {resource}: {}",
-            common::text(&answer)
-        );
-    }
+    world.assert_can_i(
+        &token,
+        &[
+            ("create", "orchpolicies", None, "no"),
+            ("list", "orchpolicies", None, "yes"),
+            ("patch", "orchjobs/status", Some(TENANT), "yes"),
+            ("create", "jobs.batch", Some(TENANT), "yes"),
+            ("get", "secrets", Some(NAMESPACE), "no"),
+            (
+                "update",
+                "leases/orch-operator-leader",
+                Some(NAMESPACE),
+                "yes",
+            ),
+            ("update", "leases/another-lease", Some(NAMESPACE), "no"),
+        ],
+    );
     // The operator did everything above under the chart's RBAC and was refused nothing.
     let log = world.pod_log(NAMESPACE, &pod);
     assert!(log.contains("connected to the API server"), "{log}");
@@ -693,26 +704,17 @@ spec:
             .success()
     );
     world.kubectl_ok(&["get", "role,rolebinding", &fullname, "-n", TENANT]);
-    for (verb, resource, namespace, want) in [
-        ("list", "orchjobs", None, "no"),
-        ("list", "orchjobs", Some("default"), "no"),
-        ("list", "orchjobs", Some(TENANT), "yes"),
-        ("create", "jobs.batch", Some(TENANT), "yes"),
-        ("create", "jobs.batch", Some("default"), "no"),
-        ("list", "orchpolicies", None, "yes"),
-    ] {
-        let mut args = vec!["auth", "can-i", verb, resource];
-        if let Some(ns) = namespace {
-            args.extend(["-n", ns]);
-        }
-        let answer = world.as_operator(&token, &args);
-        assert_eq!(
-            String::from_utf8_lossy(&answer.stdout).trim(),
-            want,
-            "namespaced: can-i {verb} {resource}: {}",
-            common::text(&answer)
-        );
-    }
+    world.assert_can_i(
+        &token,
+        &[
+            ("list", "orchjobs", None, "no"),
+            ("list", "orchjobs", Some("default"), "no"),
+            ("list", "orchjobs", Some(TENANT), "yes"),
+            ("create", "jobs.batch", Some(TENANT), "yes"),
+            ("create", "jobs.batch", Some("default"), "no"),
+            ("list", "orchpolicies", None, "yes"),
+        ],
+    );
     // A new job of the tenant runs under those Roles alone; one in a namespace the operator
     // no longer watches is left alone (the admin's policy would allow it).
     let policy = world.scratch.write(
