@@ -66,6 +66,16 @@ impl AwsSettings {
     }
 }
 
+/// The region the SDK finds in its standard places (`AWS_REGION`, a profile, an instance's
+/// metadata), if any: without one no request can be signed.
+pub async fn sdk_region() -> Option<String> {
+    use aws_config::meta::region::ProvideRegion as _;
+    aws_config::default_provider::region::default_provider()
+        .region()
+        .await
+        .map(|r| r.to_string())
+}
+
 /// The SDK configuration from the standard chain, with orch's retry policy.
 pub async fn load_sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())

@@ -34,7 +34,58 @@ pub struct RunArgs {
 fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
     let job = load::load(file)?;
     load::preflight(&job)?;
+    parquet_footers(&job)?;
     Ok(job)
+}
+
+/// Local Parquet input whose footer does not read (a truncated file, another format under a
+/// `.parquet` name) is refused by `orch validate` as `orch run` would refuse it: only the
+/// footers are read.
+fn parquet_footers(job: &LoadedJob) -> Result<(), Failure> {
+    let s = &job.file.spec;
+    let format = s.input.format.or_else(|| load::infer_format(&s.input.uri));
+    if format != Some(orch_core::spec::InputFormat::Parquet) {
+        return Ok(());
+    }
+    let Ok(orch_core::uri::Location::Local(path)) =
+        orch_core::uri::Location::parse(&s.input.uri, Path::new("/"))
+    else {
+        return Ok(());
+    };
+    for file in load::input_sources(&path).unwrap_or_default() {
+        let source = file.display().to_string();
+        if let Err(e) = orch_data::parquet_input::partition_parquet(&file, &source, s.batch.size) {
+            return Err(Failure {
+                code: 2,
+                message: format!("{}: spec.input.uri: {e}", job.path.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What is missing for this process to reach the job's data in S3, naming the first field
+/// that puts it there; `Ok(None)` when nothing is (or nothing is in S3).
+fn aws_gap(job: &LoadedJob) -> Result<Option<String>, Failure> {
+    let s = &job.file.spec;
+    let uses = [
+        ("spec.storage.uri", s.storage.uri.as_deref().unwrap_or("")),
+        ("spec.input.uri", s.input.uri.as_str()),
+        ("spec.output.uri", s.output.uri.as_deref().unwrap_or("")),
+    ];
+    let Some((field, _)) = uses.iter().find(|(_, uri)| orch_connect::is_s3(uri)) else {
+        return Ok(None);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })?;
+    Ok(runtime
+        .block_on(orch_connect::aws_unconfigured())
+        .map(|why| format!("{field}: in S3, but {why}")))
 }
 
 pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
@@ -42,6 +93,10 @@ pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
     // Valid for the operator, which fills these in; `orch run` would refuse them, so say so.
     for note in load::filled_by_operator(&job.file) {
         eprintln!("note: {note}");
+    }
+    // The file may be meant for another machine or the operator: a note, not an error.
+    if let Some(gap) = aws_gap(&job)? {
+        eprintln!("note: {gap} here (`orch run` on this machine would refuse it)");
     }
     if show {
         let yaml = serde_yaml::to_string(&job.file).map_err(|e| Failure {
@@ -183,6 +238,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if !args.dry_run {
         // A field left to the operator (a `rest` transport's URL) has no default here.
         load::standalone_gaps(&job)?;
+    }
+    if let Some(gap) = aws_gap(&job)? {
+        return Err(Failure {
+            code: 2,
+            message: format!("{}: {gap}", job.path.display()),
+        });
     }
     if job.file.spec.suspend && !args.dry_run {
         return Err(Failure {

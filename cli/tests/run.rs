@@ -1015,3 +1015,37 @@ fn a_rewritten_job_json_is_refused_by_every_later_task() {
     assert_eq!(report["tasks"]["succeeded"], 1, "{report}");
     assert_eq!(report["tasks"]["failed"], 1, "{report}");
 }
+
+/// A `.parquet` input that is not Parquet, or is cut short, is refused before anything runs:
+/// exit 2, naming the file, from `orch validate` as from `orch run`.
+#[test]
+fn a_truncated_or_foreign_parquet_input_is_refused_naming_the_file() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let s = Scratch::new();
+    let made = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import pyarrow as pa, pyarrow.parquet as pq, sys; \
+             pq.write_table(pa.table({'id': list(range(100))}), sys.argv[1]); \
+             data = open(sys.argv[1], 'rb').read(); \
+             open(sys.argv[1], 'wb').write(data[: len(data) // 2])",
+            s.path("cut.parquet").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    s.write("foreign.parquet", "id,text\n1,not parquet at all\n");
+    for name in ["cut.parquet", "foreign.parquet"] {
+        let yaml = job_yaml("pq", "{builtin: {name: identity}}", "").replace("in.jsonl", name);
+        let job = s.write("job.yaml", &yaml);
+        for verb in [&["validate"][..], &["run", "--no-progress"]] {
+            let out = s.orch(&[verb, &[job.to_str().unwrap()]].concat());
+            let all = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{verb:?} {name}: {all}");
+            assert!(all.contains(name), "{verb:?} {name}: {all}");
+            assert!(!all.contains("aggregation"), "{verb:?} {name}: {all}");
+        }
+    }
+}

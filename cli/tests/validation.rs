@@ -358,3 +358,59 @@ fn a_job_file_may_be_a_pipe_but_not_a_device() {
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(all.contains("a device, not a job file"), "{all}");
 }
+
+/// Data in S3 needs this machine's AWS configuration: without a region, `orch run` stops at
+/// once naming the field (exit 2), and `orch validate` — the file may be meant for elsewhere —
+/// accepts it with a note.
+#[test]
+fn s3_data_without_an_aws_region_is_named_before_anything_starts() {
+    let s = Scratch::new();
+    let job = s.write(
+        "job.yaml",
+        &GOOD.replace("{uri: in.jsonl}", "{uri: \"s3://some-bucket/in.jsonl\"}"),
+    );
+    let without_aws = |verb: &[&str]| {
+        let mut c = s.orch_cmd(&[verb, &[job.to_str().unwrap()]].concat());
+        for k in ["AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"] {
+            c.env_remove(k);
+        }
+        c.env("AWS_CONFIG_FILE", s.path("no-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", s.path("no-credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap()
+    };
+    let run = without_aws(&["run", "--no-progress"]);
+    let all = text(&run);
+    assert_eq!(run.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("spec.input.uri: in S3, but no AWS region"),
+        "{all}"
+    );
+    let validate = without_aws(&["validate"]);
+    let all = text(&validate);
+    assert_eq!(validate.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("note: spec.input.uri: in S3, but no AWS region"),
+        "{all}"
+    );
+}
+
+/// A key given twice, a byte order mark, a backoff cap below its start and a giant batch:
+/// each caught by `orch validate` (the BOM skipped), none accepted silently.
+#[test]
+fn repeated_keys_backoff_caps_and_giant_batches_are_refused() {
+    let twice = rejected(&format!("{GOOD}  batch: {{size: 20}}\n"));
+    assert!(twice.contains("the key `batch` is given twice"), "{twice}");
+    let backoff = rejected(&format!(
+        "{GOOD}  retry: {{backoff: {{initial: 10s, max: 2s}}}}\n"
+    ));
+    assert!(backoff.contains("spec.retry.backoff.max"), "{backoff}");
+    let giant = rejected(&GOOD.replace("size: 10", "size: 18446744073709551615"));
+    assert!(giant.contains("spec.batch.size"), "{giant}");
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 5);
+    let job = s.write("job.yaml", &format!("\u{feff}{GOOD}"));
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

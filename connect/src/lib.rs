@@ -31,6 +31,24 @@ pub fn scratch_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Why this process could not use the AWS data plane, if it could not: orch's own settings
+/// (`ORCH_DYNAMODB_TABLE`, `ORCH_SQS_QUEUE`, `ORCH_S3_FORCE_PATH_STYLE`) that do not parse, or
+/// no region for the SDK. `orch validate` and `orch run` ask before a job that uses S3 starts,
+/// so that the first error is not a request that cannot be signed.
+pub async fn aws_unconfigured() -> Option<String> {
+    if let Err(e) = orch_aws::config::AwsSettings::from_env() {
+        return Some(e.to_string());
+    }
+    match orch_aws::config::sdk_region().await {
+        Some(_) => None,
+        None => Some(
+            "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION), or `region` in the profile \
+             of ~/.aws/config"
+                .into(),
+        ),
+    }
+}
+
 /// How a driver's platform is opened, where it matters (S3 only: a directory keeps everything,
 /// logs included, under itself).
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ use crate::uri::Location;
 
 mod preflight;
 mod rules;
+mod strict;
 
 pub use preflight::{find_program, input_sources, preflight};
 pub use rules::{MAX_NAME_LEN, filled_by_operator, rules};
@@ -74,8 +75,9 @@ fn read_documents(path: &Path) -> Result<(Value, Vec<(usize, Value)>)> {
     let mut job = None;
     let mut others = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = <Value as serde::Deserialize>::deserialize(document)
-            .map_err(|e| yaml_error(path, e))?;
+        let value = <strict::StrictValue as serde::Deserialize>::deserialize(document)
+            .map_err(|e| yaml_error(path, e))?
+            .0;
         if value.get("kind").and_then(Value::as_str) == Some(spec::RATE_LIMIT_KIND) {
             others.push((i + 1, value));
         } else if job.is_none() {
@@ -202,6 +204,10 @@ fn read_text(path: &Path) -> Result<String> {
             MAX_JOB_FILE_BYTES >> 20
         ))));
     }
+    // Some editors start UTF-8 files with a byte order mark, which YAML does not expect.
+    if let Some(rest) = text.strip_prefix('\u{feff}') {
+        text = rest.to_string();
+    }
     Ok(text)
 }
 
@@ -229,7 +235,9 @@ fn yaml_error(path: &Path, e: serde_yaml::Error) -> Error {
 
 fn read_with_extends(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
     let text = read_text(path)?;
-    let value: Value = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, e))?;
+    let value = serde_yaml::from_str::<strict::StrictValue>(&text)
+        .map_err(|e| yaml_error(path, e))?
+        .0;
     resolve_extends(path, value, chain)
 }
 
@@ -590,6 +598,33 @@ mod tests {
                 errors.into_iter().map(|e| (e.path, e.message)).collect()
             }
             other => panic!("unexpected error: {other}"),
+        }
+    }
+
+    const MINIMAL_JOB: &str = "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {name: t}\n\
+        spec:\n  input: {uri: in.jsonl}\n  handler: {builtin: {name: identity}}\n";
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_a_repeated_key_is_an_error_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bom = write(&dir, &format!("\u{feff}{MINIMAL_JOB}"));
+        assert_eq!(load(&bom).unwrap().file.metadata.name, "t");
+        let twice = write(
+            &dir,
+            &format!("{MINIMAL_JOB}  handler: {{builtin: {{name: sleep}}}}\n"),
+        );
+        match load(&twice) {
+            Err(Error::Yaml {
+                location, message, ..
+            }) => {
+                assert!(
+                    message.contains("the key `handler` is given twice"),
+                    "{message}"
+                );
+                // Where the mapping that holds it twice starts (`spec:`'s value).
+                assert!(location.contains("line 5"), "{location}");
+            }
+            other => panic!("expected a YAML error, got {other:?}"),
         }
     }
 

@@ -10,7 +10,8 @@ pub enum Error {
     Core(#[from] orch_core::Error),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("aggregation: {0}")]
+    /// Reading or writing data files: Parquet input, results, the output.
+    #[error("{0}")]
     Data(#[from] orch_data::DataError),
     /// A result file does not match the checksum its `_DONE` marker recorded.
     #[error("task {task} attempt {attempt}: {message}")]

@@ -354,6 +354,16 @@ fn header_digest(names: &[String]) -> String {
     hex::encode(&h.finalize()[..4])
 }
 
+/// A Parquet input whose footer the reader refuses (truncated, another format under a
+/// `.parquet` name) is the job's input at fault, not the machine: the job is refused, naming
+/// the file, instead of failing as if a store had. I/O trouble stays what it is.
+fn refused_input(e: orch_data::DataError) -> Error {
+    match e.category() {
+        ErrorCategory::Permanent => Error::Invalid(format!("spec.input.uri: {e}")),
+        _ => e.into(),
+    }
+}
+
 /// A budget error as the driver reports it: a refused job (the operator does not retry it).
 fn over(limit: OverBudget) -> Error {
     Error::Invalid(limit.to_string())
@@ -665,7 +675,7 @@ impl Input {
             max_batches,
         );
         match plan {
-            Err(e) => Err(self.trip.take().unwrap_or(e.into())),
+            Err(e) => Err(self.trip.take().unwrap_or_else(|| refused_input(e))),
             Ok(plan) => Ok(plan),
         }
     }

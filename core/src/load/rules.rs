@@ -15,6 +15,10 @@ use crate::uri::Location;
 /// Longest job name: leaves room for the `-<uid>` suffix within Kubernetes' 63 characters.
 pub const MAX_NAME_LEN: usize = 50;
 
+/// Most items one batch may hold: a task of more would run for days, and sizes near
+/// `u64::MAX` overflow the arithmetic of offsets and counts.
+pub const MAX_BATCH_SIZE: u64 = 100_000_000;
+
 /// Rules the schema cannot express (semantic validation of a parsed job file, what
 /// `orch validate` checks beyond the schema). Pure: no filesystem access.
 /// Fields a valid spec may leave unset for whoever runs it to fill in, that are unset here:
@@ -208,6 +212,27 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
         &s.retry.backoff.max,
         false,
     );
+    let backoff = &s.retry.backoff;
+    if let (Ok(initial), Ok(max)) = (backoff.initial.as_duration(), backoff.max.as_duration())
+        && max < initial
+    {
+        err(
+            "spec.retry.backoff.max",
+            format!(
+                "`{}` is shorter than backoff.initial (`{}`): the first delay would already pass the cap",
+                backoff.max, backoff.initial
+            ),
+        );
+    }
+    if s.batch.size > MAX_BATCH_SIZE {
+        err(
+            "spec.batch.size",
+            format!(
+                "{} items per batch is more than the {MAX_BATCH_SIZE} a task may hold",
+                s.batch.size
+            ),
+        );
+    }
     if let Some(limits) = &s.rate_limit {
         let many = matches!(limits, spec::RateLimitRefs::Many(_));
         let mut seen = std::collections::BTreeSet::new();
@@ -1073,6 +1098,36 @@ mod tests {
         job["spec"]["handler"] = json!({"exec": {"command": ["h"], "env": {"A": "plain"}}});
         let file = check(Path::new("job.yaml"), &job).unwrap();
         assert!(file.spec.handler.env_passed_from_worker().is_empty());
+    }
+
+    #[test]
+    fn backoff_max_below_initial_and_giant_batches_are_refused() {
+        let mut job = doc(json!({"uri": "out"}));
+        job["spec"]["retry"] = json!({"backoff": {"initial": "10s", "max": "1s"}});
+        job["spec"]["batch"] = json!({"size": u64::MAX});
+        let got = problems(&job);
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["spec.retry.backoff.max", "spec.batch.size"],
+            "{got:?}"
+        );
+        assert!(got[0].1.contains("shorter than backoff.initial"), "{got:?}");
+        job["spec"]["retry"] = json!({"backoff": {"initial": "1s", "max": "1s"}});
+        job["spec"]["batch"] = json!({"size": super::MAX_BATCH_SIZE});
+        assert!(problems(&job).is_empty());
+    }
+
+    #[test]
+    fn env_names_a_process_cannot_take_are_refused() {
+        for name in ["A=B", ""] {
+            let got = problems(&with_env(json!({name: "x"}), json!({"local": {}})));
+            assert_eq!(got.len(), 1, "{name:?}: {got:?}");
+            assert!(
+                got[0].1.contains("not an environment variable name"),
+                "{got:?}"
+            );
+        }
     }
 
     #[test]
