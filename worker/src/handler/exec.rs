@@ -383,8 +383,8 @@ impl Link {
         let count = expired.len();
         for (id, tx) in expired {
             // Warned, not debugged: a task log must show which items ran out of time. The id is
-            // the request's (`{"id": N, ...}` on the handler's stdin); the worker logs the item's
-            // ordinal when it records the failure.
+            // the request's (`{"id": N, ...}` on the handler's stdin), which the handler's own
+            // log can name; the handler does not know the item's ordinal.
             warn!(id, timeout = %human(timeout), "handler item timed out");
             let _ = tx.send(
                 Outcome::Err(ItemFailure::transient(format!(
