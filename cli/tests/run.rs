@@ -118,6 +118,49 @@ fn failures_above_tolerance_fail_the_job_with_exit_1() {
     assert!(!s.path("out/_SUCCESS").exists());
 }
 
+/// One item that hangs a sequential handler fails alone, with its timeout: the handler process is
+/// restarted and the items queued behind it are sent again (they all used to time out, one
+/// after the other).
+#[test]
+fn an_item_that_hangs_the_handler_fails_alone() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 200);
+    let handler = format!(
+        "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 4, timeout: 1s}}",
+        fixture("hang_one.py")
+    );
+    let yaml = job_yaml(
+        "hangs",
+        &handler,
+        "  tolerance: {maxFailedItemsPercent: 1}\n",
+    )
+    .replace("maxAttempts: 3", "maxAttempts: 2");
+    let job = s.write("job.yaml", &yaml);
+    let started = Instant::now();
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let seen = read_output(&s.path("out"));
+    let ok: Vec<u64> = (0..200).filter(|i| *i != 10).collect();
+    assert_eq!(seen.items, ok);
+    assert_eq!(seen.duplicates, 0);
+    assert_eq!(seen.error_items, vec![10]);
+    assert_eq!(seen.error_kinds.get("transient"), Some(&1));
+    // A hang guard only: it takes seconds (minutes before the fix).
+    assert!(started.elapsed() < Duration::from_secs(120));
+    // The task log says which item timed out, and that the handler was restarted.
+    let logs: String = std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .flat_map(|j| std::fs::read_dir(j.unwrap().path().join("logs")).unwrap())
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("handler item timed out"), "{logs}");
+    assert!(logs.contains("restarting handler process"), "{logs}");
+}
+
 /// Pids of `orch-worker` processes working on storage under `dir`.
 fn workers_of(dir: &std::path::Path) -> Vec<u32> {
     let out = std::process::Command::new("pgrep")

@@ -263,7 +263,25 @@ pub struct ExecSpec {
     /// Working directory, relative to the job file; default: the job file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// The longest answer line the worker reads from the handler (`64Mi`, bytes); a longer one
+    /// is thrown away and fails its item. Default 64Mi.
+    // Absent stays absent when written back, so that existing job files keep their job ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answer_bytes: Option<Quantity>,
 }
+
+impl ExecSpec {
+    /// `maxAnswerBytes` when set, else the default: 64 MiB.
+    pub fn max_answer_bytes(&self) -> Result<u64, String> {
+        match &self.max_answer_bytes {
+            Some(q) => q.as_bytes(),
+            None => Ok(DEFAULT_MAX_ANSWER_BYTES),
+        }
+    }
+}
+
+/// The default of `handler.exec.maxAnswerBytes`: 64 MiB.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The value of one `exec.env` variable: a literal string, `{fromEnv: NAME}` or
 /// `{valueFrom: {secretKeyRef: {name, key}}}`.

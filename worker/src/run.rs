@@ -248,6 +248,13 @@ fn make_handler(spec: &JobSpec) -> Result<Arc<dyn Handler>> {
             timeout: h.timeout.as_duration().map_err(Error::Setup)?,
             stderr_log: None,
             max_restarts: 5,
+            max_answer_bytes: exec
+                .max_answer_bytes()
+                .ok()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    Error::Setup("spec.handler.exec.maxAnswerBytes is not a valid size".into())
+                })?,
         };
         return Ok(Arc::new(ExecHandler::start(cfg)?));
     }

@@ -205,8 +205,10 @@ async fn a_late_answer_is_not_taken_for_a_later_item() {
     warm_up(&handler).await;
     let failure = err(handler.call(&raw(json!({"n": "held", "hang": true}))).await);
     assert_eq!(failure.kind, ErrorKind::Transient);
-    // The fixture answers the held item first, while this call is waiting: that late answer
-    // must be dropped, not handed to this call.
+    // Were the process still the same, the fixture would answer the held item first, while
+    // this call waits, and that late answer must not be handed to this call. The timeout
+    // restarted the process, so the late answer cannot even come (the unit tests cover a late
+    // answer within one process).
     let item = json!({"n": "next", "release": true});
     assert_eq!(ok(handler.call(&raw(item.clone())).await), item);
     assert_eq!(
@@ -506,4 +508,195 @@ async fn a_batching_python_handler_answers_every_item_as_its_own() {
         assert_eq!(handler.pid(), Some(pid), "no restart happened");
         handler.shutdown().await;
     }
+}
+
+/// The result a `sequential.py` item gets: the item, and which process answered it.
+fn echoed(answer: Answer) -> (Value, u64) {
+    let result = ok(answer);
+    (result["item"].clone(), result["pid"].as_u64().unwrap())
+}
+
+/// A sequential handler stuck on one item used to hold up every request queued behind it: they
+/// all timed out, and so did every later item sent to the stuck process. Now the timeout kills
+/// the process and the other items in flight go to a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_item_fails_alone_and_the_items_behind_it_are_sent_again() {
+    let mut cfg = config("sequential.py");
+    cfg.timeout = Duration::from_secs(2);
+    cfg.concurrency = 4;
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    warm_up(&handler).await;
+    let first_pid = handler.pid().unwrap();
+    let items: Vec<Value> = (0..50)
+        .map(|n| {
+            if n == 10 {
+                json!({"n": n, "hang": true})
+            } else {
+                json!({"n": n})
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    let outcomes = call_all(&handler, items.clone()).await;
+    let mut pids = std::collections::BTreeSet::new();
+    for (n, (item, outcome)) in items.iter().zip(outcomes).enumerate() {
+        if n == 10 {
+            assert_eq!(err(outcome), ItemFailure::transient("timed out after 2s"));
+        } else {
+            let (echo, pid) = echoed(outcome);
+            assert_eq!(&echo, item);
+            pids.insert(pid);
+        }
+    }
+    // A guard against hanging, far above the few seconds this takes (50 × 2 s before the fix).
+    assert!(started.elapsed() < Duration::from_secs(40));
+    assert!(
+        pids.len() >= 2 && !alive(first_pid),
+        "the stuck process was replaced: {pids:?}"
+    );
+    handler.shutdown().await;
+}
+
+/// A handler stuck on every item: each item fails with its own timeout, none hangs the test and
+/// none is sent again forever; kills after timeouts are no crashes, so the handler never gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_stuck_on_every_item_fails_each_with_its_timeout() {
+    let mut cfg = config("sequential.py");
+    cfg.timeout = Duration::from_secs(1);
+    cfg.concurrency = 3;
+    cfg.max_restarts = 1;
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    warm_up(&handler).await;
+    let started = Instant::now();
+    let items: Vec<Value> = (0..5).map(|n| json!({"n": n, "hang": true})).collect();
+    for outcome in call_all(&handler, items).await {
+        let failure = err(outcome);
+        assert_eq!(failure.kind, ErrorKind::Transient, "{failure:?}");
+        assert!(!failure.fatal, "{failure:?}");
+        assert!(
+            failure.message == "timed out after 1s" || failure.message.contains("restarted"),
+            "{failure:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(40));
+    // Still usable.
+    assert_eq!(
+        echoed(handler.call(&raw(json!({"n": 9}))).await).0,
+        json!({"n": 9})
+    );
+    handler.shutdown().await;
+}
+
+/// Answers for ids nobody asked for, a second answer for the same id, lines that are not JSON:
+/// the item without an answer of its own fails with a timeout, the others all get theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_duplicate_ids_and_garbage_lines_affect_only_their_own_items() {
+    let mut cfg = config("sequential.py");
+    cfg.timeout = Duration::from_secs(2);
+    cfg.concurrency = 4;
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    warm_up(&handler).await;
+    let kind_of = |n: usize| match n {
+        5 => Some("unknown_id"),
+        12 => Some("duplicate"),
+        20 => Some("garbage"),
+        27 => Some("noise"),
+        _ => None,
+    };
+    let items: Vec<Value> = (0..40)
+        .map(|n| match kind_of(n) {
+            Some(key) => json!({"n": n, key: true}),
+            None => json!({"n": n}),
+        })
+        .collect();
+    let outcomes = call_all(&handler, items.clone()).await;
+    for (n, (item, outcome)) in items.iter().zip(outcomes).enumerate() {
+        match kind_of(n) {
+            Some("unknown_id" | "garbage") => {
+                assert_eq!(
+                    err(outcome),
+                    ItemFailure::transient("timed out after 2s"),
+                    "{n}"
+                );
+            }
+            _ => assert_eq!(&echoed(outcome).0, item, "{n}"),
+        }
+    }
+    handler.shutdown().await;
+}
+
+/// A sequential handler that dies on one item every time: that item fails as infrastructure
+/// naming the exit, each time it is tried, and every other item succeeds.
+#[tokio::test]
+async fn a_handler_that_crashes_on_one_item_fails_only_that_item() {
+    let mut cfg = config("sequential.py");
+    cfg.concurrency = 1;
+    cfg.max_restarts = 2;
+    let handler = ExecHandler::start(cfg).unwrap();
+    // More tries of the bad item than `max_restarts`: the answers between them prove the process
+    // works, so it is never given up.
+    for n in 0..20 {
+        if n % 4 == 1 {
+            let failure = err(handler.call(&raw(json!({"n": n, "crash": true}))).await);
+            assert_eq!(
+                failure,
+                ItemFailure::infrastructure("handler process exited (exit status: 3)")
+            );
+        } else {
+            let item = json!({"n": n});
+            assert_eq!(echoed(handler.call(&raw(item.clone())).await).0, item);
+        }
+    }
+    handler.shutdown().await;
+}
+
+/// Peak resident memory of this test process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// An answer over `max_answer_bytes` is thrown away as it comes, never held: its item fails as
+/// permanent when the line starts with its id, and the process goes on; without a leading id the
+/// process is restarted and its items in flight fail as transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_size_limit_fails_its_item_without_being_held() {
+    let mut cfg = config("sequential.py");
+    cfg.max_answer_bytes = 1024 * 1024;
+    let handler = ExecHandler::start(cfg).unwrap();
+    let (_, pid) = echoed(handler.call(&raw(json!({"n": 0}))).await);
+    // 256 MiB without a newline; the worker used to keep all of it.
+    let huge = 256 * 1024 * 1024;
+    let failure = err(handler.call(&raw(json!({"huge": huge}))).await);
+    assert_eq!(
+        failure,
+        ItemFailure::permanent("handler answer is longer than handler.exec.maxAnswerBytes (1Mi)")
+    );
+    assert!(
+        peak_rss() < 160 * 1024 * 1024,
+        "the long line was held: peak {} MiB",
+        peak_rss() >> 20
+    );
+    // Just under the limit passes; the same process answers.
+    let under = 1024 * 1024 - r#"{"id": 3, "result": ""}"#.len();
+    match handler.call(&raw(json!({"huge": under}))).await.outcome {
+        Outcome::Ok(result) => assert_eq!(result.get().len(), under + 2),
+        Outcome::Err(failure) => panic!("{failure:?}"),
+    }
+    assert_eq!(echoed(handler.call(&raw(json!({"n": 1}))).await).1, pid);
+
+    // The id at the end of the line: which item it answers cannot be known.
+    let failure = err(handler
+        .call(&raw(json!({"huge": 2 * 1024 * 1024, "id_last": true})))
+        .await);
+    assert_eq!(failure.kind, ErrorKind::Transient, "{failure:?}");
+    assert!(
+        failure.message.contains("maxAnswerBytes (1Mi)") && failure.message.contains("restarted"),
+        "{failure:?}"
+    );
+    let (_, after) = echoed(handler.call(&raw(json!({"n": 2}))).await);
+    assert_ne!(after, pid, "the process was restarted");
+    handler.shutdown().await;
 }

@@ -173,6 +173,19 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
                 err("spec.handler.exec.command", "must name a program".into());
             }
             exec_env_rules(&mut err, exec, s.executor.kubernetes.is_some());
+            match exec.max_answer_bytes() {
+                Ok(0) => err(
+                    "spec.handler.exec.maxAnswerBytes",
+                    "must be ≥ 1 byte".into(),
+                ),
+                // The worker holds one answer line in memory: more than this is a mistake.
+                Ok(n) if n > MAX_ANSWER_BYTES_LIMIT => err(
+                    "spec.handler.exec.maxAnswerBytes",
+                    "must be at most 4Gi (the worker holds one answer in memory)".into(),
+                ),
+                Ok(_) => {}
+                Err(e) => err("spec.handler.exec.maxAnswerBytes", e),
+            }
         }
         (None, Some(builtin)) => {
             if let Some(d) = &builtin.duration
@@ -693,6 +706,9 @@ fn body_rules(err: &mut impl FnMut(&str, String), path: &str, value: &serde_json
     }
 }
 
+/// The largest `handler.exec.maxAnswerBytes`.
+const MAX_ANSWER_BYTES_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
+
 fn duration_rule(
     err: &mut impl FnMut(&str, String),
     path: &str,
@@ -752,6 +768,47 @@ mod tests {
         assert!(
             err.contains("spec.output.schema[1].name: duplicate column \"a\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_answer_size_limit_is_a_positive_size() {
+        let with = |limit: serde_json::Value| {
+            let mut d = doc(json!({}));
+            d["spec"]["handler"] =
+                json!({"exec": {"command": ["python3", "h.py"], "maxAnswerBytes": limit}});
+            d
+        };
+        for good in [json!("1Mi"), json!(4096), json!("4Gi")] {
+            assert_eq!(problems(&with(good.clone())), Vec::new(), "{good}");
+        }
+        let file = check(Path::new("job.yaml"), &with(json!("2Mi"))).unwrap();
+        let exec = file.spec.handler.exec.unwrap();
+        assert_eq!(exec.max_answer_bytes(), Ok(2 * 1024 * 1024));
+        for (bad, says) in [
+            (json!(0), "≥ 1 byte"),
+            (json!("5Gi"), "at most 4Gi"),
+            (json!("lots"), "lots"),
+        ] {
+            let got = problems(&with(bad.clone()));
+            assert_eq!(got.len(), 1, "{bad}: {got:?}");
+            assert_eq!(got[0].0, "spec.handler.exec.maxAnswerBytes", "{bad}");
+            assert!(got[0].1.contains(says), "{bad}: {}", got[0].1);
+        }
+        // Unset: the default, and nothing written back.
+        let mut d = doc(json!({}));
+        d["spec"]["handler"] = json!({"exec": {"command": ["python3", "h.py"]}});
+        let exec = check(Path::new("job.yaml"), &d)
+            .unwrap()
+            .spec
+            .handler
+            .exec
+            .unwrap();
+        assert_eq!(exec.max_answer_bytes(), Ok(spec::DEFAULT_MAX_ANSWER_BYTES));
+        assert!(
+            !serde_json::to_string(&exec)
+                .unwrap()
+                .contains("maxAnswerBytes")
         );
     }
 

@@ -18,6 +18,17 @@
 //! A crashed process is started again lazily, by the next call, after a short backoff; a
 //! process that keeps crashing without answering anything is given up on, so that the worker
 //! fails the task and the engine retries it elsewhere.
+//!
+//! An item past its timeout fails, and the process is killed and started again: a sequential
+//! handler stuck on one item would otherwise hold up every request queued behind it, and each
+//! of them would time out in turn. The other items in flight were not at fault, so their calls
+//! send them again, to the new process, with fresh deadlines. Such a kill is not a crash (it
+//! does not count towards giving up): each one ends an item attempt, which the worker's retry
+//! policy bounds, and a call is sent again at most [`MAX_RESENDS`] times.
+//!
+//! Every process has its own ids and its own table of calls waiting for an answer, and only its
+//! own reader delivers into that table: an answer that a killed process still wrote can never
+//! reach a call that was sent again to its successor.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -53,6 +64,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF: Backoff =
     Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
 const PIPE_BUFFER: usize = 64 * 1024;
+/// How many times one call is sent again because the process was restarted under it (after
+/// another item timed out) before it fails. Each restart ends another item's attempt, so this
+/// is only a backstop; a sequential handler needs one re-send per stuck item queued ahead.
+const MAX_RESENDS: u32 = 5;
+/// The default of [`ExecConfig::max_answer_bytes`] (the spec's `handler.exec.maxAnswerBytes`).
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = orch_core::spec::DEFAULT_MAX_ANSWER_BYTES as usize;
+/// How much of an over-long answer line is kept to find its id.
+const LONG_LINE_PREFIX: usize = 64;
 
 /// How to run an `exec` handler.
 #[derive(Clone, PartialEq)]
@@ -72,6 +91,9 @@ pub struct ExecConfig {
     pub stderr_log: Option<PathBuf>,
     /// Consecutive crashes without any response in between after which the handler gives up.
     pub max_restarts: u32,
+    /// The longest stdout line (one answer) read; a longer one is thrown away as it comes, so
+    /// that a runaway handler cannot grow the worker without bound.
+    pub max_answer_bytes: usize,
 }
 
 impl std::fmt::Debug for ExecConfig {
@@ -84,6 +106,7 @@ impl std::fmt::Debug for ExecConfig {
             .field("timeout", &self.timeout)
             .field("stderr_log", &self.stderr_log)
             .field("max_restarts", &self.max_restarts)
+            .field("max_answer_bytes", &self.max_answer_bytes)
             .finish()
     }
 }
@@ -123,7 +146,8 @@ pub fn handler_env(
 }
 
 impl ExecConfig {
-    /// A config with the spec's defaults: concurrency 4, timeout 60 s, 5 restarts.
+    /// A config with the spec's defaults: concurrency 4, timeout 60 s, 5 restarts, answers of at
+    /// most 64 MiB.
     pub fn new(command: Vec<String>, workdir: impl Into<PathBuf>) -> Self {
         ExecConfig {
             command,
@@ -133,6 +157,7 @@ impl ExecConfig {
             timeout: Duration::from_secs(60),
             stderr_log: None,
             max_restarts: 5,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }
@@ -173,7 +198,12 @@ enum Slot {
 /// What a call finds in the slot.
 enum Current {
     Live(Arc<Process>),
-    Dead { reason: String, at: Instant },
+    /// Being killed for a restart: wait for its exit, then start the next one.
+    Ending(Arc<Process>),
+    Dead {
+        reason: String,
+        at: Instant,
+    },
     Fail(ItemFailure),
 }
 
@@ -209,11 +239,44 @@ struct LinkState {
     last_id: u64,
     /// Set once the process has exited: why, and when (for the restart backoff).
     exit: Option<(String, Instant)>,
+    /// Set when the process is to be killed and replaced; no call is sent to it from then on.
+    restart: Option<Restart>,
+}
+
+/// Why a live process is killed and replaced.
+#[derive(Clone, Debug)]
+enum Restart {
+    /// An item timed out: the process may be stuck on it, with the other items queued behind.
+    /// Not the process's fault as far as we know, so the others are sent again.
+    TimedOut(Duration),
+    /// It broke the protocol (why): counted as a crash, and the items in flight fail.
+    Protocol(String),
+}
+
+/// What a call is told: its answer, or to send its item again to the next process.
+#[derive(Debug)]
+enum Reply {
+    Answer(Answer),
+    /// The process was killed after another item timed out; says why.
+    Resend(String),
+}
+
+impl From<Outcome> for Reply {
+    fn from(outcome: Outcome) -> Self {
+        Reply::Answer(outcome.into())
+    }
 }
 
 struct Waiting {
-    tx: oneshot::Sender<Answer>,
+    tx: oneshot::Sender<Reply>,
     deadline: Instant,
+}
+
+/// Where a process is in its life, as a call sees it.
+enum Status {
+    Up,
+    Ending,
+    Exited(String, Instant),
 }
 
 #[derive(Default)]
@@ -240,11 +303,11 @@ impl Link {
     }
 
     /// Registers a call and queues its request line; its id, or None when the process already
-    /// exited (then nothing was sent).
-    fn send(&self, item: &RawValue, tx: oneshot::Sender<Answer>, timeout: Duration) -> Option<u64> {
+    /// exited or is being replaced (then nothing was sent).
+    fn send(&self, item: &RawValue, tx: oneshot::Sender<Reply>, timeout: Duration) -> Option<u64> {
         let id = {
             let mut state = lock(&self.state);
-            if state.exit.is_some() {
+            if state.exit.is_some() || state.restart.is_some() {
                 return None;
             }
             state.last_id += 1;
@@ -266,7 +329,7 @@ impl Link {
         Some(id)
     }
 
-    fn take(&self, id: u64) -> Option<oneshot::Sender<Answer>> {
+    fn take(&self, id: u64) -> Option<oneshot::Sender<Reply>> {
         lock(&self.state)
             .waiting
             .remove(&id)
@@ -278,7 +341,7 @@ impl Link {
     fn deliver(
         &self,
         answers: &mut Vec<(u64, Answer)>,
-        ready: &mut Vec<(oneshot::Sender<Answer>, Answer)>,
+        ready: &mut Vec<(oneshot::Sender<Reply>, Answer)>,
     ) {
         {
             let mut state = lock(&self.state);
@@ -295,12 +358,13 @@ impl Link {
         // Outside the lock: completing a call may wake a thread.
         for (tx, outcome) in ready.drain(..) {
             // Fails only if the call is gone, in which case nobody wants the answer.
-            let _ = tx.send(outcome);
+            let _ = tx.send(Reply::Answer(outcome));
         }
     }
 
-    /// Fails the calls whose deadline has passed, as transient; returns when to look again.
-    fn expire(&self, now: Instant, timeout: Duration) -> Instant {
+    /// Fails the calls whose deadline has passed, as transient; returns when to look again and
+    /// how many timed out.
+    fn expire(&self, now: Instant, timeout: Duration) -> (Instant, usize) {
         let mut expired = Vec::new();
         let next = {
             let mut state = lock(&self.state);
@@ -316,8 +380,12 @@ impl Link {
                 }
             }
         };
+        let count = expired.len();
         for (id, tx) in expired {
-            debug!(id, "handler item timed out");
+            // Warned, not debugged: a task log must show which items ran out of time. The id is
+            // the request's (`{"id": N, ...}` on the handler's stdin), which the handler's own
+            // log can name; the handler does not know the item's ordinal.
+            warn!(id, timeout = %human(timeout), "handler item timed out");
             let _ = tx.send(
                 Outcome::Err(ItemFailure::transient(format!(
                     "timed out after {}",
@@ -326,11 +394,42 @@ impl Link {
                 .into(),
             );
         }
-        next
+        (next, count)
     }
 
     fn exit(&self) -> Option<(String, Instant)> {
         lock(&self.state).exit.clone()
+    }
+
+    fn status(&self) -> Status {
+        let state = lock(&self.state);
+        match (&state.exit, &state.restart) {
+            (Some((reason, at)), _) => Status::Exited(reason.clone(), *at),
+            (None, Some(_)) => Status::Ending,
+            (None, None) => Status::Up,
+        }
+    }
+
+    /// Has the supervisor kill the process and tell the calls in flight what to do; the first
+    /// reason given is the one that counts. Ignored once the process is stopping or gone.
+    fn request_restart(&self, why: Restart) {
+        {
+            let mut state = lock(&self.state);
+            if state.exit.is_some() || state.restart.is_some() {
+                return;
+            }
+            state.restart = Some(why);
+        }
+        self.kill.notify_one();
+    }
+
+    fn restart_reason(&self) -> Option<Restart> {
+        lock(&self.state).restart.clone()
+    }
+
+    /// True once we asked the process to go, for whatever reason: its pipes closing is expected.
+    fn ending(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst) || lock(&self.state).restart.is_some()
     }
 
     /// Records the exit and hands back every call still waiting.
@@ -373,6 +472,13 @@ impl Process {
             // An error means the supervisor is gone, and with it the child (kill_on_drop).
             let _ = exited.wait_for(|done| *done).await;
         }
+    }
+
+    /// Returns once the supervisor has published the exit.
+    async fn wait_for_exit(&self) {
+        let mut exited = self.link.exited.subscribe();
+        // An error means the supervisor is gone, and the exit with it.
+        let _ = exited.wait_for(|done| *done).await;
     }
 
     fn kill_now(&self) {
@@ -483,7 +589,12 @@ impl ExecHandler {
 
         let link = Arc::new(Link::new());
         tokio::spawn(write_loop(stdin, link.clone(), cfg.concurrency, generation));
-        let reader = tokio::spawn(read_loop(stdout, link.clone(), self.crashes.clone()));
+        let reader = tokio::spawn(read_loop(
+            stdout,
+            link.clone(),
+            self.crashes.clone(),
+            cfg.max_answer_bytes,
+        ));
         tokio::spawn(supervise(
             child,
             reader,
@@ -501,9 +612,10 @@ impl ExecHandler {
 
     fn current(&self) -> Current {
         match &*lock(&self.slot) {
-            Slot::Running(process) => match process.link.exit() {
-                None => Current::Live(process.clone()),
-                Some((reason, at)) => Current::Dead { reason, at },
+            Slot::Running(process) => match process.link.status() {
+                Status::Up => Current::Live(process.clone()),
+                Status::Ending => Current::Ending(process.clone()),
+                Status::Exited(reason, at) => Current::Dead { reason, at },
             },
             Slot::Dead { reason, at } => Current::Dead {
                 reason: reason.clone(),
@@ -516,15 +628,20 @@ impl ExecHandler {
 
     /// The live process, starting a new one when the last one died.
     async fn process(&self) -> Result<Arc<Process>, ItemFailure> {
-        if let Current::Live(process) = self.current() {
-            return Ok(process);
+        match self.current() {
+            Current::Live(process) => return Ok(process),
+            Current::Ending(process) => process.wait_for_exit().await,
+            _ => {}
         }
         let _restarting = self.restart.lock().await;
         // Another caller may have restarted it while we waited for the lock.
-        let (reason, died_at) = match self.current() {
-            Current::Live(process) => return Ok(process),
-            Current::Fail(failure) => return Err(failure),
-            Current::Dead { reason, at } => (reason, at),
+        let (reason, died_at) = loop {
+            match self.current() {
+                Current::Live(process) => return Ok(process),
+                Current::Ending(process) => process.wait_for_exit().await,
+                Current::Fail(failure) => return Err(failure),
+                Current::Dead { reason, at } => break (reason, at),
+            }
         };
         let crashes = self.crashes.load(Ordering::SeqCst);
         if crashes > self.cfg.max_restarts {
@@ -545,6 +662,7 @@ impl ExecHandler {
         info!(
             crashes,
             delay_ms = delay.as_millis() as u64,
+            %reason,
             "restarting handler process"
         );
         tokio::time::sleep(delay).await;
@@ -578,6 +696,7 @@ impl ExecHandler {
     }
 
     async fn run(&self, item: &RawValue) -> Answer {
+        let mut resends = 0;
         loop {
             let process = match self.process().await {
                 Ok(process) => process,
@@ -594,17 +713,38 @@ impl ExecHandler {
                 armed: true,
             };
             // The answer comes from the reader, the supervisor's deadline sweep (timed out) or
-            // the supervisor at the exit (infrastructure), whichever takes the entry first.
-            let answer = match rx.await {
-                Ok(answer) => answer,
-                // Dropped unanswered: only when the runtime shuts down.
-                Err(_) => Outcome::Err(ItemFailure::infrastructure(
-                    "handler process went away without answering",
-                ))
-                .into(),
-            };
+            // the supervisor at the exit (infrastructure, or send it again), whichever takes the
+            // entry first.
+            let reply = rx.await;
             guard.armed = false;
-            return answer;
+            match reply {
+                Ok(Reply::Answer(answer)) => return answer,
+                Ok(Reply::Resend(reason)) => {
+                    resends += 1;
+                    if resends > MAX_RESENDS {
+                        warn!(
+                            resends = MAX_RESENDS,
+                            "handler process restarted too often under one item; failing it"
+                        );
+                        return Outcome::Err(ItemFailure::transient(format!(
+                            "handler process was restarted {MAX_RESENDS} times before it \
+                             answered (last: {reason})"
+                        )))
+                        .into();
+                    }
+                    debug!(
+                        generation = process.generation,
+                        id, "sending the item again to the next handler process"
+                    );
+                }
+                // Dropped unanswered: only when the runtime shuts down.
+                Err(_) => {
+                    return Outcome::Err(ItemFailure::infrastructure(
+                        "handler process went away without answering",
+                    ))
+                    .into();
+                }
+            }
         }
     }
 }
@@ -700,7 +840,7 @@ async fn write_loop(
     };
     // Dropping `stdin` closes it: the handler sees end of input and should exit.
     if let Err(err) = result {
-        if link.stopping.load(Ordering::SeqCst) || link.exit().is_some() {
+        if link.ending() || link.exit().is_some() {
             debug!(generation, error = %err, "handler stdin closed");
         } else {
             // Requests can no longer reach the process, so the items sent to it would only
@@ -712,16 +852,31 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(mut stdout: impl AsyncRead + Unpin, link: Arc<Link>, crashes: Arc<AtomicU32>) {
+async fn read_loop(
+    mut stdout: impl AsyncRead + Unpin,
+    link: Arc<Link>,
+    crashes: Arc<AtomicU32>,
+    max_line: usize,
+) {
     // Every complete line a read brings in is handled before the next read, and their calls
     // are completed under one lock: answers written in batches are taken in batches.
     let mut buf: Vec<u8> = Vec::with_capacity(PIPE_BUFFER);
     let mut answers = Vec::new();
     let mut ready = Vec::new();
+    // Set while the rest of a line over `max_line` is read and thrown away: it is never held.
+    let mut discarding = false;
     loop {
         if buf.capacity() - buf.len() < PIPE_BUFFER / 4 {
-            // Room for a read; a line longer than the buffer makes it grow.
-            buf.reserve(PIPE_BUFFER);
+            // Room for a read; a line longer than the buffer makes it grow, doubling, but never
+            // past what a line at the limit needs (a longer one is noticed within a read).
+            // Here `buf.len() <= max_line`: a longer partial line is being thrown away.
+            let room = max_line
+                .saturating_add(PIPE_BUFFER)
+                .saturating_sub(buf.len());
+            buf.reserve_exact(
+                buf.capacity()
+                    .clamp(PIPE_BUFFER / 4, room.max(PIPE_BUFFER / 4)),
+            );
         }
         // What is left from the last read is part of a line: no newline in it.
         let old_len = buf.len();
@@ -732,20 +887,51 @@ async fn read_loop(mut stdout: impl AsyncRead + Unpin, link: Arc<Link>, crashes:
                 0
             }
         };
-        // At the end, a last line without a newline still counts.
-        let complete = if read == 0 {
+        let eof = read == 0;
+        // Where the lines to handle start: after the end of a line being thrown away.
+        let mut start = 0;
+        if discarding {
+            match memchr::memchr(b'\n', &buf) {
+                Some(end) => {
+                    start = end + 1;
+                    discarding = false;
+                }
+                None => {
+                    buf.clear();
+                    if eof {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // At the end, a last line without a newline still counts. Otherwise only the new bytes
+        // are searched, so that a long line read in small pieces does not cost time quadratic
+        // in its length.
+        let complete = if eof {
             buf.len()
         } else {
-            // Only the new bytes are searched, so that a long line read in small pieces does
-            // not cost time quadratic in its length.
-            match buf[old_len..].iter().rposition(|b| *b == b'\n') {
-                Some(last) => old_len + last + 1,
-                None => continue,
-            }
+            let from = old_len.max(start);
+            memchr::memrchr(b'\n', &buf[from..]).map_or(start, |last| from + last + 1)
         };
-        for line in buf[..complete].split(|b| *b == b'\n') {
-            if let Some(answer) = parse_response(line) {
-                answers.push(answer);
+        if complete > start {
+            for line in buf[start..complete].split(|b| *b == b'\n') {
+                if line.len() > max_line {
+                    long_line(line, max_line, &link, &mut answers);
+                } else if let Some(answer) = parse_response(line) {
+                    answers.push(answer);
+                }
+            }
+        }
+        if !eof {
+            buf.drain(..complete);
+            if buf.len() > max_line {
+                // Over the limit before its end: keep its start (to find the id), throw away the
+                // rest as it comes, and give the memory back.
+                long_line(&buf, max_line, &link, &mut answers);
+                buf.clear();
+                buf.shrink_to(PIPE_BUFFER);
+                discarding = true;
             }
         }
         if !answers.is_empty() {
@@ -755,10 +941,57 @@ async fn read_loop(mut stdout: impl AsyncRead + Unpin, link: Arc<Link>, crashes:
             }
             link.deliver(&mut answers, &mut ready);
         }
-        if read == 0 {
+        if eof {
             return;
         }
-        buf.drain(..complete);
+    }
+}
+
+/// A stdout line over `handler.exec.maxAnswerBytes` (only its start is looked at): the item it
+/// answers fails, when the line starts with its id; otherwise the process broke the protocol
+/// and is restarted.
+fn long_line(line: &[u8], max_line: usize, link: &Link, answers: &mut Vec<(u64, Answer)>) {
+    let limit = human_bytes(max_line);
+    match leading_id(&line[..line.len().min(LONG_LINE_PREFIX)]) {
+        Some(id) => {
+            warn!(
+                id,
+                limit = %limit,
+                "handler answer longer than handler.exec.maxAnswerBytes; the item fails"
+            );
+            let failure = ItemFailure::permanent(format!(
+                "handler answer is longer than handler.exec.maxAnswerBytes ({limit})"
+            ));
+            answers.push((id, Outcome::Err(failure).into()));
+        }
+        None => {
+            warn!(
+                limit = %limit,
+                "handler wrote a stdout line longer than handler.exec.maxAnswerBytes that does \
+                 not start with an id; restarting the process"
+            );
+            link.request_restart(Restart::Protocol(format!(
+                "it wrote a stdout line longer than handler.exec.maxAnswerBytes ({limit}) that \
+                 does not start with an `id`"
+            )));
+        }
+    }
+}
+
+/// The id of a line that starts `{"id": 17,` (blanks allowed), as handlers written with
+/// `json.dumps({"id": ..., "result": ...})` or python/orch_handler.py put it.
+fn leading_id(line: &[u8]) -> Option<u64> {
+    let rest = line.trim_ascii_start().strip_prefix(b"{")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"id\"")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start();
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    // The number must be whole: followed by a separator, not cut off by the prefix.
+    match rest.get(digits) {
+        Some(b',' | b'}' | b' ' | b'\t' | b'\r' | b'\n') if digits > 0 => {
+            std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+        }
+        _ => None,
     }
 }
 
@@ -917,15 +1150,34 @@ async fn supervise(
         Kill,
     }
     let pid = child.id();
+    // The time the sweep is due, rather than the time it runs: a wake-up that comes late (a
+    // loaded machine) must not fail, with the item at the earliest deadline, the items sent
+    // just after it, which a sequential handler has not even looked at yet. Those are sent
+    // again to the next process instead.
+    let mut due = Instant::now();
     let ended = loop {
         // The item timeouts: wake at the earliest deadline only, which, with answers flowing,
         // is about once per timeout period rather than once per item.
-        let next = link.expire(Instant::now(), timeout);
+        let (next, timed_out) = link.expire(due, timeout);
+        if timed_out > 0 && !link.ending() {
+            warn!(
+                generation,
+                pid,
+                timed_out,
+                timeout = %human(timeout),
+                "handler item timed out; restarting the handler process, the other items in \
+                 flight go to the new one"
+            );
+            link.request_restart(Restart::TimedOut(timeout));
+            // At once, not through the select below: its timer may be due too, and another
+            // sweep would fail the items queued behind the stuck one, which are to be sent again.
+            break Ended::Kill;
+        }
         tokio::select! {
             status = child.wait() => break Ended::Exited(status),
             _ = &mut reader => break Ended::StdoutClosed,
             () = link.kill.notified() => break Ended::Kill,
-            () = tokio::time::sleep_until(next.into()) => {}
+            () = tokio::time::sleep_until(next.into()) => due = next,
         }
     };
     let status = match ended {
@@ -956,25 +1208,46 @@ async fn supervise(
         }
     };
     let stopping = link.stopping.load(Ordering::SeqCst);
-    let reason = match status {
+    // A shutdown overrides a restart: nothing is sent again after it.
+    let restart = if stopping {
+        None
+    } else {
+        link.restart_reason()
+    };
+    let reason = match (status, &restart) {
+        (_, Some(Restart::TimedOut(timeout))) => {
+            format!("killed after an item timed out after {}", human(*timeout))
+        }
+        (_, Some(Restart::Protocol(why))) => format!("killed: {why}"),
         // Nobody here sent that SIGKILL: on a cluster it is the kernel's out-of-memory killer
         // enforcing the task's memory limit (the handler, the biggest process, goes first).
-        Ok(status) if status.signal() == Some(9) && !stopping => format!(
+        (Ok(status), None) if status.signal() == Some(9) && !stopping => format!(
             "{status}: killed by SIGKILL, most likely out of memory (it needs more than \
              spec.resources.memory)"
         ),
-        Ok(status) => status.to_string(),
-        Err(err) => format!("cannot wait for it: {err}"),
+        (Ok(status), None) => status.to_string(),
+        (Err(err), None) => format!("cannot wait for it: {err}"),
     };
     // Counted before the exit is published, so that a caller seeing the exit sees the count.
-    let consecutive = if stopping {
-        0
+    // A kill after a timeout is no crash: the process may be fine, and the timed-out item's
+    // attempt already paid for it.
+    let consecutive = if stopping || matches!(restart, Some(Restart::TimedOut(_))) {
+        crashes.load(Ordering::SeqCst)
     } else {
         crashes.fetch_add(1, Ordering::SeqCst) + 1
     };
     let waiting = link.close(reason.clone());
     if stopping {
         info!(generation, pid, %reason, in_flight = waiting.len(), "handler process stopped");
+    } else if restart.is_some() {
+        warn!(
+            generation,
+            pid,
+            %reason,
+            in_flight = waiting.len(),
+            consecutive_crashes = consecutive,
+            "handler process killed to be restarted"
+        );
     } else {
         warn!(
             generation,
@@ -987,9 +1260,17 @@ async fn supervise(
     }
     let message = format!("handler process exited ({reason})");
     for (_, waiting) in waiting {
-        let _ = waiting
-            .tx
-            .send(Outcome::Err(ItemFailure::infrastructure(message.clone())).into());
+        let reply = match &restart {
+            Some(Restart::TimedOut(_)) => Reply::Resend(reason.clone()),
+            // The process broke the protocol: which item made it do so is unknown, so none is
+            // sent again blindly; they fail as transient and the worker's retries decide.
+            Some(Restart::Protocol(why)) => Outcome::Err(ItemFailure::transient(format!(
+                "handler process was restarted: {why}"
+            )))
+            .into(),
+            None => Outcome::Err(ItemFailure::infrastructure(message.clone())).into(),
+        };
+        let _ = waiting.tx.send(reply);
     }
     // Nothing more goes to this process: let the writer end (and drop its end of the pipe).
     link.close_stdin();
@@ -1034,6 +1315,18 @@ fn resolve_program(program: &str, workdir: &Path, env: &BTreeMap<String, OsStrin
     program.into()
 }
 
+/// `64Mi`, `512Ki`, `1000`: how users write sizes in the job spec.
+fn human_bytes(bytes: usize) -> String {
+    const MI: usize = 1024 * 1024;
+    if bytes >= MI && bytes.is_multiple_of(MI) {
+        format!("{}Mi", bytes / MI)
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{}Ki", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
 /// `60s`, `300ms`: how users write durations in the job spec.
 fn human(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
@@ -1049,6 +1342,15 @@ fn human(duration: Duration) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    impl Reply {
+        fn answer(self) -> Answer {
+            match self {
+                Reply::Answer(answer) => answer,
+                Reply::Resend(why) => panic!("told to send again: {why}"),
+            }
+        }
+    }
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_owned()).unwrap()
@@ -1192,15 +1494,15 @@ mod tests {
         assert_eq!(got.len(), 4);
         link.deliver(&mut got, &mut Vec::new());
         assert!(got.is_empty());
-        match rx1.try_recv().unwrap().outcome {
+        match rx1.try_recv().unwrap().answer().outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), r#"[{"x":1}]"#),
             other => panic!("unexpected {other:?}"),
         }
-        match rx2.try_recv().unwrap().outcome {
+        match rx2.try_recv().unwrap().answer().outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), "null"),
             other => panic!("unexpected {other:?}"),
         }
-        match rx3.try_recv().unwrap().outcome {
+        match rx3.try_recv().unwrap().answer().outcome {
             Outcome::Err(failure) => assert_eq!(failure.kind, ErrorKind::Permanent),
             other => panic!("unexpected {other:?}"),
         }
@@ -1229,13 +1531,13 @@ mod tests {
 
         // Nothing is due yet: the sweep sleeps until the first deadline.
         let early = deadline(id1) - Duration::from_millis(1);
-        assert_eq!(link.expire(early, timeout), deadline(id1));
+        assert_eq!(link.expire(early, timeout), (deadline(id1), 0));
         assert!(rx1.try_recv().is_err());
 
         // The first two are due: they fail as transient; the third is next.
-        assert_eq!(link.expire(deadline(id2), timeout), deadline(id3));
+        assert_eq!(link.expire(deadline(id2), timeout), (deadline(id3), 2));
         for rx in [&mut rx1, &mut rx2] {
-            match rx.try_recv().unwrap().outcome {
+            match rx.try_recv().unwrap().answer().outcome {
                 Outcome::Err(failure) => {
                     assert_eq!(failure, ItemFailure::transient("timed out after 500ms"));
                 }
@@ -1249,13 +1551,13 @@ mod tests {
             format!("{{\"id\":{id3},\"result\":3}}").as_bytes(),
         ]);
         link.deliver(&mut got, &mut Vec::new());
-        match rx3.try_recv().unwrap().outcome {
+        match rx3.try_recv().unwrap().answer().outcome {
             Outcome::Ok(result) => assert_eq!(result.get(), "3"),
             other => panic!("unexpected {other:?}"),
         }
         // Nothing waiting: look again one timeout from now at the latest.
         let now = sent + Duration::from_secs(3);
-        assert_eq!(link.expire(now, timeout), now + timeout);
+        assert_eq!(link.expire(now, timeout), (now + timeout, 0));
     }
 
     /// An `AsyncWrite` that records each write it is given.
@@ -1339,7 +1641,13 @@ mod tests {
             ours.write_all(output.as_bytes()).await.unwrap();
         });
         let crashes = Arc::new(AtomicU32::new(2));
-        read_loop(theirs, link.clone(), crashes.clone()).await;
+        read_loop(
+            theirs,
+            link.clone(),
+            crashes.clone(),
+            DEFAULT_MAX_ANSWER_BYTES,
+        )
+        .await;
         feeder.await.unwrap();
         assert_eq!(
             crashes.load(Ordering::SeqCst),
@@ -1348,7 +1656,7 @@ mod tests {
         );
         let mut outcomes = Vec::new();
         for mut rx in receivers {
-            outcomes.push(rx.try_recv().unwrap().outcome);
+            outcomes.push(rx.try_recv().unwrap().answer().outcome);
         }
         match &outcomes[0] {
             Outcome::Ok(result) => assert_eq!(result.get(), format!("\"{long}\"")),
@@ -1364,6 +1672,117 @@ mod tests {
         }
         match &outcomes[3] {
             Outcome::Ok(result) => assert_eq!(result.get(), "[]"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_id_of_a_long_line_is_read_from_its_start() {
+        assert_eq!(leading_id(br#"{"id":17,"result":"xxxx"#), Some(17));
+        assert_eq!(leading_id(b"  { \"id\" :\t9 , \"error\""), Some(9));
+        assert_eq!(leading_id(br#"{"id":3}"#), Some(3));
+        for no in [
+            &br#"{"result":"x","id":4}"#[..],
+            br#"{"id":"4","result""#,
+            br#"{"id":-4,"#,
+            br#"{"id":12345"#,
+            br#"["id",1]"#,
+            b"",
+        ] {
+            assert_eq!(leading_id(no), None, "{}", String::from_utf8_lossy(no));
+        }
+        assert_eq!(human_bytes(64 * 1024 * 1024), "64Mi");
+        assert_eq!(human_bytes(512 * 1024), "512Ki");
+        assert_eq!(human_bytes(1000), "1000");
+    }
+
+    #[tokio::test]
+    async fn lines_over_the_limit_are_thrown_away_and_fail_their_item() {
+        let link = Arc::new(Link::new());
+        let timeout = Duration::from_secs(60);
+        let mut receivers = Vec::new();
+        for _ in 0..4 {
+            let (tx, rx) = oneshot::channel();
+            link.send(&raw("{}"), tx, timeout).unwrap();
+            receivers.push(rx);
+        }
+        let long = "y".repeat(5000);
+        // Item 1's answer is over the limit (and comes in pieces); an answer just under it
+        // passes; a long line without a leading id breaks the protocol; answers after the long
+        // lines are still read.
+        let under = "z".repeat(1000 - r#"{"id":2,"result":""}"#.len());
+        let output = format!(
+            "{{\"id\":1,\"result\":\"{long}\"}}\n{{\"id\":2,\"result\":\"{under}\"}}\n\
+             {{\"result\":\"{long}\",\"id\":3}}\n{{\"id\":3,\"result\":3}}\n\
+             {{\"id\":4,\"result\":\"{long}\"}}"
+        );
+        let (mut ours, theirs) = tokio::io::duplex(7);
+        let feeder = tokio::spawn(async move {
+            ours.write_all(output.as_bytes()).await.unwrap();
+        });
+        read_loop(theirs, link.clone(), Arc::new(AtomicU32::new(0)), 1000).await;
+        feeder.await.unwrap();
+        let mut outcomes = Vec::new();
+        for mut rx in receivers {
+            outcomes.push(rx.try_recv().unwrap().answer().outcome);
+        }
+        let too_long = ItemFailure::permanent(
+            "handler answer is longer than handler.exec.maxAnswerBytes (1000)",
+        );
+        match &outcomes[0] {
+            Outcome::Err(failure) => assert_eq!(failure, &too_long),
+            other => panic!("unexpected {other:?}"),
+        }
+        match &outcomes[1] {
+            Outcome::Ok(result) => assert_eq!(result.get(), format!("\"{under}\"")),
+            other => panic!("unexpected {other:?}"),
+        }
+        match &outcomes[2] {
+            Outcome::Ok(result) => assert_eq!(result.get(), "3"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // The last line ends with the output, still over the limit.
+        match &outcomes[3] {
+            Outcome::Err(failure) => assert_eq!(failure, &too_long),
+            other => panic!("unexpected {other:?}"),
+        }
+        match link.restart_reason() {
+            Some(Restart::Protocol(why)) => assert!(why.contains("maxAnswerBytes (1000)"), "{why}"),
+            other => panic!("no restart asked for: {other:?}"),
+        }
+        let (tx, _rx) = oneshot::channel();
+        assert_eq!(
+            link.send(&raw("{}"), tx, timeout),
+            None,
+            "nothing goes to a dying process"
+        );
+    }
+
+    #[test]
+    fn answers_of_a_replaced_process_never_reach_its_successor() {
+        let timeout = Duration::from_secs(60);
+        let old = Link::new();
+        let (tx, _rx) = oneshot::channel();
+        assert_eq!(old.send(&raw("1"), tx, timeout), Some(1));
+        old.request_restart(Restart::TimedOut(timeout));
+        let in_flight = old.close("killed".into());
+        assert_eq!(in_flight.len(), 1);
+        // The item goes to the next process, which numbers its requests anew.
+        let new = Link::new();
+        let (tx, mut rx) = oneshot::channel();
+        assert_eq!(new.send(&raw("1"), tx, timeout), Some(1));
+        // What the killed process still wrote is read by its own reader, into its own table.
+        old.deliver(
+            &mut answers(&[br#"{"id":1,"result":"stale"}"#]),
+            &mut Vec::new(),
+        );
+        assert!(rx.try_recv().is_err(), "a stale answer was delivered");
+        new.deliver(
+            &mut answers(&[br#"{"id":1,"result":"fresh"}"#]),
+            &mut Vec::new(),
+        );
+        match rx.try_recv().unwrap().answer().outcome {
+            Outcome::Ok(result) => assert_eq!(result.get(), r#""fresh""#),
             other => panic!("unexpected {other:?}"),
         }
     }
