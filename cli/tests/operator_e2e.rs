@@ -985,7 +985,10 @@ async fn two_jobs_share_a_rate_limit_and_a_pause_hands_over_its_share() {
     let Some(mut world) = World::new("e2e-rl").await else {
         return;
     };
-    world.put_input(ITEMS).await;
+    // Long enough (80 s at half the rate) that neither job ends before the pause below, however
+    // slowly the steps before it go.
+    const RL_ITEMS: u64 = 800;
+    world.put_input(RL_ITEMS).await;
     world.start_operator("op-a");
     let limit = world.scratch.write(
         "limit.yaml",
@@ -1068,7 +1071,8 @@ async fn two_jobs_share_a_rate_limit_and_a_pause_hands_over_its_share() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the paused job's share did not move: {now:?}"
+            "the paused job's share did not move: {now:?}\n{}",
+            world.operators_logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -1093,7 +1097,7 @@ async fn two_jobs_share_a_rate_limit_and_a_pause_hands_over_its_share() {
             common::text(&waited),
             world.operators_logs()
         );
-        common::read_output(&world.output_dir(name).await).assert_each_item_once(ITEMS);
+        common::read_output(&world.output_dir(name).await).assert_each_item_once(RL_ITEMS);
     }
 }
 
