@@ -34,13 +34,12 @@ pub struct RunArgs {
 fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
     let job = load::load(file)?;
     load::preflight(&job)?;
-    parquet_footers(&job)?;
     Ok(job)
 }
 
 /// Local Parquet input whose footer does not read (a truncated file, another format under a
-/// `.parquet` name) is refused by `orch validate` as `orch run` would refuse it: only the
-/// footers are read.
+/// `.parquet` name) is refused by `orch validate` as `orch run` refuses it while planning: only
+/// the footers are read.
 fn parquet_footers(job: &LoadedJob) -> Result<(), Failure> {
     let s = &job.file.spec;
     let format = s.input.format.or_else(|| load::infer_format(&s.input.uri));
@@ -66,36 +65,28 @@ fn parquet_footers(job: &LoadedJob) -> Result<(), Failure> {
 
 /// What is missing for this process to reach the job's data in S3, naming the first field
 /// that puts it there; `Ok(None)` when nothing is (or nothing is in S3).
-fn aws_gap(job: &LoadedJob) -> Result<Option<String>, Failure> {
+fn aws_gap(job: &LoadedJob, runtime: &tokio::runtime::Runtime) -> Option<String> {
     let s = &job.file.spec;
     let uses = [
         ("spec.storage.uri", s.storage.uri.as_deref().unwrap_or("")),
         ("spec.input.uri", s.input.uri.as_str()),
         ("spec.output.uri", s.output.uri.as_deref().unwrap_or("")),
     ];
-    let Some((field, _)) = uses.iter().find(|(_, uri)| orch_connect::is_s3(uri)) else {
-        return Ok(None);
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })?;
-    Ok(runtime
+    let (field, _) = uses.iter().find(|(_, uri)| orch_connect::is_s3(uri))?;
+    runtime
         .block_on(orch_connect::aws_unconfigured())
-        .map(|why| format!("{field}: in S3, but {why}")))
+        .map(|why| format!("{field}: in S3, but {why}"))
 }
 
 pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
     let job = load_checked(file)?;
+    parquet_footers(&job)?;
     // Valid for the operator, which fills these in; `orch run` would refuse them, so say so.
     for note in load::filled_by_operator(&job.file) {
         eprintln!("note: {note}");
     }
     // The file may be meant for another machine or the operator: a note, not an error.
-    if let Some(gap) = aws_gap(&job)? {
+    if let Some(gap) = aws_gap(&job, &crate::runtime()?) {
         eprintln!("note: {gap} here (`orch run` on this machine would refuse it)");
     }
     if show {
@@ -239,7 +230,15 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         // A field left to the operator (a `rest` transport's URL) has no default here.
         load::standalone_gaps(&job)?;
     }
-    if let Some(gap) = aws_gap(&job)? {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })?;
+    if let Some(gap) = aws_gap(&job, &runtime) {
         return Err(Failure {
             code: 2,
             message: format!("{}: {gap}", job.path.display()),
@@ -301,14 +300,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             *l = *p;
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })?;
     let started = Instant::now();
     let opts = RunOptions {
         // A laptop or login-node user is their own administrator: a slurmrestd on this

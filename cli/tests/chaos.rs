@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, read_output, text};
+use common::{Scratch, kill, read_output, text, workers_of};
 
 const ITEMS: u64 = 1_200;
 
@@ -50,27 +50,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn workers_under(storage: &Path) -> Vec<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("orch-worker .*--storage file://{}", storage.display()),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn kill_9(pid: u32) {
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
 }
 
 fn spawn_run(s: &Scratch, job: &Path) -> Child {
@@ -126,14 +105,14 @@ fn trial(rng: &mut Rng, faults: u64) -> Faults {
         // Three kills in four hit a worker (of this driver or one it left behind), the
         // fourth the driver.
         if rng.below(4) < 3 {
-            let pids = workers_under(&storage);
+            let pids = workers_of(&storage);
             if pids.is_empty() {
                 continue;
             }
-            kill_9(pids[rng.below(pids.len() as u64) as usize]);
+            kill(pids[rng.below(pids.len() as u64) as usize], "-KILL");
             injected.workers += 1;
         } else {
-            kill_9(driver.id());
+            kill(driver.id(), "-KILL");
             driver.wait().unwrap();
             injected.drivers += 1;
             driver = spawn_run(&s, &job);

@@ -186,6 +186,23 @@ impl World {
             .unwrap()
     }
 
+    /// A Secret in `default` with these keys, its values passed in files, so that none is on
+    /// a command line.
+    fn create_secret(&self, name: &str, pairs: &[(&str, &str)]) {
+        let mut args = vec![
+            "create".to_string(),
+            "secret".into(),
+            "generic".into(),
+            name.into(),
+        ];
+        for (key, value) in pairs {
+            let file = self.scratch.write(&format!("secret-{name}-{key}"), value);
+            args.push(format!("--from-file={key}={}", file.display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.kubectl_ok(&args);
+    }
+
     fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
         assert!(
@@ -840,14 +857,13 @@ async fn indexed_jobs_fail_then_orch_retry_completes_them() {
     const POD_SECRET: &str = "e2e-pod-secret-q7Zx";
     world.put_input(N).await;
     world.start_operator("op-a");
-    world.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
+    world.create_secret(
         "orch-aws",
-        "--from-literal=AWS_ACCESS_KEY_ID=pods",
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={POD_SECRET}"),
-    ]);
+        &[
+            ("AWS_ACCESS_KEY_ID", "pods"),
+            ("AWS_SECRET_ACCESS_KEY", POD_SECRET),
+        ],
+    );
     let marker = world.scratch.path("handler-may-start");
     let handler = world.scratch.write(
         "handler.py",
@@ -1278,14 +1294,13 @@ async fn an_oversized_input_fails_alone_while_another_tenants_job_completes() {
          limits: {maxDecompressedBytes: 64Mi}\n",
     );
     world.kubectl_ok(&["apply", "-f", policy.to_str().unwrap()]);
-    world.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
+    world.create_secret(
         "orch-aws",
-        "--from-literal=AWS_ACCESS_KEY_ID=pods",
-        "--from-literal=AWS_SECRET_ACCESS_KEY=pods",
-    ]);
+        &[
+            ("AWS_ACCESS_KEY_ID", "pods"),
+            ("AWS_SECRET_ACCESS_KEY", "pods"),
+        ],
+    );
     let port = world.start_operator("op-a");
     let b = world.bucket.clone();
     let job = |name: &str, namespace: &str, input: &str, output: &str| {
@@ -1447,19 +1462,7 @@ async fn no_secret_of_the_run_leaks_anywhere() {
         ),
         ("handler-creds", vec![("API_KEY", api_key.as_str())]),
     ] {
-        // From files, so that no secret is on a command line of this test either.
-        let mut args = vec![
-            "create".to_string(),
-            "secret".into(),
-            "generic".into(),
-            name.into(),
-        ];
-        for (key, value) in pairs {
-            let file = world.scratch.write(&format!("secret-{name}-{key}"), value);
-            args.push(format!("--from-file={key}={}", file.display()));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        world.kubectl_ok(&args);
+        world.create_secret(name, &pairs);
     }
     let policy = world.scratch.write(
         "canary-policy.yaml",

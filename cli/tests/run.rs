@@ -6,7 +6,7 @@
 mod common;
 use std::time::{Duration, Instant};
 
-use common::{Scratch, read_output, text};
+use common::{Scratch, kill, read_output, text, workers_of};
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -51,9 +51,7 @@ fn identity_output_has_every_item_exactly_once() {
         serde_json::from_slice(&std::fs::read(s.path("out/_SUCCESS")).unwrap()).unwrap();
     assert_eq!(success["rows"], 5_000);
 
-    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = s.status(&job);
     assert_eq!(report["phase"], "succeeded");
     assert_eq!(report["tasks"]["succeeded"], 20);
     assert_eq!(report["items"]["ok"], 5_000);
@@ -161,28 +159,6 @@ fn an_item_that_hangs_the_handler_fails_alone() {
     assert!(logs.contains("restarting handler process"), "{logs}");
 }
 
-/// Pids of `orch-worker` processes working on storage under `dir`.
-fn workers_of(dir: &std::path::Path) -> Vec<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("orch-worker run --storage file://{}", dir.display()),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn kill(pid: u32, signal: &str) {
-    std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-}
-
 fn slow_job(s: &Scratch) -> std::path::PathBuf {
     s.jsonl("in.jsonl", 1_500);
     s.write(
@@ -240,8 +216,7 @@ fn a_worker_killed_with_sigkill_is_retried_and_output_stays_exact() {
     let seen = read_output(&s.path("out"));
     assert_eq!(seen.items, (0..1_500).collect::<Vec<_>>());
     assert_eq!(seen.duplicates, 0);
-    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = s.status(&job);
     assert_eq!(report["items"]["ok"], 1_500, "{report}");
     assert!(
         task_logs(&s).iter().any(|name| name.ends_with(".2.log")),
@@ -672,8 +647,7 @@ fn many_task_results_are_merged_level_by_level() {
     }
     assert!(job_dir.join("logs/merge-final.1.log").is_file());
     // They show in `orch status` like any task.
-    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = s.status(&job);
     assert_eq!(report["mergeTasks"]["succeeded"], 22, "{report}");
     assert_eq!(report["tasks"]["succeeded"], 40, "{report}");
 }
@@ -705,8 +679,7 @@ fn a_final_merge_that_keeps_failing_is_retried_then_fails_the_job() {
             log.display()
         );
     }
-    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = s.status(&job);
     assert_eq!(report["phase"], "failed", "{report}");
     assert_eq!(report["tasks"]["succeeded"], 3, "{report}");
     assert_eq!(report["mergeTasks"]["failed"], 1, "{report}");
@@ -759,8 +732,7 @@ async fn a_cancel_during_aggregation_stops_the_merge_tasks() {
         "{all}"
     );
 
-    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = s.status(&job);
     assert_eq!(report["phase"], "cancelled", "{report}");
     assert_eq!(report["tasks"]["succeeded"], 3, "{report}");
     assert_eq!(report["mergeTasks"]["cancelled"], 1, "{report}");
@@ -1040,21 +1012,16 @@ fn a_rewritten_job_json_is_refused_by_every_later_task() {
     let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
-    let logs: String = task_logs(&s)
-        .iter()
-        .map(|name| {
-            let dir = std::fs::read_dir(s.path(".orch/jobs")).unwrap();
-            dir.map(|j| j.unwrap().path().join("logs").join(name))
-                .filter_map(|p| std::fs::read_to_string(p).ok())
-                .collect::<String>()
-        })
+    let logs: String = std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .flat_map(|j| std::fs::read_dir(j.unwrap().path().join("logs")).unwrap())
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap_or_default())
         .collect();
     assert!(
         logs.contains("not the") && logs.contains("its submitter gave"),
         "{logs}"
     );
-    let status = s.orch(&["status", "-o", "json", job.to_str().unwrap()]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = s.status(&job);
     assert_eq!(report["tasks"]["succeeded"], 1, "{report}");
     assert_eq!(report["tasks"]["failed"], 1, "{report}");
 }

@@ -188,28 +188,9 @@ impl S3Store {
         while !running.is_empty() {
             parts.push(joined(running.join_next().await, full)?);
         }
-        parts.sort_by_key(|p| p.part_number());
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(full)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
+        self.complete_multipart(full, upload_id, parts)
             .await
-            .map_err(|e| {
-                StreamFailure::Store(sdk_error(
-                    "s3",
-                    "CompleteMultipartUpload",
-                    self.uri(full),
-                    e,
-                ))
-            })?;
-        Ok(())
+            .map_err(StreamFailure::Store)
     }
 
     async fn upload_parts_and_complete(
@@ -255,6 +236,16 @@ impl S3Store {
                 None => break,
             }
         }
+        self.complete_multipart(full, upload_id, parts).await
+    }
+
+    /// Makes the object of `upload_id` from its `parts` (in any order: S3 wants them sorted).
+    async fn complete_multipart(
+        &self,
+        full: &str,
+        upload_id: &str,
+        mut parts: Vec<CompletedPart>,
+    ) -> Result<(), AwsError> {
         parts.sort_by_key(|p| p.part_number());
         self.client
             .complete_multipart_upload()

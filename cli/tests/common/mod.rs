@@ -66,6 +66,13 @@ impl Scratch {
         self.orch_cmd(args).output().unwrap()
     }
 
+    /// `orch status -o json` of the job file `job`, parsed (exit 0 asserted).
+    pub fn status(&self, job: &Path) -> serde_json::Value {
+        let out = self.orch(&["status", "-o", "json", job.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn orch_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(orch());
         c.args(args)
@@ -74,6 +81,30 @@ impl Scratch {
             .env_remove("ORCH_LOG");
         c
     }
+}
+
+/// Pids of the `orch-worker` processes (work or merge tasks) whose storage is the directory
+/// `dir`.
+pub fn workers_of(dir: &Path) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("orch-worker .*--storage file://{}", dir.display()),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Sends `signal` (`-KILL`, `-TERM`, …) to `pid`.
+pub fn kill(pid: u32, signal: &str) {
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
 }
 
 pub fn text(o: &Output) -> String {

@@ -1239,23 +1239,19 @@ async fn supervise(
     let waiting = link.close(reason.clone());
     if stopping {
         info!(generation, pid, %reason, in_flight = waiting.len(), "handler process stopped");
-    } else if restart.is_some() {
-        warn!(
-            generation,
-            pid,
-            %reason,
-            in_flight = waiting.len(),
-            consecutive_crashes = consecutive,
-            "handler process killed to be restarted"
-        );
     } else {
+        let what = if restart.is_some() {
+            "killed to be restarted"
+        } else {
+            "exited unexpectedly"
+        };
         warn!(
             generation,
             pid,
             %reason,
             in_flight = waiting.len(),
             consecutive_crashes = consecutive,
-            "handler process exited unexpectedly"
+            "handler process {what}"
         );
     }
     let message = format!("handler process exited ({reason})");
