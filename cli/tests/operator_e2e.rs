@@ -1490,7 +1490,7 @@ async fn no_secret_of_the_run_leaks_anywhere() {
         &format!(
             "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: on-slurm}}\n\
              spec:\n  input: {{uri: \"s3://{b}/default/input/items.jsonl\"}}\n  batch: {{size: 10}}\n  \
-             handler: {{builtin: {{name: identity}}}}\n  output: {{uri: \"s3://{b}/default/out-on-slurm/\"}}\n  \
+             handler: {{builtin: {{name: sleep, duration: 200ms}}}}\n  output: {{uri: \"s3://{b}/default/out-on-slurm/\"}}\n  \
              resources: {{memory: 200Mi, time: 10m}}\n  executor: {{slurm: {{maxRunning: 4}}}}\n"
         ),
     );
@@ -1518,7 +1518,8 @@ spec:
     world.kubectl_ok(&["apply", "-f", rest.to_str().unwrap()]);
     world.kubectl_ok(&["apply", "-f", pods.to_str().unwrap()]);
     // While they run: no process of this machine holds a secret in its arguments, and no task
-    // in its environment.
+    // in its environment. (The Slurm tasks sleep 200 ms per item, 2 s each, so that a look
+    // every few hundred milliseconds sees them.)
     // Nor does Slurm's saved state of the jobs while they are there: what each array was
     // submitted with, its environment and script (removed when the job ends).
     let statesave = Path::new(&world.slurm["ORCH_SLURM_DIR"]).join("spool/ctld");
