@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
-use orch_crd::{CANCEL_ANNOTATION, FINALIZER, PURGE_ANNOTATION, RETRY_ANNOTATION};
+use orch_crd::{
+    CANCEL_ANNOTATION, FINALIZER, PURGE_ANNOTATION, RETRY_ANNOTATION, RETRY_ITEMS_ANNOTATION,
+};
 
 use crate::Failure;
 use client::Cluster;
@@ -438,6 +440,16 @@ pub enum Request {
 }
 
 pub fn request(what: Request, args: NameArgs) -> Result<u8, Failure> {
+    request_for(what, args, None)
+}
+
+/// [`request`], where a retry runs again only failed items: `retry_items` is the value of
+/// `orch.dev/retry-items` (`*` or error kinds); `None` removes it, so failed tasks run whole.
+pub fn request_for(
+    what: Request,
+    args: NameArgs,
+    retry_items: Option<String>,
+) -> Result<u8, Failure> {
     let name = parse_name(&args.name)?;
     crate::runtime()?.block_on(async {
         let cluster = Cluster::connect(&args.kube).await?;
@@ -452,9 +464,16 @@ pub fn request(what: Request, args: NameArgs) -> Result<u8, Failure> {
             ),
             Request::Retry => {
                 let value = patch::retry_value(render::now());
+                let what = match &retry_items {
+                    Some(items) => format!(", {RETRY_ITEMS_ANNOTATION}={items}"),
+                    None => String::new(),
+                };
                 (
-                    patch::annotation(RETRY_ANNOTATION, &value),
-                    format!("retry requested ({RETRY_ANNOTATION}={value})"),
+                    serde_json::json!({"metadata": {"annotations": {
+                        RETRY_ANNOTATION: value,
+                        RETRY_ITEMS_ANNOTATION: retry_items,
+                    }}}),
+                    format!("retry requested ({RETRY_ANNOTATION}={value}{what})"),
                 )
             }
             Request::Cancel => (

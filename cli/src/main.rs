@@ -8,6 +8,7 @@
 
 mod cluster;
 mod init;
+mod retry;
 mod run;
 mod status;
 
@@ -85,8 +86,21 @@ orch status --cluster -n team-a\n\n\
     Pause(cluster::NameArgs),
     /// Resume a paused OrchJob (clears spec.suspend).
     Resume(cluster::NameArgs),
-    /// Ask the operator to run an OrchJob's failed tasks again (annotation orch.dev/retry).
-    Retry(cluster::NameArgs),
+    /// Run an ended job's failed tasks, or only its failed items (--items), again.
+    #[command(
+        long_about = "Run an ended job's failed work again and replace its output with the merged \
+result. Without --items, tasks that failed all their attempts run again whole; with --items, \
+only failed items run again (all, or those of each --kind), every result and every other error \
+is kept, and the output and errors.parquet are replaced, with _SUCCESS written anew when the job \
+succeeds.\n\n\
+A job file (or a job id with --storage) names a job `orch run` ran: it is driven here to its new \
+end, with a progress bar, as `orch run` would. Otherwise the argument is an OrchJob: the \
+operator runs the retry, asked through the annotations orch.dev/retry and orch.dev/retry-items.",
+        after_help = "Examples:\n  orch retry job.yaml --items\n  \
+orch retry job.yaml --items --kind transient --kind rate_limited\n  \
+orch retry reviews-1a2b3c4d --storage ./.orch --items\n  orch retry oj/reviews --items -n team-a"
+    )]
+    Retry(retry::RetryArgs),
     /// Cancel an OrchJob: running tasks stop, it ends Failed (annotation orch.dev/cancel).
     Cancel(cluster::NameArgs),
     /// Delete an OrchJob and its artifacts, after confirmation; waits until it is gone.
@@ -196,7 +210,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cluster::status(args, kubectl),
         Command::Pause(args) => cluster::request(cluster::Request::Pause, args),
         Command::Resume(args) => cluster::request(cluster::Request::Resume, args),
-        Command::Retry(args) => cluster::request(cluster::Request::Retry, args),
+        Command::Retry(args) => retry::retry(args, kubectl),
         Command::Cancel(args) => cluster::request(cluster::Request::Cancel, args),
         Command::Purge(args) => cluster::purge(args),
         Command::Init(args) => init::init(args),

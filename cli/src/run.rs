@@ -12,6 +12,7 @@ use orch_core::model::JobPhase;
 use orch_core::model::TaskKind;
 use orch_core::partition::PlanBudget;
 use orch_executors::{Executors, PlainHttp};
+use orch_runtime::control::RetryChoice;
 use orch_runtime::driver::{self, Progress, RunOptions};
 
 use crate::Failure;
@@ -31,7 +32,7 @@ pub struct RunArgs {
     pub worker: Option<PathBuf>,
 }
 
-fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
+pub(crate) fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
     let job = load::load(file)?;
     load::preflight(&job)?;
     Ok(job)
@@ -230,6 +231,35 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         // A field left to the operator (a `rest` transport's URL) has no default here.
         load::standalone_gaps(&job)?;
     }
+    drive(
+        &job,
+        Drive {
+            dry_run: args.dry_run,
+            no_progress: args.no_progress,
+            worker: args.worker,
+            retry: None,
+            job_id: None,
+            named: args.file.display().to_string(),
+        },
+    )
+}
+
+/// How [`drive`] runs a job.
+pub struct Drive {
+    pub dry_run: bool,
+    pub no_progress: bool,
+    pub worker: Option<PathBuf>,
+    /// `orch retry`: what runs again of the ended job.
+    pub retry: Option<RetryChoice>,
+    /// The stored job's id, when it was named by id rather than by its file.
+    pub job_id: Option<String>,
+    /// How the user named the job, for the commands the summary suggests.
+    pub named: String,
+}
+
+/// Runs `job` here to its end (or, for a retry, to its new end) with a progress bar, and
+/// prints the summary: `orch run` and the local `orch retry`.
+pub fn drive(job: &LoadedJob, how: Drive) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -238,26 +268,26 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             code: 1,
             message: format!("cannot start the async runtime: {e}"),
         })?;
-    if let Some(gap) = aws_gap(&job, &runtime) {
+    if let Some(gap) = aws_gap(job, &runtime) {
         return Err(Failure {
             code: 2,
             message: format!("{}: {gap}", job.path.display()),
         });
     }
-    if job.file.spec.suspend && !args.dry_run {
+    if job.file.spec.suspend && !how.dry_run {
         return Err(Failure {
             code: 2,
             message: "spec.suspend is true: the job is paused and `orch run` would wait forever; set it to false to run".into(),
         });
     }
-    let worker = if args.dry_run {
+    let worker = if how.dry_run {
         Vec::new()
     } else {
-        worker_command(args.worker)?
+        worker_command(how.worker)?
     };
     let bar = ProgressBar::with_draw_target(
         Some(0),
-        if args.no_progress {
+        if how.no_progress {
             ProgressDrawTarget::hidden()
         } else {
             ProgressDrawTarget::stderr()
@@ -301,6 +331,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         }
     };
     let started = Instant::now();
+    let whole_tasks = matches!(how.retry, Some(RetryChoice::Tasks));
     let opts = RunOptions {
         // A laptop or login-node user is their own administrator: a slurmrestd on this
         // machine may be plain http.
@@ -311,16 +342,17 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         tick: Duration::from_millis(100),
         on_progress: Box::new(on_progress),
         stop: None,
-        job_id: None,
+        job_id: how.job_id,
         task_cache: None,
         // `orch run` plans on the user's own machine: no limit but the machine's.
         budget: PlanBudget::default(),
+        retry: how.retry,
     };
     let outcome = runtime.block_on(async {
-        if args.dry_run {
-            dry_run(&job).await
+        if how.dry_run {
+            dry_run(job).await
         } else {
-            run_on_storage(&job, opts).await
+            run_on_storage(job, opts).await
         }
     });
     bar.finish_and_clear();
@@ -335,6 +367,20 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             plan.largest_batch_items, plan.largest_batch_bytes
         );
         return Ok(0);
+    }
+    let named = &how.named;
+    match outcome.retried {
+        Some(r) if r.tasks == 0 => {
+            println!(
+                "job {} ({}): nothing to run again — no failed {} of that choice",
+                outcome.job.id,
+                outcome.job.phase,
+                if whole_tasks { "task" } else { "item" }
+            );
+            return Ok(0);
+        }
+        Some(r) => eprintln!("running again: {} item(s) of {} task(s)", r.items, r.tasks),
+        None => {}
     }
     let secs = started.elapsed().as_secs_f64();
     let c = outcome.counts;
@@ -354,10 +400,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             );
             println!("output: {output}");
             if c.failed > 0 {
-                println!(
-                    "failed items: {output}/errors.parquet (see `orch status {}`)",
-                    args.file.display()
-                );
+                println!("failed items: {output}/errors.parquet (see `orch status {named}`)");
             }
             Ok(0)
         }
@@ -367,7 +410,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
                 job.id,
                 job.message.as_deref().unwrap_or("no reason recorded")
             );
-            println!("details: orch status {}", args.file.display());
+            println!("details: orch status {named}");
             Ok(1)
         }
     }

@@ -559,6 +559,59 @@ async fn retry_sets_a_new_value_each_time_and_cancel_sets_true() {
         values.push(value);
     }
     assert_ne!(values[0], values[1]);
+    assert!(
+        job_annotation(&c, "again", "orch.dev/retry-items")
+            .await
+            .is_null()
+    );
+
+    // --items asks for failed items only, with the kinds chosen; a plain retry again clears it.
+    let out = c.orch_exit(
+        0,
+        &[
+            "retry",
+            "again",
+            "--items",
+            "--kind",
+            "transient",
+            "--kind",
+            "schema",
+        ],
+    );
+    assert!(
+        out.contains("orch.dev/retry-items=transient,schema"),
+        "{out}"
+    );
+    assert_eq!(
+        job_annotation(&c, "again", "orch.dev/retry-items").await,
+        "transient,schema"
+    );
+    c.orch_exit(0, &["retry", "again", "--items"]);
+    assert_eq!(
+        job_annotation(&c, "again", "orch.dev/retry-items").await,
+        "*"
+    );
+    c.orch_exit(0, &["retry", "again"]);
+    assert!(
+        job_annotation(&c, "again", "orch.dev/retry-items")
+            .await
+            .is_null()
+    );
+    let refused = c.orch(&["retry", "again", "--items", "--kind", "bogus"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        stderr(&refused).contains("--kind bogus: not an error kind"),
+        "{}",
+        text(&refused)
+    );
+    let values = [
+        values[0].clone(),
+        job_annotation(&c, "again", "orch.dev/retry")
+            .await
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
 
     assert_eq!(
         c.orch_exit(0, &["cancel", "again"]),
@@ -569,6 +622,10 @@ async fn retry_sets_a_new_value_each_time_and_cancel_sets_true() {
     assert_eq!(job["metadata"]["annotations"]["orch.dev/retry"], values[1]);
     // Annotations do not change the spec's generation.
     assert_eq!(job["metadata"]["generation"], 1);
+}
+
+async fn job_annotation(c: &Cluster, name: &str, key: &str) -> serde_json::Value {
+    c.get(name).await.unwrap()["metadata"]["annotations"][key].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,8 +233,12 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
         .filter(|t| !t.state.is_terminal())
         .map(|t| t.kind.stage())
         .min();
+    // Merge tasks run what the aggregation plan says, so a job running again after a retry
+    // (its merge tasks reset by `orch retry`) plans the aggregation anew before they start.
+    let planned = job.phase == JobPhase::Aggregating;
     if !job.spec.spec.suspend
         && let Some(stage) = stage
+        && (stage == 0 || planned)
     {
         let group = job.next_group;
         let mut tasks = Vec::new();
@@ -279,11 +283,11 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
         }
     }
 
-    if !changed && stage.is_none() {
+    if !changed && stage.is_none_or(|s| s > 0) {
         match obs.tasks.iter().find(|t| t.kind == TaskKind::Final) {
             Some(last) if last.state == TaskState::Succeeded => d.finish = true,
-            Some(_) => {}
-            None => {
+            Some(_) if planned => {}
+            _ => {
                 if job.phase != JobPhase::Aggregating {
                     let mut j = job.clone();
                     j.phase = JobPhase::Aggregating;
@@ -465,7 +469,14 @@ pub fn item_counts(tasks: &[TaskRecord]) -> ItemCounts {
                 c.ok += t.items_ok;
                 c.failed += t.items_failed;
             }
-            TaskState::Failed | TaskState::Cancelled => c.failed += t.items,
+            // A redrive that failed leaves the attempt it started from as the task's output.
+            TaskState::Failed | TaskState::Cancelled => match &t.redrive {
+                Some(r) => {
+                    c.ok += r.items_ok;
+                    c.failed += r.items_failed;
+                }
+                None => c.failed += t.items,
+            },
             _ => {}
         }
     }

@@ -37,6 +37,14 @@ pub fn done(job: &str, task: u32, attempt: u32) -> String {
 pub fn checkpoint(job: &str, task: u32) -> String {
     format!("jobs/{job}/checkpoints/{}.sqlite", task_name(task))
 }
+/// The checkpoint of an item-level redrive of `task` that carries `from_attempt` over: a new
+/// file per redrive, so it starts empty and resumes only the redrive's own items.
+pub fn redrive_checkpoint(job: &str, task: u32, from_attempt: u32) -> String {
+    format!(
+        "jobs/{job}/checkpoints/{}.redrive-{from_attempt}.sqlite",
+        task_name(task)
+    )
+}
 pub fn task_log(job: &str, task: u32, attempt: u32) -> String {
     format!("jobs/{job}/logs/{}.{attempt}.log", task_name(task))
 }

@@ -252,6 +252,10 @@ pub struct TaskRecord {
     /// The task's batch, so a worker needs only its own row rather than the whole manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<Batch>,
+    /// Set by `orch retry --items`: the attempts from now on re-run only some failed items of
+    /// a committed attempt and carry the rest of its output over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<Redrive>,
     pub updated_at: Millis,
     pub version: u64,
 }
@@ -275,6 +279,7 @@ impl TaskRecord {
             retry_at: None,
             last_error: None,
             batch: None,
+            redrive: None,
             updated_at: now,
             version: 0,
         }
@@ -297,6 +302,31 @@ impl TaskRecord {
         self.state = next;
         self.updated_at = now;
         Ok(())
+    }
+}
+
+/// An item-level redrive of a task (`orch retry --items`): its next attempts run again the
+/// items that `from_attempt` recorded as failed — all of them, or those of `kinds` — and keep
+/// everything else that attempt committed (its results and its other errors), so the task's
+/// output stays whole and every item in it exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redrive {
+    /// The committed attempt whose output is carried over.
+    pub from_attempt: u32,
+    /// The error kinds to run again; empty means every failed item.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// What `from_attempt` committed: its counts stand for the task if every attempt of the
+    /// redrive fails, and its output then stays the task's output.
+    pub items_ok: u64,
+    pub items_failed: u64,
+}
+
+impl Redrive {
+    /// Whether an item that failed with `kind` is run again.
+    pub fn selects(&self, kind: &str) -> bool {
+        self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind)
     }
 }
 

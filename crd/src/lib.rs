@@ -23,6 +23,12 @@ pub const API_VERSION: &str = "orch.dev/v1alpha1";
 /// Annotation that asks the operator to run a job's failed tasks again (`orch retry`). Each new
 /// value is one request; the operator records the value it handled in `status.retried`.
 pub const RETRY_ANNOTATION: &str = "orch.dev/retry";
+/// Annotation read with a new [`RETRY_ANNOTATION`] value: the request runs again only failed
+/// items (`orch retry --items`) — `"*"` for all of them, or a comma-separated list of error
+/// kinds (`transient,rate_limited`). Without it, failed tasks run again whole.
+pub const RETRY_ITEMS_ANNOTATION: &str = "orch.dev/retry-items";
+/// The value of [`RETRY_ITEMS_ANNOTATION`] that selects every failed item.
+pub const RETRY_ALL_ITEMS: &str = "*";
 /// Annotation that cancels a job (`orch cancel`): value `"true"`. Running tasks are stopped,
 /// nothing new starts, the job ends `Failed` with reason `Cancelled`; the object stays.
 pub const CANCEL_ANNOTATION: &str = "orch.dev/cancel";

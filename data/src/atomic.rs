@@ -120,6 +120,22 @@ pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -
     write_bytes_atomic(path, &text).map(|_| ())
 }
 
+/// Removes a file; one that is not there is already removed.
+pub fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataError::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a directory and everything in it; one that is not there is already removed.
+pub fn remove_dir_if_present(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataError::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -38,7 +38,7 @@ use orch_core::partition::PlanBudget;
 use orch_core::platform::Platform;
 use orch_core::policy::SlurmToken;
 use orch_executors::{PlainHttp, SharedToken, TokenSource};
-use orch_runtime::control;
+use orch_runtime::control::{self, RetryChoice};
 use orch_runtime::task_cache::SharedTaskCache;
 use serde_json::json;
 use sha2::Digest;
@@ -63,7 +63,7 @@ use kube::runtime::reflector::Store;
 use orch_core::policy::PolicySpec;
 use orch_crd::{
     CANCEL_ANNOTATION, FINALIZER, JobPhase, OrchJob, OrchJobStatus, OrchPolicy, PURGE_ANNOTATION,
-    RETRY_ANNOTATION, TaskGroup, TaskGroupStatus,
+    RETRY_ALL_ITEMS, RETRY_ANNOTATION, RETRY_ITEMS_ANNOTATION, TaskGroup, TaskGroupStatus,
 };
 use orch_executors::Executors;
 
@@ -463,19 +463,32 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     {
         let (kind, reason, note) = match &record {
             Some(r) if r.phase.is_terminal() => {
-                let n = control::retry_failed(state.as_ref(), r).await?;
-                if n > 0 {
-                    (
-                        EventType::Normal,
-                        "Retrying",
-                        format!("{n} failed task(s) run again"),
-                    )
-                } else {
-                    (
+                let choice = retry_choice(annotation(job, RETRY_ITEMS_ANNOTATION));
+                let n = control::retry(platform.backends(), r, &choice).await?;
+                match (&choice, n.tasks) {
+                    (_, 0) => (
                         EventType::Normal,
                         "NothingToRetry",
-                        "no failed task to run again".to_string(),
-                    )
+                        match choice {
+                            RetryChoice::Tasks => "no failed task to run again".to_string(),
+                            RetryChoice::Items { .. } => {
+                                "no failed item of that choice to run again".to_string()
+                            }
+                        },
+                    ),
+                    (RetryChoice::Tasks, _) => (
+                        EventType::Normal,
+                        "Retrying",
+                        format!("{} failed task(s) run again", n.tasks),
+                    ),
+                    (RetryChoice::Items { .. }, _) => (
+                        EventType::Normal,
+                        "Retrying",
+                        format!(
+                            "{} failed item(s) of {} task(s) run again",
+                            n.items, n.tasks
+                        ),
+                    ),
                 }
             }
             Some(_) => (
@@ -844,6 +857,21 @@ fn launch(
 /// `namespace/name`, for logs.
 fn object_key(job: &OrchJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// What a retry request runs again, from its `orch.dev/retry-items` annotation.
+fn retry_choice(items: Option<&str>) -> RetryChoice {
+    match items.map(str::trim) {
+        None | Some("") => RetryChoice::Tasks,
+        Some(RETRY_ALL_ITEMS) => RetryChoice::Items { kinds: Vec::new() },
+        Some(kinds) => RetryChoice::Items {
+            kinds: kinds
+                .split(',')
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect(),
+        },
+    }
 }
 
 fn annotation<'a>(job: &'a OrchJob, key: &str) -> Option<&'a str> {

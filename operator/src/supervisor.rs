@@ -192,6 +192,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             job_id: Some(launch.job_id.clone()),
             task_cache: Some(launch.task_cache.clone()),
             budget: launch.budget,
+            retry: None,
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

@@ -145,8 +145,8 @@ pub async fn discover_results(
     });
     let succeeded: Vec<(u32, u32)> = tasks
         .iter()
-        .filter(|t| t.kind.is_work() && t.state == TaskState::Succeeded)
-        .map(|t| (t.id, t.attempt))
+        .filter(|t| t.kind.is_work())
+        .filter_map(|t| committed_attempt(t).map(|attempt| (t.id, attempt)))
         .collect();
     let job_id: Arc<str> = Arc::from(job.id.as_str());
     let checked = concurrently(&succeeded, |(task, attempt)| {
@@ -163,6 +163,17 @@ pub async fn discover_results(
     })
     .await?;
     Ok(checked)
+}
+
+/// The attempt whose files are a work task's output: the one it committed, or, when every
+/// attempt of an item-level redrive failed, the attempt the redrive started from (the
+/// redrive changed nothing then). `None` when the task has no output.
+fn committed_attempt(t: &TaskRecord) -> Option<u32> {
+    match (t.state, &t.redrive) {
+        (TaskState::Succeeded, _) => Some(t.attempt),
+        (TaskState::Failed | TaskState::Cancelled, Some(r)) => Some(r.from_attempt),
+        _ => None,
+    }
 }
 
 /// Runs `f` over `items` with at most [`CONCURRENT_REQUESTS`] in flight; results in the order
@@ -260,7 +271,7 @@ async fn failed_task_items(
     let mut rows = Vec::new();
     for t in tasks
         .iter()
-        .filter(|t| t.kind.is_work() && matches!(t.state, TaskState::Failed | TaskState::Cancelled))
+        .filter(|t| t.kind.is_work() && committed_attempt(t).is_none() && t.state.is_terminal())
     {
         let batch = t.batch.as_ref().ok_or_else(|| Error::Integrity {
             task: t.id,
@@ -539,6 +550,27 @@ pub async fn plan(
         "aggregation planned"
     );
     Ok(merges)
+}
+
+/// Takes back what the aggregation of an ended job produced, before its work runs again
+/// (`orch retry`): `_SUCCESS` in the output location, so no reader takes the output for
+/// complete while it changes, and the merge groups, plan and final marker under the job's
+/// storage, so the next aggregation merges everything anew instead of finding groups already
+/// done. The output files themselves stay until the next final merge replaces them.
+pub async fn withdraw_output(backends: &Backends, job: &JobRecord) -> Result<()> {
+    let settings = OutputSettings::of(&job.spec.spec.output, backends, &job.id)?;
+    match &settings.remote {
+        Some((store, prefix)) => store.delete_prefix(&format!("{prefix}_SUCCESS")).await?,
+        None => orch_data::atomic::remove_if_present(&settings.out_dir.join("_SUCCESS"))?,
+    }
+    let dir = layout::aggregate_dir(&job.id);
+    backends.objects.delete_prefix(&format!("{dir}/")).await?;
+    let (root, remote) = backends.local_root();
+    if remote {
+        // The coordinator's mirror of a remote store's merge files.
+        orch_data::atomic::remove_dir_if_present(&root.join(&dir))?;
+    }
+    Ok(())
 }
 
 /// Ends the aggregation once the final merge committed: checks its marker against the output

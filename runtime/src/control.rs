@@ -1,5 +1,5 @@
 //! Changes to a stored job made from outside its driver: pause and resume, cancel, run failed
-//! tasks again, purge. The operator applies `OrchJob` changes through these; the running driver
+//! tasks or items again, purge. The operator applies `OrchJob` changes through these; the running driver
 //! sees them on its next tick, because it reads the job record every tick.
 //!
 //! Every write is conditional on the record's version, so a change racing the driver fails
@@ -7,10 +7,12 @@
 
 use orch_core::backend::{ObjectStore, StateStore};
 use orch_core::layout;
-use orch_core::model::{JobPhase, JobRecord, TaskState};
+use orch_core::model::{JobPhase, JobRecord, Redrive, TaskRecord, TaskState};
+use orch_core::platform::Backends;
 use tracing::info;
 
 use crate::error::Result;
+use crate::{aggregate, redrive};
 
 /// Sets the stored `spec.suspend` of a job that has not ended. Returns whether it changed.
 pub async fn set_suspend(state: &dyn StateStore, job: &JobRecord, suspend: bool) -> Result<bool> {
@@ -35,41 +37,139 @@ pub async fn request_cancel(state: &dyn StateStore, job: &JobRecord) -> Result<b
     Ok(true)
 }
 
-/// Makes an ended job's failed and cancelled tasks pending again, each with a full
-/// `retry.maxAttempts` budget (earlier attempts stop counting; attempt numbers keep growing,
-/// so no result of an earlier attempt is ever taken for a new one), and the job running again.
-/// Succeeded tasks keep their results. Returns how many tasks will run again; 0 leaves the job
-/// as it is.
-pub async fn retry_failed(state: &dyn StateStore, job: &JobRecord) -> Result<u32> {
-    if !matches!(job.phase, JobPhase::Failed | JobPhase::Cancelled) {
-        return Ok(0);
+/// What `orch retry` runs again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryChoice {
+    /// Every task that failed all its attempts or was cancelled, whole.
+    Tasks,
+    /// Only failed items (`--items`): those of the given error kinds, or all when empty —
+    /// inside tasks that committed, and every item of tasks that did not.
+    Items { kinds: Vec<String> },
+}
+
+impl RetryChoice {
+    fn selects(&self, kind: &str) -> bool {
+        match self {
+            RetryChoice::Tasks => true,
+            RetryChoice::Items { kinds } => kinds.is_empty() || kinds.iter().any(|k| k == kind),
+        }
     }
+}
+
+/// What [`retry`] set going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetrySummary {
+    /// Tasks that run again.
+    pub tasks: u32,
+    /// Items they run again (whole tasks count all their items).
+    pub items: u64,
+}
+
+/// Runs an ended job's failed work again, as new attempts, and the job with it: whole failed
+/// and cancelled tasks, or (item-level redrive) only the failed items of a choice of error
+/// kinds, whose tasks then carry over everything else their committed attempt wrote. Each
+/// task run again gets a full `retry.maxAttempts` budget (earlier attempts stop counting;
+/// attempt numbers keep growing, so no file of an earlier attempt is ever taken for a new
+/// one). The aggregation runs again too, so the output and its `errors.parquet` are replaced
+/// with the merged result and `_SUCCESS` is written anew — or not at all if the job fails.
+///
+/// The order of the writes keeps the output honest through a crash at any point: `_SUCCESS`
+/// goes first (nobody reads a complete-looking output that is about to change), then the
+/// aggregation is reset, then the job runs again, and last the tasks are queued; a crash
+/// before the last step re-aggregates what was there, and the same retry can be asked again.
+/// A summary with no task leaves the job as it is.
+pub async fn retry(
+    backends: &Backends,
+    job: &JobRecord,
+    choice: &RetryChoice,
+) -> Result<RetrySummary> {
+    let ended = match choice {
+        RetryChoice::Tasks => matches!(job.phase, JobPhase::Failed | JobPhase::Cancelled),
+        RetryChoice::Items { .. } => job.phase.is_terminal(),
+    };
+    if !ended {
+        return Ok(RetrySummary::default());
+    }
+    let state = backends.state.as_ref();
     let tasks = state.list_tasks(&job.id).await?;
-    let again: Vec<_> = tasks
-        .into_iter()
-        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
-        .collect();
-    // The job first: once it runs again, a crash halfway through the tasks below leaves
-    // pending work, never a finished job with pending tasks.
+    let mut again = Vec::new();
+    let mut summary = RetrySummary::default();
+    for t in tasks.iter().filter(|t| t.kind.is_work()) {
+        let (next, items) = match t.state {
+            TaskState::Failed | TaskState::Cancelled => {
+                // The kind its items were recorded with (see aggregate::failed_task_items); a
+                // failed redrive runs the same items again.
+                let kind = match (&t.last_error, t.state) {
+                    (_, TaskState::Cancelled) => "cancelled",
+                    (Some(e), _) => e.kind.as_str(),
+                    (None, _) => "infrastructure",
+                };
+                if t.redrive.is_none() && !choice.selects(kind) {
+                    continue;
+                }
+                let items = t.redrive.as_ref().map_or(t.items, |r| r.items_failed);
+                (t.clone(), items)
+            }
+            TaskState::Succeeded if t.items_failed > 0 => {
+                let RetryChoice::Items { kinds } = choice else {
+                    continue;
+                };
+                let errors = redrive::committed_errors(backends, &job.id, t.id, t.attempt).await?;
+                let redrive = Redrive {
+                    from_attempt: t.attempt,
+                    kinds: kinds.clone(),
+                    items_ok: t.items_ok,
+                    items_failed: t.items_failed,
+                };
+                let items = errors.iter().filter(|e| redrive.selects(&e.kind)).count() as u64;
+                if items == 0 {
+                    continue;
+                }
+                let mut next = t.clone();
+                next.redrive = Some(redrive);
+                (next, items)
+            }
+            _ => continue,
+        };
+        summary.tasks += 1;
+        summary.items += items;
+        again.push(next);
+    }
+    if again.is_empty() {
+        return Ok(summary);
+    }
+    aggregate::withdraw_output(backends, job).await?;
+    let now = orch_core::model::now_ms();
+    let fresh = |t: &TaskRecord| {
+        let mut t = t.clone();
+        t.state = TaskState::Pending;
+        t.free_attempts = t.attempt;
+        t.retry_at = None;
+        t.lease_owner = None;
+        t.lease_expiry = None;
+        t.updated_at = now;
+        t
+    };
+    for merge in tasks.iter().filter(|t| !t.kind.is_work()) {
+        state.update_task(&fresh(merge)).await?;
+    }
     let mut next = job.clone();
     next.phase = JobPhase::Running;
     next.finished_at = None;
     next.message = None;
     next.cancel_requested = false;
     state.update_job(&next).await?;
-    let now = orch_core::model::now_ms();
     for t in &again {
-        let mut task = t.clone();
-        task.state = TaskState::Pending;
-        task.free_attempts = task.attempt;
-        task.retry_at = None;
-        task.lease_owner = None;
-        task.lease_expiry = None;
-        task.updated_at = now;
-        state.update_task(&task).await?;
+        state.update_task(&fresh(t)).await?;
     }
-    info!(job = %job.id, tasks = again.len(), "failed tasks queued again");
-    Ok(again.len() as u32)
+    info!(
+        job = %job.id,
+        tasks = summary.tasks,
+        items = summary.items,
+        ?choice,
+        "queued again"
+    );
+    Ok(summary)
 }
 
 /// Deletes everything orch stored for a job (manifests, batches, results, logs under the

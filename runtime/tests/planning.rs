@@ -276,6 +276,7 @@ fn run_options(budget: PlanBudget) -> RunOptions {
         job_id: Some("budget-job".into()),
         task_cache: None,
         budget,
+        retry: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod handler;
 pub mod merge;
+mod redrive;
 pub mod run;
 pub mod scratch;
 pub mod throttle;

@@ -34,6 +34,7 @@ use crate::handler::{
     ExecConfig, ExecHandler, Handler, HttpConfig, HttpHandler, Identity, ItemFailure, Outcome,
     Sleep, handler_env,
 };
+use crate::redrive::{self, Carried};
 use crate::throttle::{Limiter, Throttled};
 
 /// How long a claim is valid without renewal.
@@ -404,7 +405,22 @@ async fn work(
     let job = row.job.clone();
     let task = row.id;
     let started = Instant::now();
-    let ckpt_key = layout::checkpoint(&job, task);
+    // An item-level redrive runs only the items it selects, with a checkpoint of its own.
+    let (carried, ckpt_key) = match &row.redrive {
+        Some(r) => {
+            let carried = Carried::load(backends, &job, task, r).await?;
+            info!(
+                from_attempt = r.from_attempt,
+                items = carried.redo.len(),
+                "redriving failed items"
+            );
+            (
+                Some(carried),
+                layout::redrive_checkpoint(&job, task, r.from_attempt),
+            )
+        }
+        None => (None, layout::checkpoint(&job, task)),
+    };
     // A remote store's checkpoint is fetched to scratch, and sent back whenever the attempt
     // ends without committing, so the next attempt resumes wherever it runs.
     let (ckpt_path, remote_ckpt) = backends.local_file(&ckpt_key)?;
@@ -416,7 +432,13 @@ async fn work(
     if !done.is_empty() {
         info!(resumed = done.len(), "resuming from the checkpoint");
     }
-    let (ok, failed) = ckpt.counts()?;
+    let (mut ok, mut failed) = ckpt.counts()?;
+    if let Some(c) = &carried {
+        let (carried_ok, carried_failed) = c.counts();
+        ok += carried_ok;
+        failed += carried_failed;
+    }
+    let wanted = |o: &u64| !done.contains(o) && carried.as_ref().is_none_or(|c| c.redo.contains(o));
     // Checked before any item runs: a schema the data layer refuses should not cost a batch.
     let declared = spec
         .output
@@ -450,7 +472,7 @@ async fn work(
                 rows.into_iter()
                     .enumerate()
                     .map(move |(i, json)| (first + i as u64, json))
-                    .filter(|(o, _)| !done.contains(o))
+                    .filter(|(o, _)| wanted(o))
                     .map(|(o, json)| {
                         let raw = RawValue::from_string(json)
                             .map_err(|e| format!("cannot encode the row: {e}"));
@@ -464,7 +486,7 @@ async fn work(
                 csv_items(&data, columns, &csv)
                     .enumerate()
                     .map(move |(i, record)| (first + i as u64, record))
-                    .filter(|(o, _)| !done.contains(o))
+                    .filter(|(o, _)| wanted(o))
                     .map(|(o, record)| (o, record.and_then(|r| to_raw(&r)))),
             )
         }
@@ -475,7 +497,7 @@ async fn work(
             jsonl_items(&data)
                 .enumerate()
                 .map(move |(i, line)| (first + i as u64, line))
-                .filter(|(o, _)| !done.contains(o))
+                .filter(|(o, _)| wanted(o))
                 .map(|(o, line)| (o, parse_item(line))),
         ),
     };
@@ -524,6 +546,7 @@ async fn work(
         ledger.row,
         worker_id,
         &ledger.ckpt,
+        carried.as_ref(),
         declared,
     )
     .await
@@ -712,6 +735,7 @@ async fn finish(
     row: &mut TaskRecord,
     worker_id: &str,
     ckpt: &Checkpoint,
+    carried: Option<&Carried>,
     declared: Option<orch_data::DeclaredSchema>,
 ) -> Result<TaskRecord> {
     let (job, task, attempt) = (row.job.clone(), row.id, row.attempt);
@@ -756,6 +780,13 @@ async fn finish(
             }
         }
     }
+    if let Some(c) = carried {
+        let (carried_ok, carried_failed) = c.counts();
+        ok += carried_ok;
+        failed += carried_failed;
+        errors.extend(c.kept.iter().cloned());
+        errors.sort_by_key(|e| e.item);
+    }
     if ok + failed != batch.items {
         return Err(Error::Setup(format!(
             "the batch has {} items but {} finished",
@@ -763,30 +794,43 @@ async fn finish(
             ok + failed
         )));
     }
+    let carried_part = carried.map(|c| c.part.clone());
     let part_key = layout::part(&job, task, attempt);
     let errors_key = layout::errors(&job, task, attempt);
     let (part_path, remote) = backends.local_file(&part_key)?;
     let (errors_path, _) = backends.local_file(&errors_key)?;
     let (part_file, errors_file) = (part_path.clone(), errors_path.clone());
     let (part, errs, misfits, dropped) = tokio::task::spawn_blocking(move || {
+        // A redrive writes its own results beside the part, then merges both into it.
+        let fresh_path = match &carried_part {
+            Some(_) => part_path.with_extension("fresh.parquet"),
+            None => part_path.clone(),
+        };
         // With a declared schema, items whose results do not fit it become item errors of
         // kind `schema`, so the part file is written first and the errors file after it.
-        let (part, misfits, dropped) = match &declared {
+        let (mut part, misfits, dropped) = match &declared {
             None => (
-                orch_data::write_results_parquet(&part_path, &rows)?,
+                orch_data::write_results_parquet(&fresh_path, &rows)?,
                 0,
                 Vec::new(),
             ),
             Some(schema) => {
-                let w = orch_data::write_results_parquet_declared(&part_path, &rows, schema)?;
+                let w = orch_data::write_results_parquet_declared(&fresh_path, &rows, schema)?;
                 let misfits = w.failures.len() as u64;
                 errors.extend(w.failures.into_iter().map(|f| f.into_item_error()));
                 errors.sort_by_key(|e| e.item);
                 (w.file, misfits, w.dropped_fields)
             }
         };
+        if let Some(carried_part) = &carried_part {
+            let opts = orch_data::MergeOptions {
+                schema: declared.clone(),
+                ..orch_data::MergeOptions::default()
+            };
+            part = redrive::merge_part(carried_part, &fresh_path, &part_path, &opts)?;
+        }
         let errs = orch_data::write_errors_parquet(&errors_path, &errors)?;
-        Ok::<_, orch_data::DataError>((part, errs, misfits, dropped))
+        Ok::<_, Error>((part, errs, misfits, dropped))
     })
     .await
     .map_err(|e| Error::Setup(format!("writing results failed: {e}")))??;

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregate::{self, AggregationProgress};
+use crate::control::{self, RetryChoice, RetrySummary};
 use crate::error::{Error, Result};
 use crate::input::{self, InputPlan, PlanTarget};
 use crate::task_cache::SharedTaskCache;
@@ -87,6 +88,10 @@ pub struct RunOptions {
     /// What planning the job may cost (input size, decompressed size, batches); passing it
     /// refuses the job. Resuming a job plans nothing, so the budget does not apply then.
     pub budget: PlanBudget,
+    /// `orch retry`: the job must have run and ended; what this choice selects runs again
+    /// (see [`control::retry`]) and the job is driven to its new end. Without one, a job that
+    /// ended starts over.
+    pub retry: Option<RetryChoice>,
 }
 
 /// The end of a run.
@@ -96,6 +101,8 @@ pub struct RunOutcome {
     pub counts: ItemCounts,
     pub plan: Option<PlanSummary>,
     pub resumed: bool,
+    /// What [`RunOptions::retry`] set going (no task: the job was left as it was).
+    pub retried: Option<RetrySummary>,
 }
 
 /// The partition plan, summarised.
@@ -158,6 +165,7 @@ pub async fn dry_run(
         },
         plan: Some(PlanSummary::from(&p)),
         resumed: false,
+        retried: None,
     })
 }
 
@@ -206,8 +214,9 @@ async fn drive_locked(
     // Every run (re)configures the buckets, so an edited RateLimit takes effect on resume.
     let rate_limits = crate::rate_limits::bind(job, id, backends.rate_limits.as_ref()).await?;
     let existing = backends.state.get_job(id).await?;
-    let (record, resumed) = match existing {
-        Some(mut j) if !j.phase.is_terminal() => {
+    let mut retried = None;
+    let (record, resumed) = match (existing, opts.retry.as_ref()) {
+        (Some(mut j), _) if !j.phase.is_terminal() => {
             info!(phase = %j.phase, "resuming the job");
             if j.spec.spec.suspend != job.file.spec.suspend {
                 // Paused or resumed since the earlier run: the spec given now wins.
@@ -216,7 +225,30 @@ async fn drive_locked(
             }
             (j, true)
         }
-        other => {
+        (Some(j), Some(choice)) => {
+            let summary = control::retry(backends, &j, choice).await?;
+            retried = Some(summary);
+            if summary.tasks == 0 {
+                let tasks = backends.state.list_tasks(id).await?;
+                return Ok(RunOutcome {
+                    counts: engine::item_counts(&tasks),
+                    job: j,
+                    plan: None,
+                    resumed: true,
+                    retried,
+                });
+            }
+            let j = backends.state.get_job(id).await?.ok_or_else(|| {
+                Error::Invalid(format!("job {id} disappeared from the state store"))
+            })?;
+            (j, true)
+        }
+        (None, Some(_)) => {
+            return Err(Error::Invalid(format!(
+                "job {id} has not run on this storage (or its input changed since): nothing to retry"
+            )));
+        }
+        (other, None) => {
             if other.is_some() {
                 info!("the job ran before; starting it again");
                 backends.state.delete_job(id).await?;
@@ -290,6 +322,7 @@ async fn drive_locked(
         job: final_job,
         plan: None,
         resumed,
+        retried,
     })
 }
 
