@@ -165,3 +165,96 @@ fn kill_9_of_workers_and_driver_loses_and_duplicates_nothing() {
         total.drivers
     );
 }
+
+/// A worker frozen past its lease (SIGSTOP) while its driver dies: the next driver gives the
+/// task to a new attempt once the lease has run out, and when the frozen worker wakes
+/// (SIGCONT) after the reassignment it finds the task no longer its own and stops without
+/// committing; the output holds the new attempt's results, each item once. (The lease is
+/// 30 s and the engine waits 10 s more, so this takes about a minute.)
+#[test]
+fn a_worker_frozen_past_its_lease_never_commits_once_its_task_moved_on() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    const N: u64 = 60;
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", N);
+    let job = s.write(
+        "job.yaml",
+        "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {name: frozen}\nspec:\n  \
+         input: {uri: in.jsonl}\n  batch: {size: 60}\n  \
+         handler: {builtin: {name: sleep, duration: 100ms}, concurrency: 1}\n  \
+         retry: {maxAttempts: 3, backoff: {initial: 20ms, factor: 2, max: 200ms}}\n  \
+         output: {uri: out}\n  executor: {local: {parallelism: 1}}\n",
+    );
+    let storage = s.path(".orch");
+    let wait_for =
+        |what: &str, limit: Duration, mut found: Box<dyn FnMut() -> Option<u32> + '_>| {
+            let started = Instant::now();
+            loop {
+                if let Some(v) = found() {
+                    return v;
+                }
+                assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+    let mut first = spawn_run(&s, &job);
+    let zombie = wait_for(
+        "a worker",
+        Duration::from_secs(60),
+        Box::new(|| workers_of(&storage).first().copied()),
+    );
+    // A few items in, so the frozen attempt has work it could still commit.
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(zombie, "-STOP");
+    kill(first.id(), "-KILL");
+    first.wait().unwrap();
+
+    let second = spawn_run(&s, &job);
+    let replacement = wait_for(
+        "a second attempt after the lease ran out",
+        Duration::from_secs(120),
+        Box::new(|| workers_of(&storage).into_iter().find(|&pid| pid != zombie)),
+    );
+    assert_ne!(replacement, zombie);
+    kill(zombie, "-CONT");
+    let out = second.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The woken worker gave up on its own.
+    wait_for(
+        "the frozen worker to end",
+        Duration::from_secs(30),
+        Box::new(|| (!workers_of(&storage).contains(&zombie)).then_some(0)),
+    );
+
+    let seen = read_output(&s.path("out"));
+    seen.assert_each_item_once(N);
+    assert_eq!(seen.error_rows, 0);
+    let status = s.status(&job);
+    assert_eq!(status["tasks"]["succeeded"], 1, "{status}");
+    // The frozen attempt's log says it lost the task; only a later attempt committed.
+    let job_dir = std::fs::read_dir(storage.join("jobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let logs = std::fs::read_dir(job_dir.join("logs"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect::<Vec<_>>();
+    let log_of = |attempt: u32| {
+        let name = format!("000000.{attempt}.log");
+        let path = logs
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in {logs:?}"));
+        std::fs::read_to_string(path).unwrap()
+    };
+    let frozen = log_of(1);
+    assert!(frozen.contains("no longer ours"), "{frozen}");
+    assert!(!frozen.contains("committed"), "{frozen}");
+    let plan = std::fs::read_to_string(job_dir.join("aggregate/plan.json")).unwrap();
+    assert!(!plan.contains("results/000000/1/"), "{plan}");
+}

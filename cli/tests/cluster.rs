@@ -624,7 +624,7 @@ async fn retry_sets_a_new_value_each_time_and_cancel_sets_true() {
     assert_eq!(job["metadata"]["generation"], 1);
 }
 
-async fn job_annotation(c: &Cluster, name: &str, key: &str) -> serde_json::Value {
+async fn job_annotation(c: &Cluster, name: &str, key: &str) -> Value {
     c.get(name).await.unwrap()["metadata"]["annotations"][key].clone()
 }
 

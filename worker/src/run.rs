@@ -909,8 +909,72 @@ pub(crate) async fn commit(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The fence: a worker that slept past its lease (SIGSTOP, a long GC, a frozen VM) while
+    /// its task went to another attempt can neither renew its claim nor commit when it wakes,
+    /// before or after the new attempt commits; only the new attempt's output is the task's.
+    #[tokio::test]
+    async fn a_zombie_attempt_cannot_renew_or_commit_once_its_task_went_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().display());
+        let backends = orch_connect::open_backends(&uri, dir.path().join("scratch"))
+            .await
+            .unwrap();
+        let state = backends.state.as_ref();
+        let job = orch_testkit::contract::sample_job("zombie", 1);
+        state
+            .create_job(&job, &[TaskRecord::new("zombie", 0, 10, 0)])
+            .await
+            .unwrap();
+        // The coordinator dispatches attempt `attempt` in task group `group`.
+        let dispatch = |attempt: u32, group: u32| async move {
+            let mut t = state.get_task("zombie", 0).await.unwrap().unwrap();
+            t.state = TaskState::Dispatched;
+            t.attempt = attempt;
+            t.group = Some(group);
+            t.lease_owner = None;
+            t.lease_expiry = None;
+            state.update_task(&t).await.unwrap();
+        };
+        let args = |group: u32| WorkerArgs {
+            storage: uri.clone(),
+            job: "zombie".into(),
+            task: 0,
+            group,
+            manifest_sha256: None,
+        };
+        dispatch(1, 0).await;
+        let mut zombie = claim(state, &args(0), "zombie").await.unwrap();
+        heartbeat(state, &mut zombie, 3, 0).await.unwrap();
+        // Its lease ran out: the task is retried as attempt 2, which another worker claims.
+        dispatch(2, 1).await;
+        let mut live = claim(state, &args(1), "live").await.unwrap();
+
+        let lost = |r: Result<()>| matches!(r, Err(Error::LostLease { .. }));
+        assert!(lost(heartbeat(state, &mut zombie, 5, 0).await));
+        assert!(lost(commit(state, &mut zombie, 10, 0).await.map(|_| ())));
+        let committed = commit(state, &mut live, 9, 1).await.unwrap();
+        assert_eq!(
+            (committed.attempt, committed.state),
+            (2, TaskState::Succeeded)
+        );
+        assert!(lost(commit(state, &mut zombie, 10, 0).await.map(|_| ())));
+        // A zombie of the dispatch before its claim cannot claim either.
+        assert!(lost(claim(state, &args(0), "zombie").await.map(|_| ())));
+        let row = state.get_task("zombie", 0).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.attempt,
+                row.state,
+                row.items_ok,
+                row.lease_owner.as_deref()
+            ),
+            (2, TaskState::Succeeded, 9, Some("live"))
+        );
+    }
 
     #[test]
     fn a_retry_waits_the_longer_of_the_backoff_and_what_the_api_asked() {

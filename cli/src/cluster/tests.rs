@@ -155,9 +155,28 @@ fn verbs_parse_with_the_kube_flags() {
         }
         _ => panic!("not submit"),
     }
-    for verb in ["pause", "resume", "retry", "cancel"] {
+    match parse(&[
+        "retry",
+        "oj/x",
+        "--items",
+        "--kind",
+        "transient",
+        "--context",
+        "prod",
+    ])
+    .command
+    {
+        Command::Retry(a) => {
+            assert_eq!(a.job, "oj/x");
+            assert!(a.items);
+            assert_eq!(a.kinds, ["transient"]);
+            assert_eq!(a.kube.context.as_deref(), Some("prod"));
+        }
+        _ => panic!("not retry"),
+    }
+    for verb in ["pause", "resume", "cancel"] {
         match parse(&[verb, "oj/x", "--context", "prod", "--kubeconfig", "/k"]).command {
-            Command::Pause(a) | Command::Resume(a) | Command::Retry(a) | Command::Cancel(a) => {
+            Command::Pause(a) | Command::Resume(a) | Command::Cancel(a) => {
                 assert_eq!(a.name, "oj/x");
                 assert_eq!(a.kube.context.as_deref(), Some("prod"));
                 assert_eq!(

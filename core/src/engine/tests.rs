@@ -392,6 +392,47 @@ fn aggregation_runs_stage_by_stage_and_ends_with_the_final_merge() {
     assert!(d.finish && !d.plan_aggregation && d.dispatches.is_empty());
 }
 
+/// After `orch retry` a job runs again with its merge tasks reset to pending: once the work is
+/// done, the aggregation is planned anew (the plan names the new attempts' files) before any
+/// merge task starts; a redriven task that failed all its attempts counts as the attempt it
+/// started from.
+#[test]
+fn a_retried_job_plans_its_aggregation_again_before_merging() {
+    let c = cfg(2);
+    let (mut j, mut t) = aggregating();
+    j.phase = JobPhase::Running;
+    t[1].state = TaskState::Running;
+    t[1].attempt = 2;
+    let running = HashMap::from([(1, ExecState::Running)]);
+    let d = decide(&c, observe(0, &j, &t, &running, &[]));
+    assert!(
+        d.dispatches.is_empty() && !d.plan_aggregation && !d.finish,
+        "{d:?}"
+    );
+
+    t[1].state = TaskState::Succeeded;
+    let d = decide(&c, observe(1, &j, &t, &HashMap::new(), &[]));
+    assert!(d.plan_aggregation, "{d:?}");
+    assert!(d.dispatches.is_empty(), "no merge before the plan: {d:?}");
+    assert_eq!(d.job.map(|j| j.phase), Some(JobPhase::Aggregating));
+
+    j.phase = JobPhase::Aggregating;
+    let d = decide(&c, observe(2, &j, &t, &HashMap::new(), &[]));
+    assert!(!d.plan_aggregation);
+    assert_eq!(d.dispatches[0].kind, TaskKind::Merge { level: 1 });
+
+    t[1].state = TaskState::Failed;
+    t[1].items_ok = 0;
+    t[1].redrive = Some(crate::model::Redrive {
+        from_attempt: 1,
+        kinds: Vec::new(),
+        items_ok: 7,
+        items_failed: 3,
+    });
+    let counts = item_counts(&t);
+    assert_eq!((counts.total, counts.ok, counts.failed), (20, 17, 3));
+}
+
 #[test]
 fn a_failed_merge_task_is_retried_with_backoff_then_fails_the_job() {
     let c = cfg(2);

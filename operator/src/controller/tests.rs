@@ -507,3 +507,19 @@ async fn a_reconcile_our_own_writes_trigger_waits_for_the_status_interval() {
         "an annotation change waits for nothing"
     );
 }
+
+#[test]
+fn the_retry_items_annotation_chooses_what_runs_again() {
+    assert_eq!(retry_choice(None), RetryChoice::Tasks);
+    assert_eq!(retry_choice(Some(" ")), RetryChoice::Tasks);
+    assert_eq!(
+        retry_choice(Some("*")),
+        RetryChoice::Items { kinds: vec![] }
+    );
+    assert_eq!(
+        retry_choice(Some("transient, rate_limited,")),
+        RetryChoice::Items {
+            kinds: vec!["transient".into(), "rate_limited".into()]
+        }
+    );
+}
