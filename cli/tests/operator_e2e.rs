@@ -974,6 +974,103 @@ spec:
     assert!(after["items"].as_array().unwrap().len() > jobs.len());
 }
 
+/// Item-level redrive through the operator: a job whose handler fails some items permanently
+/// succeeds with them in `errors.parquet`; once they can succeed, `orch retry NAME --items`
+/// (the annotations `orch.dev/retry` and `orch.dev/retry-items`) runs only those items again,
+/// `orch status --watch` waits for the new end, and the output in S3 holds every item once with
+/// no error left.
+#[tokio::test(flavor = "multi_thread")]
+async fn orch_retry_items_redrives_failed_items_of_a_succeeded_job() {
+    let Some(mut world) = World::with_pods("e2e-redrive").await else {
+        return;
+    };
+    const N: u64 = 200;
+    world.put_input(N).await;
+    world.start_operator("op-a");
+    world.create_secret(
+        "orch-aws",
+        &[
+            ("AWS_ACCESS_KEY_ID", "pods"),
+            ("AWS_SECRET_ACCESS_KEY", "pods"),
+        ],
+    );
+    let fixed = world.scratch.path("items-fixed");
+    let handler = world.scratch.write(
+        "handler.py",
+        "import os, sys\n\
+         sys.path.insert(0, sys.argv[1])\n\
+         from orch_handler import handler, Permanent\n\
+         @handler\ndef echo(item):\n    \
+         if item['id'] % 25 == 0 and not os.path.exists(sys.argv[2]):\n        \
+         raise Permanent('not yet')\n    return item\n",
+    );
+    let file = world.scratch.write(
+        "redrive.yaml",
+        &format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: redrive}}
+spec:
+  input: {{uri: "s3://{bucket}/default/input/items.jsonl"}}
+  batch: {{size: 50}}
+  handler:
+    exec: {{command: [python3, "{handler}", "{python}", "{fixed}"]}}
+  tolerance: {{maxFailedItemsPercent: 50}}
+  output: {{uri: "s3://{bucket}/default/out-redrive/"}}
+  executor: {{kubernetes: {{parallelism: 2, envFromSecrets: [orch-aws]}}}}
+"#,
+            bucket = world.bucket,
+            handler = handler.display(),
+            python = repo().join("python").canonicalize().unwrap().display(),
+            fixed = fixed.display(),
+        ),
+    );
+    let orch = |args: &[&str]| {
+        Command::new(common::orch())
+            .args(args)
+            .env("KUBECONFIG", &world.emulator.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let submitted = orch(&["submit", file.to_str().unwrap()]);
+    assert!(submitted.status.success(), "{}", common::text(&submitted));
+    let watched = orch(&["status", "redrive", "--watch"]);
+    assert_eq!(
+        watched.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::text(&watched),
+        world.operators_logs()
+    );
+    let first = common::read_output(&world.output_dir("redrive").await);
+    first.assert_each_item_once(N);
+    assert_eq!(first.error_rows, N / 25);
+
+    std::fs::write(&fixed, "").unwrap();
+    let retried = orch(&["retry", "redrive", "--items", "--kind", "permanent"]);
+    assert!(retried.status.success(), "{}", common::text(&retried));
+    let watched = orch(&["status", "redrive", "--watch"]);
+    assert_eq!(
+        watched.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::text(&watched),
+        world.operators_logs()
+    );
+    let job = world.get("redrive");
+    assert!(job["status"]["retried"].is_string(), "{job}");
+    let events = world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
+    assert!(
+        events.contains(&format!("{} failed item(s) of 4 task(s) run again", N / 25)),
+        "{events}"
+    );
+    std::fs::remove_dir_all(world.scratch.path("downloaded-redrive")).unwrap();
+    let last = common::read_output(&world.output_dir("redrive").await);
+    last.assert_each_item_once(N);
+    assert_eq!(last.error_rows, 0, "{last:?}");
+    assert_eq!(last.rows, N);
+}
+
 /// The live shares of a bucket in this world's table, by job.
 async fn shares(world: &World, key: &str) -> BTreeMap<String, f64> {
     use orch_core::backend::RateLimitStore;

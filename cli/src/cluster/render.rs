@@ -106,7 +106,8 @@ pub fn outcome(v: &JobView) -> Option<Outcome> {
         return None;
     }
     match v.status.phase? {
-        JobPhase::Succeeded => Some(Outcome::Succeeded),
+        // A retry of failed items may run a job that succeeded again (`orch retry --items`).
+        JobPhase::Succeeded if !v.retry_pending() => Some(Outcome::Succeeded),
         JobPhase::Failed if !v.retry_pending() => Some(Outcome::Failed),
         _ => None,
     }

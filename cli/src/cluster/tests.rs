@@ -382,9 +382,11 @@ fn when_a_watched_job_has_ended() {
     assert_eq!(render::outcome(&view(retry.clone())), None);
     retry["status"]["retried"] = json!("t2");
     assert_eq!(render::outcome(&view(retry)), Some(Outcome::Failed));
-    // A succeeded job is done whatever a retry annotation says.
-    let ok = json!({"metadata": {"annotations": {"orch.dev/retry": "t3"}},
-        "status": {"phase": "Succeeded"}});
+    // A succeeded job may run again for a retry of its failed items: ended once it is handled.
+    let mut ok = json!({"metadata": {"annotations": {"orch.dev/retry": "t3"}},
+        "status": {"phase": "Succeeded", "retried": "t2"}});
+    assert_eq!(render::outcome(&view(ok.clone())), None);
+    ok["status"]["retried"] = json!("t3");
     assert_eq!(render::outcome(&view(ok)), Some(Outcome::Succeeded));
     for phase in ["Pending", "Running", "Suspended"] {
         let v = view(json!({"status": {"phase": phase}}));
