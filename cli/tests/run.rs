@@ -356,6 +356,37 @@ fn items_of_a_task_that_fails_all_attempts_are_in_errors_parquet() {
     assert!(table.contains("keeps crashing"), "{table}");
 }
 
+/// A handler process that dies on a few items every time, with 8 items in flight: only those
+/// items fail (as infrastructure, after their attempts), never the items that happened to be in
+/// flight beside them, and the job ends within its retry policy.
+#[test]
+fn items_in_flight_when_a_poison_item_kills_the_handler_are_not_charged() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 500);
+    let handler = format!(
+        "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 8}}",
+        fixture("poison.py")
+    );
+    let job = s.write(
+        "job.yaml",
+        &job_yaml(
+            "poison",
+            &handler,
+            "  tolerance: {maxFailedItemsPercent: 5}\n",
+        ),
+    );
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let poison: Vec<u64> = (0..500).filter(|i| i % 97 == 7).collect();
+    let seen = read_output(&s.path("out"));
+    seen.assert_each_item_once(500);
+    assert_eq!(seen.error_items, poison, "{seen:?}");
+    assert_eq!(seen.error_kinds["infrastructure"], poison.len() as u64);
+}
+
 #[test]
 fn a_second_run_of_the_same_job_is_refused_while_the_first_runs() {
     let s = Scratch::new();

@@ -343,6 +343,8 @@ struct Delayed {
     ordinal: u64,
     attempts: u32,
     item: Box<RawValue>,
+    /// It crashed the handler process on its own: its next tries run alone too.
+    alone: bool,
 }
 impl PartialEq for Delayed {
     fn eq(&self, o: &Self) -> bool {
@@ -608,6 +610,12 @@ async fn run_sync(
 
 /// Items through an async handler: `concurrency` in flight, item retries on a timer heap so a
 /// waiting item never holds a slot.
+///
+/// A handler process that dies with several items in flight does not say which one killed it.
+/// Charging the try to all of them would let one poison item use up the attempts of every item
+/// that happened to be in flight beside it, so none is charged: they run again one at a time,
+/// nothing else in flight, until each has its own answer. One that crashes the process alone is
+/// charged, and its later tries run alone too, so it cannot take others down with it again.
 async fn run_async(
     handler: Arc<dyn Handler>,
     mut items: impl Iterator<Item = (u64, Decoded)>,
@@ -619,6 +627,10 @@ async fn run_async(
     let concurrency = concurrency.max(1);
     let mut inflight: JoinSet<(u64, u32, Box<RawValue>, Outcome)> = JoinSet::new();
     let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
+    // Items to run alone: (ordinal, the try to run again or the next one, item).
+    let mut alone: std::collections::VecDeque<(u64, u32, Box<RawValue>)> = Default::default();
+    // An item runs alone now: nothing else starts until it ends.
+    let mut isolating = false;
     let mut exhausted = false;
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -639,10 +651,27 @@ async fn run_async(
             );
             stop_deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
         }
-        while stop_deadline.is_none() && inflight.len() < concurrency {
+        if isolating && inflight.is_empty() {
+            isolating = false;
+        }
+        while stop_deadline.is_none() && inflight.len() < concurrency && !isolating {
+            if !alone.is_empty() {
+                // Waits for the items in flight to end, then runs by itself.
+                if inflight.is_empty()
+                    && let Some((ordinal, attempts, item)) = alone.pop_front()
+                {
+                    spawn(&mut inflight, ordinal, attempts, item);
+                    isolating = true;
+                }
+                break;
+            }
             if delayed.peek().is_some_and(|d| d.at <= Instant::now()) {
                 if let Some(d) = delayed.pop() {
-                    spawn(&mut inflight, d.ordinal, d.attempts + 1, d.item);
+                    if d.alone {
+                        alone.push_back((d.ordinal, d.attempts + 1, d.item));
+                    } else {
+                        spawn(&mut inflight, d.ordinal, d.attempts + 1, d.item);
+                    }
                 }
                 continue;
             }
@@ -657,13 +686,20 @@ async fn run_async(
                 },
             }
         }
-        if inflight.is_empty() && (stop_deadline.is_some() || (exhausted && delayed.is_empty())) {
+        if inflight.is_empty()
+            && (stop_deadline.is_some() || (exhausted && delayed.is_empty() && alone.is_empty()))
+        {
             return Ok(());
         }
         let next_delayed = delayed
             .peek()
             .map(|d| tokio::time::Instant::from_std(d.at))
-            .filter(|_| stop_deadline.is_none() && inflight.len() < concurrency);
+            .filter(|_| {
+                stop_deadline.is_none()
+                    && inflight.len() < concurrency
+                    && !isolating
+                    && alone.is_empty()
+            });
         tokio::select! {
             joined = inflight.join_next(), if !inflight.is_empty() => {
                 let Some(joined) = joined else { continue };
@@ -673,10 +709,17 @@ async fn run_async(
                     Outcome::Ok(result) => {
                         ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
                     }
-                    Outcome::Err(ItemFailure { kind, message, fatal, retry_after }) => {
+                    Outcome::Err(ItemFailure { kind, message, fatal, retry_after, shared_crash }) => {
                         if fatal {
                             return Err(Error::HandlerGaveUp(message));
                         }
+                        if shared_crash && stop_deadline.is_none() {
+                            debug!(ordinal, "in flight when the handler process died; it runs again alone");
+                            alone.push_back((ordinal, attempts, item));
+                            continue;
+                        }
+                        // A crash with nothing else in flight is this item's own doing.
+                        let crashed_alone = kind == ErrorKind::Infrastructure && isolating;
                         let retryable = kind != ErrorKind::Permanent;
                         if retryable && attempts < cfg.max_attempts && stop_deadline.is_none() {
                             // Never sooner than the API asked (Retry-After).
@@ -688,6 +731,7 @@ async fn run_async(
                                 ordinal,
                                 attempts,
                                 item,
+                                alone: crashed_alone,
                             });
                         } else if retryable && stop_deadline.is_some() {
                             // Not finished: the next attempt does it again.

@@ -1255,6 +1255,7 @@ async fn supervise(
         );
     }
     let message = format!("handler process exited ({reason})");
+    let shared = waiting.len() > 1;
     for (_, waiting) in waiting {
         let reply = match &restart {
             Some(Restart::TimedOut(_)) => Reply::Resend(reason.clone()),
@@ -1264,7 +1265,11 @@ async fn supervise(
                 "handler process was restarted: {why}"
             )))
             .into(),
-            None => Outcome::Err(ItemFailure::infrastructure(message.clone())).into(),
+            None => Outcome::Err(ItemFailure {
+                shared_crash: shared,
+                ..ItemFailure::infrastructure(message.clone())
+            })
+            .into(),
         };
         let _ = waiting.tx.send(reply);
     }

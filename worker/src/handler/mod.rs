@@ -38,6 +38,9 @@ pub struct ItemFailure {
     /// How long the API asked to wait before the next try (`Retry-After`, an exec handler's
     /// `retryAfter`): a retry waits at least this long, longer if the backoff says so.
     pub retry_after: Option<Duration>,
+    /// The handler process died with other items in flight: which of them made it die is
+    /// unknown, so the try is not charged to this item; the worker runs it again alone.
+    pub shared_crash: bool,
 }
 
 impl ItemFailure {
@@ -47,6 +50,7 @@ impl ItemFailure {
             message: message.into(),
             fatal: false,
             retry_after: None,
+            shared_crash: false,
         }
     }
 
