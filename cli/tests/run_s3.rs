@@ -384,3 +384,101 @@ async fn the_example_survives_errors_resets_and_an_outage_of_the_aws_endpoints()
     );
     aws.check_finished_job(&out, &job_file).await;
 }
+
+/// Chaos on the AWS data plane: the example on S3, DynamoDB and SQS through the fault proxy
+/// (5 % errors, 3 % resets), while `kill -9` lands at seeded random moments on workers — during
+/// their work, their uploads, between a result upload and its `_DONE`, during the merges — and
+/// once on the driver, which is started again as soon as its DynamoDB job lease lets it. The
+/// output, read with pyarrow, holds every item once. `ORCH_CHAOS_S3_KILLS` sets the worker
+/// kills (CI: 6); `ORCH_CHAOS_SEED` replays a schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
+    if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let setting = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let seed = setting(
+        "ORCH_CHAOS_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1),
+    );
+    let kills = setting("ORCH_CHAOS_S3_KILLS", 6);
+    eprintln!("chaos (s3): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_S3_KILLS={kills}");
+    let mut rng = seed.max(1);
+    let mut below = move |n: u64| {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    };
+    let aws = Aws::new("orch-chaos");
+    let job_file = aws.prepare().await;
+    let proxy = FaultProxy::start(&aws.endpoint, Faults::default()).await;
+    let storage = format!("s3://{}/orch/", aws.bucket);
+    let spawn = || {
+        aws.orch(
+            &proxy.endpoint,
+            &["run", job_file.to_str().unwrap(), "--no-progress"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (mut workers_killed, mut driver_killed) = (0u64, false);
+    let mut driver = spawn();
+    let started = std::time::Instant::now();
+    let out = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the job did not finish within 15 minutes"
+        );
+        if let Some(status) = driver.try_wait().unwrap() {
+            let out = driver.wait_with_output().unwrap();
+            let printed = common::text(&out);
+            if status.success() {
+                break out;
+            }
+            // A driver started again while the killed one's lease still holds is refused;
+            // it is started again until the lease runs out.
+            assert!(printed.contains("already being run"), "{printed}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            driver = spawn();
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(200 + below(800))).await;
+        if workers_killed >= kills && driver_killed {
+            continue;
+        }
+        if workers_killed < kills && (driver_killed || below(kills + 1) > 0) {
+            let pids = common::workers_of_storage(&storage);
+            if let Some(&pid) = pids.get(below(pids.len() as u64) as usize) {
+                common::kill(pid, "-KILL");
+                workers_killed += 1;
+            }
+        } else if !driver_killed {
+            common::kill(driver.id(), "-KILL");
+            driver.wait().unwrap();
+            driver_killed = true;
+            driver = spawn();
+        }
+    };
+    let stats = proxy.stats();
+    assert!(stats.errors > 0 && stats.resets > 0, "{stats:?}");
+    aws.check_finished_job(&out, &job_file).await;
+    eprintln!(
+        "chaos (s3): seed {seed}: {} faults ({workers_killed} worker kill -9, {} driver kill -9) \
+         with {} error answers and {} resets from the proxy, 0 items lost, 0 duplicated",
+        workers_killed + u64::from(driver_killed),
+        u64::from(driver_killed),
+        stats.errors,
+        stats.resets
+    );
+}

@@ -86,11 +86,13 @@ impl Scratch {
 /// Pids of the `orch-worker` processes (work or merge tasks) whose storage is the directory
 /// `dir`.
 pub fn workers_of(dir: &Path) -> Vec<u32> {
+    workers_of_storage(&format!("file://{}", dir.display()))
+}
+
+/// Pids of the `orch-worker` processes whose `--storage` is `uri`.
+pub fn workers_of_storage(uri: &str) -> Vec<u32> {
     let out = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("orch-worker .*--storage file://{}", dir.display()),
-        ])
+        .args(["-f", &format!("orch-worker .*--storage {uri}")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
