@@ -279,6 +279,117 @@ fn wait_for_tasks(
     }
 }
 
+fn spawn_run(job: &SlurmJob, file: &Path) -> std::process::Child {
+    job.orch(&["run", file.to_str().unwrap(), "--no-progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The Slurm job name of the orch job whose name starts with `prefix` (orch names its arrays
+/// after the job id), and the `jobid_index` of one of its array tasks once one runs.
+fn running_task(job: &SlurmJob, prefix: &str) -> (String, String) {
+    let name = {
+        let started = Instant::now();
+        loop {
+            let out = job
+                .command("squeue")
+                .args(["--noheader", "--format=%j"])
+                .output()
+                .unwrap();
+            let names = String::from_utf8_lossy(&out.stdout).to_string();
+            if let Some(n) = names.lines().find(|n| n.trim().starts_with(prefix)) {
+                break n.trim().to_string();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no array appeared"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let running = wait_for_tasks(job, &name, Duration::from_secs(60), |t| {
+        t.iter().any(|(_, s)| s == "RUNNING")
+    });
+    let victim = running
+        .iter()
+        .find(|(_, s)| s == "RUNNING")
+        .unwrap()
+        .0
+        .clone();
+    (name, victim)
+}
+
+/// Task rows of the job in the embedded state store, read with Python's sqlite3:
+/// (task, attempt, free attempts, state).
+fn task_rows(job: &SlurmJob) -> Vec<(u64, u64, u64, String)> {
+    let script = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+rows = [json.loads(b) for (b,) in db.execute("SELECT body FROM tasks")]
+print(json.dumps([[r["id"], r["attempt"], r.get("freeAttempts", 0), r["state"]] for r in rows if "kind" not in r]))
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            job.scratch.path(".orch/state.sqlite").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `scontrol requeue` of a running array task (what preemption with `PreemptMode=REQUEUE`
+/// does): the worker is stopped and checkpoints, the task runs again as a new attempt that
+/// does not count against `retry.maxAttempts`, the requeued Slurm task finds its attempt
+/// gone and does nothing, every other task runs once, and the output is exact.
+#[test]
+fn scontrol_requeue_of_a_running_task_redoes_that_task_only() {
+    let Some(env) = common::slurm_env() else {
+        return;
+    };
+    let job = SlurmJob::new(env);
+    let file = job.job_file(
+        "slurm-requeue",
+        80,
+        20,
+        "{builtin: {name: sleep, duration: 500ms}, concurrency: 1}",
+        "  executor: {slurm: {transport: cli}}\n  resources: {memory: 200Mi, time: 5m}\n  \
+         retry: {maxAttempts: 1}\n",
+    );
+    let run = spawn_run(&job, &file);
+    let (name, victim) = running_task(&job, "slurm-requeue");
+    // A few items in (of its 10 s), so that the checkpoint has something to resume from.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = job
+        .command("scontrol")
+        .args(["requeue", &victim])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+    assert_exact(&job, 80);
+    let rows = task_rows(&job);
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let again: Vec<_> = rows.iter().filter(|r| r.1 > 1).collect();
+    assert_eq!(
+        again.len(),
+        1,
+        "only the requeued task ran again: {rows:?}\n{victim}: {:?}\n{}",
+        job.sacct_now(&name),
+        common::text(&out)
+    );
+    for (_, attempt, free, state) in &rows {
+        assert_eq!(state, "succeeded", "{rows:?}");
+        // With maxAttempts 1, the job could only finish if the requeue cost no attempt.
+        assert_eq!(attempt - free, 1, "{rows:?}");
+    }
+}
+
 #[test]
 fn scancel_of_one_array_task_retries_that_task_only() {
     let Some(env) = common::slurm_env() else {
@@ -292,44 +403,8 @@ fn scancel_of_one_array_task_retries_that_task_only() {
         "{builtin: {name: sleep, duration: 500ms}}",
         "  executor: {slurm: {transport: cli}}\n  resources: {memory: 200Mi, time: 5m}\n",
     );
-    let run = job
-        .orch(&["run", file.to_str().unwrap(), "--no-progress"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The job id is the job name in Slurm; find it from the running arrays.
-    let name = {
-        let started = Instant::now();
-        loop {
-            let out = job
-                .command("squeue")
-                .args(["--noheader", "--format=%j"])
-                .output()
-                .unwrap();
-            let names = String::from_utf8_lossy(&out.stdout).to_string();
-            if let Some(n) = names
-                .lines()
-                .find(|n| n.trim().starts_with("slurm-scancel"))
-            {
-                break n.trim().to_string();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no array appeared"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    let running = wait_for_tasks(&job, &name, Duration::from_secs(60), |t| {
-        t.iter().any(|(_, s)| s == "RUNNING")
-    });
-    let victim = running
-        .iter()
-        .find(|(_, s)| s == "RUNNING")
-        .unwrap()
-        .0
-        .clone();
+    let run = spawn_run(&job, &file);
+    let (name, victim) = running_task(&job, "slurm-scancel");
     let out = job.command("scancel").arg(&victim).output().unwrap();
     assert!(out.status.success(), "{}", common::text(&out));
     let out = run.wait_with_output().unwrap();

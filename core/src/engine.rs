@@ -363,8 +363,10 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
             attempt: t.attempt,
         }),
         // A worker that ended on purpose released its claim: no need to wait for the lease
-        // once its process is gone (while it is alive, its exit code is still to come).
-        Some(ExecState::Unknown) | None
+        // once its process is gone (while it is alive, its exit code is still to come). Queued
+        // again is gone too: Slurm requeued the task (preemption, `scontrol requeue`), and its
+        // next start finds its attempt over.
+        Some(ExecState::Unknown | ExecState::Queued) | None
             if t.state == TaskState::Running && t.lease_owner.is_none() =>
         {
             Some(worker_said.unwrap_or_else(|| infra("worker released its claim".into())))

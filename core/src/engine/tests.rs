@@ -237,6 +237,19 @@ fn transient_losses_retry_at_once_without_using_an_attempt() {
         message: "stopped by a signal".into(),
         attempt: 1,
     });
+    // Slurm requeued it (preemption, `scontrol requeue`): queued again, the attempt is over
+    // at once — the lease need not run out, and the requeued task is stopped.
+    let requeued = HashMap::from([(0, ExecState::Queued)]);
+    let d = decide(&c, observe(7, &j, &t, &requeued, &[]));
+    assert_eq!(d.failures.len(), 1, "{d:?}");
+    assert_eq!(d.cancel, vec![(0, 1, None)]);
+    // Still running after it released its claim: its exit is still to come.
+    let running = HashMap::from([(0, ExecState::Running)]);
+    assert!(
+        decide(&c, observe(7, &j, &t, &running, &[]))
+            .failures
+            .is_empty()
+    );
     let d = decide(&c, observe(7, &j, &t, &HashMap::new(), &[]));
     let f = &d.failures[0];
     assert_eq!(
