@@ -20,37 +20,9 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, kill, read_output, text, workers_of};
+use common::{Rng, Scratch, chaos_seed, kill, read_output, setting, text, workers_of};
 
 const ITEMS: u64 = 1_200;
-
-/// A small deterministic generator (xorshift64*): the schedule of faults is a function of the
-/// seed alone.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn spawn_run(s: &Scratch, job: &Path) -> Child {
     s.orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
@@ -169,13 +141,7 @@ fn kill_9_during_sqlite_commits_leaves_every_database_intact() {
     if !orch_testkit::components::python_module("pyarrow") {
         return;
     }
-    let seed = setting(
-        "ORCH_CHAOS_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(1),
-    );
+    let seed = chaos_seed();
     let rounds = setting("ORCH_CHAOS_SQLITE_ROUNDS", 15);
     eprintln!("chaos (sqlite): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_SQLITE_ROUNDS={rounds}");
     let mut rng = Rng::new(seed);
@@ -225,13 +191,7 @@ fn kill_9_of_workers_and_driver_loses_and_duplicates_nothing() {
     if !orch_testkit::components::python_module("pyarrow") {
         return;
     }
-    let seed = setting(
-        "ORCH_CHAOS_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(1),
-    );
+    let seed = chaos_seed();
     let trials = setting("ORCH_CHAOS_TRIALS", 2);
     let faults = setting("ORCH_CHAOS_FAULTS", 5);
     // Printed first, so a failure can be replayed.

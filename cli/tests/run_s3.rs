@@ -396,28 +396,10 @@ async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
     if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow") {
         return;
     }
-    let setting = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let seed = setting(
-        "ORCH_CHAOS_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(1),
-    );
-    let kills = setting("ORCH_CHAOS_S3_KILLS", 6);
+    let seed = common::chaos_seed();
+    let kills = common::setting("ORCH_CHAOS_S3_KILLS", 6);
     eprintln!("chaos (s3): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_S3_KILLS={kills}");
-    let mut rng = seed.max(1);
-    let mut below = move |n: u64| {
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    };
+    let mut rng = common::Rng::new(seed);
     let aws = Aws::new("orch-chaos");
     let job_file = aws.prepare().await;
     let proxy = FaultProxy::start(&aws.endpoint, Faults::default()).await;
@@ -453,13 +435,13 @@ async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
             driver = spawn();
             continue;
         }
-        tokio::time::sleep(Duration::from_millis(200 + below(800))).await;
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
         if workers_killed >= kills && driver_killed {
             continue;
         }
-        if workers_killed < kills && (driver_killed || below(kills + 1) > 0) {
+        if workers_killed < kills && (driver_killed || rng.below(kills + 1) > 0) {
             let pids = common::workers_of_storage(&storage);
-            if let Some(&pid) = pids.get(below(pids.len() as u64) as usize) {
+            if let Some(&pid) = pids.get(rng.below(pids.len() as u64) as usize) {
                 common::kill(pid, "-KILL");
                 workers_killed += 1;
             }
