@@ -203,6 +203,15 @@ impl World {
         self.kubectl_ok(&args);
     }
 
+    /// `orch <args>` against this world's cluster, as a user with its kubeconfig.
+    fn orch(&self, args: &[&str]) -> Output {
+        Command::new(common::orch())
+            .args(args)
+            .env("KUBECONFIG", &self.emulator.kubeconfig)
+            .output()
+            .unwrap()
+    }
+
     fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
         assert!(
@@ -894,13 +903,7 @@ spec:
             marker = marker.display(),
         ),
     );
-    let orch = |args: &[&str]| {
-        Command::new(common::orch())
-            .args(args)
-            .env("KUBECONFIG", &world.emulator.kubeconfig)
-            .output()
-            .unwrap()
-    };
+    let orch = |args: &[&str]| world.orch(args);
     let submitted = orch(&["submit", file.to_str().unwrap()]);
     assert!(submitted.status.success(), "{}", common::text(&submitted));
 
@@ -1025,13 +1028,7 @@ spec:
             fixed = fixed.display(),
         ),
     );
-    let orch = |args: &[&str]| {
-        Command::new(common::orch())
-            .args(args)
-            .env("KUBECONFIG", &world.emulator.kubeconfig)
-            .output()
-            .unwrap()
-    };
+    let orch = |args: &[&str]| world.orch(args);
     let submitted = orch(&["submit", file.to_str().unwrap()]);
     assert!(submitted.status.success(), "{}", common::text(&submitted));
     let watched = orch(&["status", "redrive", "--watch"]);
