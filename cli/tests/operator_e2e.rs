@@ -1068,6 +1068,90 @@ spec:
     assert_eq!(last.rows, N);
 }
 
+/// A pod evicted mid-task (deleted, as a drain or an eviction does: SIGTERM, then SIGKILL after
+/// its grace period): the worker checkpoints, the task runs again as a new attempt that costs
+/// none of `retry.maxAttempts` (1 here), the other tasks run once, and the output is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicted_pod_redoes_its_task_only() {
+    let Some(mut world) = World::with_pods("e2e-evict").await else {
+        return;
+    };
+    const N: u64 = 100;
+    world.put_input(N).await;
+    world.start_operator("op-a");
+    world.create_secret(
+        "orch-aws",
+        &[
+            ("AWS_ACCESS_KEY_ID", "pods"),
+            ("AWS_SECRET_ACCESS_KEY", "pods"),
+        ],
+    );
+    let file = world.scratch.write(
+        "evicted.yaml",
+        &format!(
+            r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: evicted}}
+spec:
+  input: {{uri: "s3://{bucket}/default/input/items.jsonl"}}
+  batch: {{size: 25}}
+  handler: {{builtin: {{name: sleep, duration: 300ms}}, concurrency: 1}}
+  retry: {{maxAttempts: 1}}
+  output: {{uri: "s3://{bucket}/default/out-evicted/"}}
+  executor: {{kubernetes: {{parallelism: 2, envFromSecrets: [orch-aws]}}}}
+"#,
+            bucket = world.bucket,
+        ),
+    );
+    let submitted = world.orch(&["submit", file.to_str().unwrap()]);
+    assert!(submitted.status.success(), "{}", common::text(&submitted));
+    // A pod a few items into its task.
+    let started = std::time::Instant::now();
+    let victim = loop {
+        let pods: serde_json::Value =
+            serde_json::from_str(&world.kubectl_ok(&["get", "pods", "-o", "json"])).unwrap();
+        let running = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["status"]["phase"] == "Running")
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string());
+        if let Some(name) = running {
+            break name;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no pod ran: {}",
+            world.operators_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    world.kubectl_ok(&["delete", "pod", &victim, "--wait=false"]);
+    let watched = world.orch(&["status", "evicted", "--watch"]);
+    assert_eq!(
+        watched.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::text(&watched),
+        world.operators_logs()
+    );
+    let job = world.get("evicted");
+    assert_eq!(job["status"]["tasks"]["succeeded"], 4, "{job}");
+    common::read_output(&world.output_dir("evicted").await).assert_each_item_once(N);
+    // The evicted task ran again in a new Indexed Job; every other task ran once.
+    let jobs: serde_json::Value =
+        serde_json::from_str(&world.kubectl_ok(&["get", "jobs", "-o", "json"])).unwrap();
+    let completions: u64 = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["metadata"]["labels"]["orch.dev/kind"] == "work")
+        .map(|j| j["spec"]["completions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(completions, 5, "4 tasks and one retry: {jobs}");
+}
+
 /// The live shares of a bucket in this world's table, by job.
 async fn shares(world: &World, key: &str) -> BTreeMap<String, f64> {
     use orch_core::backend::RateLimitStore;
