@@ -1106,7 +1106,7 @@ spec:
     let submitted = world.orch(&["submit", file.to_str().unwrap()]);
     assert!(submitted.status.success(), "{}", common::text(&submitted));
     // A pod a few items into its task.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let victim = loop {
         let pods: serde_json::Value =
             serde_json::from_str(&world.kubectl_ok(&["get", "pods", "-o", "json"])).unwrap();
