@@ -402,6 +402,13 @@ async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
     let mut rng = common::Rng::new(seed);
     let aws = Aws::new("orch-chaos");
     let job_file = aws.prepare().await;
+    // A kill -9 uses up an attempt: enough of them for every kill to land on one task.
+    let spec = std::fs::read_to_string(&job_file).unwrap();
+    std::fs::write(
+        &job_file,
+        spec.replace("maxAttempts: 3", &format!("maxAttempts: {}", kills + 3)),
+    )
+    .unwrap();
     let proxy = FaultProxy::start(&aws.endpoint, Faults::default()).await;
     let storage = format!("s3://{}/orch/", aws.bucket);
     let spawn = || {
