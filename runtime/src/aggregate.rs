@@ -261,6 +261,16 @@ async fn check_result(
     })
 }
 
+/// The error kind and reason every item of a task that failed all its attempts (or was
+/// cancelled) is recorded with in `errors.parquet`.
+pub fn failed_task_error(t: &TaskRecord) -> (&'static str, String) {
+    match (&t.last_error, t.state) {
+        (_, TaskState::Cancelled) => ("cancelled", "the job was cancelled".to_string()),
+        (Some(e), _) => (e.kind.as_str(), e.message.clone()),
+        (None, _) => ("infrastructure", "unknown".to_string()),
+    }
+}
+
 /// Every item of a task that failed all its attempts (or was cancelled) gets an error row, so
 /// the output still accounts for each input item exactly once. Returns the file's key.
 async fn failed_task_items(
@@ -278,11 +288,7 @@ async fn failed_task_items(
             attempt: t.attempt,
             message: "the task row has no batch".into(),
         })?;
-        let (kind, why) = match (&t.last_error, t.state) {
-            (_, TaskState::Cancelled) => ("cancelled", "the job was cancelled".to_string()),
-            (Some(e), _) => (e.kind.as_str(), e.message.clone()),
-            (None, _) => ("infrastructure", "unknown".to_string()),
-        };
+        let (kind, why) = failed_task_error(t);
         let message = format!(
             "task {} failed after {} attempt(s): {why}",
             t.id,

@@ -97,13 +97,8 @@ pub async fn retry(
     for t in tasks.iter().filter(|t| t.kind.is_work()) {
         let (next, items) = match t.state {
             TaskState::Failed | TaskState::Cancelled => {
-                // The kind its items were recorded with (see aggregate::failed_task_items); a
-                // failed redrive runs the same items again.
-                let kind = match (&t.last_error, t.state) {
-                    (_, TaskState::Cancelled) => "cancelled",
-                    (Some(e), _) => e.kind.as_str(),
-                    (None, _) => "infrastructure",
-                };
+                // A failed redrive runs the same items again.
+                let (kind, _) = aggregate::failed_task_error(t);
                 if t.redrive.is_none() && !choice.selects(kind) {
                     continue;
                 }
