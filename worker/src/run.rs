@@ -7,7 +7,7 @@
 //! finish briefly, flush the checkpoint and exit, so the next attempt resumes.
 
 use std::collections::{BTreeMap, BinaryHeap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -311,17 +311,6 @@ async fn parquet_source(backends: &Backends, uri: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Setup(format!(
-            "cannot remove {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
 /// Reads the batch's byte range of the input: from the file, or a ranged GET of the object.
 async fn read_range(backends: &Backends, batch: &Batch) -> Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
@@ -427,7 +416,7 @@ async fn work(
     // ends without committing, so the next attempt resumes wherever it runs.
     let (ckpt_path, remote_ckpt) = backends.local_file(&ckpt_key)?;
     if remote_ckpt && !backends.objects.get_to_file(&ckpt_key, &ckpt_path).await? {
-        remove_if_present(&ckpt_path)?;
+        orch_data::atomic::remove_if_present(&ckpt_path)?;
     }
     let ckpt = Checkpoint::open(&ckpt_path)?;
     let done = ckpt.done()?;
