@@ -1069,6 +1069,32 @@ fn first_word(state: &str) -> &str {
     state.split([' ', '+']).next().unwrap_or_default()
 }
 
+/// What the Slurm commands' output parses to, through the same functions [`CliApi`] uses; for
+/// the fuzz targets (fuzz/), which feed them arbitrary text. Each part is an `Err` when its
+/// output does not parse.
+#[doc(hidden)]
+pub fn parse_outputs(
+    name: &str,
+    sbatch: &str,
+    squeue: &str,
+    sacct: &str,
+    config: &str,
+    partitions: &str,
+) -> (Result<u64>, Result<Vec<ArrayJob>>, Result<ClusterInfo>) {
+    let submitted = parse_sbatch(sbatch);
+    let arrays = parse_squeue(squeue).and_then(|live| {
+        let accounted = parse_sacct(sacct)?;
+        Ok(merge(name, accounted, live, &HashMap::new()))
+    });
+    let cluster = parse_max_array_size(config).and_then(|max_array_size| {
+        Ok(ClusterInfo {
+            max_array_size,
+            partitions: parse_partitions(partitions)?,
+        })
+    });
+    (submitted, arrays, cluster)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -1334,6 +1334,77 @@ fn human(duration: Duration) -> String {
     }
 }
 
+/// What the reader of a handler's stdout made of some output (see [`read_answers`]).
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadAnswers {
+    /// For each call `1..=calls`, the answer it got (its `Debug` text), or `None`.
+    pub answers: Vec<Option<String>>,
+    /// Why the process would be restarted (it broke the protocol), if it would be.
+    pub restart: Option<String>,
+}
+
+/// Runs the real stdout reader of an `exec` handler over `stdout`, handed to it `chunk` bytes
+/// per read (at least 1), with `calls` calls waiting for their answers (ids `1..=calls`) and
+/// lines over `max_line` bytes refused. For the fuzz target of the exec protocol (fuzz/): the
+/// answers must not depend on how the output was cut into reads, and nothing a handler writes
+/// may make the reader panic.
+#[doc(hidden)]
+pub fn read_answers(
+    stdout: &[u8],
+    chunk: usize,
+    max_line: usize,
+    calls: u64,
+) -> std::io::Result<ReadAnswers> {
+    /// Output that comes in reads of at most `chunk` bytes, as from a pipe.
+    struct Chunked<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+    impl AsyncRead for Chunked<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.chunk.min(self.data.len()).min(buf.remaining());
+            let (now, rest) = self.data.split_at(n);
+            buf.put_slice(now);
+            self.data = rest;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let link = Arc::new(Link::new());
+    let mut receivers = Vec::new();
+    let item = RawValue::from_string("{}".into()).map_err(std::io::Error::other)?;
+    for _ in 0..calls {
+        let (tx, rx) = oneshot::channel();
+        link.send(&item, tx, Duration::from_secs(3600));
+        receivers.push(rx);
+    }
+    let reader = Chunked {
+        data: stdout,
+        chunk: chunk.max(1),
+    };
+    runtime.block_on(read_loop(
+        reader,
+        link.clone(),
+        Arc::new(AtomicU32::new(0)),
+        max_line,
+    ));
+    let answers = receivers
+        .into_iter()
+        .map(|mut rx| match rx.try_recv() {
+            Ok(Reply::Answer(answer)) => Some(format!("{answer:?}")),
+            Ok(Reply::Resend(why)) => Some(format!("resend: {why}")),
+            Err(_) => None,
+        })
+        .collect();
+    let restart = link.restart_reason().map(|r| format!("{r:?}"));
+    Ok(ReadAnswers { answers, restart })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
