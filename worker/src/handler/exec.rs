@@ -925,7 +925,10 @@ async fn read_loop(
         }
         if !eof {
             buf.drain(..complete);
-            if buf.len() > max_line {
+            // Past the limit, but not before its first LONG_LINE_PREFIX bytes are in: the id is
+            // looked for there, and with fewer (a limit under that size) whether it is found
+            // would depend on where the pipe cut the line (found by the exec_answers fuzz target).
+            if buf.len() > max_line.max(LONG_LINE_PREFIX) {
                 // Over the limit before its end: keep its start (to find the id), throw away the
                 // rest as it comes, and give the memory back.
                 long_line(&buf, max_line, &link, &mut answers);
@@ -1682,6 +1685,29 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    }
+
+    /// Found by the exec_answers fuzz target: with `maxAnswerBytes` under the prefix the id is
+    /// looked for in, an over-long answer read in small pieces was judged before its id had
+    /// arrived, so its item was not failed but the process restarted instead.
+    #[test]
+    fn an_over_long_answer_fails_its_item_however_the_reads_cut_it() {
+        let stdout = b"{\"id\":1,\"result\":\"a long answer over the limit\"}\n\
+            {\"id\":2,\"result\":1}\nxxxxxxxxxxxxxxxxxxxxxxxxxx\n";
+        let whole = read_answers(stdout, usize::MAX, 4, 8).unwrap();
+        assert!(whole.answers[0].as_ref().unwrap().contains("longer than"));
+        assert!(whole.answers[1].as_ref().unwrap().contains("longer than"));
+        assert!(
+            whole.restart.is_some(),
+            "the line without an id restarts it"
+        );
+        for chunk in 1..=64 {
+            assert_eq!(
+                read_answers(stdout, chunk, 4, 8).unwrap(),
+                whole,
+                "chunk {chunk}"
+            );
+        }
     }
 
     #[tokio::test]
