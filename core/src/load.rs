@@ -46,8 +46,22 @@ pub struct LoadedJob {
 /// Reads, merges, checks and resolves a job file. Does not touch the input or the handler;
 /// see [`preflight()`] for that.
 pub fn load(path: &Path) -> Result<LoadedJob> {
-    let (value, others) = read_documents(path)?;
-    let value = resolve_extends(path, value, &mut Vec::new())?;
+    load_text(path, &read_text(path)?, &read_text)
+}
+
+/// [`load`] of a job file whose text is already in memory: `path` names it in errors and is
+/// where its relative paths (and the files it `extends`) are taken from, and `read` reads the
+/// files it `extends` ([`load`] reads them from disk). The job file loader's fuzz target
+/// (fuzz/) comes in here, so that it runs exactly what `orch validate` and `orch run` run on
+/// the text, without a file per input and without reading whatever an `extends` names.
+#[doc(hidden)]
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    read: &dyn Fn(&Path) -> Result<String>,
+) -> Result<LoadedJob> {
+    let (value, others) = documents(path, text)?;
+    let value = resolve_extends(path, value, &mut Vec::new(), read)?;
     let file = check(path, &value)?;
     let rate_limits = check_rate_limits(path, others)?;
     let base = base_dir(path);
@@ -63,18 +77,17 @@ pub fn load(path: &Path) -> Result<LoadedJob> {
 /// The documents of a job file as they are sent to a cluster: the `OrchJob` with the files it
 /// `extends` merged under it, and the `RateLimit` documents beside it, unchanged.
 pub fn read_merged(path: &Path) -> Result<(Value, Vec<Value>)> {
-    let (job, others) = read_documents(path)?;
-    let job = resolve_extends(path, job, &mut Vec::new())?;
+    let (job, others) = documents(path, &read_text(path)?)?;
+    let job = resolve_extends(path, job, &mut Vec::new(), &read_text)?;
     Ok((job, others.into_iter().map(|(_, v)| v).collect()))
 }
 
-/// Reads a job file's documents: the one `OrchJob` (any document that is not a `RateLimit`),
-/// and the `RateLimit`s beside it with their 1-based positions.
-fn read_documents(path: &Path) -> Result<(Value, Vec<(usize, Value)>)> {
-    let text = read_text(path)?;
+/// The documents of a job file's text: the one `OrchJob` (any document that is not a
+/// `RateLimit`), and the `RateLimit`s beside it with their 1-based positions.
+fn documents(path: &Path, text: &str) -> Result<(Value, Vec<(usize, Value)>)> {
     let mut job = None;
     let mut others = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = <strict::StrictValue as serde::Deserialize>::deserialize(document)
             .map_err(|e| yaml_error(path, e))?
             .0;
@@ -233,16 +246,24 @@ fn yaml_error(path: &Path, e: serde_yaml::Error) -> Error {
     }
 }
 
-fn read_with_extends(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
-    let text = read_text(path)?;
+/// The files a job file `extends` are read by this: [`read_text`], or what [`load_text`] got.
+type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<String>;
+
+fn read_with_extends(path: &Path, chain: &mut Vec<PathBuf>, read: ReadFile<'_>) -> Result<Value> {
+    let text = read(path)?;
     let value = serde_yaml::from_str::<strict::StrictValue>(&text)
         .map_err(|e| yaml_error(path, e))?
         .0;
-    resolve_extends(path, value, chain)
+    resolve_extends(path, value, chain, read)
 }
 
 /// Merges the bases a document `extends` (files relative to `path`) under it.
-fn resolve_extends(path: &Path, mut value: Value, chain: &mut Vec<PathBuf>) -> Result<Value> {
+fn resolve_extends(
+    path: &Path,
+    mut value: Value,
+    chain: &mut Vec<PathBuf>,
+    read: ReadFile<'_>,
+) -> Result<Value> {
     // A pipe (`/dev/stdin` is `/proc/self/fd/0`, a link to `pipe:[…]`) has no canonical path;
     // it can be in no cycle either, as nothing can extend it.
     let canonical = std::fs::canonicalize(path)
@@ -307,7 +328,7 @@ fn resolve_extends(path: &Path, mut value: Value, chain: &mut Vec<PathBuf>) -> R
     let dir = base_dir(path);
     let mut merged = Value::Object(serde_json::Map::new());
     for base in bases {
-        let base_value = read_with_extends(&dir.join(&base), chain)?;
+        let base_value = read_with_extends(&dir.join(&base), chain, read)?;
         deep_merge(&mut merged, base_value);
     }
     deep_merge(&mut merged, value);

@@ -15,6 +15,11 @@ pub struct ClusterInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
+/// The largest array index Slurm can have: `MaxArraySize` is at most 4000001. The index lists
+/// of squeue, sacct and slurmrestd are expanded up to it and no further, so that a corrupt or
+/// hostile list (`0-4294967295`) cannot make orch allocate gigabytes.
+pub(crate) const MAX_ARRAY_INDEX: u32 = 4_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
     pub name: String,

@@ -62,7 +62,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tracing::{debug, warn};
 
-use crate::api::{ArrayJob, ArrayTask, ClusterInfo, PartitionInfo, SlurmApi};
+use crate::api::{ArrayJob, ArrayTask, ClusterInfo, MAX_ARRAY_INDEX, PartitionInfo, SlurmApi};
 use crate::error::{Result, SlurmError};
 use crate::state::exec_state;
 use crate::submission::{ArraySubmission, array_spec};
@@ -800,8 +800,9 @@ fn parse_exit_code(text: &str) -> (Option<i32>, Option<i32>) {
 }
 
 /// Array indices of a task id field: `7`, or a pending range `[3-9%2]`, `1,4-6`, `0-10:2`.
-/// `None` when the field is not an array index (`N/A`, a plain job). A range cut short by
-/// Slurm (`…`) keeps what it lists.
+/// `None` when the field is not an array index (`N/A`, a plain job), or names an index past
+/// [`MAX_ARRAY_INDEX`] or more indices than an array can have. A range cut short by Slurm
+/// (`…`) keeps what it lists.
 fn parse_indices(text: &str) -> Option<Vec<u32>> {
     let t = text.trim().trim_start_matches('[').trim_end_matches(']');
     let t = t.split('%').next().unwrap_or_default();
@@ -822,12 +823,16 @@ fn parse_indices(text: &str) -> Option<Vec<u32>> {
         match range.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
-                if b < a {
+                if b < a || b > MAX_ARRAY_INDEX {
                     return None;
                 }
                 out.extend((a..=b).step_by(step as usize));
             }
-            None => out.push(range.parse().ok()?),
+            None => out.push(range.parse().ok().filter(|i| *i <= MAX_ARRAY_INDEX)?),
+        }
+        // Repeated ranges could still add up past any array (found by the slurm_cli fuzz target).
+        if out.len() > MAX_ARRAY_INDEX as usize + 1 {
+            return None;
         }
     }
     Some(out)
@@ -1069,6 +1074,32 @@ fn first_word(state: &str) -> &str {
     state.split([' ', '+']).next().unwrap_or_default()
 }
 
+/// What the Slurm commands' output parses to, through the same functions [`CliApi`] uses; for
+/// the fuzz targets (fuzz/), which feed them arbitrary text. Each part is an `Err` when its
+/// output does not parse.
+#[doc(hidden)]
+pub fn parse_outputs(
+    name: &str,
+    sbatch: &str,
+    squeue: &str,
+    sacct: &str,
+    config: &str,
+    partitions: &str,
+) -> (Result<u64>, Result<Vec<ArrayJob>>, Result<ClusterInfo>) {
+    let submitted = parse_sbatch(sbatch);
+    let arrays = parse_squeue(squeue).and_then(|live| {
+        let accounted = parse_sacct(sacct)?;
+        Ok(merge(name, accounted, live, &HashMap::new()))
+    });
+    let cluster = parse_max_array_size(config).and_then(|max_array_size| {
+        Ok(ClusterInfo {
+            max_array_size,
+            partitions: parse_partitions(partitions)?,
+        })
+    });
+    (submitted, arrays, cluster)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1173,6 +1204,23 @@ exit "$(cat "$d/$n.rc" 2>/dev/null || echo 0)"
             ],
             workdir: "/shared/work dir".into(),
         }
+    }
+
+    /// Found by the slurm_cli fuzz target: `0-4294967295` was expanded into 4 billion indices
+    /// (16 GiB). A range past any array, or ranges adding up past one, are not array indices.
+    #[test]
+    fn an_index_range_past_any_array_is_refused_without_allocating_it() {
+        assert_eq!(parse_indices("0-4294967295"), None);
+        assert_eq!(parse_indices("4000001"), None);
+        let repeated = vec!["0-4000000"; 3].join(",");
+        assert_eq!(parse_indices(&repeated), None);
+        assert_eq!(
+            parse_indices("3999999-4000000"),
+            Some(vec![3_999_999, 4_000_000])
+        );
+        let line = "1|0-4294967295|R|None|0|orch-job|x\n";
+        let (_, arrays, _) = parse_outputs("orch-job", "", line, "", "", "");
+        assert_eq!(arrays.unwrap(), Vec::new());
     }
 
     #[tokio::test]

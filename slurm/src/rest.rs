@@ -47,6 +47,57 @@ use wire::{
     PartitionsResponse, RawJob, RawNum, SubmitResponse,
 };
 
+/// What slurmrestd's answer `body` with HTTP `status` decodes to, through the same functions
+/// [`RestApi`] uses, read as each kind of answer it can be (jobs, partitions, a submission, a
+/// cancel, an update, the API description, a ping); for the fuzz target (fuzz/), which feeds
+/// arbitrary bytes. Returns the `Debug` text of each outcome.
+#[doc(hidden)]
+pub fn decode_answers(name: &str, status: u16, body: &[u8]) -> Vec<String> {
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return Vec::new();
+    };
+    let refused = Refused {
+        field: "spec.executor.slurm.tokenFile",
+        user: "user",
+        url: "http://slurmrestd",
+    };
+    let op = "fuzz";
+    vec![
+        format!(
+            "{:?}",
+            interpret::<JobsResponse>(op, status, body, &refused)
+                .map(|a| arrays_from_jobs(name, &a.jobs))
+        ),
+        format!(
+            "{:?}",
+            interpret::<PartitionsResponse>(op, status, body, &refused).map(|a| partitions(&a))
+        ),
+        format!(
+            "{:?}",
+            interpret::<SubmitResponse>(op, status, body, &refused)
+                .map(|a| a.job_id.as_ref().and_then(RawNum::value))
+        ),
+        format!(
+            "{:?}",
+            interpret::<KillJobsResponse>(op, status, body, &refused)
+                .and_then(|a| kill_failures(&a))
+        ),
+        format!(
+            "{:?}",
+            interpret::<JobPostResponse>(op, status, body, &refused).map(|a| a.results.len())
+        ),
+        format!(
+            "{:?}",
+            interpret::<OpenApiDoc>(op, status, body, &refused)
+                .map(|a| offered_versions(a.paths.keys().map(String::as_str)))
+        ),
+        format!(
+            "{:?}",
+            interpret::<Generic>(op, status, body, &refused).map(|_| ())
+        ),
+    ]
+}
+
 /// Slurm's default `MaxArraySize`, used unless [`RestApi::with_max_array_size`] says otherwise.
 pub const DEFAULT_MAX_ARRAY_SIZE: u32 = 1001;
 /// The timeout of one request.

@@ -544,14 +544,19 @@ async fn work(
 }
 
 /// An input record as the handler will see it (JSON), or why it cannot be one (a permanent
-/// error of that item: invalid JSON, a ragged CSV row).
-type Decoded = std::result::Result<Box<RawValue>, String>;
+/// error of that item: invalid JSON, a ragged CSV row). Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub type Decoded = std::result::Result<Box<RawValue>, String>;
 
-fn to_raw(record: &serde_json::Map<String, serde_json::Value>) -> Decoded {
+/// A CSV record as the item handed to the handler. Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub fn to_raw(record: &serde_json::Map<String, serde_json::Value>) -> Decoded {
     serde_json::value::to_raw_value(record).map_err(|e| format!("cannot encode the record: {e}"))
 }
 
-fn parse_item(line: &[u8]) -> Decoded {
+/// A JSONL line as the item handed to the handler. Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_item(line: &[u8]) -> Decoded {
     let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
     serde_json::from_str::<Box<RawValue>>(text).map_err(|e| format!("invalid JSON: {e}"))
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tracing::warn;
 
 use super::wire::{PartitionsResponse, RawExit, RawJob, RawNum, RawStates};
-use crate::api::{ArrayJob, ArrayTask, PartitionInfo};
+use crate::api::{ArrayJob, ArrayTask, MAX_ARRAY_INDEX, PartitionInfo};
 
 /// Slurm's `NO_VAL`: a number that is not set.
 const NO_VAL: i64 = 0xffff_fffe;
@@ -118,11 +118,12 @@ pub(crate) fn expand_task_string(s: &str) -> (Vec<u32>, bool) {
         let (Ok(first), Ok(last)) = (first, last) else {
             continue;
         };
-        // MaxArraySize is at most 4000001.
-        if last < first || last > 4_000_000 {
+        if last < first || last > MAX_ARRAY_INDEX {
             continue;
         }
-        out.extend((first..=last).step_by(step as usize));
+        // Repeated ranges could still add up past any array: the rest is not expanded.
+        let room = (MAX_ARRAY_INDEX as usize + 1).saturating_sub(out.len());
+        out.extend((first..=last).step_by(step as usize).take(room));
     }
     (out, truncated)
 }
@@ -506,6 +507,15 @@ mod tests {
                     .all(|c| HOLD_IGNORED.contains(&c))
             );
         }
+    }
+
+    #[test]
+    fn repeated_task_ranges_expand_to_no_more_than_an_array_can_hold() {
+        let repeated = vec!["0-4000000"; 300].join(",");
+        let (indices, truncated) = expand_task_string(&repeated);
+        assert_eq!(indices.len(), MAX_ARRAY_INDEX as usize + 1);
+        assert!(!truncated);
+        assert_eq!(expand_task_string("0-4000001").0, Vec::<u32>::new());
     }
 
     #[test]

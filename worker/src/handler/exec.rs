@@ -925,7 +925,10 @@ async fn read_loop(
         }
         if !eof {
             buf.drain(..complete);
-            if buf.len() > max_line {
+            // Past the limit, but not before its first LONG_LINE_PREFIX bytes are in: the id is
+            // looked for there, and with fewer (a limit under that size) whether it is found
+            // would depend on where the pipe cut the line (found by the exec_answers fuzz target).
+            if buf.len() > max_line.max(LONG_LINE_PREFIX) {
                 // Over the limit before its end: keep its start (to find the id), throw away the
                 // rest as it comes, and give the memory back.
                 long_line(&buf, max_line, &link, &mut answers);
@@ -1339,6 +1342,77 @@ fn human(duration: Duration) -> String {
     }
 }
 
+/// What the reader of a handler's stdout made of some output (see [`read_answers`]).
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadAnswers {
+    /// For each call `1..=calls`, the answer it got (its `Debug` text), or `None`.
+    pub answers: Vec<Option<String>>,
+    /// Why the process would be restarted (it broke the protocol), if it would be.
+    pub restart: Option<String>,
+}
+
+/// Runs the real stdout reader of an `exec` handler over `stdout`, handed to it `chunk` bytes
+/// per read (at least 1), with `calls` calls waiting for their answers (ids `1..=calls`) and
+/// lines over `max_line` bytes refused. For the fuzz target of the exec protocol (fuzz/): the
+/// answers must not depend on how the output was cut into reads, and nothing a handler writes
+/// may make the reader panic.
+#[doc(hidden)]
+pub fn read_answers(
+    stdout: &[u8],
+    chunk: usize,
+    max_line: usize,
+    calls: u64,
+) -> std::io::Result<ReadAnswers> {
+    /// Output that comes in reads of at most `chunk` bytes, as from a pipe.
+    struct Chunked<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+    impl AsyncRead for Chunked<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.chunk.min(self.data.len()).min(buf.remaining());
+            let (now, rest) = self.data.split_at(n);
+            buf.put_slice(now);
+            self.data = rest;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let link = Arc::new(Link::new());
+    let mut receivers = Vec::new();
+    let item = RawValue::from_string("{}".into()).map_err(std::io::Error::other)?;
+    for _ in 0..calls {
+        let (tx, rx) = oneshot::channel();
+        link.send(&item, tx, Duration::from_secs(3600));
+        receivers.push(rx);
+    }
+    let reader = Chunked {
+        data: stdout,
+        chunk: chunk.max(1),
+    };
+    runtime.block_on(read_loop(
+        reader,
+        link.clone(),
+        Arc::new(AtomicU32::new(0)),
+        max_line,
+    ));
+    let answers = receivers
+        .into_iter()
+        .map(|mut rx| match rx.try_recv() {
+            Ok(Reply::Answer(answer)) => Some(format!("{answer:?}")),
+            Ok(Reply::Resend(why)) => Some(format!("resend: {why}")),
+            Err(_) => None,
+        })
+        .collect();
+    let restart = link.restart_reason().map(|r| format!("{r:?}"));
+    Ok(ReadAnswers { answers, restart })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1616,6 +1690,29 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    }
+
+    /// Found by the exec_answers fuzz target: with `maxAnswerBytes` under the prefix the id is
+    /// looked for in, an over-long answer read in small pieces was judged before its id had
+    /// arrived, so its item was not failed but the process restarted instead.
+    #[test]
+    fn an_over_long_answer_fails_its_item_however_the_reads_cut_it() {
+        let stdout = b"{\"id\":1,\"result\":\"a long answer over the limit\"}\n\
+            {\"id\":2,\"result\":1}\nxxxxxxxxxxxxxxxxxxxxxxxxxx\n";
+        let whole = read_answers(stdout, usize::MAX, 4, 8).unwrap();
+        assert!(whole.answers[0].as_ref().unwrap().contains("longer than"));
+        assert!(whole.answers[1].as_ref().unwrap().contains("longer than"));
+        assert!(
+            whole.restart.is_some(),
+            "the line without an id restarts it"
+        );
+        for chunk in 1..=64 {
+            assert_eq!(
+                read_answers(stdout, chunk, 4, 8).unwrap(),
+                whole,
+                "chunk {chunk}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -25,6 +25,8 @@ use serde_json::value::RawValue;
 
 pub use builtin::{Identity, Sleep};
 pub use exec::{ExecConfig, ExecHandler, handler_env};
+#[doc(hidden)]
+pub use exec::{ReadAnswers, read_answers};
 pub use http::{HttpConfig, HttpHandler};
 
 /// Why one item failed. The worker retries, records or escalates it according to `kind`.
