@@ -37,8 +37,12 @@ fi
 # No sanitizer: orch's crates forbid unsafe code, so a sanitizer would mostly slow the build and
 # the run down; what is looked for here are panics, hangs and memory blow-ups, which libFuzzer
 # catches by itself. Overflow checks and debug assertions are on (cargo-fuzz's default).
+# A short run is a smoke test: the dev profile (no optimisation) builds several times faster
+# than release, which matters more than executions per second for a few seconds per target.
+# ORCH_FUZZ_RELEASE=1 builds optimised targets, for long runs.
 fuzz=(cargo +nightly fuzz)
 opts=(--sanitizer none --target-dir "${CARGO_TARGET_DIR:-$PWD/target}/fuzz")
+[ "${ORCH_FUZZ_RELEASE:-}" = 1 ] || opts+=(--dev)
 
 log "building the fuzz targets ($(cargo +nightly --version))"
 start=$SECONDS
