@@ -28,6 +28,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregate::{self, AggregationProgress};
 use crate::error::{Error, Result};
+use crate::history;
 use crate::input::{self, InputPlan, PlanTarget};
 use crate::task_cache::SharedTaskCache;
 
