@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use orch_core::backend::StateStore;
 use orch_core::history::{AttemptCounts, AttemptRecord};
 use orch_core::layout;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
