@@ -531,7 +531,10 @@ fn print_table(r: &Report) {
             println!("  run the failed tasks again: {cmd}");
         }
         for i in &dl.items {
-            println!("  {} failed item(s) of kind {}: {}", i.items, i.kind, i.retry);
+            println!(
+                "  {} failed item(s) of kind {}: {}",
+                i.items, i.kind, i.retry
+            );
         }
     }
     if let Some(v) = &r.results {

@@ -118,7 +118,13 @@ fn a_worker_killed_with_sigkill_leaves_a_lost_attempt_with_its_signal_then_a_suc
     // The table says the same.
     let table = s.orch(&["status", "--task", &task.to_string(), job.to_str().unwrap()]);
     let table = text(&table);
-    for needle in ["ATTEMPT", "lost", "signal 9", "succeeded", "250 ok, 0 failed"] {
+    for needle in [
+        "ATTEMPT",
+        "lost",
+        "signal 9",
+        "succeeded",
+        "250 ok, 0 failed",
+    ] {
         assert!(table.contains(needle), "{needle}: {table}");
     }
 

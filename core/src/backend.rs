@@ -170,8 +170,11 @@ pub trait StateStore: Send + Sync {
     async fn put_attempt(&self, record: &AttemptRecord) -> BackendResult<()>;
     /// The attempt records of `job` (of one task when given), sorted by task then attempt;
     /// empty for a job without any.
-    async fn list_attempts(&self, job: &str, task: Option<u32>)
-    -> BackendResult<Vec<AttemptRecord>>;
+    async fn list_attempts(
+        &self,
+        job: &str,
+        task: Option<u32>,
+    ) -> BackendResult<Vec<AttemptRecord>>;
     /// The tasks of `job` in `state`, sorted by id: e.g. every running task, to check leases,
     /// without reading the others. This default filters [`StateStore::list_tasks`]; a store
     /// with an index on the state (DynamoDB's `by-state`) overrides it to read only those rows.

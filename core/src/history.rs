@@ -164,10 +164,7 @@ impl AttemptRecord {
         self.items_ok = row.items_ok;
         self.items_failed = row.items_failed;
         self.executor_id = self.executor_id.take().or_else(|| row.executor_id.clone());
-        self.error = row
-            .last_error
-            .clone()
-            .filter(|e| e.attempt == self.attempt);
+        self.error = row.last_error.clone().filter(|e| e.attempt == self.attempt);
         self.updated_at = now;
     }
 
@@ -205,7 +202,11 @@ impl AttemptRecord {
             self.signal = *signal;
         }
         self.executor_id = self.executor_id.take().or_else(|| row.executor_id.clone());
-        if let Some(e) = row.last_error.as_ref().filter(|e| e.attempt == self.attempt) {
+        if let Some(e) = row
+            .last_error
+            .as_ref()
+            .filter(|e| e.attempt == self.attempt)
+        {
             self.error = Some(e.clone());
         }
         self.updated_at = now;
@@ -369,8 +370,10 @@ mod tests {
         assert_eq!(json["startedAt"], 1);
         assert_eq!(json["outcome"], "running");
         // A minimal record (what an older writer left: no optional field) reads.
-        let old = r#"{"schemaVersion":1,"job":"j","task":0,"attempt":1,"outcome":"lost","updatedAt":1}"#;
-        let read: AttemptRecord = crate::model::decode_versioned("attempt", old.as_bytes()).unwrap();
+        let old =
+            r#"{"schemaVersion":1,"job":"j","task":0,"attempt":1,"outcome":"lost","updatedAt":1}"#;
+        let read: AttemptRecord =
+            crate::model::decode_versioned("attempt", old.as_bytes()).unwrap();
         assert_eq!(read.outcome, AttemptOutcome::Lost);
         assert_eq!(read.kind, TaskKind::Work);
         let counts = AttemptCounts::of([&rec, &read]);

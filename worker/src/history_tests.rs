@@ -110,7 +110,10 @@ async fn the_worker_records_its_claim_its_commit_and_its_own_failures() {
         record_failure(state.as_ref(), &args, &error).await;
         let records = state.list_attempts("hist-1", Some(task)).await.unwrap();
         assert_eq!(records[0].outcome, outcome);
-        assert_eq!(records[0].error.as_ref().unwrap().message, error.to_string());
+        assert_eq!(
+            records[0].error.as_ref().unwrap().message,
+            error.to_string()
+        );
         // The claim is released after the record is written.
         let row = state.get_task("hist-1", task).await.unwrap().unwrap();
         assert_eq!(row.lease_owner, None);

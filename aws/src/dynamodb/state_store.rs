@@ -25,9 +25,10 @@ use orch_core::model::{JobRecord, TaskRecord, TaskState};
 
 use super::batch::{delete_request, put_request};
 use super::item::{
-    ATTEMPT_SK_PREFIX, BODY, CREATING, ENDED, attempt_sk, attempt_sk_of_task, decode_attempt, DELETING, GSI1PK, GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK,
-    LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, check_job_id, decode_job, decode_task,
-    encode, get_s, is_own_write, job_item, jobs_sk, key, n, new_write_id, s, task_item, task_sk,
+    ATTEMPT_SK_PREFIX, BODY, CREATING, DELETING, ENDED, GSI1PK, GSI1SK, GSI2PK, GSI2SK, INCOMPLETE,
+    INDEX_BY_STATE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, attempt_sk,
+    attempt_sk_of_task, check_job_id, decode_attempt, decode_job, decode_task, encode, get_s,
+    is_own_write, job_item, jobs_sk, key, n, new_write_id, s, task_item, task_sk,
 };
 use super::{DynamoStateStore, SERVICE};
 use crate::error::sdk_error;
@@ -451,8 +452,8 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_values(":body", s(encode("attempt", record)?))
             .expression_attribute_values(":ended", n(u64::from(ended)));
         if !ended {
-            request = request
-                .condition_expression("attribute_not_exists(#ended) OR #ended = :ended");
+            request =
+                request.condition_expression("attribute_not_exists(#ended) OR #ended = :ended");
         }
         match request.send().await {
             Ok(_) => Ok(()),
@@ -465,7 +466,9 @@ impl StateStore for DynamoStateStore {
             {
                 Ok(())
             }
-            Err(e) => Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into()),
+            Err(e) => {
+                Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
+            }
         }
     }
 
