@@ -168,17 +168,28 @@ impl DynamoStateStore {
     /// The task items of a job's partition (strongly consistent), all attributes or only the
     /// keys.
     async fn task_items(&self, job: &str, keys_only: bool) -> BackendResult<Vec<Item>> {
+        self.partition_items(job, TASK_SK_PREFIX, keys_only).await
+    }
+
+    /// The items of a job's partition whose `sk` begins with `sk_prefix` (strongly
+    /// consistent), all attributes or only the keys.
+    async fn partition_items(
+        &self,
+        job: &str,
+        sk_prefix: &str,
+        keys_only: bool,
+    ) -> BackendResult<Vec<Item>> {
         let pk = self.keys.job_pk(job);
         self.query_all("Query", &pk, true, || {
             let q = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :task)")
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
                 .expression_attribute_names("#pk", PK)
                 .expression_attribute_names("#sk", SK)
                 .expression_attribute_values(":pk", s(&pk))
-                .expression_attribute_values(":task", s(TASK_SK_PREFIX));
+                .expression_attribute_values(":prefix", s(sk_prefix));
             if keys_only {
                 q.projection_expression("#pk, #sk")
             } else {

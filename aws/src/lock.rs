@@ -23,7 +23,6 @@
 //! skew (tens of seconds against the few seconds of skew NTP leaves at worst).
 
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use orch_core::ErrorCategory;
+use orch_core::history::hostname;
 use orch_core::model::{Millis, now_ms};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -87,31 +87,6 @@ fn get_n(item: &Item, name: &str) -> Option<u64> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
-}
-
-/// This machine's name as far as it can be found without `unsafe` (no `gethostname` here):
-/// `HOSTNAME`, the kernel's name on Linux, `/etc/hostname`, else `unknown-host`. Reduced to the
-/// characters of a host name, so it cannot break the `owner` format or a message.
-fn hostname() -> &'static str {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let found = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .unwrap_or_default();
-        let clean: String = found
-            .trim()
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-            .take(64)
-            .collect();
-        if clean.is_empty() {
-            "unknown-host".to_string()
-        } else {
-            clean
-        }
-    })
 }
 
 /// A fresh `owner`: host, process and 128 random bits, so no two acquisitions share one.

@@ -122,6 +122,9 @@ pub struct StatusArgs {
     /// Local stores: also check every committed task result against its `_DONE` checksums.
     #[arg(long)]
     pub verify: bool,
+    /// Local stores: one task of the job — its row and every attempt it had.
+    #[arg(long, value_name = "N")]
+    pub task: Option<u32>,
     #[command(flatten)]
     pub kube: KubeArgs,
 }
@@ -327,12 +330,13 @@ pub fn status(args: StatusArgs, kubectl: bool) -> Result<u8, Failure> {
             storage: args.storage,
             output,
             verify: args.verify,
+            task: args.task,
         });
     }
-    if args.storage.is_some() || args.verify {
+    if args.storage.is_some() || args.verify || args.task.is_some() {
         return Err(Failure::usage(
-            "--storage and --verify read the local stores of `orch run`; an OrchJob in the \
-             cluster has neither (drop them, or drop the cluster flags)",
+            "--storage, --verify and --task read the local stores of `orch run`; an OrchJob in \
+             the cluster has none of them (drop them, or drop the cluster flags)",
         ));
     }
     let name = args.job.as_deref().map(parse_name).transpose()?;

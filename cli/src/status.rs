@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use orch_core::history::{AttemptCounts, AttemptRecord};
 use orch_core::layout;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 use orch_core::platform::Backends;
@@ -28,6 +29,9 @@ pub struct StatusArgs {
     /// Also check every committed task result against its `_DONE` checksums.
     #[arg(long)]
     pub verify: bool,
+    /// One task of the job: its row and every attempt it had.
+    #[arg(long, value_name = "N")]
+    pub task: Option<u32>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,9 +57,50 @@ struct Report {
     /// The most frequent item error messages, most frequent first.
     top_errors: Vec<ErrorCount>,
     failed_tasks: Vec<FailedTask>,
+    /// Every attempt of every task (the attempt history), by outcome.
+    attempts: AttemptCounts,
+    /// What failed for good, and the commands that run it again.
+    dead_letter: DeadLetter,
     output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     results: Option<Verification>,
+}
+
+/// Work that will not be tried again on its own: tasks out of attempts and failed items.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DeadLetter {
+    tasks: Vec<DeadTask>,
+    /// Runs the failed tasks again, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_tasks: Option<String>,
+    /// Failed items by error kind, each with the command that runs them again.
+    items: Vec<DeadItems>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadTask {
+    task: u32,
+    attempts: u32,
+    error: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadItems {
+    kind: String,
+    items: u64,
+    retry: String,
+}
+
+/// `orch status JOB --task N`: one task's row and its attempts.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskReport {
+    job: String,
+    task: TaskRecord,
+    attempts: Vec<AttemptRecord>,
 }
 
 #[derive(Serialize)]
@@ -140,7 +185,29 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
             crate::run::display_uri(&root.to_uri())
         )));
     };
-    let mut report = rt.block_on(report(&backends, &job, &tasks));
+    if let Some(n) = args.task {
+        let last = tasks.iter().map(|t| t.id).max().unwrap_or(0);
+        let Some(task) = tasks.into_iter().find(|t| t.id == n) else {
+            return Err(Failure::usage(format!(
+                "job {id} has no task {n} (its tasks are 0 to {last})"
+            )));
+        };
+        let attempts = rt
+            .block_on(backends.state.list_attempts(&id, Some(n)))
+            .map_err(orch_runtime::Error::from)?;
+        let report = TaskReport {
+            job: id,
+            task,
+            attempts,
+        };
+        match args.output {
+            Format::Json => print_json(&report)?,
+            Format::Table => print_task(&report),
+        }
+        return Ok(0);
+    }
+    let retry_target = retry_target(&args, &id);
+    let mut report = rt.block_on(report(&backends, &job, &tasks, &retry_target));
     if args.verify {
         let found = rt.block_on(orch_runtime::aggregate::discover_results(
             &backends, &job, &tasks,
@@ -170,13 +237,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
         report.results = Some(v);
     }
     match args.output {
-        Format::Json => {
-            let text = serde_json::to_string_pretty(&report).map_err(|e| Failure {
-                code: 1,
-                message: e.to_string(),
-            })?;
-            println!("{text}");
-        }
+        Format::Json => print_json(&report)?,
         Format::Table => print_table(&report),
     }
     // A script checking results wants a failing exit code when something is wrong.
@@ -185,6 +246,38 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
         .as_ref()
         .is_some_and(|v| !v.problems.is_empty());
     Ok(if broken { 1 } else { 0 })
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure {
+        code: 1,
+        message: e.to_string(),
+    })?;
+    println!("{text}");
+    Ok(())
+}
+
+/// What `orch retry` is given in the hints: the job as the user named it (a file resolves
+/// again the same way), and the storage when they gave one.
+fn retry_target(args: &StatusArgs, id: &str) -> String {
+    let job = args.job.as_deref().unwrap_or(id);
+    match &args.storage {
+        Some(storage) => format!("{} --storage {}", shell_word(job), shell_word(storage)),
+        None => shell_word(job),
+    }
+}
+
+/// `word` as one shell word: quoted when it holds anything but plain path characters.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// A job file resolves to its job id (same rule as `orch run`); anything else is an id.
@@ -228,7 +321,12 @@ fn cluster_hint(arg: Option<&str>) -> String {
     }
 }
 
-async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> Report {
+async fn report(
+    backends: &Backends,
+    job: &JobRecord,
+    tasks: &[TaskRecord],
+    retry_target: &str,
+) -> Report {
     let mut by_state: BTreeMap<String, u32> = TaskState::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
@@ -283,7 +381,45 @@ async fn report(backends: &Backends, job: &JobRecord, tasks: &[TaskRecord]) -> R
                 .unwrap_or_default(),
         })
         .collect();
+    // Best effort like the history itself: a status without counts beats no status.
+    let attempts = match backends.state.list_attempts(&job.id, None).await {
+        Ok(records) => AttemptCounts::of(&records),
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "cannot read the attempt history");
+            AttemptCounts::default()
+        }
+    };
+    let dead_tasks: Vec<DeadTask> = tasks
+        .iter()
+        .filter(|t| t.kind.is_work() && t.state == TaskState::Failed)
+        .map(|t| DeadTask {
+            task: t.id,
+            attempts: t.attempt,
+            error: t
+                .last_error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.kind.as_str(), e.message))
+                .unwrap_or_default(),
+        })
+        .collect();
+    let dead_letter = DeadLetter {
+        retry_tasks: (!dead_tasks.is_empty()).then(|| format!("orch retry {retry_target}")),
+        tasks: dead_tasks,
+        items: errors_by_kind
+            .iter()
+            .map(|(kind, items)| DeadItems {
+                kind: kind.clone(),
+                items: *items,
+                retry: format!(
+                    "orch retry {retry_target} --items --kind {}",
+                    shell_word(kind)
+                ),
+            })
+            .collect(),
+    };
     Report {
+        attempts,
+        dead_letter,
         job: job.id.clone(),
         phase: job.phase.as_str().into(),
         message: job.message.clone(),
@@ -362,6 +498,45 @@ fn print_table(r: &Report) {
             t.task, t.state, t.attempt, t.error
         );
     }
+    let a = &r.attempts;
+    if a.total > 0 {
+        let mut parts = vec![format!("{} total", a.total)];
+        for (n, what) in [
+            (a.succeeded, "succeeded"),
+            (a.running, "running"),
+            (a.lost, "lost"),
+            (a.failed, "failed"),
+            (a.interrupted, "interrupted"),
+            (a.cancelled, "cancelled"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        println!("attempts  {}", parts.join(", "));
+    }
+    let dl = &r.dead_letter;
+    if !dl.tasks.is_empty() || !dl.items.is_empty() {
+        println!("dead-lettered");
+        for t in dl.tasks.iter().take(10) {
+            println!(
+                "  task {} failed after {} attempt(s): {}",
+                t.task, t.attempts, t.error
+            );
+        }
+        if dl.tasks.len() > 10 {
+            println!("  … and {} more task(s)", dl.tasks.len() - 10);
+        }
+        if let Some(cmd) = &dl.retry_tasks {
+            println!("  run the failed tasks again: {cmd}");
+        }
+        for i in &dl.items {
+            println!(
+                "  {} failed item(s) of kind {}: {}",
+                i.items, i.kind, i.retry
+            );
+        }
+    }
     if let Some(v) = &r.results {
         println!(
             "results   {} verified, {} with problems",
@@ -380,9 +555,102 @@ fn print_table(r: &Report) {
     }
 }
 
+fn print_task(r: &TaskReport) {
+    let t = &r.task;
+    println!("job       {}", r.job);
+    println!("task      {} ({})", t.id, t.kind);
+    println!("state     {}", t.state);
+    println!(
+        "attempt   {} ({} counted against retry.maxAttempts)",
+        t.attempt,
+        t.counted_attempts()
+    );
+    println!(
+        "items     {} total, {} ok, {} failed",
+        t.items, t.items_ok, t.items_failed
+    );
+    if let Some(e) = &t.last_error {
+        println!(
+            "error     {}: {} (attempt {})",
+            e.kind.as_str(),
+            e.message,
+            e.attempt
+        );
+    }
+    if r.attempts.is_empty() {
+        println!("attempts  none recorded");
+        return;
+    }
+    let rows: Vec<[String; 9]> = r.attempts.iter().map(attempt_row).collect();
+    let header = [
+        "ATTEMPT", "STARTED", "DURATION", "NODE", "EXECUTOR", "OUTCOME", "EXIT", "ITEMS", "ERROR",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 9]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == cells.len() - 1 {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    println!();
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}
+
+/// One line of the attempts table; `-` for what is not known.
+fn attempt_row(a: &AttemptRecord) -> [String; 9] {
+    let dash = || "-".to_string();
+    [
+        a.attempt.to_string(),
+        a.started_at.map(render_time).unwrap_or_else(dash),
+        a.duration_ms()
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(dash),
+        a.node.clone().unwrap_or_else(dash),
+        a.executor_id.clone().unwrap_or_else(dash),
+        a.outcome.to_string(),
+        match (a.exit_code, a.signal) {
+            (_, Some(sig)) => format!("signal {sig}"),
+            (Some(code), None) => format!("code {code}"),
+            (None, None) => dash(),
+        },
+        format!("{} ok, {} failed", a.items_ok, a.items_failed),
+        a.error
+            .as_ref()
+            .map(|e| format!("{}: {}", e.kind.as_str(), e.message))
+            .unwrap_or_else(dash),
+    ]
+}
+
+/// Milliseconds since the epoch as UTC RFC 3339, to the second.
+fn render_time(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::cluster_hint;
+    use super::{cluster_hint, render_time, shell_word};
+
+    #[test]
+    fn times_are_utc_and_words_quoted_for_the_shell() {
+        assert_eq!(render_time(1_709_210_096_789), "2024-02-29T12:34:56Z");
+        assert_eq!(shell_word("jobs/a.yaml"), "jobs/a.yaml");
+        assert_eq!(shell_word("my job.yaml"), "'my job.yaml'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
 
     #[test]
     fn a_name_that_could_be_an_orchjob_gets_the_cluster_hint() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::ErrorCategory;
+use crate::history::AttemptRecord;
 use crate::model::{AuditEntry, JobRecord, TaskGroup, TaskRecord, TaskState};
 use crate::ratelimit::Bucket;
 
@@ -158,8 +159,22 @@ pub trait StateStore: Send + Sync {
     async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>>;
     /// Writes `task` if the stored version equals `task.version`; returns the row as stored.
     async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord>;
-    /// Removes the job row and its task rows.
+    /// Removes the job row, its task rows and its attempt records.
     async fn delete_job(&self, job: &str) -> BackendResult<()>;
+    /// Writes the record of one attempt, replacing the one stored under its (job, task,
+    /// attempt), except that a record whose attempt has ended is never replaced by one whose
+    /// attempt has not (a late start write of a worker the driver already declared lost): that
+    /// write is dropped, and is not an error. Not conditional on versions: each fact of an
+    /// attempt has one writer (`crate::history`). Workers call it, so on DynamoDB it is an
+    /// `UpdateItem` like their other writes.
+    async fn put_attempt(&self, record: &AttemptRecord) -> BackendResult<()>;
+    /// The attempt records of `job` (of one task when given), sorted by task then attempt;
+    /// empty for a job without any.
+    async fn list_attempts(
+        &self,
+        job: &str,
+        task: Option<u32>,
+    ) -> BackendResult<Vec<AttemptRecord>>;
     /// The tasks of `job` in `state`, sorted by id: e.g. every running task, to check leases,
     /// without reading the others. This default filters [`StateStore::list_tasks`]; a store
     /// with an index on the state (DynamoDB's `by-state`) overrides it to read only those rows.

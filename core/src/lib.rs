@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod csv_input;
 pub mod engine;
 pub mod error;
+pub mod history;
 pub mod invocation;
 pub mod k8s_name;
 pub mod layout;

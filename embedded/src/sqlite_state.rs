@@ -22,6 +22,7 @@ use orch_core::ErrorCategory;
 use orch_core::backend::{
     BackendError, BackendResult, StateStore, TaskChanges, check_tasks_of, next_version,
 };
+use orch_core::history::AttemptRecord;
 use orch_core::model::{JobRecord, TaskRecord};
 use rusqlite::ffi::ErrorCode;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -53,6 +54,17 @@ CREATE TABLE IF NOT EXISTS tasks (
     PRIMARY KEY (job, id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (job, state);
+-- One row per attempt of a task (orch_core::history). Added without a schema version bump:
+-- an older orch that opens the file simply never reads or writes it, and loses nothing.
+CREATE TABLE IF NOT EXISTS attempts (
+    job     TEXT NOT NULL,
+    task    INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    -- 1 once the attempt has ended: put_attempt never replaces such a row with an unended one.
+    ended   INTEGER NOT NULL,
+    body    TEXT NOT NULL,
+    PRIMARY KEY (job, task, attempt)
+);
 ";
 
 /// Brings a version-1 file's tables to version 2 (and creates what version 2 adds): in one
@@ -629,9 +641,83 @@ impl StateStore for SqliteStateStore {
                     .map_err(|e| sql_error("begin a transaction", e))?;
                 txn.execute("DELETE FROM tasks WHERE job = ?1", params![job])
                     .map_err(|e| sql_error("delete task rows", e))?;
+                txn.execute("DELETE FROM attempts WHERE job = ?1", params![job])
+                    .map_err(|e| sql_error("delete attempt rows", e))?;
                 txn.execute("DELETE FROM jobs WHERE id = ?1", params![job])
                     .map_err(|e| sql_error("delete the job row", e))?;
                 txn.commit().map_err(|e| sql_error("commit the delete", e))
+            })
+            .await
+    }
+
+    async fn put_attempt(&self, record: &AttemptRecord) -> BackendResult<()> {
+        let record = record.clone();
+        self.db
+            .run(move |conn| {
+                let body = encode("attempt", &record)?;
+                conn.prepare_cached(
+                    "INSERT INTO attempts (job, task, attempt, ended, body) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (job, task, attempt) DO UPDATE
+                         SET ended = excluded.ended, body = excluded.body
+                         WHERE excluded.ended = 1 OR attempts.ended = 0",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        record.job,
+                        record.task,
+                        record.attempt,
+                        record.outcome.has_ended(),
+                        body
+                    ])
+                })
+                .map_err(|e| sql_error("write an attempt row", e))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_attempts(
+        &self,
+        job: &str,
+        task: Option<u32>,
+    ) -> BackendResult<Vec<AttemptRecord>> {
+        let job = job.to_string();
+        self.db
+            .run(move |conn| {
+                // NULL for every task.
+                let task = task.map(i64::from);
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT task, attempt, body FROM attempts
+                         WHERE job = ?1 AND (?2 IS NULL OR task = ?2) ORDER BY task, attempt",
+                    )
+                    .map_err(|e| sql_error("list attempts", e))?;
+                let rows = stmt
+                    .query_map(params![job, task], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, String>(2)?,
+                        ))
+                    })
+                    .map_err(|e| sql_error("list attempts", e))?;
+                let mut records = Vec::new();
+                for row in rows {
+                    let (task, attempt, body) = row.map_err(|e| sql_error("list attempts", e))?;
+                    let what = format!("attempt {job}/{task}/{attempt}");
+                    records.push(
+                        orch_core::model::decode_versioned(&what, body.as_bytes()).map_err(
+                            |e| {
+                                BackendError::other(
+                                    ErrorCategory::Permanent,
+                                    format!("corrupt state row {what}"),
+                                    e,
+                                )
+                            },
+                        )?,
+                    );
+                }
+                Ok(records)
             })
             .await
     }

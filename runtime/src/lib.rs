@@ -8,6 +8,7 @@
 //!   the `orch-worker aggregate` side);
 //! - [`control`]: pause, resume, cancel, retry and purge of a stored job from outside its
 //!   driver (the operator's `OrchJob` changes);
+//! - [`history`]: the attempt history, written best effort by workers and the driver;
 //! - [`redrive`]: a committed attempt's files read back for `orch retry --items`;
 //! - [`rate_limits`]: a job's `spec.rateLimit` bound to its shared buckets when it starts;
 //! - [`task_cache`]: a job's task rows kept in memory between ticks.
@@ -19,6 +20,7 @@ pub mod aggregate;
 pub mod control;
 pub mod driver;
 pub mod error;
+pub mod history;
 pub mod input;
 pub mod rate_limits;
 pub mod redrive;

@@ -1212,7 +1212,7 @@ exit "$(cat "$d/$n.rc" 2>/dev/null || echo 0)"
     fn an_index_range_past_any_array_is_refused_without_allocating_it() {
         assert_eq!(parse_indices("0-4294967295"), None);
         assert_eq!(parse_indices("4000001"), None);
-        let repeated = vec!["0-4000000"; 3].join(",");
+        let repeated = ["0-4000000"; 3].join(",");
         assert_eq!(parse_indices(&repeated), None);
         assert_eq!(
             parse_indices("3999999-4000000"),

@@ -31,8 +31,10 @@ use orch_core::backend::{
     AuditLog, BackendError, ByteSource, Message, ObjectMeta, ObjectStore, Queue, RateLimitStore,
     StateStore, update_bucket,
 };
+use orch_core::history::{AttemptOutcome, AttemptRecord};
 use orch_core::model::{
-    AuditEntry, JobPhase, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState,
+    AuditEntry, ErrorKind, JobPhase, JobRecord, SCHEMA_VERSION, TaskError, TaskKind, TaskRecord,
+    TaskState,
 };
 
 /// A short random tag that keeps names of concurrent contract runs apart.
@@ -608,12 +610,81 @@ pub async fn state_store_contract(store: &dyn StateStore) {
         "a missing job has no tasks in any state"
     );
     tasks_since_contract(store, &id, &all).await;
+    attempts_contract(store, &id, &all).await;
     expect_ok("delete_job", store.delete_job(&id).await);
+    assert!(
+        expect_ok("list_attempts", store.list_attempts(&id, None).await).is_empty(),
+        "delete_job must remove the attempt records"
+    );
     assert!(
         tasks_in_state_settled(store, &id, TaskState::Running, &[])
             .await
             .is_empty(),
         "delete_job must remove the task rows from every state"
+    );
+}
+
+/// Attempt records: an upsert per (job, task, attempt), listed by task then attempt, of one
+/// task or of the job, and never an ended record replaced by an unended one.
+async fn attempts_contract(store: &dyn StateStore, job: &str, all: &[TaskRecord]) {
+    assert!(
+        expect_ok("list_attempts", store.list_attempts(job, None).await).is_empty(),
+        "a job starts without attempt records"
+    );
+    let node = "node-1";
+    // Tasks 12 and 2 (12 sorts after 2 by number, before it as text), a merge task's kind.
+    let mut t12 = all[12].clone();
+    t12.attempt = 1;
+    t12.lease_owner = Some("node-1:7".into());
+    let first = AttemptRecord::started(&t12, node, 5_000);
+    expect_ok("put_attempt", store.put_attempt(&first).await);
+    let mut t2 = all[2].clone();
+    t2.kind = TaskKind::Merge { level: 1 };
+    t2.attempt = 1;
+    let other = AttemptRecord::started(&t2, node, 5_000);
+    expect_ok("put_attempt", store.put_attempt(&other).await);
+    // The first attempt of 12 is lost, its second starts.
+    let mut lost = first.clone();
+    t12.last_error = Some(TaskError {
+        kind: ErrorKind::Infrastructure,
+        message: "worker was killed by signal 9".into(),
+        attempt: 1,
+    });
+    let exec = orch_core::backend::ExecState::Exited {
+        code: None,
+        signal: Some(9),
+    };
+    lost.end_by_driver(&t12, Some(&exec), false, 6_000);
+    expect_ok("put_attempt", store.put_attempt(&lost).await);
+    t12.attempt = 2;
+    let second = AttemptRecord::started(&t12, "node-2", 7_000);
+    expect_ok("put_attempt", store.put_attempt(&second).await);
+    assert_eq!(
+        expect_ok("list_attempts", store.list_attempts(job, Some(12)).await),
+        [lost.clone(), second.clone()],
+        "list_attempts(task) returns that task's records as written, by attempt"
+    );
+    assert_eq!(
+        expect_ok("list_attempts", store.list_attempts(job, None).await),
+        [other.clone(), lost.clone(), second.clone()],
+        "list_attempts(None) returns every record of the job, by task then attempt"
+    );
+    assert!(
+        expect_ok("list_attempts", store.list_attempts(job, Some(1)).await).is_empty(),
+        "a task without attempts has no records (and 1 is no prefix of 12)"
+    );
+    // A late start write of the lost attempt is dropped; an end replaces an end.
+    expect_ok("put_attempt", store.put_attempt(&first).await);
+    let mut succeeded = second.clone();
+    succeeded.end_by_worker(&t12, AttemptOutcome::Succeeded, 8_000);
+    expect_ok("put_attempt", store.put_attempt(&succeeded).await);
+    let mut amended = lost.clone();
+    amended.exit_code = Some(137);
+    expect_ok("put_attempt", store.put_attempt(&amended).await);
+    assert_eq!(
+        expect_ok("list_attempts", store.list_attempts(job, Some(12)).await),
+        [amended, succeeded],
+        "an ended record is replaced by an ended one only"
     );
 }
 

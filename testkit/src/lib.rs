@@ -3,6 +3,8 @@
 //!
 //! - [`contract`]: the behaviour every backend must show, as reusable test functions, run
 //!   against the embedded backends and against AWS on moto;
+//! - [`no_history`]: a state store whose attempt history always fails (it must never fail a
+//!   task);
 //! - [`moto`]: one real moto server per test binary, and SDK configuration pointing at it;
 //! - [`fault_proxy`]: a TCP proxy that injects faults between the SDK and moto;
 //! - [`serial_proxy`]: a proxy that hands moto one request at a time (its conditional writes
@@ -23,4 +25,5 @@ pub mod fault_proxy;
 pub mod kube_emulator;
 pub mod limited_api;
 pub mod moto;
+pub mod no_history;
 pub mod serial_proxy;

@@ -11,6 +11,8 @@
 pub mod checkpoint;
 pub mod error;
 pub mod handler;
+#[cfg(test)]
+mod history_tests;
 pub mod merge;
 mod redrive;
 pub mod run;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use orch_core::backend::StateStore;
 use orch_core::csv_input::csv_items;
 use orch_core::engine::EngineConfig;
+use orch_core::history::AttemptOutcome;
 use orch_core::layout;
 use orch_core::model::{
     Batch, DoneMarker, ErrorKind, FileSum, JobManifest, SCHEMA_VERSION, TaskError, TaskRecord,
@@ -160,7 +161,10 @@ pub(crate) async fn claim(
         row.lease_owner = Some(worker.to_string());
         row.lease_expiry = Some(now_ms() + LEASE.as_millis() as u64);
         match state.update_task(&row).await {
-            Ok(stored) => return Ok(stored),
+            Ok(stored) => {
+                orch_runtime::history::started(state, &stored).await;
+                return Ok(stored);
+            }
             Err(e) if e.is_conflict() => continue,
             Err(e) => return Err(e.into()),
         }
@@ -230,6 +234,13 @@ pub(crate) async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e:
             message: e.to_string(),
             attempt: row.attempt,
         });
+        // The history first: once the row is written the driver may complete the record, and
+        // it keeps an end the worker wrote.
+        let outcome = match e {
+            Error::Interrupted { .. } => AttemptOutcome::Interrupted,
+            _ => AttemptOutcome::Failed,
+        };
+        orch_runtime::history::ended_by_worker(state, &row, outcome).await;
         if let Err(err) = state.update_task(&row).await {
             debug!(error = %err, "could not record the failure in the task row");
         }
@@ -938,6 +949,8 @@ pub(crate) async fn commit(
         match state.update_task(&next).await {
             Ok(stored) => {
                 info!(ok, failed, "committed");
+                orch_runtime::history::ended_by_worker(state, &stored, AttemptOutcome::Succeeded)
+                    .await;
                 return Ok(stored);
             }
             Err(e) if e.is_conflict() => heartbeat(state, row, ok, failed).await?,

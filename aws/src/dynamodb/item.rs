@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::error::BuildError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult};
+use orch_core::history::AttemptRecord;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 
 use crate::error::AwsError;
@@ -44,6 +45,10 @@ pub(super) const DELETING: &str = "deleting";
 pub(super) const JOB_SK: &str = "JOB";
 /// Prefix of the `sk` of task items.
 pub(super) const TASK_SK_PREFIX: &str = "TASK#";
+/// Prefix of the `sk` of attempt records.
+pub(super) const ATTEMPT_SK_PREFIX: &str = "ATTEMPT#";
+/// `1` on an attempt record whose attempt has ended (see `StateStore::put_attempt`).
+pub(super) const ENDED: &str = "ended";
 
 /// The partition keys of one storage's items. Each begins with the storage's bucket and key
 /// prefix (`<bucket>/<prefix>`, as in its `s3://` URI), so the jobs of two storages never share
@@ -94,6 +99,17 @@ impl Keys {
 /// number in the key; [`DynamoStateStore::list_tasks`] sorts by id itself.
 pub(super) fn task_sk(task: u32) -> String {
     format!("{TASK_SK_PREFIX}{task:06}")
+}
+
+/// `ATTEMPT#<task:06>#<attempt:06>`, in the job's partition: `delete_job` finds them with the
+/// job's other items, and a worker's IAM condition on its storage covers them.
+pub(super) fn attempt_sk(task: u32, attempt: u32) -> String {
+    format!("{ATTEMPT_SK_PREFIX}{task:06}#{attempt:06}")
+}
+
+/// `ATTEMPT#<task:06>#`: the records of one task.
+pub(super) fn attempt_sk_of_task(task: u32) -> String {
+    format!("{ATTEMPT_SK_PREFIX}{task:06}#")
 }
 
 pub(super) fn jobs_sk(job: &JobRecord) -> String {
@@ -183,6 +199,18 @@ pub(super) fn decode_task(item: &Item) -> BackendResult<TaskRecord> {
     Ok(task)
 }
 
+pub(super) fn decode_attempt(item: &Item) -> BackendResult<AttemptRecord> {
+    let what = item_name(item);
+    let body = get_s(item, BODY).ok_or_else(|| corrupt(&what, "no body"))?;
+    orch_core::model::decode_versioned(&what, body.as_bytes()).map_err(|e| {
+        BackendError::other(
+            ErrorCategory::Permanent,
+            format!("corrupt state item {what}"),
+            e,
+        )
+    })
+}
+
 /// A fresh `writeId`: 128 random bits, so no two writes share one.
 pub(super) fn new_write_id() -> String {
     format!("{:032x}", fastrand::u128(..))
@@ -269,6 +297,9 @@ mod tests {
         assert!(check_job_id("a#b").is_err());
         assert!(check_job_id("").is_err());
         assert_eq!(task_sk(1_234_567), "TASK#1234567");
+        assert_eq!(attempt_sk(7, 2), "ATTEMPT#000007#000002");
+        assert!(attempt_sk(7, 2).starts_with(&attempt_sk_of_task(7)));
+        assert!(!attempt_sk(70, 2).starts_with(&attempt_sk_of_task(7)));
         assert_eq!(keys.job_of("bucket/orch/team-a/JOB#j-1"), Some("j-1"));
         assert_eq!(keys.job_of("bucket/orch/team-b/JOB#j-1"), None);
         let root = Keys::for_storage("s3://bucket").unwrap();

@@ -20,13 +20,15 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, StateStore, check_tasks_of, next_version};
+use orch_core::history::AttemptRecord;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 
 use super::batch::{delete_request, put_request};
 use super::item::{
-    BODY, CREATING, DELETING, GSI1PK, GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK,
-    LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, check_job_id, decode_job, decode_task,
-    encode, get_s, is_own_write, job_item, jobs_sk, key, n, new_write_id, s, task_item, task_sk,
+    ATTEMPT_SK_PREFIX, BODY, CREATING, DELETING, ENDED, GSI1PK, GSI1SK, GSI2PK, GSI2SK, INCOMPLETE,
+    INDEX_BY_STATE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, attempt_sk,
+    attempt_sk_of_task, check_job_id, decode_attempt, decode_job, decode_task, encode, get_s,
+    is_own_write, job_item, jobs_sk, key, n, new_write_id, s, task_item, task_sk,
 };
 use super::{DynamoStateStore, SERVICE};
 use crate::error::sdk_error;
@@ -396,10 +398,10 @@ impl StateStore for DynamoStateStore {
             }
             return Err(sdk_error(SERVICE, "UpdateItem", resource, e).into());
         }
-        // 2. The tasks.
-        let requests = self
-            .task_items(job, true)
-            .await?
+        // 2. The tasks and the attempt records.
+        let mut keys = self.task_items(job, true).await?;
+        keys.extend(self.partition_items(job, ATTEMPT_SK_PREFIX, true).await?);
+        let requests = keys
             .into_iter()
             .filter_map(|item| {
                 let pk = item.get(PK)?.clone();
@@ -430,6 +432,64 @@ impl StateStore for DynamoStateStore {
             }
             Err(e) => Err(sdk_error(SERVICE, "DeleteItem", resource, e).into()),
         }
+    }
+
+    async fn put_attempt(&self, record: &AttemptRecord) -> BackendResult<()> {
+        check_job_id(&record.job)?;
+        let pk = self.keys.job_pk(&record.job);
+        let ended = record.outcome.has_ended();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                pk.clone(),
+                attempt_sk(record.task, record.attempt),
+            )))
+            .update_expression("SET #body = :body, #ended = :ended")
+            .expression_attribute_names("#body", BODY)
+            .expression_attribute_names("#ended", ENDED)
+            .expression_attribute_values(":body", s(encode("attempt", record)?))
+            .expression_attribute_values(":ended", n(u64::from(ended)));
+        if !ended {
+            request =
+                request.condition_expression("attribute_not_exists(#ended) OR #ended = :ended");
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            // The attempt has ended meanwhile: that record stays (see the trait).
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
+            }
+        }
+    }
+
+    async fn list_attempts(
+        &self,
+        job: &str,
+        task: Option<u32>,
+    ) -> BackendResult<Vec<AttemptRecord>> {
+        let prefix = match task {
+            Some(task) => attempt_sk_of_task(task),
+            None => ATTEMPT_SK_PREFIX.to_string(),
+        };
+        let mut records = self
+            .partition_items(job, &prefix, false)
+            .await?
+            .iter()
+            .map(decode_attempt)
+            .collect::<BackendResult<Vec<_>>>()?;
+        // The key order is the numeric order only below a million (see `attempt_sk`).
+        records.sort_by_key(|r| (r.task, r.attempt));
+        Ok(records)
     }
 
     async fn list_tasks_in_state(

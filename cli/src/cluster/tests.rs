@@ -98,11 +98,12 @@ fn local_flags_are_refused_in_cluster_mode() {
     for args in [
         &["x", "--cluster", "--verify"][..],
         &["oj/x", "--storage", "d"],
+        &["oj/x", "--task", "3"],
     ] {
         let err = status(status_args(args), false).expect_err("refused");
         assert_eq!(err.code, 2, "{args:?}");
         assert!(
-            err.message.contains("--storage and --verify"),
+            err.message.contains("--storage, --verify and --task"),
             "{}",
             err.message
         );

@@ -29,6 +29,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::aggregate::{self, AggregationProgress};
 use crate::control::{self, RetryChoice, RetrySummary};
 use crate::error::{Error, Result};
+use crate::history;
 use crate::input::{self, InputPlan, PlanTarget};
 use crate::task_cache::SharedTaskCache;
 

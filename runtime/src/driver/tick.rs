@@ -197,7 +197,7 @@ impl Loop<'_> {
                 return self.end(failed).await;
             }
             let idle = decision.is_empty();
-            self.apply(decision).await?;
+            self.apply(decision, &exec).await?;
             if idle {
                 // Wake early when a worker ends; otherwise look again after one tick.
                 let work = tick_started.elapsed();
@@ -249,7 +249,9 @@ impl Loop<'_> {
         Ok(due)
     }
 
-    async fn apply(&mut self, d: engine::Decision) -> Result<()> {
+    /// Carries out `d`; `exec` is what the executor said of each task's current attempt (for
+    /// the attempt history of the attempts `d` ends).
+    async fn apply(&mut self, d: engine::Decision, exec: &HashMap<u32, ExecState>) -> Result<()> {
         let state = &self.platform.backends().state;
         if let Some(job) = &d.job {
             match state.update_job(job).await {
@@ -311,6 +313,9 @@ impl Loop<'_> {
         for f in d.failures {
             match state.update_task(&f.task).await {
                 Ok(stored) => {
+                    // Only the write that ended the attempt completes its record.
+                    history::ended_by_driver(state.as_ref(), &stored, exec.get(&stored.id), false)
+                        .await;
                     if let Some(err) = &stored.last_error {
                         // A retry is routine (info); a task out of attempts is not (warn).
                         if stored.state == TaskState::Failed {
@@ -334,10 +339,25 @@ impl Loop<'_> {
             }
         }
         for u in d.updates {
-            if let Err(e) = state.update_task(&u).await
-                && !e.is_conflict()
-            {
-                return Err(e.into());
+            match state.update_task(&u).await {
+                Ok(stored) => {
+                    // An attempt stopped with its job (the engine's cancel): its end.
+                    if stored.state == TaskState::Cancelled
+                        && d.cancel
+                            .iter()
+                            .any(|(id, attempt, _)| (*id, *attempt) == (stored.id, stored.attempt))
+                    {
+                        history::ended_by_driver(
+                            state.as_ref(),
+                            &stored,
+                            exec.get(&stored.id),
+                            true,
+                        )
+                        .await;
+                    }
+                }
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e.into()),
             }
         }
         if !d.cancel.is_empty() {

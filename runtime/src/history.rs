@@ -1,0 +1,71 @@
+//! Writing the attempt history (`orch_core::history`) from the worker and the driver.
+//!
+//! Every write here is best effort: the history tells people what happened, the task rows
+//! decide what happens next. A store error is logged with the job, task and attempt, and the
+//! caller goes on — a history write never fails a task or stops a driver.
+
+use orch_core::backend::{ExecState, StateStore};
+use orch_core::history::{AttemptOutcome, AttemptRecord, hostname};
+use orch_core::model::{TaskRecord, now_ms};
+use tracing::warn;
+
+/// Writes `record`, logging rather than failing.
+pub async fn put(state: &dyn StateStore, record: &AttemptRecord) {
+    if let Err(e) = state.put_attempt(record).await {
+        warn!(
+            job = %record.job,
+            task = record.task,
+            attempt = record.attempt,
+            outcome = %record.outcome,
+            error = %e,
+            "cannot record the attempt in the history; going on without"
+        );
+    }
+}
+
+/// The stored record of `row`'s current attempt, or a fresh one when there is none (or it
+/// cannot be read).
+async fn current(state: &dyn StateStore, row: &TaskRecord) -> AttemptRecord {
+    match state.list_attempts(&row.job, Some(row.id)).await {
+        Ok(records) => records
+            .into_iter()
+            .find(|r| r.attempt == row.attempt)
+            .unwrap_or_else(|| AttemptRecord::of(row, now_ms())),
+        Err(e) => {
+            warn!(job = %row.job, task = row.id, attempt = row.attempt, error = %e, "cannot read the attempt history");
+            AttemptRecord::of(row, now_ms())
+        }
+    }
+}
+
+/// A worker claimed `row` (as the claim stored it): its start, node and ids.
+pub async fn started(state: &dyn StateStore, row: &TaskRecord) {
+    put(state, &AttemptRecord::started(row, hostname(), now_ms())).await;
+}
+
+/// The worker ended its attempt itself, `row` being its write of the task row that ends it
+/// (the commit, or the failure it records). Its start is read back rather than carried through
+/// the worker's code: one more read per attempt, and the claim stays the only place that knows
+/// about starts.
+pub async fn ended_by_worker(state: &dyn StateStore, row: &TaskRecord, outcome: AttemptOutcome) {
+    let mut record = current(state, row).await;
+    record.end_by_worker(row, outcome, now_ms());
+    put(state, &record).await;
+}
+
+/// The driver wrote `row`, ending its attempt as lost or failed (`cancelled`: stopped with its
+/// job), having seen `exec`: completes the attempt's record, or writes one for an attempt no
+/// worker recorded (never started, or killed before it could).
+pub async fn ended_by_driver(
+    state: &dyn StateStore,
+    row: &TaskRecord,
+    exec: Option<&ExecState>,
+    cancelled: bool,
+) {
+    if row.attempt == 0 {
+        return;
+    }
+    let mut record = current(state, row).await;
+    record.end_by_driver(row, exec, cancelled, now_ms());
+    put(state, &record).await;
+}
