@@ -238,12 +238,31 @@ pub fn read_parquet_rows(path: &Path, start: u64, end: u64) -> Result<Vec<String
         .build()
         .map_err(|e| DataError::parquet(path, e))?;
 
-    let mut json = JsonRows::new(path);
-    for batch in reader {
-        let batch = batch.map_err(|e| DataError::arrow(path, e))?;
-        json.push(&batch)?;
-    }
-    let rows = json.rows;
+    // The parquet crate asserts rather than fails on some damaged pages (a dictionary-encoded
+    // page with no dictionary, for one: found by fuzzing). The input is the user's file, so its
+    // decoding is the trust boundary: a panic there is this file's error, not the worker's end.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut json = JsonRows::new(path);
+        for batch in reader {
+            let batch = batch.map_err(|e| DataError::arrow(path, e))?;
+            json.push(&batch)?;
+        }
+        Ok::<_, DataError>(json.rows)
+    }));
+    let rows = match decoded {
+        Ok(rows) => rows?,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no reason given".into());
+            return Err(DataError::invalid(
+                path,
+                format!("corrupt data pages: the Parquet reader gave up ({why})"),
+            ));
+        }
+    };
     let expected = end - start;
     if rows.len() as u64 != expected {
         // The selection should make this impossible; checking is cheap and an off-by-one
@@ -297,7 +316,9 @@ impl<'a> JsonRows<'a> {
     }
 }
 
-/// Row counts of the file's row groups, from its footer.
+/// Row counts of the file's row groups, from its footer, once the footer is known to be one
+/// the reader can use: the parquet crate panics on a column chunk with a negative offset or
+/// size, so such a footer (a damaged or hostile file) is refused here, as an error naming it.
 fn row_group_rows(path: &Path, metadata: &ParquetMetaData) -> Result<Vec<u64>> {
     // The row groups' counts, not the file-level `num_rows`, are what the reader decodes and
     // what selections are relative to, so they are the single source of truth here.
@@ -306,6 +327,20 @@ fn row_group_rows(path: &Path, metadata: &ParquetMetaData) -> Result<Vec<u64>> {
         .iter()
         .enumerate()
         .map(|(index, group)| {
+            for (column, chunk) in group.columns().iter().enumerate() {
+                let start = chunk
+                    .dictionary_page_offset()
+                    .unwrap_or(chunk.data_page_offset());
+                if start < 0 || chunk.compressed_size() < 0 {
+                    return Err(DataError::invalid(
+                        path,
+                        format!(
+                            "corrupt footer: row group {index}, column {column} has a negative \
+                             offset or size"
+                        ),
+                    ));
+                }
+            }
             u64::try_from(group.num_rows()).map_err(|_| {
                 DataError::invalid(
                     path,

@@ -562,3 +562,49 @@ fn reads_a_file_written_by_pyarrow() {
     assert!(parsed[2].as_object().unwrap().contains_key("name"));
     assert_eq!(parsed[1]["user"], Value::Null);
 }
+
+/// Found by the `parquet` fuzz target: a footer whose column chunk has a negative offset made
+/// the parquet crate panic while a worker read its rows. It is refused, as a corrupt footer
+/// naming the file, by planning and by the reader alike.
+#[test]
+fn a_footer_with_a_negative_column_offset_is_an_error_not_a_panic() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/negative-column-offset.parquet");
+    let planned = partition_parquet(&path, "fixture", 3);
+    let message = planned.unwrap_err().to_string();
+    assert!(message.contains("corrupt footer"), "{message}");
+    assert!(
+        message.contains("negative-column-offset.parquet"),
+        "{message}"
+    );
+    for (start, end) in [(0, 2), (0, 3), (3, 6)] {
+        let read = read_parquet_rows(&path, start, end);
+        assert!(read.is_err(), "rows {start}..{end}: {read:?}");
+    }
+}
+
+/// Found by the `parquet` fuzz target: a dictionary-encoded page in a file without its
+/// dictionary made the parquet crate's decoder panic. The worker's reader makes it an error
+/// of the file.
+#[test]
+fn a_page_without_its_dictionary_is_an_error_not_a_panic() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dictionary-page-missing.parquet");
+    let mut failed = 0;
+    if let Ok(plan) = partition_parquet(&path, "fixture", 3) {
+        for batch in plan.batches.iter().take(4) {
+            match read_parquet_rows(&path, batch.start, batch.end) {
+                Ok(rows) => assert_eq!(rows.len() as u64, batch.items),
+                Err(e) => {
+                    failed += 1;
+                    assert!(
+                        e.to_string().contains("dictionary-page-missing.parquet"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+    failed += usize::from(read_parquet_rows(&path, 0, 2).is_err());
+    assert!(failed > 0, "the damaged pages were read");
+}
