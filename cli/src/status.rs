@@ -321,6 +321,14 @@ fn cluster_hint(arg: Option<&str>) -> String {
     }
 }
 
+/// A task's last error as `orch status` shows it: `kind: message`.
+fn last_error(t: &TaskRecord) -> String {
+    t.last_error
+        .as_ref()
+        .map(|e| format!("{}: {}", e.kind.as_str(), e.message))
+        .unwrap_or_default()
+}
+
 async fn report(
     backends: &Backends,
     job: &JobRecord,
@@ -374,11 +382,7 @@ async fn report(
             attempt: t.attempt,
             counted_attempts: Some(t.counted_attempts()),
             state: t.state.as_str().into(),
-            error: t
-                .last_error
-                .as_ref()
-                .map(|e| format!("{}: {}", e.kind.as_str(), e.message))
-                .unwrap_or_default(),
+            error: last_error(t),
         })
         .collect();
     // Best effort like the history itself: a status without counts beats no status.
@@ -395,11 +399,7 @@ async fn report(
         .map(|t| DeadTask {
             task: t.id,
             attempts: t.attempt,
-            error: t
-                .last_error
-                .as_ref()
-                .map(|e| format!("{}: {}", e.kind.as_str(), e.message))
-                .unwrap_or_default(),
+            error: last_error(t),
         })
         .collect();
     let dead_letter = DeadLetter {

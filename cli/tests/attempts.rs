@@ -3,13 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use common::fixture;
 use std::time::{Duration, Instant};
 
 use common::{Scratch, kill, text, workers_of};
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 fn job_yaml(name: &str, handler: &str, max_attempts: u32) -> String {
     format!(

@@ -4,16 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use common::fixture;
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::{Scratch, read_output, text};
 
 const ITEMS: u64 = 1_000;
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Items the fixture fails permanently (ids divisible by 50) and transiently every time
 /// (id % 70 == 3) while their switches are off.

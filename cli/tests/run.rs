@@ -4,13 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use common::fixture;
 use std::time::{Duration, Instant};
 
 use common::{Scratch, kill, read_output, text, workers_of};
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 fn job_yaml(name: &str, handler: &str, extra: &str) -> String {
     format!(

@@ -28,6 +28,11 @@ pub fn worker() -> PathBuf {
     w
 }
 
+/// The path of a file under `cli/tests/fixtures/` (test handlers, inputs).
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 pub struct Scratch {
     pub dir: tempfile::TempDir,
 }
