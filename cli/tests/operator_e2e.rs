@@ -82,6 +82,22 @@ impl World {
         World::build(prefix, slurm, false).await
     }
 
+    /// A world of pods (see [`World::with_pods`]) with `items` of input, an operator running,
+    /// and the Secret `orch-aws` that gives the pods AWS keys (`secret` as the secret key).
+    async fn pods_at_work(prefix: &str, items: u64, secret: &str) -> Option<World> {
+        let mut world = World::with_pods(prefix).await?;
+        world.put_input(items).await;
+        world.start_operator("op-a");
+        world.create_secret(
+            "orch-aws",
+            &[
+                ("AWS_ACCESS_KEY_ID", "pods"),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+            ],
+        );
+        Some(world)
+    }
+
     /// A world whose emulator runs Indexed Jobs as local processes, without Slurm.
     async fn with_pods(prefix: &str) -> Option<World> {
         World::build(prefix, HashMap::new(), true).await
@@ -858,21 +874,12 @@ spec:
 /// exits 0 with every item exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn indexed_jobs_fail_then_orch_retry_completes_them() {
-    let Some(mut world) = World::with_pods("e2e-k8s").await else {
-        return;
-    };
     const N: u64 = 200;
     // moto checks no signature: any secret key works, and this one is easy to look for.
     const POD_SECRET: &str = "e2e-pod-secret-q7Zx";
-    world.put_input(N).await;
-    world.start_operator("op-a");
-    world.create_secret(
-        "orch-aws",
-        &[
-            ("AWS_ACCESS_KEY_ID", "pods"),
-            ("AWS_SECRET_ACCESS_KEY", POD_SECRET),
-        ],
-    );
+    let Some(world) = World::pods_at_work("e2e-k8s", N, POD_SECRET).await else {
+        return;
+    };
     let marker = world.scratch.path("handler-may-start");
     let handler = world.scratch.write(
         "handler.py",
@@ -984,19 +991,10 @@ spec:
 /// no error left.
 #[tokio::test(flavor = "multi_thread")]
 async fn orch_retry_items_redrives_failed_items_of_a_succeeded_job() {
-    let Some(mut world) = World::with_pods("e2e-redrive").await else {
+    const N: u64 = 200;
+    let Some(world) = World::pods_at_work("e2e-redrive", N, "pods").await else {
         return;
     };
-    const N: u64 = 200;
-    world.put_input(N).await;
-    world.start_operator("op-a");
-    world.create_secret(
-        "orch-aws",
-        &[
-            ("AWS_ACCESS_KEY_ID", "pods"),
-            ("AWS_SECRET_ACCESS_KEY", "pods"),
-        ],
-    );
     let fixed = world.scratch.path("items-fixed");
     let handler = world.scratch.write(
         "handler.py",
@@ -1073,19 +1071,10 @@ spec:
 /// none of `retry.maxAttempts` (1 here), the other tasks run once, and the output is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_evicted_pod_redoes_its_task_only() {
-    let Some(mut world) = World::with_pods("e2e-evict").await else {
+    const N: u64 = 100;
+    let Some(world) = World::pods_at_work("e2e-evict", N, "pods").await else {
         return;
     };
-    const N: u64 = 100;
-    world.put_input(N).await;
-    world.start_operator("op-a");
-    world.create_secret(
-        "orch-aws",
-        &[
-            ("AWS_ACCESS_KEY_ID", "pods"),
-            ("AWS_SECRET_ACCESS_KEY", "pods"),
-        ],
-    );
     let file = world.scratch.write(
         "evicted.yaml",
         &format!(

@@ -326,8 +326,13 @@ pub struct Redrive {
 impl Redrive {
     /// Whether an item that failed with `kind` is run again.
     pub fn selects(&self, kind: &str) -> bool {
-        self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind)
+        kind_chosen(&self.kinds, kind)
     }
+}
+
+/// Whether a choice of error `kinds` (empty: every kind) takes `kind`.
+pub fn kind_chosen(kinds: &[String], kind: &str) -> bool {
+    kinds.is_empty() || kinds.iter().any(|k| k == kind)
 }
 
 /// One batch of the manifest: a byte range of one source object (docs/job-spec.md, "Storage layout").

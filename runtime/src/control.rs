@@ -51,7 +51,7 @@ impl RetryChoice {
     fn selects(&self, kind: &str) -> bool {
         match self {
             RetryChoice::Tasks => true,
-            RetryChoice::Items { kinds } => kinds.is_empty() || kinds.iter().any(|k| k == kind),
+            RetryChoice::Items { kinds } => orch_core::model::kind_chosen(kinds, kind),
         }
     }
 }
