@@ -166,10 +166,14 @@ impl From<orch_runtime::Error> for Failure {
             _ if e.category() == orch_core::ErrorCategory::Invalid => 2,
             _ => 1,
         };
-        Failure {
-            code,
-            message: e.to_string(),
+        let mut message = e.to_string();
+        if e.is_disk_full() {
+            message.push_str(
+                "\nthe disk is full: free some space (or give the storage more), then run the \
+                 same command again: the job resumes where it stopped",
+            );
         }
+        Failure { code, message }
     }
 }
 

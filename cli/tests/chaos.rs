@@ -306,3 +306,140 @@ fn a_worker_frozen_past_its_lease_never_commits_once_its_task_moved_on() {
     let plan = std::fs::read_to_string(job_dir.join("aggregate/plan.json")).unwrap();
     assert!(!plan.contains("results/000000/1/"), "{plan}");
 }
+
+/// A tmpfs of its own, mounted for one test and unmounted when dropped (the test runs as root;
+/// without the right to mount, the test is skipped — a failure under CI).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
+            Ok(o) => {
+                orch_testkit::components::missing(
+                    "the right to mount a tmpfs",
+                    &format!("run the tests as root: {}", text(&o)),
+                );
+                None
+            }
+            Err(e) => {
+                orch_testkit::components::missing("mount", &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn resize(&self, bytes: u64) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The disk under the storage (state, queue, task files, checkpoints) and the output fills up
+/// at a random point of the job — during the work, the merges or the final output: `orch run`
+/// stops at once with an error that says the disk is full and how to go on (no retry loop, no
+/// panic), every database stays intact, and once the disk has room the same command resumes
+/// the job to an exact output. `ORCH_CHAOS_DISK_TRIALS` sets how many jobs (CI: 1).
+#[test]
+fn a_full_disk_stops_the_run_with_a_clear_error_and_the_resumed_run_is_exact() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let seed = chaos_seed();
+    let trials = setting("ORCH_CHAOS_DISK_TRIALS", 1);
+    eprintln!("chaos (disk): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_DISK_TRIALS={trials}");
+    let mut rng = Rng::new(seed);
+    // Items of 300 random hex digits (they do not compress): the job writes several MiB in
+    // all (task results, merge groups, the output), more than the disk is given.
+    const N: u64 = 3_000;
+    let input = Scratch::new();
+    let mut lines = String::new();
+    for i in 0..N {
+        let text: String = (0..300)
+            .map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap())
+            .collect();
+        lines.push_str(&format!("{{\"id\": {i}, \"text\": \"{text}\"}}\n"));
+    }
+    let input_file = input.write("in.jsonl", &lines);
+    let mut stopped_at = Vec::new();
+    for _ in 0..trials {
+        // From early in the work to the final output (the whole job writes about 6 MiB).
+        let size = 700 * 1024 + rng.below(4608 * 1024);
+        let Some(disk) = SmallDisk::mount(size) else {
+            return;
+        };
+        let s = Scratch {
+            dir: tempfile::tempdir_in(disk.dir.path()).unwrap(),
+        };
+        let job = s.write(
+            "job.yaml",
+            &format!(
+                "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: full}}\nspec:\n  \
+                 input: {{uri: {}}}\n  batch: {{size: 100}}\n  \
+                 handler: {{builtin: {{name: identity}}}}\n  \
+                 output: {{uri: out, fanIn: 4}}\n  executor: {{local: {{parallelism: 2}}}}\n",
+                input_file.display()
+            ),
+        );
+        let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+        let printed = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{size} bytes: {printed}");
+        assert!(
+            printed.contains("the disk is full") && printed.contains("run the same command again"),
+            "{printed}"
+        );
+        assert!(
+            !printed.contains("panicked") && !printed.contains("trying again"),
+            "{printed}"
+        );
+        // (A reader of a database in WAL mode needs room for its shared memory file too.)
+        disk.resize(64 << 20);
+        assert_databases_intact(&s.path(".orch"));
+        let status = s.status(&job);
+        stopped_at.push(format!(
+            "{} KiB: {} items ok, {} merges done",
+            size / 1024,
+            status["items"]["ok"].as_u64().unwrap_or(0),
+            status["mergeTasks"]["succeeded"].as_u64().unwrap_or(0)
+        ));
+
+        let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("resumed and succeeded"),
+            "{}",
+            text(&out)
+        );
+        assert_databases_intact(&s.path(".orch"));
+        let seen = read_output(&s.path("out"));
+        seen.assert_each_item_once(N);
+        assert_eq!(seen.error_rows, 0);
+        let success: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.path("out/_SUCCESS")).unwrap()).unwrap();
+        assert_eq!(success["rows"], N, "{success}");
+    }
+    eprintln!(
+        "chaos (disk): seed {seed}: {trials} full disks ({}), 0 items lost, 0 duplicated",
+        stopped_at.join(", ")
+    );
+}

@@ -141,4 +141,19 @@ impl Error {
     }
 }
 
+/// Whether `e`, or an error it was caused by, is a full disk (or an exhausted quota): not a
+/// hiccup that passes by waiting, so whoever meets it stops and says so instead of retrying.
+/// Stores report it as an [`std::io::Error`] of kind `StorageFull` or `QuotaExceeded` in the
+/// chain of sources.
+pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -204,6 +204,11 @@ pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> BackendError {
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => ErrorCategory::Permanent,
         _ => ErrorCategory::Infrastructure,
     };
+    if e.sqlite_error_code() == Some(ErrorCode::DiskFull) {
+        // Said as an I/O error of its kind, so that `orch_core::error::is_disk_full` sees it.
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, e);
+        return BackendError::other(category, format!("SQLite: cannot {what}: {full}"), full);
+    }
     BackendError::other(category, format!("SQLite: cannot {what}: {e}"), e)
 }
 

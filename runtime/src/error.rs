@@ -37,6 +37,12 @@ impl Error {
         }
     }
 
+    /// Whether a full disk (or quota) caused this error: the run stops, and once there is
+    /// space again the same command resumes it.
+    pub fn is_disk_full(&self) -> bool {
+        orch_core::error::is_disk_full(self)
+    }
+
     pub fn category(&self) -> ErrorCategory {
         match self {
             Error::Core(e) => e.category(),

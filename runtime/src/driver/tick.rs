@@ -29,11 +29,12 @@ impl Loop<'_> {
         loop {
             let started = std::time::Instant::now();
             let error = match self.drive(opts).await {
+                // A full disk does not pass by waiting: stop and say so at once.
                 Err(Error::Backend(e))
                     if matches!(
                         e.category(),
                         ErrorCategory::Transient | ErrorCategory::Infrastructure
-                    ) =>
+                    ) && !orch_core::error::is_disk_full(&e) =>
                 {
                     e
                 }
