@@ -7,6 +7,7 @@
 
 mod common;
 
+use orch_testkit::fault_proxy::{FaultProxy, Faults};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -563,4 +564,85 @@ fn bad_slurm_settings_fail_before_anything_is_submitted() {
             "{name}: something was submitted"
         );
     }
+}
+
+/// slurmrestd behind the fault proxy: 10 % of its answers are 500/503 errors, 5 % of its
+/// connections reset before an answer, 10 % of its requests held back up to 300 ms — on the
+/// submissions, the polls and the cancels alike. Each job still ends with every item once, and
+/// Slurm's accounting shows every task array submitted once and every array task completed.
+/// A job makes a dozen requests, so jobs run until both an error and a reset were met, and at
+/// least `ORCH_CHAOS_REST_JOBS` of them (a long run by hand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slurmrestd_errors_resets_and_latency_lose_and_duplicate_nothing() {
+    let Some(env) = common::slurm_env() else {
+        return;
+    };
+    let seed = common::chaos_seed();
+    let jobs = common::setting("ORCH_CHAOS_REST_JOBS", 1);
+    eprintln!("chaos (slurmrestd): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_REST_JOBS={jobs}");
+    let proxy = FaultProxy::start(
+        &env["SLURMRESTD_URL"],
+        Faults {
+            seed,
+            error_rate: 0.10,
+            reset_rate: 0.05,
+            latency_rate: 0.10,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let mut round = 0;
+    while round < jobs || proxy.stats().errors == 0 || proxy.stats().resets == 0 {
+        assert!(
+            round < jobs + 20,
+            "no reset or no error in 20 jobs: {:?}",
+            proxy.stats()
+        );
+        let job = SlurmJob::new(env.clone());
+        let name = format!("slurm-rest-faults-{round}");
+        let file = job.job_file(
+            &name,
+            3_000,
+            200,
+            "{builtin: {name: identity}}",
+            &format!(
+                "  executor: {{slurm: {{transport: rest, url: \"{}\", user: {}, maxRunning: 3}}}}\n  \
+                 resources: {{memory: 200Mi, time: 5m}}\n",
+                proxy.endpoint,
+                slurm_user()
+            ),
+        );
+        let mut run = job.orch(&["run", file.to_str().unwrap(), "--no-progress"]);
+        let out = tokio::task::spawn_blocking(move || run.output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+        assert_exact(&job, 3_000);
+        let id = job_id(&out);
+        // 15 work tasks and the final merge.
+        let rows = job.sacct(&id, 16);
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r[3].starts_with("orch:work"))
+                .count(),
+            15,
+            "{rows:?}"
+        );
+        assert!(rows.iter().all(|r| r[2] == "COMPLETED"), "{rows:?}");
+        assert!(
+            arrays_by_comment(&rows).values().all(|&n| n == 1),
+            "an array submitted twice: {rows:?}"
+        );
+        round += 1;
+    }
+    let stats = proxy.stats();
+    eprintln!(
+        "chaos (slurmrestd): seed {seed}: {round} jobs, {} requests, {} faults ({} error \
+         answers, {} resets, {} delayed), 0 items lost, 0 duplicated",
+        stats.requests,
+        stats.errors + stats.resets + stats.delayed,
+        stats.errors,
+        stats.resets,
+        stats.delayed
+    );
 }

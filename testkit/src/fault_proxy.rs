@@ -1,8 +1,8 @@
-//! A fault-injecting HTTP proxy for the AWS backend tests: the real SDK clients talk to moto
-//! through it and meet what AWS does now and then — 503 `SlowDown` / 500 `InternalError`
-//! answers, connections reset before an answer, answers lost after the server acted, and
-//! response bodies cut off mid-stream — so the tests show that retries (the SDK's and the
-//! stores' own) keep results correct.
+//! A fault-injecting HTTP proxy for the AWS and slurmrestd tests: the real clients talk to moto
+//! (or slurmrestd) through it and meet what a service does now and then — 503 `SlowDown` / 500
+//! `InternalError` answers, connections reset before an answer, slow answers, answers lost
+//! after the server acted, and response bodies cut off mid-stream — so the tests show that
+//! retries (the SDK's and orch's own) keep results correct.
 //!
 //! Decisions come from one seeded generator, drawn in the order requests arrive, so a run's
 //! fault pattern is reproducible up to the interleaving of concurrent requests. Every
@@ -37,6 +37,10 @@ pub struct Faults {
     /// Forward, then cut the response body in half and reset: only GET responses with a body
     /// (object downloads, where the caller sees a broken stream rather than an SDK retry).
     pub truncate_rate: f64,
+    /// Hold the request this long (a random share of it) before going on, on top of any
+    /// other fault: a slow network or an overloaded server.
+    pub latency_rate: f64,
+    pub max_latency: std::time::Duration,
     /// Answer every request whose request line contains this text with this status and a
     /// non-retryable error, without forwarding (to make one step of a sequence fail for good).
     pub fail_matching: Option<(String, u16)>,
@@ -50,6 +54,8 @@ impl Default for Faults {
             reset_rate: 0.03,
             drop_response_rate: 0.0,
             truncate_rate: 0.0,
+            latency_rate: 0.05,
+            max_latency: std::time::Duration::from_millis(300),
             fail_matching: None,
         }
     }
@@ -61,6 +67,7 @@ impl Faults {
         Faults {
             error_rate: 0.0,
             reset_rate: 0.0,
+            latency_rate: 0.0,
             ..Faults::default()
         }
     }
@@ -76,6 +83,8 @@ pub struct FaultStats {
     pub dropped_responses: u64,
     pub truncated: u64,
     pub failed_matching: u64,
+    /// Requests held back for a while (`latency_rate`).
+    pub delayed: u64,
     /// Response bytes (heads and bodies) sent to clients.
     pub bytes_to_client: u64,
 }
@@ -89,6 +98,7 @@ struct Counters {
     dropped_responses: AtomicU64,
     truncated: AtomicU64,
     failed_matching: AtomicU64,
+    delayed: AtomicU64,
     bytes_to_client: AtomicU64,
 }
 
@@ -179,6 +189,7 @@ impl FaultProxy {
             dropped_responses: get(&c.dropped_responses),
             truncated: get(&c.truncated),
             failed_matching: get(&c.failed_matching),
+            delayed: get(&c.delayed),
             bytes_to_client: get(&c.bytes_to_client),
         }
     }
@@ -209,6 +220,16 @@ impl State {
             return Fault::Truncate;
         }
         Fault::None
+    }
+
+    /// How long to hold a request back: zero for most.
+    fn delay(&self) -> std::time::Duration {
+        let mut rng = self.rng.lock().unwrap();
+        if rng.f64() < self.faults.latency_rate {
+            self.faults.max_latency.mul_f64(rng.f64())
+        } else {
+            std::time::Duration::ZERO
+        }
     }
 
     fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64) {
@@ -248,6 +269,11 @@ async fn handle(stream: TcpStream, state: &State) -> std::io::Result<()> {
             "InvalidRequest"
         };
         return respond_error(&mut client, state, &request, *status, code).await;
+    }
+    let delay = state.delay();
+    if !delay.is_zero() {
+        state.count(|c| &c.delayed);
+        tokio::time::sleep(delay).await;
     }
     let fault = state.decide();
     match fault {
