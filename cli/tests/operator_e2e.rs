@@ -72,7 +72,8 @@ struct World {
     /// world, so that a test can look for it where it must never appear.
     canary: String,
     scratch: common::Scratch,
-    operators: Vec<Child>,
+    /// The operators started, by identity, in the order they started.
+    operators: Vec<(String, Child)>,
 }
 
 impl World {
@@ -274,9 +275,23 @@ impl World {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log);
-        self.operators
-            .push(c.spawn().expect("orch-operator starts"));
+        self.operators.push((
+            identity.to_string(),
+            c.spawn().expect("orch-operator starts"),
+        ));
         port
+    }
+
+    /// Sends `signal` to the operator `identity` and waits for it to end (its log stays in
+    /// [`World::operators_logs`]).
+    fn kill_operator(&mut self, identity: &str, signal: &str) -> std::process::ExitStatus {
+        let (_, child) = self
+            .operators
+            .iter_mut()
+            .find(|(id, _)| id == identity)
+            .unwrap_or_else(|| panic!("no operator {identity}"));
+        common::kill(child.id(), signal);
+        child.wait().unwrap()
     }
 
     fn operator_log(&self, identity: &str) -> String {
@@ -337,9 +352,9 @@ spec:
     }
 
     fn operators_logs(&self) -> String {
-        ["op-a", "op-b"]
+        self.operators
             .iter()
-            .map(|id| format!("--- {id}\n{}", tail(&self.operator_log(id), 60)))
+            .map(|(id, _)| format!("--- {id}\n{}", tail(&self.operator_log(id), 60)))
             .collect()
     }
 
@@ -426,7 +441,7 @@ spec:
 
 impl Drop for World {
     fn drop(&mut self) {
-        for op in &mut self.operators {
+        for (_, op) in &mut self.operators {
             op.kill().ok();
             op.wait().ok();
         }
@@ -531,11 +546,7 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
             .unwrap_or(0)
             >= 3
     });
-    let first = world.operators.remove(0);
-    let pid = first.id().to_string();
-    Command::new("kill").args(["-9", &pid]).status().unwrap();
-    let mut first = first;
-    first.wait().unwrap();
+    world.kill_operator("op-a", "-KILL");
     world.start_operator("op-b");
 
     let waited = world.kubectl(&[
@@ -628,6 +639,73 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
     assert!(
         world.keys_under("default/out-reviews/").await > 0,
         "purge keeps the output"
+    );
+}
+
+/// The leading operator `kill -9`ed again and again at random moments (while the job plans,
+/// works or aggregates), a new standby started after each kill so that one always waits: each
+/// job still completes with every item once, and Slurm's accounting shows no array submitted
+/// twice. `ORCH_CHAOS_OPERATOR_KILLS` sets the kills (CI: 3); jobs follow one another until
+/// that many were made.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_and_its_standby_under_repeated_kill_9_lose_nothing() {
+    let seed = common::chaos_seed();
+    let wanted = common::setting("ORCH_CHAOS_OPERATOR_KILLS", 3);
+    eprintln!("chaos (operator): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_OPERATOR_KILLS={wanted}");
+    let mut rng = common::Rng::new(seed);
+    let Some(mut world) = World::new("e2e-opchaos").await else {
+        return;
+    };
+    world.put_input(ITEMS).await;
+    let mut alive = vec!["op-1".to_string(), "op-2".to_string()];
+    for id in &alive {
+        world.start_operator(id);
+    }
+    let (mut kills, mut jobs, mut started) = (0u64, 0u64, 2u64);
+    while kills < wanted {
+        jobs += 1;
+        let name = format!("chaos-{jobs}");
+        let file = world.job_yaml(&name, 20, "30ms", "");
+        world.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+        let began = Instant::now();
+        loop {
+            assert!(
+                began.elapsed() < Duration::from_secs(600),
+                "{name} did not complete within 10 minutes ({kills} kills)\n{}",
+                world.operators_logs()
+            );
+            std::thread::sleep(Duration::from_millis(1000 + rng.below(4000)));
+            let phase = world.get(&name)["status"]["phase"].clone();
+            assert_ne!(phase, "Failed", "{}", world.operators_logs());
+            if phase == "Succeeded" {
+                break;
+            }
+            // The Lease may still name a leader killed a moment ago: wait for the next one.
+            let leader = lease_holder(&world);
+            if kills >= wanted || !alive.contains(&leader) {
+                continue;
+            }
+            world.kill_operator(&leader, "-KILL");
+            alive.retain(|id| *id != leader);
+            kills += 1;
+            started += 1;
+            let standby = format!("op-{started}");
+            world.start_operator(&standby);
+            alive.push(standby);
+        }
+        let status = world.get(&name)["status"].clone();
+        assert_eq!(status["tasks"]["succeeded"], 20, "{status}");
+        assert_eq!(status["items"]["ok"], ITEMS, "{status}");
+        common::read_output(&world.output_dir(&name).await).assert_each_item_once(ITEMS);
+        let rows = world.sacct(status["jobId"].as_str().unwrap());
+        assert!(
+            arrays_by_comment(&rows).values().all(|&n| n == 1),
+            "an array was submitted twice: {rows:?}"
+        );
+    }
+    eprintln!(
+        "chaos (operator): seed {seed}: {jobs} jobs of {ITEMS} items, {kills} kill -9 of the \
+         leading operator, 0 items lost, 0 duplicated"
     );
 }
 
@@ -848,12 +926,7 @@ spec:
         "{standby_metrics}"
     );
 
-    let mut leader = world.operators.remove(0);
-    Command::new("kill")
-        .args(["-TERM", &leader.id().to_string()])
-        .status()
-        .unwrap();
-    let exit = leader.wait().unwrap();
+    let exit = world.kill_operator("op-a", "-TERM");
     assert!(exit.success(), "{exit:?}\n{}", world.operators_logs());
     assert!(
         world
@@ -1530,7 +1603,7 @@ async fn an_oversized_input_fails_alone_while_another_tenants_job_completes() {
     );
     common::read_output(&world.output_dir("fine").await).assert_each_item_once(N);
     // The operator that planned both is the one still serving.
-    assert!(world.operators[0].try_wait().unwrap().is_none());
+    assert!(world.operators[0].1.try_wait().unwrap().is_none());
     assert_eq!(http_get(port, "/readyz").map(|(code, _)| code), Some(200));
     let log = world.operator_log("op-a");
     assert!(!log.contains("the same line again"), "{}", tail(&log, 40));
