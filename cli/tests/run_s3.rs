@@ -386,11 +386,12 @@ async fn the_example_survives_errors_resets_and_an_outage_of_the_aws_endpoints()
 }
 
 /// Chaos on the AWS data plane: the example on S3, DynamoDB and SQS through the fault proxy
-/// (5 % errors, 3 % resets), while `kill -9` lands at seeded random moments on workers — during
-/// their work, their uploads, between a result upload and its `_DONE`, during the merges — and
-/// once on the driver, which is started again as soon as its DynamoDB job lease lets it. The
-/// output, read with pyarrow, holds every item once. `ORCH_CHAOS_S3_KILLS` sets the worker
-/// kills (CI: 6); `ORCH_CHAOS_SEED` replays a schedule.
+/// (5 % errors, 3 % resets, 5 % slow answers), while `kill -9` lands at seeded random moments
+/// on workers — during their work, their uploads, between a result upload and its `_DONE`,
+/// during the merges — and once on the driver, which is started again as soon as its DynamoDB
+/// job lease lets it. The output, read with pyarrow, holds every item once.
+/// `ORCH_CHAOS_S3_KILLS` sets the worker kills per job (CI: 6), `ORCH_CHAOS_S3_TRIALS` the
+/// jobs (CI: 1); `ORCH_CHAOS_SEED` replays a schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
     if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow") {
@@ -398,8 +399,34 @@ async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
     }
     let seed = common::chaos_seed();
     let kills = common::setting("ORCH_CHAOS_S3_KILLS", 6);
-    eprintln!("chaos (s3): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_S3_KILLS={kills}");
+    let trials = common::setting("ORCH_CHAOS_S3_TRIALS", 1);
+    eprintln!(
+        "chaos (s3): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_S3_KILLS={kills} ORCH_CHAOS_S3_TRIALS={trials}"
+    );
     let mut rng = common::Rng::new(seed);
+    let (mut workers_killed, mut drivers_killed, mut errors, mut resets) = (0, 0, 0, 0);
+    for trial in 0..trials {
+        let (workers, driver, stats) = s3_kill_trial(&mut rng, kills, seed + trial).await;
+        workers_killed += workers;
+        drivers_killed += u64::from(driver);
+        errors += stats.errors;
+        resets += stats.resets;
+    }
+    eprintln!(
+        "chaos (s3): seed {seed}: {trials} jobs, {} faults ({workers_killed} worker kill -9, \
+         {drivers_killed} driver kill -9) with {errors} error answers and {resets} resets from \
+         the proxy, 0 items lost, 0 duplicated",
+        workers_killed + drivers_killed,
+    );
+}
+
+/// One job of [`kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing`], checked
+/// once it is done: the worker kills made, whether the driver was killed, what the proxy did.
+async fn s3_kill_trial(
+    rng: &mut common::Rng,
+    kills: u64,
+    proxy_seed: u64,
+) -> (u64, bool, fault_proxy::FaultStats) {
     let aws = Aws::new("orch-chaos");
     let job_file = aws.prepare().await;
     // A kill -9 uses up an attempt: enough of them for every kill to land on one task.
@@ -409,7 +436,14 @@ async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
         spec.replace("maxAttempts: 3", &format!("maxAttempts: {}", kills + 3)),
     )
     .unwrap();
-    let proxy = FaultProxy::start(&aws.endpoint, Faults::default()).await;
+    let proxy = FaultProxy::start(
+        &aws.endpoint,
+        Faults {
+            seed: proxy_seed,
+            ..Faults::default()
+        },
+    )
+    .await;
     let storage = format!("s3://{}/orch/", aws.bucket);
     let spawn = || {
         aws.orch(
@@ -462,12 +496,5 @@ async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
     let stats = proxy.stats();
     assert!(stats.errors > 0 && stats.resets > 0, "{stats:?}");
     aws.check_finished_job(&out, &job_file).await;
-    eprintln!(
-        "chaos (s3): seed {seed}: {} faults ({workers_killed} worker kill -9, {} driver kill -9) \
-         with {} error answers and {} resets from the proxy, 0 items lost, 0 duplicated",
-        workers_killed + u64::from(driver_killed),
-        u64::from(driver_killed),
-        stats.errors,
-        stats.resets
-    );
+    (workers_killed, driver_killed, stats)
 }
