@@ -346,52 +346,95 @@ print(json.dumps([[r["id"], r["attempt"], r.get("freeAttempts", 0), r["state"]] 
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// `scontrol requeue` of a running array task (what preemption with `PreemptMode=REQUEUE`
-/// does): the worker is stopped and checkpoints, the task runs again as a new attempt that
-/// does not count against `retry.maxAttempts`, the requeued Slurm task finds its attempt
-/// gone and does nothing, every other task runs once, and the output is exact.
+/// `scontrol requeue` of running array tasks (what preemption with `PreemptMode=REQUEUE`
+/// does), at random moments: each stopped worker checkpoints, its task runs again as a new
+/// attempt that does not count against `retry.maxAttempts` (1 here), the requeued Slurm task
+/// finds its attempt gone and does nothing, only requeued tasks run again, and the output is
+/// exact. `ORCH_CHAOS_REQUEUES` sets how many requeues (CI: 1); jobs follow one another, each
+/// taking up to 4, until that many were made.
 #[test]
 fn scontrol_requeue_of_a_running_task_redoes_that_task_only() {
     let Some(env) = common::slurm_env() else {
         return;
     };
-    let job = SlurmJob::new(env);
+    let seed = common::chaos_seed();
+    let wanted = common::setting("ORCH_CHAOS_REQUEUES", 1);
+    eprintln!("chaos (requeue): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_REQUEUES={wanted}");
+    let mut rng = common::Rng::new(seed);
+    let (mut made, mut jobs) = (0, 0);
+    while made < wanted {
+        assert!(
+            jobs < wanted + 5,
+            "{jobs} jobs ended before most requeues could land"
+        );
+        made += requeue_job(
+            &SlurmJob::new(env.clone()),
+            &mut rng,
+            (wanted - made).min(4),
+        );
+        jobs += 1;
+    }
+    eprintln!(
+        "chaos (requeue): seed {seed}: {jobs} jobs, {made} scontrol requeue, 0 items lost, \
+         0 duplicated"
+    );
+}
+
+/// One job of 8 tasks of 10 s in which `requeues` running array tasks are requeued; returns
+/// how many were (fewer when the job ends first), once the job is done and checked.
+fn requeue_job(job: &SlurmJob, rng: &mut common::Rng, requeues: u64) -> u64 {
     let file = job.job_file(
         "slurm-requeue",
-        80,
+        160,
         20,
         "{builtin: {name: sleep, duration: 500ms}, concurrency: 1}",
         "  executor: {slurm: {transport: cli}}\n  resources: {memory: 200Mi, time: 5m}\n  \
          retry: {maxAttempts: 1}\n",
     );
-    let run = spawn_run(&job, &file);
-    let (name, victim) = running_task(&job, "slurm-requeue");
-    // A few items in (of its 10 s), so that the checkpoint has something to resume from.
-    std::thread::sleep(Duration::from_secs(2));
-    let out = job
-        .command("scontrol")
-        .args(["requeue", &victim])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out));
+    let mut run = spawn_run(job, &file);
+    let (name, _) = running_task(job, "slurm-requeue");
+    let mut victims = Vec::new();
+    while (victims.len() as u64) < requeues && run.try_wait().unwrap().is_none() {
+        // Some items in (of a task's 10 s), so that the checkpoint has something to resume from.
+        std::thread::sleep(Duration::from_millis(1000 + rng.below(3000)));
+        let tasks = wait_for_tasks(job, &name, Duration::from_secs(60), |_| true);
+        let running: Vec<&String> = tasks
+            .iter()
+            .filter(|(_, state)| state == "RUNNING")
+            .map(|(id, _)| id)
+            .collect();
+        if running.is_empty() {
+            continue;
+        }
+        let victim = running[rng.below(running.len() as u64) as usize].clone();
+        let out = job
+            .command("scontrol")
+            .args(["requeue", &victim])
+            .output()
+            .unwrap();
+        // The task may have ended between squeue and scontrol.
+        if out.status.success() {
+            victims.push(victim);
+        }
+    }
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
-    assert_exact(&job, 80);
-    let rows = task_rows(&job);
-    assert_eq!(rows.len(), 4, "{rows:?}");
-    let again: Vec<_> = rows.iter().filter(|r| r.1 > 1).collect();
-    assert_eq!(
-        again.len(),
-        1,
-        "only the requeued task ran again: {rows:?}\n{victim}: {:?}\n{}",
+    assert_exact(job, 160);
+    let rows = task_rows(job);
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    let again = rows.iter().filter(|r| r.1 > 1).count();
+    assert!(
+        again <= victims.len() && (again > 0 || victims.is_empty()),
+        "only requeued tasks ran again: {rows:?}\n{victims:?}: {:?}\n{}",
         job.sacct_now(&name),
         common::text(&out)
     );
     for (_, attempt, free, state) in &rows {
         assert_eq!(state, "succeeded", "{rows:?}");
-        // With maxAttempts 1, the job could only finish if the requeue cost no attempt.
+        // With maxAttempts 1, the job could only finish if the requeues cost no attempt.
         assert_eq!(attempt - free, 1, "{rows:?}");
     }
+    victims.len() as u64
 }
 
 #[test]
