@@ -784,7 +784,7 @@ async fn survives_throttling_resets_and_broken_bodies() {
             reset_rate: 0.03,
             drop_response_rate: 0.02,
             truncate_rate: 0.03,
-            fail_matching: None,
+            ..Faults::default()
         },
     )
     .await;

@@ -1266,6 +1266,11 @@ spec:
         again <= evicted.len() as u64 && (again > 0 || evicted.is_empty()),
         "4 tasks, and one retry per eviction at most: {evicted:?}\n{jobs}"
     );
+    // The status counts the runs again, none of them against retry.maxAttempts.
+    let attempts = &job["status"]["attempts"];
+    assert_eq!(attempts["total"], 4 + again, "{attempts}");
+    assert_eq!(attempts["again"], again, "{attempts}");
+    assert_eq!(attempts["notCounted"], again, "{attempts}");
     evicted.len() as u64
 }
 

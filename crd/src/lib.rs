@@ -99,6 +99,10 @@ pub struct OrchJobStatus {
     /// Input items by outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<ItemCounts>,
+    /// Attempts of the tasks: how often work ran again. `orch status JOB --task N` shows one
+    /// task's attempts with why each ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<AttemptCounts>,
     /// When the first task was dispatched (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
@@ -208,6 +212,23 @@ pub struct ItemCounts {
     /// Items that failed and will be tried again.
     #[serde(default)]
     pub retrying: u64,
+}
+
+/// Attempts of a job's tasks (every run of a task is an attempt), from the task rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptCounts {
+    /// Attempts started, all tasks together.
+    #[serde(default)]
+    pub total: u32,
+    /// Attempts after a task's first: retries after a failure, and runs again after a
+    /// preemption, a requeue or an eviction.
+    #[serde(default)]
+    pub again: u32,
+    /// Of those, the runs again that cost none of `retry.maxAttempts` (preemption, requeue,
+    /// eviction).
+    #[serde(default)]
+    pub not_counted: u32,
 }
 
 /// A group of a job's tasks handed to one executor submission (a Slurm array, an Indexed Job).

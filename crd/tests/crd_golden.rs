@@ -682,8 +682,8 @@ fn ratelimit_and_taskgroup_validation() {
 #[test]
 fn statuses_round_trip_and_stay_small() {
     use orch_crd::{
-        ConditionStatus, ItemCounts, JobCondition, JobConditionType, JobPhase, OrchJobStatus,
-        TaskCounts,
+        AttemptCounts, ConditionStatus, ItemCounts, JobCondition, JobConditionType, JobPhase,
+        OrchJobStatus, TaskCounts,
     };
     let status = OrchJobStatus {
         phase: Some(JobPhase::Running),
@@ -707,6 +707,11 @@ fn statuses_round_trip_and_stay_small() {
             ok: 200_000,
             ..ItemCounts::default()
         }),
+        attempts: Some(AttemptCounts {
+            total: 10_200,
+            again: 200,
+            not_counted: 150,
+        }),
         start_time: Some("2026-01-01T00:00:00Z".into()),
         completion_time: None,
         output: None,
@@ -722,6 +727,7 @@ fn statuses_round_trip_and_stay_small() {
         "2026-01-01T00:00:00Z"
     );
     assert_eq!(json["tasks"]["succeeded"], 4000);
+    assert_eq!(json["attempts"]["notCounted"], 150);
     assert!(json.to_string().len() < 4096);
     let back: OrchJobStatus = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(back, status);

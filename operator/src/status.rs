@@ -11,8 +11,8 @@ use orch_core::model::{self, JobRecord, TaskRecord, TaskState};
 use orch_core::spec::{API_VERSION, KIND, ObjectMeta, OrchJobFile};
 
 use orch_crd::{
-    ConditionStatus, ItemCounts, JobCondition, JobConditionType, JobPhase, OrchJob, OrchJobStatus,
-    TaskCounts,
+    AttemptCounts, ConditionStatus, ItemCounts, JobCondition, JobConditionType, JobPhase, OrchJob,
+    OrchJobStatus, TaskCounts,
 };
 
 /// Longest condition message, in bytes: keeps the status a few KB whatever the job says.
@@ -184,6 +184,7 @@ pub fn job_status(
         conditions: stamp(conditions, previous, generation, now),
         tasks: Some(counts),
         items: Some(items),
+        attempts: Some(attempt_counts(tasks.iter().filter(|t| t.kind.is_work()))),
         start_time,
         completion_time,
         output,
@@ -456,6 +457,18 @@ pub fn task_counts<'a>(tasks: impl IntoIterator<Item = &'a TaskRecord>) -> TaskC
             TaskState::Cancelled => &mut c.cancelled,
         };
         *slot = slot.saturating_add(1);
+    }
+    c
+}
+
+/// Attempts of `tasks`, from their rows (the attempt history holds the details; this needs no
+/// read of it).
+pub fn attempt_counts<'a>(tasks: impl IntoIterator<Item = &'a TaskRecord>) -> AttemptCounts {
+    let mut c = AttemptCounts::default();
+    for t in tasks {
+        c.total = c.total.saturating_add(t.attempt);
+        c.again = c.again.saturating_add(t.attempt.saturating_sub(1));
+        c.not_counted = c.not_counted.saturating_add(t.free_attempts);
     }
     c
 }

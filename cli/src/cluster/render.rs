@@ -258,6 +258,17 @@ pub fn table(v: &JobView, now: Timestamp) -> String {
     if let Some(items) = items_line(v) {
         row("Items", &items);
     }
+    if let Some(a) = &s.attempts {
+        let mut line = a.total.to_string();
+        if a.again > 0 {
+            let _ = write!(
+                line,
+                " ({} ran again, {} of them not counted against retry.maxAttempts)",
+                a.again, a.not_counted
+            );
+        }
+        row("Attempts", &line);
+    }
     if let Some(t) = &s.start_time {
         row("Started", &when(t, now));
     }

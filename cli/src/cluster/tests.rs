@@ -288,6 +288,7 @@ fn table_of_a_running_job() {
         "observedGeneration": 2,
         "tasks": {"total": 8, "pending": 1, "running": 2, "retrying": 1, "succeeded": 3, "failed": 1},
         "items": {"total": 2000, "ok": 750, "failed": 3, "retrying": 10},
+        "attempts": {"total": 9, "again": 3, "notCounted": 1},
         "startTime": "2025-06-01T10:00:00Z",
         "jobId": "reviews-1a2b3c",
         "conditions": [
@@ -304,6 +305,7 @@ Namespace:   team-a
 Phase:       Running
 Tasks:       3/8 done, 1 failed (2 running, 1 retrying, 1 pending)
 Items:       750 ok, 3 failed, 10 retrying (of 2000)
+Attempts:    9 (3 ran again, 1 of them not counted against retry.maxAttempts)
 Started:     2025-06-01T10:00:00Z (5m ago)
 Job id:      reviews-1a2b3c
 Age:         65m

@@ -549,3 +549,28 @@ fn messages_are_cut_on_a_character_boundary() {
     assert!(b.ends_with('…'));
     assert_eq!(bounded("short"), "short");
 }
+
+#[test]
+fn attempts_count_runs_again_and_those_that_cost_no_attempt() {
+    let job = record(model::JobPhase::Running, None);
+    let mut t = tasks(&[S::Succeeded, S::Running, S::Retrying, S::Pending]);
+    // Task 0 ran once; task 1 was evicted once and runs again free; task 2 failed twice.
+    t[0].attempt = 1;
+    t[1].attempt = 2;
+    t[1].free_attempts = 1;
+    t[2].attempt = 3;
+    // An aggregation task's attempts are not the job's work.
+    let mut merge = TaskRecord::new("reviews-sentiment-1", 9, 0, 0);
+    merge.kind = model::TaskKind::Final;
+    merge.attempt = 2;
+    t.push(merge);
+    let s = job_status(Some(&job), &t, 1, None, T1);
+    assert_eq!(
+        s.attempts,
+        Some(AttemptCounts {
+            total: 6,
+            again: 3,
+            not_counted: 1
+        })
+    );
+}
