@@ -305,6 +305,10 @@ fn a_worker_frozen_past_its_lease_never_commits_once_its_task_moved_on() {
     assert!(!frozen.contains("committed"), "{frozen}");
     let plan = std::fs::read_to_string(job_dir.join("aggregate/plan.json")).unwrap();
     assert!(!plan.contains("results/000000/1/"), "{plan}");
+    eprintln!(
+        "chaos (zombie): seed -: 1 worker frozen past its lease and woken after its task moved \
+         on, no commit of it, 0 items lost, 0 duplicated"
+    );
 }
 
 /// A tmpfs of its own, mounted for one test and unmounted when dropped (the test runs as root;

@@ -567,16 +567,26 @@ async fn apply(job: &OrchJob, api: &Api<OrchJob>, ctx: &Context) -> Result<Actio
     )
     .await;
     write_status(api, &name, previous, status, ctx, &uid).await?;
-    sync_task_groups(
+    // TaskGroups are a view of the job's tasks: one the API server refuses must not hold back
+    // the job itself (a failed reconcile waits up to minutes before the next), so it is said
+    // and written again at the next status interval.
+    let groups_written = match sync_task_groups(
         job,
         groups,
         ctx,
         platform.backends().audit.as_ref(),
         &policy,
     )
-    .await?;
+    .await
+    {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(%name, error = %e, category = ?e.category(), "cannot write the job's TaskGroups");
+            false
+        }
+    };
 
-    Ok(if terminal || rejected.is_some() {
+    Ok(if (terminal || rejected.is_some()) && groups_written {
         Action::await_change()
     } else {
         Action::requeue(ctx.config.status_interval)

@@ -1431,6 +1431,12 @@ class Cluster:
         for p in fields_to_paths(mine["fieldsV1"]) - paths - others if mine else ():
             if not any(q[:len(p)] == p for q in paths):
                 delete_path(new, p)
+                # A map left empty and owned by no one goes too (a field no longer applied is
+                # removed whole, not as a map without its required fields).
+                for parent in (p[:i] for i in range(len(p) - 1, 0, -1)):
+                    if get_path(new, parent) != {} or any(q[:len(parent)] == parent for q in paths | others):
+                        break
+                    delete_path(new, parent)
         new = apply_merge(new, applied, not rt.crd, schema)
         managed = [entry if m is mine else m for m in managed if m.get("fieldsV1") or m is mine]
         if mine is None:

@@ -410,6 +410,10 @@ class CrudTest(Base):
         self.assertIn("f:size", fields[0]["fieldsV1"]["f:spec"])
         self.k("apply", "--server-side", "-f", "-", stdin=doc(size=2))   # tags no longer applied: removed
         self.assertNotIn("tags", EMU.kjson("get", "wd", "w", "-n", self.ns)["spec"])
+        # A map no longer applied goes whole: no `circle: {}` left to break the oneOf.
+        self.k("apply", "--server-side", "-f", "-", stdin=doc(size=2, shape={"circle": {"radius": 1}}))
+        self.k("apply", "--server-side", "-f", "-", stdin=doc(size=2, shape={"square": {"side": 2}}))
+        self.assertEqual(EMU.kjson("get", "wd", "w", "-n", self.ns)["spec"]["shape"], {"square": {"side": 2}})
         p = self.k("apply", "--server-side", "--field-manager=other", "-f", "-", stdin=doc(size=5), check=False)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("conflict", p.stderr.lower())
