@@ -737,6 +737,38 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_full_disk_is_said_as_such_and_other_errors_are_not() {
+        let full = sql_error(
+            "update a task row",
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            ),
+        );
+        assert!(orch_core::error::is_disk_full(&full), "{full}");
+        assert_eq!(full.category(), ErrorCategory::Infrastructure);
+        assert!(
+            full.to_string()
+                .starts_with("SQLite: cannot update a task row: "),
+            "{full}"
+        );
+        let busy = sql_error(
+            "update a task row",
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            ),
+        );
+        assert!(!orch_core::error::is_disk_full(&busy), "{busy}");
+        // A file write that met ENOSPC is found the same way, wrapped in another error.
+        let wrapped = orch_core::Error::Io {
+            path: "/storage/state.sqlite".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        assert!(orch_core::error::is_disk_full(&wrapped));
+    }
+
     fn job(id: &str, tasks: u32) -> JobRecord {
         let spec = serde_json::from_value(serde_json::json!({
             "apiVersion": "orch.dev/v1alpha1",
