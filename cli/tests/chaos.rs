@@ -214,101 +214,109 @@ fn kill_9_of_workers_and_driver_loses_and_duplicates_nothing() {
     );
 }
 
-/// A worker frozen past its lease (SIGSTOP) while its driver dies: the next driver gives the
-/// task to a new attempt once the lease has run out, and when the frozen worker wakes
-/// (SIGCONT) after the reassignment it finds the task no longer its own and stops without
-/// committing; the output holds the new attempt's results, each item once. (The lease is
-/// 30 s and the engine waits 10 s more, so this takes about a minute.)
+/// Workers frozen past their lease (SIGSTOP) while their driver dies: the next driver gives
+/// each task to a new attempt once the lease has run out, and when the frozen workers wake
+/// (SIGCONT) after the reassignment they find their tasks no longer their own and stop without
+/// committing; the output holds the new attempts' results, each item once, and the aggregation
+/// reads none of the frozen attempts' files. Each round freezes every worker of a job of up to
+/// 8 tasks; `ORCH_CHAOS_ZOMBIES` sets how many zombies in all (CI: 2, one round). The lease is
+/// 30 s and the engine waits 10 s more, so a round takes about a minute.
 #[test]
 fn a_worker_frozen_past_its_lease_never_commits_once_its_task_moved_on() {
     if !orch_testkit::components::python_module("pyarrow") {
         return;
     }
-    const N: u64 = 60;
+    let wanted = setting("ORCH_CHAOS_ZOMBIES", 2);
+    eprintln!("chaos (zombie): ORCH_CHAOS_ZOMBIES={wanted}");
+    let (mut zombies, mut rounds) = (0, 0);
+    while zombies < wanted {
+        zombies += zombie_round((wanted - zombies).min(8));
+        rounds += 1;
+    }
+    eprintln!(
+        "chaos (zombie): seed -: {rounds} jobs, {zombies} workers frozen past their lease and \
+         woken after their tasks moved on, none committed, 0 items lost, 0 duplicated"
+    );
+}
+
+/// One job of `tasks` tasks, all of whose first workers are frozen; returns how many were.
+fn zombie_round(tasks: u64) -> u64 {
+    const PER_TASK: u64 = 60;
+    let n = tasks * PER_TASK;
     let s = Scratch::new();
-    s.jsonl("in.jsonl", N);
+    s.jsonl("in.jsonl", n);
     let job = s.write(
         "job.yaml",
-        "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {name: frozen}\nspec:\n  \
-         input: {uri: in.jsonl}\n  batch: {size: 60}\n  \
-         handler: {builtin: {name: sleep, duration: 100ms}, concurrency: 1}\n  \
-         retry: {maxAttempts: 3, backoff: {initial: 20ms, factor: 2, max: 200ms}}\n  \
-         output: {uri: out}\n  executor: {local: {parallelism: 1}}\n",
+        &format!(
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: frozen}}\nspec:\n  \
+             input: {{uri: in.jsonl}}\n  batch: {{size: {PER_TASK}}}\n  \
+             handler: {{builtin: {{name: sleep, duration: 100ms}}, concurrency: 1}}\n  \
+             retry: {{maxAttempts: 3, backoff: {{initial: 20ms, factor: 2, max: 200ms}}}}\n  \
+             output: {{uri: out}}\n  executor: {{local: {{parallelism: {tasks}}}}}\n"
+        ),
     );
     let storage = s.path(".orch");
-    let wait_for =
-        |what: &str, limit: Duration, mut found: Box<dyn FnMut() -> Option<u32> + '_>| {
-            let started = Instant::now();
-            loop {
-                if let Some(v) = found() {
-                    return v;
-                }
-                assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        };
+    let wait_for = |what: &str, limit: Duration, mut found: Box<dyn FnMut() -> bool + '_>| {
+        let started = Instant::now();
+        while !found() {
+            assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     let mut first = spawn_run(&s, &job);
-    let zombie = wait_for(
-        "a worker",
+    wait_for(
+        "a worker per task",
         Duration::from_secs(60),
-        Box::new(|| workers_of(&storage).first().copied()),
+        Box::new(|| workers_of(&storage).len() as u64 >= tasks),
     );
-    // A few items in, so the frozen attempt has work it could still commit.
+    // A few items in, so the frozen attempts have work they could still commit.
     std::thread::sleep(Duration::from_millis(1500));
-    kill(zombie, "-STOP");
+    let frozen = workers_of(&storage);
+    for &pid in &frozen {
+        kill(pid, "-STOP");
+    }
     kill(first.id(), "-KILL");
     first.wait().unwrap();
 
     let second = spawn_run(&s, &job);
-    let replacement = wait_for(
-        "a second attempt after the lease ran out",
+    wait_for(
+        "second attempts after the lease ran out",
         Duration::from_secs(120),
-        Box::new(|| workers_of(&storage).into_iter().find(|&pid| pid != zombie)),
+        Box::new(|| workers_of(&storage).iter().any(|pid| !frozen.contains(pid))),
     );
-    assert_ne!(replacement, zombie);
-    kill(zombie, "-CONT");
+    for &pid in &frozen {
+        kill(pid, "-CONT");
+    }
     let out = second.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    // The woken worker gave up on its own.
+    // The woken workers gave up on their own.
     wait_for(
-        "the frozen worker to end",
+        "the frozen workers to end",
         Duration::from_secs(30),
-        Box::new(|| (!workers_of(&storage).contains(&zombie)).then_some(0)),
+        Box::new(|| !workers_of(&storage).iter().any(|pid| frozen.contains(pid))),
     );
 
     let seen = read_output(&s.path("out"));
-    seen.assert_each_item_once(N);
+    seen.assert_each_item_once(n);
     assert_eq!(seen.error_rows, 0);
     let status = s.status(&job);
-    assert_eq!(status["tasks"]["succeeded"], 1, "{status}");
-    // The frozen attempt's log says it lost the task; only a later attempt committed.
+    assert_eq!(status["tasks"]["succeeded"], tasks, "{status}");
+    // Each frozen attempt's log says it lost its task; only later attempts committed.
     let job_dir = std::fs::read_dir(storage.join("jobs"))
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
         .path();
-    let logs = std::fs::read_dir(job_dir.join("logs"))
-        .unwrap()
-        .map(|f| f.unwrap().path())
-        .collect::<Vec<_>>();
-    let log_of = |attempt: u32| {
-        let name = format!("000000.{attempt}.log");
-        let path = logs
-            .iter()
-            .find(|p| p.file_name().is_some_and(|n| n == name.as_str()))
-            .unwrap_or_else(|| panic!("no {name} in {logs:?}"));
-        std::fs::read_to_string(path).unwrap()
-    };
-    let frozen = log_of(1);
-    assert!(frozen.contains("no longer ours"), "{frozen}");
-    assert!(!frozen.contains("committed"), "{frozen}");
     let plan = std::fs::read_to_string(job_dir.join("aggregate/plan.json")).unwrap();
-    assert!(!plan.contains("results/000000/1/"), "{plan}");
-    eprintln!(
-        "chaos (zombie): seed -: 1 worker frozen past its lease and woken after its task moved \
-         on, no commit of it, 0 items lost, 0 duplicated"
-    );
+    for task in 0..tasks {
+        let log = std::fs::read_to_string(job_dir.join(format!("logs/{task:06}.1.log")))
+            .unwrap_or_else(|e| panic!("task {task}'s first attempt: {e}"));
+        assert!(log.contains("no longer ours"), "{log}");
+        assert!(!log.contains("committed"), "{log}");
+        assert!(!plan.contains(&format!("results/{task:06}/1/")), "{plan}");
+    }
+    frozen.len() as u64
 }
 
 /// A tmpfs of its own, mounted for one test and unmounted when dropped (the test runs as root;

@@ -38,7 +38,7 @@ scenario() {
     workers) echo "chaos kill_9_of_workers_and_driver ${n:+ORCH_CHAOS_FAULTS=5 ORCH_CHAOS_TRIALS=$(per_job "$n" 5)}" ;;
     sqlite) echo "chaos kill_9_during_sqlite_commits ${n:+ORCH_CHAOS_SQLITE_ROUNDS=$n}" ;;
     s3) echo "run_s3 kill_9_of_workers_and_driver_on_a_faulty ${n:+ORCH_CHAOS_S3_KILLS=20 ORCH_CHAOS_S3_TRIALS=$(per_job "$n" 20)}" ;;
-    zombie) echo "chaos a_worker_frozen_past_its_lease" ;;
+    zombie) echo "chaos a_worker_frozen_past_its_lease ${n:+ORCH_CHAOS_ZOMBIES=$n}" ;;
     disk) echo "chaos a_full_disk_stops_the_run ${n:+ORCH_CHAOS_DISK_TRIALS=$n}" ;;
     slurmrestd) echo "slurm slurmrestd_errors_resets_and_latency ${n:+ORCH_CHAOS_REST_JOBS=$(per_job "$n" 3)}" ;;
     requeue) echo "slurm scontrol_requeue_of_a_running_task ${n:+ORCH_CHAOS_REQUEUES=$n}" ;;
