@@ -396,7 +396,7 @@ fn a_full_disk_stops_the_run_with_a_clear_error_and_the_resumed_run_is_exact() {
     let mut stopped_at = Vec::new();
     for _ in 0..trials {
         // From early in the work to the final output (the whole job writes about 6 MiB).
-        let size = 700 * 1024 + rng.below(4608 * 1024);
+        let size = 700 * 1024 + rng.below(4096 * 1024);
         let Some(disk) = SmallDisk::mount(size) else {
             return;
         };
