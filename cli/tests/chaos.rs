@@ -319,54 +319,6 @@ fn zombie_round(tasks: u64) -> u64 {
     frozen.len() as u64
 }
 
-/// A tmpfs of its own, mounted for one test and unmounted when dropped (the test runs as root;
-/// without the right to mount, the test is skipped — a failure under CI).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
-            Ok(o) => {
-                orch_testkit::components::missing(
-                    "the right to mount a tmpfs",
-                    &format!("run the tests as root: {}", text(&o)),
-                );
-                None
-            }
-            Err(e) => {
-                orch_testkit::components::missing("mount", &e.to_string());
-                None
-            }
-        }
-    }
-
-    fn resize(&self, bytes: u64) {
-        let out = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={bytes}")])
-            .arg(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// The disk under the storage (state, queue, task files, checkpoints) and the output fills up
 /// at a random point of the job — during the work, the merges or the final output: `orch run`
 /// stops at once with an error that says the disk is full and how to go on (no retry loop, no
@@ -397,7 +349,7 @@ fn a_full_disk_stops_the_run_with_a_clear_error_and_the_resumed_run_is_exact() {
     for _ in 0..trials {
         // From early in the work to the final output (the whole job writes about 6 MiB).
         let size = 700 * 1024 + rng.below(4096 * 1024);
-        let Some(disk) = SmallDisk::mount(size) else {
+        let Some(disk) = common::SmallDisk::mount(size) else {
             return;
         };
         let s = Scratch {

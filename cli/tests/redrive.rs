@@ -193,3 +193,73 @@ spec:
         text(&never)
     );
 }
+
+/// A job whose every task failed has nothing to merge, so its aggregation plan is the final
+/// merge alone; once `orch retry` has run the tasks again, the plan merges all of them in
+/// levels (fan-in 3), and its rows take over the earlier plan's by id: the final merge's row
+/// becomes a merge group. Every aggregation task succeeds, and after a redrive of the items
+/// the crashing handler was charged with, the output is exact.
+#[test]
+fn a_retry_after_every_task_failed_merges_under_a_new_plan() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    const N: u64 = 80;
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", N);
+    let marker = s.path("handler-may-start");
+    let handler = s.write(
+        "handler.py",
+        "import json, os, sys\n\
+         if not os.path.exists(sys.argv[1]):\n    sys.exit(3)\n\
+         for line in sys.stdin:\n    req = json.loads(line)\n    \
+         sys.stdout.write(json.dumps({'id': req['id'], 'result': req['item']}) + '\\n')\n    \
+         sys.stdout.flush()\n",
+    );
+    let job = s.write(
+        "job.yaml",
+        &format!(
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {{name: replan}}\nspec:\n  \
+             input: {{uri: in.jsonl}}\n  batch: {{size: 10}}\n  \
+             handler: {{exec: {{command: [python3, \"{}\", \"{}\"]}}}}\n  \
+             retry: {{maxAttempts: 1}}\n  output: {{uri: out, fanIn: 3}}\n",
+            handler.display(),
+            marker.display()
+        ),
+    );
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(s.status(&job)["tasks"]["failed"], 8);
+
+    std::fs::write(&marker, "").unwrap();
+    let out = s.orch(&["retry", job.to_str().unwrap()]);
+    let status = s.status(&job);
+    // Three merge groups of level 1, then the final merge, all done under the new plan.
+    assert_eq!(
+        status["mergeTasks"]["succeeded"],
+        4,
+        "{}\n{status}",
+        text(&out)
+    );
+    assert_eq!(status["tasks"]["succeeded"], 8, "{status}");
+    // The tasks resumed from their checkpoints, which kept the items the crashing handler
+    // was charged with (one per crash, run alone) as failed: those take a redrive.
+    if out.status.code() != Some(0) {
+        assert!(
+            status["errorsByKind"]["infrastructure"].as_u64() > Some(0),
+            "{status}"
+        );
+        let out = s.orch(&["retry", job.to_str().unwrap(), "--items"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&out),
+            s.status(&job)
+        );
+    }
+    let seen = read_output(&s.path("out"));
+    seen.assert_each_item_once(N);
+    assert_eq!(seen.error_rows, 0);
+    assert_eq!(success(&s.path("out"))["rows"], N);
+}

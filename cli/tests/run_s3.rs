@@ -498,3 +498,50 @@ async fn s3_kill_trial(
     aws.check_finished_job(&out, &job_file).await;
     (workers_killed, driver_killed, stats)
 }
+
+/// A worker node whose scratch disk is full (S3 storage builds every file in scratch first):
+/// each attempt fails at once, before it claims its task, with an error naming the scratch
+/// directory and `ORCH_SCRATCH_MIN_FREE`, so the job fails within its retry policy instead of
+/// failing hours into the work; once the disk has room, `orch retry` runs the failed tasks and
+/// the output is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_scratch_disk_fails_attempts_clearly_and_a_retry_completes_the_job() {
+    if !orch_testkit::components::moto() || !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    let Some(disk) = common::SmallDisk::mount(256 << 10) else {
+        return;
+    };
+    let aws = Aws::new("orch-scratch");
+    let job_file = aws.prepare().await;
+    let spec = std::fs::read_to_string(&job_file).unwrap();
+    std::fs::write(&job_file, spec.replace("maxAttempts: 3", "maxAttempts: 2")).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = aws.orch(&aws.endpoint, args);
+        c.env("ORCH_SCRATCH", disk.dir.path())
+            .env("ORCH_SCRATCH_MIN_FREE", "1Mi");
+        c
+    };
+    let mut cmd = run(&["run", job_file.to_str().unwrap(), "--no-progress"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    let status = run(&["status", job_file.to_str().unwrap(), "-o", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["phase"], "failed", "{report}");
+    let reasons = report["deadLetter"]["tasks"].to_string();
+    assert!(
+        reasons.contains("scratch space") && reasons.contains("ORCH_SCRATCH_MIN_FREE"),
+        "{report}"
+    );
+
+    disk.resize(64 << 20);
+    let mut cmd = run(&["retry", job_file.to_str().unwrap()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    aws.check_finished_job(&out, &job_file).await;
+}

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use orch_core::backend::ObjectStore;
+use orch_core::backend::{ObjectStore, StateStore};
 use orch_core::engine::{self, ItemCounts};
 use orch_core::layout;
 use orch_core::model::{
@@ -455,6 +455,51 @@ impl Resolved {
             marker: &self.marker,
         }
     }
+}
+
+/// Stores the aggregation tasks of a new plan. Rows of an earlier plan (a job run again by
+/// `orch retry`, whose merge rows were reset to pending) are taken over by id: the new plan
+/// may merge more results than the old one — failed tasks that now succeeded — so a row that
+/// was the final merge may now be a merge group, and the plan has more rows, never fewer (the
+/// groups of each level grow with the results merged). Rows new to the plan are added.
+pub async fn store_planned(
+    state: &dyn StateStore,
+    job: &str,
+    existing: &[TaskRecord],
+    planned: &[TaskRecord],
+) -> Result<()> {
+    let old: HashMap<u32, &TaskRecord> = existing
+        .iter()
+        .filter(|t| !t.kind.is_work())
+        .map(|t| (t.id, t))
+        .collect();
+    if let Some(left) = old.keys().find(|id| !planned.iter().any(|p| p.id == **id)) {
+        return Err(Error::Invalid(format!(
+            "aggregation task {left} of an earlier plan is not in the new one"
+        )));
+    }
+    for p in planned {
+        if let Some(row) = old.get(&p.id)
+            && row.kind != p.kind
+        {
+            if row.state != TaskState::Pending {
+                return Err(Error::Invalid(format!(
+                    "aggregation task {} is {} as a {}, not pending: it cannot become a {}",
+                    p.id, row.state, row.kind, p.kind
+                )));
+            }
+            let mut row = (*row).clone();
+            row.kind = p.kind;
+            state.update_task(&row).await?;
+        }
+    }
+    let new: Vec<TaskRecord> = planned
+        .iter()
+        .filter(|p| !old.contains_key(&p.id))
+        .cloned()
+        .collect();
+    state.add_tasks(job, &new).await?;
+    Ok(())
 }
 
 /// Plans the aggregation of a job whose work tasks have all ended: verifies every committed

@@ -23,6 +23,10 @@ pub enum Error {
     },
     #[error("{0}")]
     Setup(String),
+    /// The node's scratch space is too short for a task (remote storage builds its files
+    /// there): the attempt fails at once, to be retried, maybe elsewhere.
+    #[error("{0}")]
+    ScratchFull(String),
     /// The handler process keeps crashing: this attempt cannot go on.
     #[error("{0}")]
     HandlerGaveUp(String),
@@ -50,9 +54,10 @@ impl Error {
             Error::Backend(e) => e.category(),
             Error::Runtime(e) => e.category(),
             Error::Data(e) => e.category(),
-            Error::Handler(_) | Error::HandlerGaveUp(_) | Error::Checkpoint { .. } => {
-                ErrorCategory::Infrastructure
-            }
+            Error::Handler(_)
+            | Error::HandlerGaveUp(_)
+            | Error::Checkpoint { .. }
+            | Error::ScratchFull(_) => ErrorCategory::Infrastructure,
             Error::Setup(_) => ErrorCategory::Permanent,
             Error::LostLease { .. }
             | Error::Interrupted {

@@ -211,8 +211,10 @@ fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKi
         let _watch = if orch_connect::is_s3(&args.storage) {
             let min = orch_worker::scratch::min_free();
             if let Err(message) = orch_worker::scratch::check(&backends.scratch, min) {
-                tracing::error!(error = %message, "not starting the task");
-                return 1;
+                let e = orch_worker::Error::ScratchFull(message);
+                tracing::error!(error = %e, "not starting the task");
+                orch_worker::run::refuse(backends.state.as_ref(), &args, &e).await;
+                return e.exit_code();
             }
             Some(AbortOnDrop(orch_worker::scratch::watch(
                 backends.scratch.clone(),

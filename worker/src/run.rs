@@ -214,6 +214,15 @@ pub(crate) async fn heartbeat(
     }
 }
 
+/// Claims the task only to end the attempt at once with `e`: a worker that finds its node
+/// unfit for the task (its scratch disk full) says why in the task row and the attempt
+/// history, where `orch status` shows it, rather than in an exit code alone.
+pub async fn refuse(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
+    if claim(state, args, &worker_id()).await.is_ok() {
+        record_failure(state, args, e).await;
+    }
+}
+
 /// Says why the attempt ends and releases the claim, so the engine retries the task at once
 /// instead of waiting for the lease to run out.
 pub(crate) async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {

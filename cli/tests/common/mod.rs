@@ -317,3 +317,51 @@ pub fn chaos_seed() -> u64 {
             .unwrap_or(1),
     )
 }
+
+/// A tmpfs of its own, mounted for one test and unmounted when dropped (the test runs as root;
+/// without the right to mount, the test is skipped — a failure under CI).
+pub struct SmallDisk {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
+            Ok(o) => {
+                orch_testkit::components::missing(
+                    "the right to mount a tmpfs",
+                    &format!("run the tests as root: {}", text(&o)),
+                );
+                None
+            }
+            Err(e) => {
+                orch_testkit::components::missing("mount", &e.to_string());
+                None
+            }
+        }
+    }
+
+    pub fn resize(&self, bytes: u64) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -171,7 +171,8 @@ impl Loop<'_> {
                 let ended = if decision.plan_aggregation {
                     match aggregate::plan(backends, &job, &tasks).await {
                         Ok(merges) => {
-                            state.add_tasks(&self.id, &merges).await?;
+                            aggregate::store_planned(state.as_ref(), &self.id, &tasks, &merges)
+                                .await?;
                             continue;
                         }
                         Err(e) => e,
