@@ -7,7 +7,7 @@
 
 mod common;
 
-use orch_testkit::fault_proxy::{FaultProxy, Faults};
+use orch_testkit::fault_proxy::{FaultProxy, FaultStats, Faults};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -613,16 +613,16 @@ fn bad_slurm_settings_fail_before_anything_is_submitted() {
 /// connections reset before an answer, 10 % of its requests held back up to 300 ms — on the
 /// submissions, the polls and the cancels alike. Each job still ends with every item once, and
 /// Slurm's accounting shows every task array submitted once and every array task completed.
-/// A job makes a dozen requests, so jobs run until both an error and a reset were met, and at
-/// least `ORCH_CHAOS_REST_JOBS` of them (a long run by hand).
+/// A job makes a dozen requests, so jobs run until both an error and a reset were met and at
+/// least `ORCH_CHAOS_REST_FAULTS` faults in all (CI: 2; a long run by hand: 200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slurmrestd_errors_resets_and_latency_lose_and_duplicate_nothing() {
     let Some(env) = common::slurm_env() else {
         return;
     };
     let seed = common::chaos_seed();
-    let jobs = common::setting("ORCH_CHAOS_REST_JOBS", 1);
-    eprintln!("chaos (slurmrestd): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_REST_JOBS={jobs}");
+    let wanted = common::setting("ORCH_CHAOS_REST_FAULTS", 2);
+    eprintln!("chaos (slurmrestd): ORCH_CHAOS_SEED={seed} ORCH_CHAOS_REST_FAULTS={wanted}");
     let proxy = FaultProxy::start(
         &env["SLURMRESTD_URL"],
         Faults {
@@ -634,11 +634,13 @@ async fn slurmrestd_errors_resets_and_latency_lose_and_duplicate_nothing() {
         },
     )
     .await;
+    let faults = |s: &FaultStats| s.errors + s.resets + s.delayed;
     let mut round = 0;
-    while round < jobs || proxy.stats().errors == 0 || proxy.stats().resets == 0 {
+    while faults(&proxy.stats()) < wanted || proxy.stats().errors == 0 || proxy.stats().resets == 0
+    {
         assert!(
-            round < jobs + 20,
-            "no reset or no error in 20 jobs: {:?}",
+            round < wanted + 20,
+            "too few faults in {round} jobs: {:?}",
             proxy.stats()
         );
         let job = SlurmJob::new(env.clone());
@@ -683,7 +685,7 @@ async fn slurmrestd_errors_resets_and_latency_lose_and_duplicate_nothing() {
         "chaos (slurmrestd): seed {seed}: {round} jobs, {} requests, {} faults ({} error \
          answers, {} resets, {} delayed), 0 items lost, 0 duplicated",
         stats.requests,
-        stats.errors + stats.resets + stats.delayed,
+        faults(&stats),
         stats.errors,
         stats.resets,
         stats.delayed

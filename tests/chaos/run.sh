@@ -40,7 +40,7 @@ scenario() {
     s3) echo "run_s3 kill_9_of_workers_and_driver_on_a_faulty ${n:+ORCH_CHAOS_S3_KILLS=20 ORCH_CHAOS_S3_TRIALS=$(per_job "$n" 20)}" ;;
     zombie) echo "chaos a_worker_frozen_past_its_lease ${n:+ORCH_CHAOS_ZOMBIES=$n}" ;;
     disk) echo "chaos a_full_disk_stops_the_run ${n:+ORCH_CHAOS_DISK_TRIALS=$n}" ;;
-    slurmrestd) echo "slurm slurmrestd_errors_resets_and_latency ${n:+ORCH_CHAOS_REST_JOBS=$(per_job "$n" 3)}" ;;
+    slurmrestd) echo "slurm slurmrestd_errors_resets_and_latency ${n:+ORCH_CHAOS_REST_FAULTS=$n}" ;;
     requeue) echo "slurm scontrol_requeue_of_a_running_task ${n:+ORCH_CHAOS_REQUEUES=$n}" ;;
     operator) echo "operator_e2e the_operator_and_its_standby_under_repeated_kill_9 ${n:+ORCH_CHAOS_OPERATOR_KILLS=$n}" ;;
     eviction) echo "operator_e2e an_evicted_pod_redoes_its_task_only ${n:+ORCH_CHAOS_EVICTIONS=$n}" ;;
