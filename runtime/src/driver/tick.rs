@@ -219,7 +219,11 @@ impl Loop<'_> {
 
     /// Writes the job's end and says so.
     async fn end(&self, done: JobRecord) -> Result<JobRecord> {
-        let done = finish_job(self.platform.backends().state.as_ref(), done).await?;
+        let state = self.platform.backends().state.as_ref();
+        let done = finish_job(state, done).await?;
+        if let Ok(tasks) = state.list_tasks(&self.id).await {
+            history::close_committed(state, &self.id, &tasks).await;
+        }
         info!(
             phase = %done.phase,
             message = done.message.as_deref().unwrap_or(""),
