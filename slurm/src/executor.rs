@@ -52,6 +52,12 @@ pub struct SlurmLaunch {
 
 /// The shortest time between two queries of Slurm for this job's arrays.
 const DEFAULT_QUERY_INTERVAL: Duration = Duration::from_secs(2);
+/// Reads of the cluster's limits at the start of a job, each with the client's own retries:
+/// slurmrestd restarting or a few answers lost in a row must not fail an `orch run` that has
+/// not started anything yet (about half a minute in all before it gives up).
+const CONNECT_ATTEMPTS: u32 = 5;
+const CONNECT_BACKOFF: orch_core::backoff::Backoff =
+    orch_core::backoff::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(8));
 
 struct Snapshot {
     at: Instant,
@@ -77,13 +83,34 @@ impl std::fmt::Debug for SlurmExecutor {
     }
 }
 
+/// The cluster's limits, tried again on a transient failure up to [`CONNECT_ATTEMPTS`] times.
+pub(crate) async fn cluster_info(
+    api: &dyn SlurmApi,
+    backoff: orch_core::backoff::Backoff,
+) -> Result<ClusterInfo> {
+    let mut attempt = 1;
+    loop {
+        match api.cluster_info().await {
+            Err(e)
+                if attempt < CONNECT_ATTEMPTS
+                    && e.category() == orch_core::ErrorCategory::Transient =>
+            {
+                warn!(attempt, error = %e, "cannot read the Slurm cluster's limits yet; trying again");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SlurmExecutor {
     /// Reads the cluster's limits and checks the job against them — partition, time limit,
     /// extra options — so that a job that cannot run fails before anything is submitted.
     pub async fn connect(api: Arc<dyn SlurmApi>, launch: SlurmLaunch) -> Result<Self> {
         check_extra_options(&launch.spec.extra_options)?;
         let task_resources = TaskResources::of(&launch.resources)?;
-        let cluster = api.cluster_info().await?;
+        let cluster = cluster_info(api.as_ref(), CONNECT_BACKOFF).await?;
         check_against_cluster(&launch.resources, &cluster)?;
         info!(
             max_array_size = cluster.max_array_size,

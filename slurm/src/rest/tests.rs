@@ -262,6 +262,27 @@ async fn status_codes_map_to_error_categories() {
     assert_eq!(info.partitions.len(), 2);
     assert_eq!(seen.lock().unwrap().len(), 2);
 
+    // Failures that outlast the client's retries: the executor's start tries again.
+    let (url, seen) = fake(
+        8,
+        Box::new(move |_| {
+            static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            if CALLS.fetch_add(1, Ordering::SeqCst) < 4 {
+                (503, "busy".into())
+            } else {
+                (200, fixture("v0.0.38", "rest_partitions.json"))
+            }
+        }),
+    );
+    let rest = api(&url, dir.path())
+        .with_version(ApiVersion::V0_0_38)
+        .with_retries(3, Duration::from_millis(1));
+    let quick =
+        orch_core::backoff::Backoff::doubling(Duration::from_millis(1), Duration::from_millis(2));
+    let info = crate::executor::cluster_info(&rest, quick).await.unwrap();
+    assert_eq!(info.partitions.len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 5, "3 tries, then 2 more");
+
     // A failed submit is sent once: the executor looks the array up before trying again.
     let (url, seen) = fake(
         4,
