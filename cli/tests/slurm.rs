@@ -307,13 +307,13 @@ fn running_task(job: &SlurmJob, prefix: &str) -> (String, String) {
                 break n.trim().to_string();
             }
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < Duration::from_secs(180),
                 "no array appeared"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let running = wait_for_tasks(job, &name, Duration::from_secs(60), |t| {
+    let running = wait_for_tasks(job, &name, Duration::from_secs(180), |t| {
         t.iter().any(|(_, s)| s == "RUNNING")
     });
     let victim = running
@@ -351,7 +351,7 @@ print(json.dumps([[r["id"], r["attempt"], r.get("freeAttempts", 0), r["state"]] 
 /// attempt that does not count against `retry.maxAttempts` (1 here), the requeued Slurm task
 /// finds its attempt gone and does nothing, only requeued tasks run again, and the output is
 /// exact. `ORCH_CHAOS_REQUEUES` sets how many requeues (CI: 1); jobs follow one another, each
-/// taking up to 4, until that many were made.
+/// taking up to 8, until that many were made.
 #[test]
 fn scontrol_requeue_of_a_running_task_redoes_that_task_only() {
     let Some(env) = common::slurm_env() else {
@@ -370,7 +370,7 @@ fn scontrol_requeue_of_a_running_task_redoes_that_task_only() {
         made += requeue_job(
             &SlurmJob::new(env.clone()),
             &mut rng,
-            (wanted - made).min(4),
+            (wanted - made).min(8),
         );
         jobs += 1;
     }
@@ -397,7 +397,7 @@ fn requeue_job(job: &SlurmJob, rng: &mut common::Rng, requeues: u64) -> u64 {
     while (victims.len() as u64) < requeues && run.try_wait().unwrap().is_none() {
         // Some items in (of a task's 10 s), so that the checkpoint has something to resume from.
         std::thread::sleep(Duration::from_millis(1000 + rng.below(3000)));
-        let tasks = wait_for_tasks(job, &name, Duration::from_secs(60), |_| true);
+        let tasks = wait_for_tasks(job, &name, Duration::from_secs(180), |_| true);
         let running: Vec<&String> = tasks
             .iter()
             .filter(|(_, state)| state == "RUNNING")
