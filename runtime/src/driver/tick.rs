@@ -181,7 +181,7 @@ impl Loop<'_> {
                     let done = engine::verdict(&self.cfg, &job, &tasks, now_ms());
                     let succeeded = done.phase == JobPhase::Succeeded;
                     match aggregate::finish(backends, &job, &tasks, succeeded).await {
-                        Ok(()) => return self.end(done).await,
+                        Ok(()) => return self.end(done, &tasks).await,
                         Err(e) => e,
                     }
                 };
@@ -196,7 +196,7 @@ impl Loop<'_> {
                 let mut failed = engine::verdict(&self.cfg, &job, &tasks, now_ms());
                 failed.phase = JobPhase::Failed;
                 failed.message = Some(format!("aggregation failed: {ended}"));
-                return self.end(failed).await;
+                return self.end(failed, &tasks).await;
             }
             let idle = decision.is_empty();
             self.apply(decision, &exec).await?;
@@ -217,13 +217,11 @@ impl Loop<'_> {
         }
     }
 
-    /// Writes the job's end and says so.
-    async fn end(&self, done: JobRecord) -> Result<JobRecord> {
+    /// Writes the job's end and says so; `tasks` are its rows as the end was decided on.
+    async fn end(&self, done: JobRecord, tasks: &[TaskRecord]) -> Result<JobRecord> {
         let state = self.platform.backends().state.as_ref();
         let done = finish_job(state, done).await?;
-        if let Ok(tasks) = state.list_tasks(&self.id).await {
-            history::close_committed(state, &self.id, &tasks).await;
-        }
+        history::close_committed(state, &self.id, tasks).await;
         info!(
             phase = %done.phase,
             message = done.message.as_deref().unwrap_or(""),
