@@ -180,9 +180,13 @@ fn kill_9_during_sqlite_commits_leaves_every_database_intact() {
     let seen = read_output(&s.path("out"));
     seen.assert_each_item_once(N);
     assert_eq!(seen.error_rows, 0);
-    eprintln!(
-        "chaos (sqlite): seed {seed}: {killed} processes killed with kill -9, \
-         {checked} integrity checks ok, 0 items lost, 0 duplicated"
+    common::chaos_summary(
+        "sqlite",
+        seed,
+        &format!(
+            "{killed} processes killed with kill -9, \
+         {checked} integrity checks ok"
+        ),
     );
 }
 
@@ -205,12 +209,16 @@ fn kill_9_of_workers_and_driver_loses_and_duplicates_nothing() {
         total.workers += f.workers;
         total.drivers += f.drivers;
     }
-    eprintln!(
-        "chaos: seed {seed}: {trials} jobs of {ITEMS} items, {} faults ({} worker kill -9, {} \
-         driver kill -9), 0 items lost, 0 duplicated",
-        total.workers + total.drivers,
-        total.workers,
-        total.drivers
+    common::chaos_summary(
+        "workers",
+        seed,
+        &format!(
+            "{trials} jobs of {ITEMS} items, {} faults ({} worker kill -9, {} \
+         driver kill -9)",
+            total.workers + total.drivers,
+            total.workers,
+            total.drivers
+        ),
     );
 }
 
@@ -233,9 +241,13 @@ fn a_worker_frozen_past_its_lease_never_commits_once_its_task_moved_on() {
         zombies += zombie_round((wanted - zombies).min(8));
         rounds += 1;
     }
-    eprintln!(
-        "chaos (zombie): seed -: {rounds} jobs, {zombies} workers frozen past their lease and \
-         woken after their tasks moved on, none committed, 0 items lost, 0 duplicated"
+    common::chaos_summary(
+        "zombie",
+        "-",
+        &format!(
+            "{rounds} jobs, {zombies} workers frozen past their lease and \
+         woken after their tasks moved on, none committed"
+        ),
     );
 }
 
@@ -402,8 +414,9 @@ fn a_full_disk_stops_the_run_with_a_clear_error_and_the_resumed_run_is_exact() {
             serde_json::from_slice(&std::fs::read(s.path("out/_SUCCESS")).unwrap()).unwrap();
         assert_eq!(success["rows"], N, "{success}");
     }
-    eprintln!(
-        "chaos (disk): seed {seed}: {trials} full disks ({}), 0 items lost, 0 duplicated",
-        stopped_at.join(", ")
+    common::chaos_summary(
+        "disk",
+        seed,
+        &format!("{trials} full disks ({})", stopped_at.join(", ")),
     );
 }

@@ -703,9 +703,13 @@ async fn the_operator_and_its_standby_under_repeated_kill_9_lose_nothing() {
             "an array was submitted twice: {rows:?}"
         );
     }
-    eprintln!(
-        "chaos (operator): seed {seed}: {jobs} jobs of {ITEMS} items, {kills} kill -9 of the \
-         leading operator, 0 items lost, 0 duplicated"
+    common::chaos_summary(
+        "operator",
+        seed,
+        &format!(
+            "{jobs} jobs of {ITEMS} items, {kills} kill -9 of the \
+         leading operator"
+        ),
     );
 }
 
@@ -1169,9 +1173,13 @@ async fn an_evicted_pod_redoes_its_task_only() {
     }
     // An eviction may land just after its task committed: not every one makes a task run again.
     assert!(again > 0, "no evicted task ran again");
-    eprintln!(
-        "chaos (eviction): seed {seed}: {jobs} jobs, {made} pods evicted ({again} tasks ran \
-         again), 0 items lost, 0 duplicated"
+    common::chaos_summary(
+        "eviction",
+        seed,
+        &format!(
+            "{jobs} jobs, {made} pods evicted ({again} tasks ran \
+         again)"
+        ),
     );
 }
 

@@ -412,11 +412,15 @@ async fn kill_9_of_workers_and_driver_on_a_faulty_aws_endpoint_loses_nothing() {
         errors += stats.errors;
         resets += stats.resets;
     }
-    eprintln!(
-        "chaos (s3): seed {seed}: {trials} jobs, {} faults ({workers_killed} worker kill -9, \
+    common::chaos_summary(
+        "s3",
+        seed,
+        &format!(
+            "{trials} jobs, {} faults ({workers_killed} worker kill -9, \
          {drivers_killed} driver kill -9) with {errors} error answers and {resets} resets from \
-         the proxy, 0 items lost, 0 duplicated",
-        workers_killed + drivers_killed,
+         the proxy",
+            workers_killed + drivers_killed
+        ),
     );
 }
 

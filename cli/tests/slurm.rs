@@ -374,9 +374,10 @@ fn scontrol_requeue_of_a_running_task_redoes_that_task_only() {
         );
         jobs += 1;
     }
-    eprintln!(
-        "chaos (requeue): seed {seed}: {jobs} jobs, {made} scontrol requeue, 0 items lost, \
-         0 duplicated"
+    common::chaos_summary(
+        "requeue",
+        seed,
+        &format!("{jobs} jobs, {made} scontrol requeue"),
     );
 }
 
@@ -681,13 +682,17 @@ async fn slurmrestd_errors_resets_and_latency_lose_and_duplicate_nothing() {
         round += 1;
     }
     let stats = proxy.stats();
-    eprintln!(
-        "chaos (slurmrestd): seed {seed}: {round} jobs, {} requests, {} faults ({} error \
-         answers, {} resets, {} delayed), 0 items lost, 0 duplicated",
-        stats.requests,
-        faults(&stats),
-        stats.errors,
-        stats.resets,
-        stats.delayed
+    common::chaos_summary(
+        "slurmrestd",
+        seed,
+        &format!(
+            "{round} jobs, {} requests, {} faults ({} error \
+         answers, {} resets, {} delayed)",
+            stats.requests,
+            faults(&stats),
+            stats.errors,
+            stats.resets,
+            stats.delayed
+        ),
     );
 }

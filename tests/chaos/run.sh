@@ -65,7 +65,7 @@ for name in "${scenarios[@]}"; do
     verdict=FAILED
     failed+=("$name")
   fi
-  # The last word of the test: "chaos (…): seed …: what it injected, 0 lost, 0 duplicated".
+  # The last word of the test, as cli/tests/common chaos_summary() prints it.
   summary=$(grep -E '^chaos.*: seed [0-9-]+:' "$log/$name.log" | tail -1 || true)
   echo "$verdict in $((SECONDS - started)) s: ${summary:-(no summary: see $log/$name.log)}"
 done

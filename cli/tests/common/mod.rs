@@ -365,3 +365,10 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// The last word of a chaos scenario, in the one shape `tests/chaos/run.sh` reads back:
+/// `chaos (SCENARIO): seed SEED: what was injected, 0 items lost, 0 duplicated` (printed once
+/// the scenario's checks passed; a loss or a duplicate fails the test before).
+pub fn chaos_summary(scenario: &str, seed: impl std::fmt::Display, injected: &str) {
+    eprintln!("chaos ({scenario}): seed {seed}: {injected}, 0 items lost, 0 duplicated");
+}
