@@ -86,10 +86,13 @@ if [[ -e "${gen[0]}" ]]; then
     [[ -e "$f" ]] || continue
     [[ -e "$repo/crds/$(basename "$f")" ]] || fail "charts/orch-operator/crds/$(basename "$f") has no generated original in crds/"
   done
-  n="$("$helm" template orch "$chart" "${required[@]}" --include-crds | grep -c '^kind: CustomResourceDefinition')"
+  # Rendered once into a file: `helm template | grep -q` under pipefail fails at random when
+  # grep exits on its first match and helm dies of SIGPIPE.
+  "$helm" template orch "$chart" "${required[@]}" --include-crds >"$out/with-crds.yaml"
+  n="$(grep -c '^kind: CustomResourceDefinition' "$out/with-crds.yaml")"
   [[ "$n" == "${#gen[@]}" ]] || fail "helm template --include-crds rendered $n CRDs, expected ${#gen[@]}"
   for crd in orchjobs.orch.dev taskgroups.orch.dev ratelimits.orch.dev orchpolicies.orch.dev; do
-    "$helm" template orch "$chart" "${required[@]}" --include-crds | grep -q "name: $crd\$" || fail "CRD $crd missing from the chart"
+    grep -q "name: $crd\$" "$out/with-crds.yaml" || fail "CRD $crd missing from the chart"
   done
 else
   say "CRDs: no generated crds/orch.dev_*.yaml yet; skipping the copy check"
