@@ -47,6 +47,25 @@ fn task_status(s: &Scratch, job: &std::path::Path, task: u32) -> serde_json::Val
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A worker that has claimed its task (its start is in the history) and done some of its
+/// items, but not all (250 items of 10 ms, two at a time, take it over a second): its pid and
+/// task.
+fn claimed_worker(s: &Scratch, child: &mut std::process::Child) -> (u32, u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "orch ended too early");
+        let found = workers_of(&s.path(".orch"))
+            .into_iter()
+            .find_map(|pid| Some((pid, task_of(pid)?)));
+        if let Some(found) = found {
+            std::thread::sleep(Duration::from_millis(400));
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no worker started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_worker_killed_with_sigkill_leaves_a_lost_attempt_with_its_signal_then_a_succeeded_one() {
     let s = Scratch::new();
@@ -65,21 +84,7 @@ fn a_worker_killed_with_sigkill_leaves_a_lost_attempt_with_its_signal_then_a_suc
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // A worker that has claimed its task (its start is in the history) and done some of its
-    // items, but not all: 250 items take it over a second.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (pid, task) = loop {
-        assert!(child.try_wait().unwrap().is_none(), "orch ended too early");
-        let found = workers_of(&s.path(".orch"))
-            .into_iter()
-            .find_map(|pid| Some((pid, task_of(pid)?)));
-        if let Some((pid, task)) = found {
-            std::thread::sleep(Duration::from_millis(400));
-            break (pid, task);
-        }
-        assert!(Instant::now() < deadline, "no worker started");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (pid, task) = claimed_worker(&s, &mut child);
     kill(pid, "-KILL");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -133,6 +138,52 @@ fn a_worker_killed_with_sigkill_leaves_a_lost_attempt_with_its_signal_then_a_suc
     assert!(succeeded >= 7, "6 work tasks and a final merge: {status:#}");
     assert_eq!(status["attempts"]["total"], succeeded + 1, "{status:#}");
     assert!(status["deadLetter"]["tasks"].as_array().unwrap().is_empty());
+}
+
+/// `orch run` and its workers killed together (a `kill -9` of the process group, a crash of
+/// the terminal): the next `orch run` on this machine sees their processes are gone and ends
+/// their attempts at once instead of waiting out their leases.
+#[test]
+fn a_rerun_ends_at_once_the_attempts_of_workers_killed_with_their_driver() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 1_500);
+    let job = s.write(
+        "job.yaml",
+        &job_yaml(
+            "killed-together",
+            "{builtin: {name: sleep, duration: 10ms}, concurrency: 2}",
+            3,
+        ),
+    );
+    let mut child = s
+        .orch_cmd(&["run", "--no-progress", job.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let (pid, task) = claimed_worker(&s, &mut child);
+    std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = task_status(&s, &job, task);
+    assert_eq!(report["task"]["state"], "succeeded", "{report:#}");
+    let lost = &report["attempts"][0];
+    assert_eq!(lost["outcome"], "lost", "{report:#}");
+    assert_eq!(lost["error"]["kind"], "infrastructure", "{report:#}");
+    let message = lost["error"]["message"].as_str().unwrap();
+    // Had the rerun waited for the lease, the loss would read "stopped renewing its lease".
+    assert!(
+        message.contains(&format!(":{pid} is no longer running")),
+        "{report:#}"
+    );
+    assert_eq!(report["attempts"][1]["outcome"], "succeeded", "{report:#}");
 }
 
 #[test]

@@ -336,6 +336,14 @@ pub trait Executor: Send + Sync {
     async fn resume(&self) -> BackendResult<()> {
         Ok(())
     }
+    /// The worker `owner` (a task row's lease owner, `host:pid`) is known to have ended
+    /// although this executor never started it: a process of this machine that no longer
+    /// exists. A coordinator restarted on the machine of its predecessor then takes back the
+    /// attempts whose workers died with it at once, instead of waiting out their leases.
+    /// Executors whose workers run elsewhere cannot tell, and say no.
+    fn worker_gone(&self, _owner: &str) -> bool {
+        false
+    }
     /// The driver is stopping (Ctrl-C, an error): start no more workers, and give those running
     /// on this machine up to `grace` to checkpoint and end. Executors whose workers run
     /// elsewhere (Slurm arrays, Indexed Jobs) leave them running: the next driver finds them.

@@ -17,7 +17,7 @@
 //! Drivers must poll the executor *before* reading task rows: a worker commits its row before
 //! it exits, so "exited" together with a row that is not `succeeded` really means a lost attempt.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
@@ -105,6 +105,10 @@ pub struct Observation<'a> {
     /// What the executor knows of each task's current attempt; absent = not asked.
     pub exec: &'a HashMap<u32, ExecState>,
     pub due_retries: &'a [DueRetry],
+    /// Running tasks whose worker (the lease owner) is known to be gone although the executor
+    /// has no record of it: a worker of an earlier coordinator on this machine whose process
+    /// no longer exists. Its lease need not run out.
+    pub gone_workers: &'a HashSet<u32>,
 }
 
 /// Tasks dispatched together as one task group (one array submission).
@@ -370,6 +374,16 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
             if t.state == TaskState::Running && t.lease_owner.is_none() =>
         {
             Some(worker_said.unwrap_or_else(|| infra("worker released its claim".into())))
+        }
+        Some(ExecState::Unknown) | None
+            if t.state == TaskState::Running && obs.gone_workers.contains(&t.id) =>
+        {
+            Some(worker_said.unwrap_or_else(|| {
+                infra(format!(
+                    "worker {} is no longer running (it was started by an earlier coordinator)",
+                    t.lease_owner.as_deref().unwrap_or("?")
+                ))
+            }))
         }
         Some(ExecState::Unknown | ExecState::Running | ExecState::Queued) | None
             if lease_expired =>

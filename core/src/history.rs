@@ -249,31 +249,6 @@ impl AttemptCounts {
     }
 }
 
-/// This machine's name as far as it can be found without `unsafe` (no `gethostname`):
-/// `HOSTNAME`, the kernel's name on Linux, `/etc/hostname`, else `unknown-host`. Reduced to the
-/// characters of a host name, so it cannot break a `host:pid` owner or a message.
-pub fn hostname() -> &'static str {
-    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| {
-        let found = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .unwrap_or_default();
-        let clean: String = found
-            .trim()
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-            .take(64)
-            .collect();
-        if clean.is_empty() {
-            "unknown-host".to_string()
-        } else {
-            clean
-        }
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod load;
 pub mod logging;
 pub mod model;
+pub mod owner;
 pub mod partition;
 pub mod platform;
 pub mod policy;

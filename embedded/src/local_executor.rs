@@ -14,18 +14,30 @@ use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, BackendResult, ExecState, ExecStatus, Executor};
 use orch_core::invocation::WorkerInvocation;
 use orch_core::model::{TaskGroup, TaskKind};
+use orch_core::owner::pid_on_this_host;
+use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 use tokio::sync::Notify;
 
 /// How long a cancelled worker may take to checkpoint and exit before it is killed.
 const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn signal(pid: u32, sig: &str) {
-    if let Err(e) = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-    {
-        tracing::warn!(pid, error = %e, "cannot signal the worker");
+fn signal(pid: u32, sig: Signal) {
+    let Some(target) = as_pid(pid) else { return };
+    match kill_process(target, sig) {
+        // Gone meanwhile: it ended on its own, which is what was asked.
+        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+        Err(e) => tracing::warn!(pid, error = %e, "cannot signal the worker"),
     }
+}
+
+fn as_pid(pid: u32) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(pid).ok()?)
+}
+
+/// Whether no process `pid` exists on this machine. A process we may not signal exists; so
+/// does a recycled pid — then the lease decides, as it would have anyway.
+fn process_gone(pid: u32) -> bool {
+    as_pid(pid).is_some_and(|p| test_kill_process(p) == Err(rustix::io::Errno::SRCH))
 }
 
 /// How to start a worker for one task.
@@ -240,6 +252,12 @@ impl Executor for LocalExecutor {
         )
     }
 
+    /// Workers run on this machine: a `host:pid` owner of this host whose process is gone
+    /// has ended (the pid of one of ours that is still running is not gone).
+    fn worker_gone(&self, owner: &str) -> bool {
+        pid_on_this_host(owner).is_some_and(process_gone)
+    }
+
     /// Closes the queue and waits up to `grace` for the running workers to end.
     async fn shutdown(&self, grace: std::time::Duration) {
         self.close();
@@ -320,7 +338,7 @@ impl Executor for LocalExecutor {
             };
             // SIGTERM so the worker checkpoints; SIGKILL if it is still there after a grace
             // period (a hung handler). `kill` avoids unsafe libc calls.
-            signal(pid, "-TERM");
+            signal(pid, Signal::TERM);
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(KILL_GRACE).await;
@@ -329,7 +347,7 @@ impl Executor for LocalExecutor {
                     .unwrap_or(false);
                 if alive {
                     tracing::warn!(worker = %key, pid, "worker ignored SIGTERM; killing it");
-                    signal(pid, "-KILL");
+                    signal(pid, Signal::KILL);
                 }
             });
         }

@@ -159,3 +159,24 @@ async fn cancel_stops_running_and_queued_workers() {
         }
     );
 }
+
+#[test]
+fn a_worker_of_this_host_is_gone_only_once_its_process_is() {
+    use orch_core::owner::{hostname, this_process};
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(dir.path(), 1);
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let owner = format!("{}:{}", hostname(), child.id());
+    assert!(!ex.worker_gone(&owner), "alive");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ex.worker_gone(&owner), "reaped: no such process");
+    assert!(!ex.worker_gone(&this_process()));
+    // Another machine's worker, or an owner that is not `host:pid`: the lease decides.
+    let elsewhere = format!("not-{}:{}", hostname(), child.id());
+    assert!(!ex.worker_gone(&elsewhere));
+    assert!(!ex.worker_gone("garbage"));
+}

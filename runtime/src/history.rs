@@ -5,8 +5,9 @@
 //! caller goes on — a history write never fails a task or stops a driver.
 
 use orch_core::backend::{ExecState, StateStore};
-use orch_core::history::{AttemptOutcome, AttemptRecord, hostname};
+use orch_core::history::{AttemptOutcome, AttemptRecord};
 use orch_core::model::{TaskRecord, TaskState, now_ms};
+use orch_core::owner::hostname;
 use tracing::warn;
 
 /// Writes `record`, logging rather than failing.

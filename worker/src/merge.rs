@@ -4,17 +4,18 @@
 //! like a work task. See docs/architecture.md ("Aggregate").
 
 use orch_core::model::{TaskKind, TaskRecord};
+use orch_core::owner::this_process;
 use orch_core::platform::Backends;
 use tracing::{Instrument, info};
 
 use crate::error::{Error, Result};
-use crate::run::{HEARTBEAT, WorkerArgs, claim, commit, heartbeat, record_failure, worker_id};
+use crate::run::{HEARTBEAT, WorkerArgs, claim, commit, heartbeat, record_failure};
 
 /// Runs aggregation task `args.task`, which the executor started as a `expected` task; returns
 /// the committed row.
 pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> Result<TaskRecord> {
     let state = backends.state.as_ref();
-    let mut row = claim(state, args, &worker_id()).await?;
+    let mut row = claim(state, args, &this_process()).await?;
     let span = tracing::info_span!("aggregate", job = %args.job, task = args.task, attempt = row.attempt, stage = %row.kind);
     let result = async {
         if row.kind != expected {

@@ -21,6 +21,7 @@ use orch_core::model::{
     Batch, DoneMarker, ErrorKind, FileSum, JobManifest, SCHEMA_VERSION, TaskError, TaskRecord,
     TaskState, now_ms,
 };
+use orch_core::owner::this_process;
 use orch_core::partition::jsonl_items;
 use orch_core::platform::Backends;
 use orch_core::spec::{BuiltinName, InputFormat, JobSpec};
@@ -86,7 +87,7 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
         }
         None => return Err(Error::Setup(format!("job {} has no job.json", args.job))),
     };
-    let worker_id = worker_id();
+    let worker_id = this_process();
     let mut row = claim(backends.state.as_ref(), args, &worker_id).await?;
     if !row.kind.is_work() {
         return Err(Error::Setup(format!(
@@ -130,15 +131,6 @@ fn near_time_limit() -> bool {
         .ok()
         .and_then(|at| at.parse::<u64>().ok())
         .is_some_and(|at| now_ms() / 1000 + 90 >= at)
-}
-
-/// Who holds a claim: the host and this process.
-pub(crate) fn worker_id() -> String {
-    format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
-        std::process::id()
-    )
 }
 
 /// Dispatched → running, only for the attempt of our task group.
@@ -218,7 +210,7 @@ pub(crate) async fn heartbeat(
 /// unfit for the task (its scratch disk full) says why in the task row and the attempt
 /// history, where `orch status` shows it, rather than in an exit code alone.
 pub async fn refuse(state: &dyn StateStore, args: &WorkerArgs, e: &Error) {
-    if claim(state, args, &worker_id()).await.is_ok() {
+    if claim(state, args, &this_process()).await.is_ok() {
         record_failure(state, args, e).await;
     }
 }

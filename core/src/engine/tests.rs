@@ -1,7 +1,7 @@
 //! Engine tests: hand-written scenarios, and a property test that runs the engine against a
 //! simulated store, executor, queue and misbehaving workers (with coordinator restarts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
@@ -65,8 +65,11 @@ fn observe<'a>(
         tasks,
         exec,
         due_retries: due,
+        gone_workers: &NONE_GONE,
     }
 }
+
+static NONE_GONE: std::sync::LazyLock<HashSet<u32>> = std::sync::LazyLock::new(HashSet::new);
 
 #[test]
 fn pending_tasks_are_dispatched_as_one_group() {
@@ -321,6 +324,31 @@ fn a_released_claim_is_retried_without_waiting_for_the_lease() {
             .failures
             .is_empty()
     );
+}
+
+#[test]
+fn a_gone_worker_of_an_earlier_coordinator_is_lost_without_waiting_for_the_lease() {
+    let c = cfg(3);
+    let j = job(3, 1);
+    let mut t = tasks(1);
+    t[0].state = TaskState::Running;
+    t[0].attempt = 1;
+    t[0].lease_owner = Some("host-a:42".into());
+    t[0].lease_expiry = Some(1_000_000);
+    let unknown = HashMap::from([(0, ExecState::Unknown)]);
+    let gone = HashSet::from([0]);
+    let mut o = observe(1, &j, &t, &unknown, &[]);
+    assert!(decide(&c, o).failures.is_empty(), "alive: its lease holds");
+    o.gone_workers = &gone;
+    let d = decide(&c, o);
+    let error = d.failures[0].task.last_error.clone().unwrap();
+    assert_eq!(error.kind, ErrorKind::Infrastructure);
+    assert!(error.message.contains("host-a:42"), "{error:?}");
+    // An executor that still runs the attempt knows better than a guess about its owner.
+    let running = HashMap::from([(0, ExecState::Running)]);
+    let mut o = observe(1, &j, &t, &running, &[]);
+    o.gone_workers = &gone;
+    assert!(decide(&c, o).failures.is_empty());
 }
 
 #[test]

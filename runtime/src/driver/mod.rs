@@ -6,7 +6,7 @@
 //! All progress lives in the stores, so running the same job file again after a crash (of the
 //! driver, a worker or the machine) resumes the job instead of starting over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -143,6 +143,22 @@ impl Loop<'_> {
                 .filter(|(id, attempt, _)| current(id) == Some(*attempt))
                 .filter_map(|(id, _, _)| Some((*id, polled.remove(id)?)))
                 .collect();
+            // Workers the executor never started (an earlier `orch run` did) whose process is
+            // gone: asked only of running rows the executor knows nothing of, rare after a
+            // restart and never otherwise.
+            let gone_workers: HashSet<u32> = tasks
+                .iter()
+                .filter(|t| {
+                    t.state == TaskState::Running
+                        && matches!(exec.get(&t.id), Some(ExecState::Unknown) | None)
+                })
+                .filter(|t| {
+                    t.lease_owner
+                        .as_deref()
+                        .is_some_and(|o| self.executor.worker_gone(o))
+                })
+                .map(|t| t.id)
+                .collect();
             let decision = engine::decide(
                 &self.cfg,
                 Observation {
@@ -151,6 +167,7 @@ impl Loop<'_> {
                     tasks,
                     exec: &exec,
                     due_retries: &due,
+                    gone_workers: &gone_workers,
                 },
             );
             let shown = progress(&job, tasks);
