@@ -8,6 +8,7 @@
 
 mod cluster;
 mod init;
+mod logs;
 mod retry;
 mod run;
 mod status;
@@ -86,6 +87,17 @@ orch status --cluster -n team-a\n\n\
     Pause(cluster::NameArgs),
     /// Resume a paused OrchJob (clears spec.suspend).
     Resume(cluster::NameArgs),
+    /// Print a task's log (every attempt), or every failed attempt's error and log end.
+    #[command(
+        long_about = "Print the log of a task's attempts: the worker's own lines and its \
+handler's stderr. Without TASK, every attempt that failed or was lost, each with its error and \
+the last lines of its log. Reads the job's storage (and, for S3 storage, the logs `orch run` \
+kept in ./.orch/logs).",
+        after_help = "Examples:\n  orch logs job.yaml            every failed attempt, with its error\n  \
+orch logs job.yaml 3 -f       task 3's log, as it grows, until the task ends\n  \
+orch logs job.yaml 3 --attempt 1 --tail 50 --since 10m"
+    )]
+    Logs(logs::LogsArgs),
     /// Run an ended job's failed tasks, or only its failed items (--items), again.
     #[command(
         long_about = "Run an ended job's failed work again and replace its output with the merged \
@@ -212,6 +224,7 @@ fn main() -> ExitCode {
         Command::Validate { file, show } => run::validate(&file, show),
         Command::Submit(args) => cluster::submit(args, kubectl),
         Command::Status(args) => cluster::status(args, kubectl),
+        Command::Logs(args) => logs::logs(args),
         Command::Pause(args) => cluster::request(cluster::Request::Pause, args),
         Command::Resume(args) => cluster::request(cluster::Request::Resume, args),
         Command::Retry(args) => retry::retry(args, kubectl),
@@ -227,7 +240,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            if !f.message.is_empty() {
+                eprintln!("error: {}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }

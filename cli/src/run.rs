@@ -211,10 +211,7 @@ async fn run_on_storage(job: &LoadedJob, opts: RunOptions) -> Result<driver::Run
         &storage,
         &orch_connect::PlatformOptions {
             scratch: scratch.clone(),
-            log_root: std::env::current_dir()
-                .unwrap_or_default()
-                .join(orch_connect::DEFAULT_STORAGE)
-                .join("logs"),
+            log_root: orch_connect::local_log_root(),
             job_lease: None,
         },
     )

@@ -140,24 +140,9 @@ struct FailedTask {
 
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let hint = cluster_hint(args.job.as_deref());
-    let (id, storage) = resolve(&args)?;
-    let storage = storage.unwrap_or_else(|| orch_connect::DEFAULT_STORAGE.into());
-    let root = Location::parse(&storage, &std::env::current_dir().unwrap_or_default())
-        .map_err(Failure::usage)?;
+    let (id, storage) = resolve(args.job.as_deref(), args.storage.clone())?;
     let rt = crate::runtime()?;
-    // A directory without state is a mistake (a wrong --storage); opening it would create one.
-    if let Location::Local(p) = &root
-        && !p.join(layout::state_db()).exists()
-    {
-        return Err(Failure::usage(format!(
-            "no orch state in {} (run a job first, or pass --storage){hint}",
-            p.display()
-        )));
-    }
-    let scratch = orch_connect::scratch_dir(&format!("orch-status-{}", std::process::id()));
-    let backends = rt
-        .block_on(orch_connect::open_backends(&root.to_uri(), scratch))
-        .map_err(crate::run::port_failure)?;
+    let (root, backends) = open_stores(&rt, storage, &hint)?;
     let Some(id) = id else {
         let jobs = rt
             .block_on(async {
@@ -179,11 +164,7 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
         return Ok(0);
     };
     let Some((job, tasks)) = rt.block_on(driver::load_status(&backends, &id))? else {
-        return Err(Failure::usage(format!(
-            "no job `{id}` in {} (a job is identified by its file and its input: if the input \
-             changed since the run, `orch status` without arguments lists every job){hint}",
-            crate::run::display_uri(&root.to_uri())
-        )));
+        return Err(no_job(&id, &root, &hint));
     };
     if let Some(n) = args.task {
         let last = tasks.iter().map(|t| t.id).max().unwrap_or(0);
@@ -281,14 +262,53 @@ fn shell_word(word: &str) -> String {
 }
 
 /// A job file resolves to its job id (same rule as `orch run`); anything else is an id.
-fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failure> {
-    let Some(arg) = &args.job else {
-        return Ok((None, args.storage.clone()));
+/// The stores of `storage` (default `./.orch`) and where they are.
+pub(crate) fn open_stores(
+    rt: &tokio::runtime::Runtime,
+    storage: Option<String>,
+    hint: &str,
+) -> Result<(Location, Backends), Failure> {
+    let storage = storage.unwrap_or_else(|| orch_connect::DEFAULT_STORAGE.into());
+    let root = Location::parse(&storage, &std::env::current_dir().unwrap_or_default())
+        .map_err(Failure::usage)?;
+    // A directory without state is a mistake (a wrong --storage); opening it would create one.
+    if let Location::Local(p) = &root
+        && !p.join(layout::state_db()).exists()
+    {
+        return Err(Failure::usage(format!(
+            "no orch state in {} (run a job first, or pass --storage){hint}",
+            p.display()
+        )));
+    }
+    let scratch = orch_connect::scratch_dir(&format!("orch-status-{}", std::process::id()));
+    let backends = rt
+        .block_on(orch_connect::open_backends(&root.to_uri(), scratch))
+        .map_err(crate::run::port_failure)?;
+    Ok((root, backends))
+}
+
+/// No job `id` in the stores at `root`.
+pub(crate) fn no_job(id: &str, root: &Location, hint: &str) -> Failure {
+    Failure::usage(format!(
+        "no job `{id}` in {} (a job is identified by its file and its input: if the input \
+         changed since the run, `orch status` without arguments lists every job){hint}",
+        crate::run::display_uri(&root.to_uri())
+    ))
+}
+
+/// The job id `job` names (a job file, or an id) and the storage to read it from: `storage`,
+/// else the job file's `storage.uri`.
+pub(crate) fn resolve(
+    job: Option<&str>,
+    storage: Option<String>,
+) -> Result<(Option<String>, Option<String>), Failure> {
+    let Some(arg) = job else {
+        return Ok((None, storage));
     };
     let path = PathBuf::from(arg);
     if path.is_file() {
         let job = orch_core::load::load(&path)?;
-        let storage = args.storage.clone().or(job.file.spec.storage.uri.clone());
+        let storage = storage.or(job.file.spec.storage.uri.clone());
         let id = crate::runtime()?.block_on(async {
             let locations = crate::run::input_locations(&job).await?;
             let sources = orch_runtime::input::sources(&job.file.spec, locations.as_ref()).await?;
@@ -303,13 +323,13 @@ fn resolve(args: &StatusArgs) -> Result<(Option<String>, Option<String>), Failur
             cluster_hint(Some(arg))
         )));
     }
-    Ok((Some(arg.clone()), args.storage.clone()))
+    Ok((Some(arg.to_string()), storage))
 }
 
 /// Without a cluster flag `orch status NAME` reads the local stores, so a NAME that is no
 /// local job may well be an OrchJob: the errors say how to ask the cluster. Only for an
 /// argument that is no file and could be an OrchJob name.
-fn cluster_hint(arg: Option<&str>) -> String {
+pub(crate) fn cluster_hint(arg: Option<&str>) -> String {
     match arg {
         Some(name)
             if !std::path::Path::new(name).exists()

@@ -262,6 +262,31 @@ async fn a_final_merge_that_keeps_failing_fails_the_job_after_its_attempts() {
             .any(|t| t["kind"] == "final merge" && t["attempt"] == 3),
         "{report}"
     );
+
+    // `orch logs` names each failed attempt of the final merge and shows the end of its log,
+    // read from where `orch run` kept the logs of the workers it started.
+    let logs = aws
+        .orch(&aws.endpoint, &["logs", job_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let printed = common::text(&logs);
+    assert_eq!(logs.status.code(), Some(0), "{printed}");
+    let stdout = String::from_utf8_lossy(&logs.stdout);
+    for attempt in 1..=3 {
+        assert!(
+            stdout.contains(&format!(
+                "==> task {} attempt {attempt}, final merge, failed: ",
+                last.id
+            )),
+            "{printed}"
+        );
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| !l.starts_with("==> ") && l.contains("blocked")),
+        "the log's end names the path that cannot be written: {printed}"
+    );
 }
 
 /// A cancel while the final merge (on S3 storage) waits for its retry: no second attempt, the

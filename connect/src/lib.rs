@@ -62,6 +62,15 @@ pub struct PlatformOptions {
     pub job_lease: Option<Duration>,
 }
 
+/// Where `orch run` on S3 storage has the workers it starts write their logs:
+/// `.orch/logs/<job>/` in the directory it was started in (`orch logs` reads them there).
+pub fn local_log_root() -> PathBuf {
+    std::env::current_dir()
+        .unwrap_or_default()
+        .join(DEFAULT_STORAGE)
+        .join("logs")
+}
+
 /// The platform a driver runs a job on, for its storage URI.
 pub async fn open_platform(
     storage_uri: &str,

@@ -1,6 +1,8 @@
 //! Storage keys of the storage layout (docs/job-spec.md), built in one place so that every component agrees on them and no
 //! key can escape the job's prefix: job ids are checked before they become keys.
 
+use crate::model::TaskKind;
+
 /// Checks that a job id is safe as a key segment (`[a-z0-9-]`, no dots or slashes).
 pub fn valid_job_id(id: &str) -> bool {
     !id.is_empty()
@@ -45,8 +47,17 @@ pub fn redrive_checkpoint(job: &str, task: u32, from_attempt: u32) -> String {
         task_name(task)
     )
 }
-pub fn task_log(job: &str, task: u32, attempt: u32) -> String {
-    format!("jobs/{job}/logs/{}.{attempt}.log", task_name(task))
+/// The file name of one attempt's log, wherever the executor keeps it.
+pub fn task_log_name(kind: TaskKind, task: u32, attempt: u32) -> String {
+    match kind {
+        TaskKind::Work => format!("{}.{attempt}.log", task_name(task)),
+        TaskKind::Merge { level } => format!("merge-{level}-{}.{attempt}.log", task_name(task)),
+        TaskKind::Final => format!("merge-final.{attempt}.log"),
+    }
+}
+/// One attempt's log in the job's storage.
+pub fn task_log(job: &str, kind: TaskKind, task: u32, attempt: u32) -> String {
+    format!("jobs/{job}/logs/{}", task_log_name(kind, task, attempt))
 }
 /// Working directory of the hierarchical merge: `<level>/<group>/` per merge group.
 pub fn aggregate_dir(job: &str) -> String {

@@ -195,12 +195,9 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
             e,
         )
     })?;
-    let log_name = match q.kind {
-        TaskKind::Work => format!("{:06}.{}.log", q.task, q.attempt),
-        TaskKind::Merge { level } => format!("merge-{level}-{:06}.{}.log", q.task, q.attempt),
-        TaskKind::Final => format!("merge-final.{}.log", q.attempt),
-    };
-    let log_path = launch.log_dir.join(log_name);
+    let log_path = launch
+        .log_dir
+        .join(orch_core::layout::task_log_name(q.kind, q.task, q.attempt));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

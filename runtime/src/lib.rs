@@ -22,6 +22,7 @@ pub mod driver;
 pub mod error;
 pub mod history;
 pub mod input;
+pub mod logs;
 pub mod rate_limits;
 pub mod redrive;
 pub mod task_cache;

@@ -1,0 +1,154 @@
+//! `orch logs` on the embedded backends: the errors of a job's failed attempts with the end of
+//! their logs, one task's attempts with `--attempt`, `--tail` and `--since`, `--follow` on a
+//! running task, and the errors a person gets for a task or attempt that does not exist.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use common::{Scratch, fixture, text};
+
+fn job_yaml(name: &str, handler: &str) -> String {
+    format!(
+        r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: {name}}}
+spec:
+  input: {{uri: in.jsonl}}
+  batch: {{size: 250}}
+  handler: {handler}
+  retry: {{maxAttempts: 2, backoff: {{initial: 50ms, factor: 2, max: 1s}}}}
+  output: {{uri: out}}
+  executor: {{local: {{parallelism: 2}}}}
+"#
+    )
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "{}", text(out));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Items 500 and up crash the handler: task 2 (items 500..600) fails both its attempts.
+fn crashing_job(s: &Scratch) -> std::path::PathBuf {
+    s.jsonl("in.jsonl", 600);
+    let handler = format!(
+        "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 2}}",
+        fixture("crash_high.py")
+    );
+    let job = s.write("job.yaml", &job_yaml("crashy-logs", &handler));
+    let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    job
+}
+
+#[test]
+fn the_errors_of_failed_attempts_and_one_tasks_log_are_printed() {
+    let s = Scratch::new();
+    let job = crashing_job(&s);
+    let job = job.to_str().unwrap();
+
+    // Every failed attempt: its header with the error, then the end of its log.
+    let errors = stdout(&s.orch(&["logs", job]));
+    let headers: Vec<&str> = errors.lines().filter(|l| l.starts_with("==> ")).collect();
+    assert_eq!(
+        headers,
+        [
+            "==> task 2 attempt 1, failed: handler keeps crashing: exit status: 3 (infrastructure) <==",
+            "==> task 2 attempt 2, failed: handler keeps crashing: exit status: 3 (infrastructure) <==",
+        ],
+        "{errors}"
+    );
+    assert_eq!(
+        errors.lines().count(),
+        2 + 2 * 10,
+        "10 lines each: {errors}"
+    );
+    assert!(
+        errors.contains("handler process keeps crashing without answering; giving up"),
+        "{errors}"
+    );
+
+    // One task, every attempt, then one attempt's last line.
+    let task = stdout(&s.orch(&["logs", job, "2"]));
+    assert!(task.starts_with("==> task 2 attempt 1 <==\n"), "{task}");
+    assert!(task.contains("\n==> task 2 attempt 2 <==\n"), "{task}");
+    let last = stdout(&s.orch(&["logs", job, "2", "--attempt", "2", "--tail", "1"]));
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(last.contains("task attempt ended without commit"), "{last}");
+
+    // A healthy task's log is all there; `--since` keeps lines by their time.
+    let healthy = stdout(&s.orch(&["logs", job, "0"]));
+    assert!(healthy.contains("claimed items=250"), "{healthy}");
+    let recent = stdout(&s.orch(&["logs", job, "0", "--since", "1h"]));
+    assert_eq!(recent, healthy);
+    std::thread::sleep(Duration::from_millis(1100));
+    let none = stdout(&s.orch(&["logs", job, "0", "--since", "1s"]));
+    assert_eq!(none, "", "every line is older than a second");
+
+    // What does not exist is named, with what does.
+    let missing = s.orch(&["logs", job, "9"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("has no task 9 (its tasks are 0 to 3)"));
+    let missing = s.orch(&["logs", job, "0", "--attempt", "3"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("task 0 has no attempt 3 (its attempts are 1 to 1)"));
+    let missing = s.orch(&["logs", "no-such-job"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+}
+
+#[test]
+fn follow_prints_a_running_tasks_lines_as_they_come_and_ends_with_the_task() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 1_000);
+    let job = s.write(
+        "job.yaml",
+        &job_yaml(
+            "followed",
+            "{builtin: {name: sleep, duration: 20ms}, concurrency: 1}",
+        ),
+    );
+    let job = job.to_str().unwrap();
+    let mut run = s
+        .orch_cmd(&["run", "--no-progress", job])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The job exists once `orch status` finds it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.orch(&["status", job]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the job never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Task 3 starts last (two at a time, 5 s each): followed before it has begun.
+    let mut follow = s
+        .orch_cmd(&["logs", job, "3", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, "==> task 3 attempt 1 <==");
+    let claimed = lines.next().unwrap().unwrap();
+    assert!(claimed.contains("claimed items=250"), "{claimed}");
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the task's first lines came only after the job had ended"
+    );
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("items done ok=250")),
+        "followed to the task's end: {rest:?}"
+    );
+    assert!(run.wait().unwrap().success());
+    // What was followed is the log as stored, from its first line on.
+    let stored = stdout(&s.orch(&["logs", job, "3"]));
+    let followed: Vec<String> = std::iter::once(claimed).chain(rest).collect();
+    assert_eq!(stored.lines().collect::<Vec<_>>(), followed);
+}
