@@ -89,6 +89,7 @@ pub fn select_lines(text: &str, since: Option<SystemTime>, tail: Option<usize>) 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::time::Duration;
