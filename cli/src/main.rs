@@ -32,12 +32,21 @@ In a cluster with orch-operator:  orch submit job.yaml   then   orch status NAME
 job file or usage, 130 interrupted.\n\
 Cluster commands use the kubeconfig (KUBECONFIG, --kubeconfig, --context, -n); see \
 docs/cli-cluster.md.\n\
-Logs: ORCH_LOG=debug for more detail, ORCH_LOG_FORMAT=json for JSON lines."
+Logs: ORCH_LOG=debug for more detail, --log-format json (ORCH_LOG_FORMAT) for JSON lines."
 )]
 struct Cli {
     /// Show progress details (info logs) on stderr.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Log lines as text or JSON (passed on to the workers `orch run` starts).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "ORCH_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: orch_core::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -189,7 +198,7 @@ impl From<orch_runtime::Error> for Failure {
     }
 }
 
-fn init_logging(verbose: bool) {
+fn init_logging(verbose: bool, format: orch_core::logging::LogFormat) {
     // kube's client logs each failed request as an error; orch reports it in one line of its
     // own, so kube stays quiet unless ORCH_LOG asks for it.
     let default = if verbose {
@@ -197,7 +206,7 @@ fn init_logging(verbose: bool) {
     } else {
         "warn,kube_client=off"
     };
-    orch_core::logging::init(default, orch_core::logging::LogFormat::from_env());
+    orch_core::logging::init(default, format);
 }
 
 /// Whether this process runs as the kubectl plugin (`kubectl orch` runs `kubectl-orch`).
@@ -218,7 +227,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Validate { file, show } => run::validate(&file, show),

@@ -152,3 +152,91 @@ fn follow_prints_a_running_tasks_lines_as_they_come_and_ends_with_the_task() {
     let followed: Vec<String> = std::iter::once(claimed).chain(rest).collect();
     assert_eq!(stored.lines().collect::<Vec<_>>(), followed);
 }
+
+/// `--log-format json` on `orch run` reaches its workers: every line of the driver and of each
+/// attempt's log is a JSON object naming the job; the workers' lines name their task, attempt,
+/// worker and executor too, and the driver's lines about a task name it and its attempt.
+#[test]
+fn json_log_lines_carry_the_ids_of_the_job_task_attempt_worker_and_executor() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 600);
+    let handler = format!(
+        "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 2}}",
+        fixture("crash_high.py")
+    );
+    let job = s.write("job.yaml", &job_yaml("json-logs", &handler));
+    let out = s
+        .orch_cmd(&[
+            "--log-format",
+            "json",
+            "-v",
+            "run",
+            "--no-progress",
+            job.to_str().unwrap(),
+        ])
+        .env_remove("ORCH_LOG_FORMAT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let id = s.status(&job)["job"].as_str().unwrap().to_string();
+    let parse = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    // The ids of every span a line is in, inner ones last.
+    let ids = |v: &serde_json::Value| {
+        let mut all = serde_json::Map::new();
+        for s in v["spans"].as_array().unwrap() {
+            all.extend(s.as_object().unwrap().clone());
+        }
+        all
+    };
+
+    let driver = String::from_utf8(out.stderr).unwrap();
+    let mut about_tasks = 0;
+    for line in driver.lines() {
+        let v = parse(line);
+        assert_eq!(ids(&v)["job"], id.as_str(), "{line}");
+        if v["fields"].get("task").is_some() {
+            about_tasks += 1;
+            assert!(v["fields"]["attempt"].is_u64(), "{line}");
+        }
+    }
+    assert!(
+        about_tasks >= 2,
+        "the lost and the failed attempt: {driver}"
+    );
+
+    let logs = std::fs::read_dir(s.path(&format!(".orch/jobs/{id}/logs"))).unwrap();
+    let mut lines = 0;
+    for log in logs {
+        let path = log.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // `000002.1.log` is task 2, attempt 1; the final merge is task 3.
+        let (task, attempt) = match name.split('.').collect::<Vec<_>>()[..] {
+            ["merge-final", a, "log"] => (3, a.parse::<u64>().unwrap()),
+            [t, a, "log"] => (t.parse::<u64>().unwrap(), a.parse::<u64>().unwrap()),
+            _ => panic!("unexpected log {name}"),
+        };
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            lines += 1;
+            let span = ids(&parse(line));
+            assert_eq!(span["job"], id.as_str(), "{name}: {line}");
+            assert_eq!(span["task"], task, "{name}: {line}");
+            assert_eq!(span["attempt"], attempt, "{name}: {line}");
+            assert!(
+                span["worker"].as_str().is_some_and(|w| w.contains(':')),
+                "{line}"
+            );
+            assert_eq!(
+                span["executor"],
+                if task == 3 {
+                    format!("local:final:3:{attempt}")
+                } else {
+                    format!("local:{task}:{attempt}")
+                },
+                "{name}: {line}"
+            );
+        }
+    }
+    assert!(lines > 20, "{lines} lines");
+}

@@ -63,6 +63,27 @@ pub const TASK_INDEX_VARIABLES: [&str; 3] = [
     "JOB_COMPLETION_INDEX",
 ];
 
+/// Where the local executor puts the executor id of the attempt it starts.
+pub const EXECUTOR_ID_VARIABLE: &str = "ORCH_EXECUTOR_ID";
+
+/// The executor's name for this worker, for its log lines, from what each executor puts in the
+/// environment (`lookup`, usually `|k| std::env::var(k).ok()`): the local executor's id, a
+/// Slurm array task (`<array job>_<index>`, as `squeue` and `sacct` show it), a Kubernetes pod
+/// (its name is the host name).
+pub fn executor_id_from(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(id) = lookup(EXECUTOR_ID_VARIABLE) {
+        return Some(id);
+    }
+    if let (Some(array), Some(index)) =
+        (lookup("SLURM_ARRAY_JOB_ID"), lookup("SLURM_ARRAY_TASK_ID"))
+    {
+        return Some(format!("{array}_{index}"));
+    }
+    lookup("JOB_COMPLETION_INDEX")
+        .and(lookup("HOSTNAME"))
+        .map(|pod| format!("pod/{pod}"))
+}
+
 /// What a worker's environment can be built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerHost {
@@ -119,6 +140,16 @@ pub fn worker_variables(host: WorkerHost) -> impl Iterator<Item = &'static str> 
     SETTINGS.iter().chain(extra).copied()
 }
 
+/// The value of setting `name` in this process, as passed on to its workers: its environment,
+/// except the log format, which is the one this process logs in (its `--log-format` flag
+/// included), so that workers log like the process that started them.
+pub fn this_process_setting(name: &str) -> Option<String> {
+    if name == crate::logging::FORMAT_VARIABLE {
+        return Some(crate::logging::chosen().as_str().to_string());
+    }
+    std::env::var(name).ok()
+}
+
 /// The variables passed on to a worker on `host`, as (name, value) pairs of those `lookup`
 /// knows (usually this process's environment: `|k| std::env::var(k).ok()`): all a Slurm task
 /// or a pod gets of it. Local worker processes inherit the whole environment and need none.
@@ -134,6 +165,39 @@ pub fn worker_environment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_executor_id_comes_from_whichever_executor_started_the_worker() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            executor_id_from(env(&[
+                ("ORCH_EXECUTOR_ID", "local:3:1"),
+                ("SLURM_ARRAY_TASK_ID", "3")
+            ])),
+            Some("local:3:1".into())
+        );
+        assert_eq!(
+            executor_id_from(env(&[
+                ("SLURM_ARRAY_JOB_ID", "41"),
+                ("SLURM_ARRAY_TASK_ID", "3")
+            ])),
+            Some("41_3".into())
+        );
+        assert_eq!(
+            executor_id_from(env(&[
+                ("JOB_COMPLETION_INDEX", "3"),
+                ("HOSTNAME", "j-3-abc")
+            ])),
+            Some("pod/j-3-abc".into())
+        );
+        assert_eq!(executor_id_from(env(&[("HOSTNAME", "laptop")])), None);
+    }
 
     #[test]
     fn each_kind_has_its_subcommand_and_names_its_group() {

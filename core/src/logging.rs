@@ -10,8 +10,9 @@ pub const FILTER_VARIABLE: &str = "ORCH_LOG";
 /// The variable choosing the format: `json`, or anything else for text.
 pub const FORMAT_VARIABLE: &str = "ORCH_LOG_FORMAT";
 
-/// The format of log lines.
+/// The format of log lines: every binary's `--log-format` (default: `ORCH_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LogFormat {
     Text,
     Json,
@@ -25,11 +26,29 @@ impl LogFormat {
             _ => LogFormat::Text,
         }
     }
+
+    /// The value of `ORCH_LOG_FORMAT` that selects this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+static CHOSEN: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The format this process logs in: what [`init`] was given (a `--log-format` flag included),
+/// else `ORCH_LOG_FORMAT`. Passed on to the workers this process starts, so that they log
+/// like their driver.
+pub fn chosen() -> LogFormat {
+    CHOSEN.get().copied().unwrap_or_else(LogFormat::from_env)
 }
 
 /// Installs the global subscriber: `ORCH_LOG` if set (and valid), else `default_filter`.
 /// Colours only when stderr is a terminal. Does nothing if a subscriber is already installed.
 pub fn init(default_filter: &str, format: LogFormat) {
+    let _ = CHOSEN.set(format);
     let filter =
         EnvFilter::try_from_env(FILTER_VARIABLE).unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()

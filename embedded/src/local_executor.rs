@@ -217,12 +217,18 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
         task_offset: 0,
         manifest_sha256: q.manifest_sha256.as_deref(),
     };
-    // The worker inherits this process's environment; the index is all it adds.
+    // The worker inherits this process's environment; it adds the index, its id, and the log format
+    // this process was given (a flag is not in the environment).
     tokio::process::Command::new(program)
         .args(args)
         .args(invocation.args())
         .env("ORCH_TASK_INDEX", &task)
         .env("SLURM_ARRAY_TASK_ID", &task)
+        .env(orch_core::invocation::EXECUTOR_ID_VARIABLE, &q.id)
+        .env(
+            orch_core::logging::FORMAT_VARIABLE,
+            orch_core::logging::chosen().as_str(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))

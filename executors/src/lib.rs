@@ -159,14 +159,17 @@ impl Executors {
             workdir: cwd,
             // All the tasks get of this process's environment, by either transport: orch's
             // settings, and the variables the handler reads from the worker's environment.
-            environment: worker_environment(WorkerHost::SharedHost, |k| std::env::var(k).ok())
-                .into_iter()
-                .chain(handler_environment(&job.spec.spec.handler, |k| {
-                    std::env::var(k)
-                        .ok()
-                        .filter(|_| self.pass_handler_environment)
-                }))
-                .collect(),
+            environment: worker_environment(
+                WorkerHost::SharedHost,
+                orch_core::invocation::this_process_setting,
+            )
+            .into_iter()
+            .chain(handler_environment(&job.spec.spec.handler, |k| {
+                std::env::var(k)
+                    .ok()
+                    .filter(|_| self.pass_handler_environment)
+            }))
+            .collect(),
             plain_http: self.slurm_plain_http,
             token: self.slurm_token.clone(),
         };

@@ -47,7 +47,10 @@ pub const WORKER_IMAGE_VARIABLE: &str = "ORCH_WORKER_IMAGE";
 /// credentials: pods get theirs from their service account or a Secret named in
 /// `envFromSecrets`).
 pub fn worker_environment() -> Vec<(String, String)> {
-    orch_core::invocation::worker_environment(WorkerHost::Container, |k| std::env::var(k).ok())
+    orch_core::invocation::worker_environment(
+        WorkerHost::Container,
+        orch_core::invocation::this_process_setting,
+    )
 }
 
 /// The shortest time between two queries of the API server for this job's Jobs and pods.

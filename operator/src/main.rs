@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
+use orch_core::logging::LogFormat;
 use orch_crd::{OrchPolicy, RateLimit, TaskGroup};
 use orch_operator::Watched;
 use orch_operator::config::OperatorConfig;
@@ -28,12 +29,6 @@ use orch_operator::supervisor::Supervisors;
 use orch_operator::telemetry::{self, Metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -146,10 +141,6 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let format = match format {
-        LogFormat::Json => orch_core::logging::LogFormat::Json,
-        LogFormat::Text => orch_core::logging::LogFormat::Text,
-    };
     orch_core::logging::init("info", format);
 }
 

@@ -21,8 +21,8 @@ pub mod throttle;
 
 pub use error::{Error, Result};
 
-/// Logs to stderr the way every orch binary does (`ORCH_LOG`, default `info`;
-/// `ORCH_LOG_FORMAT=json` in production).
-pub fn init_logging() {
-    orch_core::logging::init("info", orch_core::logging::LogFormat::from_env());
+/// Logs to stderr the way every orch binary does (`ORCH_LOG`, default `info`; JSON lines in
+/// production).
+pub fn init_logging(format: orch_core::logging::LogFormat) {
+    orch_core::logging::init("info", format);
 }

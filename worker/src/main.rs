@@ -2,9 +2,11 @@
 //! processes, Slurm, Kubernetes), never by hand in normal use.
 
 use clap::{Parser, Subcommand};
+use orch_core::logging::LogFormat;
 use orch_core::model::TaskKind;
 use orch_core::platform::Backends;
 use orch_worker::run::{StopFlag, WorkerArgs};
+use tracing::Instrument;
 
 #[derive(Parser)]
 #[command(
@@ -13,6 +15,15 @@ use orch_worker::run::{StopFlag, WorkerArgs};
     about = "Runs one task of an orch job (started by an executor)"
 )]
 struct Cli {
+    /// Log lines as text or JSON (the executor passes on its driver's choice).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "ORCH_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,7 +126,8 @@ fn log_slurm_allocation() {
 }
 
 fn main() {
-    orch_worker::init_logging();
+    let cli = Cli::parse();
+    orch_worker::init_logging(cli.log_format);
     log_slurm_allocation();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -128,7 +140,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match Cli::parse().command {
+    let code = match cli.command {
         Command::Run { target } => run_task(&runtime, target, TaskKind::Work),
         Command::Aggregate {
             level,
@@ -180,24 +192,37 @@ fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKi
         group: target.group,
         manifest_sha256: target.manifest_sha256,
     };
-    runtime.block_on(async move {
+    // Every line of the worker carries its job, task, worker and executor ids; the attempt is
+    // added once the claim has told it.
+    let span = tracing::info_span!(
+        "worker",
+        job = %args.job,
+        task,
+        attempt = tracing::field::Empty,
+        worker = %orch_core::owner::this_process(),
+        executor = orch_core::invocation::executor_id_from(|k| std::env::var(k).ok()),
+    );
+    let work = async move {
         let stop = StopFlag::default();
         let on_signal = stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+        tokio::spawn(
+            async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::info!("stop signal received: checkpointing");
+                on_signal.stop();
             }
-            tracing::info!("stop signal received: checkpointing");
-            on_signal.stop();
-        });
+            .in_current_span(),
+        );
         let scratch_name = format!("orch-{}-{}-{}", args.job, args.task, std::process::id());
         let backends = match open_storage(&args.storage, scratch_name).await {
             Ok(backends) => backends,
@@ -241,7 +266,8 @@ fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKi
                 e.exit_code()
             }
         }
-    })
+    };
+    runtime.block_on(work.instrument(span))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use orch_core::model::{TaskKind, TaskRecord};
 use orch_core::owner::this_process;
 use orch_core::platform::Backends;
-use tracing::{Instrument, info};
+use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::run::{HEARTBEAT, WorkerArgs, claim, commit, heartbeat, record_failure};
@@ -16,7 +16,7 @@ use crate::run::{HEARTBEAT, WorkerArgs, claim, commit, heartbeat, record_failure
 pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> Result<TaskRecord> {
     let state = backends.state.as_ref();
     let mut row = claim(state, args, &this_process()).await?;
-    let span = tracing::info_span!("aggregate", job = %args.job, task = args.task, attempt = row.attempt, stage = %row.kind);
+    tracing::Span::current().record("attempt", row.attempt);
     let result = async {
         if row.kind != expected {
             return Err(Error::Setup(format!(
@@ -24,7 +24,7 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> 
                 args.task, row.kind
             )));
         }
-        info!("claimed");
+        info!(stage = %row.kind, "claimed");
         let merge = orch_runtime::aggregate::run_task(
             backends,
             &args.job,
@@ -44,7 +44,6 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> 
         }
         commit(state, &mut row, 0, 0).await
     }
-    .instrument(span)
     .await;
     if let Err(e) = &result
         && !matches!(e, Error::LostLease { .. })

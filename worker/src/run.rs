@@ -105,13 +105,9 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
             )));
         }
     };
-    let span = tracing::info_span!("task", job = %args.job, task = args.task, attempt);
-    let result = async {
-        info!(items = batch.items, bytes = batch.bytes(), "claimed");
-        work(backends, &manifest, &batch, &mut row, &worker_id, &stop).await
-    }
-    .instrument(span)
-    .await;
+    tracing::Span::current().record("attempt", attempt);
+    info!(items = batch.items, bytes = batch.bytes(), "claimed");
+    let result = work(backends, &manifest, &batch, &mut row, &worker_id, &stop).await;
     match result {
         Ok(row) => Ok(row),
         Err(e) => {
@@ -643,11 +639,15 @@ async fn run_async(
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     let spawn = |set: &mut JoinSet<_>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
         let h = handler.clone();
-        set.spawn(async move {
-            // The usage of the answer is for a throttling handler that wraps this one.
-            let out = h.call(&item).await.outcome;
-            (ordinal, attempts, item, out)
-        });
+        // In the attempt's span, so that the handler's lines (a restart…) carry its ids.
+        set.spawn(
+            async move {
+                // The usage of the answer is for a throttling handler that wraps this one.
+                let out = h.call(&item).await.outcome;
+                (ordinal, attempts, item, out)
+            }
+            .in_current_span(),
+        );
     };
     loop {
         if stop.is_stopped() && stop_deadline.is_none() {

@@ -49,7 +49,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use super::{Answer, Handler, HandlerError, ItemFailure, Outcome, Usage};
 
@@ -588,21 +588,30 @@ impl ExecHandler {
         info!(generation, pid, program = %name, "handler process started");
 
         let link = Arc::new(Link::new());
-        tokio::spawn(write_loop(stdin, link.clone(), cfg.concurrency, generation));
-        let reader = tokio::spawn(read_loop(
-            stdout,
-            link.clone(),
-            self.crashes.clone(),
-            cfg.max_answer_bytes,
-        ));
-        tokio::spawn(supervise(
-            child,
-            reader,
-            link.clone(),
-            self.crashes.clone(),
-            generation,
-            cfg.timeout,
-        ));
+        // The loops log in the span of whoever started the process (a worker's attempt).
+        tokio::spawn(
+            write_loop(stdin, link.clone(), cfg.concurrency, generation).in_current_span(),
+        );
+        let reader = tokio::spawn(
+            read_loop(
+                stdout,
+                link.clone(),
+                self.crashes.clone(),
+                cfg.max_answer_bytes,
+            )
+            .in_current_span(),
+        );
+        tokio::spawn(
+            supervise(
+                child,
+                reader,
+                link.clone(),
+                self.crashes.clone(),
+                generation,
+                cfg.timeout,
+            )
+            .in_current_span(),
+        );
         Ok(Arc::new(Process {
             generation,
             pid,
