@@ -71,6 +71,17 @@ fn the_errors_of_failed_attempts_and_one_tasks_log_are_printed() {
         "{errors}"
     );
 
+    // On directory storage the local executor's file is the stored log: no copy beside it.
+    let logs_dir = std::fs::read_dir(s.path(".orch/jobs"))
+        .unwrap()
+        .next()
+        .unwrap();
+    let stored: Vec<String> = std::fs::read_dir(logs_dir.unwrap().path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(stored.iter().all(|n| n.ends_with(".log")), "{stored:?}");
+
     // One task, every attempt, then one attempt's last line.
     let task = stdout(&s.orch(&["logs", job, "2"]));
     assert!(task.starts_with("==> task 2 attempt 1 <==\n"), "{task}");

@@ -264,7 +264,14 @@ async fn a_final_merge_that_keeps_failing_fails_the_job_after_its_attempts() {
     );
 
     // `orch logs` names each failed attempt of the final merge and shows the end of its log,
-    // read from where `orch run` kept the logs of the workers it started.
+    // from the copy each worker stored in S3: not from where `orch run` kept their logs here.
+    let here = aws.scratch.path(".orch/logs");
+    assert!(
+        here.is_dir(),
+        "orch run kept the workers' logs in {}",
+        here.display()
+    );
+    std::fs::remove_dir_all(&here).unwrap();
     let logs = aws
         .orch(&aws.endpoint, &["logs", job_file.to_str().unwrap()])
         .output()

@@ -249,6 +249,24 @@ fn memory_and_time_limits_are_named_and_retried() {
     assert_eq!(slow["countedAttempts"], 2, "{slow}\n{}", common::text(&out));
     assert!(slow["attempt"].as_u64().unwrap() >= 2, "{slow}");
     assert_eq!(failed.len(), 2, "only those two tasks failed: {report}");
+
+    // `orch logs` reads what the workers on the Slurm node stored of their logs: each attempt
+    // of the task out of memory, with the worker's lines about its handler.
+    let logs = job
+        .orch(&["logs", file.to_str().unwrap(), "0"])
+        .output()
+        .unwrap();
+    let printed = common::text(&logs);
+    assert_eq!(logs.status.code(), Some(0), "{printed}");
+    let stdout = String::from_utf8_lossy(&logs.stdout);
+    let last = oom["attempt"].as_u64().unwrap();
+    for attempt in 1..=last {
+        assert!(
+            stdout.contains(&format!("==> task 0 attempt {attempt} <==")),
+            "{printed}"
+        );
+    }
+    assert!(stdout.contains("handler process"), "{printed}");
 }
 
 /// Polls `squeue` until `pred` holds for this job's array tasks, or panics after `limit`.

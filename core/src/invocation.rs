@@ -63,6 +63,10 @@ pub const TASK_INDEX_VARIABLES: [&str; 3] = [
     "JOB_COMPLETION_INDEX",
 ];
 
+/// Set (to `1`) by an executor whose log file of the worker already is in the job's storage
+/// (the local executor on directory storage): the worker then stores no copy of its log.
+pub const LOG_IN_STORAGE_VARIABLE: &str = "ORCH_LOG_IN_STORAGE";
+
 /// Where the local executor puts the executor id of the attempt it starts.
 pub const EXECUTOR_ID_VARIABLE: &str = "ORCH_EXECUTOR_ID";
 

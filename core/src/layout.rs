@@ -55,9 +55,21 @@ pub fn task_log_name(kind: TaskKind, task: u32, attempt: u32) -> String {
         TaskKind::Final => format!("merge-final.{attempt}.log"),
     }
 }
-/// One attempt's log in the job's storage.
+/// The job's task logs in its storage.
+pub fn task_logs(job: &str) -> String {
+    format!("jobs/{job}/logs")
+}
+/// One attempt's log in the job's storage, as one file (the local executor writes it there on
+/// directory storage).
 pub fn task_log(job: &str, kind: TaskKind, task: u32, attempt: u32) -> String {
-    format!("jobs/{job}/logs/{}", task_log_name(kind, task, attempt))
+    format!("{}/{}", task_logs(job), task_log_name(kind, task, attempt))
+}
+/// The parts of one attempt's log its worker stored itself, in order of their keys.
+pub fn task_log_parts(job: &str, kind: TaskKind, task: u32, attempt: u32) -> String {
+    format!("{}.parts/", task_log(job, kind, task, attempt))
+}
+pub fn task_log_part(job: &str, kind: TaskKind, task: u32, attempt: u32, part: u32) -> String {
+    format!("{}{part:06}.log", task_log_parts(job, kind, task, attempt))
 }
 /// Working directory of the hierarchical merge: `<level>/<group>/` per merge group.
 pub fn aggregate_dir(job: &str) -> String {

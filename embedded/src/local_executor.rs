@@ -49,6 +49,9 @@ pub struct WorkerLaunch {
     pub storage: String,
     /// Directory for per-task logs (`<task>.<attempt>.log`).
     pub log_dir: PathBuf,
+    /// Whether `log_dir` is the job's log directory in its storage (directory storage): the
+    /// workers then store no copy of their log.
+    pub log_in_storage: bool,
 }
 
 struct Queued {
@@ -225,6 +228,11 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
         .env("ORCH_TASK_INDEX", &task)
         .env("SLURM_ARRAY_TASK_ID", &task)
         .env(orch_core::invocation::EXECUTOR_ID_VARIABLE, &q.id)
+        .envs(
+            launch
+                .log_in_storage
+                .then_some((orch_core::invocation::LOG_IN_STORAGE_VARIABLE, "1")),
+        )
         .env(
             orch_core::logging::FORMAT_VARIABLE,
             orch_core::logging::chosen().as_str(),

@@ -99,7 +99,7 @@ impl Platform for EmbeddedPlatform {
     }
 
     fn log_dir(&self, job: &str) -> PathBuf {
-        self.root.join(layout::job_prefix(job)).join("logs")
+        self.root.join(layout::task_logs(job))
     }
 
     async fn lock_job(&self, job: &str) -> BackendResult<Box<dyn JobLease>> {

@@ -34,6 +34,7 @@ fn executor(dir: &std::path::Path, parallelism: usize) -> LocalExecutor {
             command: vec![script.display().to_string()],
             storage: format!("file://{}", dir.display()),
             log_dir: dir.join("logs"),
+            log_in_storage: true,
         },
         parallelism,
     )

@@ -110,11 +110,18 @@ impl Executors {
                     .map(|n| n.get())
                     .unwrap_or(1)
             });
+        let log_dir = platform.log_dir(&job.id);
+        let log_in_storage = platform
+            .backends()
+            .objects
+            .local_path(&orch_core::layout::task_logs(&job.id))
+            .is_some_and(|stored| stored == log_dir);
         LocalExecutor::new(
             WorkerLaunch {
                 command: self.worker_command.clone(),
                 storage: platform.storage_uri(),
-                log_dir: platform.log_dir(&job.id),
+                log_dir,
+                log_in_storage,
             },
             parallelism,
         )

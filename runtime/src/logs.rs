@@ -3,9 +3,10 @@
 //! are decided once. See docs/observability.md ("Task logs").
 //!
 //! An attempt's log is the worker's standard output and error: its own log lines and its
-//! handler's stderr. It is read from the job's storage (`jobs/J/logs/<name>`, where the local
-//! executor writes it on directory storage) or, failing that, from the directory where the
-//! workers started on this machine wrote it (S3 storage run by `orch run`).
+//! handler's stderr. It is read from the job's storage: one file (`jobs/J/logs/<name>`, where
+//! the local executor writes it on directory storage) or the parts the worker stored itself
+//! (`jobs/J/logs/<name>.parts/`, every other executor and storage); failing both, from the
+//! directory where the workers started on this machine wrote it.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -35,6 +36,23 @@ impl AttemptLog {
         let key = layout::task_log(job, self.kind, self.task, self.attempt);
         if let Some(bytes) = store.get(&key).await? {
             return Ok(Some(bytes));
+        }
+        let mut parts = store
+            .list(&layout::task_log_parts(
+                job,
+                self.kind,
+                self.task,
+                self.attempt,
+            ))
+            .await?;
+        if !parts.is_empty() {
+            parts.sort_by(|a, b| a.key.cmp(&b.key));
+            let mut log = Vec::new();
+            for part in parts {
+                // A part is never replaced; one gone meanwhile (the job purged) is skipped.
+                log.extend(store.get(&part.key).await?.unwrap_or_default());
+            }
+            return Ok(Some(log));
         }
         let Some(dir) = local_dir else {
             return Ok(None);

@@ -6,13 +6,15 @@
 //!   for teams that link their own native handler into a worker binary;
 //! - [`throttle`]: the worker's leases on the job's rate-limit buckets, and the handler
 //!   decorator that spends them;
-//! - [`checkpoint`]: item progress in SQLite, for resume after a kill or preemption.
+//! - [`checkpoint`]: item progress in SQLite, for resume after a kill or preemption;
+//! - [`log_copy`]: the worker's copy of its own log in the job's storage.
 
 pub mod checkpoint;
 pub mod error;
 pub mod handler;
 #[cfg(test)]
 mod history_tests;
+pub mod log_copy;
 pub mod merge;
 mod redrive;
 pub mod run;

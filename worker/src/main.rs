@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use orch_core::logging::LogFormat;
 use orch_core::model::TaskKind;
 use orch_core::platform::Backends;
+use orch_worker::log_copy::{COPY_EVERY, LogCopy};
 use orch_worker::run::{StopFlag, WorkerArgs};
 use tracing::Instrument;
 
@@ -202,6 +203,15 @@ fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKi
         worker = %orch_core::owner::this_process(),
         executor = orch_core::invocation::executor_id_from(|k| std::env::var(k).ok()),
     );
+    // Before the first line is written; not needed where the executor's log file is in the
+    // job's storage already.
+    let log_copy = if std::env::var_os(orch_core::invocation::LOG_IN_STORAGE_VARIABLE).is_some() {
+        None
+    } else {
+        LogCopy::start()
+            .inspect_err(|e| eprintln!("orch-worker: no copy of this log in the storage: {e}"))
+            .ok()
+    };
     let work = async move {
         let stop = StopFlag::default();
         let on_signal = stop.clone();
@@ -231,43 +241,71 @@ fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKi
                 return 1;
             }
         };
-        // Remote storage builds every file in scratch first: a full disk should fail the
-        // attempt now (and be retried, maybe on another node), not after the work is done.
-        let _watch = if orch_connect::is_s3(&args.storage) {
-            let min = orch_worker::scratch::min_free();
-            if let Err(message) = orch_worker::scratch::check(&backends.scratch, min) {
-                let e = orch_worker::Error::ScratchFull(message);
-                tracing::error!(error = %e, "not starting the task");
-                orch_worker::run::refuse(backends.state.as_ref(), &args, &e).await;
-                return e.exit_code();
-            }
-            Some(AbortOnDrop(orch_worker::scratch::watch(
-                backends.scratch.clone(),
-                min,
-            )))
-        } else {
-            None
+        let Some(copy) = log_copy else {
+            return attempt(&backends, &args, stage, stop).await;
         };
-        let result = match stage {
-            TaskKind::Work => orch_worker::run::run(&backends, &args, stop).await,
-            _ => orch_worker::merge::run(&backends, &args, stage).await,
-        };
-        match result {
-            Ok(_) => {
-                remove_scratch(&args.storage, &backends);
-                0
-            }
-            Err(e) => {
-                tracing::error!(error = %e, category = ?e.category(), "task attempt ended without commit");
-                // A merge keeps nothing worth resuming from in its scratch.
-                if stage != TaskKind::Work {
-                    remove_scratch(&args.storage, &backends);
+        // The log's copy: a part every few seconds, the last one once the attempt has ended.
+        let (done, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let every = tokio::spawn({
+            let (parts, objects, job) = (copy.parts(), backends.objects.clone(), args.job.clone());
+            async move {
+                let mut tick = tokio::time::interval(COPY_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => parts.store(objects.as_ref(), &job, task).await,
+                        _ = &mut stopped => return,
+                    }
                 }
-                e.exit_code()
             }
-        }
+            .in_current_span()
+        });
+        let code = attempt(&backends, &args, stage, stop).await;
+        let _ = done.send(());
+        let _ = every.await;
+        copy.finish(backends.objects.as_ref(), &args.job, task)
+            .await;
+        code
     };
     runtime.block_on(work.instrument(span))
+}
+
+/// The attempt itself, once the stores are open: the exit code of the worker.
+async fn attempt(backends: &Backends, args: &WorkerArgs, stage: TaskKind, stop: StopFlag) -> i32 {
+    // Remote storage builds every file in scratch first: a full disk should fail the
+    // attempt now (and be retried, maybe on another node), not after the work is done.
+    let _watch = if orch_connect::is_s3(&args.storage) {
+        let min = orch_worker::scratch::min_free();
+        if let Err(message) = orch_worker::scratch::check(&backends.scratch, min) {
+            let e = orch_worker::Error::ScratchFull(message);
+            tracing::error!(error = %e, "not starting the task");
+            orch_worker::run::refuse(backends.state.as_ref(), args, &e).await;
+            return e.exit_code();
+        }
+        Some(AbortOnDrop(orch_worker::scratch::watch(
+            backends.scratch.clone(),
+            min,
+        )))
+    } else {
+        None
+    };
+    let result = match stage {
+        TaskKind::Work => orch_worker::run::run(backends, args, stop).await,
+        _ => orch_worker::merge::run(backends, args, stage).await,
+    };
+    match result {
+        Ok(_) => {
+            remove_scratch(&args.storage, backends);
+            0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, category = ?e.category(), "task attempt ended without commit");
+            // A merge keeps nothing worth resuming from in its scratch.
+            if stage != TaskKind::Work {
+                remove_scratch(&args.storage, backends);
+            }
+            e.exit_code()
+        }
+    }
 }
 
 #[cfg(test)]

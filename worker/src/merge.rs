@@ -16,7 +16,6 @@ use crate::run::{HEARTBEAT, WorkerArgs, claim, commit, heartbeat, record_failure
 pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> Result<TaskRecord> {
     let state = backends.state.as_ref();
     let mut row = claim(state, args, &this_process()).await?;
-    tracing::Span::current().record("attempt", row.attempt);
     let result = async {
         if row.kind != expected {
             return Err(Error::Setup(format!(

@@ -95,7 +95,6 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
             args.task, row.kind
         )));
     }
-    let attempt = row.attempt;
     let batch = match row.batch.clone() {
         Some(b) => b,
         None => {
@@ -105,7 +104,6 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
             )));
         }
     };
-    tracing::Span::current().record("attempt", attempt);
     info!(items = batch.items, bytes = batch.bytes(), "claimed");
     let result = work(backends, &manifest, &batch, &mut row, &worker_id, &stop).await;
     match result {
@@ -150,6 +148,9 @@ pub(crate) async fn claim(
         row.lease_expiry = Some(now_ms() + LEASE.as_millis() as u64);
         match state.update_task(&row).await {
             Ok(stored) => {
+                // From here on, the worker's lines and its log's copy name the attempt.
+                tracing::Span::current().record("attempt", stored.attempt);
+                crate::log_copy::claimed(stored.kind, stored.attempt);
                 orch_runtime::history::started(state, &stored).await;
                 return Ok(stored);
             }
