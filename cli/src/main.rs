@@ -9,6 +9,7 @@
 mod cluster;
 mod init;
 mod logs;
+mod metrics;
 mod retry;
 mod run;
 mod status;

@@ -103,6 +103,7 @@ fn local(args: &RetryArgs, choice: RetryChoice, job_id: Option<String>) -> Drive
         no_progress: args.no_progress,
         worker: args.worker.clone(),
         retry: Some(choice),
+        metrics_addr: None,
         job_id,
         named: args.job.clone(),
     }

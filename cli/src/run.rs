@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// The worker program; default: `orch-worker` next to this `orch`, then in PATH.
     #[arg(long, env = "ORCH_WORKER")]
     pub worker: Option<PathBuf>,
+    /// Serve the job's metrics for Prometheus on http://HOST:PORT/metrics while it runs.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub(crate) fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
@@ -235,6 +238,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             no_progress: args.no_progress,
             worker: args.worker,
             retry: None,
+            metrics_addr: args.metrics_addr,
             job_id: None,
             named: args.file.display().to_string(),
         },
@@ -248,6 +252,8 @@ pub struct Drive {
     pub worker: Option<PathBuf>,
     /// `orch retry`: what runs again of the ended job.
     pub retry: Option<RetryChoice>,
+    /// Where to serve the job's metrics, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The stored job's id, when it was named by id rather than by its file.
     pub job_id: Option<String>,
     /// How the user named the job, for the commands the summary suggests.
@@ -327,6 +333,10 @@ pub fn drive(job: &LoadedJob, how: Drive) -> Result<u8, Failure> {
             *l = *p;
         }
     };
+    let metrics = match how.metrics_addr {
+        Some(addr) if !how.dry_run => Some(runtime.block_on(crate::metrics::serve(addr))?),
+        _ => None,
+    };
     let started = Instant::now();
     let whole_tasks = matches!(how.retry, Some(RetryChoice::Tasks));
     let opts = RunOptions {
@@ -344,6 +354,7 @@ pub fn drive(job: &LoadedJob, how: Drive) -> Result<u8, Failure> {
         // `orch run` plans on the user's own machine: no limit but the machine's.
         budget: PlanBudget::default(),
         retry: how.retry,
+        metrics,
     };
     let outcome = runtime.block_on(async {
         if how.dry_run {

@@ -6,7 +6,7 @@ mod common;
 use common::fixture;
 use std::time::{Duration, Instant};
 
-use common::{Scratch, kill, text, workers_of};
+use common::{Scratch, kill, task_of, text, workers_of};
 
 fn job_yaml(name: &str, handler: &str, max_attempts: u32) -> String {
     format!(
@@ -22,15 +22,6 @@ spec:
   executor: {{local: {{parallelism: 2}}}}
 "#
     )
-}
-
-/// The task a local worker runs: the executor gives it in `ORCH_TASK_INDEX`.
-fn task_of(pid: u32) -> Option<u32> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    environ
-        .split(|b| *b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .find_map(|kv| kv.strip_prefix("ORCH_TASK_INDEX=")?.parse().ok())
 }
 
 /// `orch status JOB --task N -o json`.

@@ -193,6 +193,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             task_cache: Some(launch.task_cache.clone()),
             budget: launch.budget,
             retry: None,
+            metrics: None,
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

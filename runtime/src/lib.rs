@@ -23,6 +23,7 @@ pub mod error;
 pub mod history;
 pub mod input;
 pub mod logs;
+pub mod metrics;
 pub mod rate_limits;
 pub mod redrive;
 pub mod task_cache;

@@ -277,6 +277,7 @@ fn run_options(budget: PlanBudget) -> RunOptions {
         task_cache: None,
         budget,
         retry: None,
+        metrics: None,
     }
 }
 

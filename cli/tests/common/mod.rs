@@ -107,6 +107,15 @@ pub fn workers_of_storage(uri: &str) -> Vec<u32> {
 }
 
 /// Sends `signal` (`-KILL`, `-TERM`, …) to `pid`.
+/// The task a local worker runs: the executor gives it in `ORCH_TASK_INDEX`.
+pub fn task_of(pid: u32) -> Option<u32> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("ORCH_TASK_INDEX=")?.parse().ok())
+}
+
 pub fn kill(pid: u32, signal: &str) {
     Command::new("kill")
         .args([signal, &pid.to_string()])

@@ -93,6 +93,8 @@ pub struct RunOptions {
     /// (see [`control::retry`]) and the job is driven to its new end. Without one, a job that
     /// ended starts over.
     pub retry: Option<RetryChoice>,
+    /// Where the job's metrics go (`orch run --metrics-addr`, the operator's `/metrics`).
+    pub metrics: Option<crate::metrics::JobMetrics>,
 }
 
 /// The end of a run.
@@ -295,6 +297,7 @@ async fn drive_locked(
         paused: false,
         rate_limits,
         manifest_sha256: record.manifest_sha256.clone(),
+        meter: opts.metrics.as_ref().map(|m| m.job(id)),
     };
     let stopped = async {
         match &opts.stop {

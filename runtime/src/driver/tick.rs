@@ -16,6 +16,7 @@ pub(super) struct Loop<'a> {
     pub(super) rate_limits: Vec<orch_core::model::LimitBinding>,
     /// Given to every task group: the digest its workers check `job.json` against.
     pub(super) manifest_sha256: Option<String>,
+    pub(super) meter: Option<crate::metrics::JobMeter>,
 }
 
 impl Loop<'_> {
@@ -171,6 +172,9 @@ impl Loop<'_> {
                 },
             );
             let shown = progress(&job, tasks);
+            if let Some(meter) = &mut self.meter {
+                meter.observe(tasks, &shown);
+            }
             drop(rows);
             (opts.on_progress)(&shown);
             if decision.plan_aggregation || decision.finish {
@@ -315,21 +319,34 @@ impl Loop<'_> {
             if group.tasks.is_empty() {
                 continue;
             }
-            match self.executor.planned_ids(&group) {
-                // A row lost to a concurrent write changes the group, and with it the ids
-                // (a Slurm array's key covers its tasks): record those of the group submitted.
-                Some(ids) if written.len() < planned.len() => {
-                    record_executor_ids(state.as_ref(), written, ids).await?;
-                    self.executor.submit(&group).await?;
-                }
-                Some(_) => {
-                    self.executor.submit(&group).await?;
-                }
-                None => {
-                    let ids = self.executor.submit(&group).await?;
-                    record_executor_ids(state.as_ref(), written, ids).await?;
-                }
+            if let Some(meter) = &mut self.meter {
+                meter.dispatched(&written);
             }
+            let submitted = std::time::Instant::now();
+            let submit = async {
+                match self.executor.planned_ids(&group) {
+                    // A row lost to a concurrent write changes the group, and with it the ids
+                    // (a Slurm array's key covers its tasks): record those of the group
+                    // submitted.
+                    Some(ids) if written.len() < planned.len() => {
+                        record_executor_ids(state.as_ref(), written, ids).await?;
+                        self.executor.submit(&group).await?;
+                    }
+                    Some(_) => {
+                        self.executor.submit(&group).await?;
+                    }
+                    None => {
+                        let ids = self.executor.submit(&group).await?;
+                        record_executor_ids(state.as_ref(), written, ids).await?;
+                    }
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            if let Some(meter) = &self.meter {
+                meter.submitted(submitted.elapsed(), submit.is_ok());
+            }
+            submit?;
         }
         for f in d.failures {
             match state.update_task(&f.task).await {
@@ -337,6 +354,9 @@ impl Loop<'_> {
                     // Only the write that ended the attempt completes its record.
                     history::ended_by_driver(state.as_ref(), &stored, exec.get(&stored.id), false)
                         .await;
+                    if let (Some(meter), Some(err)) = (&self.meter, &stored.last_error) {
+                        meter.lost(err.kind, f.retry.is_some());
+                    }
                     if let Some(err) = &stored.last_error {
                         // A retry is routine (info); a task out of attempts is not (warn).
                         if stored.state == TaskState::Failed {

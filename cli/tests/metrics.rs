@@ -1,0 +1,179 @@
+//! `orch run --metrics-addr`: `/metrics` scraped over HTTP while a job runs, each scrape checked
+//! against the task rows `orch status` reads just before and just after it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Scratch, kill, task_of, text, workers_of};
+
+/// One GET of `/metrics`; `None` once nothing listens any more.
+fn scrape(port: u16) -> Option<String> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    Some(body.to_string())
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let matches = n == name
+            && labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_scrape_during_a_job_agrees_with_its_task_rows() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 1_500);
+    let job = s.write(
+        "job.yaml",
+        r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {name: scraped}
+spec:
+  input: {uri: in.jsonl}
+  batch: {size: 250}
+  handler: {builtin: {name: sleep, duration: 10ms}, concurrency: 2}
+  retry: {maxAttempts: 3, backoff: {initial: 50ms, factor: 2, max: 1s}}
+  output: {uri: out}
+  executor: {local: {parallelism: 2}}
+"#,
+    );
+    let job = job.to_str().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = s
+        .orch_cmd(&["run", "--no-progress", "--metrics-addr", &addr, job])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let succeeded = |status: &serde_json::Value| status["tasks"]["succeeded"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut scrapes, mut mid_run, mut killed, mut lost_seen) = (0, false, false, false);
+    let mut history: Vec<(Instant, serde_json::Value)> = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "the job did not end");
+        if run.try_wait().unwrap().is_some() {
+            break;
+        }
+        let Some(metrics) = scrape(port) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let after = s.status(std::path::Path::new(job));
+        history.push((Instant::now(), after.clone()));
+        // The driver reads the rows on every tick (100 ms): rows read a second before the
+        // scrape are no newer than what it shows.
+        let before = history
+            .iter()
+            .rev()
+            .find(|(at, _)| at.elapsed() > Duration::from_secs(1) + Duration::from_millis(200))
+            .map(|(_, status)| status.clone())
+            .unwrap_or_default();
+        let id = after["job"].as_str().unwrap();
+        let work = |state: &str| {
+            sample(
+                &metrics,
+                "orch_job_tasks",
+                &[("job", id), ("stage", "work"), ("state", state)],
+            )
+            .unwrap_or_else(|| panic!("no orch_job_tasks for {state}: {metrics}"))
+        };
+        let states = [
+            "pending",
+            "dispatched",
+            "running",
+            "succeeded",
+            "failed",
+            "retrying",
+            "cancelled",
+        ];
+        assert_eq!(
+            states.iter().map(|st| work(st)).sum::<f64>(),
+            6.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "orch_job_items",
+                &[("job", id), ("state", "planned")]
+            ),
+            Some(1_500.0)
+        );
+        let scraped = work("succeeded") as u64;
+        assert!(
+            succeeded(&before) <= scraped && scraped <= succeeded(&after),
+            "{scraped} succeeded tasks scraped between rows read a second before ({before}) and \
+             just after ({after})"
+        );
+        let started = sample(&metrics, "orch_job_attempts_total", &[("job", id)]).unwrap_or(0.0);
+        assert!(started as u64 >= scraped, "{metrics}");
+        scrapes += 1;
+        mid_run |= scraped > 0 && scraped < 6;
+        if sample(
+            &metrics,
+            "orch_job_attempts_lost_total",
+            &[("job", id), ("kind", "infrastructure")],
+        ) >= Some(1.0)
+        {
+            lost_seen = true;
+            assert!(
+                sample(&metrics, "orch_job_retries_total", &[("job", id)]) >= Some(1.0),
+                "{metrics}"
+            );
+        }
+        // Once a task is done, a worker killed well before the end of its task: a lost
+        // attempt and its retry appear.
+        if !killed && scraped >= 1 {
+            for pid in workers_of(&s.path(".orch")) {
+                let Some(task) = task_of(pid) else { continue };
+                let row = s.orch(&["status", "-o", "json", "--task", &task.to_string(), job]);
+                let row: serde_json::Value = serde_json::from_slice(&row.stdout).unwrap();
+                if row["task"]["state"] == "running" && row["task"]["itemsOk"].as_u64() < Some(150)
+                {
+                    kill(pid, "-KILL");
+                    killed = true;
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        scrapes >= 3 && mid_run,
+        "{scrapes} scrapes, one mid-run: {mid_run}"
+    );
+    assert!(
+        killed && lost_seen,
+        "the killed worker's attempt was counted as lost"
+    );
+    assert!(scrape(port).is_none(), "the endpoint ends with the run");
+}

@@ -1,0 +1,428 @@
+//! Per-job metrics of a driver, for Prometheus: what a scrape of `orch run --metrics-addr`
+//! shows. Workers live for one task, so their figures reach the driver through the task rows
+//! it reads on every tick (items done and failed, states); what the driver does itself —
+//! attempts it starts, losses and retries, submissions to the executor — it counts as it does
+//! it. Durations are as the driver sees them, to within one tick. See docs/observability.md
+//! ("Metrics").
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use orch_core::model::{ErrorKind, TaskRecord, TaskState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::driver::Progress;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub job: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub job: String,
+    /// `work` or `merge` (merge levels and the final merge).
+    pub stage: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ItemLabels {
+    pub job: String,
+    /// `ok`, `failed` (done) or `planned` (every item of the job).
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub job: String,
+    /// The error kind of the attempt's loss (`transient`, `infrastructure`…).
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubmitLabels {
+    pub job: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every job's series, registered once; clones share them.
+#[derive(Clone)]
+pub struct JobMetrics {
+    tasks: Family<TaskLabels, Gauge>,
+    items: Family<ItemLabels, Gauge>,
+    items_per_second: Family<JobLabels, FloatGauge>,
+    input_bytes_done: Family<JobLabels, Gauge>,
+    attempts: Family<JobLabels, Counter>,
+    attempts_lost: Family<ErrorLabels, Counter>,
+    retries: Family<JobLabels, Counter>,
+    task_seconds: Family<JobLabels, Histogram>,
+    queue_seconds: Family<JobLabels, Histogram>,
+    submit_seconds: Family<SubmitLabels, Histogram>,
+    merge_tasks_done: Family<JobLabels, Gauge>,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 0.1 s to about 15 hours.
+    Histogram::new(exponential_buckets(0.1, 2.5, 14))
+}
+
+fn submit_histogram() -> Histogram {
+    // 5 ms to about 40 s: an sbatch, a slurmrestd call or a Kubernetes Job creation.
+    Histogram::new(exponential_buckets(0.005, 2.5, 11))
+}
+
+impl JobMetrics {
+    /// The series, registered in `registry` as `orch_job_*` (under the registry's prefix).
+    pub fn register(registry: &mut Registry) -> JobMetrics {
+        let m = JobMetrics {
+            tasks: Family::default(),
+            items: Family::default(),
+            items_per_second: Family::default(),
+            input_bytes_done: Family::default(),
+            attempts: Family::default(),
+            attempts_lost: Family::default(),
+            retries: Family::default(),
+            task_seconds: Family::new_with_constructor(seconds_histogram),
+            queue_seconds: Family::new_with_constructor(seconds_histogram),
+            submit_seconds: Family::new_with_constructor(submit_histogram),
+            merge_tasks_done: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("orch_job");
+        r.register("tasks", "Tasks by stage and state", m.tasks.clone());
+        r.register(
+            "items",
+            "Items done ok or failed (running tasks by their last heartbeat), and planned",
+            m.items.clone(),
+        );
+        r.register(
+            "items_per_second",
+            "Items done per second over the last minute",
+            m.items_per_second.clone(),
+        );
+        r.register_with_unit(
+            "input_done",
+            "Input bytes of the work tasks that succeeded",
+            Unit::Bytes,
+            m.input_bytes_done.clone(),
+        );
+        r.register("attempts", "Task attempts started", m.attempts.clone());
+        r.register(
+            "attempts_lost",
+            "Task attempts that ended without success, by error kind",
+            m.attempts_lost.clone(),
+        );
+        r.register(
+            "retries",
+            "Task attempts that will be tried again",
+            m.retries.clone(),
+        );
+        r.register_with_unit(
+            "task_duration",
+            "From a task's start to its success, per succeeded task",
+            Unit::Seconds,
+            m.task_seconds.clone(),
+        );
+        r.register_with_unit(
+            "queue_wait",
+            "From a task's dispatch to its start on a worker",
+            Unit::Seconds,
+            m.queue_seconds.clone(),
+        );
+        r.register_with_unit(
+            "submit_duration",
+            "Submissions of task groups to the executor, by outcome",
+            Unit::Seconds,
+            m.submit_seconds.clone(),
+        );
+        r.register(
+            "merge_tasks_done",
+            "Aggregation tasks ended",
+            m.merge_tasks_done.clone(),
+        );
+        m
+    }
+
+    /// What one driver records for `job`.
+    pub fn job(&self, job: &str) -> JobMeter {
+        JobMeter {
+            metrics: self.clone(),
+            job: job.to_string(),
+            seen: HashMap::new(),
+            done: VecDeque::new(),
+        }
+    }
+}
+
+/// When the driver first saw the current attempt of a task dispatched, and running.
+struct Seen {
+    attempt: u32,
+    dispatched: Option<Instant>,
+    running: Option<Instant>,
+    state: TaskState,
+}
+
+/// A driver's recorder for its job.
+pub struct JobMeter {
+    metrics: JobMetrics,
+    job: String,
+    seen: HashMap<u32, Seen>,
+    /// Items done at each observation of the last minute.
+    done: VecDeque<(Instant, u64)>,
+}
+
+/// The window of `orch_job_items_per_second`.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+impl JobMeter {
+    fn job_labels(&self) -> JobLabels {
+        JobLabels {
+            job: self.job.clone(),
+        }
+    }
+
+    /// One tick's rows and the progress shown from them.
+    pub fn observe(&mut self, tasks: &[TaskRecord], progress: &Progress) {
+        self.observe_at(Instant::now(), tasks, progress);
+    }
+
+    fn observe_at(&mut self, now: Instant, tasks: &[TaskRecord], progress: &Progress) {
+        let m = self.metrics.clone();
+        let mut by_state: HashMap<(&'static str, &'static str), i64> = HashMap::new();
+        let mut input_done = 0u64;
+        let mut merges_done = 0i64;
+        for t in tasks {
+            let stage = if t.kind.is_work() { "work" } else { "merge" };
+            *by_state.entry((stage, t.state.as_str())).or_default() += 1;
+            if t.kind.is_work() && t.state == TaskState::Succeeded {
+                input_done += t.batch.as_ref().map_or(0, |b| b.bytes());
+            }
+            if !t.kind.is_work() && t.state.is_terminal() {
+                merges_done += 1;
+            }
+            self.transition(now, t);
+        }
+        for stage in ["work", "merge"] {
+            for state in TaskState::ALL {
+                let n = by_state.get(&(stage, state.as_str())).copied().unwrap_or(0);
+                m.tasks
+                    .get_or_create(&TaskLabels {
+                        job: self.job.clone(),
+                        stage: stage.into(),
+                        state: state.as_str().into(),
+                    })
+                    .set(n);
+            }
+        }
+        let done = progress.done_items;
+        for (state, n) in [
+            ("ok", done - progress.failed_items.min(done)),
+            ("failed", progress.failed_items),
+            ("planned", progress.total_items),
+        ] {
+            m.items
+                .get_or_create(&ItemLabels {
+                    job: self.job.clone(),
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let job = self.job_labels();
+        m.input_bytes_done
+            .get_or_create(&job)
+            .set(i64::try_from(input_done).unwrap_or(i64::MAX));
+        m.merge_tasks_done.get_or_create(&job).set(merges_done);
+        self.done.push_back((now, done));
+        while self
+            .done
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW)
+        {
+            self.done.pop_front();
+        }
+        let rate = match (self.done.front(), self.done.back()) {
+            (Some((t0, d0)), Some((t1, d1))) if t1 > t0 => {
+                d1.saturating_sub(*d0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        m.items_per_second.get_or_create(&job).set(rate);
+    }
+
+    /// Queue wait and duration from what the driver saw of the task's current attempt.
+    fn transition(&mut self, now: Instant, t: &TaskRecord) {
+        let seen = self.seen.entry(t.id).or_insert(Seen {
+            attempt: t.attempt,
+            // A task found already under way (a resumed run) has no known start.
+            dispatched: None,
+            running: None,
+            state: t.state,
+        });
+        if seen.attempt != t.attempt {
+            *seen = Seen {
+                attempt: t.attempt,
+                dispatched: (t.state == TaskState::Dispatched).then_some(now),
+                running: None,
+                state: t.state,
+            };
+        }
+        let job = JobLabels {
+            job: self.job.clone(),
+        };
+        if seen.state != t.state {
+            if t.state == TaskState::Running || t.state == TaskState::Succeeded {
+                if let Some(at) = seen.dispatched.take() {
+                    self.metrics
+                        .queue_seconds
+                        .get_or_create(&job)
+                        .observe(now.duration_since(at).as_secs_f64());
+                }
+                if seen.running.is_none() && seen.state == TaskState::Dispatched {
+                    seen.running = Some(now);
+                }
+            }
+            if t.state == TaskState::Succeeded
+                && let Some(at) = seen.running.take()
+            {
+                self.metrics
+                    .task_seconds
+                    .get_or_create(&job)
+                    .observe(now.duration_since(at).as_secs_f64());
+            }
+            seen.state = t.state;
+        }
+    }
+
+    /// The driver started these attempts.
+    pub fn dispatched(&mut self, tasks: &[TaskRecord]) {
+        self.dispatched_at(Instant::now(), tasks);
+    }
+
+    fn dispatched_at(&mut self, now: Instant, tasks: &[TaskRecord]) {
+        self.metrics
+            .attempts
+            .get_or_create(&self.job_labels())
+            .inc_by(tasks.len() as u64);
+        for t in tasks {
+            self.seen.insert(
+                t.id,
+                Seen {
+                    attempt: t.attempt,
+                    dispatched: Some(now),
+                    running: None,
+                    state: TaskState::Dispatched,
+                },
+            );
+        }
+    }
+
+    /// An attempt ended without success; `retried` when the task will be tried again.
+    pub fn lost(&self, kind: ErrorKind, retried: bool) {
+        self.metrics
+            .attempts_lost
+            .get_or_create(&ErrorLabels {
+                job: self.job.clone(),
+                kind: kind.as_str().into(),
+            })
+            .inc();
+        if retried {
+            self.metrics.retries.get_or_create(&self.job_labels()).inc();
+        }
+    }
+
+    /// A task group went to the executor (or failed to), taking `took`.
+    pub fn submitted(&self, took: Duration, ok: bool) {
+        self.metrics
+            .submit_seconds
+            .get_or_create(&SubmitLabels {
+                job: self.job.clone(),
+                outcome: if ok { "ok" } else { "error" }.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    }
+
+    #[test]
+    fn queue_wait_and_duration_follow_what_the_driver_saw_of_each_attempt() {
+        let mut registry = Registry::default();
+        let mut meter = JobMetrics::register(&mut registry).job("j");
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut row = TaskRecord::new("j", 0, 100, 0);
+        row.attempt = 1;
+        row.state = TaskState::Dispatched;
+        meter.dispatched_at(t0, std::slice::from_ref(&row));
+        let progress = |done| Progress {
+            total_items: 100,
+            done_items: done,
+            tasks_total: 1,
+            ..Progress::default()
+        };
+        row.state = TaskState::Running;
+        meter.observe_at(at(2), std::slice::from_ref(&row), &progress(0));
+        row.state = TaskState::Succeeded;
+        meter.observe_at(at(12), std::slice::from_ref(&row), &progress(100));
+        let out = text(&registry);
+        assert_eq!(value(&out, r#"orch_job_attempts_total{job="j"}"#), 1.0);
+        assert_eq!(
+            value(&out, r#"orch_job_queue_wait_seconds_count{job="j"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(&out, r#"orch_job_queue_wait_seconds_sum{job="j"}"#),
+            2.0
+        );
+        assert_eq!(
+            value(&out, r#"orch_job_task_duration_seconds_sum{job="j"}"#),
+            10.0
+        );
+        // 100 items in the 10 s between the two observations.
+        assert_eq!(value(&out, r#"orch_job_items_per_second{job="j"}"#), 10.0);
+        assert_eq!(
+            value(
+                &out,
+                r#"orch_job_tasks{job="j",stage="work",state="succeeded"}"#
+            ),
+            1.0
+        );
+        assert_eq!(value(&out, r#"orch_job_items{job="j",state="ok"}"#), 100.0);
+
+        // A retried attempt starts its own clock; a loss counts by kind, with its retry.
+        meter.lost(ErrorKind::Infrastructure, true);
+        let out = text(&registry);
+        assert_eq!(
+            value(
+                &out,
+                r#"orch_job_attempts_lost_total{job="j",kind="infrastructure"}"#
+            ),
+            1.0
+        );
+        assert_eq!(value(&out, r#"orch_job_retries_total{job="j"}"#), 1.0);
+    }
+}
