@@ -1663,6 +1663,17 @@ async fn an_oversized_input_fails_alone_while_another_tenants_job_completes() {
     // The operator that planned both is the one still serving.
     assert!(world.operators[0].1.try_wait().unwrap().is_none());
     assert_eq!(http_get(port, "/readyz").map(|(code, _)| code), Some(200));
+    // Its /metrics has the series of the job it drove, as `orch run --metrics-addr` serves
+    // them, agreeing with the OrchJob's status.
+    let fine = phase(&world, "fine", "default");
+    let (code, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let series = format!(
+        "orch_job_tasks{{job=\"{}\",stage=\"work\",state=\"succeeded\"}} {}",
+        fine["jobId"].as_str().unwrap(),
+        fine["tasks"]["succeeded"]
+    );
+    assert!(metrics.contains(&series), "{series} not in {metrics}");
     let log = world.operator_log("op-a");
     assert!(!log.contains("the same line again"), "{}", tail(&log, 40));
 }

@@ -861,6 +861,7 @@ fn launch(
         tick: ctx.config.tick,
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
         budget,
+        metrics: ctx.metrics.jobs_driven.clone(),
     })
 }
 

@@ -71,6 +71,8 @@ pub struct Launch {
     pub task_cache: SharedTaskCache,
     /// What planning the job may cost; passing it refuses the job.
     pub budget: PlanBudget,
+    /// Where the driver's job metrics go (the operator's `/metrics`).
+    pub metrics: orch_runtime::metrics::JobMetrics,
 }
 
 /// The supervisors of this operator, by `OrchJob` uid.
@@ -193,7 +195,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             task_cache: Some(launch.task_cache.clone()),
             budget: launch.budget,
             retry: None,
-            metrics: None,
+            metrics: Some(launch.metrics.clone()),
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

@@ -37,6 +37,8 @@ pub struct PhaseLabels {
 /// The operator's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// The series of every job this replica drives (`orch_job_*`, as `orch run` serves them).
+    pub jobs_driven: orch_runtime::metrics::JobMetrics,
     pub reconciles: Family<OutcomeLabels, Counter>,
     pub reconcile_seconds: Histogram,
     pub jobs: Family<PhaseLabels, Gauge>,
@@ -47,7 +49,9 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("orch_operator");
+        let mut root = Registry::default();
+        let jobs_driven = orch_runtime::metrics::JobMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("orch_operator");
         let reconciles = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "reconciles",
@@ -77,7 +81,8 @@ impl Default for Metrics {
             leader.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
+            jobs_driven,
             reconciles,
             reconcile_seconds,
             jobs,
