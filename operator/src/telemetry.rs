@@ -144,3 +144,86 @@ async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse 
         metrics.encode(),
     )
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The names `# TYPE` declares in the operator's `/metrics`, with the suffixes Prometheus
+    /// adds to their samples (`_total`, `_bucket`, `_sum`, `_count`).
+    fn exported() -> std::collections::BTreeSet<String> {
+        use orch_core::model::{ErrorKind, TaskRecord, TaskState};
+        let metrics = Metrics::default();
+        // A family shows in the text only once it has a sample: one of each.
+        metrics
+            .reconciles
+            .get_or_create(&OutcomeLabels {
+                outcome: "ok".into(),
+            })
+            .inc();
+        metrics
+            .jobs
+            .get_or_create(&PhaseLabels {
+                phase: "Running".into(),
+            })
+            .set(1);
+        let mut meter = metrics.jobs_driven.job("j");
+        let mut row = TaskRecord::new("j", 0, 10, 0);
+        row.attempt = 1;
+        row.state = TaskState::Dispatched;
+        meter.dispatched(std::slice::from_ref(&row));
+        let progress = orch_runtime::driver::Progress::default();
+        for state in [TaskState::Running, TaskState::Succeeded] {
+            row.state = state;
+            meter.observe(std::slice::from_ref(&row), &progress);
+        }
+        meter.lost(ErrorKind::Transient, true);
+        meter.submitted(std::time::Duration::ZERO, true);
+        let mut names = std::collections::BTreeSet::new();
+        for line in metrics.encode().lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let (name, kind) = rest.split_once(' ').unwrap();
+            names.insert(name.to_string());
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        }
+        names
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_series_orch_exports() {
+        let exported = exported();
+        assert!(exported.contains("orch_job_tasks"), "{exported:?}");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/orch-operator/dashboards/orch.json"
+        );
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for name in expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("orch_"))
+                {
+                    queried += 1;
+                    assert!(
+                        exported.contains(name),
+                        "panel {:?} queries {name}, which orch does not export",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+        assert!(queried > 20, "{queried}");
+    }
+}
