@@ -1,6 +1,6 @@
-//! `orch run --metrics-addr`: the job's metrics on `/metrics` for Prometheus while it runs.
-//! The series themselves are `orch_runtime::metrics`; this is only the HTTP side. See
-//! docs/observability.md ("Metrics").
+//! `orch run --metrics-addr`: the job's metrics on `/metrics` for Prometheus while it runs;
+//! `--metrics-emf`: its figures as CloudWatch EMF lines. The figures themselves are
+//! `orch_runtime::metrics`; this is only where they go. See docs/observability.md ("Metrics").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use orch_runtime::metrics::JobMetrics;
+use orch_runtime::metrics::{EmfLines, JobMetrics};
 use prometheus_client::registry::Registry;
 
 use crate::Failure;
@@ -45,4 +45,28 @@ async fn metrics_text(State(registry): State<Arc<Registry>>) -> impl IntoRespons
         )],
         out,
     )
+}
+
+/// How often EMF lines are written while a job runs: CloudWatch's standard resolution.
+const EMF_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// EMF lines appended to `path`, or written to stdout for `-`.
+pub fn emf_lines(path: &std::path::Path) -> Result<EmfLines, Failure> {
+    let out: Box<dyn std::io::Write + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    Failure::usage(format!(
+                        "--metrics-emf {}: cannot open it: {e}",
+                        path.display()
+                    ))
+                })?,
+        )
+    };
+    Ok(EmfLines::new(out, EMF_EVERY))
 }

@@ -104,6 +104,7 @@ fn local(args: &RetryArgs, choice: RetryChoice, job_id: Option<String>) -> Drive
         worker: args.worker.clone(),
         retry: Some(choice),
         metrics_addr: None,
+        metrics_emf: None,
         job_id,
         named: args.job.clone(),
     }

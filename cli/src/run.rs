@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Serve the job's metrics for Prometheus on http://HOST:PORT/metrics while it runs.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Append the job's figures as CloudWatch Embedded Metric Format lines to FILE (`-`:
+    /// stdout): at the start, every minute, and at the end.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_emf: Option<PathBuf>,
 }
 
 pub(crate) fn load_checked(file: &Path) -> Result<LoadedJob, Failure> {
@@ -239,6 +243,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             worker: args.worker,
             retry: None,
             metrics_addr: args.metrics_addr,
+            metrics_emf: args.metrics_emf,
             job_id: None,
             named: args.file.display().to_string(),
         },
@@ -254,6 +259,8 @@ pub struct Drive {
     pub retry: Option<RetryChoice>,
     /// Where to serve the job's metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to append the job's figures as EMF lines, if anywhere (`-`: stdout).
+    pub metrics_emf: Option<PathBuf>,
     /// The stored job's id, when it was named by id rather than by its file.
     pub job_id: Option<String>,
     /// How the user named the job, for the commands the summary suggests.
@@ -337,6 +344,10 @@ pub fn drive(job: &LoadedJob, how: Drive) -> Result<u8, Failure> {
         Some(addr) if !how.dry_run => Some(runtime.block_on(crate::metrics::serve(addr))?),
         _ => None,
     };
+    let emf = match &how.metrics_emf {
+        Some(path) if !how.dry_run => Some(crate::metrics::emf_lines(path)?),
+        _ => None,
+    };
     let started = Instant::now();
     let whole_tasks = matches!(how.retry, Some(RetryChoice::Tasks));
     let opts = RunOptions {
@@ -355,6 +366,7 @@ pub fn drive(job: &LoadedJob, how: Drive) -> Result<u8, Failure> {
         budget: PlanBudget::default(),
         retry: how.retry,
         metrics,
+        emf,
     };
     let outcome = runtime.block_on(async {
         if how.dry_run {

@@ -177,3 +177,78 @@ spec:
     );
     assert!(scrape(port).is_none(), "the endpoint ends with the run");
 }
+
+/// `--metrics-emf FILE`: CloudWatch Embedded Metric Format lines, each valid against the
+/// format's schema with every metric and dimension it names present, the last one agreeing
+/// with the job's rows.
+#[test]
+fn emf_lines_are_valid_cloudwatch_records_that_end_with_the_jobs_figures() {
+    let s = Scratch::new();
+    s.jsonl("in.jsonl", 600);
+    let job = s.write(
+        "job.yaml",
+        r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {name: emf}
+spec:
+  input: {uri: in.jsonl}
+  batch: {size: 100}
+  handler: {builtin: {name: identity}}
+  output: {uri: out}
+  executor: {local: {parallelism: 2}}
+"#,
+    );
+    let job = job.to_str().unwrap();
+    let emf = s.path("emf.jsonl");
+    let out = s.orch(&[
+        "run",
+        "--no-progress",
+        "--metrics-emf",
+        emf.to_str().unwrap(),
+        job,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let schema_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schema/cloudwatch-emf.schema.json"
+    );
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&emf)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "a line at the start and one at the end: {lines:?}"
+    );
+    for record in &lines {
+        let errors: Vec<String> = validator
+            .iter_errors(record)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}: {record}");
+        for directive in record["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+            assert_eq!(directive["Namespace"], "orch");
+            for set in directive["Dimensions"].as_array().unwrap() {
+                for dimension in set.as_array().unwrap() {
+                    let key = dimension.as_str().unwrap();
+                    assert!(record[key].is_string(), "dimension {key} missing: {record}");
+                }
+            }
+            for metric in directive["Metrics"].as_array().unwrap() {
+                let name = metric["Name"].as_str().unwrap();
+                assert!(record[name].is_number(), "metric {name} missing: {record}");
+            }
+        }
+    }
+    let status = s.status(std::path::Path::new(job));
+    let last = lines.last().unwrap();
+    assert_eq!(last["Job"], status["job"]);
+    assert_eq!(last["ItemsOk"], status["items"]["ok"]);
+    assert_eq!(last["ItemsPlanned"], 600);
+    assert_eq!(last["TasksSucceeded"], 6);
+    assert_eq!(last["AttemptsLost"], 0);
+}

@@ -196,6 +196,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             budget: launch.budget,
             retry: None,
             metrics: Some(launch.metrics.clone()),
+            emf: None,
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

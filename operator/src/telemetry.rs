@@ -168,7 +168,7 @@ mod tests {
                 phase: "Running".into(),
             })
             .set(1);
-        let mut meter = metrics.jobs_driven.job("j");
+        let mut meter = metrics.jobs_driven.job("j", None);
         let mut row = TaskRecord::new("j", 0, 10, 0);
         row.attempt = 1;
         row.state = TaskState::Dispatched;

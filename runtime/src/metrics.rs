@@ -2,11 +2,14 @@
 //! shows. Workers live for one task, so their figures reach the driver through the task rows
 //! it reads on every tick (items done and failed, states); what the driver does itself —
 //! attempts it starts, losses and retries, submissions to the executor — it counts as it does
-//! it. Durations are as the driver sees them, to within one tick. See docs/observability.md
-//! ("Metrics").
+//! it. Durations are as the driver sees them, to within one tick. The same figures can also go
+//! out as CloudWatch Embedded Metric Format lines ([`EmfLines`]), for AWS users whose log
+//! agent turns them into CloudWatch metrics. See docs/observability.md ("Metrics").
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orch_core::model::{ErrorKind, TaskRecord, TaskState};
@@ -152,15 +155,58 @@ impl JobMetrics {
         m
     }
 
-    /// What one driver records for `job`.
-    pub fn job(&self, job: &str) -> JobMeter {
+    /// Series registered nowhere: for a driver that only writes [`EmfLines`].
+    pub fn unregistered() -> JobMetrics {
+        JobMetrics::register(&mut Registry::default())
+    }
+
+    /// What one driver records for `job`, and writes as EMF lines to `emf` if given.
+    pub fn job(&self, job: &str, emf: Option<EmfLines>) -> JobMeter {
         JobMeter {
             metrics: self.clone(),
             job: job.to_string(),
             seen: HashMap::new(),
             done: VecDeque::new(),
+            figures: Figures::default(),
+            emf,
         }
     }
+}
+
+/// Where CloudWatch Embedded Metric Format lines go (a file, stdout), and how often: one line
+/// per job at its first tick, then every `every`, and at its end. Clones share the writer.
+#[derive(Clone)]
+pub struct EmfLines {
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl EmfLines {
+    pub fn new(out: Box<dyn Write + Send>, every: Duration) -> EmfLines {
+        EmfLines {
+            out: Arc::new(Mutex::new(out)),
+            every,
+            last: None,
+        }
+    }
+}
+
+/// The CloudWatch namespace of orch's EMF metrics.
+pub const EMF_NAMESPACE: &str = "orch";
+
+/// The latest figures of a job, as EMF writes them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    items_ok: u64,
+    items_failed: u64,
+    items_planned: u64,
+    items_per_second: f64,
+    tasks_running: u64,
+    tasks_succeeded: u64,
+    tasks_failed: u64,
+    attempts_lost: u64,
+    retries: u64,
 }
 
 /// When the driver first saw the current attempt of a task dispatched, and running.
@@ -178,6 +224,8 @@ pub struct JobMeter {
     seen: HashMap<u32, Seen>,
     /// Items done at each observation of the last minute.
     done: VecDeque<(Instant, u64)>,
+    figures: Figures,
+    emf: Option<EmfLines>,
 }
 
 /// The window of `orch_job_items_per_second`.
@@ -256,6 +304,50 @@ impl JobMeter {
             _ => 0.0,
         };
         m.items_per_second.get_or_create(&job).set(rate);
+        let count = |state: &str| by_state.get(&("work", state)).copied().unwrap_or(0) as u64;
+        self.figures = Figures {
+            items_ok: done - progress.failed_items.min(done),
+            items_failed: progress.failed_items,
+            items_planned: progress.total_items,
+            items_per_second: rate,
+            tasks_running: count("running"),
+            tasks_succeeded: count("succeeded"),
+            tasks_failed: count("failed"),
+            ..self.figures
+        };
+        if let Some(emf) = &self.emf
+            && emf
+                .last
+                .is_none_or(|at| now.duration_since(at) >= emf.every)
+        {
+            self.write_emf(now);
+        }
+    }
+
+    /// The job has ended: its last figures go out at once.
+    pub fn ended(&mut self, tasks: &[TaskRecord], progress: &Progress) {
+        let now = Instant::now();
+        self.observe_at(now, tasks, progress);
+        if self.emf.as_ref().is_some_and(|e| e.last != Some(now)) {
+            self.write_emf(now);
+        }
+    }
+
+    fn write_emf(&mut self, now: Instant) {
+        let Some(emf) = &mut self.emf else { return };
+        emf.last = Some(now);
+        let line = emf_line(&self.job, &self.figures, orch_core::model::now_ms());
+        let written = emf
+            .out
+            .lock()
+            .map_err(|_| std::io::Error::other("a writer panicked"))
+            .and_then(|mut out| {
+                writeln!(out, "{line}")?;
+                out.flush()
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write the EMF metrics");
+        }
     }
 
     /// Queue wait and duration from what the driver saw of the task's current attempt.
@@ -326,7 +418,9 @@ impl JobMeter {
     }
 
     /// An attempt ended without success; `retried` when the task will be tried again.
-    pub fn lost(&self, kind: ErrorKind, retried: bool) {
+    pub fn lost(&mut self, kind: ErrorKind, retried: bool) {
+        self.figures.attempts_lost += 1;
+        self.figures.retries += u64::from(retried);
         self.metrics
             .attempts_lost
             .get_or_create(&ErrorLabels {
@@ -351,6 +445,42 @@ impl JobMeter {
     }
 }
 
+/// One EMF record: the figures at the root, named in `_aws.CloudWatchMetrics`, with the job
+/// as the dimension.
+fn emf_line(job: &str, f: &Figures, timestamp_ms: u64) -> serde_json::Value {
+    let counts = [
+        ("ItemsOk", f.items_ok),
+        ("ItemsFailed", f.items_failed),
+        ("ItemsPlanned", f.items_planned),
+        ("TasksRunning", f.tasks_running),
+        ("TasksSucceeded", f.tasks_succeeded),
+        ("TasksFailed", f.tasks_failed),
+        ("AttemptsLost", f.attempts_lost),
+        ("Retries", f.retries),
+    ];
+    let mut metrics: Vec<serde_json::Value> = counts
+        .iter()
+        .map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"}))
+        .collect();
+    metrics.push(serde_json::json!({"Name": "ItemsPerSecond", "Unit": "Count/Second"}));
+    let mut record = serde_json::json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": EMF_NAMESPACE,
+                "Dimensions": [["Job"]],
+                "Metrics": metrics,
+            }],
+        },
+        "Job": job,
+        "ItemsPerSecond": f.items_per_second,
+    });
+    for (name, value) in counts {
+        record[name] = value.into();
+    }
+    record
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -371,7 +501,7 @@ mod tests {
     #[test]
     fn queue_wait_and_duration_follow_what_the_driver_saw_of_each_attempt() {
         let mut registry = Registry::default();
-        let mut meter = JobMetrics::register(&mut registry).job("j");
+        let mut meter = JobMetrics::register(&mut registry).job("j", None);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut row = TaskRecord::new("j", 0, 100, 0);

@@ -278,6 +278,7 @@ fn run_options(budget: PlanBudget) -> RunOptions {
         budget,
         retry: None,
         metrics: None,
+        emf: None,
     }
 }
 

@@ -95,6 +95,8 @@ pub struct RunOptions {
     pub retry: Option<RetryChoice>,
     /// Where the job's metrics go (`orch run --metrics-addr`, the operator's `/metrics`).
     pub metrics: Option<crate::metrics::JobMetrics>,
+    /// Where the job's figures go as CloudWatch EMF lines (`orch run --metrics-emf`).
+    pub emf: Option<crate::metrics::EmfLines>,
 }
 
 /// The end of a run.
@@ -297,7 +299,15 @@ async fn drive_locked(
         paused: false,
         rate_limits,
         manifest_sha256: record.manifest_sha256.clone(),
-        meter: opts.metrics.as_ref().map(|m| m.job(id)),
+        meter: match (&opts.metrics, &opts.emf) {
+            (None, None) => None,
+            (metrics, emf) => Some(
+                metrics
+                    .clone()
+                    .unwrap_or_else(crate::metrics::JobMetrics::unregistered)
+                    .job(id, emf.clone()),
+            ),
+        },
     };
     let stopped = async {
         match &opts.stop {

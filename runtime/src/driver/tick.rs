@@ -239,9 +239,12 @@ impl Loop<'_> {
     }
 
     /// Writes the job's end and says so; `tasks` are its rows as the end was decided on.
-    async fn end(&self, done: JobRecord, tasks: &[TaskRecord]) -> Result<JobRecord> {
+    async fn end(&mut self, done: JobRecord, tasks: &[TaskRecord]) -> Result<JobRecord> {
         let state = self.platform.backends().state.as_ref();
         let done = finish_job(state, done).await?;
+        if let Some(meter) = &mut self.meter {
+            meter.ended(tasks, &progress(&done, tasks));
+        }
         history::close_committed(state, &self.id, tasks).await;
         info!(
             phase = %done.phase,
@@ -354,7 +357,7 @@ impl Loop<'_> {
                     // Only the write that ended the attempt completes its record.
                     history::ended_by_driver(state.as_ref(), &stored, exec.get(&stored.id), false)
                         .await;
-                    if let (Some(meter), Some(err)) = (&self.meter, &stored.last_error) {
+                    if let (Some(meter), Some(err)) = (&mut self.meter, &stored.last_error) {
                         meter.lost(err.kind, f.retry.is_some());
                     }
                     if let Some(err) = &stored.last_error {
