@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, kill, task_of, text, workers_of};
+use common::{Scratch, fixture, kill, task_of, text, workers_of};
 
 /// One GET of `/metrics`; `None` once nothing listens any more.
 fn scrape(port: u16) -> Option<String> {
@@ -57,17 +57,23 @@ metadata: {name: scraped}
 spec:
   input: {uri: in.jsonl}
   batch: {size: 250}
-  handler: {builtin: {name: sleep, duration: 10ms}, concurrency: 2}
+  handler: {exec: {command: [python3, HANDLER]}, concurrency: 2}
   retry: {maxAttempts: 3, backoff: {initial: 50ms, factor: 2, max: 1s}}
+  tolerance: {maxFailedItemsPercent: 5}
   output: {uri: out}
   executor: {local: {parallelism: 2}}
-"#,
+"#
+        .replace("HANDLER", &fixture("flaky.py"))
+        .as_str(),
     );
     let job = job.to_str().unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut run = s
         .orch_cmd(&["run", "--no-progress", "--metrics-addr", &addr, job])
+        // Ids divisible by 100 fail for good (15 of them), others at the ends of each hundred
+        // fail once; 8 ms an item.
+        .env("ORCH_TEST_SLEEP", "0.008")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -134,6 +140,12 @@ spec:
         );
         let started = sample(&metrics, "orch_job_attempts_total", &[("job", id)]).unwrap_or(0.0);
         assert!(started as u64 >= scraped, "{metrics}");
+        let permanent = sample(
+            &metrics,
+            "orch_job_items_failed",
+            &[("job", id), ("kind", "permanent")],
+        );
+        assert!(permanent.unwrap_or(0.0) <= 15.0, "{metrics}");
         scrapes += 1;
         mid_run |= scraped > 0 && scraped < 6;
         if sample(
@@ -176,6 +188,23 @@ spec:
         "the killed worker's attempt was counted as lost"
     );
     assert!(scrape(port).is_none(), "the endpoint ends with the run");
+    // What the gauge by kind is read from: each row's failed items by kind, which add up to
+    // the errors the tasks' result files hold.
+    let status = s.status(std::path::Path::new(job));
+    assert_eq!(status["errorsByKind"]["permanent"], 15, "{status}");
+    let mut by_kind = std::collections::BTreeMap::<String, u64>::new();
+    for task in 0..6 {
+        let row = s.orch(&["status", "-o", "json", "--task", &task.to_string(), job]);
+        let row: serde_json::Value = serde_json::from_slice(&row.stdout).unwrap();
+        for (kind, n) in row["task"]["itemsFailedByKind"].as_object().unwrap() {
+            *by_kind.entry(kind.clone()).or_default() += n.as_u64().unwrap();
+        }
+    }
+    assert_eq!(
+        by_kind,
+        [("permanent".to_string(), 15)].into(),
+        "{by_kind:?}"
+    );
 }
 
 /// `--metrics-emf FILE`: CloudWatch Embedded Metric Format lines, each valid against the

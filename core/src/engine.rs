@@ -273,6 +273,7 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
                 next.retry_at = None;
                 next.items_ok = 0;
                 next.items_failed = 0;
+                next.items_failed_by_kind.clear();
                 next.updated_at = obs.now;
                 tasks.push(next);
             }

@@ -234,6 +234,10 @@ pub struct TaskRecord {
     pub items_ok: u64,
     #[serde(default)]
     pub items_failed: u64,
+    /// `items_failed` by the kind of the items' errors (`transient`, `permanent`,
+    /// `rate_limited`, `schema`…), as the worker last published them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub items_failed_by_kind: std::collections::BTreeMap<String, u64>,
     /// The task group (array submission) of the current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
@@ -272,6 +276,7 @@ impl TaskRecord {
             items,
             items_ok: 0,
             items_failed: 0,
+            items_failed_by_kind: Default::default(),
             group: None,
             executor_id: None,
             lease_owner: None,

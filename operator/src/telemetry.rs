@@ -174,6 +174,7 @@ mod tests {
         row.state = TaskState::Dispatched;
         meter.dispatched(std::slice::from_ref(&row));
         let progress = orch_runtime::driver::Progress::default();
+        row.items_failed_by_kind = [("permanent".to_string(), 1)].into();
         for state in [TaskState::Running, TaskState::Succeeded] {
             row.state = state;
             meter.observe(std::slice::from_ref(&row), &progress);

@@ -43,6 +43,13 @@ pub struct ItemLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ItemErrorLabels {
+    pub job: String,
+    /// The kind of the items' errors (`transient`, `permanent`, `rate_limited`, `schema`…).
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub job: String,
     /// The error kind of the attempt's loss (`transient`, `infrastructure`…).
@@ -63,6 +70,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct JobMetrics {
     tasks: Family<TaskLabels, Gauge>,
     items: Family<ItemLabels, Gauge>,
+    items_failed: Family<ItemErrorLabels, Gauge>,
     items_per_second: Family<JobLabels, FloatGauge>,
     input_bytes_done: Family<JobLabels, Gauge>,
     attempts: Family<JobLabels, Counter>,
@@ -90,6 +98,7 @@ impl JobMetrics {
         let m = JobMetrics {
             tasks: Family::default(),
             items: Family::default(),
+            items_failed: Family::default(),
             items_per_second: Family::default(),
             input_bytes_done: Family::default(),
             attempts: Family::default(),
@@ -106,6 +115,12 @@ impl JobMetrics {
             "items",
             "Items done ok or failed (running tasks by their last heartbeat), and planned",
             m.items.clone(),
+        );
+        r.register(
+            "items_failed",
+            "Items failed, by the kind of their errors (a task failed for good: all its items, \
+             under the kind of its error)",
+            m.items_failed.clone(),
         );
         r.register(
             "items_per_second",
@@ -167,6 +182,7 @@ impl JobMetrics {
             job: job.to_string(),
             seen: HashMap::new(),
             done: VecDeque::new(),
+            failed_kinds: Default::default(),
             figures: Figures::default(),
             emf,
         }
@@ -224,6 +240,8 @@ pub struct JobMeter {
     seen: HashMap<u32, Seen>,
     /// Items done at each observation of the last minute.
     done: VecDeque<(Instant, u64)>,
+    /// Every kind of item error seen, so that a kind whose items were retried away shows 0.
+    failed_kinds: std::collections::BTreeSet<String>,
     figures: Figures,
     emf: Option<EmfLines>,
 }
@@ -248,6 +266,34 @@ impl JobMeter {
         let mut by_state: HashMap<(&'static str, &'static str), i64> = HashMap::new();
         let mut input_done = 0u64;
         let mut merges_done = 0i64;
+        let mut failed: HashMap<&str, u64> = HashMap::new();
+        for t in tasks.iter().filter(|t| t.kind.is_work()) {
+            match t.state {
+                TaskState::Succeeded | TaskState::Running => {
+                    for (kind, n) in &t.items_failed_by_kind {
+                        *failed.entry(kind).or_default() += n;
+                    }
+                }
+                TaskState::Failed => {
+                    let kind = t.last_error.as_ref().map_or("unknown", |e| e.kind.as_str());
+                    *failed.entry(kind).or_default() += t.items;
+                }
+                _ => {}
+            }
+        }
+        self.failed_kinds
+            .extend(failed.keys().map(|k| (*k).to_string()));
+        for kind in &self.failed_kinds {
+            m.items_failed
+                .get_or_create(&ItemErrorLabels {
+                    job: self.job.clone(),
+                    kind: kind.clone(),
+                })
+                .set(
+                    i64::try_from(failed.get(kind.as_str()).copied().unwrap_or(0))
+                        .unwrap_or(i64::MAX),
+                );
+        }
         for t in tasks {
             let stage = if t.kind.is_work() { "work" } else { "merge" };
             *by_state.entry((stage, t.state.as_str())).or_default() += 1;
@@ -517,6 +563,7 @@ mod tests {
         row.state = TaskState::Running;
         meter.observe_at(at(2), std::slice::from_ref(&row), &progress(0));
         row.state = TaskState::Succeeded;
+        row.items_failed_by_kind = [("permanent".to_string(), 3)].into();
         meter.observe_at(at(12), std::slice::from_ref(&row), &progress(100));
         let out = text(&registry);
         assert_eq!(value(&out, r#"orch_job_attempts_total{job="j"}"#), 1.0);
@@ -542,6 +589,10 @@ mod tests {
             1.0
         );
         assert_eq!(value(&out, r#"orch_job_items{job="j",state="ok"}"#), 100.0);
+        assert_eq!(
+            value(&out, r#"orch_job_items_failed{job="j",kind="permanent"}"#),
+            3.0
+        );
 
         // A retried attempt starts its own clock; a loss counts by kind, with its retry.
         meter.lost(ErrorKind::Infrastructure, true);

@@ -5,7 +5,7 @@
 //! the last uncommitted chunk, and because the final files are built only from this table, an
 //! item is never both redone and kept twice.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -20,6 +20,62 @@ pub enum Finished {
         message: String,
         attempts: u32,
     },
+}
+
+/// Items finished ok, and failed by the kind of their errors: what a worker publishes in its
+/// task row (`items_ok`, `items_failed`, `items_failed_by_kind`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub ok: u64,
+    pub failed: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed_total()
+    }
+
+    pub fn add(&mut self, finished: &Finished) {
+        match finished {
+            Finished::Ok(_) => self.ok += 1,
+            Finished::Failed { kind, .. } => self.add_failed(kind, 1),
+        }
+    }
+
+    pub fn add_failed(&mut self, kind: &str, n: u64) {
+        if n > 0 {
+            *self.failed.entry(kind.to_string()).or_default() += n;
+        }
+    }
+
+    pub fn extend(&mut self, other: &Tally) {
+        self.ok += other.ok;
+        for (kind, n) in &other.failed {
+            self.add_failed(kind, *n);
+        }
+    }
+
+    /// `ok` items, and `failed` of kind `permanent`.
+    #[cfg(test)]
+    pub fn of(ok: u64, failed: u64) -> Tally {
+        let mut tally = Tally {
+            ok,
+            ..Tally::default()
+        };
+        tally.add_failed("permanent", failed);
+        tally
+    }
+
+    /// `row` showing these counts.
+    pub fn publish_in(&self, row: &mut orch_core::model::TaskRecord) {
+        row.items_ok = self.ok;
+        row.items_failed = self.failed_total();
+        row.items_failed_by_kind = self.failed.clone();
+    }
 }
 
 /// The checkpoint file of a task.
@@ -79,15 +135,25 @@ impl Checkpoint {
         Ok(done)
     }
 
-    /// Items finished ok and failed, by earlier attempts.
-    pub fn counts(&self) -> Result<(u64, u64)> {
-        self.conn
-            .query_row(
-                "SELECT count(*) FILTER (WHERE kind IS NULL), count(*) FILTER (WHERE kind IS NOT NULL) FROM items",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
-            .map_err(self.err())
+    /// Items finished ok and failed (by kind), by earlier attempts.
+    pub fn tally(&self) -> Result<Tally> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, count(*) FROM items GROUP BY kind")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(self.err())?;
+        let mut tally = Tally::default();
+        for row in rows {
+            match row.map_err(self.err())? {
+                (None, n) => tally.ok += n,
+                (Some(kind), n) => tally.add_failed(&kind, n),
+            }
+        }
+        Ok(tally)
     }
 
     pub fn record(&mut self, ordinal: u64, item: Finished) {
@@ -186,7 +252,9 @@ mod tests {
         drop(c); // not flushed: lost, as after a kill -9
         let mut c = Checkpoint::open(&path).unwrap();
         assert_eq!(c.done().unwrap(), HashSet::from([1, 3]));
-        assert_eq!(c.counts().unwrap(), (1, 1));
+        let tally = c.tally().unwrap();
+        assert_eq!(tally.ok, 1);
+        assert_eq!(tally.failed, BTreeMap::from([("permanent".to_string(), 1)]));
         c.record(3, Finished::Ok("{\"a\":2}".into()));
         c.flush().unwrap();
         let all = c.all().unwrap();

@@ -10,6 +10,7 @@ use orch_core::history::AttemptOutcome;
 use orch_core::model::{JobPhase, JobRecord, SCHEMA_VERSION, TaskRecord, TaskState};
 use orch_testkit::no_history::NoHistory;
 
+use crate::checkpoint::Tally;
 use crate::error::Error;
 use crate::run::{WorkerArgs, claim, commit, record_failure};
 
@@ -79,7 +80,9 @@ async fn the_worker_records_its_claim_its_commit_and_its_own_failures() {
     assert_eq!(started[0].worker.as_deref(), Some("host-a:42"));
     assert_eq!(started[0].executor_id.as_deref(), Some("t0a1"));
     assert!(started[0].node.as_deref().is_some_and(|n| !n.is_empty()));
-    commit(state.as_ref(), &mut row, 9, 1).await.unwrap();
+    commit(state.as_ref(), &mut row, &Tally::of(9, 1))
+        .await
+        .unwrap();
     let done = state.list_attempts("hist-1", Some(0)).await.unwrap();
     assert_eq!(done[0].outcome, AttemptOutcome::Succeeded);
     assert_eq!((done[0].items_ok, done[0].items_failed), (9, 1));
@@ -126,7 +129,9 @@ async fn a_history_out_of_order_fails_no_task() {
     let broken = Arc::new(NoHistory::new(store(dir.path()).await));
     let args = dispatched_job(broken.as_ref(), 2).await;
     let mut row = claim(broken.as_ref(), &args, "host-b:1").await.unwrap();
-    let stored = commit(broken.as_ref(), &mut row, 10, 0).await.unwrap();
+    let stored = commit(broken.as_ref(), &mut row, &Tally::of(10, 0))
+        .await
+        .unwrap();
     assert_eq!(stored.state, TaskState::Succeeded);
     let args = WorkerArgs { task: 1, ..args };
     claim(broken.as_ref(), &args, "host-b:2").await.unwrap();

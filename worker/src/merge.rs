@@ -8,6 +8,7 @@ use orch_core::owner::this_process;
 use orch_core::platform::Backends;
 use tracing::info;
 
+use crate::checkpoint::Tally;
 use crate::error::{Error, Result};
 use crate::run::{HEARTBEAT, WorkerArgs, claim, commit, heartbeat, record_failure};
 
@@ -38,10 +39,10 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> 
                     done?;
                     break;
                 }
-                _ = beat.tick() => heartbeat(state, &mut row, 0, 0).await?,
+                _ = beat.tick() => heartbeat(state, &mut row, &Tally::default()).await?,
             }
         }
-        commit(state, &mut row, 0, 0).await
+        commit(state, &mut row, &Tally::default()).await
     }
     .await;
     if let Err(e) = &result

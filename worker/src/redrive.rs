@@ -10,6 +10,7 @@ use orch_core::model::Redrive;
 use orch_core::platform::Backends;
 use orch_data::{FileInfo, ItemError, MergeOptions};
 
+use crate::checkpoint::Tally;
 use crate::error::{Error, Result};
 
 /// What the attempt carries over from the one its redrive starts from.
@@ -50,8 +51,15 @@ impl Carried {
     }
 
     /// Items finished by the attempt carried over (ok, and failed but not run again).
-    pub fn counts(&self) -> (u64, u64) {
-        (self.ok, self.kept.len() as u64)
+    pub fn tally(&self) -> Tally {
+        let mut tally = Tally {
+            ok: self.ok,
+            ..Tally::default()
+        };
+        for e in &self.kept {
+            tally.add_failed(&e.kind, 1);
+        }
+        tally
     }
 }
 

@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::checkpoint::{Checkpoint, Finished};
+use crate::checkpoint::{Checkpoint, Finished, Tally};
 use crate::error::{Error, Result};
 use crate::handler::{
     ExecConfig, ExecHandler, Handler, HttpConfig, HttpHandler, Identity, ItemFailure, Outcome,
@@ -164,13 +164,11 @@ pub(crate) async fn claim(
 pub(crate) async fn heartbeat(
     state: &dyn StateStore,
     row: &mut TaskRecord,
-    ok: u64,
-    failed: u64,
+    tally: &Tally,
 ) -> Result<()> {
     loop {
         let mut next = row.clone();
-        next.items_ok = ok;
-        next.items_failed = failed;
+        tally.publish_in(&mut next);
         next.lease_expiry = Some(now_ms() + LEASE.as_millis() as u64);
         next.updated_at = now_ms();
         match state.update_task(&next).await {
@@ -366,18 +364,14 @@ impl Ord for Delayed {
 /// task row (progress, lease).
 struct Ledger<'a> {
     ckpt: Checkpoint,
-    ok: u64,
-    failed: u64,
+    tally: Tally,
     backends: &'a Backends,
     row: &'a mut TaskRecord,
 }
 
 impl Ledger<'_> {
     fn record(&mut self, ordinal: u64, finished: Finished) -> Result<()> {
-        match finished {
-            Finished::Ok(_) => self.ok += 1,
-            Finished::Failed { .. } => self.failed += 1,
-        }
+        self.tally.add(&finished);
         self.ckpt.record(ordinal, finished);
         if self.ckpt.pending() >= FLUSH_EVERY {
             self.ckpt.flush()?;
@@ -388,7 +382,7 @@ impl Ledger<'_> {
     /// Flushes the checkpoint, then renews the lease and publishes progress.
     async fn beat(&mut self) -> Result<()> {
         self.ckpt.flush()?;
-        heartbeat(self.backends.state.as_ref(), self.row, self.ok, self.failed).await
+        heartbeat(self.backends.state.as_ref(), self.row, &self.tally).await
     }
 }
 
@@ -432,11 +426,9 @@ async fn work(
     if !done.is_empty() {
         info!(resumed = done.len(), "resuming from the checkpoint");
     }
-    let (mut ok, mut failed) = ckpt.counts()?;
+    let mut resumed = ckpt.tally()?;
     if let Some(c) = &carried {
-        let (carried_ok, carried_failed) = c.counts();
-        ok += carried_ok;
-        failed += carried_failed;
+        resumed.extend(&c.tally());
     }
     let wanted = |o: &u64| !done.contains(o) && carried.as_ref().is_none_or(|c| c.redo.contains(o));
     // Checked before any item runs: a schema the data layer refuses should not cost a batch.
@@ -503,8 +495,7 @@ async fn work(
     };
     let mut ledger = Ledger {
         ckpt,
-        ok,
-        failed,
+        tally: resumed.clone(),
         backends,
         row,
     };
@@ -529,14 +520,14 @@ async fn work(
     }
     outcome?;
     info!(
-        ok = ledger.ok,
-        failed = ledger.failed,
+        ok = ledger.tally.ok,
+        failed = ledger.tally.failed_total(),
         ms = started.elapsed().as_millis() as u64,
         "items done"
     );
     if stop.is_stopped() {
         return Err(Error::Interrupted {
-            progressed: ledger.ok + ledger.failed > ok + failed,
+            progressed: ledger.tally.total() > resumed.total(),
             near_time_limit: near_time_limit(),
         });
     }
@@ -793,35 +784,32 @@ async fn finish(
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut errors = Vec::new();
-    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut tally = Tally::default();
     for (ordinal, f) in ckpt.all()? {
+        tally.add(&f);
         match f {
-            Finished::Ok(json) => {
-                ok += 1;
-                match serde_json::from_str::<serde_json::Value>(&json) {
-                    Ok(serde_json::Value::Array(values)) => {
-                        rows.extend(values.into_iter().map(|value| orch_data::ResultRow {
-                            item: ordinal,
-                            value,
-                        }))
-                    }
-                    Ok(value) => rows.push(orch_data::ResultRow {
+            Finished::Ok(json) => match serde_json::from_str::<serde_json::Value>(&json) {
+                Ok(serde_json::Value::Array(values)) => {
+                    rows.extend(values.into_iter().map(|value| orch_data::ResultRow {
                         item: ordinal,
                         value,
-                    }),
-                    Err(e) => {
-                        return Err(Error::Setup(format!(
-                            "checkpointed result of item {ordinal} is not JSON: {e}"
-                        )));
-                    }
+                    }))
                 }
-            }
+                Ok(value) => rows.push(orch_data::ResultRow {
+                    item: ordinal,
+                    value,
+                }),
+                Err(e) => {
+                    return Err(Error::Setup(format!(
+                        "checkpointed result of item {ordinal} is not JSON: {e}"
+                    )));
+                }
+            },
             Finished::Failed {
                 kind,
                 message,
                 attempts,
             } => {
-                failed += 1;
                 errors.push(orch_data::ItemError {
                     item: ordinal,
                     kind,
@@ -832,17 +820,15 @@ async fn finish(
         }
     }
     if let Some(c) = carried {
-        let (carried_ok, carried_failed) = c.counts();
-        ok += carried_ok;
-        failed += carried_failed;
+        tally.extend(&c.tally());
         errors.extend(c.kept.iter().cloned());
         errors.sort_by_key(|e| e.item);
     }
-    if ok + failed != batch.items {
+    if tally.total() != batch.items {
         return Err(Error::Setup(format!(
             "the batch has {} items but {} finished",
             batch.items,
-            ok + failed
+            tally.total()
         )));
     }
     let carried_part = carried.map(|c| c.part.clone());
@@ -893,8 +879,8 @@ async fn finish(
             items = misfits,
             "results that do not fit spec.output.schema recorded as item errors of kind schema"
         );
-        ok = ok.saturating_sub(misfits);
-        failed += misfits;
+        tally.ok = tally.ok.saturating_sub(misfits);
+        tally.add_failed(orch_data::SCHEMA_ERROR_KIND, misfits);
     }
     info!(
         rows = part.rows,
@@ -916,8 +902,8 @@ async fn finish(
         attempt,
         worker: worker_id.to_string(),
         items: batch.items,
-        items_ok: ok,
-        items_failed: failed,
+        items_ok: tally.ok,
+        items_failed: tally.failed_total(),
         files: BTreeMap::from([
             ("part.parquet".to_string(), sum(&part)),
             ("errors.parquet".to_string(), sum(&errs)),
@@ -931,7 +917,7 @@ async fn finish(
         .objects
         .put(&layout::done(&job, task, attempt), bytes)
         .await?;
-    commit(backends.state.as_ref(), row, ok, failed).await
+    commit(backends.state.as_ref(), row, &tally).await
 }
 
 /// The conditional write that names this attempt: running → succeeded, with the final counts.
@@ -939,23 +925,21 @@ async fn finish(
 pub(crate) async fn commit(
     state: &dyn StateStore,
     row: &mut TaskRecord,
-    ok: u64,
-    failed: u64,
+    tally: &Tally,
 ) -> Result<TaskRecord> {
     loop {
         let mut next = row.clone();
         next.transition(TaskState::Succeeded, now_ms())?;
-        next.items_ok = ok;
-        next.items_failed = failed;
+        tally.publish_in(&mut next);
         next.lease_expiry = None;
         match state.update_task(&next).await {
             Ok(stored) => {
-                info!(ok, failed, "committed");
+                info!(ok = tally.ok, failed = tally.failed_total(), "committed");
                 orch_runtime::history::ended_by_worker(state, &stored, AttemptOutcome::Succeeded)
                     .await;
                 return Ok(stored);
             }
-            Err(e) if e.is_conflict() => heartbeat(state, row, ok, failed).await?,
+            Err(e) if e.is_conflict() => heartbeat(state, row, tally).await?,
             Err(e) => return Err(e.into()),
         }
     }
@@ -1001,20 +985,30 @@ mod tests {
         };
         dispatch(1, 0).await;
         let mut zombie = claim(state, &args(0), "zombie").await.unwrap();
-        heartbeat(state, &mut zombie, 3, 0).await.unwrap();
+        heartbeat(state, &mut zombie, &Tally::of(3, 0))
+            .await
+            .unwrap();
         // Its lease ran out: the task is retried as attempt 2, which another worker claims.
         dispatch(2, 1).await;
         let mut live = claim(state, &args(1), "live").await.unwrap();
 
         let lost = |r: Result<()>| matches!(r, Err(Error::LostLease { .. }));
-        assert!(lost(heartbeat(state, &mut zombie, 5, 0).await));
-        assert!(lost(commit(state, &mut zombie, 10, 0).await.map(|_| ())));
-        let committed = commit(state, &mut live, 9, 1).await.unwrap();
+        assert!(lost(heartbeat(state, &mut zombie, &Tally::of(5, 0)).await));
+        assert!(lost(
+            commit(state, &mut zombie, &Tally::of(10, 0))
+                .await
+                .map(|_| ())
+        ));
+        let committed = commit(state, &mut live, &Tally::of(9, 1)).await.unwrap();
         assert_eq!(
             (committed.attempt, committed.state),
             (2, TaskState::Succeeded)
         );
-        assert!(lost(commit(state, &mut zombie, 10, 0).await.map(|_| ())));
+        assert!(lost(
+            commit(state, &mut zombie, &Tally::of(10, 0))
+                .await
+                .map(|_| ())
+        ));
         // A zombie of the dispatch before its claim cannot claim either.
         assert!(lost(claim(state, &args(0), "zombie").await.map(|_| ())));
         let row = state.get_task("zombie", 0).await.unwrap().unwrap();
