@@ -162,6 +162,29 @@ fn sixteen_workers_in_four_processes_keep_the_apis_rate() {
         writes as f64 <= tokens as f64 / 50.0,
         "{writes} bucket writes for {tokens} tokens"
     );
+
+    // Each task row says what its attempt took from the bucket (one token a request) and how
+    // long its items waited: with 16 callers on 50 requests a second, most of the time.
+    let (mut taken, mut waited_ms) = (0, 0);
+    for task in 0..4 {
+        let row = s.orch(&[
+            "status",
+            "-o",
+            "json",
+            "--task",
+            &task.to_string(),
+            job.to_str().unwrap(),
+        ]);
+        let row: serde_json::Value = serde_json::from_slice(&row.stdout).unwrap();
+        taken += row["task"]["rateLimitTokens"].as_u64().unwrap_or(0);
+        waited_ms += row["task"]["rateLimitWaitMs"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(
+        taken,
+        stats.accepted + stats.rejected,
+        "a token for each request"
+    );
+    assert!(waited_ms > 100_000, "items waited {waited_ms} ms in all");
 }
 
 /// Two `orch run` jobs on one storage (two processes each) share the bucket: together they keep

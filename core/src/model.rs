@@ -238,6 +238,12 @@ pub struct TaskRecord {
     /// `rate_limited`, `schema`…), as the worker last published them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub items_failed_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Tokens the current attempt took from its rate limits (all of its buckets together).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limit_tokens: u64,
+    /// How long the current attempt's items waited for those tokens, added up over items.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limit_wait_ms: u64,
     /// The task group (array submission) of the current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
@@ -264,6 +270,10 @@ pub struct TaskRecord {
     pub version: u64,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl TaskRecord {
     pub fn new(job: &str, id: u32, items: u64, now: Millis) -> Self {
         TaskRecord {
@@ -277,6 +287,8 @@ impl TaskRecord {
             items_ok: 0,
             items_failed: 0,
             items_failed_by_kind: Default::default(),
+            rate_limit_tokens: 0,
+            rate_limit_wait_ms: 0,
             group: None,
             executor_id: None,
             lease_owner: None,

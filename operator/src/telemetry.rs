@@ -175,6 +175,8 @@ mod tests {
         meter.dispatched(std::slice::from_ref(&row));
         let progress = orch_runtime::driver::Progress::default();
         row.items_failed_by_kind = [("permanent".to_string(), 1)].into();
+        row.rate_limit_tokens = 1;
+        row.rate_limit_wait_ms = 1;
         for state in [TaskState::Running, TaskState::Succeeded] {
             row.state = state;
             meter.observe(std::slice::from_ref(&row), &progress);

@@ -80,6 +80,8 @@ pub struct JobMetrics {
     queue_seconds: Family<JobLabels, Histogram>,
     submit_seconds: Family<SubmitLabels, Histogram>,
     merge_tasks_done: Family<JobLabels, Gauge>,
+    ratelimit_tokens: Family<JobLabels, Counter>,
+    ratelimit_wait: Family<JobLabels, Counter<f64, AtomicU64>>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -108,6 +110,8 @@ impl JobMetrics {
             queue_seconds: Family::new_with_constructor(seconds_histogram),
             submit_seconds: Family::new_with_constructor(submit_histogram),
             merge_tasks_done: Family::default(),
+            ratelimit_tokens: Family::default(),
+            ratelimit_wait: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("orch_job");
         r.register("tasks", "Tasks by stage and state", m.tasks.clone());
@@ -166,6 +170,17 @@ impl JobMetrics {
             "merge_tasks_done",
             "Aggregation tasks ended",
             m.merge_tasks_done.clone(),
+        );
+        r.register(
+            "ratelimit_tokens",
+            "Tokens the job's workers took from its rate limits (every bucket together)",
+            m.ratelimit_tokens.clone(),
+        );
+        r.register_with_unit(
+            "ratelimit_wait",
+            "Time the job's items waited for rate-limit tokens, added up over items",
+            Unit::Seconds,
+            m.ratelimit_wait.clone(),
         );
         m
     }
@@ -231,6 +246,9 @@ struct Seen {
     dispatched: Option<Instant>,
     running: Option<Instant>,
     state: TaskState,
+    /// The attempt's rate-limit figures as last counted.
+    tokens: u64,
+    wait_ms: u64,
 }
 
 /// A driver's recorder for its job.
@@ -404,6 +422,8 @@ impl JobMeter {
             dispatched: None,
             running: None,
             state: t.state,
+            tokens: 0,
+            wait_ms: 0,
         });
         if seen.attempt != t.attempt {
             *seen = Seen {
@@ -411,11 +431,28 @@ impl JobMeter {
                 dispatched: (t.state == TaskState::Dispatched).then_some(now),
                 running: None,
                 state: t.state,
+                tokens: 0,
+                wait_ms: 0,
             };
         }
         let job = JobLabels {
             job: self.job.clone(),
         };
+        // Workers publish their attempt's running totals: what grew since the last look.
+        if t.rate_limit_tokens > seen.tokens || t.rate_limit_wait_ms > seen.wait_ms {
+            let tokens = t.rate_limit_tokens.saturating_sub(seen.tokens);
+            let wait_ms = t.rate_limit_wait_ms.saturating_sub(seen.wait_ms);
+            self.metrics
+                .ratelimit_tokens
+                .get_or_create(&job)
+                .inc_by(tokens);
+            self.metrics
+                .ratelimit_wait
+                .get_or_create(&job)
+                .inc_by(wait_ms as f64 / 1000.0);
+            seen.tokens = seen.tokens.max(t.rate_limit_tokens);
+            seen.wait_ms = seen.wait_ms.max(t.rate_limit_wait_ms);
+        }
         if seen.state != t.state {
             if t.state == TaskState::Running || t.state == TaskState::Succeeded {
                 if let Some(at) = seen.dispatched.take() {
@@ -458,6 +495,8 @@ impl JobMeter {
                     dispatched: Some(now),
                     running: None,
                     state: TaskState::Dispatched,
+                    tokens: 0,
+                    wait_ms: 0,
                 },
             );
         }
@@ -561,7 +600,11 @@ mod tests {
             ..Progress::default()
         };
         row.state = TaskState::Running;
+        row.rate_limit_tokens = 40;
+        row.rate_limit_wait_ms = 1_500;
         meter.observe_at(at(2), std::slice::from_ref(&row), &progress(0));
+        row.rate_limit_tokens = 100;
+        row.rate_limit_wait_ms = 2_000;
         row.state = TaskState::Succeeded;
         row.items_failed_by_kind = [("permanent".to_string(), 3)].into();
         meter.observe_at(at(12), std::slice::from_ref(&row), &progress(100));
@@ -592,6 +635,15 @@ mod tests {
         assert_eq!(
             value(&out, r#"orch_job_items_failed{job="j",kind="permanent"}"#),
             3.0
+        );
+        // Running totals of the attempt, counted once each.
+        assert_eq!(
+            value(&out, r#"orch_job_ratelimit_tokens_total{job="j"}"#),
+            100.0
+        );
+        assert_eq!(
+            value(&out, r#"orch_job_ratelimit_wait_seconds_total{job="j"}"#),
+            2.0
         );
 
         // A retried attempt starts its own clock; a loss counts by kind, with its retry.

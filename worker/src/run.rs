@@ -37,7 +37,7 @@ use crate::handler::{
     Sleep, handler_env,
 };
 use crate::redrive::{self, Carried};
-use crate::throttle::{Limiter, Throttled};
+use crate::throttle::{Limiter, LimiterFigures, Throttled};
 
 /// How long a claim is valid without renewal.
 const LEASE: Duration = Duration::from_secs(30);
@@ -365,6 +365,8 @@ impl Ord for Delayed {
 struct Ledger<'a> {
     ckpt: Checkpoint,
     tally: Tally,
+    /// What the attempt's rate limits gave, published with the progress.
+    throttle: Option<Arc<LimiterFigures>>,
     backends: &'a Backends,
     row: &'a mut TaskRecord,
 }
@@ -382,6 +384,9 @@ impl Ledger<'_> {
     /// Flushes the checkpoint, then renews the lease and publishes progress.
     async fn beat(&mut self) -> Result<()> {
         self.ckpt.flush()?;
+        if let Some(figures) = &self.throttle {
+            figures.publish_in(self.row);
+        }
         heartbeat(self.backends.state.as_ref(), self.row, &self.tally).await
     }
 }
@@ -447,8 +452,10 @@ async fn work(
         read_range(backends, batch).await?
     };
     let mut handler = make_handler(spec)?;
+    let mut throttle = None;
     if !rate_limits.is_empty() {
         let limiter = Limiter::start(rate_limits, backends.rate_limits.clone(), &job, worker_id);
+        throttle = Some(limiter.figures());
         handler = Arc::new(Throttled {
             inner: handler,
             limiter: Arc::new(limiter),
@@ -496,6 +503,7 @@ async fn work(
     let mut ledger = Ledger {
         ckpt,
         tally: resumed.clone(),
+        throttle,
         backends,
         row,
     };
@@ -530,6 +538,9 @@ async fn work(
             progressed: ledger.tally.total() > resumed.total(),
             near_time_limit: near_time_limit(),
         });
+    }
+    if let Some(figures) = &ledger.throttle {
+        figures.publish_in(ledger.row);
     }
     finish(
         backends,

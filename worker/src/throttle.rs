@@ -7,7 +7,7 @@
 //! of every job on the storage, so it is written only when this worker's share changes or its
 //! lease runs low (about once per 100 tokens); items are paced locally in between.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,24 @@ const RAISE_AFTER_MS: Millis = 2_500;
 pub struct Limiter {
     limits: Vec<Arc<Limit>>,
     stop: Arc<Stop>,
+    figures: Arc<LimiterFigures>,
+}
+
+/// What a limiter gave: published in the task row, from which the driver's metrics read it.
+#[derive(Debug, Default)]
+pub struct LimiterFigures {
+    /// Tokens taken from every bucket together (per item, and charged from answers).
+    pub tokens: AtomicU64,
+    /// Time items waited for tokens, added up over items, in milliseconds.
+    pub waited_ms: AtomicU64,
+}
+
+impl LimiterFigures {
+    /// Puts the figures in `row`.
+    pub fn publish_in(&self, row: &mut orch_core::model::TaskRecord) {
+        row.rate_limit_tokens = self.tokens.load(Ordering::Relaxed);
+        row.rate_limit_wait_ms = self.waited_ms.load(Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -320,20 +338,37 @@ impl Limiter {
                 }
             }
         });
-        Limiter { limits, stop }
+        Limiter {
+            limits,
+            stop,
+            figures: Arc::default(),
+        }
+    }
+
+    /// What this limiter gave so far.
+    pub fn figures(&self) -> Arc<LimiterFigures> {
+        self.figures.clone()
     }
 
     /// Takes one item's tokens from every bucket, waiting as long as it takes.
     pub async fn acquire(&self) {
+        let started = Instant::now();
         for limit in &self.limits {
             limit.take(f64::from(limit.binding.tokens_per_item)).await;
+            self.figures
+                .tokens
+                .fetch_add(u64::from(limit.binding.tokens_per_item), Ordering::Relaxed);
         }
+        self.figures
+            .waited_ms
+            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Charges tokens an answer reported it used (`usage`), by `RateLimit` name.
     pub fn charge(&self, name: &str, tokens: u64) {
         if let Some(limit) = self.limits.iter().find(|l| l.binding.name == name) {
             limit.charge(tokens);
+            self.figures.tokens.fetch_add(tokens, Ordering::Relaxed);
         }
     }
 
