@@ -87,7 +87,8 @@ spec:
         if run.try_wait().unwrap().is_some() {
             break;
         }
-        let Some(metrics) = scrape(port) else {
+        // Nothing listens yet, or the driver has not had its first tick (no series yet).
+        let Some(metrics) = scrape(port).filter(|m| m.contains("orch_job_tasks")) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
@@ -193,12 +194,21 @@ spec:
     let status = s.status(std::path::Path::new(job));
     assert_eq!(status["errorsByKind"]["permanent"], 15, "{status}");
     let mut by_kind = std::collections::BTreeMap::<String, u64>::new();
+    let id = status["job"].as_str().unwrap();
     for task in 0..6 {
         let row = s.orch(&["status", "-o", "json", "--task", &task.to_string(), job]);
         let row: serde_json::Value = serde_json::from_slice(&row.stdout).unwrap();
         for (kind, n) in row["task"]["itemsFailedByKind"].as_object().unwrap() {
             *by_kind.entry(kind.clone()).or_default() += n.as_u64().unwrap();
         }
+        // The bytes it says it wrote are those of the result files of its committed attempt.
+        let attempt = row["task"]["attempt"].as_u64().unwrap();
+        let dir = s.path(&format!(".orch/jobs/{id}/results/{task:06}/{attempt}"));
+        let on_disk: u64 = ["part.parquet", "errors.parquet"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.join(f)).unwrap().len())
+            .sum();
+        assert_eq!(row["task"]["outputBytes"], on_disk, "task {task}");
     }
     assert_eq!(
         by_kind,

@@ -244,6 +244,9 @@ pub struct TaskRecord {
     /// How long the current attempt's items waited for those tokens, added up over items.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rate_limit_wait_ms: u64,
+    /// Bytes of the result files (`part.parquet`, `errors.parquet`) the attempt committed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub output_bytes: u64,
     /// The task group (array submission) of the current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
@@ -289,6 +292,7 @@ impl TaskRecord {
             items_failed_by_kind: Default::default(),
             rate_limit_tokens: 0,
             rate_limit_wait_ms: 0,
+            output_bytes: 0,
             group: None,
             executor_id: None,
             lease_owner: None,

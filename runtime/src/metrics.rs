@@ -73,6 +73,7 @@ pub struct JobMetrics {
     items_failed: Family<ItemErrorLabels, Gauge>,
     items_per_second: Family<JobLabels, FloatGauge>,
     input_bytes_done: Family<JobLabels, Gauge>,
+    output_bytes: Family<JobLabels, Gauge>,
     attempts: Family<JobLabels, Counter>,
     attempts_lost: Family<ErrorLabels, Counter>,
     retries: Family<JobLabels, Counter>,
@@ -103,6 +104,7 @@ impl JobMetrics {
             items_failed: Family::default(),
             items_per_second: Family::default(),
             input_bytes_done: Family::default(),
+            output_bytes: Family::default(),
             attempts: Family::default(),
             attempts_lost: Family::default(),
             retries: Family::default(),
@@ -136,6 +138,12 @@ impl JobMetrics {
             "Input bytes of the work tasks that succeeded",
             Unit::Bytes,
             m.input_bytes_done.clone(),
+        );
+        r.register_with_unit(
+            "output",
+            "Bytes of the result files the work tasks that succeeded committed",
+            Unit::Bytes,
+            m.output_bytes.clone(),
         );
         r.register("attempts", "Task attempts started", m.attempts.clone());
         r.register(
@@ -283,6 +291,7 @@ impl JobMeter {
         let m = self.metrics.clone();
         let mut by_state: HashMap<(&'static str, &'static str), i64> = HashMap::new();
         let mut input_done = 0u64;
+        let mut output = 0u64;
         let mut merges_done = 0i64;
         let mut failed: HashMap<&str, u64> = HashMap::new();
         for t in tasks.iter().filter(|t| t.kind.is_work()) {
@@ -317,6 +326,7 @@ impl JobMeter {
             *by_state.entry((stage, t.state.as_str())).or_default() += 1;
             if t.kind.is_work() && t.state == TaskState::Succeeded {
                 input_done += t.batch.as_ref().map_or(0, |b| b.bytes());
+                output += t.output_bytes;
             }
             if !t.kind.is_work() && t.state.is_terminal() {
                 merges_done += 1;
@@ -353,6 +363,9 @@ impl JobMeter {
             .get_or_create(&job)
             .set(i64::try_from(input_done).unwrap_or(i64::MAX));
         m.merge_tasks_done.get_or_create(&job).set(merges_done);
+        m.output_bytes
+            .get_or_create(&job)
+            .set(i64::try_from(output).unwrap_or(i64::MAX));
         self.done.push_back((now, done));
         while self
             .done
@@ -606,6 +619,7 @@ mod tests {
         row.rate_limit_tokens = 100;
         row.rate_limit_wait_ms = 2_000;
         row.state = TaskState::Succeeded;
+        row.output_bytes = 4_096;
         row.items_failed_by_kind = [("permanent".to_string(), 3)].into();
         meter.observe_at(at(12), std::slice::from_ref(&row), &progress(100));
         let out = text(&registry);
@@ -636,6 +650,7 @@ mod tests {
             value(&out, r#"orch_job_items_failed{job="j",kind="permanent"}"#),
             3.0
         );
+        assert_eq!(value(&out, r#"orch_job_output_bytes{job="j"}"#), 4_096.0);
         // Running totals of the attempt, counted once each.
         assert_eq!(
             value(&out, r#"orch_job_ratelimit_tokens_total{job="j"}"#),

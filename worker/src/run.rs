@@ -928,6 +928,7 @@ async fn finish(
         .objects
         .put(&layout::done(&job, task, attempt), bytes)
         .await?;
+    row.output_bytes = part.bytes + errs.bytes;
     commit(backends.state.as_ref(), row, &tally).await
 }
 
