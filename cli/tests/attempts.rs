@@ -6,23 +6,7 @@ mod common;
 use common::fixture;
 use std::time::{Duration, Instant};
 
-use common::{Scratch, kill, task_of, text, workers_of};
-
-fn job_yaml(name: &str, handler: &str, max_attempts: u32) -> String {
-    format!(
-        r#"apiVersion: orch.dev/v1alpha1
-kind: OrchJob
-metadata: {{name: {name}}}
-spec:
-  input: {{uri: in.jsonl}}
-  batch: {{size: 250}}
-  handler: {handler}
-  retry: {{maxAttempts: {max_attempts}, backoff: {{initial: 50ms, factor: 2, max: 1s}}}}
-  output: {{uri: out}}
-  executor: {{local: {{parallelism: 2}}}}
-"#
-    )
-}
+use common::{Scratch, kill, local_job_yaml, task_of, text, workers_of};
 
 /// `orch status JOB --task N -o json`.
 fn task_status(s: &Scratch, job: &std::path::Path, task: u32) -> serde_json::Value {
@@ -63,10 +47,11 @@ fn a_worker_killed_with_sigkill_leaves_a_lost_attempt_with_its_signal_then_a_suc
     s.jsonl("in.jsonl", 1_500);
     let job = s.write(
         "job.yaml",
-        &job_yaml(
+        &local_job_yaml(
             "killed",
             "{builtin: {name: sleep, duration: 10ms}, concurrency: 2}",
             3,
+            "",
         ),
     );
     let mut child = s
@@ -141,10 +126,11 @@ fn a_rerun_ends_at_once_the_attempts_of_workers_killed_with_their_driver() {
     s.jsonl("in.jsonl", 1_500);
     let job = s.write(
         "job.yaml",
-        &job_yaml(
+        &local_job_yaml(
             "killed-together",
             "{builtin: {name: sleep, duration: 10ms}, concurrency: 2}",
             3,
+            "",
         ),
     );
     let mut child = s
@@ -185,7 +171,7 @@ fn a_task_out_of_attempts_is_dead_lettered_with_its_failed_attempts_and_the_retr
         "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 2}}",
         fixture("crash_high.py")
     );
-    let job = s.write("job.yaml", &job_yaml("crashy", &handler, 2));
+    let job = s.write("job.yaml", &local_job_yaml("crashy", &handler, 2, ""));
     let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
@@ -241,7 +227,7 @@ fn failed_items_are_dead_lettered_by_kind_with_the_item_retry_command() {
         "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 2}}",
         fixture("flaky.py")
     );
-    let yaml = job_yaml("flaky", &handler, 3).replace(
+    let yaml = local_job_yaml("flaky", &handler, 3, "").replace(
         "  executor:",
         "  tolerance: {maxFailedItemsPercent: 50}\n  executor:",
     );

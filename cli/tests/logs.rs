@@ -8,23 +8,7 @@ mod common;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use common::{Scratch, fixture, text};
-
-fn job_yaml(name: &str, handler: &str) -> String {
-    format!(
-        r#"apiVersion: orch.dev/v1alpha1
-kind: OrchJob
-metadata: {{name: {name}}}
-spec:
-  input: {{uri: in.jsonl}}
-  batch: {{size: 250}}
-  handler: {handler}
-  retry: {{maxAttempts: 2, backoff: {{initial: 50ms, factor: 2, max: 1s}}}}
-  output: {{uri: out}}
-  executor: {{local: {{parallelism: 2}}}}
-"#
-    )
-}
+use common::{Scratch, fixture, local_job_yaml, text};
 
 fn stdout(out: &std::process::Output) -> String {
     assert_eq!(out.status.code(), Some(0), "{}", text(out));
@@ -38,7 +22,7 @@ fn crashing_job(s: &Scratch) -> std::path::PathBuf {
         "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 2}}",
         fixture("crash_high.py")
     );
-    let job = s.write("job.yaml", &job_yaml("crashy-logs", &handler));
+    let job = s.write("job.yaml", &local_job_yaml("crashy-logs", &handler, 2, ""));
     let out = s.orch(&["run", "--no-progress", job.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     job
@@ -116,9 +100,11 @@ fn follow_prints_a_running_tasks_lines_as_they_come_and_ends_with_the_task() {
     s.jsonl("in.jsonl", 1_000);
     let job = s.write(
         "job.yaml",
-        &job_yaml(
+        &local_job_yaml(
             "followed",
             "{builtin: {name: sleep, duration: 20ms}, concurrency: 1}",
+            2,
+            "",
         ),
     );
     let job = job.to_str().unwrap();
@@ -175,7 +161,7 @@ fn json_log_lines_carry_the_ids_of_the_job_task_attempt_worker_and_executor() {
         "{{exec: {{command: [\"python3\", \"{}\"]}}, concurrency: 2}}",
         fixture("crash_high.py")
     );
-    let job = s.write("job.yaml", &job_yaml("json-logs", &handler));
+    let job = s.write("job.yaml", &local_job_yaml("json-logs", &handler, 2, ""));
     let out = s
         .orch_cmd(&[
             "--log-format",

@@ -10,19 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Scratch, kill, read_output, text, workers_of};
 
 fn job_yaml(name: &str, handler: &str, extra: &str) -> String {
-    format!(
-        r#"apiVersion: orch.dev/v1alpha1
-kind: OrchJob
-metadata: {{name: {name}}}
-spec:
-  input: {{uri: in.jsonl}}
-  batch: {{size: 250}}
-  handler: {handler}
-  retry: {{maxAttempts: 3, backoff: {{initial: 50ms, factor: 2, max: 1s}}}}
-  output: {{uri: out}}
-  executor: {{local: {{parallelism: 2}}}}
-{extra}"#
-    )
+    common::local_job_yaml(name, handler, 3, extra)
 }
 
 #[test]

@@ -107,6 +107,24 @@ pub fn workers_of_storage(uri: &str) -> Vec<u32> {
 }
 
 /// Sends `signal` (`-KILL`, `-TERM`, …) to `pid`.
+/// A job over `in.jsonl` (batches of 250) run by two local workers at a time, with quick
+/// retries, writing to `out`; `extra` is more of its spec (indented lines), or empty.
+pub fn local_job_yaml(name: &str, handler: &str, max_attempts: u32, extra: &str) -> String {
+    format!(
+        r#"apiVersion: orch.dev/v1alpha1
+kind: OrchJob
+metadata: {{name: {name}}}
+spec:
+  input: {{uri: in.jsonl}}
+  batch: {{size: 250}}
+  handler: {handler}
+  retry: {{maxAttempts: {max_attempts}, backoff: {{initial: 50ms, factor: 2, max: 1s}}}}
+  output: {{uri: out}}
+  executor: {{local: {{parallelism: 2}}}}
+{extra}"#
+    )
+}
+
 /// The task a local worker runs: the executor gives it in `ORCH_TASK_INDEX`.
 pub fn task_of(pid: u32) -> Option<u32> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
