@@ -253,6 +253,10 @@ async fn task_logs(
     // Follows the attempt last shown; with no attempt given, the task's next ones too.
     loop {
         let ended = row.state.is_terminal() || only.is_some_and(|n| row.attempt > n);
+        if ended {
+            // A worker stores the last part of its log just after its commit: one more look.
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
         let (attempt, from) = printed;
         if attempt > 0 {
             printed.1 = reader.print_more(&log_of(&row, attempt), from).await?;
