@@ -107,7 +107,7 @@ spec:
             sample(
                 &metrics,
                 "orch_job_tasks",
-                &[("job", id), ("stage", "work"), ("state", state)],
+                &[("orch_job", id), ("stage", "work"), ("state", state)],
             )
             .unwrap_or_else(|| panic!("no orch_job_tasks for {state}: {metrics}"))
         };
@@ -129,7 +129,7 @@ spec:
             sample(
                 &metrics,
                 "orch_job_items",
-                &[("job", id), ("state", "planned")]
+                &[("orch_job", id), ("state", "planned")]
             ),
             Some(1_500.0)
         );
@@ -139,12 +139,13 @@ spec:
             "{scraped} succeeded tasks scraped between rows read a second before ({before}) and \
              just after ({after})"
         );
-        let started = sample(&metrics, "orch_job_attempts_total", &[("job", id)]).unwrap_or(0.0);
+        let started =
+            sample(&metrics, "orch_job_attempts_total", &[("orch_job", id)]).unwrap_or(0.0);
         assert!(started as u64 >= scraped, "{metrics}");
         let permanent = sample(
             &metrics,
             "orch_job_items_failed",
-            &[("job", id), ("kind", "permanent")],
+            &[("orch_job", id), ("kind", "permanent")],
         );
         assert!(permanent.unwrap_or(0.0) <= 15.0, "{metrics}");
         scrapes += 1;
@@ -152,12 +153,12 @@ spec:
         if sample(
             &metrics,
             "orch_job_attempts_lost_total",
-            &[("job", id), ("kind", "infrastructure")],
+            &[("orch_job", id), ("kind", "infrastructure")],
         ) >= Some(1.0)
         {
             lost_seen = true;
             assert!(
-                sample(&metrics, "orch_job_retries_total", &[("job", id)]) >= Some(1.0),
+                sample(&metrics, "orch_job_retries_total", &[("orch_job", id)]) >= Some(1.0),
                 "{metrics}"
             );
         }

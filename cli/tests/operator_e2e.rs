@@ -1669,7 +1669,7 @@ async fn an_oversized_input_fails_alone_while_another_tenants_job_completes() {
     let (code, metrics) = http_get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
     let series = format!(
-        "orch_job_tasks{{job=\"{}\",stage=\"work\",state=\"succeeded\"}} {}",
+        "orch_job_tasks{{orch_job=\"{}\",stage=\"work\",state=\"succeeded\"}} {}",
         fine["jobId"].as_str().unwrap(),
         fine["tasks"]["succeeded"]
     );

@@ -2,8 +2,8 @@
 //! reads through here, so the places a log can be and the meaning of `--since` and `--tail`
 //! are decided once. See docs/observability.md ("Task logs").
 //!
-//! An attempt's log is the worker's standard output and error: its own log lines and its
-//! handler's stderr. It is read from the job's storage: one file (`jobs/J/logs/<name>`, where
+//! An attempt's log is what its worker writes to stderr: its own log lines and its handler's
+//! stderr. It is read from the job's storage: one file (`jobs/J/logs/<name>`, where
 //! the local executor writes it on directory storage) or the parts the worker stored itself
 //! (`jobs/J/logs/<name>.parts/`, every other executor and storage); failing both, from the
 //! directory where the workers started on this machine wrote it.

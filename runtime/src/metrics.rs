@@ -24,12 +24,13 @@ use crate::driver::Progress;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
-    pub job: String,
+    /// The job id: `orch_job`, since Prometheus keeps `job` for its scrape job.
+    pub orch_job: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
-    pub job: String,
+    pub orch_job: String,
     /// `work` or `merge` (merge levels and the final merge).
     pub stage: String,
     pub state: String,
@@ -37,28 +38,28 @@ pub struct TaskLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ItemLabels {
-    pub job: String,
+    pub orch_job: String,
     /// `ok`, `failed` (done) or `planned` (every item of the job).
     pub state: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ItemErrorLabels {
-    pub job: String,
+    pub orch_job: String,
     /// The kind of the items' errors (`transient`, `permanent`, `rate_limited`, `schema`…).
     pub kind: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    pub job: String,
+    pub orch_job: String,
     /// The error kind of the attempt's loss (`transient`, `infrastructure`…).
     pub kind: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SubmitLabels {
-    pub job: String,
+    pub orch_job: String,
     /// `ok` or `error`.
     pub outcome: String,
 }
@@ -206,6 +207,8 @@ impl JobMetrics {
             seen: HashMap::new(),
             done: VecDeque::new(),
             failed_kinds: Default::default(),
+            lost_kinds: Default::default(),
+            ended: false,
             figures: Figures::default(),
             emf,
         }
@@ -268,6 +271,10 @@ pub struct JobMeter {
     done: VecDeque<(Instant, u64)>,
     /// Every kind of item error seen, so that a kind whose items were retried away shows 0.
     failed_kinds: std::collections::BTreeSet<String>,
+    /// Every kind of attempt loss counted (for the removal of the job's series).
+    lost_kinds: std::collections::BTreeSet<&'static str>,
+    /// The job ended under this driver: its series outlive the driver.
+    ended: bool,
     figures: Figures,
     emf: Option<EmfLines>,
 }
@@ -278,7 +285,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 impl JobMeter {
     fn job_labels(&self) -> JobLabels {
         JobLabels {
-            job: self.job.clone(),
+            orch_job: self.job.clone(),
         }
     }
 
@@ -313,7 +320,7 @@ impl JobMeter {
         for kind in &self.failed_kinds {
             m.items_failed
                 .get_or_create(&ItemErrorLabels {
-                    job: self.job.clone(),
+                    orch_job: self.job.clone(),
                     kind: kind.clone(),
                 })
                 .set(
@@ -338,7 +345,7 @@ impl JobMeter {
                 let n = by_state.get(&(stage, state.as_str())).copied().unwrap_or(0);
                 m.tasks
                     .get_or_create(&TaskLabels {
-                        job: self.job.clone(),
+                        orch_job: self.job.clone(),
                         stage: stage.into(),
                         state: state.as_str().into(),
                     })
@@ -353,7 +360,7 @@ impl JobMeter {
         ] {
             m.items
                 .get_or_create(&ItemLabels {
-                    job: self.job.clone(),
+                    orch_job: self.job.clone(),
                     state: state.into(),
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -403,6 +410,7 @@ impl JobMeter {
 
     /// The job has ended: its last figures go out at once.
     pub fn ended(&mut self, tasks: &[TaskRecord], progress: &Progress) {
+        self.ended = true;
         let now = Instant::now();
         self.observe_at(now, tasks, progress);
         if self.emf.as_ref().is_some_and(|e| e.last != Some(now)) {
@@ -431,12 +439,13 @@ impl JobMeter {
     fn transition(&mut self, now: Instant, t: &TaskRecord) {
         let seen = self.seen.entry(t.id).or_insert(Seen {
             attempt: t.attempt,
-            // A task found already under way (a resumed run) has no known start.
+            // A task found already under way (a resumed run, a new leader) has no known start,
+            // and what its attempt took before this driver counted is not counted again.
             dispatched: None,
             running: None,
             state: t.state,
-            tokens: 0,
-            wait_ms: 0,
+            tokens: t.rate_limit_tokens,
+            wait_ms: t.rate_limit_wait_ms,
         });
         if seen.attempt != t.attempt {
             *seen = Seen {
@@ -449,7 +458,7 @@ impl JobMeter {
             };
         }
         let job = JobLabels {
-            job: self.job.clone(),
+            orch_job: self.job.clone(),
         };
         // Workers publish their attempt's running totals: what grew since the last look.
         if t.rate_limit_tokens > seen.tokens || t.rate_limit_wait_ms > seen.wait_ms {
@@ -517,12 +526,13 @@ impl JobMeter {
 
     /// An attempt ended without success; `retried` when the task will be tried again.
     pub fn lost(&mut self, kind: ErrorKind, retried: bool) {
+        self.lost_kinds.insert(kind.as_str());
         self.figures.attempts_lost += 1;
         self.figures.retries += u64::from(retried);
         self.metrics
             .attempts_lost
             .get_or_create(&ErrorLabels {
-                job: self.job.clone(),
+                orch_job: self.job.clone(),
                 kind: kind.as_str().into(),
             })
             .inc();
@@ -536,10 +546,66 @@ impl JobMeter {
         self.metrics
             .submit_seconds
             .get_or_create(&SubmitLabels {
-                job: self.job.clone(),
+                orch_job: self.job.clone(),
                 outcome: if ok { "ok" } else { "error" }.into(),
             })
             .observe(took.as_secs_f64());
+    }
+}
+
+/// A driver that stops before its job ended (a replica that lost the lead, a shutdown) takes
+/// the job's series with it: the driver that goes on serves them, and a sum over replicas
+/// does not count the job twice. An ended job's series stay, showing how it ended.
+impl Drop for JobMeter {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let m = &self.metrics;
+        let job = self.job_labels();
+        for stage in ["work", "merge"] {
+            for state in TaskState::ALL {
+                m.tasks.remove(&TaskLabels {
+                    orch_job: self.job.clone(),
+                    stage: stage.into(),
+                    state: state.as_str().into(),
+                });
+            }
+        }
+        for state in ["ok", "failed", "planned"] {
+            m.items.remove(&ItemLabels {
+                orch_job: self.job.clone(),
+                state: state.into(),
+            });
+        }
+        for kind in &self.failed_kinds {
+            m.items_failed.remove(&ItemErrorLabels {
+                orch_job: self.job.clone(),
+                kind: kind.clone(),
+            });
+        }
+        for kind in &self.lost_kinds {
+            m.attempts_lost.remove(&ErrorLabels {
+                orch_job: self.job.clone(),
+                kind: (*kind).into(),
+            });
+        }
+        for outcome in ["ok", "error"] {
+            m.submit_seconds.remove(&SubmitLabels {
+                orch_job: self.job.clone(),
+                outcome: outcome.into(),
+            });
+        }
+        m.items_per_second.remove(&job);
+        m.input_bytes_done.remove(&job);
+        m.output_bytes.remove(&job);
+        m.attempts.remove(&job);
+        m.retries.remove(&job);
+        m.task_seconds.remove(&job);
+        m.queue_seconds.remove(&job);
+        m.merge_tasks_done.remove(&job);
+        m.ratelimit_tokens.remove(&job);
+        m.ratelimit_wait.remove(&job);
     }
 }
 
@@ -623,41 +689,56 @@ mod tests {
         row.items_failed_by_kind = [("permanent".to_string(), 3)].into();
         meter.observe_at(at(12), std::slice::from_ref(&row), &progress(100));
         let out = text(&registry);
-        assert_eq!(value(&out, r#"orch_job_attempts_total{job="j"}"#), 1.0);
+        assert_eq!(value(&out, r#"orch_job_attempts_total{orch_job="j"}"#), 1.0);
         assert_eq!(
-            value(&out, r#"orch_job_queue_wait_seconds_count{job="j"}"#),
+            value(&out, r#"orch_job_queue_wait_seconds_count{orch_job="j"}"#),
             1.0
         );
         assert_eq!(
-            value(&out, r#"orch_job_queue_wait_seconds_sum{job="j"}"#),
+            value(&out, r#"orch_job_queue_wait_seconds_sum{orch_job="j"}"#),
             2.0
         );
         assert_eq!(
-            value(&out, r#"orch_job_task_duration_seconds_sum{job="j"}"#),
+            value(&out, r#"orch_job_task_duration_seconds_sum{orch_job="j"}"#),
             10.0
         );
         // 100 items in the 10 s between the two observations.
-        assert_eq!(value(&out, r#"orch_job_items_per_second{job="j"}"#), 10.0);
+        assert_eq!(
+            value(&out, r#"orch_job_items_per_second{orch_job="j"}"#),
+            10.0
+        );
         assert_eq!(
             value(
                 &out,
-                r#"orch_job_tasks{job="j",stage="work",state="succeeded"}"#
+                r#"orch_job_tasks{orch_job="j",stage="work",state="succeeded"}"#
             ),
             1.0
         );
-        assert_eq!(value(&out, r#"orch_job_items{job="j",state="ok"}"#), 100.0);
         assert_eq!(
-            value(&out, r#"orch_job_items_failed{job="j",kind="permanent"}"#),
-            3.0
-        );
-        assert_eq!(value(&out, r#"orch_job_output_bytes{job="j"}"#), 4_096.0);
-        // Running totals of the attempt, counted once each.
-        assert_eq!(
-            value(&out, r#"orch_job_ratelimit_tokens_total{job="j"}"#),
+            value(&out, r#"orch_job_items{orch_job="j",state="ok"}"#),
             100.0
         );
         assert_eq!(
-            value(&out, r#"orch_job_ratelimit_wait_seconds_total{job="j"}"#),
+            value(
+                &out,
+                r#"orch_job_items_failed{orch_job="j",kind="permanent"}"#
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(&out, r#"orch_job_output_bytes{orch_job="j"}"#),
+            4_096.0
+        );
+        // Running totals of the attempt, counted once each.
+        assert_eq!(
+            value(&out, r#"orch_job_ratelimit_tokens_total{orch_job="j"}"#),
+            100.0
+        );
+        assert_eq!(
+            value(
+                &out,
+                r#"orch_job_ratelimit_wait_seconds_total{orch_job="j"}"#
+            ),
             2.0
         );
 
@@ -667,10 +748,14 @@ mod tests {
         assert_eq!(
             value(
                 &out,
-                r#"orch_job_attempts_lost_total{job="j",kind="infrastructure"}"#
+                r#"orch_job_attempts_lost_total{orch_job="j",kind="infrastructure"}"#
             ),
             1.0
         );
-        assert_eq!(value(&out, r#"orch_job_retries_total{job="j"}"#), 1.0);
+        assert_eq!(value(&out, r#"orch_job_retries_total{orch_job="j"}"#), 1.0);
+
+        // A driver that stops before its job ended takes the job's series with it.
+        drop(meter);
+        assert!(!text(&registry).contains(r#"orch_job="j""#));
     }
 }

@@ -8,7 +8,7 @@
 //! and when the attempt ends, what came since is stored as the next part of the attempt's log
 //! (`jobs/J/logs/<name>.parts/<n>.log`): object stores have no append, and a part at a time
 //! keeps each upload small. A worker killed with `kill -9` loses at most the last seconds of
-//! the copy, never of the executor's file.
+//! the copy (and what was still in the pipe).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -61,9 +61,11 @@ pub struct LogParts {
 impl LogCopy {
     /// Puts the tee in front of stderr. On error stderr is left as it was.
     pub fn start() -> std::io::Result<LogCopy> {
-        let real = File::from(rustix::io::dup(std::io::stderr())?);
-        let restore = File::from(rustix::io::dup(&real)?);
-        let (read, write) = rustix::pipe::pipe()?;
+        // Close-on-exec, all but fd 2 itself: the handler inherits only stderr, so a process
+        // it leaves behind cannot hold the pipe's read end or the real stderr open.
+        let real = File::from(rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), 3)?);
+        let restore = File::from(rustix::io::fcntl_dupfd_cloexec(&real, 3)?);
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         // Non-blocking, so that the thread sees an empty pipe and can end once asked to.
         rustix::io::ioctl_fionbio(&read, true)?;
         rustix::stdio::dup2_stderr(&write)?;
@@ -97,19 +99,44 @@ impl LogCopy {
         self.parts.clone()
     }
 
-    /// Puts stderr back, lets the tee pass on everything written before, then stores the last
-    /// part.
+    /// Puts stderr back, lets the tee pass on what was written before (for [`DRAIN_AT_MOST`]),
+    /// then stores the last part (for [`LAST_PART_AT_MOST`]).
     pub async fn finish(mut self, store: &dyn ObjectStore, job: &str, task: u32) {
+        let tee = self.stop_tee();
+        if let Some(tee) = tee {
+            let _ = tokio::task::spawn_blocking(move || tee.join()).await;
+        }
+        let last = self.parts.store(store, job, task);
+        if tokio::time::timeout(LAST_PART_AT_MOST, last).await.is_err() {
+            tracing::warn!("the last part of this attempt's log was not stored in time");
+        }
+    }
+
+    /// Puts stderr back and asks the tee to end; the tee, to join, if it still runs.
+    fn stop_tee(&mut self) -> Option<std::thread::JoinHandle<()>> {
         if let Err(e) = rustix::stdio::dup2_stderr(&self.real) {
             tracing::warn!(error = %e, "cannot put stderr back");
         }
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(tee) = self.tee.take() {
-            let _ = tee.join();
-        }
-        self.parts.store(store, job, task).await;
+        self.tee.take()
     }
 }
+
+/// A worker that ends without [`LogCopy::finish`] (a panic unwinding) still gets its stderr
+/// back, with what the tee held passed on, so its last words reach the executor's log.
+impl Drop for LogCopy {
+    fn drop(&mut self) {
+        if let Some(tee) = self.stop_tee() {
+            let _ = tee.join();
+        }
+    }
+}
+
+/// How long the tee goes on passing on what is in the pipe once asked to end: a process the
+/// handler left behind that keeps writing must not hold the worker.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(2);
+/// How long the worker waits for the last part of its log to be stored.
+const LAST_PART_AT_MOST: Duration = Duration::from_secs(30);
 
 impl LogParts {
     /// Stores what was written since the last part, once the attempt is known.
@@ -132,18 +159,34 @@ impl LogParts {
             return;
         }
         let key = layout::task_log_part(job, kind, task, attempt, *stored + 1);
-        match store.put(&key, bytes).await {
+        match store.put(&key, bytes.clone()).await {
             Ok(()) => *stored += 1,
-            // Said on stderr only: the copy is what would carry a log line, and it has failed.
-            Err(e) => tracing::warn!(error = %e, key, "cannot store a part of this attempt's log"),
+            Err(e) => {
+                // Kept for the next part, ahead of what came since (as far as the cap allows).
+                if let Ok(mut p) = self.pending.lock()
+                    && bytes.len() + p.bytes.len() <= MAX_PENDING
+                {
+                    bytes.append(&mut p.bytes);
+                    p.bytes = bytes;
+                }
+                tracing::warn!(error = %e, key, "cannot store a part of this attempt's log; will try again");
+            }
         }
     }
 }
 
-/// Copies `pipe` to `real` and to `pending` until `stop` is set and the pipe is empty.
+/// Copies `pipe` to `real` and to `pending` until `stop` is set and the pipe is empty (or
+/// [`DRAIN_AT_MOST`] after `stop`, whichever comes first).
 fn tee(mut pipe: File, mut real: File, pending: &Mutex<Pending>, stop: &AtomicBool) {
     let mut buf = vec![0u8; 64 << 10];
+    let mut stop_seen: Option<std::time::Instant> = None;
     loop {
+        if stop.load(Ordering::SeqCst) {
+            let since = *stop_seen.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > DRAIN_AT_MOST {
+                return;
+            }
+        }
         match pipe.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {

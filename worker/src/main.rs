@@ -129,6 +129,15 @@ fn log_slurm_allocation() {
 fn main() {
     let cli = Cli::parse();
     orch_worker::init_logging(cli.log_format);
+    // Before the first line is written; not needed where the executor's log file is in the
+    // job's storage already.
+    let log_copy = if std::env::var_os(orch_core::invocation::LOG_IN_STORAGE_VARIABLE).is_some() {
+        None
+    } else {
+        LogCopy::start()
+            .inspect_err(|e| eprintln!("orch-worker: no copy of this log in the storage: {e}"))
+            .ok()
+    };
     log_slurm_allocation();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -142,7 +151,7 @@ fn main() {
         }
     };
     let code = match cli.command {
-        Command::Run { target } => run_task(&runtime, target, TaskKind::Work),
+        Command::Run { target } => run_task(&runtime, target, TaskKind::Work, log_copy),
         Command::Aggregate {
             level,
             final_merge,
@@ -152,7 +161,7 @@ fn main() {
                 Some(level) if !final_merge => TaskKind::Merge { level },
                 _ => TaskKind::Final,
             };
-            run_task(&runtime, target, stage)
+            run_task(&runtime, target, stage, log_copy)
         }
     };
     std::process::exit(code);
@@ -179,7 +188,12 @@ fn remove_scratch(storage: &str, backends: &Backends) {
 }
 
 /// Runs task `task` of `job`: a work task (`stage` Work) or an aggregation task.
-fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKind) -> i32 {
+fn run_task(
+    runtime: &tokio::runtime::Runtime,
+    target: TaskTarget,
+    stage: TaskKind,
+    log_copy: Option<LogCopy>,
+) -> i32 {
     let Some(task) = target.task.or_else(|| task_from_env(target.task_offset)) else {
         eprintln!(
             "orch-worker: no task index (--task, ORCH_TASK_INDEX, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)"
@@ -203,15 +217,6 @@ fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKi
         worker = %orch_core::owner::this_process(),
         executor = orch_core::invocation::executor_id_from(|k| std::env::var(k).ok()),
     );
-    // Before the first line is written; not needed where the executor's log file is in the
-    // job's storage already.
-    let log_copy = if std::env::var_os(orch_core::invocation::LOG_IN_STORAGE_VARIABLE).is_some() {
-        None
-    } else {
-        LogCopy::start()
-            .inspect_err(|e| eprintln!("orch-worker: no copy of this log in the storage: {e}"))
-            .ok()
-    };
     let work = async move {
         let stop = StopFlag::default();
         let on_signal = stop.clone();
@@ -250,6 +255,7 @@ fn run_task(runtime: &tokio::runtime::Runtime, target: TaskTarget, stage: TaskKi
             let (parts, objects, job) = (copy.parts(), backends.objects.clone(), args.job.clone());
             async move {
                 let mut tick = tokio::time::interval(COPY_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => parts.store(objects.as_ref(), &job, task).await,
