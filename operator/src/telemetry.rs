@@ -214,13 +214,28 @@ mod tests {
         for panel in dashboard["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().unwrap() {
                 let expr = target["expr"].as_str().unwrap();
-                for name in expr
-                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .filter(|w| w.starts_with("orch_"))
-                {
+                // Metric names, not the `orch_job` label of a matcher (`orch_job=~"…"`).
+                let names = expr
+                    .match_indices("orch_")
+                    .filter(|(i, _)| {
+                        *i == 0
+                            || !expr.as_bytes()[i - 1].is_ascii_alphanumeric()
+                                && expr.as_bytes()[i - 1] != b'_'
+                    })
+                    .map(|(i, _)| {
+                        let word: String = expr[i..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        let rest = expr[i + word.len()..].trim_start();
+                        (word, rest.starts_with(['=', '!']))
+                    })
+                    .filter(|(_, is_label)| !is_label)
+                    .map(|(word, _)| word);
+                for name in names {
                     queried += 1;
                     assert!(
-                        exported.contains(name),
+                        exported.contains(&name),
                         "panel {:?} queries {name}, which orch does not export",
                         panel["title"]
                     );
