@@ -100,11 +100,14 @@ impl LogCopy {
     }
 
     /// Puts stderr back, lets the tee pass on what was written before (for [`DRAIN_AT_MOST`]),
-    /// then stores the last part (for [`LAST_PART_AT_MOST`]).
-    pub async fn finish(mut self, store: &dyn ObjectStore, job: &str, task: u32) {
+    /// then, with `store_last`, stores the last part (for [`LAST_PART_AT_MOST`]).
+    pub async fn finish(mut self, store: &dyn ObjectStore, job: &str, task: u32, store_last: bool) {
         let tee = self.stop_tee();
         if let Some(tee) = tee {
             let _ = tokio::task::spawn_blocking(move || tee.join()).await;
+        }
+        if !store_last {
+            return;
         }
         let last = self.parts.store(store, job, task);
         if tokio::time::timeout(LAST_PART_AT_MOST, last).await.is_err() {

@@ -268,7 +268,11 @@ fn run_task(
         let code = attempt(&backends, &args, stage, stop).await;
         let _ = done.send(());
         let _ = every.await;
-        copy.finish(backends.objects.as_ref(), &args.job, task)
+        // The final merge's commit can end the job, and a purge may remove its files at once:
+        // a part stored after it would be left behind. Its last lines stay in the executor's
+        // log only.
+        let store_last = !(stage == TaskKind::Final && code == 0);
+        copy.finish(backends.objects.as_ref(), &args.job, task, store_last)
             .await;
         code
     };
