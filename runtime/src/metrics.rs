@@ -262,6 +262,20 @@ struct Seen {
     wait_ms: u64,
 }
 
+impl Seen {
+    /// A new attempt, first seen in `state` (`dispatched` when the driver saw it dispatched).
+    fn attempt(attempt: u32, state: TaskState, dispatched: Option<Instant>) -> Seen {
+        Seen {
+            attempt,
+            dispatched,
+            running: None,
+            state,
+            tokens: 0,
+            wait_ms: 0,
+        }
+    }
+}
+
 /// A driver's recorder for its job.
 pub struct JobMeter {
     metrics: JobMetrics,
@@ -437,25 +451,23 @@ impl JobMeter {
 
     /// Queue wait and duration from what the driver saw of the task's current attempt.
     fn transition(&mut self, now: Instant, t: &TaskRecord) {
-        let seen = self.seen.entry(t.id).or_insert(Seen {
-            attempt: t.attempt,
-            // A task found already under way (a resumed run, a new leader) has no known start,
-            // and what its attempt took before this driver counted is not counted again.
-            dispatched: None,
-            running: None,
-            state: t.state,
+        // A task found already under way (a resumed run, a new leader) has no known start,
+        // and what its attempt took before this driver counted is not counted again.
+        let seen = self.seen.entry(t.id).or_insert_with(|| Seen {
             tokens: t.rate_limit_tokens,
             wait_ms: t.rate_limit_wait_ms,
+            ..Seen::attempt(t.attempt, t.state, None)
         });
         if seen.attempt != t.attempt {
-            *seen = Seen {
-                attempt: t.attempt,
-                dispatched: (t.state == TaskState::Dispatched).then_some(now),
-                running: None,
-                state: t.state,
-                tokens: 0,
-                wait_ms: 0,
-            };
+            let dispatched = (t.state == TaskState::Dispatched).then_some(now);
+            *seen = Seen::attempt(t.attempt, t.state, dispatched);
+        }
+        let unchanged = seen.state == t.state
+            && t.rate_limit_tokens <= seen.tokens
+            && t.rate_limit_wait_ms <= seen.wait_ms;
+        if unchanged {
+            // Most tasks, most ticks: no label to build, nothing to record.
+            return;
         }
         let job = JobLabels {
             orch_job: self.job.clone(),
@@ -512,14 +524,7 @@ impl JobMeter {
         for t in tasks {
             self.seen.insert(
                 t.id,
-                Seen {
-                    attempt: t.attempt,
-                    dispatched: Some(now),
-                    running: None,
-                    state: TaskState::Dispatched,
-                    tokens: 0,
-                    wait_ms: 0,
-                },
+                Seen::attempt(t.attempt, TaskState::Dispatched, Some(now)),
             );
         }
     }
