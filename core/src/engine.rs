@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{ExecFailure, ExecState};
 use crate::backoff::Backoff;
 use crate::model::{
-    ErrorKind, JobPhase, JobRecord, Millis, TaskError, TaskKind, TaskRecord, TaskState,
+    ErrorKind, JobPhase, JobRecord, LimitHit, Millis, TaskError, TaskKind, TaskRecord, TaskState,
 };
 use crate::spec::JobSpec;
 
@@ -318,6 +318,7 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
         kind: ErrorKind::Infrastructure,
         message,
         attempt: t.attempt,
+        limit: None,
     };
     // A worker that failed on purpose wrote why; prefer its words over an exit code.
     let worker_said = t
@@ -344,6 +345,7 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
             kind: ErrorKind::Transient,
             message: format!("preempted: {message}"),
             attempt: t.attempt,
+            limit: None,
         })),
         Some(ExecState::Failed { reason, message }) => {
             let what = match reason {
@@ -353,7 +355,12 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
                 ExecFailure::Cancelled => "cancelled outside orch",
                 ExecFailure::Preempted | ExecFailure::Other => "executor failure",
             };
-            Some(match (reason, worker_said) {
+            let limit = match reason {
+                ExecFailure::OutOfMemory => Some(LimitHit::Memory),
+                ExecFailure::TimeLimit => Some(LimitHit::Time),
+                _ => None,
+            };
+            let error = match (reason, worker_said) {
                 // The executor saw the cause (a limit, a node), the worker only the effect (its
                 // handler killed, a stop signal): the cause names the failure, and it counts.
                 (
@@ -362,6 +369,10 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
                 ) => infra(format!("{what}: {message} (the worker said: {})", worker.message)),
                 (_, Some(worker)) => worker,
                 (_, None) => infra(format!("{what}: {message}")),
+            };
+            Some(TaskError {
+                limit: limit.or(error.limit),
+                ..error
             })
         }
         Some(ExecState::Unknown) if t.state == TaskState::Dispatched => Some(TaskError {
@@ -369,6 +380,7 @@ fn lost(cfg: &EngineConfig, obs: Observation<'_>, t: &TaskRecord) -> Option<Task
             message: "the executor has no record of this attempt (coordinator restarted before it started)"
                 .into(),
             attempt: t.attempt,
+            limit: None,
         }),
         // A worker that ended on purpose released its claim: no need to wait for the lease
         // once its process is gone (while it is alive, its exit code is still to come). Queued

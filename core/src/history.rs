@@ -277,6 +277,7 @@ mod tests {
             kind: ErrorKind::Infrastructure,
             message: "worker was killed by signal 9".into(),
             attempt: 2,
+            limit: None,
         });
         let exec = ExecState::Exited {
             code: None,
@@ -302,6 +303,7 @@ mod tests {
             kind: ErrorKind::Transient,
             message: "stopped by a signal".into(),
             attempt: 1,
+            limit: None,
         });
         rec.end_by_worker(&r, AttemptOutcome::Interrupted, 20);
         let exec = ExecState::Exited {

@@ -446,8 +446,14 @@ fn pointer_to_path(document: &Value, pointer: &str) -> String {
 
 /// Where a job file may hold a secret's neighbour (a handler's environment, request headers):
 /// a schema error there describes the value by its type only.
-const SENSITIVE: &[&str] = &[EXEC_ENV, "/spec/handler/builtin/http/headers/"];
+const SENSITIVE: &[&str] = &[
+    EXEC_ENV,
+    "/spec/handler/builtin/http/headers/",
+    ALERT_CHANNELS,
+];
 const EXEC_ENV: &str = "/spec/handler/exec/env/";
+/// Alert channels: a webhook URL (a credential for Slack) or a password written by value.
+const ALERT_CHANNELS: &str = "/spec/alerts/channels/";
 
 fn describe(e: &jsonschema::ValidationError<'_>) -> String {
     use jsonschema::error::ValidationErrorKind as K;
@@ -461,6 +467,15 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
     if pointer.starts_with(EXEC_ENV) && matches!(e.kind(), K::AnyOf { .. }) {
         return format!(
             "must be a string, {{fromEnv: VARIABLE}} or {{valueFrom: {{secretKeyRef: {{name, key}}}}}}, got {got}"
+        );
+    }
+    if pointer.starts_with(ALERT_CHANNELS)
+        && (pointer.ends_with("/url") || pointer.ends_with("/password"))
+        && matches!(e.kind(), K::Type { .. })
+    {
+        return format!(
+            "must say where the value is held — {{env: VARIABLE}}, {{file: PATH}} or \
+             {{secretKeyRef: {{name, key}}}} — never the value itself; got {got}"
         );
     }
     match e.kind() {

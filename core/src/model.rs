@@ -174,6 +174,31 @@ pub struct TaskError {
     pub message: String,
     /// The attempt that failed.
     pub attempt: u32,
+    /// The resource limit that ended the attempt, when one did: a mark set by whoever saw the
+    /// limit itself (the executor's report of an out-of-memory kill or a time limit, a worker
+    /// stopped by Slurm's warning before its time limit), so nothing has to be read out of
+    /// `message`. The `limitsHit` alert reads it (docs/observability.md, "Alerts").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitHit>,
+}
+
+/// A resource limit of a task (`spec.resources`) that ended an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitHit {
+    /// `spec.resources.memory`: the worker was killed out of memory.
+    Memory,
+    /// `spec.resources.time` (or the Kubernetes `activeDeadline`): it ran out of time.
+    Time,
+}
+
+impl LimitHit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitHit::Memory => "memory",
+            LimitHit::Time => "time",
+        }
+    }
 }
 
 /// The job row of the StateStore.

@@ -112,7 +112,8 @@ pub struct KubernetesPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
     /// Secrets of the namespace a job may pass to its pods (`envFromSecrets`, `secretRef`,
-    /// `valueFrom.secretKeyRef`).
+    /// `valueFrom.secretKeyRef`), and that the operator may read for its alert channels
+    /// (`spec.alerts`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// Node labels a job may select on, and the values allowed for each.
@@ -440,6 +441,29 @@ pub fn govern(
         }
     }
 
+    // Alert channels: the operator reads their secrets itself, so only from the Secrets the
+    // policy lists — never from its own environment or files, which hold its credentials.
+    for (path, value) in alert_secrets(&spec) {
+        if value.env.is_some() || value.file.is_some() {
+            check.deny(
+                &path,
+                "the operator reads no variable or file of its own for a job; use \
+                 `secretKeyRef` (a Secret of the job's namespace that the policy lists)",
+            );
+        }
+        if let Some(r) = &value.secret_key_ref
+            && !allowed_secrets.contains(&r.name)
+        {
+            check.deny(
+                &path,
+                &format!(
+                    "Secret `{}` is not among those this namespace's jobs may read",
+                    r.name
+                ),
+            );
+        }
+    }
+
     let limits = check.limits(&policy.limits);
     if check.errors.is_empty() {
         Ok(Governed {
@@ -451,6 +475,24 @@ pub fn govern(
     } else {
         Err(check.errors)
     }
+}
+
+/// Every secret reference of `spec.alerts.channels`, with its field path.
+pub fn alert_secrets(spec: &JobSpec) -> Vec<(String, &crate::spec::SecretValueSpec)> {
+    let mut out = Vec::new();
+    for (i, c) in spec.alerts.iter().flat_map(|a| &a.channels).enumerate() {
+        let at = format!("spec.alerts.channels[{i}]");
+        if let Some(slack) = &c.slack {
+            out.push((format!("{at}.slack.url"), &slack.url));
+        }
+        if let Some(hook) = &c.webhook {
+            out.push((format!("{at}.webhook.url"), &hook.url));
+        }
+        if let Some(password) = c.email.as_ref().and_then(|e| e.smtp.password.as_ref()) {
+            out.push((format!("{at}.email.smtp.password"), password));
+        }
+    }
+    out
 }
 
 struct Check<'a> {

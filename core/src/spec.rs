@@ -65,6 +65,12 @@ pub struct JobSpec {
     pub executor: ExecutorSpec,
     #[serde(default)]
     pub storage: StorageSpec,
+    /// Alerts on the job's health (a stalled job, too many failed items, a failed task…),
+    /// sent to Slack, a webhook or email, and by the operator as Kubernetes Events
+    /// (docs/observability.md, "Alerts"). Absent: the built-in rules, logged only (and Events
+    /// under the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
     /// Pause: no new tasks are dispatched while true.
     #[serde(default)]
     pub suspend: bool,
@@ -1051,6 +1057,224 @@ pub struct StorageSpec {
     /// Manifests, batches, results and checkpoints; default `./.orch/` (standalone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+}
+
+/// `spec.alerts`: which rules watch the job and where their notices go (docs/observability.md,
+/// "Alerts"). Every rule has a built-in default; a rule written here overrides it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertsSpec {
+    /// Where notices go, each to every channel: `slack`, `webhook` or `email` (one per entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<AlertChannelSpec>,
+    /// The rules, each tuned or turned off here; absent ones keep their defaults.
+    #[serde(default, skip_serializing_if = "AlertRulesSpec::is_empty")]
+    pub rules: AlertRulesSpec,
+    /// Most notifications sent for the job per period (default 20 per hour); more are dropped
+    /// and counted in the next one sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<AlertThrottleSpec>,
+}
+
+/// One place notices go: exactly one of the fields.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertChannelSpec {
+    /// A Slack incoming webhook (or any service taking Slack's `{"text": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<WebhookChannelSpec>,
+    /// Any HTTP endpoint: each notice is POSTed as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookChannelSpec>,
+    /// Email through an SMTP server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailChannelSpec>,
+}
+
+/// A webhook channel. Its URL is a credential (Slack's carries the token), so the job file
+/// names where it is held, never the URL itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookChannelSpec {
+    /// Where the `http://` or `https://` URL is held.
+    pub url: SecretValueSpec,
+}
+
+/// An email channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmailChannelSpec {
+    /// The sender, e.g. `orch@example.com` or `orch <orch@example.com>`.
+    #[schemars(length(min = 1))]
+    pub from: String,
+    /// The recipients.
+    #[schemars(length(min = 1))]
+    pub to: Vec<String>,
+    pub smtp: SmtpSpec,
+}
+
+/// The SMTP server an email channel sends through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SmtpSpec {
+    /// Host name or address.
+    #[schemars(length(min = 1))]
+    pub host: String,
+    /// Default: 465 with `tls`, 587 with `starttls`, 25 with `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` (TLS from the first byte) or `none` (plain text: a relay
+    /// on the same host or network, never with a password).
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// The user to log in as; without one, no login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Where the password is held (with `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretValueSpec>,
+}
+
+/// How the SMTP connection is secured.
+// No doc comments on the variants: schemars would write a `oneOf` instead of an `enum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+/// Where a secret value (a webhook URL, a password) is held: exactly one of the fields. The
+/// value itself never appears in a job file, a status, an Event or a log line.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretValueSpec {
+    /// A variable of the environment of whoever drives the job (`orch run`); not under the
+    /// operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file holding the value (surrounding whitespace is dropped); not under the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A key of a Kubernetes Secret of the job's namespace, read by the operator (the policy
+    /// must list the Secret); `orch run` reads it from the variable
+    /// `ORCH_SECRET_<NAME>_<KEY>`, as workers do (see [`secret_env_var`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+impl SecretValueSpec {
+    /// Where the value is held, for messages: `env FOO`, `file /x`, `Secret a/b` (never the
+    /// value).
+    pub fn describe(&self) -> String {
+        match (&self.env, &self.file, &self.secret_key_ref) {
+            (Some(name), _, _) => format!("env {name}"),
+            (_, Some(path), _) => format!("file {path}"),
+            (_, _, Some(r)) => format!("Secret {}/{}", r.name, r.key),
+            _ => "nothing".into(),
+        }
+    }
+}
+
+/// The rules of `spec.alerts.rules`; each absent one keeps its default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertRulesSpec {
+    /// No item finished for `after` (default on, 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<StalledRuleSpec>,
+    /// More than `percent` of the finished items failed, once `minItems` finished (default
+    /// on, 10 % of at least 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRateRuleSpec>,
+    /// A task failed its last attempt (default on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_failed: Option<RuleToggleSpec>,
+    /// Items spent more than `percent` of their time waiting for rate-limit tokens over
+    /// `window` (default off; 90 % over 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_saturated: Option<RateLimitSaturatedRuleSpec>,
+    /// Work will not be tried again on its own: failed tasks or failed items (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<RuleToggleSpec>,
+    /// A task was stopped by its memory or time limit (default on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits_hit: Option<RuleToggleSpec>,
+    /// The job ended, however it ended (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<RuleToggleSpec>,
+}
+
+impl AlertRulesSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == AlertRulesSpec::default()
+    }
+}
+
+/// A rule with no parameters: on or off.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleToggleSpec {
+    /// Default: the rule's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StalledRuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long without an item finishing (or a task ending) makes the job stalled; default
+    /// 15m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorRateRuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Failed items as a percentage of finished items above which the rule fires; default
+    /// 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: Option<f64>,
+    /// Finished items needed before the rate counts; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_items: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSaturatedRuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Share of the items' time spent waiting for tokens above which the rule fires, in
+    /// percent; default 90.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: Option<f64>,
+    /// The period the share is measured over; default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Quantity>,
+}
+
+/// A cap on the notifications of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertThrottleSpec {
+    /// Most notifications per period.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max: u32,
+    /// The period; default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<Quantity>,
 }
 
 /// A duration (`30s`) or size (`64Mi`) written as a string, or a plain integer (seconds or

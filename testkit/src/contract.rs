@@ -649,6 +649,7 @@ async fn attempts_contract(store: &dyn StateStore, job: &str, all: &[TaskRecord]
         kind: ErrorKind::Infrastructure,
         message: "worker was killed by signal 9".into(),
         attempt: 1,
+        limit: None,
     });
     let exec = orch_core::backend::ExecState::Exited {
         code: None,

@@ -229,6 +229,15 @@ pub(crate) async fn record_failure(state: &dyn StateStore, args: &WorkerArgs, e:
             },
             message: e.to_string(),
             attempt: row.attempt,
+            // Slurm's warning before the time limit stopped it: the limit is what ended it.
+            limit: matches!(
+                e,
+                Error::Interrupted {
+                    near_time_limit: true,
+                    ..
+                }
+            )
+            .then_some(orch_core::model::LimitHit::Time),
         });
         // The history first: once the row is written the driver may complete the record, and
         // it keeps an end the worker wrote.

@@ -239,6 +239,7 @@ fn transient_losses_retry_at_once_without_using_an_attempt() {
         kind: ErrorKind::Transient,
         message: "stopped by a signal".into(),
         attempt: 1,
+        limit: None,
     });
     // Slurm requeued it (preemption, `scontrol requeue`): queued again, the attempt is over
     // at once — the lease need not run out, and the requeued task is stopped.
@@ -286,6 +287,7 @@ fn a_limit_the_executor_saw_names_the_failure_and_uses_an_attempt() {
         kind: ErrorKind::Transient,
         message: "stopped by a signal".into(),
         attempt: 1,
+        limit: None,
     });
     // ...the executor saw the cause.
     let exec = HashMap::from([(
@@ -303,6 +305,54 @@ fn a_limit_the_executor_saw_names_the_failure_and_uses_an_attempt() {
         "{error:?}"
     );
     assert_eq!(d.failures[0].task.free_attempts, 0, "it counts");
+    assert_eq!(
+        error.limit,
+        Some(LimitHit::Memory),
+        "marked, not left to the text"
+    );
+}
+
+#[test]
+fn only_limits_the_executor_reports_are_marked() {
+    let c = cfg(3);
+    let j = job(3, 1);
+    let mut t = tasks(1);
+    t[0].state = TaskState::Running;
+    t[0].attempt = 1;
+    for (reason, limit) in [
+        (ExecFailure::TimeLimit, Some(LimitHit::Time)),
+        (ExecFailure::OutOfMemory, Some(LimitHit::Memory)),
+        (ExecFailure::NodeFailure, None),
+        (ExecFailure::Other, None),
+    ] {
+        let exec = HashMap::from([(
+            0,
+            ExecState::Failed {
+                reason,
+                // A message that names a limit does not make one.
+                message: "OOMKilled: out of memory".into(),
+            },
+        )]);
+        let d = decide(&c, observe(7, &j, &t, &exec, &[]));
+        let error = d.failures[0].task.last_error.clone().unwrap();
+        assert_eq!(error.limit, limit, "{reason:?}: {error:?}");
+    }
+    // Nor does a worker's own error that merely says so.
+    t[0].last_error = Some(TaskError {
+        kind: ErrorKind::Infrastructure,
+        message: "time limit reached".into(),
+        attempt: 1,
+        limit: None,
+    });
+    let exited = HashMap::from([(
+        0,
+        ExecState::Exited {
+            code: Some(1),
+            signal: None,
+        },
+    )]);
+    let d = decide(&c, observe(7, &j, &t, &exited, &[]));
+    assert_eq!(d.failures[0].task.last_error.clone().unwrap().limit, None);
 }
 
 #[test]
@@ -509,6 +559,7 @@ fn a_failed_merge_task_is_retried_with_backoff_then_fails_the_job() {
         kind: ErrorKind::Infrastructure,
         message: "worker exited with code 1".into(),
         attempt: 2,
+        limit: None,
     });
     let d = decide(&c, observe(20, &j, &t, &HashMap::new(), &[]));
     let ended = d.job.expect("the job ends");

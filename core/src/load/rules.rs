@@ -328,7 +328,187 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
     {
         err("spec.storage.uri", e);
     }
+    if let Some(alerts) = &s.alerts {
+        alert_rules(&mut err, alerts);
+    }
     errors
+}
+
+/// The rules of `spec.alerts`: one kind per channel, secrets by reference only (exactly one
+/// place each), addresses an SMTP server takes, durations and shares that make sense.
+/// Messages name the field and where a value is held, never a value.
+fn alert_rules(err: &mut impl FnMut(&str, String), alerts: &spec::AlertsSpec) {
+    for (i, channel) in alerts.channels.iter().enumerate() {
+        let at = format!("spec.alerts.channels[{i}]");
+        let kinds = [
+            channel.slack.is_some(),
+            channel.webhook.is_some(),
+            channel.email.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            err(
+                &at,
+                "set exactly one of `slack`, `webhook` or `email` per channel".into(),
+            );
+        }
+        if let Some(slack) = &channel.slack {
+            secret_value_rules(err, &format!("{at}.slack.url"), &slack.url);
+        }
+        if let Some(hook) = &channel.webhook {
+            secret_value_rules(err, &format!("{at}.webhook.url"), &hook.url);
+        }
+        if let Some(email) = &channel.email {
+            let at = format!("{at}.email");
+            if let Err(why) = mailbox(&email.from) {
+                err(&format!("{at}.from"), why);
+            }
+            if email.to.is_empty() {
+                err(&format!("{at}.to"), "name at least one recipient".into());
+            }
+            for (j, to) in email.to.iter().enumerate() {
+                if let Err(why) = mailbox(to) {
+                    err(&format!("{at}.to[{j}]"), why);
+                }
+            }
+            let smtp = &email.smtp;
+            if smtp.host.trim().is_empty()
+                || smtp
+                    .host
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '/' || c == '@')
+            {
+                err(
+                    &format!("{at}.smtp.host"),
+                    format!("`{}` is not a host name or address", smtp.host),
+                );
+            }
+            if smtp.port == Some(0) {
+                err(&format!("{at}.smtp.port"), "must be 1–65535".into());
+            }
+            if let Some(password) = &smtp.password {
+                secret_value_rules(err, &format!("{at}.smtp.password"), password);
+                if smtp.username.is_none() {
+                    err(
+                        &format!("{at}.smtp.password"),
+                        "a password needs a `username` to log in as".into(),
+                    );
+                }
+                if smtp.security == spec::SmtpSecurity::None {
+                    err(
+                        &format!("{at}.smtp.security"),
+                        "`none` would send the password in clear text; use `starttls` or `tls`"
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+    let r = &alerts.rules;
+    if let Some(stalled) = &r.stalled
+        && let Some(after) = &stalled.after
+    {
+        duration_rule(err, "spec.alerts.rules.stalled.after", after, true);
+    }
+    if let Some(rate) = &r.error_rate
+        && let Some(p) = rate.percent
+    {
+        percent_rule(err, "spec.alerts.rules.errorRate.percent", p);
+    }
+    if let Some(rate) = &r.error_rate
+        && rate.min_items == Some(0)
+    {
+        err(
+            "spec.alerts.rules.errorRate.minItems",
+            "must be ≥ 1: a rate of no items says nothing".into(),
+        );
+    }
+    if let Some(saturated) = &r.rate_limit_saturated {
+        if let Some(p) = saturated.percent {
+            percent_rule(err, "spec.alerts.rules.rateLimitSaturated.percent", p);
+        }
+        if let Some(window) = &saturated.window {
+            duration_rule(
+                err,
+                "spec.alerts.rules.rateLimitSaturated.window",
+                window,
+                true,
+            );
+        }
+    }
+    if let Some(throttle) = &alerts.throttle {
+        if throttle.max == 0 {
+            err(
+                "spec.alerts.throttle.max",
+                "must be ≥ 1 (turn rules off to send nothing)".into(),
+            );
+        }
+        if let Some(per) = &throttle.per {
+            duration_rule(err, "spec.alerts.throttle.per", per, true);
+        }
+    }
+}
+
+/// A threshold in percent: a number from 0 to 100.
+fn percent_rule(err: &mut impl FnMut(&str, String), path: &str, value: f64) {
+    if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+        err(
+            path,
+            format!("{value} is not a percentage: write a number from 0 to 100 (10 means 10 %)"),
+        );
+    }
+}
+
+/// Where a secret is held: exactly one place, each one usable.
+fn secret_value_rules(err: &mut impl FnMut(&str, String), path: &str, v: &spec::SecretValueSpec) {
+    let places = [
+        v.env.is_some(),
+        v.file.is_some(),
+        v.secret_key_ref.is_some(),
+    ];
+    if places.iter().filter(|p| **p).count() != 1 {
+        err(
+            path,
+            "set exactly one of `env`, `file` or `secretKeyRef`: the value itself never goes in \
+             the job file"
+                .into(),
+        );
+    }
+    if let Some(name) = &v.env
+        && !is_variable_name(name)
+    {
+        err(
+            &format!("{path}.env"),
+            format!("`{name}` is not an environment variable name"),
+        );
+    }
+    if let Some(file) = &v.file
+        && file.trim().is_empty()
+    {
+        err(&format!("{path}.file"), "must name a file".into());
+    }
+    if let Some(r) = &v.secret_key_ref {
+        secret_key_ref_rules(err, &format!("{path}.secretKeyRef"), r);
+    }
+}
+
+/// An address an SMTP server takes: `user@host` or `Name <user@host>`, on one line.
+fn mailbox(text: &str) -> Result<(), String> {
+    let address = match (text.find('<'), text.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &text[open + 1..close],
+        _ => text,
+    };
+    let ok = !text.contains(['\r', '\n'])
+        && address.split_once('@').is_some_and(|(user, host)| {
+            !user.is_empty() && !host.is_empty() && !host.contains('@')
+        })
+        && !address.chars().any(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{text}` is not an email address (user@host or `Name <user@host>`)"
+        ))
+    }
 }
 
 /// The rules of `spec.executor.kubernetes`: names Kubernetes would refuse are refused here,
@@ -1173,6 +1353,115 @@ mod tests {
         job["spec"]["retry"] = json!({"backoff": {"initial": "1s", "max": "1s"}});
         job["spec"]["batch"] = json!({"size": super::MAX_BATCH_SIZE});
         assert!(problems(&job).is_empty());
+    }
+
+    fn with_alerts(alerts: serde_json::Value) -> serde_json::Value {
+        let mut job = doc(json!({"uri": "out"}));
+        job["spec"]["alerts"] = alerts;
+        job
+    }
+
+    #[test]
+    fn alerts_take_tuned_rules_and_channels_by_reference() {
+        let job = with_alerts(json!({
+            "channels": [
+                {"slack": {"url": {"env": "SLACK_URL"}}},
+                {"webhook": {"url": {"file": "/etc/orch/hook"}}},
+                {"email": {
+                    "from": "orch <orch@example.com>",
+                    "to": ["oncall@example.com"],
+                    "smtp": {"host": "smtp.example.com", "username": "orch",
+                             "password": {"secretKeyRef": {"name": "smtp", "key": "password"}}},
+                }},
+            ],
+            "rules": {
+                "stalled": {"after": "5m"},
+                "errorRate": {"percent": 2.5, "minItems": 1000},
+                "finished": {"enabled": true},
+                "rateLimitSaturated": {"enabled": true, "percent": 80, "window": "15m"},
+            },
+            "throttle": {"max": 5, "per": "30m"},
+        }));
+        assert_eq!(problems(&job), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn a_bad_threshold_is_explained_with_its_field() {
+        for (rules, path, why) in [
+            (
+                json!({"errorRate": {"percent": 150}}),
+                "spec.alerts.rules.errorRate.percent",
+                "100",
+            ),
+            (
+                json!({"errorRate": {"percent": -1}}),
+                "spec.alerts.rules.errorRate.percent",
+                "0",
+            ),
+            (
+                json!({"rateLimitSaturated": {"percent": 101}}),
+                "spec.alerts.rules.rateLimitSaturated.percent",
+                "100",
+            ),
+            (
+                json!({"errorRate": {"minItems": 0}}),
+                "spec.alerts.rules.errorRate.minItems",
+                "1",
+            ),
+            (
+                json!({"stalled": {"after": "0s"}}),
+                "spec.alerts.rules.stalled.after",
+                "longer than 0s",
+            ),
+            (
+                json!({"stalled": {"after": "soon"}}),
+                "spec.alerts.rules.stalled.after",
+                "soon",
+            ),
+            (
+                json!({"stalled": {"afterr": "1m"}}),
+                "spec.alerts.rules.stalled",
+                "afterr",
+            ),
+        ] {
+            let got = problems(&with_alerts(json!({"rules": rules})));
+            assert_eq!(got.len(), 1, "{rules}: {got:?}");
+            assert!(got[0].0.starts_with(path), "{rules}: {got:?}");
+            assert!(got[0].1.contains(why), "{rules}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn alert_channels_hold_secrets_by_reference_only() {
+        let url = "https://hooks.slack.com/services/T000/B000/XXXXSECRET";
+        let got = problems(&with_alerts(json!({"channels": [{"slack": {"url": url}}]})));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "spec.alerts.channels[0].slack.url");
+        assert!(got[0].1.contains("{env: VARIABLE}"), "{got:?}");
+        assert!(
+            !got[0].1.contains("XXXXSECRET"),
+            "the URL is never repeated: {got:?}"
+        );
+        let got = problems(&with_alerts(json!({"channels": [
+            {"webhook": {"url": {"env": "A", "file": "/b"}}},
+            {"slack": {"url": {"env": "A"}}, "webhook": {"url": {"env": "A"}}},
+            {"email": {"from": "orch", "to": ["a@b\r\nBcc: x@y"],
+                       "smtp": {"host": "smtp.example.com", "security": "none",
+                                "password": {"env": "P"}}}},
+            {"webhook": {"url": {"secretKeyRef": {"name": "Not_A_Name", "key": "url"}}}},
+        ]})));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        for expected in [
+            "spec.alerts.channels[0].webhook.url",
+            "spec.alerts.channels[1]",
+            "spec.alerts.channels[2].email.from",
+            "spec.alerts.channels[2].email.to[0]",
+            "spec.alerts.channels[2].email.smtp.password",
+            "spec.alerts.channels[2].email.smtp.security",
+            "spec.alerts.channels[3].webhook.url.secretKeyRef.name",
+        ] {
+            assert!(paths.contains(&expected), "{expected}: {got:?}");
+        }
     }
 
     #[test]

