@@ -367,6 +367,7 @@ pub fn drive(job: &LoadedJob, how: Drive) -> Result<u8, Failure> {
         retry: how.retry,
         metrics,
         emf,
+        alerts: Default::default(),
     };
     let outcome = runtime.block_on(async {
         if how.dry_run {

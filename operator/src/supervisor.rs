@@ -197,6 +197,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             retry: None,
             metrics: Some(launch.metrics.clone()),
             emf: None,
+            alerts: Default::default(),
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

@@ -24,6 +24,13 @@ pub enum Error {
     Invalid(String),
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
+    /// An alert channel that cannot be set up (its secret not where the spec says, a value
+    /// that is no URL). Logged; the channel is left out, the job goes on.
+    #[error("alert channel {channel}: {message}")]
+    AlertSetup { channel: String, message: String },
+    /// A notification a channel did not take. Logged; never fails the job.
+    #[error("alert channel {channel}: {message}")]
+    AlertDelivery { channel: String, message: String },
 }
 
 impl Error {
@@ -51,6 +58,8 @@ impl Error {
             Error::Integrity { .. } => ErrorCategory::Permanent,
             Error::Invalid(_) => ErrorCategory::Invalid,
             Error::Interrupted => ErrorCategory::Transient,
+            Error::AlertSetup { .. } => ErrorCategory::Invalid,
+            Error::AlertDelivery { .. } => ErrorCategory::Transient,
         }
     }
 }

@@ -4,6 +4,8 @@
 //!   into storage) cut into batches;
 //! - [`driver`]: the observe → decide → act loop of one job, used by `orch run` and the
 //!   operator; it gets its platform and its executor through the core's traits;
+//! - [`alerts`]: delivery of the job's alerts (Slack, webhooks, email, a caller's own sinks),
+//!   capped, best effort, off the driver's tick;
 //! - [`aggregate`]: result discovery and the merge of every task's output (coordinator side and
 //!   the `orch-worker aggregate` side);
 //! - [`control`]: pause, resume, cancel, retry and purge of a stored job from outside its
@@ -17,6 +19,7 @@
 //! never names one. See docs/architecture.md.
 
 pub mod aggregate;
+pub mod alerts;
 pub mod control;
 pub mod driver;
 pub mod error;

@@ -279,6 +279,7 @@ fn run_options(budget: PlanBudget) -> RunOptions {
         retry: None,
         metrics: None,
         emf: None,
+        alerts: Default::default(),
     }
 }
 

@@ -51,6 +51,12 @@ const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 const OUTAGE_BACKOFF: Backoff =
     Backoff::doubling(Duration::from_millis(500), Duration::from_secs(15));
 
+/// How long the end of a run waits for its last alerts to be delivered (each delivery has its
+/// own timeout, `alerts::DELIVERY_TIMEOUT`).
+const ALERT_FLUSH: Duration = Duration::from_secs(15);
+/// The same when the run stops on an error (Ctrl-C, a store outage): less.
+const ALERT_FLUSH_ON_ERROR: Duration = Duration::from_secs(3);
+
 /// How long a retry message stays hidden after the driver received it.
 const RETRY_VISIBILITY: Duration = Duration::from_secs(60);
 
@@ -97,6 +103,9 @@ pub struct RunOptions {
     pub metrics: Option<crate::metrics::JobMetrics>,
     /// Where the job's figures go as CloudWatch EMF lines (`orch run --metrics-emf`).
     pub emf: Option<crate::metrics::EmfLines>,
+    /// Where the job's alerts go besides its own channels (the operator's Kubernetes Events),
+    /// and how `secretKeyRef`s are read (docs/observability.md, "Alerts").
+    pub alerts: crate::alerts::AlertOptions,
 }
 
 /// The end of a run.
@@ -138,6 +147,8 @@ impl From<&PartitionPlan> for PlanSummary {
 pub fn job_id(job: &LoadedJob, fingerprint: &str) -> Result<String> {
     let mut spec = job.file.clone();
     spec.spec.suspend = false;
+    // Who is told about the job is no part of what it computes: editing its alerts resumes it.
+    spec.spec.alerts = None;
     let json = serde_json::to_vec(&spec).map_err(|source| orch_core::Error::Decode {
         what: "job spec".into(),
         source,
@@ -289,6 +300,8 @@ async fn drive_locked(
         .map_err(Error::from_port)?;
     let executor = executor.as_ref();
     let cfg = EngineConfig::from_spec(&record.spec.spec);
+    // The alerts of the file as given now, so that edited ones take effect on resume.
+    let alerts = crate::alerts::JobAlerts::start(job, id, &opts.alerts).await;
     let mut loop_state = Loop {
         cfg,
         id: id.to_string(),
@@ -299,6 +312,7 @@ async fn drive_locked(
         paused: false,
         rate_limits,
         manifest_sha256: record.manifest_sha256.clone(),
+        alerts: Some(alerts),
         meter: match (&opts.metrics, &opts.emf) {
             (None, None) => None,
             (metrics, emf) => Some(
@@ -329,8 +343,22 @@ async fn drive_locked(
         // ones a moment. (Slurm arrays go on on the cluster; the next `orch run` finds them.)
         executor.shutdown(Duration::from_secs(10)).await;
     }
-    let final_job = result?;
+    let alerts = loop_state.alerts.take();
+    let final_job = match result {
+        Ok(job) => job,
+        Err(e) => {
+            if let Some(alerts) = alerts {
+                alerts.finish(ALERT_FLUSH_ON_ERROR).await;
+            }
+            return Err(e);
+        }
+    };
     let tasks = backends.state.list_tasks(id).await?;
+    if let Some(mut alerts) = alerts {
+        // The job's end (however it ended): its last notices go out before the run returns.
+        alerts.observe(now_ms(), &final_job, &tasks);
+        alerts.finish(ALERT_FLUSH).await;
+    }
     Ok(RunOutcome {
         counts: engine::item_counts(&tasks),
         job: final_job,

@@ -17,6 +17,8 @@ pub(super) struct Loop<'a> {
     /// Given to every task group: the digest its workers check `job.json` against.
     pub(super) manifest_sha256: Option<String>,
     pub(super) meter: Option<crate::metrics::JobMeter>,
+    /// The job's alert rules and their delivery (taken at the end, for the job's last word).
+    pub(super) alerts: Option<crate::alerts::JobAlerts>,
 }
 
 impl Loop<'_> {
@@ -174,6 +176,9 @@ impl Loop<'_> {
             let shown = progress(&job, tasks);
             if let Some(meter) = &mut self.meter {
                 meter.observe(tasks, &shown);
+            }
+            if let Some(alerts) = &mut self.alerts {
+                alerts.observe(now, &job, tasks);
             }
             drop(rows);
             (opts.on_progress)(&shown);
