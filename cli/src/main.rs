@@ -7,6 +7,7 @@
 //! `kubectl-orch` shim or a symlink) it names itself `kubectl orch` and `status` reads the cluster.
 
 mod cluster;
+mod dashboard;
 mod init;
 mod logs;
 mod metrics;
@@ -108,6 +109,17 @@ orch logs job.yaml 3 -f       task 3's log, as it grows, until the task ends\n  
 orch logs job.yaml 3 --attempt 1 --tail 50 --since 10m"
     )]
     Logs(logs::LogsArgs),
+    /// Serve the web dashboard of a storage's jobs (progress, tasks, errors, logs) locally.
+    #[command(
+        long_about = "Serve the web dashboard of every job in a storage: progress, throughput and \
+ETA, tasks by state, failed items by error kind with samples, rate-limit use, each task's \
+attempts and logs. The page updates itself every 2 seconds. On a loopback address it also offers \
+pause, resume, cancel and retry (the same changes as the orch commands); elsewhere, or with \
+--read-only, it only shows.",
+        after_help = "Examples:\n  orch dashboard                       ./.orch on http://127.0.0.1:8080/\n  \
+orch dashboard --storage s3://bucket/orch --addr 127.0.0.1:9000"
+    )]
+    Dashboard(dashboard::DashboardArgs),
     /// Run an ended job's failed tasks, or only its failed items (--items), again.
     #[command(
         long_about = "Run an ended job's failed work again and replace its output with the merged \
@@ -235,6 +247,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => cluster::submit(args, kubectl),
         Command::Status(args) => cluster::status(args, kubectl),
         Command::Logs(args) => logs::logs(args),
+        Command::Dashboard(args) => dashboard::dashboard(args),
         Command::Pause(args) => cluster::request(cluster::Request::Pause, args),
         Command::Resume(args) => cluster::request(cluster::Request::Resume, args),
         Command::Retry(args) => retry::retry(args, kubectl),

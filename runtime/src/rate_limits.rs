@@ -15,6 +15,30 @@ use crate::error::{Error, Result};
 /// The namespace of a job that names none (as in Kubernetes).
 const DEFAULT_NAMESPACE: &str = "default";
 
+/// Every bucket key the job's `spec.rateLimit` entries may have been bound to (one per
+/// scope each: which one was taken depends on the `RateLimit` document, not the job).
+pub fn possible_keys(job: &orch_core::spec::OrchJobFile, job_id: &str) -> Vec<String> {
+    let namespace = job
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(DEFAULT_NAMESPACE);
+    let Some(refs) = &job.spec.rate_limit else {
+        return Vec::new();
+    };
+    refs.as_slice()
+        .iter()
+        .flat_map(|r| {
+            [
+                RateLimitScope::Cluster,
+                RateLimitScope::Namespace,
+                RateLimitScope::Job,
+            ]
+            .map(|scope| scope.bucket_key(&r.name, namespace, job_id))
+        })
+        .collect()
+}
+
 /// Resolves the job's `spec.rateLimit` to buckets, creating or updating those whose
 /// `RateLimit` the caller has (beside the job in its file, or the cluster's object). A name
 /// with no document must name a bucket that already exists on the storage (made by another

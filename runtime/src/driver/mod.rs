@@ -394,7 +394,9 @@ async fn finish_job(state: &dyn StateStore, mut done: JobRecord) -> Result<JobRe
     }
 }
 
-fn progress(job: &JobRecord, tasks: &[TaskRecord]) -> Progress {
+/// What a job has done, from its rows: items finished (running tasks by their heartbeats) and
+/// tasks by phase — what the progress bar, the metrics and the dashboard show.
+pub fn progress(job: &JobRecord, tasks: &[TaskRecord]) -> Progress {
     // Finished tasks count as the verdict counts them; running ones by their heartbeats.
     let finished = engine::item_counts(tasks);
     let work: Vec<&TaskRecord> = tasks.iter().filter(|t| t.kind.is_work()).collect();
