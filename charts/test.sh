@@ -111,6 +111,8 @@ say "helm template: everything on (watchNamespaces, ServiceMonitor, NetworkPolic
 "$py" "$here/check_rendered.py" "$out/all.yaml" --expect-namespaced-rbac \
   --expect ServiceMonitor --expect NetworkPolicy --expect-slurm-secret slurm-jwt
 grep -q -- '- "slurm-team-a"' "$out/all.yaml" || fail "the policy token Secrets are not granted by name"
+grep -A3 'name: orch-orch-operator-alert-secrets' "$out/all.yaml" | grep -q 'namespace: team-a' \
+  || fail "the alert Secrets of rbac.alertSecrets are not granted in their namespace"
 grep -q 'registry.example/orch-worker@sha256:fedcba98' "$out/all.yaml" || fail "the worker image is not pinned by its digest"
 grep -q -- '--worker-scratch-size=20Gi' "$out/all.yaml" || fail "worker.scratchSize does not reach the operator"
 [[ "$(grep -c 'name: orch-orch-operator-workers' "$out/all.yaml")" == 2 ]] || fail "no worker NetworkPolicy in each tenant namespace"

@@ -1001,6 +1001,35 @@ spec:
     );
     let status = world.get("retried")["status"].clone();
     assert_eq!(status["tasks"]["failed"], 4, "{status}");
+    // The job's alerts (default rules, no channel in the spec) became Events on the OrchJob:
+    // the failed tasks, as one Warning, sent once (delivered after the end, so waited for).
+    let task_failed = |world: &World| -> Vec<serde_json::Value> {
+        let events: serde_json::Value =
+            serde_json::from_str(&world.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]))
+                .unwrap();
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "AlertTaskFailed")
+            .cloned()
+            .collect()
+    };
+    world.wait_for("the AlertTaskFailed Event", Duration::from_secs(30), |w| {
+        !task_failed(w).is_empty()
+    });
+    let alerts = task_failed(&world);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["type"], "Warning", "{alerts:#?}");
+    assert_eq!(alerts[0]["regarding"]["kind"], "OrchJob", "{alerts:#?}");
+    assert_eq!(alerts[0]["regarding"]["name"], "retried", "{alerts:#?}");
+    // It names the first failed task(s) and the error: "task 0 failed after 1 attempt(s)
+    // (infrastructure): handler keeps crashing…" (or "2 tasks failed…", as they fail).
+    let note = alerts[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("failed after") && note.contains("handler keeps crashing"),
+        "{alerts:#?}"
+    );
     // The ended job (failed) ends a wait for completionTime at once, as docs/operator.md says.
     world.kubectl_ok(&[
         "wait",

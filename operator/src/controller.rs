@@ -862,6 +862,12 @@ fn launch(
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
         budget,
         metrics: ctx.metrics.jobs_driven.clone(),
+        alerts: crate::alerts::options(
+            ctx.client.clone(),
+            ctx.recorder.clone(),
+            job.object_ref(&()),
+            job.namespace().unwrap_or_default(),
+        ),
     })
 }
 

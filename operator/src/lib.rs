@@ -9,11 +9,14 @@
 //! - [`rate_limits`]: the `RateLimit` controller (buckets and their status) and the lookup of
 //!   the RateLimits a job names;
 //! - [`taskgroups`]: the `TaskGroup` children of a job;
+//! - [`alerts`]: a job's alerts as Kubernetes Events, and its alert Secrets read from its
+//!   namespace;
 //! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and health endpoints.
 //!
 //! The binary (`main.rs`) is a thin shell: flags, logging, leader election, the controller
 //! loop and graceful shutdown.
 
+pub mod alerts;
 pub mod config;
 pub mod controller;
 pub mod error;

@@ -73,6 +73,8 @@ pub struct Launch {
     pub budget: PlanBudget,
     /// Where the driver's job metrics go (the operator's `/metrics`).
     pub metrics: orch_runtime::metrics::JobMetrics,
+    /// The job's alerts as Events on its `OrchJob`, and its alert Secrets.
+    pub alerts: orch_runtime::alerts::AlertOptions,
 }
 
 /// The supervisors of this operator, by `OrchJob` uid.
@@ -197,7 +199,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             retry: None,
             metrics: Some(launch.metrics.clone()),
             emf: None,
-            alerts: Default::default(),
+            alerts: launch.alerts.clone(),
         };
         info!("starting the job's driver");
         let result = driver::run(&launch.job, launch.platform.as_ref(), opts).await;

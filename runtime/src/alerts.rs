@@ -55,6 +55,10 @@ pub struct AlertOptions {
     /// Reads `secretKeyRef` values (the operator: from the job's namespace). Default: the
     /// variable `ORCH_SECRET_<NAME>_<KEY>`, as workers outside Kubernetes read them.
     pub secrets: Option<Arc<dyn SecretReader>>,
+    /// Refuse `env` and `file` references: the operator's environment and files hold its own
+    /// credentials, never a tenant's (its policy refuses such a job before; this is the second
+    /// lock).
+    pub secret_refs_only: bool,
 }
 
 /// One notification as it leaves: a notice of the rules, with its job. This is the JSON a
@@ -176,7 +180,11 @@ async fn resolve(
     value: &SecretValueSpec,
     base: &Path,
     secrets: &dyn SecretReader,
+    refs_only: bool,
 ) -> std::result::Result<String, String> {
+    if refs_only && value.secret_key_ref.is_none() {
+        return Err("here only a `secretKeyRef` is read".into());
+    }
     let read = match (&value.env, &value.file, &value.secret_key_ref) {
         (Some(name), _, _) => match std::env::var(name) {
             Ok(v) => Ok(v),
@@ -391,6 +399,7 @@ pub async fn sinks_from_spec(
     spec: &AlertsSpec,
     base: &Path,
     secrets: &dyn SecretReader,
+    refs_only: bool,
 ) -> Vec<Arc<dyn AlertSink>> {
     let mut out: Vec<Arc<dyn AlertSink>> = Vec::new();
     for (i, channel) in spec.channels.iter().enumerate() {
@@ -403,7 +412,7 @@ pub async fn sinks_from_spec(
             if let Some(hook) = channel.slack.as_ref().or(channel.webhook.as_ref()) {
                 let slack = channel.slack.is_some();
                 let label = format!("{} ({at})", if slack { "slack" } else { "webhook" });
-                let url = resolve(&hook.url, base, secrets)
+                let url = resolve(&hook.url, base, secrets, refs_only)
                     .await
                     .map_err(|why| secret(&label, &hook.url, why))?;
                 return Ok(Arc::new(WebhookSink::new(&url, slack, label)?) as Arc<dyn AlertSink>);
@@ -412,7 +421,7 @@ pub async fn sinks_from_spec(
                 let label = format!("email ({at})");
                 let password = match &email.smtp.password {
                     Some(p) => Some(
-                        resolve(p, base, secrets)
+                        resolve(p, base, secrets, refs_only)
                             .await
                             .map_err(|why| secret(&label, p, why))?,
                     ),
@@ -532,7 +541,9 @@ impl JobAlerts {
             .clone()
             .unwrap_or_else(|| Arc::new(EnvSecrets));
         let mut sinks = match spec {
-            Some(spec) => sinks_from_spec(spec, base, reader.as_ref()).await,
+            Some(spec) => {
+                sinks_from_spec(spec, base, reader.as_ref(), options.secret_refs_only).await
+            }
             None => Vec::new(),
         };
         sinks.extend(options.sinks.iter().cloned());
@@ -747,14 +758,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve(&by_file, dir.path(), &EnvSecrets).await.unwrap(),
+            resolve(&by_file, dir.path(), &EnvSecrets, false)
+                .await
+                .unwrap(),
             "https://hooks.example/T/B/SECRETPART"
         );
+        // Where only Secrets may be read (the operator), a file is not.
+        let why = resolve(&by_file, dir.path(), &EnvSecrets, true)
+            .await
+            .unwrap_err();
+        assert!(why.contains("secretKeyRef"), "{why}");
         let missing = SecretValueSpec {
             env: Some("ORCH_TEST_NO_SUCH_VARIABLE_7".into()),
             ..Default::default()
         };
-        let why = resolve(&missing, dir.path(), &EnvSecrets)
+        let why = resolve(&missing, dir.path(), &EnvSecrets, false)
             .await
             .unwrap_err();
         assert!(why.contains("ORCH_TEST_NO_SUCH_VARIABLE_7"), "{why}");
