@@ -122,6 +122,8 @@ pub fn options(
         sinks: vec![Arc::new(EventSink::new(recorder, reference))],
         secrets: Some(Arc::new(NamespaceSecrets::new(client, namespace))),
         secret_refs_only: true,
+        // One per job's supervisor: a driver it starts again remembers what was sent.
+        memory: Default::default(),
     }
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -32,7 +32,8 @@ use orch_core::alerts::{
 use orch_core::load::LoadedJob;
 use orch_core::model::{JobRecord, Millis, TaskRecord};
 use orch_core::spec::{
-    AlertsSpec, EmailChannelSpec, SecretKeyRef, SecretValueSpec, SmtpSecurity, secret_env_var,
+    AlertThrottleSpec, AlertsSpec, EmailChannelSpec, SecretKeyRef, SecretValueSpec, SmtpSecurity,
+    secret_env_var,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -59,6 +60,32 @@ pub struct AlertOptions {
     /// credentials, never a tenant's (its policy refuses such a job before; this is the second
     /// lock).
     pub secret_refs_only: bool,
+    /// What the job's alerts remember from one driver to the next of the same caller (the
+    /// operator's supervisor, which restarts a failed driver): clones share it.
+    pub memory: AlertMemory,
+}
+
+/// The state of a job's alerts kept between its drivers: the rules' (what fires) and the cap's
+/// (what was sent). A driver started again after a failure then announces nothing its
+/// predecessor announced, and stays within the same cap. Kept only while the spec's alerts are
+/// the same. Clones share it.
+#[derive(Clone, Default)]
+pub struct AlertMemory(Arc<Mutex<Option<Remembered>>>);
+
+struct Remembered {
+    engine: AlertEngine,
+    throttle: Option<AlertThrottleSpec>,
+    cap: Arc<Mutex<RateCap>>,
+}
+
+impl AlertMemory {
+    fn take(&self) -> Option<Remembered> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn keep(&self, remembered: Remembered) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(remembered);
+    }
 }
 
 /// One notification as it leaves: a notice of the rules, with its job. This is the JSON a
@@ -193,7 +220,10 @@ async fn resolve(
         (_, Some(path), _) => tokio::fs::read_to_string(base.join(path))
             .await
             .map_err(|e| format!("cannot read the file {path}: {e}")),
-        (_, _, Some(r)) => secrets.read(r).await,
+        // The operator asks the API server: a driver's start is never held longer than this.
+        (_, _, Some(r)) => tokio::time::timeout(DELIVERY_TIMEOUT, secrets.read(r))
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into())),
         _ => Err("no place to read it from".into()),
     }?;
     let value = read.trim().to_string();
@@ -523,6 +553,9 @@ impl RateCap {
 /// A driver's alerts for its job: the rules, and the task that delivers what they say.
 pub struct JobAlerts {
     engine: AlertEngine,
+    memory: AlertMemory,
+    throttle: Option<AlertThrottleSpec>,
+    cap: Arc<Mutex<RateCap>>,
     job: String,
     name: String,
     namespace: Option<String>,
@@ -547,17 +580,28 @@ impl JobAlerts {
             None => Vec::new(),
         };
         sinks.extend(options.sinks.iter().cloned());
+        let config = AlertConfig::from_spec(&job.file.spec);
+        let throttle = spec.and_then(|a| a.throttle.clone());
+        let (engine, cap) = match options.memory.take() {
+            Some(r) if *r.engine.config() == config && r.throttle == throttle => (r.engine, r.cap),
+            _ => (
+                AlertEngine::new(config),
+                Arc::new(Mutex::new(RateCap::from_spec(spec))),
+            ),
+        };
         let (queue, delivery) = if sinks.is_empty() {
             (None, None)
         } else {
             let (tx, rx) = mpsc::channel(QUEUE);
-            let cap = RateCap::from_spec(spec);
             let span = info_span!("alerts");
-            let task = tokio::spawn(deliver(rx, sinks, cap).instrument(span));
+            let task = tokio::spawn(deliver(rx, sinks, cap.clone()).instrument(span));
             (Some(tx), Some(task))
         };
         JobAlerts {
-            engine: AlertEngine::new(AlertConfig::from_spec(&job.file.spec)),
+            engine,
+            memory: options.memory.clone(),
+            throttle,
+            cap,
             job: id.to_string(),
             name: job.file.metadata.name.clone(),
             namespace: job.file.metadata.namespace.clone(),
@@ -613,14 +657,28 @@ impl Drop for JobAlerts {
         // A driver that ends without `finish` (an error): what is queued still goes, the task
         // ends with the queue.
         drop(self.queue.take());
+        self.memory.keep(Remembered {
+            engine: self.engine.clone(),
+            throttle: self.throttle.clone(),
+            cap: self.cap.clone(),
+        });
     }
 }
 
 /// The delivery task: each notification past the cap goes to every sink at once, each
 /// within [`DELIVERY_TIMEOUT`]; a failure is logged and forgotten.
-async fn deliver(mut rx: mpsc::Receiver<Alert>, sinks: Vec<Arc<dyn AlertSink>>, mut cap: RateCap) {
+async fn deliver(
+    mut rx: mpsc::Receiver<Alert>,
+    sinks: Vec<Arc<dyn AlertSink>>,
+    cap: Arc<Mutex<RateCap>>,
+) {
     while let Some(mut alert) = rx.recv().await {
-        match cap.admit(Instant::now(), alert.rule, alert.state) {
+        let admission = cap.lock().unwrap_or_else(|e| e.into_inner()).admit(
+            Instant::now(),
+            alert.rule,
+            alert.state,
+        );
+        match admission {
             Admission::Drop => {
                 warn!(
                     rule = alert.rule.as_str(),
@@ -782,6 +840,85 @@ mod tests {
         };
         assert!(!e.to_string().contains("SECRETPART"), "{e}");
         assert!(e.to_string().contains("slack (x)"), "{e}");
+    }
+
+    /// A sink that keeps what it is sent.
+    #[derive(Default)]
+    struct Capture(Mutex<Vec<Alert>>);
+
+    #[async_trait]
+    impl AlertSink for Capture {
+        fn channel(&self) -> String {
+            "capture".into()
+        }
+        async fn send(&self, alert: &Alert) -> Result<()> {
+            self.0.lock().unwrap().push(alert.clone());
+            Ok(())
+        }
+    }
+
+    fn failed_job() -> (LoadedJob, JobRecord, Vec<TaskRecord>) {
+        let file: orch_core::spec::OrchJobFile = serde_yaml::from_str(
+            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {name: t}\n\
+             spec: {input: {uri: /in.jsonl}, handler: {builtin: {name: identity}}}\n",
+        )
+        .unwrap();
+        let record = JobRecord {
+            schema_version: orch_core::model::SCHEMA_VERSION,
+            id: "t-1".into(),
+            phase: orch_core::model::JobPhase::Running,
+            spec: file.clone(),
+            input_fingerprint: "f".into(),
+            total_tasks: 1,
+            total_items: 10,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+            message: None,
+            cancel_requested: false,
+            next_group: 0,
+            manifest_sha256: None,
+            version: 1,
+        };
+        let mut task = TaskRecord::new("t-1", 0, 10, 0);
+        task.state = orch_core::model::TaskState::Failed;
+        let job = LoadedJob {
+            file,
+            path: "/nowhere/job.yaml".into(),
+            rate_limits: Vec::new(),
+        };
+        (job, record, vec![task])
+    }
+
+    #[tokio::test]
+    async fn a_driver_started_again_announces_nothing_its_predecessor_did() {
+        let (job, record, tasks) = failed_job();
+        let sink = Arc::new(Capture::default());
+        let options = AlertOptions {
+            sinks: vec![sink.clone()],
+            ..AlertOptions::default()
+        };
+        let mut first = JobAlerts::start(&job, "t-1", &options).await;
+        first.observe(1, &record, &tasks);
+        first.finish(Duration::from_secs(5)).await;
+        assert_eq!(sink.0.lock().unwrap().len(), 1, "the failed task, once");
+        // The caller's next driver for the job (a clone of the same options).
+        let mut second = JobAlerts::start(&job, "t-1", &options.clone()).await;
+        second.observe(2, &record, &tasks);
+        second.finish(Duration::from_secs(5)).await;
+        assert_eq!(sink.0.lock().unwrap().len(), 1, "not again");
+        // Other options (`orch run` again): a new start, which says it again.
+        let fresh = AlertOptions {
+            sinks: vec![sink.clone()],
+            ..AlertOptions::default()
+        };
+        let mut third = JobAlerts::start(&job, "t-1", &fresh).await;
+        third.observe(3, &record, &tasks);
+        third.finish(Duration::from_secs(5)).await;
+        let sent = sink.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].rule, AlertRule::TaskFailed);
+        assert_eq!(sent[1].job, "t-1");
     }
 
     #[tokio::test]
