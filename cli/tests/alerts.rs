@@ -5,75 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, local_job_yaml, text};
-
-/// A webhook receiver: every POST body it gets, in order, answered 200.
-struct Hooks {
-    port: u16,
-    bodies: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
-}
-
-impl Hooks {
-    fn start() -> Hooks {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let seen = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                if let Some(request) = read_request(conn) {
-                    seen.lock().unwrap().push(request);
-                }
-            }
-        });
-        Hooks { port, bodies }
-    }
-
-    /// The URL of a path on this server: the path stands for a Slack token.
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn received(&self) -> Vec<(String, serde_json::Value)> {
-        self.bodies.lock().unwrap().clone()
-    }
-}
-
-/// One HTTP/1.1 request: its path and JSON body; answered `200 ok`, then closed.
-fn read_request(mut conn: std::net::TcpStream) -> Option<(String, serde_json::Value)> {
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut reader = BufReader::new(conn.try_clone().ok()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).ok()?;
-    let path = request_line.split_whitespace().nth(1)?.to_string();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().ok()?;
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        .ok()?;
-    Some((path, serde_json::from_slice(&body).ok()?))
-}
+use common::{Hooks, Scratch, local_job_yaml, text};
 
 /// A real SMTP server (aiosmtpd) that appends each message it takes to a file, one JSON line
 /// each. Stopped when dropped.

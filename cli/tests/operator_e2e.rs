@@ -156,12 +156,13 @@ impl World {
             world.kubectl_ok(&["apply", "-f", crds.join(crd).to_str().unwrap()]);
         }
         // The admin's policy for the tests' namespace: Slurm through the commands on this
-        // host, pods that may read the AWS Secret; data under s3://<bucket>/default/.
+        // host, pods that may read the AWS Secret, alerts to the webhook of `alert-hook`; data
+        // under s3://<bucket>/default/.
         let policy = world.scratch.write(
             "policy.yaml",
             "apiVersion: orch.dev/v1alpha1\nkind: OrchPolicy\nmetadata: {name: e2e}\n\
              spec:\n  namespaces: [default]\n  slurm: {transport: cli}\n  \
-             kubernetes: {secrets: [orch-aws]}\n",
+             kubernetes: {secrets: [orch-aws, alert-hook]}\n",
         );
         world.kubectl_ok(&["apply", "-f", policy.to_str().unwrap()]);
         Some(world)
@@ -966,6 +967,13 @@ async fn indexed_jobs_fail_then_orch_retry_completes_them() {
          from orch_handler import handler\n\
          @handler\ndef echo(item):\n    return item\n",
     );
+    // The job's alerts also go to a webhook whose URL (a credential) is in a Secret.
+    const HOOK_SECRET: &str = "e2e-alert-hook-T0k3n";
+    let hooks = common::Hooks::start();
+    world.create_secret(
+        "alert-hook",
+        &[("url", hooks.url(&format!("/hooks/{HOOK_SECRET}")).as_str())],
+    );
     let file = world.scratch.write(
         "retried.yaml",
         &format!(
@@ -980,6 +988,9 @@ spec:
   retry: {{maxAttempts: 1}}
   output: {{uri: "s3://{bucket}/default/out-retried/"}}
   executor: {{kubernetes: {{parallelism: 2, envFromSecrets: [orch-aws]}}}}
+  alerts:
+    channels:
+      - webhook: {{url: {{secretKeyRef: {{name: alert-hook, key: url}}}}}}
 "#,
             bucket = world.bucket,
             handler = handler.display(),
@@ -1030,6 +1041,36 @@ spec:
         note.contains("failed after") && note.contains("handler keeps crashing"),
         "{alerts:#?}"
     );
+    // The webhook the Secret names got the same notices, as JSON, each once: the failed tasks,
+    // and the error rate (every item of a task failed for good counts as failed).
+    world.wait_for("the webhook's notices", Duration::from_secs(30), |_| {
+        hooks.received().len() >= 2
+    });
+    let got = hooks.received();
+    let mut rules: Vec<(String, String)> = got
+        .iter()
+        .map(|(_, b)| (b["rule"].to_string(), b["state"].to_string()))
+        .collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        [
+            ("\"errorRate\"".to_string(), "\"firing\"".to_string()),
+            ("\"taskFailed\"".to_string(), "\"firing\"".to_string()),
+        ],
+        "{got:#?}"
+    );
+    for (path, body) in &got {
+        assert_eq!(path, &format!("/hooks/{HOOK_SECRET}"));
+        assert_eq!(body["name"], "retried", "{body}");
+        assert_eq!(body["namespace"], "default", "{body}");
+    }
+    let task_failed_body = &got
+        .iter()
+        .find(|(_, b)| b["rule"] == "taskFailed")
+        .unwrap()
+        .1;
+    assert_eq!(task_failed_body["summary"].as_str(), Some(note), "{got:#?}");
     // The ended job (failed) ends a wait for completionTime at once, as docs/operator.md says.
     world.kubectl_ok(&[
         "wait",
@@ -1082,8 +1123,10 @@ spec:
     ] {
         let objects = world.kubectl_ok(&["get", kind, "-o", "json"]);
         assert!(!objects.contains(POD_SECRET), "{kind}: {objects}");
+        assert!(!objects.contains(HOOK_SECRET), "{kind}: {objects}");
     }
     assert!(!world.operator_log("op-a").contains(POD_SECRET));
+    assert!(!world.operator_log("op-a").contains(HOOK_SECRET));
     // New attempts ran in new Indexed Jobs; the first ones are still there, untouched.
     let after: serde_json::Value =
         serde_json::from_str(&world.kubectl_ok(&["get", "jobs", "-o", "json"])).unwrap();

@@ -399,3 +399,67 @@ impl Drop for SmallDisk {
 pub fn chaos_summary(scenario: &str, seed: impl std::fmt::Display, injected: &str) {
     eprintln!("chaos ({scenario}): seed {seed}: {injected}, 0 items lost, 0 duplicated");
 }
+
+/// A webhook receiver for the alert tests: every POST it gets (path, JSON body), in order,
+/// each answered `200 ok`.
+pub struct Hooks {
+    pub port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Hooks {
+    pub fn start() -> Hooks {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                if let Some(request) = read_request(conn) {
+                    seen.lock().unwrap().push(request);
+                }
+            }
+        });
+        Hooks { port, bodies }
+    }
+
+    /// The URL of a path on this server (a path may stand for a token).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn received(&self) -> Vec<(String, serde_json::Value)> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+/// One HTTP/1.1 request: its path and JSON body; answered `200 ok`, then closed.
+fn read_request(mut conn: std::net::TcpStream) -> Option<(String, serde_json::Value)> {
+    use std::io::{BufRead, Read, Write};
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    let mut reader = std::io::BufReader::new(conn.try_clone().ok()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let path = request_line.split_whitespace().nth(1)?.to_string();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        .ok()?;
+    Some((path, serde_json::from_slice(&body).ok()?))
+}
