@@ -120,6 +120,9 @@ grep -q 'eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/orch-operato
   || fail "IRSA annotation missing on the ServiceAccount"
 grep -q '"uid": "orch-jobs"' "$out/all.yaml" || fail "the Grafana dashboard ConfigMap is missing"
 grep -q 'grafana_dashboard: "1"' "$out/all.yaml" || fail "the Grafana dashboard has no sidecar label"
+grep -q -- '--dashboard-bind-address=0.0.0.0:8081' "$out/all.yaml" || fail "dashboard.enabled does not reach the operator"
+grep -q 'name: orch-orch-operator-dashboard$' "$out/all.yaml" || fail "no Service for the dashboard"
+grep -q -- '--dashboard-bind-address' "$out/default.yaml" && fail "the dashboard is on by default"
 
 say "helm template: minimal (one replica, no leader election, no metrics Service, no k8s executor)"
 "$helm" template orch "$chart" --namespace orch-system "${required[@]}" --set replicas=1 \

@@ -109,8 +109,35 @@ impl Browser {
         self.client().execute(script, vec![]).await.unwrap()
     }
 
+    /// The text of the first element `css` finds, waiting for it. Read in the page in one
+    /// step: the page replaces what changed every 2 seconds, so an element found first may
+    /// be gone when asked for its text.
     async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        let script = format!(
+            "const e = document.querySelector({}); return e ? e.textContent : null",
+            serde_json::to_string(css).unwrap()
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let serde_json::Value::String(text) = self.eval(&script).await {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no `{css}` on the page");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Clicks the first element `css` finds, as a user would; found again if the page
+    /// replaced it between finding and clicking.
+    async fn click(&self, css: &str) {
+        for _ in 0..20 {
+            match self.find(css).await.click().await {
+                Ok(_) => return,
+                Err(e) if e.is_stale_element_reference() => {}
+                Err(e) => panic!("cannot click `{css}`: {e}"),
+            }
+        }
+        panic!("`{css}` kept being replaced");
     }
 
     /// Waits until the page has shown `view` (`jobs`, `job`, `task`) at least `updates` times.
@@ -245,7 +272,7 @@ async fn a_running_jobs_page_updates_in_place_and_its_failed_items_are_two_click
     let server = Server::start(&s, ".orch");
 
     browser.client().goto(&server.url).await.unwrap();
-    browser.find("a.job-link").await.click().await.unwrap();
+    browser.click("a.job-link").await;
     browser.wait_view("job", 1).await;
     let loaded_at = browser
         .eval("return document.documentElement.dataset.loadedAt")
@@ -299,13 +326,10 @@ async fn a_running_jobs_page_updates_in_place_and_its_failed_items_are_two_click
     browser.client().goto(&server.url).await.unwrap();
     browser.wait_view("jobs", 1).await;
     browser.screenshot("dashboard-jobs.png").await;
-    browser.find("a.job-link").await.click().await.unwrap();
+    browser.click("a.job-link").await;
     browser
-        .find("button.error-kind[data-kind='permanent']")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click("button.error-kind[data-kind='permanent']")
+        .await;
     let message = browser.text("#sample-table .sample-message").await;
     let item: u64 = message
         .strip_prefix("bad record ")
@@ -321,7 +345,7 @@ async fn a_running_jobs_page_updates_in_place_and_its_failed_items_are_two_click
     assert_eq!(samples.len(), 30, "every failed item is listed");
 
     // A task's cell leads to its attempts and its log.
-    browser.find("#grid").await.click().await.unwrap();
+    browser.click("#grid").await;
     browser.wait_view("task", 1).await;
     let log = browser.text("#log").await;
     assert!(log.contains("task"), "the task's log is shown: {log:?}");

@@ -548,7 +548,14 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
             >= 3
     });
     world.kill_operator("op-a", "-KILL");
-    world.start_operator("op-b");
+    // The successor also serves the dashboard of the storage (read-only).
+    let dashboard_port = moto::free_port();
+    world.start_operator_with(
+        "op-b",
+        &[&format!(
+            "--dashboard-bind-address=127.0.0.1:{dashboard_port}"
+        )],
+    );
 
     let waited = world.kubectl(&[
         "wait",
@@ -605,6 +612,24 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
         );
     }
 
+    // The operator's dashboard shows the job as it ended, and offers no actions.
+    let (code, body) = http_get(dashboard_port, "/api/jobs").expect("the dashboard answers");
+    assert_eq!(code, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["actions"], false, "{page}");
+    let shown = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id.as_str())
+        .unwrap_or_else(|| {
+            panic!(
+                "job {id} is not on the dashboard: {page}\n{}",
+                world.operator_log("op-b")
+            )
+        });
+    assert_eq!(shown["phase"], "succeeded", "{shown}");
+    assert_eq!(shown["itemsDone"], ITEMS, "{shown}");
     // Every item exactly once, read by pyarrow.
     common::read_output(&world.output_dir("reviews").await).assert_each_item_once(ITEMS);
     // Slurm's view: every work array task ran and completed, no array twice.

@@ -58,6 +58,15 @@ const fmt = {
   percent: (x) => (x === undefined || x === null ? '–' : (x * 100).toFixed(0) + '%'),
 };
 
+// Whether `data` is what `slot` last showed (then the DOM is left alone: a reader's
+// selection, hover and focus survive the update); remembers it otherwise.
+function unchanged(memo, slot, data) {
+  const text = JSON.stringify(data);
+  if (memo[slot] === text) return true;
+  memo[slot] = text;
+  return false;
+}
+
 function phase(p) {
   return el('span', { class: 'phase phase-' + p, text: p });
 }
@@ -149,14 +158,16 @@ function jobsView() {
         el('th', { class: 'num', text: 'items/s' }), el('th', { class: 'num', text: 'ETA' }),
         el('th', { class: 'num', text: 'tasks' }), el('th', { text: 'started' }))),
       body));
+  const memo = {};
   return {
     root,
     async refresh() {
       const data = await api('jobs');
       empty.hidden = data.jobs.length > 0;
+      if (unchanged(memo, 'jobs', data)) { markRendered('jobs'); return; }
       body.replaceChildren(...data.jobs.map((j) => el('tr', { 'data-job': j.id },
         el('td', {},
-          el('a', { href: '#/job/' + encodeURIComponent(j.id), class: 'job-link', 'data-job': j.id, text: j.name }),
+          el('a', { href: '#/job/' + encodeURIComponent(j.id), class: 'job-link', 'data-job': j.id, text: (j.namespace ? j.namespace + '/' : '') + j.name }),
           el('div', { class: 'mono muted', text: j.id })),
         el('td', {}, phase(j.phase), j.suspended ? el('span', { class: 'muted', text: ' paused' }) : null),
         el('td', {}, progressBar(j)),
@@ -204,6 +215,7 @@ function jobView(r) {
     el('table', {}, el('thead', {}, el('tr', {}, el('th', { text: 'task' }), el('th', { text: 'state' }),
       el('th', { class: 'num', text: 'attempt' }), el('th', { text: 'kind' }), el('th', { text: 'error' }))), failedTasks));
 
+  const memo = {};
   let drawn = { grid: null, width: 0 };
   let grid = '';
 
@@ -418,15 +430,15 @@ function jobView(r) {
     async refresh() {
       const data = await api(jobPath);
       crumbs({ text: 'jobs', href: '#/' }, { text: data.job.name });
-      renderHead(data);
-      renderCards(data.job);
+      if (!unchanged(memo, 'head', [data.job, data.actions])) renderHead(data);
+      if (!unchanged(memo, 'cards', data.job)) renderCards(data.job);
       renderGrid(data);
       aggregation.textContent = data.aggregation
         ? 'Aggregating: ' + data.aggregation.stage + ', ' + data.aggregation.groupsDone + ' of ' + data.aggregation.groupsTotal + ' merges done'
         : '';
-      renderChart(data.curve);
-      renderErrors(data);
-      renderLimits(data);
+      if (!unchanged(memo, 'chart', data.curve)) renderChart(data.curve);
+      if (!unchanged(memo, 'errors', [data.errorsByKind, data.failedTasks])) renderErrors(data);
+      if (!unchanged(memo, 'limits', [data.rateLimit, data.buckets])) renderLimits(data);
       // A chosen kind's samples stay as they are: they are read again only on a click.
       markRendered('job');
     },

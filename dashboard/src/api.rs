@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use orch_core::history::AttemptRecord;
 use orch_core::layout;
 use orch_core::model::{JobRecord, TaskRecord, TaskState, now_ms};
+use orch_core::platform::Backends;
 use orch_runtime::control::{self, RetryChoice};
 use orch_runtime::driver;
 use orch_runtime::logs::{AttemptLog, select_lines};
@@ -18,7 +19,7 @@ use orch_runtime::task_cache::TaskCache;
 use serde::{Deserialize, Serialize};
 
 use crate::view::{self, JobSummary, RateLimitUse, Sample, Timeline};
-use crate::{Dashboard, DashboardError};
+use crate::{Dashboard, DashboardError, Source};
 
 type Result<T> = std::result::Result<T, DashboardError>;
 
@@ -58,7 +59,7 @@ impl Watched {
     }
 
     /// Reads what changed in the job's rows and returns its summary.
-    async fn look(&mut self, d: &Dashboard, job: &JobRecord) -> Result<JobSummary> {
+    async fn look(&mut self, source: &Source, job: &JobRecord) -> Result<JobSummary> {
         self.seen = Instant::now();
         if let Some((version, summary)) = &self.ended
             && *version == job.version
@@ -67,7 +68,7 @@ impl Watched {
         }
         let tasks = self
             .rows
-            .refresh(d.backends.state.as_ref(), &job.id)
+            .refresh(source.backends.state.as_ref(), &job.id)
             .await?;
         let progress = driver::progress(job, tasks);
         let (_, wait_ms) = view::rate_limit_totals(tasks);
@@ -82,21 +83,22 @@ impl Watched {
         } else {
             self.timeline.items_per_second()
         };
-        let summary = JobSummary::new(job, &progress, rate);
+        let mut summary = JobSummary::new(job, &progress, rate);
+        summary.namespace = source.label.clone();
         if job.phase.is_terminal() {
             self.ended = Some((job.version, summary.clone()));
         }
         Ok(summary)
     }
 
-    async fn history(&mut self, d: &Dashboard, job: &JobRecord) -> &[AttemptRecord] {
+    async fn history(&mut self, source: &Source, job: &JobRecord) -> &[AttemptRecord] {
         let stale = match &self.history {
             None => true,
             Some((at, _)) => !job.phase.is_terminal() && at.elapsed() > HISTORY_EVERY,
         };
         if stale {
             // Best effort: a curve from the server's own observations beats no page.
-            let records = match d.backends.state.list_attempts(&job.id, None).await {
+            let records = match source.backends.state.list_attempts(&job.id, None).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(job = %job.id, error = %e, "cannot read the attempt history");
@@ -109,15 +111,27 @@ impl Watched {
     }
 }
 
-async fn stored_job(d: &Dashboard, id: &str) -> Result<JobRecord> {
+/// The job `id` and the storage it is in.
+async fn stored_job(d: &Dashboard, id: &str) -> Result<(Arc<Source>, JobRecord)> {
     if !layout::valid_job_id(id) {
         return Err(DashboardError::NoJob(id.to_string()));
     }
-    d.backends
-        .state
-        .get_job(id)
-        .await?
-        .ok_or_else(|| DashboardError::NoJob(id.to_string()))
+    let mut trouble = None;
+    for source in d.sources.current().await {
+        match source.backends.state.get_job(id).await {
+            Ok(Some(job)) => return Ok((source, job)),
+            Ok(None) => {}
+            Err(e) => trouble = Some(e),
+        }
+    }
+    // Not found anywhere: a storage that could not be read may have it.
+    Err(trouble.map_or_else(|| DashboardError::NoJob(id.to_string()), Into::into))
+}
+
+/// The key of a job in the server's memory: storages of different namespaces may hold the
+/// same id.
+fn watch_key(source: &Source, id: &str) -> String {
+    format!("{}/{id}", source.label.as_deref().unwrap_or_default())
 }
 
 #[derive(Serialize)]
@@ -128,14 +142,25 @@ pub(crate) struct JobsPage {
 }
 
 pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Result<Json<JobsPage>> {
-    let mut records = d.backends.state.list_jobs().await?;
-    records.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
-    let mut jobs = Vec::with_capacity(records.len());
-    for job in &records {
-        let watched = d.watched(&job.id);
-        let mut w = watched.lock().await;
-        jobs.push(w.look(&d, job).await?);
+    let sources = d.sources.current().await;
+    let mut jobs = Vec::new();
+    for source in &sources {
+        let records = match source.backends.state.list_jobs().await {
+            Ok(records) => records,
+            // One storage that cannot be read does not hide the others' jobs.
+            Err(e) if sources.len() > 1 => {
+                tracing::warn!(source = ?source.label, error = %e, "cannot list the jobs");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for job in &records {
+            let watched = d.watched(&watch_key(source, &job.id));
+            let mut w = watched.lock().await;
+            jobs.push(w.look(source, job).await?);
+        }
     }
+    jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
     Ok(Json(JobsPage {
         jobs,
         actions: d.actions,
@@ -199,21 +224,21 @@ pub(crate) async fn job(
     State(d): State<Arc<Dashboard>>,
     Path(id): Path<String>,
 ) -> Result<Json<JobPage>> {
-    let job = stored_job(&d, &id).await?;
-    let watched = d.watched(&id);
+    let (source, job) = stored_job(&d, &id).await?;
+    let watched = d.watched(&watch_key(&source, &id));
     let mut w = watched.lock().await;
-    let summary = w.look(&d, &job).await?;
+    let summary = w.look(&source, &job).await?;
     // A job that ended was summarised from a cache: its rows may never have been read.
     let tasks = w
         .rows
-        .refresh(d.backends.state.as_ref(), &id)
+        .refresh(source.backends.state.as_ref(), &id)
         .await?
         .to_vec();
     let progress = driver::progress(&job, &tasks);
     let (tokens, wait_ms) = view::rate_limit_totals(&tasks);
     let waiting_share = w.timeline.waiting_share();
     let timeline = w.timeline.clone();
-    let history = w.history(&d, &job).await;
+    let history = w.history(&source, &job).await;
     let curve = view::done_curve(&job, history, &timeline, CURVE_POINTS);
     drop(w);
     let spec = &job.spec.spec;
@@ -240,7 +265,7 @@ pub(crate) async fn job(
             wait_ms,
             waiting_share,
         },
-        buckets: buckets(&d, &job).await,
+        buckets: buckets(&source, &job).await,
         job: summary,
     }))
 }
@@ -287,12 +312,12 @@ fn failed_tasks(tasks: &[TaskRecord]) -> Vec<FailedTask> {
 }
 
 /// The buckets of the job's `spec.rateLimit`, as stored now.
-async fn buckets(d: &Dashboard, job: &JobRecord) -> Vec<BucketView> {
+async fn buckets(source: &Source, job: &JobRecord) -> Vec<BucketView> {
     let keys = orch_runtime::rate_limits::possible_keys(&job.spec, &job.id);
     if keys.is_empty() {
         return Vec::new();
     }
-    let all = match d.backends.rate_limits.list_buckets().await {
+    let all = match source.backends.rate_limits.list_buckets().await {
         Ok(all) => all,
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "cannot read the rate-limit buckets");
@@ -347,9 +372,9 @@ pub(crate) async fn errors(
     Path(id): Path<String>,
     Query(q): Query<ErrorsQuery>,
 ) -> Result<Json<ErrorSamples>> {
-    let job = stored_job(&d, &id).await?;
+    let (source, job) = stored_job(&d, &id).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_SAMPLES);
-    let tasks = d.backends.state.list_tasks(&job.id).await?;
+    let tasks = source.backends.state.list_tasks(&job.id).await?;
     let mut samples = Vec::new();
     let mut truncated = false;
     let wanted = |t: &&TaskRecord| {
@@ -366,7 +391,7 @@ pub(crate) async fn errors(
             break;
         }
         let key = layout::errors(&job.id, t.id, t.attempt);
-        for e in read_errors(&d, &key).await? {
+        for e in read_errors(&source.backends, &key).await? {
             if q.kind.as_ref().is_some_and(|k| *k != e.kind) {
                 continue;
             }
@@ -387,9 +412,9 @@ pub(crate) async fn errors(
     Ok(Json(ErrorSamples { samples, truncated }))
 }
 
-async fn read_errors(d: &Dashboard, key: &str) -> Result<Vec<orch_data::ItemError>> {
-    let (path, remote) = d.backends.local_file(key)?;
-    if remote && !d.backends.objects.get_to_file(key, &path).await? {
+async fn read_errors(backends: &Backends, key: &str) -> Result<Vec<orch_data::ItemError>> {
+    let (path, remote) = backends.local_file(key)?;
+    if remote && !backends.objects.get_to_file(key, &path).await? {
         return Ok(Vec::new());
     }
     let read = orch_data::read_errors_parquet(&path);
@@ -410,14 +435,18 @@ pub(crate) async fn task(
     State(d): State<Arc<Dashboard>>,
     Path((id, n)): Path<(String, u32)>,
 ) -> Result<Json<TaskPage>> {
-    let job = stored_job(&d, &id).await?;
-    let task = d
+    let (source, job) = stored_job(&d, &id).await?;
+    let task = source
         .backends
         .state
         .get_task(&job.id, n)
         .await?
         .ok_or(DashboardError::NoTask { job: id, task: n })?;
-    let attempts = d.backends.state.list_attempts(&job.id, Some(n)).await?;
+    let attempts = source
+        .backends
+        .state
+        .list_attempts(&job.id, Some(n))
+        .await?;
     Ok(Json(TaskPage { task, attempts }))
 }
 
@@ -433,8 +462,8 @@ pub(crate) async fn log(
     Path((id, n)): Path<(String, u32)>,
     Query(q): Query<LogQuery>,
 ) -> Result<impl IntoResponse> {
-    let job = stored_job(&d, &id).await?;
-    let task = d
+    let (source, job) = stored_job(&d, &id).await?;
+    let task = source
         .backends
         .state
         .get_task(&job.id, n)
@@ -450,7 +479,7 @@ pub(crate) async fn log(
     };
     let local = d.local_logs.as_ref().map(|dir| dir.join(&job.id));
     let text = match log
-        .read(d.backends.objects.as_ref(), &job.id, local.as_deref())
+        .read(source.backends.objects.as_ref(), &job.id, local.as_deref())
         .await?
     {
         Some(bytes) => {
@@ -489,8 +518,8 @@ pub(crate) async fn act(
             "an action needs the {ACTION_HEADER} header"
         )));
     }
-    let job = stored_job(&d, &id).await?;
-    let state = d.backends.state.as_ref();
+    let (source, job) = stored_job(&d, &id).await?;
+    let state = source.backends.state.as_ref();
     let (changed, message) = match action.as_str() {
         "pause" => {
             let changed = control::set_suspend(state, &job, true).await?;
@@ -511,7 +540,7 @@ pub(crate) async fn act(
             )
         }
         "retry" => {
-            let summary = control::retry(&d.backends, &job, &RetryChoice::Tasks).await?;
+            let summary = control::retry(&source.backends, &job, &RetryChoice::Tasks).await?;
             (
                 summary.tasks > 0,
                 format!(

@@ -26,9 +26,33 @@ use orch_core::platform::Backends;
 
 pub use error::DashboardError;
 
+/// A storage whose jobs the dashboard shows, and what names it on the page (a namespace).
+pub struct Source {
+    pub label: Option<String>,
+    pub backends: Backends,
+}
+
+/// Where the jobs are: one storage (`orch dashboard`), or the storages of the operator's
+/// namespaces, which follow its policies.
+#[async_trait::async_trait]
+pub trait Sources: Send + Sync {
+    /// The storages to read now.
+    async fn current(&self) -> Vec<Arc<Source>>;
+}
+
+/// One storage, always the same.
+struct OneStorage(Arc<Source>);
+
+#[async_trait::async_trait]
+impl Sources for OneStorage {
+    async fn current(&self) -> Vec<Arc<Source>> {
+        vec![self.0.clone()]
+    }
+}
+
 /// What the dashboard reads, and what it may do.
 pub struct Dashboard {
-    backends: Backends,
+    sources: Arc<dyn Sources>,
     /// Whether pause, resume, cancel and retry are offered.
     actions: bool,
     /// Where the logs of jobs whose storage is remote were written on this machine (each job
@@ -40,9 +64,23 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
+    /// The dashboard of one storage.
     pub fn new(backends: Backends, actions: bool, local_logs: Option<PathBuf>) -> Arc<Self> {
-        Arc::new(Dashboard {
+        let one = OneStorage(Arc::new(Source {
+            label: None,
             backends,
+        }));
+        Self::of_sources(Arc::new(one), actions, local_logs)
+    }
+
+    /// The dashboard of storages that may change while it runs.
+    pub fn of_sources(
+        sources: Arc<dyn Sources>,
+        actions: bool,
+        local_logs: Option<PathBuf>,
+    ) -> Arc<Self> {
+        Arc::new(Dashboard {
+            sources,
             actions,
             local_logs,
             watched: Mutex::new(HashMap::new()),
@@ -109,7 +147,8 @@ pub async fn serve(
 const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Dashboard {
-    fn watched(&self, job: &str) -> Arc<tokio::sync::Mutex<api::Watched>> {
+    /// What the server remembers of the job `key` (a storage's label and the job's id).
+    fn watched(&self, key: &str) -> Arc<tokio::sync::Mutex<api::Watched>> {
         let mut all = self
             .watched
             .lock()
@@ -119,7 +158,7 @@ impl Dashboard {
             w.try_lock()
                 .map_or(true, |w| now.duration_since(w.seen) < FORGET_AFTER)
         });
-        all.entry(job.to_string())
+        all.entry(key.to_string())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(api::Watched::new(now))))
             .clone()
     }

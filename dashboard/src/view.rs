@@ -14,6 +14,9 @@ use serde::Serialize;
 pub struct JobSummary {
     pub id: String,
     pub name: String,
+    /// The namespace of the job's storage, where the server shows several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub phase: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -44,6 +47,7 @@ impl JobSummary {
         JobSummary {
             id: job.id.clone(),
             name: job.spec.metadata.name.clone(),
+            namespace: None,
             phase: job.phase.as_str().to_string(),
             message: job.message.clone(),
             created_at: job.created_at,

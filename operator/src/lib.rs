@@ -19,6 +19,7 @@
 pub mod alerts;
 pub mod config;
 pub mod controller;
+pub mod dashboard;
 pub mod error;
 pub mod kube_executor;
 pub mod leader;

@@ -102,6 +102,12 @@ struct Args {
     /// Status refresh of a running job when nothing woke the controller.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
+    /// Serve the web dashboard of the jobs of the namespaces this operator serves (each from
+    /// the storage its OrchPolicy names) on this address, read-only: changes to a job go
+    /// through its OrchJob, where Kubernetes RBAC decides who may make them. Without it, no
+    /// dashboard.
+    #[arg(long, env = "ORCH_DASHBOARD_BIND_ADDRESS")]
+    dashboard_bind_address: Option<SocketAddr>,
     /// Scratch space: files on their way to or from S3.
     #[arg(long, env = "ORCH_SCRATCH_DIR")]
     scratch_dir: Option<PathBuf>,
@@ -159,6 +165,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let scratch = args
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("orch-operator"));
     let client = Client::try_default()
         .await
         .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
@@ -168,6 +178,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot reach the Kubernetes API server")?;
     info!(server = %version.git_version, "connected to the API server");
     metrics.set_ready();
+
+    // Policies first: until they are listed, every job would look ungoverned and be refused.
+    // Listed before the election, so that a standby's dashboard knows the namespaces' storages.
+    let (policies, policy_writer) = reflector::store::<OrchPolicy>();
+    let policy_watch = reflector(
+        policy_writer,
+        watcher(
+            Api::<OrchPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            warn!(error = %e, "watching OrchPolicies");
+        }
+    });
+    tokio::spawn(policy_watch);
+    // Every replica serves the dashboard (it only reads), the standbys too.
+    if let Some(addr) = args.dashboard_bind_address {
+        let storages = orch_operator::dashboard::NamespaceStorages::new(
+            client.clone(),
+            args.watch_namespace.clone(),
+            policies.clone(),
+            orch_core::policy::OperatorDefaults {
+                storage_uri: args.storage_uri.clone(),
+                slurm_url: None,
+                slurm_token_file: None,
+            },
+            scratch.clone(),
+        );
+        serve_dashboard(addr, storages, shutdown.clone()).await?;
+    }
 
     let identity = args
         .identity
@@ -189,10 +232,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics.leader.set(1);
     }
 
-    let scratch = args
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("orch-operator"));
     let config = OperatorConfig {
         storage_uri: args.storage_uri.clone(),
         slurm_url: args.slurm_url.clone(),
@@ -215,22 +254,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
-    // Policies first: until they are listed, every job would look ungoverned and be refused.
-    let (policies, policy_writer) = reflector::store::<OrchPolicy>();
-    let policy_watch = reflector(
-        policy_writer,
-        watcher(
-            Api::<OrchPolicy>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .for_each(|event| async move {
-        if let Err(e) = event {
-            warn!(error = %e, "watching OrchPolicies");
-        }
-    });
-    tokio::spawn(policy_watch);
     loop {
         tokio::select! {
             ready = policies.wait_until_ready() => {
@@ -339,6 +362,26 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Starts the read-only dashboard of the jobs of the namespaces this operator serves.
+async fn serve_dashboard(
+    addr: SocketAddr,
+    storages: orch_operator::dashboard::NamespaceStorages,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the dashboard"))?;
+    info!(address = %listener.local_addr()?, "serving the dashboard (read-only)");
+    let dashboard = orch_dashboard::Dashboard::of_sources(Arc::new(storages), false, None);
+    tokio::spawn(async move {
+        let stopped = async move { shutdown.cancelled().await };
+        if let Err(e) = orch_dashboard::serve(dashboard, listener, stopped).await {
+            warn!(error = %e, "the dashboard stopped");
+        }
+    });
+    Ok(())
 }
 
 async fn finish(http: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
