@@ -71,7 +71,7 @@ async fn dispatched_job(state: &dyn StateStore, n: u32) -> WorkerArgs {
 async fn the_worker_records_its_claim_its_commit_and_its_own_failures() {
     let dir = tempfile::tempdir().unwrap();
     let state = store(dir.path()).await;
-    let args = dispatched_job(state.as_ref(), 3).await;
+    let args = dispatched_job(state.as_ref(), 4).await;
 
     let mut row = claim(state.as_ref(), &args, "host-a:42").await.unwrap();
     let started = state.list_attempts("hist-1", Some(0)).await.unwrap();
@@ -89,12 +89,15 @@ async fn the_worker_records_its_claim_its_commit_and_its_own_failures() {
     assert_eq!(done[0].started_at, started[0].started_at);
     assert!(done[0].ended_at >= done[0].started_at);
 
-    // Task 1 gives up, task 2 is stopped by a signal: each says so, with its error.
-    for (task, error, outcome) in [
+    // Task 1 gives up, task 2 is stopped by a signal, task 3 by Slurm's warning before its
+    // time limit: each says so, with its error; only the last marks a limit (the alerts read
+    // the mark, never the message).
+    for (task, error, outcome, limit) in [
         (
             1,
-            Error::HandlerGaveUp("the handler keeps crashing".into()),
+            Error::HandlerGaveUp("the handler keeps crashing near its time limit".into()),
             AttemptOutcome::Failed,
+            None,
         ),
         (
             2,
@@ -103,6 +106,16 @@ async fn the_worker_records_its_claim_its_commit_and_its_own_failures() {
                 near_time_limit: false,
             },
             AttemptOutcome::Interrupted,
+            None,
+        ),
+        (
+            3,
+            Error::Interrupted {
+                progressed: true,
+                near_time_limit: true,
+            },
+            AttemptOutcome::Interrupted,
+            Some(orch_core::model::LimitHit::Time),
         ),
     ] {
         let args = WorkerArgs {
@@ -120,6 +133,7 @@ async fn the_worker_records_its_claim_its_commit_and_its_own_failures() {
         // The claim is released after the record is written.
         let row = state.get_task("hist-1", task).await.unwrap().unwrap();
         assert_eq!(row.lease_owner, None);
+        assert_eq!(row.last_error.as_ref().unwrap().limit, limit, "task {task}");
     }
 }
 
