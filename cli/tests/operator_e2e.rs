@@ -258,8 +258,11 @@ impl World {
             .env("ORCH_WORKER_IMAGE", "orch-worker:e2e")
             .env("ORCH_WORKER_POD_COMMAND", common::worker())
             .env("ORCH_LOG", "info")
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--log-format")))
+                    .then_some("--log-format=text"),
+            )
             .args([
-                "--log-format=text",
                 &format!("--metrics-bind-address=127.0.0.1:{port}"),
                 "--leader-elect",
                 "--leader-election-namespace=default",
@@ -548,13 +551,14 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
             >= 3
     });
     world.kill_operator("op-a", "-KILL");
-    // The successor also serves the dashboard of the storage (read-only).
+    // The successor also serves the dashboard of the storage (read-only), and logs JSON.
     let dashboard_port = moto::free_port();
     world.start_operator_with(
         "op-b",
-        &[&format!(
-            "--dashboard-bind-address=127.0.0.1:{dashboard_port}"
-        )],
+        &[
+            &format!("--dashboard-bind-address=127.0.0.1:{dashboard_port}"),
+            "--log-format=json",
+        ],
     );
 
     let waited = world.kubectl(&[
@@ -612,6 +616,36 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
         );
     }
 
+    // Every line of the JSON operator is a JSON object, and no line speaks of the job
+    // without naming it: in its fields or in a span (the job's driver runs in one naming the
+    // job and its OrchJob).
+    let mut naming = 0;
+    for line in world.operator_log("op-b").lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        let mut ids = v["fields"].as_object().cloned().unwrap_or_default();
+        for span in v["spans"].as_array().into_iter().flatten() {
+            ids.extend(span.as_object().cloned().unwrap_or_default());
+        }
+        if ids.get("job").and_then(|j| j.as_str()) == Some(id.as_str()) {
+            naming += 1;
+            assert_eq!(
+                ids.get("object").and_then(|o| o.as_str()),
+                Some("default/reviews"),
+                "{line}"
+            );
+        } else {
+            assert!(
+                !line.contains(&id),
+                "a line about the job without its id: {line}"
+            );
+        }
+    }
+    assert!(naming >= 3, "{naming} lines name the job");
     // The operator's dashboard shows the job as it ended, and offers no actions.
     let (code, body) = http_get(dashboard_port, "/api/jobs").expect("the dashboard answers");
     assert_eq!(code, 200, "{body}");
