@@ -49,7 +49,7 @@ struct Browser {
 impl Browser {
     async fn start() -> Option<Browser> {
         let (driver_path, browser_path) = browser_programs()?;
-        let port = free_port();
+        let port = orch_testkit::moto::free_port();
         let driver = Command::new(driver_path)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -183,14 +183,6 @@ impl Drop for Browser {
         self.driver.kill().ok();
         self.driver.wait().ok();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `orch dashboard` over `storage`, on a free port; its URL.

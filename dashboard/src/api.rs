@@ -424,6 +424,25 @@ async fn read_errors(backends: &Backends, key: &str) -> Result<Vec<orch_data::It
     read.map_err(|e| DashboardError::Unreadable(format!("{key}: {e}")))
 }
 
+/// Task `n` of the job `id`, with the job and its storage.
+async fn stored_task(
+    d: &Dashboard,
+    id: &str,
+    n: u32,
+) -> Result<(Arc<Source>, JobRecord, TaskRecord)> {
+    let (source, job) = stored_job(d, id).await?;
+    let task = source
+        .backends
+        .state
+        .get_task(&job.id, n)
+        .await?
+        .ok_or_else(|| DashboardError::NoTask {
+            job: id.to_string(),
+            task: n,
+        })?;
+    Ok((source, job, task))
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TaskPage {
@@ -435,13 +454,7 @@ pub(crate) async fn task(
     State(d): State<Arc<Dashboard>>,
     Path((id, n)): Path<(String, u32)>,
 ) -> Result<Json<TaskPage>> {
-    let (source, job) = stored_job(&d, &id).await?;
-    let task = source
-        .backends
-        .state
-        .get_task(&job.id, n)
-        .await?
-        .ok_or(DashboardError::NoTask { job: id, task: n })?;
+    let (source, job, task) = stored_task(&d, &id, n).await?;
     let attempts = source
         .backends
         .state
@@ -462,16 +475,7 @@ pub(crate) async fn log(
     Path((id, n)): Path<(String, u32)>,
     Query(q): Query<LogQuery>,
 ) -> Result<impl IntoResponse> {
-    let (source, job) = stored_job(&d, &id).await?;
-    let task = source
-        .backends
-        .state
-        .get_task(&job.id, n)
-        .await?
-        .ok_or(DashboardError::NoTask {
-            job: id.clone(),
-            task: n,
-        })?;
+    let (source, job, task) = stored_task(&d, &id, n).await?;
     let log = AttemptLog {
         kind: task.kind,
         task: n,
