@@ -270,6 +270,21 @@ impl WebhookSink {
     }
 }
 
+impl WebhookSink {
+    /// `text` (an answer's body) without the URL's path or query, which hold its token and
+    /// which an error page may echo.
+    fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for part in [self.url.path(), self.url.query().unwrap_or("")] {
+            let part = part.trim_matches('/');
+            if part.len() >= 4 {
+                out = out.replace(part, "[redacted]");
+            }
+        }
+        out
+    }
+}
+
 /// Slack's message: text with its own markup (`*bold*`, `` `code` ``).
 fn slack_text(alert: &Alert) -> String {
     let icon = match (alert.rule, alert.state, alert.severity) {
@@ -330,7 +345,7 @@ impl AlertSink for WebhookSink {
             return Ok(());
         }
         let text = response.text().await.unwrap_or_default();
-        let short: String = text.chars().take(200).collect();
+        let short: String = self.redact(&text).chars().take(200).collect();
         Err(failed(format!("answered {status}: {short}")))
     }
 }
@@ -919,6 +934,49 @@ mod tests {
         assert_eq!(sent.len(), 2);
         assert_eq!(sent[1].rule, AlertRule::TaskFailed);
         assert_eq!(sent[1].job, "t-1");
+    }
+
+    #[tokio::test]
+    async fn an_error_page_that_echoes_the_url_is_redacted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 4096];
+            let n = conn.read(&mut request).await.unwrap();
+            let line = String::from_utf8_lossy(&request[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let body = format!("Cannot handle {line}");
+            let answer = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let url = format!("http://127.0.0.1:{port}/services/T/B/SECRETPART?token=QUERYSECRET");
+        let sink = WebhookSink::new(&url, true, "slack (z)".into()).unwrap();
+        let alert = Alert {
+            job: "j-1".into(),
+            name: "j".into(),
+            namespace: None,
+            rule: AlertRule::Stalled,
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            summary: "s".into(),
+            details: Map::new(),
+            at: rfc3339(0),
+            suppressed: 0,
+        };
+        let e = sink.send(&alert).await.unwrap_err().to_string();
+        assert!(e.contains("404") && e.contains("Cannot handle POST"), "{e}");
+        assert!(
+            !e.contains("SECRETPART") && !e.contains("QUERYSECRET"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
