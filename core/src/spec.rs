@@ -1064,8 +1064,10 @@ pub struct StorageSpec {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AlertsSpec {
-    /// Where notices go, each to every channel: `slack`, `webhook` or `email` (one per entry).
+    /// Where notices go, each to every channel: `slack`, `webhook` or `email` (one per entry),
+    /// at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
     pub channels: Vec<AlertChannelSpec>,
     /// The rules, each tuned or turned off here; absent ones keep their defaults.
     #[serde(default, skip_serializing_if = "AlertRulesSpec::is_empty")]

@@ -425,6 +425,14 @@ pub const ORCHJOB_SPEC_RULES: &[(&str, &str, &str)] = &[
         "output.uri: only s3:// URIs",
         ".output.uri",
     ),
+    (
+        "!has(self.alerts) || !has(self.alerts.channels) || self.alerts.channels.all(c, \
+         (!has(c.slack) || has(c.slack.url.secretKeyRef)) && \
+         (!has(c.webhook) || has(c.webhook.url.secretKeyRef)) && \
+         (!has(c.email) || !has(c.email.smtp.password) || has(c.email.smtp.password.secretKeyRef)))",
+        "alerts.channels: secrets only by secretKeyRef (a Secret of the namespace); env and file would be read from the operator's own environment and host",
+        ".alerts.channels",
+    ),
 ];
 
 /// A CustomResourceDefinition.

@@ -792,6 +792,18 @@ fn orchjob_cel_rules_refuse_what_the_admin_chooses() {
     let mut pods = good.clone();
     pods["executor"] = json!({"kubernetes": {"image": "worker:1"}});
     assert_eq!(refusals(pods), Vec::<String>::new());
+    // Alert channels whose secrets are Secrets of the namespace pass.
+    let mut alerting = good.clone();
+    alerting["alerts"] = json!({
+        "channels": [
+            {"slack": {"url": {"secretKeyRef": {"name": "hook", "key": "url"}}}},
+            {"email": {"from": "a@b.c", "to": ["d@e.f"], "smtp": {"host": "smtp.example.com",
+                "username": "u", "password": {"secretKeyRef": {"name": "smtp", "key": "pw"}}}}},
+            {"email": {"from": "a@b.c", "to": ["d@e.f"], "smtp": {"host": "relay", "security": "none"}}},
+        ],
+        "rules": {"stalled": {"after": "5m"}},
+    });
+    assert_eq!(refusals(alerting), Vec::<String>::new());
     for (field, value, refused_at) in [
         ("/executor", json!({"local": {}}), ".executor"),
         (
@@ -827,6 +839,25 @@ fn orchjob_cel_rules_refuse_what_the_admin_chooses() {
         ),
         ("/input", json!({"uri": "/dev/zero"}), ".input.uri"),
         ("/output", json!({"uri": "/tmp/out"}), ".output.uri"),
+        (
+            "/alerts",
+            json!({"channels": [{"slack": {"url": {"env": "AWS_SECRET_ACCESS_KEY"}}}]}),
+            ".alerts.channels",
+        ),
+        (
+            "/alerts",
+            json!({"channels": [
+                {"webhook": {"url": {"secretKeyRef": {"name": "hook", "key": "url"}}}},
+                {"webhook": {"url": {"file": "/var/run/secrets/kubernetes.io/serviceaccount/token"}}},
+            ]}),
+            ".alerts.channels",
+        ),
+        (
+            "/alerts",
+            json!({"channels": [{"email": {"from": "a@b.c", "to": ["d@e.f"],
+                "smtp": {"host": "smtp.evil", "username": "u", "password": {"env": "SLURM_JWT"}}}}]}),
+            ".alerts.channels",
+        ),
     ] {
         let mut spec = good.clone();
         spec[&field[1..]] = value.clone();
