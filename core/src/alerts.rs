@@ -239,9 +239,9 @@ pub struct AlertEngine {
     cfg: AlertConfig,
     firing: BTreeSet<AlertRule>,
     ended: bool,
-    /// The most items done and tasks ended seen, and when either last grew.
-    best_done: u64,
-    best_ended: usize,
+    /// Each task as last read: its attempt, the items that attempt has done, and whether the
+    /// task had ended; and when any of them last moved forward.
+    progress: HashMap<u32, (u32, u64, bool)>,
     progressed_at: Option<Millis>,
     /// Rate-limit waiting: each task's attempt and its wait as last read, and per observation
     /// (time, wait added, waiting possible) over the window.
@@ -259,7 +259,6 @@ struct Figures {
     failed: u64,
     total: u64,
     running: u64,
-    ended_tasks: usize,
 }
 
 fn figures(job: &JobRecord, tasks: &[TaskRecord]) -> Figures {
@@ -271,9 +270,6 @@ fn figures(job: &JobRecord, tasks: &[TaskRecord]) -> Figures {
         ..Figures::default()
     };
     for t in tasks {
-        if t.state.is_terminal() {
-            f.ended_tasks += 1;
-        }
         if t.kind.is_work() && t.state == TaskState::Running {
             f.running += 1;
             f.done += t.items_ok + t.items_failed;
@@ -335,8 +331,7 @@ impl AlertEngine {
             cfg,
             firing: BTreeSet::new(),
             ended: false,
-            best_done: 0,
-            best_ended: 0,
+            progress: HashMap::new(),
             progressed_at: None,
             waits: HashMap::new(),
             samples: VecDeque::new(),
@@ -365,7 +360,7 @@ impl AlertEngine {
         let ended = job.phase.is_terminal();
         let mut out = Vec::new();
         let checks = [
-            (AlertRule::Stalled, self.stalled(now, job, &f)),
+            (AlertRule::Stalled, self.stalled(now, job, tasks, &f)),
             (AlertRule::ErrorRate, self.error_rate(&f)),
             (AlertRule::TaskFailed, self.task_failed(tasks)),
             (
@@ -405,10 +400,33 @@ impl AlertEngine {
         out
     }
 
-    fn stalled(&mut self, now: Millis, job: &JobRecord, f: &Figures) -> Check {
-        let grew = f.done > self.best_done || f.ended_tasks > self.best_ended;
-        self.best_done = self.best_done.max(f.done);
-        self.best_ended = self.best_ended.max(f.ended_tasks);
+    /// Whether any task moved forward since the last look: an attempt did more items than
+    /// when last read (a new attempt counts from zero, so a retry that redoes the items of
+    /// the attempt it replaces is progress, while its reset to zero is not), or a task ended.
+    fn moved(&mut self, tasks: &[TaskRecord]) -> bool {
+        let mut moved = false;
+        for t in tasks {
+            let done = t.items_ok + t.items_failed;
+            let ended = t.state.is_terminal();
+            let (before, was_ended) = match self.progress.get(&t.id) {
+                Some((attempt, done, ended)) if *attempt == t.attempt => (*done, *ended),
+                Some((_, _, ended)) => (0, *ended),
+                None => (0, false),
+            };
+            moved |= done > before || (ended && !was_ended);
+            self.progress.insert(t.id, (t.attempt, done, ended));
+        }
+        moved
+    }
+
+    fn stalled(
+        &mut self,
+        now: Millis,
+        job: &JobRecord,
+        tasks: &[TaskRecord],
+        f: &Figures,
+    ) -> Check {
+        let grew = self.moved(tasks);
         if grew || self.progressed_at.is_none() {
             self.progressed_at = Some(now);
         }

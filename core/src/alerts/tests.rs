@@ -146,6 +146,33 @@ fn a_task_ending_is_progress_and_fewer_items_after_a_retry_is_not() {
 }
 
 #[test]
+fn a_retry_redoing_items_below_the_old_count_is_progress() {
+    let j = job("  alerts: {rules: {stalled: {after: 1m}}}", 100);
+    let mut e = engine(&j);
+    let mut t = running(1, 100);
+    t[0].items_ok = 80;
+    assert!(e.observe(0, &j, &t).is_empty());
+    // The attempt ran out of memory; the next one starts over from zero: not progress yet.
+    t[0].items_ok = 0;
+    t[0].attempt = 2;
+    assert!(e.observe(30 * S, &j, &t).is_empty());
+    // It redoes the items the lost attempt had done, far below the old 80, one tick at a
+    // time: each increase is progress, so the job never counts as stalled.
+    for (tick, done) in (1..=10u64).zip((5..=50u64).step_by(5)) {
+        t[0].items_ok = done;
+        let n = e.observe(30 * S + tick * 50 * S, &j, &t);
+        assert!(n.is_empty(), "{done} items of attempt 2: {n:?}");
+    }
+    // Counted per attempt: standing still for a minute below the old count is a stall.
+    let n = e.observe(30 * S + 10 * 50 * S + MIN, &j, &t);
+    assert_eq!(states(&n), [(AlertRule::Stalled, AlertState::Firing)]);
+    // And moving again, still below 80, resolves it.
+    t[0].items_ok = 51;
+    let n = e.observe(30 * S + 10 * 50 * S + 2 * MIN, &j, &t);
+    assert_eq!(states(&n), [(AlertRule::Stalled, AlertState::Resolved)]);
+}
+
+#[test]
 fn a_paused_job_is_not_stalled_and_its_clock_starts_again_on_resume() {
     let mut j = job("  alerts: {rules: {stalled: {after: 1m}}}", 10);
     let mut e = engine(&j);
