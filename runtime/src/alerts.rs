@@ -271,18 +271,31 @@ impl WebhookSink {
 }
 
 impl WebhookSink {
-    /// `text` (an answer's body) without the URL's path or query, which hold its token and
-    /// which an error page may echo.
-    fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for part in [self.url.path(), self.url.query().unwrap_or("")] {
-            let part = part.trim_matches('/');
-            if part.len() >= 4 {
-                out = out.replace(part, "[redacted]");
-            }
+    /// Where it posts, for errors: the host (and port), never the path or query, which hold
+    /// the token.
+    fn host(&self) -> String {
+        let host = self.url.host_str().unwrap_or("?");
+        match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
         }
-        out
     }
+}
+
+/// `text` as Slack shows it literally: its markup (`<!channel>`, `<http://x|link>`) is made of
+/// `&`, `<` and `>`, which Slack wants escaped as HTML entities. Summaries quote handler and
+/// item errors, so any text from a job goes through this.
+fn slack_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Slack's message: text with its own markup (`*bold*`, `` `code` ``).
@@ -301,8 +314,8 @@ fn slack_text(alert: &Alert) -> String {
             (_, AlertState::Resolved) => "RESOLVED",
         },
         alert.rule,
-        alert.job,
-        alert.summary
+        slack_escape(&alert.job),
+        slack_escape(&alert.summary)
     );
     if alert.suppressed > 0 {
         text.push_str(&format!(
@@ -339,14 +352,14 @@ impl AlertSink for WebhookSink {
             .send()
             .await
             // reqwest puts the URL in its errors: it is the secret here.
-            .map_err(|e| failed(e.without_url().to_string()))?;
+            .map_err(|e| failed(format!("{}: {}", self.host(), e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
-        let text = response.text().await.unwrap_or_default();
-        let short: String = self.redact(&text).chars().take(200).collect();
-        Err(failed(format!("answered {status}: {short}")))
+        // Only the status: the body of an error page may echo the request (its path, a
+        // segment of it, decoded or not), which holds the token.
+        Err(failed(format!("{} answered {status}", self.host())))
     }
 }
 
@@ -936,8 +949,23 @@ mod tests {
         assert_eq!(sent[1].job, "t-1");
     }
 
+    fn alert(summary: &str) -> Alert {
+        Alert {
+            job: "j-1".into(),
+            name: "j".into(),
+            namespace: None,
+            rule: AlertRule::Stalled,
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            summary: summary.into(),
+            details: Map::new(),
+            at: rfc3339(0),
+            suppressed: 0,
+        }
+    }
+
     #[tokio::test]
-    async fn an_error_page_that_echoes_the_url_is_redacted() {
+    async fn an_error_page_that_echoes_the_url_is_never_logged() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -950,33 +978,52 @@ mod tests {
                 .next()
                 .unwrap_or("")
                 .to_string();
-            let body = format!("Cannot handle {line}");
+            // The request line, then its path one segment at a time and decoded, as error
+            // pages do.
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            let segments = path.split(['/', '?', '=']).collect::<Vec<_>>().join(" ");
+            let decoded = path.replace("%52", "R");
+            let body = format!("Cannot handle {line}; segments: {segments}; decoded: {decoded}");
             let answer = format!(
                 "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             conn.write_all(answer.as_bytes()).await.unwrap();
         });
-        let url = format!("http://127.0.0.1:{port}/services/T/B/SECRETPART?token=QUERYSECRET");
+        let url = format!("http://127.0.0.1:{port}/services/T/B/SEC%52ETPART?token=QUERYSECRET");
         let sink = WebhookSink::new(&url, true, "slack (z)".into()).unwrap();
-        let alert = Alert {
-            job: "j-1".into(),
-            name: "j".into(),
-            namespace: None,
-            rule: AlertRule::Stalled,
-            state: AlertState::Firing,
-            severity: Severity::Warning,
-            summary: "s".into(),
-            details: Map::new(),
-            at: rfc3339(0),
-            suppressed: 0,
-        };
-        let e = sink.send(&alert).await.unwrap_err().to_string();
-        assert!(e.contains("404") && e.contains("Cannot handle POST"), "{e}");
-        assert!(
-            !e.contains("SECRETPART") && !e.contains("QUERYSECRET"),
-            "{e}"
+        let e = sink.send(&alert("s")).await.unwrap_err().to_string();
+        // The channel, the host and the status: nothing of the answer's body.
+        assert_eq!(
+            e,
+            format!("alert channel slack (z): 127.0.0.1:{port} answered 404 Not Found")
         );
+        for secret in [
+            "SECRETPART",
+            "SEC%52ETPART",
+            "QUERYSECRET",
+            "services",
+            "token",
+            "Cannot handle",
+        ] {
+            assert!(!e.contains(secret), "{secret} in {e}");
+        }
+    }
+
+    #[test]
+    fn slack_markup_in_a_summary_is_escaped_and_the_webhook_gets_it_raw() {
+        let raw = "task 3 failed: <!channel> & <http://evil.example|click> <@U123>";
+        let a = alert(raw);
+        let text = slack_text(&a);
+        assert!(
+            text.ends_with(
+                "task 3 failed: &lt;!channel&gt; &amp; &lt;http://evil.example|click&gt; &lt;@U123&gt;"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        // The generic webhook's JSON carries the text as it is.
+        assert_eq!(serde_json::to_value(&a).unwrap()["summary"], raw);
     }
 
     #[tokio::test]
@@ -988,18 +1035,7 @@ mod tests {
             "webhook (y)".into(),
         )
         .unwrap();
-        let alert = Alert {
-            job: "j-1".into(),
-            name: "j".into(),
-            namespace: None,
-            rule: AlertRule::Stalled,
-            state: AlertState::Firing,
-            severity: Severity::Warning,
-            summary: "s".into(),
-            details: Map::new(),
-            at: rfc3339(0),
-            suppressed: 0,
-        };
+        let alert = alert("s");
         let e = sink.send(&alert).await.unwrap_err().to_string();
         assert!(
             !e.contains("SECRETPART") && !e.contains("/services/"),
