@@ -123,6 +123,8 @@ grep -q 'grafana_dashboard: "1"' "$out/all.yaml" || fail "the Grafana dashboard 
 grep -q -- '--dashboard-bind-address=0.0.0.0:8081' "$out/all.yaml" || fail "dashboard.enabled does not reach the operator"
 grep -q 'name: orch-orch-operator-dashboard$' "$out/all.yaml" || fail "no Service for the dashboard"
 grep -q -- '--dashboard-bind-address' "$out/default.yaml" && fail "the dashboard is on by default"
+grep -B6 'app.kubernetes.io/name: dashboard-proxy' "$out/all.yaml" | grep -q 'port: 8081' \
+  || fail "networkPolicy.dashboardFrom does not admit its peers to the dashboard port"
 
 say "helm template: minimal (one replica, no leader election, no metrics Service, no k8s executor)"
 "$helm" template orch "$chart" --namespace orch-system "${required[@]}" --set replicas=1 \

@@ -30,7 +30,10 @@ pub fn dashboard(args: DashboardArgs) -> Result<u8, Failure> {
     // Anyone who can reach the port can use it: acting on jobs only from this machine.
     let actions = !args.read_only && args.addr.ip().is_loopback();
     let local_logs = matches!(root, Location::S3 { .. }).then(orch_connect::local_log_root);
-    let dashboard = orch_dashboard::Dashboard::new(backends, actions, local_logs);
+    let mut dashboard = orch_dashboard::Dashboard::new(backends, actions, local_logs);
+    if args.addr.ip().is_loopback() {
+        dashboard = dashboard.loopback_only();
+    }
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await

@@ -58,8 +58,15 @@ impl Watched {
         }
     }
 
-    /// Reads what changed in the job's rows and returns its summary.
-    async fn look(&mut self, source: &Source, job: &JobRecord) -> Result<JobSummary> {
+    /// Reads what changed in the job's rows and returns its summary. The rows of a job that
+    /// ended are kept only for its page (`keep_rows`): a jobs list of many ended jobs would
+    /// otherwise hold every row of every job.
+    async fn look(
+        &mut self,
+        source: &Source,
+        job: &JobRecord,
+        keep_rows: bool,
+    ) -> Result<JobSummary> {
         self.seen = Instant::now();
         if let Some((version, summary)) = &self.ended
             && *version == job.version
@@ -87,6 +94,9 @@ impl Watched {
         summary.namespace = source.label.clone();
         if job.phase.is_terminal() {
             self.ended = Some((job.version, summary.clone()));
+            if !keep_rows {
+                self.rows = TaskCache::default();
+            }
         }
         Ok(summary)
     }
@@ -157,7 +167,7 @@ pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Result<Json<JobsPag
         for job in &records {
             let watched = d.watched(&watch_key(source, &job.id));
             let mut w = watched.lock().await;
-            jobs.push(w.look(source, job).await?);
+            jobs.push(w.look(source, job, false).await?);
         }
     }
     jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
@@ -227,7 +237,7 @@ pub(crate) async fn job(
     let (source, job) = stored_job(&d, &id).await?;
     let watched = d.watched(&watch_key(&source, &id));
     let mut w = watched.lock().await;
-    let summary = w.look(&source, &job).await?;
+    let summary = w.look(&source, &job, true).await?;
     // A job that ended was summarised from a cache: its rows may never have been read.
     let tasks = w
         .rows
@@ -413,15 +423,31 @@ pub(crate) async fn errors(
 }
 
 async fn read_errors(backends: &Backends, key: &str) -> Result<Vec<orch_data::ItemError>> {
-    let (path, remote) = backends.local_file(key)?;
-    if remote && !backends.objects.get_to_file(key, &path).await? {
-        return Ok(Vec::new());
+    /// Downloads of one key by requests at the same time each get their own file.
+    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (mut path, remote) = backends.local_file(key)?;
+    if remote {
+        let n = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        path.set_extension(format!("{n}.parquet"));
+        if !backends.objects.get_to_file(key, &path).await? {
+            return Ok(Vec::new());
+        }
     }
-    let read = orch_data::read_errors_parquet(&path);
+    // Decoding is blocking work: off the runtime that serves the pages (and, in the
+    // operator, drives the jobs).
+    let read = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || orch_data::read_errors_parquet(&path)
+    })
+    .await;
     if remote {
         std::fs::remove_file(&path).ok();
     }
-    read.map_err(|e| DashboardError::Unreadable(format!("{key}: {e}")))
+    match read {
+        Ok(Ok(errors)) => Ok(errors),
+        Ok(Err(e)) => Err(DashboardError::Unreadable(format!("{key}: {e}"))),
+        Err(e) => Err(DashboardError::Unreadable(format!("{key}: {e}"))),
+    }
 }
 
 /// Task `n` of the job `id`, with the job and its storage.

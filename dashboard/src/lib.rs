@@ -60,12 +60,20 @@ pub struct Dashboard {
     local_logs: Option<PathBuf>,
     /// The jobs the pages looked at lately: their rows as last read and their progress over
     /// time, as this server saw it.
-    watched: Mutex<HashMap<String, Arc<tokio::sync::Mutex<api::Watched>>>>,
+    watched: Mutex<Watching>,
+    /// Answer only requests addressed to this machine by a loopback name (see
+    /// [`Dashboard::loopback_only`]).
+    loopback_only: bool,
+}
+
+struct Watching {
+    jobs: HashMap<String, Arc<tokio::sync::Mutex<api::Watched>>>,
+    swept: Instant,
 }
 
 impl Dashboard {
     /// The dashboard of one storage.
-    pub fn new(backends: Backends, actions: bool, local_logs: Option<PathBuf>) -> Arc<Self> {
+    pub fn new(backends: Backends, actions: bool, local_logs: Option<PathBuf>) -> Self {
         let one = OneStorage(Arc::new(Source {
             label: None,
             backends,
@@ -78,13 +86,25 @@ impl Dashboard {
         sources: Arc<dyn Sources>,
         actions: bool,
         local_logs: Option<PathBuf>,
-    ) -> Arc<Self> {
-        Arc::new(Dashboard {
+    ) -> Self {
+        Dashboard {
             sources,
             actions,
             local_logs,
-            watched: Mutex::new(HashMap::new()),
-        })
+            watched: Mutex::new(Watching {
+                jobs: HashMap::new(),
+                swept: Instant::now(),
+            }),
+            loopback_only: false,
+        }
+    }
+
+    /// Refuses requests whose `Host` is not a loopback name or address: a page of another
+    /// site whose name was made to point at 127.0.0.1 (DNS rebinding) would otherwise be
+    /// same-origin with a dashboard on a loopback port, and could read and act.
+    pub fn loopback_only(mut self) -> Self {
+        self.loopback_only = true;
+        self
     }
 
     /// The pages and the API, to serve at the root of an address.
@@ -105,6 +125,10 @@ impl Dashboard {
             .route("/api/jobs/{job}/tasks/{task}", get(api::task))
             .route("/api/jobs/{job}/tasks/{task}/log", get(api::log))
             .route("/api/jobs/{job}/actions/{action}", post(api::act))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                check_host,
+            ))
             .with_state(self.clone())
     }
 }
@@ -132,34 +156,104 @@ async fn asset(content_type: &'static str, body: &'static str) -> impl IntoRespo
     )
 }
 
+async fn check_host(
+    axum::extract::State(d): axum::extract::State<Arc<Dashboard>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if d.loopback_only && !is_loopback_host(host) {
+        return DashboardError::Refused(
+            "this dashboard answers only to localhost or a loopback address".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header (a name or address, with or without a port) names this machine.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Serves the dashboard on `listener` until `shutdown` completes.
 pub async fn serve(
-    dashboard: Arc<Dashboard>,
+    dashboard: Dashboard,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, dashboard.router())
+    axum::serve(listener, Arc::new(dashboard).router())
         .with_graceful_shutdown(shutdown)
         .await
 }
 
 /// Jobs not looked at for this long are forgotten (their rows and curve).
 const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often the jobs not looked at lately are looked for.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Dashboard {
     /// What the server remembers of the job `key` (a storage's label and the job's id).
     fn watched(&self, key: &str) -> Arc<tokio::sync::Mutex<api::Watched>> {
-        let mut all = self
+        let mut watching = self
             .watched
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        all.retain(|_, w| {
-            w.try_lock()
-                .map_or(true, |w| now.duration_since(w.seen) < FORGET_AFTER)
-        });
-        all.entry(key.to_string())
+        if now.duration_since(watching.swept) > SWEEP_EVERY {
+            watching.swept = now;
+            watching.jobs.retain(|_, w| {
+                w.try_lock()
+                    .map_or(true, |w| now.duration_since(w.seen) < FORGET_AFTER)
+            });
+        }
+        watching
+            .jobs
+            .entry(key.to_string())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(api::Watched::new(now))))
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_and_addresses_are_this_machine() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST:1",
+            "127.0.0.1",
+            "127.0.0.1:9",
+            "127.1.2.3:80",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1:8080",
+            "[::2]:1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -164,17 +164,15 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    pub fn observe(&mut self, s: Sample) {
-        if let Some(last) = self.samples.back()
-            && (s.at < last.at + MIN_SPACING_MS || s.items_done < last.items_done)
-        {
-            // Too soon, or fewer items done than before (a retry reset a task): keep the
-            // curve monotonic by replacing the last point rather than adding a dip.
-            if s.at >= last.at + MIN_SPACING_MS {
-                self.samples.pop_back();
-                self.samples.push_back(s);
+    pub fn observe(&mut self, mut s: Sample) {
+        if let Some(last) = self.samples.back() {
+            // A retry resets its task's count: the curve stays at its highest rather than
+            // dipping (and a rate is never taken over a fall).
+            s.items_done = s.items_done.max(last.items_done);
+            s.wait_ms = s.wait_ms.max(last.wait_ms);
+            if s.at < last.at + MIN_SPACING_MS {
+                return;
             }
-            return;
         }
         if self.samples.len() == MAX_SAMPLES {
             self.samples.pop_front();
@@ -194,7 +192,10 @@ impl Timeline {
         else {
             return 0.0;
         };
-        per_second(last.items_done - first.items_done, last.at - first.at)
+        per_second(
+            last.items_done.saturating_sub(first.items_done),
+            last.at.saturating_sub(first.at),
+        )
     }
 
     /// Share of the running workers' time spent waiting for tokens, over the last minute.
@@ -353,13 +354,16 @@ mod tests {
     }
 
     #[test]
-    fn a_dip_replaces_the_last_point_instead_of_drawing_one() {
+    fn a_retry_that_resets_a_count_neither_dips_the_curve_nor_breaks_the_rate() {
         let mut t = Timeline::default();
-        t.observe(sample(0, 100, 1, 0));
+        t.observe(sample(0, 80, 1, 0));
+        t.observe(sample(1_000, 100, 1, 0));
+        // A task's retry started again from 0: fewer items done than before.
         t.observe(sample(2_000, 50, 1, 0));
+        t.observe(sample(3_000, 130, 1, 0));
         let points: Vec<u64> = t.samples().map(|s| s.items_done).collect();
-        assert_eq!(points, vec![50]);
-        assert_eq!(t.items_per_second(), 0.0);
+        assert_eq!(points, vec![80, 100, 100, 130]);
+        assert!((t.items_per_second() - 50.0 / 3.0).abs() < 1e-9);
     }
 
     fn committed(ended: Millis, items: u64) -> AttemptRecord {

@@ -2,8 +2,6 @@
 //! port and asked over HTTP: what the pages read, and who may act.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use orch_core::model::{TaskRecord, TaskState};
 use orch_dashboard::Dashboard;
 use serde_json::Value;
@@ -43,11 +41,11 @@ async fn serve(actions: bool) -> Served {
     tasks[0].items_failed_by_kind.insert("permanent".into(), 2);
     tasks[1].items_ok = 4;
     backends.state.create_job(&job, &tasks).await.unwrap();
-    let dashboard = Dashboard::new(backends.clone(), actions, None);
+    let dashboard = Dashboard::new(backends.clone(), actions, None).loopback_only();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(orch_dashboard::serve(
-        Arc::clone(&dashboard),
+        dashboard,
         listener,
         std::future::pending(),
     ));
@@ -200,4 +198,44 @@ async fn the_page_is_served_with_a_policy_that_loads_nothing_from_elsewhere() {
             assert!(!body.contains(absolute), "{path} loads from elsewhere");
         }
     }
+}
+
+#[tokio::test]
+async fn a_loopback_dashboard_refuses_requests_for_another_host_name() {
+    // What a page of evil.example sends once its name points at 127.0.0.1 (DNS rebinding).
+    let s = serve(true).await;
+    let client = reqwest::Client::new();
+    for path in ["/api/jobs", "/"] {
+        let r = client
+            .get(format!("{}{path}", s.url))
+            .header("host", "evil.example:8080")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{path}");
+    }
+    let r = client
+        .post(format!("{}/api/jobs/api-00000001/actions/pause", s.url))
+        .header("host", "evil.example")
+        .header("x-orch-action", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let job = s
+        .backends
+        .state
+        .get_job("api-00000001")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!job.spec.spec.suspend, "nothing was paused");
+    // Its own name still works.
+    let r = client
+        .get(format!("{}/api/jobs", s.url))
+        .header("host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }
