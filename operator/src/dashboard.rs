@@ -17,6 +17,8 @@ use orch_crd::{OrchJob, OrchPolicy};
 use orch_dashboard::Source;
 use tokio::sync::Mutex;
 
+/// How long a storage that could not be opened is left alone.
+const RETRY_OPEN_AFTER: Duration = Duration::from_secs(60);
 /// How long the list of namespaces that have OrchJobs is reused.
 const NAMESPACES_FOR: Duration = Duration::from_secs(10);
 
@@ -30,6 +32,9 @@ pub struct NamespaceStorages {
     scratch: PathBuf,
     /// Storages opened so far, by namespace and URI (a policy may move a namespace).
     opened: Mutex<HashMap<(String, String), Arc<Source>>>,
+    /// Storages that could not be opened, and when: tried again after a while, not at every
+    /// request.
+    failed: Mutex<HashMap<(String, String), Instant>>,
     listed: Mutex<Option<(Instant, Vec<String>)>>,
 }
 
@@ -48,6 +53,7 @@ impl NamespaceStorages {
             defaults,
             scratch,
             opened: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             listed: Mutex::new(None),
         }
     }
@@ -101,12 +107,21 @@ impl orch_dashboard::Sources for NamespaceStorages {
             let Some(uri) = policy::storage_uri(&namespace, governing, &self.defaults) else {
                 continue;
             };
-            let mut opened = self.opened.lock().await;
             let key = (namespace.clone(), uri.clone());
-            if let Some(source) = opened.get(&key) {
+            if let Some(source) = self.opened.lock().await.get(&key) {
                 sources.push(source.clone());
                 continue;
             }
+            if self
+                .failed
+                .lock()
+                .await
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < RETRY_OPEN_AFTER)
+            {
+                continue;
+            }
+            // Opened without holding the lock: one slow storage does not hold up the others.
             let scratch = self.scratch.join("dashboard").join(&namespace);
             match orch_connect::open_backends(&uri, scratch).await {
                 Ok(backends) => {
@@ -114,11 +129,12 @@ impl orch_dashboard::Sources for NamespaceStorages {
                         label: Some(namespace),
                         backends,
                     });
-                    opened.insert(key, source.clone());
-                    sources.push(source);
+                    let mut opened = self.opened.lock().await;
+                    sources.push(opened.entry(key).or_insert(source).clone());
                 }
                 Err(e) => {
                     tracing::warn!(namespace = %namespace, error = %e, "the dashboard cannot open the namespace's storage");
+                    self.failed.lock().await.insert(key, Instant::now());
                 }
             }
         }
