@@ -47,26 +47,12 @@ async fn metrics_text(State(registry): State<Arc<Registry>>) -> impl IntoRespons
     )
 }
 
-/// How often EMF lines are written while a job runs: CloudWatch's standard resolution.
-const EMF_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// EMF lines appended to `path`, or written to stdout for `-`.
 pub fn emf_lines(path: &std::path::Path) -> Result<EmfLines, Failure> {
-    let out: Box<dyn std::io::Write + Send> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    Failure::usage(format!(
-                        "--metrics-emf {}: cannot open it: {e}",
-                        path.display()
-                    ))
-                })?,
-        )
-    };
-    Ok(EmfLines::new(out, EMF_EVERY))
+    EmfLines::open(path).map_err(|e| {
+        Failure::usage(format!(
+            "--metrics-emf {}: cannot open it: {e}",
+            path.display()
+        ))
+    })
 }

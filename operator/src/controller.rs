@@ -862,6 +862,7 @@ fn launch(
         task_cache: ctx.task_cache(&job.uid().unwrap_or_default()),
         budget,
         metrics: ctx.metrics.jobs_driven.clone(),
+        emf: ctx.metrics.emf.clone(),
         alerts: crate::alerts::options(
             ctx.client.clone(),
             ctx.recorder.clone(),

@@ -40,6 +40,10 @@ struct Args {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_bind_address: SocketAddr,
+    /// Also write each driven job's figures as CloudWatch Embedded Metric Format lines to
+    /// this file (appended), or to stdout with `-` (for the CloudWatch agent).
+    #[arg(long, env = "ORCH_METRICS_EMF")]
+    metrics_emf: Option<PathBuf>,
     /// Log lines as JSON (production) or text.
     #[arg(long, value_enum, default_value = "json", env = "ORCH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -154,7 +158,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
 
-    let metrics = Arc::new(Metrics::default());
+    let emf = match &args.metrics_emf {
+        Some(path) => Some(
+            orch_runtime::metrics::EmfLines::open(path)
+                .with_context(|| format!("--metrics-emf {}: cannot open it", path.display()))?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::default().with_emf(emf));
     let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_bind_address))?;

@@ -73,6 +73,8 @@ pub struct Launch {
     pub budget: PlanBudget,
     /// Where the driver's job metrics go (the operator's `/metrics`).
     pub metrics: orch_runtime::metrics::JobMetrics,
+    /// Where the driver's figures go as CloudWatch EMF lines, if anywhere.
+    pub emf: Option<orch_runtime::metrics::EmfLines>,
     /// The job's alerts as Events on its `OrchJob`, and its alert Secrets.
     pub alerts: orch_runtime::alerts::AlertOptions,
 }
@@ -198,7 +200,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Snapshot>>, stop: Cancellat
             budget: launch.budget,
             retry: None,
             metrics: Some(launch.metrics.clone()),
-            emf: None,
+            emf: launch.emf.clone(),
             alerts: launch.alerts.clone(),
         };
         info!("starting the job's driver");

@@ -44,7 +44,16 @@ pub struct Metrics {
     pub jobs: Family<PhaseLabels, Gauge>,
     pub drivers: Gauge,
     pub leader: Gauge,
+    /// Where the driven jobs' figures also go as CloudWatch EMF lines (`--metrics-emf`).
+    pub emf: Option<orch_runtime::metrics::EmfLines>,
     ready: AtomicBool,
+}
+
+impl Metrics {
+    /// The same, with the driven jobs' figures also written as EMF lines to `emf`.
+    pub fn with_emf(self, emf: Option<orch_runtime::metrics::EmfLines>) -> Self {
+        Metrics { emf, ..self }
+    }
 }
 
 impl Default for Metrics {
@@ -88,6 +97,7 @@ impl Default for Metrics {
             jobs,
             drivers,
             leader,
+            emf: None,
             ready: AtomicBool::new(false),
         }
     }

@@ -224,7 +224,26 @@ pub struct EmfLines {
     last: Option<Instant>,
 }
 
+/// How often EMF lines are written while a job runs: CloudWatch's standard resolution.
+pub const EMF_EVERY: Duration = Duration::from_secs(60);
+
 impl EmfLines {
+    /// Lines appended to the file `path` (created if missing), or written to stdout for `-`,
+    /// every [`EMF_EVERY`].
+    pub fn open(path: &std::path::Path) -> std::io::Result<EmfLines> {
+        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        Ok(EmfLines::new(out, EMF_EVERY))
+    }
+
     pub fn new(out: Box<dyn Write + Send>, every: Duration) -> EmfLines {
         EmfLines {
             out: Arc::new(Mutex::new(out)),
