@@ -258,6 +258,30 @@ async fn a_paused_job_starts_nothing_until_resumed() {
         jobs.iter()
             .all(|j| j.spec.as_ref().unwrap().suspend == Some(true))
     );
+    // The Job controller acts on the suspension in its own time, as on a cluster: wait until
+    // it says so and its pod is gone before letting go of the worker.
+    let start = Instant::now();
+    loop {
+        let jobs = emu.jobs().await;
+        let stopped = jobs.iter().all(|j| {
+            let status = j.status.as_ref();
+            let suspended = status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Suspended" && c.status == "True")
+            });
+            suspended
+                && status
+                    .is_some_and(|s| s.active.unwrap_or(0) == 0 && s.terminating.unwrap_or(0) == 0)
+        });
+        if stopped {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the Job was not suspended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Let go of the worker: a running worker would now finish, and the Job would start the
     // next index. Suspended, neither happens.
     emu.remove("hold");

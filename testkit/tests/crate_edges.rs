@@ -27,6 +27,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["orch-core", "orch-embedded", "orch-slurm"],
     ),
     ("orch-crd", &["orch-core"]),
+    // The dashboard reads stores through the core's ports and the runtime's views; the
+    // binaries give it the stores.
+    (
+        "orch-dashboard",
+        &["orch-core", "orch-data", "orch-runtime"],
+    ),
     (
         "orch-worker",
         &["orch-core", "orch-data", "orch-runtime", "orch-connect"],
@@ -41,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "orch-executors",
             "orch-crd",
             "orch-aws",
+            "orch-dashboard",
         ],
     ),
     (
@@ -51,6 +58,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "orch-connect",
             "orch-executors",
             "orch-crd",
+            "orch-dashboard",
         ],
     ),
     ("orch-testkit", &["orch-core"]),
@@ -64,6 +72,7 @@ const NEVER_LINKED: &[(&str, &[&str])] = &[
             "orch-slurm",
             "orch-executors",
             "orch-operator",
+            "orch-dashboard",
             "orch-testkit",
         ],
     ),
