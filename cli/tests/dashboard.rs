@@ -27,13 +27,11 @@ fn browser_programs() -> Option<(PathBuf, PathBuf)> {
     };
     match (find("chromedriver"), find("chromium")) {
         (Some(driver), Some(browser)) => Some((driver, browser)),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!(
-                "chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
-            )
-        }
         _ => {
-            eprintln!("skipped: chromium or chromedriver is not installed");
+            orch_testkit::components::missing(
+                "Chromium and its chromedriver",
+                "apt-get install chromium chromium-driver",
+            );
             None
         }
     }
