@@ -68,8 +68,11 @@ impl Watched {
         keep_rows: bool,
     ) -> Result<JobSummary> {
         self.seen = Instant::now();
+        // An ended job's rows change only with its record (a retry): the summary made at its
+        // end stands, and so do its rows once read.
         if let Some((version, summary)) = &self.ended
             && *version == job.version
+            && (!keep_rows || !self.rows.rows().is_empty())
         {
             return Ok(summary.clone());
         }
@@ -101,7 +104,8 @@ impl Watched {
         Ok(summary)
     }
 
-    async fn history(&mut self, source: &Source, job: &JobRecord) -> &[AttemptRecord] {
+    /// Reads the attempt history when it is missing or stale (see [`HISTORY_EVERY`]).
+    async fn read_history(&mut self, source: &Source, job: &JobRecord) {
         let stale = match &self.history {
             None => true,
             Some((at, _)) => !job.phase.is_terminal() && at.elapsed() > HISTORY_EVERY,
@@ -117,7 +121,6 @@ impl Watched {
             };
             self.history = Some((Instant::now(), records));
         }
-        self.history.as_ref().map_or(&[], |(_, h)| h.as_slice())
     }
 }
 
@@ -235,30 +238,24 @@ pub(crate) async fn job(
     Path(id): Path<String>,
 ) -> Result<Json<JobPage>> {
     let (source, job) = stored_job(&d, &id).await?;
+    let buckets = buckets(&source, &job).await;
     let watched = d.watched(&watch_key(&source, &id));
     let mut w = watched.lock().await;
     let summary = w.look(&source, &job, true).await?;
-    // A job that ended was summarised from a cache: its rows may never have been read.
-    let tasks = w
-        .rows
-        .refresh(source.backends.state.as_ref(), &id)
-        .await?
-        .to_vec();
-    let progress = driver::progress(&job, &tasks);
-    let (tokens, wait_ms) = view::rate_limit_totals(&tasks);
-    let waiting_share = w.timeline.waiting_share();
-    let timeline = w.timeline.clone();
-    let history = w.history(&source, &job).await;
-    let curve = view::done_curve(&job, history, &timeline, CURVE_POINTS);
-    drop(w);
+    w.read_history(&source, &job).await;
+    let tasks = w.rows.rows();
+    let progress = driver::progress(&job, tasks);
+    let (tokens, wait_ms) = view::rate_limit_totals(tasks);
+    let history = w.history.as_ref().map_or(&[][..], |(_, h)| h.as_slice());
+    let curve = view::done_curve(&job, history, &w.timeline, CURVE_POINTS);
     let spec = &job.spec.spec;
     Ok(Json(JobPage {
         actions: d.actions,
         handler: handler_summary(spec),
         executor: executor_summary(&spec.executor).to_string(),
         output: spec.output.uri.clone(),
-        tasks_by_state: view::tasks_by_state(&tasks),
-        grid: view::task_grid(&tasks),
+        tasks_by_state: view::tasks_by_state(tasks),
+        grid: view::task_grid(tasks),
         aggregation: progress
             .aggregation
             .filter(|_| !job.phase.is_terminal())
@@ -268,14 +265,14 @@ pub(crate) async fn job(
                 groups_total: a.groups_total,
             }),
         curve,
-        errors_by_kind: view::errors_by_kind(&tasks),
-        failed_tasks: failed_tasks(&tasks),
+        errors_by_kind: view::errors_by_kind(tasks),
+        failed_tasks: failed_tasks(tasks),
         rate_limit: RateLimitUse {
             tokens,
             wait_ms,
-            waiting_share,
+            waiting_share: w.timeline.waiting_share(),
         },
-        buckets: buckets(&source, &job).await,
+        buckets,
         job: summary,
     }))
 }
