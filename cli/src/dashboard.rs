@@ -6,10 +6,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use clap::Args;
-use orch_core::uri::Location;
 
 use crate::Failure;
-use crate::status::open_stores;
+use crate::status::{local_log_dir, open_stores};
 
 #[derive(Args)]
 pub struct DashboardArgs {
@@ -29,7 +28,7 @@ pub fn dashboard(args: DashboardArgs) -> Result<u8, Failure> {
     let (root, backends) = open_stores(&rt, args.storage.clone(), "")?;
     // Anyone who can reach the port can use it: acting on jobs only from this machine.
     let actions = !args.read_only && args.addr.ip().is_loopback();
-    let local_logs = matches!(root, Location::S3 { .. }).then(orch_connect::local_log_root);
+    let local_logs = local_log_dir(&root);
     let mut dashboard = orch_dashboard::Dashboard::new(backends, actions, local_logs);
     if args.addr.ip().is_loopback() {
         dashboard = dashboard.loopback_only();

@@ -11,11 +11,10 @@ use clap::Args;
 use orch_core::history::{AttemptOutcome, AttemptRecord};
 use orch_core::model::{TaskKind, TaskRecord};
 use orch_core::platform::Backends;
-use orch_core::uri::Location;
 use orch_runtime::logs::{AttemptLog, select_lines};
 
 use crate::Failure;
-use crate::status::{cluster_hint, no_job, open_stores, resolve};
+use crate::status::{cluster_hint, local_log_dir, no_job, open_stores, resolve};
 
 #[derive(Args)]
 pub struct LogsArgs {
@@ -124,8 +123,7 @@ pub fn logs(args: LogsArgs) -> Result<u8, Failure> {
     let id = id.unwrap_or_default();
     let rt = crate::runtime()?;
     let (root, backends) = open_stores(&rt, storage, &hint)?;
-    let local_dir =
-        matches!(root, Location::S3 { .. }).then(|| orch_connect::local_log_root().join(&id));
+    let local_dir = local_log_dir(&root).map(|dir| dir.join(&id));
     let since = args.since.map(|d| SystemTime::now() - d);
     rt.block_on(async {
         if backends

@@ -287,6 +287,12 @@ pub(crate) fn open_stores(
     Ok((root, backends))
 }
 
+/// Where the local logs of jobs on `root` are, each job under its id: for S3 storage, where
+/// `orch run` here had its workers write them; a directory storage holds its own.
+pub(crate) fn local_log_dir(root: &Location) -> Option<PathBuf> {
+    matches!(root, Location::S3 { .. }).then(orch_connect::local_log_root)
+}
+
 /// No job `id` in the stores at `root`.
 pub(crate) fn no_job(id: &str, root: &Location, hint: &str) -> Failure {
     Failure::usage(format!(

@@ -886,28 +886,9 @@ mod tests {
     }
 
     fn failed_job() -> (LoadedJob, JobRecord, Vec<TaskRecord>) {
-        let file: orch_core::spec::OrchJobFile = serde_yaml::from_str(
-            "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nmetadata: {name: t}\n\
-             spec: {input: {uri: /in.jsonl}, handler: {builtin: {name: identity}}}\n",
-        )
-        .unwrap();
-        let record = JobRecord {
-            schema_version: orch_core::model::SCHEMA_VERSION,
-            id: "t-1".into(),
-            phase: orch_core::model::JobPhase::Running,
-            spec: file.clone(),
-            input_fingerprint: "f".into(),
-            total_tasks: 1,
-            total_items: 10,
-            created_at: 0,
-            updated_at: 0,
-            finished_at: None,
-            message: None,
-            cancel_requested: false,
-            next_group: 0,
-            manifest_sha256: None,
-            version: 1,
-        };
+        // The test kit's job: one task of 10 items, a builtin handler, no alerts section.
+        let record = orch_testkit::contract::sample_job("t-1", 1);
+        let file = record.spec.clone();
         let mut task = TaskRecord::new("t-1", 0, 10, 0);
         task.state = orch_core::model::TaskState::Failed;
         let job = LoadedJob {
