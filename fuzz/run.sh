@@ -60,10 +60,13 @@ for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   # New inputs go to the first directory (scratch); the seeds are only read. -timeout: one
   # input taking this long is a hang; -rss_limit_mb: a parser must not need more memory.
+  # libFuzzer's progress lines run to thousands: they go to a file, shown only on a crash.
   if "${fuzz[@]}" run "${opts[@]}" "$target" "$scratch/$target" "corpus/$target" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 </dev/null; then
-    echo "$target: no crash"
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    </dev/null >"$scratch/$target.log" 2>&1; then
+    echo "$target: no crash ($(grep -m1 -o 'number_of_executed_units: *[0-9]*' "$scratch/$target.log" | tr -s ' '))"
   else
+    tail -n 80 "$scratch/$target.log"
     failed+=("$target")
   fi
 done
