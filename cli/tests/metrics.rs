@@ -202,12 +202,19 @@ spec:
         for (kind, n) in row["task"]["itemsFailedByKind"].as_object().unwrap() {
             *by_kind.entry(kind.clone()).or_default() += n.as_u64().unwrap();
         }
-        // The bytes it says it wrote are those of the result files of its committed attempt.
+        // The bytes it says it wrote are those of the result files of its committed attempt
+        // (a task without failed items writes no errors file).
         let attempt = row["task"]["attempt"].as_u64().unwrap();
         let dir = s.path(&format!(".orch/jobs/{id}/results/{task:06}/{attempt}"));
+        assert!(dir.join("part.parquet").exists());
+        assert_eq!(
+            dir.join("errors.parquet").exists(),
+            row["task"]["itemsFailed"].as_u64().unwrap() > 0,
+            "task {task}"
+        );
         let on_disk: u64 = ["part.parquet", "errors.parquet"]
             .iter()
-            .map(|f| std::fs::metadata(dir.join(f)).unwrap().len())
+            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
             .sum();
         assert_eq!(row["task"]["outputBytes"], on_disk, "task {task}");
     }

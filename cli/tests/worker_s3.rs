@@ -20,14 +20,46 @@ use orch_core::model::{
 
 const ITEMS: u64 = 100;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
-    if !orch_testkit::components::python_module("pyarrow") {
-        return;
+/// A job laid out in a bucket and a table of its own, its two tasks dispatched in group 0.
+struct Fixture {
+    settings: AwsSettings,
+    storage: String,
+    job_id: &'static str,
+    batches: [Batch; 2],
+    objects: S3Store,
+    state: DynamoStateStore,
+    scratch: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// `orch-worker run` for `task` of task group `group`, as Slurm would start it.
+    fn worker(&self, task: u32, group: u32) -> Command {
+        let mut c = Command::new(common::worker());
+        c.args([
+            "run",
+            "--storage",
+            &self.storage,
+            "--job",
+            self.job_id,
+            "--group",
+            &group.to_string(),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SLURM_ARRAY_TASK_ID", task.to_string())
+        .env("AWS_ENDPOINT_URL", &moto::moto().endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("ORCH_DYNAMODB_TABLE", &self.settings.table)
+        .env("ORCH_SCRATCH", self.scratch.path());
+        c
     }
-    if !orch_testkit::components::moto() {
-        return;
-    }
+}
+
+/// What the coordinator writes before it dispatches: the input, job.json, the job and task
+/// rows; `handler` is the spec's.
+async fn lay_out(handler: serde_json::Value) -> Fixture {
     let sdk = moto::sdk_config().await;
     let settings = AwsSettings {
         table: moto::unique("orch-worker-table"),
@@ -82,7 +114,7 @@ async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
         "metadata": {"name": "s3-worker"},
         "spec": {
             "input": {"uri": source, "format": "jsonl"},
-            "handler": {"builtin": {"name": "identity"}}
+            "handler": handler
         }
     }))
     .unwrap();
@@ -136,31 +168,38 @@ async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
         Keys::for_storage(&storage).unwrap(),
     );
     state.create_job(&job, &tasks).await.unwrap();
+    Fixture {
+        settings,
+        storage,
+        job_id,
+        batches,
+        objects,
+        state,
+        scratch: tempfile::tempdir().unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
+    if !orch_testkit::components::python_module("pyarrow") {
+        return;
+    }
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let fx = lay_out(serde_json::json!({"builtin": {"name": "identity"}})).await;
+    let Fixture {
+        job_id,
+        batches,
+        objects,
+        state,
+        scratch,
+        ..
+    } = &fx;
 
     // The array: one worker process per task, as Slurm would start them.
-    let scratch = tempfile::tempdir().unwrap();
     for task in 0..2u32 {
-        let out = Command::new(common::worker())
-            .args([
-                "run",
-                "--storage",
-                &storage,
-                "--job",
-                job_id,
-                "--group",
-                "0",
-            ])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SLURM_ARRAY_TASK_ID", task.to_string())
-            .env("AWS_ENDPOINT_URL", &moto::moto().endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("ORCH_DYNAMODB_TABLE", &settings.table)
-            .env("ORCH_SCRATCH", scratch.path())
-            .output()
-            .unwrap();
+        let out = fx.worker(task, 0).output().unwrap();
         assert!(out.status.success(), "task {task}: {}", common::text(&out));
     }
 
@@ -175,16 +214,15 @@ async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
     let local = tempfile::tempdir().unwrap();
     let mut seen = Vec::new();
     for task in 0..2u32 {
-        for key in [
-            layout::part(job_id, task, 1),
-            layout::errors(job_id, task, 1),
-            layout::done(job_id, task, 1),
-        ] {
+        for key in [layout::part(job_id, task, 1), layout::done(job_id, task, 1)] {
             assert!(
                 objects.get(&key).await.unwrap().is_some(),
                 "{key} is missing"
             );
         }
+        // No failed item, no errors file to upload (and for the merge to read).
+        let errors = layout::errors(job_id, task, 1);
+        assert!(objects.get(&errors).await.unwrap().is_none(), "{errors}");
         let path = local.path().join(format!("part-{task}.parquet"));
         assert!(
             objects
@@ -212,4 +250,72 @@ async fn workers_read_their_range_from_s3_and_commit_to_dynamodb() {
     assert_eq!(seen, (0..ITEMS).collect::<Vec<_>>());
     // A committed worker leaves no scratch behind.
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+/// A worker stopped half-way on S3 storage says so in its task row before it sends its
+/// checkpoint, and only then does the next attempt download one: it resumes where the first
+/// stopped, while a first attempt asks for no checkpoint at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_marks_its_checkpoint_and_the_next_attempt_resumes_from_it() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let fx = lay_out(
+        serde_json::json!({"builtin": {"name": "sleep", "duration": "20ms"}, "concurrency": 1}),
+    )
+    .await;
+    let (job_id, state) = (fx.job_id, &fx.state);
+    let ckpt = layout::checkpoint(job_id, 0);
+
+    let mut first = fx
+        .worker(0, 0)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stopped once its progress shows in the row (heartbeats come every second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = state.get_task(job_id, 0).await.unwrap().unwrap();
+        assert!(!row.checkpoint_stored, "{row:?}");
+        if row.items_ok > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {row:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    common::kill(first.id(), "-TERM");
+    let out = tokio::task::spawn_blocking(move || {
+        first.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut err).unwrap();
+        err
+    })
+    .await
+    .unwrap();
+    let row = state.get_task(job_id, 0).await.unwrap().unwrap();
+    assert!(row.checkpoint_stored, "{row:?}\n{out}");
+    assert!(fx.objects.get(&ckpt).await.unwrap().is_some(), "{out}");
+    let stopped_at = row.items_ok;
+    assert!(stopped_at > 0 && stopped_at < 60, "{row:?}");
+
+    // The coordinator's retry: attempt 2 in group 1; the flag stays with the task.
+    let mut retry = row.clone();
+    retry.state = TaskState::Dispatched;
+    retry.attempt = 2;
+    retry.group = Some(1);
+    retry.lease_owner = None;
+    retry.lease_expiry = None;
+    retry.last_error = None;
+    retry.items_ok = 0;
+    state.update_task(&retry).await.unwrap();
+    let first_log = out;
+    let out = fx.worker(0, 1).output().unwrap();
+    let text = format!("{first_log}\n---- the retry:\n{}", common::text(&out));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("resuming from the checkpoint"), "{text}");
+    let row = state.get_task(job_id, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.attempt, row.items_ok),
+        (TaskState::Succeeded, 2, 60)
+    );
 }

@@ -294,6 +294,11 @@ pub struct TaskRecord {
     /// a committed attempt and carry the rest of its output over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive: Option<Redrive>,
+    /// An attempt that ended without committing sent its checkpoint to remote storage (set
+    /// before the upload, kept across attempts): only then does a worker download one to
+    /// resume from, so a first attempt costs no request for a checkpoint that cannot exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint_stored: bool,
     pub updated_at: Millis,
     pub version: u64,
 }
@@ -326,6 +331,7 @@ impl TaskRecord {
             last_error: None,
             batch: None,
             redrive: None,
+            checkpoint_stored: false,
             updated_at: now,
             version: 0,
         }

@@ -105,10 +105,11 @@ pub struct AggregationProgress {
 /// What result discovery found for the committed attempt of one task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResultState {
-    /// `_DONE` is there and every file matches its recorded size and sha256.
+    /// `_DONE` is there and every file matches its recorded size and sha256. A task without
+    /// failed items writes no `errors.parquet`.
     Verified {
         part: String,
-        errors: String,
+        errors: Option<String>,
     },
     Missing(String),
     Corrupt(String),
@@ -256,8 +257,12 @@ async fn check_result(
         }
     }
     Ok(match (part, errors) {
-        (Some(part), Some(errors)) => ResultState::Verified { part, errors },
-        _ => ResultState::Missing("_DONE does not name part.parquet and errors.parquet".into()),
+        (Some(_), None) if marker.items_failed > 0 => ResultState::Missing(format!(
+            "_DONE counts {} failed items but names no errors.parquet",
+            marker.items_failed
+        )),
+        (Some(part), errors) => ResultState::Verified { part, errors },
+        (None, _) => ResultState::Missing("_DONE does not name part.parquet".into()),
     })
 }
 
@@ -523,7 +528,7 @@ pub async fn plan(
         match found.state {
             ResultState::Verified { part, errors } => {
                 plan.inputs.push(part);
-                plan.errors.push(errors);
+                plan.errors.extend(errors);
             }
             ResultState::Missing(message) | ResultState::Corrupt(message) => {
                 return Err(Error::Integrity {

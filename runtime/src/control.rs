@@ -122,6 +122,8 @@ pub async fn retry(
                 }
                 let mut next = t.clone();
                 next.redrive = Some(redrive);
+                // A redrive keeps its progress in a checkpoint of its own, none stored yet.
+                next.checkpoint_stored = false;
                 (next, items)
             }
             _ => continue,

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 pub struct CommittedAttempt {
     pub marker: DoneMarker,
     pub part: PathBuf,
-    pub errors: PathBuf,
+    /// `None`: the attempt had no failed item, and wrote no `errors.parquet`.
+    pub errors: Option<PathBuf>,
 }
 
 /// The `_DONE` marker of `attempt` of `task`.
@@ -74,6 +75,17 @@ async fn verified_file(backends: &Backends, marker: &DoneMarker, name: &str) -> 
     Ok(path)
 }
 
+/// The verified `errors.parquet` of the attempt `marker` describes; `None` when the attempt
+/// had no failed item, which writes none.
+async fn verified_errors(backends: &Backends, marker: &DoneMarker) -> Result<Option<PathBuf>> {
+    if marker.items_failed == 0 && !marker.files.contains_key("errors.parquet") {
+        return Ok(None);
+    }
+    verified_file(backends, marker, "errors.parquet")
+        .await
+        .map(Some)
+}
+
 /// The failed items `attempt` of `task` recorded, read from its verified `errors.parquet`.
 pub async fn committed_errors(
     backends: &Backends,
@@ -82,7 +94,9 @@ pub async fn committed_errors(
     attempt: u32,
 ) -> Result<Vec<orch_data::ItemError>> {
     let marker = done_marker(backends, job, task, attempt).await?;
-    let path = verified_file(backends, &marker, "errors.parquet").await?;
+    let Some(path) = verified_errors(backends, &marker).await? else {
+        return Ok(Vec::new());
+    };
     Ok(
         tokio::task::spawn_blocking(move || orch_data::read_errors_parquet(&path))
             .await
@@ -99,7 +113,7 @@ pub async fn committed_attempt(
 ) -> Result<CommittedAttempt> {
     let marker = done_marker(backends, job, task, attempt).await?;
     let part = verified_file(backends, &marker, "part.parquet").await?;
-    let errors = verified_file(backends, &marker, "errors.parquet").await?;
+    let errors = verified_errors(backends, &marker).await?;
     Ok(CommittedAttempt {
         marker,
         part,

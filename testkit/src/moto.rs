@@ -32,8 +32,13 @@ fn start() -> Moto {
     let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
     // `sh` keeps moto alive exactly as long as our stdin pipe: when this process exits the pipe
     // closes, `cat` returns and moto is killed, so no server outlives its tests.
+    // moto's request recorder (used by some tests) writes to this file, not into the
+    // repository (its default is `moto_recording` in the working directory).
+    let recording = std::env::temp_dir().join(format!("orch-moto-recording-{port}"));
     let script = format!(
-        "{program} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"
+        "MOTO_RECORDER_FILEPATH='{}' {program} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid; rm -f '{}'",
+        recording.display(),
+        recording.display()
     );
     let child = Command::new("sh")
         .args(["-c", &script])

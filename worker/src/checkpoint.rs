@@ -164,6 +164,26 @@ impl Checkpoint {
         self.pending.len()
     }
 
+    /// Flushes, then moves the write-ahead log into the database file, so that the file alone
+    /// holds every finished item: what is uploaded for the next attempt to resume from.
+    pub fn seal(&mut self) -> Result<()> {
+        self.flush()?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(self.err())
+    }
+
+    /// Removes a local checkpoint with its write-ahead log and shared-memory files: a log left
+    /// beside a database it does not belong to (a downloaded one) would be replayed into it.
+    pub fn remove_local(path: &Path) -> Result<()> {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            orch_data::atomic::remove_if_present(Path::new(&file))?;
+        }
+        Ok(())
+    }
+
     /// Makes everything recorded so far durable, in one transaction.
     pub fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {

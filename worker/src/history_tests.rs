@@ -64,6 +64,7 @@ async fn dispatched_job(state: &dyn StateStore, n: u32) -> WorkerArgs {
         task: 0,
         group: 0,
         manifest_sha256: None,
+        manifest_cache: None,
     }
 }
 

@@ -200,12 +200,16 @@ fn run_task(
         );
         return 2;
     };
+    // Only a remote store's job.json costs a request.
+    let manifest_cache =
+        orch_connect::is_s3(&target.storage).then(|| orch_connect::scratch_dir("orch-manifests"));
     let args = WorkerArgs {
         storage: target.storage,
         job: target.job,
         task,
         group: target.group,
         manifest_sha256: target.manifest_sha256,
+        manifest_cache,
     };
     // Every line of the worker carries its job, task, worker and executor ids; the attempt is
     // added once the claim has told it.

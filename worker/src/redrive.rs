@@ -35,11 +35,14 @@ impl Carried {
         let from =
             orch_runtime::redrive::committed_attempt(backends, job, task, redrive.from_attempt)
                 .await?;
-        let errors_path = from.errors.clone();
-        let errors =
-            tokio::task::spawn_blocking(move || orch_data::read_errors_parquet(&errors_path))
-                .await
-                .map_err(|e| Error::Setup(format!("reading carried errors failed: {e}")))??;
+        let errors = match from.errors.clone() {
+            None => Vec::new(),
+            Some(path) => {
+                tokio::task::spawn_blocking(move || orch_data::read_errors_parquet(&path))
+                    .await
+                    .map_err(|e| Error::Setup(format!("reading carried errors failed: {e}")))??
+            }
+        };
         let (redo, kept): (Vec<ItemError>, Vec<ItemError>) =
             errors.into_iter().partition(|e| redrive.selects(&e.kind));
         Ok(Carried {

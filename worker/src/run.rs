@@ -6,7 +6,7 @@
 //! that lost its lease is never promoted. SIGTERM/SIGINT stop new items, let in-flight ones
 //! finish briefly, flush the checkpoint and exit, so the next attempt resumes.
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +57,10 @@ pub struct WorkerArgs {
     pub group: u32,
     /// What `job.json` must hash to (`--manifest-sha256`), when the submitter said.
     pub manifest_sha256: Option<String>,
+    /// A directory the workers of this machine share, where a `job.json` checked against
+    /// `manifest_sha256` is kept, so that only the first task of a job on the machine
+    /// downloads it. `None`: always read it from the store (a local store's file).
+    pub manifest_cache: Option<PathBuf>,
 }
 
 /// Set by the signal handler; checked between items.
@@ -77,16 +81,7 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
     if !layout::valid_job_id(&args.job) {
         return Err(Error::Setup(format!("invalid job id `{}`", args.job)));
     }
-    let manifest: JobManifest = match backends
-        .objects
-        .get(&layout::job_manifest(&args.job))
-        .await?
-    {
-        Some(bytes) => {
-            orch_core::model::decode_manifest(&args.job, &bytes, args.manifest_sha256.as_deref())?
-        }
-        None => return Err(Error::Setup(format!("job {} has no job.json", args.job))),
-    };
+    let manifest = load_manifest(backends, args).await?;
     let worker_id = this_process();
     let mut row = claim(backends.state.as_ref(), args, &worker_id).await?;
     if !row.kind.is_work() {
@@ -115,6 +110,49 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
             Err(e)
         }
     }
+}
+
+/// The job's `job.json`: from the machine's cache when a copy with the expected hash is there,
+/// else from the store (then kept in the cache for the next task of the job on this machine).
+async fn load_manifest(backends: &Backends, args: &WorkerArgs) -> Result<JobManifest> {
+    let expected = args.manifest_sha256.as_deref();
+    let cached = match (&args.manifest_cache, expected) {
+        (Some(dir), Some(sha)) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(dir.join(format!("{}.{sha}.json", args.job)))
+        }
+        _ => None,
+    };
+    if let Some(path) = &cached
+        && let Ok(bytes) = std::fs::read(path)
+    {
+        // A copy that does not hash right (a torn disk, a hand edit) is read again from the store.
+        match orch_core::model::decode_manifest(&args.job, &bytes, expected) {
+            Ok(manifest) => return Ok(manifest),
+            Err(e) => debug!(path = %path.display(), error = %e, "ignoring the cached job.json"),
+        }
+    }
+    let Some(bytes) = backends
+        .objects
+        .get(&layout::job_manifest(&args.job))
+        .await?
+    else {
+        return Err(Error::Setup(format!("job {} has no job.json", args.job)));
+    };
+    let manifest = orch_core::model::decode_manifest(&args.job, &bytes, expected)?;
+    if let Some(path) = &cached {
+        // Best effort: without the copy the next task downloads it again.
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                orch_data::atomic::write_bytes_atomic(path, &bytes).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            debug!(path = %path.display(), error = %e, "could not cache job.json");
+        }
+    }
+    Ok(manifest)
 }
 
 /// Whether the stop is Slurm's checkpoint signal before the time limit: it is due at
@@ -184,7 +222,10 @@ pub(crate) async fn heartbeat(
                             && c.attempt == row.attempt
                             && c.group == row.group =>
                     {
+                        // Only this worker sets the flag while it runs: keep it on a retry.
+                        let stored = row.checkpoint_stored;
                         *row = c;
+                        row.checkpoint_stored |= stored;
                     }
                     other => {
                         return Err(Error::LostLease {
@@ -430,10 +471,15 @@ async fn work(
         None => (None, layout::checkpoint(&job, task)),
     };
     // A remote store's checkpoint is fetched to scratch, and sent back whenever the attempt
-    // ends without committing, so the next attempt resumes wherever it runs.
+    // ends without committing, so the next attempt resumes wherever it runs. The task row
+    // says whether one was ever sent (a Slurm requeue runs the same attempt again, so the
+    // attempt number cannot tell).
     let (ckpt_path, remote_ckpt) = backends.local_file(&ckpt_key)?;
-    if remote_ckpt && !backends.objects.get_to_file(&ckpt_key, &ckpt_path).await? {
-        orch_data::atomic::remove_if_present(&ckpt_path)?;
+    if remote_ckpt {
+        Checkpoint::remove_local(&ckpt_path)?;
+        if row.checkpoint_stored && !backends.objects.get_to_file(&ckpt_key, &ckpt_path).await? {
+            Checkpoint::remove_local(&ckpt_path)?;
+        }
     }
     let ckpt = Checkpoint::open(&ckpt_path)?;
     let done = ckpt.done()?;
@@ -532,6 +578,15 @@ async fn work(
     handler.shutdown().await;
     ledger.ckpt.flush()?;
     if remote_ckpt && (outcome.is_err() || stop.is_stopped()) {
+        ledger.ckpt.seal()?;
+        // The row says so before the upload: a flag without a checkpoint costs the next
+        // attempt one GET that finds nothing, a checkpoint without the flag would be ignored.
+        if !ledger.row.checkpoint_stored {
+            ledger.row.checkpoint_stored = true;
+            if let Err(e) = heartbeat(backends.state.as_ref(), ledger.row, &ledger.tally).await {
+                debug!(error = %e, "could not mark the checkpoint in the task row");
+            }
+        }
         backends.objects.put_file(&ckpt_key, &ckpt_path).await?;
         info!("checkpoint uploaded");
     }
@@ -886,7 +941,12 @@ async fn finish(
             };
             part = redrive::merge_part(carried_part, &fresh_path, &part_path, &opts)?;
         }
-        let errs = orch_data::write_errors_parquet(&errors_path, &errors)?;
+        // No failed item, no errors file: nothing to upload, nothing for the merge to read.
+        let errs = if errors.is_empty() {
+            None
+        } else {
+            Some(orch_data::write_errors_parquet(&errors_path, &errors)?)
+        };
         Ok::<_, Error>((part, errs, misfits, dropped))
     })
     .await
@@ -909,7 +969,9 @@ async fn finish(
         "result files written"
     );
     backends.publish(&part_key, &part_file, remote).await?;
-    backends.publish(&errors_key, &errors_file, remote).await?;
+    if errs.is_some() {
+        backends.publish(&errors_key, &errors_file, remote).await?;
+    }
     let sum = |f: &orch_data::FileInfo| FileSum {
         rows: f.rows,
         bytes: f.bytes,
@@ -924,10 +986,9 @@ async fn finish(
         items: batch.items,
         items_ok: tally.ok,
         items_failed: tally.failed_total(),
-        files: BTreeMap::from([
-            ("part.parquet".to_string(), sum(&part)),
-            ("errors.parquet".to_string(), sum(&errs)),
-        ]),
+        files: std::iter::once(("part.parquet".to_string(), sum(&part)))
+            .chain(errs.iter().map(|e| ("errors.parquet".to_string(), sum(e))))
+            .collect(),
     };
     let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| orch_core::Error::Decode {
         what: "_DONE".into(),
@@ -937,7 +998,7 @@ async fn finish(
         .objects
         .put(&layout::done(&job, task, attempt), bytes)
         .await?;
-    row.output_bytes = part.bytes + errs.bytes;
+    row.output_bytes = part.bytes + errs.as_ref().map_or(0, |e| e.bytes);
     commit(backends.state.as_ref(), row, &tally).await
 }
 
@@ -1003,6 +1064,7 @@ mod tests {
             task: 0,
             group,
             manifest_sha256: None,
+            manifest_cache: None,
         };
         dispatch(1, 0).await;
         let mut zombie = claim(state, &args(0), "zombie").await.unwrap();
