@@ -174,7 +174,12 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
             )));
         };
         let attempts = rt
-            .block_on(backends.state.list_attempts(&id, Some(n)))
+            .block_on(orch_runtime::history::attempts(
+                backends.state.as_ref(),
+                &id,
+                Some(n),
+                std::slice::from_ref(&task),
+            ))
             .map_err(orch_runtime::Error::from)?;
         let report = TaskReport {
             job: id,
@@ -412,7 +417,14 @@ async fn report(
         })
         .collect();
     // Best effort like the history itself: a status without counts beats no status.
-    let attempts = match backends.state.list_attempts(&job.id, None).await {
+    let attempts = match orch_runtime::history::attempts(
+        backends.state.as_ref(),
+        &job.id,
+        None,
+        tasks,
+    )
+    .await
+    {
         Ok(records) => AttemptCounts::of(&records),
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "cannot read the attempt history");

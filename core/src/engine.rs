@@ -270,6 +270,8 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
                 next.executor_id = None;
                 next.lease_owner = None;
                 next.lease_expiry = None;
+                next.started_at = None;
+                next.worker = None;
                 next.retry_at = None;
                 next.items_ok = 0;
                 next.items_failed = 0;

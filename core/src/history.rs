@@ -5,14 +5,17 @@
 //! attempts before (which node, which signal, how far it got) would be gone. These records keep
 //! it, for `orch status JOB --task N` and the job's counts of lost and failed attempts.
 //!
-//! Each fact has one owner, the one process that knows it:
-//! - the worker writes the record when it claims the attempt (start, node, worker and executor
-//!   ids) and when the attempt ends on its terms (committed, failed, interrupted), because only
-//!   it knows those moments and its item counts;
-//! - the driver completes the record when it writes a lost or failed attempt into the task row
-//!   (a `kill -9`, an executor failure, an expired lease, a worker that failed on purpose), or
-//!   cancels a running one: only it sees exit codes and signals, and only it sees an attempt
-//!   whose worker never started or never got to say anything.
+//! The task row is the record of its current attempt: the claim writes the start and the
+//! worker into it, the commit the end and the counts ([`AttemptRecord::of`], [`with_current`]),
+//! so an attempt that succeeds costs no write of its own. A record is stored for an attempt
+//! only when it ends otherwise, before the next dispatch replaces it in the row; each fact has
+//! one owner, the one process that knows it:
+//! - the worker, when the attempt ends on its terms without committing (failed, interrupted),
+//!   because only it knows that moment and why;
+//! - the driver, when it writes a lost or failed attempt into the task row (a `kill -9`, an
+//!   executor failure, an expired lease, a worker that failed on purpose), or cancels a running
+//!   one: only it sees exit codes and signals, and only it sees an attempt whose worker never
+//!   started or never got to say anything.
 //!
 //! The outcome is written by whoever won the conditional write of the task row that ended the
 //! attempt, so two writers never disagree on it. Writes are best effort: a record that could
@@ -21,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::ExecState;
-use crate::model::{Millis, SCHEMA_VERSION, TaskError, TaskKind, TaskRecord};
+use crate::model::{Millis, SCHEMA_VERSION, TaskError, TaskKind, TaskRecord, TaskState};
 
 /// How an attempt ended, or that it has not yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -123,7 +126,8 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
-    /// The record of `row`'s current attempt, with nothing known about it yet.
+    /// The record of `row`'s current attempt as the row tells it: its start and worker once a
+    /// worker claimed it, no end yet.
     pub fn of(row: &TaskRecord, now: Millis) -> Self {
         AttemptRecord {
             schema_version: SCHEMA_VERSION,
@@ -131,11 +135,16 @@ impl AttemptRecord {
             task: row.id,
             kind: row.kind,
             attempt: row.attempt,
-            started_at: None,
+            started_at: row.started_at,
             ended_at: None,
             executor_id: row.executor_id.clone(),
-            node: None,
-            worker: None,
+            // The worker is `host:pid`.
+            node: row
+                .worker
+                .as_deref()
+                .and_then(|w| w.rsplit_once(':'))
+                .map(|(host, _)| host.to_string()),
+            worker: row.worker.clone(),
             outcome: AttemptOutcome::Running,
             exit_code: None,
             signal: None,
@@ -146,14 +155,24 @@ impl AttemptRecord {
         }
     }
 
-    /// A worker claimed `row` (its row as the claim stored it).
-    pub fn started(row: &TaskRecord, node: &str, now: Millis) -> Self {
-        AttemptRecord {
-            started_at: Some(now),
-            node: Some(node.to_string()),
-            worker: row.lease_owner.clone(),
-            ..AttemptRecord::of(row, now)
+    /// The record the row is of its current attempt, when a worker claimed it and it is
+    /// running or committed; `None` otherwise (an attempt that ended another way has a stored
+    /// record, one not claimed yet has none).
+    pub fn of_current(row: &TaskRecord) -> Option<Self> {
+        row.started_at?;
+        let mut record = AttemptRecord::of(row, row.updated_at);
+        match row.state {
+            TaskState::Running => {
+                // Its progress so far.
+                record.items_ok = row.items_ok;
+                record.items_failed = row.items_failed;
+            }
+            TaskState::Succeeded => {
+                record.end_by_worker(row, AttemptOutcome::Succeeded, row.updated_at);
+            }
+            _ => return None,
         }
+        Some(record)
     }
 
     /// The worker ended its attempt itself: `row` is the task row as it wrote it (its counts,
@@ -218,6 +237,34 @@ impl AttemptRecord {
     }
 }
 
+/// The stored `records` of a job (or of some of its tasks) together with the attempts its task
+/// `rows` are the record of (running and committed ones, see [`AttemptRecord::of_current`]),
+/// sorted by task then attempt. A stored record still `running` for an attempt its row
+/// committed (written by an older worker that died before it recorded its end) is replaced by
+/// the row's.
+pub fn with_current<'a>(
+    mut records: Vec<AttemptRecord>,
+    rows: impl IntoIterator<Item = &'a TaskRecord>,
+) -> Vec<AttemptRecord> {
+    let stored: std::collections::HashMap<(u32, u32), usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.task, r.attempt), i))
+        .collect();
+    for row in rows {
+        let Some(current) = AttemptRecord::of_current(row) else {
+            continue;
+        };
+        match stored.get(&(row.id, row.attempt)) {
+            None => records.push(current),
+            Some(&i) if !records[i].outcome.has_ended() => records[i] = current,
+            Some(_) => {}
+        }
+    }
+    records.sort_by_key(|r| (r.task, r.attempt));
+    records
+}
+
 /// Attempt counts of a job, by outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +303,14 @@ mod tests {
     use crate::backend::ExecFailure;
     use crate::model::{ErrorKind, TaskState};
 
+    /// The record of `r`'s attempt as a worker of `node` claimed it at `at`.
+    fn started(r: &TaskRecord, node: &str, at: Millis) -> AttemptRecord {
+        let mut r = r.clone();
+        r.started_at = Some(at);
+        r.worker = Some(format!("{node}:42"));
+        AttemptRecord::of(&r, at)
+    }
+
     fn row(attempt: u32) -> TaskRecord {
         let mut t = TaskRecord::new("j", 3, 10, 1);
         t.state = TaskState::Running;
@@ -268,7 +323,7 @@ mod tests {
     #[test]
     fn a_killed_worker_is_lost_with_its_signal_and_keeps_its_start() {
         let r = row(2);
-        let mut rec = AttemptRecord::started(&r, "host-a", 100);
+        let mut rec = started(&r, "host-a", 100);
         assert_eq!(rec.outcome, AttemptOutcome::Running);
         let mut lost = r.clone();
         lost.state = TaskState::Retrying;
@@ -297,7 +352,7 @@ mod tests {
     #[test]
     fn the_driver_adds_the_exit_code_to_an_end_the_worker_recorded() {
         let mut r = row(1);
-        let mut rec = AttemptRecord::started(&r, "n", 10);
+        let mut rec = started(&r, "n", 10);
         r.items_failed = 2;
         r.last_error = Some(TaskError {
             kind: ErrorKind::Transient,
@@ -341,7 +396,7 @@ mod tests {
 
     #[test]
     fn records_are_versioned_camel_case_and_old_ones_read() {
-        let rec = AttemptRecord::started(&row(1), "n", 1);
+        let rec = started(&row(1), "n", 1);
         let json = serde_json::to_value(&rec).unwrap();
         assert_eq!(json["schemaVersion"], SCHEMA_VERSION);
         assert_eq!(json["startedAt"], 1);

@@ -282,6 +282,14 @@ pub struct TaskRecord {
     pub lease_owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_expiry: Option<Millis>,
+    /// When a worker claimed the current attempt, and which (`host:pid`): kept after the lease
+    /// ends, until the next dispatch, so that the row itself is the history record of its
+    /// current attempt (`history::AttemptRecord::of`) and a successful attempt costs no
+    /// history write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     /// When the next attempt may start (state `retrying`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Millis>,
@@ -327,6 +335,8 @@ impl TaskRecord {
             executor_id: None,
             lease_owner: None,
             lease_expiry: None,
+            started_at: None,
+            worker: None,
             retry_at: None,
             last_error: None,
             batch: None,

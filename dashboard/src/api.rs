@@ -13,9 +13,9 @@ use orch_core::layout;
 use orch_core::model::{JobRecord, TaskRecord, TaskState, now_ms};
 use orch_core::platform::Backends;
 use orch_runtime::control::{self, RetryChoice};
-use orch_runtime::driver;
 use orch_runtime::logs::{AttemptLog, select_lines};
 use orch_runtime::task_cache::TaskCache;
+use orch_runtime::{driver, history};
 use serde::{Deserialize, Serialize};
 
 use crate::view::{self, JobSummary, RateLimitUse, Sample, Timeline};
@@ -111,8 +111,10 @@ impl Watched {
             Some((at, _)) => !job.phase.is_terminal() && at.elapsed() > HISTORY_EVERY,
         };
         if stale {
-            // Best effort: a curve from the server's own observations beats no page.
-            let records = match source.backends.state.list_attempts(&job.id, None).await {
+            // Best effort: a curve from the server's own observations beats no page. The rows
+            // are the records of their running and committed attempts.
+            let state = source.backends.state.as_ref();
+            let records = match history::attempts(state, &job.id, None, self.rows.rows()).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(job = %job.id, error = %e, "cannot read the attempt history");
@@ -478,11 +480,8 @@ pub(crate) async fn task(
     Path((id, n)): Path<(String, u32)>,
 ) -> Result<Json<TaskPage>> {
     let (source, job, task) = stored_task(&d, &id, n).await?;
-    let attempts = source
-        .backends
-        .state
-        .list_attempts(&job.id, Some(n))
-        .await?;
+    let state = source.backends.state.as_ref();
+    let attempts = history::attempts(state, &job.id, Some(n), std::slice::from_ref(&task)).await?;
     Ok(Json(TaskPage { task, attempts }))
 }
 

@@ -26,9 +26,7 @@ use std::sync::Arc;
 use orch_core::backend::{ObjectStore, StateStore};
 use orch_core::engine::{self, ItemCounts};
 use orch_core::layout;
-use orch_core::model::{
-    DoneMarker, JobManifest, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState,
-};
+use orch_core::model::{DoneMarker, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState};
 use orch_core::platform::Backends;
 use orch_core::spec::{OutputFormat, OutputSpec};
 use orch_core::uri::Location;
@@ -785,14 +783,10 @@ pub async fn run_task(
     job: &str,
     task: u32,
     manifest_sha256: Option<&str>,
+    manifest_cache: Option<&Path>,
 ) -> Result<TaskKind> {
     let objects = backends.objects.as_ref();
-    let key = layout::job_manifest(job);
-    let bytes = objects
-        .get(&key)
-        .await?
-        .ok_or_else(|| Error::Invalid(format!("job manifest {key} is missing")))?;
-    let manifest: JobManifest = orch_core::model::decode_manifest(job, &bytes, manifest_sha256)?;
+    let manifest = crate::manifest::load(objects, job, manifest_sha256, manifest_cache).await?;
     let plan: AggregationPlan =
         read_versioned(objects, &layout::aggregate_plan(job), "aggregation plan").await?;
     let (stage, group) = plan.stage_of(task).ok_or_else(|| {

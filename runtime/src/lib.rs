@@ -11,6 +11,7 @@
 //! - [`control`]: pause, resume, cancel, retry and purge of a stored job from outside its
 //!   driver (the operator's `OrchJob` changes);
 //! - [`history`]: the attempt history, written best effort by workers and the driver;
+//! - [`manifest`]: a job's `job.json` as workers read it, cached per machine;
 //! - [`redrive`]: a committed attempt's files read back for `orch retry --items`;
 //! - [`rate_limits`]: a job's `spec.rateLimit` bound to its shared buckets when it starts;
 //! - [`task_cache`]: a job's task rows kept in memory between ticks.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod history;
 pub mod input;
 pub mod logs;
+pub mod manifest;
 pub mod metrics;
 pub mod rate_limits;
 pub mod redrive;

@@ -632,16 +632,23 @@ async fn attempts_contract(store: &dyn StateStore, job: &str, all: &[TaskRecord]
         "a job starts without attempt records"
     );
     let node = "node-1";
+    // A record of a claimed attempt, as a worker of `node` started it at `at`.
+    let started = |row: &TaskRecord, node: &str, at: u64| {
+        let mut row = row.clone();
+        row.started_at = Some(at);
+        row.worker = Some(format!("{node}:7"));
+        AttemptRecord::of(&row, at)
+    };
     // Tasks 12 and 2 (12 sorts after 2 by number, before it as text), a merge task's kind.
     let mut t12 = all[12].clone();
     t12.attempt = 1;
     t12.lease_owner = Some("node-1:7".into());
-    let first = AttemptRecord::started(&t12, node, 5_000);
+    let first = started(&t12, node, 5_000);
     expect_ok("put_attempt", store.put_attempt(&first).await);
     let mut t2 = all[2].clone();
     t2.kind = TaskKind::Merge { level: 1 };
     t2.attempt = 1;
-    let other = AttemptRecord::started(&t2, node, 5_000);
+    let other = started(&t2, node, 5_000);
     expect_ok("put_attempt", store.put_attempt(&other).await);
     // The first attempt of 12 is lost, its second starts.
     let mut lost = first.clone();
@@ -658,7 +665,7 @@ async fn attempts_contract(store: &dyn StateStore, job: &str, all: &[TaskRecord]
     lost.end_by_driver(&t12, Some(&exec), false, 6_000);
     expect_ok("put_attempt", store.put_attempt(&lost).await);
     t12.attempt = 2;
-    let second = AttemptRecord::started(&t12, "node-2", 7_000);
+    let second = started(&t12, "node-2", 7_000);
     expect_ok("put_attempt", store.put_attempt(&second).await);
     assert_eq!(
         expect_ok("list_attempts", store.list_attempts(job, Some(12)).await),

@@ -30,6 +30,7 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> 
             &args.job,
             args.task,
             args.manifest_sha256.as_deref(),
+            args.manifest_cache.as_deref(),
         );
         tokio::pin!(merge);
         let mut beat = tokio::time::interval(HEARTBEAT);

@@ -81,7 +81,13 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
     if !layout::valid_job_id(&args.job) {
         return Err(Error::Setup(format!("invalid job id `{}`", args.job)));
     }
-    let manifest = load_manifest(backends, args).await?;
+    let manifest = orch_runtime::manifest::load(
+        backends.objects.as_ref(),
+        &args.job,
+        args.manifest_sha256.as_deref(),
+        args.manifest_cache.as_deref(),
+    )
+    .await?;
     let worker_id = this_process();
     let mut row = claim(backends.state.as_ref(), args, &worker_id).await?;
     if !row.kind.is_work() {
@@ -112,49 +118,6 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, stop: StopFlag) -> Resu
     }
 }
 
-/// The job's `job.json`: from the machine's cache when a copy with the expected hash is there,
-/// else from the store (then kept in the cache for the next task of the job on this machine).
-async fn load_manifest(backends: &Backends, args: &WorkerArgs) -> Result<JobManifest> {
-    let expected = args.manifest_sha256.as_deref();
-    let cached = match (&args.manifest_cache, expected) {
-        (Some(dir), Some(sha)) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Some(dir.join(format!("{}.{sha}.json", args.job)))
-        }
-        _ => None,
-    };
-    if let Some(path) = &cached
-        && let Ok(bytes) = std::fs::read(path)
-    {
-        // A copy that does not hash right (a torn disk, a hand edit) is read again from the store.
-        match orch_core::model::decode_manifest(&args.job, &bytes, expected) {
-            Ok(manifest) => return Ok(manifest),
-            Err(e) => debug!(path = %path.display(), error = %e, "ignoring the cached job.json"),
-        }
-    }
-    let Some(bytes) = backends
-        .objects
-        .get(&layout::job_manifest(&args.job))
-        .await?
-    else {
-        return Err(Error::Setup(format!("job {} has no job.json", args.job)));
-    };
-    let manifest = orch_core::model::decode_manifest(&args.job, &bytes, expected)?;
-    if let Some(path) = &cached {
-        // Best effort: without the copy the next task downloads it again.
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                orch_data::atomic::write_bytes_atomic(path, &bytes).map_err(|e| e.to_string())
-            });
-        if let Err(e) = written {
-            debug!(path = %path.display(), error = %e, "could not cache job.json");
-        }
-    }
-    Ok(manifest)
-}
-
 /// Whether the stop is Slurm's checkpoint signal before the time limit: it is due at
 /// `ORCH_TASK_SIGNAL_AT` (epoch seconds, exported by the Slurm batch script), and Slurm may
 /// send it up to a minute early.
@@ -181,15 +144,18 @@ pub(crate) async fn claim(
                 why: format!("it is {} in group {:?}", row.state, row.group),
             });
         }
-        row.transition(TaskState::Running, now_ms())?;
+        let now = now_ms();
+        row.transition(TaskState::Running, now)?;
         row.lease_owner = Some(worker.to_string());
-        row.lease_expiry = Some(now_ms() + LEASE.as_millis() as u64);
+        row.lease_expiry = Some(now + LEASE.as_millis() as u64);
+        // The row is the attempt's history record from here on (no write of its own).
+        row.started_at = Some(now);
+        row.worker = Some(worker.to_string());
         match state.update_task(&row).await {
             Ok(stored) => {
                 // From here on, the worker's lines and its log's copy name the attempt.
                 tracing::Span::current().record("attempt", stored.attempt);
                 crate::log_copy::claimed(stored.kind, stored.attempt);
-                orch_runtime::history::started(state, &stored).await;
                 return Ok(stored);
             }
             Err(e) if e.is_conflict() => continue,
@@ -1016,9 +982,8 @@ pub(crate) async fn commit(
         next.lease_expiry = None;
         match state.update_task(&next).await {
             Ok(stored) => {
+                // The committed row is the attempt's history record: nothing more to write.
                 info!(ok = tally.ok, failed = tally.failed_total(), "committed");
-                orch_runtime::history::ended_by_worker(state, &stored, AttemptOutcome::Succeeded)
-                    .await;
                 return Ok(stored);
             }
             Err(e) if e.is_conflict() => heartbeat(state, row, tally).await?,

@@ -250,7 +250,6 @@ impl Loop<'_> {
         if let Some(meter) = &mut self.meter {
             meter.ended(tasks, &progress(&done, tasks));
         }
-        history::close_committed(state, &self.id, tasks).await;
         info!(
             phase = %done.phase,
             message = done.message.as_deref().unwrap_or(""),
