@@ -70,7 +70,11 @@ impl Reader {
     /// Prints the selected lines of `log`; returns how much of it there was (for `--follow`).
     async fn print(&self, log: &AttemptLog) -> Result<usize, Failure> {
         let Some(text) = self.text(log).await? else {
-            eprintln!("(no log for task {} attempt {} yet)", log.task, log.attempt);
+            // A successful attempt that logged only routine lines stores no copy.
+            eprintln!(
+                "(no log stored for task {} attempt {}: none yet, or it succeeded with routine lines only; the executor's log has them)",
+                log.task, log.attempt
+            );
             return Ok(0);
         };
         let complete = complete_len(&text);

@@ -279,6 +279,7 @@ pub fn decide(cfg: &EngineConfig, obs: Observation<'_>) -> Decision {
                 next.rate_limit_tokens = 0;
                 next.rate_limit_wait_ms = 0;
                 next.output_bytes = 0;
+                next.files.clear();
                 next.updated_at = obs.now;
                 tasks.push(next);
             }

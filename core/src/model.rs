@@ -302,6 +302,10 @@ pub struct TaskRecord {
     /// a committed attempt and carry the rest of its output over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive: Option<Redrive>,
+    /// The result files the current attempt committed, as its `_DONE` names them (sizes and
+    /// sha256): the coordinator checks a result against its row, without reading `_DONE`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, FileSum>,
     /// An attempt that ended without committing sent its checkpoint to remote storage (set
     /// before the upload, kept across attempts): only then does a worker download one to
     /// resume from, so a first attempt costs no request for a checkpoint that cannot exist.
@@ -341,6 +345,7 @@ impl TaskRecord {
             last_error: None,
             batch: None,
             redrive: None,
+            files: Default::default(),
             checkpoint_stored: false,
             updated_at: now,
             version: 0,

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use orch_core::backend::{ObjectStore, StateStore};
 use orch_core::engine::{self, ItemCounts};
 use orch_core::layout;
-use orch_core::model::{DoneMarker, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState};
+use orch_core::model::{
+    DoneMarker, FileSum, JobRecord, SCHEMA_VERSION, TaskKind, TaskRecord, TaskState,
+};
 use orch_core::platform::Backends;
 use orch_core::spec::{OutputFormat, OutputSpec};
 use orch_core::uri::Location;
@@ -142,17 +144,27 @@ pub async fn discover_results(
     } else {
         HashMap::new()
     });
-    let succeeded: Vec<(u32, u32)> = tasks
+    // A committed row names its files (older rows do not): then `_DONE` need not be read.
+    let succeeded: Vec<(u32, u32, Option<Arc<Committed>>)> = tasks
         .iter()
         .filter(|t| t.kind.is_work())
-        .filter_map(|t| committed_attempt(t).map(|attempt| (t.id, attempt)))
+        .filter_map(|t| {
+            let attempt = committed_attempt(t)?;
+            let known = (attempt == t.attempt && !t.files.is_empty()).then(|| {
+                Arc::new(Committed {
+                    files: t.files.clone(),
+                    items_failed: t.items_failed,
+                })
+            });
+            Some((t.id, attempt, known))
+        })
         .collect();
     let job_id: Arc<str> = Arc::from(job.id.as_str());
-    let checked = concurrently(&succeeded, |(task, attempt)| {
+    let checked = concurrently(&succeeded, |(task, attempt, known)| {
         let (objects, job, sizes) = (backends.objects.clone(), job_id.clone(), sizes.clone());
         async move {
-            let state =
-                check_result(objects, &job, task, attempt, remote.then_some(&*sizes)).await?;
+            let sizes = remote.then_some(&*sizes);
+            let state = check_result(objects, &job, task, attempt, known, sizes).await?;
             Ok(TaskResult {
                 task,
                 attempt,
@@ -203,23 +215,38 @@ where
     Ok(out.into_iter().flatten().collect())
 }
 
+/// What a committed attempt's `_DONE` says of its files (or its task row, which says the same).
+struct Committed {
+    files: BTreeMap<String, FileSum>,
+    items_failed: u64,
+}
+
 async fn check_result(
     objects: Arc<dyn ObjectStore>,
     job: &str,
     task: u32,
     attempt: u32,
+    known: Option<Arc<Committed>>,
     remote_sizes: Option<&HashMap<String, u64>>,
 ) -> Result<ResultState> {
-    let marker: DoneMarker = match objects.get(&layout::done(job, task, attempt)).await? {
-        Some(bytes) => match orch_core::model::decode_versioned("_DONE marker", &bytes) {
-            Ok(m) => m,
-            Err(e) => return Ok(ResultState::Corrupt(format!("unreadable _DONE: {e}"))),
+    let marker = match known {
+        Some(known) => known,
+        None => match objects.get(&layout::done(job, task, attempt)).await? {
+            Some(bytes) => {
+                match orch_core::model::decode_versioned::<DoneMarker>("_DONE marker", &bytes) {
+                    Ok(m) => Arc::new(Committed {
+                        files: m.files,
+                        items_failed: m.items_failed,
+                    }),
+                    Err(e) => return Ok(ResultState::Corrupt(format!("unreadable _DONE: {e}"))),
+                }
+            }
+            None => {
+                return Ok(ResultState::Missing(
+                    "committed but its _DONE marker is missing".into(),
+                ));
+            }
         },
-        None => {
-            return Ok(ResultState::Missing(
-                "committed but its _DONE marker is missing".into(),
-            ));
-        }
     };
     let prefix = layout::attempt_prefix(job, task, attempt);
     let mut part = None;

@@ -8,7 +8,10 @@
 //! and when the attempt ends, what came since is stored as the next part of the attempt's log
 //! (`jobs/J/logs/<name>.parts/<n>.log`): object stores have no append, and a part at a time
 //! keeps each upload small. A worker killed with `kill -9` loses at most the last seconds of
-//! the copy (and what was still in the pipe).
+//! the copy (and what was still in the pipe). An attempt that succeeds within the first
+//! period with nothing but the worker's routine lines (no warning, no word from its handler)
+//! stores no copy: on a job of many short tasks that is one upload per task saved, and the
+//! executor's log still has those lines.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -100,13 +103,21 @@ impl LogCopy {
     }
 
     /// Puts stderr back, lets the tee pass on what was written before (for [`DRAIN_AT_MOST`]),
-    /// then, with `store_last`, stores the last part (for [`LAST_PART_AT_MOST`]).
-    pub async fn finish(mut self, store: &dyn ObjectStore, job: &str, task: u32, store_last: bool) {
+    /// then, with `store_last`, stores the last part (for [`LAST_PART_AT_MOST`]) — unless the
+    /// attempt `succeeded`, stored no part yet and logged nothing but routine lines.
+    pub async fn finish(
+        mut self,
+        store: &dyn ObjectStore,
+        job: &str,
+        task: u32,
+        store_last: bool,
+        succeeded: bool,
+    ) {
         let tee = self.stop_tee();
         if let Some(tee) = tee {
             let _ = tokio::task::spawn_blocking(move || tee.join()).await;
         }
-        if !store_last {
+        if !store_last || (succeeded && self.parts.only_routine().await) {
             return;
         }
         let last = self.parts.store(store, job, task);
@@ -142,6 +153,16 @@ const DRAIN_AT_MOST: Duration = Duration::from_secs(2);
 const LAST_PART_AT_MOST: Duration = Duration::from_secs(30);
 
 impl LogParts {
+    /// Nothing was stored yet and what is pending holds only the worker's own routine lines.
+    async fn only_routine(&self) -> bool {
+        let stored = self.stored.lock().await;
+        *stored == 0
+            && self
+                .pending
+                .lock()
+                .is_ok_and(|p| p.dropped == 0 && routine(&p.bytes))
+    }
+
     /// Stores what was written since the last part, once the attempt is known.
     pub async fn store(&self, store: &dyn ObjectStore, job: &str, task: u32) {
         let Some(&(kind, attempt)) = CLAIMED.get() else {
@@ -178,6 +199,26 @@ impl LogParts {
     }
 }
 
+/// Whether every line of `log` is one of orch's own at info level or below (text or JSON
+/// format): no warning, no error, nothing the handler wrote.
+fn routine(log: &[u8]) -> bool {
+    const ROUTINE: [&[u8]; 6] = [
+        b" INFO ",
+        b" DEBUG ",
+        b" TRACE ",
+        b"\"level\":\"INFO\"",
+        b"\"level\":\"DEBUG\"",
+        b"\"level\":\"TRACE\"",
+    ];
+    log.split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .all(|line| {
+            ROUTINE
+                .iter()
+                .any(|mark| memchr::memmem::find(line, mark).is_some())
+        })
+}
+
 /// Copies `pipe` to `real` and to `pending` until `stop` is set and the pipe is empty (or
 /// [`DRAIN_AT_MOST`] after `stop`, whichever comes first).
 fn tee(mut pipe: File, mut real: File, pending: &Mutex<Pending>, stop: &AtomicBool) {
@@ -210,6 +251,29 @@ fn tee(mut pipe: File, mut real: File, pending: &Mutex<Pending>, stop: &AtomicBo
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::routine;
+
+    #[test]
+    fn only_the_workers_own_info_lines_are_routine() {
+        let info = "2026-12-07T10:00:00Z  INFO worker{job=j task=0}: orch_worker::run: claimed items=5\n\
+                    2026-12-07T10:00:01Z  INFO worker{job=j task=0}: orch_worker::run: committed ok=5\n";
+        assert!(routine(info.as_bytes()));
+        assert!(routine(b""));
+        let json = r#"{"timestamp":"t","level":"INFO","fields":{"message":"claimed"}}"#;
+        assert!(routine(json.as_bytes()));
+        for notable in [
+            format!("{info}2026-12-07T10:00:02Z  WARN worker: orch_worker::run: slow\n"),
+            format!("{info}Traceback (most recent call last):\n"),
+            format!("{info}{}\n", r#"{"level":"ERROR","fields":{}}"#),
+            "printed by the handler\n".to_string(),
+        ] {
+            assert!(!routine(notable.as_bytes()), "{notable}");
         }
     }
 }

@@ -276,8 +276,14 @@ fn run_task(
         // a part stored after it would be left behind. Its last lines stay in the executor's
         // log only.
         let store_last = !(stage == TaskKind::Final && code == 0);
-        copy.finish(backends.objects.as_ref(), &args.job, task, store_last)
-            .await;
+        copy.finish(
+            backends.objects.as_ref(),
+            &args.job,
+            task,
+            store_last,
+            code == 0,
+        )
+        .await;
         code
     };
     runtime.block_on(work.instrument(span))

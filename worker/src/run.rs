@@ -965,6 +965,7 @@ async fn finish(
         .put(&layout::done(&job, task, attempt), bytes)
         .await?;
     row.output_bytes = part.bytes + errs.as_ref().map_or(0, |e| e.bytes);
+    row.files = marker.files;
     commit(backends.state.as_ref(), row, &tally).await
 }
 
