@@ -97,7 +97,14 @@ exec 8>"$venv.lock"
 flock 8
 if [ ! -x "$venv/bin/python3" ]; then
     echo "creating the benchmark's venv $venv" >&2
-    python3 -m venv "$venv"
+    python3 -m venv "$venv" 2>/dev/null || {
+        # Debian/Ubuntu split venv (ensurepip) into python3-venv.
+        rm -rf "$venv"
+        echo "installing python3-venv (apt-get)" >&2
+        apt-get install -y -q python3-venv >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null; }
+        python3 -m venv "$venv"
+    }
 fi
 missing=()
 for p in "${pins[@]}"; do grep -qxF "$p" "$venv/.orch-bench-pins" 2>/dev/null || missing+=("$p"); done
