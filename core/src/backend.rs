@@ -159,6 +159,13 @@ pub trait StateStore: Send + Sync {
     async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>>;
     /// Writes `task` if the stored version equals `task.version`; returns the row as stored.
     async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord>;
+    /// A worker's claim of its task: the row becomes running, leased by the worker, if it is
+    /// dispatched in the claim's task group. This default reads the row and writes it back
+    /// (conditional on its version, again on a conflict); DynamoDB does it in one conditional
+    /// write, without the read.
+    async fn claim_task(&self, claim: &TaskClaim<'_>) -> BackendResult<Claimed> {
+        claim_by_rewrite(self, claim).await
+    }
     /// Removes the job row, its task rows and its attempt records.
     async fn delete_job(&self, job: &str) -> BackendResult<()>;
     /// Writes the record of one attempt, replacing the one stored under its (job, task,
@@ -189,6 +196,68 @@ pub trait StateStore: Send + Sync {
         tasks.retain(|t| t.state == state);
         Ok(tasks)
     }
+}
+
+/// A worker's claim of task `task` of `job`, dispatched in task group `group`
+/// ([`StateStore::claim_task`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TaskClaim<'a> {
+    pub job: &'a str,
+    pub task: u32,
+    pub group: u32,
+    /// The claiming worker, `host:pid`.
+    pub worker: &'a str,
+    pub now: crate::model::Millis,
+    pub lease_expiry: crate::model::Millis,
+}
+
+impl TaskClaim<'_> {
+    /// Whether the claim can take `row`: dispatched, in the claim's group.
+    pub fn applies_to(&self, row: &TaskRecord) -> bool {
+        row.state == TaskState::Dispatched && row.group == Some(self.group)
+    }
+
+    /// What the claim changes in the row (the one place that says it): running, leased, and
+    /// the attempt's start and worker, which make the row the attempt's history record.
+    pub fn apply(&self, row: &mut TaskRecord) -> BackendResult<()> {
+        row.transition(TaskState::Running, self.now)
+            .map_err(|e| BackendError::message(ErrorCategory::Invalid, e.to_string()))?;
+        row.lease_owner = Some(self.worker.to_string());
+        row.lease_expiry = Some(self.lease_expiry);
+        row.started_at = Some(self.now);
+        row.worker = Some(self.worker.to_string());
+        Ok(())
+    }
+}
+
+/// A claim as a read of the row and a conditional write of it (again on a conflict).
+pub async fn claim_by_rewrite<S: StateStore + ?Sized>(
+    state: &S,
+    claim: &TaskClaim<'_>,
+) -> BackendResult<Claimed> {
+    loop {
+        let Some(mut row) = state.get_task(claim.job, claim.task).await? else {
+            return Ok(Claimed::No(None));
+        };
+        if !claim.applies_to(&row) {
+            return Ok(Claimed::No(Some(row)));
+        }
+        claim.apply(&mut row)?;
+        match state.update_task(&row).await {
+            Ok(stored) => return Ok(Claimed::Yes(stored)),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What a [`TaskClaim`] came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claimed {
+    /// The row as the claim stored it.
+    Yes(TaskRecord),
+    /// Not claimable: the row as it is (not dispatched in that group), or no such task.
+    No(Option<TaskRecord>),
 }
 
 /// What [`StateStore::list_tasks_since`] found.

@@ -611,6 +611,7 @@ pub async fn state_store_contract(store: &dyn StateStore) {
     );
     tasks_since_contract(store, &id, &all).await;
     attempts_contract(store, &id, &all).await;
+    claim_contract(store, &id).await;
     expect_ok("delete_job", store.delete_job(&id).await);
     assert!(
         expect_ok("list_attempts", store.list_attempts(&id, None).await).is_empty(),
@@ -621,6 +622,83 @@ pub async fn state_store_contract(store: &dyn StateStore) {
             .await
             .is_empty(),
         "delete_job must remove the task rows from every state"
+    );
+}
+
+/// A worker's claim: only of a task dispatched in the claim's group, once; the row it returns
+/// is the row as stored (read back the same, and the next conditional write on it wins).
+async fn claim_contract(store: &dyn StateStore, job: &str) {
+    use orch_core::backend::{Claimed, TaskClaim};
+    let mut row = expect_ok("get_task", store.get_task(job, 30).await).expect("task 30");
+    row.state = TaskState::Dispatched;
+    row.attempt += 1;
+    row.group = Some(7);
+    row.lease_owner = None;
+    row.lease_expiry = None;
+    let dispatched = expect_ok("update_task", store.update_task(&row).await);
+    let claim = |group: u32, task: u32| TaskClaim {
+        job,
+        task,
+        group,
+        worker: "node-9:99",
+        now: 9_000,
+        lease_expiry: 39_000,
+    };
+    match expect_ok("claim_task", store.claim_task(&claim(6, 30)).await) {
+        Claimed::No(Some(r)) => {
+            assert_eq!(r, dispatched, "a claim of another group changes nothing")
+        }
+        other => panic!("a claim of another group must be refused with the row: {other:?}"),
+    }
+    let Claimed::Yes(claimed) = expect_ok("claim_task", store.claim_task(&claim(7, 30)).await)
+    else {
+        panic!("a claim of a task dispatched in its group must succeed");
+    };
+    let mut expected = dispatched.clone();
+    claim(7, 30).apply(&mut expected).expect("apply");
+    expected.version = claimed.version;
+    assert_eq!(
+        claimed, expected,
+        "the claim changes what TaskClaim::apply says"
+    );
+    assert!(claimed.version > dispatched.version, "a claim is a write");
+    assert_eq!(
+        expect_ok("get_task", store.get_task(job, 30).await).as_ref(),
+        Some(&claimed),
+        "the claimed row reads back as the claim returned it"
+    );
+    assert!(
+        matches!(
+            expect_ok("claim_task", store.claim_task(&claim(7, 30)).await),
+            Claimed::No(Some(ref r)) if r.state == TaskState::Running
+        ),
+        "a task is claimed once"
+    );
+    assert_eq!(
+        expect_ok("claim_task", store.claim_task(&claim(7, 9_999)).await),
+        Claimed::No(None),
+        "a missing task is no claim"
+    );
+    // The worker's next write (a heartbeat) on the claimed row wins, and keeps the claim.
+    let mut beat = claimed.clone();
+    beat.items_ok = 3;
+    beat.lease_expiry = Some(40_000);
+    let stored = expect_ok("update_task", store.update_task(&beat).await);
+    let read = expect_ok("get_task", store.get_task(job, 30).await).expect("task 30");
+    assert_eq!(read, stored);
+    assert_eq!(
+        (
+            read.state,
+            read.worker.as_deref(),
+            read.started_at,
+            read.lease_expiry
+        ),
+        (
+            TaskState::Running,
+            Some("node-9:99"),
+            Some(9_000),
+            Some(40_000)
+        )
     );
 }
 

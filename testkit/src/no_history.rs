@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, StateStore, TaskChanges};
+use orch_core::backend::{
+    BackendError, BackendResult, Claimed, StateStore, TaskChanges, TaskClaim,
+};
 use orch_core::history::AttemptRecord;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 
@@ -59,6 +61,9 @@ impl StateStore for NoHistory {
     }
     async fn update_task(&self, task: &TaskRecord) -> BackendResult<TaskRecord> {
         self.inner.update_task(task).await
+    }
+    async fn claim_task(&self, claim: &TaskClaim<'_>) -> BackendResult<Claimed> {
+        self.inner.claim_task(claim).await
     }
     async fn delete_job(&self, job: &str) -> BackendResult<()> {
         self.inner.delete_job(job).await

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use orch_core::backend::StateStore;
+use orch_core::backend::{Claimed, StateStore, TaskClaim};
 use orch_core::csv_input::csv_items;
 use orch_core::engine::EngineConfig;
 use orch_core::history::AttemptOutcome;
@@ -134,33 +134,27 @@ pub(crate) async fn claim(
     args: &WorkerArgs,
     worker: &str,
 ) -> Result<TaskRecord> {
-    loop {
-        let Some(mut row) = state.get_task(&args.job, args.task).await? else {
-            return Err(Error::Setup(format!("task {} does not exist", args.task)));
-        };
-        if row.group != Some(args.group) || row.state != TaskState::Dispatched {
-            return Err(Error::LostLease {
-                task: args.task,
-                why: format!("it is {} in group {:?}", row.state, row.group),
-            });
+    let now = now_ms();
+    let claim = TaskClaim {
+        job: &args.job,
+        task: args.task,
+        group: args.group,
+        worker,
+        now,
+        lease_expiry: now + LEASE.as_millis() as u64,
+    };
+    match state.claim_task(&claim).await? {
+        Claimed::Yes(stored) => {
+            // From here on, the worker's lines and its log's copy name the attempt.
+            tracing::Span::current().record("attempt", stored.attempt);
+            crate::log_copy::claimed(stored.kind, stored.attempt);
+            Ok(stored)
         }
-        let now = now_ms();
-        row.transition(TaskState::Running, now)?;
-        row.lease_owner = Some(worker.to_string());
-        row.lease_expiry = Some(now + LEASE.as_millis() as u64);
-        // The row is the attempt's history record from here on (no write of its own).
-        row.started_at = Some(now);
-        row.worker = Some(worker.to_string());
-        match state.update_task(&row).await {
-            Ok(stored) => {
-                // From here on, the worker's lines and its log's copy name the attempt.
-                tracing::Span::current().record("attempt", stored.attempt);
-                crate::log_copy::claimed(stored.kind, stored.attempt);
-                return Ok(stored);
-            }
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
+        Claimed::No(None) => Err(Error::Setup(format!("task {} does not exist", args.task))),
+        Claimed::No(Some(row)) => Err(Error::LostLease {
+            task: args.task,
+            why: format!("it is {} in group {:?}", row.state, row.group),
+        }),
     }
 }
 

@@ -34,6 +34,13 @@ pub(super) const GSI1SK: &str = "gsi1sk";
 pub(super) const GSI2PK: &str = "gsi2pk";
 pub(super) const GSI2SK: &str = "gsi2sk";
 pub(super) const LEASE_EXPIRY: &str = "leaseExpiry";
+/// A task item's group (`TaskRecord::group`), for the condition of a claim.
+pub(super) const GROUP: &str = "grp";
+/// A claim written without rewriting the body (`StateStore::claim_task`): the worker and the
+/// time, which with `state` and `leaseExpiry` say what the claim changed. The next full write
+/// of the item folds them into the body and removes them.
+pub(super) const CLAIM_OWNER: &str = "claimOwner";
+pub(super) const CLAIMED_AT: &str = "claimedAt";
 /// The id of the conditional write that left the item as it is (see [`is_own_write`]).
 pub(super) const WRITE_ID: &str = "writeId";
 /// Marks a job item whose creation or deletion has not finished (see `state_store`).
@@ -196,6 +203,25 @@ pub(super) fn decode_task(item: &Item) -> BackendResult<TaskRecord> {
         )
     })?;
     task.version = version_of(&what, item)?;
+    if let Some(worker) = get_s(item, CLAIM_OWNER) {
+        // A claim not yet folded into the body: apply it as the claim did.
+        let number = |name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| corrupt(&what, format!("a claim without {name}")))
+        };
+        let job = task.job.clone();
+        let claim = orch_core::backend::TaskClaim {
+            job: &job,
+            task: task.id,
+            group: task.group.unwrap_or_default(),
+            worker,
+            now: number(CLAIMED_AT)?,
+            lease_expiry: number(LEASE_EXPIRY)?,
+        };
+        claim.apply(&mut task)?;
+    }
     Ok(task)
 }
 
@@ -252,6 +278,9 @@ pub(super) fn task_item(keys: &Keys, task: &TaskRecord) -> BackendResult<Item> {
     item.insert(BODY.into(), s(encode("task", task)?));
     item.insert(GSI1PK.into(), s(keys.state_pk(&task.job, task.state)));
     item.insert(GSI1SK.into(), s(task_sk(task.id)));
+    if let Some(group) = task.group {
+        item.insert(GROUP.into(), n(u64::from(group)));
+    }
     if let Some(expiry) = task.lease_expiry {
         item.insert(LEASE_EXPIRY.into(), n(expiry));
     }

@@ -17,18 +17,22 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 use orch_core::ErrorCategory;
-use orch_core::backend::{BackendError, BackendResult, StateStore, check_tasks_of, next_version};
+use orch_core::backend::{
+    BackendError, BackendResult, Claimed, StateStore, TaskClaim, check_tasks_of, claim_by_rewrite,
+    next_version,
+};
 use orch_core::history::AttemptRecord;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 
 use super::batch::{delete_request, put_request};
 use super::item::{
-    ATTEMPT_SK_PREFIX, BODY, CREATING, DELETING, ENDED, GSI1PK, GSI1SK, GSI2PK, GSI2SK, INCOMPLETE,
-    INDEX_BY_STATE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION, WRITE_ID, attempt_sk,
-    attempt_sk_of_task, check_job_id, decode_attempt, decode_job, decode_task, encode, get_s,
-    is_own_write, job_item, jobs_sk, key, n, new_write_id, s, task_item, task_sk,
+    ATTEMPT_SK_PREFIX, BODY, CLAIM_OWNER, CLAIMED_AT, CREATING, DELETING, ENDED, GROUP, GSI1PK,
+    GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE,
+    VERSION, WRITE_ID, attempt_sk, attempt_sk_of_task, check_job_id, decode_attempt, decode_job,
+    decode_task, encode, get_s, is_own_write, job_item, jobs_sk, key, n, new_write_id, s,
+    task_item, task_sk,
 };
 use super::{DynamoStateStore, SERVICE};
 use crate::error::sdk_error;
@@ -314,16 +318,25 @@ impl StateStore for DynamoStateStore {
         // with the `by-state` index and a filter (see `expired_leases`).
         let body = encode("task", &stored)?;
         let write_id = new_write_id();
-        let expression = match stored.lease_expiry {
-            Some(_) => {
-                "SET #body = :body, #v = :next, #state = :state, #g1pk = :g1pk, #g1sk = :g1sk, \
-                 #w = :w, #le = :le"
-            }
-            None => {
-                "SET #body = :body, #v = :next, #state = :state, #g1pk = :g1pk, #g1sk = :g1sk, \
-                 #w = :w REMOVE #le"
-            }
-        };
+        // A claim written on its own is folded into the body now: its attributes go.
+        let mut set = vec![
+            "#body = :body",
+            "#v = :next",
+            "#state = :state",
+            "#g1pk = :g1pk",
+            "#g1sk = :g1sk",
+            "#w = :w",
+        ];
+        let mut remove = vec!["#co", "#ca"];
+        match stored.lease_expiry {
+            Some(_) => set.push("#le = :le"),
+            None => remove.push("#le"),
+        }
+        match stored.group {
+            Some(_) => set.push("#grp = :grp"),
+            None => remove.push("#grp"),
+        }
+        let expression = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
         let mut request = self
             .client
             .update_item()
@@ -339,6 +352,9 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_names("#g1sk", GSI1SK)
             .expression_attribute_names("#le", LEASE_EXPIRY)
             .expression_attribute_names("#w", WRITE_ID)
+            .expression_attribute_names("#grp", GROUP)
+            .expression_attribute_names("#co", CLAIM_OWNER)
+            .expression_attribute_names("#ca", CLAIMED_AT)
             .expression_attribute_values(":w", s(&write_id))
             .expression_attribute_values(":body", s(body))
             .expression_attribute_values(":next", n(stored.version))
@@ -349,6 +365,9 @@ impl StateStore for DynamoStateStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Some(expiry) = stored.lease_expiry {
             request = request.expression_attribute_values(":le", n(expiry));
+        }
+        if let Some(group) = stored.group {
+            request = request.expression_attribute_values(":grp", n(u64::from(group)));
         }
         match request.send().await {
             Ok(_) => Ok(stored),
@@ -366,6 +385,80 @@ impl StateStore for DynamoStateStore {
                     };
                 }
                 Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
+            }
+        }
+    }
+
+    /// One conditional `UpdateItem`, without reading the row first: the claim's facts go into
+    /// attributes of their own beside the body (see `item::CLAIM_OWNER`), and the item as the
+    /// claim left it comes back with the answer.
+    async fn claim_task(&self, claim: &TaskClaim<'_>) -> BackendResult<Claimed> {
+        let pk = self.keys.job_pk(claim.job);
+        let write_id = new_write_id();
+        let answer = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), task_sk(claim.task))))
+            .update_expression(
+                "SET #state = :running, #g1pk = :g1pk, #le = :le, #co = :owner, #ca = :now, \
+                 #v = #v + :one, #w = :w",
+            )
+            .condition_expression("#state = :dispatched AND #grp = :grp")
+            .expression_attribute_names("#state", STATE)
+            .expression_attribute_names("#g1pk", GSI1PK)
+            .expression_attribute_names("#le", LEASE_EXPIRY)
+            .expression_attribute_names("#co", CLAIM_OWNER)
+            .expression_attribute_names("#ca", CLAIMED_AT)
+            .expression_attribute_names("#v", VERSION)
+            .expression_attribute_names("#w", WRITE_ID)
+            .expression_attribute_names("#grp", GROUP)
+            .expression_attribute_values(":running", s(TaskState::Running.as_str()))
+            .expression_attribute_values(":dispatched", s(TaskState::Dispatched.as_str()))
+            .expression_attribute_values(
+                ":g1pk",
+                s(self.keys.state_pk(claim.job, TaskState::Running)),
+            )
+            .expression_attribute_values(":le", n(claim.lease_expiry))
+            .expression_attribute_values(":owner", s(claim.worker))
+            .expression_attribute_values(":now", n(claim.now))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":w", s(&write_id))
+            .expression_attribute_values(":grp", n(u64::from(claim.group)))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match answer {
+            Ok(out) => match out.attributes() {
+                Some(item) => Ok(Claimed::Yes(decode_task(item)?)),
+                None => Err(corrupt_answer(claim)),
+            },
+            Err(e) => {
+                let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
+                    e.as_service_error()
+                else {
+                    return Err(sdk_error(
+                        SERVICE,
+                        "UpdateItem",
+                        format!("{} {pk}", self.table),
+                        e,
+                    )
+                    .into());
+                };
+                let Some(item) = c.item() else {
+                    return Ok(Claimed::No(None));
+                };
+                let row = decode_task(item)?;
+                if get_s(item, WRITE_ID) == Some(write_id.as_str()) {
+                    // The SDK retried this very claim, whose answer was lost.
+                    return Ok(Claimed::Yes(row));
+                }
+                if claim.applies_to(&row) {
+                    // Claimable, but written before items carried their group: the long way.
+                    return claim_by_rewrite(self, claim).await;
+                }
+                Ok(Claimed::No(Some(row)))
             }
         }
     }
@@ -518,4 +611,15 @@ impl StateStore for DynamoStateStore {
         tasks.sort_by_key(|t| t.id);
         Ok(tasks)
     }
+}
+
+/// A claim's answer without the item it must return.
+fn corrupt_answer(claim: &TaskClaim<'_>) -> BackendError {
+    BackendError::message(
+        ErrorCategory::Infrastructure,
+        format!(
+            "the claim of task {}/{} returned no item",
+            claim.job, claim.task
+        ),
+    )
 }
