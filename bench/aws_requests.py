@@ -393,9 +393,10 @@ def report(recording, tasks, items, wall, orch_log, sizes_json, moto_log):
 
     # Estimate at AWS list prices. Capacity units from item sizes (moto reports none):
     # a write costs ceil(size / 1 KB) WRU on the table, plus the same again on a GSI that holds
-    # the item, twice when the write moves the item's index key (a delete and a put in the
-    # index: every task state change moves it in `by-state`, projection ALL); a strongly
-    # consistent read ceil(size / 4 KB) RRU, a listing of the job's tasks reads every task row.
+    # the item before or after it, twice when the write moves the item's index key (a delete and
+    # a put in the index; `by-state` is sparse: a task is in it only while dispatched or
+    # running, projection ALL); a strongly consistent read ceil(size / 4 KB) RRU, a listing of
+    # the job's tasks reads every task row.
     task_item = sizes.get("task", {}).get("avg", 1000)
     job_item = sizes.get("job", {}).get("avg", 1000)
     w_task = max(1, math.ceil(task_item / 1024))
@@ -414,16 +415,29 @@ def report(recording, tasks, items, wall, orch_log, sizes_json, moto_log):
                     w = max(1, math.ceil(item_size(item) / 1024))
                     wru_table += w
                     wru_gsi += w if "gsi1pk" in item else 0
-                    task_state[item.get("sk", {}).get("S")] = item.get("state", {}).get("S")
+                    task_state[item.get("sk", {}).get("S")] = item.get("gsi1pk", {}).get("S")
         elif op == "PutItem":
             item = body.get("Item", {})
             wru_table += max(1, math.ceil(item_size(item) / 1024))
             wru_gsi += 1 if "gsi2pk" in item or "gsi1pk" in item else 0
         elif op == "UpdateItem" and det == "task":
+            # The item's `by-state` key after the write: set by `#g1pk = :g1pk`, removed by a
+            # REMOVE of it, else unchanged.
             sk = body["Key"]["sk"]["S"]
-            new = body.get("ExpressionAttributeValues", {}).get(":state", {}).get("S")
+            expr = body.get("UpdateExpression", "")
+            old = task_state.get(sk)
+            set_part, _, remove_part = expr.partition(" REMOVE ")
+            if "#g1pk = :g1pk" in set_part:
+                new = body.get("ExpressionAttributeValues", {}).get(":g1pk", {}).get("S")
+            elif "#g1pk" in remove_part:
+                new = None
+            else:
+                new = old
             wru_table += w_task
-            wru_gsi += w_task * (2 if new != task_state.get(sk) else 1)
+            if old is not None and new is not None:
+                wru_gsi += w_task * (2 if new != old else 1)
+            elif old is not None or new is not None:
+                wru_gsi += w_task
             task_state[sk] = new
         elif op in ("UpdateItem", "DeleteItem"):
             wru_table += w_job if det == "job" else 1

@@ -9,7 +9,8 @@
 # Needs `pip install 'moto[server]' pyarrow` (boto3 comes with moto). Wall time is moto's, not
 # AWS's: the point is the request counts. On a 2-vCPU machine 2,000 tasks take about 7 min and
 # 10,000 well over an hour (moto is one Python process). AWS_REQUESTS_KEEP=DIR keeps the
-# recording and the logs; PROFILE=dev counts with a debug build. See docs/benchmarks.md.
+# recording and the logs; PROFILE=dev counts with a debug build, ORCH_BIN=DIR with the binaries
+# in DIR. See docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-10000}
@@ -20,10 +21,16 @@ py="python3 $here/bench/aws_requests.py"
 
 # Request counts do not depend on the build: PROFILE=dev (or a profile already built) saves
 # a release build when only the counts are wanted.
+# ORCH_BIN=DIR counts the `orch` and `orch-worker` already built in DIR (another commit's, for
+# a before/after in one session) instead of building this checkout.
 PROFILE=${PROFILE:-release}
-cargo build --profile "$PROFILE" -q -p orch-cli -p orch-worker
-[ "$PROFILE" = dev ] && profile_dir=debug || profile_dir=$PROFILE
-release="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/$profile_dir"
+if [ -n "${ORCH_BIN:-}" ]; then
+    release=$(cd "$ORCH_BIN" && pwd)
+else
+    cargo build --profile "$PROFILE" -q -p orch-cli -p orch-worker
+    [ "$PROFILE" = dev ] && profile_dir=debug || profile_dir=$PROFILE
+    release="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/$profile_dir"
+fi
 command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
 python3 -c "import boto3, pyarrow" 2>/dev/null || python3 -m pip install --quiet boto3 pyarrow
 

@@ -19,7 +19,16 @@ use crate::error::AwsError;
 pub type Item = HashMap<String, AttributeValue>;
 
 /// The GSI of the tasks of one job in one state (hash `gsi1pk`, range `gsi1sk`, projection ALL).
+/// Sparse: only the states of [`indexed`] have the key attributes, so a task costs index writes
+/// only while it is dispatched or running.
 pub const INDEX_BY_STATE: &str = "by-state";
+
+/// Whether tasks in `state` are in the `by-state` index: the states read through it (the
+/// lease checks of running tasks, dispatched ones), not those a task passes through on its
+/// way (pending, retrying) or ends in.
+pub(super) fn indexed(state: TaskState) -> bool {
+    matches!(state, TaskState::Dispatched | TaskState::Running)
+}
 /// The GSI of the job list, newest last (hash `gsi2pk`, range `gsi2sk`, projection KEYS_ONLY).
 pub const INDEX_JOBS: &str = "jobs";
 
@@ -276,8 +285,10 @@ pub(super) fn task_item(keys: &Keys, task: &TaskRecord) -> BackendResult<Item> {
     item.insert(VERSION.into(), n(task.version));
     item.insert(STATE.into(), s(task.state.as_str()));
     item.insert(BODY.into(), s(encode("task", task)?));
-    item.insert(GSI1PK.into(), s(keys.state_pk(&task.job, task.state)));
-    item.insert(GSI1SK.into(), s(task_sk(task.id)));
+    if indexed(task.state) {
+        item.insert(GSI1PK.into(), s(keys.state_pk(&task.job, task.state)));
+        item.insert(GSI1SK.into(), s(task_sk(task.id)));
+    }
     if let Some(group) = task.group {
         item.insert(GROUP.into(), n(u64::from(group)));
     }
@@ -307,17 +318,22 @@ mod tests {
     #[test]
     fn keys_follow_docs_aws_md() {
         let mut task = TaskRecord::new("j-1", 7, 10, 5);
-        task.lease_expiry = Some(1234);
         let keys = Keys::for_storage("s3://bucket/orch/team-a").unwrap();
+        // A pending task is not in the sparse `by-state` index.
+        let pending = task_item(&keys, &task).unwrap();
+        assert_eq!(get_s(&pending, GSI1PK), None);
+        assert_eq!(get_s(&pending, GSI1SK), None);
+        task.state = TaskState::Running;
+        task.lease_expiry = Some(1234);
         let item = task_item(&keys, &task).unwrap();
         assert_eq!(get_s(&item, PK), Some("bucket/orch/team-a/JOB#j-1"));
         assert_eq!(get_s(&item, SK), Some("TASK#000007"));
         assert_eq!(
             get_s(&item, GSI1PK),
-            Some("bucket/orch/team-a/JOB#j-1#pending")
+            Some("bucket/orch/team-a/JOB#j-1#running")
         );
         assert_eq!(get_s(&item, GSI1SK), Some("TASK#000007"));
-        assert_eq!(get_s(&item, STATE), Some("pending"));
+        assert_eq!(get_s(&item, STATE), Some("running"));
         assert_eq!(
             item.get(LEASE_EXPIRY).and_then(|v| v.as_n().ok()).unwrap(),
             "1234"

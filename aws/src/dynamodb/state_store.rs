@@ -31,7 +31,7 @@ use super::item::{
     ATTEMPT_SK_PREFIX, BODY, CLAIM_OWNER, CLAIMED_AT, CREATING, DELETING, ENDED, GROUP, GSI1PK,
     GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE,
     VERSION, WRITE_ID, attempt_sk, attempt_sk_of_task, check_job_id, decode_attempt, decode_job,
-    decode_task, encode, get_s, is_own_write, job_item, jobs_sk, key, n, new_write_id, s,
+    decode_task, encode, get_s, indexed, is_own_write, job_item, jobs_sk, key, n, new_write_id, s,
     task_item, task_sk,
 };
 use super::{DynamoStateStore, SERVICE};
@@ -319,15 +319,15 @@ impl StateStore for DynamoStateStore {
         let body = encode("task", &stored)?;
         let write_id = new_write_id();
         // A claim written on its own is folded into the body now: its attributes go.
-        let mut set = vec![
-            "#body = :body",
-            "#v = :next",
-            "#state = :state",
-            "#g1pk = :g1pk",
-            "#g1sk = :g1sk",
-            "#w = :w",
-        ];
+        let mut set = vec!["#body = :body", "#v = :next", "#state = :state", "#w = :w"];
         let mut remove = vec!["#co", "#ca"];
+        // The `by-state` index is sparse: a task leaves it by losing its key.
+        let in_index = indexed(stored.state);
+        if in_index {
+            set.extend(["#g1pk = :g1pk", "#g1sk = :g1sk"]);
+        } else {
+            remove.extend(["#g1pk", "#g1sk"]);
+        }
         match stored.lease_expiry {
             Some(_) => set.push("#le = :le"),
             None => remove.push("#le"),
@@ -359,8 +359,6 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_values(":body", s(body))
             .expression_attribute_values(":next", n(stored.version))
             .expression_attribute_values(":state", s(stored.state.as_str()))
-            .expression_attribute_values(":g1pk", s(self.keys.state_pk(&stored.job, stored.state)))
-            .expression_attribute_values(":g1sk", s(task_sk(stored.id)))
             .expression_attribute_values(":expected", n(task.version))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Some(expiry) = stored.lease_expiry {
@@ -368,6 +366,14 @@ impl StateStore for DynamoStateStore {
         }
         if let Some(group) = stored.group {
             request = request.expression_attribute_values(":grp", n(u64::from(group)));
+        }
+        if in_index {
+            request = request
+                .expression_attribute_values(
+                    ":g1pk",
+                    s(self.keys.state_pk(&stored.job, stored.state)),
+                )
+                .expression_attribute_values(":g1sk", s(task_sk(stored.id)));
         }
         match request.send().await {
             Ok(_) => Ok(stored),
@@ -401,12 +407,13 @@ impl StateStore for DynamoStateStore {
             .table_name(&self.table)
             .set_key(Some(key(pk.clone(), task_sk(claim.task))))
             .update_expression(
-                "SET #state = :running, #g1pk = :g1pk, #le = :le, #co = :owner, #ca = :now, \
-                 #v = #v + :one, #w = :w",
+                "SET #state = :running, #g1pk = :g1pk, #g1sk = :g1sk, #le = :le, #co = :owner, \
+                 #ca = :now, #v = #v + :one, #w = :w",
             )
             .condition_expression("#state = :dispatched AND #grp = :grp")
             .expression_attribute_names("#state", STATE)
             .expression_attribute_names("#g1pk", GSI1PK)
+            .expression_attribute_names("#g1sk", GSI1SK)
             .expression_attribute_names("#le", LEASE_EXPIRY)
             .expression_attribute_names("#co", CLAIM_OWNER)
             .expression_attribute_names("#ca", CLAIMED_AT)
@@ -419,6 +426,7 @@ impl StateStore for DynamoStateStore {
                 ":g1pk",
                 s(self.keys.state_pk(claim.job, TaskState::Running)),
             )
+            .expression_attribute_values(":g1sk", s(task_sk(claim.task)))
             .expression_attribute_values(":le", n(claim.lease_expiry))
             .expression_attribute_values(":owner", s(claim.worker))
             .expression_attribute_values(":now", n(claim.now))
@@ -590,6 +598,12 @@ impl StateStore for DynamoStateStore {
         job: &str,
         state: TaskState,
     ) -> BackendResult<Vec<TaskRecord>> {
+        if !indexed(state) {
+            // Not in the sparse index: the job's rows, filtered.
+            let mut tasks = self.list_tasks(job).await?;
+            tasks.retain(|t| t.state == state);
+            return Ok(tasks);
+        }
         let pk = self.keys.state_pk(job, state);
         let items = self
             .query_all("Query by-state", &pk, false, || {
