@@ -28,7 +28,7 @@ mod table;
 
 pub use batch::{BatchRetry, retry_unprocessed};
 use item::{
-    DELETING, GSI1PK, GSI2PK, INCOMPLETE, JOB_SK, LEASE_EXPIRY, PK, SK, TASK_SK_PREFIX,
+    DELETING, GSI1PK, GSI2PK, INCOMPLETE, JOB_SK, LEASE_EXPIRY, PK, SK, STATE, TASK_SK_PREFIX,
     decode_task, get_s, key, n, s,
 };
 pub use item::{INDEX_BY_STATE, INDEX_JOBS, Item, Keys};
@@ -110,10 +110,11 @@ impl DynamoStateStore {
             .collect())
     }
 
-    /// The running tasks of `job` whose lease expired before `now`: a query of the `by-state`
-    /// index with a filter on `leaseExpiry`, so only running tasks are read.
+    /// The running tasks of `job` whose lease expired before `now`: a query of the job's active
+    /// tasks in the `by-state` index with a filter on `state` and `leaseExpiry`, so only the
+    /// tasks in flight are read.
     pub async fn expired_leases(&self, job: &str, now: Millis) -> BackendResult<Vec<TaskRecord>> {
-        let pk = self.keys.state_pk(job, TaskState::Running);
+        let pk = self.keys.active_pk(job);
         let items = self
             .query_all("Query by-state", &pk, false, || {
                 self.client
@@ -121,7 +122,9 @@ impl DynamoStateStore {
                     .table_name(&self.table)
                     .index_name(INDEX_BY_STATE)
                     .key_condition_expression("#pk = :pk")
-                    .filter_expression("#le < :now")
+                    .filter_expression("#state = :running AND #le < :now")
+                    .expression_attribute_names("#state", STATE)
+                    .expression_attribute_values(":running", s(TaskState::Running.as_str()))
                     .expression_attribute_names("#pk", GSI1PK)
                     .expression_attribute_names("#le", LEASE_EXPIRY)
                     .expression_attribute_values(":pk", s(&pk))

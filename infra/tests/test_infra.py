@@ -923,7 +923,7 @@ def owned_keys(ns: str) -> list[str]:
     """Partition keys (table and both indexes) and S3 keys a tenant's workers use."""
     return [
         f"{T_BUCKET}/orch/{ns}/JOB#j1",  # job, task and lock items
-        f"{T_BUCKET}/orch/{ns}/JOB#j1#running",  # by-state index
+        f"{T_BUCKET}/orch/{ns}/JOB#j1#active",  # by-state index
         f"{T_BUCKET}/orch/{ns}/JOBS",  # jobs index
         f"RATELIMIT#ns/{ns}/openai",
     ]

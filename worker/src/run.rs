@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use orch_core::backend::{Claimed, StateStore, TaskClaim};
 use orch_core::csv_input::csv_items;
 use orch_core::engine::EngineConfig;
@@ -27,7 +29,6 @@ use orch_core::platform::Backends;
 use orch_core::spec::{BuiltinName, InputFormat, JobSpec};
 use orch_core::uri::Location;
 use serde_json::value::RawValue;
-use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, Finished, Tally};
@@ -638,7 +639,8 @@ async fn run_sync(
 }
 
 /// Items through an async handler: `concurrency` in flight, item retries on a timer heap so a
-/// waiting item never holds a slot.
+/// waiting item never holds a slot. The calls in flight are polled by this loop itself, not
+/// spawned: no task, no cross-thread wake-up per item.
 ///
 /// A handler process that dies with several items in flight does not say which one killed it.
 /// Charging the try to all of them would let one poison item use up the attempts of every item
@@ -654,7 +656,7 @@ async fn run_async(
     stop: &StopFlag,
 ) -> Result<()> {
     let concurrency = concurrency.max(1);
-    let mut inflight: JoinSet<(u64, u32, Box<RawValue>, Outcome)> = JoinSet::new();
+    let mut inflight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
     // Items to run alone: (ordinal, the try to run again or the next one, item).
     let mut alone: std::collections::VecDeque<(u64, u32, Box<RawValue>)> = Default::default();
@@ -664,18 +666,19 @@ async fn run_async(
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_deadline: Option<tokio::time::Instant> = None;
-    let spawn = |set: &mut JoinSet<_>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
-        let h = handler.clone();
-        // In the attempt's span, so that the handler's lines (a restart…) carry its ids.
-        set.spawn(
-            async move {
-                // The usage of the answer is for a throttling handler that wraps this one.
-                let out = h.call(&item).await.outcome;
-                (ordinal, attempts, item, out)
-            }
-            .in_current_span(),
-        );
-    };
+    let spawn =
+        |set: &mut FuturesUnordered<InFlight>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
+            let h = handler.clone();
+            // In the attempt's span, so that the handler's lines (a restart…) carry its ids.
+            set.push(Box::pin(
+                async move {
+                    // The usage of the answer is for a throttling handler that wraps this one.
+                    let out = h.call(&item).await.outcome;
+                    (ordinal, attempts, item, out)
+                }
+                .in_current_span(),
+            ));
+        };
     loop {
         if stop.is_stopped() && stop_deadline.is_none() {
             info!(
@@ -734,10 +737,8 @@ async fn run_async(
                     && alone.is_empty()
             });
         tokio::select! {
-            joined = inflight.join_next(), if !inflight.is_empty() => {
-                let Some(joined) = joined else { continue };
-                let (ordinal, attempts, item, outcome) = joined
-                    .map_err(|e| Error::Setup(format!("item task failed: {e}")))?;
+            joined = inflight.next(), if !inflight.is_empty() => {
+                let Some((ordinal, attempts, item, outcome)) = joined else { continue };
                 match outcome {
                     Outcome::Ok(result) => {
                         ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
@@ -779,13 +780,16 @@ async fn run_async(
             _ = beat.tick() => ledger.beat().await?,
             _ = sleep_until_opt(stop_deadline) => {
                 warn!(abandoned = inflight.len(), "in-flight items did not finish in time; the next attempt redoes them");
-                inflight.abort_all();
+                inflight.clear();
                 return Ok(());
             }
             _ = wait_for_stop(stop), if stop_deadline.is_none() => {}
         }
     }
 }
+
+/// One call in flight: what it was (ordinal, try, item) and how it went.
+type InFlight = std::pin::Pin<Box<dyn Future<Output = (u64, u32, Box<RawValue>, Outcome)> + Send>>;
 
 /// The wait before an item's next try: the backoff, or longer when the API asked for longer.
 fn retry_delay(backoff: Duration, retry_after: Option<Duration>) -> Duration {

@@ -18,9 +18,10 @@ use crate::error::AwsError;
 /// One DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
 
-/// The GSI of the tasks of one job in one state (hash `gsi1pk`, range `gsi1sk`, projection ALL).
-/// Sparse: only the states of [`indexed`] have the key attributes, so a task costs index writes
-/// only while it is dispatched or running.
+/// The GSI of the active tasks of one job (hash `gsi1pk`, range `gsi1sk`, projection ALL).
+/// Sparse: only the states of [`indexed`] have the key attributes, all in one partition per
+/// job, so a task costs one index write when dispatched, one when claimed (its key stays) and
+/// one when it leaves.
 pub const INDEX_BY_STATE: &str = "by-state";
 
 /// Whether tasks in `state` are in the `by-state` index: the states read through it (the
@@ -95,9 +96,9 @@ impl Keys {
         format!("{}JOB#{job}", self.prefix)
     }
 
-    /// `gsi1pk` of a job's tasks in one state.
-    pub(super) fn state_pk(&self, job: &str, state: TaskState) -> String {
-        format!("{}JOB#{job}#{}", self.prefix, state.as_str())
+    /// `gsi1pk` of a job's active tasks (the states of [`indexed`]).
+    pub(super) fn active_pk(&self, job: &str) -> String {
+        format!("{}JOB#{job}#active", self.prefix)
     }
 
     /// `gsi2pk` of the storage's job items: its partition of the `jobs` index.
@@ -286,7 +287,7 @@ pub(super) fn task_item(keys: &Keys, task: &TaskRecord) -> BackendResult<Item> {
     item.insert(STATE.into(), s(task.state.as_str()));
     item.insert(BODY.into(), s(encode("task", task)?));
     if indexed(task.state) {
-        item.insert(GSI1PK.into(), s(keys.state_pk(&task.job, task.state)));
+        item.insert(GSI1PK.into(), s(keys.active_pk(&task.job)));
         item.insert(GSI1SK.into(), s(task_sk(task.id)));
     }
     if let Some(group) = task.group {
@@ -330,7 +331,7 @@ mod tests {
         assert_eq!(get_s(&item, SK), Some("TASK#000007"));
         assert_eq!(
             get_s(&item, GSI1PK),
-            Some("bucket/orch/team-a/JOB#j-1#running")
+            Some("bucket/orch/team-a/JOB#j-1#active")
         );
         assert_eq!(get_s(&item, GSI1SK), Some("TASK#000007"));
         assert_eq!(get_s(&item, STATE), Some("running"));

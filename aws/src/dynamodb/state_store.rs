@@ -369,10 +369,7 @@ impl StateStore for DynamoStateStore {
         }
         if in_index {
             request = request
-                .expression_attribute_values(
-                    ":g1pk",
-                    s(self.keys.state_pk(&stored.job, stored.state)),
-                )
+                .expression_attribute_values(":g1pk", s(self.keys.active_pk(&stored.job)))
                 .expression_attribute_values(":g1sk", s(task_sk(stored.id)));
         }
         match request.send().await {
@@ -422,10 +419,7 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_names("#grp", GROUP)
             .expression_attribute_values(":running", s(TaskState::Running.as_str()))
             .expression_attribute_values(":dispatched", s(TaskState::Dispatched.as_str()))
-            .expression_attribute_values(
-                ":g1pk",
-                s(self.keys.state_pk(claim.job, TaskState::Running)),
-            )
+            .expression_attribute_values(":g1pk", s(self.keys.active_pk(claim.job)))
             .expression_attribute_values(":g1sk", s(task_sk(claim.task)))
             .expression_attribute_values(":le", n(claim.lease_expiry))
             .expression_attribute_values(":owner", s(claim.worker))
@@ -604,7 +598,7 @@ impl StateStore for DynamoStateStore {
             tasks.retain(|t| t.state == state);
             return Ok(tasks);
         }
-        let pk = self.keys.state_pk(job, state);
+        let pk = self.keys.active_pk(job);
         let items = self
             .query_all("Query by-state", &pk, false, || {
                 self.client

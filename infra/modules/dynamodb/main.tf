@@ -1,6 +1,6 @@
 # orch's single table, exactly as docs/aws.md ("DynamoDB: one table"):
 #   job  item: pk = JOB#<job>, sk = JOB,              gsi2pk = JOBS, gsi2sk = <createdAt:013>#<job>
-#   task item: pk = JOB#<job>, sk = TASK#<task:06>,   gsi1pk = JOB#<job>#<state>, gsi1sk = TASK#<task:06>
+#   task item: pk = JOB#<job>, sk = TASK#<task:06>,   gsi1pk = JOB#<job>#active (dispatched or running only), gsi1sk = TASK#<task:06>
 # Only key attributes are declared here; version, phase, state, body, leaseExpiry need no schema.
 
 locals {
