@@ -147,6 +147,12 @@ pub async fn retry(
         t.updated_at = now;
         t
     };
+    // A committed attempt's record is its row until the row is reset here: store it first.
+    for t in tasks.iter().filter(|t| !t.kind.is_work()).chain(&again) {
+        if let Some(record) = orch_core::history::AttemptRecord::of_current(t) {
+            crate::history::put(state, &record).await;
+        }
+    }
     for merge in tasks.iter().filter(|t| !t.kind.is_work()) {
         state.update_task(&fresh(merge)).await?;
     }

@@ -669,10 +669,18 @@ async fn claim_contract(store: &dyn StateStore, job: &str) {
     );
     assert!(
         matches!(
-            expect_ok("claim_task", store.claim_task(&claim(7, 30)).await),
+            expect_ok(
+                "claim_task",
+                store
+                    .claim_task(&TaskClaim {
+                        worker: "node-8:8",
+                        ..claim(7, 30)
+                    })
+                    .await
+            ),
             Claimed::No(Some(ref r)) if r.state == TaskState::Running
         ),
-        "a task is claimed once"
+        "a task is claimed once (by another worker: the same one again is a retried request)"
     );
     assert_eq!(
         expect_ok("claim_task", store.claim_task(&claim(7, 9_999)).await),

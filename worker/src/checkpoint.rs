@@ -168,9 +168,18 @@ impl Checkpoint {
     /// holds every finished item: what is uploaded for the next attempt to resume from.
     pub fn seal(&mut self) -> Result<()> {
         self.flush()?;
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(self.err())
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(self.err())?;
+        if busy != 0 {
+            // Another connection holds the log (none should): the file alone would miss items.
+            return Err(Error::Setup(format!(
+                "cannot move the checkpoint's log into {}: it is busy",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Removes a local checkpoint with its write-ahead log and shared-memory files: a log left

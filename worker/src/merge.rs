@@ -33,7 +33,7 @@ pub async fn run(backends: &Backends, args: &WorkerArgs, expected: TaskKind) -> 
             args.manifest_cache.as_deref(),
         );
         tokio::pin!(merge);
-        let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         loop {
             tokio::select! {
                 done = &mut merge => {

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use orch_core::backend::{Claimed, StateStore, TaskClaim};
 use orch_core::csv_input::csv_items;
 use orch_core::engine::EngineConfig;
@@ -29,6 +27,7 @@ use orch_core::platform::Backends;
 use orch_core::spec::{BuiltinName, InputFormat, JobSpec};
 use orch_core::uri::Location;
 use serde_json::value::RawValue;
+use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, Finished, Tally};
@@ -183,10 +182,14 @@ pub(crate) async fn heartbeat(
                             && c.attempt == row.attempt
                             && c.group == row.group =>
                     {
-                        // Only this worker sets the flag while it runs: keep it on a retry.
-                        let stored = row.checkpoint_stored;
+                        // What only this worker writes while it runs stays as it set it.
+                        let mut c = c;
+                        c.checkpoint_stored |= row.checkpoint_stored;
+                        c.files = std::mem::take(&mut row.files);
+                        c.output_bytes = row.output_bytes;
+                        c.rate_limit_tokens = row.rate_limit_tokens;
+                        c.rate_limit_wait_ms = row.rate_limit_wait_ms;
                         *row = c;
-                        row.checkpoint_stored |= stored;
                     }
                     other => {
                         return Err(Error::LostLease {
@@ -433,8 +436,8 @@ async fn work(
     };
     // A remote store's checkpoint is fetched to scratch, and sent back whenever the attempt
     // ends without committing, so the next attempt resumes wherever it runs. The task row
-    // says whether one was ever sent (a Slurm requeue runs the same attempt again, so the
-    // attempt number cannot tell).
+    // says whether one was ever sent (the checkpoint is the task's, whichever attempt sent it,
+    // so the attempt number cannot tell).
     let (ckpt_path, remote_ckpt) = backends.local_file(&ckpt_key)?;
     if remote_ckpt {
         Checkpoint::remove_local(&ckpt_path)?;
@@ -639,8 +642,7 @@ async fn run_sync(
 }
 
 /// Items through an async handler: `concurrency` in flight, item retries on a timer heap so a
-/// waiting item never holds a slot. The calls in flight are polled by this loop itself, not
-/// spawned: no task, no cross-thread wake-up per item.
+/// waiting item never holds a slot.
 ///
 /// A handler process that dies with several items in flight does not say which one killed it.
 /// Charging the try to all of them would let one poison item use up the attempts of every item
@@ -656,29 +658,30 @@ async fn run_async(
     stop: &StopFlag,
 ) -> Result<()> {
     let concurrency = concurrency.max(1);
-    let mut inflight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    let mut inflight: JoinSet<(u64, u32, Box<RawValue>, Outcome)> = JoinSet::new();
     let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
     // Items to run alone: (ordinal, the try to run again or the next one, item).
     let mut alone: std::collections::VecDeque<(u64, u32, Box<RawValue>)> = Default::default();
     // An item runs alone now: nothing else starts until it ends.
     let mut isolating = false;
     let mut exhausted = false;
-    let mut beat = tokio::time::interval(HEARTBEAT);
+    // The first beat a period after the claim, not at once: a short task then costs no write
+    // between its claim and its commit.
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_deadline: Option<tokio::time::Instant> = None;
-    let spawn =
-        |set: &mut FuturesUnordered<InFlight>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
-            let h = handler.clone();
-            // In the attempt's span, so that the handler's lines (a restart…) carry its ids.
-            set.push(Box::pin(
-                async move {
-                    // The usage of the answer is for a throttling handler that wraps this one.
-                    let out = h.call(&item).await.outcome;
-                    (ordinal, attempts, item, out)
-                }
-                .in_current_span(),
-            ));
-        };
+    let spawn = |set: &mut JoinSet<_>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
+        let h = handler.clone();
+        // In the attempt's span, so that the handler's lines (a restart…) carry its ids.
+        set.spawn(
+            async move {
+                // The usage of the answer is for a throttling handler that wraps this one.
+                let out = h.call(&item).await.outcome;
+                (ordinal, attempts, item, out)
+            }
+            .in_current_span(),
+        );
+    };
     loop {
         if stop.is_stopped() && stop_deadline.is_none() {
             info!(
@@ -737,8 +740,10 @@ async fn run_async(
                     && alone.is_empty()
             });
         tokio::select! {
-            joined = inflight.next(), if !inflight.is_empty() => {
-                let Some((ordinal, attempts, item, outcome)) = joined else { continue };
+            joined = inflight.join_next(), if !inflight.is_empty() => {
+                let Some(joined) = joined else { continue };
+                let (ordinal, attempts, item, outcome) = joined
+                    .map_err(|e| Error::Setup(format!("item task failed: {e}")))?;
                 match outcome {
                     Outcome::Ok(result) => {
                         ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
@@ -780,16 +785,13 @@ async fn run_async(
             _ = beat.tick() => ledger.beat().await?,
             _ = sleep_until_opt(stop_deadline) => {
                 warn!(abandoned = inflight.len(), "in-flight items did not finish in time; the next attempt redoes them");
-                inflight.clear();
+                inflight.abort_all();
                 return Ok(());
             }
             _ = wait_for_stop(stop), if stop_deadline.is_none() => {}
         }
     }
 }
-
-/// One call in flight: what it was (ordinal, try, item) and how it went.
-type InFlight = std::pin::Pin<Box<dyn Future<Output = (u64, u32, Box<RawValue>, Outcome)> + Send>>;
 
 /// The wait before an item's next try: the backoff, or longer when the API asked for longer.
 fn retry_delay(backoff: Duration, retry_after: Option<Duration>) -> Duration {

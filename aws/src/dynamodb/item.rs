@@ -214,7 +214,9 @@ pub(super) fn decode_task(item: &Item) -> BackendResult<TaskRecord> {
     })?;
     task.version = version_of(&what, item)?;
     if let Some(worker) = get_s(item, CLAIM_OWNER) {
-        // A claim not yet folded into the body: apply it as the claim did.
+        // A claim not yet folded into the body: apply it as the claim did, to the body it was
+        // made on (dispatched in the claim's group, `state` now running). Any other body was
+        // written after the claim by a writer that did not know of it: the body is newer.
         let number = |name: &str| {
             item.get(name)
                 .and_then(|v| v.as_n().ok())
@@ -225,12 +227,14 @@ pub(super) fn decode_task(item: &Item) -> BackendResult<TaskRecord> {
         let claim = orch_core::backend::TaskClaim {
             job: &job,
             task: task.id,
-            group: task.group.unwrap_or_default(),
+            group: number(GROUP)? as u32,
             worker,
             now: number(CLAIMED_AT)?,
             lease_expiry: number(LEASE_EXPIRY)?,
         };
-        claim.apply(&mut task)?;
+        if claim.applies_to(&task) && get_s(item, STATE) == Some(TaskState::Running.as_str()) {
+            claim.apply(&mut task)?;
+        }
     }
     Ok(task)
 }
@@ -315,6 +319,36 @@ pub(super) fn check_job_id(job: &str) -> BackendResult<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A claim's attributes apply to the body they were written on; a body written after them
+    /// by a writer that did not know of them (an older binary's cancel) is the row.
+    #[test]
+    fn a_claim_overlays_only_the_dispatched_body_it_was_made_on() {
+        let keys = Keys::for_storage("s3://bucket/orch/").unwrap();
+        let mut task = TaskRecord::new("j-1", 3, 10, 5);
+        task.state = TaskState::Dispatched;
+        task.group = Some(4);
+        let mut item = task_item(&keys, &task).unwrap();
+        item.insert(STATE.into(), s("running"));
+        item.insert(CLAIM_OWNER.into(), s("node:7"));
+        item.insert(CLAIMED_AT.into(), n(900));
+        item.insert(LEASE_EXPIRY.into(), n(30_900));
+        item.insert(VERSION.into(), n(1));
+        let claimed = decode_task(&item).unwrap();
+        assert_eq!(
+            (
+                claimed.state,
+                claimed.worker.as_deref(),
+                claimed.started_at,
+                claimed.lease_expiry
+            ),
+            (TaskState::Running, Some("node:7"), Some(900), Some(30_900))
+        );
+        assert_eq!(claimed.version, 1);
+        task.state = TaskState::Cancelled;
+        item.insert(BODY.into(), s(encode("task", &task).unwrap()));
+        assert_eq!(decode_task(&item).unwrap().state, TaskState::Cancelled);
+    }
 
     #[test]
     fn keys_follow_docs_aws_md() {
