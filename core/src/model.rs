@@ -311,6 +311,10 @@ pub struct TaskRecord {
     /// resume from, so a first attempt costs no request for a checkpoint that cannot exist.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub checkpoint_stored: bool,
+    /// Set by a whole-task `orch retry`: the next attempts resume from the checkpoint's
+    /// successful items only, and run its failed items again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rerun_failed_items: bool,
     pub updated_at: Millis,
     pub version: u64,
 }
@@ -347,6 +351,7 @@ impl TaskRecord {
             redrive: None,
             files: Default::default(),
             checkpoint_stored: false,
+            rerun_failed_items: false,
             updated_at: now,
             version: 0,
         }

@@ -103,7 +103,11 @@ pub async fn retry(
                     continue;
                 }
                 let items = t.redrive.as_ref().map_or(t.items, |r| r.items_failed);
-                (t.clone(), items)
+                let mut next = t.clone();
+                // What is asked is the task again: its failed items too, not only what its
+                // checkpoint has not finished.
+                next.rerun_failed_items = true;
+                (next, items)
             }
             TaskState::Succeeded if t.items_failed > 0 => {
                 let RetryChoice::Items { kinds } = choice else {

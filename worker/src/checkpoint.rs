@@ -119,6 +119,16 @@ impl Checkpoint {
         }
     }
 
+    /// Forgets the failed items of earlier attempts, so that this one runs them again.
+    pub fn forget_failures(&mut self) -> Result<usize> {
+        self.flush()?;
+        let forgotten = self
+            .conn
+            .execute("DELETE FROM items WHERE kind IS NOT NULL", [])
+            .map_err(self.err())?;
+        Ok(forgotten)
+    }
+
     /// Ordinals already finished by earlier attempts.
     pub fn done(&self) -> Result<HashSet<u64>> {
         let mut stmt = self

@@ -445,7 +445,16 @@ async fn work(
             Checkpoint::remove_local(&ckpt_path)?;
         }
     }
-    let ckpt = Checkpoint::open(&ckpt_path)?;
+    let mut ckpt = Checkpoint::open(&ckpt_path)?;
+    if row.rerun_failed_items {
+        let forgotten = ckpt.forget_failures()?;
+        if forgotten > 0 {
+            info!(
+                items = forgotten,
+                "running the checkpoint's failed items again (orch retry)"
+            );
+        }
+    }
     let done = ckpt.done()?;
     if !done.is_empty() {
         info!(resumed = done.len(), "resuming from the checkpoint");
