@@ -209,7 +209,9 @@ def ddb_detail(op, body):
     """What a DynamoDB request touched: job / task / lock item, which index, how many items."""
     def kind(key):
         sk = (key or {}).get("sk", {}).get("S", "")
-        return "task" if sk.startswith("TASK#") else (sk.lower() or "?")
+        if sk.startswith("TASK#"):
+            return "task"
+        return "attempt" if sk.startswith("ATTEMPT#") else (sk.lower() or "?")
 
     if op in ("GetItem", "UpdateItem", "DeleteItem"):
         return kind(body.get("Key")), 1
@@ -222,7 +224,13 @@ def ddb_detail(op, body):
         index = body.get("IndexName") or "table"
         page = "next page" if body.get("ExclusiveStartKey") else "first page"
         cond = body.get("KeyConditionExpression", "")
-        what = "tasks" if "begins_with" in cond or "sk" in cond else "partition"
+        values = json.dumps(body.get("ExpressionAttributeValues", {}))
+        if "ATTEMPT#" in values:
+            what = "attempts"  # a task's attempt records (a few small items)
+        elif "begins_with" in cond or "sk" in cond:
+            what = "tasks"
+        else:
+            what = "partition"
         return f"{index}, {what}, {page}", 1
     return "", 1
 
