@@ -27,11 +27,15 @@ pub fn task_name(task: u32) -> String {
 pub fn attempt_prefix(job: &str, task: u32, attempt: u32) -> String {
     format!("jobs/{job}/results/{}/{attempt}/", task_name(task))
 }
+/// The result files of a task attempt, as its `_DONE` (and committed task row) name them.
+pub const PART_FILE: &str = "part.parquet";
+pub const ERRORS_FILE: &str = "errors.parquet";
+
 pub fn part(job: &str, task: u32, attempt: u32) -> String {
-    format!("{}part.parquet", attempt_prefix(job, task, attempt))
+    format!("{}{PART_FILE}", attempt_prefix(job, task, attempt))
 }
 pub fn errors(job: &str, task: u32, attempt: u32) -> String {
-    format!("{}errors.parquet", attempt_prefix(job, task, attempt))
+    format!("{}{ERRORS_FILE}", attempt_prefix(job, task, attempt))
 }
 pub fn done(job: &str, task: u32, attempt: u32) -> String {
     format!("{}_DONE", attempt_prefix(job, task, attempt))

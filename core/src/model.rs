@@ -568,6 +568,21 @@ pub struct FileSum {
     pub sha256: String,
 }
 
+/// The errors file a committed attempt names among its `files`: none when it had no failed
+/// item (it writes none then); an error when it counts failed items but names none.
+pub fn committed_errors_file(
+    files: &std::collections::BTreeMap<String, FileSum>,
+    items_failed: u64,
+) -> std::result::Result<Option<&FileSum>, String> {
+    match files.get(crate::layout::ERRORS_FILE) {
+        None if items_failed > 0 => Err(format!(
+            "it counts {items_failed} failed items but names no {}",
+            crate::layout::ERRORS_FILE
+        )),
+        found => Ok(found),
+    }
+}
+
 /// The digest that pins a job's `job.json`: the driver records it in the job's record when it
 /// writes the file and gives it to every worker on its command line, so a worker runs only the
 /// bytes the driver wrote.

@@ -276,18 +276,19 @@ async fn check_result(
             )));
         }
         match name.as_str() {
-            "part.parquet" => part = Some(key),
-            "errors.parquet" => errors = Some(key),
+            layout::PART_FILE => part = Some(key),
+            layout::ERRORS_FILE => errors = Some(key),
             _ => {}
         }
     }
-    Ok(match (part, errors) {
-        (Some(_), None) if marker.items_failed > 0 => ResultState::Missing(format!(
-            "_DONE counts {} failed items but names no errors.parquet",
-            marker.items_failed
-        )),
-        (Some(part), errors) => ResultState::Verified { part, errors },
-        (None, _) => ResultState::Missing("_DONE does not name part.parquet".into()),
+    if let Err(message) =
+        orch_core::model::committed_errors_file(&marker.files, marker.items_failed)
+    {
+        return Ok(ResultState::Missing(format!("_DONE: {message}")));
+    }
+    Ok(match part {
+        Some(part) => ResultState::Verified { part, errors },
+        None => ResultState::Missing(format!("_DONE does not name {}", layout::PART_FILE)),
     })
 }
 

@@ -151,13 +151,8 @@ pub async fn retry(
         t.updated_at = now;
         t
     };
-    // A committed attempt's record is its row until the row is reset here: store it first.
-    for t in tasks.iter().filter(|t| !t.kind.is_work()).chain(&again) {
-        if let Some(record) = orch_core::history::AttemptRecord::of_current(t) {
-            crate::history::put(state, &record).await;
-        }
-    }
     for merge in tasks.iter().filter(|t| !t.kind.is_work()) {
+        crate::history::keep_current(state, merge).await;
         state.update_task(&fresh(merge)).await?;
     }
     let mut next = job.clone();
@@ -167,6 +162,7 @@ pub async fn retry(
     next.cancel_requested = false;
     state.update_job(&next).await?;
     for t in &again {
+        crate::history::keep_current(state, t).await;
         state.update_task(&fresh(t)).await?;
     }
     info!(

@@ -43,9 +43,18 @@ async fn current(state: &dyn StateStore, row: &TaskRecord) -> AttemptRecord {
 /// the row, which may let the driver dispatch the next attempt. A committed attempt needs no
 /// record: its row is one (`history::with_current`).
 pub async fn ended_by_worker(state: &dyn StateStore, row: &TaskRecord, outcome: AttemptOutcome) {
-    let mut record = AttemptRecord::of(row, now_ms());
-    record.end_by_worker(row, outcome, now_ms());
+    let now = now_ms();
+    let mut record = AttemptRecord::of(row, now);
+    record.end_by_worker(row, outcome, now);
     put(state, &record).await;
+}
+
+/// `row` is about to be reset for another run (`orch retry`): the record of its current
+/// attempt, which only the row holds while it runs or once it committed, is stored first.
+pub async fn keep_current(state: &dyn StateStore, row: &TaskRecord) {
+    if let Some(record) = AttemptRecord::of_current(row) {
+        put(state, &record).await;
+    }
 }
 
 /// The attempt history of `job` (of one task when given): the stored records with those the

@@ -20,10 +20,11 @@ pub async fn load(
     expected: Option<&str>,
     cache: Option<&Path>,
 ) -> Result<JobManifest> {
-    let cached = cache
+    let cache = cache
         .zip(expected)
-        .and_then(|(dir, sha)| cache_file(dir, job, sha));
-    if let Some(path) = &cached
+        .and_then(|(dir, sha)| Some((dir, cache_file(dir, job, sha)?)));
+    let cached = cache.as_ref().map(|(_, path)| path);
+    if let Some(path) = cached
         && let Ok(bytes) = std::fs::read(path)
     {
         // A copy that does not hash right (a torn disk, a hand edit) is read again from the store.
@@ -38,15 +39,14 @@ pub async fn load(
         .await?
         .ok_or_else(|| Error::Invalid(format!("job manifest {key} is missing")))?;
     let manifest = decode_manifest(job, &bytes, expected)?;
-    if let Some(path) = &cached {
+    if let Some((dir, path)) = &cache {
         // Best effort: without the copy the next task downloads it again.
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                orch_data::atomic::write_bytes_atomic(path, &bytes).map_err(|e| e.to_string())
-            });
+        let written = match std::fs::create_dir_all(dir) {
+            Ok(()) => orch_data::atomic::write_bytes_atomic(path, &bytes)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = written {
             debug!(path = %path.display(), error = %e, "could not cache job.json");
         }

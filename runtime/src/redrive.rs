@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use orch_core::layout;
-use orch_core::model::{DoneMarker, FileSum};
+use orch_core::model::{DoneMarker, FileSum, committed_errors_file};
 use orch_core::platform::Backends;
 
 use crate::error::{Error, Result};
@@ -78,12 +78,17 @@ async fn verified_file(backends: &Backends, marker: &DoneMarker, name: &str) -> 
 /// The verified `errors.parquet` of the attempt `marker` describes; `None` when the attempt
 /// had no failed item, which writes none.
 async fn verified_errors(backends: &Backends, marker: &DoneMarker) -> Result<Option<PathBuf>> {
-    if marker.items_failed == 0 && !marker.files.contains_key("errors.parquet") {
-        return Ok(None);
+    match committed_errors_file(&marker.files, marker.items_failed) {
+        Ok(None) => Ok(None),
+        Ok(Some(_)) => verified_file(backends, marker, layout::ERRORS_FILE)
+            .await
+            .map(Some),
+        Err(message) => Err(Error::Integrity {
+            task: marker.task,
+            attempt: marker.attempt,
+            message: format!("_DONE: {message}"),
+        }),
     }
-    verified_file(backends, marker, "errors.parquet")
-        .await
-        .map(Some)
 }
 
 /// The failed items `attempt` of `task` recorded, read from its verified `errors.parquet`.
@@ -112,7 +117,7 @@ pub async fn committed_attempt(
     attempt: u32,
 ) -> Result<CommittedAttempt> {
     let marker = done_marker(backends, job, task, attempt).await?;
-    let part = verified_file(backends, &marker, "part.parquet").await?;
+    let part = verified_file(backends, &marker, layout::PART_FILE).await?;
     let errors = verified_errors(backends, &marker).await?;
     Ok(CommittedAttempt {
         marker,

@@ -440,9 +440,11 @@ async fn work(
     // so the attempt number cannot tell).
     let (ckpt_path, remote_ckpt) = backends.local_file(&ckpt_key)?;
     if remote_ckpt {
+        // No local leftover (nor its log) mixes with what is downloaded; a GET that finds
+        // nothing writes nothing.
         Checkpoint::remove_local(&ckpt_path)?;
-        if row.checkpoint_stored && !backends.objects.get_to_file(&ckpt_key, &ckpt_path).await? {
-            Checkpoint::remove_local(&ckpt_path)?;
+        if row.checkpoint_stored {
+            backends.objects.get_to_file(&ckpt_key, &ckpt_path).await?;
         }
     }
     let mut ckpt = Checkpoint::open(&ckpt_path)?;
@@ -961,8 +963,11 @@ async fn finish(
         items: batch.items,
         items_ok: tally.ok,
         items_failed: tally.failed_total(),
-        files: std::iter::once(("part.parquet".to_string(), sum(&part)))
-            .chain(errs.iter().map(|e| ("errors.parquet".to_string(), sum(e))))
+        files: std::iter::once((layout::PART_FILE.to_string(), sum(&part)))
+            .chain(
+                errs.iter()
+                    .map(|e| (layout::ERRORS_FILE.to_string(), sum(e))),
+            )
             .collect(),
     };
     let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| orch_core::Error::Decode {

@@ -452,12 +452,12 @@ impl StateStore for DynamoStateStore {
                     return Ok(Claimed::No(None));
                 };
                 let row = decode_task(item)?;
-                let ours = row.state == TaskState::Running
+                if row.state == TaskState::Running
                     && row.lease_owner.as_deref() == Some(claim.worker)
-                    && row.started_at == Some(claim.now);
-                if get_s(item, WRITE_ID) == Some(write_id.as_str()) || ours {
-                    // The SDK retried this very claim, whose answer was lost (and another
-                    // write may have come since).
+                    && row.started_at == Some(claim.now)
+                {
+                    // The SDK retried this very claim, whose answer was lost (another write
+                    // may have come since, so its `writeId` cannot tell).
                     return Ok(Claimed::Yes(row));
                 }
                 if claim.applies_to(&row) {
