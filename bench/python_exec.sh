@@ -40,6 +40,12 @@
 #                                                    table then shows each side's overhead over
 #                                                    the ideal N x 1 ms / 2 (parallelism 2 on
 #                                                    every side: orch's handler is sequential)
+#   ORCH_BIN=DIR bench/python_exec.sh ...            orch and orch-worker from DIR (another build
+#                                                    of this checkout) instead of building here
+#   ORCH_BEFORE=DIR bench/python_exec.sh ...         also run the orch and orch-worker in DIR
+#                                                    (another commit's build) at each concurrency,
+#                                                    alternating with this one: before and after
+#                                                    in the same run
 #   ORCH_BENCH_VENV=DIR                              the peers' venv (default
 #                                                    ${XDG_CACHE_HOME:-~/.cache}/orch-bench/venv)
 #
@@ -84,7 +90,14 @@ if [[ ,$PEERS, == *,parallel,* ]] && ! command -v parallel >/dev/null; then
     apt-get install -y -q parallel >/dev/null 2>&1 ||
         { apt-get update -q >/dev/null && apt-get install -y -q parallel >/dev/null; }
 fi
-cargo build --release -q -p orch-cli -p orch-worker
+if [ -n "${ORCH_BIN:-}" ]; then
+    bin=$(cd "$ORCH_BIN" && pwd)
+else
+    cargo build --release -q -p orch-cli -p orch-worker
+    bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"
+fi
+before=
+[ -z "${ORCH_BEFORE:-}" ] || before=$(cd "$ORCH_BEFORE" && pwd)
 
 # The peers' Python packages live in a venv of the benchmark's own: pinned, created on first use,
 # given only what PEERS needs. pyarrow is also the reader of all outputs in the checks.
@@ -123,7 +136,6 @@ trap 'rm -rf "$work"' EXIT
 python3 examples/identity-bench/make_data.py "$N" 2>/dev/null
 cp examples/identity-bench/data.jsonl "$work/data.jsonl"
 bytes=$(stat -c %s "$work/data.jsonl")
-orch="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/orch"
 now() { date +%s.%N; }
 # Ray: no usage-stats report, and its session files (logs, sockets) under the work directory.
 export RAY_USAGE_STATS_ENABLED=0 RAY_TMPDIR="$work/ray"
@@ -131,8 +143,9 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_TMPDIR="$work/ray"
 timed=(/usr/bin/time -f "%M %U %S %w %c" -o "$work/rusage" "$py" -S "$handlers/reap_tree.py")
 
 # One fresh directory per orch run: its own .orch state, so that no run resumes another.
-run_orch() { # concurrency run
-    local dir="$work/orch-c$1-r$2" cmd
+run_orch() { # concurrency run [side: orch, or before]
+    local side=${3:-orch} dir="$work/${3:-orch}-c$1-r$2" cmd orch=$bin/orch
+    [ "$side" = orch ] || orch=$before/orch
     mkdir -p "$dir"
     cmd=$(printf '"%s", ' python3 "${prefix[@]}" "$handlers/orch_score.py")
     cat > "$dir/job.yaml" <<YAML
@@ -153,7 +166,7 @@ YAML
     t0=$(now)
     (cd "$dir" && "${timed[@]}" "$orch" run --no-progress job.yaml >/dev/null)
     t1=$(now)
-    echo "orch c=$1 $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $(cat "$work/rusage") -" >> "$work/times"
+    echo "$side c=$1 $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $(cat "$work/rusage") -" >> "$work/times"
 }
 
 # Every peer writes $work/<peer>.out (a file or a directory), replaced at each run.
@@ -199,7 +212,8 @@ for r in $(seq "$RUNS"); do
     for p in "${peers[@]}"; do run_peer "$p" "$r"; done
     for c in "${concs[@]}"; do
         run_orch "$c" "$r"
-        [ "$r" -eq "$RUNS" ] || rm -rf "$work/orch-c$c-r$r/out" "$work/orch-c$c-r$r/.orch"
+        [ -z "$before" ] || run_orch "$c" "$r" before
+        [ "$r" -eq "$RUNS" ] || rm -rf "$work"/*-c"$c-r$r"/{out,.orch}
     done
     echo "run $r/$RUNS done" >&2
 done
@@ -213,7 +227,7 @@ handler, peers, concs = sys.argv[6], sys.argv[7].split(","), sys.argv[8:]
 rows = {}
 for line in open(f"{work}/times"):
     side, c, wall, rss, user, sys_, vcs, ivcs, init = line.split()
-    key = side if side != "orch" else c.split("=")[1]
+    key = {"orch": "", "before": "before "}.get(side, side) + (c.split("=")[1] if side in ("orch", "before") else "")
     cpu = (float(user) + float(sys_)) / n * 1e6
     init = None if init == "-" else float(init)
     rows.setdefault(key, []).append((float(wall), int(rss), cpu, int(vcs) / n, int(ivcs) / n, init))
@@ -227,13 +241,15 @@ def check(name, t):
     assert ids == n, f"{name} output has {ids} distinct ids, expected {n}"
     return pc.sum(t["score"]).as_py()
 sums = {}
-for c in concs:
-    out = f"{work}/orch-c{c}-r{runs}/out"
+befores = [c for c in concs if f"before {c}" in rows]
+for side, c in [("orch", c) for c in concs] + [("before", c) for c in befores]:
+    out = f"{work}/{side}-c{c}-r{runs}/out"
+    name = f"{side} (concurrency {c})"
     # (N rows with N distinct ids below already rule out failed items; errors.parquet may be absent)
     errors = pq.read_metadata(f"{out}/errors.parquet").num_rows if os.path.exists(f"{out}/errors.parquet") else 0
-    assert errors == 0, f"orch (concurrency {c}) recorded {errors} failed items"
+    assert errors == 0, f"{name} recorded {errors} failed items"
     t = pq.ParquetDataset(sorted(glob.glob(f"{out}/part-*.parquet"))).read(columns=["id", "score"])
-    sums[f"orch (concurrency {c})"] = check(f"orch (concurrency {c})", t)
+    sums[name] = check(name, t)
 for p in peers:
     out = f"{work}/{p}.out"
     if p in ("parallel", "pool"):
@@ -285,6 +301,8 @@ for p in peers:
     line(labels[p], rows[p])
 for c in concs:
     line(f"orch run (exec, concurrency {c})", rows[c])
+for c in befores:
+    line(f"  before: ORCH_BEFORE, concurrency {c}", rows[f"before {c}"])
 if "ray" in peers:
     print(f"  (wall w/o ray.init: Ray's wall time less the seconds spent in ray.init(), median "
           f"{med([(s[5],) for s in rows['ray']], 0):.2f} s; imports and ray.shutdown() stay in)")
@@ -296,6 +314,10 @@ if "parallel" in peers:
         verdict = "within" if wall / peer_med <= 1.2 else "misses"
         print(f"  ratio orch/peer (concurrency {c}): {wall/peer_med:.2f}x wall ({verdict} the 1.2x "
               f"target), {cpu/peer_cpu:.2f}x CPU per item")
+for c in befores:
+    b = rows[f"before {c}"]
+    print(f"  after/before (concurrency {c}): {med(rows[c], 0)/med(b, 0):.2f}x wall, "
+          f"{med(rows[c], 2)/med(b, 2):.2f}x CPU per item")
 best = min(concs, key=lambda c: med(rows[c], 0))
 bw, bc = med(rows[best], 0), med(rows[best], 2)
 print(f"orch at its best concurrency ({best}: {bw:.2f} s) / each peer "

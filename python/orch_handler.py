@@ -33,7 +33,10 @@ The protocol (docs/job-spec.md, "Handlers"), which this module implements:
   ``{"id": 17, "error": {"kind": "transient" | "permanent" | "rate_limited", "message": "...",
   "retryAfter": 2.5}}`` (``retryAfter``: seconds to wait before the retry, optional); either may
   carry ``"usage": {"<rate limit name>": <tokens>}``, what the call consumed;
-* responses may come out of order, up to ``spec.handler.concurrency`` requests in flight;
+* responses may come out of order; the handler works on up to ``spec.handler.concurrency``
+  requests at once, starting them in the order they arrive, and says so on its first stdout line,
+  ``{"pipeline": true}``: orch then keeps more requests queued on stdin, so that the next one is
+  always there when a call ends (an item's timeout counts from when it is started);
 * stderr goes to the task log.
 
 What this module does for you:
@@ -170,8 +173,10 @@ def handler(fn: Optional[Callable] = None, *, concurrency: int = 1):
 
     ``@handler``: one call at a time on the main thread (async def: one at a time on asyncio).
     ``@handler(concurrency=N)``: up to N calls at once -- on a thread pool for a plain function,
-    as asyncio tasks for an async def -- answered as they complete. Keep N equal to
-    ``spec.handler.concurrency``: orch never has more than that many requests in flight.
+    as asyncio tasks for an async def -- answered as they complete, started in the order the
+    requests arrive (orch queues more than N on stdin). Keep N equal to
+    ``spec.handler.concurrency``: orch times each item from when it is one of the first N it
+    has not been answered.
     """
     _check_concurrency(concurrency)
 
@@ -231,6 +236,7 @@ def serve(
                 mode = "sequential"
                 run = _serve_sequential
             _log(f"serving {name} (concurrency {concurrency}, {mode})")
+            channel.announce_pipeline()
             run(fn, concurrency, channel)
             _log(
                 f"stdin closed; answered {channel.answered} requests "
@@ -388,6 +394,17 @@ class _Channel:
             if lines:
                 yield lines
 
+    def announce_pipeline(self) -> None:
+        """Tells orch that requests are started in arrival order, at most `concurrency` at a
+        time (every serving mode does so), so that it may queue more on stdin."""
+        assert self.out is not None
+        try:
+            self.out.write(PIPELINE_ANNOUNCEMENT)
+            self.out.flush()
+        except (OSError, ValueError) as e:
+            self.closed = True
+            _log(f"cannot write to stdout ({e}); orch went away? stopping")
+
     def write(self, line: bytes, ok: bool) -> None:
         """Writes one response line and flushes; raises `_Closed` when stdout is gone."""
         assert self.out is not None
@@ -412,6 +429,7 @@ class _Channel:
 
 
 _READ_CHUNK = 64 * 1024
+PIPELINE_ANNOUNCEMENT = b'{"pipeline": true}\n'
 
 
 def _ready_check(stream: Any) -> Optional[Callable[[], bool]]:

@@ -108,9 +108,17 @@ def run_handler(body, requests, timeout=60):
             timeout=timeout,
             cwd=tmp,
         )
-    out_lines = proc.stdout.decode("utf-8").splitlines()
+    # The pipeline announcement is not a response (Pipeline tests it).
+    out_lines = [
+        line
+        for line in proc.stdout.decode("utf-8").splitlines()
+        if line.encode() + b"\n" != orch_handler.PIPELINE_ANNOUNCEMENT
+    ]
     responses = [json.loads(line) for line in out_lines]
     return responses, out_lines, proc.stderr.decode("utf-8", "replace"), proc.returncode
+
+
+ANNOUNCEMENT = {"pipeline": True}
 
 
 def req(rid, **item):
@@ -448,7 +456,8 @@ class Batching(unittest.TestCase):
             return len(data)
 
         def lines(self):
-            return [json.loads(line) for line in b"".join(self.writes).splitlines()]
+            lines = [json.loads(line) for line in b"".join(self.writes).splitlines()]
+            return [line for line in lines if line != ANNOUNCEMENT]
 
     def serve_on_pipe(self, fn, request_lines):
         """serve(fn) in this process with `request_lines` already waiting in a pipe."""
@@ -479,8 +488,10 @@ class Batching(unittest.TestCase):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             ) as proc:
-                # Like orch at concurrency 1: the next request goes out only after the answer,
-                # so the handler must write it while stdin stays open and empty.
+                self.assertEqual(json.loads(proc.stdout.readline()), ANNOUNCEMENT)
+                # Like orch at concurrency 1 before it reads the announcement: the next request
+                # goes out only after the answer, so the handler must write it while stdin
+                # stays open and empty.
                 for n in range(3):
                     proc.stdin.write(json.dumps(req(n, n=n)).encode() + b"\n")
                     proc.stdin.flush()
@@ -571,6 +582,51 @@ class Batching(unittest.TestCase):
         with contextlib.redirect_stderr(io.StringIO()):
             orch_handler.serve(lambda item: item, stdin=io.BytesIO(requests), stdout=out)
         self.assertEqual(out.lines(), [{"id": i, "result": {"x": i}} for i in range(501)])
+
+
+class Pipeline(unittest.TestCase):
+    """Every serving mode starts requests in arrival order, at most `concurrency` at a time, and
+    says so first, so that orch queues more requests on stdin."""
+
+    def test_every_mode_announces_a_pipeline_before_any_answer(self):
+        handlers = {
+            "sequential": "@handler\ndef work(item):\n    return item\n",
+            "threads": "@handler(concurrency=3)\ndef work(item):\n    return item\n",
+            "asyncio": "@handler(concurrency=3)\nasync def work(item):\n    return item\n",
+        }
+        for mode, body in handlers.items():
+            with self.subTest(mode), tempfile.TemporaryDirectory() as tmp:
+                script = Path(tmp) / "handler.py"
+                script.write_text(PRELUDE + "from orch_handler import handler\n" + body)
+                proc = subprocess.run(
+                    [sys.executable, str(script)],
+                    input=b"".join(json.dumps(req(i, n=i)).encode() + b"\n" for i in range(5)),
+                    capture_output=True,
+                    timeout=60,
+                )
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                lines = proc.stdout.splitlines(keepends=True)
+                self.assertEqual(lines[0], orch_handler.PIPELINE_ANNOUNCEMENT)
+                self.assertEqual(
+                    sorted(json.loads(line)["id"] for line in lines[1:]), list(range(5))
+                )
+
+    def test_threads_start_queued_requests_in_arrival_order(self):
+        started = []
+        lock = threading.Lock()
+
+        def fn(item):
+            with lock:
+                started.append(item["n"])
+            time.sleep(0.005)
+            return item
+
+        requests = "".join(json.dumps(req(i, n=i)) + "\n" for i in range(40)).encode()
+        with contextlib.redirect_stderr(io.StringIO()):
+            orch_handler.serve(fn, 4, stdin=io.BytesIO(requests), stdout=io.BytesIO())
+        # A pool of 4 takes them in order: none starts before one that came 4 or more earlier.
+        for position, n in enumerate(started):
+            self.assertLess(abs(position - n), 4, started)
 
 
 class Concurrency(unittest.TestCase):
@@ -740,7 +796,7 @@ class ExplicitUse(unittest.TestCase):
         self.assertIn("skipping a request line that is not JSON", log.getvalue())
         self.assertEqual(
             [json.loads(line) for line in out.getvalue().splitlines()],
-            [{"id": 1, "result": {"x": 2}}, {"id": 2, "result": {"x": 3}}],
+            [ANNOUNCEMENT, {"id": 1, "result": {"x": 2}}, {"id": 2, "result": {"x": 3}}],
         )
 
     def test_bad_concurrency(self):

@@ -669,6 +669,9 @@ async fn run_async(
     stop: &StopFlag,
 ) -> Result<()> {
     let concurrency = concurrency.max(1);
+    // More calls open than the handler works on only when it takes them queued (an exec
+    // pipeline); a throttled handler does not forward this, so tokens are never taken ahead.
+    let window = || handler.window().unwrap_or(concurrency).max(1);
     let mut inflight: JoinSet<(u64, u32, Box<RawValue>, Outcome)> = JoinSet::new();
     let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
     // Items to run alone: (ordinal, the try to run again or the next one, item).
@@ -704,7 +707,7 @@ async fn run_async(
         if isolating && inflight.is_empty() {
             isolating = false;
         }
-        while stop_deadline.is_none() && inflight.len() < concurrency && !isolating {
+        while stop_deadline.is_none() && inflight.len() < window() && !isolating {
             if !alone.is_empty() {
                 // Waits for the items in flight to end, then runs by itself.
                 if inflight.is_empty()
@@ -746,7 +749,7 @@ async fn run_async(
             .map(|d| tokio::time::Instant::from_std(d.at))
             .filter(|_| {
                 stop_deadline.is_none()
-                    && inflight.len() < concurrency
+                    && inflight.len() < window()
                     && !isolating
                     && alone.is_empty()
             });

@@ -11,7 +11,8 @@ use orch_core::ErrorCategory;
 use orch_core::model::ErrorKind;
 use orch_core::spec::EnvValue;
 use orch_worker::handler::{
-    Answer, ExecConfig, ExecHandler, Handler, HandlerError, ItemFailure, Outcome, handler_env,
+    Answer, ExecConfig, ExecHandler, Handler, HandlerError, ItemFailure, Outcome, PIPELINE_DEPTH,
+    handler_env,
 };
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -646,6 +647,78 @@ async fn a_handler_that_crashes_on_one_item_fails_only_that_item() {
             let item = json!({"n": n});
             assert_eq!(echoed(handler.call(&raw(item.clone())).await).0, item);
         }
+    }
+    handler.shutdown().await;
+}
+
+/// What `pipelined.py` answered for each item: how many requests waited queued behind it
+/// when it started, and the pid of the process that answered.
+fn backlog_and_pid(answer: Answer) -> (u64, u64) {
+    let result = ok(answer);
+    (
+        result["backlog"].as_u64().unwrap(),
+        result["pid"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_handler_that_announces_a_pipeline_gets_requests_queued() {
+    let mut cfg = config("pipelined.py");
+    cfg.concurrency = 1;
+    // Shorter than the whole run, longer than each item: queued items are not on the clock.
+    cfg.timeout = Duration::from_millis(900);
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    warm_up(&handler).await;
+    assert_eq!(handler.window(), Some(1 + PIPELINE_DEPTH));
+    let items = (0..8).map(|n| json!({"n": n, "sleep_ms": 300})).collect();
+    let answers = call_all(&handler, items).await;
+    let backlogs: Vec<u64> = answers
+        .into_iter()
+        .map(|answer| backlog_and_pid(answer).0)
+        .collect();
+    // Every item ran (none timed out though they took 2.4 s in all), and items waited queued on
+    // the handler's stdin while it worked on another.
+    assert!(backlogs.iter().any(|b| *b >= 2), "backlogs {backlogs:?}");
+    handler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_does_not_announce_a_pipeline_gets_concurrency_requests_at_most() {
+    let mut cfg = config("pipelined.py");
+    cfg.concurrency = 2;
+    cfg.env.insert("NO_PIPELINE".into(), "1".into());
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    warm_up(&handler).await;
+    assert_eq!(handler.window(), Some(2));
+    let items = (0..12).map(|n| json!({"n": n, "sleep_ms": 20})).collect();
+    for answer in call_all(&handler, items).await {
+        // With two in flight, at most one waits while the other runs.
+        assert!(backlog_and_pid(answer).0 <= 1);
+    }
+    handler.shutdown().await;
+}
+
+// On one thread, calls spawned in order are sent in order.
+#[tokio::test]
+async fn a_crash_charges_the_item_being_worked_on_and_sends_the_queued_ones_again() {
+    let mut cfg = config("pipelined.py");
+    cfg.concurrency = 1;
+    let handler = Arc::new(ExecHandler::start(cfg).unwrap());
+    warm_up(&handler).await;
+    let first = backlog_and_pid(handler.call(&raw(json!({"n": 0}))).await).1;
+    let mut items = vec![json!({"n": 1, "sleep_ms": 200}), json!({"crash": true})];
+    items.extend((2..10).map(|n| json!({"n": n})));
+    let mut answers = call_all(&handler, items).await.into_iter();
+    // The item before the crash was answered by the first process.
+    assert_eq!(backlog_and_pid(answers.next().unwrap()).1, first);
+    // The handler works on one item at a time: the crash is that item's own, not shared.
+    assert_eq!(
+        err(answers.next().unwrap()),
+        ItemFailure::infrastructure("handler process exited (exit status: 3)")
+    );
+    // The items queued behind it were not looked at: the next process answers them.
+    for answer in answers {
+        assert_ne!(backlog_and_pid(answer).1, first);
     }
     handler.shutdown().await;
 }

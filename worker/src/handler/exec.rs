@@ -4,7 +4,11 @@
 //! Why one long-lived process rather than one per item: interpreters and models take seconds to
 //! start, and the per-item cost has to stay close to `parallel --pipe` (docs/benchmarks.md). Why ids and
 //! out-of-order answers: a handler may work on up to `concurrency` items at once (threads,
-//! asyncio, a GPU batch), and must not be forced to answer in arrival order.
+//! asyncio, a GPU batch), and must not be forced to answer in arrival order. Why a pipeline: a
+//! handler that announces it starts requests in arrival order (`{"pipeline": true}`) gets more
+//! requests queued than it works on, so that a sequential one does not pay a round trip between
+//! two processes per item; which calls it works on is then known without asking (the first
+//! `concurrency` unanswered), and only their time counts towards the timeout.
 //!
 //! Shape: calls append their request lines to one shared buffer, and one writer task owns stdin
 //! and writes whatever has gathered in one `write` (so lines never interleave, and a window of
@@ -72,6 +76,10 @@ const MAX_RESENDS: u32 = 5;
 pub const DEFAULT_MAX_ANSWER_BYTES: usize = orch_core::spec::DEFAULT_MAX_ANSWER_BYTES as usize;
 /// How much of an over-long answer line is kept to find its id.
 const LONG_LINE_PREFIX: usize = 64;
+/// How many requests, beyond `concurrency`, wait on the stdin of a handler that announced it
+/// takes them in order (`{"pipeline": true}`): enough that a fast sequential handler always
+/// finds its next request already read, and answers a whole read of them in one write.
+pub const PIPELINE_DEPTH: usize = 256;
 
 /// How to run an `exec` handler.
 #[derive(Clone, PartialEq)]
@@ -166,7 +174,7 @@ impl ExecConfig {
 pub struct ExecHandler {
     cfg: ExecConfig,
     program: OsString,
-    permits: Semaphore,
+    window: Arc<Window>,
     /// Crashes since the last response of any process; shared with the supervisors.
     crashes: Arc<AtomicU32>,
     slot: Mutex<Slot>,
@@ -207,6 +215,43 @@ enum Current {
     Fail(ItemFailure),
 }
 
+/// How many calls may be sent at once: `concurrency`, and [`PIPELINE_DEPTH`] more once the
+/// handler announced a pipeline. Shared by every process of the handler (a restarted process is
+/// the same program): the announcement is taken once.
+struct Window {
+    permits: Semaphore,
+    concurrency: usize,
+    pipelined: AtomicBool,
+}
+
+impl Window {
+    fn new(concurrency: usize) -> Window {
+        Window {
+            permits: Semaphore::new(concurrency),
+            concurrency,
+            pipelined: AtomicBool::new(false),
+        }
+    }
+
+    fn size(&self) -> usize {
+        if self.pipelined.load(Ordering::Relaxed) {
+            self.concurrency + PIPELINE_DEPTH
+        } else {
+            self.concurrency
+        }
+    }
+
+    fn open(&self) {
+        if !self.pipelined.swap(true, Ordering::SeqCst) {
+            debug!(
+                depth = PIPELINE_DEPTH,
+                "handler takes requests in order; queuing more on its stdin"
+            );
+            self.permits.add_permits(PIPELINE_DEPTH);
+        }
+    }
+}
+
 /// One running child process, as seen by callers.
 struct Process {
     generation: u64,
@@ -226,14 +271,24 @@ struct Link {
     /// Set when we asked the process to go: its exit is then not a crash.
     stopping: AtomicBool,
     exited: watch::Sender<bool>,
+    /// How many requests the handler works on at once; more may wait queued (a pipeline).
+    concurrency: usize,
+    timeout: Duration,
 }
 
+/// Which calls the handler is working on: it starts requests in the order it reads them, at
+/// most `concurrency` at a time, so those are the first `concurrency` unanswered ones; the
+/// others wait queued in its stdin, and their time does not count yet.
 #[derive(Default)]
 struct LinkState {
-    /// Calls waiting for their answer, by id. Ids are handed out under this lock in the order of
-    /// the calls' deadlines (all calls have the same timeout), so the first entry is always the
-    /// next to time out: one timer in the supervisor serves them all.
+    /// Calls waiting for their answer, by id. Ids are handed out in send order and calls are
+    /// started in id order, each with the same timeout, so the first entry is always the next to
+    /// time out: one timer in the supervisor serves them all.
     waiting: BTreeMap<u64, Waiting>,
+    /// How many entries of `waiting` are started (all those with an id below `queued_from`).
+    started: usize,
+    /// The first id not started yet.
+    queued_from: u64,
     /// The last id handed out. A fresh id per attempt: an answer to an earlier, timed-out attempt
     /// of the same item must not be taken for this one.
     last_id: u64,
@@ -269,7 +324,33 @@ impl From<Outcome> for Reply {
 
 struct Waiting {
     tx: oneshot::Sender<Reply>,
-    deadline: Instant,
+    /// Set once the handler works on it; `None` while it waits queued behind others.
+    deadline: Option<Instant>,
+}
+
+impl LinkState {
+    /// Removes a call, and starts the queued ones its slot makes room for.
+    fn remove(
+        &mut self,
+        id: u64,
+        now: Instant,
+        concurrency: usize,
+        timeout: Duration,
+    ) -> Option<Waiting> {
+        let waiting = self.waiting.remove(&id)?;
+        if id < self.queued_from {
+            self.started -= 1;
+        }
+        while self.started < concurrency {
+            let Some((&next, queued)) = self.waiting.range_mut(self.queued_from..).next() else {
+                break;
+            };
+            queued.deadline = Some(deadline_after(now, timeout));
+            self.started += 1;
+            self.queued_from = next + 1;
+        }
+        Some(waiting)
+    }
 }
 
 /// Where a process is in its life, as a call sees it.
@@ -291,8 +372,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Link {
-    fn new() -> Link {
+    fn new(concurrency: usize, timeout: Duration) -> Link {
         Link {
+            concurrency,
+            timeout,
             state: Mutex::new(LinkState::default()),
             outbox: Mutex::new(Outbox::default()),
             wake_writer: Notify::new(),
@@ -304,7 +387,7 @@ impl Link {
 
     /// Registers a call and queues its request line; its id, or None when the process already
     /// exited or is being replaced (then nothing was sent).
-    fn send(&self, item: &RawValue, tx: oneshot::Sender<Reply>, timeout: Duration) -> Option<u64> {
+    fn send(&self, item: &RawValue, tx: oneshot::Sender<Reply>) -> Option<u64> {
         let id = {
             let mut state = lock(&self.state);
             if state.exit.is_some() || state.restart.is_some() {
@@ -312,7 +395,12 @@ impl Link {
             }
             state.last_id += 1;
             let id = state.last_id;
-            let deadline = deadline_after(Instant::now(), timeout);
+            // Fewer started than the handler works on means nothing is queued: it starts now.
+            let deadline = (state.started < self.concurrency).then(|| {
+                state.started += 1;
+                state.queued_from = id + 1;
+                deadline_after(Instant::now(), self.timeout)
+            });
             state.waiting.insert(id, Waiting { tx, deadline });
             id
         };
@@ -331,8 +419,7 @@ impl Link {
 
     fn take(&self, id: u64) -> Option<oneshot::Sender<Reply>> {
         lock(&self.state)
-            .waiting
-            .remove(&id)
+            .remove(id, Instant::now(), self.concurrency, self.timeout)
             .map(|waiting| waiting.tx)
     }
 
@@ -344,9 +431,10 @@ impl Link {
         ready: &mut Vec<(oneshot::Sender<Reply>, Answer)>,
     ) {
         {
+            let now = Instant::now();
             let mut state = lock(&self.state);
             for (id, outcome) in answers.drain(..) {
-                match state.waiting.remove(&id) {
+                match state.remove(id, now, self.concurrency, self.timeout) {
                     Some(waiting) => ready.push((waiting.tx, outcome)),
                     None => debug!(
                         id,
@@ -364,19 +452,28 @@ impl Link {
 
     /// Fails the calls whose deadline has passed, as transient; returns when to look again and
     /// how many timed out.
-    fn expire(&self, now: Instant, timeout: Duration) -> (Instant, usize) {
+    fn expire(&self, now: Instant) -> (Instant, usize) {
+        let timeout = self.timeout;
         let mut expired = Vec::new();
         let next = {
             let mut state = lock(&self.state);
             loop {
-                match state.waiting.first_entry() {
-                    Some(first) if first.get().deadline <= now => {
-                        let (id, waiting) = first.remove_entry();
-                        expired.push((id, waiting.tx));
+                let first = state
+                    .waiting
+                    .first_key_value()
+                    .map(|(id, w)| (*id, w.deadline));
+                match first {
+                    Some((id, Some(deadline))) if deadline <= now => {
+                        // The calls it makes room for start now: a sweep that comes late does
+                        // not count the delay against them.
+                        if let Some(waiting) = state.remove(id, now, self.concurrency, timeout) {
+                            expired.push((id, waiting.tx));
+                        }
                     }
-                    Some(first) => break first.get().deadline,
+                    Some((_, Some(deadline))) => break deadline,
+                    // Nothing started (a queued first entry cannot be: it would have started).
                     // A call made from now on is due no earlier than this.
-                    None => break deadline_after(now, timeout),
+                    _ => break deadline_after(now, timeout),
                 }
             }
         };
@@ -436,6 +533,7 @@ impl Link {
     fn close(&self, reason: String) -> BTreeMap<u64, Waiting> {
         let mut state = lock(&self.state);
         state.exit = Some((reason, Instant::now()));
+        state.started = 0;
         std::mem::take(&mut state.waiting)
     }
 
@@ -528,7 +626,7 @@ impl ExecHandler {
         }
         let program = resolve_program(first, &cfg.workdir, &cfg.env);
         let handler = ExecHandler {
-            permits: Semaphore::new(cfg.concurrency),
+            window: Arc::new(Window::new(cfg.concurrency)),
             program,
             crashes: Arc::new(AtomicU32::new(0)),
             slot: Mutex::new(Slot::Shutdown),
@@ -587,15 +685,16 @@ impl ExecHandler {
         let pid = child.id();
         info!(generation, pid, program = %name, "handler process started");
 
-        let link = Arc::new(Link::new());
+        let link = Arc::new(Link::new(cfg.concurrency, cfg.timeout));
         // The loops log in the span of whoever started the process (a worker's attempt).
         tokio::spawn(
-            write_loop(stdin, link.clone(), cfg.concurrency, generation).in_current_span(),
+            write_loop(stdin, link.clone(), self.window.clone(), generation).in_current_span(),
         );
         let reader = tokio::spawn(
             read_loop(
                 stdout,
                 link.clone(),
+                self.window.clone(),
                 self.crashes.clone(),
                 cfg.max_answer_bytes,
             )
@@ -608,7 +707,6 @@ impl ExecHandler {
                 link.clone(),
                 self.crashes.clone(),
                 generation,
-                cfg.timeout,
             )
             .in_current_span(),
         );
@@ -712,7 +810,7 @@ impl ExecHandler {
                 Err(failure) => return Outcome::Err(failure).into(),
             };
             let (tx, rx) = oneshot::channel();
-            let Some(id) = process.link.send(item, tx, self.cfg.timeout) else {
+            let Some(id) = process.link.send(item, tx) else {
                 // It died before we sent anything: the item is untouched, use the next process.
                 continue;
             };
@@ -761,15 +859,19 @@ impl ExecHandler {
 #[async_trait::async_trait]
 impl Handler for ExecHandler {
     async fn call(&self, item: &RawValue) -> Answer {
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(_permit) = self.window.permits.acquire().await else {
             return Outcome::Err(shut_down()).into();
         };
         self.run(item).await
     }
 
+    fn window(&self) -> Option<usize> {
+        Some(self.window.size())
+    }
+
     async fn shutdown(&self) {
         // Calls waiting for a slot fail now instead of starting a new process.
-        self.permits.close();
+        self.window.permits.close();
         let previous = std::mem::replace(&mut *lock(&self.slot), Slot::Shutdown);
         if let Slot::Running(process) = previous {
             info!(
@@ -818,7 +920,7 @@ fn push_request(out: &mut Vec<u8>, id: u64, item: &RawValue) {
 async fn write_loop(
     mut stdin: impl AsyncWrite + Unpin,
     link: Arc<Link>,
-    concurrency: usize,
+    window: Arc<Window>,
     generation: u64,
 ) {
     // Two buffers swapped under the lock: calls append to one while this task writes the other,
@@ -828,8 +930,9 @@ async fn write_loop(
         link.wake_writer.notified().await;
         // While the window is not full, calls that are ready to run (the next items after a
         // batch of answers) get to queue their requests first, so that they go out in the same
-        // write. A full window (always, at concurrency 1) cannot grow: write it at once.
-        if lock(&link.state).waiting.len() < concurrency {
+        // write. A full window (always, at concurrency 1 without a pipeline) cannot grow: write
+        // it at once.
+        if lock(&link.state).waiting.len() < window.size() {
             tokio::task::yield_now().await;
         }
         let close = {
@@ -864,6 +967,7 @@ async fn write_loop(
 async fn read_loop(
     mut stdout: impl AsyncRead + Unpin,
     link: Arc<Link>,
+    window: Arc<Window>,
     crashes: Arc<AtomicU32>,
     max_line: usize,
 ) {
@@ -927,8 +1031,12 @@ async fn read_loop(
             for line in buf[start..complete].split(|b| *b == b'\n') {
                 if line.len() > max_line {
                     long_line(line, max_line, &link, &mut answers);
-                } else if let Some(answer) = parse_response(line) {
-                    answers.push(answer);
+                } else {
+                    match parse_response(line) {
+                        Some(Line::Answer(id, answer)) => answers.push((id, answer)),
+                        Some(Line::Pipeline) => window.open(),
+                        None => {}
+                    }
                 }
             }
         }
@@ -1018,6 +1126,19 @@ struct Response<'a> {
     /// Tokens the call consumed, by rate limit name; on results and errors alike.
     #[serde(default, borrow)]
     usage: Option<&'a RawValue>,
+    /// `true` on the line (without an id) by which a handler announces a pipeline.
+    #[serde(default)]
+    pipeline: Option<bool>,
+}
+
+/// What one stdout line of a handler says.
+#[derive(Debug)]
+enum Line {
+    /// The answer to the request with this id.
+    Answer(u64, Answer),
+    /// `{"pipeline": true}`: it starts requests in the order it reads them, at most
+    /// `concurrency` at a time, so more may be queued on its stdin.
+    Pipeline,
 }
 
 /// `"result": null` is an answer (the worker decides what a null row means), unlike a missing
@@ -1037,9 +1158,9 @@ struct ErrorBody {
     retry_after: Option<serde_json::Value>,
 }
 
-/// The id and answer of one stdout line; None for a blank line or one that is not an answer
-/// (warned about, then ignored).
-fn parse_response(line: &[u8]) -> Option<(u64, Answer)> {
+/// What one stdout line says; None for a blank line or one that is neither an answer nor the
+/// pipeline announcement (warned about, then ignored).
+fn parse_response(line: &[u8]) -> Option<Line> {
     let text = line.trim_ascii();
     if text.is_empty() {
         return None;
@@ -1057,6 +1178,9 @@ fn parse_response(line: &[u8]) -> Option<(u64, Answer)> {
         }
     };
     let Some(id) = response.id else {
+        if response.pipeline == Some(true) {
+            return Some(Line::Pipeline);
+        }
         warn!(
             len = text.len(),
             "handler wrote a stdout line without an id; ignored"
@@ -1077,7 +1201,7 @@ fn parse_response(line: &[u8]) -> Option<(u64, Answer)> {
         // the item fails visibly rather than letting a handler bug hide spending.
         Some(Err(problem)) => Outcome::Err(ItemFailure::permanent(problem)).into(),
     };
-    Some((id, answer))
+    Some(Line::Answer(id, answer))
 }
 
 /// `{"<limit name>": n, ...}` with non-negative integer counts, or why not.
@@ -1154,7 +1278,6 @@ async fn supervise(
     link: Arc<Link>,
     crashes: Arc<AtomicU32>,
     generation: u64,
-    timeout: Duration,
 ) {
     enum Ended {
         Exited(std::io::Result<ExitStatus>),
@@ -1170,17 +1293,17 @@ async fn supervise(
     let ended = loop {
         // The item timeouts: wake at the earliest deadline only, which, with answers flowing,
         // is about once per timeout period rather than once per item.
-        let (next, timed_out) = link.expire(due, timeout);
+        let (next, timed_out) = link.expire(due);
         if timed_out > 0 && !link.ending() {
             warn!(
                 generation,
                 pid,
                 timed_out,
-                timeout = %human(timeout),
+                timeout = %human(link.timeout),
                 "handler item timed out; restarting the handler process, the other items in \
                  flight go to the new one"
             );
-            link.request_restart(Restart::TimedOut(timeout));
+            link.request_restart(Restart::TimedOut(link.timeout));
             // At once, not through the select below: its timer may be due too, and another
             // sweep would fail the items queued behind the stuck one, which are to be sent again.
             break Ended::Kill;
@@ -1267,9 +1390,13 @@ async fn supervise(
         );
     }
     let message = format!("handler process exited ({reason})");
-    let shared = waiting.len() > 1;
+    // Only the calls it had started can have made it die; those queued behind them were not
+    // looked at yet, and go to the next process as they are.
+    let started = waiting.values().filter(|w| w.deadline.is_some()).count();
+    let shared = started > 1;
     for (_, waiting) in waiting {
         let reply = match &restart {
+            _ if waiting.deadline.is_none() && !stopping => Reply::Resend(reason.clone()),
             Some(Restart::TimedOut(_)) => Reply::Resend(reason.clone()),
             // The process broke the protocol: which item made it do so is unknown, so none is
             // sent again blindly; they fail as transient and the worker's retries decide.
@@ -1392,12 +1519,15 @@ pub fn read_answers(
         }
     }
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let link = Arc::new(Link::new());
+    let link = Arc::new(Link::new(
+        usize::try_from(calls).unwrap_or(usize::MAX),
+        Duration::from_secs(3600),
+    ));
     let mut receivers = Vec::new();
     let item = RawValue::from_string("{}".into()).map_err(std::io::Error::other)?;
     for _ in 0..calls {
         let (tx, rx) = oneshot::channel();
-        link.send(&item, tx, Duration::from_secs(3600));
+        link.send(&item, tx);
         receivers.push(rx);
     }
     let reader = Chunked {
@@ -1407,6 +1537,7 @@ pub fn read_answers(
     runtime.block_on(read_loop(
         reader,
         link.clone(),
+        Arc::new(Window::new(1)),
         Arc::new(AtomicU32::new(0)),
         max_line,
     ));
@@ -1551,20 +1682,22 @@ mod tests {
     fn answers(lines: &[&[u8]]) -> Vec<(u64, Answer)> {
         lines
             .iter()
-            .filter_map(|line| parse_response(line))
+            .filter_map(|line| match parse_response(line) {
+                Some(Line::Answer(id, answer)) => Some((id, answer)),
+                _ => None,
+            })
             .collect()
     }
 
     #[test]
     fn responses_are_matched_by_id() {
-        let link = Link::new();
-        let timeout = Duration::from_secs(60);
+        let link = Link::new(64, Duration::from_secs(60));
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
         let (tx3, mut rx3) = oneshot::channel();
-        assert_eq!(link.send(&raw("{}"), tx1, timeout), Some(1));
-        assert_eq!(link.send(&raw("{}"), tx2, timeout), Some(2));
-        assert_eq!(link.send(&raw("{}"), tx3, timeout), Some(3));
+        assert_eq!(link.send(&raw("{}"), tx1), Some(1));
+        assert_eq!(link.send(&raw("{}"), tx2), Some(2));
+        assert_eq!(link.send(&raw("{}"), tx3), Some(3));
         assert!(
             answers(&[b"not json\n", b"{\"result\":{}}\n", b"  \n"]).is_empty(),
             "no answers among garbage, id-less and blank lines"
@@ -1593,7 +1726,7 @@ mod tests {
         let (tx4, _rx4) = oneshot::channel();
         assert_eq!(link.close("exit status: 1".into()).len(), 0);
         assert_eq!(
-            link.send(&raw("{}"), tx4, timeout),
+            link.send(&raw("{}"), tx4),
             None,
             "no registration after the exit"
         );
@@ -1601,25 +1734,25 @@ mod tests {
 
     #[test]
     fn only_calls_past_their_deadline_expire() {
-        let link = Link::new();
         let timeout = Duration::from_millis(500);
+        let link = Link::new(64, timeout);
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
         let (tx3, mut rx3) = oneshot::channel();
-        let id1 = link.send(&raw("1"), tx1, timeout).unwrap();
-        let id2 = link.send(&raw("2"), tx2, timeout).unwrap();
+        let id1 = link.send(&raw("1"), tx1).unwrap();
+        let id2 = link.send(&raw("2"), tx2).unwrap();
         let sent = Instant::now();
-        let id3 = link.send(&raw("3"), tx3, timeout).unwrap();
-        let deadline = |id: u64| lock(&link.state).waiting[&id].deadline;
+        let id3 = link.send(&raw("3"), tx3).unwrap();
+        let deadline = |id: u64| lock(&link.state).waiting[&id].deadline.unwrap();
         assert!(deadline(id1) <= deadline(id2) && deadline(id2) <= deadline(id3));
 
         // Nothing is due yet: the sweep sleeps until the first deadline.
         let early = deadline(id1) - Duration::from_millis(1);
-        assert_eq!(link.expire(early, timeout), (deadline(id1), 0));
+        assert_eq!(link.expire(early), (deadline(id1), 0));
         assert!(rx1.try_recv().is_err());
 
         // The first two are due: they fail as transient; the third is next.
-        assert_eq!(link.expire(deadline(id2), timeout), (deadline(id3), 2));
+        assert_eq!(link.expire(deadline(id2)), (deadline(id3), 2));
         for rx in [&mut rx1, &mut rx2] {
             match rx.try_recv().unwrap().answer().outcome {
                 Outcome::Err(failure) => {
@@ -1641,7 +1774,55 @@ mod tests {
         }
         // Nothing waiting: look again one timeout from now at the latest.
         let now = sent + Duration::from_secs(3);
-        assert_eq!(link.expire(now, timeout), (now + timeout, 0));
+        assert_eq!(link.expire(now), (now + timeout, 0));
+    }
+
+    #[test]
+    fn queued_calls_start_their_clock_when_a_slot_frees() {
+        let timeout = Duration::from_millis(500);
+        let link = Link::new(2, timeout);
+        let mut receivers = Vec::new();
+        for n in 1..=5 {
+            let (tx, rx) = oneshot::channel();
+            assert_eq!(link.send(&raw("{}"), tx), Some(n));
+            receivers.push(rx);
+        }
+        let deadline = |id: u64| lock(&link.state).waiting.get(&id).and_then(|w| w.deadline);
+        // The handler works on two at a time: the others wait, off the clock.
+        let first = deadline(1).unwrap();
+        assert!(deadline(2).is_some());
+        assert_eq!((deadline(3), deadline(4), deadline(5)), (None, None, None));
+        // A sweep at the first deadline fails only the first; the third starts in its place.
+        assert_eq!(link.expire(first).1, 1);
+        assert!(deadline(3).is_some_and(|d| d >= first + timeout));
+        assert_eq!(deadline(4), None);
+        // An answer, or a call given up on, makes room in the same way.
+        link.deliver(&mut answers(&[br#"{"id":2,"result":2}"#]), &mut Vec::new());
+        assert!(deadline(4).is_some());
+        assert!(link.take(3).is_some());
+        assert!(deadline(5).is_some());
+        // A queued call that goes away leaves the started ones as they are.
+        let (tx, _rx) = oneshot::channel();
+        assert_eq!(link.send(&raw("{}"), tx), Some(6));
+        assert_eq!(deadline(6), None);
+        assert!(link.take(6).is_some());
+        let (tx, _rx) = oneshot::channel();
+        assert_eq!(link.send(&raw("{}"), tx), Some(7));
+        assert_eq!(deadline(7), None, "two are still started");
+    }
+
+    #[test]
+    fn a_handler_announces_a_pipeline_on_a_line_of_its_own() {
+        assert!(matches!(
+            parse_response(br#"{"pipeline": true}"#),
+            Some(Line::Pipeline)
+        ));
+        assert!(parse_response(br#"{"pipeline": false}"#).is_none());
+        // On an answer it is just an unknown field.
+        assert!(matches!(
+            parse_response(br#"{"id": 3, "result": 1, "pipeline": true}"#),
+            Some(Line::Answer(3, _))
+        ));
     }
 
     /// An `AsyncWrite` that records each write it is given.
@@ -1675,16 +1856,20 @@ mod tests {
 
     #[tokio::test]
     async fn queued_requests_go_out_in_one_write() {
-        let link = Arc::new(Link::new());
+        let link = Arc::new(Link::new(64, Duration::from_secs(60)));
         let mut receivers = Vec::new();
         for n in 0..10 {
             let (tx, rx) = oneshot::channel();
-            link.send(&raw(&format!("{{\"n\":{n}}}")), tx, Duration::from_secs(60))
-                .unwrap();
+            link.send(&raw(&format!("{{\"n\":{n}}}")), tx).unwrap();
             receivers.push(rx);
         }
         let recorder = Recorder::default();
-        let writer = tokio::spawn(write_loop(recorder.clone(), link.clone(), 16, 1));
+        let writer = tokio::spawn(write_loop(
+            recorder.clone(),
+            link.clone(),
+            Arc::new(Window::new(16)),
+            1,
+        ));
         link.close_stdin();
         writer.await.unwrap();
         let writes = recorder.0.lock().unwrap().clone();
@@ -1726,13 +1911,12 @@ mod tests {
 
     #[tokio::test]
     async fn answers_split_across_reads_are_put_together() {
-        let link = Arc::new(Link::new());
-        let timeout = Duration::from_secs(60);
+        let link = Arc::new(Link::new(64, Duration::from_secs(60)));
         let mut receivers = Vec::new();
         let long = "y".repeat(3 * PIPE_BUFFER);
         for _ in 0..4 {
             let (tx, rx) = oneshot::channel();
-            link.send(&raw("{}"), tx, timeout).unwrap();
+            link.send(&raw("{}"), tx).unwrap();
             receivers.push(rx);
         }
         // Bytes come in pieces of 7 that cut lines anywhere; one answer is longer than the
@@ -1751,6 +1935,7 @@ mod tests {
         read_loop(
             theirs,
             link.clone(),
+            Arc::new(Window::new(1)),
             crashes.clone(),
             DEFAULT_MAX_ANSWER_BYTES,
         )
@@ -1805,12 +1990,11 @@ mod tests {
 
     #[tokio::test]
     async fn lines_over_the_limit_are_thrown_away_and_fail_their_item() {
-        let link = Arc::new(Link::new());
-        let timeout = Duration::from_secs(60);
+        let link = Arc::new(Link::new(64, Duration::from_secs(60)));
         let mut receivers = Vec::new();
         for _ in 0..4 {
             let (tx, rx) = oneshot::channel();
-            link.send(&raw("{}"), tx, timeout).unwrap();
+            link.send(&raw("{}"), tx).unwrap();
             receivers.push(rx);
         }
         let long = "y".repeat(5000);
@@ -1827,7 +2011,14 @@ mod tests {
         let feeder = tokio::spawn(async move {
             ours.write_all(output.as_bytes()).await.unwrap();
         });
-        read_loop(theirs, link.clone(), Arc::new(AtomicU32::new(0)), 1000).await;
+        read_loop(
+            theirs,
+            link.clone(),
+            Arc::new(Window::new(1)),
+            Arc::new(AtomicU32::new(0)),
+            1000,
+        )
+        .await;
         feeder.await.unwrap();
         let mut outcomes = Vec::new();
         for mut rx in receivers {
@@ -1859,7 +2050,7 @@ mod tests {
         }
         let (tx, _rx) = oneshot::channel();
         assert_eq!(
-            link.send(&raw("{}"), tx, timeout),
+            link.send(&raw("{}"), tx),
             None,
             "nothing goes to a dying process"
         );
@@ -1868,16 +2059,16 @@ mod tests {
     #[test]
     fn answers_of_a_replaced_process_never_reach_its_successor() {
         let timeout = Duration::from_secs(60);
-        let old = Link::new();
+        let old = Link::new(64, Duration::from_secs(60));
         let (tx, _rx) = oneshot::channel();
-        assert_eq!(old.send(&raw("1"), tx, timeout), Some(1));
+        assert_eq!(old.send(&raw("1"), tx), Some(1));
         old.request_restart(Restart::TimedOut(timeout));
         let in_flight = old.close("killed".into());
         assert_eq!(in_flight.len(), 1);
         // The item goes to the next process, which numbers its requests anew.
-        let new = Link::new();
+        let new = Link::new(64, Duration::from_secs(60));
         let (tx, mut rx) = oneshot::channel();
-        assert_eq!(new.send(&raw("1"), tx, timeout), Some(1));
+        assert_eq!(new.send(&raw("1"), tx), Some(1));
         // What the killed process still wrote is read by its own reader, into its own table.
         old.deliver(
             &mut answers(&[br#"{"id":1,"result":"stale"}"#]),

@@ -24,7 +24,7 @@ use orch_core::model::ErrorKind;
 use serde_json::value::RawValue;
 
 pub use builtin::{Identity, Sleep};
-pub use exec::{ExecConfig, ExecHandler, handler_env};
+pub use exec::{ExecConfig, ExecHandler, PIPELINE_DEPTH, handler_env};
 #[doc(hidden)]
 pub use exec::{ReadAnswers, read_answers};
 pub use http::{HttpConfig, HttpHandler};
@@ -146,6 +146,14 @@ pub trait Handler: Send + Sync {
 
     /// Stops whatever the handler started (kills the process); idempotent.
     async fn shutdown(&self) {}
+
+    /// How many calls the item loop may have open at once, when that is not
+    /// `handler.concurrency`: an exec handler that announced a pipeline takes more requests
+    /// queued than it works on. Asked again as the loop goes (the announcement comes after the
+    /// start). Default `None`.
+    fn window(&self) -> Option<usize> {
+        None
+    }
 
     /// `Some(result)` when the handler can answer synchronously without awaiting (identity): lets
     /// the worker run a tight loop with no async overhead. Default `None`.
