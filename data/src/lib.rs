@@ -54,7 +54,9 @@ pub use parquet_input::{
     MAX_FOOTER_BYTES, partition_parquet, partition_parquet_ranges, read_parquet_rows,
 };
 pub use parquet_io::DEFAULT_ROW_GROUP_ROWS;
-pub use results::{ITEM_COLUMN, ResultRow, VALUE_COLUMN, write_results_parquet};
+pub use results::{
+    ITEM_COLUMN, ResultRow, ResultRows, VALUE_COLUMN, write_result_rows, write_results_parquet,
+};
 pub use schema::ColumnSchema;
 
 /// Result type of this crate.

@@ -33,12 +33,17 @@
 //!
 //! # Cost
 //!
-//! This runs once per task over up to millions of rows, so it makes exactly two passes over
-//! the borrowed rows (infer, then build) and copies nothing but the values into Arrow
+//! This runs once per task over up to millions of rows. A worker's results arrive as JSON text
+//! ([`ResultRows::push_json`]): each row is cut into cells that borrow from that text (only
+//! strings with escapes are decoded into their own buffer), all rows' cells in one vector, so
+//! building a row costs no allocation of its own — not the map, key strings and value tree of a
+//! `serde_json::Value`, which once cost more than the rest of the write. Then it makes exactly
+//! two passes over the cells (infer, then build) and copies nothing but the values into Arrow
 //! builders. Column lookups first try the position the key had in the previous row, which
 //! is a hit for the usual uniformly shaped output, and fall back to a hash map. Arrays are
 //! built and written in chunks so memory beyond the input stays bounded.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -49,7 +54,9 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch, UInt64Array, new_null_array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use serde_json::Value;
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Number, Value};
 
 use crate::Result;
 use crate::checksum::FileInfo;
@@ -76,6 +83,201 @@ pub struct ResultRow {
     pub value: Value,
 }
 
+/// One value of a result row, borrowed from the row's JSON text or from a `Value`.
+#[derive(Debug, Clone)]
+enum Cell<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// A number that is not an `i64`; what it was written as, for a text column.
+    Float(f64, NumberText<'a>),
+    Str(Cow<'a, str>),
+    /// An object or an array: stored as its compact JSON text.
+    Nested(Nested<'a>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum NumberText<'a> {
+    Json(&'a str),
+    Number(&'a Number),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Nested<'a> {
+    Json(&'a RawValue),
+    Value(&'a Value),
+}
+
+impl<'a> Cell<'a> {
+    fn of_value(v: &'a Value) -> Cell<'a> {
+        match v {
+            Value::Null => Cell::Null,
+            Value::Bool(b) => Cell::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Cell::Int(i),
+                None => Cell::Float(n.as_f64().unwrap_or(f64::NAN), NumberText::Number(n)),
+            },
+            Value::String(s) => Cell::Str(Cow::Borrowed(s)),
+            Value::Array(_) | Value::Object(_) => Cell::Nested(Nested::Value(v)),
+        }
+    }
+
+    /// The cell of one JSON value's text, typed exactly as [`Cell::of_value`] types the value
+    /// `serde_json` parses from it.
+    fn of_json(raw: &'a RawValue) -> std::result::Result<Cell<'a>, serde_json::Error> {
+        let text = raw.get();
+        Ok(match text.as_bytes().first() {
+            Some(b'n') => Cell::Null,
+            Some(b't') => Cell::Bool(true),
+            Some(b'f') => Cell::Bool(false),
+            Some(b'"') => match text.get(1..text.len() - 1) {
+                Some(inner) if !inner.contains('\\') => Cell::Str(Cow::Borrowed(inner)),
+                _ => Cell::Str(Cow::Owned(serde_json::from_str(text)?)),
+            },
+            Some(b'{' | b'[') => Cell::Nested(Nested::Json(raw)),
+            // serde_json reads `-0` as a float, not as the integer 0.
+            _ => match text.parse::<i64>() {
+                Ok(i) if text != "-0" => Cell::Int(i),
+                _ => Cell::Float(serde_json::from_str(text)?, NumberText::Json(text)),
+            },
+        })
+    }
+}
+
+/// Result rows as cells: the (column, cell) pairs of every row in one vector, a row being a
+/// range of it. A row that is not a JSON object is one cell without a column name (it goes to
+/// [`VALUE_COLUMN`]). Cells borrow from the JSON text or the values the rows came from.
+#[derive(Debug, Default)]
+pub struct ResultRows<'a> {
+    cells: Vec<(Option<Cow<'a, str>>, Cell<'a>)>,
+    /// Each row's item ordinal and the end of its cells.
+    rows: Vec<(u64, usize)>,
+}
+
+impl<'a> ResultRows<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Adds the rows of item `item`'s result, given as its JSON text: an object is one row, a
+    /// list one row per element (none for an empty list), any other value one row holding it in
+    /// [`VALUE_COLUMN`] — the rows the same result parsed as a `Value` gives with
+    /// [`ResultRows::push_value`]. Fails, adding nothing, when the text is not JSON.
+    pub fn push_json(
+        &mut self,
+        item: u64,
+        json: &'a str,
+    ) -> std::result::Result<(), serde_json::Error> {
+        let (cells, rows) = (self.cells.len(), self.rows.len());
+        let pushed = if json.trim_start().starts_with('[') {
+            serde_json::from_str::<Vec<&'a RawValue>>(json).and_then(|elements| {
+                elements
+                    .into_iter()
+                    .try_for_each(|element| self.push_json_row(item, element))
+            })
+        } else {
+            serde_json::from_str::<&'a RawValue>(json).and_then(|raw| self.push_json_row(item, raw))
+        };
+        if pushed.is_err() {
+            self.cells.truncate(cells);
+            self.rows.truncate(rows);
+        }
+        pushed
+    }
+
+    fn push_json_row(
+        &mut self,
+        item: u64,
+        raw: &'a RawValue,
+    ) -> std::result::Result<(), serde_json::Error> {
+        if raw.get().starts_with('{') {
+            let start = self.cells.len();
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            ObjectCells {
+                cells: &mut self.cells,
+                start,
+            }
+            .deserialize(&mut de)?;
+        } else {
+            self.cells.push((None, Cell::of_json(raw)?));
+        }
+        self.rows.push((item, self.cells.len()));
+        Ok(())
+    }
+
+    /// Adds the row of item `item` whose result is `value` (an object is one row with a column
+    /// per key; any other value one row holding it in [`VALUE_COLUMN`]).
+    pub fn push_value(&mut self, item: u64, value: &'a Value) {
+        match value {
+            Value::Object(map) => self.cells.extend(
+                map.iter()
+                    .map(|(key, v)| (Some(Cow::Borrowed(key.as_str())), Cell::of_value(v))),
+            ),
+            other => self.cells.push((None, Cell::of_value(other))),
+        }
+        self.rows.push((item, self.cells.len()));
+    }
+
+    fn item(&self, row: usize) -> u64 {
+        self.rows[row].0
+    }
+
+    /// The (column, cell) pairs of row `row`.
+    fn row(&self, row: usize) -> impl Iterator<Item = (&str, &Cell<'a>)> {
+        let start = row.checked_sub(1).map_or(0, |before| self.rows[before].1);
+        self.cells[start..self.rows[row].1]
+            .iter()
+            .map(|(key, cell)| (key.as_deref().unwrap_or(VALUE_COLUMN), cell))
+    }
+}
+
+/// Reads one JSON object's members into cells, a key given twice keeping its first place and
+/// its last value (as `serde_json::Value` with `preserve_order` does).
+struct ObjectCells<'s, 'a> {
+    cells: &'s mut Vec<(Option<Cow<'a, str>>, Cell<'a>)>,
+    /// Where this object's cells start.
+    start: usize,
+}
+
+impl<'de, 's> DeserializeSeed<'de> for ObjectCells<'s, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> std::result::Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for ObjectCells<'s, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> std::result::Result<(), M::Error> {
+        use serde::de::Error as _;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            let cell = Cell::of_json(raw).map_err(M::Error::custom)?;
+            let members = &mut self.cells[self.start..];
+            match members.iter_mut().find(|(k, _)| k.as_deref() == Some(&key)) {
+                Some(member) => member.1 = cell,
+                None => self.cells.push((Some(key), cell)),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Inferred type of one result column: a point in the lattice described in the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -87,13 +289,13 @@ enum Kind {
 }
 
 impl Kind {
-    fn of(v: &Value) -> Kind {
-        match v {
-            Value::Null => Kind::Null,
-            Value::Bool(_) => Kind::Bool,
-            Value::Number(n) if n.is_i64() => Kind::Int,
-            Value::Number(_) => Kind::Float,
-            Value::String(_) | Value::Array(_) | Value::Object(_) => Kind::Str,
+    fn of(cell: &Cell<'_>) -> Kind {
+        match cell {
+            Cell::Null => Kind::Null,
+            Cell::Bool(_) => Kind::Bool,
+            Cell::Int(_) => Kind::Int,
+            Cell::Float(..) => Kind::Float,
+            Cell::Str(_) | Cell::Nested(_) => Kind::Str,
         }
     }
 
@@ -158,13 +360,13 @@ struct ColumnInfo {
 }
 
 impl ColumnInfo {
-    fn observe(&mut self, v: &Value) {
-        if let Value::String(s) = v {
+    fn observe(&mut self, cell: &Cell<'_>) {
+        if let Cell::Str(s) = cell {
             self.text_bytes += s.len();
             self.text_values += 1;
         }
         if self.kind != Kind::Str {
-            self.kind = self.kind.join(Kind::of(v));
+            self.kind = self.kind.join(Kind::of(cell));
         }
     }
 
@@ -178,46 +380,30 @@ impl ColumnInfo {
 }
 
 /// Pass one: column order and types.
-fn infer<'a>(rows: &'a [ResultRow]) -> Result<(Columns<'a>, Vec<ColumnInfo>)> {
+fn infer<'r>(rows: &'r ResultRows<'_>) -> Result<(Columns<'r>, Vec<ColumnInfo>)> {
     let mut cols = Columns::new();
     let mut infos: Vec<ColumnInfo> = Vec::new();
-    for row in rows {
-        match &row.value {
-            Value::Object(map) => {
-                let mut guess = 0;
-                for (key, v) in map {
-                    let (i, new) = cols.find_or_insert(key.as_str(), guess);
-                    if new {
-                        // A reserved key can never become a column, so checking new columns
-                        // catches every occurrence without a compare per value.
-                        if key == ITEM_COLUMN {
-                            return Err(DataError::ReservedColumn {
-                                item: row.item,
-                                column: key.clone(),
-                            });
-                        }
-                        infos.push(ColumnInfo {
-                            kind: Kind::Null,
-                            text_bytes: 0,
-                            text_values: 0,
-                        });
-                    }
-                    infos[i].observe(v);
-                    guess = i + 1;
-                }
-            }
-            other => {
-                let guess = cols.names.len();
-                let (i, new) = cols.find_or_insert(VALUE_COLUMN, guess);
-                if new {
-                    infos.push(ColumnInfo {
-                        kind: Kind::Null,
-                        text_bytes: 0,
-                        text_values: 0,
+    for r in 0..rows.len() {
+        let mut guess = 0;
+        for (key, cell) in rows.row(r) {
+            let (i, new) = cols.find_or_insert(key, guess);
+            if new {
+                // A reserved key can never become a column, so checking new columns catches
+                // every occurrence without a compare per value.
+                if key == ITEM_COLUMN {
+                    return Err(DataError::ReservedColumn {
+                        item: rows.item(r),
+                        column: key.to_string(),
                     });
                 }
-                infos[i].observe(other);
+                infos.push(ColumnInfo {
+                    kind: Kind::Null,
+                    text_bytes: 0,
+                    text_values: 0,
+                });
             }
+            infos[i].observe(cell);
+            guess = i + 1;
         }
     }
     Ok((cols, infos))
@@ -275,25 +461,56 @@ impl ColumnBuilder {
     }
 
     /// Appends one value. Pass one saw exactly these values, so each value fits its
-    /// column's type; the `None` arms are nulls.
-    fn append(&mut self, v: &Value) {
-        match self {
-            ColumnBuilder::Null(n) => *n += 1,
-            ColumnBuilder::Bool(b) => b.append_option(v.as_bool()),
-            ColumnBuilder::Int(b) => b.append_option(v.as_i64()),
-            ColumnBuilder::Float(b) => b.append_option(v.as_f64()),
-            ColumnBuilder::Str(b) => match v {
-                Value::Null => b.append_null(),
-                Value::String(s) => b.append_value(s),
-                Value::Bool(true) => b.append_value("true"),
-                Value::Bool(false) => b.append_value("false"),
-                other => {
-                    // Formats straight into the builder's value buffer: no temporary String.
-                    // Writing to a StringBuilder cannot fail.
-                    let _ = write!(b, "{other}");
+    /// column's type; the other arms are nulls.
+    fn append(&mut self, cell: &Cell<'_>) {
+        match (self, cell) {
+            (ColumnBuilder::Null(n), _) => *n += 1,
+            (ColumnBuilder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
+            (ColumnBuilder::Int(b), Cell::Int(v)) => b.append_value(*v),
+            (ColumnBuilder::Float(b), Cell::Float(v, _)) => b.append_value(*v),
+            (ColumnBuilder::Float(b), Cell::Int(v)) => b.append_value(*v as f64),
+            (ColumnBuilder::Str(b), cell) => match cell {
+                Cell::Null => b.append_null(),
+                Cell::Str(s) => b.append_value(s),
+                Cell::Bool(true) => b.append_value("true"),
+                Cell::Bool(false) => b.append_value("false"),
+                // Formatted straight into the builder's value buffer: no temporary String.
+                // Writing to a StringBuilder cannot fail. Numbers and nested values read as
+                // `serde_json` prints them (its own number formatting, compact JSON).
+                Cell::Int(v) => {
+                    let _ = write!(b, "{v}");
+                    b.append_value("");
+                }
+                Cell::Float(_, NumberText::Number(n)) => {
+                    let _ = write!(b, "{n}");
+                    b.append_value("");
+                }
+                Cell::Float(v, NumberText::Json(text)) => {
+                    match serde_json::from_str::<Number>(text) {
+                        Ok(n) => {
+                            let _ = write!(b, "{n}");
+                        }
+                        Err(_) => {
+                            let _ = write!(b, "{v}");
+                        }
+                    }
+                    b.append_value("");
+                }
+                Cell::Nested(Nested::Value(v)) => {
+                    let _ = write!(b, "{v}");
+                    b.append_value("");
+                }
+                Cell::Nested(Nested::Json(raw)) => {
+                    match serde_json::from_str::<Value>(raw.get()) {
+                        Ok(v) => {
+                            let _ = write!(b, "{v}");
+                        }
+                        Err(_) => b.write_str(raw.get()).unwrap_or(()),
+                    }
                     b.append_value("");
                 }
             },
+            (builder, _) => builder.append_null(),
         }
     }
 
@@ -326,11 +543,12 @@ fn build_batch(
     schema: &SchemaRef,
     cols: &Columns<'_>,
     infos: &[ColumnInfo],
-    rows: &[ResultRow],
+    rows: &ResultRows<'_>,
+    first: usize,
     limits: ChunkLimits,
     path: &Path,
 ) -> Result<(RecordBatch, usize)> {
-    let capacity = rows.len().min(limits.rows);
+    let capacity = (rows.len() - first).min(limits.rows);
     let mut builders: Vec<ColumnBuilder> = infos
         .iter()
         .map(|info| ColumnBuilder::new(info, capacity, limits.text_bytes))
@@ -340,26 +558,17 @@ fn build_batch(
         .collect();
     let ncols = builders.len();
     let mut taken = 0;
-    for (r, row) in rows.iter().take(limits.rows.max(1)).enumerate() {
-        let touched = match &row.value {
-            Value::Object(map) => {
-                let mut guess = 0;
-                for (key, v) in map {
-                    // Every key was registered in pass one.
-                    if let Some(i) = cols.find(key, guess) {
-                        builders[i].append(v);
-                        guess = i + 1;
-                    }
-                }
-                map.len()
+    for r in 0..(rows.len() - first).min(limits.rows.max(1)) {
+        let mut guess = 0;
+        let mut touched = 0;
+        for (key, cell) in rows.row(first + r) {
+            // Every key was registered in pass one.
+            if let Some(i) = cols.find(key, guess) {
+                builders[i].append(cell);
+                guess = i + 1;
             }
-            other => {
-                if let Some(i) = cols.find(VALUE_COLUMN, 0) {
-                    builders[i].append(other);
-                }
-                1
-            }
-        };
+            touched += 1;
+        }
         if touched < ncols {
             for b in builders.iter_mut().filter(|b| b.len() == r) {
                 b.append_null();
@@ -378,7 +587,7 @@ fn build_batch(
     }
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(ncols + 1);
     arrays.push(Arc::new(UInt64Array::from_iter_values(
-        rows[..taken].iter().map(|r| r.item),
+        (first..first + taken).map(|r| rows.item(r)),
     )));
     arrays.extend(builders.iter_mut().map(ColumnBuilder::finish));
     let batch =
@@ -390,10 +599,27 @@ fn build_batch(
 /// for the rules), atomically: temporary file in the same directory, fsync, rename. Parent
 /// directories are created. Rows are written in the order given.
 pub fn write_results_parquet(path: &Path, rows: &[ResultRow]) -> Result<FileInfo> {
+    write_result_rows(path, &of_values(rows))
+}
+
+/// [`write_results_parquet`] for rows as cells (from the results' JSON text).
+pub fn write_result_rows(path: &Path, rows: &ResultRows<'_>) -> Result<FileInfo> {
     write_results_chunked(path, rows, CHUNK_LIMITS)
 }
 
-fn write_results_chunked(path: &Path, rows: &[ResultRow], limits: ChunkLimits) -> Result<FileInfo> {
+fn of_values(rows: &[ResultRow]) -> ResultRows<'_> {
+    let mut cells = ResultRows::new();
+    for row in rows {
+        cells.push_value(row.item, &row.value);
+    }
+    cells
+}
+
+fn write_results_chunked(
+    path: &Path,
+    rows: &ResultRows<'_>,
+    limits: ChunkLimits,
+) -> Result<FileInfo> {
     let (cols, infos) = infer(rows)?;
     let mut fields = Vec::with_capacity(cols.names.len() + 1);
     fields.push(Field::new(ITEM_COLUMN, DataType::UInt64, false));
@@ -409,11 +635,11 @@ fn write_results_chunked(path: &Path, rows: &[ResultRow], limits: ChunkLimits) -
     let schema: SchemaRef = Arc::new(Schema::new(fields));
 
     let mut sink = ParquetSink::create(path, schema.clone(), DEFAULT_ROW_GROUP_ROWS)?;
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let (batch, taken) = build_batch(&schema, &cols, &infos, rest, limits, path)?;
+    let mut first = 0;
+    while first < rows.len() {
+        let (batch, taken) = build_batch(&schema, &cols, &infos, rows, first, limits, path)?;
         sink.write(&batch)?;
-        rest = &rest[taken..];
+        first += taken;
     }
     sink.finish()
 }
@@ -457,7 +683,7 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("p.parquet");
-            let info = write_results_chunked(&path, &rows, limits).unwrap();
+            let info = write_results_chunked(&path, &of_values(&rows), limits).unwrap();
             assert_eq!(info.rows, 50);
             let file = std::fs::File::open(&path).unwrap();
             let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -504,10 +730,127 @@ mod tests {
 
     #[test]
     fn kinds_of_numbers() {
-        assert_eq!(Kind::of(&serde_json::json!(i64::MAX)), Kind::Int);
-        assert_eq!(Kind::of(&serde_json::json!(i64::MIN)), Kind::Int);
-        assert_eq!(Kind::of(&serde_json::json!(u64::MAX)), Kind::Float);
-        assert_eq!(Kind::of(&serde_json::json!(1.0)), Kind::Float);
-        assert_eq!(Kind::of(&serde_json::json!([1])), Kind::Str);
+        let kind = |v: Value| Kind::of(&Cell::of_value(&v));
+        assert_eq!(kind(json!(i64::MAX)), Kind::Int);
+        assert_eq!(kind(json!(i64::MIN)), Kind::Int);
+        assert_eq!(kind(json!(u64::MAX)), Kind::Float);
+        assert_eq!(kind(json!(1.0)), Kind::Float);
+        assert_eq!(kind(json!([1])), Kind::Str);
+        let raw = |t: &str| RawValue::from_string(t.to_string()).unwrap();
+        for (text, want) in [
+            ("9223372036854775807", Kind::Int),
+            ("-9223372036854775808", Kind::Int),
+            ("9223372036854775808", Kind::Float),
+            ("-0", Kind::Float),
+            ("0", Kind::Int),
+            ("1e2", Kind::Float),
+            ("2.50", Kind::Float),
+            ("\"x\"", Kind::Str),
+            ("{}", Kind::Str),
+            ("null", Kind::Null),
+            ("false", Kind::Bool),
+        ] {
+            assert_eq!(
+                Kind::of(&Cell::of_json(&raw(text)).unwrap()),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    /// Every row of the file, as (column, value printed) pairs, with the column types.
+    fn contents(path: &Path) -> (Vec<(String, DataType)>, Vec<Vec<String>>) {
+        let file = std::fs::File::open(path).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let schema = arrow_array::RecordBatchReader::schema(&reader);
+        let fields = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let mut rows = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            for r in 0..batch.num_rows() {
+                rows.push(
+                    batch
+                        .columns()
+                        .iter()
+                        .map(|c| arrow_cast::display::array_value_to_string(c, r).unwrap())
+                        .collect(),
+                );
+            }
+        }
+        (fields, rows)
+    }
+
+    /// The file written from results' JSON text is the file written from the same results
+    /// parsed as `Value`s (which is how results were written before): types, column order,
+    /// and every value as printed, for results that stress each rule.
+    #[test]
+    fn rows_from_json_text_write_the_same_file_as_rows_from_values() {
+        let results = [
+            r#"{"b": 1, "a": "x", "n": null}"#,
+            r#"{"a": "with \"escapes\" \u00e9", "b": 2.5, "c": true}"#,
+            r#"{"c": false, "d": {"z": 1,  "y": [1, 2 , "q"]}, "b": -0}"#,
+            r#"[{"a": "listed"}, {"b": 18446744073709551615}, 7, "s", [1, {"k": null}]]"#,
+            r#"[]"#,
+            r#"{"dup": 1, "e": 1e300, "dup": "later"}"#,
+            r#"{"f": 1.0}"#,
+            r#"{"f": 12, "g": -9223372036854775808, "h": 1E-7}"#,
+            r#"{"i": 3, "mixed": 1}"#,
+            r#"{"mixed": 2.25}"#,
+            r#"{"mixed": "now text"}"#,
+            r#"{"mixed": 18446744073709551616}"#,
+            r#"  "scalar"  "#,
+            r#"null"#,
+            r#"{}"#,
+        ];
+        let values: Vec<Value> = results
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let mut from_values = Vec::new();
+        for (item, value) in values.iter().enumerate() {
+            match value {
+                Value::Array(elements) => from_values.extend(elements.iter().map(|v| ResultRow {
+                    item: item as u64,
+                    value: v.clone(),
+                })),
+                v => from_values.push(ResultRow {
+                    item: item as u64,
+                    value: v.clone(),
+                }),
+            }
+        }
+        let mut from_json = ResultRows::new();
+        for (item, text) in results.iter().enumerate() {
+            from_json.push_json(item as u64, text).unwrap();
+        }
+        assert_eq!(from_json.len(), from_values.len());
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+        write_results_parquet(&a, &from_values).unwrap();
+        write_result_rows(&b, &from_json).unwrap();
+        let (want, got) = (contents(&a), contents(&b));
+        assert_eq!(got.0, want.0);
+        assert_eq!(got.1, want.1);
+        // The rules hold: the duplicate key keeps its first place and its last value.
+        let dup = want.0.iter().position(|(name, _)| name == "dup").unwrap();
+        assert!(want.1.iter().any(|row| row[dup] == "later"));
+    }
+
+    #[test]
+    fn text_that_is_not_json_adds_no_row() {
+        let mut rows = ResultRows::new();
+        rows.push_json(0, r#"{"a": 1}"#).unwrap();
+        for bad in [r#"{"a": "#, "[1, ]", "nope", r#"[{"a": 1}, oops]"#, ""] {
+            assert!(rows.push_json(1, bad).is_err(), "{bad}");
+        }
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows.row(0).count(), 1);
     }
 }

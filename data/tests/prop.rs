@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use arrow_array::Array;
 use common::{items, read_parquet};
-use orch_data::{MergeOptions, ResultRow, merge_results, write_results_parquet};
+use orch_data::{
+    MergeOptions, ResultRow, ResultRows, merge_results, write_result_rows, write_results_parquet,
+};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -52,6 +54,46 @@ fn expected_non_null(rows: &[ResultRow]) -> BTreeMap<String, usize> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A worker builds its rows straight from the results' JSON text (compact or not); the file
+    /// must be the one the same results parsed as `Value`s give.
+    #[test]
+    fn rows_from_json_text_are_rows_from_values(
+        results in prop::collection::vec(
+            prop_oneof![
+                4 => result_value(),
+                1 => prop::collection::vec(result_value(), 0..3).prop_map(Value::Array),
+            ],
+            1..40,
+        ),
+        pretty in any::<bool>(),
+    ) {
+        let texts: Vec<String> = results
+            .iter()
+            .map(|v| if pretty { serde_json::to_string_pretty(v) } else { serde_json::to_string(v) })
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut values = Vec::new();
+        let mut cells = ResultRows::new();
+        for (item, (value, text)) in results.iter().zip(&texts).enumerate() {
+            let item = item as u64;
+            match value {
+                Value::Array(elements) => values.extend(
+                    elements.iter().map(|value| ResultRow { item, value: value.clone() }),
+                ),
+                value => values.push(ResultRow { item, value: value.clone() }),
+            }
+            cells.push_json(item, text).unwrap();
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a.parquet"), tmp.path().join("b.parquet"));
+        let want = write_results_parquet(&a, &values).unwrap();
+        let got = write_result_rows(&b, &cells).unwrap();
+        prop_assert_eq!(got.rows, want.rows);
+        let (want, got) = (read_parquet(&a), read_parquet(&b));
+        prop_assert_eq!(got.schema(), want.schema());
+        prop_assert_eq!(got, want);
+    }
 
     #[test]
     fn merge_preserves_every_item(

@@ -611,6 +611,11 @@ pub fn parse_item(line: &[u8]) -> Decoded {
     serde_json::from_str::<Box<RawValue>>(text).map_err(|e| format!("invalid JSON: {e}"))
 }
 
+/// A result's JSON text, taken over without a copy (it is kept for every item of the batch).
+fn owned_text(result: Box<RawValue>) -> String {
+    Box::<str>::from(result).into()
+}
+
 fn permanent(message: String) -> Finished {
     Finished::Failed {
         kind: ErrorKind::Permanent.as_str().into(),
@@ -631,7 +636,7 @@ async fn run_sync(
         let finished = match decoded {
             Err(message) => permanent(message),
             Ok(item) => match handler.call_sync(&item).map(|answer| answer.outcome) {
-                Some(Outcome::Ok(result)) => Finished::Ok(result.get().to_string()),
+                Some(Outcome::Ok(result)) => Finished::Ok(owned_text(result)),
                 Some(Outcome::Err(f)) => Finished::Failed {
                     kind: f.kind.as_str().into(),
                     message: f.message,
@@ -760,7 +765,7 @@ async fn run_async(
                     .map_err(|e| Error::Setup(format!("item task failed: {e}")))?;
                 match outcome {
                     Outcome::Ok(result) => {
-                        ledger.record(ordinal, Finished::Ok(result.get().to_string()))?;
+                        ledger.record(ordinal, Finished::Ok(owned_text(result)))?;
                     }
                     Outcome::Err(ItemFailure { kind, message, fatal, retry_after, shared_crash }) => {
                         if fatal {
@@ -837,29 +842,14 @@ async fn finish(
 ) -> Result<TaskRecord> {
     let (job, task, attempt) = (row.job.clone(), row.id, row.attempt);
     let started = Instant::now();
-    let mut rows = Vec::new();
+    // Results stay the JSON text the handler gave until the writer cuts them into rows.
+    let mut results = Vec::new();
     let mut errors = Vec::new();
     let mut tally = Tally::default();
     for (ordinal, f) in ckpt.all()? {
         tally.add(&f);
         match f {
-            Finished::Ok(json) => match serde_json::from_str::<serde_json::Value>(&json) {
-                Ok(serde_json::Value::Array(values)) => {
-                    rows.extend(values.into_iter().map(|value| orch_data::ResultRow {
-                        item: ordinal,
-                        value,
-                    }))
-                }
-                Ok(value) => rows.push(orch_data::ResultRow {
-                    item: ordinal,
-                    value,
-                }),
-                Err(e) => {
-                    return Err(Error::Setup(format!(
-                        "checkpointed result of item {ordinal} is not JSON: {e}"
-                    )));
-                }
-            },
+            Finished::Ok(json) => results.push((ordinal, json)),
             Finished::Failed {
                 kind,
                 message,
@@ -898,15 +888,42 @@ async fn finish(
             Some(_) => part_path.with_extension("fresh.parquet"),
             None => part_path.clone(),
         };
+        let not_json = |ordinal: u64, e: serde_json::Error| {
+            Error::Setup(format!(
+                "checkpointed result of item {ordinal} is not JSON: {e}"
+            ))
+        };
         // With a declared schema, items whose results do not fit it become item errors of
         // kind `schema`, so the part file is written first and the errors file after it.
         let (mut part, misfits, dropped) = match &declared {
-            None => (
-                orch_data::write_results_parquet(&fresh_path, &rows)?,
-                0,
-                Vec::new(),
-            ),
+            None => {
+                let mut rows = orch_data::ResultRows::new();
+                for (ordinal, json) in &results {
+                    rows.push_json(*ordinal, json)
+                        .map_err(|e| not_json(*ordinal, e))?;
+                }
+                (
+                    orch_data::write_result_rows(&fresh_path, &rows)?,
+                    0,
+                    Vec::new(),
+                )
+            }
             Some(schema) => {
+                let mut rows = Vec::new();
+                for (ordinal, json) in &results {
+                    match serde_json::from_str(json).map_err(|e| not_json(*ordinal, e))? {
+                        serde_json::Value::Array(values) => {
+                            rows.extend(values.into_iter().map(|value| orch_data::ResultRow {
+                                item: *ordinal,
+                                value,
+                            }))
+                        }
+                        value => rows.push(orch_data::ResultRow {
+                            item: *ordinal,
+                            value,
+                        }),
+                    }
+                }
                 let w = orch_data::write_results_parquet_declared(&fresh_path, &rows, schema)?;
                 let misfits = w.failures.len() as u64;
                 errors.extend(w.failures.into_iter().map(|f| f.into_item_error()));
