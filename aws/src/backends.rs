@@ -41,6 +41,17 @@ pub fn open_backends_with(
     storage_uri: &str,
     scratch: PathBuf,
 ) -> Result<Backends> {
+    Ok(open_stores_with(sdk, settings, storage_uri, scratch)?.0)
+}
+
+/// [`open_backends_with`], and the state store behind `Backends::state` (the platform tells
+/// it which jobs it drives).
+pub(crate) fn open_stores_with(
+    sdk: &SdkConfig,
+    settings: &AwsSettings,
+    storage_uri: &str,
+    scratch: PathBuf,
+) -> Result<(Backends, Arc<DynamoStateStore>)> {
     let s3 = config::s3_client(sdk, settings);
     let objects = S3Store::new(s3.clone(), storage_uri)?;
     let state = DynamoStateStore::new(
@@ -52,15 +63,16 @@ pub fn open_backends_with(
     // share their connection pool.
     let locations = S3Locations::new(s3);
     let state = Arc::new(state);
-    Ok(Backends {
+    let backends = Backends {
         objects: Arc::new(objects),
         state: state.clone(),
         // Buckets and the audit log are items of the same table.
         rate_limits: state.clone(),
-        audit: state,
+        audit: state.clone(),
         scratch,
         locations: Arc::new(locations),
-    })
+    };
+    Ok((backends, state))
 }
 
 /// The retry queue named by `ORCH_SQS_QUEUE` (default `orch-retries`), which must exist

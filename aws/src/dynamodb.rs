@@ -21,12 +21,14 @@ use crate::error::sdk_error;
 
 mod audit;
 mod batch;
+mod changes;
 mod item;
 mod ratelimit;
 mod state_store;
 mod table;
 
 pub use batch::{BatchRetry, retry_unprocessed};
+pub use changes::Driving;
 use item::{
     DELETING, GSI1PK, GSI2PK, INCOMPLETE, JOB_SK, LEASE_EXPIRY, PK, SK, STATE, TASK_SK_PREFIX,
     decode_task, get_s, key, n, s,
@@ -55,6 +57,8 @@ pub struct DynamoStateStore {
     keys: Keys,
     page_size: Option<i32>,
     backoff: BatchRetry,
+    /// What `list_tasks_since` needs to read only what changed (`changes`), shared by clones.
+    changes: changes::Changes,
 }
 
 impl DynamoStateStore {
@@ -68,6 +72,7 @@ impl DynamoStateStore {
             keys,
             page_size: None,
             backoff: BatchRetry::default(),
+            changes: changes::Changes::default(),
         }
     }
 

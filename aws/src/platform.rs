@@ -13,7 +13,7 @@ use orch_core::model::JobRecord;
 use orch_core::platform::{Backends, JobLease, Platform};
 
 use crate::config::{self, AwsSettings};
-use crate::dynamodb::Keys;
+use crate::dynamodb::{Driving, DynamoStateStore, Keys};
 use crate::error::Result;
 use crate::lock::JobLock;
 
@@ -24,6 +24,8 @@ const LEASE: Duration = Duration::from_secs(60);
 /// The AWS stores of one `s3://` storage URI, for `orch run`.
 pub struct AwsPlatform {
     backends: Backends,
+    /// `backends.state`, told which jobs this platform drives (`DynamoStateStore::drive`).
+    state: Arc<DynamoStateStore>,
     storage_uri: String,
     keys: Keys,
     sdk: SdkConfig,
@@ -39,9 +41,11 @@ impl AwsPlatform {
     pub async fn open(storage_uri: &str, scratch: PathBuf, log_root: PathBuf) -> Result<Self> {
         let settings = AwsSettings::from_env()?;
         let sdk = config::load_sdk_config().await;
-        let backends = crate::open_backends_with(&sdk, &settings, storage_uri, scratch)?;
+        let (backends, state) =
+            crate::backends::open_stores_with(&sdk, &settings, storage_uri, scratch)?;
         Ok(AwsPlatform {
             backends,
+            state,
             storage_uri: storage_uri.to_string(),
             keys: Keys::for_storage(storage_uri)?,
             sdk,
@@ -59,7 +63,9 @@ impl AwsPlatform {
     }
 }
 
-struct DynamoLease(JobLock);
+/// The job lock, and with it the state store's knowledge that this process drives the job:
+/// its task cache then reads only what changed on each tick (docs/aws.md).
+struct DynamoLease(JobLock, Driving);
 
 #[async_trait]
 impl JobLease for DynamoLease {
@@ -68,7 +74,10 @@ impl JobLease for DynamoLease {
     }
 
     async fn release(self: Box<Self>) {
-        self.0.release().await;
+        let DynamoLease(lock, driving) = *self;
+        // No longer the driver before another may become it.
+        drop(driving);
+        lock.release().await;
     }
 }
 
@@ -96,7 +105,7 @@ impl Platform for AwsPlatform {
         )
         .await
         .map_err(BackendError::from)?;
-        Ok(Box::new(DynamoLease(lock)))
+        Ok(Box::new(DynamoLease(lock, self.state.drive(job))))
     }
 
     async fn retry_queue(&self, _job: &JobRecord) -> BackendResult<Arc<dyn Queue>> {

@@ -17,7 +17,7 @@ use orch_aws::dynamodb::{DynamoStateStore, IncompleteJob, Keys, create_table};
 use orch_core::ErrorCategory;
 use orch_core::backend::{BackendError, StateStore};
 use orch_core::model::{Batch, TaskRecord, TaskState};
-use orch_testkit::contract::{sample_job, state_store_contract};
+use orch_testkit::contract::{sample_job, state_store_contract, tasks_since_two_writers_contract};
 use orch_testkit::serial_proxy::SerialProxy;
 
 async fn client() -> Client {
@@ -45,6 +45,41 @@ async fn meets_the_state_store_contract() {
     state_store_contract(&store).await;
     // Twice on the same table: the contract must not depend on a fresh backend.
     state_store_contract(&store).await;
+}
+
+/// The contract again with a store that drives its jobs, so that `list_tasks_since` reads
+/// only what changed; and with a second store on the table (a worker, `orch retry`) writing
+/// between its refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driving_store_meets_the_contract_and_sees_every_writer() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let driver = fresh_store().await.driving_every_job();
+    state_store_contract(&driver).await;
+    let other = DynamoStateStore::new(driver.client().clone(), driver.table(), Keys::default());
+    tasks_since_two_writers_contract(&driver, &other).await;
+    // The same through `drive`, the platform's way: a store that does not drive the job reads
+    // everything and hands out no cursor.
+    let store = DynamoStateStore::new(driver.client().clone(), driver.table(), Keys::default());
+    store
+        .create_job(&sample_job("driven", 3), &tasks("driven", 3))
+        .await
+        .unwrap();
+    let undriven = store.list_tasks_since("driven", None).await.unwrap();
+    assert!(undriven.full && undriven.cursor.is_none());
+    let driving = store.drive("driven");
+    let first = store.list_tasks_since("driven", None).await.unwrap();
+    assert!(first.full && first.cursor.is_some());
+    let next = store
+        .list_tasks_since("driven", first.cursor)
+        .await
+        .unwrap();
+    assert!(!next.full && next.tasks.is_empty(), "{next:?}");
+    drop(driving);
+    let after = store.list_tasks_since("driven", next.cursor).await.unwrap();
+    assert!(after.full && after.cursor.is_none());
+    tasks_since_two_writers_contract(&other.clone().driving_every_job(), &store).await;
 }
 
 /// Two storages (two tenants of one operator) in one table: each store sees only its own jobs,

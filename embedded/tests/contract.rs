@@ -28,6 +28,16 @@ async fn sqlite_state_store_meets_the_state_store_contract() {
     contract::state_store_contract(&store).await;
 }
 
+/// The driver's store and another process's (a worker, `orch retry`) on one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_changes_since_a_cursor_cover_every_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let store = SqliteStateStore::open(&path).unwrap();
+    let other = SqliteStateStore::open(&path).unwrap();
+    contract::tasks_since_two_writers_contract(&store, &other).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_rate_limit_store_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,13 +20,14 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 use orch_core::ErrorCategory;
 use orch_core::backend::{
-    BackendError, BackendResult, Claimed, StateStore, TaskClaim, check_tasks_of, claim_by_rewrite,
-    next_version,
+    BackendError, BackendResult, Claimed, StateStore, TaskChanges, TaskClaim, check_tasks_of,
+    claim_by_rewrite, next_version,
 };
 use orch_core::history::AttemptRecord;
 use orch_core::model::{JobRecord, TaskRecord, TaskState};
 
 use super::batch::{delete_request, put_request};
+use super::changes::JobStamp;
 use super::item::{
     ATTEMPT_SK_PREFIX, BODY, CLAIM_OWNER, CLAIMED_AT, CREATING, DELETING, ENDED, GROUP, GSI1PK,
     GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE,
@@ -69,6 +70,8 @@ impl StateStore for DynamoStateStore {
                 ));
             }
         }
+        // Whatever this instance knew of a job of this id is void.
+        self.changes.forget(&job.id);
         // Encode everything before the first write, so a bad record cannot leave a half job.
         let requests = tasks
             .iter()
@@ -188,7 +191,7 @@ impl StateStore for DynamoStateStore {
         let resource = format!("{} {}", self.table, self.keys.job_pk(job));
         // One conditional put per row: a row that exists (an earlier, interrupted call) is
         // left as it is. Aggregation adds a few rows per thousand tasks, so no batching.
-        for item in items {
+        for (task, item) in tasks.iter().zip(items) {
             let put = self
                 .client
                 .put_item()
@@ -199,20 +202,32 @@ impl StateStore for DynamoStateStore {
                 .send()
                 .await;
             match put {
-                Ok(_) => {}
+                Ok(_) => self.changes.wrote_task(job, task.id, Some(task)),
+                // The row as it was, unknown here.
                 Err(e)
                     if matches!(
                         e.as_service_error(),
                         Some(PutItemError::ConditionalCheckFailedException(_))
-                    ) => {}
-                Err(e) => return Err(sdk_error(SERVICE, "PutItem", resource.clone(), e).into()),
+                    ) =>
+                {
+                    self.changes.wrote_task(job, task.id, None)
+                }
+                Err(e) => {
+                    self.changes.wrote_task(job, task.id, None);
+                    return Err(sdk_error(SERVICE, "PutItem", resource.clone(), e).into());
+                }
             }
         }
         Ok(())
     }
 
     async fn get_job(&self, job: &str) -> BackendResult<Option<JobRecord>> {
-        match self.job_item_raw(job).await? {
+        // The driver reads the job every tick: `list_tasks_since` compares what it read.
+        let ticket = self.changes.ticket();
+        let item = self.job_item_raw(job).await?;
+        self.changes
+            .observed(job, ticket, JobStamp::of(item.as_ref()));
+        match item {
             Some(item) if !item.contains_key(INCOMPLETE) => decode_job(&item).map(Some),
             _ => Ok(None),
         }
@@ -233,6 +248,8 @@ impl StateStore for DynamoStateStore {
         let pk = self.keys.job_pk(&job.id);
         let body = encode("job", &stored)?;
         let write_id = new_write_id();
+        let ticket = self.changes.ticket();
+        let written = JobStamp::new(stored.version, Some(&write_id));
         let result = self
             .client
             .update_item()
@@ -257,19 +274,31 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_values(":g2pk", s(self.keys.jobs_partition()))
             .expression_attribute_values(":g2sk", s(jobs_sk(&stored)))
             .expression_attribute_values(":expected", n(job.version))
+            // The `writeId` it replaced, so that `list_tasks_since` knows this write for ours.
+            .return_values(ReturnValue::UpdatedOld)
             // The item as it was, when the condition fails: Conflict or NotFound without
             // another read.
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(stored),
+            Ok(out) => {
+                let before = out.attributes().and_then(|old| get_s(old, WRITE_ID));
+                let before = JobStamp::new(job.version, before);
+                self.changes
+                    .wrote_job(&job.id, ticket, Some(before), written);
+                Ok(stored)
+            }
             Err(e) => {
                 if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
                     e.as_service_error()
                 {
                     return match c.item() {
-                        Some(item) if is_own_write(item, &write_id, stored.version) => Ok(stored),
+                        Some(item) if is_own_write(item, &write_id, stored.version) => {
+                            // Which write it replaced is lost with the first answer.
+                            self.changes.wrote_job(&job.id, ticket, None, written);
+                            Ok(stored)
+                        }
                         Some(item) if !item.contains_key(INCOMPLETE) => {
                             Err(BackendError::Conflict(format!(
                                 "job {} at version {}",
@@ -293,6 +322,11 @@ impl StateStore for DynamoStateStore {
         // The key order is the id order only below a million (see `task_sk`).
         tasks.sort_by_key(|t| t.id);
         Ok(tasks)
+    }
+
+    /// Reads only what changed when this instance drives the job (see `changes`).
+    async fn list_tasks_since(&self, job: &str, cursor: Option<u64>) -> BackendResult<TaskChanges> {
+        self.tasks_since(job, cursor).await
     }
 
     async fn get_task(&self, job: &str, task: u32) -> BackendResult<Option<TaskRecord>> {
@@ -372,14 +406,21 @@ impl StateStore for DynamoStateStore {
                 .expression_attribute_values(":g1pk", s(self.keys.active_pk(&stored.job)))
                 .expression_attribute_values(":g1sk", s(task_sk(stored.id)));
         }
-        match request.send().await {
-            Ok(_) => Ok(stored),
+        let answer = request.send().await;
+        match answer {
+            Ok(_) => {
+                self.changes.wrote_task(&task.job, task.id, Some(&stored));
+                Ok(stored)
+            }
             Err(e) => {
                 if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
                     e.as_service_error()
                 {
                     return match c.item() {
-                        Some(item) if is_own_write(item, &write_id, stored.version) => Ok(stored),
+                        Some(item) if is_own_write(item, &write_id, stored.version) => {
+                            self.changes.wrote_task(&task.job, task.id, Some(&stored));
+                            Ok(stored)
+                        }
                         Some(_) => Err(BackendError::Conflict(format!(
                             "{name} at version {}",
                             task.version
@@ -387,6 +428,8 @@ impl StateStore for DynamoStateStore {
                         None => Err(BackendError::NotFound(name)),
                     };
                 }
+                // The write may have landed.
+                self.changes.wrote_task(&task.job, task.id, None);
                 Err(sdk_error(SERVICE, "UpdateItem", format!("{} {pk}", self.table), e).into())
             }
         }
@@ -432,14 +475,23 @@ impl StateStore for DynamoStateStore {
             .send()
             .await;
         match answer {
-            Ok(out) => match out.attributes() {
-                Some(item) => Ok(Claimed::Yes(decode_task(item)?)),
-                None => Err(corrupt_answer(claim)),
-            },
+            Ok(out) => {
+                let row = out.attributes().map(decode_task).transpose();
+                self.changes.wrote_task(
+                    claim.job,
+                    claim.task,
+                    row.as_ref().ok().and_then(Option::as_ref),
+                );
+                match row? {
+                    Some(row) => Ok(Claimed::Yes(row)),
+                    None => Err(corrupt_answer(claim)),
+                }
+            }
             Err(e) => {
                 let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
                     e.as_service_error()
                 else {
+                    self.changes.wrote_task(claim.job, claim.task, None);
                     return Err(sdk_error(
                         SERVICE,
                         "UpdateItem",
@@ -458,6 +510,7 @@ impl StateStore for DynamoStateStore {
                 {
                     // The SDK retried this very claim, whose answer was lost (another write
                     // may have come since, so its `writeId` cannot tell).
+                    self.changes.wrote_task(claim.job, claim.task, Some(&row));
                     return Ok(Claimed::Yes(row));
                 }
                 if claim.applies_to(&row) {
@@ -472,6 +525,8 @@ impl StateStore for DynamoStateStore {
     async fn delete_job(&self, job: &str) -> BackendResult<()> {
         let pk = self.keys.job_pk(job);
         let resource = format!("{} {pk}", self.table);
+        // Whatever this instance knew of the job is void.
+        self.changes.forget(job);
         // 1. Mark the job, so that it disappears at once and a death half-way is detectable.
         let marked = self
             .client
