@@ -75,9 +75,10 @@ pub struct RetrySummary {
 ///
 /// The order of the writes keeps the output honest through a crash at any point: `_SUCCESS`
 /// goes first (nobody reads a complete-looking output that is about to change), then the
-/// aggregation is reset, then the job runs again, and last the tasks are queued; a crash
-/// before the last step re-aggregates what was there, and the same retry can be asked again.
-/// A summary with no task leaves the job as it is.
+/// aggregation is reset, then the job runs again, then the tasks are queued, and last the job
+/// record is written once more for the coordinators that read only what changed (see
+/// `touch_job`); a crash before the tasks are queued re-aggregates what was there, and the
+/// same retry can be asked again. A summary with no task leaves the job as it is.
 pub async fn retry(
     backends: &Backends,
     job: &JobRecord,
@@ -165,6 +166,7 @@ pub async fn retry(
         crate::history::keep_current(state, t).await;
         state.update_task(&fresh(t)).await?;
     }
+    touch_job(state, &job.id).await?;
     info!(
         job = %job.id,
         tasks = summary.tasks,
@@ -173,6 +175,27 @@ pub async fn retry(
         "queued again"
     );
     Ok(summary)
+}
+
+/// Writes the job record again, unchanged but for its version, after task rows were written
+/// from outside the job's driver: a coordinator that reads only the rows changed since its
+/// last look (DynamoDB, docs/aws.md) knows of a write outside its active tasks only by a
+/// newer job record read before its rows. The write before the resets does not do: a look
+/// between it and the resets sees the new record and only some of the rows. Made again on a
+/// conflict (the driver wrote the job meanwhile), since the rows are written already. Should
+/// this process die before it, a coordinator that started meanwhile may miss some resets
+/// until it reads everything again (at its next start, or the next retry).
+async fn touch_job(state: &dyn StateStore, job: &str) -> Result<()> {
+    loop {
+        let Some(current) = state.get_job(job).await? else {
+            return Ok(());
+        };
+        match state.update_job(&current).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Deletes everything orch stored for a job (manifests, batches, results, logs under the
