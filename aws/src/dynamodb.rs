@@ -9,7 +9,8 @@
 //! behind the table on AWS (the bodies `list_jobs` returns are read from the table, so they are
 //! current; which jobs it lists is from the index). Every query is paginated and nothing ever
 //! scans the table. The items are in `item`, the writes of the contract in `state_store`, batch
-//! writes in `batch`, the table itself in `table`.
+//! writes in `batch`, the table itself in `table`, and in `changes` how the driver's refresh
+//! reads only the rows that changed (docs/aws.md, "What a coordinator reads per tick").
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
@@ -215,8 +216,8 @@ impl DynamoStateStore {
 
     /// The current items of one partition of the `jobs` index (jobs, or rate-limit buckets), in
     /// index order: the index gives the keys (KEYS_ONLY), `GetItem`s (a few in flight) the
-    /// items. Not `BatchGetItem`: the IAM roles of docs/aws.md do not grant it, and these lists
-    /// are short. An item deleted between the query and its read is simply absent.
+    /// items. Not `BatchGetItem`: the workers' IAM role (docs/aws.md) does not grant it, and
+    /// these lists are short. An item deleted between the query and its read is simply absent.
     async fn index_partition_items(
         &self,
         operation: &'static str,

@@ -306,6 +306,7 @@ WORKER_TABLE = {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"}
 KMS_USE = {"kms:Decrypt", "kms:GenerateDataKey"}
 OPERATOR_S3 = WORKER_S3 | {"s3:DeleteObject"}
 OPERATOR_TABLE = WORKER_TABLE | {
+    "dynamodb:BatchGetItem",
     "dynamodb:PutItem",
     "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",

@@ -3,8 +3,9 @@
 //! The driver looks at every task on every tick, and the operator's status at every refresh.
 //! Reading and decoding every row each time made the coordinator's cost grow with the job's
 //! size times its duration; with a store that tracks changes
-//! ([`StateStore::list_tasks_since`]: SQLite does) a refresh costs what changed instead. With
-//! a store that does not (DynamoDB), a refresh is a full read, as before.
+//! ([`StateStore::list_tasks_since`]) a refresh costs what changed instead: SQLite by a change
+//! sequence, DynamoDB (for the process that holds the job's lease) by the job's active tasks
+//! and the rows the store wrote itself (docs/aws.md, "What a coordinator reads per tick").
 
 use orch_core::backend::{BackendResult, StateStore};
 use orch_core::model::TaskRecord;

@@ -28,6 +28,7 @@ locals {
 
   worker_table_actions = ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"]
   operator_table_actions = [
+    "dynamodb:BatchGetItem",
     "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
