@@ -150,7 +150,9 @@ fn slow_job(s: &Scratch) -> std::path::PathBuf {
         "job.yaml",
         &job_yaml(
             "slow",
-            "{builtin: {name: sleep, duration: 4ms}, concurrency: 2}",
+            // 1.5 s per task of 250 items: longer than a worker's first checkpoint flush, which
+            // comes a second into the task.
+            "{builtin: {name: sleep, duration: 12ms}, concurrency: 2}",
             "",
         ),
     )

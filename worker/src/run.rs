@@ -551,8 +551,13 @@ async fn work(
         run_async(handler.clone(), items, &cfg, concurrency, &mut ledger, stop).await
     };
     handler.shutdown().await;
-    ledger.ckpt.flush()?;
-    if remote_ckpt && (outcome.is_err() || stop.is_stopped()) {
+    let unfinished = outcome.is_err() || stop.is_stopped();
+    // What the next attempt resumes from. A task that finished before its first flush needs
+    // no file at all: its results go from memory to the result files.
+    if unfinished || ledger.ckpt.is_stored() {
+        ledger.ckpt.flush()?;
+    }
+    if remote_ckpt && unfinished {
         ledger.ckpt.seal()?;
         // The row says so before the upload: a flag without a checkpoint costs the next
         // attempt one GET that finds nothing, a checkpoint without the flag would be ignored.
@@ -586,7 +591,7 @@ async fn work(
         batch,
         ledger.row,
         worker_id,
-        &ledger.ckpt,
+        &mut ledger.ckpt,
         carried.as_ref(),
         declared,
     )
@@ -836,7 +841,7 @@ async fn finish(
     batch: &Batch,
     row: &mut TaskRecord,
     worker_id: &str,
-    ckpt: &Checkpoint,
+    ckpt: &mut Checkpoint,
     carried: Option<&Carried>,
     declared: Option<orch_data::DeclaredSchema>,
 ) -> Result<TaskRecord> {
