@@ -771,3 +771,140 @@ async fn conditional_writes_whose_answer_was_lost_are_not_conflicts() {
         "too few lost answers to prove anything: {stats:?}"
     );
 }
+
+/// Answers every `BatchGetItem` as IAM does for a role without `dynamodb:BatchGetItem` (a
+/// deployment from before the coordinator's role got it), and counts them. The response hook
+/// no longer sees the request: the one sent marks the next answer (the test's client sends its
+/// `BatchGetItem`s alone).
+#[derive(Debug, Clone, Default)]
+struct DenyBatchGet {
+    asked: Arc<AtomicU64>,
+    to_deny: Arc<AtomicU64>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for DenyBatchGet {
+    fn name(&self) -> &'static str {
+        "DenyBatchGet"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let batch_get = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .is_some_and(|t| t.ends_with(".BatchGetItem"));
+        if batch_get {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            self.to_deny.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let deny = self
+            .to_deny
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if deny {
+            let response = context.response_mut();
+            *response.status_mut() = 400u16.try_into()?;
+            response.headers_mut().remove("content-length");
+            *response.body_mut() = concat!(
+                r#"{"__type":"com.amazon.coral.service#AccessDeniedException","#,
+                r#""message":"User: arn:aws:sts::123456789012:assumed-role/orch/x is not "#,
+                r#"authorized to perform: dynamodb:BatchGetItem"}"#
+            )
+            .into();
+        }
+        Ok(())
+    }
+}
+
+/// A coordinator whose role lacks `dynamodb:BatchGetItem` keeps driving: the refused
+/// `BatchGetItem` is asked once, the rows that left the active set come with `GetItem`s, and
+/// every refresh after that goes straight to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_without_batch_get_reads_rows_one_by_one() {
+    if !orch_testkit::components::moto() {
+        return;
+    }
+    let plain = fresh_store().await;
+    let denied = DenyBatchGet::default();
+    let conf = aws_sdk_dynamodb::config::Builder::from(&moto::sdk_config().await)
+        .interceptor(denied.clone())
+        .build();
+    let driver = DynamoStateStore::new(Client::from_conf(conf), plain.table(), Keys::default());
+    let job = "no-batch-get";
+    let n = 20;
+    driver
+        .create_job(&sample_job(job, n), &tasks(job, n))
+        .await
+        .unwrap();
+    let _driving = driver.drive(job);
+    let first = driver.list_tasks_since(job, None).await.unwrap();
+    assert!(first.full);
+    for id in 0..6 {
+        let mut t = driver.get_task(job, id).await.unwrap().unwrap();
+        t.transition(TaskState::Dispatched, 2_000).unwrap();
+        t.attempt = 1;
+        t.group = Some(1);
+        driver.update_task(&t).await.unwrap();
+    }
+    let mut cursor = driver
+        .list_tasks_since(job, first.cursor)
+        .await
+        .unwrap()
+        .cursor;
+    // A worker (a role of its own) ends rows between refreshes: they leave the index, and the
+    // driver reads them by key.
+    for round in 0..2u32 {
+        let mut ended = Vec::new();
+        for id in [round * 2, round * 2 + 1] {
+            let claim = orch_core::backend::TaskClaim {
+                job,
+                task: id,
+                group: 1,
+                worker: "node:1",
+                now: 3_000,
+                lease_expiry: 33_000,
+            };
+            let orch_core::backend::Claimed::Yes(mut row) = plain.claim_task(&claim).await.unwrap()
+            else {
+                panic!("claim of task {id}");
+            };
+            row.transition(TaskState::Succeeded, 4_000).unwrap();
+            row.lease_expiry = None;
+            ended.push(plain.update_task(&row).await.unwrap());
+        }
+        // The active rows the index still shows are read again next time: a few tries.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let next = driver.list_tasks_since(job, cursor).await.unwrap();
+            assert!(!next.full, "{next:?}");
+            cursor = next.cursor;
+            if ended.iter().all(|r| next.tasks.contains(r)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "rows ended: {next:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        denied.asked.load(Ordering::SeqCst),
+        1,
+        "a refused BatchGetItem is not asked again"
+    );
+    // And the whole contract of a driver with the other writers, on GetItems.
+    tasks_since_two_writers_contract(&driver.clone().driving_every_job(), &plain).await;
+    assert_eq!(denied.asked.load(Ordering::SeqCst), 1);
+}
