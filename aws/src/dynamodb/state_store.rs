@@ -421,10 +421,15 @@ impl StateStore for DynamoStateStore {
                             self.changes.wrote_task(&task.job, task.id, Some(&stored));
                             Ok(stored)
                         }
-                        Some(_) => Err(BackendError::Conflict(format!(
-                            "{name} at version {}",
-                            task.version
-                        ))),
+                        Some(_) => {
+                            // Another writer's row (a worker, the previous driver): the next
+                            // refresh reads it, since the caller may drop the conflict.
+                            self.changes.wrote_task(&task.job, task.id, None);
+                            Err(BackendError::Conflict(format!(
+                                "{name} at version {}",
+                                task.version
+                            )))
+                        }
                         None => Err(BackendError::NotFound(name)),
                     };
                 }
@@ -517,6 +522,8 @@ impl StateStore for DynamoStateStore {
                     // Claimable, but written before items carried their group: the long way.
                     return claim_by_rewrite(self, claim).await;
                 }
+                // Another writer's row: the next refresh reads it.
+                self.changes.wrote_task(claim.job, claim.task, None);
                 Ok(Claimed::No(Some(row)))
             }
         }
