@@ -29,9 +29,13 @@ impl Loop<'_> {
     pub(super) async fn drive_through_outages(&mut self, opts: &RunOptions) -> Result<JobRecord> {
         let mut outage_since: Option<std::time::Instant> = None;
         let mut failures = 0;
+        // One cache for every start: a start after an outage goes on from its cursor (a store
+        // that tracks changes keeps what each cursor needs; one abandoned per restart would
+        // cost a full read, and memory until the store lets it go).
+        let cache = opts.task_cache.clone().unwrap_or_default();
         loop {
             let started = std::time::Instant::now();
-            let error = match self.drive(opts).await {
+            let error = match self.drive(opts, &cache).await {
                 // A full disk does not pass by waiting: stop and say so at once.
                 Err(Error::Backend(e))
                     if matches!(
@@ -59,9 +63,8 @@ impl Loop<'_> {
         }
     }
 
-    async fn drive(&mut self, opts: &RunOptions) -> Result<JobRecord> {
+    async fn drive(&mut self, opts: &RunOptions, cache: &SharedTaskCache) -> Result<JobRecord> {
         let state = &self.platform.backends().state;
-        let cache = opts.task_cache.clone().unwrap_or_default();
         cache.lock().await.refresh(state.as_ref(), &self.id).await?;
         loop {
             let tick_started = std::time::Instant::now();
