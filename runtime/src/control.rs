@@ -185,18 +185,32 @@ pub async fn retry(
 /// conflict (the driver wrote the job meanwhile), since the rows are written already. Should
 /// this process die before it, a coordinator that started meanwhile may miss some resets
 /// until it reads everything again (at its next start, or the next retry).
+/// Gives up after [`TOUCH_TRIES`] conflicts in a row (the driver writes the job record a few
+/// times a minute at most, so that many means something keeps writing it): the conflict is
+/// returned, the resets are done, and asking the same retry again writes the record again.
 async fn touch_job(state: &dyn StateStore, job: &str) -> Result<()> {
+    let mut tries = 0;
     loop {
         let Some(current) = state.get_job(job).await? else {
             return Ok(());
         };
         match state.update_job(&current).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_conflict() && tries + 1 < TOUCH_TRIES => {
+                tries += 1;
+                tokio::time::sleep(TOUCH_BACKOFF.delay(tries)).await;
+            }
             Err(e) => return Err(e.into()),
         }
     }
 }
+
+/// Conflicts [`touch_job`] takes before it gives up, and its waits between them.
+const TOUCH_TRIES: u32 = 10;
+const TOUCH_BACKOFF: orch_core::backoff::Backoff = orch_core::backoff::Backoff::doubling(
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(500),
+);
 
 /// Deletes everything orch stored for a job (manifests, batches, results, logs under the
 /// storage, its state rows), never its final output.
