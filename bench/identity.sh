@@ -5,6 +5,12 @@
 # and writing one Parquet file (C++ JSON reader, no retries, no checkpoints).
 #
 #   bench/identity.sh [N] [BATCH_SIZE]     default 1000000 records, batches of 50000
+#   ORCH_BIN=DIR bench/identity.sh ...     orch and orch-worker from DIR instead of building here
+#   ORCH_BEFORE=DIR RUNS=3 bench/identity.sh ...
+#                                          also time the orch in DIR (another commit's build),
+#                                          alternating with this one, RUNS times each: CPU time
+#                                          (user + sys of the whole tree) per item and medians,
+#                                          before and after in the same run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -12,7 +18,12 @@ BATCH=${2:-50000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-cargo build --release -q -p orch-cli -p orch-worker
+if [ -n "${ORCH_BIN:-}" ]; then
+    bin=$(cd "$ORCH_BIN" && pwd)
+else
+    cargo build --release -q -p orch-cli -p orch-worker
+    bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"
+fi
 python3 -c "import pyarrow" 2>/dev/null || python3 -m pip install --quiet pyarrow
 
 python3 examples/identity-bench/make_data.py "$N" 2>/dev/null
@@ -32,10 +43,39 @@ YAML
 
 now() { date +%s.%N; }
 
-orch="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/orch"
+orch=$bin/orch
 t0=$(now)
 (cd "$work" && /usr/bin/time -f "%M" -o orch.rss "$orch" run --no-progress -v job.yaml >/dev/null 2>orch.log)
 t1=$(now)
+if [ -n "${ORCH_BEFORE:-}" ]; then
+    # Before and after, alternating, each in a fresh directory: wall, user and sys seconds.
+    before=$(cd "$ORCH_BEFORE" && pwd)
+    : > "$work/pairs"
+    for r in $(seq "${RUNS:-3}"); do
+        for side in after before; do
+            [ "$side" = after ] && b=$bin || b=$before
+            d="$work/$side-$r"
+            mkdir -p "$d"
+            sed "s#uri: data.jsonl#uri: $work/data.jsonl#" "$work/job.yaml" > "$d/job.yaml"
+            (cd "$d" && /usr/bin/time -f "$side %e %U %S" -a -o "$work/pairs" "$b/orch" run --no-progress job.yaml >/dev/null)
+            rm -rf "$d"
+        done
+    done
+    python3 - "$N" "$work/pairs" <<'PY'
+import statistics, sys
+n = int(sys.argv[1])
+runs = {}
+for line in open(sys.argv[2]):
+    side, wall, user, sys_ = line.split()
+    runs.setdefault(side, []).append((float(wall), (float(user) + float(sys_)) / n * 1e6))
+for side in ("after", "before"):
+    walls = ", ".join(f"{w:.2f}" for w, _ in runs[side])
+    print(f"{side:7} wall median {statistics.median(w for w, _ in runs[side]):6.2f} s, "
+          f"CPU {statistics.median(c for _, c in runs[side]):6.2f} µs/item  (runs: {walls})")
+after, before = (statistics.median(c for _, c in runs[s]) for s in ("after", "before"))
+print(f"after/before CPU per item: {after / before:.2f}x")
+PY
+fi
 rows=$(python3 -c "import pyarrow.dataset as ds, sys; print(ds.dataset(sys.argv[1], format='parquet').count_rows())" "$work/out")
 
 cat > "$work/peer.py" <<'PY'
