@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use orch_core::backend::{Claimed, StateStore, TaskClaim};
 use orch_core::csv_input::csv_items;
 use orch_core::engine::EngineConfig;
@@ -27,8 +31,8 @@ use orch_core::platform::Backends;
 use orch_core::spec::{BuiltinName, InputFormat, JobSpec};
 use orch_core::uri::Location;
 use serde_json::value::RawValue;
-use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, warn};
+use std::panic::AssertUnwindSafe;
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, Finished, Tally};
 use crate::error::{Error, Result};
@@ -682,7 +686,12 @@ async fn run_async(
     // More calls open than the handler works on only when it takes them queued (an exec
     // pipeline); a throttled handler does not forward this, so tokens are never taken ahead.
     let window = || handler.window().unwrap_or(concurrency).max(1);
-    let mut inflight: JoinSet<(u64, u32, Box<RawValue>, Outcome)> = JoinSet::new();
+    // The calls are futures of this loop, not tasks: no spawn, no cross-thread wake-up and no
+    // span to enter per item; a panic in a handler is caught and fails the attempt.
+    let mut inflight: FuturesUnordered<ItemCall> = FuturesUnordered::new();
+    // A heartbeat runs beside the calls, on a copy of the row: an item's call is never held up
+    // by a slow write of the task row.
+    let mut beating: Option<BoxFuture<'static, Result<TaskRecord>>> = None;
     let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
     // Items to run alone: (ordinal, the try to run again or the next one, item).
     let mut alone: std::collections::VecDeque<(u64, u32, Box<RawValue>)> = Default::default();
@@ -694,19 +703,20 @@ async fn run_async(
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_deadline: Option<tokio::time::Instant> = None;
-    let spawn = |set: &mut JoinSet<_>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
-        let h = handler.clone();
-        // In the attempt's span, so that the handler's lines (a restart…) carry its ids.
-        set.spawn(
-            async move {
-                // The usage of the answer is for a throttling handler that wraps this one.
-                let out = h.call(&item).await.outcome;
-                (ordinal, attempts, item, out)
-            }
-            .in_current_span(),
-        );
-    };
-    loop {
+    let spawn =
+        |set: &mut FuturesUnordered<ItemCall>, ordinal: u64, attempts: u32, item: Box<RawValue>| {
+            let h = handler.clone();
+            set.push(
+                AssertUnwindSafe(async move {
+                    // The usage of the answer is for a throttling handler that wraps this one.
+                    let out = h.call(&item).await.outcome;
+                    (ordinal, attempts, item, out)
+                })
+                .catch_unwind()
+                .boxed(),
+            );
+        };
+    let result = loop {
         if stop.is_stopped() && stop_deadline.is_none() {
             info!(
                 in_flight = inflight.len(),
@@ -752,7 +762,7 @@ async fn run_async(
         if inflight.is_empty()
             && (stop_deadline.is_some() || (exhausted && delayed.is_empty() && alone.is_empty()))
         {
-            return Ok(());
+            break Ok(());
         }
         let next_delayed = delayed
             .peek()
@@ -764,17 +774,18 @@ async fn run_async(
                     && alone.is_empty()
             });
         tokio::select! {
-            joined = inflight.join_next(), if !inflight.is_empty() => {
+            joined = inflight.next(), if !inflight.is_empty() => {
                 let Some(joined) = joined else { continue };
-                let (ordinal, attempts, item, outcome) = joined
-                    .map_err(|e| Error::Setup(format!("item task failed: {e}")))?;
+                let (ordinal, attempts, item, outcome) = joined.map_err(|panic| {
+                    Error::Setup(format!("the handler panicked: {}", panic_message(&*panic)))
+                })?;
                 match outcome {
                     Outcome::Ok(result) => {
                         ledger.record(ordinal, Finished::Ok(owned_text(result)))?;
                     }
                     Outcome::Err(ItemFailure { kind, message, fatal, retry_after, shared_crash }) => {
                         if fatal {
-                            return Err(Error::HandlerGaveUp(message));
+                            break Err(Error::HandlerGaveUp(message));
                         }
                         if shared_crash && stop_deadline.is_none() {
                             debug!(ordinal, "in flight when the handler process died; it runs again alone");
@@ -806,14 +817,55 @@ async fn run_async(
                 }
             }
             _ = sleep_until_opt(next_delayed) => {}
-            _ = beat.tick() => ledger.beat().await?,
+            _ = beat.tick(), if beating.is_none() => {
+                ledger.ckpt.flush()?;
+                if let Some(figures) = &ledger.throttle {
+                    figures.publish_in(ledger.row);
+                }
+                let (state, mut row, tally) =
+                    (ledger.backends.state.clone(), ledger.row.clone(), ledger.tally.clone());
+                beating = Some(
+                    async move { heartbeat(state.as_ref(), &mut row, &tally).await.map(|()| row) }
+                        .boxed(),
+                );
+            }
+            stored = finish_opt(&mut beating) => {
+                beating = None;
+                *ledger.row = stored?;
+            }
             _ = sleep_until_opt(stop_deadline) => {
                 warn!(abandoned = inflight.len(), "in-flight items did not finish in time; the next attempt redoes them");
-                inflight.abort_all();
-                return Ok(());
+                inflight.clear();
+                break Ok(());
             }
             _ = wait_for_stop(stop), if stop_deadline.is_none() => {}
         }
+    };
+    // The row must be the one stored last, for the commit's conditional write.
+    if let Some(pending) = beating {
+        *ledger.row = pending.await?;
+    }
+    result
+}
+
+/// One item's call as the item loop holds it: the item's ordinal, its try and the item with
+/// the outcome, or the panic of the handler.
+type ItemCall = BoxFuture<'static, std::thread::Result<(u64, u32, Box<RawValue>, Outcome)>>;
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// The output of `future` once it is done; never, while there is none.
+async fn finish_opt<T>(future: &mut Option<BoxFuture<'static, T>>) -> T {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1109,6 +1161,54 @@ mod tests {
             ),
             (2, TaskState::Succeeded, 9, Some("live"))
         );
+    }
+
+    /// The item loop holds the calls as futures of its own, not tasks: a handler that panics
+    /// must still end the attempt with an error saying so, not take the worker down.
+    #[tokio::test]
+    async fn a_handler_that_panics_fails_the_attempt_with_its_message() {
+        struct Panics;
+        #[async_trait::async_trait]
+        impl Handler for Panics {
+            async fn call(&self, item: &RawValue) -> crate::handler::Answer {
+                if item.get() == "2" {
+                    panic!("boom on item 2");
+                }
+                Outcome::Ok(item.to_owned()).into()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().display());
+        let backends = orch_connect::open_backends(&uri, dir.path().join("scratch"))
+            .await
+            .unwrap();
+        let mut row = TaskRecord::new("panics", 0, 4, 0);
+        let mut ledger = Ledger {
+            ckpt: Checkpoint::open(&dir.path().join("c.sqlite")).unwrap(),
+            tally: Tally::default(),
+            throttle: None,
+            backends: &backends,
+            row: &mut row,
+        };
+        let items = (0..4u64).map(|o| (o, Ok(RawValue::from_string(o.to_string()).unwrap())));
+        let spec = orch_testkit::contract::sample_job("panics", 4).spec.spec;
+        let outcome = run_async(
+            Arc::new(Panics),
+            items,
+            &EngineConfig::from_spec(&spec),
+            1,
+            &mut ledger,
+            &StopFlag::default(),
+        )
+        .await;
+        match outcome {
+            Err(Error::Setup(message)) => {
+                assert_eq!(message, "the handler panicked: boom on item 2")
+            }
+            other => panic!("expected the panic as an error, got {other:?}"),
+        }
+        // The items before it were recorded.
+        assert_eq!(ledger.tally.ok, 2);
     }
 
     #[test]
