@@ -401,11 +401,28 @@ impl Ledger<'_> {
 
     /// Flushes the checkpoint, then renews the lease and publishes progress.
     async fn beat(&mut self) -> Result<()> {
+        *self.row = self.start_beat()?.await?;
+        Ok(())
+    }
+
+    /// Flushes the checkpoint and returns the write that renews the lease and publishes
+    /// progress, on a copy of the row: it may run beside the items' calls. Its output is the
+    /// row as stored, which the caller puts back in place.
+    fn start_beat(&mut self) -> Result<BoxFuture<'static, Result<TaskRecord>>> {
         self.ckpt.flush()?;
         if let Some(figures) = &self.throttle {
             figures.publish_in(self.row);
         }
-        heartbeat(self.backends.state.as_ref(), self.row, &self.tally).await
+        let (state, mut row, tally) = (
+            self.backends.state.clone(),
+            self.row.clone(),
+            self.tally.clone(),
+        );
+        Ok(async move {
+            heartbeat(state.as_ref(), &mut row, &tally).await?;
+            Ok(row)
+        }
+        .boxed())
     }
 }
 
@@ -817,18 +834,7 @@ async fn run_async(
                 }
             }
             _ = sleep_until_opt(next_delayed) => {}
-            _ = beat.tick(), if beating.is_none() => {
-                ledger.ckpt.flush()?;
-                if let Some(figures) = &ledger.throttle {
-                    figures.publish_in(ledger.row);
-                }
-                let (state, mut row, tally) =
-                    (ledger.backends.state.clone(), ledger.row.clone(), ledger.tally.clone());
-                beating = Some(
-                    async move { heartbeat(state.as_ref(), &mut row, &tally).await.map(|()| row) }
-                        .boxed(),
-                );
-            }
+            _ = beat.tick(), if beating.is_none() => beating = Some(ledger.start_beat()?),
             stored = finish_opt(&mut beating) => {
                 beating = None;
                 *ledger.row = stored?;

@@ -339,7 +339,7 @@ impl LinkState {
     ) -> Option<Waiting> {
         let waiting = self.waiting.remove(&id)?;
         if id < self.queued_from {
-            self.started -= 1;
+            self.started = self.started.saturating_sub(1);
         }
         while self.started < concurrency {
             let Some((&next, queued)) = self.waiting.range_mut(self.queued_from..).next() else {
