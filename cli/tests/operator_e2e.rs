@@ -689,17 +689,22 @@ async fn apply_run_on_slurm_survive_kill_9_and_complete() {
     assert_eq!(shown["itemsDone"], ITEMS, "{shown}");
     // Every item exactly once, read by pyarrow.
     common::read_output(&world.output_dir("reviews").await).assert_each_item_once(ITEMS);
-    // Slurm's view: every work array task ran and completed, no array twice.
+    // Slurm's view: every work array task ran and completed, no array twice. Its accounting
+    // (slurmdbd) records a task some moments after the task ended, so the last one to end may
+    // not be in `sacct` yet when the job completes.
+    let completed_work = |rows: &[Vec<String>]| -> BTreeSet<String> {
+        rows.iter()
+            .filter(|r| r[2].starts_with("orch:work") && r[1] == "COMPLETED")
+            .map(|r| r[0].clone())
+            .collect()
+    };
+    world.wait_for(
+        "Slurm's accounting of every work task",
+        Duration::from_secs(60),
+        |w| completed_work(&w.sacct(&id)).len() >= 20,
+    );
     let rows = world.sacct(&id);
-    let work: Vec<_> = rows
-        .iter()
-        .filter(|r| r[2].starts_with("orch:work"))
-        .collect();
-    let done: BTreeSet<&str> = work
-        .iter()
-        .filter(|r| r[1] == "COMPLETED")
-        .map(|r| r[0].as_str())
-        .collect();
+    let done = completed_work(&rows);
     assert!(done.len() >= 20, "{rows:?}");
     assert!(
         arrays_by_comment(&rows).values().all(|&n| n == 1),
