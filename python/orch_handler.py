@@ -175,8 +175,8 @@ def handler(fn: Optional[Callable] = None, *, concurrency: int = 1):
     ``@handler(concurrency=N)``: up to N calls at once -- on a thread pool for a plain function,
     as asyncio tasks for an async def -- answered as they complete, started in the order the
     requests arrive (orch queues more than N on stdin). Keep N equal to
-    ``spec.handler.concurrency``: orch times each item from when it is one of the first N it
-    has not been answered.
+    ``spec.handler.concurrency``: orch times each item from when it becomes one of the first N
+    unanswered requests.
     """
     _check_concurrency(concurrency)
 

@@ -123,17 +123,11 @@ impl DynamoStateStore {
         let pk = self.keys.active_pk(job);
         let items = self
             .query_all("Query by-state", &pk, false, || {
-                self.client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(INDEX_BY_STATE)
-                    .key_condition_expression("#pk = :pk")
+                self.active_query(&pk)
                     .filter_expression("#state = :running AND #le < :now")
                     .expression_attribute_names("#state", STATE)
                     .expression_attribute_values(":running", s(TaskState::Running.as_str()))
-                    .expression_attribute_names("#pk", GSI1PK)
                     .expression_attribute_names("#le", LEASE_EXPIRY)
-                    .expression_attribute_values(":pk", s(&pk))
                     .expression_attribute_values(":now", n(now))
             })
             .await?;
@@ -147,6 +141,18 @@ impl DynamoStateStore {
 
     /// Every page of a query. `resource` names it in errors; `consistent` asks for a strongly
     /// consistent read (not possible on an index).
+    /// The query of the tasks in `active_pk`, a job's partition of the `by-state` index (its
+    /// dispatched and running tasks).
+    fn active_query(&self, active_pk: &str) -> QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .index_name(INDEX_BY_STATE)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", GSI1PK)
+            .expression_attribute_values(":pk", s(active_pk))
+    }
+
     async fn query_all(
         &self,
         operation: &'static str,

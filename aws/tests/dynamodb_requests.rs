@@ -8,8 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
 use aws_sdk_dynamodb::Client;
 use orch_aws::dynamodb::{DynamoStateStore, Keys, create_table};
 use orch_core::backend::{Claimed, StateStore, TaskClaim};
@@ -17,51 +15,10 @@ use orch_core::model::{TaskRecord, TaskState};
 use orch_testkit::contract::sample_job;
 use orch_testkit::moto;
 
-/// Runs a short Python program with `args` (moto ships with Python; the recorder answers
-/// plain HTTP).
-fn python(program: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Drives moto's recorder: `reset`, `start` and `stop`.
-fn recorder(endpoint: &str, action: &str) {
-    let url = format!("{endpoint}/moto-api/recorder/{action}-recording");
-    python(
-        "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b'', method='POST'), timeout=60).read()",
-        &[&url],
-    );
-}
-
 /// The DynamoDB requests recorded: (operation, request body as JSON).
 fn recorded(endpoint: &str) -> Vec<(String, serde_json::Value)> {
-    let url = format!("{endpoint}/moto-api/recorder/download-recording");
-    let text = python(
-        r#"
-import base64, json, sys, urllib.request
-for line in urllib.request.urlopen(sys.argv[1], timeout=120).read().decode().splitlines():
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        continue
-    if rec.get("body_encoded") and rec.get("body"):
-        rec["body"] = base64.b64decode(rec["body"]).decode(errors="replace")
-    print(json.dumps(rec))
-"#,
-        &[&url],
-    );
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    moto::recording(endpoint)
+        .into_iter()
         .filter_map(|rec| {
             let headers = rec["headers"].as_object()?;
             let target = headers
@@ -135,13 +92,13 @@ async fn a_refresh_reads_the_active_tasks_and_the_rows_that_changed() {
     cancelled.transition(TaskState::Cancelled, 4).unwrap();
     changed.push(driver.update_task(&cancelled).await.unwrap());
 
-    recorder(&endpoint, "reset");
-    recorder(&endpoint, "start");
+    moto::recorder(&endpoint, "reset");
+    moto::recorder(&endpoint, "start");
     let next = driver
         .list_tasks_since(job, dispatched.cursor)
         .await
         .unwrap();
-    recorder(&endpoint, "stop");
+    moto::recorder(&endpoint, "stop");
 
     assert!(!next.full);
     for row in &changed {
@@ -191,10 +148,10 @@ async fn a_refresh_reads_the_active_tasks_and_the_rows_that_changed() {
     assert_eq!(requests.len(), 3, "nothing else: {summary}");
 
     // Nothing changed: the job item and the index, and no read by key.
-    recorder(&endpoint, "reset");
-    recorder(&endpoint, "start");
+    moto::recorder(&endpoint, "reset");
+    moto::recorder(&endpoint, "start");
     let quiet = driver.list_tasks_since(job, next.cursor).await.unwrap();
-    recorder(&endpoint, "stop");
+    moto::recorder(&endpoint, "stop");
     assert!(!quiet.full);
     assert_eq!(quiet.tasks.len(), 8);
     let ops: Vec<String> = recorded(&endpoint).into_iter().map(|(op, _)| op).collect();

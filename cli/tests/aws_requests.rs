@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use orch_aws::config::{self, AwsSettings};
 use orch_testkit::moto;
@@ -22,49 +21,6 @@ const ITEMS_PER_TASK: u64 = 5;
 
 /// One recorded request: (service, operation, what it was about).
 type Request = (&'static str, String, String);
-
-/// Drives moto's recorder: `reset`, `start` and `stop`.
-fn recorder(endpoint: &str, action: &str) {
-    let url = format!("{endpoint}/moto-api/recorder/{action}-recording");
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b'', method='POST'), timeout=60).read()",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out));
-}
-
-/// The recording, one JSON document per request.
-fn recording(endpoint: &str) -> Vec<serde_json::Value> {
-    let url = format!("{endpoint}/moto-api/recorder/download-recording");
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            // Bodies as text (moto keeps some base64-encoded).
-            r#"
-import base64, json, sys, urllib.request
-for line in urllib.request.urlopen(sys.argv[1], timeout=120).read().decode().splitlines():
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        continue
-    if rec.get("body_encoded") and rec.get("body"):
-        rec["body"] = base64.b64decode(rec["body"]).decode(errors="replace")
-    print(json.dumps(rec))
-"#,
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 /// The object class of an S3 key: digits become `N`, the job id `J`.
 fn key_class(key: &str) -> String {
@@ -186,16 +142,16 @@ spec:
         ),
     );
 
-    recorder(&endpoint, "reset");
-    recorder(&endpoint, "start");
+    moto::recorder(&endpoint, "reset");
+    moto::recorder(&endpoint, "start");
     let run = orch(&["run", "--no-progress", job.to_str().unwrap()])
         .output()
         .unwrap();
-    recorder(&endpoint, "stop");
+    moto::recorder(&endpoint, "stop");
     assert_eq!(run.status.code(), Some(0), "{}", common::text(&run));
 
     let mut counts: BTreeMap<Request, u64> = BTreeMap::new();
-    for rec in recording(&endpoint) {
+    for rec in moto::recording(&endpoint) {
         if let Some(r) = classify(&rec, &bucket, &table) {
             *counts.entry(r).or_default() += 1;
         }

@@ -130,3 +130,53 @@ pub async fn download_prefix(
     names.sort();
     names
 }
+
+/// Runs a short Python program with `args` (moto ships with Python, and its request recorder
+/// answers plain HTTP); its stdout.
+fn python(program: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("cannot run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Drives the request recorder of the moto server at `endpoint`: `action` is `reset`, `start`
+/// or `stop`.
+pub fn recorder(endpoint: &str, action: &str) {
+    let url = format!("{endpoint}/moto-api/recorder/{action}-recording");
+    python(
+        "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b'', method='POST'), timeout=60).read()",
+        &[&url],
+    );
+}
+
+/// What the recorder of the moto server at `endpoint` holds: one JSON document per request,
+/// bodies as text (moto keeps some base64-encoded).
+pub fn recording(endpoint: &str) -> Vec<serde_json::Value> {
+    let url = format!("{endpoint}/moto-api/recorder/download-recording");
+    python(
+        r#"
+import base64, json, sys, urllib.request
+for line in urllib.request.urlopen(sys.argv[1], timeout=120).read().decode().splitlines():
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        continue
+    if rec.get("body_encoded") and rec.get("body"):
+        rec["body"] = base64.b64decode(rec["body"]).decode(errors="replace")
+    print(json.dumps(rec))
+"#,
+        &[&url],
+    )
+    .lines()
+    .filter_map(|l| serde_json::from_str(l).ok())
+    .collect()
+}

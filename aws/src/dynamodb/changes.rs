@@ -30,8 +30,8 @@ use orch_core::model::TaskRecord;
 
 use super::batch::retry_unprocessed;
 use super::item::{
-    GSI1PK, INCOMPLETE, INDEX_BY_STATE, Item, JOB_SK, VERSION, WRITE_ID, build_error, decode_task,
-    get_s, indexed, key, s, task_sk, version_of,
+    INCOMPLETE, Item, JOB_SK, VERSION, WRITE_ID, build_error, decode_task, get_s, indexed, key,
+    task_sk, version_of,
 };
 use super::{DynamoStateStore, READ_CONCURRENCY, SERVICE};
 use crate::error::{AwsError, sdk_error};
@@ -493,15 +493,7 @@ impl DynamoStateStore {
         }
         let pk = self.keys.active_pk(job);
         let indexed_items = self
-            .query_all("Query by-state", &pk, false, || {
-                self.client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(INDEX_BY_STATE)
-                    .key_condition_expression("#pk = :pk")
-                    .expression_attribute_names("#pk", GSI1PK)
-                    .expression_attribute_values(":pk", s(&pk))
-            })
+            .query_all("Query by-state", &pk, false, || self.active_query(&pk))
             .await?;
         for item in &indexed_items {
             keep(&mut rows, decode_task(item)?);

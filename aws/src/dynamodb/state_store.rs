@@ -30,8 +30,8 @@ use super::batch::{delete_request, put_request};
 use super::changes::JobStamp;
 use super::item::{
     ATTEMPT_SK_PREFIX, BODY, CLAIM_OWNER, CLAIMED_AT, CREATING, DELETING, ENDED, GROUP, GSI1PK,
-    GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, INDEX_BY_STATE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE,
-    VERSION, WRITE_ID, attempt_sk, attempt_sk_of_task, check_job_id, decode_attempt, decode_job,
+    GSI1SK, GSI2PK, GSI2SK, INCOMPLETE, JOB_SK, LEASE_EXPIRY, PHASE, PK, SK, STATE, VERSION,
+    WRITE_ID, attempt_sk, attempt_sk_of_task, check_job_id, decode_attempt, decode_job,
     decode_task, encode, get_s, indexed, is_own_write, job_item, jobs_sk, key, n, new_write_id, s,
     task_item, task_sk,
 };
@@ -666,15 +666,7 @@ impl StateStore for DynamoStateStore {
         }
         let pk = self.keys.active_pk(job);
         let items = self
-            .query_all("Query by-state", &pk, false, || {
-                self.client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(INDEX_BY_STATE)
-                    .key_condition_expression("#pk = :pk")
-                    .expression_attribute_names("#pk", GSI1PK)
-                    .expression_attribute_values(":pk", s(&pk))
-            })
+            .query_all("Query by-state", &pk, false, || self.active_query(&pk))
             .await?;
         let mut tasks = items
             .iter()
