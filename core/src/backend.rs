@@ -271,6 +271,25 @@ pub struct TaskChanges {
     pub cursor: Option<u64>,
 }
 
+impl TaskChanges {
+    /// Brings `rows` (a job's rows as last known, sorted by id) up to date: all of them for a
+    /// full answer, else each changed row replacing its older copy — never a newer one, which
+    /// a store whose reads may lag (an index) can return after the write that replaced it.
+    pub fn apply_to(self, rows: &mut Vec<TaskRecord>) {
+        if self.full {
+            *rows = self.tasks;
+            return;
+        }
+        for row in self.tasks {
+            match rows.binary_search_by_key(&row.id, |r| r.id) {
+                Ok(i) if row.version >= rows[i].version => rows[i] = row,
+                Ok(_) => {}
+                Err(i) => rows.insert(i, row),
+            }
+        }
+    }
+}
+
 /// A received message; `receipt` names this delivery for delete and visibility changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {

@@ -29,19 +29,8 @@ impl TaskCache {
         job: &str,
     ) -> BackendResult<&[TaskRecord]> {
         let changes = state.list_tasks_since(job, self.cursor).await?;
-        if changes.full {
-            self.rows = changes.tasks;
-        } else {
-            for row in changes.tasks {
-                match self.rows.binary_search_by_key(&row.id, |r| r.id) {
-                    // A newer row only: an older one may arrive from a store whose reads lag.
-                    Ok(i) if row.version >= self.rows[i].version => self.rows[i] = row,
-                    Ok(_) => {}
-                    Err(i) => self.rows.insert(i, row),
-                }
-            }
-        }
         self.cursor = changes.cursor;
+        changes.apply_to(&mut self.rows);
         Ok(&self.rows)
     }
 

@@ -826,7 +826,7 @@ async fn tasks_since_contract(store: &dyn StateStore, job: &str, all: &[TaskReco
 }
 
 /// The rows of a job as a coordinator's cache keeps them: [`StateStore::list_tasks_since`]
-/// applied as `orch_runtime::task_cache::TaskCache` applies it (the newer of two copies).
+/// applied as `orch_runtime::task_cache::TaskCache` applies it (`TaskChanges::apply_to`).
 struct Rows {
     rows: Vec<TaskRecord>,
     cursor: Option<u64>,
@@ -843,19 +843,10 @@ impl Rows {
             changes.tasks.windows(2).all(|w| w[0].id < w[1].id),
             "list_tasks_since must sort by id"
         );
-        if changes.full {
-            self.rows = changes.tasks;
-        } else {
-            for row in changes.tasks {
-                match self.rows.binary_search_by_key(&row.id, |r| r.id) {
-                    Ok(i) if row.version >= self.rows[i].version => self.rows[i] = row,
-                    Ok(_) => {}
-                    Err(i) => self.rows.insert(i, row),
-                }
-            }
-        }
+        let full = changes.full;
         self.cursor = changes.cursor;
-        changes.full
+        changes.apply_to(&mut self.rows);
+        full
     }
 
     /// Refreshes until the rows are the job's rows as stored, for a few seconds at most (an
