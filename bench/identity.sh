@@ -4,7 +4,8 @@
 # next to the peer a researcher would otherwise write: one pyarrow process reading the JSONL
 # and writing one Parquet file (C++ JSON reader, no retries, no checkpoints).
 #
-#   bench/identity.sh [N] [BATCH_SIZE]     default 1000000 records, batches of 50000
+#   bench/identity.sh [N] [BATCH_SIZE]     default 1000000 records, batches of 50000; `auto`:
+#                                          no batch.size (orch sizes batches from the input)
 #   ORCH_BIN=DIR bench/identity.sh ...     orch and orch-worker from DIR instead of building here
 #   ORCH_BEFORE=DIR RUNS=3 bench/identity.sh ...
 #                                          also time the orch in DIR (another commit's build),
@@ -29,13 +30,14 @@ python3 -c "import pyarrow" 2>/dev/null || python3 -m pip install --quiet pyarro
 python3 examples/identity-bench/make_data.py "$N" 2>/dev/null
 cp examples/identity-bench/data.jsonl "$work/data.jsonl"
 bytes=$(stat -c %s "$work/data.jsonl")
+if [ "$BATCH" = auto ]; then batch_line="  batch: {}"; else batch_line="  batch: {size: $BATCH}"; fi
 cat > "$work/job.yaml" <<YAML
 apiVersion: orch.dev/v1alpha1
 kind: OrchJob
 metadata: {name: identity-bench}
 spec:
   input: {uri: data.jsonl}
-  batch: {size: $BATCH}
+$batch_line
   handler: {builtin: {name: identity}}
   output: {uri: out}
   executor: {local: {parallelism: 2}}
@@ -76,6 +78,8 @@ after, before = (statistics.median(c for _, c in runs[s]) for s in ("after", "be
 print(f"after/before CPU per item: {after / before:.2f}x")
 PY
 fi
+# Tasks as planned (with `auto`, orch chose them).
+tasks=$(cat "$work"/.orch/jobs/*/batches.jsonl | wc -l)
 rows=$(python3 -c "import pyarrow.dataset as ds, sys; print(ds.dataset(sys.argv[1], format='parquet').count_rows())" "$work/out")
 
 cat > "$work/peer.py" <<'PY'
@@ -91,21 +95,20 @@ t3=$(now)
 agg_ms=$(grep -o ' ms=[0-9]*' <(grep ' aggregated' "$work/orch.log") | tail -1 | cut -d= -f2)
 # ... and its own CPU time (without the workers'): the coordinator's cost per task.
 coord_ms=$(grep -o 'coordinator_cpu_ms=[0-9]*' "$work/orch.log" | tail -1 | cut -d= -f2)
-python3 - "$N" "$bytes" "$BATCH" "$t0" "$t1" "$t2" "$t3" "$rows" "$(cat "$work/orch.rss")" "$(cat "$work/peer.rss")" "${agg_ms:-0}" "${coord_ms:-0}" <<'PY'
+python3 - "$N" "$bytes" "$BATCH" "$t0" "$t1" "$t2" "$t3" "$rows" "$(cat "$work/orch.rss")" "$(cat "$work/peer.rss")" "${agg_ms:-0}" "${coord_ms:-0}" "$tasks" <<'PY'
 import sys
-n, size, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+n, size, batch, tasks = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[13])
 t0, t1, t2, t3 = map(float, sys.argv[4:8])
 rows, orch_rss, peer_rss = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
 agg = int(sys.argv[11]) / 1000
 coord = int(sys.argv[12]) / 1000
 orch, peer = t1 - t0, t3 - t2
 assert rows == n, f"orch output has {rows} rows, expected {n}"
-print(f"records {n:,} ({size/1e6:.0f} MB), batch.size {batch:,} -> {(n + batch - 1)//batch} tasks, 2 workers")
+print(f"records {n:,} ({size/1e6:.0f} MB), batch.size {batch} -> {tasks} tasks, 2 workers")
 print(f"{'':28}{'wall s':>8}{'items/s':>12}{'µs/item':>9}{'peak RSS MiB':>14}")
 print(f"{'orch run (identity)':28}{orch:8.2f}{n/orch:12,.0f}{orch/n*1e6:9.2f}{orch_rss/1024:14.0f}")
 print(f"{'pyarrow read_json+write':28}{peer:8.2f}{n/peer:12,.0f}{peer/n*1e6:9.2f}{peer_rss/1024:14.0f}")
 print(f"ratio orch/peer wall time: {orch/peer:.2f}x  (peak RSS: the largest single process)")
-tasks = (n + batch - 1) // batch
 print(f"of orch's wall time, aggregation (verify + merge {tasks} task results): {agg:.2f} s")
 print(f"coordinator CPU (orch run itself, workers excluded): {coord:.2f} s = {coord / tasks * 1e6:,.0f} µs per task")
 PY

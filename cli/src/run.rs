@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orch_core::load::{self, LoadedJob};
 use orch_core::model::JobPhase;
 use orch_core::model::TaskKind;
-use orch_core::partition::PlanBudget;
+use orch_core::partition::{AUTO_BATCHES_PER_WORKER, AUTO_MAX_ITEMS, BatchSize, PlanBudget};
 use orch_executors::{Executors, PlainHttp};
 use orch_runtime::control::RetryChoice;
 use orch_runtime::driver::{self, Progress, RunOptions};
@@ -61,7 +61,11 @@ fn parquet_footers(job: &LoadedJob) -> Result<(), Failure> {
     };
     for file in load::input_sources(&path).unwrap_or_default() {
         let source = file.display().to_string();
-        if let Err(e) = orch_data::parquet_input::partition_parquet(&file, &source, s.batch.size) {
+        if let Err(e) = orch_data::parquet_input::partition_parquet(
+            &file,
+            &source,
+            BatchSize::Items(s.batch.size.unwrap_or(AUTO_MAX_ITEMS)),
+        ) {
             return Err(Failure {
                 code: 2,
                 message: format!("{}: spec.input.uri: {e}", job.path.display()),
@@ -114,10 +118,13 @@ pub fn validate(file: &Path, show: bool) -> Result<u8, Failure> {
     println!("{} is valid", file.display());
     println!("  job      {}", job.file.metadata.name);
     println!("  input    {}", s.input.uri);
-    println!(
-        "  batches  of {} items, at most {}",
-        s.batch.size, s.batch.max_bytes
-    );
+    match s.batch.size {
+        Some(items) => println!("  batches  of {items} items, at most {}", s.batch.max_bytes),
+        None => println!(
+            "  batches  sized from the input, {AUTO_BATCHES_PER_WORKER} per worker, at most {}",
+            s.batch.max_bytes
+        ),
+    }
     println!(
         "  handler  {handler} ({} in flight, {} per item)",
         s.handler.concurrency, s.handler.timeout

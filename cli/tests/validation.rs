@@ -195,6 +195,23 @@ fn extends_deep_merges_a_base_file() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("batches  of 3 items, at most 1Mi"), "{all}");
+
+    // Without a size anywhere, orch sizes the batches from the input.
+    s.write(
+        "base.yaml",
+        "apiVersion: orch.dev/v1alpha1\nkind: OrchJob\nspec:\n  handler: {builtin: {name: identity}}\n",
+    );
+    let job = s.write(
+        "job.yaml",
+        "extends: base.yaml\nmetadata: {name: child}\nspec:\n  input: {uri: in.jsonl}\n",
+    );
+    let out = s.orch(&["validate", job.to_str().unwrap()]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("batches  sized from the input, 4 per worker, at most 64Mi"),
+        "{all}"
+    );
 }
 
 /// `orch status NAME` reads the local stores unless told otherwise; a NAME that is no local job

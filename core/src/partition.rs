@@ -33,6 +33,77 @@ pub struct PartitionOptions {
     pub max_batches: Option<u64>,
 }
 
+/// How many items a batch holds: `batch.size` as written, or, when the job gives none, sized
+/// from the input so that every worker gets a few batches (docs/job-spec.md, "Batch size").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    /// `batch.size`: at most this many items.
+    Items(u64),
+    /// About this many bytes of input, and at most [`AUTO_MAX_ITEMS`] items.
+    Bytes(u64),
+}
+
+/// Batches each worker gets when orch sizes them: more than one, so that a slow batch is
+/// evened out by the others, and few, so that starting tasks costs little.
+pub const AUTO_BATCHES_PER_WORKER: u64 = 4;
+/// The smallest batch orch chooses (unless `batch.maxBytes` is smaller): below it, starting a
+/// task costs more than its items.
+pub const AUTO_MIN_BYTES: u64 = 64 << 10;
+/// The most items of a batch orch sizes, so that one task (and a retry of it) stays bounded.
+pub const AUTO_MAX_ITEMS: u64 = 100_000;
+/// What compressed input is assumed to grow to when sizing batches, which are cut from the
+/// decompressed bytes: a guess, since only the compressed size is known before reading.
+pub const ASSUMED_COMPRESSION_RATIO: u64 = 4;
+
+impl BatchSize {
+    /// `written` (`batch.size`) when given; else batches of `input_bytes` shared out as
+    /// [`AUTO_BATCHES_PER_WORKER`] per worker of `parallelism`, each at least
+    /// [`AUTO_MIN_BYTES`] and at most `max_bytes` (`batch.maxBytes`).
+    pub fn choose(
+        written: Option<u64>,
+        input_bytes: u64,
+        parallelism: u32,
+        max_bytes: u64,
+    ) -> Self {
+        match written {
+            Some(items) => Self::Items(items),
+            None => {
+                let batches = u64::from(parallelism.max(1)) * AUTO_BATCHES_PER_WORKER;
+                let share = input_bytes.div_ceil(batches).max(AUTO_MIN_BYTES);
+                Self::Bytes(share.min(max_bytes.max(1)))
+            }
+        }
+    }
+
+    /// The options that cut a text input (JSONL, CSV) this way, under `batch.maxBytes`.
+    pub fn text_options(self, max_bytes: u64, hard_limit: u64) -> PartitionOptions {
+        let (batch_size, max_bytes) = match self {
+            Self::Items(items) => (items, max_bytes),
+            Self::Bytes(bytes) => (AUTO_MAX_ITEMS, bytes),
+        };
+        PartitionOptions {
+            batch_size,
+            max_bytes,
+            hard_limit,
+            max_batches: None,
+        }
+    }
+
+    /// Rows per batch of a Parquet file of `rows` rows in `bytes` bytes (≥ 1).
+    pub fn parquet_rows(self, rows: u64, bytes: u64) -> u64 {
+        match self {
+            Self::Items(items) => items.max(1),
+            Self::Bytes(share) => {
+                let rows =
+                    (u128::from(rows) * u128::from(share)).div_ceil(u128::from(bytes.max(1)));
+                u64::try_from(rows)
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, AUTO_MAX_ITEMS)
+            }
+        }
+    }
+}
+
 /// What planning one job may cost; `None` is no limit, and [`Default`] has none (`orch run`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PlanBudget {
@@ -294,6 +365,56 @@ mod tests {
             .flat_map(|b| jsonl_items(&data[b.start as usize..b.end as usize]))
             .collect();
         assert_eq!(items, vec![&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]]);
+    }
+
+    #[test]
+    fn unsized_batches_share_the_input_between_the_workers() {
+        // 8 MiB over 4 workers: 16 batches of 512 KiB.
+        let size = BatchSize::choose(None, 8 << 20, 4, 64 << 20);
+        assert_eq!(size, BatchSize::Bytes(512 << 10));
+        let o = size.text_options(64 << 20, DEFAULT_HARD_LIMIT);
+        assert_eq!((o.batch_size, o.max_bytes), (AUTO_MAX_ITEMS, 512 << 10));
+        // Small input is not cut below the floor; large input not above batch.maxBytes.
+        assert_eq!(
+            BatchSize::choose(None, 1000, 64, 64 << 20),
+            BatchSize::Bytes(AUTO_MIN_BYTES)
+        );
+        assert_eq!(
+            BatchSize::choose(None, 1 << 40, 2, 64 << 20),
+            BatchSize::Bytes(64 << 20)
+        );
+        // A maxBytes under the floor wins; a written size is kept as written.
+        assert_eq!(
+            BatchSize::choose(None, 1 << 30, 1, 1000),
+            BatchSize::Bytes(1000)
+        );
+        assert_eq!(
+            BatchSize::choose(Some(7), 1 << 30, 1, 1000),
+            BatchSize::Items(7)
+        );
+        let o = BatchSize::Items(7).text_options(1000, 5);
+        assert_eq!((o.batch_size, o.max_bytes, o.hard_limit), (7, 1000, 5));
+    }
+
+    #[test]
+    fn parquet_rows_follow_the_files_bytes_per_row() {
+        // 1 MiB shares of a 10 MiB file of 1M rows: about 100k rows each.
+        assert_eq!(
+            BatchSize::Bytes(1 << 20).parquet_rows(1_000_000, 10 << 20),
+            100_000
+        );
+        assert_eq!(
+            BatchSize::Bytes(1 << 19).parquet_rows(1_000_000, 10 << 20),
+            50_000
+        );
+        // Never 0, never over the cap, whatever the file claims.
+        assert_eq!(BatchSize::Bytes(1).parquet_rows(1, u64::MAX), 1);
+        assert_eq!(
+            BatchSize::Bytes(u64::MAX).parquet_rows(u64::MAX, 1),
+            AUTO_MAX_ITEMS
+        );
+        assert_eq!(BatchSize::Items(0).parquet_rows(10, 10), 1);
+        assert_eq!(BatchSize::Items(3).parquet_rows(10, 10), 3);
     }
 
     #[test]

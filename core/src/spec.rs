@@ -147,10 +147,11 @@ pub enum InputFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchSpec {
-    /// Items per batch.
-    #[serde(default = "default_batch_size")]
+    /// Items per batch; default: sized from the input, about four batches per worker of the
+    /// executor (at least 64 KiB of input, at most `maxBytes` and 100,000 items).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub size: u64,
+    pub size: Option<u64>,
     /// Upper bound of a batch's bytes, so that skewed records do not make huge batches.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: Quantity,
@@ -162,16 +163,13 @@ pub struct BatchSpec {
 impl Default for BatchSpec {
     fn default() -> Self {
         Self {
-            size: default_batch_size(),
+            size: None,
             max_bytes: default_max_bytes(),
             max_record_bytes: default_max_record_bytes(),
         }
     }
 }
 
-fn default_batch_size() -> u64 {
-    1000
-}
 fn default_max_bytes() -> Quantity {
     Quantity::from("64Mi")
 }
@@ -845,6 +843,27 @@ pub struct ExecutorSpec {
     pub kubernetes: Option<KubernetesExecutorSpec>,
 }
 
+/// Array tasks a Slurm executor is assumed to run at once when `maxRunning` does not say: the
+/// cluster's free room is not known when the job is planned.
+pub const SLURM_ASSUMED_PARALLELISM: u32 = 64;
+
+impl ExecutorSpec {
+    /// Tasks the chosen executor runs at once, as far as the spec tells: what unsized batches
+    /// are shared out over.
+    pub fn parallelism(&self) -> u32 {
+        if let Some(kubernetes) = &self.kubernetes {
+            kubernetes.parallelism
+        } else if let Some(slurm) = &self.slurm {
+            slurm.max_running.unwrap_or(SLURM_ASSUMED_PARALLELISM)
+        } else {
+            self.local
+                .clone()
+                .unwrap_or_default()
+                .effective_parallelism()
+        }
+    }
+}
+
 impl Default for ExecutorSpec {
     fn default() -> Self {
         Self {
@@ -1049,6 +1068,16 @@ pub struct LocalExecutorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub parallelism: Option<u32>,
+}
+
+impl LocalExecutorSpec {
+    /// `parallelism`, else the CPUs this process may use.
+    pub fn effective_parallelism(&self) -> u32 {
+        self.parallelism.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]

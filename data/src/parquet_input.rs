@@ -42,7 +42,7 @@ use std::path::Path;
 use arrow_array::RecordBatch;
 use arrow_json::writer::{LineDelimited, Writer as JsonWriter};
 use orch_core::model::Batch;
-use orch_core::partition::{OverBudget, PartitionPlan};
+use orch_core::partition::{BatchSize, OverBudget, PartitionPlan};
 use parquet::arrow::arrow_reader::{
     ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
@@ -62,7 +62,11 @@ pub const MAX_FOOTER_BYTES: u64 = 64 << 20;
 
 /// Plans the batches of the Parquet file at `path`; `source` (its URI) is copied into each
 /// batch. See [`partition_parquet_ranges`].
-pub fn partition_parquet(path: &Path, source: &str, batch_size: u64) -> Result<PartitionPlan> {
+pub fn partition_parquet(
+    path: &Path,
+    source: &str,
+    batch_size: BatchSize,
+) -> Result<PartitionPlan> {
     let mut file = File::open(path).map_err(|e| DataError::io("open", path, e))?;
     let size = file
         .metadata()
@@ -87,8 +91,8 @@ fn read_file_range(file: &mut File, range: Range<u64>) -> std::io::Result<Vec<u8
 ///
 /// Only the footer is read: its last 8 bytes, then the footer they announce (at most
 /// [`MAX_FOOTER_BYTES`]). `items` of the plan is the total row count and `bytes` the file
-/// size. A file without rows has no batches. `batch_size` is validated ≥ 1 by the job spec; 0
-/// is treated as 1 rather than trusted. More than `max_batches` batches stop the plan with
+/// size. A file without rows has no batches. A `batch_size` of 0 items (refused by the job
+/// spec) is treated as 1 rather than trusted. More than `max_batches` batches stop the plan with
 /// [`OverBudget::Batches`].
 ///
 /// A footer that does not decode is reported with a digest of the decoder's message, not the
@@ -98,7 +102,7 @@ pub fn partition_parquet_ranges(
     size: u64,
     read: &mut dyn FnMut(Range<u64>) -> std::io::Result<Vec<u8>>,
     source: &str,
-    batch_size: u64,
+    batch_size: BatchSize,
     max_batches: Option<u64>,
 ) -> Result<PartitionPlan> {
     let tail_size = FOOTER_SIZE as u64;
@@ -170,10 +174,12 @@ pub fn partition_parquet_ranges(
         )
     })?;
     let groups = row_group_rows(name, &metadata)?;
-    let batches = plan_batches(name, source, &groups, batch_size.max(1), max_batches)?;
+    let items = groups.iter().sum();
+    let rows = batch_size.parquet_rows(items, size);
+    let batches = plan_batches(name, source, &groups, rows, max_batches)?;
     Ok(PartitionPlan {
         batches,
-        items: groups.iter().sum(),
+        items,
         bytes: size,
     })
 }

@@ -13,6 +13,7 @@ use arrow_array::{
     StructArray,
 };
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use orch_core::partition::BatchSize;
 use orch_data::{DataError, ErrorCategory, partition_parquet, read_parquet_rows};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
@@ -133,7 +134,7 @@ fn row_groups(path: &Path) -> Vec<u64> {
 
 /// Checks the structural promises of a plan and returns its ranges.
 fn check_plan(path: &Path, groups: &[u64], size: u64) -> Vec<(u64, u64)> {
-    let plan = partition_parquet(path, "file:///input.parquet", size).unwrap();
+    let plan = partition_parquet(path, "file:///input.parquet", BatchSize::Items(size)).unwrap();
     let total: u64 = groups.iter().sum();
     assert_eq!(plan.items, total);
     assert_eq!(plan.bytes, std::fs::metadata(path).unwrap().len());
@@ -213,7 +214,7 @@ fn every_row_is_read_exactly_once_in_order() {
         assert_eq!(row["id"], i as u64, "{row}");
     }
     for size in [1, 2, 3, 4, 7, 11, 1000] {
-        let plan = partition_parquet(&path, "src", size).unwrap();
+        let plan = partition_parquet(&path, "src", BatchSize::Items(size)).unwrap();
         let mut concatenated = Vec::new();
         for b in &plan.batches {
             let rows = read_parquet_rows(&path, b.start, b.end).unwrap();
@@ -320,7 +321,7 @@ fn empty_file_has_no_batches() {
     let path = dir.path().join("empty.parquet");
     let writer = ArrowWriter::try_new(File::create(&path).unwrap(), schema(), None).unwrap();
     writer.close().unwrap();
-    let plan = partition_parquet(&path, "src", 5).unwrap();
+    let plan = partition_parquet(&path, "src", BatchSize::Items(5)).unwrap();
     assert!(plan.batches.is_empty());
     assert_eq!(plan.items, 0);
     assert_eq!(plan.bytes, std::fs::metadata(&path).unwrap().len());
@@ -353,7 +354,7 @@ fn a_file_that_is_not_parquet_is_a_clean_error() {
     for (name, content) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
-        let e = partition_parquet(&path, "src", 10).unwrap_err();
+        let e = partition_parquet(&path, "src", BatchSize::Items(10)).unwrap_err();
         assert!(matches!(e, DataError::InvalidFile { .. }), "{name}: {e:?}");
         assert_eq!(e.category(), ErrorCategory::Permanent, "{name}: {e}");
         assert!(e.to_string().contains(name), "{e}");
@@ -362,7 +363,7 @@ fn a_file_that_is_not_parquet_is_a_clean_error() {
     }
     let missing = dir.path().join("missing.parquet");
     assert!(matches!(
-        partition_parquet(&missing, "src", 10),
+        partition_parquet(&missing, "src", BatchSize::Items(10)),
         Err(DataError::Io { .. })
     ));
 }
@@ -409,7 +410,7 @@ fn a_footer_that_does_not_decode_is_reported_without_its_column_names() {
         "the decoder's own message names it: {raw}"
     );
 
-    let e = partition_parquet(&path, "src", 10).unwrap_err();
+    let e = partition_parquet(&path, "src", BatchSize::Items(10)).unwrap_err();
     assert!(matches!(e, DataError::InvalidFile { .. }), "{e:?}");
     let message = e.to_string();
     assert!(message.contains("does not decode"), "{message}");
@@ -422,8 +423,15 @@ fn a_footer_that_does_not_decode_is_reported_without_its_column_names() {
         reads.push(r.clone());
         Ok(bytes[r.start as usize..r.end as usize].to_vec())
     };
-    let e =
-        orch_data::partition_parquet_ranges(&path, size, &mut read, "src", 10, None).unwrap_err();
+    let e = orch_data::partition_parquet_ranges(
+        &path,
+        size,
+        &mut read,
+        "src",
+        BatchSize::Items(10),
+        None,
+    )
+    .unwrap_err();
     assert!(!e.to_string().contains(MARKER));
     assert_eq!(reads.len(), 2);
     assert_eq!(reads[0], size - 8..size);
@@ -570,7 +578,7 @@ fn reads_a_file_written_by_pyarrow() {
 fn a_footer_with_a_negative_column_offset_is_an_error_not_a_panic() {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/negative-column-offset.parquet");
-    let planned = partition_parquet(&path, "fixture", 3);
+    let planned = partition_parquet(&path, "fixture", BatchSize::Items(3));
     let message = planned.unwrap_err().to_string();
     assert!(message.contains("corrupt footer"), "{message}");
     assert!(
@@ -591,7 +599,7 @@ fn a_page_without_its_dictionary_is_an_error_not_a_panic() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/dictionary-page-missing.parquet");
     let mut failed = 0;
-    if let Ok(plan) = partition_parquet(&path, "fixture", 3) {
+    if let Ok(plan) = partition_parquet(&path, "fixture", BatchSize::Items(3)) {
         for batch in plan.batches.iter().take(4) {
             match read_parquet_rows(&path, batch.start, batch.end) {
                 Ok(rows) => assert_eq!(rows.len() as u64, batch.items),

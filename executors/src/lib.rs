@@ -102,14 +102,9 @@ impl Executors {
             .spec
             .executor
             .local
-            .as_ref()
-            .and_then(|l| l.parallelism)
-            .map(|p| p as usize)
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
+            .clone()
+            .unwrap_or_default()
+            .effective_parallelism() as usize;
         let log_dir = platform.log_dir(&job.id);
         let log_in_storage = platform
             .backends()

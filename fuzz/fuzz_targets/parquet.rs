@@ -31,7 +31,7 @@ fuzz_target!(init: {
         let end = usize::try_from(range.end).map_err(std::io::Error::other)?;
         Ok(data.get(start..end).unwrap_or_default().to_vec())
     };
-    let plan = partition_parquet_ranges(name, data.len() as u64, &mut read, "fuzz", 3, Some(64));
+    let plan = partition_parquet_ranges(name, data.len() as u64, &mut read, "fuzz", orch_core::partition::BatchSize::Items(3), Some(64));
     let path = scratch();
     if std::fs::write(path, data).is_err() {
         return;

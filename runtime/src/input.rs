@@ -26,7 +26,10 @@ use orch_core::backend::{BackendError, BackendResult, ByteSource, ObjectStore};
 use orch_core::csv_input::{self, CsvOptions};
 use orch_core::load::input_sources;
 use orch_core::model::Batch;
-use orch_core::partition::{self, OverBudget, PartitionOptions, PartitionPlan, PlanBudget};
+use orch_core::partition::{
+    self, ASSUMED_COMPRESSION_RATIO, BatchSize, OverBudget, PartitionOptions, PartitionPlan,
+    PlanBudget,
+};
 use orch_core::platform::{Backends, Locations};
 use orch_core::spec::{InputFormat, JobSpec};
 use orch_core::uri::Location;
@@ -232,16 +235,6 @@ pub async fn plan(
     target: Option<PlanTarget<'_>>,
     budget: &PlanBudget,
 ) -> Result<InputPlan> {
-    let opts = PartitionOptions {
-        batch_size: spec.batch.size,
-        max_bytes: spec.batch.max_bytes.as_bytes().map_err(Error::Invalid)?,
-        hard_limit: spec
-            .batch
-            .max_record_bytes
-            .as_bytes()
-            .map_err(Error::Invalid)?,
-        max_batches: None,
-    };
     let format = match spec.input.format {
         Some(InputFormat::Parquet) => Format::Parquet,
         Some(InputFormat::Csv) => Format::Csv(spec.input.csv.clone().unwrap_or_default().options()),
@@ -254,6 +247,19 @@ pub async fn plan(
             return Err(over(OverBudget::InputBytes { total, max }));
         }
     }
+    let max_bytes = spec.batch.max_bytes.as_bytes().map_err(Error::Invalid)?;
+    let batch_size = BatchSize::choose(
+        spec.batch.size,
+        estimated_bytes(sources, &sizes),
+        spec.executor.parallelism(),
+        max_bytes,
+    );
+    let hard_limit = spec
+        .batch
+        .max_record_bytes
+        .as_bytes()
+        .map_err(Error::Invalid)?;
+    let opts = batch_size.text_options(max_bytes, hard_limit);
     let handle = Handle::current();
     // Stops the blocking work of a plan whose caller went away (Ctrl-C, the operator
     // stopping the job), instead of letting it read on.
@@ -301,7 +307,7 @@ pub async fn plan(
             index,
             source,
             file_name: &file_name,
-            batch_size: spec.batch.size,
+            batch_size,
         };
         let cut = cut_file(input, file, &format, opts, target.as_ref(), &handle)
             .await
@@ -315,6 +321,18 @@ pub async fn plan(
     Ok(InputPlan {
         batches: total,
         columns: first_header.map(|first| first.names.clone()),
+    })
+}
+
+/// The bytes the input is cut from, as far as is known before reading it: compressed files
+/// count as [`ASSUMED_COMPRESSION_RATIO`] times their size.
+fn estimated_bytes(sources: &[Source], sizes: &[u64]) -> u64 {
+    sources.iter().zip(sizes).fold(0u64, |sum, (source, size)| {
+        let ratio = match compression(&source.file_name()) {
+            Some(_) => ASSUMED_COMPRESSION_RATIO,
+            None => 1,
+        };
+        sum.saturating_add(size.saturating_mul(ratio))
     })
 }
 
@@ -428,6 +446,7 @@ async fn decompress_and_cut(
     input: Input,
     format: &Format,
     opts: PartitionOptions,
+    batch_size: BatchSize,
     uri: &str,
     objects: Arc<dyn ObjectStore>,
     key: &str,
@@ -444,7 +463,7 @@ async fn decompress_and_cut(
     let uri = uri.to_string();
     // Parquet is only decompressed here (its footer is read after); the others are cut too.
     let work = blocking("planning the input", move || {
-        input.cut(&format, opts, opts.batch_size, &uri, Some(upload))
+        input.cut(&format, opts, batch_size, &uri, Some(upload))
     });
     let (cut, uploaded) = tokio::join!(work, objects.put_stream(key, &mut chunks));
     match (cut, uploaded) {
@@ -492,7 +511,7 @@ struct File<'a> {
     index: usize,
     source: &'a Source,
     file_name: &'a str,
-    batch_size: u64,
+    batch_size: BatchSize,
 }
 
 /// Cuts one file off the async workers; a compressed one is first (or, JSONL and CSV, at the
@@ -524,7 +543,9 @@ async fn cut_file(
                 None => format!("{}/{key}", target.storage_uri.trim_end_matches('/')),
             };
             let (name, trip) = (input.name.clone(), input.trip.clone());
-            let cut = decompress_and_cut(input, format, opts, &uri, objects.clone(), &key).await?;
+            let cut =
+                decompress_and_cut(input, format, opts, batch_size, &uri, objects.clone(), &key)
+                    .await?;
             if *format != Format::Parquet {
                 return Ok(cut);
             }
@@ -596,7 +617,7 @@ impl Input {
         &self,
         format: &Format,
         opts: PartitionOptions,
-        batch_size: u64,
+        batch_size: BatchSize,
         uri: &str,
         upload: Option<Upload>,
     ) -> Result<Cut> {
@@ -661,7 +682,7 @@ impl Input {
     fn cut_parquet(
         &self,
         uri: &str,
-        batch_size: u64,
+        batch_size: BatchSize,
         max_batches: Option<u64>,
     ) -> Result<PartitionPlan> {
         let size = self.raw.size()?;

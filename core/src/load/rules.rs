@@ -237,13 +237,12 @@ pub fn rules(file: &OrchJobFile) -> Vec<FieldError> {
             ),
         );
     }
-    if s.batch.size > MAX_BATCH_SIZE {
+    if let Some(size) = s.batch.size
+        && size > MAX_BATCH_SIZE
+    {
         err(
             "spec.batch.size",
-            format!(
-                "{} items per batch is more than the {MAX_BATCH_SIZE} a task may hold",
-                s.batch.size
-            ),
+            format!("{size} items per batch is more than the {MAX_BATCH_SIZE} a task may hold"),
         );
     }
     if let Some(limits) = &s.rate_limit {

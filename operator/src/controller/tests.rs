@@ -312,7 +312,7 @@ async fn an_unreadable_object_is_reported_and_skipped() {
 fn job_ids_follow_the_object_not_its_spec() {
     let a = job("reviews", "parquet");
     let mut b = a.clone();
-    b.spec.0.batch.size = 99;
+    b.spec.0.batch.size = Some(99);
     assert_eq!(job_id(&a), job_id(&b));
     let mut c = a.clone();
     c.metadata.uid = Some("another".into());
