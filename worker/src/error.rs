@@ -21,6 +21,9 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A checkpoint file SQLite reads but orch cannot (written by a newer worker, or damaged).
+    #[error("checkpoint {path} cannot be read: {reason}")]
+    CheckpointDamaged { path: String, reason: String },
     #[error("{0}")]
     Setup(String),
     /// The node's scratch space is too short for a task (remote storage builds its files
@@ -57,6 +60,7 @@ impl Error {
             Error::Handler(_)
             | Error::HandlerGaveUp(_)
             | Error::Checkpoint { .. }
+            | Error::CheckpointDamaged { .. }
             | Error::ScratchFull(_) => ErrorCategory::Infrastructure,
             Error::Setup(_) => ErrorCategory::Permanent,
             Error::LostLease { .. }

@@ -49,8 +49,6 @@ const LEASE: Duration = Duration::from_secs(30);
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long in-flight items may finish after a stop signal.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Flush the checkpoint at least this often (items).
-const FLUSH_EVERY: usize = 2000;
 
 /// Which task this process runs.
 #[derive(Debug, Clone)]
@@ -393,9 +391,6 @@ impl Ledger<'_> {
     fn record(&mut self, ordinal: u64, finished: Finished) -> Result<()> {
         self.tally.add(&finished);
         self.ckpt.record(ordinal, finished);
-        if self.ckpt.pending() >= FLUSH_EVERY {
-            self.ckpt.flush()?;
-        }
         Ok(())
     }
 
@@ -478,11 +473,11 @@ async fn work(
             );
         }
     }
-    let done = ckpt.done()?;
+    let done = ckpt.done();
     if !done.is_empty() {
         info!(resumed = done.len(), "resuming from the checkpoint");
     }
-    let mut resumed = ckpt.tally()?;
+    let mut resumed = ckpt.tally();
     if let Some(c) = &carried {
         resumed.extend(&c.tally());
     }
@@ -909,7 +904,7 @@ async fn finish(
     let mut results = Vec::new();
     let mut errors = Vec::new();
     let mut tally = Tally::default();
-    for (ordinal, f) in ckpt.all()? {
+    for (ordinal, f) in ckpt.take_all() {
         tally.add(&f);
         match f {
             Finished::Ok(json) => results.push((ordinal, json)),
