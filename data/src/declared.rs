@@ -47,7 +47,7 @@ use crate::Result;
 use crate::checksum::FileInfo;
 use crate::error::DataError;
 use crate::item_errors::ItemError;
-use crate::parquet_io::{DEFAULT_ROW_GROUP_ROWS, ParquetSink};
+use crate::parquet_io::ParquetSink;
 use crate::results::{CHUNK_ROWS, CHUNK_TEXT_BYTES, ITEM_COLUMN, ResultRow, VALUE_COLUMN};
 use crate::schema::{ColumnSchema, TYPE_METADATA_KEY};
 
@@ -518,8 +518,7 @@ fn write_declared_chunked(
         .iter()
         .filter(|r| failed.is_empty() || !failed.contains(&r.item))
         .peekable();
-    let mut sink =
-        ParquetSink::create(path, schema.arrow_schema().clone(), DEFAULT_ROW_GROUP_ROWS)?;
+    let mut sink = ParquetSink::create_task_result(path, schema.arrow_schema().clone())?;
     while kept.peek().is_some() {
         let batch = build_batch(schema, &mut kept, limits, path)?;
         sink.write(&batch)?;

@@ -35,10 +35,28 @@ pub(crate) struct ParquetSink {
 }
 
 impl ParquetSink {
+    /// A file users read: the job's output, merged parts, error files.
     pub(crate) fn create(path: &Path, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
+        Self::with_properties(path, schema, row_group_rows, true)
+    }
+
+    /// One task's results, read once by the merge, which encodes the output anew: without
+    /// dictionary encoding, whose interning of every value is about a tenth of a no-op task's
+    /// CPU and buys nothing in a file that is decoded once.
+    pub(crate) fn create_task_result(path: &Path, schema: SchemaRef) -> Result<Self> {
+        Self::with_properties(path, schema, DEFAULT_ROW_GROUP_ROWS, false)
+    }
+
+    fn with_properties(
+        path: &Path,
+        schema: SchemaRef,
+        row_group_rows: usize,
+        dictionary: bool,
+    ) -> Result<Self> {
         let (guard, sink) = AtomicFile::create(path)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            .set_dictionary_enabled(dictionary)
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             .build();
         let writer = ArrowWriter::try_new(sink, schema, Some(props))
@@ -127,4 +145,49 @@ pub(crate) fn batch_rows_for(
     usize::try_from(TARGET_BATCH_BYTES / per_row)
         .unwrap_or(max_rows)
         .clamp(1, max_rows)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::StringArray;
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+
+    /// Whether every column chunk of the file at `path` has a dictionary page.
+    fn dictionary_pages(path: &Path) -> Vec<bool> {
+        let builder = open_builder(path).unwrap();
+        builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .flat_map(|g| g.columns().iter())
+            .map(|c| c.dictionary_page_offset().is_some())
+            .collect()
+    }
+
+    #[test]
+    fn task_results_skip_the_dictionary_that_output_files_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        let values: Vec<&str> = (0..1000).map(|i| ["a", "b"][i % 2]).collect();
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
+            .unwrap();
+        let write = |sink: Result<ParquetSink>| {
+            let mut sink = sink.unwrap();
+            sink.write(&batch).unwrap();
+            sink.finish().unwrap();
+        };
+        let (task, output) = (
+            dir.path().join("task.parquet"),
+            dir.path().join("out.parquet"),
+        );
+        write(ParquetSink::create_task_result(&task, schema.clone()));
+        write(ParquetSink::create(&output, schema, DEFAULT_ROW_GROUP_ROWS));
+        assert_eq!(dictionary_pages(&task), vec![false]);
+        assert_eq!(dictionary_pages(&output), vec![true]);
+    }
 }

@@ -61,7 +61,7 @@ use serde_json::{Number, Value};
 use crate::Result;
 use crate::checksum::FileInfo;
 use crate::error::DataError;
-use crate::parquet_io::{DEFAULT_ROW_GROUP_ROWS, ParquetSink};
+use crate::parquet_io::ParquetSink;
 use crate::schema::null_only_field;
 
 /// Name of the ordinal column every orch output file starts with.
@@ -634,7 +634,7 @@ fn write_results_chunked(
     );
     let schema: SchemaRef = Arc::new(Schema::new(fields));
 
-    let mut sink = ParquetSink::create(path, schema.clone(), DEFAULT_ROW_GROUP_ROWS)?;
+    let mut sink = ParquetSink::create_task_result(path, schema.clone())?;
     let mut first = 0;
     while first < rows.len() {
         let (batch, taken) = build_batch(&schema, &cols, &infos, rows, first, limits, path)?;
