@@ -11,7 +11,12 @@ use orch_embedded::EmbeddedPlatform;
 use orch_runtime::input;
 
 /// A job over `uri` with `batch` and `executor` as given.
-fn spec(uri: &Path, format: &str, batch: serde_json::Value, executor: serde_json::Value) -> JobSpec {
+fn spec(
+    uri: &Path,
+    format: &str,
+    batch: serde_json::Value,
+    executor: serde_json::Value,
+) -> JobSpec {
     serde_json::from_value(serde_json::json!({
         "input": {"uri": uri.display().to_string(), "format": format},
         "batch": batch,
@@ -55,7 +60,11 @@ async fn unsized_jsonl_makes_four_batches_per_worker() {
         (serde_json::json!({"slurm": {"maxRunning": 2}}), 2),
         (serde_json::json!({"kubernetes": {"parallelism": 5}}), 5),
     ] {
-        let p = plan(&spec(&data, "jsonl", serde_json::json!({}), executor), &store).await;
+        let p = plan(
+            &spec(&data, "jsonl", serde_json::json!({}), executor),
+            &store,
+        )
+        .await;
         let wanted = workers * AUTO_BATCHES_PER_WORKER as usize;
         // Cut at line ends, so the last batch may be a sliver of the share.
         assert!(
