@@ -32,9 +32,12 @@ fn claimed_worker(s: &Scratch, child: &mut std::process::Child) -> (u32, u32) {
         let found = workers_of(&s.path(".orch"))
             .into_iter()
             .find_map(|pid| Some((pid, task_of(pid)?)));
-        if let Some(found) = found {
+        if let Some((pid, _)) = found {
             std::thread::sleep(Duration::from_millis(400));
-            return found;
+            // A worker kept for the job may have gone on to its next task meanwhile.
+            if let Some(task) = task_of(pid) {
+                return (pid, task);
+            }
         }
         assert!(Instant::now() < deadline, "no worker started");
         std::thread::sleep(Duration::from_millis(50));

@@ -32,6 +32,27 @@ fn identity_output_has_every_item_exactly_once() {
     assert_eq!(seen.items, (0..5_000).collect::<Vec<_>>());
     assert_eq!(seen.error_rows, 0);
     assert_eq!(seen.columns, vec!["_item", "id", "text"]);
+
+    // Two workers, kept for the job, ran its 20 tasks; each wrote every task's log itself.
+    let id = s.status(&job)["job"].as_str().unwrap().to_string();
+    let mut workers = std::collections::BTreeSet::new();
+    for task in 0..20 {
+        let log = std::fs::read_to_string(s.path(&format!(".orch/jobs/{id}/logs/{task:06}.1.log")))
+            .unwrap();
+        // Text lines say `worker=host:pid`, JSON lines `"worker":"host:pid"`.
+        let named: Vec<String> = log
+            .replace("\"worker\":\"", "worker=")
+            .split("worker=")
+            .skip(1)
+            .filter_map(|rest| Some(rest.split([' ', '}', ',', ':', '"']).nth(1)?.to_string()))
+            .collect();
+        assert!(!named.is_empty(), "task {task}: {log}");
+        workers.extend(named);
+    }
+    assert!(
+        !workers.is_empty() && workers.len() <= 2,
+        "worker pids {workers:?}"
+    );
     let success: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.path("out/_SUCCESS")).unwrap()).unwrap();
     assert_eq!(success["rows"], 5_000);

@@ -55,6 +55,45 @@ impl WorkerInvocation<'_> {
     }
 }
 
+/// `serve --storage S --job J` (and `--manifest-sha256 D`): a worker kept for the work tasks of
+/// one job, which runs the tasks it is handed on its stdin one after another, each a
+/// [`ServedTask`] line, answers each with a [`ServedEnd`] line on its stdout, and ends at the end
+/// of its input (or after the task a stop signal interrupted). The local executor keeps such
+/// workers so that a task costs no process start.
+pub fn serve_args(storage: &str, job: &str, manifest_sha256: Option<&str>) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_string(),
+        "--storage".into(),
+        storage.to_string(),
+        "--job".into(),
+        job.to_string(),
+    ];
+    if let Some(digest) = manifest_sha256 {
+        args.extend(["--manifest-sha256".into(), digest.to_string()]);
+    }
+    args
+}
+
+/// One task handed to a serving worker (one JSON line on its stdin).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServedTask {
+    pub group: u32,
+    pub task: u32,
+    /// The executor's id of the attempt, for the worker's log lines.
+    pub executor: String,
+    /// The task's log file, which the worker's (and its handler's) stderr is appended to while
+    /// the task runs.
+    pub log: std::path::PathBuf,
+}
+
+/// How a served task ended (one JSON line on the worker's stdout): the exit code a worker
+/// started for that task alone would have ended with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServedEnd {
+    pub executor: String,
+    pub code: i32,
+}
+
 /// Where executors put the task index, in the order the worker reads them: the local executor,
 /// a Slurm array, a Kubernetes Indexed Job.
 pub const TASK_INDEX_VARIABLES: [&str; 3] = [

@@ -3,6 +3,13 @@
 //!
 //! Each worker gets `ORCH_TASK_INDEX` (and `SLURM_ARRAY_TASK_ID`, so worker code written for
 //! Slurm runs unchanged) and its task group, and appends its stdout/stderr to the task log.
+//!
+//! With [`WorkerLaunch::keep_workers`], a work task goes instead to a worker kept for its job
+//! (`orch-worker serve`): started for the first task, handed the next one on its stdin when it
+//! answers, so that a task costs no process start, and the worker, not this process, opens the
+//! task's log. Merges still get a process each; a kept worker that is idle while a merge waits
+//! for a slot is let go (its stdin closed) to make room. See docs/architecture.md ("How a
+//! worker is started").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -52,7 +59,14 @@ pub struct WorkerLaunch {
     /// Whether `log_dir` is the job's log directory in its storage (directory storage): the
     /// workers then store no copy of their log.
     pub log_in_storage: bool,
+    /// Whether work tasks go to workers kept for the job (`orch-worker serve`) instead of a
+    /// process each. Needs `log_in_storage`: a kept worker writes each task's log in place
+    /// and stores no copy of it.
+    pub keep_workers: bool,
 }
+
+/// The log of the kept workers between their tasks (their own start and end), in `log_dir`.
+pub const KEPT_WORKERS_LOG: &str = "workers.log";
 
 struct Queued {
     /// The executor id: the key of everything the executor tracks.
@@ -77,6 +91,18 @@ fn exec_id(kind: TaskKind, task: u32, attempt: u32) -> String {
     }
 }
 
+/// A worker kept for the work tasks of one job.
+struct Kept {
+    pid: Option<u32>,
+    job: String,
+    manifest_sha256: Option<String>,
+    /// Task lines to its stdin; `None` once it is let go (its stdin closes when the writer
+    /// sees the channel end).
+    lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// The executor id of the attempt it runs.
+    busy: Option<String>,
+}
+
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<Queued>,
@@ -85,8 +111,29 @@ struct Inner {
     /// Process id of each running attempt, by executor id.
     running: HashMap<String, Option<u32>>,
     finished: HashMap<String, ExecState>,
+    /// Kept workers by a number of their own.
+    kept: HashMap<u64, Kept>,
+    next_kept: u64,
+    /// Worker processes started for one task (merges, or every task without kept workers).
+    single: usize,
     /// Set on shutdown: queued workers are dropped and no new ones start.
     closed: bool,
+}
+
+impl Inner {
+    fn processes(&self) -> usize {
+        self.single + self.kept.len()
+    }
+
+    /// Lets the idle kept workers go (`only_idle`), or all of them: a worker's stdin closes,
+    /// and it exits once its task, if any, is done.
+    fn let_go(&mut self, only_idle: bool) {
+        for kept in self.kept.values_mut() {
+            if !only_idle || kept.busy.is_none() {
+                kept.lines = None;
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -116,25 +163,36 @@ impl LocalExecutor {
     }
 
     /// Starts no more workers: the queue is dropped; running workers are left to finish (on
-    /// Ctrl-C they got the same signal and are checkpointing).
+    /// Ctrl-C they got the same signal and are checkpointing), kept ones then exit.
     pub fn close(&self) {
         if let Ok(mut inner) = lock(&self.shared) {
             inner.closed = true;
             inner.queue.clear();
             inner.queued.clear();
+            inner.let_go(false);
         }
     }
 
-    /// Waits until no worker runs any more (used on shutdown after cancelling).
+    /// Waits until no worker process is left (used on shutdown after cancelling).
     pub async fn wait_idle(&self) {
         while self.running() > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
-    /// Number of worker processes alive right now.
+    /// Number of worker processes alive right now, kept ones included.
     pub fn running(&self) -> usize {
-        lock(&self.shared).map(|i| i.running.len()).unwrap_or(0)
+        lock(&self.shared).map(|i| i.processes()).unwrap_or(0)
+    }
+}
+
+/// Lets the kept workers go: each exits once its task is done, none waits for a task that
+/// will never come.
+impl Drop for LocalExecutor {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = lock(&self.shared) {
+            inner.let_go(false);
+        }
     }
 }
 
@@ -147,43 +205,238 @@ fn lock(shared: &Shared) -> BackendResult<std::sync::MutexGuard<'_, Inner>> {
     })
 }
 
-/// Starts queued workers while slots are free.
+/// Hands queued tasks to idle kept workers and starts workers while slots are free.
 fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
-    while !inner.closed && inner.running.len() < shared.parallelism {
+    while !inner.closed {
+        let Some(q) = inner.queue.front() else {
+            break;
+        };
+        let keep = shared.launch.keep_workers && q.kind.is_work();
+        let idle = inner
+            .kept
+            .iter()
+            .find(|(_, k)| {
+                keep && k.busy.is_none()
+                    && k.lines.is_some()
+                    && k.job == q.job
+                    && k.manifest_sha256 == q.manifest_sha256
+            })
+            .map(|(n, _)| *n);
+        if idle.is_none() && inner.processes() >= shared.parallelism {
+            // Every slot is taken: an idle kept worker that cannot take this task makes room.
+            inner.let_go(true);
+            break;
+        }
         let Some(q) = inner.queue.pop_front() else {
             break;
         };
         inner.queued.remove(&q.id);
-        let mut child = spawn(&shared.launch, &q)?;
-        inner.running.insert(q.id.clone(), child.id());
-        let waiter = shared.clone();
-        let id = q.id;
-        tokio::spawn(async move {
-            let state = match child.wait().await {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    ExecState::Exited {
-                        code: status.code(),
-                        signal: status.signal(),
-                    }
-                }
-                Err(e) => ExecState::Failed {
-                    reason: orch_core::backend::ExecFailure::Other,
-                    message: e.to_string(),
-                },
-            };
-            tracing::debug!(worker = %id, ?state, "worker ended");
-            if let Ok(mut inner) = lock(&waiter) {
-                inner.running.remove(&id);
-                inner.finished.insert(id, state);
-                if let Err(e) = pump(&waiter, &mut inner) {
-                    tracing::error!(error = %e, "cannot start the next worker");
-                }
+        match (idle, keep) {
+            (Some(n), _) => hand_over(shared, inner, n, q),
+            (None, true) => {
+                let n = start_kept(shared, inner, &q)?;
+                hand_over(shared, inner, n, q);
             }
-            waiter.changed.notify_one();
-        });
+            (None, false) => start_single(shared, inner, q)?,
+        }
     }
     Ok(())
+}
+
+/// What a process's exit says of the attempt it ran.
+fn exit_state(status: std::io::Result<std::process::ExitStatus>) -> ExecState {
+    match status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            ExecState::Exited {
+                code: status.code(),
+                signal: status.signal(),
+            }
+        }
+        Err(e) => ExecState::Failed {
+            reason: orch_core::backend::ExecFailure::Other,
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Records that attempt `id` ended in `state`.
+fn ended(inner: &mut Inner, id: String, state: ExecState) {
+    tracing::debug!(worker = %id, ?state, "worker ended");
+    inner.running.remove(&id);
+    inner.finished.insert(id, state);
+}
+
+/// Starts what can start now, and wakes the driver.
+fn repump(shared: &Arc<Shared>, inner: &mut Inner) {
+    if let Err(e) = pump(shared, inner) {
+        tracing::error!(error = %e, "cannot start the next worker");
+    }
+    shared.changed.notify_one();
+}
+
+/// A process for task `q` alone.
+fn start_single(shared: &Arc<Shared>, inner: &mut Inner, q: Queued) -> BackendResult<()> {
+    let mut child = spawn(&shared.launch, &q)?;
+    inner.running.insert(q.id.clone(), child.id());
+    inner.single += 1;
+    let waiter = shared.clone();
+    let id = q.id;
+    tokio::spawn(async move {
+        let state = exit_state(child.wait().await);
+        if let Ok(mut inner) = lock(&waiter) {
+            inner.single -= 1;
+            ended(&mut inner, id, state);
+            repump(&waiter, &mut inner);
+        }
+    });
+    Ok(())
+}
+
+/// Sends task `q` to kept worker `n`.
+fn hand_over(shared: &Arc<Shared>, inner: &mut Inner, n: u64, q: Queued) {
+    let line = orch_core::invocation::ServedTask {
+        group: q.group,
+        task: q.task,
+        executor: q.id.clone(),
+        log: shared
+            .launch
+            .log_dir
+            .join(orch_core::layout::task_log_name(q.kind, q.task, q.attempt)),
+    };
+    let Some(kept) = inner.kept.get_mut(&n) else {
+        return;
+    };
+    let sent = serde_json::to_string(&line).ok().and_then(|mut line| {
+        line.push('\n');
+        kept.lines.as_ref()?.send(line).ok()
+    });
+    match sent {
+        Some(()) => {
+            kept.busy = Some(q.id.clone());
+            let pid = kept.pid;
+            inner.running.insert(q.id, pid);
+        }
+        // Its stdin is gone (the worker is exiting): the task waits for the next one.
+        None => {
+            kept.lines = None;
+            inner.queued.insert(q.id.clone());
+            inner.queue.push_front(q);
+        }
+    }
+}
+
+/// Starts a kept worker for the job of `q`; returns its number.
+fn start_kept(shared: &Arc<Shared>, inner: &mut Inner, q: &Queued) -> BackendResult<u64> {
+    let launch = &shared.launch;
+    let (program, args) = launch
+        .command
+        .split_first()
+        .ok_or_else(|| BackendError::message(ErrorCategory::Invalid, "empty worker command"))?;
+    let log = open_log(&launch.log_dir.join(KEPT_WORKERS_LOG))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .args(orch_core::invocation::serve_args(
+            &launch.storage,
+            &q.job,
+            q.manifest_sha256.as_deref(),
+        ))
+        .env(
+            orch_core::logging::FORMAT_VARIABLE,
+            orch_core::logging::chosen().as_str(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| {
+            BackendError::other(
+                ErrorCategory::Infrastructure,
+                format!("cannot start worker `{program}`"),
+                e,
+            )
+        })?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let n = inner.next_kept;
+    inner.next_kept += 1;
+    inner.kept.insert(
+        n,
+        Kept {
+            pid: child.id(),
+            job: q.job.clone(),
+            manifest_sha256: q.manifest_sha256.clone(),
+            lines: Some(tx),
+            busy: None,
+        },
+    );
+    if let Some(mut stdin) = child.stdin.take() {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(line) = rx.recv().await {
+                if stdin.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping stdin closes it: the worker exits after its task.
+        });
+    }
+    let stdout = child.stdout.take();
+    let waiter = shared.clone();
+    tokio::spawn(async move {
+        if let Some(stdout) = stdout {
+            use tokio::io::AsyncBufReadExt;
+            let mut answers = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(answer)) = answers.next_line().await {
+                let Ok(end) = serde_json::from_str::<orch_core::invocation::ServedEnd>(&answer)
+                else {
+                    tracing::warn!(worker = n, "a kept worker wrote what is not an answer");
+                    continue;
+                };
+                if let Ok(mut inner) = lock(&waiter) {
+                    if let Some(kept) = inner.kept.get_mut(&n)
+                        && kept.busy.as_deref() == Some(end.executor.as_str())
+                    {
+                        kept.busy = None;
+                    }
+                    let state = ExecState::Exited {
+                        code: Some(end.code),
+                        signal: None,
+                    };
+                    ended(&mut inner, end.executor, state);
+                    repump(&waiter, &mut inner);
+                }
+            }
+        }
+        let state = exit_state(child.wait().await);
+        if let Ok(mut inner) = lock(&waiter) {
+            // The attempt it was running ends with it (killed, crashed).
+            if let Some(id) = inner.kept.remove(&n).and_then(|k| k.busy) {
+                ended(&mut inner, id, state);
+            }
+            repump(&waiter, &mut inner);
+        }
+    });
+    Ok(n)
+}
+
+/// Opens `path` for appending, creating it and its directory.
+fn open_log(path: &std::path::Path) -> BackendResult<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            BackendError::other(
+                ErrorCategory::Infrastructure,
+                "cannot create the log directory",
+                e,
+            )
+        })?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
+        })
 }
 
 fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Child> {
@@ -191,23 +444,11 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
         .command
         .split_first()
         .ok_or_else(|| BackendError::message(ErrorCategory::Invalid, "empty worker command"))?;
-    std::fs::create_dir_all(&launch.log_dir).map_err(|e| {
-        BackendError::other(
-            ErrorCategory::Infrastructure,
-            "cannot create the log directory",
-            e,
-        )
-    })?;
-    let log_path = launch
-        .log_dir
-        .join(orch_core::layout::task_log_name(q.kind, q.task, q.attempt));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| {
-            BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
-        })?;
+    let log = open_log(
+        &launch
+            .log_dir
+            .join(orch_core::layout::task_log_name(q.kind, q.task, q.attempt)),
+    )?;
     let log2 = log.try_clone().map_err(|e| {
         BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
     })?;

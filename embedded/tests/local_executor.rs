@@ -17,6 +17,23 @@ echo "end $ORCH_TASK_INDEX $(date +%s%N)" >> "MARKS"
 exit $((ORCH_TASK_INDEX % 3))
 "#;
 
+/// A kept worker (`serve …`): answers each task line with the task's index % 3 as its code,
+/// after marking its own pid and the task; task 4 kills its worker instead. A merge
+/// (`aggregate …`) marks `single` and exits 0.
+const FAKE_SERVING_WORKER: &str = r#"#!/bin/sh
+if [ "$1" != serve ]; then echo "single $ORCH_TASK_INDEX" >> "MARKS"; exit 0; fi
+while read -r line; do
+    task=$(printf '%s' "$line" | sed 's/.*"task":\([0-9]*\).*/\1/')
+    executor=$(printf '%s' "$line" | sed 's/.*"executor":"\([^"]*\)".*/\1/')
+    log=$(printf '%s' "$line" | sed 's/.*"log":"\([^"]*\)".*/\1/')
+    echo "kept $$ $task" >> "MARKS"
+    echo "task $task" >> "$log"
+    [ "$task" = 4 ] && kill -9 $$
+    sleep 0.1
+    echo "{\"executor\":\"$executor\",\"code\":$((task % 3))}"
+done
+"#;
+
 fn executor(dir: &std::path::Path, parallelism: usize) -> LocalExecutor {
     let script = dir.join("fake-worker.sh");
     let marks = dir.join("marks");
@@ -29,12 +46,22 @@ fn executor(dir: &std::path::Path, parallelism: usize) -> LocalExecutor {
         .args(["+x", script.to_str().unwrap()])
         .status()
         .unwrap();
+    launch(dir, &script, parallelism, false)
+}
+
+fn launch(
+    dir: &std::path::Path,
+    script: &std::path::Path,
+    parallelism: usize,
+    keep_workers: bool,
+) -> LocalExecutor {
     LocalExecutor::new(
         WorkerLaunch {
             command: vec![script.display().to_string()],
             storage: format!("file://{}", dir.display()),
             log_dir: dir.join("logs"),
             log_in_storage: true,
+            keep_workers,
         },
         parallelism,
     )
@@ -159,6 +186,95 @@ async fn cancel_stops_running_and_queued_workers() {
             signal: Some(15)
         }
     );
+}
+
+#[tokio::test]
+async fn kept_workers_run_task_after_task_and_a_crash_ends_only_its_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let script = dir.path().join("fake-serving-worker.sh");
+    std::fs::write(
+        &script,
+        FAKE_SERVING_WORKER.replace("MARKS", marks.to_str().unwrap()),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let ex = launch(dir.path(), &script, 2, true);
+    let group = TaskGroup {
+        job: "j-1".into(),
+        id: 0,
+        tasks: (0..10).map(|t| (t, 1)).collect(),
+        kind: Default::default(),
+        manifest_sha256: None,
+    };
+    ex.submit(&group).await.unwrap();
+    let tasks: Vec<(u32, u32, Option<String>)> = (0..10).map(|t| (t, 1, None)).collect();
+    let states = wait_all_exited(&ex, &tasks).await;
+    for (t, s) in states.iter().enumerate() {
+        let want = if t == 4 {
+            ExecState::Exited {
+                code: None,
+                signal: Some(9),
+            }
+        } else {
+            ExecState::Exited {
+                code: Some(t as i32 % 3),
+                signal: None,
+            }
+        };
+        assert_eq!(*s, want, "task {t}");
+    }
+    // Ten tasks in two kept workers, plus the one started after the crash; each task once,
+    // and its log written by the worker.
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let mut pids = std::collections::HashSet::new();
+    let mut seen = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[0], "kept", "{text}");
+        pids.insert(f[1].to_string());
+        seen.push(f[2].parse::<u32>().unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    assert_eq!(pids.len(), 3, "{text}");
+    for t in 0..10 {
+        let log = dir.path().join(format!("logs/{t:06}.1.log"));
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(log, format!("task {t}\n"));
+    }
+
+    // A merge waits for a slot: the idle kept workers are let go to make room.
+    assert_eq!(ex.running(), 2);
+    let merge = TaskGroup {
+        job: "j-1".into(),
+        id: 1,
+        tasks: vec![(0, 1)],
+        kind: orch_core::model::TaskKind::Final,
+        manifest_sha256: None,
+    };
+    let ids = ex.submit(&merge).await.unwrap();
+    let merged = [(0, 1, Some(ids[0].1.clone()))];
+    let states = wait_all_exited(&ex, &merged).await;
+    assert_eq!(
+        states[0],
+        ExecState::Exited {
+            code: Some(0),
+            signal: None
+        }
+    );
+    assert!(
+        std::fs::read_to_string(&marks)
+            .unwrap()
+            .contains("single 0")
+    );
+    ex.close();
+    tokio::time::timeout(Duration::from_secs(10), ex.wait_idle())
+        .await
+        .expect("the kept workers exit once let go");
 }
 
 #[test]

@@ -117,6 +117,8 @@ impl Executors {
                 storage: platform.storage_uri(),
                 log_dir,
                 log_in_storage,
+                // A kept worker writes each task's log where it is kept: in the storage.
+                keep_workers: log_in_storage,
             },
             parallelism,
         )

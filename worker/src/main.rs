@@ -37,6 +37,19 @@ enum Command {
         #[command(flatten)]
         target: TaskTarget,
     },
+    /// Run the work tasks of one job handed over stdin, one JSON line each, answering each on
+    /// stdout, until stdin ends (the local executor's kept workers; directory storage only).
+    Serve {
+        /// Storage URI of the job (file:///…).
+        #[arg(long)]
+        storage: String,
+        /// Job id.
+        #[arg(long)]
+        job: String,
+        /// The sha256 the job's job.json must have.
+        #[arg(long)]
+        manifest_sha256: Option<String>,
+    },
     /// Run an aggregation task: merge one group of one level (--level), or merge the last
     /// level into the job's output (--final), as the job's aggregation plan says.
     Aggregate {
@@ -152,6 +165,11 @@ fn main() {
     };
     let code = match cli.command {
         Command::Run { target } => run_task(&runtime, target, TaskKind::Work, log_copy),
+        Command::Serve {
+            storage,
+            job,
+            manifest_sha256,
+        } => runtime.block_on(serve(storage, job, manifest_sha256)),
         Command::Aggregate {
             level,
             final_merge,
@@ -165,6 +183,146 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Sets `stop` on SIGTERM or SIGINT: the running task checkpoints and ends.
+fn stop_on_signal(stop: &StopFlag) {
+    let on_signal = stop.clone();
+    tokio::spawn(
+        async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("stop signal received: checkpointing");
+            on_signal.stop();
+        }
+        .in_current_span(),
+    );
+}
+
+/// Runs the tasks handed on stdin (`orch_core::invocation::ServedTask`), one at a time, with
+/// the stores opened once, each task's log lines (and its handler's stderr) appended to the
+/// task's own log file; answers each with its exit code on stdout. A stop signal ends the
+/// task it interrupts and then the worker. The exit code is 0 unless the input is not what
+/// the executor writes (2) or the stores cannot be opened (1).
+async fn serve(storage: String, job: String, manifest_sha256: Option<String>) -> i32 {
+    use orch_core::invocation::{ServedEnd, ServedTask};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    // The worker's own stderr, for lines between tasks, while fd 2 is a task's log.
+    let home = match rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), 3) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("orch-worker: cannot keep stderr: {e}");
+            return 1;
+        }
+    };
+    let stop = StopFlag::default();
+    stop_on_signal(&stop);
+    let scratch_name = format!("orch-{job}-serve-{}", std::process::id());
+    let backends = match open_storage(&storage, scratch_name).await {
+        Ok(backends) => backends,
+        Err(message) => {
+            tracing::error!(error = %message, "cannot open the job's storage");
+            return 1;
+        }
+    };
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    loop {
+        let next = tokio::select! {
+            next = lines.next_line() => next,
+            // Stopped while waiting for a task: nothing to checkpoint.
+            () = stopped(&stop) => return 0,
+        };
+        let line = match next {
+            Ok(Some(line)) => line,
+            Ok(None) => return 0,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the next task");
+                return 1;
+            }
+        };
+        let served: ServedTask = match serde_json::from_str(&line) {
+            Ok(task) => task,
+            Err(e) => {
+                tracing::error!(error = %e, "not a task line");
+                return 2;
+            }
+        };
+        let code = match to_task_log(&served.log) {
+            Err(e) => {
+                tracing::error!(log = %served.log.display(), error = %e, "cannot open the task's log");
+                1
+            }
+            Ok(()) => {
+                let args = WorkerArgs {
+                    storage: storage.clone(),
+                    job: job.clone(),
+                    task: served.task,
+                    group: served.group,
+                    manifest_sha256: manifest_sha256.clone(),
+                    manifest_cache: None,
+                };
+                let span = tracing::info_span!(
+                    "worker",
+                    job = %args.job,
+                    task = args.task,
+                    attempt = tracing::field::Empty,
+                    worker = %orch_core::owner::this_process(),
+                    executor = %served.executor,
+                );
+                attempt(&backends, &args, TaskKind::Work, stop.clone())
+                    .instrument(span)
+                    .await
+            }
+        };
+        if let Err(e) = rustix::stdio::dup2_stderr(&home) {
+            eprintln!("orch-worker: cannot restore stderr: {e}");
+        }
+        let end = ServedEnd {
+            executor: served.executor,
+            code,
+        };
+        let mut answer = serde_json::to_string(&end).unwrap_or_default();
+        answer.push('\n');
+        if out.write_all(answer.as_bytes()).await.is_err() || out.flush().await.is_err() {
+            // The executor is gone: nobody would hear of the next task either.
+            return 1;
+        }
+        if stop.is_stopped() {
+            return 0;
+        }
+    }
+}
+
+/// Returns once `stop` is set.
+async fn stopped(stop: &StopFlag) {
+    while !stop.is_stopped() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Points this process's stderr (its log lines, and the stderr its handler inherits) at the
+/// end of the task log `path`.
+fn to_task_log(path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    rustix::stdio::dup2_stderr(&log)?;
+    Ok(())
 }
 
 /// The job's stores (credentials and endpoints of S3 storage come from the environment,
@@ -223,25 +381,7 @@ fn run_task(
     );
     let work = async move {
         let stop = StopFlag::default();
-        let on_signal = stop.clone();
-        tokio::spawn(
-            async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                tracing::info!("stop signal received: checkpointing");
-                on_signal.stop();
-            }
-            .in_current_span(),
-        );
+        stop_on_signal(&stop);
         let scratch_name = format!("orch-{}-{}-{}", args.job, args.task, std::process::id());
         let backends = match open_storage(&args.storage, scratch_name).await {
             Ok(backends) => backends,
@@ -382,6 +522,26 @@ mod tests {
             assert_eq!(target.task, None, "the index comes from the environment");
             assert_eq!(target.task_offset, 4000);
             assert_eq!(target.manifest_sha256.as_deref(), Some("ab12"));
+        }
+    }
+
+    /// What the local executor starts for a kept worker parses into `serve` with its values.
+    #[test]
+    fn the_kept_workers_command_line_parses_into_serve() {
+        let args = orch_core::invocation::serve_args("file:///data/.orch", "j-1", Some("ab12"));
+        let argv = std::iter::once("orch-worker".to_string()).chain(args);
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Serve {
+                storage,
+                job,
+                manifest_sha256,
+            }) => {
+                assert_eq!(storage, "file:///data/.orch");
+                assert_eq!(job, "j-1");
+                assert_eq!(manifest_sha256.as_deref(), Some("ab12"));
+            }
+            Ok(_) => panic!("parsed into another subcommand"),
+            Err(e) => panic!("{e}"),
         }
     }
 

@@ -125,13 +125,15 @@ spec:
     )
 }
 
-/// The task a local worker runs: the executor gives it in `ORCH_TASK_INDEX`.
+/// The work task a local worker runs now, if any.
 pub fn task_of(pid: u32) -> Option<u32> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    environ
-        .split(|b| *b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .find_map(|kv| kv.strip_prefix("ORCH_TASK_INDEX=")?.parse().ok())
+    // A worker's stderr is the log of the task it runs (`<task:06>.<attempt>.log`), whether it
+    // was started for that task or is kept for the job's tasks.
+    let log = std::fs::read_link(format!("/proc/{pid}/fd/2")).ok()?;
+    let name = log.file_name()?.to_str()?;
+    let (task, rest) = name.split_once('.')?;
+    rest.ends_with(".log").then_some(())?;
+    task.parse().ok()
 }
 
 pub fn kill(pid: u32, signal: &str) {
