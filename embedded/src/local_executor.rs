@@ -1,15 +1,17 @@
 //! The local executor: runs a task group as an "array" of `orch-worker` processes on this
 //! machine, at most `parallelism` at a time, the way a Slurm array with `%N` would.
 //!
-//! Each worker gets `ORCH_TASK_INDEX` (and `SLURM_ARRAY_TASK_ID`, so worker code written for
-//! Slurm runs unchanged) and its task group, and appends its stdout/stderr to the task log.
+//! A worker started for one task gets `ORCH_TASK_INDEX` (and `SLURM_ARRAY_TASK_ID`, so worker
+//! code written for Slurm runs unchanged) and its task group, and appends its stdout/stderr to
+//! the task log.
 //!
 //! With [`WorkerLaunch::keep_workers`], a work task goes instead to a worker kept for its job
 //! (`orch-worker serve`): started for the first task, handed the next one on its stdin when it
 //! answers, so that a task costs no process start, and the worker, not this process, opens the
 //! task's log. Merges still get a process each; a kept worker that is idle while a merge waits
-//! for a slot is let go (its stdin closed) to make room. See docs/architecture.md ("How a
-//! worker is started").
+//! for a slot is let go (its stdin closed) to make room. A worker program that refuses
+//! `serve` (an older or custom `orch-worker`) turns this off: one process per task again.
+//! See docs/architecture.md ("How a worker is started").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -99,8 +101,11 @@ struct Kept {
     /// Task lines to its stdin; `None` once it is let go (its stdin closes when the writer
     /// sees the channel end).
     lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    /// The executor id of the attempt it runs.
-    busy: Option<String>,
+    /// The attempt it was handed and has not answered yet.
+    busy: Option<Queued>,
+    /// Whether it has answered a task: a worker that exits with a usage error before its
+    /// first answer does not know `serve` (an older or custom `orch-worker`).
+    answered: bool,
 }
 
 #[derive(Default)]
@@ -116,6 +121,8 @@ struct Inner {
     next_kept: u64,
     /// Worker processes started for one task (merges, or every task without kept workers).
     single: usize,
+    /// Set when the worker program refused `serve`: every task gets a process of its own.
+    serve_refused: bool,
     /// Set on shutdown: queued workers are dropped and no new ones start.
     closed: bool,
 }
@@ -190,9 +197,7 @@ impl LocalExecutor {
 /// will never come.
 impl Drop for LocalExecutor {
     fn drop(&mut self) {
-        if let Ok(mut inner) = lock(&self.shared) {
-            inner.let_go(false);
-        }
+        self.close();
     }
 }
 
@@ -211,7 +216,7 @@ fn pump(shared: &Arc<Shared>, inner: &mut Inner) -> BackendResult<()> {
         let Some(q) = inner.queue.front() else {
             break;
         };
-        let keep = shared.launch.keep_workers && q.kind.is_work();
+        let keep = shared.launch.keep_workers && !inner.serve_refused && q.kind.is_work();
         let idle = inner
             .kept
             .iter()
@@ -313,9 +318,9 @@ fn hand_over(shared: &Arc<Shared>, inner: &mut Inner, n: u64, q: Queued) {
     });
     match sent {
         Some(()) => {
-            kept.busy = Some(q.id.clone());
             let pid = kept.pid;
-            inner.running.insert(q.id, pid);
+            inner.running.insert(q.id.clone(), pid);
+            kept.busy = Some(q);
         }
         // Its stdin is gone (the worker is exiting): the task waits for the next one.
         None => {
@@ -367,6 +372,7 @@ fn start_kept(shared: &Arc<Shared>, inner: &mut Inner, q: &Queued) -> BackendRes
             manifest_sha256: q.manifest_sha256.clone(),
             lines: Some(tx),
             busy: None,
+            answered: false,
         },
     );
     if let Some(mut stdin) = child.stdin.take() {
@@ -386,7 +392,19 @@ fn start_kept(shared: &Arc<Shared>, inner: &mut Inner, q: &Queued) -> BackendRes
         if let Some(stdout) = stdout {
             use tokio::io::AsyncBufReadExt;
             let mut answers = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(answer)) = answers.next_line().await {
+            loop {
+                let answer = match answers.next_line().await {
+                    Ok(Some(answer)) => answer,
+                    Ok(None) => break,
+                    // Not what `serve` writes: its answers cannot be trusted any more.
+                    Err(e) => {
+                        tracing::warn!(worker = n, error = %e, "cannot read a kept worker's answers; killing it");
+                        if let Some(pid) = child.id() {
+                            signal(pid, Signal::KILL);
+                        }
+                        break;
+                    }
+                };
                 let Ok(end) = serde_json::from_str::<orch_core::invocation::ServedEnd>(&answer)
                 else {
                     tracing::warn!(worker = n, "a kept worker wrote what is not an answer");
@@ -394,9 +412,10 @@ fn start_kept(shared: &Arc<Shared>, inner: &mut Inner, q: &Queued) -> BackendRes
                 };
                 if let Ok(mut inner) = lock(&waiter) {
                     if let Some(kept) = inner.kept.get_mut(&n)
-                        && kept.busy.as_deref() == Some(end.executor.as_str())
+                        && kept.busy.as_ref().is_some_and(|q| q.id == end.executor)
                     {
                         kept.busy = None;
+                        kept.answered = true;
                     }
                     let state = ExecState::Exited {
                         code: Some(end.code),
@@ -407,11 +426,46 @@ fn start_kept(shared: &Arc<Shared>, inner: &mut Inner, q: &Queued) -> BackendRes
                 }
             }
         }
+        // No more answers: nothing more is handed to it.
+        if let Ok(mut inner) = lock(&waiter)
+            && let Some(kept) = inner.kept.get_mut(&n)
+        {
+            kept.lines = None;
+        }
         let state = exit_state(child.wait().await);
         if let Ok(mut inner) = lock(&waiter) {
-            // The attempt it was running ends with it (killed, crashed).
-            if let Some(id) = inner.kept.remove(&n).and_then(|k| k.busy) {
-                ended(&mut inner, id, state);
+            let Some(kept) = inner.kept.remove(&n) else {
+                return;
+            };
+            let refused = !kept.answered
+                && state
+                    == ExecState::Exited {
+                        code: Some(2),
+                        signal: None,
+                    };
+            if refused && !inner.serve_refused {
+                tracing::warn!(
+                    "the worker program does not run kept workers (`orch-worker serve`): one process per task from now on"
+                );
+                inner.serve_refused = true;
+            }
+            if let Some(q) = kept.busy {
+                // A worker that ends cleanly without answering never started the task (it
+                // was stopped while waiting, or the task came after its stop): it waits for
+                // the next worker. Otherwise the task ends with the process (killed, crashed).
+                let unstarted = refused
+                    || state
+                        == ExecState::Exited {
+                            code: Some(0),
+                            signal: None,
+                        };
+                if unstarted {
+                    inner.running.remove(&q.id);
+                    inner.queued.insert(q.id.clone());
+                    inner.queue.push_front(q);
+                } else {
+                    ended(&mut inner, q.id, state);
+                }
             }
             repump(&waiter, &mut inner);
         }
@@ -588,6 +642,12 @@ impl Executor for LocalExecutor {
             let Some(Some(pid)) = inner.running.get(&key).copied() else {
                 continue;
             };
+            // A kept worker stops after this task: it gets no other.
+            for kept in inner.kept.values_mut() {
+                if kept.busy.as_ref().is_some_and(|q| q.id == key) {
+                    kept.lines = None;
+                }
+            }
             // SIGTERM so the worker checkpoints; SIGKILL if it is still there after a grace
             // period (a hung handler). `kill` avoids unsafe libc calls.
             signal(pid, Signal::TERM);

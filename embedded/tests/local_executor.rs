@@ -277,6 +277,92 @@ async fn kept_workers_run_task_after_task_and_a_crash_ends_only_its_task() {
         .expect("the kept workers exit once let go");
 }
 
+/// Writes `body` (with MARKS replaced) as an executable script in `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let marks = dir.join("marks");
+    std::fs::write(&path, body.replace("MARKS", marks.to_str().unwrap())).unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", path.to_str().unwrap()])
+        .status()
+        .unwrap();
+    path
+}
+
+fn work_group(tasks: u32) -> TaskGroup {
+    TaskGroup {
+        job: "j-1".into(),
+        id: 0,
+        tasks: (0..tasks).map(|t| (t, 1)).collect(),
+        kind: Default::default(),
+        manifest_sha256: None,
+    }
+}
+
+#[tokio::test]
+async fn a_worker_program_without_serve_gets_a_process_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    // As an older orch-worker: `serve` is a usage error (clap's exit code 2).
+    let old = script(
+        dir.path(),
+        "old-worker.sh",
+        "#!/bin/sh\n[ \"$1\" = serve ] && exit 2\necho \"single $ORCH_TASK_INDEX\" >> \"MARKS\"\nexit 0\n",
+    );
+    let ex = launch(dir.path(), &old, 2, true);
+    ex.submit(&work_group(4)).await.unwrap();
+    let tasks: Vec<(u32, u32, Option<String>)> = (0..4).map(|t| (t, 1, None)).collect();
+    for s in wait_all_exited(&ex, &tasks).await {
+        assert_eq!(
+            s,
+            ExecState::Exited {
+                code: Some(0),
+                signal: None
+            }
+        );
+    }
+    let marks = std::fs::read_to_string(dir.path().join("marks")).unwrap();
+    let mut ran: Vec<&str> = marks.lines().collect();
+    ran.sort();
+    assert_eq!(ran, ["single 0", "single 1", "single 2", "single 3"]);
+}
+
+#[tokio::test]
+async fn a_task_its_worker_never_started_goes_to_the_next_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("stopped-once");
+    // The first kept worker ends cleanly without answering (as one stopped while its task was
+    // on the way); the next one runs the task.
+    let body = FAKE_SERVING_WORKER.replacen(
+        "while read -r line; do",
+        &format!(
+            "if [ ! -e {0} ]; then touch {0}; exit 0; fi\nwhile read -r line; do",
+            flag.display()
+        ),
+        1,
+    );
+    let worker = script(dir.path(), "stops-once.sh", &body);
+    let ex = launch(dir.path(), &worker, 1, true);
+    ex.submit(&work_group(3)).await.unwrap();
+    let tasks: Vec<(u32, u32, Option<String>)> = (0..3).map(|t| (t, 1, None)).collect();
+    let states = wait_all_exited(&ex, &tasks).await;
+    for (t, s) in states.iter().enumerate() {
+        assert_eq!(
+            *s,
+            ExecState::Exited {
+                code: Some(t as i32 % 3),
+                signal: None
+            },
+            "task {t}"
+        );
+    }
+    let marks = std::fs::read_to_string(dir.path().join("marks")).unwrap();
+    let ran: Vec<&str> = marks
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(ran, ["0", "1", "2"], "each task once: {marks}");
+}
+
 #[test]
 fn a_worker_of_this_host_is_gone_only_once_its_process_is() {
     use orch_core::owner::{hostname, this_process};

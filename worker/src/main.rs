@@ -144,7 +144,10 @@ fn main() {
     orch_worker::init_logging(cli.log_format);
     // Before the first line is written; not needed where the executor's log file is in the
     // job's storage already.
-    let log_copy = if std::env::var_os(orch_core::invocation::LOG_IN_STORAGE_VARIABLE).is_some() {
+    // A kept worker (`serve`) writes each task's log in the storage itself.
+    let log_copy = if matches!(cli.command, Command::Serve { .. })
+        || std::env::var_os(orch_core::invocation::LOG_IN_STORAGE_VARIABLE).is_some()
+    {
         None
     } else {
         LogCopy::start()
