@@ -34,19 +34,31 @@ while read -r line; do
 done
 "#;
 
-fn executor(dir: &std::path::Path, parallelism: usize) -> LocalExecutor {
-    let script = dir.join("fake-worker.sh");
+/// Writes `body` (with MARKS replaced) as an executable script in `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
     let marks = dir.join("marks");
-    std::fs::write(
-        &script,
-        FAKE_WORKER.replace("MARKS", marks.to_str().unwrap()),
-    )
-    .unwrap();
+    std::fs::write(&path, body.replace("MARKS", marks.to_str().unwrap())).unwrap();
     std::process::Command::new("chmod")
-        .args(["+x", script.to_str().unwrap()])
+        .args(["+x", path.to_str().unwrap()])
         .status()
         .unwrap();
-    launch(dir, &script, parallelism, false)
+    path
+}
+
+fn work_group(tasks: u32) -> TaskGroup {
+    TaskGroup {
+        job: "j-1".into(),
+        id: 0,
+        tasks: (0..tasks).map(|t| (t, 1)).collect(),
+        kind: Default::default(),
+        manifest_sha256: None,
+    }
+}
+
+fn executor(dir: &std::path::Path, parallelism: usize) -> LocalExecutor {
+    let worker = script(dir, "fake-worker.sh", FAKE_WORKER);
+    launch(dir, &worker, parallelism, false)
 }
 
 fn launch(
@@ -96,14 +108,7 @@ async fn runs_an_array_with_bounded_parallelism_and_reports_exits() {
     let dir = tempfile::tempdir().unwrap();
     let marks = dir.path().join("marks");
     let ex = executor(dir.path(), 2);
-    let group = TaskGroup {
-        job: "j-1".into(),
-        id: 0,
-        tasks: (0..6).map(|t| (t, 1)).collect(),
-        kind: Default::default(),
-        manifest_sha256: None,
-    };
-    let ids = ex.submit(&group).await.unwrap();
+    let ids = ex.submit(&work_group(6)).await.unwrap();
     assert_eq!(ids.len(), 6);
     let tasks: Vec<(u32, u32, Option<String>)> = (0..6).map(|t| (t, 1, None)).collect();
     let first = ex.poll(&tasks).await.unwrap();
@@ -192,25 +197,9 @@ async fn cancel_stops_running_and_queued_workers() {
 async fn kept_workers_run_task_after_task_and_a_crash_ends_only_its_task() {
     let dir = tempfile::tempdir().unwrap();
     let marks = dir.path().join("marks");
-    let script = dir.path().join("fake-serving-worker.sh");
-    std::fs::write(
-        &script,
-        FAKE_SERVING_WORKER.replace("MARKS", marks.to_str().unwrap()),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .args(["+x", script.to_str().unwrap()])
-        .status()
-        .unwrap();
-    let ex = launch(dir.path(), &script, 2, true);
-    let group = TaskGroup {
-        job: "j-1".into(),
-        id: 0,
-        tasks: (0..10).map(|t| (t, 1)).collect(),
-        kind: Default::default(),
-        manifest_sha256: None,
-    };
-    ex.submit(&group).await.unwrap();
+    let worker = script(dir.path(), "fake-serving-worker.sh", FAKE_SERVING_WORKER);
+    let ex = launch(dir.path(), &worker, 2, true);
+    ex.submit(&work_group(10)).await.unwrap();
     let tasks: Vec<(u32, u32, Option<String>)> = (0..10).map(|t| (t, 1, None)).collect();
     let states = wait_all_exited(&ex, &tasks).await;
     for (t, s) in states.iter().enumerate() {
@@ -275,28 +264,6 @@ async fn kept_workers_run_task_after_task_and_a_crash_ends_only_its_task() {
     tokio::time::timeout(Duration::from_secs(10), ex.wait_idle())
         .await
         .expect("the kept workers exit once let go");
-}
-
-/// Writes `body` (with MARKS replaced) as an executable script in `dir`.
-fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    let marks = dir.join("marks");
-    std::fs::write(&path, body.replace("MARKS", marks.to_str().unwrap())).unwrap();
-    std::process::Command::new("chmod")
-        .args(["+x", path.to_str().unwrap()])
-        .status()
-        .unwrap();
-    path
-}
-
-fn work_group(tasks: u32) -> TaskGroup {
-    TaskGroup {
-        job: "j-1".into(),
-        id: 0,
-        tasks: (0..tasks).map(|t| (t, 1)).collect(),
-        kind: Default::default(),
-        manifest_sha256: None,
-    }
 }
 
 #[tokio::test]
