@@ -350,6 +350,13 @@ fn start_kept(shared: &Arc<Shared>, inner: &mut Inner, q: &Queued) -> BackendRes
             orch_core::logging::FORMAT_VARIABLE,
             orch_core::logging::chosen().as_str(),
         )
+        // One malloc arena: a worker that runs batch after batch on several threads otherwise
+        // keeps each thread's arena at its largest batch (peak RSS 54 → 152 MiB over 1M items
+        // in batches of 50,000; 55 with one arena, and no slower). A value set by the user wins.
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "1".into()),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

@@ -18,7 +18,7 @@ exit $((ORCH_TASK_INDEX % 3))
 "#;
 
 /// A kept worker (`serve …`): answers each task line with the task's index % 3 as its code,
-/// after marking its own pid and the task; task 4 kills its worker instead. A merge
+/// after marking its own pid, the task and its `MALLOC_ARENA_MAX`; task 4 kills its worker instead. A merge
 /// (`aggregate …`) marks `single` and exits 0.
 const FAKE_SERVING_WORKER: &str = r#"#!/bin/sh
 if [ "$1" != serve ]; then echo "single $ORCH_TASK_INDEX" >> "MARKS"; exit 0; fi
@@ -26,7 +26,7 @@ while read -r line; do
     task=$(printf '%s' "$line" | sed 's/.*"task":\([0-9]*\).*/\1/')
     executor=$(printf '%s' "$line" | sed 's/.*"executor":"\([^"]*\)".*/\1/')
     log=$(printf '%s' "$line" | sed 's/.*"log":"\([^"]*\)".*/\1/')
-    echo "kept $$ $task" >> "MARKS"
+    echo "kept $$ $task $MALLOC_ARENA_MAX" >> "MARKS"
     echo "task $task" >> "$log"
     [ "$task" = 4 ] && kill -9 $$
     sleep 0.1
@@ -224,6 +224,7 @@ async fn kept_workers_run_task_after_task_and_a_crash_ends_only_its_task() {
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f[0], "kept", "{text}");
+        assert_eq!(f[3], "1", "one malloc arena: {text}");
         pids.insert(f[1].to_string());
         seen.push(f[2].parse::<u32>().unwrap());
     }
@@ -325,7 +326,7 @@ async fn a_task_its_worker_never_started_goes_to_the_next_worker() {
     let marks = std::fs::read_to_string(dir.path().join("marks")).unwrap();
     let ran: Vec<&str> = marks
         .lines()
-        .map(|l| l.rsplit(' ').next().unwrap())
+        .map(|l| l.split_whitespace().nth(2).unwrap())
         .collect();
     assert_eq!(ran, ["0", "1", "2"], "each task once: {marks}");
 }
