@@ -304,10 +304,7 @@ fn hand_over(shared: &Arc<Shared>, inner: &mut Inner, n: u64, q: Queued) {
         group: q.group,
         task: q.task,
         executor: q.id.clone(),
-        log: shared
-            .launch
-            .log_dir
-            .join(orch_core::layout::task_log_name(q.kind, q.task, q.attempt)),
+        log: task_log(&shared.launch, &q),
     };
     let Some(kept) = inner.kept.get_mut(&n) else {
         return;
@@ -480,6 +477,13 @@ fn start_kept(shared: &Arc<Shared>, inner: &mut Inner, q: &Queued) -> BackendRes
     Ok(n)
 }
 
+/// The log file of the attempt `q`.
+fn task_log(launch: &WorkerLaunch, q: &Queued) -> PathBuf {
+    launch
+        .log_dir
+        .join(orch_core::layout::task_log_name(q.kind, q.task, q.attempt))
+}
+
 /// Opens `path` for appending, creating it and its directory.
 fn open_log(path: &std::path::Path) -> BackendResult<std::fs::File> {
     if let Some(dir) = path.parent() {
@@ -505,11 +509,7 @@ fn spawn(launch: &WorkerLaunch, q: &Queued) -> BackendResult<tokio::process::Chi
         .command
         .split_first()
         .ok_or_else(|| BackendError::message(ErrorCategory::Invalid, "empty worker command"))?;
-    let log = open_log(
-        &launch
-            .log_dir
-            .join(orch_core::layout::task_log_name(q.kind, q.task, q.attempt)),
-    )?;
+    let log = open_log(&task_log(launch, q))?;
     let log2 = log.try_clone().map_err(|e| {
         BackendError::other(ErrorCategory::Infrastructure, "cannot open the task log", e)
     })?;

@@ -187,9 +187,14 @@ impl Checkpoint {
 
     /// Items finished ok and failed (by kind) so far.
     pub fn tally(&self) -> Tally {
+        // The last record of each item, without copying any result.
+        let mut last = std::collections::HashMap::with_capacity(self.items.len());
+        for (ordinal, f) in &self.items {
+            last.insert(*ordinal, f);
+        }
         let mut tally = Tally::default();
-        for (_, f) in latest(self.items.clone()) {
-            tally.add(&f);
+        for f in last.into_values() {
+            tally.add(f);
         }
         tally
     }
